@@ -1,0 +1,294 @@
+"""Re-verifying a chain from genesis (SPEC section 4), streaming and on every core.
+
+The audit is split the way the rules split:
+
+- ``check_block_alone`` needs only genesis and one block: decoding, chain id, validator
+  set hash, proposer index, record count and ``records_root``, the certificate (every
+  signature a valid precommit, signers holding more than 2/3 of the power), and for each
+  record its signature, chain, authorisation, and uniqueness within the block. This is
+  where the signature checks are, so it runs in worker processes, a chunk of blocks at a
+  time.
+- ``ChainVerifier.extend`` needs the chain so far: height sequence, ``prev_hash`` links
+  (height 1 links to the genesis hash), strictly increasing ``time_ms``, ``log_size`` and
+  ``log_root`` against the Merkle log of every envelope before, and uniqueness of record
+  ids and ``(signer, nonce)`` across the chain. It runs in the calling process, in height
+  order, so the first bad block is always the one reported, whichever worker found it.
+
+The first failure raises ``AuditError(height, reason)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from ledger import merkle
+from ledger.blocks import Block
+from ledger.errors import AuditError, LedgerError
+from ledger.genesis import Genesis
+from ledger.store.sqlite import SqliteStore
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSummary:
+    """What the stateful checks need from one block that passed ``check_block_alone``."""
+
+    height: int
+    hash: bytes
+    prev_hash: bytes
+    time_ms: int
+    log_size: int
+    log_root: bytes
+    leaves: list[bytes]
+    ids: list[bytes]
+    nonces: list[tuple[bytes, int]]
+
+
+def check_block_alone(data: bytes, genesis: Genesis, expected_height: int) -> BlockSummary:
+    """Every rule that needs only genesis and this block; AuditError names the height."""
+    try:
+        block = Block.from_wire(data)
+    except LedgerError as exc:
+        raise AuditError(expected_height, f"block does not decode: {exc}") from exc
+    h = block.header
+    height = h.height
+
+    def bad(reason: str) -> AuditError:
+        return AuditError(height, reason)
+
+    if height != expected_height:
+        raise AuditError(expected_height, f"block claims height {height}")
+    if h.chain != genesis.chain_id:
+        raise bad(f"header names chain {h.chain!r}, genesis is {genesis.chain_id!r}")
+    if h.validators_hash != genesis.validators.hash:
+        raise bad("validators_hash does not match the genesis validator set")
+    if h.proposer >= len(genesis.validators):
+        raise bad(f"proposer {h.proposer} is not a validator index")
+    try:
+        block.validate_basic()
+        block.cert.verify(genesis.chain_id, genesis.validators)
+    except LedgerError as exc:
+        raise bad(str(exc)) from exc
+
+    ids: list[bytes] = []
+    nonces: list[tuple[bytes, int]] = []
+    for i, record in enumerate(block.records):
+        body = record.body
+        where = f"record {i} ({record.id.hex()})"
+        if body.chain != genesis.chain_id:
+            raise bad(f"{where} names chain {body.chain!r}")
+        if not record.has_valid_signature():
+            raise bad(f"{where}: signature does not verify")
+        if not genesis.may_submit(body.signer, body.type):
+            raise bad(f"{where}: signer {body.signer.hex()} is not authorised for "
+                      f"type {body.type!r}")
+        ids.append(record.id)
+        nonces.append((body.signer, body.nonce))
+    if len(set(ids)) != len(ids):
+        raise bad("a record appears twice in the block")
+    if len(set(nonces)) != len(nonces):
+        raise bad("two records in the block share a (signer, nonce)")
+    return BlockSummary(height, h.hash, h.prev_hash, h.time_ms, h.log_size, h.log_root,
+                        block.leaf_hashes(), ids, nonces)
+
+
+@dataclass
+class ChainVerifier:
+    """The stateful half of the audit, fed blocks in height order."""
+
+    genesis: Genesis
+    height: int = 0
+    records: int = 0
+    tip_hash: bytes = b""
+    last_time_ms: int = -1
+    log: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    seen_ids: set[bytes] = field(default_factory=set)
+    seen_nonces: set[tuple[bytes, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.tip_hash = self.genesis.hash
+
+    def extend(self, s: BlockSummary) -> None:
+        """Check ``s`` extends the chain so far, then advance."""
+        def bad(reason: str) -> AuditError:
+            return AuditError(s.height, reason)
+
+        if s.height != self.height + 1:
+            raise bad(f"expected height {self.height + 1}")
+        if s.prev_hash != self.tip_hash:
+            what = "the genesis hash" if s.height == 1 else f"the hash of block {self.height}"
+            raise bad(f"prev_hash {s.prev_hash.hex()} is not {what} ({self.tip_hash.hex()})")
+        if s.time_ms <= self.last_time_ms:
+            raise bad(f"time_ms {s.time_ms} is not after block {self.height}'s "
+                      f"{self.last_time_ms}")
+        for rid in s.ids:
+            if rid in self.seen_ids:
+                raise bad(f"record {rid.hex()} was already committed earlier in the chain")
+        for signer, nonce in s.nonces:
+            if (signer, nonce) in self.seen_nonces:
+                raise bad(f"(signer {signer.hex()}, nonce {nonce}) was already used earlier "
+                          "in the chain")
+        log = self.log.copy()
+        log.extend(s.leaves)
+        if s.log_size != log.size:
+            raise bad(f"log_size {s.log_size}, but the chain holds {log.size} records")
+        if s.log_root != log.root():
+            raise bad(f"log_root {s.log_root.hex()} is not the root of the log "
+                      f"({log.root().hex()})")
+        self.seen_ids.update(s.ids)
+        self.seen_nonces.update(s.nonces)
+        self.log = log
+        self.height = s.height
+        self.records += len(s.ids)
+        self.tip_hash = s.hash
+        self.last_time_ms = s.time_ms
+
+
+# -- running the audit over worker processes ----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BytesChunk:
+    """Blocks already in memory (fetched over HTTP), starting at ``start``."""
+
+    start: int
+    blocks: list[bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChunk:
+    """Blocks ``[start, end)`` of an SQLite store, read by the worker itself."""
+
+    path: str
+    start: int
+    end: int
+
+
+Chunk = BytesChunk | StoreChunk
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """The summaries of a chunk's good blocks, then the first failure, if any."""
+
+    summaries: list[BlockSummary]
+    failure: AuditError | None
+
+
+_worker_genesis: Genesis | None = None
+_worker_stores: dict[str, SqliteStore] = {}
+
+
+def _init_worker(genesis_bytes: bytes) -> None:
+    global _worker_genesis
+    _worker_genesis = Genesis.from_bytes(genesis_bytes)
+
+
+def _chunk_blocks(chunk: Chunk) -> Iterator[tuple[int, bytes | None]]:
+    if isinstance(chunk, BytesChunk):
+        for i, data in enumerate(chunk.blocks):
+            yield chunk.start + i, data
+        return
+    store = _worker_stores.get(chunk.path)
+    if store is None:
+        store = _worker_stores[chunk.path] = SqliteStore(chunk.path, readonly=True)
+    for height in range(chunk.start, chunk.end):
+        yield height, store.block_bytes(height)
+
+
+def check_chunk(chunk: Chunk, genesis: Genesis | None = None) -> ChunkResult:
+    """Run ``check_block_alone`` over a chunk, stopping at its first bad block."""
+    genesis = genesis or _worker_genesis
+    if genesis is None:
+        raise RuntimeError("worker not initialised with genesis")
+    summaries: list[BlockSummary] = []
+    height = chunk.start
+    try:
+        for height, data in _chunk_blocks(chunk):
+            if data is None:
+                return ChunkResult(summaries, AuditError(height, "block is missing"))
+            summaries.append(check_block_alone(data, genesis, height))
+    except AuditError as exc:
+        return ChunkResult(summaries, exc)
+    except LedgerError as exc:
+        return ChunkResult(summaries, AuditError(height, str(exc)))
+    return ChunkResult(summaries, None)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The outcome of a passing audit."""
+
+    height: int
+    records: int
+    tip_hash: bytes
+
+
+class _InlineExecutor(Executor):
+    """Runs work in the calling thread (one worker, or tests)."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self._genesis = genesis
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future[ChunkResult] = Future()
+        future.set_result(check_chunk(args[0], self._genesis))
+        return future
+
+
+def audit_chunks(
+    genesis: Genesis,
+    chunks: Iterable[Chunk],
+    *,
+    workers: int | None = None,
+    on_block: Callable[[BlockSummary], None] | None = None,
+) -> AuditReport:
+    """Audit a chain given as consecutive chunks from height 1; raise AuditError at the first
+    bad block. ``workers`` processes check signatures (default: every core)."""
+    workers = workers or os.cpu_count() or 1
+    verifier = ChainVerifier(genesis)
+    executor: Executor = (
+        _InlineExecutor(genesis) if workers == 1
+        else ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(genesis.raw,))
+    )
+    window: deque[Future[ChunkResult]] = deque()
+    source = iter(chunks)
+    try:
+        while True:
+            while len(window) < 2 * workers:
+                chunk = next(source, None)
+                if chunk is None:
+                    break
+                window.append(executor.submit(check_chunk, chunk))
+            if not window:
+                break
+            result = window.popleft().result()
+            for summary in result.summaries:
+                verifier.extend(summary)
+                if on_block is not None:
+                    on_block(summary)
+            if result.failure is not None:
+                raise result.failure
+    finally:
+        for future in window:
+            future.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+    return AuditReport(verifier.height, verifier.records, verifier.tip_hash)
+
+
+def store_chunks(path: str, sizes: list[tuple[int, int]],
+                 records_per_chunk: int = 2000) -> Iterator[StoreChunk]:
+    """Split a store's blocks into chunks of about ``records_per_chunk`` records."""
+    start = None
+    count = 0
+    for height, n in sizes:
+        if start is None:
+            start = height
+        count += n + 1
+        if count >= records_per_chunk:
+            yield StoreChunk(path, start, height + 1)
+            start, count = None, 0
+    if start is not None:
+        yield StoreChunk(path, start, sizes[-1][0] + 1)

@@ -1,0 +1,151 @@
+"""One exception tree for the library.
+
+Every error carries a stable, machine-readable ``code`` (the HTTP layer maps it to a
+problem+json ``type``) and a one-line human message::
+
+    LedgerError                      code
+    ├── DecodeError                  malformed        bytes/JSON not of the expected shape
+    │   └── TooLargeError            too_large        a size limit was exceeded
+    ├── KeyFileError                 bad_key_file     a PEM key file cannot be read
+    ├── GenesisError                 bad_genesis      genesis.json is malformed
+    ├── MerkleError                  bad_proof        a proof is malformed (length, index)
+    │   └── RootMismatchError        root_mismatch    a proof leads to another root
+    ├── ValidationError              invalid          a well-formed object breaks a rule
+    │   ├── SignatureError           bad_signature    an Ed25519 signature does not verify
+    │   ├── WrongChainError          wrong_chain      the object names another chain
+    │   ├── UnauthorisedError        unauthorized     signer may not submit this type
+    │   ├── DuplicateError           duplicate        id or (signer, nonce) seen before
+    │   ├── CertificateError         bad_certificate  a commit certificate is invalid
+    │   └── BlockError               bad_block        a block breaks a chain rule
+    ├── AuditError                   audit_failed     a chain fails its audit at a height
+    ├── ReceiptError                 bad_receipt      a receipt does not prove its record
+    └── StoreError                   store            the block store failed
+        └── CorruptStoreError        corrupt_store    the store's contents are inconsistent
+
+Decode and shape errors ("the peer broke the protocol") are kept apart from validation
+errors ("a well-formed object breaks a rule"), as h11 does.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    code = "error"
+
+
+class DecodeError(LedgerError):
+    """Bytes or JSON that do not decode exactly to the expected shape."""
+
+    code = "malformed"
+
+
+class TooLargeError(DecodeError):
+    """An input exceeds a size limit (payload, batch, body)."""
+
+    code = "too_large"
+
+
+class KeyFileError(LedgerError):
+    """A private-key file cannot be read, parsed or decrypted."""
+
+    code = "bad_key_file"
+
+
+class GenesisError(LedgerError):
+    """genesis.json is missing, malformed, or inconsistent."""
+
+    code = "bad_genesis"
+
+
+class MerkleError(LedgerError):
+    """A Merkle proof is malformed: wrong length, index out of range, bad sizes."""
+
+    code = "bad_proof"
+
+
+class RootMismatchError(MerkleError):
+    """A well-formed proof leads to a root other than the expected one."""
+
+    code = "root_mismatch"
+
+    def __init__(self, expected: bytes, computed: bytes, what: str = "root") -> None:
+        super().__init__(f"{what} mismatch: expected {expected.hex()}, computed {computed.hex()}")
+        self.expected = expected
+        self.computed = computed
+
+
+class ValidationError(LedgerError):
+    """A well-formed object breaks a rule of the protocol."""
+
+    code = "invalid"
+
+
+class SignatureError(ValidationError):
+    """An Ed25519 signature does not verify under libsodium's rule (SPEC section 1)."""
+
+    code = "bad_signature"
+
+
+class WrongChainError(ValidationError):
+    """An object names a chain other than this one."""
+
+    code = "wrong_chain"
+
+
+class UnauthorisedError(ValidationError):
+    """The signer is not authorised by genesis for the record type."""
+
+    code = "unauthorized"
+
+
+class DuplicateError(ValidationError):
+    """A record id or (signer, nonce) pair appears earlier in the chain or block."""
+
+    code = "duplicate"
+
+
+class CertificateError(ValidationError):
+    """A commit certificate does not certify its block."""
+
+    code = "bad_certificate"
+
+
+class BlockError(ValidationError):
+    """A block breaks a chain rule (height, link, roots, log root, time, proposer)."""
+
+    code = "bad_block"
+
+
+class AuditError(LedgerError):
+    """A chain fails its audit; ``height`` is the first bad block."""
+
+    code = "audit_failed"
+
+    def __init__(self, height: int, reason: str) -> None:
+        super().__init__(f"height {height}: {reason}")
+        self.height = height
+        self.reason = reason
+
+
+class ReceiptError(LedgerError):
+    """A receipt does not prove that its record is on the chain."""
+
+    code = "bad_receipt"
+
+
+class StoreError(LedgerError):
+    """The block store cannot do what was asked."""
+
+    code = "store"
+
+
+class CorruptStoreError(StoreError):
+    """The store's contents contradict themselves; ``height`` names where, if known."""
+
+    code = "corrupt_store"
+
+    def __init__(self, message: str, height: int | None = None) -> None:
+        super().__init__(message if height is None else f"height {height}: {message}")
+        self.height = height

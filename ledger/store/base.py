@@ -1,0 +1,112 @@
+"""The block-store protocol and the logic both stores share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgpack
+
+from ledger import merkle
+from ledger.blocks import Block
+from ledger.errors import BlockError
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLocation:
+    """Where a committed record sits: block height, index in the block, index in the log."""
+
+    height: int
+    index: int
+    seq: int
+
+
+class BlockStore(Protocol):
+    """What the node, the audit and receipts need from storage."""
+
+    @property
+    def height(self) -> int:
+        """Height of the last committed block (0 when empty)."""
+
+    @property
+    def log(self) -> merkle.CompactRange:
+        """The Merkle log over every committed envelope (do not mutate)."""
+
+    def append(self, block: Block) -> None:
+        """Durably add ``block`` as the next height, atomically with all its indexes."""
+
+    def block_bytes(self, height: int) -> bytes | None:
+        """The exact msgpack bytes of the block at ``height`` (SPEC section 4)."""
+
+    def block(self, height: int) -> Block | None:
+        """The decoded block at ``height``."""
+
+    def tip_hash(self) -> bytes | None:
+        """The hash of the last block, if any."""
+
+    def locate(self, record_id: bytes) -> RecordLocation | None:
+        """Where record ``record_id`` was committed."""
+
+    def envelope(self, record_id: bytes) -> bytes | None:
+        """The envelope of a committed record."""
+
+    def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` are already committed."""
+
+    def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Which (signer, nonce) pairs are already committed."""
+
+    def subject_history(
+        self, subject: str, after_seq: int = -1, limit: int = 100
+    ) -> list[tuple[RecordLocation, bytes]]:
+        """Committed records of ``subject`` with log index > ``after_seq``, oldest first."""
+
+    def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
+        """Perfect-subtree hashes of the Merkle log by (level, index)."""
+
+    def close(self) -> None:
+        """Release the store."""
+
+
+def check_extends(
+    block: Block, height: int, tip_hash: bytes | None, log: merkle.CompactRange
+) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
+    """Check ``block`` extends a store at ``height``; return the new log and its new nodes.
+
+    The store refuses a block that does not link to its tip or whose log fields disagree
+    with the log it holds, so a store can never hold a chain that breaks these rules.
+    """
+    h = block.header
+    if h.height != height + 1:
+        raise BlockError(f"expected height {height + 1}, got {h.height}")
+    if tip_hash is not None and h.prev_hash != tip_hash:
+        raise BlockError(f"height {h.height}: prev_hash does not match block {height}")
+    if h.record_count != len(block.records):
+        raise BlockError(f"height {h.height}: record_count {h.record_count} "
+                         f"but {len(block.records)} records")
+    new_log = log.copy()
+    completed = new_log.extend(block.leaf_hashes())
+    if h.log_size != new_log.size:
+        raise BlockError(f"height {h.height}: log_size {h.log_size}, expected {new_log.size}")
+    if h.log_root != new_log.root():
+        raise BlockError(f"height {h.height}: log_root does not match the log")
+    return new_log, completed
+
+
+def join_block(header: bytes, envelopes: Iterable[bytes], count: int, cert: bytes) -> bytes:
+    """Assemble block wire bytes from stored parts without decoding them."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_array_header(3), header, packer.pack_array_header(count)]
+    parts.extend(packer.pack(e) for e in envelopes)
+    parts.append(cert)
+    return b"".join(parts)
+
+
+def iter_blocks(store: BlockStore, start: int = 1) -> Iterator[Block]:
+    """Every block from ``start`` to the tip."""
+    for height in range(start, store.height + 1):
+        block = store.block(height)
+        if block is None:
+            return
+        yield block

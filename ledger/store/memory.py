@@ -1,0 +1,115 @@
+"""An in-memory BlockStore with the same behaviour as SQLite's, for tests and simulation."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+
+from ledger import merkle
+from ledger.blocks import Block
+from ledger.errors import DuplicateError
+from ledger.store.base import RecordLocation, check_extends
+
+
+class MemoryStore:
+    """A BlockStore in dicts and lists; nothing survives the process."""
+
+    def __init__(self, genesis_hash: bytes | None = None) -> None:
+        self.genesis_hash = genesis_hash
+        self._blocks: list[bytes] = []
+        self._hashes: list[bytes] = []
+        self._envelopes: list[bytes] = []
+        self._locations: list[RecordLocation] = []
+        self._by_id: dict[bytes, RecordLocation] = {}
+        self._nonces: set[tuple[bytes, int]] = set()
+        self._subjects: dict[str, list[int]] = {}
+        self._nodes: dict[merkle.NodeId, bytes] = {}
+        self._log = merkle.CompactRange()
+
+    @property
+    def height(self) -> int:
+        """Height of the last committed block (0 when empty)."""
+        return len(self._blocks)
+
+    @property
+    def log(self) -> merkle.CompactRange:
+        """The Merkle log over every committed envelope."""
+        return self._log
+
+    def tip_hash(self) -> bytes | None:
+        """Hash of the last block."""
+        return self._hashes[-1] if self._hashes else None
+
+    def append(self, block: Block) -> None:
+        """Add ``block``; all or nothing, like the SQLite store's transaction."""
+        new_log, completed = check_extends(block, self.height, self.tip_hash(), self._log)
+        h = block.header
+        ids = [r.id for r in block.records]
+        pairs = [(r.body.signer, r.body.nonce) for r in block.records]
+        if (len(set(ids)) != len(ids) or len(set(pairs)) != len(pairs)
+                or self.seen_ids(ids) or self.seen_nonces(pairs)):
+            raise DuplicateError(
+                f"height {h.height}: a record id or (signer, nonce) is already stored"
+            )
+        first_seq = self._log.size
+        for i, r in enumerate(block.records):
+            seq = first_seq + i
+            loc = RecordLocation(h.height, i, seq)
+            self._envelopes.append(r.envelope)
+            self._locations.append(loc)
+            self._by_id[r.id] = loc
+            self._nonces.add((r.body.signer, r.body.nonce))
+            self._subjects.setdefault(r.body.subject, []).append(seq)
+        for level, index, node_hash in completed:
+            self._nodes[(level, index)] = node_hash
+        self._blocks.append(block.to_wire())
+        self._hashes.append(h.hash)
+        self._log = new_log
+
+    def block_bytes(self, height: int) -> bytes | None:
+        """The exact block bytes at ``height``."""
+        return self._blocks[height - 1] if 1 <= height <= len(self._blocks) else None
+
+    def block(self, height: int) -> Block | None:
+        """The decoded block at ``height``."""
+        data = self.block_bytes(height)
+        return None if data is None else Block.from_wire(data)
+
+    def locate(self, record_id: bytes) -> RecordLocation | None:
+        """Where record ``record_id`` was committed."""
+        return self._by_id.get(record_id)
+
+    def envelope(self, record_id: bytes) -> bytes | None:
+        """The envelope of a committed record."""
+        loc = self._by_id.get(record_id)
+        return None if loc is None else self._envelopes[loc.seq]
+
+    def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` are already committed."""
+        return {i for i in ids if i in self._by_id}
+
+    def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Which (signer, nonce) pairs are already committed."""
+        return {p for p in pairs if p in self._nonces}
+
+    def subject_history(self, subject: str, after_seq: int = -1,
+                        limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
+        """Committed records of ``subject`` after log index ``after_seq``, oldest first."""
+        seqs = self._subjects.get(subject, [])
+        start = bisect.bisect_right(seqs, after_seq)
+        return [(self._locations[seq], self._envelopes[seq]) for seq in seqs[start:start + limit]]
+
+    def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
+        """Perfect-subtree hashes of the log; level 0 is hashed from the envelope."""
+        out: dict[merkle.NodeId, bytes] = {}
+        for level, index in ids:
+            if level == 0:
+                if index < len(self._envelopes):
+                    out[(0, index)] = merkle.leaf_hash(self._envelopes[index])
+            elif (level, index) in self._nodes:
+                out[(level, index)] = self._nodes[(level, index)]
+        return out
+
+    def close(self) -> None:
+        """Nothing to release."""
+

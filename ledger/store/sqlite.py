@@ -1,0 +1,332 @@
+"""The SQLite block store: one file, WAL mode, one transaction per block.
+
+Layout (every proof is served in O(log n) reads, never by rehashing history):
+
+- ``blocks``: height -> header bytes, certificate bytes, hash, first log index, count.
+- ``records``: one row per committed record keyed by its log index ``seq`` (position in
+  the chain-wide Merkle log), with unique indexes on ``id`` and ``(signer, nonce)`` and an
+  index on ``(subject, seq)``. ``nonce`` is stored as the signed 64-bit reinterpretation
+  of the unsigned value, since SQLite integers are signed.
+- ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
+  by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
+
+Persistence: ``append`` runs in a single ``BEGIN IMMEDIATE`` transaction, and with
+``synchronous=FULL`` (the default) the WAL is fsynced at commit, so a block the store has
+acknowledged survives a crash, and a writer killed mid-transaction leaves exactly the
+blocks committed before it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ledger import merkle
+from ledger.blocks import Block, Header
+from ledger.errors import CorruptStoreError, DecodeError, DuplicateError, StoreError
+from ledger.store.base import RecordLocation, check_extends, join_block
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    header BLOB NOT NULL,
+    cert BLOB NOT NULL,
+    first_seq INTEGER NOT NULL,
+    record_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    height INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    signer BLOB NOT NULL,
+    nonce INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_id ON records (id);
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_signer_nonce ON records (signer, nonce);
+CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, seq);
+CREATE TABLE IF NOT EXISTS log_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+"""
+
+
+def to_signed64(nonce: int) -> int:
+    """Map an unsigned 64-bit nonce onto SQLite's signed integers (and back, below)."""
+    return nonce - 2**64 if nonce >= 2**63 else nonce
+
+
+def from_signed64(value: int) -> int:
+    """Inverse of ``to_signed64``."""
+    return value + 2**64 if value < 0 else value
+
+
+class SqliteStore:
+    """A BlockStore in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, genesis_hash: bytes | None = None,
+                 synchronous: str = "FULL", readonly: bool = False) -> None:
+        """Open (or create, unless ``readonly``) the store at ``path``.
+
+        With ``genesis_hash``, a new store is bound to that genesis and an existing one
+        must already be. ``readonly`` opens an existing store without writing to it.
+        """
+        self.path = Path(path)
+        self.readonly = readonly
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"unknown synchronous mode {synchronous!r}")
+        if readonly and not self.path.is_file():
+            raise StoreError(f"{self.path}: no such store")
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                           check_same_thread=False)
+            else:
+                self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                           check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.executescript(_SCHEMA)
+            self._init_meta(genesis_hash)
+            self._load_tip()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _init_meta(self, genesis_hash: bytes | None) -> None:
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        version = rows.get("schema_version")
+        if version is None and self.readonly:
+            raise StoreError(f"{self.path}: not a ledger store")
+        if version is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version}, this code reads "
+                             f"{SCHEMA_VERSION}")
+        stored = rows.get("genesis_hash")
+        if genesis_hash is not None:
+            if stored is None and not self.readonly:
+                self._db.execute("INSERT INTO meta VALUES ('genesis_hash', ?)", (genesis_hash,))
+            elif stored is not None and stored != genesis_hash:
+                raise StoreError(f"{self.path}: store belongs to genesis {bytes(stored).hex()}, "
+                                 f"not {genesis_hash.hex()}")
+        self.genesis_hash: bytes | None = genesis_hash or (bytes(stored) if stored else None)
+
+    def _load_tip(self) -> None:
+        row = self._db.execute(
+            "SELECT height, hash, header, first_seq, record_count FROM blocks "
+            "ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            self._height, self._tip_hash, self._log = 0, None, merkle.CompactRange()
+            return
+        height, block_hash, header_bytes, first_seq, count = row
+        try:
+            header = Header.from_wire(header_bytes)
+        except DecodeError as exc:
+            raise CorruptStoreError(f"tip header does not decode ({exc})", height) from exc
+        if header.height != height or header.hash != block_hash:
+            raise CorruptStoreError("tip header does not match its row", height)
+        size = first_seq + count
+        if header.log_size != size:
+            raise CorruptStoreError(f"log_size {header.log_size} but {size} records", height)
+        ids = merkle.compact_range_ids(size)
+        nodes = self._read_log_nodes(ids)
+        if len(nodes) != len(ids):
+            raise CorruptStoreError("Merkle log nodes are missing", height)
+        log = merkle.CompactRange.from_hashes(size, [nodes[i] for i in ids])
+        if log.root() != header.log_root:
+            raise CorruptStoreError("stored Merkle log does not match the tip's log_root", height)
+        self._height, self._tip_hash, self._log = height, bytes(block_hash), log
+
+    # -- the protocol --------------------------------------------------------------------
+
+    @property
+    def height(self) -> int:
+        """Height of the last committed block (0 when empty)."""
+        return self._height
+
+    @property
+    def log(self) -> merkle.CompactRange:
+        """The Merkle log over every committed envelope."""
+        return self._log
+
+    def tip_hash(self) -> bytes | None:
+        """Hash of the last block."""
+        return self._tip_hash
+
+    def append(self, block: Block) -> None:
+        """Write ``block`` and everything derived from it in one transaction."""
+        with self._lock:
+            new_log, completed = check_extends(block, self._height, self._tip_hash, self._log)
+            h = block.header
+            first_seq = self._log.size
+            rows = [
+                (first_seq + i, r.id, h.height, i, r.body.signer, to_signed64(r.body.nonce),
+                 r.body.subject, r.envelope)
+                for i, r in enumerate(block.records)
+            ]
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
+                        (h.height, h.hash, h.to_wire(), block.cert.to_wire(), first_seq,
+                         len(rows)),
+                    )
+                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
+                                   list(completed))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateError(
+                    f"height {h.height}: a record id or (signer, nonce) is already stored ({exc})"
+                ) from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"height {h.height}: write failed ({exc})") from exc
+            self._height, self._tip_hash, self._log = h.height, h.hash, new_log
+
+    def block_bytes(self, height: int) -> bytes | None:
+        """The exact block bytes at ``height``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT header, cert, first_seq, record_count FROM blocks WHERE height = ?",
+                (height,),
+            ).fetchone()
+            if row is None:
+                return None
+            header, cert, first_seq, count = row
+            envelopes = [e for (e,) in self._db.execute(
+                "SELECT envelope FROM records WHERE seq >= ? AND seq < ? ORDER BY seq",
+                (first_seq, first_seq + count),
+            )]
+        if len(envelopes) != count:
+            raise CorruptStoreError(f"{count - len(envelopes)} records are missing", height)
+        return join_block(header, envelopes, count, cert)
+
+    def block(self, height: int) -> Block | None:
+        """The decoded block at ``height``."""
+        data = self.block_bytes(height)
+        return None if data is None else Block.from_wire(data)
+
+    def blocks_range(self, start: int, end: int) -> list[bytes]:
+        """Block bytes for heights in ``[start, end)`` that exist."""
+        out = []
+        for height in range(start, end):
+            data = self.block_bytes(height)
+            if data is None:
+                break
+            out.append(data)
+        return out
+
+    def locate(self, record_id: bytes) -> RecordLocation | None:
+        """Where record ``record_id`` was committed."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT height, idx, seq FROM records WHERE id = ?", (record_id,)
+            ).fetchone()
+        return None if row is None else RecordLocation(*row)
+
+    def envelope(self, record_id: bytes) -> bytes | None:
+        """The envelope of a committed record."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT envelope FROM records WHERE id = ?", (record_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` are already committed."""
+        found: set[bytes] = set()
+        with self._lock:
+            for rid in ids:
+                if self._db.execute("SELECT 1 FROM records WHERE id = ?", (rid,)).fetchone():
+                    found.add(rid)
+        return found
+
+    def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Which (signer, nonce) pairs are already committed."""
+        found: set[tuple[bytes, int]] = set()
+        with self._lock:
+            for signer, nonce in pairs:
+                if self._db.execute(
+                    "SELECT 1 FROM records WHERE signer = ? AND nonce = ?",
+                    (signer, to_signed64(nonce)),
+                ).fetchone():
+                    found.add((signer, nonce))
+        return found
+
+    def subject_history(self, subject: str, after_seq: int = -1,
+                        limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
+        """Committed records of ``subject`` after log index ``after_seq``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT height, idx, seq, envelope FROM records "
+                "WHERE subject = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (subject, after_seq, limit),
+            ).fetchall()
+        return [(RecordLocation(h, i, s), bytes(e)) for h, i, s, e in rows]
+
+    def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
+        """Perfect-subtree hashes of the log; level 0 is hashed from the stored envelope."""
+        with self._lock:
+            return self._read_log_nodes(ids)
+
+    def _read_log_nodes(self, ids: Iterable[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+        out: dict[merkle.NodeId, bytes] = {}
+        for level, index in ids:
+            if level == 0:
+                row = self._db.execute(
+                    "SELECT envelope FROM records WHERE seq = ?", (index,)
+                ).fetchone()
+                if row is not None:
+                    out[(0, index)] = merkle.leaf_hash(row[0])
+            else:
+                row = self._db.execute(
+                    "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
+                ).fetchone()
+                if row is not None:
+                    out[(level, index)] = bytes(row[0])
+        return out
+
+    def block_sizes(self, start: int = 1) -> list[tuple[int, int]]:
+        """(height, record count) of every block from ``start``, in order."""
+        with self._lock:
+            return list(self._db.execute(
+                "SELECT height, record_count FROM blocks WHERE height >= ? ORDER BY height",
+                (start,),
+            ))
+
+    def record_count(self) -> int:
+        """Records committed so far (the log size)."""
+        return self._log.size
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The ledger node process: CLI, and later the runtime, transport and HTTP API."""
