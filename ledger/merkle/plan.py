@@ -25,8 +25,9 @@ def _split(n: int) -> int:
 def _range_ids(begin: int, end: int) -> list[NodeId]:
     """Return the perfect subtrees of [begin, end); requires begin aligned to its largest one."""
     ids: list[NodeId] = []
-    for level in reversed(range((end - begin).bit_length())):
-        if (end - begin) >> level & 1:
+    width = end - begin
+    for level in reversed(range(width.bit_length())):
+        if width >> level & 1:
             ids.append((level, begin >> level))
             begin += 1 << level
     return ids

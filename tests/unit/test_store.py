@@ -1,0 +1,168 @@
+"""Block stores: SQLite and in-memory behave alike (same tests, both stores)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger import merkle
+from ledger.errors import BlockError, CorruptStoreError, DuplicateError, StoreError
+from ledger.store import BlockStore, MemoryStore, SqliteStore
+from tests.factory import ChainBuilder, make_fixture
+
+FX = make_fixture()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlockStore]:
+    s: BlockStore = (SqliteStore(tmp_path / "chain.db", genesis_hash=FX.genesis.hash)
+                     if request.param == "sqlite" else MemoryStore(FX.genesis.hash))
+    yield s
+    s.close()
+
+
+def test_blocks_read_back_byte_identical(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    for n in (0, 1, 5, 2):
+        b.add(n)
+    assert store.height == 4
+    for block in b.blocks:
+        assert store.block_bytes(block.height) == block.to_wire()
+    assert store.block_bytes(5) is None and store.block_bytes(0) is None
+    assert store.tip_hash() == b.blocks[-1].hash
+
+
+def test_records_are_indexed(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    b.add(2)
+    block = b.add(3)
+    rec = block.records[1]
+    loc = store.locate(rec.id)
+    assert loc is not None and (loc.height, loc.index, loc.seq) == (2, 1, 3)
+    assert store.envelope(rec.id) == rec.envelope
+    assert store.locate(b"\x00" * 32) is None
+    assert store.seen_ids([rec.id, b"\x01" * 32]) == {rec.id}
+    pair = (rec.body.signer, rec.body.nonce)
+    assert store.seen_nonces([pair, (rec.body.signer, 10**6)]) == {pair}
+
+
+def test_large_nonce_round_trips(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    b.nonce = 2**64 - 3
+    block = b.add(2)
+    pairs = {(r.body.signer, r.body.nonce) for r in block.records}
+    assert {n for _, n in pairs} == {2**64 - 2, 2**64 - 1}
+    assert store.seen_nonces(pairs) == pairs
+
+
+def test_subject_history_pages_oldest_first(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    recs = []
+    for _ in range(3):
+        block = b.block([b.record(subject="a"), b.record(subject="b"), b.record(subject="a")])
+        store.append(block)
+        recs += [r for r in block.records if r.body.subject == "a"]
+    page1 = store.subject_history("a", limit=4)
+    assert [e for _, e in page1] == [r.envelope for r in recs[:4]]
+    page2 = store.subject_history("a", after_seq=page1[-1][0].seq, limit=4)
+    assert [e for _, e in page2] == [r.envelope for r in recs[4:]]
+    assert store.subject_history("nobody") == []
+
+
+def test_block_that_does_not_extend_the_tip_is_refused(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    b.add(1)
+    good = b.block([b.record()])
+    import dataclasses
+
+    with pytest.raises(BlockError, match="expected height 2"):
+        store.append(dataclasses.replace(good, header=dataclasses.replace(good.header, height=3)))
+    with pytest.raises(BlockError, match="prev_hash"):
+        store.append(dataclasses.replace(
+            good, header=dataclasses.replace(good.header, prev_hash=b"\x00" * 32)))
+    with pytest.raises(BlockError, match="log_root"):
+        store.append(dataclasses.replace(
+            good, header=dataclasses.replace(good.header, log_root=b"\x00" * 32)))
+    assert store.height == 1
+    store.append(good)
+    assert store.height == 2
+
+
+def test_duplicate_record_is_refused_atomically(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    first = b.add(2)
+    dup = b.block([b.record(), first.records[0]])
+    with pytest.raises(DuplicateError):
+        store.append(dup)
+    assert store.height == 1
+    assert store.locate(dup.records[0].id) is None  # nothing of the failed block was kept
+    assert store.log.size == 2
+    b.add(1)
+    assert store.height == 2
+
+
+def test_log_proofs_served_from_stored_nodes(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    envelopes: list[bytes] = []
+    sizes = []
+    for n in (1, 4, 3, 7, 0, 2, 16, 5):
+        block = b.add(n)
+        envelopes += [r.envelope for r in block.records]
+        sizes.append((block.header.log_size, block.header.log_root))
+    leaves = [merkle.leaf_hash(e) for e in envelopes]
+    size, root = sizes[-1]
+    for index in range(size):
+        plan = merkle.plan_inclusion(index, size)
+        proof = merkle.assemble_proof(plan, store.log_nodes(merkle.all_node_ids(plan)))
+        assert len(merkle.all_node_ids(plan)) <= 2 * size.bit_length()
+        merkle.verify_inclusion(index, size, leaves[index], proof, root)
+    for old_size, old_root in sizes:
+        plan = merkle.plan_consistency(old_size, size)
+        proof = merkle.assemble_proof(plan, store.log_nodes(merkle.all_node_ids(plan)))
+        merkle.verify_consistency(old_size, size, old_root, root, proof)
+
+
+def test_sqlite_store_reopens_where_it_left(tmp_path: Path) -> None:
+    path = tmp_path / "chain.db"
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as s:
+        b = ChainBuilder(FX, s)
+        for _ in range(5):
+            b.add(3)
+        tip, root = s.tip_hash(), s.log.root()
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as s:
+        assert (s.height, s.tip_hash(), s.log.root()) == (5, tip, root)
+        b.store = s
+        b.add(2)
+        assert s.height == 6
+    with SqliteStore(path, readonly=True) as ro:
+        assert ro.height == 6 and ro.genesis_hash == FX.genesis.hash
+    # WAL mode is on
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_sqlite_store_refuses_another_genesis_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "chain.db"
+    SqliteStore(path, genesis_hash=FX.genesis.hash).close()
+    with pytest.raises(StoreError, match="belongs to genesis"):
+        SqliteStore(path, genesis_hash=b"\x01" * 32)
+    with pytest.raises(StoreError, match="no such store"):
+        SqliteStore(tmp_path / "nope.db", readonly=True)
+
+
+def test_sqlite_store_detects_a_damaged_log(tmp_path: Path) -> None:
+    path = tmp_path / "chain.db"
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as s:
+        b = ChainBuilder(FX, s)
+        for _ in range(3):
+            b.add(4)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE log_nodes SET hash = zeroblob(32) WHERE level = 3")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptStoreError, match="height 3"):
+        SqliteStore(path)
