@@ -74,6 +74,10 @@ class RootMismatchError(MerkleError):
         super().__init__(f"{what} mismatch: expected {expected.hex()}, computed {computed.hex()}")
         self.expected = expected
         self.computed = computed
+        self._args = (expected, computed, what)
+
+    def __reduce__(self) -> tuple[type, tuple[bytes, bytes, str]]:
+        return (type(self), self._args)
 
 
 class ValidationError(LedgerError):
@@ -128,6 +132,9 @@ class AuditError(LedgerError):
         self.height = height
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:
+        return (type(self), (self.height, self.reason))
+
 
 class ReceiptError(LedgerError):
     """A receipt does not prove that its record is on the chain."""
@@ -149,3 +156,7 @@ class CorruptStoreError(StoreError):
     def __init__(self, message: str, height: int | None = None) -> None:
         super().__init__(message if height is None else f"height {height}: {message}")
         self.height = height
+        self._message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:
+        return (type(self), (self._message, self.height))
