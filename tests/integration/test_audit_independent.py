@@ -23,12 +23,10 @@ import pytest
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `tests` is a namespace package rooted at the repo
-    sys.path.insert(0, str(REPO_ROOT))
+from tests.independent import writer
+from tests.independent.server import running, serve_chain
 
-from tests.independent import writer  # noqa: E402
-from tests.independent.server import running, serve_chain  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CLI_TIMEOUT_S = 120
 RECORD_KEYS = frozenset({"chain", "type", "subject", "payload", "ts", "nonce", "signer"})
