@@ -19,10 +19,12 @@ The first failure raises ``AuditError(height, reason)``.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from ledger import merkle
@@ -249,9 +251,11 @@ def audit_chunks(
     bad block. ``workers`` processes check signatures (default: every core)."""
     workers = workers or os.cpu_count() or 1
     verifier = ChainVerifier(genesis)
+    # forkserver, not fork: the caller may run threads (HTTP fetchers) when workers start.
     executor: Executor = (
         _InlineExecutor(genesis) if workers == 1
-        else ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(genesis.raw,))
+        else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                 initializer=_init_worker, initargs=(genesis.raw,))
     )
     window: deque[Future[ChunkResult]] = deque()
     source = iter(chunks)
@@ -264,7 +268,10 @@ def audit_chunks(
                 window.append(executor.submit(check_chunk, chunk))
             if not window:
                 break
-            result = window.popleft().result()
+            try:
+                result = window.popleft().result()
+            except BrokenProcessPool as exc:
+                raise LedgerError(f"an audit worker process died ({exc})") from exc
             for summary in result.summaries:
                 verifier.extend(summary)
                 if on_block is not None:
