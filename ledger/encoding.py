@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any, NoReturn
 
 import msgpack
@@ -34,7 +35,7 @@ def pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     for key, value in pairs:
         try:
             if key in out:
-                raise DecodeError(f"map repeats key {key!r}")
+                raise DecodeError(f"key {key!r} appears twice in one map")
         except TypeError as exc:
             raise DecodeError(f"map key of type {type(key).__name__} is not hashable") from exc
         out[key] = value
@@ -70,6 +71,16 @@ def unpack_exact(data: bytes, what: str, *, max_len: int | None = None) -> Any:
         raise DecodeError(f"{what}: not valid msgpack ({exc})") from exc
     except Exception as exc:  # msgpack raises a zoo of types for truncated/garbage input
         raise DecodeError(f"{what}: not valid msgpack ({type(exc).__name__}: {exc})") from exc
+
+
+def loads_json(data: str | bytes) -> Any:
+    """Parse JSON strictly: a repeated key in any object is a DecodeError, like in msgpack."""
+    try:
+        return json.loads(data, object_pairs_hook=pairs_to_dict)
+    except DecodeError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"not valid JSON ({exc})") from exc
 
 
 def fail(what: str, message: str) -> NoReturn:

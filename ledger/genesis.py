@@ -7,7 +7,6 @@ keeps the exact bytes it was loaded from. Keys a verifier does not need are kept
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger.crypto import sha256
-from ledger.encoding import packb
-from ledger.errors import GenesisError
+from ledger.encoding import loads_json, packb
+from ledger.errors import DecodeError, GenesisError
 from ledger.records import TYPE_PATTERN
 
 CHAIN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -120,15 +119,6 @@ class Genesis:
         return not member.roles.isdisjoint(allowed)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise GenesisError(f"key {key!r} appears twice in one object")
-        out[key] = value
-    return out
-
-
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(obj, dict):
         raise GenesisError(f"{where}: expected an object")
@@ -150,11 +140,9 @@ def _pubkey(obj: dict[str, Any], where: str) -> bytes:
 
 def _parse(raw: bytes, source: str) -> Genesis:
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
-    except GenesisError as exc:
+        doc = loads_json(raw)
+    except DecodeError as exc:
         raise GenesisError(f"{source}: {exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GenesisError(f"{source}: not valid JSON ({exc})") from exc
     try:
         return _build(raw, doc)
     except GenesisError as exc:

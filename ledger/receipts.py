@@ -14,8 +14,8 @@ from typing import Any
 
 from ledger import merkle
 from ledger.blocks import Certificate, Header
-from ledger.encoding import b64decode, b64encode, hex_decode
-from ledger.errors import LedgerError, ReceiptError
+from ledger.encoding import b64decode, b64encode, hex_decode, loads_json
+from ledger.errors import DecodeError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
@@ -65,21 +65,12 @@ class VerifiedReceipt:
     signers: tuple[int, ...]
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ReceiptError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
 def parse_receipt(text: str | bytes) -> dict[str, Any]:
     """Parse receipt JSON, rejecting repeated keys."""
     try:
-        doc = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReceiptError(f"not valid JSON ({exc})") from exc
+        doc = loads_json(text)
+    except DecodeError as exc:
+        raise ReceiptError(str(exc)) from exc
     if not isinstance(doc, dict):
         raise ReceiptError("expected a JSON object")
     return doc
