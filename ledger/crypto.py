@@ -40,6 +40,8 @@ def sha256(data: bytes) -> bytes:
 
 def is_valid_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True iff libsodium accepts ``signature`` over ``message`` by ``public_key``."""
+    # Essential: PyNaCl's crypto_sign_open does not check the key length, so a short key
+    # would make libsodium read past the buffer and a long one would verify on its prefix.
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
     try:
@@ -89,7 +91,9 @@ class PrivateKey:
         )
 
     def to_pem(self, passphrase: bytes | None = None) -> bytes:
-        """PEM PKCS#8, encrypted with ``passphrase`` when given."""
+        """PEM PKCS#8, encrypted with ``passphrase`` when given (an empty one is refused)."""
+        if passphrase is not None and not passphrase:
+            raise KeyFileError("an empty passphrase would leave the key unencrypted")
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase
@@ -121,16 +125,21 @@ def write_key_file(path: str | os.PathLike[str], key: PrivateKey,
                    passphrase: bytes | None = None) -> None:
     """Write ``key`` to a new file readable only by its owner; never overwrite."""
     p = Path(path)
+    pem = key.to_pem(passphrase)  # before creating the file: a failure leaves nothing behind
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
         raise KeyFileError(f"{p}: already exists; refusing to overwrite a key") from exc
     except OSError as exc:
         raise KeyFileError(f"{p}: cannot create ({exc.strerror})") from exc
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.to_pem(passphrase))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        p.unlink(missing_ok=True)
+        raise KeyFileError(f"{p}: cannot write ({exc.strerror})") from exc
 
 
 def read_key_file(path: str | os.PathLike[str], passphrase: bytes | None = None) -> PrivateKey:
