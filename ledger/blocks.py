@@ -30,6 +30,7 @@ from ledger.encoding import (
     expect_str,
     fail,
     packb,
+    require_canonical,
     unpack_exact,
 )
 from ledger.errors import BlockError, CertificateError
@@ -99,10 +100,8 @@ class Header:
     def from_wire(cls, data: bytes) -> Header:
         """Decode ``packb(header)`` strictly (canonical encoding required)."""
         obj = unpack_exact(data, "header")
-        header = cls.from_obj(obj)
-        if header.to_wire() != bytes(data):
-            fail("header", "not in canonical msgpack encoding")
-        return header
+        require_canonical(data, obj, "header")
+        return cls.from_obj(obj)
 
     def validate_basic(self) -> None:
         """Stateless checks beyond field types."""
@@ -133,11 +132,12 @@ class Vote:
         """Decode a vote strictly."""
         w = "vote"
         items = expect_array(unpack_exact(data, w), w, 5)
+        require_canonical(data, items, w)
         kind = expect_int(items[1], f"{w}.kind")
         if kind not in (PREVOTE, PRECOMMIT):
             fail(f"{w}.kind", f"expected 1 (prevote) or 2 (precommit), got {kind}")
         block_hash = items[4]
-        vote = cls(
+        return cls(
             chain=expect_str(items[0], f"{w}.chain"),
             kind=kind,
             height=expect_int(items[2], f"{w}.height", lo=1),
@@ -145,9 +145,6 @@ class Vote:
             block_hash=None if block_hash is None
             else expect_bytes(block_hash, f"{w}.block_hash", HASH_SIZE),
         )
-        if vote.to_wire() != bytes(data):
-            fail(w, "not in canonical msgpack encoding")
-        return vote
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +187,9 @@ class Certificate:
     @classmethod
     def from_wire(cls, data: bytes) -> Certificate:
         """Decode ``packb(cert)`` strictly."""
-        cert = cls.from_obj(unpack_exact(data, "certificate"))
-        if cert.to_wire() != bytes(data):
-            fail("certificate", "not in canonical msgpack encoding")
-        return cert
+        obj = unpack_exact(data, "certificate")
+        require_canonical(data, obj, "certificate")
+        return cls.from_obj(obj)
 
     def validate_basic(self) -> None:
         """Signatures present, listed by strictly ascending validator index."""
@@ -269,6 +265,7 @@ class Block:
         """Decode block bytes strictly: shape and canonical encoding, no signature checks."""
         w = "block"
         obj = unpack_exact(data, w)
+        require_canonical(data, obj, w)
         items = expect_array(obj, w, 3)
         header = Header.from_obj(items[0])
         envelopes = expect_array(items[1], f"{w}.records")
@@ -276,10 +273,7 @@ class Block:
             Record.from_wire(expect_bytes(e, f"{w}.records[{i}]"))
             for i, e in enumerate(envelopes)
         )
-        cert = Certificate.from_obj(items[2])
-        if packb(obj) != bytes(data):
-            fail(w, "not in canonical msgpack encoding")
-        return cls(header, records, cert)
+        return cls(header, records, Certificate.from_obj(items[2]))
 
     def leaf_hashes(self) -> list[bytes]:
         """Merkle leaf hashes of the envelopes, in block order."""

@@ -163,7 +163,7 @@ def hex_decode(text: Any, what: str, length: int | None = None) -> bytes:
 
 def require_canonical(data: bytes, obj: Any, what: str) -> None:
     """Reject ``data`` unless it is the canonical encoding of ``obj``."""
-    if packb(obj) != bytes(data):
+    if packb(obj) != data:
         fail(what, "not in canonical msgpack encoding")
 
 

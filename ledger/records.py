@@ -8,7 +8,6 @@ because the signature and the id cover those bytes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from ledger.encoding import (
     packb,
     pairs_to_dict,
     reject_ext,
+    require_canonical,
     unpack_exact,
 )
 from ledger.errors import DecodeError, SignatureError, TooLargeError
@@ -167,10 +167,8 @@ class Record:
         items = expect_array(unpack_exact(envelope, what), what, 2)
         body_bytes = expect_bytes(items[0], f"{what}.body")
         sig = expect_bytes(items[1], f"{what}.sig", SIGNATURE_SIZE)
-        envelope = bytes(envelope)
-        if packb(items) != envelope:
-            fail(what, "not in canonical msgpack encoding")
-        return cls(RecordBody.from_wire(body_bytes), body_bytes, sig, envelope,
+        require_canonical(envelope, items, what)
+        return cls(RecordBody.from_wire(body_bytes), body_bytes, sig, bytes(envelope),
                    sha256(body_bytes))
 
     def to_wire(self) -> bytes:
@@ -190,7 +188,3 @@ class Record:
         if not self.has_valid_signature():
             raise SignatureError(f"record {self.id.hex()}: signature does not verify")
 
-
-def decode_batch(envelopes: Iterable[bytes]) -> list[Record]:
-    """Decode many envelopes; the first malformed one raises."""
-    return [Record.from_wire(e) for e in envelopes]

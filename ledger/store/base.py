@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,11 +102,3 @@ def join_block(header: bytes, envelopes: Iterable[bytes], count: int, cert: byte
     parts.append(cert)
     return b"".join(parts)
 
-
-def iter_blocks(store: BlockStore, start: int = 1) -> Iterator[Block]:
-    """Every block from ``start`` to the tip."""
-    for height in range(start, store.height + 1):
-        block = store.block(height)
-        if block is None:
-            return
-        yield block

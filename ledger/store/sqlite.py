@@ -228,16 +228,6 @@ class SqliteStore:
         data = self.block_bytes(height)
         return None if data is None else Block.from_wire(data)
 
-    def blocks_range(self, start: int, end: int) -> list[bytes]:
-        """Block bytes for heights in ``[start, end)`` that exist."""
-        out = []
-        for height in range(start, end):
-            data = self.block_bytes(height)
-            if data is None:
-                break
-            out.append(data)
-        return out
-
     def locate(self, record_id: bytes) -> RecordLocation | None:
         """Where record ``record_id`` was committed."""
         with self._lock:
