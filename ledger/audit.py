@@ -32,6 +32,7 @@ from ledger.blocks import Block
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
 from ledger.store.sqlite import SqliteStore
+from ledger.validation import check_header_fields, check_records, check_unique_within
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,36 +64,16 @@ def check_block_alone(data: bytes, genesis: Genesis, expected_height: int) -> Bl
 
     if height != expected_height:
         raise AuditError(expected_height, f"block claims height {height}")
-    if h.chain != genesis.chain_id:
-        raise bad(f"header names chain {h.chain!r}, genesis is {genesis.chain_id!r}")
-    if h.validators_hash != genesis.validators.hash:
-        raise bad("validators_hash does not match the genesis validator set")
-    if h.proposer >= len(genesis.validators):
-        raise bad(f"proposer {h.proposer} is not a validator index")
     try:
+        check_header_fields(genesis, h)
         block.validate_basic()
         block.cert.verify(genesis.chain_id, genesis.validators)
+        check_records(genesis, block.records)
+        check_unique_within(block.records)
     except LedgerError as exc:
         raise bad(str(exc)) from exc
-
-    ids: list[bytes] = []
-    nonces: list[tuple[bytes, int]] = []
-    for i, record in enumerate(block.records):
-        body = record.body
-        where = f"record {i} ({record.id.hex()})"
-        if body.chain != genesis.chain_id:
-            raise bad(f"{where} names chain {body.chain!r}")
-        if not record.has_valid_signature():
-            raise bad(f"{where}: signature does not verify")
-        if not genesis.may_submit(body.signer, body.type):
-            raise bad(f"{where}: signer {body.signer.hex()} is not authorised for "
-                      f"type {body.type!r}")
-        ids.append(record.id)
-        nonces.append((body.signer, body.nonce))
-    if len(set(ids)) != len(ids):
-        raise bad("a record appears twice in the block")
-    if len(set(nonces)) != len(nonces):
-        raise bad("two records in the block share a (signer, nonce)")
+    ids = [r.id for r in block.records]
+    nonces = [(r.body.signer, r.body.nonce) for r in block.records]
     return BlockSummary(height, h.hash, h.prev_hash, h.time_ms, h.log_size, h.log_root,
                         block.leaf_hashes(), ids, nonces)
 

@@ -1,0 +1,594 @@
+"""Tendermint consensus as a deterministic state machine.
+
+Buchman, Kwon, Milosevic, "The latest gossip on BFT consensus" (2018), Algorithm 1. Each
+rule below carries the paper's line number (``L22`` ...). ``handle(event)`` returns the
+actions to run, in order; the core does no I/O, reads no clock (time arrives as events)
+and uses no randomness, so the same events always give the same actions.
+
+Persistence order (what the runtime must honour, and what the crash tests check):
+
+1. ``PersistState`` always comes before the ``Broadcast`` of the message it signs: the
+   runtime writes it durably (fsync) before sending anything after it. A node restarted
+   from that state refuses to sign at or below ``last_signed`` (height, round, step), so it
+   can never send two different messages for one (height, round, step), whatever point
+   it crashed at.
+2. ``CommitBlock`` is executed (the block, its certificate and indexes in one store
+   transaction) before any later action; the next height only starts on a later
+   ``TimeoutFired(NEW_HEIGHT)`` event, so the core always reads a store that holds it.
+3. The lock and valid value travel inside ``PersistState``, so a restarted validator keeps
+   the locks that make the algorithm safe.
+
+Beyond the paper, for links that lose messages: every ``RESEND`` timeout re-broadcasts this
+validator's own messages of the height (the gossip the paper assumes), and a message from a
+later height makes the core ask its sender for the missing committed blocks (block sync),
+which it verifies by their certificates instead of replaying rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ledger import merkle
+from ledger.blocks import PRECOMMIT, PREVOTE, Block, Certificate, Header, Vote, build_header
+from ledger.consensus.events import (
+    Action,
+    Broadcast,
+    CommitBlock,
+    Event,
+    MessageReceived,
+    PersistState,
+    RecordEvidence,
+    RecordsAvailable,
+    ScheduleTimeout,
+    SendTo,
+    SigningState,
+    Start,
+    Step,
+    Tick,
+    TimeoutFired,
+    TimeoutKind,
+)
+from ledger.consensus.messages import (
+    BlockRequest,
+    BlockResponse,
+    Message,
+    Proposal,
+    SignedVote,
+)
+from ledger.consensus.votes import HeightVotes
+from ledger.crypto import PrivateKey, is_valid_signature
+from ledger.errors import LedgerError
+from ledger.genesis import Genesis
+from ledger.records import Record
+from ledger.validation import check_header_fields, check_records, check_unique_within
+
+Verifier = Callable[[bytes, bytes, bytes], bool]
+
+
+class ChainView(Protocol):
+    """The committed chain, read-only (a BlockStore satisfies it)."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def log(self) -> merkle.CompactRange: ...
+
+    def tip_hash(self) -> bytes | None: ...
+
+    def block(self, height: int) -> Block | None: ...
+
+    def seen_ids(self, ids: list[bytes]) -> set[bytes]: ...
+
+    def seen_nonces(self, pairs: list[tuple[bytes, int]]) -> set[tuple[bytes, int]]: ...
+
+
+class Mempool(Protocol):
+    """Where a proposer takes records from (already admitted: decoded and verified)."""
+
+    def reap(self, max_records: int, max_bytes: int) -> list[Record]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    """Timeouts (ms) grow by ``*_delta_ms`` per round; limits bound a block."""
+
+    timeout_propose_ms: int = 1000
+    timeout_propose_delta_ms: int = 500
+    timeout_prevote_ms: int = 500
+    timeout_prevote_delta_ms: int = 250
+    timeout_precommit_ms: int = 500
+    timeout_precommit_delta_ms: int = 250
+    timeout_commit_ms: int = 100
+    resend_ms: int = 1000
+    sync_retry_ms: int = 500
+    sync_batch: int = 16
+    max_block_records: int = 10_000
+    max_block_bytes: int = 8 * 1024 * 1024
+    create_empty_blocks: bool = True
+    max_future_messages: int = 10_000
+
+
+NO_SIGNATURE = (0, 0, -1)
+
+
+class ConsensusCore:
+    """One validator's (or observer's) view of consensus; see the module docstring."""
+
+    def __init__(self, genesis: Genesis, chain: ChainView, mempool: Mempool, *,
+                 key: PrivateKey | None = None, config: ConsensusConfig | None = None,
+                 persisted: SigningState | None = None,
+                 verify: Verifier = is_valid_signature) -> None:
+        self.genesis = genesis
+        self.validators = genesis.validators
+        self.chain = chain
+        self.mempool = mempool
+        self.key = key
+        self.config = config or ConsensusConfig()
+        self.verify = verify
+        validator = self.validators.by_key(key.public) if key else None
+        self.index: int | None = validator.index if validator else None
+        self.now_ms = 0
+        self.last_signed: tuple[int, int, int] = NO_SIGNATURE
+        self.evidence: list[tuple[SignedVote | Proposal, SignedVote | Proposal]] = []
+        self.decisions: dict[int, Block] = {}
+        self._persisted = persisted
+        self._out: list[Action] = []
+        self.future: list[tuple[int, Message]] = []  # messages for later heights, bounded
+        self._reset_height(chain.height + 1)
+        if persisted is not None:
+            self.last_signed = persisted.last_signed
+
+    # -- height state -------------------------------------------------------------------
+
+    def _reset_height(self, height: int) -> None:
+        """Initialisation (L1-L9) for a new height, and L54's reset."""
+        self.height = height
+        self.round = 0
+        self.step = Step.PROPOSE
+        self.started = False  # round 0 of this height has begun
+        self.locked_round = -1
+        self.locked: Proposal | None = None
+        self.valid_round = -1
+        self.valid: Proposal | None = None
+        self.proposals: dict[int, Proposal] = {}
+        self.votes = HeightVotes(self.validators)
+        self.fired: set[tuple[str, int]] = set()
+        self.validity: dict[bytes, bool] = {}
+        self.own: dict[tuple[int, int], Message] = {}
+        self.sync_asked: dict[int, int] = {}
+        self.synced: dict[int, Block] = {}
+
+    # -- the entry point ----------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        """Consume one event; return the actions to execute, in order."""
+        self._out = []
+        if isinstance(event, Start):
+            self.now_ms = max(self.now_ms, event.now_ms)
+            self._on_start()
+        elif isinstance(event, Tick):
+            self.now_ms = max(self.now_ms, event.now_ms)
+        elif isinstance(event, RecordsAvailable):
+            if not self.started and self.height > self.chain.height:
+                self._start_height_if_ready()
+        elif isinstance(event, TimeoutFired):
+            self._on_timeout(event)
+        elif isinstance(event, MessageReceived):
+            self._on_message(event.sender, event.message)
+        self._apply_rules()
+        return self._out
+
+    def _on_start(self) -> None:
+        p = self._persisted
+        self._persisted = None
+        if p is not None and p.height == self.height:
+            # Restart within a height: keep the locks; never re-sign (last_signed guards).
+            self.locked_round, self.locked = p.locked_round, p.locked_block
+            self.valid_round, self.valid = p.valid_round, p.valid_block
+            self.started = True
+            self._start_round(p.round)
+        else:
+            self._start_height_if_ready()
+        self._schedule(self.height, 0, TimeoutKind.RESEND, self.config.resend_ms)
+
+    def _start_height_if_ready(self) -> None:
+        """Begin round 0, unless idle chains wait for records (no empty blocks)."""
+        if self.config.create_empty_blocks or len(self.mempool) > 0:
+            self.started = True
+            self._start_round(0)
+
+    # -- L11: StartRound ------------------------------------------------------------------
+
+    def proposer(self, height: int, round: int) -> int:
+        """The validator index that proposes in (height, round): round-robin."""
+        return (height + round) % len(self.validators)
+
+    def _start_round(self, round: int) -> None:
+        # L11-L13: round_p <- round; step_p <- propose
+        self.round = round
+        self.step = Step.PROPOSE
+        # L14: if proposer(h_p, round_p) = p
+        if self.index is not None and self.proposer(self.height, round) == self.index:
+            # L15-L18: propose validValue if there is one, else a new value (getValue)
+            if self.valid is not None:
+                self._propose(self.valid.header, self.valid.records, self.valid_round)
+            else:
+                header, records = self._get_value()
+                self._propose(header, records, -1)
+        else:
+            # L21: schedule OnTimeoutPropose(h_p, round_p) after timeoutPropose(round_p)
+            self._schedule(self.height, round, TimeoutKind.PROPOSE,
+                           self.config.timeout_propose_ms
+                           + round * self.config.timeout_propose_delta_ms)
+        self._replay_future()
+
+    def _get_value(self) -> tuple[Header, tuple[Record, ...]]:
+        """A new block from the mempool, on top of the committed chain."""
+        records = self._fresh_records(self.mempool.reap(self.config.max_block_records,
+                                                        self.config.max_block_bytes))
+        tip = self.chain.block(self.chain.height)
+        prev_time = tip.header.time_ms if tip else -1
+        header = build_header(
+            chain=self.genesis.chain_id, height=self.height,
+            time_ms=max(self.now_ms, prev_time + 1),
+            prev_hash=self.chain.tip_hash() or self.genesis.hash, records=records,
+            log=self.chain.log, proposer=self.index if self.index is not None else 0,
+            validators_hash=self.validators.hash)
+        return header, tuple(records)
+
+    def _fresh_records(self, records: list[Record]) -> list[Record]:
+        """Drop records the chain already holds or that repeat one earlier in the list."""
+        seen_ids = self.chain.seen_ids([r.id for r in records])
+        seen_pairs = self.chain.seen_nonces([(r.body.signer, r.body.nonce) for r in records])
+        out: list[Record] = []
+        ids: set[bytes] = set()
+        pairs: set[tuple[bytes, int]] = set()
+        for r in records:
+            pair = (r.body.signer, r.body.nonce)
+            if r.id in seen_ids or r.id in ids or pair in seen_pairs or pair in pairs:
+                continue
+            ids.add(r.id)
+            pairs.add(pair)
+            out.append(r)
+        return out
+
+    def _propose(self, header: Header, records: tuple[Record, ...], pol_round: int) -> None:
+        # L19: broadcast <PROPOSAL, h_p, round_p, proposal, validRound_p>
+        if self.key is None or self.index is None:
+            return
+        if not self._may_sign(Step.PROPOSE):
+            return
+        proposal = Proposal.sign(self.genesis.chain_id, self.round, pol_round, header, records,
+                                 self.index, self.key)
+        self._out.append(Broadcast(proposal))
+        self.own[(self.round, Step.PROPOSE)] = proposal
+        self._accept_proposal(proposal)
+
+    # -- signing, with the persistence order --------------------------------------------
+
+    def _may_sign(self, step: Step) -> bool:
+        """Record (height, round, step) as signed, persisting first; False if already past."""
+        hrs = (self.height, self.round, int(step))
+        if hrs <= self.last_signed:
+            return False
+        self.last_signed = hrs
+        self._out.append(PersistState(self.signing_state()))
+        return True
+
+    def signing_state(self) -> SigningState:
+        """What must be persisted before a signature leaves the node."""
+        return SigningState(self.height, self.last_signed, self.round, self.locked_round,
+                            self.locked, self.valid_round, self.valid)
+
+    def _vote(self, kind: int, block_hash: bytes | None) -> None:
+        """Sign and broadcast a prevote or precommit for the current round."""
+        step = Step.PREVOTE if kind == PREVOTE else Step.PRECOMMIT
+        if self.key is None or self.index is None or not self._may_sign(step):
+            return
+        vote = SignedVote.sign(Vote(self.genesis.chain_id, kind, self.height, self.round,
+                                    block_hash), self.index, self.key)
+        self._out.append(Broadcast(vote))
+        self.own[(self.round, step)] = vote
+        self.votes.add(vote)
+
+    def _schedule(self, height: int, round: int, kind: TimeoutKind, delay_ms: int) -> None:
+        self._out.append(ScheduleTimeout(height, round, kind, delay_ms))
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _on_message(self, sender: int, msg: Message) -> None:
+        if isinstance(msg, BlockRequest):
+            self._serve_blocks(sender, msg.height)
+            return
+        if isinstance(msg, BlockResponse):
+            self._on_synced_block(msg.block)
+            return
+        chain = msg.vote.chain if isinstance(msg, SignedVote) else msg.chain
+        if chain != self.genesis.chain_id:
+            return
+        height = _height_of(msg)
+        if height < self.height:
+            return
+        if height > self.height:
+            self._ask_for_blocks(sender)
+            if height == self.height + 1 and len(self.future) < self.config.max_future_messages:
+                self.future.append((sender, msg))
+            return
+        if not self.started and self.height > self.chain.height:
+            # Someone else started this height: join it even without records of our own.
+            self.started = True
+            self._start_round(0)
+        if isinstance(msg, Proposal):
+            self._on_proposal(msg)
+        else:
+            self._on_vote(msg)
+
+    def _replay_future(self) -> None:
+        """Handle messages buffered for this height while the previous one finished."""
+        pending = [(s, m) for s, m in self.future if _height_of(m) >= self.height]
+        self.future = [(s, m) for s, m in pending if _height_of(m) > self.height]
+        for sender, msg in pending:
+            if _height_of(msg) == self.height:
+                self._on_message(sender, msg)
+
+    def _on_proposal(self, p: Proposal) -> None:
+        # Only the round's proposer may propose; the signature must be its own.
+        if p.proposer >= len(self.validators) or p.proposer != self.proposer(p.height, p.round):
+            return
+        if not self.verify(self.validators[p.proposer].pubkey, p.sign_bytes(), p.sig):
+            return
+        self._accept_proposal(p)
+
+    def _accept_proposal(self, p: Proposal) -> None:
+        earlier = self.proposals.get(p.round)
+        if earlier is not None:
+            if earlier.block_hash != p.block_hash or earlier.pol_round != p.pol_round:
+                self._evidence(earlier, p)  # an equivocating proposer: keep the first
+            return
+        self.proposals[p.round] = p
+        self.votes.heard_from(p.round, p.proposer)
+
+    def _on_vote(self, sv: SignedVote) -> None:
+        if sv.validator >= len(self.validators):
+            return
+        v = sv.vote
+        if not self.verify(self.validators[sv.validator].pubkey, v.sign_bytes(), sv.sig):
+            return
+        conflict = self.votes.add(sv)
+        if conflict is not None:
+            self._evidence(conflict, sv)
+
+    def _evidence(self, first: SignedVote | Proposal, second: SignedVote | Proposal) -> None:
+        self.evidence.append((first, second))
+        self._out.append(RecordEvidence(first, second))
+
+    # -- validity ---------------------------------------------------------------------
+
+    def is_valid(self, p: Proposal) -> bool:
+        """valid(v): the proposed block extends the committed chain by the SPEC's rules."""
+        cached = self.validity.get(p.block_hash)
+        if cached is None:
+            cached = self.validity[p.block_hash] = self._check_block(p.header, p.records)
+        return cached
+
+    def _check_block(self, h: Header, records: tuple[Record, ...]) -> bool:
+        try:
+            check_header_fields(self.genesis, h)
+            h.validate_basic()
+            check_unique_within(records)
+            check_records(self.genesis, records, self.verify)
+        except LedgerError:
+            return False
+        if h.height != self.chain.height + 1 or h.height != self.height:
+            return False
+        if h.prev_hash != (self.chain.tip_hash() or self.genesis.hash):
+            return False
+        tip = self.chain.block(self.chain.height)
+        if tip is not None and h.time_ms <= tip.header.time_ms:
+            return False
+        if len(records) > self.config.max_block_records or h.record_count != len(records):
+            return False
+        if sum(len(r.envelope) for r in records) > self.config.max_block_bytes:
+            return False
+        leaves = [merkle.leaf_hash(r.envelope) for r in records]
+        if merkle.root_from_leaf_hashes(leaves) != h.records_root:
+            return False
+        log = self.chain.log.copy()
+        log.extend(leaves)
+        if (h.log_size, h.log_root) != (log.size, log.root()):
+            return False
+        if self.chain.seen_ids([r.id for r in records]):
+            return False
+        return not self.chain.seen_nonces([(r.body.signer, r.body.nonce) for r in records])
+
+    # -- the upon rules ---------------------------------------------------------------
+
+    def _first_time(self, rule: str, round: int) -> bool:
+        key = (rule, round)
+        if key in self.fired:
+            return False
+        self.fired.add(key)
+        return True
+
+    def _apply_rules(self) -> None:
+        """Evaluate every rule of Algorithm 1 until none fires."""
+        while self.started and self._apply_one_rule():
+            pass
+
+    def _apply_one_rule(self) -> bool:
+        h, r = self.height, self.round
+        prop = self.proposals.get(r)
+        prevotes = self.votes.prevotes(r)
+
+        # L22: upon <PROPOSAL, h_p, round_p, v, -1> while step_p = propose
+        if self.step == Step.PROPOSE and prop is not None and prop.pol_round == -1:
+            # L23: valid(v) and (lockedRound_p = -1 or lockedValue_p = v)
+            if self.is_valid(prop) and (self.locked_round == -1 or self._is_locked_on(prop)):
+                self._vote(PREVOTE, prop.block_hash)  # L24
+            else:
+                self._vote(PREVOTE, None)  # L26
+            self.step = Step.PREVOTE  # L27
+            return True
+
+        # L28: upon <PROPOSAL, h_p, round_p, v, vr> and 2f+1 <PREVOTE, h_p, vr, id(v)>
+        #      while step_p = propose and (vr >= 0 and vr < round_p)
+        if (self.step == Step.PROPOSE and prop is not None and 0 <= prop.pol_round < r
+                and self.votes.prevotes(prop.pol_round).has_quorum_for(prop.block_hash)):
+            # L29: valid(v) and (lockedRound_p <= vr or lockedValue_p = v)
+            if self.is_valid(prop) and (self.locked_round <= prop.pol_round
+                                        or self._is_locked_on(prop)):
+                self._vote(PREVOTE, prop.block_hash)  # L30
+            else:
+                self._vote(PREVOTE, None)  # L32
+            self.step = Step.PREVOTE  # L33
+            return True
+
+        # L34: upon 2f+1 <PREVOTE, h_p, round_p, *> while step_p = prevote, for the first time
+        if (self.step == Step.PREVOTE and prevotes.has_quorum_any()
+                and self._first_time("L34", r)):
+            # L35: schedule OnTimeoutPrevote(h_p, round_p) after timeoutPrevote(round_p)
+            self._schedule(h, r, TimeoutKind.PREVOTE, self.config.timeout_prevote_ms
+                           + r * self.config.timeout_prevote_delta_ms)
+            return True
+
+        # L36: upon <PROPOSAL, h_p, round_p, v, *> and 2f+1 <PREVOTE, h_p, round_p, id(v)>
+        #      while valid(v) and step_p >= prevote, for the first time
+        if (prop is not None and self.step >= Step.PREVOTE
+                and prevotes.has_quorum_for(prop.block_hash) and self.is_valid(prop)
+                and self._first_time("L36", r)):
+            if self.step == Step.PREVOTE:  # L37
+                self.locked, self.locked_round = prop, r  # L38-L39
+                self._vote(PRECOMMIT, prop.block_hash)  # L40
+                self.step = Step.PRECOMMIT  # L41
+            self.valid, self.valid_round = prop, r  # L42-L43
+            return True
+
+        # L44: upon 2f+1 <PREVOTE, h_p, round_p, nil> while step_p = prevote
+        if self.step == Step.PREVOTE and prevotes.has_quorum_for(None):
+            self._vote(PRECOMMIT, None)  # L45
+            self.step = Step.PRECOMMIT  # L46
+            return True
+
+        # L47: upon 2f+1 <PRECOMMIT, h_p, round_p, *> for the first time
+        if self.votes.precommits(r).has_quorum_any() and self._first_time("L47", r):
+            # L48: schedule OnTimeoutPrecommit(h_p, round_p) after timeoutPrecommit(round_p)
+            self._schedule(h, r, TimeoutKind.PRECOMMIT, self.config.timeout_precommit_ms
+                           + r * self.config.timeout_precommit_delta_ms)
+            return True
+
+        # L49: upon <PROPOSAL, h_p, r, v, *> and 2f+1 <PRECOMMIT, h_p, r, id(v)>
+        #      while decision_p[h_p] = nil  (any round r)
+        for rr, p in sorted(self.proposals.items()):
+            precommits = self.votes.precommits(rr)
+            if precommits.has_quorum_for(p.block_hash) and self.is_valid(p):  # L50
+                cert = Certificate(h, rr, p.block_hash, precommits.signatures_for(p.block_hash))
+                self._decide(Block(p.header, p.records, cert))  # L51-L54
+                return False
+
+        # L55: upon f+1 <*, h_p, round, *, *> with round > round_p
+        later = [rr for rr in self.votes.rounds()
+                 if rr > r and 3 * self.votes.speakers_power(rr) > self.validators.total_power]
+        if later:
+            self._start_round(max(later))  # L56
+            return True
+        return False
+
+    def _is_locked_on(self, p: Proposal) -> bool:
+        return self.locked is not None and self.locked.block_hash == p.block_hash
+
+    # -- L57-L66: timeouts ----------------------------------------------------------------
+
+    def _on_timeout(self, t: TimeoutFired) -> None:
+        if t.kind == TimeoutKind.NEW_HEIGHT:
+            if t.height == self.height and not self.started:
+                if self._commit_synced():
+                    return
+                self._start_height_if_ready()
+            return
+        if t.kind == TimeoutKind.RESEND:
+            if t.height == self.height:
+                self._resend()
+            return
+        if t.height != self.height or t.round != self.round:
+            return  # a stale timeout
+        if t.kind == TimeoutKind.PROPOSE and self.step == Step.PROPOSE:  # L57
+            self._vote(PREVOTE, None)  # L59
+            self.step = Step.PREVOTE  # L60
+        elif t.kind == TimeoutKind.PREVOTE and self.step == Step.PREVOTE:  # L61
+            self._vote(PRECOMMIT, None)  # L63
+            self.step = Step.PRECOMMIT  # L64
+        elif t.kind == TimeoutKind.PRECOMMIT:  # L65
+            self._start_round(self.round + 1)  # L67
+
+    def _resend(self) -> None:
+        """Re-broadcast this height's own messages of the latest two rounds (gossip)."""
+        for (round, _), msg in sorted(self.own.items(), key=lambda kv: kv[0]):
+            if round >= self.round - 1:
+                self._out.append(Broadcast(msg))
+        self._schedule(self.height, 0, TimeoutKind.RESEND, self.config.resend_ms)
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def _decide(self, block: Block) -> None:
+        """L51-L54: decide, then move to the next height after timeout_commit."""
+        self._out.append(CommitBlock(block))
+        self.decisions[block.height] = block
+        next_height = block.height + 1
+        synced = self.synced
+        self._reset_height(next_height)
+        self.synced = {h: b for h, b in synced.items() if h >= next_height}
+        self._schedule(next_height, 0, TimeoutKind.NEW_HEIGHT,
+                       0 if next_height in self.synced else self.config.timeout_commit_ms)
+        self._schedule(next_height, 0, TimeoutKind.RESEND, self.config.resend_ms)
+
+    # -- block sync ---------------------------------------------------------------------
+
+    def _ask_for_blocks(self, peer: int) -> None:
+        last = self.sync_asked.get(peer)
+        if last is not None and self.now_ms - last < self.config.sync_retry_ms:
+            return
+        self.sync_asked[peer] = self.now_ms
+        self._out.append(SendTo(peer, BlockRequest(self.height)))
+
+    def _serve_blocks(self, peer: int, start: int) -> None:
+        for height in range(start, min(start + self.config.sync_batch, self.chain.height + 1)):
+            block = self.chain.block(height)
+            if block is not None:
+                self._out.append(SendTo(peer, BlockResponse(block)))
+
+    def _on_synced_block(self, block: Block) -> None:
+        if block.height < self.height or block.height > self.height + self.config.sync_batch:
+            return
+        self.synced.setdefault(block.height, block)
+        if block.height == self.height:
+            self._commit_synced()
+
+    def _commit_synced(self) -> bool:
+        """Commit a block fetched by block sync, if it is valid and certified."""
+        block = self.synced.pop(self.height, None)
+        if block is None:
+            return False
+        try:
+            block.cert.validate_basic()
+            if block.cert.height != block.height or block.cert.block_hash != block.hash:
+                return False
+            block.cert.verify(self.genesis.chain_id, self.validators)
+        except LedgerError:
+            return False
+        if not self._check_block(block.header, block.records):
+            return False
+        self._decide(block)
+        return True
+
+
+def _height_of(msg: Message) -> int:
+    if isinstance(msg, SignedVote):
+        return msg.vote.height
+    if isinstance(msg, Proposal):
+        return msg.height
+    return 0
