@@ -159,7 +159,7 @@ class ConsensusCore:
         self.votes = HeightVotes(self.validators)
         self.fired: set[tuple[str, int]] = set()
         self.validity: dict[bytes, bool] = {}
-        self.own: dict[tuple[int, int], Message] = {}
+        self.own: dict[tuple[int, int], Proposal | SignedVote] = {}
         self.sync_asked: dict[int, int] = {}
         self.synced: dict[int, Block] = {}
 
@@ -190,6 +190,14 @@ class ConsensusCore:
             # Restart within a height: keep the locks; never re-sign (last_signed guards).
             self.locked_round, self.locked = p.locked_round, p.locked_block
             self.valid_round, self.valid = p.valid_round, p.valid_block
+            for msg in p.messages:  # our own signed messages: count them, keep re-sending
+                if isinstance(msg, Proposal):
+                    self.own[(msg.round, Step.PROPOSE)] = msg
+                    self._accept_proposal(msg)
+                else:
+                    step = Step.PREVOTE if msg.vote.kind == PREVOTE else Step.PRECOMMIT
+                    self.own[(msg.vote.round, step)] = msg
+                    self.votes.add(msg)
             self.started = True
             self._start_round(p.round)
         else:
@@ -265,25 +273,27 @@ class ConsensusCore:
             return
         proposal = Proposal.sign(self.genesis.chain_id, self.round, pol_round, header, records,
                                  self.index, self.key)
-        self._out.append(Broadcast(proposal))
-        self.own[(self.round, Step.PROPOSE)] = proposal
+        self._send_signed(Step.PROPOSE, proposal)
         self._accept_proposal(proposal)
 
     # -- signing, with the persistence order --------------------------------------------
 
     def _may_sign(self, step: Step) -> bool:
-        """Record (height, round, step) as signed, persisting first; False if already past."""
-        hrs = (self.height, self.round, int(step))
-        if hrs <= self.last_signed:
-            return False
-        self.last_signed = hrs
+        """True iff (height, round, step) is above everything signed so far."""
+        return (self.height, self.round, int(step)) > self.last_signed
+
+    def _send_signed(self, step: Step, msg: Proposal | SignedVote) -> None:
+        """Persist the signing state (with ``msg``), *then* broadcast ``msg``."""
+        self.last_signed = (self.height, self.round, int(step))
+        self.own[(self.round, step)] = msg
         self._out.append(PersistState(self.signing_state()))
-        return True
+        self._out.append(Broadcast(msg))
 
     def signing_state(self) -> SigningState:
         """What must be persisted before a signature leaves the node."""
+        recent = tuple(m for (r, _), m in sorted(self.own.items()) if r >= self.round - 1)
         return SigningState(self.height, self.last_signed, self.round, self.locked_round,
-                            self.locked, self.valid_round, self.valid)
+                            self.locked, self.valid_round, self.valid, recent)
 
     def _vote(self, kind: int, block_hash: bytes | None) -> None:
         """Sign and broadcast a prevote or precommit for the current round."""
@@ -292,8 +302,7 @@ class ConsensusCore:
             return
         vote = SignedVote.sign(Vote(self.genesis.chain_id, kind, self.height, self.round,
                                     block_hash), self.index, self.key)
-        self._out.append(Broadcast(vote))
-        self.own[(self.round, step)] = vote
+        self._send_signed(step, vote)
         self.votes.add(vote)
 
     def _schedule(self, height: int, round: int, kind: TimeoutKind, delay_ms: int) -> None:
@@ -526,10 +535,17 @@ class ConsensusCore:
             self._start_round(self.round + 1)  # L67
 
     def _resend(self) -> None:
-        """Re-broadcast this height's own messages of the latest two rounds (gossip)."""
+        """Gossip: re-broadcast our own messages of the latest two rounds, and the proposal
+        and polka behind our valid value, so every correct validator eventually sees what
+        we saw (the paper's assumption that correct processes relay what they receive)."""
         for (round, _), msg in sorted(self.own.items(), key=lambda kv: kv[0]):
             if round >= self.round - 1:
                 self._out.append(Broadcast(msg))
+        if self.valid is not None:
+            self._out.append(Broadcast(self.valid))
+            for vote in self.votes.prevotes(self.valid_round).votes_for(self.valid.block_hash):
+                if vote.validator != self.index:
+                    self._out.append(Broadcast(vote))
         self._schedule(self.height, 0, TimeoutKind.RESEND, self.config.resend_ms)
 
     # -- deciding ---------------------------------------------------------------------

@@ -130,7 +130,9 @@ class SigningState:
 
     ``last_signed`` is the highest (height, round, step) this validator has signed; the
     lock and valid value (with their blocks, so the proposer can re-propose) keep the
-    safety of the algorithm across a restart within a height.
+    safety of the algorithm across a restart within a height; ``messages`` are its own
+    signed messages of the latest rounds, which it keeps re-sending after a restart (a
+    message lost in a partition must still reach its peers eventually).
     """
 
     height: int
@@ -140,3 +142,4 @@ class SigningState:
     locked_block: Proposal | None
     valid_round: int
     valid_block: Proposal | None
+    messages: tuple[Proposal | SignedVote, ...] = ()

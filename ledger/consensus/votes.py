@@ -11,23 +11,33 @@ from ledger.genesis import ValidatorSet
 
 @dataclass
 class VoteSet:
-    """The votes of one kind in one round; one vote per validator."""
+    """The votes of one kind in one round.
+
+    As in the paper, "2f+1 <PREVOTE, h, r, id(v)>" counts the validators that sent a
+    prevote for id(v): a validator that equivocates counts towards each value it voted for
+    (once each), and towards "any value" once. Its conflicting votes are evidence.
+    """
 
     validators: ValidatorSet
-    votes: dict[int, SignedVote] = field(default_factory=dict)
+    by_value: dict[bytes | None, dict[int, SignedVote]] = field(default_factory=dict)
     power_for: dict[bytes | None, int] = field(default_factory=dict)
+    first: dict[int, SignedVote] = field(default_factory=dict)
     power: int = 0
 
     def add(self, vote: SignedVote) -> SignedVote | None:
         """Add ``vote``; return the earlier vote it conflicts with, if any (evidence)."""
-        earlier = self.votes.get(vote.validator)
-        if earlier is not None:
-            return earlier if earlier.vote.block_hash != vote.vote.block_hash else None
+        value = vote.vote.block_hash
+        voters = self.by_value.setdefault(value, {})
+        if vote.validator in voters:
+            return None  # a repeat
         weight = self.validators[vote.validator].power
-        self.votes[vote.validator] = vote
-        self.power_for[vote.vote.block_hash] = self.power_for.get(vote.vote.block_hash, 0) + weight
-        self.power += weight
-        return None
+        voters[vote.validator] = vote
+        self.power_for[value] = self.power_for.get(value, 0) + weight
+        earlier = self.first.get(vote.validator)
+        if earlier is None:
+            self.first[vote.validator] = vote
+            self.power += weight
+        return earlier
 
     def has_quorum_for(self, block_hash: bytes | None) -> bool:
         """More than 2/3 of the power voted for ``block_hash`` (None: nil)."""
@@ -37,10 +47,13 @@ class VoteSet:
         """More than 2/3 of the power voted, for anything."""
         return self.validators.is_quorum(self.power)
 
+    def votes_for(self, block_hash: bytes | None) -> list[SignedVote]:
+        """Every vote for ``block_hash``, by ascending validator index."""
+        return [v for _, v in sorted(self.by_value.get(block_hash, {}).items())]
+
     def signatures_for(self, block_hash: bytes) -> tuple[tuple[int, bytes], ...]:
         """(validator, sig) of every vote for ``block_hash``, by ascending index."""
-        return tuple(sorted((i, v.sig) for i, v in self.votes.items()
-                            if v.vote.block_hash == block_hash))
+        return tuple((v.validator, v.sig) for v in self.votes_for(block_hash))
 
 
 @dataclass

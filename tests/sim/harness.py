@@ -1,0 +1,454 @@
+"""Deterministic simulation of a validator set: N consensus cores on one virtual clock.
+
+A seeded network drops, delays (so reorders), duplicates and partitions messages; nodes
+crash (possibly half-way through executing the actions of one event — after persisting but
+before broadcasting, say) and restart from their persisted signing state and store;
+Byzantine validators are made by Twins (two nodes with one key, put in different partitions)
+or by an equivocating proposer/voter. After every step the harness checks:
+
+- agreement: no two honest nodes commit different blocks at one height;
+- validity: every committed block is valid and certified (checked once per block hash);
+- liveness (at the end): after the last fault heals, every honest node commits a new block
+  within a bounded virtual time.
+
+Everything random comes from one ``random.Random(seed)``, so a seed replays exactly:
+``python -m tests.sim.run --seed S``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from ledger.blocks import Block
+from ledger.consensus import (
+    Broadcast,
+    CommitBlock,
+    ConsensusConfig,
+    ConsensusCore,
+    Message,
+    MessageReceived,
+    PersistState,
+    Proposal,
+    RecordEvidence,
+    RecordsAvailable,
+    ScheduleTimeout,
+    SendTo,
+    SignedVote,
+    SigningState,
+    Start,
+    Tick,
+    TimeoutFired,
+    decode_message,
+    encode_message,
+)
+from ledger.blocks import Vote, build_header
+from ledger.crypto import PrivateKey, is_valid_signature
+from ledger.errors import LedgerError
+from ledger.records import Record
+from ledger.store import MemoryStore
+from tests.factory import ChainBuilder, Fixture, make_fixture
+
+FIXTURE = make_fixture()
+
+SIM_CONFIG = ConsensusConfig(
+    timeout_propose_ms=300, timeout_propose_delta_ms=100,
+    timeout_prevote_ms=200, timeout_prevote_delta_ms=100,
+    timeout_precommit_ms=200, timeout_precommit_delta_ms=100,
+    timeout_commit_ms=50, resend_ms=400, sync_retry_ms=200, max_block_records=8,
+)
+
+
+@lru_cache(maxsize=1 << 16)
+def cached_verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """libsodium verification, memoised across the simulated nodes (same answers, faster)."""
+    return is_valid_signature(public_key, message, signature)
+
+
+def record_pool(n: int = 400) -> list[Record]:
+    """Signed records shared by every scenario (signing is the slow part)."""
+    builder = ChainBuilder(FIXTURE, MemoryStore())
+    keys = [FIXTURE.writer, FIXTURE.operator]
+    return [builder.record(keys[i % 2], subject=f"plant-{i % 5}/temp") for i in range(n)]
+
+
+RECORDS = record_pool()
+
+
+class SimMempool:
+    """A node's mempool: records it has heard of and its chain does not hold yet."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.pending: dict[bytes, Record] = {}
+
+    def add(self, record: Record) -> None:
+        if not self.store.seen_ids([record.id]):
+            self.pending.setdefault(record.id, record)
+
+    def remove(self, ids: list[bytes]) -> None:
+        for rid in ids:
+            self.pending.pop(rid, None)
+
+    def reap(self, max_records: int, max_bytes: int) -> list[Record]:
+        out, size = [], 0
+        for record in self.pending.values():
+            if len(out) >= max_records or size + len(record.envelope) > max_bytes:
+                break
+            out.append(record)
+            size += len(record.envelope)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+@dataclass
+class SimNode:
+    """One simulated process: a core, its store, mempool and persisted signing state."""
+
+    id: int
+    key: PrivateKey
+    honest: bool
+    store: MemoryStore
+    mempool: SimMempool
+    core: ConsensusCore | None = None
+    persisted: SigningState | None = None
+    alive: bool = True
+    incarnation: int = 0
+    equivocate: bool = False
+    crash_mid_actions: bool = False
+    evidence: list[Any] = field(default_factory=list)
+
+
+class SafetyViolation(AssertionError):
+    """Agreement or validity broke."""
+
+
+class LivenessViolation(AssertionError):
+    """No progress after the network healed."""
+
+
+@dataclass
+class Scenario:
+    """What one seed does; derived from the seed by ``Scenario.from_seed``."""
+
+    seed: int
+    drop: float = 0.0
+    duplicate: float = 0.0
+    max_delay_ms: int = 50
+    twins: bool = False
+    equivocator: bool = False
+    crashes: int = 0
+    partitions: int = 0
+    records: int = 20
+    fault_window_ms: int = 6000
+    liveness_ms: int = 20000
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Scenario:
+        rng = random.Random(seed * 7919 + 1)
+        kind = rng.choice(["clean", "lossy", "partition", "crash", "twins", "equivocator",
+                           "twins", "mixed"])
+        s = cls(seed, records=rng.randint(0, 30), max_delay_ms=rng.choice([5, 50, 200]))
+        if kind in ("lossy", "mixed", "twins"):
+            s.drop, s.duplicate = rng.uniform(0, 0.3), rng.uniform(0, 0.2)
+        if kind in ("partition", "mixed", "twins"):
+            s.partitions = rng.randint(1, 4)
+        if kind in ("crash", "mixed"):
+            s.crashes = rng.randint(1, 4)
+        s.twins = kind == "twins" or (kind == "mixed" and rng.random() < 0.5)
+        s.equivocator = kind == "equivocator" or (kind == "mixed" and not s.twins
+                                                  and rng.random() < 0.5)
+        return s
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+
+class Simulation:
+    """Run one scenario on a virtual clock."""
+
+    def __init__(self, scenario: Scenario, fixture: Fixture = FIXTURE,
+                 config: ConsensusConfig = SIM_CONFIG,
+                 core_factory: Callable[..., ConsensusCore] = ConsensusCore) -> None:
+        self.s = scenario
+        self.fx = fixture
+        self.config = config
+        self.core_factory = core_factory
+        self.rng = random.Random(scenario.seed)
+        self.now = 0
+        self.queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
+        self.seq = 0
+        self.nodes: list[SimNode] = []
+        self.partition: list[set[int]] | None = None
+        self.committed: dict[int, bytes] = {}  # height -> block hash (honest commits)
+        self.checked: set[bytes] = set()
+        self.log: list[str] = []
+        self.faults_end = 0
+        n = len(fixture.validator_keys)
+        byzantine = self.rng.randrange(n) if (scenario.twins or scenario.equivocator) else -1
+        for i, key in enumerate(fixture.validator_keys):
+            self._add_node(key, honest=i != byzantine)
+        if scenario.twins:
+            self._add_node(fixture.validator_keys[byzantine], honest=False)
+        if scenario.equivocator:
+            self.nodes[byzantine].equivocate = True
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _add_node(self, key: PrivateKey, honest: bool) -> None:
+        store = MemoryStore(self.fx.genesis.hash)
+        node = SimNode(len(self.nodes), key, honest, store, SimMempool(store))
+        self.nodes.append(node)
+
+    def _new_core(self, node: SimNode) -> ConsensusCore:
+        return self.core_factory(self.fx.genesis, node.store, node.mempool, key=node.key,
+                                 config=self.config, persisted=node.persisted,
+                                 verify=cached_verify)
+
+    def _push(self, at: int, kind: str, *payload: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (at, self.seq, kind, payload))
+
+    def _plan_faults(self) -> None:
+        s, rng, window = self.s, self.rng, self.s.fault_window_ms
+        ids = [n.id for n in self.nodes]
+        for _ in range(s.partitions):
+            start = rng.randint(0, window)
+            groups = self._random_partition(ids)
+            self._push(start, "partition", groups)
+            self._push(min(window, start + rng.randint(200, 3000)), "heal")
+        for _ in range(s.crashes):
+            victim = rng.choice([n.id for n in self.nodes if n.honest])
+            start = rng.randint(0, window)
+            self._push(start, "crash", victim, rng.random() < 0.5)
+            self._push(min(window + 1, start + rng.randint(50, 3000)), "restart", victim)
+        if s.twins:
+            # Twins: the two nodes sharing a key sit on opposite sides of a partition.
+            twin_a = next(n.id for n in self.nodes if not n.honest)
+            twin_b = self.nodes[-1].id
+            others = [i for i in ids if i not in (twin_a, twin_b)]
+            rng.shuffle(others)
+            cut = rng.randint(1, len(others) - 1)
+            groups = [{twin_a, *others[:cut]}, {twin_b, *others[cut:]}]
+            start = rng.randint(0, window // 2)
+            self._push(start, "partition", groups)
+            self._push(min(window, start + rng.randint(500, 4000)), "heal")
+        for i, record in enumerate(rng.sample(RECORDS, s.records)):
+            self._push(rng.randint(0, window), "record", record)
+            del i
+        self._push(window + 2, "heal")
+        self.faults_end = window + 2
+
+    def _random_partition(self, ids: list[int]) -> list[set[int]]:
+        shuffled = ids[:]
+        self.rng.shuffle(shuffled)
+        cut = self.rng.randint(1, len(shuffled) - 1)
+        groups = [set(shuffled[:cut]), set(shuffled[cut:])]
+        if len(shuffled) > 3 and self.rng.random() < 0.3:
+            third = groups[1].pop()
+            groups.append({third})
+        return groups
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the scenario; raise SafetyViolation / LivenessViolation on failure."""
+        self._plan_faults()
+        for node in self.nodes:
+            self._start(node)
+        heights_at_heal: dict[int, int] | None = None
+        deadline = self.faults_end + self.s.liveness_ms
+        while self.queue:
+            at, _, kind, payload = heapq.heappop(self.queue)
+            if at > deadline:
+                break
+            self.now = at
+            self._step(kind, payload)
+            if heights_at_heal is None and self.now >= self.faults_end:
+                heights_at_heal = {n.id: n.store.height for n in self.nodes if n.honest}
+            if heights_at_heal is not None and self._progressed(heights_at_heal):
+                return
+        if heights_at_heal is None or not self._progressed(heights_at_heal):
+            raise LivenessViolation(
+                f"no honest progress within {self.s.liveness_ms} ms after the heal at "
+                f"{self.faults_end} ms; heights "
+                f"{ {n.id: n.store.height for n in self.nodes} }")
+
+    def _progressed(self, before: dict[int, int]) -> bool:
+        """Every honest node has committed a block beyond the highest height at the heal."""
+        target = max(before.values()) + 1
+        return all(n.store.height >= target for n in self.nodes if n.honest)
+
+    def _start(self, node: SimNode) -> None:
+        node.core = self._new_core(node)
+        node.alive = True
+        self._execute(node, node.core.handle(Start(self.now)))
+
+    def _step(self, kind: str, payload: tuple[Any, ...]) -> None:
+        if kind == "deliver":
+            dst, src, message = payload
+            node = self.nodes[dst]
+            if node.alive and node.core is not None:
+                node.core.handle(Tick(self.now))
+                self._execute(node, node.core.handle(MessageReceived(src, message)))
+        elif kind == "timeout":
+            dst, incarnation, event = payload
+            node = self.nodes[dst]
+            if node.alive and node.core is not None and node.incarnation == incarnation:
+                node.core.handle(Tick(self.now))
+                self._execute(node, node.core.handle(event))
+        elif kind == "record":
+            (record,) = payload
+            for node in self.nodes:
+                self._push(self.now + self.rng.randint(0, self.s.max_delay_ms), "mempool",
+                           node.id, record)
+        elif kind == "mempool":
+            dst, record = payload
+            node = self.nodes[dst]
+            node.mempool.add(record)
+            if node.alive and node.core is not None:
+                self._execute(node, node.core.handle(RecordsAvailable()))
+        elif kind == "partition":
+            (groups,) = payload
+            self.partition = groups
+            self.log.append(f"{self.now}: partition {groups}")
+        elif kind == "heal":
+            self.partition = None
+            self.log.append(f"{self.now}: heal")
+        elif kind == "crash":
+            victim, mid_actions = payload
+            node = self.nodes[victim]
+            if node.alive:
+                if mid_actions:
+                    node.crash_mid_actions = True
+                else:
+                    self._crash(node)
+        elif kind == "restart":
+            (victim,) = payload
+            node = self.nodes[victim]
+            node.crash_mid_actions = False
+            if not node.alive:
+                self.log.append(f"{self.now}: restart node {victim}")
+                self._start(node)
+
+    def _crash(self, node: SimNode) -> None:
+        self.log.append(f"{self.now}: crash node {node.id} at height {node.store.height}")
+        node.alive = False
+        node.core = None
+        node.incarnation += 1
+
+    # -- executing actions ----------------------------------------------------------------
+
+    def _execute(self, node: SimNode, actions: list[Any]) -> None:
+        cut = len(actions)
+        if node.crash_mid_actions and actions:
+            cut = self.rng.randint(0, len(actions))  # crash after `cut` actions
+        for action in actions[:cut]:
+            self._do(node, action)
+        if cut < len(actions) or (node.crash_mid_actions and actions):
+            node.crash_mid_actions = False
+            self._crash(node)
+
+    def _do(self, node: SimNode, action: Any) -> None:
+        if isinstance(action, PersistState):
+            node.persisted = action.state
+        elif isinstance(action, Broadcast):
+            for message, peers in self._outgoing(node, action.message):
+                data = encode_message(message)
+                decoded = decode_message(data)  # every message crosses the wire format
+                for peer in peers:
+                    self._send(node.id, peer, decoded)
+        elif isinstance(action, SendTo):
+            if 0 <= action.peer < len(self.nodes):
+                self._send(node.id, action.peer, decode_message(encode_message(action.message)))
+        elif isinstance(action, ScheduleTimeout):
+            self._push(self.now + action.delay_ms, "timeout", node.id, node.incarnation,
+                       TimeoutFired(action.height, action.round, action.kind))
+        elif isinstance(action, CommitBlock):
+            self._commit(node, action.block)
+        elif isinstance(action, RecordEvidence):
+            node.evidence.append((action.first, action.second))
+
+    def _outgoing(self, node: SimNode, message: Message) -> list[tuple[Message, list[int]]]:
+        peers = [n.id for n in self.nodes if n.id != node.id]
+        if not node.equivocate or not isinstance(message, Proposal | SignedVote):
+            return [(message, peers)]
+        # Byzantine: a different message to a random half of the peers.
+        self.rng.shuffle(peers)
+        half = len(peers) // 2
+        return [(message, peers[:half]), (self._conflicting(node, message), peers[half:])]
+
+    def _conflicting(self, node: SimNode, message: Proposal | SignedVote) -> Message:
+        if isinstance(message, SignedVote):
+            v = message.vote
+            other = None if v.block_hash is not None else b"\xee" * 32
+            return SignedVote.sign(Vote(v.chain, v.kind, v.height, v.round, other),
+                                   message.validator, node.key)
+        header = build_header(
+            chain=message.chain, height=message.height, time_ms=message.header.time_ms + 1,
+            prev_hash=message.header.prev_hash, records=(), log=node.store.log,
+            proposer=message.proposer, validators_hash=message.header.validators_hash)
+        return Proposal.sign(message.chain, message.round, message.pol_round, header, (),
+                             message.proposer, node.key)
+
+    def _send(self, src: int, dst: int, message: Message) -> None:
+        if self.partition is not None and not any(src in g and dst in g for g in self.partition):
+            return
+        if self.rng.random() < self.s.drop:
+            return
+        copies = 2 if self.rng.random() < self.s.duplicate else 1
+        for _ in range(copies):
+            self._push(self.now + self.rng.randint(1, self.s.max_delay_ms), "deliver", dst, src,
+                       message)
+
+    # -- invariants ---------------------------------------------------------------------
+
+    def _commit(self, node: SimNode, block: Block) -> None:
+        try:
+            node.store.append(block)
+        except LedgerError as exc:
+            raise SafetyViolation(f"node {node.id} committed a block its store refuses: "
+                                  f"{exc}") from exc
+        node.mempool.remove([r.id for r in block.records])
+        if not node.honest:
+            return
+        self._check_valid(block)
+        agreed = self.committed.setdefault(block.height, block.hash)
+        if agreed != block.hash:
+            raise SafetyViolation(
+                f"agreement: node {node.id} committed {block.hash.hex()[:16]} at height "
+                f"{block.height}, another honest node committed {agreed.hex()[:16]}")
+
+    def _check_valid(self, block: Block) -> None:
+        if block.hash in self.checked:
+            return
+        g = self.fx.genesis
+        try:
+            block.validate_basic()
+            block.cert.verify(g.chain_id, g.validators)
+            for record in block.records:
+                if not cached_verify(record.body.signer, record.sign_bytes(), record.sig):
+                    raise SafetyViolation(f"validity: bad record signature at {block.height}")
+                if not g.may_submit(record.body.signer, record.body.type):
+                    raise SafetyViolation(f"validity: unauthorised record at {block.height}")
+        except LedgerError as exc:
+            raise SafetyViolation(f"validity: block {block.height}: {exc}") from exc
+        self.checked.add(block.hash)
+
+
+def run_seed(seed: int, core_factory: Callable[..., ConsensusCore] = ConsensusCore) -> Simulation:
+    """Run the scenario of ``seed``; failures carry a one-line replay command."""
+    sim = Simulation(Scenario.from_seed(seed), core_factory=core_factory)
+    try:
+        sim.run()
+    except (SafetyViolation, LivenessViolation) as exc:
+        raise type(exc)(f"{exc}\n  scenario: {sim.s.describe()}\n  replay: "
+                        f"python -m tests.sim.run --seed {seed} --verbose") from exc
+    return sim
