@@ -190,13 +190,14 @@ class ConsensusCore:
             # Restart within a height: keep the locks; never re-sign (last_signed guards).
             self.locked_round, self.locked = p.locked_round, p.locked_block
             self.valid_round, self.valid = p.valid_round, p.valid_block
-            for msg in p.messages:  # our own signed messages: count them, keep re-sending
+            for msg in p.messages:  # own messages to keep re-sending; the valid value's polka
                 if isinstance(msg, Proposal):
                     self.own[(msg.round, Step.PROPOSE)] = msg
                     self._accept_proposal(msg)
                 else:
-                    step = Step.PREVOTE if msg.vote.kind == PREVOTE else Step.PRECOMMIT
-                    self.own[(msg.vote.round, step)] = msg
+                    if msg.validator == self.index:
+                        step = Step.PREVOTE if msg.vote.kind == PREVOTE else Step.PRECOMMIT
+                        self.own[(msg.vote.round, step)] = msg
                     self.votes.add(msg)
             self.started = True
             self._start_round(p.round)
@@ -291,9 +292,12 @@ class ConsensusCore:
 
     def signing_state(self) -> SigningState:
         """What must be persisted before a signature leaves the node."""
-        recent = tuple(m for (r, _), m in sorted(self.own.items()) if r >= self.round - 1)
+        recent = [m for (r, _), m in sorted(self.own.items()) if r >= self.round - 1]
+        if self.valid is not None:  # the polka that justifies the valid value, to relay
+            recent += [v for v in self.votes.prevotes(self.valid_round)
+                       .votes_for(self.valid.block_hash) if v.validator != self.index]
         return SigningState(self.height, self.last_signed, self.round, self.locked_round,
-                            self.locked, self.valid_round, self.valid, recent)
+                            self.locked, self.valid_round, self.valid, tuple(recent))
 
     def _vote(self, kind: int, block_hash: bytes | None) -> None:
         """Sign and broadcast a prevote or precommit for the current round."""
@@ -470,11 +474,13 @@ class ConsensusCore:
         if (prop is not None and self.step >= Step.PREVOTE
                 and prevotes.has_quorum_for(prop.block_hash) and self.is_valid(prop)
                 and self._first_time("L36", r)):
+            # L42-L43 (done first, so the precommit's PersistState holds the valid value too:
+            # a restarted proposer must still be able to re-propose it)
+            self.valid, self.valid_round = prop, r
             if self.step == Step.PREVOTE:  # L37
                 self.locked, self.locked_round = prop, r  # L38-L39
                 self._vote(PRECOMMIT, prop.block_hash)  # L40
                 self.step = Step.PRECOMMIT  # L41
-            self.valid, self.valid_round = prop, r  # L42-L43
             return True
 
         # L44: upon 2f+1 <PREVOTE, h_p, round_p, nil> while step_p = prevote

@@ -132,7 +132,8 @@ class SigningState:
     lock and valid value (with their blocks, so the proposer can re-propose) keep the
     safety of the algorithm across a restart within a height; ``messages`` are its own
     signed messages of the latest rounds, which it keeps re-sending after a restart (a
-    message lost in a partition must still reach its peers eventually).
+    message lost in a partition must still reach its peers eventually), and the prevotes
+    that justify its valid value, which it relays so others can accept a re-proposal.
     """
 
     height: int
