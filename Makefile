@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test soak bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check ledger node tests
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.sim.run --seeds 0:$(or $(SOAK_SEEDS),20000)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.audit_bench $(BENCH_ARGS)

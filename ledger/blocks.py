@@ -216,7 +216,7 @@ class Certificate:
         message = self.precommit(chain).sign_bytes()
         power = 0
         for index, sig in self.signatures:
-            if index >= len(validators):
+            if not 0 <= index < len(validators):
                 raise CertificateError(
                     f"certificate names validator {index}, but the set has {len(validators)}"
                 )

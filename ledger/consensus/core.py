@@ -351,7 +351,7 @@ class ConsensusCore:
 
     def _on_proposal(self, p: Proposal) -> None:
         # Only the round's proposer may propose; the signature must be its own.
-        if p.proposer >= len(self.validators) or p.proposer != self.proposer(p.height, p.round):
+        if p.proposer != self.proposer(p.height, p.round):  # also rules out a bad index
             return
         if not self.verify(self.validators[p.proposer].pubkey, p.sign_bytes(), p.sig):
             return
@@ -367,7 +367,7 @@ class ConsensusCore:
         self.votes.heard_from(p.round, p.proposer)
 
     def _on_vote(self, sv: SignedVote) -> None:
-        if sv.validator >= len(self.validators):
+        if not 0 <= sv.validator < len(self.validators):
             return
         v = sv.vote
         if not self.verify(self.validators[sv.validator].pubkey, v.sign_bytes(), sv.sig):

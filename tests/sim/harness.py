@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ledger.blocks import Block
+from ledger.blocks import Block, Vote, build_header
 from ledger.consensus import (
     Broadcast,
     CommitBlock,
@@ -47,7 +47,6 @@ from ledger.consensus import (
     decode_message,
     encode_message,
 )
-from ledger.blocks import Vote, build_header
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import LedgerError
 from ledger.records import Record
@@ -315,6 +314,9 @@ class Simulation:
             node.mempool.add(record)
             if node.alive and node.core is not None:
                 self._execute(node, node.core.handle(RecordsAvailable()))
+        elif kind == "call":  # a test's probe or fault at a given virtual time
+            (fn,) = payload
+            fn(self)
         elif kind == "partition":
             (groups,) = payload
             self.partition = groups

@@ -54,6 +54,8 @@ CONFIG = ConsensusConfig(
 
 _nonces = itertools.count(1_000_000)
 
+Value = tuple[Header, tuple[Record, ...]]
+
 
 def proposer_of(height: int, round: int) -> int:
     """The round-robin proposer of (height, round)."""
@@ -160,7 +162,7 @@ class Node:
     # -- crafted messages ---------------------------------------------------------------
 
     def value(self, records: Sequence[Record] | None = None, *, time_ms: int | None = None,
-              prev_hash: bytes | None = None, **fields: object) -> tuple[Header, tuple[Record, ...]]:
+              prev_hash: bytes | None = None, **fields: object) -> Value:
         """A block on top of the store (valid unless ``fields`` overrides header fields)."""
         recs = tuple([record()] if records is None else records)
         tip = self.store.block(self.store.height)
@@ -176,7 +178,7 @@ class Node:
         return header, recs
 
     def proposal(self, round: int = 0, pol_round: int = -1,
-                 value: tuple[Header, tuple[Record, ...]] | None = None, *,
+                 value: Value | None = None, *,
                  proposer: int | None = None, key: PrivateKey | None = None,
                  chain: str = CHAIN) -> Proposal:
         """A proposal for ``round``, by its proposer unless ``proposer`` says otherwise."""

@@ -562,7 +562,7 @@ def test_l65_l67_timeout_precommit_starts_the_next_round_in_any_step(step: str) 
 
 def test_l57_l61_l65_timeouts_of_an_old_round_are_ignored() -> None:
     n = started(0)
-    n.deliver(n.prevote(1, 2, None), n.prevote(2, 2, None))  # L55: round 2
+    n.deliver(n.prevote(1, 2, None), n.precommit(2, 2, OTHER_HASH))  # L55: round 2
     assert (n.round, n.core.step) == (2, Step.PROPOSE)
     for kind in (PROPOSE_T, PREVOTE_T, PRECOMMIT_T):
         actions = n.timeout(kind, round=1)
@@ -614,14 +614,15 @@ def test_every_signed_broadcast_is_preceded_by_a_persist_state_covering_it() -> 
     n.deliver(n.proposal(0))
     signed = 0
     for batch in n.batches:
-        covered = (0, 0, -1)
+        covered: tuple[int, int, int] = (0, 0, -1)
+        persisted: tuple[object, ...] = ()
         for a in batch:
             if isinstance(a, PersistState):
-                covered = a.state.last_signed
-                assert a.state == dataclasses.replace(a.state)  # a complete state
+                covered, persisted = a.state.last_signed, a.state.messages
             elif isinstance(a, Broadcast):
                 signed += 1
                 assert covered >= _signed_at(a.message), (a, covered)
+                assert a.message in persisted  # its own signed messages travel in the state
     assert signed >= 9
     assert len(broadcast_proposals(n.log)) == 2 and commits(n.log)
     assert broadcast_proposals(n.log)[1].block_hash == x.block_hash
@@ -748,13 +749,14 @@ def test_conflicting_votes_of_one_validator_are_evidence(kind: int) -> None:
     assert evidence(actions) == [] and len(n.core.evidence) == 1
 
 
-def test_conflicting_vote_is_not_counted() -> None:
+def test_an_equivocator_counts_once_towards_2f_plus_1_of_any_value() -> None:
     n = started(0)
     n.timeout(PROPOSE_T)  # own nil prevote
-    actions = n.deliver(n.prevote(2, 0, OTHER_HASH), n.prevote(2, 0, None),
-                        n.prevote(3, 0, None))
+    actions = n.deliver(n.prevote(2, 0, OTHER_HASH), n.prevote(2, 0, None))
     assert len(evidence(actions)) == 1
-    assert own_votes(actions, PRECOMMIT) == []  # validator 2 counts once, for OTHER_HASH
+    assert scheduled(actions, PREVOTE_T) == []  # 2 validators, not 3 (L34)
+    actions = n.deliver(n.prevote(3, 0, OTHER_HASH))
+    assert scheduled(actions, PREVOTE_T) == [ScheduleTimeout(1, 0, PREVOTE_T, prevote_delay(0))]
 
 
 def test_equivocating_proposer_is_evidence_and_the_first_proposal_is_kept() -> None:
@@ -827,3 +829,13 @@ def test_block_response_certified_but_not_extending_the_chain_is_not_committed()
     actions = n.deliver(BlockResponse(_certified(3, prev_hash=sha256(b"fork"))), sender=7)
     assert commits(actions) == [] and n.height == 1
 
+
+
+def test_block_response_certified_by_two_validators_under_three_indexes_is_not_committed() -> None:
+    # Validator 3's signature listed twice, as index -1 and as index 3 (ascending: -1, 0, 3).
+    n = started(0)
+    block = _certified(4)
+    sigs = dict(block.cert.signatures)
+    cert = dataclasses.replace(block.cert, signatures=((-1, sigs[3]), (0, sigs[0]), (3, sigs[3])))
+    actions = n.deliver(BlockResponse(Block(block.header, block.records, cert)), sender=7)
+    assert commits(actions) == [] and n.height == 1
