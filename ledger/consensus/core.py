@@ -136,6 +136,7 @@ class ConsensusCore:
         self.last_signed: tuple[int, int, int] = NO_SIGNATURE
         self.evidence: list[tuple[SignedVote | Proposal, SignedVote | Proposal]] = []
         self.decisions: dict[int, Block] = {}
+        self.synced_commits = 0  # heights decided by block sync rather than by voting
         self._persisted = persisted
         self._out: list[Action] = []
         self.future: list[tuple[int, Message]] = []  # messages for later heights, bounded
@@ -604,6 +605,7 @@ class ConsensusCore:
             return False
         if not self._check_block(block.header, block.records):
             return False
+        self.synced_commits += 1
         self._decide(block)
         return True
 

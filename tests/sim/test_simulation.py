@@ -78,6 +78,21 @@ def test_loss_of_quorum_commits_nothing_until_it_returns() -> None:
     assert all(n.store.height > 0 for n in sim.nodes)
 
 
+def test_a_node_cut_off_for_long_catches_up_by_block_sync() -> None:
+    sim = Simulation(Scenario(seed=7, records=30, fault_window_ms=5000))
+    sim._push(0, "partition", [{0, 1, 2}, {3}])
+    heights: dict[str, list[int]] = {}
+    sim._push(4900, "call",
+              lambda s: heights.setdefault("cut", [n.store.height for n in s.nodes]))
+    sim.run()
+    before = heights["cut"]
+    assert before[3] == 0 and min(before[:3]) >= 3  # the others went on without node 3
+    node3 = sim.nodes[3]
+    assert node3.core is not None and node3.core.synced_commits >= 3
+    assert node3.store.height >= min(before[:3])
+    assert node3.store.tip_hash() == sim.nodes[0].store.block(node3.store.height).hash  # type: ignore[union-attr]
+
+
 @pytest.mark.slow
 def test_skipping_the_lock_check_is_caught_within_the_default_seeds() -> None:
     """The harness must catch a real safety bug: prevote without honouring the lock."""
