@@ -14,9 +14,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	@echo "make run: the node is not built yet (issue #4: runtime, HTTP API, 'ledger cluster')." >&2
-	@echo "What works today: 'ledger keygen', 'ledger audit --node URL|--db PATH', 'ledger verify'." >&2
-	@exit 1
+	@test -f .cluster/genesis.json || $(BIN)/ledger cluster init .cluster --nodes 4
+	$(BIN)/ledger cluster up .cluster
 
 test: $(STAMP)
 	$(BIN)/ruff check ledger node tests

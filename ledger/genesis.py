@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class ValidatorSet:
 
     def __len__(self) -> int:
         return len(self.validators)
+
+    def __iter__(self) -> Iterator[Validator]:
+        return iter(self.validators)
 
     def __getitem__(self, index: int) -> Validator:
         return self.validators[index]

@@ -168,6 +168,98 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- cluster, node, submit -------------------------------------------------------------
+
+def cmd_cluster_init(args: argparse.Namespace) -> int:
+    """Write a new local cluster's folder."""
+    from node.cluster import init_cluster
+
+    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id)
+    print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and "
+          f"{args.dir}/clients/demo.pem")
+    for url in urls:
+        print(f"  {url}")
+    return EXIT_OK
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    """Run every node of a cluster folder in the foreground."""
+    from node.cluster import run_cluster
+
+    return run_cluster(args.dir)
+
+
+def cmd_node_run(args: argparse.Namespace) -> int:
+    """Run one node until SIGINT/SIGTERM."""
+    import asyncio
+    import logging
+    import signal
+
+    from node.config import NodeConfig
+    from node.runtime import Node
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = NodeConfig.load(args.dir)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Node(config).run(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Sign one record and submit it."""
+    import json as jsonlib
+    import secrets
+
+    import httpx
+
+    from ledger.crypto import read_key_file
+    from ledger.encoding import packb
+    from ledger.records import Record
+
+    try:
+        payload = jsonlib.loads(args.payload)
+    except ValueError as exc:
+        raise CommandError(f"--payload is not JSON ({exc})") from exc
+    passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
+    key = read_key_file(args.identity, passphrase.encode() if passphrase else None)
+    base = args.node.rstrip("/")
+    try:
+        with httpx.Client(timeout=args.timeout + 10) as http:
+            chain = args.chain or http.get(f"{base}/v1/status").json()["chain"]
+            record = Record.create(key, chain=chain, type=args.type, subject=args.subject,
+                                   payload=payload, ts=time.time_ns() // 1_000_000,
+                                   nonce=args.nonce if args.nonce is not None
+                                   else secrets.randbits(63))
+            params = {"wait": "commit", "timeout": str(args.timeout)} if args.wait else {}
+            resp = http.post(f"{base}/v1/records", content=packb([record.envelope]),
+                             params=params, headers={"Content-Type": "application/msgpack"})
+    except httpx.HTTPError as exc:
+        raise CommandError(f"{base}: {exc or type(exc).__name__}") from exc
+    doc = resp.json()
+    if resp.status_code != 202:
+        raise CommandError(f"{resp.status_code} {doc.get('code')}: {doc.get('detail')}")
+    result = doc["results"][0]
+    if result["status"] == "rejected":
+        print(f"rejected: {result.get('error')}: {result.get('detail')}", file=sys.stderr)
+        return EXIT_INVALID
+    line = result["id"] + (f" height {result['height']}" if "height" in result else "")
+    print(line if result["status"] == "accepted" else f"{line} (duplicate)")
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,10 +304,52 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify a receipt (GET /v1/records/{id}/receipt) with nothing but "
         "genesis.json: the record's id and signature, its authorisation, its audit path to "
         "the block's records_root, and the block's commit certificate. Exit 0 iff valid.")
-    p.add_argument("receipt", metavar="RECEIPT.json")
+    p.add_argument("receipt", metavar="RECEIPT.json", type=Path)
     p.add_argument("--genesis", required=True, metavar="G", type=Path,
                    help="the chain's genesis.json")
     p.set_defaults(func=cmd_verify)
+
+    cluster = sub.add_parser("cluster", help="make and run a local cluster",
+                             description="Make and run a local cluster of validator nodes.")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    p = csub.add_parser("init", help="write genesis, node folders and a client key",
+                        description="Write DIR/genesis.json, DIR/node{i}/ (config.json and "
+                        "node.pem of node i: API on 127.0.0.1:P+i, peers on P+100+i) and a "
+                        "client key DIR/clients/demo.pem authorised for every record type.")
+    p.add_argument("dir", metavar="DIR", type=Path)
+    p.add_argument("--nodes", type=int, default=4, help="validators (default 4)")
+    p.add_argument("--base-port", type=int, default=8000, help="first API port (default 8000)")
+    p.add_argument("--chain-id", default="demo", help="chain id (default demo)")
+    p.set_defaults(func=cmd_cluster_init)
+    p = csub.add_parser("up", help="run every node of DIR in the foreground",
+                        description="Run every node of DIR, prefixing each node's log lines; "
+                        "Ctrl-C or SIGTERM stops them all cleanly.")
+    p.add_argument("dir", metavar="DIR", type=Path)
+    p.set_defaults(func=cmd_cluster_up)
+
+    node = sub.add_parser("node", help="run one node", description="Run one validator node.")
+    nsub = node.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+    p = nsub.add_parser("run", help="run the node in DIR (its config.json and key)",
+                        description="Run the node whose config.json and key are in DIR, "
+                        "until SIGINT or SIGTERM. LEDGER_KEY_PASSPHRASE decrypts its key.")
+    p.add_argument("dir", metavar="DIR", type=Path)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.set_defaults(func=cmd_node_run)
+
+    p = sub.add_parser("submit", help="sign and submit one record",
+                       description="Sign one record with --identity and submit it; print its "
+                       "id (and, with --wait, the height it was committed at).")
+    p.add_argument("--node", required=True, metavar="URL")
+    p.add_argument("--identity", required=True, metavar="PEM", type=Path,
+                   help="the client's key file")
+    p.add_argument("--type", required=True, help="record type, e.g. sensor.reading")
+    p.add_argument("--subject", required=True, help="e.g. plant-7/line-3/temp")
+    p.add_argument("--payload", required=True, metavar="JSON", help="the payload, as JSON")
+    p.add_argument("--wait", action="store_true", help="wait until the record is committed")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.add_argument("--nonce", type=int, help="nonce (default: random)")
+    p.add_argument("--chain", help="chain id (default: ask the node)")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

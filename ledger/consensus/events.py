@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from ledger.blocks import Block
-from ledger.consensus.messages import Message, Proposal, SignedVote
+from ledger.consensus.messages import (
+    Message,
+    Proposal,
+    SignedVote,
+    decode_message,
+    encode_message,
+)
+from ledger.encoding import expect_array, expect_bytes, expect_int, fail, packb, unpack_exact
 
 
 class Step(IntEnum):
@@ -144,3 +152,36 @@ class SigningState:
     valid_round: int
     valid_block: Proposal | None
     messages: tuple[Proposal | SignedVote, ...] = ()
+
+    def to_wire(self) -> bytes:
+        """The bytes a runtime persists."""
+        def opt(p: Proposal | None) -> Any:
+            return None if p is None else p.to_obj()
+
+        return packb([self.height, list(self.last_signed), self.round, self.locked_round,
+                      opt(self.locked_block), self.valid_round, opt(self.valid_block),
+                      [encode_message(m) for m in self.messages]])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> SigningState:
+        """Decode persisted signing state (strict)."""
+        w = "signing state"
+        items = expect_array(unpack_exact(data, w), w, 8)
+        signed = expect_array(items[1], f"{w}.last_signed", 3)
+        messages = []
+        for i, m in enumerate(expect_array(items[7], f"{w}.messages")):
+            msg = decode_message(expect_bytes(m, f"{w}.messages[{i}]"))
+            if not isinstance(msg, Proposal | SignedVote):
+                fail(f"{w}.messages[{i}]", "not a proposal or vote")
+            messages.append(msg)
+        return cls(
+            height=expect_int(items[0], f"{w}.height"),
+            last_signed=(expect_int(signed[0], w), expect_int(signed[1], w),
+                         expect_int(signed[2], w, lo=-1)),
+            round=expect_int(items[2], f"{w}.round"),
+            locked_round=expect_int(items[3], f"{w}.locked_round", lo=-1),
+            locked_block=None if items[4] is None else Proposal.from_obj(items[4]),
+            valid_round=expect_int(items[5], f"{w}.valid_round", lo=-1),
+            valid_block=None if items[6] is None else Proposal.from_obj(items[6]),
+            messages=tuple(messages),
+        )

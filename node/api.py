@@ -1,0 +1,331 @@
+"""The HTTP API (SPEC section 7), a FastAPI app over one Node.
+
+Every failure is ``application/problem+json`` (RFC 9457) with a stable ``code``; nothing a
+client sends produces a 500. OpenAPI is served at ``/openapi.json`` and ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger.blocks import Block
+from ledger.encoding import b64encode
+from ledger.receipts import build_receipt
+from ledger.records import Record
+from node.mempool import MempoolFull
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+MSGPACK = "application/msgpack"
+
+
+class Problem(Exception):
+    """An error answered as problem+json."""
+
+    def __init__(self, status: int, code: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+TITLES = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+          413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+          503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+            ) -> JSONResponse:
+    """An RFC 9457 problem response."""
+    return JSONResponse(
+        {"type": f"urn:ledger:problem:{code}", "title": TITLES.get(status, "Error"),
+         "status": status, "detail": detail, "code": code},
+        status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def jsonable(value: Any) -> Any:
+    """A msgpack payload as JSON: bin -> base64, keys -> str, non-finite floats -> str."""
+    if isinstance(value, bytes):
+        return b64encode(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else json.dumps(jsonable(k)): jsonable(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def record_json(record: Record, status: str, height: int | None = None,
+                index: int | None = None) -> dict[str, Any]:
+    body = record.body
+    out: dict[str, Any] = {"id": record.id.hex(), "status": status}
+    if height is not None:
+        out["height"], out["index"] = height, index
+    out.update({"type": body.type, "subject": body.subject, "signer": body.signer.hex(),
+                "ts": body.ts, "nonce": body.nonce, "payload": jsonable(body.payload),
+                "envelope": b64encode(record.envelope)})
+    return out
+
+
+def block_json(block: Block) -> dict[str, Any]:
+    h = block.header
+    return {
+        "height": h.height, "hash": h.hash.hex(),
+        "header": {"version": h.version, "chain": h.chain, "height": h.height,
+                   "time_ms": h.time_ms, "prev_hash": h.prev_hash.hex(),
+                   "records_root": h.records_root.hex(), "record_count": h.record_count,
+                   "log_root": h.log_root.hex(), "log_size": h.log_size,
+                   "proposer": h.proposer, "validators_hash": h.validators_hash.hex()},
+        "records": [record_json(r, "committed", h.height, i) for i, r in enumerate(block.records)],
+        "cert": {"height": block.cert.height, "round": block.cert.round,
+                 "block_hash": block.cert.block_hash.hex(),
+                 "signatures": [{"validator": i, "sig": b64encode(s)}
+                                for i, s in block.cert.signatures]},
+    }
+
+
+def parse_id(text: str) -> bytes:
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise Problem(400, "invalid_id", "a record id is 64 lowercase hex characters")
+    return bytes.fromhex(text)
+
+
+def parse_height(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise Problem(400, "invalid_height", f"height must be a positive integer, got {text!r}")
+    height = int(text)
+    if height < 1:
+        raise Problem(400, "invalid_height", "heights start at 1")
+    return height
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading it all."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise Problem(413, "body_too_large", f"body of {length} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_batch(content_type: str, body: bytes, max_batch: int) -> list[bytes]:
+    """The envelopes of a POST /v1/records body, in either encoding."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == MSGPACK:
+        try:
+            items = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise Problem(400, "malformed", f"body is not msgpack ({type(exc).__name__})") from exc
+        if not isinstance(items, list) or not all(isinstance(e, bytes) for e in items):
+            raise Problem(400, "malformed", "expected a msgpack array of envelopes (bin)")
+        envelopes: list[bytes] = items
+    elif media == "application/json":
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Problem(400, "malformed", f"body is not JSON ({exc})") from exc
+        recs = doc.get("records") if isinstance(doc, dict) else None
+        if not isinstance(recs, list):
+            raise Problem(400, "malformed", 'expected {"records": [{"envelope": b64}, ...]}')
+        envelopes = []
+        for i, item in enumerate(recs):
+            env = item.get("envelope") if isinstance(item, dict) else None
+            if not isinstance(env, str):
+                raise Problem(400, "malformed", f"records[{i}].envelope: expected base64 text")
+            try:
+                envelopes.append(base64.b64decode(env, validate=True))
+            except ValueError as exc:
+                raise Problem(400, "malformed", f"records[{i}].envelope: not base64") from exc
+    else:
+        raise Problem(415, "unsupported_media_type",
+                      f"Content-Type must be {MSGPACK} or application/json, got {media!r}")
+    if not envelopes:
+        raise Problem(400, "empty_batch", "the batch holds no envelopes")
+    if len(envelopes) > max_batch:
+        raise Problem(413, "batch_too_large",
+                      f"{len(envelopes)} envelopes exceed the limit of {max_batch}")
+    return envelopes
+
+
+def create_app(node: Node) -> FastAPI:
+    """The API of ``node``."""
+    app = FastAPI(title="ledger node API", version="1",
+                  description="Permissioned BFT ledger for industrial data (SPEC section 7).")
+    cfg = node.config
+
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return problem(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return problem(400, "invalid_parameter", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.post("/v1/records", status_code=202)
+    async def submit(request: Request,
+                     wait: str | None = Query(None, pattern="^commit$"),
+                     timeout: float = Query(30.0, gt=0, le=600)) -> JSONResponse:
+        """Submit a batch of signed envelopes (msgpack array, or JSON)."""
+        body = await read_body(request, cfg.max_body_bytes)
+        envelopes = decode_batch(request.headers.get("content-type", ""), body, cfg.max_batch)
+        try:
+            results = await node.submit(envelopes)
+        except MempoolFull as exc:
+            raise Problem(503, "mempool_full", str(exc), {"Retry-After": "1"}) from exc
+        out: list[dict[str, Any]] = []
+        for r in results:
+            item: dict[str, Any] = {"id": r.id.hex() if r.id else None, "status": r.status}
+            if r.error:
+                item["error"], item["detail"] = r.error, r.detail
+            out.append(item)
+        if wait == "commit":
+            ids = [r.id for r in results if r.status in ("accepted", "duplicate") and r.id]
+            futures = [node.wait_for(i) for i in ids]
+            try:
+                heights = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            except TimeoutError as exc:
+                raise Problem(504, "commit_timeout",
+                              f"not every record committed within {timeout} s") from exc
+            by_id = dict(zip(ids, heights, strict=True))
+            for item, r in zip(out, results, strict=True):
+                if r.id in by_id:
+                    item["height"] = by_id[r.id]
+        return JSONResponse({"results": out}, status_code=202)
+
+    @app.get("/v1/records/{record_id}")
+    async def get_record(record_id: str) -> JSONResponse:
+        """A committed or pending record."""
+        rid = parse_id(record_id)
+        loc = node.store.locate(rid)
+        if loc is not None:
+            envelope = node.store.envelope(rid)
+            if envelope is not None:
+                return JSONResponse(record_json(Record.from_wire(envelope), "committed",
+                                                loc.height, loc.index))
+        pending = node.mempool.get(rid)
+        if pending is not None:
+            return JSONResponse(record_json(pending, "pending"))
+        raise Problem(404, "not_found", f"no record {record_id}")
+
+    @app.get("/v1/records/{record_id}/receipt")
+    async def get_receipt(record_id: str) -> JSONResponse:
+        """The offline-verifiable receipt of a committed record (SPEC section 6)."""
+        rid = parse_id(record_id)
+        receipt = build_receipt(node.store, rid)
+        if receipt is not None:
+            return JSONResponse(receipt)
+        if node.mempool.get(rid) is not None:
+            raise Problem(409, "not_committed", f"record {record_id} is not committed yet")
+        raise Problem(404, "not_found", f"no record {record_id}")
+
+    @app.get("/v1/blocks/{height}", response_model=None)
+    async def get_block(height: str, request: Request) -> Response:
+        """A committed block: JSON, or the exact SPEC bytes with Accept: application/msgpack."""
+        h = parse_height(height)
+        data = node.store.block_bytes(h)
+        if data is None:
+            raise Problem(404, "not_found", f"no block at height {h}; the tip is "
+                          f"{node.store.height}")
+        if MSGPACK in request.headers.get("accept", ""):
+            return Response(data, media_type=MSGPACK)
+        return JSONResponse(block_json(Block.from_wire(data)))
+
+    @app.get("/v1/status")
+    async def status() -> JSONResponse:
+        """Chain, node, tip, validators and connected peers."""
+        tip = node.store.tip_hash()
+        connected = set(node.connected_peers())
+        return JSONResponse({
+            "chain": node.genesis.chain_id, "node": node.name, "height": node.store.height,
+            "last_block_hash": tip.hex() if tip else None,
+            "genesis_hash": node.genesis.hash.hex(),
+            "round": node.core.round, "mempool": len(node.mempool),
+            "validators": [{"index": v.index, "name": v.name, "pubkey": v.pubkey.hex(),
+                            "power": v.power, "api": v.api,
+                            "connected": v.index in connected or v.index == node.config.index}
+                           for v in node.genesis.validators],
+            "peers": sorted(connected), "evidence": list(node.evidence)[-20:],
+        })
+
+    @app.get("/v1/subjects/{subject:path}/history")
+    async def history(subject: str, after: int = Query(-1, ge=-1, le=2**62),
+                      limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
+        """Committed records of one subject, oldest first; page with ``after=next``."""
+        rows = node.store.subject_history(subject, after_seq=after, limit=limit)
+        records = [record_json(Record.from_wire(e), "committed", loc.height, loc.index)
+                   for loc, e in rows]
+        nxt = rows[-1][0].seq if len(rows) == limit else None
+        return JSONResponse({"subject": subject, "records": records, "next": nxt})
+
+    @app.get("/v1/events")
+    async def events(request: Request,
+                     from_height: int | None = Query(None, ge=1, le=2**62)) -> StreamingResponse:
+        """Server-Sent Events: one ``block`` event per committed block."""
+        last_id = request.headers.get("last-event-id", "")
+        start = from_height or (int(last_id) + 1 if last_id.isdigit() else node.store.height + 1)
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1000)
+        node.subscribers.add(queue)
+
+        async def stream() -> Any:
+            nxt = start
+            try:
+                yield ": ledger block events\n\n"
+                while True:
+                    while nxt <= node.store.height:
+                        block = node.store.block(nxt)
+                        if block is None:
+                            break
+                        data = json.dumps({"height": block.height, "hash": block.hash.hex(),
+                                           "time_ms": block.header.time_ms,
+                                           "record_count": len(block.records)})
+                        yield f"event: block\nid: {block.height}\ndata: {data}\n\n"
+                        nxt += 1
+                    if queue not in node.subscribers:
+                        return  # too slow: dropped; the client resumes with Last-Event-ID
+                    try:
+                        await asyncio.wait_for(queue.get(), timeout=15)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+            finally:
+                node.subscribers.discard(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """Liveness: 200 while the process serves."""
+        return JSONResponse({"status": "ok", "height": node.store.height})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text format."""
+        node.metrics.mempool = len(node.mempool)
+        return PlainTextResponse(node.metrics.render(len(node.connected_peers())),
+                                 media_type="text/plain; version=0.0.4")
+
+    return app

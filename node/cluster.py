@@ -1,0 +1,130 @@
+"""``ledger cluster init`` and ``ledger cluster up``: a local multi-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from ledger.crypto import PrivateKey, write_key_file
+from ledger.errors import LedgerError
+
+
+class ClusterError(LedgerError):
+    """A cluster directory cannot be made or run."""
+
+    code = "cluster"
+
+
+def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
+                 chain_id: str = "demo") -> list[str]:
+    """Write genesis.json, one folder per node (config and key) and a demo client key."""
+    if nodes < 1:
+        raise ClusterError("--nodes must be at least 1")
+    if not 1024 <= base_port <= 65535 - 100 - nodes:
+        raise ClusterError(f"--base-port {base_port} leaves no room for {nodes} nodes")
+    if (directory / "genesis.json").exists():
+        raise ClusterError(f"{directory} already holds a cluster (genesis.json exists)")
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = [PrivateKey.generate() for _ in range(nodes)]
+    client = PrivateKey.generate()
+    genesis = {
+        "chain_id": chain_id,
+        "validators": [
+            {"name": f"node{i}", "pubkey": k.public.hex(), "power": 1,
+             "p2p": f"127.0.0.1:{base_port + 100 + i}", "api": f"http://127.0.0.1:{base_port + i}"}
+            for i, k in enumerate(keys)
+        ],
+        "organizations": [{"name": "demo-org", "members": [
+            {"name": "demo", "pubkey": client.public.hex(), "roles": ["writer"]}]}],
+        "policies": {"*": ["writer"]},
+    }
+    (directory / "genesis.json").write_text(json.dumps(genesis, indent=2) + "\n")
+    (directory / "clients").mkdir(exist_ok=True)
+    write_key_file(directory / "clients" / "demo.pem", client)
+    urls = []
+    for i, key in enumerate(keys):
+        node_dir = directory / f"node{i}"
+        node_dir.mkdir(exist_ok=True)
+        write_key_file(node_dir / "node.pem", key)
+        config = {
+            "index": i, "api": f"127.0.0.1:{base_port + i}",
+            "p2p": f"127.0.0.1:{base_port + 100 + i}", "genesis": "../genesis.json",
+            "key": "node.pem", "store": "chain.db",
+            "peers": {str(j): f"127.0.0.1:{base_port + 100 + j}" for j in range(nodes) if j != i},
+        }
+        (node_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        urls.append(f"http://127.0.0.1:{base_port + i}")
+    return urls
+
+
+def _pump(prefix: str, stream: IO[str], out: IO[str], lock: threading.Lock) -> None:
+    for line in stream:
+        with lock:
+            out.write(f"{prefix} {line}")
+            out.flush()
+
+
+def run_cluster(directory: Path) -> int:
+    """Run every node of ``directory`` in the foreground until Ctrl-C or SIGTERM."""
+    node_dirs = sorted((p for p in directory.glob("node*") if (p / "config.json").exists()),
+                       key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
+    if not node_dirs:
+        raise ClusterError(f"{directory}: no node folders; run 'ledger cluster init' first")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    lock = threading.Lock()
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    width = max(len(p.name) for p in node_dirs)
+    for node_dir in node_dirs:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "run", str(node_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            start_new_session=True)  # Ctrl-C reaches us; we stop the nodes in order
+        assert proc.stdout is not None
+        threading.Thread(target=_pump, args=(f"[{node_dir.name:<{width}}]", proc.stdout,
+                                             sys.stdout, lock), daemon=True).start()
+        procs.append((node_dir.name, proc))
+        config = json.loads((node_dir / "config.json").read_text())
+        with lock:
+            print(f"{node_dir.name}: API http://{config['api']}  (explorer /, docs /docs)",
+                  flush=True)
+    with lock:
+        print(f"cluster of {len(procs)} nodes running; genesis {directory / 'genesis.json'}; "
+              f"client key {directory / 'clients' / 'demo.pem'}. Ctrl-C stops it.", flush=True)
+    exit_code = 0
+    while not stop.is_set():
+        for name, proc in procs:
+            if proc.poll() is not None:
+                with lock:
+                    print(f"{name} exited with status {proc.returncode}; stopping the cluster",
+                          flush=True)
+                exit_code = 1
+                stop.set()
+        stop.wait(0.5)
+    with lock:
+        print("stopping every node ...", flush=True)
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for _, proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    print("cluster stopped", flush=True)
+    return exit_code

@@ -1,0 +1,108 @@
+"""Node configuration: ``DIR/node{i}/config.json``, written by ``ledger cluster init``.
+
+```json
+{"index": 0, "api": "127.0.0.1:8000", "p2p": "127.0.0.1:8100",
+ "genesis": "../genesis.json", "key": "node.pem", "store": "chain.db",
+ "peers": {"1": "127.0.0.1:8101", ...}}
+```
+Paths are relative to the node directory. Environment variables override, for containers:
+``LEDGER_API_LISTEN``, ``LEDGER_P2P_LISTEN`` (``host:port``) and ``LEDGER_PEERS``
+(``1=node1:8101,2=node2:8102``). Consensus timeouts may be set in genesis under
+``"consensus"`` (every validator must use the same values).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.consensus import ConsensusConfig
+from ledger.errors import LedgerError
+from ledger.genesis import Genesis
+
+
+class ConfigError(LedgerError):
+    """A node directory or its config.json is unusable."""
+
+    code = "bad_config"
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: expected host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node process needs to start."""
+
+    dir: Path
+    index: int
+    api: tuple[str, int]
+    p2p: tuple[str, int]
+    genesis_path: Path
+    key_path: Path
+    store_path: Path
+    peers: dict[int, tuple[str, int]] = field(default_factory=dict)
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 10_000
+    mempool_records: int = 100_000
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+
+    @property
+    def signing_state_path(self) -> Path:
+        return self.dir / "signing_state.bin"
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> NodeConfig:
+        """Read ``directory/config.json`` (and environment overrides)."""
+        d = Path(directory)
+        path = d / "config.json"
+        try:
+            doc: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: not found (make one with 'ledger cluster init')") from exc
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read ({exc})") from exc
+        try:
+            peers = {int(k): parse_address(v, f"peers[{k}]")
+                     for k, v in dict(doc.get("peers", {})).items()}
+            env_peers = os.environ.get("LEDGER_PEERS")
+            if env_peers:
+                peers = {}
+                for item in env_peers.split(","):
+                    k, _, v = item.partition("=")
+                    peers[int(k)] = parse_address(v, "LEDGER_PEERS")
+            cfg = cls(
+                dir=d,
+                index=int(doc["index"]),
+                api=parse_address(os.environ.get("LEDGER_API_LISTEN", doc["api"]), "api"),
+                p2p=parse_address(os.environ.get("LEDGER_P2P_LISTEN", doc["p2p"]), "p2p"),
+                genesis_path=d / doc.get("genesis", "../genesis.json"),
+                key_path=d / doc.get("key", "node.pem"),
+                store_path=d / doc.get("store", "chain.db"),
+                peers=peers,
+                max_body_bytes=int(doc.get("max_body_bytes", 16 * 1024 * 1024)),
+                max_batch=int(doc.get("max_batch", 10_000)),
+                mempool_records=int(doc.get("mempool_records", 100_000)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: missing or invalid field ({exc})") from exc
+        return cfg
+
+    def consensus_config(self, genesis: Genesis) -> ConsensusConfig:
+        """Consensus timeouts from genesis' ``consensus`` section, defaults otherwise."""
+        section = genesis.extra.get("consensus", {})
+        if not isinstance(section, dict):
+            raise ConfigError("genesis 'consensus' must be an object")
+        known = set(ConsensusConfig.__dataclass_fields__)
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"genesis 'consensus' has unknown keys {sorted(unknown)}")
+        return ConsensusConfig(**section)

@@ -1,0 +1,175 @@
+"""The mempool: admission checks, a verified-signature cache, bounds, and reaping.
+
+Admission is split so signature checks can run off the event loop:
+``prevalidate`` (pure: decode, chain, signature, authorisation; safe in a worker thread)
+then ``admit`` (state: duplicates against the mempool and the store, clock skew, bounds;
+on the event loop). A record's signature is verified once per node: the cache answers
+consensus' block validation for every record admitted here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ledger.blocks import Block
+from ledger.crypto import is_valid_signature
+from ledger.errors import DecodeError, LedgerError
+from ledger.genesis import Genesis
+from ledger.records import Record
+from ledger.store.base import BlockStore
+from ledger.validation import check_record
+
+
+class MempoolFull(Exception):
+    """The mempool is at its bound; the client should retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    """The outcome of one envelope, as the API reports it."""
+
+    id: bytes | None
+    status: str  # accepted | duplicate | rejected
+    error: str | None = None
+    detail: str | None = None
+    record: Record | None = None
+
+
+class VerifiedCache:
+    """Signatures already verified by this node (bounded, least recently used first out)."""
+
+    def __init__(self, limit: int = 500_000) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[bytes, bytes] = OrderedDict()
+        self.hits = 0
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        """Like ``is_valid_signature``, answering from the cache when it can."""
+        key = public_key + signature
+        digest = hashlib.sha256(message).digest()
+        if self._seen.get(key) == digest:
+            self.hits += 1
+            return True
+        if not is_valid_signature(public_key, message, signature):
+            return False
+        self.add(key, digest)
+        return True
+
+    def add(self, key: bytes, digest: bytes) -> None:
+        self._seen[key] = digest
+        if len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+    def remember(self, record: Record) -> None:
+        """Note that ``record``'s signature verified (done in a worker thread)."""
+        self.add(record.body.signer + record.sig, hashlib.sha256(record.sign_bytes()).digest())
+
+
+def prevalidate(genesis: Genesis, envelope: bytes) -> AdmitResult:
+    """Stateless admission checks; safe to run in any thread."""
+    try:
+        record = Record.from_wire(envelope)
+    except DecodeError as exc:
+        return AdmitResult(None, "rejected", exc.code, str(exc))
+    try:
+        check_record(genesis, record)
+    except LedgerError as exc:
+        return AdmitResult(record.id, "rejected", exc.code, str(exc))
+    return AdmitResult(record.id, "accepted", record=record)
+
+
+class Mempool:
+    """Records admitted but not yet committed, in arrival order, bounded by count and bytes."""
+
+    def __init__(self, genesis: Genesis, store: BlockStore, *, max_records: int = 100_000,
+                 max_bytes: int = 128 * 1024 * 1024, max_skew_ms: int = 10 * 60 * 1000) -> None:
+        self.genesis = genesis
+        self.store = store
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.max_skew_ms = max_skew_ms
+        self.cache = VerifiedCache()
+        self.pending: OrderedDict[bytes, Record] = OrderedDict()
+        self.nonces: set[tuple[bytes, int]] = set()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        """The verifier consensus uses: cached for every admitted record."""
+        return self.cache.verify(public_key, message, signature)
+
+    def is_full(self) -> bool:
+        """True when no more records fit."""
+        return len(self.pending) >= self.max_records or self.bytes >= self.max_bytes
+
+    def admit(self, checked: Sequence[AdmitResult], now_ms: int) -> list[AdmitResult]:
+        """Stateful checks for prevalidated records; add the good ones, in input order."""
+        candidates = [c.record for c in checked if c.record is not None]
+        seen_ids = self.store.seen_ids([r.id for r in candidates])
+        seen_pairs = self.store.seen_nonces([(r.body.signer, r.body.nonce) for r in candidates])
+        out = []
+        for c in checked:
+            r = c.record
+            if r is None:
+                out.append(c)
+                continue
+            pair = (r.body.signer, r.body.nonce)
+            if r.id in self.pending or r.id in seen_ids:
+                out.append(AdmitResult(r.id, "duplicate"))
+            elif pair in self.nonces or pair in seen_pairs:
+                out.append(AdmitResult(r.id, "rejected", "nonce_reused",
+                                       f"signer {r.body.signer.hex()} already used nonce "
+                                       f"{r.body.nonce}"))
+            elif abs(r.body.ts - now_ms) > self.max_skew_ms:
+                out.append(AdmitResult(r.id, "rejected", "clock_skew",
+                                       f"ts {r.body.ts} is more than {self.max_skew_ms} ms "
+                                       f"from the node's clock {now_ms}"))
+            elif self.is_full():
+                raise MempoolFull(f"mempool holds {len(self.pending)} records")
+            else:
+                self.pending[r.id] = r
+                self.nonces.add(pair)
+                self.bytes += len(r.envelope)
+                self.cache.remember(r)
+                out.append(AdmitResult(r.id, "accepted", record=r))
+        return out
+
+    def get(self, record_id: bytes) -> Record | None:
+        """A pending record by id."""
+        return self.pending.get(record_id)
+
+    def reap(self, max_records: int, max_bytes: int) -> list[Record]:
+        """The oldest pending records within the limits (they stay until committed)."""
+        out: list[Record] = []
+        size = 0
+        for r in self.pending.values():
+            if len(out) >= max_records or size + len(r.envelope) > max_bytes:
+                break
+            out.append(r)
+            size += len(r.envelope)
+        return out
+
+    def remove_committed(self, block: Block) -> None:
+        """Forget records that ``block`` committed, and any pending record it conflicts with."""
+        pairs = {(r.body.signer, r.body.nonce) for r in block.records}
+        for r in block.records:
+            self._drop(r.id)
+        if pairs & self.nonces:
+            for rid in [i for i, r in self.pending.items()
+                        if (r.body.signer, r.body.nonce) in pairs]:
+                self._drop(rid)
+
+    def _drop(self, record_id: bytes) -> None:
+        r = self.pending.pop(record_id, None)
+        if r is not None:
+            self.nonces.discard((r.body.signer, r.body.nonce))
+            self.bytes -= len(r.envelope)
+
+    def ids(self) -> Iterable[bytes]:
+        """Pending ids, oldest first."""
+        return self.pending.keys()

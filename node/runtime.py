@@ -1,0 +1,304 @@
+"""The node process: one queue of inputs -> consensus core -> actions executed in order.
+
+Inputs are peer messages (from the transport), timer firings, and "records available"
+nudges from the API. Each is handed to the pure core, and its actions are executed one
+after the other, awaiting each: ``PersistState`` is written and fsynced before the
+``Broadcast`` that follows it; ``CommitBlock`` is durable in SQLite before any client
+waiting on one of its records is told (see ``ledger/consensus/core.py`` for the order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import uvicorn
+
+from ledger.blocks import Block
+from ledger.consensus import (
+    Action,
+    Broadcast,
+    CommitBlock,
+    ConsensusCore,
+    Event,
+    MessageReceived,
+    PersistState,
+    RecordEvidence,
+    RecordsAvailable,
+    ScheduleTimeout,
+    SendTo,
+    SigningState,
+    Start,
+    Tick,
+    TimeoutFired,
+    decode_message,
+    encode_message,
+)
+from ledger.crypto import read_key_file
+from ledger.encoding import packb
+from ledger.errors import LedgerError
+from ledger.genesis import Genesis
+from ledger.store import SqliteStore
+from node.config import ConfigError, NodeConfig
+from node.mempool import AdmitResult, Mempool, prevalidate
+from node.metrics import Metrics
+
+CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
+
+log = logging.getLogger("ledger.node")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically: write a temp file, fsync it, rename, fsync the folder."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Node:
+    """A validator: store, mempool, consensus core, peer links and the HTTP API."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.genesis = Genesis.load(config.genesis_path)
+        passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
+        self.key = read_key_file(config.key_path, passphrase.encode() if passphrase else None)
+        validator = self.genesis.validators.by_key(self.key.public)
+        if validator is None:
+            raise ConfigError(f"{config.key_path}: key is not a validator of this genesis")
+        if validator.index != config.index:
+            raise ConfigError(f"{config.key_path} is validator {validator.index}, "
+                              f"config says {config.index}")
+        self.name = validator.name
+        self.store = SqliteStore(config.store_path, genesis_hash=self.genesis.hash)
+        self.mempool = Mempool(self.genesis, self.store, max_records=config.mempool_records)
+        persisted = None
+        if config.signing_state_path.exists():
+            persisted = SigningState.from_wire(config.signing_state_path.read_bytes())
+        self.core = ConsensusCore(self.genesis, self.store, self.mempool, key=self.key,
+                                  config=config.consensus_config(self.genesis),
+                                  persisted=persisted, verify=self.mempool.verify)
+        self.metrics = Metrics()
+        self.evidence: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
+        self.subscribers: set[asyncio.Queue[int]] = set()
+        self.admitted_at: dict[bytes, float] = {}
+        self.transport: Any = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- consensus loop -------------------------------------------------------------------
+
+    async def consensus_loop(self) -> None:
+        """Feed events to the core, one at a time, executing its actions in order."""
+        self._loop = asyncio.get_running_loop()
+        await self._handle(Start(now_ms()))
+        while True:
+            event = await self.events.get()
+            await self._handle(event)
+
+    async def _handle(self, event: Event) -> None:
+        self.core.handle(Tick(now_ms()))
+        for action in self.core.handle(event):
+            await self._execute(action)
+        self.metrics.height = self.store.height
+        self.metrics.round = self.core.round
+
+    async def _execute(self, action: Action) -> None:
+        if isinstance(action, PersistState):
+            await asyncio.to_thread(write_durably, self.config.signing_state_path,
+                                    action.state.to_wire())
+        elif isinstance(action, Broadcast):
+            if self.transport is not None:
+                self.transport.broadcast(bytes([CONSENSUS]) + encode_message(action.message))
+        elif isinstance(action, SendTo):
+            if self.transport is not None:
+                self.transport.send(action.peer,
+                                    bytes([CONSENSUS]) + encode_message(action.message))
+        elif isinstance(action, ScheduleTimeout):
+            self._schedule(action)
+        elif isinstance(action, CommitBlock):
+            await asyncio.to_thread(self.store.append, action.block)
+            self._on_committed(action.block)
+        elif isinstance(action, RecordEvidence):
+            self.evidence.append(evidence_json(action.first, action.second))
+            log.warning("evidence of equivocation: %s", self.evidence[-1]["kind"])
+
+    def _schedule(self, t: ScheduleTimeout) -> None:
+        loop = asyncio.get_running_loop()
+        event = TimeoutFired(t.height, t.round, t.kind)
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self.events.put_nowait(event)
+
+        handle = loop.call_later(t.delay_ms / 1000, fire)
+        self._timers.add(handle)
+
+    def _on_committed(self, block: Block) -> None:
+        self.mempool.remove_committed(block)
+        now = time.monotonic()
+        for r in block.records:
+            started = self.admitted_at.pop(r.id, None)
+            if started is not None:
+                self.metrics.observe_commit_latency(now - started)
+            for fut in self.waiters.pop(r.id, []):
+                if not fut.done():
+                    fut.set_result(block.height)
+        self.metrics.records_committed += len(block.records)
+        self.metrics.height = block.height
+        for q in list(self.subscribers):
+            try:
+                q.put_nowait(block.height)
+            except asyncio.QueueFull:  # a slow subscriber never slows the node
+                self.subscribers.discard(q)
+        log.info("committed height %d (%d records) %s", block.height, len(block.records),
+                 block.hash.hex()[:16])
+
+    # -- peer frames ----------------------------------------------------------------------
+
+    def on_frame(self, peer: int, payload: bytes) -> None:
+        """Called by the transport on the event loop for every frame from a peer."""
+        if not payload:
+            return
+        channel, body = payload[0], payload[1:]
+        if channel == CONSENSUS:
+            try:
+                message = decode_message(body)
+            except LedgerError as exc:
+                log.warning("dropped a malformed message from validator %d: %s", peer, exc)
+                return
+            self.events.put_nowait(MessageReceived(peer, message))
+        elif channel == RECORDS:
+            try:
+                envelopes = msgpack.unpackb(body, raw=False)
+                if not isinstance(envelopes, list) or not all(
+                        isinstance(e, bytes) for e in envelopes):
+                    raise ValueError("expected an array of bin")
+            except Exception as exc:
+                log.warning("dropped malformed records from validator %d: %s", peer, exc)
+                return
+            task = asyncio.ensure_future(self.submit(envelopes, gossip=False))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
+
+    # -- submission (API and gossip) ------------------------------------------------------
+
+    async def submit(self, envelopes: Sequence[bytes], *, gossip: bool = True) -> list[AdmitResult]:
+        """Admit a batch: signature checks in a worker thread, state checks here."""
+        checked = await asyncio.to_thread(
+            lambda: [prevalidate(self.genesis, e) for e in envelopes])
+        results = self.mempool.admit(checked, now_ms())
+        accepted = [r.record for r in results if r.status == "accepted" and r.record]
+        if accepted:
+            started = time.monotonic()
+            for r in accepted:
+                self.admitted_at[r.id] = started
+            if gossip and self.transport is not None:
+                self.transport.broadcast(bytes([RECORDS]) + packb([r.envelope for r in accepted]))
+            self.events.put_nowait(RecordsAvailable())
+        self.metrics.mempool = len(self.mempool)
+        return results
+
+    def wait_for(self, record_id: bytes) -> asyncio.Future[int]:
+        """A future resolved with the height once ``record_id`` is committed."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loc = self.store.locate(record_id)
+        if loc is not None:
+            fut.set_result(loc.height)
+        else:
+            self.waiters.setdefault(record_id, []).append(fut)
+        return fut
+
+    def connected_peers(self) -> list[int]:
+        return list(self.transport.connected()) if self.transport is not None else []
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run transport, consensus and the API until ``stop`` is set."""
+        from node.api import create_app
+        from node.transport import PeerNetwork
+
+        peers = dict(self.config.peers)
+        for v in self.genesis.validators:
+            if v.index != self.config.index and v.index not in peers and v.p2p:
+                from node.config import parse_address
+
+                peers[v.index] = parse_address(v.p2p, f"genesis validator {v.index} p2p")
+        self.transport = PeerNetwork(genesis=self.genesis, key=self.key, listen=self.config.p2p,
+                                     peers=peers, on_message=self.on_frame)
+        await self.transport.start()
+        app = create_app(self)
+        host, port = self.config.api
+        server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                        access_log=False, lifespan="off"))
+        tasks = [asyncio.create_task(self.consensus_loop(), name="consensus"),
+                 asyncio.create_task(server.serve(), name="api")]
+        log.info("node %s (validator %d) serving http://%s:%d, peers on %s:%d", self.name,
+                 self.config.index, host, port, *self.config.p2p)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        for t in done:
+            if t is not stopper and t.exception() is not None:
+                log.error("%s stopped: %r", t.get_name(), t.exception())
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(tasks[1], timeout=5)
+        tasks[0].cancel()
+        stopper.cancel()
+        for handle in self._timers:
+            handle.cancel()
+        await self.transport.stop()
+        self.store.close()
+        log.info("node %s stopped", self.name)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handlers: the node owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def evidence_json(first: Any, second: Any) -> dict[str, Any]:
+    """A JSON view of two conflicting signed messages."""
+    from ledger.consensus import Proposal
+
+    def view(m: Any) -> dict[str, Any]:
+        if isinstance(m, Proposal):
+            return {"kind": "proposal", "validator": m.proposer, "height": m.height,
+                    "round": m.round, "block_hash": m.block_hash.hex()}
+        v = m.vote
+        return {"kind": "prevote" if v.kind == 1 else "precommit", "validator": m.validator,
+                "height": v.height, "round": v.round,
+                "block_hash": v.block_hash.hex() if v.block_hash else None}
+
+    a, b = view(first), view(second)
+    return {"kind": a["kind"], "validator": a["validator"], "height": a["height"],
+            "round": a["round"], "first": a["block_hash"], "second": b["block_hash"]}

@@ -1,0 +1,114 @@
+"""The validator handshake: pure functions over bytes, no I/O.
+
+Both sides send, before any payload, one hello frame and then one auth frame::
+
+    hello = packb(["ledger-p2p/1", chain_id: str, genesis_hash: bin(32),
+                   pubkey: bin(32), nonce: bin(32)])
+    auth  = packb([sig: bin(64)])
+    sig   = Ed25519(local key, b"ledger.p2p.v1\\x00" + packb([genesis_hash, remote_nonce,
+                                                            local_nonce, local_pubkey,
+                                                            remote_pubkey]))
+
+Each side signs the other's fresh nonce, so a signature captured from one handshake is
+worthless in any other. A side sends its auth frame only after the peer's hello passed every
+check, so an unwanted peer never obtains a signature from us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PrivateKey, is_valid_signature
+from ledger.encoding import expect_array, expect_bytes, expect_str, packb, unpack_exact
+from ledger.errors import DecodeError
+from ledger.genesis import Genesis, Validator
+
+PROTOCOL = "ledger-p2p/1"
+P2P_TAG = b"ledger.p2p.v1\x00"
+NONCE_SIZE = 32
+HASH_SIZE = 32
+MAX_HELLO = 1024  # a hello is < 200 bytes; an unauthenticated peer gets no more
+MAX_AUTH = 128  # an auth frame is 67 bytes
+
+
+class HandshakeError(Exception):
+    """A peer's handshake is refused; the message says why (it is logged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first frame each side sends."""
+
+    chain_id: str
+    genesis_hash: bytes
+    pubkey: bytes
+    nonce: bytes
+
+    def to_wire(self) -> bytes:
+        """The hello frame's payload."""
+        return packb([PROTOCOL, self.chain_id, self.genesis_hash, self.pubkey, self.nonce])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Hello:
+        """Decode a hello (shape only); HandshakeError says what is wrong."""
+        try:
+            items = expect_array(unpack_exact(data, "hello"), "hello", 5)
+            version = expect_str(items[0], "hello.version")
+            if version != PROTOCOL:
+                raise HandshakeError(f"unsupported protocol version {version!r}")
+            return cls(
+                chain_id=expect_str(items[1], "hello.chain_id"),
+                genesis_hash=expect_bytes(items[2], "hello.genesis_hash", HASH_SIZE),
+                pubkey=expect_bytes(items[3], "hello.pubkey", PUBLIC_KEY_SIZE),
+                nonce=expect_bytes(items[4], "hello.nonce", NONCE_SIZE),
+            )
+        except DecodeError as exc:
+            raise HandshakeError(f"hello does not decode: {exc}") from exc
+
+
+def check_hello(hello: Hello, genesis: Genesis, own_pubkey: bytes) -> Validator:
+    """The validator a well-formed hello claims to be; HandshakeError if it may not link."""
+    if hello.chain_id != genesis.chain_id:
+        raise HandshakeError(f"wrong chain {hello.chain_id!r} (ours is {genesis.chain_id!r})")
+    if hello.genesis_hash != genesis.hash:
+        raise HandshakeError(
+            f"wrong genesis hash {hello.genesis_hash.hex()[:16]}… "
+            f"(ours is {genesis.hash.hex()[:16]}…)"
+        )
+    if hello.pubkey == own_pubkey:
+        raise HandshakeError("the peer presents our own key")
+    validator = genesis.validators.by_key(hello.pubkey)
+    if validator is None:
+        raise HandshakeError(f"key {hello.pubkey.hex()[:16]}… is not a validator of genesis")
+    return validator
+
+
+def auth_message(genesis_hash: bytes, remote_nonce: bytes, local_nonce: bytes,
+                 local_pubkey: bytes, remote_pubkey: bytes) -> bytes:
+    """The bytes the local side signs (domain tag included)."""
+    return P2P_TAG + packb([genesis_hash, remote_nonce, local_nonce, local_pubkey, remote_pubkey])
+
+
+def make_auth(key: PrivateKey, genesis_hash: bytes, *, local_nonce: bytes,
+              remote_nonce: bytes, remote_pubkey: bytes) -> bytes:
+    """The auth frame's payload: our signature over both nonces and both keys."""
+    message = auth_message(genesis_hash, remote_nonce, local_nonce, key.public, remote_pubkey)
+    return packb([key.sign(message)])
+
+
+def parse_auth(data: bytes) -> bytes:
+    """The signature in an auth frame; HandshakeError if it does not decode."""
+    try:
+        items = expect_array(unpack_exact(data, "auth"), "auth", 1)
+        return expect_bytes(items[0], "auth.sig", SIGNATURE_SIZE)
+    except DecodeError as exc:
+        raise HandshakeError(f"auth does not decode: {exc}") from exc
+
+
+def verify_auth(genesis_hash: bytes, sig: bytes, *, local_nonce: bytes, remote_nonce: bytes,
+                local_pubkey: bytes, remote_pubkey: bytes) -> None:
+    """Raise HandshakeError unless the remote side signed this handshake's nonces."""
+    # The remote signed from its point of view: our nonce is its remote nonce.
+    message = auth_message(genesis_hash, local_nonce, remote_nonce, remote_pubkey, local_pubkey)
+    if not is_valid_signature(remote_pubkey, message, sig):
+        raise HandshakeError("handshake signature does not verify")
