@@ -6,8 +6,9 @@
  "peers": {"1": "127.0.0.1:8101", ...}}
 ```
 Paths are relative to the node directory. Environment variables override, for containers:
-``LEDGER_API_LISTEN``, ``LEDGER_P2P_LISTEN`` (``host:port``) and ``LEDGER_PEERS``
-(``1=node1:8101,2=node2:8102``). Consensus timeouts may be set in genesis under
+``LEDGER_API_LISTEN``, ``LEDGER_P2P_LISTEN`` (``host:port``), ``LEDGER_PEERS``
+(``1=node1:8101,2=node2:8102``) and ``LEDGER_STORE`` (the SQLite file; the signing state is
+kept beside it). Consensus timeouts may be set in genesis under
 ``"consensus"`` (every validator must use the same values).
 """
 
@@ -57,7 +58,8 @@ class NodeConfig:
 
     @property
     def signing_state_path(self) -> Path:
-        return self.dir / "signing_state.bin"
+        """Kept beside the store (the writable place), not in the config folder."""
+        return self.store_path.with_name("signing_state.bin")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> NodeConfig:
@@ -86,7 +88,7 @@ class NodeConfig:
                 p2p=parse_address(os.environ.get("LEDGER_P2P_LISTEN", doc["p2p"]), "p2p"),
                 genesis_path=d / doc.get("genesis", "../genesis.json"),
                 key_path=d / doc.get("key", "node.pem"),
-                store_path=d / doc.get("store", "chain.db"),
+                store_path=Path(os.environ.get("LEDGER_STORE") or d / doc.get("store", "chain.db")),
                 peers=peers,
                 max_body_bytes=int(doc.get("max_body_bytes", 16 * 1024 * 1024)),
                 max_batch=int(doc.get("max_batch", 10_000)),

@@ -244,7 +244,7 @@ class Node:
         from node.api import create_app
         from node.transport import PeerNetwork
 
-        peers = dict(self.config.peers)
+        peers = {i: a for i, a in self.config.peers.items() if i != self.config.index}
         for v in self.genesis.validators:
             if v.index != self.config.index and v.index not in peers and v.p2p:
                 from node.config import parse_address

@@ -1,0 +1,476 @@
+"""Persistent authenticated TCP links between validators, carrying opaque payloads.
+
+One link per pair of validators: a node dials the validators with a higher index than its
+own and accepts links from those with a lower one. Every link starts with the handshake of
+``node.transport.handshake``; only then do payload frames flow, each a 4-byte big-endian
+length and the payload (``node.transport.framing``).
+
+Each link has a bounded outbound queue drained by its own writer task: when the queue is
+full the oldest frame is dropped and counted, so a slow or dead peer can neither exhaust
+memory nor block ``broadcast``/``send``. A reader task per link hands each payload, in the
+order the peer sent it, to ``on_message`` on the event loop. Dialers reconnect forever with
+jittered exponential backoff until ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+
+from ledger.crypto import PrivateKey
+from ledger.genesis import Genesis, Validator
+from node.transport.framing import (
+    MAX_FRAME_LIMIT,
+    FrameError,
+    encode_frame,
+    frame_header,
+    read_frame,
+)
+from node.transport.handshake import (
+    MAX_AUTH,
+    MAX_HELLO,
+    NONCE_SIZE,
+    HandshakeError,
+    Hello,
+    check_hello,
+    make_auth,
+    parse_auth,
+    verify_auth,
+)
+
+STAT_KEYS = (
+    "frames_in",  # payload frames received and handed to on_message
+    "frames_out",  # payload frames handed to the socket
+    "bytes_in",
+    "bytes_out",
+    "dropped_full_queue",  # oldest frames dropped because a peer's queue was full
+    "rejected_handshakes",  # handshakes we refused (bad hello or signature, policy, timeout)
+    "failed_handshakes",  # handshakes the peer broke off (closed, reset)
+    "dial_failures",  # outbound connection attempts that did not connect
+    "connects",  # authenticated links established
+    "disconnects",  # authenticated links ended, for any reason
+    "protocol_errors",  # links closed because the peer broke the framing rules
+    "handler_errors",  # exceptions raised by on_message (logged, the link stays up)
+)
+
+
+class _Link:
+    """One authenticated link: its stream, outbound queue and writer wake-up."""
+
+    __slots__ = ("address", "outbound", "overflowing", "peer", "queue", "reader", "wakeup",
+                 "writer")
+
+    def __init__(self, peer: Validator, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, address: str, outbound: bool) -> None:
+        self.peer = peer
+        self.reader = reader
+        self.writer = writer
+        self.address = address
+        self.outbound = outbound
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.overflowing = False
+
+
+class PeerNetwork:
+    """The validator's links to the other validators of ``genesis``."""
+
+    #: frames a writer hands to the socket at once (then it waits for the socket to drain)
+    write_batch_frames = 256
+    write_batch_bytes = 1 << 20
+    #: bytes a link's reader buffers before it stops reading from the socket
+    stream_limit = 1 << 20
+    #: frames the reader hands over before it yields to the rest of the event loop
+    read_burst = 64
+    #: seconds a graceful close may take before the connection is aborted
+    close_timeout = 1.0
+    #: TCP keepalive and user timeout: a silently dead link is noticed within ~30 s
+    keepalive_idle = 10
+    keepalive_interval = 5
+    keepalive_count = 3
+    user_timeout_ms = 30_000
+
+    def __init__(self, *, genesis: Genesis, key: PrivateKey, listen: tuple[str, int],
+                 peers: Mapping[int, tuple[str, int]],
+                 on_message: Callable[[int, bytes], None],
+                 max_frame: int = 32 * 1024 * 1024, queue_limit: int = 1024,
+                 ssl_server: ssl.SSLContext | None = None,
+                 ssl_client: ssl.SSLContext | None = None,
+                 logger: logging.Logger | None = None,
+                 handshake_timeout: float = 5.0,
+                 backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
+        me = genesis.validators.by_key(key.public)
+        if me is None:
+            raise ValueError(f"key {key.public.hex()} is not a validator of genesis")
+        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be in [1, {MAX_FRAME_LIMIT}], got {max_frame}")
+        if queue_limit < 1:
+            raise ValueError(f"queue_limit must be positive, got {queue_limit}")
+        if handshake_timeout <= 0 or not 0 < backoff_initial <= backoff_max:
+            raise ValueError("timeouts must be positive and backoff_initial <= backoff_max")
+        for index in peers:
+            if not 0 <= index < len(genesis.validators):
+                raise ValueError(f"peers: {index} is not a validator index of genesis")
+        self.genesis = genesis
+        self.key = key
+        self.me = me
+        self.index = me.index
+        self.listen = listen
+        # Only validators with a higher index are dialed; lower ones dial us.
+        self.dial_targets: dict[int, tuple[str, int]] = {
+            i: (str(a[0]), int(a[1])) for i, a in sorted(peers.items()) if i > me.index
+        }
+        self.on_message = on_message
+        self.max_frame = max_frame
+        self.queue_limit = queue_limit
+        self.ssl_server = ssl_server
+        self.ssl_client = ssl_client
+        self.handshake_timeout = handshake_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.log = logger or logging.getLogger("node.transport")
+        self.port: int = listen[1]
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._links: dict[int, _Link] = {}
+        self._server: asyncio.Server | None = None
+        self._dialers: list[asyncio.Task[None]] = []
+        self._connections: set[asyncio.Task[object]] = set()
+        self._started = False
+        self._closing = False
+
+    # -- public API ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the listener (``.port`` is the bound port) and start the dialers."""
+        if self._started:
+            raise RuntimeError("PeerNetwork.start() called twice")
+        self._started = True
+        host, port = self.listen
+        self._server = await asyncio.start_server(
+            self._on_inbound, host, port, limit=self.stream_limit, ssl=self.ssl_server,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl_server else None,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self.log.info("%s: listening for peers on %s:%d%s", self.me.name, host, self.port,
+                      " (TLS)" if self.ssl_server else "")
+        for index in range(self.index + 1, len(self.genesis.validators)):
+            if index not in self.dial_targets:
+                self.log.warning("%s: no address for validator %d; it cannot be reached",
+                                 self.me.name, index)
+        for index, address in self.dial_targets.items():
+            self._dialers.append(asyncio.create_task(
+                self._dial_forever(index, address), name=f"p2p-dial-{self.index}-{index}"))
+
+    async def stop(self) -> None:
+        """Close the listener and every link, and wait for every task to end."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        while self._dialers or self._connections:
+            tasks: list[asyncio.Task[object]] = [*self._dialers, *self._connections]
+            self._dialers.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._connections.difference_update(tasks)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.log.info("%s: peer network stopped", self.me.name)
+
+    def broadcast(self, payload: bytes) -> None:
+        """Queue ``payload`` to every connected peer; never blocks."""
+        data = self._check_payload(payload)
+        for link in list(self._links.values()):
+            self._enqueue(link, data)
+
+    def send(self, peer: int, payload: bytes) -> bool:
+        """Queue ``payload`` to validator ``peer``; False if it is not connected."""
+        data = self._check_payload(payload)
+        link = self._links.get(peer)
+        if link is None or link.writer.transport.is_closing():
+            return False
+        self._enqueue(link, data)
+        return True
+
+    def connected(self) -> list[int]:
+        """Validator indexes with a live authenticated link, ascending."""
+        return sorted(i for i, link in self._links.items()
+                      if not link.writer.transport.is_closing())
+
+    def queue_length(self, peer: int) -> int:
+        """Frames waiting in the outbound queue to ``peer`` (0 if not connected)."""
+        link = self._links.get(peer)
+        return len(link.queue) if link is not None else 0
+
+    # -- outbound queues ----------------------------------------------------------------
+
+    def _check_payload(self, payload: bytes) -> bytes:
+        data = payload if type(payload) is bytes else bytes(payload)
+        if not 1 <= len(data) <= self.max_frame:
+            raise ValueError(f"payload of {len(data)} bytes: must be 1..{self.max_frame}")
+        return data
+
+    def _enqueue(self, link: _Link, data: bytes) -> None:
+        if len(link.queue) >= self.queue_limit:
+            link.queue.popleft()
+            self.stats["dropped_full_queue"] += 1
+            if not link.overflowing:
+                link.overflowing = True
+                self.log.warning("%s: queue to %s is full (%d frames); dropping the oldest",
+                                 self.me.name, _who(link.peer), self.queue_limit)
+        link.queue.append(data)
+        link.wakeup.set()
+
+    async def _write_loop(self, link: _Link) -> None:
+        queue, writer = link.queue, link.writer
+        while True:
+            if not queue:
+                link.overflowing = False
+                link.wakeup.clear()
+                await link.wakeup.wait()
+                continue
+            chunks: list[bytes] = []
+            frames = size = 0
+            while queue and frames < self.write_batch_frames and size < self.write_batch_bytes:
+                data = queue.popleft()
+                chunks += (frame_header(len(data)), data)
+                frames += 1
+                size += len(data)
+            writer.writelines(chunks)
+            self.stats["frames_out"] += frames
+            self.stats["bytes_out"] += size
+            await writer.drain()
+
+    async def _read_loop(self, link: _Link) -> None:
+        peer = link.peer.index
+        burst = 0
+        while True:
+            payload = await read_frame(link.reader, self.max_frame)
+            if payload is None:
+                return
+            self.stats["frames_in"] += 1
+            self.stats["bytes_in"] += len(payload)
+            try:
+                self.on_message(peer, payload)
+            except Exception:
+                self.stats["handler_errors"] += 1
+                self.log.exception("%s: on_message failed for a frame from %s",
+                                   self.me.name, _who(link.peer))
+            burst += 1
+            if burst >= self.read_burst:  # buffered frames never starve the event loop
+                burst = 0
+                await asyncio.sleep(0)
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _on_inbound(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await self._connection(reader, writer, _peername(writer), expected=None)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _dial_forever(self, index: int, address: tuple[str, int]) -> None:
+        delay = self.backoff_initial
+        host, port = address
+        where = f"{host}:{port}"
+        failures = 0
+        while True:
+            uptime: float | None = None
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    reader, writer = await asyncio.open_connection(
+                        host, port, limit=self.stream_limit, ssl=self.ssl_client,
+                        server_hostname=host if self.ssl_client else None,
+                        ssl_handshake_timeout=self.handshake_timeout if self.ssl_client else None,
+                    )
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                self.stats["dial_failures"] += 1
+                failures += 1
+                level = logging.INFO if failures == 1 else logging.DEBUG
+                self.log.log(level, "%s: cannot reach validator %d at %s: %s (retrying)",
+                             self.me.name, index, where, _reason(exc))
+            else:
+                failures = 0
+                uptime = await self._connection(reader, writer, where, expected=index)
+            if uptime is not None and uptime >= self.backoff_max:
+                delay = self.backoff_initial  # a link that held: start over quickly
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          address: str, expected: int | None) -> float | None:
+        """Handshake, then carry the link until it ends; its uptime, or None if refused."""
+        direction = "outbound" if expected is not None else "inbound"
+        try:
+            _tune_socket(writer, self)
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    peer = await self._handshake(reader, writer, expected)
+                link = self._register(peer, reader, writer, address, expected is not None)
+            except (HandshakeError, FrameError) as exc:
+                self._refused(direction, address, str(exc))
+                return None
+            except TimeoutError:
+                self._refused(direction, address,
+                              f"handshake timed out after {self.handshake_timeout:g} s")
+                return None
+            except (OSError, EOFError) as exc:  # closed or reset by the peer mid-handshake
+                self.stats["failed_handshakes"] += 1
+                self.log.info("%s: %s handshake with %s failed: %s", self.me.name, direction,
+                              address, _reason(exc))
+                return None
+            return await self._run_link(link)
+        finally:
+            await self._close(writer)
+
+    def _refused(self, direction: str, address: str, reason: str) -> None:
+        self.stats["rejected_handshakes"] += 1
+        self.log.warning("%s: refused %s peer %s: %s", self.me.name, direction, address, reason)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         expected: int | None) -> Validator:
+        """Run the handshake; the authenticated peer, or HandshakeError/FrameError/OSError."""
+        g = self.genesis
+        local_nonce = os.urandom(NONCE_SIZE)
+        writer.write(encode_frame(Hello(g.chain_id, g.hash, self.key.public, local_nonce)
+                                  .to_wire()))
+        await writer.drain()
+        data = await read_frame(reader, MAX_HELLO)
+        if data is None:
+            raise ConnectionResetError("closed by the peer before its hello")
+        hello = Hello.from_wire(data)
+        peer = check_hello(hello, g, self.key.public)
+        if expected is not None and peer.index != expected:
+            raise HandshakeError(f"dialed validator {expected} but reached {_who(peer)}")
+        if expected is None and peer.index > self.index:
+            raise HandshakeError(f"{_who(peer)} has a higher index; we dial it, not it us")
+        if expected is None and peer.index in self._links:
+            raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
+        if hello.nonce == local_nonce:
+            raise HandshakeError("the peer echoed our nonce")
+        writer.write(encode_frame(make_auth(self.key, g.hash, local_nonce=local_nonce,
+                                            remote_nonce=hello.nonce,
+                                            remote_pubkey=peer.pubkey)))
+        await writer.drain()
+        data = await read_frame(reader, MAX_AUTH)
+        if data is None:
+            raise ConnectionResetError("closed by the peer before its signature")
+        verify_auth(g.hash, parse_auth(data), local_nonce=local_nonce, remote_nonce=hello.nonce,
+                    local_pubkey=self.key.public, remote_pubkey=peer.pubkey)
+        return peer
+
+    def _register(self, peer: Validator, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter, address: str, outbound: bool) -> _Link:
+        # No await between this check and the insertion: one link per pair, always.
+        if self._closing:
+            raise HandshakeError("the node is stopping")
+        existing = self._links.get(peer.index)
+        if existing is not None and not existing.writer.transport.is_closing():
+            raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
+        link = _Link(peer, reader, writer, address, outbound)
+        self._links[peer.index] = link
+        return link
+
+    async def _run_link(self, link: _Link) -> float:
+        started = time.monotonic()
+        self.stats["connects"] += 1
+        self.log.info("%s: connected to %s at %s (%s)", self.me.name, _who(link.peer),
+                      link.address, "outbound" if link.outbound else "inbound")
+        name = f"{self.index}-{link.peer.index}"
+        reader = asyncio.create_task(self._read_loop(link), name=f"p2p-read-{name}")
+        writer = asyncio.create_task(self._write_loop(link), name=f"p2p-write-{name}")
+        reason, level = "the node is stopping", logging.INFO
+        try:
+            done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            reason, level = self._end_reason(reader if reader in done else writer)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            if self._links.get(link.peer.index) is link:
+                del self._links[link.peer.index]
+            link.queue.clear()
+            self.stats["disconnects"] += 1
+            self.log.log(level, "%s: disconnected from %s: %s", self.me.name, _who(link.peer),
+                         reason)
+        return time.monotonic() - started
+
+    def _end_reason(self, task: asyncio.Task[None]) -> tuple[str, int]:
+        if task.cancelled():
+            return "cancelled", logging.INFO
+        exc = task.exception()
+        if exc is None:
+            return "closed by the peer", logging.INFO
+        if isinstance(exc, FrameError):
+            self.stats["protocol_errors"] += 1
+            return f"protocol violation: {exc}", logging.WARNING
+        if isinstance(exc, OSError | EOFError):
+            return f"connection lost: {_reason(exc)}", logging.INFO
+        self.log.error("%s: link task failed", self.me.name, exc_info=exc)
+        return f"internal error: {_reason(exc)}", logging.ERROR
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        if self._closing or transport.get_write_buffer_size() > 0:
+            transport.abort()  # a peer that does not read would keep a graceful close open
+        else:
+            writer.close()
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await writer.wait_closed()
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except Exception:
+            transport.abort()
+
+
+def _who(v: Validator) -> str:
+    return f"validator {v.index} ({v.name})"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _peername(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+def _tune_socket(writer: asyncio.StreamWriter, net: PeerNetwork) -> None:
+    """TCP keepalive and user timeout, so a link to a vanished host does not linger."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", net.keepalive_idle),
+                        ("TCP_KEEPINTVL", net.keepalive_interval),
+                        ("TCP_KEEPCNT", net.keepalive_count),
+                        ("TCP_USER_TIMEOUT", net.user_timeout_ms)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)

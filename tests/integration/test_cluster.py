@@ -1,0 +1,170 @@
+"""Four real node processes: submit, agree, audit, survive SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from ledger.crypto import PrivateKey, read_key_file
+from ledger.encoding import packb
+from ledger.genesis import Genesis
+from ledger.receipts import verify_receipt
+from ledger.records import Record
+from tests.integration.cluster_util import ROOT, Cluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster.create(tmp_path_factory.mktemp("cluster"))
+    c.start_all()
+    yield c
+    c.stop_all()
+
+
+def records(key: PrivateKey, chain: str, n: int, start_nonce: int) -> list[Record]:
+    now = time.time_ns() // 1_000_000
+    return [Record.create(key, chain=chain, type="sensor.reading", subject=f"plant-1/s{i % 7}",
+                          payload={"v": i, "unit": "C"}, ts=now, nonce=start_nonce + i)
+            for i in range(n)]
+
+
+def post(url: str, recs: list[Record], wait: bool = True) -> httpx.Response:
+    params = {"wait": "commit", "timeout": "60"} if wait else {}
+    return httpx.post(f"{url}/v1/records", content=packb([r.envelope for r in recs]),
+                      params=params, headers={"Content-Type": "application/msgpack"},
+                      timeout=90)
+
+
+def test_300_records_across_all_nodes_commit_everywhere(cluster: Cluster) -> None:
+    genesis = Genesis.load(cluster.dir / "genesis.json")
+    key = read_key_file(cluster.dir / "clients" / "demo.pem")
+    recs = records(key, genesis.chain_id, 300, 1)
+    batches = [recs[i:i + 10] for i in range(0, 300, 10)]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda ib: post(cluster.url(ib[0] % 4), ib[1]),
+                                  enumerate(batches)))
+    heights = {}
+    for resp in responses:
+        assert resp.status_code == 202, resp.text
+        for item in resp.json()["results"]:
+            assert item["status"] == "accepted" and "height" in item, item
+            heights[item["id"]] = item["height"]
+    assert set(heights) == {r.id.hex() for r in recs}
+    top = max(heights.values())
+    for i in range(4):
+        cluster.wait_height(i, top)
+    # Every node serves byte-identical blocks, and every record is on every node's chain.
+    for h in range(1, top + 1):
+        blocks = {httpx.get(f"{cluster.url(i)}/v1/blocks/{h}",
+                            headers={"Accept": "application/msgpack"}).content for i in range(4)}
+        assert len(blocks) == 1, f"nodes disagree at height {h}"
+    for rid, height in list(heights.items())[::37]:
+        for i in range(4):
+            doc = httpx.get(f"{cluster.url(i)}/v1/records/{rid}").json()
+            assert doc["status"] == "committed" and doc["height"] == height
+    # Receipts verify offline, against genesis alone.
+    for rid in list(heights)[::50]:
+        receipt = httpx.get(f"{cluster.url(2)}/v1/records/{rid}/receipt").json()
+        assert verify_receipt(receipt, genesis).record.id.hex() == rid
+    # The whole chain passes the audit, from another node.
+    res = subprocess.run([sys.executable, "-m", "node.cli", "audit", "--node", cluster.url(1),
+                          "--genesis", str(cluster.dir / "genesis.json"), "-q"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_unauthorised_record_is_rejected_and_never_committed(cluster: Cluster) -> None:
+    genesis = Genesis.load(cluster.dir / "genesis.json")
+    stranger = PrivateKey.generate()
+    bad = records(stranger, genesis.chain_id, 1, 1)[0]
+    resp = post(cluster.url(0), [bad], wait=False)
+    assert resp.status_code == 202
+    item = resp.json()["results"][0]
+    assert item["status"] == "rejected" and item["error"] == "unauthorized"
+    good = records(read_key_file(cluster.dir / "clients" / "demo.pem"), genesis.chain_id, 1,
+                   10_000)
+    assert post(cluster.url(0), good).status_code == 202
+    assert httpx.get(f"{cluster.url(3)}/v1/records/{bad.id.hex()}").status_code == 404
+
+
+def test_sigkilled_node_restarts_catches_up_and_agrees(cluster: Cluster) -> None:
+    genesis = Genesis.load(cluster.dir / "genesis.json")
+    key = read_key_file(cluster.dir / "clients" / "demo.pem")
+    cluster.kill(3)
+    recs = records(key, genesis.chain_id, 40, 20_000)
+    for i in range(4):
+        assert post(cluster.url(i % 3), recs[i * 10:(i + 1) * 10]).status_code == 202
+    top = cluster.height(0)
+    cluster.start(3)
+    cluster.wait_healthy(3)
+    cluster.wait_height(3, top, timeout=60)
+    more = records(key, genesis.chain_id, 10, 30_000)
+    resp = post(cluster.url(3), more)
+    assert resp.status_code == 202, resp.text
+    final = max(item["height"] for item in resp.json()["results"])
+    for i in range(4):
+        cluster.wait_height(i, final)
+    for h in range(1, final + 1):
+        blocks = {httpx.get(f"{cluster.url(i)}/v1/blocks/{h}",
+                            headers={"Accept": "application/msgpack"}).content for i in range(4)}
+        assert len(blocks) == 1, f"nodes disagree at height {h}"
+
+
+def test_every_endpoint_answers_per_the_spec(cluster: Cluster) -> None:
+    url = cluster.url(0)
+    status = httpx.get(f"{url}/v1/status").json()
+    assert {"chain", "node", "height", "last_block_hash", "validators", "peers"} <= set(status)
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "ledger_height " in metrics and "ledger_commit_latency_seconds_bucket" in metrics
+    block = httpx.get(f"{url}/v1/blocks/1").json()
+    assert block["height"] == 1 and "header" in block
+    missing = httpx.get(f"{url}/v1/blocks/999999")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "not_found"
+    hist = httpx.get(f"{url}/v1/subjects/plant-1/s3/history", params={"limit": 5}).json()
+    assert len(hist["records"]) == 5 and hist["next"] is not None
+    page2 = httpx.get(f"{url}/v1/subjects/plant-1/s3/history",
+                      params={"limit": 5, "after": hist["next"]}).json()
+    assert page2["records"][0]["id"] != hist["records"][0]["id"]
+    assert httpx.get(f"{url}/v1/subjects/nobody/history").json()["records"] == []
+    with httpx.stream("GET", f"{url}/v1/events", params={"from_height": 1}, timeout=10) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("data:"):
+                break
+    assert "event: block" in lines and json.loads(lines[-1][5:])["height"] == 1
+    for path, code in [("/v1/records/xyz", "invalid_id"), ("/v1/blocks/abc", "invalid_height"),
+                       ("/v1/records/" + "0" * 64, "not_found")]:
+        resp = httpx.get(url + path)
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert resp.json()["code"] == code
+    bad = httpx.post(f"{url}/v1/records", content=b"\xc1garbage",
+                     headers={"Content-Type": "application/msgpack"})
+    assert bad.status_code == 400 and bad.json()["code"] == "malformed"
+    wrong_type = httpx.post(f"{url}/v1/records", content=b"x",
+                            headers={"Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+
+
+def test_submit_cli_waits_for_commit(cluster: Cluster) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "node.cli", "submit", "--node", cluster.url(1), "--identity",
+         str(cluster.dir / "clients" / "demo.pem"), "--type", "quality.certificate",
+         "--subject", "batch-42", "--payload", '{"grade": "A"}', "--wait"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rid, word, height = res.stdout.split()
+    assert len(rid) == 64 and word == "height" and int(height) >= 1
