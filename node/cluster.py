@@ -44,6 +44,8 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
         "organizations": [{"name": "demo-org", "members": [
             {"name": "demo", "pubkey": client.public.hex(), "roles": ["writer"]}]}],
         "policies": {"*": ["writer"]},
+        # An idle chain makes no empty blocks: a height starts when records arrive.
+        "consensus": {"create_empty_blocks": False},
     }
     (directory / "genesis.json").write_text(json.dumps(genesis, indent=2) + "\n")
     (directory / "clients").mkdir(exist_ok=True)

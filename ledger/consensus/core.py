@@ -137,12 +137,14 @@ class ConsensusCore:
         self.evidence: list[tuple[SignedVote | Proposal, SignedVote | Proposal]] = []
         self.decisions: dict[int, Block] = {}
         self.synced_commits = 0  # heights decided by block sync rather than by voting
-        self._persisted = persisted
         self._out: list[Action] = []
         self.future: list[tuple[int, Message]] = []  # messages for later heights, bounded
+        self._resume_round: int | None = None
         self._reset_height(chain.height + 1)
         if persisted is not None:
             self.last_signed = persisted.last_signed
+            if persisted.height == self.height:
+                self._restore(persisted)
 
     # -- height state -------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class ConsensusCore:
         self.validity: dict[bytes, bool] = {}
         self.own: dict[tuple[int, int], Proposal | SignedVote] = {}
         self.sync_asked: dict[int, int] = {}
+        self.sync_served: dict[int, int] = {}
         self.synced: dict[int, Block] = {}
 
     # -- the entry point ----------------------------------------------------------------
@@ -184,24 +187,27 @@ class ConsensusCore:
         self._apply_rules()
         return self._out
 
+    def _restore(self, p: SigningState) -> None:
+        """Within the same height: keep the locks, our own messages and the valid polka."""
+        self.locked_round, self.locked = p.locked_round, p.locked_block
+        self.valid_round, self.valid = p.valid_round, p.valid_block
+        for msg in p.messages:
+            if isinstance(msg, Proposal):
+                self.own[(msg.round, Step.PROPOSE)] = msg
+                self._accept_proposal(msg)
+            else:
+                if msg.validator == self.index:
+                    step = Step.PREVOTE if msg.vote.kind == PREVOTE else Step.PRECOMMIT
+                    self.own[(msg.vote.round, step)] = msg
+                self.votes.add(msg)
+        self._resume_round = p.round
+
     def _on_start(self) -> None:
-        p = self._persisted
-        self._persisted = None
-        if p is not None and p.height == self.height:
-            # Restart within a height: keep the locks; never re-sign (last_signed guards).
-            self.locked_round, self.locked = p.locked_round, p.locked_block
-            self.valid_round, self.valid = p.valid_round, p.valid_block
-            for msg in p.messages:  # own messages to keep re-sending; the valid value's polka
-                if isinstance(msg, Proposal):
-                    self.own[(msg.round, Step.PROPOSE)] = msg
-                    self._accept_proposal(msg)
-                else:
-                    if msg.validator == self.index:
-                        step = Step.PREVOTE if msg.vote.kind == PREVOTE else Step.PRECOMMIT
-                        self.own[(msg.vote.round, step)] = msg
-                    self.votes.add(msg)
+        if self._resume_round is not None:
+            # A restart within a height: rejoin our round (last_signed forbids re-signing).
             self.started = True
-            self._start_round(p.round)
+            self._start_round(self._resume_round)
+            self._resume_round = None
         else:
             self._start_height_if_ready()
         self._schedule(self.height, 0, TimeoutKind.RESEND, self.config.resend_ms)
@@ -327,6 +333,13 @@ class ConsensusCore:
             return
         height = _height_of(msg)
         if height < self.height:
+            # The sender is behind (its messages are for a height we decided): send it the
+            # committed blocks it lacks, at most once per sync_retry_ms. An idle chain sends
+            # nothing else that would tell it.
+            last = self.sync_served.get(sender)
+            if last is None or self.now_ms - last >= self.config.sync_retry_ms:
+                self.sync_served[sender] = self.now_ms
+                self._serve_blocks(sender, height)
             return
         if height > self.height:
             self._ask_for_blocks(sender)

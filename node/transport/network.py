@@ -283,6 +283,11 @@ class PeerNetwork:
             self._connections.add(task)
         try:
             await self._connection(reader, writer, _peername(writer), expected=None)
+        except asyncio.CancelledError:
+            # Only stop() cancels this task, and it is the last thing the task does. Ending
+            # normally matters: Python 3.11's streams report a cancelled client_connected_cb
+            # task through the loop's exception handler as an error.
+            pass
         finally:
             if task is not None:
                 self._connections.discard(task)
@@ -336,6 +341,11 @@ class PeerNetwork:
                 self.stats["failed_handshakes"] += 1
                 self.log.info("%s: %s handshake with %s failed: %s", self.me.name, direction,
                               address, _reason(exc))
+                return None
+            except Exception as exc:  # a bug here must not kill the listener or a dialer
+                self.stats["failed_handshakes"] += 1
+                self.log.exception("%s: %s handshake with %s failed: %s", self.me.name,
+                                   direction, address, _reason(exc))
                 return None
             return await self._run_link(link)
         finally:

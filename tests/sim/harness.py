@@ -77,6 +77,7 @@ def record_pool(n: int = 400) -> list[Record]:
 
 
 RECORDS = record_pool()
+PROBES = 50  # the last records of the pool are kept for liveness probes
 
 
 class SimMempool:
@@ -148,13 +149,15 @@ class Scenario:
     records: int = 20
     fault_window_ms: int = 6000
     liveness_ms: int = 20000
+    empty_blocks: bool = True
 
     @classmethod
     def from_seed(cls, seed: int) -> Scenario:
         rng = random.Random(seed * 7919 + 1)
         kind = rng.choice(["clean", "lossy", "partition", "crash", "twins", "equivocator",
                            "twins", "mixed"])
-        s = cls(seed, records=rng.randint(0, 30), max_delay_ms=rng.choice([5, 50, 200]))
+        s = cls(seed, records=rng.randint(0, 30), max_delay_ms=rng.choice([5, 50, 200]),
+                empty_blocks=rng.random() < 0.7)
         if kind in ("lossy", "mixed", "twins"):
             s.drop, s.duplicate = rng.uniform(0, 0.3), rng.uniform(0, 0.2)
         if kind in ("partition", "mixed", "twins"):
@@ -178,7 +181,8 @@ class Simulation:
                  core_factory: Callable[..., ConsensusCore] = ConsensusCore) -> None:
         self.s = scenario
         self.fx = fixture
-        self.config = config
+        self.config = (config if scenario.empty_blocks
+                       else dataclasses.replace(config, create_empty_blocks=False))
         self.core_factory = core_factory
         self.rng = random.Random(scenario.seed)
         self.now = 0
@@ -239,10 +243,11 @@ class Simulation:
             start = rng.randint(0, window // 2)
             self._push(start, "partition", groups)
             self._push(min(window, start + rng.randint(500, 4000)), "heal")
-        for i, record in enumerate(rng.sample(RECORDS, s.records)):
+        for record in rng.sample(RECORDS[:-PROBES], s.records):
             self._push(rng.randint(0, window), "record", record)
-            del i
         self._push(window + 2, "heal")
+        # A fresh record at the heal, so even a chain that makes no empty blocks must move.
+        self._push(window + 2, "record", RECORDS[-1 - rng.randrange(PROBES)])
         self.faults_end = window + 2
 
     def _random_partition(self, ids: list[int]) -> list[set[int]]:

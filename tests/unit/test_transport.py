@@ -1,0 +1,500 @@
+"""The validators' peer transport: real sockets on 127.0.0.1, one event loop per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from ledger.crypto import PrivateKey
+from ledger.encoding import packb
+from ledger.genesis import Genesis
+from node.transport import PeerNetwork
+from node.transport.framing import HEADER, encode_frame, read_frame
+from node.transport.handshake import (
+    PROTOCOL,
+    Hello,
+    make_auth,
+    parse_auth,
+    verify_auth,
+)
+from tests.factory import make_fixture
+
+FX = make_fixture()
+G = FX.genesis
+KEYS = FX.validator_keys
+HOST = "127.0.0.1"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Node:
+    """A PeerNetwork with an inbox of what it received, per peer, in arrival order."""
+
+    net: PeerNetwork
+    inbox: defaultdict[int, list[bytes]]
+
+
+class Cluster:
+    """Starts networks and stops them all at teardown."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self.extra: list[PeerNetwork] = []
+
+    async def start(self, index: int, peers: dict[int, int] | None = None, *,
+                    key: PrivateKey | None = None, genesis: Genesis = G, port: int = 0,
+                    **kw: Any) -> Node:
+        inbox: defaultdict[int, list[bytes]] = defaultdict(list)
+
+        def on_message(peer: int, payload: bytes) -> None:
+            inbox[peer].append(payload)
+
+        net = PeerNetwork(genesis=genesis, key=key or KEYS[index], listen=(HOST, port),
+                          peers={i: (HOST, p) for i, p in (peers or {}).items()},
+                          on_message=on_message, **kw)
+        node = Node(net, inbox)
+        await net.start()
+        if key is None and genesis is G:
+            self.nodes[index] = node
+        self.extra.append(net)
+        return node
+
+    async def mesh(self, indexes: Iterable[int] = range(4), **kw: Any) -> dict[int, Node]:
+        """Start in descending index order: each node dials only the higher (started) ones."""
+        out: dict[int, Node] = {}
+        for i in sorted(indexes, reverse=True):
+            out[i] = await self.start(i, {j: out[j].net.port for j in out}, **kw)
+        await until(lambda: all(n.net.connected() == sorted(set(out) - {i})
+                                for i, n in out.items()))
+        return out
+
+    async def stop_all(self) -> None:
+        for net in self.extra:
+            await net.stop()
+
+
+@pytest_asyncio.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        await c.stop_all()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+# -- a hand-written peer that speaks (or breaks) the protocol over a raw socket -------------
+
+
+class RawPeer:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.nonce = os.urandom(32)
+
+    @classmethod
+    async def connect(cls, port: int, rcvbuf: int | None = None) -> RawPeer:
+        if rcvbuf is None:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            return cls(reader, writer)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send_frame(self, payload: bytes) -> None:
+        await self.send(encode_frame(payload))
+
+    async def frame(self) -> bytes | None:
+        return await asyncio.wait_for(read_frame(self.reader, 64 << 20), 5)
+
+    async def hello(self, key: PrivateKey, *, genesis_hash: bytes = G.hash,
+                    chain: str = G.chain_id) -> Hello:
+        """Exchange hellos; the node's hello."""
+        await self.send_frame(Hello(chain, genesis_hash, key.public, self.nonce).to_wire())
+        data = await self.frame()
+        assert data is not None
+        return Hello.from_wire(data)
+
+    async def authenticate(self, key: PrivateKey) -> None:
+        theirs = await self.hello(key)
+        sig = parse_auth(await self.frame() or b"")
+        verify_auth(G.hash, sig, local_nonce=self.nonce, remote_nonce=theirs.nonce,
+                    local_pubkey=key.public, remote_pubkey=theirs.pubkey)
+        await self.send_frame(make_auth(key, G.hash, local_nonce=self.nonce,
+                                        remote_nonce=theirs.nonce, remote_pubkey=theirs.pubkey))
+
+    async def closed_by_node(self, timeout: float = 3.0) -> bool:
+        """True once the node closes the connection (frames it sends first are skipped)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.reader.read(65536):
+                    pass
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            pass
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+@pytest_asyncio.fixture
+async def raw_peers() -> AsyncIterator[list[RawPeer]]:
+    peers: list[RawPeer] = []
+    try:
+        yield peers
+    finally:
+        for p in peers:
+            await p.close()
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+def test_hello_bytes_are_the_documented_array() -> None:
+    nonce = bytes(range(32))
+    hello = Hello(G.chain_id, G.hash, KEYS[0].public, nonce)
+    assert hello.to_wire() == packb([PROTOCOL, G.chain_id, G.hash, KEYS[0].public, nonce])
+    assert Hello.from_wire(hello.to_wire()) == hello
+    sig = parse_auth(make_auth(KEYS[0], G.hash, local_nonce=nonce, remote_nonce=b"r" * 32,
+                               remote_pubkey=KEYS[1].public))
+    message = b"ledger.p2p.v1\x00" + packb([G.hash, b"r" * 32, nonce, KEYS[0].public,
+                                            KEYS[1].public])
+    assert KEYS[0].sign(message) == sig
+
+
+def test_constructor_refuses_a_key_that_is_not_a_validator() -> None:
+    with pytest.raises(ValueError, match="not a validator"):
+        PeerNetwork(genesis=G, key=FX.outsider, listen=(HOST, 0), peers={},
+                    on_message=lambda p, b: None)
+
+
+@pytest.mark.asyncio
+async def test_full_mesh_delivers_broadcast_and_send_in_order(cluster: Cluster) -> None:
+    nodes = await cluster.mesh()
+    for i, node in nodes.items():
+        assert node.net.connected() == [j for j in range(4) if j != i]
+    for k in range(200):
+        for i, node in nodes.items():
+            node.net.broadcast(f"{i}:{k}".encode())
+        if k % 50 == 0:
+            await asyncio.sleep(0)
+    await until(lambda: all(len(n.inbox[j]) == 200 for i, n in nodes.items()
+                            for j in nodes if j != i))
+    for i, node in nodes.items():
+        assert i not in node.inbox
+        for j in nodes:
+            if j != i:
+                assert node.inbox[j] == [f"{j}:{k}".encode() for k in range(200)]
+
+    assert nodes[0].net.send(3, b"direct") is True
+    assert nodes[3].net.send(1, b"back") is True
+    await until(lambda: nodes[3].inbox[0][-1:] == [b"direct"]
+                and nodes[1].inbox[3][-1:] == [b"back"])
+    assert nodes[1].inbox[0][-1] != b"direct" and nodes[2].inbox[0][-1] != b"direct"
+    assert nodes[0].net.send(0, b"self") is False
+    assert nodes[0].net.stats["frames_out"] == 3 * 200 + 1
+    assert nodes[3].net.stats["frames_in"] == 3 * 200 + 1
+    with pytest.raises(ValueError):
+        nodes[0].net.send(1, b"")
+    with pytest.raises(ValueError):
+        nodes[0].net.broadcast(b"")
+
+
+@pytest.mark.asyncio
+async def test_large_payloads_arrive_intact(cluster: Cluster) -> None:
+    nodes = await cluster.mesh([0, 1])
+    big = [os.urandom(5 * 1024 * 1024), os.urandom(3 * 1024 * 1024 + 7)]
+    for payload in big:
+        assert nodes[0].net.send(1, payload)
+    nodes[1].net.broadcast(big[1])
+    await until(lambda: len(nodes[1].inbox[0]) == 2 and len(nodes[0].inbox[1]) == 1, 10)
+    assert nodes[1].inbox[0] == big
+    assert nodes[0].inbox[1] == [big[1]]
+
+
+@pytest.mark.asyncio
+async def test_a_key_outside_the_validator_set_is_refused(
+        cluster: Cluster, raw_peers: list[RawPeer], caplog: pytest.LogCaptureFixture) -> None:
+    node = await cluster.start(3)
+    raw = await RawPeer.connect(node.net.port)
+    raw_peers.append(raw)
+    with caplog.at_level(logging.WARNING, "node.transport"):
+        theirs = await raw.hello(FX.outsider)
+        assert theirs.pubkey == KEYS[3].public
+        # The node closes without ever signing for an unknown key.
+        assert await raw.frame() is None
+    assert node.net.stats["rejected_handshakes"] == 1
+    assert node.net.connected() == []
+    assert "not a validator" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_wrong_genesis_hash_is_refused(cluster: Cluster,
+                                               raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3)
+    raw = await RawPeer.connect(node.net.port)
+    raw_peers.append(raw)
+    await raw.hello(KEYS[0], genesis_hash=bytes(32))
+    assert await raw.frame() is None
+    assert node.net.stats["rejected_handshakes"] == 1
+
+    # A whole node built on another genesis (same keys, other chain) never links either.
+    other = make_fixture(chain="other-chain").genesis
+    stranger = await cluster.start(0, {3: node.net.port}, genesis=other,
+                                   key=KEYS[0], backoff_max=0.2)
+    await until(lambda: stranger.net.stats["rejected_handshakes"] >= 2
+                and node.net.stats["rejected_handshakes"] >= 3)
+    assert node.net.connected() == [] and stranger.net.connected() == []
+
+
+@pytest.mark.asyncio
+async def test_a_replayed_handshake_signature_is_refused(
+        cluster: Cluster, raw_peers: list[RawPeer], caplog: pytest.LogCaptureFixture) -> None:
+    node = await cluster.start(3)
+    # A genuine session of validator 0, recorded by an eavesdropper.
+    genuine = await RawPeer.connect(node.net.port)
+    raw_peers.append(genuine)
+    theirs = await genuine.hello(KEYS[0])
+    await genuine.frame()
+    captured_auth = make_auth(KEYS[0], G.hash, local_nonce=genuine.nonce,
+                              remote_nonce=theirs.nonce, remote_pubkey=KEYS[3].public)
+    await genuine.send_frame(captured_auth)
+    await until(lambda: node.net.connected() == [0])
+    await genuine.close()
+    await until(lambda: node.net.connected() == [])
+
+    # The attacker replays the same hello and signature; the node chose a fresh nonce.
+    replay = await RawPeer.connect(node.net.port)
+    raw_peers.append(replay)
+    replay.nonce = genuine.nonce
+    with caplog.at_level(logging.WARNING, "node.transport"):
+        await replay.hello(KEYS[0])
+        await replay.frame()
+        await replay.send_frame(captured_auth)
+        assert await replay.closed_by_node()
+    assert node.net.connected() == []
+    assert node.net.stats["rejected_handshakes"] == 1
+    assert "signature does not verify" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_garbage_and_oversized_frames_drop_only_that_peer(
+        cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    nodes = await cluster.mesh([1, 2, 3], max_frame=1 << 20)
+    target = nodes[3].net
+
+    garbage = await RawPeer.connect(target.port)  # garbage instead of a hello
+    raw_peers.append(garbage)
+    await garbage.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await garbage.closed_by_node()
+    junk_hello = await RawPeer.connect(target.port)  # a well-framed hello that is not msgpack
+    raw_peers.append(junk_hello)
+    await junk_hello.send_frame(b"\xc1\xc1\xc1")
+    assert await junk_hello.closed_by_node()
+    assert target.stats["rejected_handshakes"] == 2
+
+    # After authenticating: an announced frame beyond max_frame, then a zero-length frame.
+    for bad in (HEADER.pack((1 << 20) + 1), HEADER.pack(0)):
+        raw = await RawPeer.connect(target.port)
+        raw_peers.append(raw)
+        await raw.authenticate(KEYS[0])
+        await until(lambda: 0 in target.connected())
+        await raw.send(bad)
+        assert await raw.closed_by_node()
+        await until(lambda: 0 not in target.connected())
+    assert target.stats["protocol_errors"] == 2
+    assert target.stats["disconnects"] == 2
+
+    # Opaque garbage inside a well-formed frame is just a payload for the layer above.
+    raw = await RawPeer.connect(target.port)
+    raw_peers.append(raw)
+    await raw.authenticate(KEYS[0])
+    await raw.send_frame(b"\x00\xff garbage")
+    await until(lambda: nodes[3].inbox[0] == [b"\x00\xff garbage"])
+
+    # The node keeps working with the others.
+    nodes[1].net.broadcast(b"still here")
+    await until(lambda: nodes[3].inbox[1] == [b"still here"]
+                and nodes[2].inbox[1] == [b"still here"])
+    assert target.connected() == [0, 1, 2]
+
+
+@pytest.mark.asyncio
+async def test_a_silent_peer_is_dropped_after_the_handshake_timeout(
+        cluster: Cluster, raw_peers: list[RawPeer], caplog: pytest.LogCaptureFixture) -> None:
+    node = await cluster.start(3, handshake_timeout=0.3)
+    raw = await RawPeer.connect(node.net.port)
+    raw_peers.append(raw)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "node.transport"):
+        assert await raw.closed_by_node(timeout=3)
+    assert 0.25 < time.monotonic() - started < 2
+    assert node.net.stats["rejected_handshakes"] == 1
+    assert "timed out" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_policy_one_link_per_pair(cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    nodes = await cluster.mesh([1, 3])
+    # An inbound link from a higher index is refused: the lower node dials it.
+    higher = await RawPeer.connect(nodes[1].net.port)
+    raw_peers.append(higher)
+    await higher.hello(KEYS[3])
+    assert await higher.frame() is None
+    assert nodes[1].net.stats["rejected_handshakes"] == 1
+    # A duplicate of a live link is refused; the existing link keeps working.
+    dup = await RawPeer.connect(nodes[3].net.port)
+    raw_peers.append(dup)
+    await dup.hello(KEYS[1])
+    assert await dup.frame() is None
+    assert nodes[3].net.stats["rejected_handshakes"] == 1
+    assert nodes[3].net.send(1, b"ok")
+    await until(lambda: nodes[1].inbox[3] == [b"ok"])
+
+
+@pytest.mark.asyncio
+async def test_the_dialer_checks_it_reached_the_key_it_dialed(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    two = await cluster.start(2)
+    with caplog.at_level(logging.WARNING, "node.transport"):
+        zero = await cluster.start(0, {1: two.net.port}, backoff_max=0.2)  # 1's address is 2's
+        await until(lambda: zero.net.stats["rejected_handshakes"] >= 2)
+    assert zero.net.connected() == [] and two.net.connected() == []
+    assert "dialed validator 1 but reached validator 2" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_peer_is_reconnected_and_messages_flow(cluster: Cluster) -> None:
+    nodes = await cluster.mesh()
+    port = nodes[1].net.port
+    await nodes[1].net.stop()
+    await until(lambda: all(n.net.connected() == [j for j in (0, 2, 3) if j != i]
+                            for i, n in nodes.items() if i != 1))
+    assert nodes[0].net.send(1, b"lost") is False
+    await asyncio.sleep(0.3)  # node 0's dialer is backing off meanwhile
+
+    again = await cluster.start(1, {2: nodes[2].net.port, 3: nodes[3].net.port}, port=port)
+    nodes[1] = again
+    await until(lambda: all(n.net.connected() == [j for j in range(4) if j != i]
+                            for i, n in nodes.items()))
+    nodes[0].net.send(1, b"hello again")
+    again.net.broadcast(b"back")
+    await until(lambda: again.inbox[0] == [b"hello again"]
+                and all(nodes[i].inbox[1][-1:] == [b"back"] for i in (0, 2, 3)))
+    assert nodes[0].net.stats["disconnects"] == 1
+    assert nodes[0].net.stats["dial_failures"] >= 1
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_never_reads_only_loses_its_oldest_frames(
+        cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    limit = 8
+    nodes = await cluster.mesh([2, 3], queue_limit=limit)
+    net = nodes[3].net
+    stuck = await RawPeer.connect(net.port, rcvbuf=4096)  # authenticates, then never reads
+    raw_peers.append(stuck)
+    await stuck.authenticate(KEYS[0])
+    await until(lambda: net.connected() == [0, 2])
+
+    payload = b"x" * 65536
+    slowest = 0.0
+    for k in range(600):  # ~39 MB: far beyond what the socket buffers can hold
+        started = time.perf_counter()
+        net.broadcast(payload[:-8] + k.to_bytes(8, "big"))
+        slowest = max(slowest, time.perf_counter() - started)
+        assert net.queue_length(0) <= limit
+        await asyncio.sleep(0)
+    assert slowest < 0.25  # never blocks on the stuck peer (it would block forever)
+    assert net.stats["dropped_full_queue"] > 0
+    assert net.queue_length(0) == limit
+    assert net.connected() == [0, 2]  # slow is not dead
+
+    # The healthy peer is unaffected: the last frames arrive, in order.
+    await until(lambda: nodes[2].inbox[3][-1:] == [payload[:-8] + (599).to_bytes(8, "big")], 10)
+    seq = [int.from_bytes(p[-8:], "big") for p in nodes[2].inbox[3]]
+    assert seq == sorted(seq)
+
+    await stuck.close()
+    await until(lambda: net.connected() == [2])
+    assert net.queue_length(0) == 0 and net.send(0, b"gone") is False
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ledger-p2p")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.asyncio
+async def test_links_over_tls(cluster: Cluster, tmp_path: Path,
+                              raw_peers: list[RawPeer]) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    nodes = await cluster.mesh([0, 1, 2], ssl_server=server, ssl_client=client)
+    big = os.urandom(2 * 1024 * 1024)
+    nodes[0].net.broadcast(big)
+    nodes[2].net.send(1, b"over tls")
+    await until(lambda: nodes[1].inbox[0] == [big] and nodes[2].inbox[0] == [big]
+                and nodes[1].inbox[2] == [b"over tls"])
+    # A plaintext client cannot even start the handshake.
+    plain = await RawPeer.connect(nodes[2].net.port)
+    raw_peers.append(plain)
+    await plain.send_frame(Hello(G.chain_id, G.hash, KEYS[0].public, plain.nonce).to_wire())
+    assert await plain.closed_by_node()
+    assert nodes[2].net.connected() == [0, 1]
