@@ -140,7 +140,7 @@ class Node:
         elif isinstance(action, ScheduleTimeout):
             self._schedule(action)
         elif isinstance(action, CommitBlock):
-            await asyncio.to_thread(self.store.append, action.block)
+            await asyncio.to_thread(self.store.append, action.block, action.last_cert)
             self._on_committed(action.block)
         elif isinstance(action, RecordEvidence):
             self.evidence.append(evidence_json(action.first, action.second))

@@ -232,10 +232,12 @@ class ConsensusCore:
         if self.index is not None and self.proposer(self.height, round) == self.index:
             # L15-L18: propose validValue if there is one, else a new value (getValue)
             if self.valid is not None:
-                self._propose(self.valid.header, self.valid.records, self.valid_round)
+                self._propose(self.valid.header, self.valid.records, self.valid_round,
+                              self.valid.last_cert)
             else:
                 header, records = self._get_value()
-                self._propose(header, records, -1)
+                tip = self.chain.block(self.chain.height)
+                self._propose(header, records, -1, tip.cert if tip is not None else None)
         else:
             # L21: schedule OnTimeoutPropose(h_p, round_p) after timeoutPropose(round_p)
             self._schedule(self.height, round, TimeoutKind.PROPOSE,
@@ -273,14 +275,15 @@ class ConsensusCore:
             out.append(r)
         return out
 
-    def _propose(self, header: Header, records: tuple[Record, ...], pol_round: int) -> None:
+    def _propose(self, header: Header, records: tuple[Record, ...], pol_round: int,
+                 last_cert: Certificate | None) -> None:
         # L19: broadcast <PROPOSAL, h_p, round_p, proposal, validRound_p>
         if self.key is None or self.index is None:
             return
         if not self._may_sign(Step.PROPOSE):
             return
         proposal = Proposal.sign(self.genesis.chain_id, self.round, pol_round, header, records,
-                                 self.index, self.key)
+                                 self.index, self.key, last_cert)
         self._send_signed(Step.PROPOSE, proposal)
         self._accept_proposal(proposal)
 
@@ -397,11 +400,24 @@ class ConsensusCore:
     # -- validity ---------------------------------------------------------------------
 
     def is_valid(self, p: Proposal) -> bool:
-        """valid(v): the proposed block extends the committed chain by the SPEC's rules."""
+        """valid(v): the proposed block extends the committed chain by the SPEC's rules,
+        and the previous block's certificate it carries is valid."""
         cached = self.validity.get(p.block_hash)
         if cached is None:
             cached = self.validity[p.block_hash] = self._check_block(p.header, p.records)
-        return cached
+        return cached and self._is_valid_last_cert(p.last_cert)
+
+    def _is_valid_last_cert(self, cert: Certificate | None) -> bool:
+        tip = self.chain.tip_hash()
+        if tip is None:
+            return cert is None
+        if cert is None or cert.height != self.chain.height or cert.block_hash != tip:
+            return False
+        try:
+            cert.verify(self.genesis.chain_id, self.validators)
+        except LedgerError:
+            return False
+        return True
 
     def _check_block(self, h: Header, records: tuple[Record, ...]) -> bool:
         try:
@@ -516,7 +532,7 @@ class ConsensusCore:
             precommits = self.votes.precommits(rr)
             if precommits.has_quorum_for(p.block_hash) and self.is_valid(p):  # L50
                 cert = Certificate(h, rr, p.block_hash, precommits.signatures_for(p.block_hash))
-                self._decide(Block(p.header, p.records, cert))  # L51-L54
+                self._decide(Block(p.header, p.records, cert), p.last_cert)  # L51-L54
                 return False
 
         # L55: upon f+1 <*, h_p, round, *, *> with round > round_p
@@ -570,9 +586,9 @@ class ConsensusCore:
 
     # -- deciding ---------------------------------------------------------------------
 
-    def _decide(self, block: Block) -> None:
+    def _decide(self, block: Block, last_cert: Certificate | None = None) -> None:
         """L51-L54: decide, then move to the next height after timeout_commit."""
-        self._out.append(CommitBlock(block))
+        self._out.append(CommitBlock(block, last_cert))
         self.decisions[block.height] = block
         next_height = block.height + 1
         synced = self.synced

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ledger.blocks import Block
+from ledger.blocks import Block, Certificate
 from ledger.consensus.messages import (
     Message,
     Proposal,
@@ -116,9 +116,14 @@ class ScheduleTimeout:
 
 @dataclass(frozen=True, slots=True)
 class CommitBlock:
-    """Append ``block`` (with its certificate) to the store; the height is decided."""
+    """Append ``block`` (with its certificate) to the store; the height is decided.
+
+    ``last_cert``, when given, replaces the stored certificate of the previous block in the
+    same transaction (the one the decided proposal carried: canonical on every node).
+    """
 
     block: Block
+    last_cert: Certificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.blocks import Block, Header, Vote
-from ledger.crypto import SIGNATURE_SIZE, PrivateKey
+from ledger.blocks import Block, Certificate, Header, Vote
+from ledger.crypto import SIGNATURE_SIZE, PrivateKey, sha256
 from ledger.encoding import (
     expect_array,
     expect_bytes,
@@ -58,7 +58,12 @@ class SignedVote:
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """A proposer's block for (height, round), with the round of its polka (or -1)."""
+    """A proposer's block for (height, round), with the round of its polka (or -1).
+
+    ``last_cert`` is the proposer's certificate for the previous block. Nodes that commit
+    this proposal's block replace their own certificate of the previous block by it, so
+    that once a block has a successor every node serves it with the same bytes.
+    """
 
     chain: str
     height: int
@@ -68,6 +73,7 @@ class Proposal:
     records: tuple[Record, ...]
     proposer: int
     sig: bytes
+    last_cert: Certificate | None = None
 
     @property
     def block_hash(self) -> bytes:
@@ -75,33 +81,39 @@ class Proposal:
         return self.header.hash
 
     @staticmethod
-    def signed_bytes(chain: str, height: int, round: int, pol_round: int,
-                     block_hash: bytes) -> bytes:
+    def signed_bytes(chain: str, height: int, round: int, pol_round: int, block_hash: bytes,
+                     last_cert: Certificate | None) -> bytes:
         """What a proposer signs."""
-        return PROPOSAL_TAG + packb([chain, height, round, pol_round, block_hash])
+        cert_hash = sha256(last_cert.to_wire()) if last_cert is not None else None
+        return PROPOSAL_TAG + packb([chain, height, round, pol_round, block_hash, cert_hash])
 
     def sign_bytes(self) -> bytes:
         """What this proposal's signature covers."""
         return self.signed_bytes(self.chain, self.height, self.round, self.pol_round,
-                                 self.block_hash)
+                                 self.block_hash, self.last_cert)
 
     @classmethod
     def sign(cls, chain: str, round: int, pol_round: int, header: Header,
-             records: tuple[Record, ...], proposer: int, key: PrivateKey) -> Proposal:
+             records: tuple[Record, ...], proposer: int, key: PrivateKey,
+             last_cert: Certificate | None = None) -> Proposal:
         """Sign a proposal of ``header``/``records`` for ``round``."""
-        sig = key.sign(cls.signed_bytes(chain, header.height, round, pol_round, header.hash))
-        return cls(chain, header.height, round, pol_round, header, records, proposer, sig)
+        sig = key.sign(cls.signed_bytes(chain, header.height, round, pol_round, header.hash,
+                                        last_cert))
+        return cls(chain, header.height, round, pol_round, header, records, proposer, sig,
+                   last_cert)
 
     def to_obj(self) -> list[Any]:
-        """``[chain, height, round, pol_round, header, [envelope...], proposer, sig]``."""
+        """``[chain, height, round, pol_round, header, [envelope...], proposer, sig,
+        last_cert | nil]``."""
         return [self.chain, self.height, self.round, self.pol_round, self.header.to_obj(),
-                [r.envelope for r in self.records], self.proposer, self.sig]
+                [r.envelope for r in self.records], self.proposer, self.sig,
+                None if self.last_cert is None else self.last_cert.to_obj()]
 
     @classmethod
     def from_obj(cls, obj: Any) -> Proposal:
         """Decode from ``to_obj``'s shape (strict; signatures are not checked here)."""
         w = "proposal"
-        items = expect_array(obj, w, 8)
+        items = expect_array(obj, w, 9)
         chain = items[0]
         if type(chain) is not str:
             fail(f"{w}.chain", "expected str")
@@ -117,9 +129,10 @@ class Proposal:
             Record.from_wire(expect_bytes(e, f"{w}.records[{i}]"))
             for i, e in enumerate(expect_array(items[5], f"{w}.records"))
         )
+        last_cert = None if items[8] is None else Certificate.from_obj(items[8])
         return cls(chain, height, round_, pol_round, header, records,
                    expect_int(items[6], f"{w}.proposer", hi=2**16),
-                   expect_bytes(items[7], f"{w}.sig", SIGNATURE_SIZE))
+                   expect_bytes(items[7], f"{w}.sig", SIGNATURE_SIZE), last_cert)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Protocol
 import msgpack
 
 from ledger import merkle
-from ledger.blocks import Block
+from ledger.blocks import Block, Certificate
 from ledger.errors import BlockError
 
 
@@ -33,8 +33,9 @@ class BlockStore(Protocol):
     def log(self) -> merkle.CompactRange:
         """The Merkle log over every committed envelope (do not mutate)."""
 
-    def append(self, block: Block) -> None:
-        """Durably add ``block`` as the next height, atomically with all its indexes."""
+    def append(self, block: Block, last_cert: Certificate | None = None) -> None:
+        """Durably add ``block`` as the next height, atomically with all its indexes;
+        with ``last_cert``, replace the previous block's certificate in the same write."""
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact msgpack bytes of the block at ``height`` (SPEC section 4)."""
@@ -70,7 +71,8 @@ class BlockStore(Protocol):
 
 
 def check_extends(
-    block: Block, height: int, tip_hash: bytes | None, log: merkle.CompactRange
+    block: Block, height: int, tip_hash: bytes | None, log: merkle.CompactRange,
+    last_cert: Certificate | None = None,
 ) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
     """Check ``block`` extends a store at ``height``; return the new log and its new nodes.
 
@@ -85,6 +87,9 @@ def check_extends(
     if h.record_count != len(block.records):
         raise BlockError(f"height {h.height}: record_count {h.record_count} "
                          f"but {len(block.records)} records")
+    if last_cert is not None and (last_cert.height != height or last_cert.block_hash != tip_hash):
+        raise BlockError(f"height {h.height}: the previous block's certificate is for "
+                         f"height {last_cert.height}, another block")
     new_log = log.copy()
     completed = new_log.extend(block.leaf_hashes())
     if h.log_size != new_log.size:

@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 
 from ledger import merkle
-from ledger.blocks import Block
+from ledger.blocks import Block, Certificate
 from ledger.errors import DuplicateError
 from ledger.store.base import RecordLocation, check_extends
 
@@ -40,9 +40,10 @@ class MemoryStore:
         """Hash of the last block."""
         return self._hashes[-1] if self._hashes else None
 
-    def append(self, block: Block) -> None:
+    def append(self, block: Block, last_cert: Certificate | None = None) -> None:
         """Add ``block``; all or nothing, like the SQLite store's transaction."""
-        new_log, completed = check_extends(block, self.height, self.tip_hash(), self._log)
+        new_log, completed = check_extends(block, self.height, self.tip_hash(), self._log,
+                                           last_cert)
         h = block.header
         ids = [r.id for r in block.records]
         pairs = [(r.body.signer, r.body.nonce) for r in block.records]
@@ -62,6 +63,9 @@ class MemoryStore:
             self._subjects.setdefault(r.body.subject, []).append(seq)
         for level, index, node_hash in completed:
             self._nodes[(level, index)] = node_hash
+        if last_cert is not None:
+            prev = Block.from_wire(self._blocks[-1])
+            self._blocks[-1] = Block(prev.header, prev.records, last_cert).to_wire()
         self._blocks.append(block.to_wire())
         self._hashes.append(h.hash)
         self._log = new_log

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ledger import merkle
-from ledger.blocks import Block, Header
+from ledger.blocks import Block, Certificate, Header
 from ledger.errors import CorruptStoreError, DecodeError, DuplicateError, StoreError
 from ledger.store.base import RecordLocation, check_extends, join_block
 
@@ -170,10 +170,12 @@ class SqliteStore:
         """Hash of the last block."""
         return self._tip_hash
 
-    def append(self, block: Block) -> None:
-        """Write ``block`` and everything derived from it in one transaction."""
+    def append(self, block: Block, last_cert: Certificate | None = None) -> None:
+        """Write ``block`` and everything derived from it in one transaction (and, with
+        ``last_cert``, the previous block's canonical certificate)."""
         with self._lock:
-            new_log, completed = check_extends(block, self._height, self._tip_hash, self._log)
+            new_log, completed = check_extends(block, self._height, self._tip_hash, self._log,
+                                               last_cert)
             h = block.header
             first_seq = self._log.size
             rows = [
@@ -193,6 +195,9 @@ class SqliteStore:
                     db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
+                    if last_cert is not None:
+                        db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
+                                   (last_cert.to_wire(), last_cert.height))
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -90,6 +91,8 @@ class PeerNetwork:
     stream_limit = 1 << 20
     #: frames the reader hands over before it yields to the rest of the event loop
     read_burst = 64
+    #: unauthenticated connections handled at once; more are closed on arrival
+    max_pending_handshakes = 64
     #: seconds a graceful close may take before the connection is aborted
     close_timeout = 1.0
     #: TCP keepalive and user timeout: a silently dead link is noticed within ~30 s
@@ -116,6 +119,8 @@ class PeerNetwork:
             raise ValueError(f"queue_limit must be positive, got {queue_limit}")
         if handshake_timeout <= 0 or not 0 < backoff_initial <= backoff_max:
             raise ValueError("timeouts must be positive and backoff_initial <= backoff_max")
+        if inspect.iscoroutinefunction(on_message):
+            raise TypeError("on_message must be a plain function; it runs on the event loop")
         for index in peers:
             if not 0 <= index < len(genesis.validators):
                 raise ValueError(f"peers: {index} is not a validator index of genesis")
@@ -143,6 +148,8 @@ class PeerNetwork:
         self._server: asyncio.Server | None = None
         self._dialers: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[object]] = set()
+        self._handshaking = 0
+        self._flood_logged = -1e9
         self._started = False
         self._closing = False
 
@@ -278,6 +285,15 @@ class PeerNetwork:
         if self._closing:
             writer.transport.abort()
             return
+        if self._handshaking >= self.max_pending_handshakes:
+            self.stats["rejected_handshakes"] += 1
+            level = logging.DEBUG  # a flood logs one warning per 10 s, not one per connection
+            if time.monotonic() - self._flood_logged > 10:
+                level, self._flood_logged = logging.WARNING, time.monotonic()
+            self.log.log(level, "%s: refused inbound peer %s: %d handshakes already in progress",
+                         self.me.name, _peername(writer), self._handshaking)
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
@@ -326,6 +342,7 @@ class PeerNetwork:
         direction = "outbound" if expected is not None else "inbound"
         try:
             _tune_socket(writer, self)
+            self._handshaking += 1
             try:
                 async with asyncio.timeout(self.handshake_timeout):
                     peer = await self._handshake(reader, writer, expected)
@@ -347,6 +364,8 @@ class PeerNetwork:
                 self.log.exception("%s: %s handshake with %s failed: %s", self.me.name,
                                    direction, address, _reason(exc))
                 return None
+            finally:
+                self._handshaking -= 1
             return await self._run_link(link)
         finally:
             await self._close(writer)

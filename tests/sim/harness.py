@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ledger.blocks import Block, Vote, build_header
+from ledger.blocks import Block, Certificate, Vote, build_header
 from ledger.consensus import (
     Broadcast,
     CommitBlock,
@@ -379,7 +379,7 @@ class Simulation:
             self._push(self.now + action.delay_ms, "timeout", node.id, node.incarnation,
                        TimeoutFired(action.height, action.round, action.kind))
         elif isinstance(action, CommitBlock):
-            self._commit(node, action.block)
+            self._commit(node, action.block, action.last_cert)
         elif isinstance(action, RecordEvidence):
             node.evidence.append((action.first, action.second))
 
@@ -417,9 +417,9 @@ class Simulation:
 
     # -- invariants ---------------------------------------------------------------------
 
-    def _commit(self, node: SimNode, block: Block) -> None:
+    def _commit(self, node: SimNode, block: Block, last_cert: Certificate | None) -> None:
         try:
-            node.store.append(block)
+            node.store.append(block, last_cert)
         except LedgerError as exc:
             raise SafetyViolation(f"node {node.id} committed a block its store refuses: "
                                   f"{exc}") from exc

@@ -135,7 +135,7 @@ class Node:
         actions = self.core.handle(event)
         for a in actions:
             if isinstance(a, CommitBlock):
-                self.store.append(a.block)
+                self.store.append(a.block, a.last_cert)
         self.log.extend(actions)
         self.batches.append(actions)
         return actions
@@ -184,8 +184,10 @@ class Node:
         """A proposal for ``round``, by its proposer unless ``proposer`` says otherwise."""
         header, recs = value if value is not None else self.value()
         index = proposer_of(header.height, round) if proposer is None else proposer
+        tip = self.store.block(self.store.height)  # the previous block's certificate
         return Proposal.sign(chain, round, pol_round, header, recs, index,
-                             key or FX.validator_keys[index % N])
+                             key or FX.validator_keys[index % N],
+                             tip.cert if tip is not None else None)
 
     def vote(self, kind: int, index: int, round: int, block_hash: bytes | None, *,
              height: int | None = None, chain: str = CHAIN,

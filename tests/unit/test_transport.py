@@ -498,3 +498,17 @@ async def test_links_over_tls(cluster: Cluster, tmp_path: Path,
     await plain.send_frame(Hello(G.chain_id, G.hash, KEYS[0].public, plain.nonce).to_wire())
     assert await plain.closed_by_node()
     assert nodes[2].net.connected() == [0, 1]
+
+
+@pytest.mark.asyncio
+async def test_unauthenticated_connections_are_capped(cluster: Cluster,
+                                                      raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3, handshake_timeout=10)
+    node.net.max_pending_handshakes = 2
+    for _ in range(3):
+        raw_peers.append(await RawPeer.connect(node.net.port))
+    assert await raw_peers[2].closed_by_node()
+    assert not await raw_peers[0].closed_by_node(timeout=0.1)
+    assert node.net.stats["rejected_handshakes"] == 1
+    await raw_peers[1].authenticate(KEYS[0])  # a pending slot still completes normally
+    await until(lambda: node.net.connected() == [0])
