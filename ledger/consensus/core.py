@@ -210,6 +210,7 @@ class ConsensusCore:
             self._resume_round = None
         else:
             self._start_height_if_ready()
+        self._out.append(Broadcast(BlockRequest(self.height)))  # catch up on what we missed
         self._schedule(self.height, 0, TimeoutKind.RESEND, self.config.resend_ms)
 
     def _start_height_if_ready(self) -> None:
@@ -573,7 +574,11 @@ class ConsensusCore:
     def _resend(self) -> None:
         """Gossip: re-broadcast our own messages of the latest two rounds, and the proposal
         and polka behind our valid value, so every correct validator eventually sees what
-        we saw (the paper's assumption that correct processes relay what they receive)."""
+        we saw (the paper's assumption that correct processes relay what they receive).
+        While idle (no round started), ask everyone for blocks past ours instead: an idle
+        chain sends nothing else that would tell a node it fell behind."""
+        if not self.started:
+            self._out.append(Broadcast(BlockRequest(self.height)))
         for (round, _), msg in sorted(self.own.items(), key=lambda kv: kv[0]):
             if round >= self.round - 1:
                 self._out.append(Broadcast(msg))
