@@ -101,7 +101,7 @@ def run_cluster(directory: Path) -> int:
         procs.append((node_dir.name, proc))
         config = json.loads((node_dir / "config.json").read_text())
         with lock:
-            print(f"{node_dir.name}: API http://{config['api']}  (explorer /, docs /docs)",
+            print(f"{node_dir.name}: API http://{config['api']}  (OpenAPI docs at /docs)",
                   flush=True)
     with lock:
         print(f"cluster of {len(procs)} nodes running; genesis {directory / 'genesis.json'}; "

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -175,3 +176,75 @@ def test_submit_cli_waits_for_commit(cluster: Cluster) -> None:
     assert res.returncode == 0, res.stderr
     rid, word, height = res.stdout.split()
     assert len(rid) == 64 and word == "height" and int(height) >= 1
+
+
+def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
+    import asyncio
+
+    from ledger.client import AsyncLedgerClient, LedgerClient, NodeError
+
+    genesis = Genesis.load(cluster.dir / "genesis.json")
+    key = read_key_file(cluster.dir / "clients" / "demo.pem")
+    with LedgerClient(cluster.url(2), identity=key) as client:
+        result = client.write(type="quality.certificate", subject="batch-7",
+                              payload={"grade": "A", "raw": b"\x00\x01"}, wait=True)
+        assert result["status"] == "accepted" and result["height"] >= 1
+        rec = client.record(result["id"])
+        assert rec["status"] == "committed" and rec["payload"]["grade"] == "A"
+        assert rec["payload"]["raw"] == "AAE="  # bin payload values are base64 in JSON
+        verify_receipt(client.receipt(result["id"]), genesis)
+        assert client.block(result["height"])["height"] == result["height"]
+        events = client.events(from_height=result["height"])
+        first = next(events)
+        assert first["height"] == result["height"]
+        events.close()
+        try:
+            client.record("00" * 32)
+        except NodeError as exc:
+            assert exc.status == 404 and exc.problem_code == "not_found"
+        else:
+            raise AssertionError("expected a 404")
+
+    async def run_async() -> dict[str, object]:
+        async with AsyncLedgerClient(cluster.url(3), identity=key) as client:
+            res = await client.write(type="sensor.reading", subject="async/temp",
+                                     payload=20.5, wait=True)
+            stream = client.events(from_height=int(res["height"]))  # type: ignore[call-overload]
+            event = await stream.__anext__()
+            await stream.aclose()
+            assert event["height"] == res["height"]
+            return await client.record(str(res["id"]))
+
+    assert asyncio.run(run_async())["status"] == "committed"
+
+
+def test_cluster_up_stops_every_node_on_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    c = Cluster.create(tmp_path, nodes=2)
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "cluster", "up", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for i in range(2):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{c.url(i)}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "cluster did not come up"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "[node0]" in out and "[node1]" in out and out.rstrip().endswith("cluster stopped")
+    for i in range(2):
+        try:
+            httpx.get(f"{c.url(i)}/healthz", timeout=1)
+        except httpx.HTTPError:
+            continue
+        raise AssertionError(f"node{i} still serving after the cluster stopped")
