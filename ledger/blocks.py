@@ -9,7 +9,7 @@ callers (``verify`` here for certificates, ``ledger.audit`` for the chain).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -205,7 +205,8 @@ class Certificate:
         """The precommit every signature in this certificate must sign."""
         return Vote(chain, PRECOMMIT, self.height, self.round, self.block_hash)
 
-    def verify(self, chain: str, validators: ValidatorSet) -> None:
+    def verify(self, chain: str, validators: ValidatorSet,
+               is_valid: Callable[[bytes, bytes, bytes], bool] = is_valid_signature) -> None:
         """Raise CertificateError unless this certifies ``block_hash`` under ``validators``.
 
         Every listed signature must be a valid precommit by a distinct validator of the set
@@ -221,7 +222,7 @@ class Certificate:
                     f"certificate names validator {index}, but the set has {len(validators)}"
                 )
             validator = validators[index]
-            if not is_valid_signature(validator.pubkey, message, sig):
+            if not is_valid(validator.pubkey, message, sig):
                 raise CertificateError(
                     f"certificate signature of validator {index} ({validator.name}) "
                     "does not verify"

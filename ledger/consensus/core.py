@@ -162,6 +162,7 @@ class ConsensusCore:
         self.votes = HeightVotes(self.validators)
         self.fired: set[tuple[str, int]] = set()
         self.validity: dict[bytes, bool] = {}
+        self.cert_validity: dict[Certificate, bool] = {}
         self.own: dict[tuple[int, int], Proposal | SignedVote] = {}
         self.sync_asked: dict[int, int] = {}
         self.sync_served: dict[int, int] = {}
@@ -414,11 +415,15 @@ class ConsensusCore:
             return cert is None
         if cert is None or cert.height != self.chain.height or cert.block_hash != tip:
             return False
-        try:
-            cert.verify(self.genesis.chain_id, self.validators)
-        except LedgerError:
-            return False
-        return True
+        known = self.cert_validity.get(cert)
+        if known is None:
+            try:
+                cert.verify(self.genesis.chain_id, self.validators, self.verify)
+                known = True
+            except LedgerError:
+                known = False
+            self.cert_validity[cert] = known
+        return known
 
     def _check_block(self, h: Header, records: tuple[Record, ...]) -> bool:
         try:
@@ -634,7 +639,7 @@ class ConsensusCore:
             block.cert.validate_basic()
             if block.cert.height != block.height or block.cert.block_hash != block.hash:
                 return False
-            block.cert.verify(self.genesis.chain_id, self.validators)
+            block.cert.verify(self.genesis.chain_id, self.validators, self.verify)
         except LedgerError:
             return False
         if not self._check_block(block.header, block.records):

@@ -439,7 +439,7 @@ class Simulation:
         g = self.fx.genesis
         try:
             block.validate_basic()
-            block.cert.verify(g.chain_id, g.validators)
+            block.cert.verify(g.chain_id, g.validators, cached_verify)
             for record in block.records:
                 if not cached_verify(record.body.signer, record.sign_bytes(), record.sig):
                     raise SafetyViolation(f"validity: bad record signature at {block.height}")
