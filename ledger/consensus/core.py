@@ -166,7 +166,7 @@ class ConsensusCore:
         self.own: dict[tuple[int, int], Proposal | SignedVote] = {}
         self.sync_asked: dict[int, int] = {}
         self.sync_served: dict[int, int] = {}
-        self.synced: dict[int, Block] = {}
+        self.synced: dict[int, BlockResponse] = {}
 
     # -- the entry point ----------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class ConsensusCore:
             self._serve_blocks(sender, msg.height)
             return
         if isinstance(msg, BlockResponse):
-            self._on_synced_block(msg.block)
+            self._on_synced_block(msg)
             return
         chain = msg.vote.chain if isinstance(msg, SignedVote) else msg.chain
         if chain != self.genesis.chain_id:
@@ -618,23 +618,30 @@ class ConsensusCore:
         self._out.append(SendTo(peer, BlockRequest(self.height)))
 
     def _serve_blocks(self, peer: int, start: int) -> None:
+        previous = self.chain.block(start - 1) if start > 1 else None
         for height in range(start, min(start + self.config.sync_batch, self.chain.height + 1)):
             block = self.chain.block(height)
-            if block is not None:
-                self._out.append(SendTo(peer, BlockResponse(block)))
+            if block is None:
+                return
+            last_cert = previous.cert if previous is not None else None
+            self._out.append(SendTo(peer, BlockResponse(block, last_cert)))
+            previous = block
 
-    def _on_synced_block(self, block: Block) -> None:
-        if block.height < self.height or block.height > self.height + self.config.sync_batch:
+    def _on_synced_block(self, response: BlockResponse) -> None:
+        height = response.block.height
+        if height < self.height or height > self.height + self.config.sync_batch:
             return
-        self.synced.setdefault(block.height, block)
-        if block.height == self.height:
+        self.synced.setdefault(height, response)
+        if height == self.height:
             self._commit_synced()
 
     def _commit_synced(self) -> bool:
-        """Commit a block fetched by block sync, if it is valid and certified."""
-        block = self.synced.pop(self.height, None)
-        if block is None:
+        """Commit a block fetched by block sync, if it is valid and certified; adopt the
+        sender's certificate of the previous block when it is valid (it is canonical)."""
+        response = self.synced.pop(self.height, None)
+        if response is None:
             return False
+        block = response.block
         try:
             block.cert.validate_basic()
             if block.cert.height != block.height or block.cert.block_hash != block.hash:
@@ -645,7 +652,8 @@ class ConsensusCore:
         if not self._check_block(block.header, block.records):
             return False
         self.synced_commits += 1
-        self._decide(block)
+        last_cert = response.last_cert
+        self._decide(block, last_cert if self._is_valid_last_cert(last_cert) else None)
         return True
 
 

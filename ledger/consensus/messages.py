@@ -144,9 +144,11 @@ class BlockRequest:
 
 @dataclass(frozen=True, slots=True)
 class BlockResponse:
-    """A committed block with its certificate, sent for block sync."""
+    """A committed block with its certificate, sent for block sync, and the sender's
+    certificate of the block before it (canonical, since that block has a successor)."""
 
     block: Block
+    last_cert: Certificate | None = None
 
 
 Message = Proposal | SignedVote | BlockRequest | BlockResponse
@@ -160,7 +162,8 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, BlockRequest):
         payload = msg.height
     elif isinstance(msg, BlockResponse):
-        payload = msg.block.to_wire()
+        payload = [msg.block.to_wire(),
+                   None if msg.last_cert is None else msg.last_cert.to_obj()]
     else:
         payload = msg.to_obj()
     return packb([_KINDS[type(msg)], payload])
@@ -178,5 +181,7 @@ def decode_message(data: bytes) -> Message:
     if kind == 3:
         return BlockRequest(expect_int(payload, "block request.height", lo=1))
     if kind == 4:
-        return BlockResponse(Block.from_wire(expect_bytes(payload, "block response")))
+        block_bytes, last_cert = expect_array(payload, "block response", 2)
+        return BlockResponse(Block.from_wire(expect_bytes(block_bytes, "block response.block")),
+                             None if last_cert is None else Certificate.from_obj(last_cert))
     fail("message", f"unknown kind {kind!r}")

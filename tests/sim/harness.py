@@ -278,12 +278,24 @@ class Simulation:
             if heights_at_heal is None and self.now >= self.faults_end:
                 heights_at_heal = {n.id: n.store.height for n in self.nodes if n.honest}
             if heights_at_heal is not None and self._progressed(heights_at_heal):
+                self._check_identical_blocks()
                 return
         if heights_at_heal is None or not self._progressed(heights_at_heal):
             raise LivenessViolation(
                 f"no honest progress within {self.s.liveness_ms} ms after the heal at "
                 f"{self.faults_end} ms; heights "
                 f"{ {n.id: n.store.height for n in self.nodes} }")
+
+    def _check_identical_blocks(self) -> None:
+        """Without Byzantine nodes, every block that has a successor is byte-identical on
+        every node (certificates are canonicalised by the next block)."""
+        if any(not n.honest or n.equivocate for n in self.nodes):
+            return
+        upto = min(n.store.height for n in self.nodes) - 1
+        for height in range(1, upto + 1):
+            versions = {n.store.block_bytes(height) for n in self.nodes}
+            if len(versions) != 1:
+                raise SafetyViolation(f"nodes store different bytes for block {height}")
 
     def _progressed(self, before: dict[int, int]) -> bool:
         """Every honest node has committed a block beyond the highest height at the heal."""
