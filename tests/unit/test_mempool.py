@@ -1,0 +1,103 @@
+"""Mempool admission: each check, the bound, the verified-signature cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ledger.crypto import RECORD_TAG
+from ledger.encoding import packb
+from ledger.records import Record
+from ledger.store import MemoryStore
+from node.mempool import Mempool, MempoolFull, prevalidate
+from tests.factory import ChainBuilder, make_fixture
+
+FX = make_fixture()
+
+
+def now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fresh(builder: ChainBuilder, **kw: object) -> Record:
+    builder.time_ms = now()
+    return builder.record(**kw)  # type: ignore[arg-type]
+
+
+def admit(pool: Mempool, envelopes: list[bytes]) -> list[tuple[str, str | None]]:
+    results = pool.admit([prevalidate(FX.genesis, e) for e in envelopes], now())
+    return [(r.status, r.error) for r in results]
+
+
+def test_each_admission_check_has_its_code() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    good = fresh(b)
+    forged = Record.from_wire(packb([good.body_bytes, bytes(64)]))
+    stranger = fresh(b, key=FX.outsider)
+    same_nonce = Record.create(FX.writer, chain=FX.genesis.chain_id, type="sensor.reading",
+                               subject="other", payload=1, ts=now(), nonce=good.body.nonce)
+    old = Record.create(FX.writer, chain=FX.genesis.chain_id, type="sensor.reading",
+                        subject="s", payload=1, ts=now() - 3_600_000, nonce=10**9)
+    other_chain = Record.create(FX.writer, chain="elsewhere", type="sensor.reading",
+                                subject="s", payload=1, ts=now(), nonce=10**9 + 1)
+    assert admit(pool, [good.envelope, good.envelope, forged.envelope, stranger.envelope,
+                        same_nonce.envelope, old.envelope, other_chain.envelope, b"\xc1"]) == [
+        ("accepted", None), ("duplicate", None), ("rejected", "bad_signature"),
+        ("rejected", "unauthorized"),
+        ("rejected", "nonce_reused"), ("rejected", "clock_skew"), ("rejected", "wrong_chain"),
+        ("rejected", "malformed")]
+    assert len(pool) == 1
+
+
+def test_bad_signature_is_rejected() -> None:
+    pool = Mempool(FX.genesis, MemoryStore(FX.genesis.hash))
+    b = ChainBuilder(FX, MemoryStore())
+    rec = fresh(b)
+    forged = packb([rec.body_bytes, FX.operator.sign(RECORD_TAG + rec.body_bytes)])
+    assert admit(pool, [forged]) == [("rejected", "bad_signature")]
+
+
+def test_committed_records_are_duplicates_and_leave_the_pool() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    recs = [fresh(b) for _ in range(3)]
+    assert [s for s, _ in admit(pool, [r.envelope for r in recs])] == ["accepted"] * 3
+    block = b.block(pool.reap(2, 10**6))
+    store.append(block)
+    pool.remove_committed(block)
+    assert len(pool) == 1 and pool.get(recs[2].id) is not None
+    assert admit(pool, [recs[0].envelope]) == [("duplicate", None)]
+
+
+def test_a_full_pool_refuses_more() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store, max_records=2)
+    b = ChainBuilder(FX, store)
+    admit(pool, [fresh(b).envelope, fresh(b).envelope])
+    with pytest.raises(MempoolFull):
+        admit(pool, [fresh(b).envelope])
+
+
+def test_reap_respects_count_and_bytes_limits() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    recs = [fresh(b) for _ in range(5)]
+    admit(pool, [r.envelope for r in recs])
+    assert pool.reap(3, 10**6) == recs[:3]
+    assert pool.reap(10, len(recs[0].envelope) * 2) == recs[:2]
+
+
+def test_admitted_signatures_are_not_verified_again() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    rec = fresh(b)
+    admit(pool, [rec.envelope])
+    assert pool.verify(rec.body.signer, rec.sign_bytes(), rec.sig)
+    assert pool.cache.hits == 1
+    assert not pool.verify(rec.body.signer, rec.sign_bytes() + b"x", rec.sig)
