@@ -47,6 +47,7 @@ from ledger.encoding import packb
 from ledger.errors import LedgerError
 from ledger.genesis import Genesis
 from ledger.store import SqliteStore
+from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig
 from node.mempool import AdmitResult, Mempool, prevalidate
 from node.metrics import Metrics
@@ -91,6 +92,7 @@ class Node:
                               f"config says {config.index}")
         self.name = validator.name
         self.store = SqliteStore(config.store_path, genesis_hash=self.genesis.hash)
+        check_recent(self.store, self.genesis)  # refuse to serve a corrupted store
         self.mempool = Mempool(self.genesis, self.store, max_records=config.mempool_records)
         persisted = None
         if config.signing_state_path.exists():

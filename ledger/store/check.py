@@ -1,0 +1,80 @@
+"""Checking a store against itself and genesis: quickly on every start, fully offline.
+
+``check_recent`` looks at the tip and the last blocks: the tip's certificate, the hash links,
+and that every index row of their records agrees with the envelopes. ``check_indexes``
+does the same index comparison for every record. (The full chain audit — signatures,
+roots, policy — is ``ledger.audit``.) Problems raise ``CorruptStoreError`` naming the height.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ledger.blocks import Block
+from ledger.errors import CorruptStoreError, LedgerError
+from ledger.genesis import Genesis
+from ledger.records import Record
+from ledger.store.sqlite import SqliteStore, from_signed64
+
+
+def _block(store: SqliteStore, height: int) -> Block:
+    try:
+        block = store.block(height)
+    except LedgerError as exc:
+        raise CorruptStoreError(f"block does not decode ({exc})", height) from exc
+    if block is None:
+        raise CorruptStoreError("block is missing", height)
+    return block
+
+
+def check_recent(store: SqliteStore, genesis: Genesis, depth: int = 16) -> None:
+    """The tip's certificate, the links and the indexes of the last ``depth`` blocks."""
+    if store.height == 0:
+        return
+    if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
+        raise CorruptStoreError("the store belongs to another genesis")
+    tip = _block(store, store.height)
+    if tip.hash != store.tip_hash():
+        raise CorruptStoreError("tip block does not hash to the stored tip hash", tip.height)
+    try:
+        tip.validate_basic()
+        tip.cert.verify(genesis.chain_id, genesis.validators)
+    except LedgerError as exc:
+        raise CorruptStoreError(f"tip certificate or roots invalid ({exc})", tip.height) from exc
+    start = max(1, store.height - depth + 1)
+    later = tip
+    for height in range(store.height - 1, start - 1, -1):
+        block = _block(store, height)
+        if later.header.prev_hash != block.hash:
+            raise CorruptStoreError(f"block {later.height} does not link to it", height)
+        later = block
+    if start == 1 and later.header.prev_hash != genesis.hash:
+        raise CorruptStoreError("block 1 does not link to the genesis hash", 1)
+    check_indexes(store, start)
+
+
+def check_indexes(store: SqliteStore, start: int = 1) -> None:
+    """Every record row from height ``start`` agrees with its envelope and its block."""
+    db: sqlite3.Connection = store._db  # the store's own connection (same package)
+    (count,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+    if count != store.log.size:
+        raise CorruptStoreError(f"{count} record rows but the log holds {store.log.size}",
+                                store.height)
+    for height, first_seq, n in db.execute(
+            "SELECT height, first_seq, record_count FROM blocks WHERE height >= ? "
+            "ORDER BY height", (start,)).fetchall():
+        rows = db.execute(
+            "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
+            "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + n)).fetchall()
+        if len(rows) != n:
+            raise CorruptStoreError(f"{n - len(rows)} record rows are missing", height)
+        for i, (seq, rid, h, idx, signer, nonce, subject, envelope) in enumerate(rows):
+            try:
+                r = Record.from_wire(envelope)
+            except LedgerError as exc:
+                raise CorruptStoreError(f"record {i} does not decode ({exc})", height) from exc
+            if (seq, h, idx) != (first_seq + i, height, i) or bytes(rid) != r.id or (
+                    bytes(signer), from_signed64(nonce), subject) != (
+                    r.body.signer, r.body.nonce, r.body.subject):
+                raise CorruptStoreError(f"index row of record {i} disagrees with its envelope",
+                                        height)
