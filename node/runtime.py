@@ -49,6 +49,7 @@ from ledger.genesis import Genesis
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig
+from node.faults import TestFaults
 from node.mempool import AdmitResult, Mempool, prevalidate
 from node.metrics import Metrics
 
@@ -101,6 +102,7 @@ class Node:
                                   config=config.consensus_config(self.genesis),
                                   persisted=persisted, verify=self.mempool.verify)
         self.metrics = Metrics()
+        self.faults = TestFaults.from_env(self.key)
         self.evidence: deque[dict[str, Any]] = deque(maxlen=1000)
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
@@ -132,9 +134,16 @@ class Node:
         if isinstance(action, PersistState):
             await asyncio.to_thread(write_durably, self.config.signing_state_path,
                                     action.state.to_wire())
+            self.faults.crash_point("after_persist")
         elif isinstance(action, Broadcast):
             if self.transport is not None:
-                self.transport.broadcast(bytes([CONSENSUS]) + encode_message(action.message))
+                for peers, message in self.faults.outgoing(action.message, self.connected_peers()):
+                    frame = bytes([CONSENSUS]) + encode_message(message)
+                    if peers is None:
+                        self.transport.broadcast(frame)
+                    else:
+                        for peer in peers:
+                            self.transport.send(peer, frame)
         elif isinstance(action, SendTo):
             if self.transport is not None:
                 self.transport.send(action.peer,
@@ -142,7 +151,9 @@ class Node:
         elif isinstance(action, ScheduleTimeout):
             self._schedule(action)
         elif isinstance(action, CommitBlock):
+            self.faults.crash_point("before_commit")
             await asyncio.to_thread(self.store.append, action.block, action.last_cert)
+            self.faults.crash_point("after_commit")
             self._on_committed(action.block)
         elif isinstance(action, RecordEvidence):
             self.evidence.append(evidence_json(action.first, action.second))

@@ -58,16 +58,16 @@ class Cluster:
     def url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.base_port + i}"
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, env: dict[str, str] | None = None) -> None:
         log = open(self.dir / f"node{i}.log", "ab")  # noqa: SIM115 - the process owns it
         self.procs[i] = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "node", "run", str(self.dir / f"node{i}")],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
-    def start_all(self) -> None:
+    def start_all(self, env: dict[int, dict[str, str]] | None = None) -> None:
         for i in range(self.nodes):
-            self.start(i)
+            self.start(i, (env or {}).get(i))
         for i in range(self.nodes):
             self.wait_healthy(i)
 

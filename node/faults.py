@@ -1,0 +1,87 @@
+"""Test-only fault switches, off unless set in the environment. Never set them in production.
+
+``LEDGER_TEST_CRASH_AT=<point>:<n>`` kills the process (``os._exit``, like SIGKILL: no
+cleanup) the n-th time it reaches ``point``, one of the steps of the persistence order:
+``after_persist`` (signing state on disk, message not yet sent), ``before_commit`` (block
+decided, not yet in the store), ``after_commit`` (in the store, no client told yet).
+
+``LEDGER_TEST_BYZANTINE=equivocate`` makes the node a Byzantine validator: each proposal or
+vote it signs goes to half of its peers, and a conflicting one (another block, or nil
+instead of a block) to the other half.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+from ledger.blocks import Vote, build_header
+from ledger.consensus import Message, Proposal, SignedVote
+from ledger.crypto import PrivateKey
+from ledger.merkle import CompactRange
+
+log = logging.getLogger("ledger.node.faults")
+CRASH_POINTS = ("after_persist", "before_commit", "after_commit")
+
+
+@dataclass
+class TestFaults:
+    """The switches read from the environment at start."""
+
+    key: PrivateKey
+    crash_at: str | None = None
+    crash_after: int = 0
+    equivocate: bool = False
+    _seen: int = 0
+
+    @classmethod
+    def from_env(cls, key: PrivateKey) -> TestFaults:
+        faults = cls(key)
+        spec = os.environ.get("LEDGER_TEST_CRASH_AT")
+        if spec:
+            point, _, count = spec.partition(":")
+            if point not in CRASH_POINTS or not count.isdigit():
+                raise ValueError(f"LEDGER_TEST_CRASH_AT={spec!r}: expected one of "
+                                 f"{CRASH_POINTS} and ':<n>'")
+            faults.crash_at, faults.crash_after = point, int(count)
+            log.warning("TEST FAULT: will crash at %s #%d", point, faults.crash_after)
+        if os.environ.get("LEDGER_TEST_BYZANTINE") == "equivocate":
+            faults.equivocate = True
+            log.warning("TEST FAULT: this validator equivocates")
+        return faults
+
+    def crash_point(self, point: str) -> None:
+        """Die here if this is the configured crash point's n-th visit."""
+        if self.crash_at != point:
+            return
+        self._seen += 1
+        if self._seen >= self.crash_after:
+            log.warning("TEST FAULT: crashing at %s #%d", point, self._seen)
+            logging.shutdown()
+            os._exit(137)
+
+    def outgoing(self, message: Message, peers: list[int]
+                 ) -> list[tuple[list[int] | None, Message]]:
+        """(peers or None for all, message) pairs to send for one broadcast."""
+        if not self.equivocate or not isinstance(message, Proposal | SignedVote) or not peers:
+            return [(None, message)]
+        shuffled = peers[:]
+        random.shuffle(shuffled)
+        half = max(1, len(shuffled) // 2)
+        return [(shuffled[:half], message), (shuffled[half:], self._conflicting(message))]
+
+    def _conflicting(self, message: Proposal | SignedVote) -> Message:
+        if isinstance(message, SignedVote):
+            v = message.vote
+            other = None if v.block_hash is not None else b"\xee" * 32
+            return SignedVote.sign(Vote(v.chain, v.kind, v.height, v.round, other),
+                                   message.validator, self.key)
+        h = message.header
+        log_range = CompactRange()  # an empty block with a wrong log: never valid
+        header = build_header(chain=h.chain, height=h.height, time_ms=h.time_ms + 1,
+                              prev_hash=h.prev_hash, records=(), log=log_range,
+                              proposer=h.proposer, validators_hash=h.validators_hash)
+        return Proposal.sign(message.chain, message.round, message.pol_round, header, (),
+                             message.proposer, self.key, message.last_cert)
