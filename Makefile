@@ -24,6 +24,7 @@ test: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.sim.run --seeds 0:$(or $(SOAK_SEEDS),20000)
+	$(BIN)/python -m tests.chaos.chaos --seconds $(or $(CHAOS_SECONDS),1800)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.audit_bench $(BENCH_ARGS)

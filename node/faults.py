@@ -8,14 +8,20 @@ decided, not yet in the store), ``after_commit`` (in the store, no client told y
 ``LEDGER_TEST_BYZANTINE=equivocate`` makes the node a Byzantine validator: each proposal or
 vote it signs goes to half of its peers, and a conflicting one (another block, or nil
 instead of a block) to the other half.
+
+``LEDGER_TEST_PARTITION_FILE=<path>`` is a fault-injecting transport for network partitions:
+the file holds ``{"groups": [[0, 1], [2, 3]]}`` (or ``{}`` when healed), re-read at most every
+100 ms, and frames to or from a validator outside this node's group are dropped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from ledger.blocks import Vote, build_header
 from ledger.consensus import Message, Proposal, SignedVote
@@ -34,7 +40,11 @@ class TestFaults:
     crash_at: str | None = None
     crash_after: int = 0
     equivocate: bool = False
+    partition_file: str | None = None
+    index: int = -1
     _seen: int = 0
+    _groups: list[set[int]] = field(default_factory=list)
+    _read_at: float = 0.0
 
     @classmethod
     def from_env(cls, key: PrivateKey) -> TestFaults:
@@ -47,10 +57,30 @@ class TestFaults:
                                  f"{CRASH_POINTS} and ':<n>'")
             faults.crash_at, faults.crash_after = point, int(count)
             log.warning("TEST FAULT: will crash at %s #%d", point, faults.crash_after)
+        faults.partition_file = os.environ.get("LEDGER_TEST_PARTITION_FILE") or None
+        if faults.partition_file:
+            log.warning("TEST FAULT: partitions from %s", faults.partition_file)
         if os.environ.get("LEDGER_TEST_BYZANTINE") == "equivocate":
             faults.equivocate = True
             log.warning("TEST FAULT: this validator equivocates")
         return faults
+
+    def blocked(self, peer: int) -> bool:
+        """True while a test partition separates this node from validator ``peer``."""
+        if self.partition_file is None:
+            return False
+        now = time.monotonic()
+        if now - self._read_at > 0.1:
+            self._read_at = now
+            try:
+                with open(self.partition_file) as f:
+                    doc = json.load(f)
+                self._groups = [set(g) for g in doc.get("groups", [])]
+            except (OSError, ValueError):
+                self._groups = []
+        if not self._groups:
+            return False
+        return not any(self.index in g and peer in g for g in self._groups)
 
     def crash_point(self, point: str) -> None:
         """Die here if this is the configured crash point's n-th visit."""

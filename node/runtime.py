@@ -103,6 +103,7 @@ class Node:
                                   persisted=persisted, verify=self.mempool.verify)
         self.metrics = Metrics()
         self.faults = TestFaults.from_env(self.key)
+        self.faults.index = config.index
         self.evidence: deque[dict[str, Any]] = deque(maxlen=1000)
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
@@ -136,18 +137,10 @@ class Node:
                                     action.state.to_wire())
             self.faults.crash_point("after_persist")
         elif isinstance(action, Broadcast):
-            if self.transport is not None:
-                for peers, message in self.faults.outgoing(action.message, self.connected_peers()):
-                    frame = bytes([CONSENSUS]) + encode_message(message)
-                    if peers is None:
-                        self.transport.broadcast(frame)
-                    else:
-                        for peer in peers:
-                            self.transport.send(peer, frame)
+            for peers, message in self.faults.outgoing(action.message, self.connected_peers()):
+                self.send_frame(bytes([CONSENSUS]) + encode_message(message), peers)
         elif isinstance(action, SendTo):
-            if self.transport is not None:
-                self.transport.send(action.peer,
-                                    bytes([CONSENSUS]) + encode_message(action.message))
+            self.send_frame(bytes([CONSENSUS]) + encode_message(action.message), [action.peer])
         elif isinstance(action, ScheduleTimeout):
             self._schedule(action)
         elif isinstance(action, CommitBlock):
@@ -192,9 +185,20 @@ class Node:
 
     # -- peer frames ----------------------------------------------------------------------
 
+    def send_frame(self, frame: bytes, peers: list[int] | None = None) -> None:
+        """Send to ``peers`` (None: every connected validator)."""
+        if self.transport is None:
+            return
+        if peers is None and self.faults.partition_file is None:
+            self.transport.broadcast(frame)
+            return
+        for peer in self.connected_peers() if peers is None else peers:
+            if not self.faults.blocked(peer):
+                self.transport.send(peer, frame)
+
     def on_frame(self, peer: int, payload: bytes) -> None:
         """Called by the transport on the event loop for every frame from a peer."""
-        if not payload:
+        if not payload or self.faults.blocked(peer):
             return
         channel, body = payload[0], payload[1:]
         if channel == CONSENSUS:
@@ -231,8 +235,8 @@ class Node:
             started = time.monotonic()
             for r in accepted:
                 self.admitted_at[r.id] = started
-            if gossip and self.transport is not None:
-                self.transport.broadcast(bytes([RECORDS]) + packb([r.envelope for r in accepted]))
+            if gossip:
+                self.send_frame(bytes([RECORDS]) + packb([r.envelope for r in accepted]))
             self.events.put_nowait(RecordsAvailable())
         self.metrics.mempool = len(self.mempool)
         return results
