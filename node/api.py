@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from node.runtime import Node
 
 MSGPACK = "application/msgpack"
+MAX_INFLIGHT = 512  # concurrent requests (beyond: 503 overloaded)
+MAX_SUBSCRIBERS = 256  # concurrent event streams
 
 
 class Problem(Exception):
@@ -169,6 +171,26 @@ def create_app(node: Node) -> FastAPI:
     app = FastAPI(title="ledger node API", version="1",
                   description="Permissioned BFT ledger for industrial data (SPEC section 7).")
     cfg = node.config
+    limits = {"inflight": 0}
+
+    @app.middleware("http")
+    async def bound_concurrency(request: Request, call_next: Any) -> Response:
+        """At most MAX_INFLIGHT requests at once (event streams are bounded apart)."""
+        if request.url.path == "/v1/events":
+            if len(node.subscribers) >= MAX_SUBSCRIBERS:
+                return problem(503, "too_many_subscribers",
+                               f"{MAX_SUBSCRIBERS} event streams are open", {"Retry-After": "5"})
+            response: Response = await call_next(request)
+            return response
+        if limits["inflight"] >= MAX_INFLIGHT:
+            return problem(503, "overloaded", f"{MAX_INFLIGHT} requests in flight",
+                           {"Retry-After": "1"})
+        limits["inflight"] += 1
+        try:
+            response = await call_next(request)
+        finally:
+            limits["inflight"] -= 1
+        return response
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:

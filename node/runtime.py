@@ -54,6 +54,8 @@ from node.mempool import AdmitResult, Mempool, prevalidate
 from node.metrics import Metrics
 
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
+MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
+MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
 
 log = logging.getLogger("ledger.node")
 
@@ -112,6 +114,8 @@ class Node:
         self.transport: Any = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.peer_backlog = 0  # peer messages queued for the core (bounded)
+        self.dropped_peer_messages = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- consensus loop -------------------------------------------------------------------
@@ -125,6 +129,8 @@ class Node:
             await self._handle(event)
 
     async def _handle(self, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            self.peer_backlog -= 1
         self.core.handle(Tick(now_ms()))
         for action in self.core.handle(event):
             await self._execute(action)
@@ -207,6 +213,10 @@ class Node:
             except LedgerError as exc:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
                 return
+            if self.peer_backlog >= MAX_PEER_BACKLOG:
+                self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
+                return
+            self.peer_backlog += 1
             self.events.put_nowait(MessageReceived(peer, message))
         elif channel == RECORDS:
             try:
@@ -216,6 +226,9 @@ class Node:
                     raise ValueError("expected an array of bin")
             except Exception as exc:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
+                return
+            if len(self._tasks) >= MAX_GOSSIP_TASKS:
+                self.dropped_peer_messages += 1
                 return
             task = asyncio.ensure_future(self.submit(envelopes, gossip=False))
             self._tasks.add(task)
