@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -34,6 +35,11 @@ class NodeError(LedgerError):
         super().__init__(message)
         self.status = status
         self.problem_code = problem_code
+
+
+def _ssl(verify: str | bool) -> ssl.SSLContext | bool:
+    """httpx's verify: a CA file becomes a context trusting only it."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def _check(resp: httpx.Response, ok: tuple[int, ...] = (200,)) -> httpx.Response:
@@ -88,9 +94,11 @@ class LedgerClient(_Base):
     """A synchronous client for one node; safe to share between threads."""
 
     def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
-                 chain: str | None = None, timeout: float = 30.0) -> None:
+                 chain: str | None = None, timeout: float = 30.0,
+                 verify: str | bool = True) -> None:
+        """``verify``: True (system CAs), a CA file path (e.g. a cluster's tls/ca.pem)."""
         super().__init__(base_url, identity, chain)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, verify=_ssl(verify),
                                   limits=httpx.Limits(max_connections=16))
 
     def _get(self, path: str, **kw: Any) -> httpx.Response:
@@ -181,9 +189,11 @@ class AsyncLedgerClient(_Base):
     """The asyncio twin of ``LedgerClient``."""
 
     def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
-                 chain: str | None = None, timeout: float = 30.0) -> None:
+                 chain: str | None = None, timeout: float = 30.0,
+                 verify: str | bool = True) -> None:
         super().__init__(base_url, identity, chain)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                       verify=_ssl(verify))
 
     async def _get(self, path: str, **kw: Any) -> httpx.Response:
         try:

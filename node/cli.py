@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import ssl
 import sys
 import time
 from collections import deque
@@ -44,6 +45,17 @@ def _progress(total: int, quiet: bool):  # type: ignore[no-untyped-def]
 
     return tqdm(total=total, unit="block", disable=True if quiet else None,
                 file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def _ca(args: argparse.Namespace) -> str | bool:
+    """--ca, or LEDGER_CA, or the system's trust store."""
+    ca = getattr(args, "ca", None) or os.environ.get("LEDGER_CA")
+    return str(ca) if ca else True
+
+
+def _ssl_verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    ca = _ca(args)
+    return ssl.create_default_context(cafile=ca) if isinstance(ca, str) else True
 
 
 # -- keygen -------------------------------------------------------------------------------
@@ -111,7 +123,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes)
         source = str(args.db)
     else:
-        client = LedgerClient(args.node)
+        client = LedgerClient(args.node, verify=_ca(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
@@ -174,7 +186,7 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     """Write a new local cluster's folder."""
     from node.cluster import init_cluster
 
-    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id)
+    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls)
     print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and "
           f"{args.dir}/clients/demo.pem")
     for url in urls:
@@ -264,7 +276,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     key = read_key_file(args.identity, passphrase.encode() if passphrase else None)
     base = args.node.rstrip("/")
     try:
-        with httpx.Client(timeout=args.timeout + 10) as http:
+        with httpx.Client(timeout=args.timeout + 10, verify=_ssl_verify(args)) as http:
             chain = args.chain or http.get(f"{base}/v1/status").json()["chain"]
             record = Record.create(key, chain=chain, type=args.type, subject=args.subject,
                                    payload=payload, ts=time.time_ns() // 1_000_000,
@@ -323,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="processes checking signatures (default: one per core)")
     p.add_argument("--chunk", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)
 
@@ -347,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=4, help="validators (default 4)")
     p.add_argument("--base-port", type=int, default=8000, help="first API port (default 8000)")
     p.add_argument("--chain-id", default="demo", help="chain id (default demo)")
+    p.add_argument("--tls", action="store_true",
+                   help="make a cluster CA and node certificates: TLS on peer links and API")
     p.set_defaults(func=cmd_cluster_init)
     p = csub.add_parser("up", help="run every node of DIR in the foreground",
                         description="Run every node of DIR, prefixing each node's log lines; "
@@ -385,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.add_argument("--nonce", type=int, help="nonce (default: random)")
     p.add_argument("--chain", help="chain id (default: ask the node)")
+    p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.set_defaults(func=cmd_submit)
     return parser
 

@@ -14,6 +14,7 @@ from typing import IO
 
 from ledger.crypto import PrivateKey, write_key_file
 from ledger.errors import LedgerError
+from node.tls import make_ca, make_node_cert
 
 
 class ClusterError(LedgerError):
@@ -23,7 +24,7 @@ class ClusterError(LedgerError):
 
 
 def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
-                 chain_id: str = "demo") -> list[str]:
+                 chain_id: str = "demo", tls: bool = False) -> list[str]:
     """Write genesis.json, one folder per node (config and key) and a demo client key."""
     if nodes < 1:
         raise ClusterError("--nodes must be at least 1")
@@ -33,12 +34,14 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
         raise ClusterError(f"{directory} already holds a cluster (genesis.json exists)")
     directory.mkdir(parents=True, exist_ok=True)
     keys = [PrivateKey.generate() for _ in range(nodes)]
+    scheme = "https" if tls else "http"
     client = PrivateKey.generate()
     genesis = {
         "chain_id": chain_id,
         "validators": [
             {"name": f"node{i}", "pubkey": k.public.hex(), "power": 1,
-             "p2p": f"127.0.0.1:{base_port + 100 + i}", "api": f"http://127.0.0.1:{base_port + i}"}
+             "p2p": f"127.0.0.1:{base_port + 100 + i}",
+             "api": f"{scheme}://127.0.0.1:{base_port + i}"}
             for i, k in enumerate(keys)
         ],
         "organizations": [{"name": "demo-org", "members": [
@@ -50,6 +53,7 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
     (directory / "genesis.json").write_text(json.dumps(genesis, indent=2) + "\n")
     (directory / "clients").mkdir(exist_ok=True)
     write_key_file(directory / "clients" / "demo.pem", client)
+    ca = make_ca(directory / "tls", chain_id) if tls else None
     urls = []
     for i, key in enumerate(keys):
         node_dir = directory / f"node{i}"
@@ -61,8 +65,11 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
             "key": "node.pem", "store": "chain.db",
             "peers": {str(j): f"127.0.0.1:{base_port + 100 + j}" for j in range(nodes) if j != i},
         }
+        if ca is not None:
+            make_node_cert(node_dir, f"node{i}", *ca)
+            config["tls"] = {"ca": "../tls/ca.pem", "cert": "tls.crt", "key": "tls.key"}
         (node_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        urls.append(f"http://127.0.0.1:{base_port + i}")
+        urls.append(f"{scheme}://127.0.0.1:{base_port + i}")
     return urls
 
 
@@ -101,7 +108,8 @@ def run_cluster(directory: Path) -> int:
         procs.append((node_dir.name, proc))
         config = json.loads((node_dir / "config.json").read_text())
         with lock:
-            print(f"{node_dir.name}: API http://{config['api']}  (OpenAPI docs at /docs)",
+            scheme = "https" if config.get("tls") else "http"
+            print(f"{node_dir.name}: API {scheme}://{config['api']}  (OpenAPI docs at /docs)",
                   flush=True)
     with lock:
         print(f"cluster of {len(procs)} nodes running; genesis {directory / 'genesis.json'}; "

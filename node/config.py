@@ -55,6 +55,9 @@ class NodeConfig:
     max_batch: int = 10_000
     mempool_records: int = 100_000
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def signing_state_path(self) -> Path:
@@ -94,6 +97,10 @@ class NodeConfig:
                 max_batch=int(doc.get("max_batch", 10_000)),
                 mempool_records=int(doc.get("mempool_records", 100_000)),
             )
+            tls = doc.get("tls")
+            if tls:
+                cfg.tls_ca, cfg.tls_cert, cfg.tls_key = (d / tls["ca"], d / tls["cert"],
+                                                         d / tls["key"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: missing or invalid field ({exc})") from exc
         return cfg

@@ -52,6 +52,7 @@ from node.config import ConfigError, NodeConfig
 from node.faults import TestFaults
 from node.mempool import AdmitResult, Mempool, prevalidate
 from node.metrics import Metrics
+from node.tls import client_context, server_context
 
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
@@ -280,17 +281,26 @@ class Node:
                 from node.config import parse_address
 
                 peers[v.index] = parse_address(v.p2p, f"genesis validator {v.index} p2p")
-        self.transport = PeerNetwork(genesis=self.genesis, key=self.key, listen=self.config.p2p,
-                                     peers=peers, on_message=self.on_frame)
+        cfg = self.config
+        ssl_server = ssl_client = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None and cfg.tls_ca is not None:
+            ssl_server = server_context(cfg.tls_cert, cfg.tls_key)
+            ssl_client = client_context(cfg.tls_ca)
+        tls = ssl_server is not None
+        self.transport = PeerNetwork(genesis=self.genesis, key=self.key, listen=cfg.p2p,
+                                     peers=peers, on_message=self.on_frame,
+                                     ssl_server=ssl_server, ssl_client=ssl_client)
         await self.transport.start()
         app = create_app(self)
         host, port = self.config.api
-        server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                        access_log=False, lifespan="off"))
+        server = _Server(uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+            ssl_certfile=str(cfg.tls_cert) if tls else None,
+            ssl_keyfile=str(cfg.tls_key) if tls else None))
         tasks = [asyncio.create_task(self.consensus_loop(), name="consensus"),
                  asyncio.create_task(server.serve(), name="api")]
-        log.info("node %s (validator %d) serving http://%s:%d, peers on %s:%d", self.name,
-                 self.config.index, host, port, *self.config.p2p)
+        log.info("node %s (validator %d) serving %s://%s:%d, peers on %s:%d", self.name,
+                 self.config.index, "https" if tls else "http", host, port, *self.config.p2p)
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
