@@ -230,6 +230,7 @@ def create_app(node: Node) -> FastAPI:
             try:
                 heights = await asyncio.wait_for(asyncio.gather(*futures), timeout)
             except TimeoutError as exc:
+                node.forget_waiters(ids)
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
             by_id = dict(zip(ids, heights, strict=True))

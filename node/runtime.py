@@ -265,6 +265,15 @@ class Node:
             self.waiters.setdefault(record_id, []).append(fut)
         return fut
 
+    def forget_waiters(self, ids: Sequence[bytes]) -> None:
+        """Drop the finished (timed-out) futures of ``ids``."""
+        for rid in ids:
+            pending = [f for f in self.waiters.get(rid, []) if not f.done()]
+            if pending:
+                self.waiters[rid] = pending
+            else:
+                self.waiters.pop(rid, None)
+
     def connected_peers(self) -> list[int]:
         return list(self.transport.connected()) if self.transport is not None else []
 

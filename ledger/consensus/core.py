@@ -600,6 +600,8 @@ class ConsensusCore:
         """L51-L54: decide, then move to the next height after timeout_commit."""
         self._out.append(CommitBlock(block, last_cert))
         self.decisions[block.height] = block
+        if len(self.decisions) > 16:  # recent decisions only: memory stays bounded
+            del self.decisions[min(self.decisions)]
         next_height = block.height + 1
         synced = self.synced
         self._reset_height(next_height)
