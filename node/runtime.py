@@ -213,6 +213,7 @@ class Node:
                 message = decode_message(body)
             except LedgerError as exc:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
+                self.transport.disconnect(peer, "sent a malformed consensus message")
                 return
             if self.peer_backlog >= MAX_PEER_BACKLOG:
                 self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
@@ -227,6 +228,7 @@ class Node:
                     raise ValueError("expected an array of bin")
             except Exception as exc:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
+                self.transport.disconnect(peer, "sent malformed record gossip")
                 return
             if len(self._tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
@@ -236,6 +238,7 @@ class Node:
             task.add_done_callback(self._tasks.discard)
         else:
             log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
+            self.transport.disconnect(peer, f"sent a frame on unknown channel {channel}")
 
     # -- submission (API and gossip) ------------------------------------------------------
 

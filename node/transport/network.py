@@ -209,6 +209,16 @@ class PeerNetwork:
         self._enqueue(link, data)
         return True
 
+    def disconnect(self, peer: int, reason: str) -> None:
+        """Drop the link to ``peer`` (it broke the protocol above the framing); it may
+        reconnect later, after the usual backoff."""
+        link = self._links.get(peer)
+        if link is None:
+            return
+        self.stats["protocol_errors"] += 1
+        self.log.warning("%s: disconnecting %s: %s", self.me.name, _who(link.peer), reason)
+        link.writer.transport.abort()
+
     def connected(self) -> list[int]:
         """Validator indexes with a live authenticated link, ascending."""
         return sorted(i for i, link in self._links.items()

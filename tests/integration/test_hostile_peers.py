@@ -72,6 +72,7 @@ def test_floods_from_a_hostile_peer_are_dropped(tmp_path_factory: pytest.TempPat
         for i in range(3):
             assert c.procs[i].poll() is None, c.log(i)[-2000:]
             assert "dropped a malformed message from validator 3" in c.log(i)
+            assert "disconnecting validator 3" in c.log(i)
             assert "Traceback" not in c.log(i)
         rss_after = max(rss_mb(c.procs[i].pid) for i in range(3))
         assert rss_after < rss_before + 150, (rss_before, rss_after)
