@@ -14,6 +14,7 @@ fault schedule.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import signal
@@ -244,14 +245,16 @@ class Chaos:
         top = max(self.height(i) for i in range(c.nodes))
         for i in range(c.nodes):
             c.wait_height(i, top, timeout=30)
-        blocks = []
-        for h in range(1, top + 1):
-            versions = {httpx.get(f"{c.url(i)}/v1/blocks/{h}", timeout=10,
-                                  headers={"Accept": "application/msgpack"}).content
-                        for i in range(c.nodes)}
-            hashes = {Block.from_wire(v).hash for v in versions}
-            assert len(hashes) == 1, f"nodes hold different blocks at height {h}"
-            blocks.append(Block.from_wire(versions.pop()))
+        # Blocks are hash-linked: one block hash at the same height means one history.
+        tips = {Block.from_wire(httpx.get(f"{c.url(i)}/v1/blocks/{top}", timeout=10,
+                                          headers={"Accept": "application/msgpack"}).content).hash
+                for i in range(c.nodes)}
+        assert len(tips) == 1, f"nodes hold different blocks at height {top}"
+        with httpx.Client(timeout=10, headers={"Accept": "application/msgpack"}) as http:
+            blocks = [Block.from_wire(http.get(f"{c.url(0)}/v1/blocks/{h}").content)
+                      for h in range(1, top + 1)]
+        for prev, block in itertools.pairwise(blocks):
+            assert block.header.prev_hash == prev.hash, f"broken link at {block.height}"
         ids = [r.id.hex() for b in blocks for r in b.records]
         assert len(ids) == len(set(ids)), "a record is on the chain twice"
         missing = self.report.acked - set(ids)
