@@ -53,6 +53,7 @@ from node.faults import TestFaults
 from node.mempool import AdmitResult, Mempool, prevalidate
 from node.metrics import Metrics
 from node.tls import client_context, server_context
+from node.transport import PeerNetwork
 
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
@@ -112,18 +113,16 @@ class Node:
         self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self.subscribers: set[asyncio.Queue[int]] = set()
         self.admitted_at: dict[bytes, float] = {}
-        self.transport: Any = None
+        self.transport: PeerNetwork | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
         self.peer_backlog = 0  # peer messages queued for the core (bounded)
         self.dropped_peer_messages = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- consensus loop -------------------------------------------------------------------
 
     async def consensus_loop(self) -> None:
         """Feed events to the core, one at a time, executing its actions in order."""
-        self._loop = asyncio.get_running_loop()
         await self._handle(Start(now_ms()))
         while True:
             event = await self.events.get()
@@ -203,6 +202,10 @@ class Node:
             if not self.faults.blocked(peer):
                 self.transport.send(peer, frame)
 
+    def _disconnect(self, peer: int, reason: str) -> None:
+        if self.transport is not None:
+            self.transport.disconnect(peer, reason)
+
     def on_frame(self, peer: int, payload: bytes) -> None:
         """Called by the transport on the event loop for every frame from a peer."""
         if not payload or self.faults.blocked(peer):
@@ -213,7 +216,7 @@ class Node:
                 message = decode_message(body)
             except LedgerError as exc:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
-                self.transport.disconnect(peer, "sent a malformed consensus message")
+                self._disconnect(peer, "sent a malformed consensus message")
                 return
             if self.peer_backlog >= MAX_PEER_BACKLOG:
                 self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
@@ -228,7 +231,7 @@ class Node:
                     raise ValueError("expected an array of bin")
             except Exception as exc:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
-                self.transport.disconnect(peer, "sent malformed record gossip")
+                self._disconnect(peer, "sent malformed record gossip")
                 return
             if len(self._tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
@@ -238,7 +241,7 @@ class Node:
             task.add_done_callback(self._tasks.discard)
         else:
             log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
-            self.transport.disconnect(peer, f"sent a frame on unknown channel {channel}")
+            self._disconnect(peer, f"sent a frame on unknown channel {channel}")
 
     # -- submission (API and gossip) ------------------------------------------------------
 
@@ -278,14 +281,13 @@ class Node:
                 self.waiters.pop(rid, None)
 
     def connected_peers(self) -> list[int]:
-        return list(self.transport.connected()) if self.transport is not None else []
+        return self.transport.connected() if self.transport is not None else []
 
     # -- running ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run transport, consensus and the API until ``stop`` is set."""
         from node.api import create_app
-        from node.transport import PeerNetwork
 
         peers = {i: a for i, a in self.config.peers.items() if i != self.config.index}
         for v in self.genesis.validators:
