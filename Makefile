@@ -28,6 +28,7 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.audit_bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench.cluster_bench $(CLUSTER_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

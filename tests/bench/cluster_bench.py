@@ -1,0 +1,193 @@
+"""`make bench`: a local cluster against the signature-verification bound.
+
+Starts an N-node cluster, pre-signs R records (~150-byte payloads), measures one core's
+PyNaCl verify rate v, then reports: light-load submit->commit latency (one record in flight),
+saturated throughput with C concurrent clients sending batches with wait=commit (and its
+latency p50/p99), `ledger audit` records/s, peak RSS per node and store bytes per record.
+Each figure is printed beside its bound: throughput / (cores x v / nodes), audit / (cores x v).
+Writes bench-results/cluster_bench.json and a PNG of throughput and latency over the run.
+
+    python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 500] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from ledger.crypto import read_key_file
+from ledger.encoding import packb
+from ledger.genesis import Genesis
+from ledger.records import Record
+from tests.bench.audit_bench import verify_rate
+from tests.integration.cluster_util import ROOT, Cluster
+
+CONSENSUS = {"create_empty_blocks": False, "max_block_records": 10_000,
+             "timeout_commit_ms": 20}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--records", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--light", type=int, default=50, help="single-record submissions")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c = Cluster.create(Path(tmp), nodes=args.nodes, consensus=CONSENSUS)
+        c.start_all()
+        try:
+            genesis = Genesis.load(c.dir / "genesis.json")
+            key = read_key_file(c.dir / "clients" / "demo.pem")
+            v = verify_rate()
+            now = time.time_ns() // 1_000_000
+            pad = "x" * 110
+            print(f"pre-signing {args.records + args.light} records ...", flush=True)
+            records = [Record.create(key, chain=genesis.chain_id, type="sensor.reading",
+                                     subject=f"plant-{i % 20}/line-{i % 3}/temp",
+                                     payload={"v": i * 0.1, "unit": "C", "note": pad},
+                                     ts=now, nonce=i)
+                       for i in range(args.records + args.light)]
+            envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
+
+            # Light load: one record in flight.
+            light = []
+            with httpx.Client(timeout=60) as http:
+                for r in records[args.records:]:
+                    t0 = time.perf_counter()
+                    resp = http.post(f"{c.url(0)}/v1/records", content=packb([r.envelope]),
+                                     params={"wait": "commit", "timeout": "30"},
+                                     headers={"Content-Type": "application/msgpack"})
+                    resp.raise_for_status()
+                    light.append(time.perf_counter() - t0)
+
+            # Saturation: clients send batches with wait=commit.
+            batches = [records[i:i + args.batch] for i in range(0, args.records, args.batch)]
+            lock = threading.Lock()
+            timeline: list[tuple[float, int, float]] = []  # (commit time, records, latency)
+            errors = [0]
+
+            def client(k: int) -> None:
+                with httpx.Client(timeout=300) as http:
+                    for j in range(k, len(batches), args.clients):
+                        body = packb([r.envelope for r in batches[j]])
+                        t0 = time.perf_counter()
+                        resp = http.post(f"{c.url(j % args.nodes)}/v1/records", content=body,
+                                         params={"wait": "commit", "timeout": "240"},
+                                         headers={"Content-Type": "application/msgpack"})
+                        t1 = time.perf_counter()
+                        if resp.status_code != 202:
+                            errors[0] += 1
+                            continue
+                        done = sum(1 for x in resp.json()["results"] if "height" in x)
+                        with lock:
+                            timeline.append((t1, done, t1 - t0))
+
+            start = time.perf_counter()
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - start
+            committed = sum(n for _, n, _ in timeline)
+            throughput = committed / elapsed
+            sat = [lat for _, _, lat in timeline]
+
+            audit = subprocess.run(
+                [sys.executable, "-m", "node.cli", "audit", "--node", c.url(1), "--genesis",
+                 str(c.dir / "genesis.json"), "-q"], cwd=ROOT, capture_output=True, text=True)
+            m = re.search(r"(\d+) records verified in ([\d.]+) s", audit.stdout)
+            audit_rate = int(m.group(1)) / float(m.group(2)) if m else 0.0
+            rss = [peak_rss_mb(c.procs[i].pid) for i in range(args.nodes)]
+            store = [sum(p.stat().st_size for p in (c.dir / f"node{i}").glob("chain.db*"))
+                     for i in range(args.nodes)]
+            total_records = committed + args.light
+        finally:
+            c.stop_all()
+
+    bound = cores * v / args.nodes
+    report = {
+        "nodes": args.nodes, "cores": cores, "records": args.records, "batch": args.batch,
+        "clients": args.clients, "verify_rate_one_core": v,
+        "throughput_records_per_s": throughput, "throughput_bound": bound,
+        "throughput_of_bound": throughput / bound, "errors": errors[0],
+        "light_p50_ms": statistics.median(light) * 1000,
+        "light_p99_ms": percentile(light, 99) * 1000,
+        "saturation_p50_ms": statistics.median(sat) * 1000 if sat else 0.0,
+        "saturation_p99_ms": percentile(sat, 99) * 1000,
+        "audit_records_per_s": audit_rate, "audit_of_bound": audit_rate / (cores * v),
+        "peak_rss_mb": rss, "store_bytes_per_record": max(store) / total_records,
+        "envelope_bytes": envelope_bytes,
+    }
+    print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
+    print(f"throughput:                       {throughput:10,.0f} records/s = "
+          f"{report['throughput_of_bound']:.2f} of C x v / n = {bound:,.0f}")
+    print(f"latency, light load:              p50 {report['light_p50_ms']:.1f} ms, "
+          f"p99 {report['light_p99_ms']:.1f} ms")
+    print(f"latency, saturation (per batch):  p50 {report['saturation_p50_ms']:.0f} ms, "
+          f"p99 {report['saturation_p99_ms']:.0f} ms")
+    print(f"ledger audit:                     {audit_rate:10,.0f} records/s = "
+          f"{report['audit_of_bound']:.2f} of C x v")
+    print(f"peak RSS per node:                {', '.join(f'{x:.0f}' for x in rss)} MB")
+    print(f"store bytes per record:           {report['store_bytes_per_record']:.0f} "
+          f"(envelope {envelope_bytes:.0f})")
+    (args.out / "cluster_bench.json").write_text(json.dumps(report, indent=2))
+    plot(timeline, start, args.out / "cluster_bench.png")
+    print(f"results: {args.out / 'cluster_bench.json'}, {args.out / 'cluster_bench.png'}")
+
+
+def plot(timeline: list[tuple[float, int, float]], start: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline.sort()
+    times = [t - start for t, _, _ in timeline]
+    cumulative, total = [], 0
+    for _, n, _ in timeline:
+        total += n
+        cumulative.append(total)
+    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    a.plot(times, cumulative)
+    a.set_ylabel("records committed")
+    a.set_title("ledger cluster benchmark")
+    b.plot(times, [lat * 1000 for _, _, lat in timeline], ".", markersize=3)
+    b.set_ylabel("batch submit->commit (ms)")
+    b.set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
