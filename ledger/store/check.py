@@ -8,8 +8,6 @@ roots, policy — is ``ledger.audit``.) Problems raise ``CorruptStoreError`` nam
 
 from __future__ import annotations
 
-import sqlite3
-
 from ledger.blocks import Block
 from ledger.errors import CorruptStoreError, LedgerError
 from ledger.genesis import Genesis
@@ -55,17 +53,12 @@ def check_recent(store: SqliteStore, genesis: Genesis, depth: int = 16) -> None:
 
 def check_indexes(store: SqliteStore, start: int = 1) -> None:
     """Every record row from height ``start`` agrees with its envelope and its block."""
-    db: sqlite3.Connection = store._db  # the store's own connection (same package)
-    (count,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+    count = store.stored_record_count()
     if count != store.log.size:
         raise CorruptStoreError(f"{count} record rows but the log holds {store.log.size}",
                                 store.height)
-    for height, first_seq, n in db.execute(
-            "SELECT height, first_seq, record_count FROM blocks WHERE height >= ? "
-            "ORDER BY height", (start,)).fetchall():
-        rows = db.execute(
-            "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
-            "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + n)).fetchall()
+    for height, first_seq, n in store.block_rows(start):
+        rows = store.record_rows(first_seq, n)
         if len(rows) != n:
             raise CorruptStoreError(f"{n - len(rows)} record rows are missing", height)
         for i, (seq, rid, h, idx, signer, nonce, subject, envelope) in enumerate(rows):

@@ -23,6 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate, Header
@@ -310,6 +311,26 @@ class SqliteStore:
                 "SELECT height, record_count FROM blocks WHERE height >= ? ORDER BY height",
                 (start,),
             ))
+
+    def block_rows(self, start: int = 1) -> list[tuple[int, int, int]]:
+        """(height, first log index, record count) of every block from ``start``."""
+        with self._lock:
+            return list(self._db.execute(
+                "SELECT height, first_seq, record_count FROM blocks WHERE height >= ? "
+                "ORDER BY height", (start,)))
+
+    def record_rows(self, first_seq: int, count: int) -> list[tuple[Any, ...]]:
+        """Raw index rows (seq, id, height, idx, signer, nonce, subject, envelope)."""
+        with self._lock:
+            return list(self._db.execute(
+                "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
+                "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + count)))
+
+    def stored_record_count(self) -> int:
+        """Rows in the records table (should equal the log size)."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM records").fetchone()
+        return int(count)
 
     def record_count(self) -> int:
         """Records committed so far (the log size)."""
