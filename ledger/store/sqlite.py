@@ -306,11 +306,7 @@ class SqliteStore:
 
     def block_sizes(self, start: int = 1) -> list[tuple[int, int]]:
         """(height, record count) of every block from ``start``, in order."""
-        with self._lock:
-            return list(self._db.execute(
-                "SELECT height, record_count FROM blocks WHERE height >= ? ORDER BY height",
-                (start,),
-            ))
+        return [(height, count) for height, _, count in self.block_rows(start)]
 
     def block_rows(self, start: int = 1) -> list[tuple[int, int, int]]:
         """(height, first log index, record count) of every block from ``start``."""
