@@ -35,7 +35,7 @@ from ledger.encoding import (
 )
 from ledger.errors import BlockError, CertificateError
 from ledger.genesis import ValidatorSet
-from ledger.records import Record
+from ledger.records import KnownRecords, Record, records_from_obj
 
 HEADER_VERSION = 1
 PREVOTE = 1
@@ -262,18 +262,15 @@ class Block:
         return self.header.hash
 
     @classmethod
-    def from_wire(cls, data: bytes) -> Block:
-        """Decode block bytes strictly: shape and canonical encoding, no signature checks."""
+    def from_wire(cls, data: bytes, known: KnownRecords | None = None) -> Block:
+        """Decode block bytes strictly: shape and canonical encoding, no signature checks
+        (``known``: see ``records_from_obj``)."""
         w = "block"
         obj = unpack_exact(data, w)
         require_canonical(data, obj, w)
         items = expect_array(obj, w, 3)
         header = Header.from_obj(items[0])
-        envelopes = expect_array(items[1], f"{w}.records")
-        records = tuple(
-            Record.from_wire(expect_bytes(e, f"{w}.records[{i}]"))
-            for i, e in enumerate(envelopes)
-        )
+        records = records_from_obj(items[1], f"{w}.records", known)
         return cls(header, records, Certificate.from_obj(items[2]))
 
     def leaf_hashes(self) -> list[bytes]:

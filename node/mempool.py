@@ -1,15 +1,18 @@
 """The mempool: admission checks, a verified-signature cache, bounds, and reaping.
 
-Admission is split so signature checks can run off the event loop:
-``prevalidate`` (pure: decode, chain, signature, authorisation; safe in a worker thread)
-then ``admit`` (state: duplicates against the mempool and the store, clock skew, bounds;
-on the event loop). A record's signature is verified once per node: the cache answers
-consensus' block validation for every record admitted here.
+Admission is split so signature checks can run off the event loop: ``Mempool.precheck``
+(in a worker thread: decode, then chain, signature and authorisation for every record the
+node does not already hold or have committed) then ``Mempool.admit`` (on the event loop:
+duplicates against the mempool and the store, clock skew, bounds). A record's signature is
+verified once per node: the cache answers consensus' block validation for every record
+admitted here, and admission for every record a proposal brought first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
-from ledger.validation import check_record
+from ledger.validation import Verifier, check_record
 
 
 class MempoolFull(Exception):
@@ -44,6 +47,7 @@ class VerifiedCache:
     def __init__(self, limit: int = 500_000) -> None:
         self.limit = limit
         self._seen: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()  # worker threads verify batches concurrently
         self.hits = 0
 
     def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -51,7 +55,7 @@ class VerifiedCache:
         key = public_key + signature
         digest = hashlib.sha256(message).digest()
         if self._seen.get(key) == digest:
-            self.hits += 1
+            self.hits += 1  # not exact under threads; a statistic only
             return True
         if not is_valid_signature(public_key, message, signature):
             return False
@@ -59,26 +63,57 @@ class VerifiedCache:
         return True
 
     def add(self, key: bytes, digest: bytes) -> None:
-        self._seen[key] = digest
-        if len(self._seen) > self.limit:
-            self._seen.popitem(last=False)
+        with self._lock:
+            self._seen[key] = digest
+            if len(self._seen) > self.limit:
+                self._seen.popitem(last=False)
 
     def remember(self, record: Record) -> None:
         """Note that ``record``'s signature verified (done in a worker thread)."""
         self.add(record.body.signer + record.sig, hashlib.sha256(record.sign_bytes()).digest())
 
+    def forget(self, record: Record) -> None:
+        """``record`` left the mempool: its block has been validated and committed."""
+        with self._lock:
+            self._seen.pop(record.body.signer + record.sig, None)
 
-def prevalidate(genesis: Genesis, envelope: bytes) -> AdmitResult:
-    """Stateless admission checks; safe to run in any thread."""
+
+def decode(envelope: bytes) -> AdmitResult:
+    """Decode one envelope: a candidate ("accepted" so far) or rejected as malformed."""
     try:
         record = Record.from_wire(envelope)
     except DecodeError as exc:
         return AdmitResult(None, "rejected", exc.code, str(exc))
+    return AdmitResult(record.id, "accepted", record=record)
+
+
+def check(genesis: Genesis, candidate: AdmitResult,
+          verify: Verifier = is_valid_signature) -> AdmitResult:
+    """Chain, signature and authorisation of a decoded candidate."""
+    record = candidate.record
+    if record is None:
+        return candidate
     try:
-        check_record(genesis, record)
+        check_record(genesis, record, verify)
     except LedgerError as exc:
         return AdmitResult(record.id, "rejected", exc.code, str(exc))
-    return AdmitResult(record.id, "accepted", record=record)
+    return candidate
+
+
+def prevalidate(genesis: Genesis, envelope: bytes) -> AdmitResult:
+    """Stateless admission checks of one envelope; safe to run in any thread."""
+    return check(genesis, decode(envelope))
+
+
+@dataclass(frozen=True, slots=True)
+class Prechecked:
+    """``Mempool.precheck``'s answer: per-envelope results, and the store height its
+    duplicate checks saw (``admit`` repeats them only if a block committed since)."""
+
+    results: list[AdmitResult]
+    store_height: int
+    seen_ids: set[bytes]
+    seen_pairs: set[tuple[bytes, int]]
 
 
 class Mempool:
@@ -91,8 +126,10 @@ class Mempool:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.max_skew_ms = max_skew_ms
-        self.cache = VerifiedCache()
+        # Pending records' signatures, and recent votes' (LRU): memory stays bounded.
+        self.cache = VerifiedCache(limit=max_records + 50_000)
         self.pending: OrderedDict[bytes, Record] = OrderedDict()
+        self.by_envelope: dict[bytes, Record] = {}  # the same records, by envelope bytes
         self.nonces: set[tuple[bytes, int]] = set()
         self.bytes = 0
 
@@ -107,13 +144,37 @@ class Mempool:
         """True when no more records fit."""
         return len(self.pending) >= self.max_records or self.bytes >= self.max_bytes
 
-    def admit(self, checked: Sequence[AdmitResult], now_ms: int) -> list[AdmitResult]:
-        """Stateful checks for prevalidated records; add the good ones, in input order."""
-        candidates = [c.record for c in checked if c.record is not None]
-        seen_ids = self.store.seen_ids([r.id for r in candidates])
-        seen_pairs = self.store.seen_nonces([(r.body.signer, r.body.nonce) for r in candidates])
+    def precheck(self, envelopes: Sequence[bytes]) -> Prechecked:
+        """Decode a batch, then check chain, signature and authorisation of each record this
+        node neither holds nor has committed (those are duplicates): a record that reached
+        this node first in a proposal, or from two peers, is not verified twice. Runs in a
+        worker thread; only reads the mempool (``admit``, on the event loop, decides)."""
+        looked_up = self._look_up([decode(e) for e in envelopes])
+        results = [c if c.record is None else
+                   AdmitResult(c.id, "duplicate")
+                   if c.record.id in looked_up.seen_ids or c.record.id in self.pending else
+                   check(self.genesis, c, self.cache.verify) for c in looked_up.results]
+        return dataclasses.replace(looked_up, results=results)
+
+    def _look_up(self, results: list[AdmitResult]) -> Prechecked:
+        """Which of the candidates' ids and (signer, nonce) pairs the store holds."""
+        candidates = [c.record for c in results if c.record is not None]
+        height = self.store.height  # read before the queries: a commit after it shows
+        return Prechecked(
+            results, height, self.store.seen_ids([r.id for r in candidates]),
+            self.store.seen_nonces([(r.body.signer, r.body.nonce) for r in candidates]))
+
+    def admit(self, checked: Sequence[AdmitResult] | Prechecked, now_ms: int,
+              ) -> list[AdmitResult]:
+        """Stateful checks for checked records; add the good ones, in input order. The
+        store is asked again only if a block committed since ``precheck`` asked it."""
+        if not isinstance(checked, Prechecked):
+            checked = self._look_up(list(checked))
+        elif checked.store_height != self.store.height:
+            checked = self._look_up(checked.results)
+        seen_ids, seen_pairs = checked.seen_ids, checked.seen_pairs
         out = []
-        for c in checked:
+        for c in checked.results:
             r = c.record
             if r is None:
                 out.append(c)
@@ -133,11 +194,17 @@ class Mempool:
                 raise MempoolFull(f"mempool holds {len(self.pending)} records")
             else:
                 self.pending[r.id] = r
+                self.by_envelope[r.envelope] = r
                 self.nonces.add(pair)
                 self.bytes += len(r.envelope)
                 self.cache.remember(r)
                 out.append(AdmitResult(r.id, "accepted", record=r))
         return out
+
+    def known(self, envelope: bytes) -> Record | None:
+        """The pending record decoded from exactly these envelope bytes, if any (spares
+        decoding a proposal's records again)."""
+        return self.by_envelope.get(envelope)
 
     def get(self, record_id: bytes) -> Record | None:
         """A pending record by id."""
@@ -159,6 +226,7 @@ class Mempool:
         pairs = {(r.body.signer, r.body.nonce) for r in block.records}
         for r in block.records:
             self._drop(r.id)
+            self.cache.forget(r)  # also those this node first saw in a proposal
         if pairs & self.nonces:
             for rid in [i for i, r in self.pending.items()
                         if (r.body.signer, r.body.nonce) in pairs]:
@@ -167,6 +235,8 @@ class Mempool:
     def _drop(self, record_id: bytes) -> None:
         r = self.pending.pop(record_id, None)
         if r is not None:
+            del self.by_envelope[r.envelope]
+            self.cache.forget(r)
             self.nonces.discard((r.body.signer, r.body.nonce))
             self.bytes -= len(r.envelope)
 

@@ -25,12 +25,15 @@ import uvicorn
 from ledger.blocks import Block
 from ledger.consensus import (
     Action,
+    BlockResponse,
     Broadcast,
     CommitBlock,
     ConsensusCore,
     Event,
+    Message,
     MessageReceived,
     PersistState,
+    Proposal,
     RecordEvidence,
     RecordsAvailable,
     ScheduleTimeout,
@@ -46,11 +49,12 @@ from ledger.crypto import read_key_file
 from ledger.encoding import packb
 from ledger.errors import LedgerError
 from ledger.genesis import Genesis
+from ledger.records import Record
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig
 from node.faults import TestFaults
-from node.mempool import AdmitResult, Mempool, prevalidate
+from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
@@ -213,7 +217,7 @@ class Node:
         channel, body = payload[0], payload[1:]
         if channel == CONSENSUS:
             try:
-                message = decode_message(body)
+                message = decode_message(body, self.mempool.known)
             except LedgerError as exc:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
                 self._disconnect(peer, "sent a malformed consensus message")
@@ -222,7 +226,14 @@ class Node:
                 self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
                 return
             self.peer_backlog += 1
-            self.events.put_nowait(MessageReceived(peer, message))
+            unverified = self._unverified_records(message)
+            if unverified:
+                verifying = asyncio.ensure_future(
+                    self._verify_then_queue(peer, message, unverified))
+                self._tasks.add(verifying)
+                verifying.add_done_callback(self._tasks.discard)
+            else:
+                self.events.put_nowait(MessageReceived(peer, message))
         elif channel == RECORDS:
             try:
                 envelopes = msgpack.unpackb(body, raw=False)
@@ -243,12 +254,34 @@ class Node:
             log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
             self._disconnect(peer, f"sent a frame on unknown channel {channel}")
 
+    def _unverified_records(self, message: Message) -> list[Record]:
+        """Records of a proposal or synced block for a height still to decide that this
+        node has not admitted (so their signatures are not in the verified cache)."""
+        if isinstance(message, Proposal):
+            height, records = message.height, message.records
+        elif isinstance(message, BlockResponse):
+            height, records = message.block.height, message.block.records
+        else:
+            return []
+        if height < self.core.height:
+            return []
+        pending = self.mempool.pending
+        return [r for r in records if r.id not in pending]
+
+    async def _verify_then_queue(self, peer: int, message: Message,
+                                 records: list[Record]) -> None:
+        """Verify signatures in a worker thread, filling the cache block validation asks,
+        so the consensus loop never waits on them; then hand the message to the core."""
+        verify = self.mempool.verify
+        await asyncio.to_thread(
+            lambda: [verify(r.body.signer, r.sign_bytes(), r.sig) for r in records])
+        self.events.put_nowait(MessageReceived(peer, message))
+
     # -- submission (API and gossip) ------------------------------------------------------
 
     async def submit(self, envelopes: Sequence[bytes], *, gossip: bool = True) -> list[AdmitResult]:
         """Admit a batch: signature checks in a worker thread, state checks here."""
-        checked = await asyncio.to_thread(
-            lambda: [prevalidate(self.genesis, e) for e in envelopes])
+        checked = await asyncio.to_thread(self.mempool.precheck, envelopes)
         results = self.mempool.admit(checked, now_ms())
         accepted = [r.record for r in results if r.status == "accepted" and r.record]
         if accepted:

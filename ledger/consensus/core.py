@@ -137,6 +137,7 @@ class ConsensusCore:
         self.evidence: list[tuple[SignedVote | Proposal, SignedVote | Proposal]] = []
         self.decisions: dict[int, Block] = {}
         self.synced_commits = 0  # heights decided by block sync rather than by voting
+        self.behind_since: dict[int, int] = {}  # validator -> when it was first heard behind
         self._out: list[Action] = []
         self.future: list[tuple[int, Message]] = []  # messages for later heights, bounded
         self._resume_round: int | None = None
@@ -165,8 +166,15 @@ class ConsensusCore:
         self.cert_validity: dict[Certificate, bool] = {}
         self.own: dict[tuple[int, int], Proposal | SignedVote] = {}
         self.sync_asked: dict[int, int] = {}
-        self.sync_served: dict[int, int] = {}
         self.synced: dict[int, BlockResponse] = {}
+
+    def _committed(self, height: int) -> Block | None:
+        """A committed block as the store holds it, recent ones without reading the store
+        (``decisions`` gets the canonical certificate of the block below, as the store
+        does on each commit)."""
+        if not 1 <= height <= self.chain.height:
+            return None
+        return self.decisions.get(height) or self.chain.block(height)
 
     # -- the entry point ----------------------------------------------------------------
 
@@ -238,7 +246,7 @@ class ConsensusCore:
                               self.valid.last_cert)
             else:
                 header, records = self._get_value()
-                tip = self.chain.block(self.chain.height)
+                tip = self._committed(self.chain.height)
                 self._propose(header, records, -1, tip.cert if tip is not None else None)
         else:
             # L21: schedule OnTimeoutPropose(h_p, round_p) after timeoutPropose(round_p)
@@ -251,7 +259,7 @@ class ConsensusCore:
         """A new block from the mempool, on top of the committed chain."""
         records = self._fresh_records(self.mempool.reap(self.config.max_block_records,
                                                         self.config.max_block_bytes))
-        tip = self.chain.block(self.chain.height)
+        tip = self._committed(self.chain.height)
         prev_time = tip.header.time_ms if tip else -1
         header = build_header(
             chain=self.genesis.chain_id, height=self.height,
@@ -338,14 +346,18 @@ class ConsensusCore:
             return
         height = _height_of(msg)
         if height < self.height:
-            # The sender is behind (its messages are for a height we decided): send it the
-            # committed blocks it lacks, at most once per sync_retry_ms. An idle chain sends
-            # nothing else that would tell it.
-            last = self.sync_served.get(sender)
-            if last is None or self.now_ms - last >= self.config.sync_retry_ms:
-                self.sync_served[sender] = self.now_ms
+            # The sender may be behind (its message is for a height we decided). A late vote
+            # from a peer that is keeping up looks the same, and sending it whole blocks it
+            # is about to commit costs both sides: serve only a sender that has stayed
+            # behind for sync_retry_ms (nothing heard from it at our height meanwhile), then
+            # at most once per sync_retry_ms. An idle chain sends nothing else that would
+            # tell it.
+            since = self.behind_since.setdefault(sender, self.now_ms)
+            if self.now_ms - since >= self.config.sync_retry_ms:
+                self.behind_since[sender] = self.now_ms
                 self._serve_blocks(sender, height)
             return
+        self.behind_since.pop(sender, None)
         if height > self.height:
             self._ask_for_blocks(sender)
             if height == self.height + 1 and len(self.future) < self.config.max_future_messages:
@@ -437,7 +449,7 @@ class ConsensusCore:
             return False
         if h.prev_hash != (self.chain.tip_hash() or self.genesis.hash):
             return False
-        tip = self.chain.block(self.chain.height)
+        tip = self._committed(self.chain.height)
         if tip is not None and h.time_ms <= tip.header.time_ms:
             return False
         if len(records) > self.config.max_block_records or h.record_count != len(records):
@@ -600,6 +612,9 @@ class ConsensusCore:
         """L51-L54: decide, then move to the next height after timeout_commit."""
         self._out.append(CommitBlock(block, last_cert))
         self.decisions[block.height] = block
+        below = self.decisions.get(block.height - 1)
+        if last_cert is not None and below is not None:
+            self.decisions[below.height] = Block(below.header, below.records, last_cert)
         if len(self.decisions) > 16:  # recent decisions only: memory stays bounded
             del self.decisions[min(self.decisions)]
         next_height = block.height + 1
@@ -620,9 +635,9 @@ class ConsensusCore:
         self._out.append(SendTo(peer, BlockRequest(self.height)))
 
     def _serve_blocks(self, peer: int, start: int) -> None:
-        previous = self.chain.block(start - 1) if start > 1 else None
+        previous = self._committed(start - 1)
         for height in range(start, min(start + self.config.sync_batch, self.chain.height + 1)):
-            block = self.chain.block(height)
+            block = self._committed(height)
             if block is None:
                 return
             last_cert = previous.cert if previous is not None else None

@@ -22,7 +22,7 @@ from ledger.encoding import (
     require_canonical,
     unpack_exact,
 )
-from ledger.records import Record
+from ledger.records import KnownRecords, Record, records_from_obj
 
 PROPOSAL_TAG = b"ledger.proposal.v1\x00"
 MAX_ROUND = 2**32 - 1
@@ -110,8 +110,9 @@ class Proposal:
                 None if self.last_cert is None else self.last_cert.to_obj()]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Proposal:
-        """Decode from ``to_obj``'s shape (strict; signatures are not checked here)."""
+    def from_obj(cls, obj: Any, known: KnownRecords | None = None) -> Proposal:
+        """Decode from ``to_obj``'s shape (strict; signatures are not checked here;
+        ``known``: see ``records_from_obj``)."""
         w = "proposal"
         items = expect_array(obj, w, 9)
         chain = items[0]
@@ -125,10 +126,7 @@ class Proposal:
         header = Header.from_obj(items[4])
         if header.height != height:
             fail(f"{w}.header", f"is for height {header.height}, proposal for {height}")
-        records = tuple(
-            Record.from_wire(expect_bytes(e, f"{w}.records[{i}]"))
-            for i, e in enumerate(expect_array(items[5], f"{w}.records"))
-        )
+        records = records_from_obj(items[5], f"{w}.records", known)
         last_cert = None if items[8] is None else Certificate.from_obj(items[8])
         return cls(chain, height, round_, pol_round, header, records,
                    expect_int(items[6], f"{w}.proposer", hi=2**16),
@@ -169,19 +167,21 @@ def encode_message(msg: Message) -> bytes:
     return packb([_KINDS[type(msg)], payload])
 
 
-def decode_message(data: bytes) -> Message:
-    """Decode a frame body strictly; DecodeError names what is wrong."""
+def decode_message(data: bytes, known: KnownRecords | None = None) -> Message:
+    """Decode a frame body strictly; DecodeError names what is wrong. ``known`` looks up
+    records already decoded from the same envelope bytes (see ``records_from_obj``)."""
     obj = unpack_exact(data, "message")
     require_canonical(data, obj, "message")
     kind, payload = expect_array(obj, "message", 2)
     if kind == 1:
-        return Proposal.from_obj(payload)
+        return Proposal.from_obj(payload, known)
     if kind == 2:
         return SignedVote.from_obj(payload)
     if kind == 3:
         return BlockRequest(expect_int(payload, "block request.height", lo=1))
     if kind == 4:
         block_bytes, last_cert = expect_array(payload, "block response", 2)
-        return BlockResponse(Block.from_wire(expect_bytes(block_bytes, "block response.block")),
+        return BlockResponse(Block.from_wire(expect_bytes(block_bytes, "block response.block"),
+                                             known),
                              None if last_cert is None else Certificate.from_obj(last_cert))
     fail("message", f"unknown kind {kind!r}")

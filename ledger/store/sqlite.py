@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS log_nodes (
 """
 
 
+_IN_CHUNK = 500  # values bound in one "IN (...)" query (SQLite allows 32766)
+
+
 def to_signed64(nonce: int) -> int:
     """Map an unsigned 64-bit nonce onto SQLite's signed integers (and back, below)."""
     return nonce - 2**64 if nonce >= 2**63 else nonce
@@ -251,24 +254,31 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` are already committed."""
+        """Which of ``ids`` are already committed (one indexed query per 500 ids)."""
         found: set[bytes] = set()
+        wanted = list(ids)
         with self._lock:
-            for rid in ids:
-                if self._db.execute("SELECT 1 FROM records WHERE id = ?", (rid,)).fetchone():
-                    found.add(rid)
+            for i in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[i:i + _IN_CHUNK]
+                found.update(bytes(rid) for (rid,) in self._db.execute(
+                    f"SELECT id FROM records WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk))
         return found
 
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
-        """Which (signer, nonce) pairs are already committed."""
+        """Which (signer, nonce) pairs are already committed (one indexed query per signer
+        and 500 nonces)."""
+        by_signer: dict[bytes, list[int]] = {}
+        for signer, nonce in pairs:
+            by_signer.setdefault(signer, []).append(to_signed64(nonce))
         found: set[tuple[bytes, int]] = set()
         with self._lock:
-            for signer, nonce in pairs:
-                if self._db.execute(
-                    "SELECT 1 FROM records WHERE signer = ? AND nonce = ?",
-                    (signer, to_signed64(nonce)),
-                ).fetchone():
-                    found.add((signer, nonce))
+            for signer, nonces in by_signer.items():
+                for i in range(0, len(nonces), _IN_CHUNK):
+                    chunk = nonces[i:i + _IN_CHUNK]
+                    found.update((signer, from_signed64(n)) for (n,) in self._db.execute(
+                        "SELECT nonce FROM records WHERE signer = ? AND nonce IN "
+                        f"({','.join('?' * len(chunk))})", [signer, *chunk]))
         return found
 
     def subject_history(self, subject: str, after_seq: int = -1,

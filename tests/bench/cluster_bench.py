@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,13 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -58,6 +66,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--light", type=int, default=50, help="single-record submissions")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy every node during the saturation phase "
+                             "(collapsed stacks in OUT/profile-node{i}.txt)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -112,6 +123,8 @@ def main() -> None:
                         with lock:
                             timeline.append((t1, done, t1 - t0))
 
+            spies = start_profilers(c, args.out) if args.profile else []
+            cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
             start = time.perf_counter()
             threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
             for t in threads:
@@ -119,6 +132,9 @@ def main() -> None:
             for t in threads:
                 t.join()
             elapsed = time.perf_counter() - start
+            cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
+                                                                   strict=True))
+            stop_profilers(spies)
             committed = sum(n for _, n, _ in timeline)
             throughput = committed / elapsed
             sat = [lat for _, _, lat in timeline]
@@ -141,6 +157,7 @@ def main() -> None:
         "clients": args.clients, "verify_rate_one_core": v,
         "throughput_records_per_s": throughput, "throughput_bound": bound,
         "throughput_of_bound": throughput / bound, "errors": errors[0],
+        "node_cpu_us_per_record": cpu_used / max(committed, 1) / args.nodes * 1e6,
         "light_p50_ms": statistics.median(light) * 1000,
         "light_p99_ms": percentile(light, 99) * 1000,
         "saturation_p50_ms": statistics.median(sat) * 1000 if sat else 0.0,
@@ -152,6 +169,8 @@ def main() -> None:
     print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
     print(f"throughput:                       {throughput:10,.0f} records/s = "
           f"{report['throughput_of_bound']:.2f} of C x v / n = {bound:,.0f}")
+    print(f"node CPU per record per node:     {report['node_cpu_us_per_record']:10,.0f} us "
+          f"(one signature check: {1e6 / v:.0f} us)")
     print(f"latency, light load:              p50 {report['light_p50_ms']:.1f} ms, "
           f"p99 {report['light_p99_ms']:.1f} ms")
     print(f"latency, saturation (per batch):  p50 {report['saturation_p50_ms']:.0f} ms, "
@@ -164,6 +183,23 @@ def main() -> None:
     (args.out / "cluster_bench.json").write_text(json.dumps(report, indent=2))
     plot(timeline, start, args.out / "cluster_bench.png")
     print(f"results: {args.out / 'cluster_bench.json'}, {args.out / 'cluster_bench.png'}")
+
+
+def start_profilers(c: Cluster, out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy (a dev dependency) sampling each node process, written on SIGINT."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200",
+                              "--nonblocking", "-o", str(out / f"profile-node{i}.txt"),
+                              "-p", str(proc.pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, proc in c.procs.items()]
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(timeout=60)
 
 
 def plot(timeline: list[tuple[float, int, float]], start: float, path: Path) -> None:

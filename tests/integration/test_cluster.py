@@ -129,6 +129,10 @@ def test_sigkilled_node_restarts_catches_up_and_agrees(cluster: Cluster) -> None
 
 def test_every_endpoint_answers_per_the_spec(cluster: Cluster) -> None:
     url = cluster.url(0)
+    # Its own records (under xdist, the other tests of this module may run elsewhere).
+    genesis = Genesis.load(cluster.dir / "genesis.json")
+    key = read_key_file(cluster.dir / "clients" / "demo.pem")
+    assert post(url, records(key, genesis.chain_id, 70, 40_000)).status_code == 202
     status = httpx.get(f"{url}/v1/status").json()
     assert {"chain", "node", "height", "last_block_hash", "validators", "peers"} <= set(status)
     assert httpx.get(f"{url}/healthz").status_code == 200

@@ -17,6 +17,7 @@ import pytest
 
 from ledger.blocks import PRECOMMIT, PREVOTE, Block, sign_certificate
 from ledger.consensus import (
+    Action,
     BlockRequest,
     BlockResponse,
     Broadcast,
@@ -28,6 +29,7 @@ from ledger.consensus import (
     SignedVote,
     SigningState,
     Step,
+    Tick,
     TimeoutKind,
 )
 from ledger.crypto import is_valid_signature, sha256
@@ -37,6 +39,7 @@ from tests.unit.consensus_helpers import (
     CHAIN,
     CONFIG,
     FX,
+    T0,
     Node,
     broadcast_proposals,
     broadcast_votes,
@@ -787,6 +790,35 @@ def test_a_vote_of_the_next_height_asks_its_sender_for_blocks() -> None:
     actions = n.deliver(n.prevote(2, 0, None, height=2), sender=7)
     assert sends(actions) == [SendTo(7, BlockRequest(1))]
     assert n.height == 1 and broadcast_votes(actions) == []
+
+
+def _block_responses(actions: list[Action]) -> list[int]:
+    return [a.message.block.height for a in sends(actions)
+            if isinstance(a.message, BlockResponse)]
+
+
+def test_a_late_vote_of_a_decided_height_is_not_answered_with_blocks() -> None:
+    """A peer that keeps up also sends votes we no longer need: no blocks for it."""
+    n = Node(0, store=stored_chain(2))
+    n.start()
+    assert n.height == 3
+    assert _block_responses(n.deliver(n.precommit(2, 0, None, height=2), sender=2)) == []
+    # It is heard at our height before sync_retry_ms: it is not behind.
+    n.handle(Tick(T0 + 500 + CONFIG.sync_retry_ms // 2))
+    n.deliver(n.prevote(2, 0, None), sender=2)
+    n.handle(Tick(T0 + 500 + 2 * CONFIG.sync_retry_ms))
+    assert _block_responses(n.deliver(n.precommit(2, 0, None, height=2), sender=2)) == []
+
+
+def test_a_sender_that_stays_behind_is_sent_the_blocks_it_lacks_at_most_once_per_retry() -> None:
+    n = Node(0, store=stored_chain(2))
+    n.start()
+    assert _block_responses(n.deliver(n.prevote(2, 0, None, height=1), sender=2)) == []
+    n.handle(Tick(T0 + 500 + CONFIG.sync_retry_ms))
+    assert _block_responses(n.deliver(n.prevote(2, 0, None, height=1), sender=2)) == [1, 2]
+    assert _block_responses(n.deliver(n.prevote(2, 0, None, height=1), sender=2)) == []
+    n.handle(Tick(T0 + 500 + 2 * CONFIG.sync_retry_ms))
+    assert _block_responses(n.deliver(n.prevote(2, 0, None, height=1), sender=2)) == [1, 2]
 
 
 def _certified(signers: int, *, prev_hash: bytes | None = None) -> Block:

@@ -101,3 +101,51 @@ def test_admitted_signatures_are_not_verified_again() -> None:
     assert pool.verify(rec.body.signer, rec.sign_bytes(), rec.sig)
     assert pool.cache.hits == 1
     assert not pool.verify(rec.body.signer, rec.sign_bytes() + b"x", rec.sig)
+
+
+def test_pending_records_are_known_by_envelope_until_committed() -> None:
+    """A proposal's records are looked up, not decoded again; the cache empties on commit."""
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    recs = [fresh(b) for _ in range(2)]
+    admit(pool, [r.envelope for r in recs])
+    assert pool.known(bytes(recs[0].envelope)) is pool.get(recs[0].id)
+    assert pool.known(recs[0].envelope + b"\x00") is None
+    block = b.block(recs[:1])
+    store.append(block)
+    pool.remove_committed(block)
+    assert pool.known(recs[0].envelope) is None and pool.known(recs[1].envelope) is not None
+    hits = pool.cache.hits
+    assert pool.verify(recs[0].body.signer, recs[0].sign_bytes(), recs[0].sig)
+    assert pool.cache.hits == hits  # verified again: committed records leave the cache
+
+
+def test_precheck_verifies_only_what_the_node_does_not_hold() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    held, seen_in_proposal, new = fresh(b), fresh(b), fresh(b)
+    pool.admit(pool.precheck([held.envelope]), now())
+    # Block validation verified this one (it came in a proposal before its gossip).
+    assert pool.verify(seen_in_proposal.body.signer, seen_in_proposal.sign_bytes(),
+                       seen_in_proposal.sig)
+    hits = pool.cache.hits
+    checked = pool.precheck([held.envelope, seen_in_proposal.envelope, new.envelope, b"\x90"])
+    assert [(r.status, r.error) for r in checked.results] == [
+        ("duplicate", None), ("accepted", None), ("accepted", None), ("rejected", "malformed")]
+    assert pool.cache.hits == hits + 1  # the proposal's record: a cache hit, not a verify
+    assert [r.status for r in pool.admit(checked, now())] == [
+        "duplicate", "accepted", "accepted", "rejected"]
+
+
+def test_admit_asks_the_store_again_when_a_block_committed_after_precheck() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    rec = fresh(b)
+    checked = pool.precheck([rec.envelope])
+    b.add(0)
+    store.append(b.block([rec]))  # committed elsewhere meanwhile (by block sync, say)
+    assert [r.status for r in pool.admit(checked, now())] == ["duplicate"]
+    assert len(pool) == 0

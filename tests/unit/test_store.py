@@ -49,6 +49,18 @@ def test_records_are_indexed(store: BlockStore) -> None:
     assert store.seen_nonces([pair, (rec.body.signer, 10**6)]) == {pair}
 
 
+def test_seen_checks_answer_for_many_records_at_once(store: BlockStore) -> None:
+    """More ids and pairs than one query binds, from two signers, mixed with unknown ones."""
+    b = ChainBuilder(FX, store)
+    stored = [*b.add(700).records, b.record(key=FX.operator)]
+    store.append(b.block(stored[-1:]))
+    unknown = [bytes([i % 256, i // 256]) * 16 for i in range(600)]
+    assert store.seen_ids([r.id for r in stored] + unknown) == {r.id for r in stored}
+    pairs = {(r.body.signer, r.body.nonce) for r in stored}
+    others = {(r.body.signer, r.body.nonce + 10**6) for r in stored}
+    assert store.seen_nonces(list(pairs | others)) == pairs
+
+
 def test_large_nonce_round_trips(store: BlockStore) -> None:
     b = ChainBuilder(FX, store)
     b.nonce = 2**64 - 3
