@@ -186,7 +186,11 @@ def _chunk_blocks(chunk: Chunk) -> Iterator[tuple[int, bytes | None]]:
     if store is None:
         store = _worker_stores[chunk.path] = SqliteStore(chunk.path, readonly=True)
     for height in range(chunk.start, chunk.end):
-        yield height, store.block_bytes(height)
+        try:
+            data = store.block_bytes(height)
+        except LedgerError as exc:  # a store row that does not read: this height is bad
+            raise AuditError(height, str(exc)) from exc
+        yield height, data
 
 
 def check_chunk(chunk: Chunk, genesis: Genesis | None = None) -> ChunkResult:

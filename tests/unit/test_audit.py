@@ -230,3 +230,21 @@ def test_store_chunks_audit_a_sqlite_store(tmp_path: Path) -> None:
     report = audit_chunks(FX.genesis, store_chunks(str(path), sizes, records_per_chunk=7),
                           workers=2)
     assert (report.height, report.records) == (20, sum(i % 4 for i in range(20)))
+
+
+def test_store_row_rewritten_as_text_is_reported_at_its_height(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ledger.audit import store_chunks
+
+    path = tmp_path / "chain.db"
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as s:
+        b = ChainBuilder(FX, s)
+        for _ in range(5):
+            b.add(2)
+        sizes = s.block_sizes()
+    with sqlite3.connect(path) as db:  # blob || blob is TEXT in SQLite: not valid UTF-8 here
+        db.execute("UPDATE records SET envelope = envelope || X'ff' WHERE seq = 5")
+    with pytest.raises(AuditError) as info:
+        audit_chunks(FX.genesis, store_chunks(str(path), sizes), workers=1)
+    assert info.value.height == 3, str(info.value)
