@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/ledger cluster up .cluster
 
 test: $(STAMP)
-	$(BIN)/ruff check ledger node tests
+	$(BIN)/ruff check ledger node tests examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n auto
 

@@ -14,7 +14,9 @@ The audit is split the way the rules split:
   ids and ``(signer, nonce)`` across the chain. It runs in the calling process, in height
   order, so the first bad block is always the one reported, whichever worker found it.
 
-The first failure raises ``AuditError(height, reason)``.
+``ChainVerifier.verify_next`` runs both halves on one block in the calling process: the
+incremental audit of a follower that checks each block as it commits
+(``examples/auditor.py``). The first failure raises ``AuditError(height, reason)``.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ class ChainVerifier:
 
     def __post_init__(self) -> None:
         self.tip_hash = self.genesis.hash
+
+    def verify_next(self, data: bytes) -> BlockSummary:
+        """Check the wire bytes of block ``height + 1`` by every rule, then advance."""
+        summary = check_block_alone(data, self.genesis, self.height + 1)
+        self.extend(summary)
+        return summary
 
     def extend(self, s: BlockSummary) -> None:
         """Check ``s`` extends the chain so far, then advance."""
@@ -178,7 +186,11 @@ def _chunk_blocks(chunk: Chunk) -> Iterator[tuple[int, bytes | None]]:
     if store is None:
         store = _worker_stores[chunk.path] = SqliteStore(chunk.path, readonly=True)
     for height in range(chunk.start, chunk.end):
-        yield height, store.block_bytes(height)
+        try:
+            data = store.block_bytes(height)
+        except LedgerError as exc:  # a store row that does not read: this height is bad
+            raise AuditError(height, str(exc)) from exc
+        yield height, data
 
 
 def check_chunk(chunk: Chunk, genesis: Genesis | None = None) -> ChunkResult:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,13 +47,68 @@ TITLES = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: 
           503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "title": "Problem", "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string", "description": "`urn:ledger:problem:` and the code"},
+        "title": {"type": "string", "description": "the HTTP status phrase"},
+        "status": {"type": "integer", "description": "the HTTP status code"},
+        "detail": {"type": "string", "description": "what went wrong, for a human"},
+        "code": {"type": "string", "description": "stable machine-readable code"},
+    },
+}
+OVERLOADED = (503, "overloaded", f"more than {MAX_INFLIGHT} requests in flight (Retry-After)")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def problems(*entries: tuple[int, str, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the problem codes a route answers, as (status, code, when).
+
+    Each response also lists its codes under ``x-problem-codes`` (rendered by node.apidoc)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, code, when in entries:
+        resp = out.setdefault(status, {
+            "description": TITLES.get(status, "Error"), "x-problem-codes": [],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+        resp["x-problem-codes"].append({"code": code, "when": when})
+        resp["description"] += f"; `{code}`: {when}"
+    return out
+
+
+def ok(description: str, content: dict[str, Any] | None = None, status: int = 200,
+       ) -> dict[int | str, dict[str, Any]]:
+    """An OpenAPI success response with a description and, optionally, more media types."""
+    doc: dict[str, Any] = {"description": description}
+    if content:
+        doc["content"] = content
+    return {status: doc}
+
+
+SUBMIT_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A batch of 1..`max_batch` signed envelopes (SPEC section 2).",
+    "content": {
+        MSGPACK: {"schema": {"type": "string", "format": "binary",
+                             "description": "msgpack array of envelopes (bin)"}},
+        "application/json": {"schema": {
+            "type": "object", "required": ["records"],
+            "properties": {"records": {"type": "array", "items": {
+                "type": "object", "required": ["envelope"],
+                "properties": {"envelope": {"type": "string", "format": "byte",
+                                            "description": "base64 envelope"}}}}}}},
+    },
+}
+
+
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
             ) -> JSONResponse:
     """An RFC 9457 problem response."""
     return JSONResponse(
         {"type": f"urn:ledger:problem:{code}", "title": TITLES.get(status, "Error"),
          "status": status, "detail": detail, "code": code},
-        status_code=status, media_type="application/problem+json", headers=headers)
+        status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def jsonable(value: Any) -> Any:
@@ -207,7 +263,18 @@ def create_app(node: Node) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return problem(400, "invalid_parameter", f"{where}: {first.get('msg', 'invalid')}")
 
-    @app.post("/v1/records", status_code=202)
+    @app.post("/v1/records", status_code=202, openapi_extra={"requestBody": SUBMIT_BODY},
+              responses={**ok("one result per envelope, in input order", status=202),
+                         **problems(
+        (400, "malformed", "the body does not decode as an array of envelopes"),
+        (400, "empty_batch", "the batch holds no envelopes"),
+        (400, "invalid_parameter", "`wait` is not `commit`, or `timeout` is out of range"),
+        (413, "body_too_large", "the body exceeds `max_body_bytes` (default 16 MiB)"),
+        (413, "batch_too_large", "more envelopes than `max_batch` (default 10 000)"),
+        (415, "unsupported_media_type", "Content-Type is neither msgpack nor JSON"),
+        (503, "mempool_full", "the mempool is full (Retry-After)"), OVERLOADED,
+        (504, "commit_timeout", "`wait=commit`: not all committed within `timeout`; "
+         "the records stay in the mempool"))})
     async def submit(request: Request,
                      wait: str | None = Query(None, pattern="^commit$"),
                      timeout: float = Query(30.0, gt=0, le=600)) -> JSONResponse:
@@ -239,7 +306,10 @@ def create_app(node: Node) -> FastAPI:
                     item["height"] = by_id[r.id]
         return JSONResponse({"results": out}, status_code=202)
 
-    @app.get("/v1/records/{record_id}")
+    @app.get("/v1/records/{record_id}", responses={
+        **ok("the record, `pending` or `committed` (with `height` and `index`)"),
+        **problems((400, "invalid_id", "not 64 lowercase hex characters"),
+                   (404, "not_found", "no such record, pending or committed"), OVERLOADED)})
     async def get_record(record_id: str) -> JSONResponse:
         """A committed or pending record."""
         rid = parse_id(record_id)
@@ -254,7 +324,12 @@ def create_app(node: Node) -> FastAPI:
             return JSONResponse(record_json(pending, "pending"))
         raise Problem(404, "not_found", f"no record {record_id}")
 
-    @app.get("/v1/records/{record_id}/receipt")
+    @app.get("/v1/records/{record_id}/receipt", responses={
+        **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`"),
+        **problems((400, "invalid_id", "not 64 lowercase hex characters"),
+                   (404, "not_found", "no such record"),
+                   (409, "not_committed", "the record is pending, not committed yet"),
+                   OVERLOADED)})
     async def get_receipt(record_id: str) -> JSONResponse:
         """The offline-verifiable receipt of a committed record (SPEC section 6)."""
         rid = parse_id(record_id)
@@ -265,7 +340,11 @@ def create_app(node: Node) -> FastAPI:
             raise Problem(409, "not_committed", f"record {record_id} is not committed yet")
         raise Problem(404, "not_found", f"no record {record_id}")
 
-    @app.get("/v1/blocks/{height}", response_model=None)
+    @app.get("/v1/blocks/{height}", response_model=None, responses={
+        **ok("the block as JSON, or with `Accept: application/msgpack` its exact bytes",
+             {MSGPACK: BINARY}),
+        **problems((400, "invalid_height", "not a positive integer"),
+                   (404, "not_found", "beyond the tip"), OVERLOADED)})
     async def get_block(height: str, request: Request) -> Response:
         """A committed block: JSON, or the exact SPEC bytes with Accept: application/msgpack."""
         h = parse_height(height)
@@ -277,7 +356,8 @@ def create_app(node: Node) -> FastAPI:
             return Response(data, media_type=MSGPACK)
         return JSONResponse(block_json(Block.from_wire(data)))
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses={**ok("this node's view of the chain"),
+                                       **problems(OVERLOADED)})
     async def status() -> JSONResponse:
         """Chain, node, tip, validators and connected peers."""
         tip = node.store.tip_hash()
@@ -294,7 +374,10 @@ def create_app(node: Node) -> FastAPI:
             "peers": sorted(connected), "evidence": list(node.evidence)[-20:],
         })
 
-    @app.get("/v1/subjects/{subject:path}/history")
+    @app.get("/v1/subjects/{subject:path}/history", responses={
+        **ok("one page of records; `next` is null on the last page"),
+        **problems((400, "invalid_parameter", "`after` or `limit` out of range"),
+                   OVERLOADED)})
     async def history(subject: str, after: int = Query(-1, ge=-1, le=2**62),
                       limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
         """Committed records of one subject, oldest first; page with ``after=next``."""
@@ -304,7 +387,13 @@ def create_app(node: Node) -> FastAPI:
         nxt = rows[-1][0].seq if len(rows) == limit else None
         return JSONResponse({"subject": subject, "records": records, "next": nxt})
 
-    @app.get("/v1/events")
+    @app.get("/v1/events", response_class=StreamingResponse, responses={
+        **ok("an endless `text/event-stream`: `event: block`, `id: <height>`, "
+             "`data: {height, hash, time_ms, record_count}`",
+             {"text/event-stream": {"schema": {"type": "string"}}}),
+        **problems((400, "invalid_parameter", "`from_height` out of range"),
+                   (503, "too_many_subscribers",
+                    f"{MAX_SUBSCRIBERS} event streams are open (Retry-After)"))})
     async def events(request: Request,
                      from_height: int | None = Query(None, ge=1, le=2**62)) -> StreamingResponse:
         """Server-Sent Events: one ``block`` event per committed block."""
@@ -339,16 +428,34 @@ def create_app(node: Node) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={**ok("the process serves (even with no peers)"),
+                                     **problems(OVERLOADED)})
     async def healthz() -> JSONResponse:
         """Liveness: 200 while the process serves."""
         return JSONResponse({"status": "ok", "height": node.store.height})
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses={
+        **ok("Prometheus text format"), **problems(OVERLOADED)})
     async def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         node.metrics.mempool = len(node.mempool)
         return PlainTextResponse(node.metrics.render(len(node.connected_peers())),
                                  media_type="text/plain; version=0.0.4")
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, minus its 422 answers: invalid parameters answer 400 here."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            schemas["Problem"] = PROBLEM_SCHEMA
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

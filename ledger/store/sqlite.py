@@ -217,17 +217,22 @@ class SqliteStore:
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT header, cert, first_seq, record_count FROM blocks WHERE height = ?",
-                (height,),
-            ).fetchone()
-            if row is None:
-                return None
-            header, cert, first_seq, count = row
-            envelopes = [e for (e,) in self._db.execute(
-                "SELECT envelope FROM records WHERE seq >= ? AND seq < ? ORDER BY seq",
-                (first_seq, first_seq + count),
-            )]
+            try:
+                row = self._db.execute(
+                    "SELECT header, cert, first_seq, record_count FROM blocks WHERE height = ?",
+                    (height,),
+                ).fetchone()
+                if row is None:
+                    return None
+                header, cert, first_seq, count = row
+                envelopes = [e for (e,) in self._db.execute(
+                    "SELECT envelope FROM records WHERE seq >= ? AND seq < ? ORDER BY seq",
+                    (first_seq, first_seq + count),
+                )]
+            except sqlite3.Error as exc:  # e.g. a blob column rewritten as invalid text
+                raise CorruptStoreError(f"stored rows do not read ({exc})") from exc
+        if not all(type(v) is bytes for v in (header, cert, *envelopes)):
+            raise CorruptStoreError("a stored header, certificate or envelope is not a blob")
         if len(envelopes) != count:
             raise CorruptStoreError(f"{count - len(envelopes)} records are missing", height)
         return join_block(header, envelopes, count, cert)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.audit import BytesChunk, audit_chunks
+from ledger.audit import BytesChunk, ChainVerifier, audit_chunks
 from ledger.blocks import Block, build_header, sign_certificate
 from ledger.crypto import RECORD_TAG
 from ledger.encoding import packb
@@ -170,6 +170,28 @@ def test_each_fault_is_reported_at_height_3(fault: Callable[[ChainBuilder], Bloc
     assert str(info.value).startswith("height 3: ")
 
 
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.__name__)
+def test_incremental_verifier_stops_at_the_bad_block(fault: Callable[[ChainBuilder], Block],
+                                                     ) -> None:
+    verifier = ChainVerifier(FX.genesis)
+    blocks = faulty_chain(fault)
+    assert [verifier.verify_next(data).height for data in blocks[:2]] == [1, 2]
+    with pytest.raises(AuditError) as info:
+        verifier.verify_next(blocks[2])
+    assert info.value.height == 3, str(info.value)
+    assert verifier.height == 2  # a bad block does not advance the verifier
+
+
+def test_incremental_verifier_agrees_with_the_batch_audit() -> None:
+    blocks = [blk.to_wire() for blk in good_chain(7).blocks]
+    verifier = ChainVerifier(FX.genesis)
+    summaries = [verifier.verify_next(data) for data in blocks]
+    report = audit_chunks(FX.genesis, [BytesChunk(1, list(blocks))], workers=1)
+    assert (verifier.height, verifier.records, verifier.tip_hash) == (
+        report.height, report.records, report.tip_hash)
+    assert summaries[-1].hash == report.tip_hash
+
+
 def test_fault_found_by_a_worker_after_an_earlier_bad_block_reports_the_earlier() -> None:
     blocks = faulty_chain(broken_link)
     blocks[4] = b"garbage"
@@ -208,3 +230,21 @@ def test_store_chunks_audit_a_sqlite_store(tmp_path: Path) -> None:
     report = audit_chunks(FX.genesis, store_chunks(str(path), sizes, records_per_chunk=7),
                           workers=2)
     assert (report.height, report.records) == (20, sum(i % 4 for i in range(20)))
+
+
+def test_store_row_rewritten_as_text_is_reported_at_its_height(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ledger.audit import store_chunks
+
+    path = tmp_path / "chain.db"
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as s:
+        b = ChainBuilder(FX, s)
+        for _ in range(5):
+            b.add(2)
+        sizes = s.block_sizes()
+    with sqlite3.connect(path) as db:  # blob || blob is TEXT in SQLite: not valid UTF-8 here
+        db.execute("UPDATE records SET envelope = envelope || X'ff' WHERE seq = 5")
+    with pytest.raises(AuditError) as info:
+        audit_chunks(FX.genesis, store_chunks(str(path), sizes), workers=1)
+    assert info.value.height == 3, str(info.value)
