@@ -321,7 +321,7 @@
     return [...counts.entries()].sort((a, b) => (b[0] === "value") - (a[0] === "value") || b[1] - a[1]).map(([k]) => k);
   }
   const valueOf = (p, f) => (f === "" ? p : p && typeof p === "object" && !Array.isArray(p) ? p[f] : undefined);
-  function chart(records, f) {
+  function chart(records, f, width) {
     const NS = "http://www.w3.org/2000/svg";
     const svg = (tag, attrs, text) => {
       const n = document.createElementNS(NS, tag);
@@ -331,7 +331,8 @@
     };
     const pts = records.map((r) => ({ r, x: Number(r.ts), y: valueOf(r.payload, f) }))
       .filter((p) => typeof p.y === "number" && Number.isFinite(p.y) && Number.isFinite(p.x));
-    const W = 800, H = 260, pl = 56, pr = 12, pt = 12, pb = 28;
+    // Drawn at the box's own width, so labels keep their size on a phone.
+    const W = Math.round(Math.max(300, Math.min(1000, width || 800))), H = W < 500 ? 200 : 260, pl = 56, pr = 12, pt = 12, pb = 28;
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", id: "chart-svg", "data-points": pts.length });
     root.append(svg("title", {}, `${f || "value"} over time (${pts.length} points)`));
     if (!pts.length) return root;
@@ -372,7 +373,7 @@
         const pick = el("select", { "aria-label": "field", onchange: (ev) => { field = ev.target.value; draw(); } },
           fields.map((k) => el("option", { value: k, selected: k === field ? "" : null }, k === "" ? "payload" : k)));
         chartBox.append(el("div", { class: "muted" }, "chart of ", fields.length > 1 ? pick : (field === "" ? "payload" : field)),
-          chart(records, field));
+          chart(records, field, chartBox.clientWidth));
       } else chartBox.append(el("p", { class: "muted" }, "no numeric values to chart"));
       listBox.replaceChildren(records.length ? recordTable([...records].reverse(), true) : el("p", { class: "muted" }, "no committed records for this subject"));
       count.textContent = ` (${records.length}${next === null ? "" : "+"})`;
