@@ -32,8 +32,8 @@ FX = make_fixture()
 def page(browser: Any) -> Iterator[Any]:
     page, errors = new_page(browser)
     script = (EXPLORER / "ledger.js").read_text()
-    page.route(f"{ORIGIN}/", lambda route: route.fulfill(
-        content_type="text/html", body="<!doctype html><title>t</title><script src=/l.js></script>"))
+    html = "<!doctype html><title>ledger.js</title><script src=/l.js></script>"
+    page.route(f"{ORIGIN}/", lambda route: route.fulfill(content_type="text/html", body=html))
     page.route(f"{ORIGIN}/l.js", lambda route: route.fulfill(
         content_type="text/javascript", body=script))
     page.goto(f"{ORIGIN}/")
