@@ -204,7 +204,9 @@
         ["signed by", el("span", { id: "cert-signers" }, sigs.map((s) => validatorName(s.validator)).join(", "))],
         ["not signed", vals.filter((v) => !signed.has(v.index)).map((v) => v.name).join(", ") || "—"],
         ["power", g ? `${power} of ${g.parsed.totalPower} (more than 2/3 needed)` : "load a genesis to see"],
-      ]), el("p", { class: "muted" }, "Verify a record's receipt to check these signatures in this browser.")),
+      ]), el("div", { class: "actions" }, el("button", { type: "button", id: "verify-block",
+        onclick: (ev) => runBlockVerify(b.height, ev.target.closest("section").querySelector(".block-result")) },
+      "Verify block in this browser")), el("div", { class: "block-result", id: "verify-result" })),
       el("section", { class: "card" }, el("h2", {}, `Records (${b.records.length})`),
         b.records.length ? recordTable(b.records, false) : el("p", { class: "muted" }, "an empty block")));
   }
@@ -267,13 +269,14 @@
       out);
   }
 
-  async function runVerify(text, out) {
+  // Run a verification (receipt or block) against the genesis in use and show its result.
+  async function runCheck(out, check, validText) {
     const g = genesis();
     out.replaceChildren(el("p", { class: "muted" }, "verifying…"));
     if (!g) { out.replaceChildren(el("p", { class: "error" }, "no genesis: load your genesis.json first")); return; }
     let res;
     try {
-      res = await L.verifyReceipt(text, g.parsed);
+      res = await check(g.parsed);
     } catch (e) {
       res = { ok: false, steps: [], reason: `verifier error: ${e.message}` };
     }
@@ -282,11 +285,20 @@
     const steps = el("ol", {}, res.steps.map((s) => el("li", {}, "✓ ", s)));
     out.replaceChildren(res.ok
       ? el("div", { class: "result valid", "data-valid": "true" }, el("div", { class: "verdict" }, "VALID"),
-        el("div", {}, `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators of genesis.`),
-        steps, against)
+        el("div", {}, validText(res)), steps, against)
       : el("div", { class: "result invalid", "data-valid": "false" }, el("div", { class: "verdict" }, "INVALID"),
         el("div", { class: "reason" }, res.reason), steps, against));
   }
+  const runVerify = (text, out) => runCheck(out, (g) => L.verifyReceipt(text, g),
+    (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators of genesis.`);
+  async function fetchBlockBytes(height) {
+    const resp = await fetch(`/v1/blocks/${height}`, { headers: { Accept: "application/msgpack" } });
+    if (!resp.ok) throw new Error(`GET /v1/blocks/${height}: ${resp.status}`);
+    return new Uint8Array(await resp.arrayBuffer());
+  }
+  const runBlockVerify = (height, out) => runCheck(out,
+    async (g) => L.verifyBlock(await fetchBlockBytes(height), g),
+    (res) => `Block ${height} (${short(res.blockHash)}) is certified by the validators of genesis.`);
 
   function verifyView() {
     const input = el("textarea", { id: "receipt-input", placeholder: "paste a receipt (JSON) here", spellcheck: "false" });

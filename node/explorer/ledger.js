@@ -320,6 +320,77 @@
     return r;
   }
 
+  // SPEC section 4: precommits for sha256(header) by distinct genesis validators, ascending,
+  // holding more than 2/3 of the power.
+  async function verifyCert(chain, header, headerBytes, round, sigs, genesis) {
+    if (!sigs.length) fail("certificate has no signatures");
+    for (let i = 1; i < sigs.length; i++) if (sigs[i - 1][0] >= sigs[i][0]) fail("certificate signatures are not in strictly ascending validator order");
+    const blockHash = await sha256(headerBytes);
+    const vote = concat(VOTE_TAG, encode([chain, PRECOMMIT, header.height, round, blockHash]));
+    let power = 0;
+    for (const [i, sig] of sigs) {
+      if (i >= genesis.validators.length) fail(`certificate names validator ${i}, but the set has ${genesis.validators.length}`);
+      const v = genesis.validators[i];
+      if (!(await ed25519Verify(v.pubkey, vote, sig))) fail(`certificate signature of validator ${i} (${v.name}) does not verify`);
+      power += v.power;
+    }
+    if (!(3 * power > 2 * genesis.totalPower)) fail(`certificate signers hold power ${power} of ${genesis.totalPower}; more than 2/3 is required`);
+    return { blockHash, power, names: sigs.map(([i]) => genesis.validators[i].name) };
+  }
+
+  // RFC 9162 2.1.1: the root of a list of leaf hashes.
+  async function merkleRoot(leaves) {
+    if (!leaves.length) return sha256(new Uint8Array(0));
+    if (leaves.length === 1) return leaves[0];
+    let k = 1;
+    while (k * 2 < leaves.length) k *= 2;
+    return nodeHash(await merkleRoot(leaves.slice(0, k)), await merkleRoot(leaves.slice(k)));
+  }
+
+  // A whole block (the exact msgpack bytes of GET /v1/blocks/{h}): header against genesis,
+  // every record's signature and authorisation, records_root, and the certificate. (The
+  // hash link to the previous block and the log root need the chain: `ledger audit`.)
+  async function verifyBlock(bytes, genesis) {
+    const steps = [];
+    try {
+      const items = expArr(decode(bytes, "block"), "block", 3);
+      canonical(bytes, items, "block");
+      const headerBytes = encode(expArr(items[0], "block.header"));
+      const header = decodeHeader(headerBytes);
+      if (header.chain !== genesis.chainId) fail(`block is for chain ${JSON.stringify(header.chain)}, genesis is ${JSON.stringify(genesis.chainId)}`);
+      const vhash = await sha256(encode(genesis.validators.map((v) => [v.pubkey, v.power])));
+      if (!equal(header.validators_hash, vhash)) fail("header's validators_hash does not match genesis");
+      steps.push(`header of ${header.chain} at height ${header.height}, with the genesis validator set`);
+      const envelopes = expArr(items[1], "block.records").map((e, i) => expBin(e, `block.records[${i}]`));
+      if (envelopes.length !== header.record_count) fail(`record_count ${header.record_count}, but the block holds ${envelopes.length}`);
+      for (const [i, e] of envelopes.entries()) {
+        const rec = decodeEnvelope(e);
+        if (rec.body.chain !== header.chain) fail(`record ${i} names chain ${JSON.stringify(rec.body.chain)}`);
+        if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${i}: signature does not verify`);
+        if (!maySubmit(genesis, hex(rec.body.signer), rec.body.type)) fail(`record ${i}: signer is not authorised for type ${JSON.stringify(rec.body.type)}`);
+      }
+      steps.push(`${envelopes.length} record signatures verify, each signer authorised by genesis`);
+      const root = await merkleRoot(await Promise.all(envelopes.map(leafHash)));
+      if (!equal(root, header.records_root)) fail("records_root is not the root of the block's records");
+      steps.push("records_root is the RFC 9162 root of the records");
+      const cert = expArr(items[2], "block.cert", 4);
+      expInt(cert[0], "cert.height", 1n);
+      expInt(cert[1], "cert.round", 0n, (1n << 32n) - 1n);
+      if (cert[0] !== header.height) fail(`certificate is for height ${cert[0]}, the header for ${header.height}`);
+      const sigs = expArr(cert[3], "cert.signatures").map((p, i) => {
+        const pair = expArr(p, `cert.signatures[${i}]`, 2);
+        return [expInt(pair[0], `cert.signatures[${i}].validator`), expBin(pair[1], `cert.signatures[${i}].sig`, 64)];
+      });
+      const { blockHash, power, names } = await verifyCert(header.chain, header, headerBytes, cert[1], sigs, genesis);
+      if (!equal(expBin(cert[2], "cert.block_hash", 32), blockHash)) fail("certificate is for another block hash");
+      steps.push(`certificate: precommits by ${names.join(", ")} (power ${power} of ${genesis.totalPower})`);
+      return { ok: true, steps, blockHash: hex(blockHash) };
+    } catch (e) {
+      if (!(e instanceof VerifyError)) throw e;
+      return { ok: false, steps, reason: e.message };
+    }
+  }
+
   // ---- receipts (SPEC section 6) ----
   function field(doc, key, kind, where = "receipt") {
     if (!Object.prototype.hasOwnProperty.call(doc, key)) fail(`${where}: missing '${key}'`);
@@ -383,19 +454,7 @@
         if (validator < 0) fail(`${where}.validator: must not be negative`);
         return [validator, expBin(unb64(field(e, "sig", "string", where), `${where}.sig`), `${where}.sig`, 64)];
       });
-      if (!sigs.length) fail("certificate has no signatures");
-      for (let i = 1; i < sigs.length; i++) if (sigs[i - 1][0] >= sigs[i][0]) fail("certificate signatures are not in strictly ascending validator order");
-      const blockHash = await sha256(headerBytes);
-      const vote = concat(VOTE_TAG, encode([chain, PRECOMMIT, header.height, round, blockHash]));
-      let power = 0;
-      for (const [i, sig] of sigs) {
-        if (i >= genesis.validators.length) fail(`certificate names validator ${i}, but the set has ${genesis.validators.length}`);
-        const v = genesis.validators[i];
-        if (!(await ed25519Verify(v.pubkey, vote, sig))) fail(`certificate signature of validator ${i} (${v.name}) does not verify`);
-        power += v.power;
-      }
-      if (!(3 * power > 2 * genesis.totalPower)) fail(`certificate signers hold power ${power} of ${genesis.totalPower}; more than 2/3 is required`);
-      const names = sigs.map(([i]) => genesis.validators[i].name);
+      const { blockHash, power, names } = await verifyCert(chain, header, headerBytes, round, sigs, genesis);
       step(`certificate: precommits for block ${hex(blockHash).slice(0, 16)}… by ${names.join(", ")} (power ${power} of ${genesis.totalPower})`);
       return { ok: true, steps, signers: sigs.map(([i]) => i), header, blockHash: hex(blockHash),
                record: { id: hex(recordId), ...rec.body, payload: toPlain(rec.body.payload), signer } };
@@ -406,5 +465,5 @@
   }
 
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, decodeEnvelope, decodeHeader, VerifyError };
+                    maySubmit, verifyReceipt, verifyBlock, decodeEnvelope, decodeHeader, VerifyError };
 })();

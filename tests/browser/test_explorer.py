@@ -107,6 +107,8 @@ def test_block_view_names_the_signing_validators(cluster: Cluster, readings: lis
     signers = page.locator("#cert-signers").inner_text().split(", ")
     assert len(signers) >= 3 and all(re.fullmatch(r"node[0-3]", s) for s in signers)
     assert page.get_by_role("link", name=SUBJECT).count() >= 1
+    page.click("#verify-block")
+    assert verdict(page) == ("VALID", "")
     screenshot(page, "desktop-block")
 
 

@@ -193,3 +193,28 @@ def test_js_verifier_rejects_another_genesis_and_tampered_fields(
     for (name, (_, reason)), g, t in zip(cases.items(), got, texts, strict=True):
         assert not g["ok"] and reason in g["reason"], (name, g)
         assert not python_ok(t, FX.genesis), name
+
+
+def test_js_block_verifier(page: Any) -> None:
+    store = MemoryStore(genesis_hash=FX.genesis.hash)
+    b = ChainBuilder(FX, store)
+    good = [b.add(n).to_wire() for n in (0, 1, 5)]
+    rogue = b.block([b.record(FX.operator, type="quality.certificate")]).to_wire()
+    weak = b.block([b.record()], signers=2).to_wire()
+    flipped = bytearray(good[2])
+    flipped[200] ^= 0x01  # inside the first record's body
+    blocks = [*good, rogue, weak, bytes(flipped)]
+    got = page.evaluate(
+        """async ([blocks, g]) => {
+            const genesis = Ledger.parseGenesis(Ledger.unb64(g, "genesis"));
+            const out = [];
+            for (const b of blocks) {
+                out.push(await Ledger.verifyBlock(Ledger.unb64(b, "b"), genesis));
+            }
+            return out.map((r) => r.reason || "ok");
+        }""", [[base64.b64encode(x).decode() for x in blocks],
+               base64.b64encode(FX.genesis.raw).decode()])
+    assert got[:3] == ["ok"] * 3
+    assert "not authorised" in got[3]
+    assert "more than 2/3 is required" in got[4]
+    assert got[5] != "ok"
