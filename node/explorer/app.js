@@ -352,14 +352,17 @@
     let [y0, y1] = [Math.min(...pts.map((p) => p.y)), Math.max(...pts.map((p) => p.y))];
     if (x0 === x1) { x0 -= 1; x1 += 1; }
     if (y0 === y1) { y0 -= 1; y1 += 1; }
+    // On a narrow chart of one day, the axis shows times only (the day is in the tooltips).
+    const oneDay = time(x0).slice(0, 10) === time(x1).slice(0, 10);
+    const label = (x) => (W < 500 && oneDay ? time(x).slice(11) : time(x));
     const sx = (x) => pl + ((x - x0) / (x1 - x0)) * (W - pl - pr);
     const sy = (y) => H - pb - ((y - y0) / (y1 - y0)) * (H - pt - pb);
     root.append(svg("line", { class: "axis", x1: pl, y1: H - pb, x2: W - pr, y2: H - pb }),
       svg("line", { class: "axis", x1: pl, y1: pt, x2: pl, y2: H - pb }),
       svg("text", { x: pl - 6, y: pt + 10, "text-anchor": "end" }, String(+y1.toPrecision(6))),
       svg("text", { x: pl - 6, y: H - pb, "text-anchor": "end" }, String(+y0.toPrecision(6))),
-      svg("text", { x: pl, y: H - 8 }, time(x0)),
-      svg("text", { x: W - pr, y: H - 8, "text-anchor": "end" }, time(x1)),
+      svg("text", { x: pl, y: H - 8 }, label(x0)),
+      svg("text", { x: W - pr, y: H - 8, "text-anchor": "end" }, label(x1)),
       svg("polyline", { class: "line", points: pts.map((p) => `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(" ") }));
     for (const p of pts) {
       const dot = svg("circle", { class: "dot", cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: 3.5 });
