@@ -10,13 +10,22 @@ import asyncio
 import base64
 import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger.blocks import Block
@@ -31,6 +40,16 @@ if TYPE_CHECKING:
 MSGPACK = "application/msgpack"
 MAX_INFLIGHT = 512  # concurrent requests (beyond: 503 overloaded)
 MAX_SUBSCRIBERS = 256  # concurrent event streams
+EXPLORER = Path(__file__).with_name("explorer")  # the web explorer: static files, no build step
+# The explorer loads only its own files and talks only to this node; payloads it shows are
+# attacker-controlled, so no inline script and no other origin, even if escaping failed.
+EXPLORER_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data: blob:; connect-src 'self'; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 class Problem(Exception):
@@ -427,6 +446,24 @@ def create_app(node: Node) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/genesis", response_model=None,
+             responses=ok("the exact genesis.json bytes this node runs"))
+    async def genesis() -> Response:
+        """The exact genesis.json bytes this node runs (sha256 of them is the genesis hash)."""
+        return Response(node.genesis.raw, media_type="application/json",
+                        headers={"X-Genesis-Hash": node.genesis.hash.hex()})
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def explorer() -> FileResponse:
+        """The web explorer (docs/explorer.md)."""
+        return FileResponse(EXPLORER / "index.html", headers=EXPLORER_HEADERS)
+
+    @app.get("/explorer", include_in_schema=False)
+    async def explorer_slash() -> RedirectResponse:
+        return RedirectResponse("/")
+
+    app.mount("/explorer", StaticFiles(directory=EXPLORER), name="explorer")
 
     @app.get("/healthz", responses={**ok("the process serves (even with no peers)"),
                                      **problems(OVERLOADED)})

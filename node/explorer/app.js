@@ -1,0 +1,454 @@
+// The explorer UI: hash routes, live blocks over SSE, in-browser receipt verification.
+// Every value from the node is attacker-influenced (payloads above all): it reaches the page
+// only through textContent and attributes set by el(), never as HTML.
+"use strict";
+(function () {
+  const L = window.Ledger;
+  const $ = (id) => document.getElementById(id);
+  const state = { status: null, tip: 0, blocks: new Map(), nodeGenesis: null, userGenesis: null,
+                  view: 0, es: null, lastEvent: 0 };
+  const RECENT = 25;
+
+  // ---- DOM helpers ----
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+  const link = (href, text, cls) => el("a", { href, class: cls }, text);
+  const code = (text) => el("code", {}, text);
+  const short = (h) => (h && h.length > 20 ? `${h.slice(0, 10)}…${h.slice(-6)}` : h);
+  const time = (ms) => (Number.isFinite(Number(ms)) ? new Date(Number(ms)).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : String(ms));
+  const blockHref = (h) => `#/block/${h}`;
+  const recordHref = (id) => `#/record/${id}`;
+  const subjectHref = (s) => `#/subject/${encodeURIComponent(s)}`;
+  function kv(pairs) {
+    return el("dl", { class: "kv" }, pairs.filter(Boolean).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  }
+  function table(headers, rows, attrs) {
+    return el("div", { class: "scroll" }, el("table", attrs || {},
+      el("thead", {}, el("tr", {}, headers.map((h) => (h instanceof Node ? h : el("th", {}, h))))),
+      el("tbody", {}, rows)));
+  }
+  function payloadText(p) {
+    try { return JSON.stringify(p); } catch (e) { return String(p); }
+  }
+  function setView(...children) {
+    const view = $("view");
+    view.replaceChildren(...children);
+    window.scrollTo(0, 0);
+  }
+
+  // ---- API ----
+  async function api(path) {
+    const resp = await fetch(path, { headers: { Accept: "application/json" } });
+    const text = await resp.text();
+    let doc = null;
+    try { doc = JSON.parse(text); } catch (e) { /* not JSON */ }
+    if (!resp.ok) {
+      const err = new Error((doc && doc.detail) || `${resp.status} ${resp.statusText}`);
+      err.status = resp.status; err.code = doc && doc.code;
+      throw err;
+    }
+    return { doc, text };
+  }
+
+  // ---- genesis: the trust anchor ----
+  const genesis = () => state.userGenesis || state.nodeGenesis;
+  async function loadGenesisBytes(bytes, source) {
+    const parsed = L.parseGenesis(bytes);
+    return { bytes, parsed, source, hash: L.hex(await L.sha256(bytes)) };
+  }
+  function showGenesis() {
+    const g = genesis();
+    $("genesis-hash").textContent = g ? g.hash : "none";
+    const src = $("genesis-source");
+    src.replaceChildren();
+    if (!g) src.append(el("span", { class: "warn" }, "(the node serves no genesis: load yours)"));
+    else if (g === state.userGenesis) {
+      src.append(`(your file ${g.source}`);
+      const nodeHash = state.status && state.status.genesis_hash;
+      if (nodeHash && nodeHash !== g.hash) src.append(el("span", { class: "warn" }, " — differs from the node's genesis"));
+      else if (nodeHash) src.append(" — the node reports the same");
+      src.append(")");
+    } else src.append("(as served by this node — load your own copy to trust nothing the node says)");
+    $("genesis-reset").hidden = !state.userGenesis;
+  }
+  async function initGenesis() {
+    try {
+      const resp = await fetch("/v1/genesis");
+      if (!resp.ok) throw new Error(`GET /v1/genesis: ${resp.status}`);
+      state.nodeGenesis = await loadGenesisBytes(new Uint8Array(await resp.arrayBuffer()), "node");
+    } catch (e) {
+      $("genesis-error").textContent = e.message;
+    }
+    showGenesis();
+  }
+  $("genesis-file").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0];
+    ev.target.value = "";
+    if (!file) return;
+    $("genesis-error").textContent = "";
+    try {
+      state.userGenesis = await loadGenesisBytes(new Uint8Array(await file.arrayBuffer()), file.name);
+    } catch (e) {
+      $("genesis-error").textContent = `${file.name}: ${e.message}`;
+    }
+    showGenesis();
+    route();
+  });
+  $("genesis-reset").addEventListener("click", () => { state.userGenesis = null; showGenesis(); route(); });
+  const validatorName = (i) => {
+    const g = genesis(), v = g && g.parsed.validators[i];
+    return v ? v.name : `validator ${i}`;
+  };
+  function signerLabel(signerHex) {
+    const g = genesis(), m = g && g.parsed.members.get(signerHex);
+    return m ? `${m.organization} / ${m.name}` : "not a member in this genesis";
+  }
+
+  // ---- live blocks (SSE) ----
+  function connect(from) {
+    const es = new EventSource(`/v1/events?from_height=${Math.max(1, from)}`);
+    state.es = es;
+    es.onopen = () => { $("live").className = "live on"; $("live").textContent = "live"; };
+    es.addEventListener("block", (ev) => {
+      let d;
+      try { d = JSON.parse(ev.data); } catch (e) { return; }
+      if (!Number.isSafeInteger(d.height) || d.height <= state.lastEvent) return;
+      state.lastEvent = d.height;
+      state.blocks.set(d.height, d);
+      for (const h of state.blocks.keys()) if (h <= d.height - RECENT) state.blocks.delete(h);
+      setTip(d.height);
+      const body = $("blocks-body");
+      if (body) {
+        const empty = body.querySelector(".empty");
+        if (empty) empty.remove();
+        body.prepend(blockRow(d, true));
+        trimRows(body);
+      }
+    });
+    // The browser would reconnect with the original from_height; resume after the last block.
+    es.onerror = () => {
+      es.close();
+      $("live").className = "live off"; $("live").textContent = "reconnecting";
+      setTimeout(() => connect(state.lastEvent + 1), 2000);
+    };
+  }
+  function setTip(h) {
+    if (h <= state.tip) return;
+    state.tip = h;
+    $("tip-height").textContent = String(h);
+    if ($("status-height")) $("status-height").textContent = String(h);
+  }
+  function trimRows(body) { while (body.children.length > RECENT) body.lastChild.remove(); }
+  function blockRow(d, fresh) {
+    return el("tr", { class: fresh ? "fresh" : null, "data-height": d.height },
+      el("td", { class: "num" }, link(blockHref(d.height), String(d.height))),
+      el("td", {}, code(short(d.hash))),
+      el("td", { class: "hide-phone" }, time(d.time_ms)),
+      el("td", { class: "num" }, String(d.record_count)));
+  }
+
+  // ---- views ----
+  async function homeView(token) {
+    const { doc: st } = await api("/v1/status");
+    if (token !== state.view) return;
+    state.status = st; setTip(st.height); showGenesis();
+    const rows = [...state.blocks.values()].sort((a, b) => b.height - a.height).map((d) => blockRow(d));
+    setView(el("div", { class: "grid" },
+      el("section", { class: "card" }, el("h2", {}, "Chain"), kv([
+        ["chain", code(st.chain)], ["node", st.node], ["height", el("span", { id: "status-height" }, String(st.height))],
+        ["last block", st.last_block_hash ? link(blockHref(st.height), short(st.last_block_hash), "mono") : "none yet"],
+        ["genesis", code(short(st.genesis_hash))], ["mempool", String(st.mempool)],
+      ])),
+      el("section", { class: "card" }, el("h2", {}, "Validators"), table(["#", "name", "power", "link"],
+        st.validators.map((v) => el("tr", {}, el("td", {}, String(v.index)), el("td", {}, v.name),
+          el("td", { class: "num" }, String(v.power)), el("td", {}, v.connected ? "connected" : "down")))))),
+    el("section", { class: "card" }, el("h2", {}, "Recent blocks ", el("span", { class: "muted" }, "(live)")),
+      table(["height", "hash", el("th", { class: "hide-phone" }, "time"), "records"], rows, { id: "blocks" })));
+    $("blocks").querySelector("tbody").id = "blocks-body";
+    if (!rows.length) $("blocks-body").append(el("tr", { class: "empty" }, el("td", { colspan: 4, class: "muted" }, "no blocks yet: submit a record")));
+  }
+
+  async function blockView(token, height) {
+    const { doc: b } = await api(`/v1/blocks/${encodeURIComponent(height)}`);
+    if (token !== state.view) return;
+    const h = b.header, sigs = b.cert.signatures;
+    const g = genesis(), vals = g ? g.parsed.validators : [];
+    const signed = new Set(sigs.map((s) => s.validator));
+    const power = sigs.reduce((n, s) => n + ((vals[s.validator] || {}).power || 0), 0);
+    setView(el("h1", {}, `Block ${b.height}`),
+      el("div", { class: "pager" }, b.height > 1 ? link(blockHref(b.height - 1), "← previous") : null,
+        link(blockHref(b.height + 1), "next →")),
+      el("section", { class: "card" }, el("h2", {}, "Header"), kv([
+        ["block hash", code(b.hash)], ["chain", code(h.chain)], ["time", time(h.time_ms)],
+        ["prev_hash", b.height > 1 ? link(blockHref(b.height - 1), h.prev_hash, "mono") : el("span", {}, code(h.prev_hash), " (genesis hash)")],
+        ["records_root", code(h.records_root)], ["record_count", String(h.record_count)],
+        ["log_root", code(h.log_root)], ["log_size", String(h.log_size)],
+        ["proposer", `${validatorName(h.proposer)} (#${h.proposer})`],
+        ["validators_hash", code(h.validators_hash)], ["version", String(h.version)],
+      ])),
+      el("section", { class: "card", id: "certificate" }, el("h2", {}, "Commit certificate"), kv([
+        ["round", String(b.cert.round)],
+        ["signed by", el("span", { id: "cert-signers" }, sigs.map((s) => validatorName(s.validator)).join(", "))],
+        ["not signed", vals.filter((v) => !signed.has(v.index)).map((v) => v.name).join(", ") || "—"],
+        ["power", g ? `${power} of ${g.parsed.totalPower} (more than 2/3 needed)` : "load a genesis to see"],
+      ]), el("div", { class: "actions" }, el("button", { type: "button", id: "verify-block",
+        onclick: (ev) => runBlockVerify(b.height, ev.target.closest("section").querySelector(".block-result")) },
+      "Verify block in this browser")), el("div", { class: "block-result", id: "verify-result" })),
+      el("section", { class: "card" }, el("h2", {}, `Records (${b.records.length})`),
+        b.records.length ? recordTable(b.records, false) : el("p", { class: "muted" }, "an empty block")));
+  }
+
+  function recordTable(records, withHeight) {
+    return table([withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"],
+      records.map((r) => el("tr", {},
+        el("td", { class: "num" }, withHeight ? link(blockHref(r.height), String(r.height)) : String(r.index)),
+        el("td", {}, link(recordHref(r.id), short(r.id), "mono")),
+        el("td", {}, r.type),
+        el("td", {}, withHeight ? time(r.ts) : link(subjectHref(r.subject), r.subject)),
+        el("td", {}, signerLabel(r.signer)),
+        el("td", { class: "payload mono", title: payloadText(r.payload) }, payloadText(r.payload)))));
+  }
+
+  async function recordView(token, id) {
+    let r;
+    try {
+      r = (await api(`/v1/records/${encodeURIComponent(id)}`)).doc;
+    } catch (e) {
+      if (e.status !== 404 && e.status !== 400) throw e;
+      if (token !== state.view) return;
+      setView(el("h1", {}, "Record not found"), el("p", {}, e.message),
+        el("p", {}, "Looking for a subject? ", link(subjectHref(id), `subject ${id}`)));
+      return;
+    }
+    if (token !== state.view) return;
+    // ts and nonce may exceed 2^53: show them exactly, from the envelope's own bytes.
+    let exact = r;
+    try { exact = L.decodeEnvelope(L.unb64(r.envelope, "envelope")).body; } catch (e) { /* shown as sent */ }
+    const receiptBox = el("section", { class: "card", id: "receipt" }, el("h2", {}, "Receipt"));
+    setView(el("h1", { class: "mono" }, `Record ${short(r.id)}`),
+      el("section", { class: "card" }, kv([
+        ["id", code(r.id)],
+        ["status", el("span", { class: `badge ${r.status}`, id: "record-status" }, r.status)],
+        r.height !== undefined && ["block", link(blockHref(r.height), `${r.height}`)],
+        r.index !== undefined && ["index", String(r.index)],
+        ["type", r.type], ["subject", link(subjectHref(r.subject), r.subject)],
+        ["signer", el("span", {}, el("span", { id: "record-org" }, signerLabel(r.signer)), el("br"), code(r.signer))],
+        ["time (client)", time(exact.ts)], ["nonce", String(exact.nonce)],
+      ])),
+      el("section", { class: "card" }, el("h2", {}, "Payload"),
+        el("pre", { class: "payload", id: "payload" }, JSON.stringify(r.payload, null, 2))),
+      receiptBox);
+    if (r.status !== "committed") {
+      receiptBox.append(el("p", { class: "muted" }, "Pending: waiting for the record to be committed…"));
+      setTimeout(() => { if (token === state.view) route(); }, 1000);
+      return;
+    }
+    const { text } = await api(`/v1/records/${r.id}/receipt`);
+    if (token !== state.view) return;
+    const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+    const out = el("div", { id: "verify-result" });
+    receiptBox.append(
+      el("p", {}, "Offline proof that this record is in block ", String(r.height),
+        ": check it here, or with ", code("ledger verify receipt.json --genesis genesis.json"), "."),
+      el("div", { class: "actions" },
+        el("button", { id: "verify-button", type: "button", onclick: () => runVerify(text, out) }, "Verify in this browser"),
+        el("a", { class: "button secondary", href: url, download: `receipt-${r.id}.json`, id: "download-receipt" }, "Download receipt JSON")),
+      out);
+  }
+
+  // Run a verification (receipt or block) against the genesis in use and show its result.
+  async function runCheck(out, check, validText) {
+    const g = genesis();
+    out.replaceChildren(el("p", { class: "muted" }, "verifying…"));
+    if (!g) { out.replaceChildren(el("p", { class: "error" }, "no genesis: load your genesis.json first")); return; }
+    let res;
+    try {
+      res = await check(g.parsed);
+    } catch (e) {
+      res = { ok: false, steps: [], reason: `verifier error: ${e.message}` };
+    }
+    const against = el("p", { class: "muted" }, "against genesis sha256 ", code(g.hash),
+      g === state.userGenesis ? ` (your file ${g.source})` : " (served by the node)");
+    const steps = el("ol", {}, res.steps.map((s) => el("li", {}, "✓ ", s)));
+    out.replaceChildren(res.ok
+      ? el("div", { class: "result valid", "data-valid": "true" }, el("div", { class: "verdict" }, "VALID"),
+        el("div", {}, validText(res)), steps, against)
+      : el("div", { class: "result invalid", "data-valid": "false" }, el("div", { class: "verdict" }, "INVALID"),
+        el("div", { class: "reason" }, res.reason), steps, against));
+  }
+  const runVerify = (text, out) => runCheck(out, (g) => L.verifyReceipt(text, g),
+    (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators of genesis.`);
+  async function fetchBlockBytes(height) {
+    const resp = await fetch(`/v1/blocks/${height}`, { headers: { Accept: "application/msgpack" } });
+    if (!resp.ok) throw new Error(`GET /v1/blocks/${height}: ${resp.status}`);
+    return new Uint8Array(await resp.arrayBuffer());
+  }
+  const runBlockVerify = (height, out) => runCheck(out,
+    async (g) => L.verifyBlock(await fetchBlockBytes(height), g),
+    (res) => `Block ${height} (${short(res.blockHash)}) is certified by the validators of genesis.`);
+
+  function verifyView() {
+    const input = el("textarea", { id: "receipt-input", placeholder: "paste a receipt (JSON) here", spellcheck: "false" });
+    const out = el("div", { id: "verify-result" });
+    const file = el("input", { type: "file", id: "receipt-file", accept: ".json,application/json", hidden: "",
+      onchange: async (ev) => {
+        const f = ev.target.files[0];
+        ev.target.value = "";
+        if (f) { input.value = await f.text(); runVerify(input.value, out); }
+      } });
+    setView(el("h1", {}, "Verify a receipt"),
+      el("section", { class: "card" },
+        el("p", {}, "A receipt proves a record is on the chain using nothing but genesis.json. ",
+          "It is checked here, in your browser, with WebCrypto; nothing is sent to the node."),
+        input,
+        el("div", { class: "actions" },
+          el("button", { type: "button", id: "verify-button", onclick: () => runVerify(input.value, out) }, "Verify"),
+          el("label", { class: "button secondary" }, "Open a receipt file…", file)),
+        out));
+  }
+
+  // Numeric series of a subject: the payload itself, or one numeric field of a map payload.
+  function numericFields(records) {
+    const counts = new Map();
+    for (const r of records) {
+      const p = r.payload;
+      if (typeof p === "number") counts.set("", (counts.get("") || 0) + 1);
+      else if (p && typeof p === "object" && !Array.isArray(p)) {
+        for (const [k, v] of Object.entries(p)) if (typeof v === "number" && Number.isFinite(v)) counts.set(k, (counts.get(k) || 0) + 1);
+      }
+    }
+    return [...counts.entries()].sort((a, b) => (b[0] === "value") - (a[0] === "value") || b[1] - a[1]).map(([k]) => k);
+  }
+  const valueOf = (p, f) => (f === "" ? p : p && typeof p === "object" && !Array.isArray(p) ? p[f] : undefined);
+  function chart(records, f, width) {
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = (tag, attrs, text) => {
+      const n = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+      if (text !== undefined) n.textContent = text;
+      return n;
+    };
+    const pts = records.map((r) => ({ r, x: Number(r.ts), y: valueOf(r.payload, f) }))
+      .filter((p) => typeof p.y === "number" && Number.isFinite(p.y) && Number.isFinite(p.x));
+    // Drawn at the box's own width, so labels keep their size on a phone.
+    const W = Math.round(Math.max(300, Math.min(1000, width || 800))), H = W < 500 ? 200 : 260, pl = 56, pr = 12, pt = 12, pb = 28;
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", id: "chart-svg", "data-points": pts.length });
+    root.append(svg("title", {}, `${f || "value"} over time (${pts.length} points)`));
+    if (!pts.length) return root;
+    let [x0, x1] = [Math.min(...pts.map((p) => p.x)), Math.max(...pts.map((p) => p.x))];
+    let [y0, y1] = [Math.min(...pts.map((p) => p.y)), Math.max(...pts.map((p) => p.y))];
+    if (x0 === x1) { x0 -= 1; x1 += 1; }
+    if (y0 === y1) { y0 -= 1; y1 += 1; }
+    // On a narrow chart of one day, the axis shows times only (the day is in the tooltips).
+    const oneDay = time(x0).slice(0, 10) === time(x1).slice(0, 10);
+    const label = (x) => (W < 500 && oneDay ? time(x).slice(11) : time(x));
+    const sx = (x) => pl + ((x - x0) / (x1 - x0)) * (W - pl - pr);
+    const sy = (y) => H - pb - ((y - y0) / (y1 - y0)) * (H - pt - pb);
+    root.append(svg("line", { class: "axis", x1: pl, y1: H - pb, x2: W - pr, y2: H - pb }),
+      svg("line", { class: "axis", x1: pl, y1: pt, x2: pl, y2: H - pb }),
+      svg("text", { x: pl - 6, y: pt + 10, "text-anchor": "end" }, String(+y1.toPrecision(6))),
+      svg("text", { x: pl - 6, y: H - pb, "text-anchor": "end" }, String(+y0.toPrecision(6))),
+      svg("text", { x: pl, y: H - 8 }, label(x0)),
+      svg("text", { x: W - pr, y: H - 8, "text-anchor": "end" }, label(x1)),
+      svg("polyline", { class: "line", points: pts.map((p) => `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(" ") }));
+    for (const p of pts) {
+      const dot = svg("circle", { class: "dot", cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: 3.5 });
+      dot.append(svg("title", {}, `${p.y} at ${time(p.x)} (block ${p.r.height})`));
+      dot.addEventListener("click", () => { location.hash = recordHref(p.r.id); });
+      root.append(dot);
+    }
+    return root;
+  }
+
+  async function subjectView(token, subject) {
+    const records = [];
+    let next = -1, field = null;
+    const chartBox = el("div", { class: "chart", id: "chart" });
+    const listBox = el("div", { id: "history" });
+    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => load() }, "Load older pages");
+    const count = el("span", { class: "muted" });
+    const draw = () => {
+      const fields = numericFields(records);
+      if (field === null || !fields.includes(field)) field = fields.length ? fields[0] : null;
+      chartBox.replaceChildren();
+      if (field !== null) {
+        const pick = el("select", { "aria-label": "field", onchange: (ev) => { field = ev.target.value; draw(); } },
+          fields.map((k) => el("option", { value: k, selected: k === field ? "" : null }, k === "" ? "payload" : k)));
+        chartBox.append(el("div", { class: "muted" }, "chart of ", fields.length > 1 ? pick : (field === "" ? "payload" : field)),
+          chart(records, field, chartBox.clientWidth));
+      } else chartBox.append(el("p", { class: "muted" }, "no numeric values to chart"));
+      listBox.replaceChildren(records.length ? recordTable([...records].reverse(), true) : el("p", { class: "muted" }, "no committed records for this subject"));
+      count.textContent = ` (${records.length}${next === null ? "" : "+"})`;
+      more.hidden = next === null;
+    };
+    async function load() {
+      const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?limit=500&after=${next}`);
+      if (token !== state.view) return;
+      records.push(...doc.records);
+      next = doc.next;
+      draw();
+    }
+    setView(el("h1", {}, "Subject ", el("span", { class: "mono", id: "subject-name" }, subject)),
+      el("section", { class: "card" }, el("h2", {}, "Values over time"), chartBox),
+      el("section", { class: "card" }, el("h2", {}, "History", count), listBox, el("div", { class: "actions" }, more)));
+    await load();
+  }
+
+  // ---- routing ----
+  async function route() {
+    const token = ++state.view;
+    const parts = location.hash.replace(/^#\/?/, "").split("/");
+    const kind = parts[0];
+    let arg = parts.slice(1).join("/");
+    try { arg = decodeURIComponent(arg); } catch (e) { /* keep it raw */ }
+    try {
+      if (kind === "block" && /^\d+$/.test(arg)) await blockView(token, arg);
+      else if (kind === "record" && arg) await recordView(token, arg);
+      else if (kind === "subject" && arg) await subjectView(token, arg);
+      else if (kind === "verify") verifyView();
+      else await homeView(token);
+    } catch (e) {
+      if (token === state.view) setView(el("h1", {}, "Not available"), el("p", { class: "error", id: "view-error" }, e.message));
+    }
+  }
+  $("search").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = $("search-input").value.trim();
+    if (!q) return;
+    if (/^\d+$/.test(q)) location.hash = blockHref(Number(q));
+    else if (/^[0-9a-fA-F]{64}$/.test(q)) location.hash = recordHref(q.toLowerCase());
+    else location.hash = subjectHref(q);
+  });
+  window.addEventListener("hashchange", route);
+
+  async function start() {
+    try {
+      const { doc: st } = await api("/v1/status");
+      state.status = st;
+      $("chain-id").textContent = st.chain;
+      $("node-name").textContent = st.node;
+      setTip(st.height);
+      $("tip-height").textContent = String(st.height);
+      state.lastEvent = Math.max(0, st.height - RECENT);
+      connect(state.lastEvent + 1);
+    } catch (e) {
+      $("chain-id").textContent = "unreachable";
+    }
+    await initGenesis();
+    route();
+  }
+  start();
+})();

@@ -1,0 +1,469 @@
+// The protocol in the browser: a small exact msgpack codec, genesis parsing and the receipt
+// verifier of SPEC section 6 (the same checks as ledger/receipts.py). No DOM here: app.js
+// draws, this file decides. Exposed as window.Ledger.
+"use strict";
+(function () {
+  const enc = new TextEncoder();
+  const utf8 = new TextDecoder("utf-8", { fatal: true });
+  const RECORD_TAG = enc.encode("ledger.record.v1\0");
+  const VOTE_TAG = enc.encode("ledger.vote.v1\0");
+  const PRECOMMIT = 2;
+  const BODY_KEYS = ["chain", "type", "subject", "payload", "ts", "nonce", "signer"];
+  const TYPE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+  const MAX_PAYLOAD = 64 * 1024, MAX_BODY = MAX_PAYLOAD + 2048, MAX_ENVELOPE = MAX_BODY + 128;
+  const U64 = (1n << 64n) - 1n, I64 = (1n << 63n) - 1n;
+
+  class VerifyError extends Error {}
+  const fail = (msg) => { throw new VerifyError(msg); };
+
+  // ---- bytes ----
+  const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  function unhex(text, what, len) {
+    if (typeof text !== "string") fail(`${what}: expected a hex string`);
+    if (!/^([0-9a-f]{2})*$/.test(text)) fail(`${what}: hex must be lowercase with no separators`);
+    const out = new Uint8Array(text.length / 2);
+    for (let i = 0; i < out.length; i++) out[i] = parseInt(text.substr(2 * i, 2), 16);
+    if (len !== undefined && out.length !== len) fail(`${what}: expected ${len} bytes of hex, got ${out.length}`);
+    return out;
+  }
+  function b64(bytes) {
+    let s = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(s);
+  }
+  function unb64(text, what) {
+    if (typeof text !== "string") fail(`${what}: expected a base64 string`);
+    let bin;
+    try { bin = atob(text); } catch (e) { fail(`${what}: not valid base64`); }
+    const out = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    if (b64(out) !== text) fail(`${what}: not canonical base64`);
+    return out;
+  }
+  function concat(...parts) {
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let o = 0;
+    for (const p of parts) { out.set(p, o); o += p.length; }
+    return out;
+  }
+  const equal = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+  async function sha256(bytes) { return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)); }
+
+  // ---- msgpack encoder: str, non-negative int, bin, nil, bool, array (what is hashed/signed) ----
+  function encode(value) {
+    const out = [];
+    const be = (n, size) => { // big-endian unsigned of `size` bytes (n: BigInt)
+      for (let i = size - 1; i >= 0; i--) out.push(Number((n >> BigInt(8 * i)) & 0xffn));
+    };
+    const head = (fix, fixMax, codes, n) => { // fixed form, else 8/16/32-bit length forms
+      if (fix !== null && n <= fixMax) out.push(fix | n);
+      else if (codes[0] !== null && n < 0x100) { out.push(codes[0]); be(BigInt(n), 1); }
+      else if (n < 0x10000) { out.push(codes[1]); be(BigInt(n), 2); }
+      else { out.push(codes[2]); be(BigInt(n), 4); }
+    };
+    const walk = (v) => {
+      if (v === null) out.push(0xc0);
+      else if (v === false || v === true) out.push(v ? 0xc3 : 0xc2);
+      else if (typeof v === "number" || typeof v === "bigint") {
+        if (typeof v === "number" && !Number.isSafeInteger(v)) throw new TypeError(`cannot encode ${v}`);
+        const n = BigInt(v);
+        if (n < 0n || n > U64) throw new TypeError(`cannot encode integer ${n}`);
+        if (n < 0x80n) out.push(Number(n));
+        else if (n < 0x100n) { out.push(0xcc); be(n, 1); }
+        else if (n < 0x10000n) { out.push(0xcd); be(n, 2); }
+        else if (n < 0x100000000n) { out.push(0xce); be(n, 4); }
+        else { out.push(0xcf); be(n, 8); }
+      } else if (typeof v === "string") {
+        const b = enc.encode(v);
+        head(0xa0, 31, [0xd9, 0xda, 0xdb], b.length);
+        for (const x of b) out.push(x);
+      } else if (v instanceof Uint8Array) {
+        head(null, 0, [0xc4, 0xc5, 0xc6], v.length);
+        for (const x of v) out.push(x);
+      } else if (Array.isArray(v)) {
+        head(0x90, 15, [null, 0xdc, 0xdd], v.length);
+        v.forEach(walk);
+      } else throw new TypeError(`cannot encode ${typeof v}`);
+    };
+    walk(value);
+    return Uint8Array.from(out);
+  }
+
+  // ---- msgpack decoder: every type but ext; maps become Map (a repeated key is an error) ----
+  // `spans`, if given, receives the encoded size of each value of a top-level map.
+  function decode(bytes, what = "msgpack", spans = null) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let pos = 0, depth = 0;
+    const need = (n) => { if (pos + n > bytes.length) fail(`${what}: truncated`); };
+    const uint = (size) => {
+      need(size);
+      let n = 0n;
+      for (let i = 0; i < size; i++) n = (n << 8n) | BigInt(bytes[pos + i]);
+      pos += size;
+      return n;
+    };
+    const int = (n) => (n >= BigInt(Number.MIN_SAFE_INTEGER) && n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n);
+    const take = (n) => { need(n); const b = bytes.slice(pos, pos + n); pos += n; return b; };
+    const str = (n) => { try { return utf8.decode(take(n)); } catch (e) { if (e instanceof VerifyError) throw e; fail(`${what}: invalid UTF-8 in str`); } };
+    const keyOf = (k) => {
+      if (k instanceof Uint8Array) return "b:" + hex(k);
+      if (k instanceof Map || Array.isArray(k)) fail(`${what}: map key is not hashable`);
+      return typeof k + ":" + String(k);
+    };
+    const arr = (n) => { const a = []; for (let i = 0; i < n; i++) a.push(item()); return a; };
+    const map = (n) => {
+      const m = new Map(), seen = new Set();
+      for (let i = 0; i < n; i++) {
+        const k = item(), id = keyOf(k);
+        if (seen.has(id)) fail(`${what}: key ${JSON.stringify(String(k))} appears twice in one map`);
+        seen.add(id);
+        const start = pos;
+        m.set(k, item());
+        if (spans && depth === 1) spans[id] = pos - start;
+      }
+      return m;
+    };
+    const item = () => {
+      if (++depth > 512) fail(`${what}: nested too deep`);
+      need(1);
+      const c = bytes[pos++];
+      let v;
+      if (c < 0x80) v = c;
+      else if (c >= 0xe0) v = c - 0x100;
+      else if (c >= 0xa0 && c <= 0xbf) v = str(c & 0x1f);
+      else if (c >= 0x90 && c <= 0x9f) v = arr(c & 0x0f);
+      else if (c >= 0x80 && c <= 0x8f) v = map(c & 0x0f);
+      else switch (c) {
+        case 0xc0: v = null; break;
+        case 0xc2: v = false; break;
+        case 0xc3: v = true; break;
+        case 0xc4: case 0xc5: case 0xc6: v = take(Number(uint(1 << (c - 0xc4)))); break;
+        case 0xca: need(4); v = view.getFloat32(pos); pos += 4; break;
+        case 0xcb: need(8); v = view.getFloat64(pos); pos += 8; break;
+        case 0xcc: case 0xcd: case 0xce: case 0xcf: v = int(uint(1 << (c - 0xcc))); break;
+        case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+          const size = 1 << (c - 0xd0), u = uint(size);
+          v = int(BigInt.asIntN(8 * size, u));
+          break;
+        }
+        case 0xd9: case 0xda: case 0xdb: v = str(Number(uint(1 << (c - 0xd9)))); break;
+        case 0xdc: case 0xdd: v = arr(Number(uint(2 << (c - 0xdc)))); break;
+        case 0xde: case 0xdf: v = map(Number(uint(2 << (c - 0xde)))); break;
+        default:
+          if (c === 0xc1) fail(`${what}: byte 0xc1 is never used`);
+          fail(`${what}: msgpack ext types are not allowed`);
+      }
+      depth--;
+      return v;
+    };
+    const value = item();
+    if (pos !== bytes.length) fail(`${what}: trailing bytes after the msgpack value`);
+    return value;
+  }
+
+  // Decoded msgpack -> something JSON-like to show (bin as base64, like the API does).
+  function toPlain(v) {
+    if (v instanceof Uint8Array) return b64(v);
+    if (typeof v === "bigint") return v.toString();
+    if (Array.isArray(v)) return v.map(toPlain);
+    if (v instanceof Map) {
+      const o = {};
+      for (const [k, x] of v) o[typeof k === "string" ? k : JSON.stringify(toPlain(k))] = toPlain(x);
+      return o;
+    }
+    return v;
+  }
+
+  // ---- typed field checks (as ledger/encoding.py) ----
+  const isInt = (v) => (typeof v === "number" && Number.isInteger(v)) || typeof v === "bigint";
+  function expInt(v, what, lo = 0n, hi = U64) {
+    if (!isInt(v)) fail(`${what}: expected an integer`);
+    if (BigInt(v) < lo || BigInt(v) > hi) fail(`${what}: ${v} is outside [${lo}, ${hi}]`);
+    return v;
+  }
+  function expBin(v, what, len) {
+    if (!(v instanceof Uint8Array)) fail(`${what}: expected bin`);
+    if (len !== undefined && v.length !== len) fail(`${what}: expected ${len} bytes, got ${v.length}`);
+    return v;
+  }
+  function expStr(v, what) { if (typeof v !== "string") fail(`${what}: expected str`); return v; }
+  function expArr(v, what, len) {
+    if (!Array.isArray(v)) fail(`${what}: expected an array`);
+    if (len !== undefined && v.length !== len) fail(`${what}: expected an array of ${len} items, got ${v.length}`);
+    return v;
+  }
+  function canonical(bytes, obj, what) {
+    let again;
+    try { again = encode(obj); } catch (e) { fail(`${what}: not in canonical msgpack encoding`); }
+    if (!equal(again, bytes)) fail(`${what}: not in canonical msgpack encoding`);
+  }
+
+  // ---- records, headers ----
+  function decodeEnvelope(envelope) {
+    const w = "record envelope";
+    if (envelope.length > MAX_ENVELOPE) fail(`${w}: ${envelope.length} bytes exceeds ${MAX_ENVELOPE}`);
+    const items = expArr(decode(envelope, w), w, 2);
+    const bodyBytes = expBin(items[0], `${w}.body`), sig = expBin(items[1], `${w}.sig`, 64);
+    canonical(envelope, items, w);
+    return { bodyBytes, sig, body: decodeBody(bodyBytes) };
+  }
+  function decodeBody(data) {
+    const w = "record body";
+    if (data.length > MAX_BODY) fail(`${w}: ${data.length} bytes exceeds ${MAX_BODY}`);
+    const spans = {};
+    const m = decode(data, w, spans);
+    if (!(m instanceof Map)) fail(`${w}: expected a map`);
+    if (m.size !== BODY_KEYS.length) fail(`${w}: expected a map of 7 keys, got ${m.size}`);
+    for (const k of m.keys()) if (!BODY_KEYS.includes(k)) fail(`${w}: unexpected key ${JSON.stringify(String(k))}`);
+    const b = Object.fromEntries(m);
+    const len = (s) => enc.encode(s).length;
+    expStr(b.chain, `${w}.chain`);
+    if (len(b.chain) < 1 || len(b.chain) > 64) fail(`${w}.chain: must be 1..64 bytes`);
+    if (!TYPE_RE.test(expStr(b.type, `${w}.type`))) fail(`${w}.type: ${JSON.stringify(b.type)} does not match ^[a-z0-9][a-z0-9._-]{0,63}$`);
+    expStr(b.subject, `${w}.subject`);
+    if (len(b.subject) < 1 || len(b.subject) > 256) fail(`${w}.subject: must be 1..256 bytes of UTF-8`);
+    if (spans["string:payload"] > MAX_PAYLOAD) fail(`${w}.payload: ${spans["string:payload"]} bytes exceeds ${MAX_PAYLOAD}`);
+    expInt(b.ts, `${w}.ts`, -(1n << 63n), I64);
+    expInt(b.nonce, `${w}.nonce`);
+    expBin(b.signer, `${w}.signer`, 32);
+    return b;
+  }
+  const HEADER_FIELDS = ["version", "chain", "height", "time_ms", "prev_hash", "records_root",
+    "record_count", "log_root", "log_size", "proposer", "validators_hash"];
+  function decodeHeader(bytes) {
+    const w = "header";
+    const items = expArr(decode(bytes, w), w, 11);
+    canonical(bytes, items, w);
+    const h = Object.fromEntries(HEADER_FIELDS.map((k, i) => [k, items[i]]));
+    if (expInt(h.version, `${w}.version`) !== 1) fail(`${w}.version: unsupported version ${h.version}`);
+    expStr(h.chain, `${w}.chain`);
+    expInt(h.height, `${w}.height`, 1n);
+    expInt(h.time_ms, `${w}.time_ms`, 0n, I64);
+    for (const k of ["prev_hash", "records_root", "log_root", "validators_hash"]) expBin(h[k], `${w}.${k}`, 32);
+    for (const k of ["record_count", "log_size", "proposer"]) expInt(h[k], `${w}.${k}`);
+    return h;
+  }
+
+  // ---- genesis (SPEC section 5): what a verifier needs ----
+  function parseGenesis(bytes) {
+    let doc;
+    try { doc = JSON.parse(utf8.decode(bytes)); } catch (e) { fail(`genesis: not valid JSON (${e.message})`); }
+    if (!doc || typeof doc !== "object" || Array.isArray(doc)) fail("genesis: expected a JSON object");
+    if (typeof doc.chain_id !== "string") fail("genesis.chain_id: expected a string");
+    const pub = (o, where) => unhex(o && o.pubkey, `${where}.pubkey`, 32);
+    if (!Array.isArray(doc.validators) || !doc.validators.length) fail("genesis.validators: at least one validator is required");
+    const validators = doc.validators.map((v, i) => {
+      const where = `validators[${i}]`;
+      if (!Number.isSafeInteger(v && v.power) || v.power < 1) fail(`${where}.power: must be a positive integer`);
+      if (typeof v.name !== "string") fail(`${where}.name: expected a string`);
+      return { index: i, name: v.name, pubkey: pub(v, where), power: v.power };
+    });
+    if (new Set(validators.map((v) => hex(v.pubkey))).size !== validators.length) fail("genesis.validators: two validators share a public key");
+    const members = new Map();
+    if (!Array.isArray(doc.organizations)) fail("genesis.organizations: expected an array");
+    doc.organizations.forEach((org, i) => {
+      if (!org || typeof org.name !== "string" || !Array.isArray(org.members)) fail(`organizations[${i}]: expected name and members`);
+      org.members.forEach((m, j) => {
+        const where = `organizations[${i}].members[${j}]`, key = hex(pub(m, where));
+        if (!Array.isArray(m.roles) || !m.roles.every((r) => typeof r === "string")) fail(`${where}.roles: expected a list of strings`);
+        if (members.has(key)) fail(`${where}.pubkey: key already belongs to another member`);
+        members.set(key, { organization: org.name, name: String(m.name), roles: m.roles });
+      });
+    });
+    const policies = doc.policies;
+    if (!policies || typeof policies !== "object" || Array.isArray(policies)) fail("genesis.policies: expected an object");
+    return { chainId: doc.chain_id, validators, members, policies,
+             totalPower: validators.reduce((n, v) => n + v.power, 0) };
+  }
+  function maySubmit(genesis, signerHex, type) {
+    const m = genesis.members.get(signerHex);
+    if (!m) return false;
+    const allowed = Object.prototype.hasOwnProperty.call(genesis.policies, type) ? genesis.policies[type] : genesis.policies["*"] || [];
+    return Array.isArray(allowed) && m.roles.some((r) => allowed.includes(r));
+  }
+
+  // ---- Ed25519 (WebCrypto) and RFC 9162 ----
+  const L = (1n << 252n) + 27742317777372353535851937790883648493n;
+  async function ed25519Verify(pub, msg, sig) {
+    if (pub.length !== 32 || sig.length !== 64) return false;
+    // libsodium rejects a non-canonical S (>= L); do the same whatever WebCrypto does.
+    let s = 0n;
+    for (let i = 63; i >= 32; i--) s = (s << 8n) | BigInt(sig[i]);
+    if (s >= L) return false;
+    try {
+      const key = await crypto.subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
+      return await crypto.subtle.verify("Ed25519", key, sig, msg);
+    } catch (e) {
+      return false; // an invalid public key
+    }
+  }
+  const leafHash = (e) => sha256(concat(Uint8Array.of(0), e));
+  const nodeHash = (l, r) => sha256(concat(Uint8Array.of(1), l, r));
+  const bitLength = (n) => (n === 0 ? 0 : Math.floor(Math.log2(n)) + 1);
+  const popcount = (n) => { let c = 0; while (n) { c += n & 1; n = Math.floor(n / 2); } return c; };
+  // RFC 9162 2.1.3.2: the root implied by an audit path (index, size < 2^53).
+  async function rootFromPath(index, size, leaf, path) {
+    if (!(index >= 0 && index < size)) fail(`index ${index} out of range for size ${size}`);
+    const inner = bitLength(Number(BigInt(index) ^ BigInt(size - 1)));
+    const border = popcount(Math.floor(index / 2 ** inner));
+    if (path.length !== inner + border) fail(`wrong proof length ${path.length} for index ${index}, size ${size}`);
+    let fn = index, sn = size - 1, r = leaf;
+    for (const p of path) {
+      if (fn % 2 === 1 || fn === sn) {
+        r = await nodeHash(p, r);
+        while (fn % 2 === 0 && fn !== 0) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+      } else {
+        r = await nodeHash(r, p);
+      }
+      fn = Math.floor(fn / 2); sn = Math.floor(sn / 2);
+    }
+    if (sn !== 0) fail("proof too short");
+    return r;
+  }
+
+  // SPEC section 4: precommits for sha256(header) by distinct genesis validators, ascending,
+  // holding more than 2/3 of the power.
+  async function verifyCert(chain, header, headerBytes, round, sigs, genesis) {
+    if (!sigs.length) fail("certificate has no signatures");
+    for (let i = 1; i < sigs.length; i++) if (sigs[i - 1][0] >= sigs[i][0]) fail("certificate signatures are not in strictly ascending validator order");
+    const blockHash = await sha256(headerBytes);
+    const vote = concat(VOTE_TAG, encode([chain, PRECOMMIT, header.height, round, blockHash]));
+    let power = 0;
+    for (const [i, sig] of sigs) {
+      if (i >= genesis.validators.length) fail(`certificate names validator ${i}, but the set has ${genesis.validators.length}`);
+      const v = genesis.validators[i];
+      if (!(await ed25519Verify(v.pubkey, vote, sig))) fail(`certificate signature of validator ${i} (${v.name}) does not verify`);
+      power += v.power;
+    }
+    if (!(3 * power > 2 * genesis.totalPower)) fail(`certificate signers hold power ${power} of ${genesis.totalPower}; more than 2/3 is required`);
+    return { blockHash, power, names: sigs.map(([i]) => genesis.validators[i].name) };
+  }
+
+  // RFC 9162 2.1.1: the root of a list of leaf hashes.
+  async function merkleRoot(leaves) {
+    if (!leaves.length) return sha256(new Uint8Array(0));
+    if (leaves.length === 1) return leaves[0];
+    let k = 1;
+    while (k * 2 < leaves.length) k *= 2;
+    return nodeHash(await merkleRoot(leaves.slice(0, k)), await merkleRoot(leaves.slice(k)));
+  }
+
+  // A whole block (the exact msgpack bytes of GET /v1/blocks/{h}): header against genesis,
+  // every record's signature and authorisation, records_root, and the certificate. (The
+  // hash link to the previous block and the log root need the chain: `ledger audit`.)
+  async function verifyBlock(bytes, genesis) {
+    const steps = [];
+    try {
+      const items = expArr(decode(bytes, "block"), "block", 3);
+      canonical(bytes, items, "block");
+      const headerBytes = encode(expArr(items[0], "block.header"));
+      const header = decodeHeader(headerBytes);
+      if (header.chain !== genesis.chainId) fail(`block is for chain ${JSON.stringify(header.chain)}, genesis is ${JSON.stringify(genesis.chainId)}`);
+      const vhash = await sha256(encode(genesis.validators.map((v) => [v.pubkey, v.power])));
+      if (!equal(header.validators_hash, vhash)) fail("header's validators_hash does not match genesis");
+      steps.push(`header of ${header.chain} at height ${header.height}, with the genesis validator set`);
+      const envelopes = expArr(items[1], "block.records").map((e, i) => expBin(e, `block.records[${i}]`));
+      if (envelopes.length !== header.record_count) fail(`record_count ${header.record_count}, but the block holds ${envelopes.length}`);
+      for (const [i, e] of envelopes.entries()) {
+        const rec = decodeEnvelope(e);
+        if (rec.body.chain !== header.chain) fail(`record ${i} names chain ${JSON.stringify(rec.body.chain)}`);
+        if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${i}: signature does not verify`);
+        if (!maySubmit(genesis, hex(rec.body.signer), rec.body.type)) fail(`record ${i}: signer is not authorised for type ${JSON.stringify(rec.body.type)}`);
+      }
+      steps.push(`${envelopes.length} record signatures verify, each signer authorised by genesis`);
+      const root = await merkleRoot(await Promise.all(envelopes.map(leafHash)));
+      if (!equal(root, header.records_root)) fail("records_root is not the root of the block's records");
+      steps.push("records_root is the RFC 9162 root of the records");
+      const cert = expArr(items[2], "block.cert", 4);
+      expInt(cert[0], "cert.height", 1n);
+      expInt(cert[1], "cert.round", 0n, (1n << 32n) - 1n);
+      if (cert[0] !== header.height) fail(`certificate is for height ${cert[0]}, the header for ${header.height}`);
+      const sigs = expArr(cert[3], "cert.signatures").map((p, i) => {
+        const pair = expArr(p, `cert.signatures[${i}]`, 2);
+        return [expInt(pair[0], `cert.signatures[${i}].validator`), expBin(pair[1], `cert.signatures[${i}].sig`, 64)];
+      });
+      const { blockHash, power, names } = await verifyCert(header.chain, header, headerBytes, cert[1], sigs, genesis);
+      if (!equal(expBin(cert[2], "cert.block_hash", 32), blockHash)) fail("certificate is for another block hash");
+      steps.push(`certificate: precommits by ${names.join(", ")} (power ${power} of ${genesis.totalPower})`);
+      return { ok: true, steps, blockHash: hex(blockHash) };
+    } catch (e) {
+      if (!(e instanceof VerifyError)) throw e;
+      return { ok: false, steps, reason: e.message };
+    }
+  }
+
+  // ---- receipts (SPEC section 6) ----
+  function field(doc, key, kind, where = "receipt") {
+    if (!Object.prototype.hasOwnProperty.call(doc, key)) fail(`${where}: missing '${key}'`);
+    const v = doc[key];
+    const ok = kind === "int" ? Number.isSafeInteger(v)
+      : kind === "list" ? Array.isArray(v)
+        : kind === "dict" ? v !== null && typeof v === "object" && !Array.isArray(v)
+          : typeof v === kind;
+    if (!ok) fail(`${where}.${key}: expected ${kind}`);
+    return v;
+  }
+
+  // Verify a receipt (object or JSON text) against a parsed genesis. Resolves to
+  // {ok: true, steps, record, header, signers} or {ok: false, steps, reason}; `steps` lists
+  // what was checked, in order.
+  async function verifyReceipt(input, genesis) {
+    const steps = [];
+    const step = (s) => steps.push(s);
+    try {
+      let doc = input;
+      if (typeof input === "string") {
+        try { doc = JSON.parse(input); } catch (e) { fail(`not valid JSON (${e.message})`); }
+      }
+      if (!doc || typeof doc !== "object" || Array.isArray(doc)) fail("expected a JSON object");
+      const chain = field(doc, "chain", "string");
+      if (chain !== genesis.chainId) fail(`receipt is for chain ${JSON.stringify(chain)}, genesis is ${JSON.stringify(genesis.chainId)}`);
+      step(`chain is ${chain}, as in genesis`);
+      const recordId = unhex(field(doc, "record_id", "string"), "receipt.record_id", 32);
+      const envelope = unb64(field(doc, "envelope", "string"), "receipt.envelope");
+      const rec = decodeEnvelope(envelope);
+      if (!equal(await sha256(rec.bodyBytes), recordId)) fail("record_id is not the sha256 of the envelope's body");
+      step("record_id = sha256(body)");
+      if (rec.body.chain !== chain) fail(`record names chain ${JSON.stringify(rec.body.chain)}`);
+      if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${hex(recordId)}: signature does not verify`);
+      step("record signature (Ed25519) verifies");
+      const signer = hex(rec.body.signer);
+      if (!maySubmit(genesis, signer, rec.body.type)) fail(`signer ${signer} is not authorised for type ${JSON.stringify(rec.body.type)}`);
+      step(`signer is authorised by genesis for type ${rec.body.type}`);
+
+      const height = field(doc, "height", "int"), index = field(doc, "index", "int");
+      const headerBytes = unb64(field(doc, "header", "string"), "receipt.header");
+      const header = decodeHeader(headerBytes);
+      if (header.height !== height) fail(`height ${height} but the header is for height ${header.height}`);
+      if (header.chain !== chain) fail(`header names chain ${JSON.stringify(header.chain)}`);
+      const vhash = await sha256(encode(genesis.validators.map((v) => [v.pubkey, v.power])));
+      if (!equal(header.validators_hash, vhash)) fail("header's validators_hash does not match genesis");
+      step(`header is for height ${height} of ${chain}, with the genesis validator set`);
+      const path = field(doc, "audit_path", "list").map((h, i) => unhex(h, `receipt.audit_path[${i}]`, 32));
+      if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
+      const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
+      if (!equal(root, header.records_root)) fail(`audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
+      step(`audit path (RFC 9162) leads from record ${index} to the header's records_root`);
+
+      const cert = field(doc, "cert", "dict");
+      const round = field(cert, "round", "int", "receipt.cert");
+      if (round < 0 || round > 2 ** 32 - 1) fail("receipt.cert.round: out of range");
+      const sigs = field(cert, "signatures", "list", "receipt.cert").map((e, i) => {
+        const where = `receipt.cert.signatures[${i}]`;
+        if (!e || typeof e !== "object" || Array.isArray(e)) fail(`${where}: expected an object`);
+        const validator = field(e, "validator", "int", where);
+        if (validator < 0) fail(`${where}.validator: must not be negative`);
+        return [validator, expBin(unb64(field(e, "sig", "string", where), `${where}.sig`), `${where}.sig`, 64)];
+      });
+      const { blockHash, power, names } = await verifyCert(chain, header, headerBytes, round, sigs, genesis);
+      step(`certificate: precommits for block ${hex(blockHash).slice(0, 16)}… by ${names.join(", ")} (power ${power} of ${genesis.totalPower})`);
+      return { ok: true, steps, signers: sigs.map(([i]) => i), header, blockHash: hex(blockHash),
+               record: { id: hex(recordId), ...rec.body, payload: toPlain(rec.body.payload), signer } };
+    } catch (e) {
+      if (!(e instanceof VerifyError)) throw e;
+      return { ok: false, steps, reason: e.message };
+    }
+  }
+
+  window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
+                    maySubmit, verifyReceipt, verifyBlock, decodeEnvelope, decodeHeader, VerifyError };
+})();
