@@ -145,16 +145,24 @@ class Mempool:
         return len(self.pending) >= self.max_records or self.bytes >= self.max_bytes
 
     def precheck(self, envelopes: Sequence[bytes]) -> Prechecked:
-        """Decode a batch, then check chain, signature and authorisation of each record this
-        node neither holds nor has committed (those are duplicates): a record that reached
-        this node first in a proposal, or from two peers, is not verified twice. Runs in a
-        worker thread; only reads the mempool (``admit``, on the event loop, decides)."""
+        """Decode a batch, then check chain, signature and authorisation of each envelope
+        this node does not already hold, pending or committed (``admit`` calls those
+        duplicates; the same bytes passed the same checks). The signature check asks the
+        verified cache, so a record that reached this node first in a proposal is not
+        verified twice. Runs in a worker thread; only reads the mempool (``admit``, on the
+        event loop, decides)."""
         looked_up = self._look_up([decode(e) for e in envelopes])
-        results = [c if c.record is None else
-                   AdmitResult(c.id, "duplicate")
-                   if c.record.id in looked_up.seen_ids or c.record.id in self.pending else
-                   check(self.genesis, c, self.cache.verify) for c in looked_up.results]
+        results = [c if c.record is None or self._holds(c.record, looked_up.seen_ids)
+                   else check(self.genesis, c, self.cache.verify) for c in looked_up.results]
         return dataclasses.replace(looked_up, results=results)
+
+    def _holds(self, record: Record, committed: set[bytes]) -> bool:
+        """This very envelope is pending or committed (same bytes: same checks' outcome).
+        A known id under another signature is checked: a forgery is reported as such."""
+        pending = self.pending.get(record.id)
+        if pending is not None:
+            return pending.envelope == record.envelope
+        return record.id in committed and self.store.envelope(record.id) == record.envelope
 
     def _look_up(self, results: list[AdmitResult]) -> Prechecked:
         """Which of the candidates' ids and (signer, nonce) pairs the store holds."""

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 from ledger.crypto import read_key_file
 from ledger.encoding import packb
@@ -50,12 +51,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's peak (or, with field="VmRSS", current) resident memory in MB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    return peak_rss_mb(pid, "VmRSS")
+
+
+def rate_by_tenth(timeline: list[tuple[float, int, float]], start: float) -> list[float]:
+    """Committed records/s in each tenth of the run (by records): flat if the cost per
+    record does not grow with the chain."""
+    ordered = sorted(timeline)
+    total = sum(n for _, n, _ in ordered)
+    rates, done, t_prev, n_seg, tenth = [], 0, start, 0, 1
+    for t, n, _ in ordered:
+        done += n
+        n_seg += n
+        if done >= total * tenth / 10 and t > t_prev:
+            rates.append(n_seg / (t - t_prev))
+            t_prev, n_seg, tenth = t, 0, tenth + 1
+    return rates
 
 
 def main() -> None:
@@ -87,7 +108,8 @@ def main() -> None:
                                      subject=f"plant-{i % 20}/line-{i % 3}/temp",
                                      payload={"v": i * 0.1, "unit": "C", "note": pad},
                                      ts=now, nonce=i)
-                       for i in range(args.records + args.light)]
+                       for i in tqdm(range(args.records + args.light), unit="rec",
+                                     desc="signing", file=sys.stderr, mininterval=1)]
             envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
 
             # Light load: one record in flight.
@@ -129,8 +151,15 @@ def main() -> None:
             threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            memory: list[tuple[float, list[float]]] = []  # (time, RSS MB of each node)
+            with tqdm(total=args.records, unit="rec", desc="committing", file=sys.stderr,
+                      mininterval=1) as bar:
+                while any(t.is_alive() for t in threads):
+                    memory.append((time.perf_counter() - start,
+                                   [rss_mb(p.pid) for p in c.procs.values()]))
+                    with lock:
+                        bar.update(sum(n for _, n, _ in timeline) - bar.n)
+                    time.sleep(1)
             elapsed = time.perf_counter() - start
             cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
                                                                    strict=True))
@@ -145,11 +174,14 @@ def main() -> None:
             m = re.search(r"(\d+) records verified in ([\d.]+) s", audit.stdout)
             audit_rate = int(m.group(1)) / float(m.group(2)) if m else 0.0
             rss = [peak_rss_mb(c.procs[i].pid) for i in range(args.nodes)]
-            store = [sum(p.stat().st_size for p in (c.dir / f"node{i}").glob("chain.db*"))
-                     for i in range(args.nodes)]
+            live = [sum(p.stat().st_size for p in (c.dir / f"node{i}").glob("chain.db*"))
+                    for i in range(args.nodes)]
             total_records = committed + args.light
         finally:
             c.stop_all()
+        # At rest: the nodes have stopped, so SQLite has folded its WAL into chain.db.
+        store = [sum(p.stat().st_size for p in (c.dir / f"node{i}").glob("chain.db*"))
+                 for i in range(args.nodes)]
 
     bound = cores * v / args.nodes
     report = {
@@ -164,7 +196,11 @@ def main() -> None:
         "saturation_p99_ms": percentile(sat, 99) * 1000,
         "audit_records_per_s": audit_rate, "audit_of_bound": audit_rate / (cores * v),
         "peak_rss_mb": rss, "store_bytes_per_record": max(store) / total_records,
+        "store_bytes_per_record_live": max(live) / total_records,
         "envelope_bytes": envelope_bytes,
+        "node_cpu_busy_of_cores": cpu_used / (elapsed * cores),
+        "throughput_by_tenth": rate_by_tenth(timeline, start),
+        "rss_mb_over_time": memory,
     }
     print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
     print(f"throughput:                       {throughput:10,.0f} records/s = "
@@ -178,10 +214,15 @@ def main() -> None:
     print(f"ledger audit:                     {audit_rate:10,.0f} records/s = "
           f"{report['audit_of_bound']:.2f} of C x v")
     print(f"peak RSS per node:                {', '.join(f'{x:.0f}' for x in rss)} MB")
-    print(f"store bytes per record:           {report['store_bytes_per_record']:.0f} "
+    print(f"store bytes per record:           {report['store_bytes_per_record']:.0f} at rest, "
+          f"{report['store_bytes_per_record_live']:.0f} with the WAL "
           f"(envelope {envelope_bytes:.0f})")
+    print(f"nodes' CPU use while saturated:   {report['node_cpu_busy_of_cores']:.0%} of "
+          f"{cores} cores")
+    print("throughput by tenth of the run:   "
+          + ", ".join(f"{x:,.0f}" for x in report["throughput_by_tenth"]))
     (args.out / "cluster_bench.json").write_text(json.dumps(report, indent=2))
-    plot(timeline, start, args.out / "cluster_bench.png")
+    plot(timeline, start, memory, args.out / "cluster_bench.png")
     print(f"results: {args.out / 'cluster_bench.json'}, {args.out / 'cluster_bench.png'}")
 
 
@@ -202,7 +243,8 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
         spy.wait(timeout=60)
 
 
-def plot(timeline: list[tuple[float, int, float]], start: float, path: Path) -> None:
+def plot(timeline: list[tuple[float, int, float]], start: float,
+         memory: list[tuple[float, list[float]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,13 +256,17 @@ def plot(timeline: list[tuple[float, int, float]], start: float, path: Path) -> 
     for _, n, _ in timeline:
         total += n
         cumulative.append(total)
-    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, (a, b, m) = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
     a.plot(times, cumulative)
     a.set_ylabel("records committed")
     a.set_title("ledger cluster benchmark")
     b.plot(times, [lat * 1000 for _, _, lat in timeline], ".", markersize=3)
     b.set_ylabel("batch submit->commit (ms)")
-    b.set_xlabel("seconds")
+    for i in range(len(memory[0][1]) if memory else 0):
+        m.plot([t for t, _ in memory], [mb[i] for _, mb in memory], label=f"node{i}")
+    m.set_ylabel("RSS (MB)")
+    m.legend(loc="lower right", fontsize="small")
+    m.set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

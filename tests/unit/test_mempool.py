@@ -133,8 +133,9 @@ def test_precheck_verifies_only_what_the_node_does_not_hold() -> None:
     hits = pool.cache.hits
     checked = pool.precheck([held.envelope, seen_in_proposal.envelope, new.envelope, b"\x90"])
     assert [(r.status, r.error) for r in checked.results] == [
-        ("duplicate", None), ("accepted", None), ("accepted", None), ("rejected", "malformed")]
-    assert pool.cache.hits == hits + 1  # the proposal's record: a cache hit, not a verify
+        ("accepted", None), ("accepted", None), ("accepted", None), ("rejected", "malformed")]
+    # The held envelope is not checked at all; the proposal's record is a cache hit.
+    assert pool.cache.hits == hits + 1
     assert [r.status for r in pool.admit(checked, now())] == [
         "duplicate", "accepted", "accepted", "rejected"]
 
@@ -149,3 +150,19 @@ def test_admit_asks_the_store_again_when_a_block_committed_after_precheck() -> N
     store.append(b.block([rec]))  # committed elsewhere meanwhile (by block sync, say)
     assert [r.status for r in pool.admit(checked, now())] == ["duplicate"]
     assert len(pool) == 0
+
+
+def test_a_forged_copy_of_a_held_record_is_reported_as_forged() -> None:
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    b = ChainBuilder(FX, store)
+    pending, committed = fresh(b), fresh(b)
+    pool.admit(pool.precheck([pending.envelope, committed.envelope]), now())
+    block = b.block([committed])
+    store.append(block)
+    pool.remove_committed(block)
+    forged = [packb([r.body_bytes, bytes(64)]) for r in (pending, committed)]
+    assert [(r.status, r.error) for r in pool.admit(pool.precheck(forged), now())] == [
+        ("rejected", "bad_signature"), ("rejected", "bad_signature")]
+    assert [r.status for r in pool.admit(pool.precheck(
+        [pending.envelope, committed.envelope]), now())] == ["duplicate", "duplicate"]
