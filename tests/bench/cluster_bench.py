@@ -7,7 +7,7 @@ latency p50/p99), `ledger audit` records/s, peak RSS per node and store bytes pe
 Each figure is printed beside its bound: throughput / (cores x v / nodes), audit / (cores x v).
 Writes bench-results/cluster_bench.json and a PNG of throughput and latency over the run.
 
-    python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 500] [--clients 4]
+    python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 250] [--clients 4]
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--records", type=int, default=40_000)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=250,
+                        help="records per request (in flight: batch x clients)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--light", type=int, default=50, help="single-record submissions")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
@@ -168,6 +169,12 @@ def main() -> None:
             throughput = committed / elapsed
             sat = [lat for _, _, lat in timeline]
 
+            # The audit is measured on a settled cluster: every node at the same tip.
+            deadline = time.monotonic() + 60
+            while (len({c.height(i) for i in range(args.nodes)}) > 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
+            time.sleep(1)
             audit = subprocess.run(
                 [sys.executable, "-m", "node.cli", "audit", "--node", c.url(1), "--genesis",
                  str(c.dir / "genesis.json"), "-q"], cwd=ROOT, capture_output=True, text=True)
