@@ -31,6 +31,7 @@ from ledger.errors import CorruptStoreError, DecodeError, DuplicateError, StoreE
 from ledger.store.base import RecordLocation, check_extends, join_block
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -105,6 +106,10 @@ class SqliteStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self._db.executescript(_SCHEMA)
+            # Random record ids make the id index's pages all hot; SQLite's default 2 MB
+            # page cache re-reads them from the OS on every insert and lookup once the
+            # chain outgrows it (throughput fell ~10% from 10k to 100k records).
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._init_meta(genesis_hash)
             self._load_tip()
         except sqlite3.Error as exc:
