@@ -12,7 +12,7 @@ from ledger.blocks import Block
 from ledger.errors import CorruptStoreError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
-from ledger.store.sqlite import SqliteStore, from_signed64
+from ledger.store.sqlite import SqliteStore, from_signed64, id8
 
 
 def _block(store: SqliteStore, height: int) -> Block:
@@ -61,12 +61,13 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
         rows = store.record_rows(first_seq, n)
         if len(rows) != n:
             raise CorruptStoreError(f"{n - len(rows)} record rows are missing", height)
-        for i, (seq, rid, h, idx, signer, nonce, subject, envelope) in enumerate(rows):
+        for i, (seq, rid, h, idx, signer, nonce, subject, envelope, key) in enumerate(rows):
             try:
                 r = Record.from_wire(envelope)
             except LedgerError as exc:
                 raise CorruptStoreError(f"record {i} does not decode ({exc})", height) from exc
             if (seq, h, idx) != (first_seq + i, height, i) or bytes(rid) != r.id or (
+                    key != id8(r.id)) or (
                     bytes(signer), from_signed64(nonce), subject) != (
                     r.body.signer, r.body.nonce, r.body.subject):
                 raise CorruptStoreError(f"index row of record {i} disagrees with its envelope",

@@ -4,9 +4,14 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
 
 - ``blocks``: height -> header bytes, certificate bytes, hash, first log index, count.
 - ``records``: one row per committed record keyed by its log index ``seq`` (position in
-  the chain-wide Merkle log), with unique indexes on ``id`` and ``(signer, nonce)`` and an
-  index on ``(subject, seq)``. ``nonce`` is stored as the signed 64-bit reinterpretation
-  of the unsigned value, since SQLite integers are signed.
+  the chain-wide Merkle log), with a unique index on ``(signer, nonce)``, an index on
+  ``(subject, seq)`` and one on ``id8``, the id's first 8 bytes as an integer (lookups
+  compare the full ``id`` of the few rows it finds). Ids are random, so every page of an id
+  index is hot: a 32-byte-key index outgrew the page cache near a million records and made
+  each insert and lookup slower as the chain grew; ``id8``'s is 2.5 times smaller. A repeated
+  id needs no index of its own: the same id is the same body, whose ``(signer, nonce)`` the
+  unique index refuses. ``nonce`` and ``id8`` are stored as signed 64-bit integers, since
+  SQLite integers are signed. Schema 1 (a unique index on ``id``) is migrated on open.
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 
@@ -30,7 +35,7 @@ from ledger.blocks import Block, Certificate, Header
 from ledger.errors import CorruptStoreError, DecodeError, DuplicateError, StoreError
 from ledger.store.base import RecordLocation, check_extends, join_block
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 
 _SCHEMA = """
@@ -51,9 +56,10 @@ CREATE TABLE IF NOT EXISTS records (
     signer BLOB NOT NULL,
     nonce INTEGER NOT NULL,
     subject TEXT NOT NULL,
-    envelope BLOB NOT NULL
+    envelope BLOB NOT NULL,
+    id8 INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS records_by_id ON records (id);
+CREATE INDEX IF NOT EXISTS records_by_id8 ON records (id8);
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_signer_nonce ON records (signer, nonce);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, seq);
 CREATE TABLE IF NOT EXISTS log_nodes (
@@ -66,6 +72,11 @@ CREATE TABLE IF NOT EXISTS log_nodes (
 
 
 _IN_CHUNK = 500  # values bound in one "IN (...)" query (SQLite allows 32766)
+
+
+def id8(record_id: bytes) -> int:
+    """The indexed part of a record id: its first 8 bytes as a signed 64-bit integer."""
+    return int.from_bytes(record_id[:8], "big", signed=True)
 
 
 def to_signed64(nonce: int) -> int:
@@ -105,6 +116,8 @@ class SqliteStore:
                                            check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                if self._stored_version() == 1:
+                    self._migrate_from_1()
                 self._db.executescript(_SCHEMA)
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
@@ -117,6 +130,29 @@ class SqliteStore:
 
     # -- opening -----------------------------------------------------------------------
 
+    def _stored_version(self) -> int | None:
+        try:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # a new file: no tables yet
+            return None
+        return None if row is None else int(row[0])
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2: the 8-byte id index replaces the unique index on the full id."""
+        self._db.create_function("id8", 1, lambda b: id8(bytes(b)), deterministic=True)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE records ADD COLUMN id8 INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE records SET id8 = id8(id)")
+            self._db.execute("DROP INDEX IF EXISTS records_by_id")
+            self._db.execute("CREATE INDEX records_by_id8 ON records (id8)")
+            self._db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def _init_meta(self, genesis_hash: bytes | None) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         version = rows.get("schema_version")
@@ -125,8 +161,9 @@ class SqliteStore:
         if version is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:
+            hint = " (open it once with `ledger node run` to upgrade it)" if version == 1 else ""
             raise StoreError(f"{self.path}: schema version {version}, this code reads "
-                             f"{SCHEMA_VERSION}")
+                             f"{SCHEMA_VERSION}{hint}")
         stored = rows.get("genesis_hash")
         if genesis_hash is not None:
             if stored is None and not self.readonly:
@@ -189,7 +226,7 @@ class SqliteStore:
             first_seq = self._log.size
             rows = [
                 (first_seq + i, r.id, h.height, i, r.body.signer, to_signed64(r.body.nonce),
-                 r.body.subject, r.envelope)
+                 r.body.subject, r.envelope, id8(r.id))
                 for i, r in enumerate(block.records)
             ]
             db = self._db
@@ -201,7 +238,7 @@ class SqliteStore:
                         (h.height, h.hash, h.to_wire(), block.cert.to_wire(), first_seq,
                          len(rows)),
                     )
-                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
                     if last_cert is not None:
@@ -251,7 +288,8 @@ class SqliteStore:
         """Where record ``record_id`` was committed."""
         with self._lock:
             row = self._db.execute(
-                "SELECT height, idx, seq FROM records WHERE id = ?", (record_id,)
+                "SELECT height, idx, seq FROM records WHERE id8 = ? AND id = ?",
+                (id8(record_id), record_id)
             ).fetchone()
         return None if row is None else RecordLocation(*row)
 
@@ -259,21 +297,23 @@ class SqliteStore:
         """The envelope of a committed record."""
         with self._lock:
             row = self._db.execute(
-                "SELECT envelope FROM records WHERE id = ?", (record_id,)
+                "SELECT envelope FROM records WHERE id8 = ? AND id = ?",
+                (id8(record_id), record_id)
             ).fetchone()
         return None if row is None else bytes(row[0])
 
     def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
         """Which of ``ids`` are already committed (one indexed query per 500 ids)."""
+        wanted = set(ids)
+        keys = sorted({id8(rid) for rid in wanted})
         found: set[bytes] = set()
-        wanted = list(ids)
         with self._lock:
-            for i in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[i:i + _IN_CHUNK]
+            for i in range(0, len(keys), _IN_CHUNK):
+                chunk = keys[i:i + _IN_CHUNK]
                 found.update(bytes(rid) for (rid,) in self._db.execute(
-                    f"SELECT id FROM records WHERE id IN ({','.join('?' * len(chunk))})",
+                    f"SELECT id FROM records WHERE id8 IN ({','.join('?' * len(chunk))})",
                     chunk))
-        return found
+        return found & wanted
 
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (signer, nonce) pairs are already committed (one indexed query per signer
@@ -336,10 +376,10 @@ class SqliteStore:
                 "ORDER BY height", (start,)))
 
     def record_rows(self, first_seq: int, count: int) -> list[tuple[Any, ...]]:
-        """Raw index rows (seq, id, height, idx, signer, nonce, subject, envelope)."""
+        """Raw index rows (seq, id, height, idx, signer, nonce, subject, envelope, id8)."""
         with self._lock:
             return list(self._db.execute(
-                "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
+                "SELECT seq, id, height, idx, signer, nonce, subject, envelope, id8 FROM records "
                 "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + count)))
 
     def stored_record_count(self) -> int:

@@ -11,6 +11,7 @@ import pytest
 from ledger import merkle
 from ledger.errors import BlockError, CorruptStoreError, DuplicateError, StoreError
 from ledger.store import BlockStore, MemoryStore, SqliteStore
+from ledger.store.check import check_indexes
 from tests.factory import ChainBuilder, make_fixture
 
 FX = make_fixture()
@@ -178,3 +179,30 @@ def test_sqlite_store_detects_a_damaged_log(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(CorruptStoreError, match="height 3"):
         SqliteStore(path)
+
+
+def test_a_schema_1_store_is_migrated_on_open(tmp_path: Path) -> None:
+    """Schema 1 had a unique index on the full id; opening it writable moves it to id8."""
+    path = tmp_path / "chain.db"
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as store:
+        b = ChainBuilder(FX, store)
+        blocks = [b.add(4) for _ in range(3)]
+    db = sqlite3.connect(path)
+    db.executescript("""
+        DROP INDEX records_by_id8;
+        ALTER TABLE records DROP COLUMN id8;
+        CREATE UNIQUE INDEX records_by_id ON records (id);
+        UPDATE meta SET value = 1 WHERE key = 'schema_version';
+    """)
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 1.*ledger node run"):
+        SqliteStore(path, readonly=True)
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as store:
+        rec = blocks[1].records[2]
+        loc = store.locate(rec.id)
+        assert loc is not None and (loc.height, loc.index) == (2, 2)
+        assert store.seen_ids([r.id for blk in blocks for r in blk.records]) == {
+            r.id for blk in blocks for r in blk.records}
+        check_indexes(store)
+    with SqliteStore(path, readonly=True) as store:
+        assert store.envelope(rec.id) == rec.envelope
