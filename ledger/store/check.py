@@ -12,7 +12,7 @@ from ledger.blocks import Block
 from ledger.errors import CorruptStoreError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
-from ledger.store.sqlite import SqliteStore, from_signed64, id8
+from ledger.store.sqlite import SqliteStore, from_signed64
 
 
 def _block(store: SqliteStore, height: int) -> Block:
@@ -57,17 +57,20 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
     if count != store.log.size:
         raise CorruptStoreError(f"{count} record rows but the log holds {store.log.size}",
                                 store.height)
+    indexed, upto = store.id_index_size()
+    if indexed != upto:
+        raise CorruptStoreError(f"the id index holds {indexed} rows, not {upto}", store.height)
     for height, first_seq, n in store.block_rows(start):
         rows = store.record_rows(first_seq, n)
         if len(rows) != n:
             raise CorruptStoreError(f"{n - len(rows)} record rows are missing", height)
-        for i, (seq, rid, h, idx, signer, nonce, subject, envelope, key) in enumerate(rows):
+        for i, (seq, rid, h, idx, signer, nonce, subject, envelope) in enumerate(rows):
             try:
                 r = Record.from_wire(envelope)
             except LedgerError as exc:
                 raise CorruptStoreError(f"record {i} does not decode ({exc})", height) from exc
             if (seq, h, idx) != (first_seq + i, height, i) or bytes(rid) != r.id or (
-                    key != id8(r.id)) or (
+                    not store.id_indexed(r.id, seq)) or (
                     bytes(signer), from_signed64(nonce), subject) != (
                     r.body.signer, r.body.nonce, r.body.subject):
                 raise CorruptStoreError(f"index row of record {i} disagrees with its envelope",

@@ -4,14 +4,18 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
 
 - ``blocks``: height -> header bytes, certificate bytes, hash, first log index, count.
 - ``records``: one row per committed record keyed by its log index ``seq`` (position in
-  the chain-wide Merkle log), with a unique index on ``(signer, nonce)``, an index on
-  ``(subject, seq)`` and one on ``id8``, the id's first 8 bytes as an integer (lookups
-  compare the full ``id`` of the few rows it finds). Ids are random, so every page of an id
-  index is hot: a 32-byte-key index outgrew the page cache near a million records and made
-  each insert and lookup slower as the chain grew; ``id8``'s is 2.5 times smaller. A repeated
-  id needs no index of its own: the same id is the same body, whose ``(signer, nonce)`` the
-  unique index refuses. ``nonce`` and ``id8`` are stored as signed 64-bit integers, since
-  SQLite integers are signed. Schema 1 (a unique index on ``id``) is migrated on open.
+  the chain-wide Merkle log), with a unique index on ``(signer, nonce)`` and an index on
+  ``(subject, seq)``. ``nonce`` is stored as the signed 64-bit reinterpretation of the
+  unsigned value, since SQLite integers are signed. A repeated id needs no unique index:
+  the same id is the same body, whose ``(signer, nonce)`` the unique index refuses.
+- ``ids``: ``(id8, seq)`` for records below ``meta.ids_upto``, where ``id8`` is the id's
+  first 8 bytes as a signed integer (lookups compare the full id of the rows found). Ids are
+  random, so a B-tree of them has every page hot: inserting each block's ids into it wrote
+  about one page per record to the WAL once the chain outgrew a few hundred thousand
+  records, and the cost per record grew with the chain. So the newest ids (fewer than
+  ``ID_MERGE_EVERY``) live in memory, rebuilt from ``records`` on open, and are merged into
+  ``ids`` in one sorted batch inside the transaction of the block that fills them: each
+  page of the index is written once per batch, not once per record.
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 
@@ -37,6 +41,7 @@ from ledger.store.base import RecordLocation, check_extends, join_block
 
 SCHEMA_VERSION = 2
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
+ID_MERGE_EVERY = 32_768  # newest ids kept in memory before one sorted merge into ``ids``
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -56,10 +61,13 @@ CREATE TABLE IF NOT EXISTS records (
     signer BLOB NOT NULL,
     nonce INTEGER NOT NULL,
     subject TEXT NOT NULL,
-    envelope BLOB NOT NULL,
-    id8 INTEGER NOT NULL
+    envelope BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_by_id8 ON records (id8);
+CREATE TABLE IF NOT EXISTS ids (
+    id8 INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (id8, seq)
+) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_signer_nonce ON records (signer, nonce);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, seq);
 CREATE TABLE IF NOT EXISTS log_nodes (
@@ -139,14 +147,16 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     def _migrate_from_1(self) -> None:
-        """Schema 1 -> 2: the 8-byte id index replaces the unique index on the full id."""
+        """Schema 1 -> 2: the ``ids`` table replaces the unique index on the full id."""
         self._db.create_function("id8", 1, lambda b: id8(bytes(b)), deterministic=True)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("ALTER TABLE records ADD COLUMN id8 INTEGER NOT NULL DEFAULT 0")
-            self._db.execute("UPDATE records SET id8 = id8(id)")
+            self._db.execute("CREATE TABLE ids (id8 INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                             "PRIMARY KEY (id8, seq)) WITHOUT ROWID")
+            self._db.execute("INSERT INTO ids SELECT id8(id), seq FROM records ORDER BY 1, 2")
             self._db.execute("DROP INDEX IF EXISTS records_by_id")
-            self._db.execute("CREATE INDEX records_by_id8 ON records (id8)")
+            self._db.execute("INSERT INTO meta VALUES ('ids_upto', "
+                             "(SELECT COALESCE(MAX(seq) + 1, 0) FROM records))")
             self._db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
             self._db.execute("COMMIT")
         except BaseException:
@@ -160,6 +170,8 @@ class SqliteStore:
             raise StoreError(f"{self.path}: not a ledger store")
         if version is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            self._db.execute("INSERT INTO meta VALUES ('ids_upto', 0)")
+            rows["ids_upto"] = 0
         elif version != SCHEMA_VERSION:
             hint = " (open it once with `ledger node run` to upgrade it)" if version == 1 else ""
             raise StoreError(f"{self.path}: schema version {version}, this code reads "
@@ -172,6 +184,10 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: store belongs to genesis {bytes(stored).hex()}, "
                                  f"not {genesis_hash.hex()}")
         self.genesis_hash: bytes | None = genesis_hash or (bytes(stored) if stored else None)
+        self._ids_upto = int(rows["ids_upto"])
+        self._recent_ids: dict[bytes, int] = {
+            bytes(rid): seq for rid, seq in self._db.execute(
+                "SELECT id, seq FROM records WHERE seq >= ?", (self._ids_upto,))}
 
     def _load_tip(self) -> None:
         row = self._db.execute(
@@ -226,9 +242,12 @@ class SqliteStore:
             first_seq = self._log.size
             rows = [
                 (first_seq + i, r.id, h.height, i, r.body.signer, to_signed64(r.body.nonce),
-                 r.body.subject, r.envelope, id8(r.id))
+                 r.body.subject, r.envelope)
                 for i, r in enumerate(block.records)
             ]
+            recent = dict(self._recent_ids)
+            recent.update((r.id, first_seq + i) for i, r in enumerate(block.records))
+            merge = len(recent) >= ID_MERGE_EVERY
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -238,7 +257,12 @@ class SqliteStore:
                         (h.height, h.hash, h.to_wire(), block.cert.to_wire(), first_seq,
                          len(rows)),
                     )
-                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    if merge:  # one sorted batch: each index page written once
+                        db.executemany("INSERT INTO ids VALUES (?, ?)",
+                                       sorted((id8(rid), seq) for rid, seq in recent.items()))
+                        db.execute("UPDATE meta SET value = ? WHERE key = 'ids_upto'",
+                                   (first_seq + len(rows),))
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
                     if last_cert is not None:
@@ -255,6 +279,10 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"height {h.height}: write failed ({exc})") from exc
             self._height, self._tip_hash, self._log = h.height, h.hash, new_log
+            if merge:
+                self._ids_upto, self._recent_ids = first_seq + len(rows), {}
+            else:
+                self._recent_ids = recent
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""
@@ -284,36 +312,59 @@ class SqliteStore:
         data = self.block_bytes(height)
         return None if data is None else Block.from_wire(data)
 
+    def _seq_of(self, record_id: bytes) -> int | None:
+        """The log index of a committed record (call with the lock held)."""
+        seq = self._recent_ids.get(record_id)
+        if seq is None:
+            row = self._db.execute(
+                "SELECT r.seq FROM ids JOIN records r ON r.seq = ids.seq "
+                "WHERE ids.id8 = ? AND r.id = ?", (id8(record_id), record_id)).fetchone()
+            seq = None if row is None else row[0]
+        return seq
+
     def locate(self, record_id: bytes) -> RecordLocation | None:
         """Where record ``record_id`` was committed."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT height, idx, seq FROM records WHERE id8 = ? AND id = ?",
-                (id8(record_id), record_id)
-            ).fetchone()
+            seq = self._seq_of(record_id)
+            row = None if seq is None else self._db.execute(
+                "SELECT height, idx, seq FROM records WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else RecordLocation(*row)
 
     def envelope(self, record_id: bytes) -> bytes | None:
         """The envelope of a committed record."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT envelope FROM records WHERE id8 = ? AND id = ?",
-                (id8(record_id), record_id)
-            ).fetchone()
+            seq = self._seq_of(record_id)
+            row = None if seq is None else self._db.execute(
+                "SELECT envelope FROM records WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` are already committed (one indexed query per 500 ids)."""
+        """Which of ``ids`` are already committed (recent ones from memory, the others in
+        one indexed query per 500)."""
         wanted = set(ids)
-        keys = sorted({id8(rid) for rid in wanted})
-        found: set[bytes] = set()
         with self._lock:
+            found = {rid for rid in wanted if rid in self._recent_ids}
+            keys = sorted({id8(rid) for rid in wanted - found})
             for i in range(0, len(keys), _IN_CHUNK):
                 chunk = keys[i:i + _IN_CHUNK]
                 found.update(bytes(rid) for (rid,) in self._db.execute(
-                    f"SELECT id FROM records WHERE id8 IN ({','.join('?' * len(chunk))})",
-                    chunk))
+                    "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
+                    f"WHERE ids.id8 IN ({','.join('?' * len(chunk))})", chunk))
         return found & wanted
+
+    def id_indexed(self, record_id: bytes, seq: int) -> bool:
+        """Whether the id index maps ``record_id`` to ``seq`` (for ``ledger node check``)."""
+        with self._lock:
+            if seq >= self._ids_upto:
+                return self._recent_ids.get(record_id) == seq
+            return self._db.execute("SELECT 1 FROM ids WHERE id8 = ? AND seq = ?",
+                                    (id8(record_id), seq)).fetchone() is not None
+
+    def id_index_size(self) -> tuple[int, int]:
+        """Rows in ``ids`` and the log index below which every record should have one."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM ids").fetchone()
+        return int(count), self._ids_upto
 
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (signer, nonce) pairs are already committed (one indexed query per signer
@@ -376,10 +427,10 @@ class SqliteStore:
                 "ORDER BY height", (start,)))
 
     def record_rows(self, first_seq: int, count: int) -> list[tuple[Any, ...]]:
-        """Raw index rows (seq, id, height, idx, signer, nonce, subject, envelope, id8)."""
+        """Raw index rows (seq, id, height, idx, signer, nonce, subject, envelope)."""
         with self._lock:
             return list(self._db.execute(
-                "SELECT seq, id, height, idx, signer, nonce, subject, envelope, id8 FROM records "
+                "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
                 "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + count)))
 
     def stored_record_count(self) -> int:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ledger.crypto import RECORD_TAG, is_valid_signature
 from ledger.store import SqliteStore
+from ledger.store.sqlite import SCHEMA_VERSION
 from tests.factory import ChainBuilder, make_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fx = make_fixture()
     genesis = fx.write_genesis(args.out)
-    db = args.out / f"audit-{args.records}-{args.per_block}.db"
+    db = args.out / f"audit-{args.records}-{args.per_block}-schema{SCHEMA_VERSION}.db"
     if not db.exists():
         build_store(db, args.records, args.per_block)
     cores = os.cpu_count() or 1

@@ -11,6 +11,7 @@ import pytest
 from ledger import merkle
 from ledger.errors import BlockError, CorruptStoreError, DuplicateError, StoreError
 from ledger.store import BlockStore, MemoryStore, SqliteStore
+from ledger.store import sqlite as sqlite_store
 from ledger.store.check import check_indexes
 from tests.factory import ChainBuilder, make_fixture
 
@@ -182,15 +183,15 @@ def test_sqlite_store_detects_a_damaged_log(tmp_path: Path) -> None:
 
 
 def test_a_schema_1_store_is_migrated_on_open(tmp_path: Path) -> None:
-    """Schema 1 had a unique index on the full id; opening it writable moves it to id8."""
+    """Schema 1 had a unique index on the full id; opening it writable builds ``ids``."""
     path = tmp_path / "chain.db"
     with SqliteStore(path, genesis_hash=FX.genesis.hash) as store:
         b = ChainBuilder(FX, store)
         blocks = [b.add(4) for _ in range(3)]
     db = sqlite3.connect(path)
     db.executescript("""
-        DROP INDEX records_by_id8;
-        ALTER TABLE records DROP COLUMN id8;
+        DROP TABLE ids;
+        DELETE FROM meta WHERE key = 'ids_upto';
         CREATE UNIQUE INDEX records_by_id ON records (id);
         UPDATE meta SET value = 1 WHERE key = 'schema_version';
     """)
@@ -204,5 +205,30 @@ def test_a_schema_1_store_is_migrated_on_open(tmp_path: Path) -> None:
         assert store.seen_ids([r.id for blk in blocks for r in blk.records]) == {
             r.id for blk in blocks for r in blk.records}
         check_indexes(store)
+        assert store.id_index_size() == (12, 12)
     with SqliteStore(path, readonly=True) as store:
         assert store.envelope(rec.id) == rec.envelope
+
+
+def test_recent_ids_merge_into_the_index_and_survive_reopening(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "ID_MERGE_EVERY", 10)
+    path = tmp_path / "chain.db"
+    with SqliteStore(path, genesis_hash=FX.genesis.hash) as store:
+        b = ChainBuilder(FX, store)
+        records = [r for _ in range(7) for r in b.add(4).records]  # merges at 12 and 24
+        assert store.id_index_size() == (24, 24)
+    for readonly in (False, True):
+        with SqliteStore(path, readonly=readonly) as store:
+            for seq, r in enumerate(records):
+                loc = store.locate(r.id)
+                assert loc is not None and loc.seq == seq and store.envelope(r.id) == r.envelope
+            assert store.seen_ids([r.id for r in records] + [b"\x07" * 32]) == {
+                r.id for r in records}
+            check_indexes(store)
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM ids WHERE seq = 3")
+    db.commit()
+    db.close()
+    with SqliteStore(path, readonly=True) as store, pytest.raises(CorruptStoreError):
+        check_indexes(store)
