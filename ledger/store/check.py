@@ -57,9 +57,10 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
     if count != store.log.size:
         raise CorruptStoreError(f"{count} record rows but the log holds {store.log.size}",
                                 store.height)
-    indexed, upto = store.id_index_size()
-    if indexed != upto:
-        raise CorruptStoreError(f"the id index holds {indexed} rows, not {upto}", store.height)
+    indexed = store.indexed_id_count()
+    if indexed != count:
+        raise CorruptStoreError(f"the id index holds {indexed} ids for {count} records",
+                                store.height)
     for height, first_seq, n in store.block_rows(start):
         rows = store.record_rows(first_seq, n)
         if len(rows) != n:

@@ -8,14 +8,16 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   ``(subject, seq)``. ``nonce`` is stored as the signed 64-bit reinterpretation of the
   unsigned value, since SQLite integers are signed. A repeated id needs no unique index:
   the same id is the same body, whose ``(signer, nonce)`` the unique index refuses.
-- ``ids``: ``(id8, seq)`` for records below ``meta.ids_upto``, where ``id8`` is the id's
-  first 8 bytes as a signed integer (lookups compare the full id of the rows found). Ids are
-  random, so a B-tree of them has every page hot: inserting each block's ids into it wrote
-  about one page per record to the WAL once the chain outgrew a few hundred thousand
-  records, and the cost per record grew with the chain. So the newest ids (fewer than
-  ``ID_MERGE_EVERY``) live in memory, rebuilt from ``records`` on open, and are merged into
-  ``ids`` in one sorted batch inside the transaction of the block that fills them: each
-  page of the index is written once per batch, not once per record.
+- ``ids``: ``(id8, seq)``, the id index, where ``id8`` is the id's first 8 bytes as a
+  signed integer (lookups compare the full id of the rows found). Ids are random, so a
+  B-tree of them has every page hot: inserting each block's ids as it committed wrote about
+  one page per record to the WAL once the chain outgrew a few hundred thousand records, and
+  the cost per record grew with the chain. So the newest ids live in memory
+  (``RecentIds``, rebuilt from ``records`` on open), in 16 slices of the id space; each
+  block's transaction merges at most one slice, in one sorted batch, once it holds
+  ``MERGE_AT`` ids: a batch writes each index page of its slice once, and no block pays for
+  the whole index (``meta.ids_upto`` records, per slice, the log index below which the
+  slice's records are in ``ids``).
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 
@@ -27,6 +29,7 @@ blocks committed before it.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -41,7 +44,8 @@ from ledger.store.base import RecordLocation, check_extends, join_block
 
 SCHEMA_VERSION = 2
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
-ID_MERGE_EVERY = 32_768  # newest ids kept in memory before one sorted merge into ``ids``
+ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
+MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -95,6 +99,54 @@ def to_signed64(nonce: int) -> int:
 def from_signed64(value: int) -> int:
     """Inverse of ``to_signed64``."""
     return value + 2**64 if value < 0 else value
+
+
+class RecentIds:
+    """Committed ids not yet in the ``ids`` table, by slice of the id space."""
+
+    def __init__(self, upto: list[int], rows: Iterable[tuple[bytes, int]]) -> None:
+        self.upto = upto  # per slice: its records below this log index are in ``ids``
+        self.pending: list[dict[bytes, int]] = [{} for _ in range(ID_SLICES)]
+        for rid, seq in rows:
+            k = rid[0] * ID_SLICES // 256
+            if seq >= upto[k]:
+                self.pending[k][rid] = seq
+
+    def get(self, record_id: bytes) -> int | None:
+        """The log index of a recent id."""
+        return self.pending[record_id[0] * ID_SLICES // 256].get(record_id)
+
+    def covers(self, record_id: bytes, seq: int) -> bool:
+        """Whether the id of record ``seq`` belongs here rather than in ``ids``."""
+        return seq >= self.upto[record_id[0] * ID_SLICES // 256]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pending)
+
+    def plan(self, added: list[tuple[bytes, int]], height: int, end: int,
+             ) -> tuple[list[dict[bytes, int]], int | None, list[tuple[int, int]], list[int]]:
+        """For a block adding ``added`` (ids up to log index ``end``): the new ids by slice,
+        the slice to merge (one per block, round robin, once it holds MERGE_AT ids), its
+        sorted ``(id8, seq)`` rows, and the new per-slice marks. Changes nothing."""
+        new: list[dict[bytes, int]] = [{} for _ in range(ID_SLICES)]
+        for rid, seq in added:
+            new[rid[0] * ID_SLICES // 256][rid] = seq
+        k = height % ID_SLICES
+        if len(self.pending[k]) + len(new[k]) < MERGE_AT:
+            return new, None, [], self.upto
+        merged = {**self.pending[k], **new[k]}
+        upto = list(self.upto)
+        upto[k] = end
+        return new, k, sorted((id8(rid), seq) for rid, seq in merged.items()), upto
+
+    def apply(self, new: list[dict[bytes, int]], merged: int | None, upto: list[int]) -> None:
+        """After the block's transaction committed."""
+        for k, ids in enumerate(new):
+            if k == merged:
+                self.pending[k] = {}
+            else:
+                self.pending[k].update(ids)
+        self.upto = upto
 
 
 class SqliteStore:
@@ -155,8 +207,9 @@ class SqliteStore:
                              "PRIMARY KEY (id8, seq)) WITHOUT ROWID")
             self._db.execute("INSERT INTO ids SELECT id8(id), seq FROM records ORDER BY 1, 2")
             self._db.execute("DROP INDEX IF EXISTS records_by_id")
-            self._db.execute("INSERT INTO meta VALUES ('ids_upto', "
-                             "(SELECT COALESCE(MAX(seq) + 1, 0) FROM records))")
+            (count,) = self._db.execute("SELECT COUNT(*) FROM records").fetchone()
+            self._db.execute("INSERT INTO meta VALUES ('ids_upto', ?)",
+                             (json.dumps([count] * ID_SLICES),))
             self._db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
             self._db.execute("COMMIT")
         except BaseException:
@@ -170,8 +223,8 @@ class SqliteStore:
             raise StoreError(f"{self.path}: not a ledger store")
         if version is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            self._db.execute("INSERT INTO meta VALUES ('ids_upto', 0)")
-            rows["ids_upto"] = 0
+            rows["ids_upto"] = json.dumps([0] * ID_SLICES)
+            self._db.execute("INSERT INTO meta VALUES ('ids_upto', ?)", (rows["ids_upto"],))
         elif version != SCHEMA_VERSION:
             hint = " (open it once with `ledger node run` to upgrade it)" if version == 1 else ""
             raise StoreError(f"{self.path}: schema version {version}, this code reads "
@@ -184,10 +237,15 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: store belongs to genesis {bytes(stored).hex()}, "
                                  f"not {genesis_hash.hex()}")
         self.genesis_hash: bytes | None = genesis_hash or (bytes(stored) if stored else None)
-        self._ids_upto = int(rows["ids_upto"])
-        self._recent_ids: dict[bytes, int] = {
-            bytes(rid): seq for rid, seq in self._db.execute(
-                "SELECT id, seq FROM records WHERE seq >= ?", (self._ids_upto,))}
+        try:
+            upto = json.loads(rows["ids_upto"])
+            if len(upto) != ID_SLICES or not all(type(u) is int for u in upto):
+                raise ValueError(upto)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(
+                f"meta ids_upto is not {ID_SLICES} integers ({exc!r})") from exc
+        self._recent = RecentIds(upto, ((bytes(rid), seq) for rid, seq in self._db.execute(
+            "SELECT id, seq FROM records WHERE seq >= ?", (min(upto),))))
 
     def _load_tip(self) -> None:
         row = self._db.execute(
@@ -245,9 +303,9 @@ class SqliteStore:
                  r.body.subject, r.envelope)
                 for i, r in enumerate(block.records)
             ]
-            recent = dict(self._recent_ids)
-            recent.update((r.id, first_seq + i) for i, r in enumerate(block.records))
-            merge = len(recent) >= ID_MERGE_EVERY
+            new_ids, merged, merge_rows, upto = self._recent.plan(
+                [(r.id, first_seq + i) for i, r in enumerate(block.records)], h.height,
+                first_seq + len(rows))
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -258,11 +316,10 @@ class SqliteStore:
                          len(rows)),
                     )
                     db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    if merge:  # one sorted batch: each index page written once
-                        db.executemany("INSERT INTO ids VALUES (?, ?)",
-                                       sorted((id8(rid), seq) for rid, seq in recent.items()))
+                    if merged is not None:  # one sorted batch: each page written once
+                        db.executemany("INSERT INTO ids VALUES (?, ?)", merge_rows)
                         db.execute("UPDATE meta SET value = ? WHERE key = 'ids_upto'",
-                                   (first_seq + len(rows),))
+                                   (json.dumps(upto),))
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
                     if last_cert is not None:
@@ -279,10 +336,7 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"height {h.height}: write failed ({exc})") from exc
             self._height, self._tip_hash, self._log = h.height, h.hash, new_log
-            if merge:
-                self._ids_upto, self._recent_ids = first_seq + len(rows), {}
-            else:
-                self._recent_ids = recent
+            self._recent.apply(new_ids, merged, upto)
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""
@@ -314,7 +368,7 @@ class SqliteStore:
 
     def _seq_of(self, record_id: bytes) -> int | None:
         """The log index of a committed record (call with the lock held)."""
-        seq = self._recent_ids.get(record_id)
+        seq = self._recent.get(record_id)
         if seq is None:
             row = self._db.execute(
                 "SELECT r.seq FROM ids JOIN records r ON r.seq = ids.seq "
@@ -343,7 +397,7 @@ class SqliteStore:
         one indexed query per 500)."""
         wanted = set(ids)
         with self._lock:
-            found = {rid for rid in wanted if rid in self._recent_ids}
+            found = {rid for rid in wanted if self._recent.get(rid) is not None}
             keys = sorted({id8(rid) for rid in wanted - found})
             for i in range(0, len(keys), _IN_CHUNK):
                 chunk = keys[i:i + _IN_CHUNK]
@@ -355,16 +409,16 @@ class SqliteStore:
     def id_indexed(self, record_id: bytes, seq: int) -> bool:
         """Whether the id index maps ``record_id`` to ``seq`` (for ``ledger node check``)."""
         with self._lock:
-            if seq >= self._ids_upto:
-                return self._recent_ids.get(record_id) == seq
+            if self._recent.covers(record_id, seq):
+                return self._recent.get(record_id) == seq
             return self._db.execute("SELECT 1 FROM ids WHERE id8 = ? AND seq = ?",
                                     (id8(record_id), seq)).fetchone() is not None
 
-    def id_index_size(self) -> tuple[int, int]:
-        """Rows in ``ids`` and the log index below which every record should have one."""
+    def indexed_id_count(self) -> int:
+        """Ids in the index: rows of ``ids`` and recent ids in memory (one per record)."""
         with self._lock:
             (count,) = self._db.execute("SELECT COUNT(*) FROM ids").fetchone()
-        return int(count), self._ids_upto
+            return int(count) + len(self._recent)
 
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (signer, nonce) pairs are already committed (one indexed query per signer

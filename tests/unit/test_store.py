@@ -205,21 +205,25 @@ def test_a_schema_1_store_is_migrated_on_open(tmp_path: Path) -> None:
         assert store.seen_ids([r.id for blk in blocks for r in blk.records]) == {
             r.id for blk in blocks for r in blk.records}
         check_indexes(store)
-        assert store.id_index_size() == (12, 12)
+        assert store.indexed_id_count() == 12 and len(store._recent) == 0
     with SqliteStore(path, readonly=True) as store:
         assert store.envelope(rec.id) == rec.envelope
 
 
 def test_recent_ids_merge_into_the_index_and_survive_reopening(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_store, "ID_MERGE_EVERY", 10)
+    """One slice of the id space per block, round robin, once it holds MERGE_AT ids."""
+    monkeypatch.setattr(sqlite_store, "MERGE_AT", 2)
     path = tmp_path / "chain.db"
     with SqliteStore(path, genesis_hash=FX.genesis.hash) as store:
         b = ChainBuilder(FX, store)
-        records = [r for _ in range(7) for r in b.add(4).records]  # merges at 12 and 24
-        assert store.id_index_size() == (24, 24)
+        records = [r for _ in range(40) for r in b.add(6).records]
+        merged = store.indexed_id_count() - len(store._recent)
+        assert 0 < merged < len(records) and len(store._recent) > 0
     for readonly in (False, True):
         with SqliteStore(path, readonly=readonly) as store:
+            assert store.indexed_id_count() == len(records)
+            assert store.indexed_id_count() - len(store._recent) == merged
             for seq, r in enumerate(records):
                 loc = store.locate(r.id)
                 assert loc is not None and loc.seq == seq and store.envelope(r.id) == r.envelope
@@ -227,7 +231,8 @@ def test_recent_ids_merge_into_the_index_and_survive_reopening(
                 r.id for r in records}
             check_indexes(store)
     db = sqlite3.connect(path)
-    db.execute("DELETE FROM ids WHERE seq = 3")
+    (seq,) = db.execute("SELECT seq FROM ids LIMIT 1").fetchone()
+    db.execute("DELETE FROM ids WHERE seq = ?", (seq,))
     db.commit()
     db.close()
     with SqliteStore(path, readonly=True) as store, pytest.raises(CorruptStoreError):
