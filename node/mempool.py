@@ -100,11 +100,6 @@ def check(genesis: Genesis, candidate: AdmitResult,
     return candidate
 
 
-def prevalidate(genesis: Genesis, envelope: bytes) -> AdmitResult:
-    """Stateless admission checks of one envelope; safe to run in any thread."""
-    return check(genesis, decode(envelope))
-
-
 @dataclass(frozen=True, slots=True)
 class Prechecked:
     """``Mempool.precheck``'s answer: per-envelope results, and the store height its
@@ -172,13 +167,10 @@ class Mempool:
             results, height, self.store.seen_ids([r.id for r in candidates]),
             self.store.seen_nonces([(r.body.signer, r.body.nonce) for r in candidates]))
 
-    def admit(self, checked: Sequence[AdmitResult] | Prechecked, now_ms: int,
-              ) -> list[AdmitResult]:
+    def admit(self, checked: Prechecked, now_ms: int) -> list[AdmitResult]:
         """Stateful checks for checked records; add the good ones, in input order. The
         store is asked again only if a block committed since ``precheck`` asked it."""
-        if not isinstance(checked, Prechecked):
-            checked = self._look_up(list(checked))
-        elif checked.store_height != self.store.height:
+        if checked.store_height != self.store.height:
             checked = self._look_up(checked.results)
         seen_ids, seen_pairs = checked.seen_ids, checked.seen_pairs
         out = []

@@ -10,7 +10,7 @@ from ledger.crypto import RECORD_TAG
 from ledger.encoding import packb
 from ledger.records import Record
 from ledger.store import MemoryStore
-from node.mempool import Mempool, MempoolFull, prevalidate
+from node.mempool import Mempool, MempoolFull
 from tests.factory import ChainBuilder, make_fixture
 
 FX = make_fixture()
@@ -26,7 +26,7 @@ def fresh(builder: ChainBuilder, **kw: object) -> Record:
 
 
 def admit(pool: Mempool, envelopes: list[bytes]) -> list[tuple[str, str | None]]:
-    results = pool.admit([prevalidate(FX.genesis, e) for e in envelopes], now())
+    results = pool.admit(pool.precheck(envelopes), now())
     return [(r.status, r.error) for r in results]
 
 
