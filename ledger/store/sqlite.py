@@ -33,7 +33,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,17 @@ def id8(record_id: bytes) -> int:
     return int.from_bytes(record_id[:8], "big", signed=True)
 
 
+def _slice(record_id: bytes) -> int:
+    """Which of the ID_SLICES slices of the id space ``record_id`` falls in."""
+    return record_id[0] * ID_SLICES // 256
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    """``values`` in runs short enough to bind in one "IN (...)" query."""
+    for i in range(0, len(values), _IN_CHUNK):
+        yield values[i:i + _IN_CHUNK]
+
+
 def to_signed64(nonce: int) -> int:
     """Map an unsigned 64-bit nonce onto SQLite's signed integers (and back, below)."""
     return nonce - 2**64 if nonce >= 2**63 else nonce
@@ -108,17 +119,17 @@ class RecentIds:
         self.upto = upto  # per slice: its records below this log index are in ``ids``
         self.pending: list[dict[bytes, int]] = [{} for _ in range(ID_SLICES)]
         for rid, seq in rows:
-            k = rid[0] * ID_SLICES // 256
+            k = _slice(rid)
             if seq >= upto[k]:
                 self.pending[k][rid] = seq
 
     def get(self, record_id: bytes) -> int | None:
         """The log index of a recent id."""
-        return self.pending[record_id[0] * ID_SLICES // 256].get(record_id)
+        return self.pending[_slice(record_id)].get(record_id)
 
     def covers(self, record_id: bytes, seq: int) -> bool:
         """Whether the id of record ``seq`` belongs here rather than in ``ids``."""
-        return seq >= self.upto[record_id[0] * ID_SLICES // 256]
+        return seq >= self.upto[_slice(record_id)]
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.pending)
@@ -130,7 +141,7 @@ class RecentIds:
         sorted ``(id8, seq)`` rows, and the new per-slice marks. Changes nothing."""
         new: list[dict[bytes, int]] = [{} for _ in range(ID_SLICES)]
         for rid, seq in added:
-            new[rid[0] * ID_SLICES // 256][rid] = seq
+            new[_slice(rid)][rid] = seq
         k = height % ID_SLICES
         if len(self.pending[k]) + len(new[k]) < MERGE_AT:
             return new, None, [], self.upto
@@ -176,9 +187,9 @@ class SqliteStore:
                                            check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.executescript(_SCHEMA)  # adds ``ids`` to a schema-1 file too
                 if self._stored_version() == 1:
                     self._migrate_from_1()
-                self._db.executescript(_SCHEMA)
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
             # chain outgrows it (throughput fell ~10% from 10k to 100k records).
@@ -199,12 +210,11 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     def _migrate_from_1(self) -> None:
-        """Schema 1 -> 2: the ``ids`` table replaces the unique index on the full id."""
+        """Schema 1 -> 2: fill ``ids`` (created empty by the schema script), which replaces
+        the unique index on the full id."""
         self._db.create_function("id8", 1, lambda b: id8(bytes(b)), deterministic=True)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("CREATE TABLE ids (id8 INTEGER NOT NULL, seq INTEGER NOT NULL, "
-                             "PRIMARY KEY (id8, seq)) WITHOUT ROWID")
             self._db.execute("INSERT INTO ids SELECT id8(id), seq FROM records ORDER BY 1, 2")
             self._db.execute("DROP INDEX IF EXISTS records_by_id")
             (count,) = self._db.execute("SELECT COUNT(*) FROM records").fetchone()
@@ -399,8 +409,7 @@ class SqliteStore:
         with self._lock:
             found = {rid for rid in wanted if self._recent.get(rid) is not None}
             keys = sorted({id8(rid) for rid in wanted - found})
-            for i in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[i:i + _IN_CHUNK]
+            for chunk in _chunks(keys):
                 found.update(bytes(rid) for (rid,) in self._db.execute(
                     "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
                     f"WHERE ids.id8 IN ({','.join('?' * len(chunk))})", chunk))
@@ -429,8 +438,7 @@ class SqliteStore:
         found: set[tuple[bytes, int]] = set()
         with self._lock:
             for signer, nonces in by_signer.items():
-                for i in range(0, len(nonces), _IN_CHUNK):
-                    chunk = nonces[i:i + _IN_CHUNK]
+                for chunk in _chunks(nonces):
                     found.update((signer, from_signed64(n)) for (n,) in self._db.execute(
                         "SELECT nonce FROM records WHERE signer = ? AND nonce IN "
                         f"({','.join('?' * len(chunk))})", [signer, *chunk]))
