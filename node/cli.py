@@ -28,6 +28,7 @@ from ledger.audit import (
 )
 from ledger.client import LedgerClient
 from ledger.crypto import PrivateKey, write_key_file
+from ledger.encoding import hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.receipts import verify_receipt
@@ -104,6 +105,19 @@ def _http_chunks(client: LedgerClient, tip: int, blocks_per_chunk: int,
             yield window.popleft().result()
 
 
+def _checkpoint(text: str) -> tuple[int, bytes]:
+    """Parse ``HEIGHT:BLOCK_HASH`` (argparse type)."""
+    height, _, digest = text.partition(":")
+    try:
+        value = (int(height), hex_decode(digest, "block hash", 32))
+    except (ValueError, LedgerError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected HEIGHT:BLOCK_HASH (64 lowercase hex), got {text!r}") from exc
+    if value[0] < 1:
+        raise argparse.ArgumentTypeError("the checkpoint height must be at least 1")
+    return value
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Re-verify a whole chain from genesis."""
     genesis = Genesis.load(args.genesis)
@@ -132,11 +146,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
         chunks = _http_chunks(client, tip, args.chunk, fetchers=4)
         source = args.node
 
+    if tip < args.min_height:
+        print(f"height {tip + 1}: {source} serves a chain of {tip} blocks, shorter than "
+              f"--min-height {args.min_height} (truncated or behind)", file=sys.stderr)
+        return EXIT_INVALID
+    checkpoint = args.checkpoint
+    if checkpoint is not None and checkpoint[0] > tip:
+        print(f"height {tip + 1}: {source} serves a chain of {tip} blocks, shorter than "
+              f"the --checkpoint height {checkpoint[0]} (truncated or behind)", file=sys.stderr)
+        return EXIT_INVALID
+
     bar = _progress(tip, args.quiet)
     records = 0
+    checkpoint_error: str | None = None
 
     def on_block(summary: BlockSummary) -> None:
-        nonlocal records
+        nonlocal records, checkpoint_error
+        if (checkpoint is not None and summary.height == checkpoint[0]
+                and summary.hash != checkpoint[1] and checkpoint_error is None):
+            checkpoint_error = (f"height {summary.height}: block hash {summary.hash.hex()} is "
+                                f"not the --checkpoint hash {checkpoint[1].hex()} (another "
+                                f"history)")
         records += len(summary.ids)
         bar.update(1)
         if summary.height % 64 == 0:
@@ -151,6 +181,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     bar.close()
     if report.height != tip:
         print(f"height {report.height + 1}: block is missing", file=sys.stderr)
+        return EXIT_INVALID
+    if checkpoint_error is not None:
+        print(checkpoint_error, file=sys.stderr)
         return EXIT_INVALID
     seconds = time.monotonic() - started
     rate = report.records / seconds if seconds > 0 else 0.0
@@ -334,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the chain's genesis.json")
     p.add_argument("--workers", type=int, default=0,
                    help="processes checking signatures (default: one per core)")
+    p.add_argument("--min-height", type=int, default=0, metavar="N",
+                   help="fail unless the chain has at least N blocks: a node can serve a "
+                   "truncated chain, which audits clean up to where it stops")
+    p.add_argument("--checkpoint", type=_checkpoint, metavar="HEIGHT:BLOCK_HASH",
+                   help="fail unless block HEIGHT has this hash (hex), e.g. one you noted "
+                   "from an earlier audit or got from another organisation")
     p.add_argument("--chunk", type=int, default=32, help=argparse.SUPPRESS)
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -80,6 +80,31 @@ def test_audit_db_names_a_tampered_height(db: Path, tmp_path: Path) -> None:
     assert res.stderr.strip().splitlines()[-1].startswith("height 9: ")
 
 
+def test_audit_demands_a_min_height_and_a_checkpoint(db: Path, tmp_path: Path) -> None:
+    """A served chain that stops early audits clean up to where it stops: an auditor who
+    knows more (a height reached, a block hash noted earlier) says so and is not fooled."""
+    genesis = FX.write_genesis(tmp_path)
+    with SqliteStore(db, readonly=True) as store:
+        block = store.block(7)
+        assert block is not None
+        good = block.header.hash.hex()
+    base = ("audit", "--db", str(db), "--genesis", str(genesis), "-q")
+    res = ledger(*base, "--min-height", "12", "--checkpoint", f"7:{good}")
+    assert res.returncode == 0, res.stderr
+    res = ledger(*base, "--min-height", "13")
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("height 13: ") and "shorter than" in res.stderr
+    res = ledger(*base, "--checkpoint", f"20:{good}")
+    assert res.returncode == 1 and res.stderr.startswith("height 13: ")
+    res = ledger(*base, "--checkpoint", f"7:{'00' * 32}")
+    assert res.returncode == 1 and res.stderr.strip() == (
+        f"height 7: block hash {good} is not the --checkpoint hash {'00' * 32} "
+        "(another history)")
+    res = ledger(*base, "--checkpoint", "7:XYZ")
+    assert res.returncode == 2 and "HEIGHT:BLOCK_HASH" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_audit_with_the_wrong_genesis_or_no_store_fails_in_one_line(db: Path,
                                                                      tmp_path: Path) -> None:
     other = make_fixture(chain="other").write_genesis(tmp_path)
