@@ -138,20 +138,22 @@ class RawPeer:
         return await asyncio.wait_for(read_frame(self.reader, 64 << 20), 5)
 
     async def hello(self, key: PrivateKey, *, genesis_hash: bytes = G.hash,
-                    chain: str = G.chain_id) -> Hello:
-        """Exchange hellos; the node's hello."""
+                    chain: str = G.chain_id) -> Hello | None:
+        """Send our hello (the dialer speaks first); the node's hello, or None if it closed
+        the connection instead of answering."""
         await self.send_frame(Hello(chain, genesis_hash, key.public, self.nonce).to_wire())
         data = await self.frame()
-        assert data is not None
-        return Hello.from_wire(data)
+        return None if data is None else Hello.from_wire(data)
 
     async def authenticate(self, key: PrivateKey) -> None:
+        """The dialer's side of the handshake: hello, our signature, then the node's."""
         theirs = await self.hello(key)
+        assert theirs is not None
+        await self.send_frame(make_auth(key, G.hash, local_nonce=self.nonce,
+                                        remote_nonce=theirs.nonce, remote_pubkey=theirs.pubkey))
         sig = parse_auth(await self.frame() or b"")
         verify_auth(G.hash, sig, local_nonce=self.nonce, remote_nonce=theirs.nonce,
                     local_pubkey=key.public, remote_pubkey=theirs.pubkey)
-        await self.send_frame(make_auth(key, G.hash, local_nonce=self.nonce,
-                                        remote_nonce=theirs.nonce, remote_pubkey=theirs.pubkey))
 
     async def closed_by_node(self, timeout: float = 3.0) -> bool:
         """True once the node closes the connection (frames it sends first are skipped)."""
@@ -253,10 +255,8 @@ async def test_a_key_outside_the_validator_set_is_refused(
     raw = await RawPeer.connect(node.net.port)
     raw_peers.append(raw)
     with caplog.at_level(logging.WARNING, "node.transport"):
-        theirs = await raw.hello(FX.outsider)
-        assert theirs.pubkey == KEYS[3].public
-        # The node closes without ever signing for an unknown key.
-        assert await raw.frame() is None
+        # The node closes without a word (no hello, no nonce, no signature) for an unknown key.
+        assert await raw.hello(FX.outsider) is None
     assert node.net.stats["rejected_handshakes"] == 1
     assert node.net.connected() == []
     assert "not a validator" in caplog.text
@@ -268,15 +268,15 @@ async def test_a_wrong_genesis_hash_is_refused(cluster: Cluster,
     node = await cluster.start(3)
     raw = await RawPeer.connect(node.net.port)
     raw_peers.append(raw)
-    await raw.hello(KEYS[0], genesis_hash=bytes(32))
-    assert await raw.frame() is None
+    assert await raw.hello(KEYS[0], genesis_hash=bytes(32)) is None
     assert node.net.stats["rejected_handshakes"] == 1
 
     # A whole node built on another genesis (same keys, other chain) never links either.
     other = make_fixture(chain="other-chain").genesis
     stranger = await cluster.start(0, {3: node.net.port}, genesis=other,
                                    key=KEYS[0], backoff_max=0.2)
-    await until(lambda: stranger.net.stats["rejected_handshakes"] >= 2
+    # The node refuses its hello without answering; the stranger sees the link closed.
+    await until(lambda: stranger.net.stats["failed_handshakes"] >= 2
                 and node.net.stats["rejected_handshakes"] >= 3)
     assert node.net.connected() == [] and stranger.net.connected() == []
 
@@ -289,10 +289,11 @@ async def test_a_replayed_handshake_signature_is_refused(
     genuine = await RawPeer.connect(node.net.port)
     raw_peers.append(genuine)
     theirs = await genuine.hello(KEYS[0])
-    await genuine.frame()
+    assert theirs is not None
     captured_auth = make_auth(KEYS[0], G.hash, local_nonce=genuine.nonce,
                               remote_nonce=theirs.nonce, remote_pubkey=KEYS[3].public)
     await genuine.send_frame(captured_auth)
+    assert await genuine.frame() is not None  # the node's signature, sent after ours verified
     await until(lambda: node.net.connected() == [0])
     await genuine.close()
     await until(lambda: node.net.connected() == [])
@@ -302,10 +303,11 @@ async def test_a_replayed_handshake_signature_is_refused(
     raw_peers.append(replay)
     replay.nonce = genuine.nonce
     with caplog.at_level(logging.WARNING, "node.transport"):
-        await replay.hello(KEYS[0])
-        await replay.frame()
+        fresh = await replay.hello(KEYS[0])
+        assert fresh is not None and fresh.nonce != theirs.nonce
         await replay.send_frame(captured_auth)
-        assert await replay.closed_by_node()
+        # Closed without the node's signature: an unauthenticated peer never obtains one.
+        assert await replay.frame() is None
     assert node.net.connected() == []
     assert node.net.stats["rejected_handshakes"] == 1
     assert "signature does not verify" in caplog.text
@@ -373,15 +375,18 @@ async def test_policy_one_link_per_pair(cluster: Cluster, raw_peers: list[RawPee
     # An inbound link from a higher index is refused: the lower node dials it.
     higher = await RawPeer.connect(nodes[1].net.port)
     raw_peers.append(higher)
-    await higher.hello(KEYS[3])
-    assert await higher.frame() is None
+    assert await higher.hello(KEYS[3]) is None
     assert nodes[1].net.stats["rejected_handshakes"] == 1
-    # A duplicate of a live link is refused; the existing link keeps working.
+    # A second connection claiming a linked validator's key but not proving it (hello, then
+    # a bad signature) leaves the live link alone; the existing link keeps working.
     dup = await RawPeer.connect(nodes[3].net.port)
     raw_peers.append(dup)
-    await dup.hello(KEYS[1])
-    assert await dup.frame() is None
+    assert await dup.hello(KEYS[1]) is not None
+    await dup.send_frame(make_auth(KEYS[2], G.hash, local_nonce=dup.nonce,
+                                   remote_nonce=bytes(32), remote_pubkey=KEYS[3].public))
+    assert await dup.closed_by_node()
     assert nodes[3].net.stats["rejected_handshakes"] == 1
+    assert nodes[3].net.connected() == [1]
     assert nodes[3].net.send(1, b"ok")
     await until(lambda: nodes[1].inbox[3] == [b"ok"])
 
@@ -505,10 +510,14 @@ async def test_unauthenticated_connections_are_capped(cluster: Cluster,
                                                       raw_peers: list[RawPeer]) -> None:
     node = await cluster.start(3, handshake_timeout=10)
     node.net.max_pending_handshakes = 2
+    node.net.max_pending_per_source = 2
     for _ in range(3):
         raw_peers.append(await RawPeer.connect(node.net.port))
-    assert await raw_peers[2].closed_by_node()
-    assert not await raw_peers[0].closed_by_node(timeout=0.1)
-    assert node.net.stats["rejected_handshakes"] == 1
-    await raw_peers[1].authenticate(KEYS[0])  # a pending slot still completes normally
+        await asyncio.sleep(0.05)
+    # The third connection replaced the oldest pending one, which was closed unread.
+    assert await raw_peers[0].closed_by_node()
+    assert not await raw_peers[1].closed_by_node(timeout=0.1)
+    assert node.net.stats["evicted_handshakes"] == 1
+    await raw_peers[2].authenticate(KEYS[0])  # a pending slot still completes normally
     await until(lambda: node.net.connected() == [0])
+    assert node.net.stats["rejected_handshakes"] == 0
