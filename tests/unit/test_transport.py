@@ -521,3 +521,209 @@ async def test_unauthenticated_connections_are_capped(cluster: Cluster,
     await raw_peers[2].authenticate(KEYS[0])  # a pending slot still completes normally
     await until(lambda: node.net.connected() == [0])
     assert node.net.stats["rejected_handshakes"] == 0
+
+
+# -- flood resistance, replacement and backoff (issue 11, item 6) --------------------------
+
+
+async def _connect_from(source: str, port: int) -> RawPeer:
+    """A raw connection to 127.0.0.1 whose source address is ``source`` (any 127.x works on
+    Linux loopback), to play a second host."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    return RawPeer(reader, writer)
+
+
+async def _silent_flood(ports: Callable[[], list[int]], per_port: int, stop: asyncio.Event,
+                        opened: list[int]) -> None:
+    """Hold ``per_port`` silent connections to each port, reopening each one the node closes
+    after a short pause (bounded: at most per_port / 0.05 connections per second and port)."""
+
+    async def slot(index: int) -> None:
+        while not stop.is_set():
+            port = ports()[index % len(ports())]
+            try:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            opened[0] += 1
+            async def until_closed(r: asyncio.StreamReader = reader) -> None:
+                with contextlib.suppress(OSError):
+                    while await r.read(4096):  # whatever the node says, say nothing
+                        pass
+
+            closed = asyncio.ensure_future(until_closed())
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((closed, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                stopped.cancel()
+                writer.transport.abort()
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(slot(k) for k in range(per_port * len(ports()))))
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_peer_links_up_while_every_port_is_flooded(cluster: Cluster) -> None:
+    nodes = await cluster.mesh()
+    stop, opened = asyncio.Event(), [0]
+    flood = asyncio.create_task(_silent_flood(
+        lambda: [n.net.port for n in nodes.values()], 100, stop, opened))
+    try:
+        await asyncio.sleep(1.0)  # 400 silent connections, every pending slot taken
+        port = nodes[1].net.port
+        await nodes[1].net.stop()
+        started = time.monotonic()
+        nodes[1] = await cluster.start(1, {2: nodes[2].net.port, 3: nodes[3].net.port},
+                                       port=port)
+        await until(lambda: all(n.net.connected() == [j for j in range(4) if j != i]
+                                for i, n in nodes.items()), timeout=20)
+        linked = time.monotonic() - started
+        nodes[1].net.broadcast(b"back")
+        await until(lambda: all(nodes[i].inbox[1][-1:] == [b"back"] for i in (0, 2, 3)))
+    finally:
+        stop.set()
+        await flood
+    evicted = sum(n.net.stats.get("evicted_handshakes", 0) for n in nodes.values())
+    print(f"linked in {linked:.2f} s under a flood of {opened[0]} silent connections "
+          f"({evicted} pending handshakes evicted)")
+    assert evicted > 0 and opened[0] > 400
+
+
+@pytest.mark.asyncio
+async def test_the_listener_says_nothing_before_the_dialers_hello(
+        cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3)
+    raw = await RawPeer.connect(node.net.port)
+    raw_peers.append(raw)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await raw.reader.read(1)
+    theirs = await raw.hello(KEYS[0])  # now it answers, with a fresh nonce
+    assert theirs is not None and theirs.pubkey == KEYS[3].public
+
+
+@pytest.mark.asyncio
+async def test_no_signature_work_before_a_hello_names_an_accepted_validator(
+        cluster: Cluster, raw_peers: list[RawPeer], monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.transport.network as network
+
+    calls = {"verify": 0, "sign": 0}
+    real_verify, real_make = network.verify_auth, network.make_auth
+
+    def counting_verify(*a: Any, **kw: Any) -> None:
+        calls["verify"] += 1
+        real_verify(*a, **kw)
+
+    def counting_make(*a: Any, **kw: Any) -> bytes:
+        calls["sign"] += 1
+        return real_make(*a, **kw)
+
+    monkeypatch.setattr(network, "verify_auth", counting_verify)
+    monkeypatch.setattr(network, "make_auth", counting_make)
+    node = await cluster.start(2, handshake_timeout=0.5)
+    node.net.disconnect(0, "misbehaved", backoff_s=30)
+    hellos = [(FX.outsider, {}), (KEYS[3], {}), (KEYS[0], {}),  # unknown, higher, backed off
+              (KEYS[1], {"genesis_hash": bytes(32)}), (KEYS[1], {"chain": "other"})]
+    for key, kw in hellos:
+        raw = await RawPeer.connect(node.net.port)
+        raw_peers.append(raw)
+        assert await raw.hello(key, **kw) is None
+    silent = await RawPeer.connect(node.net.port)
+    raw_peers.append(silent)
+    assert await silent.closed_by_node(timeout=3)
+    garbage = await RawPeer.connect(node.net.port)
+    raw_peers.append(garbage)
+    await garbage.send(HEADER.pack(4000))  # beyond MAX_HELLO: refused before the body
+    assert await garbage.closed_by_node()
+    assert calls == {"verify": 0, "sign": 0}
+    assert node.net.stats["rejected_handshakes"] == len(hellos) + 2
+    # A hello naming an accepted validator with a bad signature costs one verification
+    # and obtains no signature.
+    bad = await RawPeer.connect(node.net.port)
+    raw_peers.append(bad)
+    assert await bad.hello(KEYS[1]) is not None
+    await bad.send_frame(packb([bytes(64)]))
+    assert await bad.frame() is None
+    assert calls == {"verify": 1, "sign": 0}
+
+
+@pytest.mark.asyncio
+async def test_pending_handshakes_are_bounded_per_source(cluster: Cluster,
+                                                         raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3, handshake_timeout=10)
+    net = node.net
+    net.max_pending_per_source, net.max_pending_handshakes = 3, 5
+    other = [await _connect_from("127.0.0.2", net.port) for _ in range(2)]
+    raw_peers.extend(other)
+    flood = []
+    for _ in range(12):  # one source floods: it only ever replaces its own
+        flood.append(await RawPeer.connect(net.port))
+        await asyncio.sleep(0.02)
+    raw_peers.extend(flood)
+    for raw in flood[:-3]:
+        assert await raw.closed_by_node(timeout=2)
+    for raw in [*other, *flood[-3:]]:
+        assert not await raw.closed_by_node(timeout=0.05)
+    assert net.stats["evicted_handshakes"] == 9
+    # The other host's pending handshake completes; an honest dialer sharing the flooder's
+    # address replaces the flooder's oldest silent connection and links too.
+    await other[0].authenticate(KEYS[0])
+    honest = await RawPeer.connect(net.port)
+    raw_peers.append(honest)
+    await honest.authenticate(KEYS[1])
+    await until(lambda: net.connected() == [0, 1])
+    assert await flood[-3].closed_by_node(timeout=2)
+    # At the global limit, a newcomer replaces the oldest of the source holding the most.
+    more = [await _connect_from("127.0.0.3", net.port) for _ in range(3)]
+    raw_peers.extend(more)
+    assert not await other[1].closed_by_node(timeout=0.1)
+    for raw in more:
+        assert not await raw.closed_by_node(timeout=0.05)
+    assert await flood[-2].closed_by_node(timeout=2)
+
+
+@pytest.mark.asyncio
+async def test_a_validator_connecting_again_replaces_its_stale_link(
+        cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3)
+    stale = await RawPeer.connect(node.net.port)  # a half-open link: never closed by "us"
+    raw_peers.append(stale)
+    await stale.authenticate(KEYS[0])
+    await until(lambda: node.net.connected() == [0])
+    fresh = await RawPeer.connect(node.net.port)  # validator 0 restarted and dials again
+    raw_peers.append(fresh)
+    await fresh.authenticate(KEYS[0])
+    assert await stale.closed_by_node()
+    assert node.net.connected() == [0]
+    assert node.net.send(0, b"to the new link")
+    assert await fresh.frame() == b"to the new link"
+    assert node.net.stats["connects"] == 2
+
+
+@pytest.mark.asyncio
+async def test_disconnect_with_backoff_refuses_and_stops_dialing_for_that_long(
+        cluster: Cluster, raw_peers: list[RawPeer], caplog: pytest.LogCaptureFixture) -> None:
+    nodes = await cluster.mesh([0, 1, 2], backoff_initial=0.05, backoff_max=0.2)
+    with pytest.raises(ValueError):
+        nodes[1].net.disconnect(0, "x", backoff_s=-1)
+    with caplog.at_level(logging.INFO, "node.transport"):
+        # Node 1 backs off 0 (which dials it) and 2 (which it dials) for 1.5 s.
+        nodes[1].net.disconnect(0, "flooded us", backoff_s=1.5)
+        nodes[1].net.disconnect(2, "flooded us", backoff_s=1.5)
+        started = time.monotonic()
+        await until(lambda: nodes[1].net.connected() == [])
+        await asyncio.sleep(1.0)
+        assert nodes[1].net.connected() == [] and 0 < nodes[1].net.backoff_remaining(0) < 1
+        assert nodes[0].net.stats["failed_handshakes"] >= 2  # 0 kept trying, was refused
+        assert nodes[2].net.stats["connects"] == 2  # nobody dialed 2 from node 1 meanwhile
+        await until(lambda: nodes[1].net.connected() == [0, 2], timeout=5)
+    assert time.monotonic() - started >= 1.4
+    assert "is backed off" in caplog.text and "not dialing validator 2" in caplog.text
+    assert nodes[1].net.backoff_remaining(0) == 0
