@@ -615,7 +615,7 @@ async def test_no_signature_work_before_a_hello_names_an_accepted_validator(
     import node.transport.network as network
 
     calls = {"verify": 0, "sign": 0}
-    real_verify, real_make = network.verify_auth, network.make_auth
+    real_verify, real_make = verify_auth, make_auth
 
     def counting_verify(*a: Any, **kw: Any) -> None:
         calls["verify"] += 1
@@ -629,12 +629,14 @@ async def test_no_signature_work_before_a_hello_names_an_accepted_validator(
     monkeypatch.setattr(network, "make_auth", counting_make)
     node = await cluster.start(2, handshake_timeout=0.5)
     node.net.disconnect(0, "misbehaved", backoff_s=30)
-    hellos = [(FX.outsider, {}), (KEYS[3], {}), (KEYS[0], {}),  # unknown, higher, backed off
-              (KEYS[1], {"genesis_hash": bytes(32)}), (KEYS[1], {"chain": "other"})]
-    for key, kw in hellos:
+    hellos: list[tuple[PrivateKey, bytes, str]] = [
+        (FX.outsider, G.hash, G.chain_id), (KEYS[3], G.hash, G.chain_id),  # unknown, higher
+        (KEYS[0], G.hash, G.chain_id),  # backed off
+        (KEYS[1], bytes(32), G.chain_id), (KEYS[1], G.hash, "other")]  # other chain
+    for key, genesis_hash, chain in hellos:
         raw = await RawPeer.connect(node.net.port)
         raw_peers.append(raw)
-        assert await raw.hello(key, **kw) is None
+        assert await raw.hello(key, genesis_hash=genesis_hash, chain=chain) is None
     silent = await RawPeer.connect(node.net.port)
     raw_peers.append(silent)
     assert await silent.closed_by_node(timeout=3)
