@@ -27,21 +27,25 @@ What each side checks, and in which order (``node.transport.network`` runs it):
 
 Why the mutual authentication still holds with the dialer speaking first:
 
-* Each side's signature covers the other side's nonce, drawn fresh for this connection
-  after (listener) or before (dialer) the peer's hello, and never sent before the peer could
-  have chosen its own: a signature captured from any earlier handshake does not verify
-  against a new nonce, so a replayed ``hello_D``/``auth_D`` fails at the listener and a
-  replayed ``hello_L``/``auth_L`` fails at the dialer.
+* Each side's signature covers the other side's nonce, and each side checks the signature
+  it receives against the nonce it drew itself for this connection (the dialer before it
+  connected, the listener after the dialer's hello). A signature captured from any earlier
+  handshake covers an earlier nonce and does not verify: a replayed ``hello_D``/``auth_D``
+  fails at the listener, a replayed ``hello_L``/``auth_L`` at the dialer. Speaking first
+  reveals only the dialer's nonce and key; the dialer signs nothing until the listener has
+  committed to its nonce in ``hello_L``, so the order change gives neither side anything to
+  precompute or replay.
 * A signature is checked under the key the peer claimed in its hello, which must be a
   validator of this genesis and not the checker's own; the signer's key is inside the signed
   bytes in the signer's position, so a side's own signature reflected back to it never
   verifies (it would have to verify under its own key, which is refused as a peer key).
 * The listener signs only after the dialer proved its key over the listener's nonce, so an
-  unauthenticated peer never obtains a signature from a listener; the dialer signs only for
-  the validator it meant to reach, over a nonce that validator chose for this connection.
-* As before, the handshake authenticates the two ends but does not bind the TCP stream: on
-  an untrusted network wrap the links in TLS (``ssl`` contexts), which a path attacker cannot
-  relay into.
+  unauthenticated peer never obtains a signature from a listener; the dialer signs only
+  after a hello carrying the key it dialed, and its signature names that key and the nonce
+  of this connection, so it is good for one handshake with that validator only.
+* As before, the handshake authenticates the two ends but does not bind the TCP stream: an
+  attacker on the path can relay a live handshake between two validators and then inject
+  frames. On an untrusted network wrap the links in TLS (``ssl`` contexts).
 
 The order is compatible with earlier nodes of ``ledger-p2p/1``: their dialer sent its hello
 at once, its auth after reading the listener's hello, then read the listener's auth (what a
