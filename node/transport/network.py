@@ -468,15 +468,14 @@ class PeerNetwork:
                 reason = str(exc)
                 if isinstance(exc, TimeoutError):
                     reason = f"handshake timed out after {self.handshake_timeout:g} s"
-                self._refused(direction, address, reason, anonymous=pending is not None
-                              and not pending.named)
+                self._refused(direction, address, reason, inbound=pending is not None)
                 return None
             except (OSError, EOFError) as exc:  # closed or reset by the peer mid-handshake
                 if pending is not None and pending.evicted:
                     return None
                 self.stats["failed_handshakes"] += 1
-                if pending is not None and not pending.named:
-                    self._flood_log("%s: inbound peer %s closed before its hello: %s",
+                if pending is not None:
+                    self._flood_log("%s: inbound handshake with %s failed: %s",
                                     self.me.name, address, _reason(exc))
                 else:
                     self.log.info("%s: %s handshake with %s failed: %s", self.me.name,
@@ -495,11 +494,11 @@ class PeerNetwork:
             await self._close(writer)
 
     def _refused(self, direction: str, address: str, reason: str, *,
-                 anonymous: bool = False) -> None:
-        """Count and log a refused handshake; what any anonymous connection can cause (no
-        hello naming a validator we accept yet) is logged as a flood is."""
+                 inbound: bool = False) -> None:
+        """Count and log a refused handshake. Anyone can make us refuse inbound handshakes
+        (a validator's key is public), so those are logged as a flood is."""
         self.stats["rejected_handshakes"] += 1
-        if anonymous:
+        if inbound:
             self._flood_log("%s: refused %s peer %s: %s", self.me.name, direction, address,
                             reason)
         else:
