@@ -729,3 +729,25 @@ async def test_disconnect_with_backoff_refuses_and_stops_dialing_for_that_long(
     assert time.monotonic() - started >= 1.4
     assert "is backed off" in caplog.text and "not dialing validator 2" in caplog.text
     assert nodes[1].net.backoff_remaining(0) == 0
+
+
+@pytest.mark.asyncio
+async def test_silent_connections_to_a_tls_port_neither_linger_nor_block_a_dialer(
+        cluster: Cluster, tmp_path: Path, raw_peers: list[RawPeer]) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    one = await cluster.start(1, ssl_server=server, ssl_client=client, handshake_timeout=1)
+    for _ in range(20):  # silent TCP clients: they never start TLS
+        raw_peers.append(await RawPeer.connect(one.net.port))
+    started = time.monotonic()
+    zero = await cluster.start(0, {1: one.net.port}, ssl_server=server, ssl_client=client)
+    await until(lambda: zero.net.connected() == [1] and one.net.connected() == [0])
+    assert time.monotonic() - started < 2
+    assert zero.net.send(1, b"over tls, past the silent ones")
+    await until(lambda: one.inbox[0] == [b"over tls, past the silent ones"])
+    for raw in raw_peers:  # the TLS handshake timeout (= handshake_timeout) closes them
+        assert await raw.closed_by_node(timeout=3)
+    assert time.monotonic() - started < 4
