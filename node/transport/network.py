@@ -571,6 +571,8 @@ class PeerNetwork:
         # No await between this check and the insertion: one link per pair, always.
         if self._closing:
             raise HandshakeError("the node is stopping")
+        if self.backoff_remaining(peer.index) > 0:  # backed off while its handshake ran
+            raise HandshakeError(f"{_who(peer)} is backed off")
         existing = self._links.get(peer.index)
         if existing is not None and not existing.writer.transport.is_closing():
             if outbound or existing.outbound:  # cannot happen: one dialer per pair
