@@ -1,17 +1,56 @@
 """The validator handshake: pure functions over bytes, no I/O.
 
-Both sides send, before any payload, one hello frame and then one auth frame::
+Four frames, the dialer first; the listener sends nothing until the dialer has spoken::
 
-    hello = packb(["ledger-p2p/1", chain_id: str, genesis_hash: bin(32),
-                   pubkey: bin(32), nonce: bin(32)])
-    auth  = packb([sig: bin(64)])
-    sig   = Ed25519(local key, b"ledger.p2p.v1\\x00" + packb([genesis_hash, remote_nonce,
-                                                            local_nonce, local_pubkey,
-                                                            remote_pubkey]))
+    dialer   -> listener   hello_D = packb(["ledger-p2p/1", chain_id: str, genesis_hash: bin(32),
+                                            pubkey: bin(32), nonce: bin(32)])
+    listener -> dialer     hello_L   (same shape, the listener's key and a fresh nonce)
+    dialer   -> listener   auth_D  = packb([sig: bin(64)])
+    listener -> dialer     auth_L
+    sig = Ed25519(local key, b"ledger.p2p.v1\x00" + packb([genesis_hash, remote_nonce,
+                                                           local_nonce, local_pubkey,
+                                                           remote_pubkey]))
 
-Each side signs the other's fresh nonce, so a signature captured from one handshake is
-worthless in any other. A side sends its auth frame only after the peer's hello passed every
-check, so an unwanted peer never obtains a signature from us.
+What each side checks, and in which order (``node.transport.network`` runs it):
+
+* The listener reads ``hello_D`` (at most ``MAX_HELLO`` bytes) and refuses, before any
+  crypto work and before it sends a byte, a hello that does not decode or does not name a
+  validator it accepts (``check_hello``: version, chain, genesis hash, a validator's key that
+  is not its own; then its own policy: only lower indexes dial it, no backed-off validator).
+  A connection that stays silent costs the listener no nonce, no write and no signature.
+* Only then does the listener draw its nonce and send ``hello_L``. The dialer checks it
+  (``check_hello``, and that it is the key it dialed) and sends ``auth_D``, its signature
+  over both nonces and both keys.
+* The listener verifies ``auth_D`` against the nonce it drew for this connection (its first
+  signature check), and only then signs and sends ``auth_L``; the dialer verifies it
+  against its own nonce.
+
+Why the mutual authentication still holds with the dialer speaking first:
+
+* Each side's signature covers the other side's nonce, and each side checks the signature
+  it receives against the nonce it drew itself for this connection (the dialer before it
+  connected, the listener after the dialer's hello). A signature captured from any earlier
+  handshake covers an earlier nonce and does not verify: a replayed ``hello_D``/``auth_D``
+  fails at the listener, a replayed ``hello_L``/``auth_L`` at the dialer. Speaking first
+  reveals only the dialer's nonce and key; the dialer signs nothing until the listener has
+  committed to its nonce in ``hello_L``, so the order change gives neither side anything to
+  precompute or replay.
+* A signature is checked under the key the peer claimed in its hello, which must be a
+  validator of this genesis and not the checker's own; the signer's key is inside the signed
+  bytes in the signer's position, so a side's own signature reflected back to it never
+  verifies (it would have to verify under its own key, which is refused as a peer key).
+* The listener signs only after the dialer proved its key over the listener's nonce, so an
+  unauthenticated peer never obtains a signature from a listener; the dialer signs only
+  after a hello carrying the key it dialed, and its signature names that key and the nonce
+  of this connection, so it is good for one handshake with that validator only.
+* As before, the handshake authenticates the two ends but does not bind the TCP stream: an
+  attacker on the path can relay a live handshake between two validators and then inject
+  frames. On an untrusted network wrap the links in TLS (``ssl`` contexts).
+
+The order is compatible with earlier nodes of ``ledger-p2p/1``: their dialer sent its hello
+at once, its auth after reading the listener's hello, then read the listener's auth (what a
+dialer does here), and their listener, which spoke first, is read the same way by this
+dialer; the signed bytes are unchanged.
 """
 
 from __future__ import annotations

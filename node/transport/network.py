@@ -2,8 +2,23 @@
 
 One link per pair of validators: a node dials the validators with a higher index than its
 own and accepts links from those with a lower one. Every link starts with the handshake of
-``node.transport.handshake``; only then do payload frames flow, each a 4-byte big-endian
-length and the payload (``node.transport.framing``).
+``node.transport.handshake`` (the dialer speaks first); only then do payload frames flow,
+each a 4-byte big-endian length and the payload (``node.transport.framing``).
+
+Unauthenticated connections are bounded so that a flood of them cannot lock a validator
+out (issue 11): the whole handshake must finish within ``handshake_timeout`` (2 s); at most
+``max_pending_per_source`` handshakes per source address and ``max_pending_handshakes`` in
+all are in progress. A new connection from a source at its limit replaces that source's
+oldest pending handshake, and one arriving when the global limit is reached replaces the
+oldest pending handshake of the source holding the most: an honest dialer, which sends its
+hello as soon as it connects and finishes in one round trip, gets through even when it
+shares its address with a flooder (a NAT, the same host), and a flood from one source never
+displaces the handshakes of another. Nothing is read from an evicted connection.
+
+An inbound link from a validator that is already linked replaces the old link once the new
+connection has authenticated (a restarted validator must not wait for its stale half-open
+link to time out). ``disconnect(peer, reason, backoff_s=...)`` backs a misbehaving
+validator off: for that long its handshakes are refused and it is not dialed.
 
 Each link has a bounded outbound queue drained by its own writer task: when the queue is
 full the oldest frame is dropped and counted, so a slow or dead peer can neither exhaust
@@ -54,6 +69,7 @@ STAT_KEYS = (
     "bytes_out",
     "dropped_full_queue",  # oldest frames dropped because a peer's queue was full
     "rejected_handshakes",  # handshakes we refused (bad hello or signature, policy, timeout)
+    "evicted_handshakes",  # pending inbound handshakes closed to make room for a newer one
     "failed_handshakes",  # handshakes the peer broke off (closed, reset)
     "dial_failures",  # outbound connection attempts that did not connect
     "connects",  # authenticated links established
@@ -81,6 +97,20 @@ class _Link:
         self.overflowing = False
 
 
+class _Pending:
+    """An inbound connection whose handshake is in progress."""
+
+    __slots__ = ("evicted", "named", "source", "started", "writer")
+
+    def __init__(self, source: str, writer: asyncio.StreamWriter) -> None:
+        self.source = source
+        self.writer = writer
+        self.started = time.monotonic()
+        self.evicted = False
+        #: its hello named a validator we accept (until then, anyone could be behind it)
+        self.named = False
+
+
 class PeerNetwork:
     """The validator's links to the other validators of ``genesis``."""
 
@@ -91,8 +121,11 @@ class PeerNetwork:
     stream_limit = 1 << 20
     #: frames the reader hands over before it yields to the rest of the event loop
     read_burst = 64
-    #: unauthenticated connections handled at once; more are closed on arrival
+    #: inbound handshakes in progress at once, in all and per source address; a connection
+    #: beyond either limit replaces the oldest pending handshake (of its own source, or of
+    #: the source holding the most)
     max_pending_handshakes = 64
+    max_pending_per_source = 8
     #: seconds a graceful close may take before the connection is aborted
     close_timeout = 1.0
     #: TCP keepalive and user timeout: a silently dead link is noticed within ~30 s
@@ -108,7 +141,7 @@ class PeerNetwork:
                  ssl_server: ssl.SSLContext | None = None,
                  ssl_client: ssl.SSLContext | None = None,
                  logger: logging.Logger | None = None,
-                 handshake_timeout: float = 5.0,
+                 handshake_timeout: float = 2.0,
                  backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
         me = genesis.validators.by_key(key.public)
         if me is None:
@@ -148,7 +181,9 @@ class PeerNetwork:
         self._server: asyncio.Server | None = None
         self._dialers: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[object]] = set()
-        self._handshaking = 0
+        self._pending: dict[str, collections.deque[_Pending]] = {}
+        self._pending_count = 0
+        self._backoff_until: dict[int, float] = {}
         self._flood_logged = -1e9
         self._started = False
         self._closing = False
@@ -209,15 +244,36 @@ class PeerNetwork:
         self._enqueue(link, data)
         return True
 
-    def disconnect(self, peer: int, reason: str) -> None:
-        """Drop the link to ``peer`` (it broke the protocol above the framing); it may
-        reconnect later, after the usual backoff."""
+    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
+        """Drop the link to ``peer`` (it broke the protocol above the framing).
+
+        With ``backoff_s`` > 0, for that many seconds (or longer, if an earlier backoff ends
+        later) its inbound handshakes are refused and it is not dialed; otherwise it may
+        reconnect after the usual reconnection delay.
+        """
+        if not 0 <= backoff_s < float("inf"):
+            raise ValueError(f"backoff_s must be finite and >= 0, got {backoff_s!r}")
+        if backoff_s > 0 and 0 <= peer < len(self.genesis.validators) and peer != self.index:
+            until = time.monotonic() + backoff_s
+            self._backoff_until[peer] = max(until, self._backoff_until.get(peer, until))
         link = self._links.get(peer)
         if link is None:
             return
         self.stats["protocol_errors"] += 1
-        self.log.warning("%s: disconnecting %s: %s", self.me.name, _who(link.peer), reason)
+        self.log.warning("%s: disconnecting %s: %s%s", self.me.name, _who(link.peer), reason,
+                         f" (backing off {backoff_s:g} s)" if backoff_s > 0 else "")
         link.writer.transport.abort()
+
+    def backoff_remaining(self, peer: int) -> float:
+        """Seconds ``peer`` stays backed off (0 if it is not)."""
+        until = self._backoff_until.get(peer)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._backoff_until[peer]
+            return 0.0
+        return left
 
     def connected(self) -> list[int]:
         """Validator indexes with a live authenticated link, ascending."""
@@ -295,28 +351,64 @@ class PeerNetwork:
         if self._closing:
             writer.transport.abort()
             return
-        if self._handshaking >= self.max_pending_handshakes:
-            self.stats["rejected_handshakes"] += 1
-            level = logging.DEBUG  # a flood logs one warning per 10 s, not one per connection
-            if time.monotonic() - self._flood_logged > 10:
-                level, self._flood_logged = logging.WARNING, time.monotonic()
-            self.log.log(level, "%s: refused inbound peer %s: %d handshakes already in progress",
-                         self.me.name, _peername(writer), self._handshaking)
-            writer.transport.abort()
-            return
+        pending = self._admit(writer)
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
         try:
-            await self._connection(reader, writer, _peername(writer), expected=None)
+            await self._connection(reader, writer, _peername(writer), expected=None,
+                                   pending=pending)
         except asyncio.CancelledError:
             # Only stop() cancels this task, and it is the last thing the task does. Ending
             # normally matters: Python 3.11's streams report a cancelled client_connected_cb
             # task through the loop's exception handler as an error.
             pass
         finally:
+            self._release(pending)
             if task is not None:
                 self._connections.discard(task)
+
+    def _admit(self, writer: asyncio.StreamWriter) -> _Pending:
+        """Count a new inbound connection as pending, evicting the oldest pending handshake
+        of its source (at ``max_pending_per_source``) or of the source holding the most (at
+        ``max_pending_handshakes``); see ``_victim``. No await: the counts always hold."""
+        pending = _Pending(_source(writer), writer)
+        mine = self._pending.get(pending.source)
+        if mine is not None and len(mine) >= self.max_pending_per_source:
+            self._evict(_victim(mine))
+        while self._pending_count >= self.max_pending_handshakes and self._pending:
+            fullest = max(self._pending.values(), key=lambda q: (len(q), -q[0].started))
+            self._evict(_victim(fullest))
+        self._pending.setdefault(pending.source, collections.deque()).append(pending)
+        self._pending_count += 1
+        return pending
+
+    def _release(self, pending: _Pending) -> None:
+        queue = self._pending.get(pending.source)
+        if queue is None or pending not in queue:
+            return  # evicted, or released when its handshake ended
+        queue.remove(pending)
+        self._pending_count -= 1
+        if not queue:
+            del self._pending[pending.source]
+
+    def _evict(self, pending: _Pending) -> None:
+        self._release(pending)
+        pending.evicted = True
+        pending.writer.transport.abort()
+        self.stats["evicted_handshakes"] += 1
+        self._flood_log("%s: closed the pending handshake of %s (%.1f s old) for a newer "
+                        "connection; %d pending from that source",
+                        self.me.name, _peername(pending.writer),
+                        time.monotonic() - pending.started, len(self._pending.get(
+                            pending.source, ())))
+
+    def _flood_log(self, msg: str, *args: object) -> None:
+        """What a flood causes is logged once per 10 s as a warning, else at debug level."""
+        level = logging.DEBUG
+        if time.monotonic() - self._flood_logged > 10:
+            level, self._flood_logged = logging.WARNING, time.monotonic()
+        self.log.log(level, msg, *args)
 
     async def _dial_forever(self, index: int, address: tuple[str, int]) -> None:
         delay = self.backoff_initial
@@ -325,6 +417,13 @@ class PeerNetwork:
         failures = 0
         while True:
             uptime: float | None = None
+            backed_off = self.backoff_remaining(index)
+            if backed_off > 0:
+                self.log.info("%s: not dialing validator %d for %.1f s (backed off)",
+                              self.me.name, index, backed_off)
+                await asyncio.sleep(backed_off)
+                delay = self.backoff_initial
+                continue
             try:
                 async with asyncio.timeout(self.handshake_timeout):
                     reader, writer = await asyncio.open_connection(
@@ -347,27 +446,40 @@ class PeerNetwork:
             delay = min(delay * 2, self.backoff_max)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          address: str, expected: int | None) -> float | None:
+                          address: str, expected: int | None,
+                          pending: _Pending | None = None) -> float | None:
         """Handshake, then carry the link until it ends; its uptime, or None if refused."""
         direction = "outbound" if expected is not None else "inbound"
         try:
             _tune_socket(writer, self)
-            self._handshaking += 1
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    peer = await self._handshake(reader, writer, expected)
+                    if pending is not None:
+                        peer = await self._accept_handshake(reader, writer, pending)
+                    else:
+                        assert expected is not None
+                        peer = await self._dial_handshake(reader, writer, expected)
+                if pending is not None and pending.evicted:
+                    raise ConnectionResetError("evicted")
                 link = self._register(peer, reader, writer, address, expected is not None)
-            except (HandshakeError, FrameError) as exc:
-                self._refused(direction, address, str(exc))
-                return None
-            except TimeoutError:
-                self._refused(direction, address,
-                              f"handshake timed out after {self.handshake_timeout:g} s")
+            except (HandshakeError, FrameError, TimeoutError) as exc:
+                if pending is not None and pending.evicted:
+                    return None  # counted and logged by _evict
+                reason = str(exc)
+                if isinstance(exc, TimeoutError):
+                    reason = f"handshake timed out after {self.handshake_timeout:g} s"
+                self._refused(direction, address, reason, inbound=pending is not None)
                 return None
             except (OSError, EOFError) as exc:  # closed or reset by the peer mid-handshake
+                if pending is not None and pending.evicted:
+                    return None
                 self.stats["failed_handshakes"] += 1
-                self.log.info("%s: %s handshake with %s failed: %s", self.me.name, direction,
-                              address, _reason(exc))
+                if pending is not None:
+                    self._flood_log("%s: inbound handshake with %s failed: %s",
+                                    self.me.name, address, _reason(exc))
+                else:
+                    self.log.info("%s: %s handshake with %s failed: %s", self.me.name,
+                                  direction, address, _reason(exc))
                 return None
             except Exception as exc:  # a bug here must not kill the listener or a dialer
                 self.stats["failed_handshakes"] += 1
@@ -375,18 +487,27 @@ class PeerNetwork:
                                    direction, address, _reason(exc))
                 return None
             finally:
-                self._handshaking -= 1
+                if pending is not None:
+                    self._release(pending)
             return await self._run_link(link)
         finally:
             await self._close(writer)
 
-    def _refused(self, direction: str, address: str, reason: str) -> None:
+    def _refused(self, direction: str, address: str, reason: str, *,
+                 inbound: bool = False) -> None:
+        """Count and log a refused handshake. Anyone can make us refuse inbound handshakes
+        (a validator's key is public), so those are logged as a flood is."""
         self.stats["rejected_handshakes"] += 1
-        self.log.warning("%s: refused %s peer %s: %s", self.me.name, direction, address, reason)
+        if inbound:
+            self._flood_log("%s: refused %s peer %s: %s", self.me.name, direction, address,
+                            reason)
+        else:
+            self.log.warning("%s: refused %s peer %s: %s", self.me.name, direction, address,
+                             reason)
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         expected: int | None) -> Validator:
-        """Run the handshake; the authenticated peer, or HandshakeError/FrameError/OSError."""
+    async def _dial_handshake(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter, expected: int) -> Validator:
+        """The dialer's side: hello, check theirs, auth, verify theirs (see ``handshake``)."""
         g = self.genesis
         local_nonce = os.urandom(NONCE_SIZE)
         writer.write(encode_frame(Hello(g.chain_id, g.hash, self.key.public, local_nonce)
@@ -397,12 +518,8 @@ class PeerNetwork:
             raise ConnectionResetError("closed by the peer before its hello")
         hello = Hello.from_wire(data)
         peer = check_hello(hello, g, self.key.public)
-        if expected is not None and peer.index != expected:
+        if peer.index != expected:
             raise HandshakeError(f"dialed validator {expected} but reached {_who(peer)}")
-        if expected is None and peer.index > self.index:
-            raise HandshakeError(f"{_who(peer)} has a higher index; we dial it, not it us")
-        if expected is None and peer.index in self._links:
-            raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
         if hello.nonce == local_nonce:
             raise HandshakeError("the peer echoed our nonce")
         writer.write(encode_frame(make_auth(self.key, g.hash, local_nonce=local_nonce,
@@ -416,14 +533,55 @@ class PeerNetwork:
                     local_pubkey=self.key.public, remote_pubkey=peer.pubkey)
         return peer
 
+    async def _accept_handshake(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter, pending: _Pending) -> Validator:
+        """The listener's side: nothing is sent, drawn or verified until the dialer's hello
+        names a validator we accept; we sign only after its signature verified."""
+        g = self.genesis
+        data = await read_frame(reader, MAX_HELLO)
+        if data is None:
+            raise ConnectionResetError("closed by the peer before its hello")
+        hello = Hello.from_wire(data)
+        peer = check_hello(hello, g, self.key.public)
+        if peer.index > self.index:
+            raise HandshakeError(f"{_who(peer)} has a higher index; we dial it, not it us")
+        backed_off = self.backoff_remaining(peer.index)
+        if backed_off > 0:
+            raise HandshakeError(f"{_who(peer)} is backed off for another {backed_off:.1f} s")
+        pending.named = True
+        local_nonce = os.urandom(NONCE_SIZE)
+        if hello.nonce == local_nonce:
+            raise HandshakeError("the peer echoed our nonce")
+        writer.write(encode_frame(Hello(g.chain_id, g.hash, self.key.public, local_nonce)
+                                  .to_wire()))
+        await writer.drain()
+        data = await read_frame(reader, MAX_AUTH)
+        if data is None:
+            raise ConnectionResetError("closed by the peer before its signature")
+        verify_auth(g.hash, parse_auth(data), local_nonce=local_nonce, remote_nonce=hello.nonce,
+                    local_pubkey=self.key.public, remote_pubkey=peer.pubkey)
+        writer.write(encode_frame(make_auth(self.key, g.hash, local_nonce=local_nonce,
+                                            remote_nonce=hello.nonce,
+                                            remote_pubkey=peer.pubkey)))
+        await writer.drain()
+        return peer
+
     def _register(self, peer: Validator, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter, address: str, outbound: bool) -> _Link:
         # No await between this check and the insertion: one link per pair, always.
         if self._closing:
             raise HandshakeError("the node is stopping")
+        if self.backoff_remaining(peer.index) > 0:  # backed off while its handshake ran
+            raise HandshakeError(f"{_who(peer)} is backed off")
         existing = self._links.get(peer.index)
         if existing is not None and not existing.writer.transport.is_closing():
-            raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
+            if outbound or existing.outbound:  # cannot happen: one dialer per pair
+                raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
+            # It just proved its key over our fresh nonce, so it is that validator, dialing
+            # again: the old link is stale (say it restarted and the old one is half-open).
+            self.log.info("%s: %s connected again from %s; replacing its link from %s",
+                          self.me.name, _who(peer), address, existing.address)
+            existing.writer.transport.abort()
         link = _Link(peer, reader, writer, address, outbound)
         self._links[peer.index] = link
         return link
@@ -489,6 +647,21 @@ def _who(v: Validator) -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _victim(queue: collections.deque[_Pending]) -> _Pending:
+    """The handshake to evict from a source's queue (oldest first): one that has not named
+    a validator yet if there is one (a silent connection), else the oldest."""
+    return next((p for p in queue if not p.named), queue[0])
+
+
+def _source(writer: asyncio.StreamWriter) -> str:
+    """The address a connection comes from, without its port (the unit of per-source
+    limits)."""
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and name:
+        return str(name[0])
+    return str(name)
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:

@@ -138,20 +138,22 @@ class RawPeer:
         return await asyncio.wait_for(read_frame(self.reader, 64 << 20), 5)
 
     async def hello(self, key: PrivateKey, *, genesis_hash: bytes = G.hash,
-                    chain: str = G.chain_id) -> Hello:
-        """Exchange hellos; the node's hello."""
+                    chain: str = G.chain_id) -> Hello | None:
+        """Send our hello (the dialer speaks first); the node's hello, or None if it closed
+        the connection instead of answering."""
         await self.send_frame(Hello(chain, genesis_hash, key.public, self.nonce).to_wire())
         data = await self.frame()
-        assert data is not None
-        return Hello.from_wire(data)
+        return None if data is None else Hello.from_wire(data)
 
     async def authenticate(self, key: PrivateKey) -> None:
+        """The dialer's side of the handshake: hello, our signature, then the node's."""
         theirs = await self.hello(key)
+        assert theirs is not None
+        await self.send_frame(make_auth(key, G.hash, local_nonce=self.nonce,
+                                        remote_nonce=theirs.nonce, remote_pubkey=theirs.pubkey))
         sig = parse_auth(await self.frame() or b"")
         verify_auth(G.hash, sig, local_nonce=self.nonce, remote_nonce=theirs.nonce,
                     local_pubkey=key.public, remote_pubkey=theirs.pubkey)
-        await self.send_frame(make_auth(key, G.hash, local_nonce=self.nonce,
-                                        remote_nonce=theirs.nonce, remote_pubkey=theirs.pubkey))
 
     async def closed_by_node(self, timeout: float = 3.0) -> bool:
         """True once the node closes the connection (frames it sends first are skipped)."""
@@ -253,10 +255,8 @@ async def test_a_key_outside_the_validator_set_is_refused(
     raw = await RawPeer.connect(node.net.port)
     raw_peers.append(raw)
     with caplog.at_level(logging.WARNING, "node.transport"):
-        theirs = await raw.hello(FX.outsider)
-        assert theirs.pubkey == KEYS[3].public
-        # The node closes without ever signing for an unknown key.
-        assert await raw.frame() is None
+        # The node closes without a word (no hello, no nonce, no signature) for an unknown key.
+        assert await raw.hello(FX.outsider) is None
     assert node.net.stats["rejected_handshakes"] == 1
     assert node.net.connected() == []
     assert "not a validator" in caplog.text
@@ -268,15 +268,15 @@ async def test_a_wrong_genesis_hash_is_refused(cluster: Cluster,
     node = await cluster.start(3)
     raw = await RawPeer.connect(node.net.port)
     raw_peers.append(raw)
-    await raw.hello(KEYS[0], genesis_hash=bytes(32))
-    assert await raw.frame() is None
+    assert await raw.hello(KEYS[0], genesis_hash=bytes(32)) is None
     assert node.net.stats["rejected_handshakes"] == 1
 
     # A whole node built on another genesis (same keys, other chain) never links either.
     other = make_fixture(chain="other-chain").genesis
     stranger = await cluster.start(0, {3: node.net.port}, genesis=other,
                                    key=KEYS[0], backoff_max=0.2)
-    await until(lambda: stranger.net.stats["rejected_handshakes"] >= 2
+    # The node refuses its hello without answering; the stranger sees the link closed.
+    await until(lambda: stranger.net.stats["failed_handshakes"] >= 2
                 and node.net.stats["rejected_handshakes"] >= 3)
     assert node.net.connected() == [] and stranger.net.connected() == []
 
@@ -289,10 +289,11 @@ async def test_a_replayed_handshake_signature_is_refused(
     genuine = await RawPeer.connect(node.net.port)
     raw_peers.append(genuine)
     theirs = await genuine.hello(KEYS[0])
-    await genuine.frame()
+    assert theirs is not None
     captured_auth = make_auth(KEYS[0], G.hash, local_nonce=genuine.nonce,
                               remote_nonce=theirs.nonce, remote_pubkey=KEYS[3].public)
     await genuine.send_frame(captured_auth)
+    assert await genuine.frame() is not None  # the node's signature, sent after ours verified
     await until(lambda: node.net.connected() == [0])
     await genuine.close()
     await until(lambda: node.net.connected() == [])
@@ -302,10 +303,11 @@ async def test_a_replayed_handshake_signature_is_refused(
     raw_peers.append(replay)
     replay.nonce = genuine.nonce
     with caplog.at_level(logging.WARNING, "node.transport"):
-        await replay.hello(KEYS[0])
-        await replay.frame()
+        fresh = await replay.hello(KEYS[0])
+        assert fresh is not None and fresh.nonce != theirs.nonce
         await replay.send_frame(captured_auth)
-        assert await replay.closed_by_node()
+        # Closed without the node's signature: an unauthenticated peer never obtains one.
+        assert await replay.frame() is None
     assert node.net.connected() == []
     assert node.net.stats["rejected_handshakes"] == 1
     assert "signature does not verify" in caplog.text
@@ -373,15 +375,18 @@ async def test_policy_one_link_per_pair(cluster: Cluster, raw_peers: list[RawPee
     # An inbound link from a higher index is refused: the lower node dials it.
     higher = await RawPeer.connect(nodes[1].net.port)
     raw_peers.append(higher)
-    await higher.hello(KEYS[3])
-    assert await higher.frame() is None
+    assert await higher.hello(KEYS[3]) is None
     assert nodes[1].net.stats["rejected_handshakes"] == 1
-    # A duplicate of a live link is refused; the existing link keeps working.
+    # A second connection claiming a linked validator's key but not proving it (hello, then
+    # a bad signature) leaves the live link alone; the existing link keeps working.
     dup = await RawPeer.connect(nodes[3].net.port)
     raw_peers.append(dup)
-    await dup.hello(KEYS[1])
-    assert await dup.frame() is None
+    assert await dup.hello(KEYS[1]) is not None
+    await dup.send_frame(make_auth(KEYS[2], G.hash, local_nonce=dup.nonce,
+                                   remote_nonce=bytes(32), remote_pubkey=KEYS[3].public))
+    assert await dup.closed_by_node()
     assert nodes[3].net.stats["rejected_handshakes"] == 1
+    assert nodes[3].net.connected() == [1]
     assert nodes[3].net.send(1, b"ok")
     await until(lambda: nodes[1].inbox[3] == [b"ok"])
 
@@ -505,10 +510,244 @@ async def test_unauthenticated_connections_are_capped(cluster: Cluster,
                                                       raw_peers: list[RawPeer]) -> None:
     node = await cluster.start(3, handshake_timeout=10)
     node.net.max_pending_handshakes = 2
+    node.net.max_pending_per_source = 2
     for _ in range(3):
         raw_peers.append(await RawPeer.connect(node.net.port))
-    assert await raw_peers[2].closed_by_node()
-    assert not await raw_peers[0].closed_by_node(timeout=0.1)
-    assert node.net.stats["rejected_handshakes"] == 1
-    await raw_peers[1].authenticate(KEYS[0])  # a pending slot still completes normally
+        await asyncio.sleep(0.05)
+    # The third connection replaced the oldest pending one, which was closed unread.
+    assert await raw_peers[0].closed_by_node()
+    assert not await raw_peers[1].closed_by_node(timeout=0.1)
+    assert node.net.stats["evicted_handshakes"] == 1
+    await raw_peers[2].authenticate(KEYS[0])  # a pending slot still completes normally
     await until(lambda: node.net.connected() == [0])
+    assert node.net.stats["rejected_handshakes"] == 0
+
+
+# -- flood resistance, replacement and backoff (issue 11, item 6) --------------------------
+
+
+async def _connect_from(source: str, port: int) -> RawPeer:
+    """A raw connection to 127.0.0.1 whose source address is ``source`` (any 127.x works on
+    Linux loopback), to play a second host."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    return RawPeer(reader, writer)
+
+
+async def _silent_flood(ports: Callable[[], list[int]], per_port: int, stop: asyncio.Event,
+                        opened: list[int]) -> None:
+    """Hold ``per_port`` silent connections to each port, reopening each one the node closes
+    after a short pause (bounded: at most per_port / 0.05 connections per second and port)."""
+
+    async def slot(index: int) -> None:
+        while not stop.is_set():
+            port = ports()[index % len(ports())]
+            try:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            opened[0] += 1
+            async def until_closed(r: asyncio.StreamReader = reader) -> None:
+                with contextlib.suppress(OSError):
+                    while await r.read(4096):  # whatever the node says, say nothing
+                        pass
+
+            closed = asyncio.ensure_future(until_closed())
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((closed, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                stopped.cancel()
+                writer.transport.abort()
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(slot(k) for k in range(per_port * len(ports()))))
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_peer_links_up_while_every_port_is_flooded(cluster: Cluster) -> None:
+    nodes = await cluster.mesh()
+    stop, opened = asyncio.Event(), [0]
+    flood = asyncio.create_task(_silent_flood(
+        lambda: [n.net.port for n in nodes.values()], 100, stop, opened))
+    try:
+        await asyncio.sleep(1.0)  # 400 silent connections, every pending slot taken
+        port = nodes[1].net.port
+        await nodes[1].net.stop()
+        started = time.monotonic()
+        nodes[1] = await cluster.start(1, {2: nodes[2].net.port, 3: nodes[3].net.port},
+                                       port=port)
+        await until(lambda: all(n.net.connected() == [j for j in range(4) if j != i]
+                                for i, n in nodes.items()), timeout=20)
+        linked = time.monotonic() - started
+        nodes[1].net.broadcast(b"back")
+        await until(lambda: all(nodes[i].inbox[1][-1:] == [b"back"] for i in (0, 2, 3)))
+    finally:
+        stop.set()
+        await flood
+    evicted = sum(n.net.stats.get("evicted_handshakes", 0) for n in nodes.values())
+    print(f"linked in {linked:.2f} s under a flood of {opened[0]} silent connections "
+          f"({evicted} pending handshakes evicted)")
+    assert evicted > 0 and opened[0] > 400
+
+
+@pytest.mark.asyncio
+async def test_the_listener_says_nothing_before_the_dialers_hello(
+        cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3)
+    raw = await RawPeer.connect(node.net.port)
+    raw_peers.append(raw)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await raw.reader.read(1)
+    theirs = await raw.hello(KEYS[0])  # now it answers, with a fresh nonce
+    assert theirs is not None and theirs.pubkey == KEYS[3].public
+
+
+@pytest.mark.asyncio
+async def test_no_signature_work_before_a_hello_names_an_accepted_validator(
+        cluster: Cluster, raw_peers: list[RawPeer], monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.transport.network as network
+
+    calls = {"verify": 0, "sign": 0}
+    real_verify, real_make = verify_auth, make_auth
+
+    def counting_verify(*a: Any, **kw: Any) -> None:
+        calls["verify"] += 1
+        real_verify(*a, **kw)
+
+    def counting_make(*a: Any, **kw: Any) -> bytes:
+        calls["sign"] += 1
+        return real_make(*a, **kw)
+
+    monkeypatch.setattr(network, "verify_auth", counting_verify)
+    monkeypatch.setattr(network, "make_auth", counting_make)
+    node = await cluster.start(2, handshake_timeout=0.5)
+    node.net.disconnect(0, "misbehaved", backoff_s=30)
+    hellos: list[tuple[PrivateKey, bytes, str]] = [
+        (FX.outsider, G.hash, G.chain_id), (KEYS[3], G.hash, G.chain_id),  # unknown, higher
+        (KEYS[0], G.hash, G.chain_id),  # backed off
+        (KEYS[1], bytes(32), G.chain_id), (KEYS[1], G.hash, "other")]  # other chain
+    for key, genesis_hash, chain in hellos:
+        raw = await RawPeer.connect(node.net.port)
+        raw_peers.append(raw)
+        assert await raw.hello(key, genesis_hash=genesis_hash, chain=chain) is None
+    silent = await RawPeer.connect(node.net.port)
+    raw_peers.append(silent)
+    assert await silent.closed_by_node(timeout=3)
+    garbage = await RawPeer.connect(node.net.port)
+    raw_peers.append(garbage)
+    await garbage.send(HEADER.pack(4000))  # beyond MAX_HELLO: refused before the body
+    assert await garbage.closed_by_node()
+    assert calls == {"verify": 0, "sign": 0}
+    assert node.net.stats["rejected_handshakes"] == len(hellos) + 2
+    # A hello naming an accepted validator with a bad signature costs one verification
+    # and obtains no signature.
+    bad = await RawPeer.connect(node.net.port)
+    raw_peers.append(bad)
+    assert await bad.hello(KEYS[1]) is not None
+    await bad.send_frame(packb([bytes(64)]))
+    assert await bad.frame() is None
+    assert calls == {"verify": 1, "sign": 0}
+
+
+@pytest.mark.asyncio
+async def test_pending_handshakes_are_bounded_per_source(cluster: Cluster,
+                                                         raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3, handshake_timeout=10)
+    net = node.net
+    net.max_pending_per_source, net.max_pending_handshakes = 3, 5
+    other = [await _connect_from("127.0.0.2", net.port) for _ in range(2)]
+    raw_peers.extend(other)
+    flood = []
+    for _ in range(12):  # one source floods: it only ever replaces its own
+        flood.append(await RawPeer.connect(net.port))
+        await asyncio.sleep(0.02)
+    raw_peers.extend(flood)
+    for raw in flood[:-3]:
+        assert await raw.closed_by_node(timeout=2)
+    for raw in [*other, *flood[-3:]]:
+        assert not await raw.closed_by_node(timeout=0.05)
+    assert net.stats["evicted_handshakes"] == 9
+    # The other host's pending handshake completes; an honest dialer sharing the flooder's
+    # address replaces the flooder's oldest silent connection and links too.
+    await other[0].authenticate(KEYS[0])
+    honest = await RawPeer.connect(net.port)
+    raw_peers.append(honest)
+    await honest.authenticate(KEYS[1])
+    await until(lambda: net.connected() == [0, 1])
+    assert await flood[-3].closed_by_node(timeout=2)
+    # At the global limit, a newcomer replaces the oldest of the source holding the most.
+    more = [await _connect_from("127.0.0.3", net.port) for _ in range(3)]
+    raw_peers.extend(more)
+    assert not await other[1].closed_by_node(timeout=0.1)
+    for raw in more:
+        assert not await raw.closed_by_node(timeout=0.05)
+    assert await flood[-2].closed_by_node(timeout=2)
+
+
+@pytest.mark.asyncio
+async def test_a_validator_connecting_again_replaces_its_stale_link(
+        cluster: Cluster, raw_peers: list[RawPeer]) -> None:
+    node = await cluster.start(3)
+    stale = await RawPeer.connect(node.net.port)  # a half-open link: never closed by "us"
+    raw_peers.append(stale)
+    await stale.authenticate(KEYS[0])
+    await until(lambda: node.net.connected() == [0])
+    fresh = await RawPeer.connect(node.net.port)  # validator 0 restarted and dials again
+    raw_peers.append(fresh)
+    await fresh.authenticate(KEYS[0])
+    assert await stale.closed_by_node()
+    assert node.net.connected() == [0]
+    assert node.net.send(0, b"to the new link")
+    assert await fresh.frame() == b"to the new link"
+    assert node.net.stats["connects"] == 2
+
+
+@pytest.mark.asyncio
+async def test_disconnect_with_backoff_refuses_and_stops_dialing_for_that_long(
+        cluster: Cluster, raw_peers: list[RawPeer], caplog: pytest.LogCaptureFixture) -> None:
+    nodes = await cluster.mesh([0, 1, 2], backoff_initial=0.05, backoff_max=0.2)
+    with pytest.raises(ValueError):
+        nodes[1].net.disconnect(0, "x", backoff_s=-1)
+    with caplog.at_level(logging.INFO, "node.transport"):
+        # Node 1 backs off 0 (which dials it) and 2 (which it dials) for 1.5 s.
+        nodes[1].net.disconnect(0, "flooded us", backoff_s=1.5)
+        nodes[1].net.disconnect(2, "flooded us", backoff_s=1.5)
+        started = time.monotonic()
+        await until(lambda: nodes[1].net.connected() == [])
+        await asyncio.sleep(1.0)
+        assert nodes[1].net.connected() == [] and 0 < nodes[1].net.backoff_remaining(0) < 1
+        assert nodes[0].net.stats["failed_handshakes"] >= 2  # 0 kept trying, was refused
+        assert nodes[2].net.stats["connects"] == 2  # nobody dialed 2 from node 1 meanwhile
+        await until(lambda: nodes[1].net.connected() == [0, 2], timeout=5)
+    assert time.monotonic() - started >= 1.4
+    assert "is backed off" in caplog.text and "not dialing validator 2" in caplog.text
+    assert nodes[1].net.backoff_remaining(0) == 0
+
+
+@pytest.mark.asyncio
+async def test_silent_connections_to_a_tls_port_neither_linger_nor_block_a_dialer(
+        cluster: Cluster, tmp_path: Path, raw_peers: list[RawPeer]) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    one = await cluster.start(1, ssl_server=server, ssl_client=client, handshake_timeout=1)
+    for _ in range(20):  # silent TCP clients: they never start TLS
+        raw_peers.append(await RawPeer.connect(one.net.port))
+    started = time.monotonic()
+    zero = await cluster.start(0, {1: one.net.port}, ssl_server=server, ssl_client=client)
+    await until(lambda: zero.net.connected() == [1] and one.net.connected() == [0])
+    assert time.monotonic() - started < 2
+    assert zero.net.send(1, b"over tls, past the silent ones")
+    await until(lambda: one.inbox[0] == [b"over tls, past the silent ones"])
+    for raw in raw_peers:  # the TLS handshake timeout (= handshake_timeout) closes them
+        assert await raw.closed_by_node(timeout=3)
+    assert time.monotonic() - started < 4
