@@ -145,6 +145,7 @@ class PeerNetwork:
         self.port: int = listen[1]
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._links: dict[int, _Link] = {}
+        self._banned_until: dict[int, float] = {}  # validator -> monotonic end of backoff
         self._server: asyncio.Server | None = None
         self._dialers: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[object]] = set()
@@ -209,9 +210,13 @@ class PeerNetwork:
         self._enqueue(link, data)
         return True
 
-    def disconnect(self, peer: int, reason: str) -> None:
+    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
         """Drop the link to ``peer`` (it broke the protocol above the framing); it may
-        reconnect later, after the usual backoff."""
+        reconnect later, after the usual backoff, and not before ``backoff_s`` seconds
+        (its handshakes are refused until then, in ``_register``)."""
+        if backoff_s > 0:
+            self._banned_until[peer] = max(self._banned_until.get(peer, 0.0),
+                                           time.monotonic() + backoff_s)
         link = self._links.get(peer)
         if link is None:
             return
@@ -421,6 +426,8 @@ class PeerNetwork:
         # No await between this check and the insertion: one link per pair, always.
         if self._closing:
             raise HandshakeError("the node is stopping")
+        if time.monotonic() < self._banned_until.get(peer.index, 0.0):
+            raise HandshakeError(f"{_who(peer)} is backed off for misbehaving")
         existing = self._links.get(peer.index)
         if existing is not None and not existing.writer.transport.is_closing():
             raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
