@@ -471,7 +471,7 @@ class Node:
         except LedgerError as exc:
             self.peer_backlog -= 1
             log.warning("dropped a block response from validator %d: %s", peer, exc)
-            self._misbehaved(peer, f"a block response that does not check ({exc})", 50)
+            self._misbehaved(peer, f"a block response that does not check ({exc})", 60)
             return
         self.events.put_nowait(MessageReceived(peer, response))
 
