@@ -380,6 +380,19 @@ def peek_cert_obj(data: bytes) -> Any:
         fail("block.cert", f"does not decode ({exc})")
 
 
+def verify_block_cert(data: bytes, header: Header, chain: str, validators: ValidatorSet,
+                      is_valid: Callable[[bytes, bytes, bytes], bool] = is_valid_signature
+                      ) -> Certificate:
+    """The certificate of block bytes whose ``header`` was peeked, read without touching
+    the records, bound to that header and verified under ``validators``; raises
+    CertificateError or DecodeError. What block sync checks before anything costly."""
+    cert = Certificate.from_obj(peek_cert_obj(data))
+    if cert.height != header.height or cert.block_hash != header.hash:
+        raise CertificateError("the certificate is for another block")
+    cert.verify(chain, validators, is_valid)
+    return cert
+
+
 def build_header(*, chain: str, height: int, time_ms: int, prev_hash: bytes,
                  records: Iterable[Record], log: merkle.CompactRange, proposer: int,
                  validators_hash: bytes) -> Header:

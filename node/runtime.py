@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import uvicorn
 
-from ledger.blocks import Block, peek_cert_obj
+from ledger.blocks import Block, Header, peek_cert_obj, verify_block_cert
 from ledger.consensus import (
     Action,
     BlockRequest,
@@ -52,10 +52,11 @@ from ledger.consensus.messages import (
     UndecodedProposal,
     decode_frame,
     encode_block_response,
+    peek_block_response,
 )
 from ledger.crypto import read_key_file
 from ledger.encoding import packb
-from ledger.errors import LedgerError
+from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import SqliteStore
@@ -87,6 +88,10 @@ SERVE_MAX_QUEUED = 8
 # Proposals from one peer (each may carry a whole block to decode): frames and bytes.
 PROPOSALS_PER_S, PROPOSALS_BURST = 20.0, 40.0
 PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST = 32.0 * 2**20, 64.0 * 2**20
+# A block's bytes beyond its records' (header, certificate, framing), to bound a response
+# by what the block limits allow before decoding it.
+BLOCK_OVERHEAD = 64 * 1024
+RECORD_OVERHEAD = 8
 # Evidence: kept (and persisted) for this many heights, at most this many pairs.
 EVIDENCE_WINDOW = 10_000
 EVIDENCE_MAX = 1000
@@ -376,6 +381,15 @@ class Node:
         channel, body = payload[0], payload[1:]
         if channel == CONSENSUS:
             try:
+                header = peek_block_response(body)
+            except LedgerError as exc:
+                log.warning("dropped a malformed message from validator %d: %s", peer, exc)
+                self._misbehaved(peer, "sent a malformed block response", MALFORMED)
+                return
+            if header is not None:  # checked before anything else in it is decoded
+                self._on_block_response(peer, header, body)
+                return
+            try:
                 frame = decode_frame(body)
             except LedgerError as exc:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
@@ -384,8 +398,8 @@ class Node:
             if self.peer_backlog >= MAX_PEER_BACKLOG:
                 self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
                 return
-            if isinstance(frame, UndecodedBlockResponse):
-                self._on_block_response(peer, frame)
+            if isinstance(frame, UndecodedBlockResponse):  # not the canonical layout
+                self._misbehaved(peer, "sent a malformed block response", MALFORMED)
                 return
             message: Message
             if isinstance(frame, UndecodedProposal):
@@ -451,23 +465,30 @@ class Node:
 
     # -- block sync: receiving ----------------------------------------------------------
 
-    def _on_block_response(self, peer: int, frame: UndecodedBlockResponse) -> None:
-        """Take a block response only for a height asked of ``peer``; check its sizes and
-        certificate, then decode and verify its records, in a worker thread."""
-        height = frame.header.height
+    def _on_block_response(self, peer: int, header: Header, body: bytes) -> None:
+        """Take a block response (``body``, whose block ``header`` was peeked) only for a
+        height asked of ``peer`` and within the block limits; decode it, check its
+        certificate and sizes, then decode and verify its records, in a worker thread."""
+        height = header.height
         if height < self.core.height:
             return  # late: decided meanwhile
         if not self.sync_requests.answer(peer, height, time.monotonic()):
             self._misbehaved(peer, "an unsolicited block response", 2)
             return
+        cfg = self.core.config
+        count = header.record_count
+        if count > cfg.max_block_records or len(body) > (
+                cfg.max_block_bytes + BLOCK_OVERHEAD + count * RECORD_OVERHEAD):
+            self._misbehaved(peer, "a block response over the block limits", 60)
+            return
         self.peer_backlog += 1
-        task = asyncio.ensure_future(self._check_then_queue(peer, frame))
+        task = asyncio.ensure_future(self._check_then_queue(peer, header, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _check_then_queue(self, peer: int, frame: UndecodedBlockResponse) -> None:
+    async def _check_then_queue(self, peer: int, header: Header, body: bytes) -> None:
         try:
-            response = await asyncio.to_thread(self.check_block_response, frame)
+            response = await asyncio.to_thread(self.check_block_response, header, body)
         except LedgerError as exc:
             self.peer_backlog -= 1
             log.warning("dropped a block response from validator %d: %s", peer, exc)
@@ -475,10 +496,15 @@ class Node:
             return
         self.events.put_nowait(MessageReceived(peer, response))
 
-    def check_block_response(self, frame: UndecodedBlockResponse) -> BlockResponse:
-        """Sizes and certificate first (``BlockShell.check``), records only then; their
-        signatures verified into the cache block validation asks. Runs in a worker thread;
-        raises LedgerError."""
+    def check_block_response(self, header: Header, body: bytes) -> BlockResponse:
+        """The certificate first (read past the records, ``verify_block_cert``), then the
+        sizes (``BlockShell.check``), the records only then, their signatures verified into
+        the cache block validation asks. Runs in a worker thread; raises LedgerError."""
+        frame = decode_frame(body)
+        if not isinstance(frame, UndecodedBlockResponse) or frame.header != header:
+            raise DecodeError("block response: not the block response it looked like")
+        verify_block_cert(frame.block, frame.header, self.genesis.chain_id,
+                          self.genesis.validators, self.mempool.verify)
         shell = frame.shell()
         cfg = self.core.config
         shell.check(self.genesis.chain_id, self.genesis.validators,

@@ -240,6 +240,27 @@ def decode_frame(data: bytes) -> Frame:
     fail("message", f"unknown kind {kind!r}")
 
 
+HEADER_PEEK_BYTES = 64 * 1024  # a block header is far smaller
+
+
+def peek_block_response(data: bytes) -> Header | None:
+    """The header of the block in a BlockResponse frame body, read from a prefix of it
+    without decoding (or copying) the rest; None if ``data`` is not a block response.
+    Nothing else is checked: ``decode_frame`` does that, strictly, later."""
+    if len(data) < 5 or data[0] != 0x92 or data[1] != _KINDS[BlockResponse] or data[2] != 0x92:
+        return None
+    marker = data[3]
+    if marker == 0xC4:
+        start, size = 5, data[4]
+    elif marker == 0xC5:
+        start, size = 6, int.from_bytes(data[4:6], "big")
+    elif marker == 0xC6:
+        start, size = 8, int.from_bytes(data[4:8], "big")
+    else:
+        fail("block response.block", "expected bin")
+    return peek_header(data[start:start + min(size, HEADER_PEEK_BYTES)])
+
+
 def encode_block_response(block: bytes, last_cert_obj: Any) -> bytes:
     """``encode_message(BlockResponse(...))`` from stored block bytes and the previous
     block's certificate array, without decoding either."""
