@@ -473,7 +473,10 @@ class Node:
         if height < self.core.height:
             return  # late: decided meanwhile
         if not self.sync_requests.answer(peer, height, time.monotonic()):
-            self._misbehaved(peer, "an unsolicited block response", 2)
+            # An honest peer may offer blocks to a node it hears speak for an old height
+            # (the core's ServeBlocks to a sender behind): not misbehaviour, but not taken.
+            if height >= self.core.height + self.core.config.sync_batch:
+                self._misbehaved(peer, "an unsolicited block response", 2)
             return
         cfg = self.core.config
         count = header.record_count

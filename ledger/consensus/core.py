@@ -647,10 +647,11 @@ class ConsensusCore:
         """Gossip: re-broadcast our own messages of the latest two rounds, and the proposal
         and polka behind our valid value, so every correct validator eventually sees what
         we saw (the paper's assumption that correct processes relay what they receive).
-        While idle (no round started), ask everyone for blocks past ours instead: an idle
-        chain sends nothing else that would tell a node it fell behind."""
-        if not self.started:
-            self._out.append(Broadcast(BlockRequest(self.height)))
+        Also ask everyone for blocks past ours: an idle chain sends nothing else that would
+        tell a node it fell behind, and a node only takes the blocks it asked for (a peer
+        that hears it speak for an old height may offer them; the runtime drops what was
+        not asked for). A peer that is not ahead answers nothing."""
+        self._out.append(Broadcast(BlockRequest(self.height)))
         for (round, _), msg in sorted(self.own.items(), key=lambda kv: kv[0]):
             if round >= self.round - 1:
                 self._out.append(Broadcast(msg))
