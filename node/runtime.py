@@ -497,6 +497,10 @@ class Node:
             log.warning("dropped a block response from validator %d: %s", peer, exc)
             self._misbehaved(peer, f"a block response that does not check ({exc})", 60)
             return
+        except Exception:  # a bug here must not leak the backlog or kill the task silently
+            self.peer_backlog -= 1
+            log.exception("checking a block response from validator %d failed", peer)
+            return
         self.events.put_nowait(MessageReceived(peer, response))
 
     def check_block_response(self, header: Header, body: bytes) -> BlockResponse:
