@@ -151,7 +151,8 @@ class ConsensusCore:
         self.synced_commits = 0  # heights decided by block sync rather than by voting
         self.behind_since: dict[int, int] = {}  # validator -> when it was first heard behind
         self._out: list[Action] = []
-        self.future: list[tuple[int, Message]] = []  # messages for later heights, bounded
+        self.future: list[tuple[int, Proposal | SignedVote]] = []  # for the next height
+        self._future_index: dict[int, tuple[set[bytes], int]] = {}  # sender -> (sigs, props)
         self._resume_round: int | None = None
         self._reset_height(chain.height + 1)
         if persisted is not None:
@@ -391,18 +392,27 @@ class ConsensusCore:
         """Keep a message for the next height, within the global and per-sender bounds."""
         if len(self.future) >= self.config.max_future_messages:
             return
-        mine = [m for s, m in self.future if s == sender]
-        if len(mine) >= self.config.max_future_per_peer or (
-                isinstance(msg, Proposal) and sum(isinstance(m, Proposal) for m in mine)
-                >= self.config.max_future_proposals_per_peer):
+        sigs, proposals = self._future_index.get(sender, (set(), 0))
+        if msg.sig in sigs:
+            return  # a re-send of a message already kept
+        is_proposal = isinstance(msg, Proposal)
+        if len(sigs) >= self.config.max_future_per_peer or (
+                is_proposal and proposals >= self.config.max_future_proposals_per_peer):
             self._misbehaved(sender, "too many messages for the next height", 1)
             return
+        sigs.add(msg.sig)
+        self._future_index[sender] = (sigs, proposals + is_proposal)
         self.future.append((sender, msg))
 
     def _replay_future(self) -> None:
         """Handle messages buffered for this height while the previous one finished."""
         pending = [(s, m) for s, m in self.future if _height_of(m) >= self.height]
         self.future = [(s, m) for s, m in pending if _height_of(m) > self.height]
+        self._future_index = {}
+        for s, m in self.future:
+            sigs, proposals = self._future_index.get(s, (set(), 0))
+            sigs.add(m.sig)
+            self._future_index[s] = (sigs, proposals + isinstance(m, Proposal))
         for sender, msg in pending:
             if _height_of(msg) == self.height:
                 self._on_message(sender, msg)

@@ -389,3 +389,18 @@ def test_evidence_log_dedups_caps_prunes_and_round_trips() -> None:
     assert log.prune(25) and [x["validator"] for x in log] == [2]
     assert not log.prune(25)
     assert list(EvidenceLog.from_bytes(log.to_bytes())) == list(log)
+
+
+def test_transport_refuses_a_backed_off_validator_until_the_backoff_ends() -> None:
+    from node.transport import PeerNetwork
+    from node.transport.handshake import HandshakeError
+
+    net = PeerNetwork(genesis=FX.genesis, key=FX.validator_keys[0], listen=("127.0.0.1", 0),
+                      peers={}, on_message=lambda peer, data: None)
+    peer = FX.genesis.validators[1]
+    net.disconnect(1, "flooding", backoff_s=30)
+    with pytest.raises(HandshakeError, match="backed off"):
+        net._register(peer, None, None, "127.0.0.1:1", False)  # type: ignore[arg-type]
+    net._banned_until[1] = time.monotonic() - 1  # the backoff ended
+    net.disconnect(2, "no backoff")
+    assert 2 not in net._banned_until
