@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import msgpack
+
 from ledger import merkle
 from ledger.crypto import (
     HASH_SIZE,
@@ -265,13 +267,7 @@ class Block:
     def from_wire(cls, data: bytes, known: KnownRecords | None = None) -> Block:
         """Decode block bytes strictly: shape and canonical encoding, no signature checks
         (``known``: see ``records_from_obj``)."""
-        w = "block"
-        obj = unpack_exact(data, w)
-        require_canonical(data, obj, w)
-        items = expect_array(obj, w, 3)
-        header = Header.from_obj(items[0])
-        records = records_from_obj(items[1], f"{w}.records", known)
-        return cls(header, records, Certificate.from_obj(items[2]))
+        return BlockShell.from_wire(data).decode(known)
 
     def leaf_hashes(self) -> list[bytes]:
         """Merkle leaf hashes of the envelopes, in block order."""
@@ -295,6 +291,106 @@ class Block:
         if self.cert.block_hash != h.hash:
             raise CertificateError("certificate is for another block hash")
         self.cert.validate_basic()
+
+
+@dataclass(frozen=True)
+class BlockShell:
+    """A block decoded up to its records: header, certificate and the envelopes as bytes.
+
+    What a node checks a block it did not ask to trust against *before* paying for decoding
+    its records (block sync): sizes, the certificate's binding to the header, and the
+    certificate's signatures. ``decode`` then gives the Block.
+    """
+
+    header: Header
+    envelopes: tuple[bytes, ...]
+    cert: Certificate
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> BlockShell:
+        """Decode block bytes strictly (shape, canonical encoding), records left as bytes."""
+        w = "block"
+        obj = unpack_exact(data, w)
+        require_canonical(data, obj, w)
+        items = expect_array(obj, w, 3)
+        header = Header.from_obj(items[0])
+        envelopes = expect_array(items[1], f"{w}.records")
+        for i, e in enumerate(envelopes):
+            if type(e) is not bytes:
+                fail(f"{w}.records[{i}]", "expected bin")
+        return cls(header, tuple(envelopes), Certificate.from_obj(items[2]))
+
+    @property
+    def records_bytes(self) -> int:
+        """Total size of the envelopes."""
+        return sum(len(e) for e in self.envelopes)
+
+    def check(self, chain: str, validators: ValidatorSet, *, max_records: int, max_bytes: int,
+              is_valid: Callable[[bytes, bytes, bytes], bool] = is_valid_signature) -> None:
+        """Raise BlockError/CertificateError unless the sizes are within the bounds, the
+        record count matches the header, and the certificate certifies this header under
+        ``validators`` (every signature checked). Cheap next to decoding the records."""
+        h = self.header
+        if len(self.envelopes) != h.record_count:
+            raise BlockError(f"header says {h.record_count} records, "
+                             f"block holds {len(self.envelopes)}")
+        if h.record_count > max_records:
+            raise BlockError(f"{h.record_count} records: more than {max_records}")
+        if self.records_bytes > max_bytes:
+            raise BlockError(f"{self.records_bytes} bytes of records: more than {max_bytes}")
+        if self.cert.height != h.height or self.cert.block_hash != h.hash:
+            raise CertificateError("the certificate is for another block")
+        self.cert.verify(chain, validators, is_valid)
+
+    def decode(self, known: KnownRecords | None = None) -> Block:
+        """Decode the records (strictly; ``known``: see ``records_from_obj``)."""
+        return Block(self.header, records_from_obj(list(self.envelopes), "block.records",
+                                                   known), self.cert)
+
+
+def _block_unpacker(data: bytes) -> msgpack.Unpacker:
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        if unpacker.read_array_header() != 3:
+            fail("block", "expected an array of 3")
+    except (ValueError, msgpack.OutOfData, msgpack.StackError) as exc:
+        fail("block", f"not a block ({exc})")
+    return unpacker
+
+
+def peek_header(data: bytes) -> Header:
+    """The header of block bytes, without reading its records (they are not checked)."""
+    unpacker = _block_unpacker(data)
+    try:
+        obj = unpacker.unpack()
+    except (ValueError, msgpack.OutOfData, msgpack.StackError) as exc:
+        fail("block.header", f"does not decode ({exc})")
+    return Header.from_obj(obj)
+
+
+def peek_cert_obj(data: bytes) -> Any:
+    """The certificate array of (trusted, e.g. stored) block bytes, records skipped."""
+    unpacker = _block_unpacker(data)
+    try:
+        unpacker.skip()
+        unpacker.skip()
+        return unpacker.unpack()
+    except (ValueError, msgpack.OutOfData, msgpack.StackError) as exc:
+        fail("block.cert", f"does not decode ({exc})")
+
+
+def verify_block_cert(data: bytes, header: Header, chain: str, validators: ValidatorSet,
+                      is_valid: Callable[[bytes, bytes, bytes], bool] = is_valid_signature
+                      ) -> Certificate:
+    """The certificate of block bytes whose ``header`` was peeked, read without touching
+    the records, bound to that header and verified under ``validators``; raises
+    CertificateError or DecodeError. What block sync checks before anything costly."""
+    cert = Certificate.from_obj(peek_cert_obj(data))
+    if cert.height != header.height or cert.block_hash != header.hash:
+        raise CertificateError("the certificate is for another block")
+    cert.verify(chain, validators, is_valid)
+    return cert
 
 
 def build_header(*, chain: str, height: int, time_ms: int, prev_hash: bytes,

@@ -15,7 +15,6 @@ import gc
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from typing import Any
 import msgpack
 import uvicorn
 
-from ledger.blocks import Block
+from ledger.blocks import Block, Header, peek_cert_obj, verify_block_cert
 from ledger.consensus import (
     Action,
+    BlockRequest,
     BlockResponse,
     Broadcast,
     CommitBlock,
@@ -33,22 +33,30 @@ from ledger.consensus import (
     Event,
     Message,
     MessageReceived,
+    Misbehaviour,
     PersistState,
     Proposal,
     RecordEvidence,
     RecordsAvailable,
     ScheduleTimeout,
     SendTo,
+    ServeBlocks,
     SigningState,
     Start,
     Tick,
     TimeoutFired,
-    decode_message,
     encode_message,
+)
+from ledger.consensus.messages import (
+    UndecodedBlockResponse,
+    UndecodedProposal,
+    decode_frame,
+    encode_block_response,
+    peek_block_response,
 )
 from ledger.crypto import read_key_file
 from ledger.encoding import packb
-from ledger.errors import LedgerError
+from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import SqliteStore
@@ -57,12 +65,37 @@ from node.config import ConfigError, NodeConfig
 from node.faults import TestFaults
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
+from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
 
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
 MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
+
+# A misbehaving peer (see Misbehaviour and _misbehaved): points decay at DECAY per second;
+# past LIMIT the link is dropped and the validator refused for BACKOFF_S seconds.
+MISBEHAVIOUR_LIMIT = 100.0
+MISBEHAVIOUR_DECAY_PER_S = 10.0
+MISBEHAVIOUR_BACKOFF_S = 30.0
+MALFORMED = MISBEHAVIOUR_LIMIT + 1  # one undecodable frame is enough
+# Block serving, per peer: blocks and bytes per second (with bursts), one serve at a time,
+# at most SERVE_BATCH_BYTES read per serve, none while the link's queue is backed up.
+SERVE_BLOCKS_PER_S, SERVE_BLOCKS_BURST = 64.0, 64.0
+SERVE_BYTES_PER_S, SERVE_BYTES_BURST = 16.0 * 2**20, 32.0 * 2**20
+SERVE_BATCH_BYTES = 16 * 2**20
+SERVE_MAX_QUEUED = 8
+# Proposals from one peer (each may carry a whole block to decode): frames and bytes.
+PROPOSALS_PER_S, PROPOSALS_BURST = 20.0, 40.0
+PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST = 32.0 * 2**20, 64.0 * 2**20
+# A block's bytes beyond its records' (header, certificate, framing), to bound a response
+# by what the block limits allow before decoding it.
+BLOCK_OVERHEAD = 64 * 1024
+RECORD_OVERHEAD = 8
+# Evidence: kept (and persisted) for this many heights, at most this many pairs.
+EVIDENCE_WINDOW = 10_000
+EVIDENCE_MAX = 1000
+EVIDENCE_FLUSH_S = 1.0
 
 log = logging.getLogger("ledger.node")
 
@@ -113,7 +146,17 @@ class Node:
         self.metrics = Metrics()
         self.faults = TestFaults.from_env(self.key)
         self.faults.index = config.index
-        self.evidence: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.evidence_path = config.store_path.with_name("evidence.json")
+        self.evidence = self._load_evidence()
+        self._evidence_flush: asyncio.TimerHandle | None = None
+        self.scores = Scores(MISBEHAVIOUR_LIMIT, MISBEHAVIOUR_DECAY_PER_S)
+        self.backoff_until: dict[int, float] = {}  # validator -> monotonic end of backoff
+        self.misbehaviour: dict[int, int] = {}  # validator -> misbehaviour reports (metrics)
+        self.sync_requests = SyncRequests(self.core.config.sync_batch)
+        self.proposal_budget = ProposalBudget()
+        self._proposal_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
+        self._serve_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
+        self._serving: set[int] = set()  # peers with a block serve under way
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self.subscribers: set[asyncio.Queue[int]] = set()
@@ -148,10 +191,20 @@ class Node:
                                     action.state.to_wire())
             self.faults.crash_point("after_persist")
         elif isinstance(action, Broadcast):
+            if isinstance(action.message, BlockRequest):
+                for peer in self.connected_peers():
+                    self.sync_requests.asked_for(peer, action.message.height, time.monotonic())
             for peers, message in self.faults.outgoing(action.message, self.connected_peers()):
                 self.send_frame(bytes([CONSENSUS]) + encode_message(message), peers)
         elif isinstance(action, SendTo):
+            if isinstance(action.message, BlockRequest):
+                self.sync_requests.asked_for(action.peer, action.message.height,
+                                             time.monotonic())
             self.send_frame(bytes([CONSENSUS]) + encode_message(action.message), [action.peer])
+        elif isinstance(action, ServeBlocks):
+            self._serve(action.peer, action.start, action.stop)
+        elif isinstance(action, Misbehaviour):
+            self._misbehaved(action.peer, action.reason, action.weight)
         elif isinstance(action, ScheduleTimeout):
             self._schedule(action)
         elif isinstance(action, CommitBlock):
@@ -159,9 +212,120 @@ class Node:
             await asyncio.to_thread(self.store.append, action.block, action.last_cert)
             self.faults.crash_point("after_commit")
             self._on_committed(action.block)
+            if self.evidence.prune(action.block.height):
+                self._persist_evidence()
         elif isinstance(action, RecordEvidence):
-            self.evidence.append(evidence_json(action.first, action.second))
-            log.warning("evidence of equivocation: %s", self.evidence[-1]["kind"])
+            entry = evidence_json(action.first, action.second)
+            if self.evidence.record(entry):
+                log.warning("evidence of equivocation by validator %d: %s at height %d",
+                            entry["validator"], entry["kind"], entry["height"])
+                self._persist_evidence()
+
+    # -- evidence (kept across restarts) -------------------------------------------------
+
+    def _load_evidence(self) -> EvidenceLog:
+        try:
+            data = self.evidence_path.read_bytes()
+        except FileNotFoundError:
+            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+        try:
+            return EvidenceLog.from_bytes(data, maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("%s does not read (%s); starting without evidence",
+                        self.evidence_path, exc)
+            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+
+    def _persist_evidence(self) -> None:
+        """Write the evidence file within EVIDENCE_FLUSH_S (one write for a burst)."""
+        if self._evidence_flush is not None:
+            return
+
+        def flush() -> None:
+            self._evidence_flush = None
+            task = asyncio.ensure_future(asyncio.to_thread(
+                write_durably, self.evidence_path, self.evidence.to_bytes()))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._evidence_flush = asyncio.get_running_loop().call_later(EVIDENCE_FLUSH_S, flush)
+
+    # -- misbehaving peers -------------------------------------------------------------
+
+    def _misbehaved(self, peer: int, reason: str, weight: float) -> None:
+        """Score ``peer``; past the limit, drop its link and refuse it for a while."""
+        self.misbehaviour[peer] = self.misbehaviour.get(peer, 0) + 1
+        now = time.monotonic()
+        if not self.scores.add(peer, weight, now):
+            return
+        log.warning("validator %d misbehaves (%s): disconnected for %g s", peer, reason,
+                    MISBEHAVIOUR_BACKOFF_S)
+        self.backoff_until[peer] = now + MISBEHAVIOUR_BACKOFF_S
+        if self.transport is not None:
+            self.transport.disconnect(peer, reason, backoff_s=MISBEHAVIOUR_BACKOFF_S)
+
+    def backed_off(self, peer: int) -> bool:
+        """``peer`` was disconnected for misbehaving and its backoff has not ended."""
+        until = self.backoff_until.get(peer)
+        return until is not None and time.monotonic() < until
+
+    # -- block sync: serving ---------------------------------------------------------------
+
+    def _serve(self, peer: int, start: int, stop: int) -> None:
+        """Send ``peer`` blocks ``start`` .. ``stop - 1`` from their stored bytes, read in a
+        worker thread, within its per-peer budgets (a request beyond them is dropped: the
+        requester asks again)."""
+        if self.transport is None or peer in self._serving or self.backed_off(peer):
+            return
+        if self.transport.queue_length(peer) > SERVE_MAX_QUEUED:
+            return
+        now = time.monotonic()
+        blocks, nbytes = self._serve_buckets.setdefault(peer, (
+            TokenBucket(SERVE_BLOCKS_PER_S, SERVE_BLOCKS_BURST),
+            TokenBucket(SERVE_BYTES_PER_S, SERVE_BYTES_BURST)))
+        count = min(stop - start, int(blocks.available(now)))
+        budget = min(SERVE_BATCH_BYTES, int(nbytes.available(now)))
+        if count < 1 or budget <= 0:
+            self._misbehaved(peer, "block requests over the rate", 1)
+            return
+        blocks.spend(count, now)
+        self._serving.add(peer)
+        task = asyncio.ensure_future(self._serve_task(peer, start, start + count, budget,
+                                                      nbytes))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_task(self, peer: int, start: int, stop: int, budget: int,
+                          nbytes: TokenBucket) -> None:
+        try:
+            max_frame = self.transport.max_frame if self.transport is not None else 0
+            frames = await asyncio.to_thread(self.block_frames, start, stop, budget, max_frame)
+            nbytes.spend(sum(len(f) for f in frames), time.monotonic())
+            for frame in frames:
+                self.send_frame(frame, [peer])
+        except LedgerError as exc:
+            log.error("cannot serve blocks %d..%d: %s", start, stop - 1, exc)
+        finally:
+            self._serving.discard(peer)
+
+    def block_frames(self, start: int, stop: int, budget: int, max_frame: int) -> list[bytes]:
+        """BlockResponse frames for ``start`` .. ``stop - 1`` built from the stored bytes
+        (nothing decoded but each block's certificate), at most ``budget`` bytes (at least
+        one frame) and none over ``max_frame``. Runs in a worker thread."""
+        frames: list[bytes] = []
+        total = 0
+        previous = self.store.block_bytes(start - 1) if start > 1 else None
+        last_cert = peek_cert_obj(previous) if previous is not None else None
+        for height in range(start, stop):
+            data = self.store.block_bytes(height)
+            if data is None:
+                break
+            frame = bytes([CONSENSUS]) + encode_block_response(data, last_cert)
+            if len(frame) > max_frame or (frames and total + len(frame) > budget):
+                break
+            frames.append(frame)
+            total += len(frame)
+            last_cert = peek_cert_obj(data)
+        return frames
 
     def _schedule(self, t: ScheduleTimeout) -> None:
         loop = asyncio.get_running_loop()
@@ -207,25 +371,44 @@ class Node:
             if not self.faults.blocked(peer):
                 self.transport.send(peer, frame)
 
-    def _disconnect(self, peer: int, reason: str) -> None:
-        if self.transport is not None:
-            self.transport.disconnect(peer, reason)
-
     def on_frame(self, peer: int, payload: bytes) -> None:
         """Called by the transport on the event loop for every frame from a peer."""
         if not payload or self.faults.blocked(peer):
             return
+        if self.backed_off(peer):  # frames already in flight when it was disconnected
+            self.dropped_peer_messages += 1
+            return
         channel, body = payload[0], payload[1:]
         if channel == CONSENSUS:
             try:
-                message = decode_message(body, self.mempool.known)
+                header = peek_block_response(body)
             except LedgerError as exc:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
-                self._disconnect(peer, "sent a malformed consensus message")
+                self._misbehaved(peer, "sent a malformed block response", MALFORMED)
+                return
+            if header is not None:  # checked before anything else in it is decoded
+                self._on_block_response(peer, header, body)
+                return
+            try:
+                frame = decode_frame(body)
+            except LedgerError as exc:
+                log.warning("dropped a malformed message from validator %d: %s", peer, exc)
+                self._misbehaved(peer, "sent a malformed consensus message", MALFORMED)
                 return
             if self.peer_backlog >= MAX_PEER_BACKLOG:
                 self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
                 return
+            if isinstance(frame, UndecodedBlockResponse):  # not the canonical layout
+                self._misbehaved(peer, "sent a malformed block response", MALFORMED)
+                return
+            message: Message
+            if isinstance(frame, UndecodedProposal):
+                proposal = self._admit_proposal(peer, frame, len(body))
+                if proposal is None:
+                    return
+                message = proposal
+            else:
+                message = frame
             self.peer_backlog += 1
             unverified = self._unverified_records(message)
             if unverified:
@@ -243,7 +426,7 @@ class Node:
                     raise ValueError("expected an array of bin")
             except Exception as exc:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
-                self._disconnect(peer, "sent malformed record gossip")
+                self._misbehaved(peer, "sent malformed record gossip", MALFORMED)
                 return
             if len(self._tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
@@ -253,21 +436,101 @@ class Node:
             task.add_done_callback(self._tasks.discard)
         else:
             log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
-            self._disconnect(peer, f"sent a frame on unknown channel {channel}")
+            self._misbehaved(peer, f"sent a frame on unknown channel {channel}", MALFORMED)
+
+    def _admit_proposal(self, peer: int, frame: UndecodedProposal,
+                        size: int) -> Proposal | None:
+        """Decode a proposal's records only if it is within ``peer``'s budgets: a rate in
+        frames and bytes, a round the core tracks, two distinct proposals per round."""
+        now = time.monotonic()
+        frames, nbytes = self._proposal_buckets.setdefault(peer, (
+            TokenBucket(PROPOSALS_PER_S, PROPOSALS_BURST),
+            TokenBucket(PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST)))
+        height = self.core.height
+        if not (frames.take(1, now) and nbytes.take(size, now)):
+            self._misbehaved(peer, "proposals over the rate", 1)
+            return None
+        if frame.height == height and not self.core.votes.admits(frame.round, frame.proposer):
+            self._misbehaved(peer, "a proposal for a round too far ahead", 1)
+            return None
+        if not self.proposal_budget.allow(peer, frame.height, frame.round, frame.sig, height):
+            self._misbehaved(peer, "more proposals for one round than evidence needs", 5)
+            return None
+        try:
+            return frame.decode(self.mempool.known)
+        except LedgerError as exc:
+            log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
+            self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
+            return None
+
+    # -- block sync: receiving ----------------------------------------------------------
+
+    def _on_block_response(self, peer: int, header: Header, body: bytes) -> None:
+        """Take a block response (``body``, whose block ``header`` was peeked) only for a
+        height asked of ``peer`` and within the block limits; decode it, check its
+        certificate and sizes, then decode and verify its records, in a worker thread."""
+        height = header.height
+        if height < self.core.height:
+            return  # late: decided meanwhile
+        if not self.sync_requests.answer(peer, height, time.monotonic()):
+            # An honest peer may offer blocks to a node it hears speak for an old height
+            # (the core's ServeBlocks to a sender behind): not misbehaviour, but not taken.
+            if height >= self.core.height + self.core.config.sync_batch:
+                self._misbehaved(peer, "an unsolicited block response", 2)
+            return
+        cfg = self.core.config
+        count = header.record_count
+        if count > cfg.max_block_records or len(body) > (
+                cfg.max_block_bytes + BLOCK_OVERHEAD + count * RECORD_OVERHEAD):
+            self._misbehaved(peer, "a block response over the block limits", 60)
+            return
+        self.peer_backlog += 1
+        task = asyncio.ensure_future(self._check_then_queue(peer, header, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check_then_queue(self, peer: int, header: Header, body: bytes) -> None:
+        try:
+            response = await asyncio.to_thread(self.check_block_response, header, body)
+        except LedgerError as exc:
+            self.peer_backlog -= 1
+            log.warning("dropped a block response from validator %d: %s", peer, exc)
+            self._misbehaved(peer, f"a block response that does not check ({exc})", 60)
+            return
+        except Exception:  # a bug here must not leak the backlog or kill the task silently
+            self.peer_backlog -= 1
+            log.exception("checking a block response from validator %d failed", peer)
+            return
+        self.events.put_nowait(MessageReceived(peer, response))
+
+    def check_block_response(self, header: Header, body: bytes) -> BlockResponse:
+        """The certificate first (read past the records, ``verify_block_cert``), then the
+        sizes (``BlockShell.check``), the records only then, their signatures verified into
+        the cache block validation asks. Runs in a worker thread; raises LedgerError."""
+        frame = decode_frame(body)
+        if not isinstance(frame, UndecodedBlockResponse) or frame.header != header:
+            raise DecodeError("block response: not the block response it looked like")
+        verify_block_cert(frame.block, frame.header, self.genesis.chain_id,
+                          self.genesis.validators, self.mempool.verify)
+        shell = frame.shell()
+        cfg = self.core.config
+        shell.check(self.genesis.chain_id, self.genesis.validators,
+                    max_records=cfg.max_block_records, max_bytes=cfg.max_block_bytes,
+                    is_valid=self.mempool.verify)
+        block = shell.decode(self.mempool.known)
+        pending, verify = self.mempool.pending, self.mempool.verify
+        for r in block.records:
+            if r.id not in pending:
+                verify(r.body.signer, r.sign_bytes(), r.sig)
+        return BlockResponse(block, frame.last_cert)
 
     def _unverified_records(self, message: Message) -> list[Record]:
-        """Records of a proposal or synced block for a height still to decide that this
-        node has not admitted (so their signatures are not in the verified cache)."""
-        if isinstance(message, Proposal):
-            height, records = message.height, message.records
-        elif isinstance(message, BlockResponse):
-            height, records = message.block.height, message.block.records
-        else:
-            return []
-        if height < self.core.height:
+        """Records of a proposal for a height still to decide that this node has not
+        admitted (so their signatures are not in the verified cache)."""
+        if not isinstance(message, Proposal) or message.height < self.core.height:
             return []
         pending = self.mempool.pending
-        return [r for r in records if r.id not in pending]
+        return [r for r in message.records if r.id not in pending]
 
     async def _verify_then_queue(self, peer: int, message: Message,
                                  records: list[Record]) -> None:
@@ -367,6 +630,9 @@ class Node:
         stopper.cancel()
         for handle in self._timers:
             handle.cancel()
+        if self._evidence_flush is not None:  # write what the pending flush would have
+            self._evidence_flush.cancel()
+            write_durably(self.evidence_path, self.evidence.to_bytes())
         await self.transport.stop()
         self.store.close()
         log.info("node %s stopped", self.name)

@@ -26,6 +26,7 @@ which it verifies by their certificates instead of replaying rounds.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,11 +39,13 @@ from ledger.consensus.events import (
     CommitBlock,
     Event,
     MessageReceived,
+    Misbehaviour,
     PersistState,
     RecordEvidence,
     RecordsAvailable,
     ScheduleTimeout,
     SendTo,
+    ServeBlocks,
     SigningState,
     Start,
     Step,
@@ -57,7 +60,7 @@ from ledger.consensus.messages import (
     Proposal,
     SignedVote,
 )
-from ledger.consensus.votes import HeightVotes
+from ledger.consensus.votes import CATCHUP_ROUNDS, HeightVotes
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import LedgerError
 from ledger.genesis import Genesis
@@ -111,6 +114,11 @@ class ConsensusConfig:
     max_block_bytes: int = 8 * 1024 * 1024
     create_empty_blocks: bool = True
     max_future_messages: int = 10_000
+    max_future_per_peer: int = 64  # messages for the next height buffered per sender
+    max_future_proposals_per_peer: int = 2  # of which proposals (they carry whole blocks)
+    catchup_rounds: int = CATCHUP_ROUNDS  # future rounds each validator may open per height
+    max_evidence: int = 1000  # conflicting pairs kept (oldest dropped first)
+    decisions_max_bytes: int = 64 * 1024 * 1024  # recent decided blocks kept in memory
 
 
 NO_SIGNATURE = (0, 0, -1)
@@ -134,12 +142,17 @@ class ConsensusCore:
         self.index: int | None = validator.index if validator else None
         self.now_ms = 0
         self.last_signed: tuple[int, int, int] = NO_SIGNATURE
-        self.evidence: list[tuple[SignedVote | Proposal, SignedVote | Proposal]] = []
+        # One pair per (validator, height, round, kind), the newest max_evidence of them.
+        self.evidence: deque[tuple[SignedVote | Proposal, SignedVote | Proposal]] = deque(
+            maxlen=self.config.max_evidence)
+        self._evidence_keys: set[tuple[int, int, int, int]] = set()  # this height's
         self.decisions: dict[int, Block] = {}
+        self._decision_bytes: dict[int, int] = {}
         self.synced_commits = 0  # heights decided by block sync rather than by voting
         self.behind_since: dict[int, int] = {}  # validator -> when it was first heard behind
         self._out: list[Action] = []
-        self.future: list[tuple[int, Message]] = []  # messages for later heights, bounded
+        self.future: list[tuple[int, Proposal | SignedVote]] = []  # for the next height
+        self._future_index: dict[int, tuple[set[bytes], int]] = {}  # sender -> (sigs, props)
         self._resume_round: int | None = None
         self._reset_height(chain.height + 1)
         if persisted is not None:
@@ -160,7 +173,8 @@ class ConsensusCore:
         self.valid_round = -1
         self.valid: Proposal | None = None
         self.proposals: dict[int, Proposal] = {}
-        self.votes = HeightVotes(self.validators)
+        self.votes = HeightVotes(self.validators, catchup_rounds=self.config.catchup_rounds)
+        self._evidence_keys = set()
         self.fired: set[tuple[str, int]] = set()
         self.validity: dict[bytes, bool] = {}
         self.cert_validity: dict[Certificate, bool] = {}
@@ -210,6 +224,7 @@ class ConsensusCore:
                     self.own[(msg.vote.round, step)] = msg
                 self.votes.add(msg)
         self._resume_round = p.round
+        self.votes.round = p.round
 
     def _on_start(self) -> None:
         if self._resume_round is not None:
@@ -237,6 +252,7 @@ class ConsensusCore:
     def _start_round(self, round: int) -> None:
         # L11-L13: round_p <- round; step_p <- propose
         self.round = round
+        self.votes.round = round
         self.step = Step.PROPOSE
         # L14: if proposer(h_p, round_p) = p
         if self.index is not None and self.proposer(self.height, round) == self.index:
@@ -360,31 +376,64 @@ class ConsensusCore:
         self.behind_since.pop(sender, None)
         if height > self.height:
             self._ask_for_blocks(sender)
-            if height == self.height + 1 and len(self.future) < self.config.max_future_messages:
-                self.future.append((sender, msg))
+            if height == self.height + 1:
+                self._buffer_future(sender, msg)
             return
         if not self.started and self.height > self.chain.height:
             # Someone else started this height: join it even without records of our own.
             self.started = True
             self._start_round(0)
         if isinstance(msg, Proposal):
-            self._on_proposal(msg)
+            self._on_proposal(sender, msg)
         else:
-            self._on_vote(msg)
+            self._on_vote(sender, msg)
+
+    def _buffer_future(self, sender: int, msg: Proposal | SignedVote) -> None:
+        """Keep a message for the next height, within the global and per-sender bounds."""
+        if len(self.future) >= self.config.max_future_messages:
+            return
+        sigs, proposals = self._future_index.get(sender, (set(), 0))
+        if msg.sig in sigs:
+            return  # a re-send of a message already kept
+        is_proposal = isinstance(msg, Proposal)
+        if len(sigs) >= self.config.max_future_per_peer or (
+                is_proposal and proposals >= self.config.max_future_proposals_per_peer):
+            self._misbehaved(sender, "too many messages for the next height", 1)
+            return
+        sigs.add(msg.sig)
+        self._future_index[sender] = (sigs, proposals + is_proposal)
+        self.future.append((sender, msg))
 
     def _replay_future(self) -> None:
         """Handle messages buffered for this height while the previous one finished."""
         pending = [(s, m) for s, m in self.future if _height_of(m) >= self.height]
         self.future = [(s, m) for s, m in pending if _height_of(m) > self.height]
+        self._future_index = {}
+        for s, m in self.future:
+            sigs, proposals = self._future_index.get(s, (set(), 0))
+            sigs.add(m.sig)
+            self._future_index[s] = (sigs, proposals + isinstance(m, Proposal))
         for sender, msg in pending:
             if _height_of(msg) == self.height:
                 self._on_message(sender, msg)
 
-    def _on_proposal(self, p: Proposal) -> None:
+    def _on_proposal(self, sender: int, p: Proposal) -> None:
         # Only the round's proposer may propose; the signature must be its own.
         if p.proposer != self.proposer(p.height, p.round):  # also rules out a bad index
+            self._misbehaved(sender, "a proposal from a validator not proposing that round", 20)
+            return
+        earlier = self.proposals.get(p.round)
+        if earlier is not None and (earlier.block_hash, earlier.pol_round, earlier.sig) == (
+                p.block_hash, p.pol_round, p.sig):
+            return  # a repeat (gossip re-sends): nothing to verify
+        if earlier is not None and (p.proposer, self.height, p.round, 0) in self._evidence_keys:
+            self._misbehaved(sender, "a third proposal for one round", 5)
+            return  # one conflicting pair per round is evidence enough
+        if earlier is None and not self.votes.admits(p.round, p.proposer):
+            self._misbehaved(sender, "a proposal for a round too far ahead", 1)
             return
         if not self.verify(self.validators[p.proposer].pubkey, p.sign_bytes(), p.sig):
+            self._misbehaved(sender, "a proposal with a bad signature", 20)
             return
         self._accept_proposal(p)
 
@@ -397,19 +446,36 @@ class ConsensusCore:
         self.proposals[p.round] = p
         self.votes.heard_from(p.round, p.proposer)
 
-    def _on_vote(self, sv: SignedVote) -> None:
+    def _on_vote(self, sender: int, sv: SignedVote) -> None:
         if not 0 <= sv.validator < len(self.validators):
+            self._misbehaved(sender, "a vote of an unknown validator", 20)
             return
+        if not self.votes.accepts(sv):
+            if not self.votes.admits(sv.vote.round, sv.validator):
+                self._misbehaved(sender, "a vote for a round too far ahead", 1)
+            return  # a repeat, or a third value: nothing to verify
         v = sv.vote
         if not self.verify(self.validators[sv.validator].pubkey, v.sign_bytes(), sv.sig):
+            self._misbehaved(sender, "a vote with a bad signature", 20)
             return
         conflict = self.votes.add(sv)
         if conflict is not None:
             self._evidence(conflict, sv)
 
     def _evidence(self, first: SignedVote | Proposal, second: SignedVote | Proposal) -> None:
+        """Keep one conflicting pair per (validator, height, round, kind)."""
+        if isinstance(first, Proposal):
+            key = (first.proposer, first.height, first.round, 0)
+        else:
+            key = (first.validator, first.vote.height, first.vote.round, first.vote.kind)
+        if key in self._evidence_keys:
+            return
+        self._evidence_keys.add(key)
         self.evidence.append((first, second))
         self._out.append(RecordEvidence(first, second))
+
+    def _misbehaved(self, sender: int, reason: str, weight: int) -> None:
+        self._out.append(Misbehaviour(sender, reason, weight))
 
     # -- validity ---------------------------------------------------------------------
 
@@ -553,11 +619,10 @@ class ConsensusCore:
                 self._decide(Block(p.header, p.records, cert), p.last_cert)  # L51-L54
                 return False
 
-        # L55: upon f+1 <*, h_p, round, *, *> with round > round_p
-        later = [rr for rr in self.votes.rounds()
-                 if rr > r and 3 * self.votes.speakers_power(rr) > self.validators.total_power]
-        if later:
-            self._start_round(max(later))  # L56
+        # L55: upon f+1 <*, h_p, round, *, *> with round > round_p (the highest such round
+        # is kept up to date as messages arrive: no work per rule pass)
+        if self.votes.skip_round > r:
+            self._start_round(self.votes.skip_round)  # L56
             return True
         return False
 
@@ -592,10 +657,11 @@ class ConsensusCore:
         """Gossip: re-broadcast our own messages of the latest two rounds, and the proposal
         and polka behind our valid value, so every correct validator eventually sees what
         we saw (the paper's assumption that correct processes relay what they receive).
-        While idle (no round started), ask everyone for blocks past ours instead: an idle
-        chain sends nothing else that would tell a node it fell behind."""
-        if not self.started:
-            self._out.append(Broadcast(BlockRequest(self.height)))
+        Also ask everyone for blocks past ours: an idle chain sends nothing else that would
+        tell a node it fell behind, and a node only takes the blocks it asked for (a peer
+        that hears it speak for an old height may offer them; the runtime drops what was
+        not asked for). A peer that is not ahead answers nothing."""
+        self._out.append(Broadcast(BlockRequest(self.height)))
         for (round, _), msg in sorted(self.own.items(), key=lambda kv: kv[0]):
             if round >= self.round - 1:
                 self._out.append(Broadcast(msg))
@@ -612,11 +678,20 @@ class ConsensusCore:
         """L51-L54: decide, then move to the next height after timeout_commit."""
         self._out.append(CommitBlock(block, last_cert))
         self.decisions[block.height] = block
+        self._decision_bytes[block.height] = _block_bytes(block)
         below = self.decisions.get(block.height - 1)
         if last_cert is not None and below is not None:
             self.decisions[below.height] = Block(below.header, below.records, last_cert)
-        if len(self.decisions) > 16:  # recent decisions only: memory stays bounded
-            del self.decisions[min(self.decisions)]
+        # Recent decisions only, bounded by bytes (the newest two are always kept).
+        while (len(self.decisions) > 2
+               and sum(self._decision_bytes.values()) > self.config.decisions_max_bytes):
+            oldest = min(self.decisions)
+            del self.decisions[oldest]
+            self._decision_bytes.pop(oldest, None)
+        while len(self.decisions) > 64:  # and by count, for chains of empty blocks
+            oldest = min(self.decisions)
+            del self.decisions[oldest]
+            self._decision_bytes.pop(oldest, None)
         next_height = block.height + 1
         synced = self.synced
         self._reset_height(next_height)
@@ -635,14 +710,22 @@ class ConsensusCore:
         self._out.append(SendTo(peer, BlockRequest(self.height)))
 
     def _serve_blocks(self, peer: int, start: int) -> None:
+        stop = min(start + self.config.sync_batch, self.chain.height + 1)
+        if start < stop:
+            self._out.append(ServeBlocks(peer, start, stop))
+
+    def block_responses(self, start: int, stop: int) -> list[BlockResponse]:
+        """The answers to ``ServeBlocks(peer, start, stop)`` from the committed chain (what
+        a runtime sends; the node's runtime sends the same from stored bytes instead)."""
+        out: list[BlockResponse] = []
         previous = self._committed(start - 1)
-        for height in range(start, min(start + self.config.sync_batch, self.chain.height + 1)):
+        for height in range(start, min(stop, self.chain.height + 1)):
             block = self._committed(height)
             if block is None:
-                return
-            last_cert = previous.cert if previous is not None else None
-            self._out.append(SendTo(peer, BlockResponse(block, last_cert)))
+                break
+            out.append(BlockResponse(block, previous.cert if previous is not None else None))
             previous = block
+        return out
 
     def _on_synced_block(self, response: BlockResponse) -> None:
         height = response.block.height
@@ -672,6 +755,11 @@ class ConsensusCore:
         last_cert = response.last_cert
         self._decide(block, last_cert if self._is_valid_last_cert(last_cert) else None)
         return True
+
+
+def _block_bytes(block: Block) -> int:
+    """What a decided block costs to keep, roughly: its envelopes plus fixed overhead."""
+    return 1024 + sum(len(r.envelope) + 200 for r in block.records)
 
 
 def _height_of(msg: Message) -> int:

@@ -134,7 +134,30 @@ class RecordEvidence:
     second: SignedVote | Proposal
 
 
-Action = PersistState | Broadcast | SendTo | ScheduleTimeout | CommitBlock | RecordEvidence
+@dataclass(frozen=True, slots=True)
+class ServeBlocks:
+    """Send ``peer`` the committed blocks ``start`` .. ``stop - 1`` (block sync), each as a
+    ``BlockResponse`` with the certificate of the block before it. The runtime rate-limits
+    this per peer and reads the stored bytes off its event loop."""
+
+    peer: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaviour:
+    """Peer ``peer`` sent something no correct validator sends (or more than one would):
+    ``weight`` says how sure (1: could be an honest node far ahead; 20: a bad signature).
+    The runtime keeps a score per peer and disconnects and backs off one past a bound."""
+
+    peer: int
+    reason: str
+    weight: int
+
+
+Action = (PersistState | Broadcast | SendTo | ScheduleTimeout | CommitBlock | RecordEvidence
+          | ServeBlocks | Misbehaviour)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.blocks import Block, Certificate, Header, Vote
+from ledger.blocks import Block, BlockShell, Certificate, Header, Vote, peek_header
 from ledger.crypto import SIGNATURE_SIZE, PrivateKey, sha256
 from ledger.encoding import (
     expect_array,
@@ -151,6 +151,44 @@ class BlockResponse:
 
 Message = Proposal | SignedVote | BlockRequest | BlockResponse
 
+
+@dataclass(frozen=True, slots=True)
+class UndecodedProposal:
+    """A proposal decoded up to its records: what a node checks against its per-peer
+    budgets before paying for the records (``decode`` gives the Proposal)."""
+
+    height: int
+    round: int
+    proposer: int
+    sig: bytes
+    obj: Any
+
+    def decode(self, known: KnownRecords | None = None) -> Proposal:
+        """The whole proposal, strictly decoded."""
+        return Proposal.from_obj(self.obj, known)
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodedBlockResponse:
+    """A block response with only the block's header read: a node checks that it asked
+    this peer for that height, then (off its event loop) the sizes and the certificate
+    (``BlockShell.check``) before decoding the records."""
+
+    header: Header
+    block: bytes
+    last_cert: Certificate | None
+
+    def shell(self) -> BlockShell:
+        """The block up to its records, strictly decoded."""
+        return BlockShell.from_wire(self.block)
+
+    def decode(self, known: KnownRecords | None = None) -> BlockResponse:
+        """The whole response, strictly decoded (no signature checks)."""
+        return BlockResponse(self.shell().decode(known), self.last_cert)
+
+
+Frame = SignedVote | BlockRequest | UndecodedProposal | UndecodedBlockResponse
+
 _KINDS: dict[type, int] = {Proposal: 1, SignedVote: 2, BlockRequest: 3, BlockResponse: 4}
 
 
@@ -170,18 +208,60 @@ def encode_message(msg: Message) -> bytes:
 def decode_message(data: bytes, known: KnownRecords | None = None) -> Message:
     """Decode a frame body strictly; DecodeError names what is wrong. ``known`` looks up
     records already decoded from the same envelope bytes (see ``records_from_obj``)."""
+    frame = decode_frame(data)
+    if isinstance(frame, UndecodedProposal | UndecodedBlockResponse):
+        return frame.decode(known)
+    return frame
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Decode a frame body strictly, except the records of a proposal or block response
+    (and a block response's block beyond its header): votes and block requests whole."""
     obj = unpack_exact(data, "message")
     require_canonical(data, obj, "message")
     kind, payload = expect_array(obj, "message", 2)
     if kind == 1:
-        return Proposal.from_obj(payload, known)
+        items = expect_array(payload, "proposal", 9)
+        return UndecodedProposal(expect_int(items[1], "proposal.height", lo=1),
+                                 expect_int(items[2], "proposal.round", hi=MAX_ROUND),
+                                 expect_int(items[6], "proposal.proposer", hi=2**16),
+                                 expect_bytes(items[7], "proposal.sig", SIGNATURE_SIZE),
+                                 payload)
     if kind == 2:
         return SignedVote.from_obj(payload)
     if kind == 3:
         return BlockRequest(expect_int(payload, "block request.height", lo=1))
     if kind == 4:
         block_bytes, last_cert = expect_array(payload, "block response", 2)
-        return BlockResponse(Block.from_wire(expect_bytes(block_bytes, "block response.block"),
-                                             known),
-                             None if last_cert is None else Certificate.from_obj(last_cert))
+        block = expect_bytes(block_bytes, "block response.block")
+        return UndecodedBlockResponse(
+            peek_header(block), block,
+            None if last_cert is None else Certificate.from_obj(last_cert))
     fail("message", f"unknown kind {kind!r}")
+
+
+HEADER_PEEK_BYTES = 64 * 1024  # a block header is far smaller
+
+
+def peek_block_response(data: bytes) -> Header | None:
+    """The header of the block in a BlockResponse frame body, read from a prefix of it
+    without decoding (or copying) the rest; None if ``data`` is not a block response.
+    Nothing else is checked: ``decode_frame`` does that, strictly, later."""
+    if len(data) < 5 or data[0] != 0x92 or data[1] != _KINDS[BlockResponse] or data[2] != 0x92:
+        return None
+    marker = data[3]
+    if marker == 0xC4:
+        start, size = 5, data[4]
+    elif marker == 0xC5:
+        start, size = 6, int.from_bytes(data[4:6], "big")
+    elif marker == 0xC6:
+        start, size = 8, int.from_bytes(data[4:8], "big")
+    else:
+        fail("block response.block", "expected bin")
+    return peek_header(data[start:start + min(size, HEADER_PEEK_BYTES)])
+
+
+def encode_block_response(block: bytes, last_cert_obj: Any) -> bytes:
+    """``encode_message(BlockResponse(...))`` from stored block bytes and the previous
+    block's certificate array, without decoding either."""
+    return packb([_KINDS[BlockResponse], [block, last_cert_obj]])

@@ -33,12 +33,14 @@ from ledger.consensus import (
     ConsensusCore,
     Message,
     MessageReceived,
+    Misbehaviour,
     PersistState,
     Proposal,
     RecordEvidence,
     RecordsAvailable,
     ScheduleTimeout,
     SendTo,
+    ServeBlocks,
     SignedVote,
     SigningState,
     Start,
@@ -125,6 +127,7 @@ class SimNode:
     equivocate: bool = False
     crash_mid_actions: bool = False
     evidence: list[Any] = field(default_factory=list)
+    misbehaviour: list[tuple[int, str]] = field(default_factory=list)
 
 
 class SafetyViolation(AssertionError):
@@ -395,6 +398,12 @@ class Simulation:
             self._commit(node, action.block, action.last_cert)
         elif isinstance(action, RecordEvidence):
             node.evidence.append((action.first, action.second))
+        elif isinstance(action, ServeBlocks):
+            if node.core is not None and 0 <= action.peer < len(self.nodes):
+                for response in node.core.block_responses(action.start, action.stop):
+                    self._send(node.id, action.peer, decode_message(encode_message(response)))
+        elif isinstance(action, Misbehaviour):
+            node.misbehaviour.append((action.peer, action.reason))
 
     def _outgoing(self, node: SimNode, message: Message) -> list[tuple[Message, list[int]]]:
         peers = [n.id for n in self.nodes if n.id != node.id]

@@ -13,8 +13,9 @@ import os
 
 import pytest
 
-from ledger.consensus import ConsensusCore
-from tests.sim.harness import SafetyViolation, Scenario, Simulation, run_seed
+from ledger.blocks import Vote
+from ledger.consensus import ConsensusCore, Message, SignedVote
+from tests.sim.harness import SafetyViolation, Scenario, SimNode, Simulation, run_seed
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
 CHUNK = 100
@@ -108,3 +109,44 @@ def test_skipping_the_lock_check_is_caught_within_the_default_seeds() -> None:
             assert "agreement" in str(exc) and "replay: python -m tests.sim.run" in str(exc)
             return
     pytest.fail(f"a broken lock rule went unnoticed for {SEEDS} seeds")
+
+
+class FloodingSimulation(Simulation):
+    """Validator 3 is Byzantine: with each vote it sends, it also sends every peer nil
+    prevotes for the next 60 rounds of its height (issue 11: one key flooding future
+    rounds froze honest nodes)."""
+
+    FLOODER = 3
+
+    def _outgoing(self, node: SimNode, message: Message) -> list[tuple[Message, list[int]]]:
+        out = super()._outgoing(node, message)
+        if node.id == self.FLOODER and isinstance(message, SignedVote):
+            v = message.vote
+            peers = [n.id for n in self.nodes if n.id != node.id]
+            for r in range(v.round + 2, v.round + 62):
+                flood = SignedVote.sign(Vote(v.chain, 1, v.height, r, None), node.id, node.key)
+                out.append((flood, peers))
+        return out
+
+
+def test_a_validator_flooding_future_rounds_neither_stalls_nor_bloats_honest_nodes() -> None:
+    for seed in range(3):
+        sim = FloodingSimulation(Scenario(seed=seed, records=10, max_delay_ms=50))
+        sim.nodes[FloodingSimulation.FLOODER].honest = False
+        worst = 0
+
+        def measure(s: Simulation) -> None:
+            nonlocal worst
+            for n in s.nodes:
+                if n.honest and n.core is not None:
+                    worst = max(worst, len(n.core.votes.speakers) - n.core.round)
+
+        for t in range(0, 20_000, 250):
+            sim._push(t, "call", measure)
+        sim.run()  # raises on a safety or liveness violation
+        honest = [n for n in sim.nodes if n.honest]
+        assert min(n.store.height for n in honest) >= 3
+        # rounds tracked: up to current + 1, plus at most two opened by the flooder
+        assert worst <= 2 + 2
+        assert all(any(peer == FloodingSimulation.FLOODER for peer, _ in n.misbehaviour)
+                   for n in honest)

@@ -26,6 +26,7 @@ from ledger.consensus import (
     RecordEvidence,
     ScheduleTimeout,
     SendTo,
+    ServeBlocks,
     SignedVote,
     SigningState,
     Step,
@@ -746,7 +747,7 @@ def test_conflicting_votes_of_one_validator_are_evidence(kind: int) -> None:
     assert evidence(n.deliver(first)) == []
     actions = n.deliver(second)
     assert evidence(actions) == [RecordEvidence(first, second)]
-    assert n.core.evidence == [(first, second)]
+    assert list(n.core.evidence) == [(first, second)]
     # the same vote again, or votes of other rounds, are no evidence
     actions = n.deliver(first, n.vote(kind, 2, 1, OTHER_HASH))
     assert evidence(actions) == [] and len(n.core.evidence) == 1
@@ -768,7 +769,7 @@ def test_equivocating_proposer_is_evidence_and_the_first_proposal_is_kept() -> N
     assert p1.block_hash != p2.block_hash
     actions = n.deliver(p1, p2)
     assert evidence(actions) == [RecordEvidence(p1, p2)]
-    assert n.core.evidence == [(p1, p2)]
+    assert list(n.core.evidence) == [(p1, p2)]
     assert n.core.proposals[0] == p1
     assert own_votes(actions, PREVOTE) == [p1.block_hash]
     actions = n.precommits(n.others(3), 0, p2.block_hash)
@@ -780,7 +781,7 @@ def test_equivocating_proposer_is_evidence_and_the_first_proposal_is_kept() -> N
 def test_same_proposal_twice_is_not_evidence() -> None:
     n = started(0)
     p = n.proposal(0)
-    assert evidence(n.deliver(p, p)) == [] and n.core.evidence == []
+    assert evidence(n.deliver(p, p)) == [] and not n.core.evidence
 
 
 # -- block sync ----------------------------------------------------------------------------
@@ -793,8 +794,8 @@ def test_a_vote_of_the_next_height_asks_its_sender_for_blocks() -> None:
 
 
 def _block_responses(actions: list[Action]) -> list[int]:
-    return [a.message.block.height for a in sends(actions)
-            if isinstance(a.message, BlockResponse)]
+    """Heights the core asks the runtime to serve (ServeBlocks), in order."""
+    return [h for a in actions if isinstance(a, ServeBlocks) for h in range(a.start, a.stop)]
 
 
 def test_a_late_vote_of_a_decided_height_is_not_answered_with_blocks() -> None:
