@@ -178,7 +178,6 @@ class PeerNetwork:
         self.port: int = listen[1]
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._links: dict[int, _Link] = {}
-        self._banned_until: dict[int, float] = {}  # validator -> monotonic end of backoff
         self._server: asyncio.Server | None = None
         self._dialers: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[object]] = set()
