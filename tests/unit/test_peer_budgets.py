@@ -401,6 +401,7 @@ def test_transport_refuses_a_backed_off_validator_until_the_backoff_ends() -> No
     net.disconnect(1, "flooding", backoff_s=30)
     with pytest.raises(HandshakeError, match="backed off"):
         net._register(peer, None, None, "127.0.0.1:1", False)  # type: ignore[arg-type]
-    net._banned_until[1] = time.monotonic() - 1  # the backoff ended
+    net._backoff_until[1] = time.monotonic() - 1  # the backoff ended
+    assert net.backoff_remaining(1) == 0
     net.disconnect(2, "no backoff")
-    assert 2 not in net._banned_until
+    assert 2 not in net._backoff_until
