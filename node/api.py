@@ -7,11 +7,16 @@ client sends produces a 500. OpenAPI is served at ``/openapi.json`` and ``/docs`
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
+import logging
 import math
+import re
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 from fastapi import FastAPI, Query, Request
@@ -28,8 +33,9 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ledger.blocks import Block
-from ledger.encoding import b64encode
+from ledger.blocks import Block, Header
+from ledger.encoding import b64decode, b64encode, loads_json
+from ledger.errors import LedgerError
 from ledger.receipts import build_receipt
 from ledger.records import Record
 from node.mempool import MempoolFull
@@ -38,8 +44,14 @@ if TYPE_CHECKING:
     from node.runtime import Node
 
 MSGPACK = "application/msgpack"
-MAX_INFLIGHT = 512  # concurrent requests (beyond: 503 overloaded)
 MAX_SUBSCRIBERS = 256  # concurrent event streams
+MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait their turn)
+REPLAY_BATCH = 16  # past blocks read per worker job of a replay
+MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
+EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
+DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
+log = logging.getLogger("ledger.api")
+T = TypeVar("T")
 EXPLORER = Path(__file__).with_name("explorer")  # the web explorer: static files, no build step
 # The explorer loads only its own files and talks only to this node; payloads it shows are
 # attacker-controlled, so no inline script and no other origin, even if escaping failed.
@@ -61,8 +73,9 @@ class Problem(Exception):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
 
-TITLES = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-          413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+TITLES = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+          409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+          422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error",
           503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
@@ -78,7 +91,12 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "code": {"type": "string", "description": "stable machine-readable code"},
     },
 }
-OVERLOADED = (503, "overloaded", f"more than {MAX_INFLIGHT} requests in flight (Retry-After)")
+OVERLOADED = (503, "overloaded", "more than `api_max_inflight` requests in flight, or the API's "
+              "workers are busy (Retry-After)")
+PER_SOURCE = (429, "too_many_requests",
+              "more than `api_requests_per_source` requests at once from this address "
+              "(Retry-After)")
+LIMITED = (OVERLOADED, PER_SOURCE)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -180,18 +198,31 @@ def parse_id(text: str) -> bytes:
 
 
 def parse_height(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
-        raise Problem(400, "invalid_height", f"height must be a positive integer, got {text!r}")
+    if not DIGITS.fullmatch(text):
+        raise Problem(400, "invalid_height",
+                      f"height must be a positive integer, got {text[:40]!r}")
     height = int(text)
     if height < 1:
         raise Problem(400, "invalid_height", "heights start at 1")
     return height
 
 
+def parse_last_event_id(text: str) -> int | None:
+    """The ``Last-Event-ID`` header: the height of the last event a client saw."""
+    if not text:
+        return None
+    if not DIGITS.fullmatch(text):
+        raise Problem(400, "invalid_parameter",
+                      f"Last-Event-ID must be a block height, got {text[:40]!r}")
+    return int(text)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes without reading it all."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    """The request body, refusing more than ``limit`` bytes without reading it all.
+
+    Under ``create_app`` the body was already received (with a timeout) by ``ApiGuard``."""
+    length = request.headers.get("content-length", "")
+    if DIGITS.fullmatch(length) and int(length) > limit:
         raise Problem(413, "body_too_large", f"body of {length} bytes exceeds {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -202,43 +233,294 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_batch(content_type: str, body: bytes, max_batch: int) -> list[bytes]:
-    """The envelopes of a POST /v1/records body, in either encoding."""
-    media = content_type.split(";")[0].strip().lower()
-    if media == MSGPACK:
-        try:
-            items = msgpack.unpackb(body, raw=False, strict_map_key=True)
-        except Exception as exc:
-            raise Problem(400, "malformed", f"body is not msgpack ({type(exc).__name__})") from exc
-        if not isinstance(items, list) or not all(isinstance(e, bytes) for e in items):
-            raise Problem(400, "malformed", "expected a msgpack array of envelopes (bin)")
-        envelopes: list[bytes] = items
-    elif media == "application/json":
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Problem(400, "malformed", f"body is not JSON ({exc})") from exc
-        recs = doc.get("records") if isinstance(doc, dict) else None
-        if not isinstance(recs, list):
-            raise Problem(400, "malformed", 'expected {"records": [{"envelope": b64}, ...]}')
-        envelopes = []
-        for i, item in enumerate(recs):
-            env = item.get("envelope") if isinstance(item, dict) else None
-            if not isinstance(env, str):
-                raise Problem(400, "malformed", f"records[{i}].envelope: expected base64 text")
-            try:
-                envelopes.append(base64.b64decode(env, validate=True))
-            except ValueError as exc:
-                raise Problem(400, "malformed", f"records[{i}].envelope: not base64") from exc
+def split_bin_array(body: bytes, max_items: int) -> list[bytes]:
+    """The items of a msgpack array of ``bin``, without decoding anything else.
+
+    Reads the array header and each item's type byte and length: any other item type is
+    refused before it is built, so memory stays O(len(body)) whatever the body holds."""
+    size = len(body)
+    first = body[0] if body else -1
+    if 0x90 <= first <= 0x9F:
+        count, pos = first & 0x0F, 1
+    elif first in (0xDC, 0xDD) and size >= (3 if first == 0xDC else 5):
+        pos = 3 if first == 0xDC else 5
+        count = int.from_bytes(body[1:pos], "big")
     else:
-        raise Problem(415, "unsupported_media_type",
-                      f"Content-Type must be {MSGPACK} or application/json, got {media!r}")
+        raise Problem(400, "malformed", "expected a msgpack array of envelopes (bin)")
+    if count == 0 and pos == size:
+        raise Problem(400, "empty_batch", "the batch holds no envelopes")
+    if count > max_items:
+        raise Problem(413, "batch_too_large",
+                      f"{count} envelopes exceed the limit of {max_items}")
+    items: list[bytes] = []
+    for i in range(count):
+        kind = body[pos] if pos < size else -1
+        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(kind)
+        if width is None:
+            raise Problem(400, "malformed", f"item {i}: expected an envelope (msgpack bin)"
+                          if kind >= 0 else "the array is truncated")
+        start = pos + 1 + width
+        end = start + int.from_bytes(body[pos + 1:start], "big")
+        if start > size or end > size:
+            raise Problem(400, "malformed", f"item {i} is truncated")
+        items.append(body[start:end])
+        pos = end
+    if pos != size:
+        raise Problem(400, "malformed", "trailing bytes after the array of envelopes")
+    return items
+
+
+JSON_STRING = re.compile(r'"(?:[^"\\]|\\[\s\S])*"')
+JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+JSON_MAX_DEPTH = 4  # {"records": [{"envelope": "…"}]} is 3 deep
+
+
+def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
+    """The envelopes of ``{"records": [{"envelope": b64}, ...]}``, strictly.
+
+    Before parsing, a scan outside strings bounds the nesting depth (a deep body would
+    exhaust the parser's recursion) and the number of values (so memory is O(body)).
+    Repeated keys, unknown keys and non-canonical base64 are malformed."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem(400, "malformed", "a JSON body must be UTF-8") from exc
+    skeleton = JSON_STRING.sub('""', text)
+    objects = skeleton.count("{")
+    if objects - 1 > max_items:
+        raise Problem(413, "batch_too_large",
+                      f"about {objects - 1} envelopes exceed the limit of {max_items}")
+    if sum(skeleton.count(c) for c in "[,:") > 3 * max_items + 8:
+        raise Problem(400, "malformed", 'expected {"records": [{"envelope": b64}, ...]}')
+    depth = 0
+    for c in JSON_NOT_BRACKET.sub("", skeleton):
+        depth += 1 if c in "[{" else -1
+        if depth > JSON_MAX_DEPTH:
+            raise Problem(400, "malformed", f"JSON nested deeper than {JSON_MAX_DEPTH}")
+    try:
+        doc = loads_json(text)
+    except LedgerError as exc:
+        raise Problem(400, "malformed", f"body is not JSON ({exc})") from exc
+    shape = 'expected {"records": [{"envelope": b64}, ...]}'
+    if not isinstance(doc, dict) or set(doc) != {"records"} or not isinstance(
+            doc["records"], list):
+        raise Problem(400, "malformed", shape)
+    envelopes = []
+    for i, item in enumerate(doc["records"]):
+        if not isinstance(item, dict) or set(item) != {"envelope"}:
+            raise Problem(400, "malformed", f"records[{i}]: {shape}")
+        try:
+            envelopes.append(b64decode(item["envelope"], f"records[{i}].envelope"))
+        except LedgerError as exc:
+            raise Problem(400, "malformed", str(exc)) from exc
     if not envelopes:
         raise Problem(400, "empty_batch", "the batch holds no envelopes")
-    if len(envelopes) > max_batch:
+    if len(envelopes) > max_items:
         raise Problem(413, "batch_too_large",
-                      f"{len(envelopes)} envelopes exceed the limit of {max_batch}")
+                      f"{len(envelopes)} envelopes exceed the limit of {max_items}")
     return envelopes
+
+
+def decode_batch(content_type: str, body: bytes, max_batch: int) -> list[bytes]:
+    """The envelopes of a POST /v1/records body, in either encoding (CPU: call off the loop)."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == MSGPACK:
+        return split_bin_array(body, max_batch)
+    if media == "application/json":
+        return split_json_batch(body, max_batch)
+    raise Problem(415, "unsupported_media_type",
+                  f"Content-Type must be {MSGPACK} or application/json, got {media[:80]!r}")
+
+
+def render_json(doc: Any) -> bytes:
+    """What JSONResponse would send, built wherever the caller runs (a worker thread)."""
+    return json.dumps(doc, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def block_event(data: bytes) -> str:
+    """The SSE event of a block's wire bytes, decoding its header but not its records."""
+    unpacker = msgpack.Unpacker(max_buffer_size=len(data))
+    unpacker.feed(data)
+    unpacker.read_array_header()
+    unpacker.skip()
+    header = Header.from_wire(data[1:unpacker.tell()])
+    count = unpacker.read_array_header()
+    doc = json.dumps({"height": header.height, "hash": header.hash.hex(),
+                      "time_ms": header.time_ms, "record_count": count})
+    return f"event: block\nid: {header.height}\ndata: {doc}\n\n"
+
+
+class Workers:
+    """The API's own worker threads, apart from the default executor the consensus loop
+    uses (so client work never delays a block being stored), with a bounded queue."""
+
+    def __init__(self, threads: int, max_queued: int = MAX_QUEUED_WORK) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="api")
+        self.max_queued = max_queued
+        self.queued = 0  # submitted and not finished (a cancelled wait leaves its job here)
+        self._lock = threading.Lock()
+
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self.queued -= 1
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread; 503 ``overloaded`` when too much is queued."""
+        with self._lock:
+            if self.queued >= self.max_queued:
+                raise Problem(503, "overloaded", "the API's workers are busy",
+                              {"Retry-After": "1"})
+            self.queued += 1
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+
+class BlockJsonCache:
+    """Block JSON by height (blocks never change once committed), bounded by bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.size = max_bytes, 0
+        self.entries: OrderedDict[int, bytes] = OrderedDict()
+        self.building: dict[int, asyncio.Future[bytes | None]] = {}
+
+    def get(self, height: int) -> bytes | None:
+        data = self.entries.get(height)
+        if data is not None:
+            self.entries.move_to_end(height)
+        return data
+
+    def put(self, height: int, data: bytes) -> None:
+        if len(data) > self.max_bytes or height in self.entries:
+            return
+        self.entries[height] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.size -= len(old)
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class ApiGuard:
+    """ASGI middleware: per-source and global limits, and request bodies received whole,
+    within ``api_body_timeout`` and the byte budget, *before* a request counts in flight.
+
+    ``/healthz`` and ``/metrics`` pass straight through: they are never limited or queued."""
+
+    def __init__(self, app: ASGIApp, node: Node) -> None:
+        self.app, self.node, self.cfg = app, node, node.config
+        self.per_source: defaultdict[str, int] = defaultdict(int)
+        self.inflight = 0
+        self.body_bytes = 0  # reserved by requests whose bodies are held
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        cfg = self.cfg
+        client = scope.get("client")
+        source = str(client[0]) if client else ""
+        if self.per_source[source] >= cfg.api_requests_per_source:
+            await reply(scope, receive, send, Problem(
+                429, "too_many_requests",
+                f"{cfg.api_requests_per_source} requests at once from {source}",
+                {"Retry-After": "1", "Connection": "close"}))
+            return
+        self.per_source[source] += 1
+        reserved = 0
+        try:
+            if scope["method"] == "POST":
+                reserved = self.reserve(scope)
+                body = await self.receive_body(receive)
+                receive = replay(body, receive)
+            if scope["path"] == "/v1/events":
+                if len(self.node.subscribers) >= MAX_SUBSCRIBERS:
+                    raise Problem(503, "too_many_subscribers",
+                                  f"{MAX_SUBSCRIBERS} event streams are open",
+                                  {"Retry-After": "5"})
+                await self.app(scope, receive, send)
+                return
+            if self.inflight >= cfg.api_max_inflight:
+                raise Problem(503, "overloaded", f"{cfg.api_max_inflight} requests in flight",
+                              {"Retry-After": "1"})
+            self.inflight += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.inflight -= 1
+        except Problem as exc:
+            await reply(scope, receive, send, exc)
+        except ClientGone:
+            return
+        finally:
+            self.body_bytes -= reserved
+            self.per_source[source] -= 1
+            if not self.per_source[source]:
+                del self.per_source[source]
+
+    def reserve(self, scope: Scope) -> int:
+        """Reserve the declared body size (or the limit) from the body budget."""
+        limit = self.cfg.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        size = int(declared) if DIGITS.fullmatch(declared) else limit
+        if size > limit:
+            raise Problem(413, "body_too_large", f"body of {size} bytes exceeds {limit}",
+                          {"Connection": "close"})
+        if self.body_bytes + size > self.cfg.api_body_budget:
+            raise Problem(503, "overloaded", "too many request bodies are being received",
+                          {"Retry-After": "1", "Connection": "close"})
+        self.body_bytes += size
+        return size
+
+    async def receive_body(self, receive: Receive) -> bytes:
+        """The whole body within ``api_body_timeout`` seconds (408 after), at most
+        ``max_body_bytes`` (413 beyond)."""
+        limit, chunks, size = self.cfg.max_body_bytes, [], 0
+        try:
+            async with asyncio.timeout(self.cfg.api_body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise Problem(413, "body_too_large", f"body exceeds {limit} bytes",
+                                      {"Connection": "close"})
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError as exc:
+            raise Problem(408, "body_timeout", f"the body did not arrive within "
+                          f"{self.cfg.api_body_timeout:g} s", {"Connection": "close"}) from exc
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields the already-read body, then the client's own events."""
+    sent = False
+
+    async def again() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+async def reply(scope: Scope, receive: Receive, send: Send, exc: Problem) -> None:
+    await problem(exc.status, exc.code, exc.detail, exc.headers)(scope, receive, send)
 
 
 def create_app(node: Node) -> FastAPI:
@@ -246,26 +528,16 @@ def create_app(node: Node) -> FastAPI:
     app = FastAPI(title="ledger node API", version="1",
                   description="Permissioned BFT ledger for industrial data (SPEC section 7).")
     cfg = node.config
-    limits = {"inflight": 0}
+    workers = Workers(cfg.api_workers)
+    blocks = BlockJsonCache(cfg.api_block_cache_bytes)
+    replays = asyncio.Semaphore(MAX_REPLAYS)
+    app.add_middleware(ApiGuard, node=node)
 
-    @app.middleware("http")
-    async def bound_concurrency(request: Request, call_next: Any) -> Response:
-        """At most MAX_INFLIGHT requests at once (event streams are bounded apart)."""
-        if request.url.path == "/v1/events":
-            if len(node.subscribers) >= MAX_SUBSCRIBERS:
-                return problem(503, "too_many_subscribers",
-                               f"{MAX_SUBSCRIBERS} event streams are open", {"Retry-After": "5"})
-            response: Response = await call_next(request)
-            return response
-        if limits["inflight"] >= MAX_INFLIGHT:
-            return problem(503, "overloaded", f"{MAX_INFLIGHT} requests in flight",
-                           {"Retry-After": "1"})
-        limits["inflight"] += 1
-        try:
-            response = await call_next(request)
-        finally:
-            limits["inflight"] -= 1
-        return response
+    @app.exception_handler(Exception)
+    async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not the client's doing: logged, and still answered as problem+json."""
+        log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+        return problem(500, "internal", "the node failed to answer this request")
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -291,7 +563,8 @@ def create_app(node: Node) -> FastAPI:
         (413, "body_too_large", "the body exceeds `max_body_bytes` (default 16 MiB)"),
         (413, "batch_too_large", "more envelopes than `max_batch` (default 10 000)"),
         (415, "unsupported_media_type", "Content-Type is neither msgpack nor JSON"),
-        (503, "mempool_full", "the mempool is full (Retry-After)"), OVERLOADED,
+        (408, "body_timeout", "the body did not arrive within `api_body_timeout` (10 s)"),
+        (503, "mempool_full", "the mempool is full (Retry-After)"), *LIMITED,
         (504, "commit_timeout", "`wait=commit`: not all committed within `timeout`; "
          "the records stay in the mempool"))})
     async def submit(request: Request,
@@ -299,7 +572,8 @@ def create_app(node: Node) -> FastAPI:
                      timeout: float = Query(30.0, gt=0, le=600)) -> JSONResponse:
         """Submit a batch of signed envelopes (msgpack array, or JSON)."""
         body = await read_body(request, cfg.max_body_bytes)
-        envelopes = decode_batch(request.headers.get("content-type", ""), body, cfg.max_batch)
+        envelopes = await workers.run(decode_batch, request.headers.get("content-type", ""),
+                                      body, cfg.max_batch)
         try:
             results = await node.submit(envelopes)
         except MempoolFull as exc:
@@ -328,33 +602,40 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/records/{record_id}", responses={
         **ok("the record, `pending` or `committed` (with `height` and `index`)"),
         **problems((400, "invalid_id", "not 64 lowercase hex characters"),
-                   (404, "not_found", "no such record, pending or committed"), OVERLOADED)})
-    async def get_record(record_id: str) -> JSONResponse:
+                   (404, "not_found", "no such record, pending or committed"), *LIMITED)})
+    async def get_record(record_id: str) -> Response:
         """A committed or pending record."""
         rid = parse_id(record_id)
-        loc = node.store.locate(rid)
-        if loc is not None:
-            envelope = node.store.envelope(rid)
-            if envelope is not None:
-                return JSONResponse(record_json(Record.from_wire(envelope), "committed",
-                                                loc.height, loc.index))
-        pending = node.mempool.get(rid)
-        if pending is not None:
-            return JSONResponse(record_json(pending, "pending"))
-        raise Problem(404, "not_found", f"no record {record_id}")
+
+        def committed() -> bytes | None:
+            loc = node.store.locate(rid)
+            envelope = node.store.envelope(rid) if loc is not None else None
+            if loc is None or envelope is None:
+                return None
+            return render_json(record_json(Record.from_wire(envelope), "committed",
+                                           loc.height, loc.index))
+
+        data = await workers.run(committed)
+        if data is None:
+            pending = node.mempool.get(rid)
+            if pending is None:
+                raise Problem(404, "not_found", f"no record {record_id}")
+            data = await workers.run(lambda: render_json(record_json(pending, "pending")))
+        return Response(data, media_type="application/json")
 
     @app.get("/v1/records/{record_id}/receipt", responses={
         **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`"),
         **problems((400, "invalid_id", "not 64 lowercase hex characters"),
                    (404, "not_found", "no such record"),
                    (409, "not_committed", "the record is pending, not committed yet"),
-                   OVERLOADED)})
-    async def get_receipt(record_id: str) -> JSONResponse:
+                   *LIMITED)})
+    async def get_receipt(record_id: str) -> Response:
         """The offline-verifiable receipt of a committed record (SPEC section 6)."""
         rid = parse_id(record_id)
-        receipt = build_receipt(node.store, rid)
-        if receipt is not None:
-            return JSONResponse(receipt)
+        data = await workers.run(
+            lambda: None if (r := build_receipt(node.store, rid)) is None else render_json(r))
+        if data is not None:
+            return Response(data, media_type="application/json")
         if node.mempool.get(rid) is not None:
             raise Problem(409, "not_committed", f"record {record_id} is not committed yet")
         raise Problem(404, "not_found", f"no record {record_id}")
@@ -363,20 +644,35 @@ def create_app(node: Node) -> FastAPI:
         **ok("the block as JSON, or with `Accept: application/msgpack` its exact bytes",
              {MSGPACK: BINARY}),
         **problems((400, "invalid_height", "not a positive integer"),
-                   (404, "not_found", "beyond the tip"), OVERLOADED)})
+                   (404, "not_found", "beyond the tip"), *LIMITED)})
     async def get_block(height: str, request: Request) -> Response:
         """A committed block: JSON, or the exact SPEC bytes with Accept: application/msgpack."""
         h = parse_height(height)
-        data = node.store.block_bytes(h)
-        if data is None:
+        if h > node.store.height:
             raise Problem(404, "not_found", f"no block at height {h}; the tip is "
                           f"{node.store.height}")
         if MSGPACK in request.headers.get("accept", ""):
+            data = await workers.run(node.store.block_bytes, h)
+            if data is None:
+                raise Problem(404, "not_found", f"no block at height {h}")
             return Response(data, media_type=MSGPACK)
-        return JSONResponse(block_json(Block.from_wire(data)))
+        cached = blocks.get(h)
+        if cached is None:
+            building = blocks.building.get(h)
+            if building is None:  # one build per height at a time; the others wait on it
+                building = asyncio.ensure_future(workers.run(
+                    lambda: None if (raw := node.store.block_bytes(h)) is None
+                    else render_json(block_json(Block.from_wire(raw)))))
+                blocks.building[h] = building
+                building.add_done_callback(lambda _: blocks.building.pop(h, None))
+            cached = await asyncio.shield(building)
+            if cached is None:
+                raise Problem(404, "not_found", f"no block at height {h}")
+            blocks.put(h, cached)
+        return Response(cached, media_type="application/json")
 
     @app.get("/v1/status", responses={**ok("this node's view of the chain"),
-                                       **problems(OVERLOADED)})
+                                       **problems(*LIMITED)})
     async def status() -> JSONResponse:
         """Chain, node, tip, validators and connected peers."""
         tip = node.store.tip_hash()
@@ -396,29 +692,42 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/subjects/{subject:path}/history", responses={
         **ok("one page of records; `next` is null on the last page"),
         **problems((400, "invalid_parameter", "`after` or `limit` out of range"),
-                   OVERLOADED)})
+                   *LIMITED)})
     async def history(subject: str, after: int = Query(-1, ge=-1, le=2**62),
-                      limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
+                      limit: int = Query(100, ge=1, le=1000)) -> Response:
         """Committed records of one subject, oldest first; page with ``after=next``."""
-        rows = node.store.subject_history(subject, after_seq=after, limit=limit)
-        records = [record_json(Record.from_wire(e), "committed", loc.height, loc.index)
-                   for loc, e in rows]
-        nxt = rows[-1][0].seq if len(rows) == limit else None
-        return JSONResponse({"subject": subject, "records": records, "next": nxt})
+        def page() -> bytes:
+            rows = node.store.subject_history(subject, after_seq=after, limit=limit)
+            records = [record_json(Record.from_wire(e), "committed", loc.height, loc.index)
+                       for loc, e in rows]
+            nxt = rows[-1][0].seq if len(rows) == limit else None
+            return render_json({"subject": subject, "records": records, "next": nxt})
+
+        return Response(await workers.run(page), media_type="application/json")
 
     @app.get("/v1/events", response_class=StreamingResponse, responses={
         **ok("an endless `text/event-stream`: `event: block`, `id: <height>`, "
              "`data: {height, hash, time_ms, record_count}`",
              {"text/event-stream": {"schema": {"type": "string"}}}),
-        **problems((400, "invalid_parameter", "`from_height` out of range"),
+        **problems((400, "invalid_parameter",
+                    "`from_height` out of range, or `Last-Event-ID` not a height"), PER_SOURCE,
                    (503, "too_many_subscribers",
                     f"{MAX_SUBSCRIBERS} event streams are open (Retry-After)"))})
     async def events(request: Request,
                      from_height: int | None = Query(None, ge=1, le=2**62)) -> StreamingResponse:
         """Server-Sent Events: one ``block`` event per committed block."""
-        last_id = request.headers.get("last-event-id", "")
-        start = from_height or (int(last_id) + 1 if last_id.isdigit() else node.store.height + 1)
+        last_id = parse_last_event_id(request.headers.get("last-event-id", ""))
+        start = from_height or (last_id + 1 if last_id is not None else node.store.height + 1)
         queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1000)
+
+        def replay_events(first: int, last: int) -> list[str]:
+            out = []
+            for h in range(first, last + 1):
+                data = node.store.block_bytes(h)
+                if data is None:
+                    break
+                out.append(block_event(data))
+            return out
         node.subscribers.add(queue)
 
         async def stream() -> Any:
@@ -427,14 +736,16 @@ def create_app(node: Node) -> FastAPI:
                 yield ": ledger block events\n\n"
                 while True:
                     while nxt <= node.store.height:
-                        block = node.store.block(nxt)
-                        if block is None:
+                        # Past blocks are read a few at a time in a worker, by at most
+                        # MAX_REPLAYS streams at once; the others wait their turn.
+                        upto = min(node.store.height, nxt + REPLAY_BATCH - 1)
+                        async with replays:
+                            batch = await workers.run(replay_events, nxt, upto)
+                        for event in batch:
+                            yield event
+                        expected, nxt = upto - nxt + 1, nxt + len(batch)
+                        if len(batch) < expected:
                             break
-                        data = json.dumps({"height": block.height, "hash": block.hash.hex(),
-                                           "time_ms": block.header.time_ms,
-                                           "record_count": len(block.records)})
-                        yield f"event: block\nid: {block.height}\ndata: {data}\n\n"
-                        nxt += 1
                     if queue not in node.subscribers:
                         return  # too slow: dropped; the client resumes with Last-Event-ID
                     try:
@@ -465,14 +776,14 @@ def create_app(node: Node) -> FastAPI:
 
     app.mount("/explorer", StaticFiles(directory=EXPLORER), name="explorer")
 
-    @app.get("/healthz", responses={**ok("the process serves (even with no peers)"),
-                                     **problems(OVERLOADED)})
+    @app.get("/healthz", responses=ok("the process serves (even with no peers); never "
+                                      "limited or queued behind client requests"))
     async def healthz() -> JSONResponse:
         """Liveness: 200 while the process serves."""
         return JSONResponse({"status": "ok", "height": node.store.height})
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={
-        **ok("Prometheus text format"), **problems(OVERLOADED)})
+        **ok("Prometheus text format; never limited or queued behind client requests")})
     async def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         node.metrics.mempool = len(node.mempool)
