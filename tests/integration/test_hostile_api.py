@@ -90,7 +90,8 @@ def test_hostile_requests_get_4xx_problems_and_stable_codes(node: Cluster) -> No
     problem(httpx.get(f"{url}/v1/blocks/%D9%A3"), 400, "invalid_height")
     problem(httpx.get(f"{url}/v1/events", headers={"Last-Event-ID": "9" * 5000}), 400,
             "invalid_parameter")
-    problem(httpx.get(f"{url}/v1/events", headers={"Last-Event-ID": "\u00b2".encode("latin-1")}), 400,
+    superscript_two = "\u00b2".encode("latin-1")
+    problem(httpx.get(f"{url}/v1/events", headers={"Last-Event-ID": superscript_two}), 400,
             "invalid_parameter")
     problem(httpx.get(f"{url}/v1/events", params={"from_height": "\u00b2"}), 400,
             "invalid_parameter")
