@@ -36,7 +36,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster.create(tmp_path_factory.mktemp("limits"), nodes=1)
     config_path = c.dir / "node0" / "config.json"
     config = json.loads(config_path.read_text())
-    config.update(api_body_timeout=3.0, api_requests_per_source=32)
+    config.update(api_body_timeout=3.0, api_header_timeout=2.0, api_requests_per_source=32,
+                  api_connections_per_source=100)
     config_path.write_text(json.dumps(config))
     c.start_all()
     yield c
@@ -209,8 +210,54 @@ def test_slow_uploads_do_not_lock_out_the_api(node: Cluster) -> None:
     probes.run(attack, 6)
     probes.check("600 slow uploads")
     codes = [a.split(b" ")[1] if a.startswith(b"HTTP/1.1 ") else b"closed" for a in answers]
-    assert len(codes) == 600 and set(codes) <= {b"408", b"429"}, set(codes)
+    assert len(codes) == 600 and set(codes) <= {b"408", b"429", b"closed"}, set(codes)
     assert codes.count(b"408") >= 1 and codes.count(b"429") >= 1, set(codes)
+
+
+def closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:
+        return False
+
+
+def test_silent_and_dripping_connections_are_closed(node: Cluster) -> None:
+    """150 connections that send nothing (beyond 100 from one address they are closed at
+    once, the rest after the 2 s header timeout) and one sending an endless header (closed
+    past 64 KiB)."""
+    outcome: dict[str, object] = {}
+
+    def attack(stop: threading.Event) -> None:
+        socks = [socket.create_connection(("127.0.0.1", node.base_port), timeout=5)
+                 for _ in range(150)]
+        try:
+            drip = socket.create_connection(("127.0.0.1", node.base_port), timeout=5)
+            socks.append(drip)
+            sent = 0
+            try:
+                drip.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+                while sent < 64 * 1024 * 1024:
+                    drip.sendall(b"a" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            outcome["drip_sent"] = sent
+            started = time.monotonic()
+            outcome["closed"] = sum(closed_by_server(s, 6) for s in socks[:150])
+            outcome["seconds"] = time.monotonic() - started
+            stop.wait()
+        finally:
+            for s in socks:
+                s.close()
+
+    probes = Probes(node)
+    probes.run(attack, 6)
+    probes.check("150 silent connections and an endless header")
+    assert outcome["closed"] == 150, outcome
+    assert isinstance(outcome["drip_sent"], int) and outcome["drip_sent"] < 16 * 1024 * 1024
 
 
 def big_block_height(node: Cluster) -> int:
