@@ -390,6 +390,30 @@ class BlockJsonCache:
             self.size -= len(old)
 
 
+class EventCache:
+    """SSE events of past blocks by height, bounded by count (an event is ~150 bytes): a
+    replay reads each whole block from the store once, not once per subscriber. Used from
+    worker threads."""
+
+    def __init__(self, max_entries: int = 16_384) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[int, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, height: int) -> str | None:
+        with self._lock:
+            event = self.entries.get(height)
+            if event is not None:
+                self.entries.move_to_end(height)
+            return event
+
+    def put(self, height: int, event: str) -> None:
+        with self._lock:
+            self.entries[height] = event
+            if len(self.entries) > self.max_entries:
+                self.entries.popitem(last=False)
+
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -594,6 +618,7 @@ def create_app(node: Node) -> FastAPI:
     workers = Workers(cfg.api_workers)
     blocks = BlockJsonCache(cfg.api_block_cache_bytes)
     replays = asyncio.Semaphore(MAX_REPLAYS)
+    past_events = EventCache()
     app.add_middleware(ApiGuard, node=node)
 
     @app.exception_handler(Exception)
@@ -788,10 +813,14 @@ def create_app(node: Node) -> FastAPI:
         def replay_events(first: int, last: int) -> list[str]:
             out = []
             for h in range(first, last + 1):
-                data = node.store.block_bytes(h)
-                if data is None:
-                    break
-                out.append(block_event(data))
+                event = past_events.get(h)
+                if event is None:
+                    data = node.store.block_bytes(h)
+                    if data is None:
+                        break
+                    event = block_event(data)
+                    past_events.put(h, event)
+                out.append(event)
             return out
         node.subscribers.add(queue)
 
