@@ -369,3 +369,24 @@ def test_msgpack_library_would_have_built_the_maps() -> None:
     finally:
         tracemalloc.stop()
     assert len(items) == 100_000 and peak > 50 * len(body)
+
+
+def test_a_failing_handler_answers_a_problem_not_a_bare_500() -> None:
+    import httpx
+
+    from node.api import create_app
+
+    app = create_app(cast(Any, FakeNode()))  # no store: /v1/status fails inside the handler
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False,
+                                        client=("10.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            resp = await client.get("/v1/status")
+            assert resp.status_code == 500
+            assert resp.headers["content-type"] == "application/problem+json"
+            assert resp.json()["code"] == "internal"
+            resp = await client.get("/v1/blocks/%C2%B2")
+            assert (resp.status_code, resp.json()["code"]) == (400, "invalid_height")
+
+    asyncio.run(main())
