@@ -47,6 +47,8 @@ MSGPACK = "application/msgpack"
 MAX_SUBSCRIBERS = 256  # concurrent event streams
 MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait their turn)
 REPLAY_BATCH = 16  # past blocks read per worker job of a replay
+HISTORY_SLICE = 64  # records read from the store at a time for a history page
+HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page early
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
@@ -780,17 +782,31 @@ def create_app(node: Node) -> FastAPI:
         })
 
     @app.get("/v1/subjects/{subject:path}/history", responses={
-        **ok("one page of records; `next` is null on the last page"),
+        **ok("one page of records, oldest first: up to `limit`, fewer when they hold over 4 MiB "
+             "of envelopes; `next` is null on the last page"),
         **problems((400, "invalid_parameter", "`after` or `limit` out of range"),
                    *LIMITED)})
     async def history(subject: str, after: int = Query(-1, ge=-1, le=2**62),
                       limit: int = Query(100, ge=1, le=1000)) -> Response:
         """Committed records of one subject, oldest first; page with ``after=next``."""
         def page() -> bytes:
-            rows = node.store.subject_history(subject, after_seq=after, limit=limit)
-            records = [record_json(Record.from_wire(e), "committed", loc.height, loc.index)
-                       for loc, e in rows]
-            nxt = rows[-1][0].seq if len(rows) == limit else None
+            """Read in slices of HISTORY_SLICE; a page ends at ``limit`` records or once
+            it holds HISTORY_PAGE_BYTES of envelopes (its JSON is ~2.7 times that)."""
+            records: list[dict[str, Any]] = []
+            cursor, size, full = after, 0, False
+            while not full:
+                want = min(HISTORY_SLICE, limit - len(records))
+                rows = node.store.subject_history(subject, after_seq=cursor, limit=want)
+                for loc, envelope in rows:
+                    records.append(record_json(Record.from_wire(envelope), "committed",
+                                               loc.height, loc.index))
+                    cursor, size = loc.seq, size + len(envelope)
+                    if len(records) == limit or size >= HISTORY_PAGE_BYTES:
+                        full = True
+                        break
+                if len(rows) < want:
+                    break
+            nxt = cursor if full else None
             return render_json({"subject": subject, "records": records, "next": nxt})
 
         return Response(await workers.run(page), media_type="application/json")

@@ -260,8 +260,10 @@ def test_silent_and_dripping_connections_are_closed(node: Cluster) -> None:
     assert isinstance(outcome["drip_sent"], int) and outcome["drip_sent"] < 16 * 1024 * 1024
 
 
-def big_block_height(node: Cluster) -> int:
-    """Commit 120 records with 60 KiB payloads; the height of the largest block."""
+@pytest.fixture(scope="module")
+def big_height(node: Cluster) -> int:
+    """Commit 120 records of subject "big" with 60 KiB payloads; the height of the largest
+    block."""
     genesis = Genesis.load(node.dir / "genesis.json")
     key = read_key_file(node.dir / "clients" / "demo.pem")
     now, nonce = time.time_ns() // 1_000_000, time.time_ns()
@@ -275,9 +277,9 @@ def big_block_height(node: Cluster) -> int:
     return max(set(heights), key=heights.count)
 
 
-def test_heavy_reads_do_not_hold_the_loop(node: Cluster) -> None:
+def test_heavy_reads_do_not_hold_the_loop(node: Cluster, big_height: int) -> None:
     """Block JSON of a multi-MB block in a loop and eight SSE replays from height 1."""
-    height = big_block_height(node)
+    height = big_height
     statuses: list[int] = []
 
     def attack(stop: threading.Event) -> None:
@@ -314,3 +316,16 @@ def test_heavy_reads_do_not_hold_the_loop(node: Cluster) -> None:
     probes.check("block JSON x4 + 8 SSE replays")
     assert statuses and set(statuses) <= {200, 429, 503}, set(statuses)
     assert statuses.count(200) >= 4
+
+
+def test_history_pages_are_bounded_by_bytes(node: Cluster, big_height: int) -> None:
+    """A page of 1000 records of 60 KiB would be ~170 MB of JSON: it ends at 4 MiB of
+    envelopes instead, and ``next`` pages through the rest."""
+    seen, after, pages = 0, -1, 0
+    with httpx.Client(base_url=node.url(0), timeout=30) as http:
+        while after is not None and pages < 10:
+            resp = http.get("/v1/subjects/big/history", params={"limit": 1000, "after": after})
+            assert resp.status_code == 200 and len(resp.content) < 16 * 1024 * 1024
+            doc = resp.json()
+            seen, after, pages = seen + len(doc["records"]), doc["next"], pages + 1
+    assert seen == 120 and pages >= 2
