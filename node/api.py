@@ -356,10 +356,11 @@ class Workers:
         with self._lock:
             self.queued -= 1
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a worker thread; 503 ``overloaded`` when too much is queued."""
+    async def run(self, fn: Callable[..., T], *args: Any, bounded: bool = True) -> T:
+        """``fn(*args)`` in a worker thread; 503 ``overloaded`` when too much is queued
+        (unless not ``bounded``: for work a request already admitted must finish)."""
         with self._lock:
-            if self.queued >= self.max_queued:
+            if bounded and self.queued >= self.max_queued:
                 raise Problem(503, "overloaded", "the API's workers are busy",
                               {"Retry-After": "1"})
             self.queued += 1
@@ -678,13 +679,30 @@ def create_app(node: Node) -> FastAPI:
             out.append(item)
         if wait == "commit":
             ids = [r.id for r in results if r.status in ("accepted", "duplicate") and r.id]
-            futures = [node.wait_for(i) for i in ids]
+            # Node.wait_for asks the store on the loop, once per id, behind any block being
+            # written: register the waiters first, then look up the already-committed ones
+            # in a worker (a commit in between resolves its waiter as usual).
+            loop = asyncio.get_running_loop()
+            futures: list[asyncio.Future[int]] = []
+            for rid in ids:
+                futures.append(loop.create_future())
+                node.waiters.setdefault(rid, []).append(futures[-1])
+
+            def committed() -> dict[bytes, int]:
+                locs = {rid: node.store.locate(rid) for rid in node.store.seen_ids(ids)}
+                return {rid: loc.height for rid, loc in locs.items() if loc is not None}
+
             try:
+                for rid, height in (await workers.run(committed, bounded=False)).items():
+                    for fut in node.waiters.get(rid, []):
+                        if not fut.done():
+                            fut.set_result(height)
                 heights = await asyncio.wait_for(asyncio.gather(*futures), timeout)
             except TimeoutError as exc:
-                node.forget_waiters(ids)
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
+            finally:
+                node.forget_waiters(ids)
             by_id = dict(zip(ids, heights, strict=True))
             for item, r in zip(out, results, strict=True):
                 if r.id in by_id:

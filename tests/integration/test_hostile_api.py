@@ -160,6 +160,9 @@ def test_hostile_records_are_rejected_per_record_and_never_committed(node: Clust
     assert accepted["status"] == "accepted" and accepted["height"] >= 1
     replay = post(url, packb([good.envelope])).json()["results"][0]
     assert replay["status"] == "duplicate"
+    replay = post(url, packb([good.envelope]), params={"wait": "commit", "timeout": "5"})
+    assert replay.json()["results"][0] == {"id": good.id.hex(), "status": "duplicate",
+                                           "height": accepted["height"]}
     reused = Record.create(key, chain=genesis.chain_id, type="sensor.reading", subject="t",
                            payload=2, ts=now, nonce=1)
     res = post(url, packb([reused.envelope])).json()["results"][0]
