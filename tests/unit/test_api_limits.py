@@ -390,3 +390,20 @@ def test_a_failing_handler_answers_a_problem_not_a_bare_500() -> None:
             assert (resp.status_code, resp.json()["code"]) == (400, "invalid_height")
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("body", [
+    b'"' * (4 << 20), b'"' + b"a" * (4 << 20), b'"\\' * (2 << 20), b'"\\"' * (1 << 20),
+    b"[" * (4 << 20), b'{"records": [' + b'"a",' * (1 << 20) + b'"a"]}',
+    b'{"records": [{"envelope": "' + b"QUFB" * (1 << 20) + b'"}]}',
+], ids=["quotes", "open-string", "escapes", "escaped-quotes", "brackets", "strings", "valid"])
+def test_json_prescan_is_linear(body: bytes) -> None:
+    """A string-skipping regex took seconds on such 16 MiB bodies (the GIL held)."""
+    import time
+
+    started = time.perf_counter()
+    try:
+        split_json_batch(body, 10_000)
+    except Problem as exc:
+        assert exc.status == 400
+    assert time.perf_counter() - started < 2.0
