@@ -353,8 +353,9 @@ def block_event(data: bytes) -> str:
     unpacker = msgpack.Unpacker(max_buffer_size=len(data))
     unpacker.feed(data)
     unpacker.read_array_header()
+    start = unpacker.tell()
     unpacker.skip()
-    header = Header.from_wire(data[1:unpacker.tell()])
+    header = Header.from_wire(data[start:unpacker.tell()])
     count = unpacker.read_array_header()
     doc = json.dumps({"height": header.height, "hash": header.hash.hex(),
                       "time_ms": header.time_ms, "record_count": count})
