@@ -5,6 +5,12 @@ run from another source address (127.0.0.2): ``/healthz`` polled every 100 ms (e
 must be 200 within 1 s), a client submitting one record at a time with ``wait=commit``
 (the chain must keep committing), and the node's RSS sampled from /proc. The figures are
 printed (``pytest -s``) so a run states them.
+
+Before the fixes (same tests, on a busy 2-core machine; the baseline varies 25-130/s):
+empty-map batches 0.3 commits/s, /healthz timing out (5 s), RSS 1,471 MB; slow uploads
+0 commits/s and /healthz 503; silent connections with an endless header 0 commits/s and
+/healthz timing out; heavy reads 0.8 commits/s, /healthz up to 823 ms. After: 11, 23, 33
+and 5 commits/s, /healthz at worst 39, 141, 18 and 125 ms, RSS at most 240 MB.
 """
 
 from __future__ import annotations
