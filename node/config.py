@@ -54,6 +54,20 @@ class NodeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 10_000
     mempool_records: int = 100_000
+    # HTTP API limits (docs/api.md#limits): seconds to receive a whole request body, and
+    # a request line and headers; connections open, and requests at once, from one client
+    # address (/healthz and /metrics are exempt from the request limits);
+    # requests at once in all; bytes of request bodies held at once; worker threads that
+    # decode bodies and build heavy answers (blocks, receipts, history, event replay), and
+    # bytes of block JSON kept for re-serving.
+    api_body_timeout: float = 10.0
+    api_header_timeout: float = 10.0
+    api_connections_per_source: int = 256
+    api_requests_per_source: int = 64
+    api_max_inflight: int = 512
+    api_body_budget: int = 256 * 1024 * 1024
+    api_workers: int = 2
+    api_block_cache_bytes: int = 32 * 1024 * 1024
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -96,7 +110,22 @@ class NodeConfig:
                 max_body_bytes=int(doc.get("max_body_bytes", 16 * 1024 * 1024)),
                 max_batch=int(doc.get("max_batch", 10_000)),
                 mempool_records=int(doc.get("mempool_records", 100_000)),
+                api_body_timeout=float(doc.get("api_body_timeout", 10.0)),
+                api_header_timeout=float(doc.get("api_header_timeout", 10.0)),
+                api_connections_per_source=int(doc.get("api_connections_per_source", 256)),
+                api_requests_per_source=int(doc.get("api_requests_per_source", 64)),
+                api_max_inflight=int(doc.get("api_max_inflight", 512)),
+                api_body_budget=int(doc.get("api_body_budget", 256 * 1024 * 1024)),
+                api_workers=int(doc.get("api_workers", 2)),
+                api_block_cache_bytes=int(doc.get("api_block_cache_bytes", 32 * 1024 * 1024)),
             )
+            if not (cfg.api_body_timeout > 0 and cfg.api_header_timeout > 0
+                    and cfg.api_connections_per_source >= 1 and cfg.api_requests_per_source >= 1
+                    and cfg.api_max_inflight >= 1 and cfg.api_workers >= 1
+                    and cfg.api_body_budget >= cfg.max_body_bytes >= 1
+                    and cfg.api_block_cache_bytes >= 0):
+                raise ValueError("api_* limits must be positive, and api_body_budget at "
+                                 "least max_body_bytes")
             tls = doc.get("tls")
             if tls:
                 cfg.tls_ca, cfg.tls_cert, cfg.tls_key = (d / tls["ca"], d / tls["cert"],

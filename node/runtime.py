@@ -584,7 +584,7 @@ class Node:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run transport, consensus and the API until ``stop`` is set."""
-        from node.api import create_app
+        from node.api import create_app, guarded_protocol
 
         peers = {i: a for i, a in self.config.peers.items() if i != self.config.index}
         for v in self.genesis.validators:
@@ -612,6 +612,7 @@ class Node:
         host, port = self.config.api
         server = _Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+            http=guarded_protocol(cfg.api_connections_per_source, cfg.api_header_timeout),
             ssl_certfile=str(cfg.tls_cert) if tls else None,
             ssl_keyfile=str(cfg.tls_key) if tls else None))
         tasks = [asyncio.create_task(self.consensus_loop(), name="consensus"),

@@ -85,6 +85,41 @@ def test_hostile_requests_get_4xx_problems_and_stable_codes(node: Cluster) -> No
             "invalid_parameter")
     problem(httpx.get(f"{url}/v1/events", params={"from_height": "-5"}), 400,
             "invalid_parameter")
+    # Once 500s (issue 11): non-ASCII digits, over-long numbers, deep or lax JSON bodies.
+    problem(httpx.get(f"{url}/v1/blocks/%C2%B2"), 400, "invalid_height")
+    problem(httpx.get(f"{url}/v1/blocks/%D9%A3"), 400, "invalid_height")
+    problem(httpx.get(f"{url}/v1/events", headers={"Last-Event-ID": "9" * 5000}), 400,
+            "invalid_parameter")
+    superscript_two = "\u00b2".encode("latin-1")
+    problem(httpx.get(f"{url}/v1/events", headers={"Last-Event-ID": superscript_two}), 400,
+            "invalid_parameter")
+    problem(httpx.get(f"{url}/v1/events", params={"from_height": "\u00b2"}), 400,
+            "invalid_parameter")
+    problem(httpx.get(f"{url}/v1/events", params={"from_height": "9" * 5000}), 400,
+            "invalid_parameter")
+    problem(httpx.get(f"{url}/v1/subjects/x/history", params={"after": "9" * 5000}), 400,
+            "invalid_parameter")
+    problem(post(url, b"[" * 100_000, "application/json"), 400, "malformed")
+    problem(post(url, b'{"records": [' + b"[" * 100_000, "application/json"), 400,
+            "malformed")
+    problem(post(url, b'{"records": [{"envelope": "QQ==", "envelope": "QQ=="}]}',
+                 "application/json"), 400, "malformed")  # a repeated key
+    problem(post(url, b'{"records": [{"envelope": "QR=="}]}', "application/json"), 400,
+            "malformed")  # not canonical base64 (stray bits)
+    problem(post(url, b'{"records": [{"envelope": "QQ"}]}', "application/json"), 400,
+            "malformed")  # no padding
+    problem(post(url, b'{"records": [{"envelope": "QQ==", "x": 1}]}', "application/json"),
+            400, "malformed")  # an unknown key
+    problem(post(url, b'{"records": []}', "application/json"), 400, "empty_batch")
+    problem(post(url, b'{"records": [' + b'{"envelope": "QQ=="},' * 9 + b'{"envelope": ""}]}',
+                 "application/json"), 413, "batch_too_large")
+    problem(post(url, b'\xff{"records": []}', "application/json"), 400, "malformed")
+    problem(post(url, b"\xdd\xff\xff\xff\xff\x80"), 413, "batch_too_large")
+    problem(post(url, b"\x92\xc4\x05ab"), 400, "malformed")  # a truncated item
+    problem(post(url, b"\x91\xc4\x01ab"), 400, "malformed")  # trailing bytes
+    problem(post(url, b"\x91\xa1a"), 400, "malformed")  # str, not bin
+    empty = httpx.get(f"{url}/v1/subjects/%ED%A0%80%00/history")
+    assert empty.status_code == 200 and empty.json()["records"] == []
     problem(httpx.delete(f"{url}/v1/status"), 405, "method_not_allowed")
     problem(httpx.get(f"{url}/nope"), 404, "not_found")
 
@@ -125,6 +160,9 @@ def test_hostile_records_are_rejected_per_record_and_never_committed(node: Clust
     assert accepted["status"] == "accepted" and accepted["height"] >= 1
     replay = post(url, packb([good.envelope])).json()["results"][0]
     assert replay["status"] == "duplicate"
+    replay = post(url, packb([good.envelope]), params={"wait": "commit", "timeout": "5"})
+    assert replay.json()["results"][0] == {"id": good.id.hex(), "status": "duplicate",
+                                           "height": accepted["height"]}
     reused = Record.create(key, chain=genesis.chain_id, type="sensor.reading", subject="t",
                            payload=2, ts=now, nonce=1)
     res = post(url, packb([reused.envelope])).json()["results"][0]
