@@ -613,6 +613,9 @@ class Node:
         server = _Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
             http=guarded_protocol(cfg.api_connections_per_source, cfg.api_header_timeout),
+            # Per-source limits count the connection's address: a forwarded-for header from
+            # a local process would let it pose as any number of sources.
+            proxy_headers=False,
             ssl_certfile=str(cfg.tls_cert) if tls else None,
             ssl_keyfile=str(cfg.tls_key) if tls else None))
         tasks = [asyncio.create_task(self.consensus_loop(), name="consensus"),
