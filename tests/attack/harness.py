@@ -57,6 +57,9 @@ RSS_KILL_MB = float(os.environ.get("ATTACK_RSS_KILL_MB", "3000"))
 #: rate at which the honest load gets committed
 CONSENSUS: dict[str, object] = {"create_empty_blocks": False}
 PROBE_HZ = 5.0
+#: seconds after the attacker stops that still count as the attack window (for /healthz
+#: and RSS: frames it sent may still be queued in the nodes)
+DRAIN_S = 3.0
 PROBE_TIMEOUT = 1.0
 
 
@@ -153,6 +156,7 @@ class Monitors:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.killed: dict[int, float] = {}
+        self.hwm: dict[int, tuple[int, float]] = {}  # node -> (pid, VmHWM) at the last window
         self._reset()
         self.threads = [threading.Thread(target=self._probe, args=(i,), daemon=True)
                         for i in honest]
@@ -218,7 +222,17 @@ class Monitors:
                 self.stop.wait(0.25)
 
     def window(self) -> dict[str, Any]:
-        """The figures since the last call (and start a new window)."""
+        """The figures since the last call (and start a new window).
+
+        A node's peak RSS is the largest sample, or its kernel high-water mark (VmHWM) if
+        that rose during the window (it catches spikes between samples)."""
+        for i, proc in list(self.c.procs.items()):
+            hwm = rss_mb(proc.pid, "VmHWM")
+            pid, before = self.hwm.get(i, (0, 0.0))
+            if hwm > (before if pid == proc.pid else 0.0):
+                with self.lock:
+                    self.peak[i] = max(self.peak.get(i, 0.0), hwm)
+            self.hwm[i] = (proc.pid, hwm)
         with self.lock:
             hs = self.heights
             commits = ((hs[-1][1] - hs[0][1]) / (hs[-1][0] - hs[0][0])
@@ -317,6 +331,35 @@ class Harness:
     def start(self) -> None:
         self.cluster.start_all()
 
+    def stop_all(self, grace: float = 5.0) -> None:
+        """SIGTERM every node, SIGKILL what is still running after ``grace`` seconds."""
+        procs = [p for p in self.cluster.procs.values() if p.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+    def recover(self, nodes: tuple[int, ...], timeout: float = 60.0) -> float | None:
+        """Seconds until every node of ``nodes`` answers /healthz 200 within 1 s
+        (None: not within ``timeout``, or a node exited)."""
+        started = time.monotonic()
+        pending = set(nodes)
+        while pending and time.monotonic() - started < timeout:
+            for i in sorted(pending):
+                if self.cluster.procs[i].poll() is not None:
+                    return None
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.url(i)}/healthz", timeout=1).status_code == 200:
+                        pending.discard(i)
+            if pending:
+                time.sleep(0.2)
+        return None if pending else round(time.monotonic() - started, 2)
+
     def stop_node(self, i: int) -> None:
         self.cluster.kill(i, signal.SIGTERM)
         self.stopped.add(i)
@@ -389,7 +432,7 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
         root = Path(workdir) if workdir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix=f"attack-{name}-")))
         h = Harness(root)
-        stack.callback(h.cluster.stop_all)
+        stack.callback(h.stop_all)
         h.start()
         if sc.byzantine is not None:
             h.stop_node(sc.byzantine)  # the attacker plays this validator
@@ -431,6 +474,16 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
             attack_report = _attack_window(sc, h, honest, attack_s, report, mon, load.take)
             att = mon.window()
             att_load = load.take()
+            time.sleep(DRAIN_S)  # what the attack left queued still counts against it
+            drain = mon.window()
+            att["worst_healthz_ms"] = max(att["worst_healthz_ms"], drain["worst_healthz_ms"])
+            for k, v in drain["worst_healthz_ms_by_node"].items():
+                by_node = att["worst_healthz_ms_by_node"]
+                by_node[k] = max(by_node.get(k, 0.0), v)
+            att["healthz_failures"] += drain["healthz_failures"]
+            att["healthz_probes"] += drain["healthz_probes"]
+            for k, v in drain["peak_rss_mb"].items():
+                att["peak_rss_mb"][k] = max(att["peak_rss_mb"].get(k, 0.0), v)
             report.update(_window_fields(att, "attack"))
             report["records_per_s_attack"] = round(att_load["committed"] / attack_s, 1)
             report["load_errors_attack"] = att_load["errors"]
@@ -444,6 +497,7 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
         report["rss_cap_hit"] = {str(k): round(v) for k, v in mon.killed.items()}
         report["node_exited"] = [i for i in honest if h.cluster.procs[i].poll() is not None]
         alive = [i for i in honest if i not in report["node_exited"]]
+        report["recovery_s"] = h.recover(tuple(alive)) if alive else None
         if alive:
             log(f"{name}: audit")
             report["audit_ok"], report["audit_output"] = h.audit(alive[0])
@@ -510,6 +564,7 @@ def _attack_window(sc: Scenario, h: Harness, honest: tuple[int, ...], seconds: f
 
 
 def save(results: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
 
 
