@@ -498,6 +498,10 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
         report["node_exited"] = [i for i in honest if h.cluster.procs[i].poll() is not None]
         alive = [i for i in honest if i not in report["node_exited"]]
         report["recovery_s"] = h.recover(tuple(alive)) if alive else None
+        if sc.checks is None:  # memory the attack's leftovers took after the drain counts
+            for k, v in mon.window()["peak_rss_mb"].items():
+                if k in report["peak_rss_mb"] and v > report["peak_rss_mb"][k]:
+                    report["peak_rss_mb"][k] = v
         if alive:
             log(f"{name}: audit")
             report["audit_ok"], report["audit_output"] = h.audit(alive[0])
@@ -576,8 +580,10 @@ MIN_RATIO = 0.3
 MAX_HEALTHZ_MS = 1000.0
 #: peak RSS per honest node during the attack window
 MAX_RSS_MB = 400.0
-#: a restarted validator must commit again within this while its peers' ports are flooded
-MAX_RESTART_COMMIT_S = 20.0
+#: a restarted validator must commit again within this many seconds of answering /healthz
+#: while its peers' ports are flooded (unflooded it links up in well under a second, but
+#: the peer that dials it may be in a backoff of up to 5 s)
+MAX_RESTART_COMMIT_S = 6.0
 
 
 def judge(report: dict[str, Any]) -> list[str]:
@@ -610,10 +616,11 @@ def judge(report: dict[str, Any]) -> list[str]:
         misses.append(f"the attacker failed: {report['attacker']['error'][-300:]}")
     during = report.get("during")
     if during is not None and "restart_commit_s" in during:
-        t = during["restart_commit_s"]
-        if t is None or t > MAX_RESTART_COMMIT_S:
-            misses.append(f"restarted validator committed again after {t} s "
-                          f"(bar {MAX_RESTART_COMMIT_S:g} s)")
+        t, healthy = during["restart_commit_s"], during.get("healthy_s")
+        if t is None or healthy is None or t - healthy > MAX_RESTART_COMMIT_S:
+            misses.append(f"restarted validator answered /healthz after {healthy} s but "
+                          f"committed again only after {t} s (bar: within "
+                          f"{MAX_RESTART_COMMIT_S:g} s of answering)")
     for name, check in (report.get("checks") or {}).items():
         if isinstance(check, dict) and not check.get("ok"):
             misses.append(f"check {name}: {check}")
