@@ -414,7 +414,9 @@ class Scenario:
     summary: str
     attack: Callable[[AttackContext], dict[str, Any]] | None
     prepare: Callable[[Harness, bool], None] | None = None  # (harness, quick)
-    during: Callable[[Harness, float], dict[str, Any]] | None = None  # (harness, deadline)
+    #: (harness, window deadline): run in the baseline window too, so that both windows
+    #: carry the same disturbance and only the attack differs
+    during: Callable[[Harness, float], dict[str, Any]] | None = None
     checks: Callable[[Harness], dict[str, Any]] | None = None  # no load, no windows
     byzantine: int | None = None
     load_node: int = 0
@@ -464,7 +466,10 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
             mon.window()
             load.take()
             log(f"{name}: baseline {baseline_s:g} s")
-            time.sleep(baseline_s)
+            deadline = time.monotonic() + baseline_s
+            if sc.during is not None:  # the same action without the attack, to compare
+                report["during_baseline"] = sc.during(h, deadline)
+            time.sleep(max(0.0, deadline - time.monotonic()))
             base = mon.window()
             base_load = load.take()
             report.update(_window_fields(base, "baseline"))

@@ -49,6 +49,17 @@ from tests.attack.harness import MSGPACK, AttackContext, Harness, Scenario, Spec
 AMPLIFYING: list[dict[str, Any]] = [{}] * 65_000
 
 
+#: anonymous attackers connect from this loopback address, honest clients and probes from
+#: 127.0.0.1: a per-source limit can tell them apart, as it would tell two hosts apart
+ATTACKER_ADDRESS = "127.0.0.2"
+
+
+def attacker_client(timeout: float) -> httpx.Client:
+    """An HTTP client whose connections come from ``ATTACKER_ADDRESS``."""
+    return httpx.Client(timeout=timeout,
+                        transport=httpx.HTTPTransport(local_address=ATTACKER_ADDRESS))
+
+
 def count_status(counter: Counter[str], status: int) -> None:
     """Tally an HTTP status the attacker saw (``5xx`` excludes 503 load shedding)."""
     counter[str(status)] += 1
@@ -255,7 +266,7 @@ def anon_amplifying_batch(ctx: AttackContext) -> dict[str, Any]:
     ctx.ready()
 
     def loop(node: int) -> None:
-        with httpx.Client(timeout=30) as client:
+        with attacker_client(30) as client:
             for _ in range(10_000):
                 if ctx.stopped():
                     return
@@ -287,7 +298,7 @@ def anon_heavy_reads(ctx: AttackContext) -> dict[str, Any]:
     ctx.ready()
 
     def block_json(node: int) -> None:
-        with httpx.Client(timeout=60) as client:
+        with attacker_client(60) as client:
             for k in range(10_000):
                 if ctx.stopped():
                     return
@@ -304,8 +315,9 @@ def anon_heavy_reads(ctx: AttackContext) -> dict[str, Any]:
             if ctx.stopped():
                 return
             try:
-                with httpx.stream("GET", f"{spec.url(node)}/v1/events",
-                                  params={"from_height": "1"}, timeout=30) as resp:
+                with attacker_client(30) as client, client.stream(
+                        "GET", f"{spec.url(node)}/v1/events",
+                        params={"from_height": "1"}) as resp:
                     with lock:
                         count_status(counter, resp.status_code)
                     if resp.status_code != 200:
@@ -342,7 +354,8 @@ def slow_uploads(ctx: AttackContext) -> dict[str, Any]:
     refused = 0
     for _ in range(600):
         try:
-            s = socket.create_connection(("127.0.0.1", spec.base_port + target), timeout=2)
+            s = socket.create_connection(("127.0.0.1", spec.base_port + target), timeout=2,
+                                         source_address=(ATTACKER_ADDRESS, 0))
             s.sendall(head + b"\xdd\x00")
             socks.append(s)
         except OSError:
@@ -429,7 +442,8 @@ def silent_peer_connections(ctx: AttackContext) -> dict[str, Any]:
             if ctx.stopped():
                 return
             try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, local_addr=(ATTACKER_ADDRESS, 0))
             except OSError:
                 counter["connect_failed"] += 1
                 await asyncio.sleep(0.1)
