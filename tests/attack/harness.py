@@ -170,6 +170,7 @@ class Monitors:
             self.probes = 0
             self.peak: dict[int, float] = {}
             self.heights: list[tuple[float, int]] = []
+            self.started = time.monotonic()
 
     def start(self) -> None:
         for t in self.threads:
@@ -238,6 +239,7 @@ class Monitors:
             commits = ((hs[-1][1] - hs[0][1]) / (hs[-1][0] - hs[0][0])
                        if len(hs) >= 2 and hs[-1][0] > hs[0][0] else 0.0)
             out = {"commits_per_s": round(commits, 3),
+                   "seconds": round(time.monotonic() - self.started, 2),
                    "height": hs[-1][1] if hs else None,
                    "worst_healthz_ms": round(max(self.worst_ms.values(), default=0.0), 1),
                    "worst_healthz_ms_by_node": {str(k): round(v, 1)
@@ -473,7 +475,7 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
             base = mon.window()
             base_load = load.take()
             report.update(_window_fields(base, "baseline"))
-            report["records_per_s_baseline"] = round(base_load["committed"] / baseline_s, 1)
+            report["records_per_s_baseline"] = round(base_load["committed"] / base["seconds"], 1)
             report["load_errors_baseline"] = base_load["errors"]
             log(f"{name}: attack {attack_s:g} s")
             attack_report = _attack_window(sc, h, honest, attack_s, report, mon, load.take)
@@ -490,7 +492,8 @@ def run_scenario(name: str, baseline_s: float = 20.0, attack_s: float = 20.0,
             for k, v in drain["peak_rss_mb"].items():
                 att["peak_rss_mb"][k] = max(att["peak_rss_mb"].get(k, 0.0), v)
             report.update(_window_fields(att, "attack"))
-            report["records_per_s_attack"] = round(att_load["committed"] / attack_s, 1)
+            report["attack_window_s"] = att["seconds"]  # longer if ``during`` outlasts it
+            report["records_per_s_attack"] = round(att_load["committed"] / att["seconds"], 1)
             report["load_errors_attack"] = att_load["errors"]
             report["load_5xx_attack"] = att_load["status_5xx"]
             report["attacker"] = attack_report
