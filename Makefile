@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test soak bench clean
+.PHONY: run test soak bench attack clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.audit_bench $(BENCH_ARGS)
 	$(BIN)/python -m tests.bench.cluster_bench $(CLUSTER_BENCH_ARGS)
+
+# The attacks of issue 11 against real clusters, ATTACK_SECONDS per window (default 20),
+# a table on stdout and every figure in bench-results/attack.json; exits 1 on a miss.
+attack: $(STAMP)
+	$(BIN)/python -m tests.attack.run --seconds $(or $(ATTACK_SECONDS),20) \
+		--out $(or $(ATTACK_OUT),bench-results/attack.json) $(ATTACK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
