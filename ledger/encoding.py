@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import struct
 from typing import Any, NoReturn
 
 import msgpack
@@ -24,53 +25,336 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+#: How deep containers may nest in any decoded value (a validity rule, docs/protocol.md):
+#: the outermost array or map counts 1, each array or map inside it (as an element, a key or
+#: a value) one more. A record body allows one more level, for the body map itself.
+MAX_DEPTH = 64
+
+
+class MapPairs:
+    """A decoded msgpack map that a dict cannot hold faithfully: one with an array or map
+    as a key, or with keys that msgpack tells apart but Python merges (``1``, ``True``,
+    ``1.0``). ``pairs`` keeps every (key, value) in wire order; arrays inside keys are
+    tuples. Protocol objects never hold one; only payloads can."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[Any, Any]]) -> None:
+        self.pairs: tuple[tuple[Any, Any], ...] = tuple(
+            (_freeze(k), v) for k, v in pairs)
+
+    def __repr__(self) -> str:
+        return f"MapPairs({list(self.pairs)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is MapPairs and self.pairs == other.pairs
+
+    def __hash__(self) -> int:
+        return hash(self.pairs)
+
+
+def _freeze(value: Any) -> Any:
+    """A map key as a hashable value: arrays become tuples, maps MapPairs."""
+    if type(value) is list:
+        return tuple(_freeze(v) for v in value)
+    if type(value) is dict:
+        return MapPairs(list(value.items()))
+    return value
+
+
 def reject_ext(code: int, data: bytes) -> NoReturn:
     """ext_hook for msgpack: no ext type is part of the protocol."""
     raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
+def _pairs_to_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any] | MapPairs:
+    """object_pairs_hook for maps with a key other than str: a dict when it holds every pair
+    (the scan already rejected repeated keys), else MapPairs."""
+    try:
+        out = dict(pairs)
+    except TypeError:  # an array or map key
+        return MapPairs(pairs)
+    return out if len(out) == len(pairs) else MapPairs(pairs)
+
+
 def pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    """object_pairs_hook for msgpack: build a dict, rejecting a repeated key."""
+    """object_pairs_hook for JSON: build a dict, rejecting a repeated key."""
     out: dict[Any, Any] = {}
     for key, value in pairs:
-        try:
-            if key in out:
-                raise DecodeError(f"key {key!r} appears twice in one map")
-        except TypeError as exc:
-            raise DecodeError(f"map key of type {type(key).__name__} is not hashable") from exc
+        if key in out:
+            raise DecodeError(f"key {key!r} appears twice in one map")
         out[key] = value
     return out
 
 
-def unpack_exact(data: bytes, what: str, *, max_len: int | None = None) -> Any:
-    """Decode exactly one msgpack value filling ``data``; name ``what`` in errors.
+# ---- the strict scan ----------------------------------------------------------------------
+# One iterative pass over the bytes, before anything is built: every header is read, strings
+# and bins are skipped by length. It rejects ext types in every form, the never-used byte
+# 0xc1, truncation, trailing bytes, nesting beyond the depth limit and repeated map keys by
+# msgpack identity (see ``_identity``), and counts the elements (what decoding will allocate).
 
-    Maps come back as dicts (a repeated key is an error); arrays as lists; ``bin`` as
-    bytes and ``str`` as str (invalid UTF-8 is an error). Any ext type, including the
-    msgpack timestamp, is an error.
+_LEN1 = struct.Struct(">B").unpack_from
+_LEN2 = struct.Struct(">H").unpack_from
+_LEN4 = struct.Struct(">I").unpack_from
+# First byte -> bytes of a fixed-size scalar (header included), for 0xc0..0xdf.
+_FIXED = {0xc0: 1, 0xc2: 1, 0xc3: 1, 0xca: 5, 0xcb: 9, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9,
+          0xd0: 2, 0xd1: 3, 0xd2: 5, 0xd3: 9}
+# str 8/16/32 and bin 8/16/32 -> width of the length field.
+_VAR = {0xd9: 1, 0xda: 2, 0xdb: 4, 0xc4: 1, 0xc5: 2, 0xc6: 4}
+_EXT = frozenset({0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8})
+_NUMBER = {0xca: ">f", 0xcb: ">d", 0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q",
+           0xd0: ">b", 0xd1: ">h", 0xd2: ">i", 0xd3: ">q"}
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _scan(data: bytes, max_depth: int) -> tuple[int, bool]:
+    """Validate the structure of one msgpack value filling ``data``.
+
+    Returns the number of elements (every value, keys included) and whether some map has a
+    key that is not a str. Raises DecodeError (without the ``what`` prefix)."""
+    end = len(data)
+    pos = 0
+    count = 0
+    odd_keys = False
+    # The open container: values still to read in it, and its keys so far (None: an array).
+    # A map of n pairs reads 2n values, a key when the count left is even. The outermost
+    # "container" reads the one value. ``stack`` holds the enclosing containers' state.
+    remaining = 1
+    seen: set[Any] | None = None
+    stack: list[tuple[int, set[Any] | None]] = []
+    try:
+        while True:
+            if seen is not None and not remaining & 1:
+                # A map key: parse it whole, for its identity.
+                b = data[pos]
+                if 0xa0 <= b <= 0xbf:  # fixstr: the common case
+                    nxt = pos + 1 + (b & 0x1f)
+                    ident: Any = data[pos + 1:nxt]
+                    count += 1
+                    pos = nxt
+                else:
+                    ident, pos, n = _identity(data, pos, max_depth - len(stack))
+                    count += n
+                    if type(ident) is not bytes:
+                        odd_keys = True
+                if ident in seen:
+                    if pos > end:
+                        raise _Truncated
+                    raise DecodeError(f"map key {_show(ident)} appears twice in one map")
+                seen.add(ident)
+                remaining -= 1
+                continue
+            b = data[pos]
+            count += 1
+            if b <= 0x7f or b >= 0xe0:
+                pos += 1
+            elif b >= 0xa0 and b <= 0xbf:
+                pos += 1 + (b & 0x1f)
+            elif b <= 0x9f or 0xdc <= b <= 0xdf:
+                if b <= 0x8f:
+                    n, is_map, pos = 2 * (b & 0x0f), True, pos + 1
+                elif b <= 0x9f:
+                    n, is_map, pos = b & 0x0f, False, pos + 1
+                elif b == 0xdc:
+                    n, is_map, pos = _LEN2(data, pos + 1)[0], False, pos + 3
+                elif b == 0xdd:
+                    n, is_map, pos = _LEN4(data, pos + 1)[0], False, pos + 5
+                elif b == 0xde:
+                    n, is_map, pos = 2 * _LEN2(data, pos + 1)[0], True, pos + 3
+                else:
+                    n, is_map, pos = 2 * _LEN4(data, pos + 1)[0], True, pos + 5
+                if len(stack) >= max_depth:
+                    raise _TooDeep
+                if n:
+                    if n > end - pos:  # every element takes at least one byte
+                        raise _Truncated
+                    stack.append((remaining, seen))
+                    remaining = n
+                    seen = set() if is_map else None
+                    continue
+            elif b in _FIXED:
+                pos += _FIXED[b]
+            elif b in _VAR:
+                width = _VAR[b]
+                length = (_LEN1 if width == 1 else _LEN2 if width == 2 else _LEN4)(data, pos + 1)[0]
+                pos += 1 + width + length
+            elif b in _EXT:
+                raise DecodeError(f"msgpack ext type (byte 0x{b:02x}) is not allowed")
+            else:
+                raise DecodeError("byte 0xc1 is never used in msgpack")
+            # One value done: close every container it completes.
+            remaining -= 1
+            while not remaining and stack:
+                remaining, seen = stack.pop()
+                remaining -= 1
+            if not remaining:
+                break
+    except (IndexError, struct.error, _Truncated):
+        raise DecodeError("truncated msgpack value") from None
+    except _TooDeep:
+        raise DecodeError(f"containers nest deeper than {max_depth} levels") from None
+    if pos > end:
+        raise DecodeError("truncated msgpack value")
+    if pos != end:
+        raise DecodeError("trailing bytes after the msgpack value")
+    return count, odd_keys
+
+
+def _identity(data: bytes, pos: int, depth_left: int) -> tuple[Any, int, int]:
+    """The msgpack identity of the value at ``pos``: (identity, end, elements).
+
+    Two keys are the same key iff their identities are equal: same type family (nil, bool,
+    int, float, str, bin, array, map) and same value. A str is its UTF-8 bytes; an int its
+    value whatever its width; a float its numeric value whatever its width, so 0.0 and -0.0
+    are one key and every NaN is the same key; an array the sequence of its items'
+    identities; a map the set of its pairs' identities (order does not matter)."""
+    b = data[pos]
+    if b <= 0x7f:
+        return ("i", b), pos + 1, 1
+    if b >= 0xe0:
+        return ("i", b - 0x100), pos + 1, 1
+    if 0xa0 <= b <= 0xbf:
+        nxt = pos + 1 + (b & 0x1f)
+        if nxt > len(data):
+            raise _Truncated
+        return data[pos + 1:nxt], nxt, 1
+    if b in _VAR:
+        width = _VAR[b]
+        length = (_LEN1 if width == 1 else _LEN2 if width == 2 else _LEN4)(data, pos + 1)[0]
+        start = pos + 1 + width
+        if start + length > len(data):
+            raise _Truncated
+        raw = data[start:start + length]
+        return (raw if b >= 0xd9 else ("y", raw)), start + length, 1
+    if b in _NUMBER:
+        size = _FIXED[b] - 1
+        if pos + 1 + size > len(data):
+            raise _Truncated
+        (value,) = struct.unpack_from(_NUMBER[b], data, pos + 1)
+        if b <= 0xcb:
+            return ("f", "nan" if value != value else value), pos + 1 + size, 1
+        return ("i", value), pos + 1 + size, 1
+    if b == 0xc0:
+        return ("n",), pos + 1, 1
+    if b in (0xc2, 0xc3):
+        return ("b", b == 0xc3), pos + 1, 1
+    if b <= 0x9f or b in (0xdc, 0xdd, 0xde, 0xdf):
+        if b <= 0x8f:
+            n, is_map, pos = b & 0x0f, True, pos + 1
+        elif b <= 0x9f:
+            n, is_map, pos = b & 0x0f, False, pos + 1
+        elif b in (0xdc, 0xde):
+            n, is_map, pos = _LEN2(data, pos + 1)[0], b == 0xde, pos + 3
+        else:
+            n, is_map, pos = _LEN4(data, pos + 1)[0], b == 0xdf, pos + 5
+        if depth_left <= 0:
+            raise _TooDeep
+        if n > len(data) - pos:
+            raise _Truncated
+        count = 1
+        items = []
+        for _ in range(n * 2 if is_map else n):
+            ident, pos, c = _identity(data, pos, depth_left - 1)
+            items.append(ident)
+            count += c
+        if not is_map:
+            return ("a", tuple(items)), pos, count
+        keys = items[0::2]
+        if len(set(keys)) != len(keys):
+            raise DecodeError("a map key appears twice in one map")
+        return ("m", frozenset(zip(keys, items[1::2], strict=True))), pos, count
+    if b in _EXT:
+        raise DecodeError(f"msgpack ext type (byte 0x{b:02x}) is not allowed")
+    raise DecodeError("byte 0xc1 is never used in msgpack")
+
+
+def _show(ident: Any) -> str:
+    if type(ident) is bytes:
+        return repr(ident.decode("utf-8", "replace"))
+    return repr(ident)
+
+
+def decode(data: bytes, what: str, *, max_len: int | None = None,
+           max_depth: int = MAX_DEPTH) -> tuple[Any, int]:
+    """The one strict msgpack decoder: (value, elements) of exactly one value filling ``data``.
+
+    Rejects ext types in every encoding (the timestamp -1 included), the byte 0xc1,
+    truncation, trailing bytes, invalid UTF-8 in a str, containers nested deeper than
+    ``max_depth`` and a repeated map key by msgpack identity. Nothing is allocated before the
+    scan has passed, and then msgpack's own limits are the input's length. Maps come back as
+    dicts, or MapPairs where a dict cannot hold them; arrays as lists; bin as bytes.
+    ``elements`` counts every value (keys included): what decoding allocated, for callers
+    that account memory.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"{what}: expected bytes, got {type(data).__name__}")
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise DecodeError(f"{what}: expected bytes, got {type(data).__name__}")
+        data = bytes(data)
     if max_len is not None and len(data) > max_len:
         raise DecodeError(f"{what}: {len(data)} bytes exceeds the limit of {max_len}")
+    if not data:
+        raise DecodeError(f"{what}: truncated msgpack value")
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=False,
-            object_pairs_hook=pairs_to_dict,
-            ext_hook=reject_ext,
-            timestamp=0,
-        )
+        count, odd_keys = _scan(data, max_depth)
     except DecodeError as exc:
-        raise DecodeError(f"{what}: {exc}") from exc
-    except msgpack.ExtraData as exc:
-        raise DecodeError(f"{what}: trailing bytes after the msgpack value") from exc
-    except ValueError as exc:  # includes UnpackValueError, UnicodeDecodeError, FormatError
-        raise DecodeError(f"{what}: not valid msgpack ({exc})") from exc
-    except Exception as exc:  # msgpack raises a zoo of types for truncated/garbage input
-        raise DecodeError(f"{what}: not valid msgpack ({type(exc).__name__}: {exc})") from exc
+        raise DecodeError(f"{what}: {exc}") from None
+    limit = len(data)
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=False,
+            object_pairs_hook=_pairs_to_map if odd_keys else None,
+            ext_hook=reject_ext, max_str_len=limit,
+            max_bin_len=limit, max_array_len=limit, max_map_len=limit, max_ext_len=0,
+        )
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"{what}: invalid UTF-8 in a str ({exc.reason})") from None
+    except Exception as exc:  # the scan admitted it: only a str's UTF-8 can still fail
+        raise DecodeError(f"{what}: not valid msgpack ({type(exc).__name__}: {exc})") from None
+    return value, count
+
+
+def scan(data: bytes, what: str, *, max_depth: int = MAX_DEPTH) -> int:
+    """Check ``data`` by ``decode``'s structural rules without decoding it; return its
+    element count (``decode`` also checks each str's UTF-8)."""
+    try:
+        return _scan(bytes(data), max_depth)[0]
+    except DecodeError as exc:
+        raise DecodeError(f"{what}: {exc}") from None
+
+
+def map_value_sizes(data: bytes) -> dict[Any, int]:
+    """The encoded size of each value of the map ``data`` holds, by key (``data`` must have
+    passed ``decode``; keys as decoded, for str keys)."""
+    pos = 0
+    b = data[0]
+    if b <= 0x8f:
+        n, pos = b & 0x0f, 1
+    elif b == 0xde:
+        n, pos = _LEN2(data, 1)[0], 3
+    else:
+        n, pos = _LEN4(data, 1)[0], 5
+    out: dict[Any, int] = {}
+    for _ in range(n):
+        key, pos, _count = _identity(data, pos, MAX_DEPTH)
+        start = pos
+        _value, pos, _count = _identity(data, pos, 2**31)
+        if type(key) is bytes:
+            out[key.decode()] = pos - start
+    return out
+
+
+def unpack_exact(data: bytes, what: str, *, max_len: int | None = None,
+                 max_depth: int = MAX_DEPTH) -> Any:
+    """Decode exactly one msgpack value filling ``data`` strictly (``decode``'s rules); name
+    ``what`` in errors."""
+    return decode(data, what, max_len=max_len, max_depth=max_depth)[0]
 
 
 def loads_json(data: str | bytes) -> Any:
@@ -79,6 +363,8 @@ def loads_json(data: str | bytes) -> Any:
         return json.loads(data, object_pairs_hook=pairs_to_dict)
     except DecodeError:
         raise
+    except RecursionError as exc:
+        raise DecodeError("not valid JSON (nested too deep)") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not valid JSON ({exc})") from exc
 
@@ -91,7 +377,7 @@ def fail(what: str, message: str) -> NoReturn:
 def expect_array(value: Any, what: str, length: int | None = None) -> list[Any]:
     """Return ``value`` if it is an array (of ``length`` items, if given)."""
     if type(value) is not list:
-        fail(what, f"expected an array, got {_kind(value)}")
+        fail(what, f"expected an array, got {kind_of(value)}")
     if length is not None and len(value) != length:
         fail(what, f"expected an array of {length} items, got {len(value)}")
     return value
@@ -100,7 +386,7 @@ def expect_array(value: Any, what: str, length: int | None = None) -> list[Any]:
 def expect_bytes(value: Any, what: str, length: int | None = None) -> bytes:
     """Return ``value`` if it is a bin (of exactly ``length`` bytes, if given)."""
     if type(value) is not bytes:
-        fail(what, f"expected bin, got {_kind(value)}")
+        fail(what, f"expected bin, got {kind_of(value)}")
     if length is not None and len(value) != length:
         fail(what, f"expected {length} bytes, got {len(value)}")
     return value
@@ -109,7 +395,7 @@ def expect_bytes(value: Any, what: str, length: int | None = None) -> bytes:
 def expect_int(value: Any, what: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
     """Return ``value`` if it is an integer in ``[lo, hi]`` (booleans are not integers)."""
     if type(value) is not int:
-        fail(what, f"expected an integer, got {_kind(value)}")
+        fail(what, f"expected an integer, got {kind_of(value)}")
     if not lo <= value <= hi:
         fail(what, f"{value} is outside [{lo}, {hi}]")
     return value
@@ -118,11 +404,12 @@ def expect_int(value: Any, what: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
 def expect_str(value: Any, what: str) -> str:
     """Return ``value`` if it is a str."""
     if type(value) is not str:
-        fail(what, f"expected str, got {_kind(value)}")
+        fail(what, f"expected str, got {kind_of(value)}")
     return value
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """The msgpack type name of a decoded value, for error messages."""
     names = {bytes: "bin", str: "str", int: "int", list: "array", dict: "map",
              bool: "bool", float: "float", type(None): "nil"}
     return names.get(type(value), type(value).__name__)
