@@ -36,7 +36,7 @@ from ledger.encoding import (
     scan,
     unpack_exact,
 )
-from ledger.errors import DecodeError, SignatureError, TooLargeError
+from ledger.errors import SignatureError, TooLargeError
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: A body is seven short fields around the payload; this bounds everything but the payload.
