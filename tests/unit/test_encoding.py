@@ -17,7 +17,7 @@ from ledger.records import MAX_PAYLOAD_DEPTH, Record
 from tests.factory import seeded_key
 
 KEY = seeded_key("encoding")
-VECTORS = Path("/work/shared/vectors/v1.1")
+VECTORS = Path(__file__).parents[1] / "vectors" / "v1.1"
 
 # ext type -1 (what msgpack-python turns into a Timestamp without calling ext_hook) in every
 # form, with the lengths 4, 8 and 12 it converts, and another type for good measure.
@@ -57,16 +57,19 @@ def test_ext_in_any_form_inside_a_signed_payload_is_rejected(form: str) -> None:
             Record.from_wire(signed_envelope_with_payload(payload))
 
 
+def vector_blocks(name: str) -> list[bytes]:
+    """A vector chain: a msgpack stream of bin items, one block per height."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed((VECTORS / f"{name}.blocks").read_bytes())
+    return list(unpacker)
+
+
 def test_the_ext_type_vector_chain_is_rejected_at_block_1() -> None:
-    blocks = list(msgpack.Unpacker(open(VECTORS / "ext-type-payload.blocks", "rb"), raw=False))
     with pytest.raises(DecodeError, match="ext type"):
-        Block.from_wire(blocks[0])
-    repeated = list(msgpack.Unpacker(open(VECTORS / "repeated-key-payload.blocks", "rb"),
-                                     raw=False))
+        Block.from_wire(vector_blocks("ext-type-payload")[0])
     with pytest.raises(DecodeError, match="appears twice"):
-        Block.from_wire(repeated[0])
-    valid = list(msgpack.Unpacker(open(VECTORS / "valid.blocks", "rb"), raw=False))
-    assert Block.from_wire(valid[0]).height == 1
+        Block.from_wire(vector_blocks("repeated-key-payload")[0])
+    assert Block.from_wire(vector_blocks("valid")[0]).height == 1
 
 
 def test_keys_of_different_types_are_different_keys() -> None:

@@ -157,10 +157,10 @@ def same(a: Any, b: Any) -> bool:
         return (math.isnan(x) and math.isnan(y)) or (x == y and math.copysign(1, x)
                                                      == math.copysign(1, y))
     if a[0] == "arr":
-        return len(a[1]) == len(b[1]) and all(same(x, y) for x, y in zip(a[1], b[1]))
+        return len(a[1]) == len(b[1]) and all(same(x, y) for x, y in zip(a[1], b[1], strict=True))
     if a[0] == "map":
         return len(a[1]) == len(b[1]) and all(
-            same(k1, k2) and same(v1, v2) for (k1, v1), (k2, v2) in zip(a[1], b[1]))
+            same(k1, k2) and same(v1, v2) for (k1, v1), (k2, v2) in zip(a[1], b[1], strict=True))
     return bool(a == b)
 
 
@@ -277,7 +277,8 @@ def test_mutated_encodings(data: bytes) -> None:
 
 @SETTINGS
 @given(st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
-                    | st.floats(allow_nan=True, width=32) | st.text(max_size=5) | st.binary(max_size=5),
+                    | st.floats(allow_nan=True, width=32) | st.text(max_size=5)
+                    | st.binary(max_size=5),
                     lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.text(max_size=3) | st.integers(-3, 3), inner,
                                       max_size=4), max_leaves=20),
