@@ -342,12 +342,48 @@ def map_value_sizes(data: bytes) -> dict[Any, int]:
         n, pos = _LEN4(data, 1)[0], 5
     out: dict[Any, int] = {}
     for _ in range(n):
-        key, pos, _count = _identity(data, pos, MAX_DEPTH)
+        key_start = pos
+        pos = _skip(data, pos)
         start = pos
-        _value, pos, _count = _identity(data, pos, 2**31)
-        if type(key) is bytes:
-            out[key.decode()] = pos - start
+        pos = _skip(data, pos)
+        key = data[key_start:start]
+        if 0xa0 <= key[0] <= 0xbf:  # a fixstr key (the body's seven are)
+            out[key[1:].decode()] = pos - start
     return out
+
+
+def _skip(data: bytes, pos: int) -> int:
+    """The end of the (already validated) value at ``pos``, allocating nothing per element:
+    a container only adds to the count of values still to skip."""
+    remaining = 1
+    while remaining:
+        remaining -= 1
+        b = data[pos]
+        if b <= 0x7f or b >= 0xe0:
+            pos += 1
+        elif b >= 0xa0 and b <= 0xbf:
+            pos += 1 + (b & 0x1f)
+        elif b <= 0x8f:
+            remaining += 2 * (b & 0x0f)
+            pos += 1
+        elif b <= 0x9f:
+            remaining += b & 0x0f
+            pos += 1
+        elif b == 0xdc or b == 0xde:
+            remaining += _LEN2(data, pos + 1)[0] * (2 if b == 0xde else 1)
+            pos += 3
+        elif b == 0xdd or b == 0xdf:
+            remaining += _LEN4(data, pos + 1)[0] * (2 if b == 0xdf else 1)
+            pos += 5
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        elif b in _VAR:
+            width = _VAR[b]
+            length = (_LEN1 if width == 1 else _LEN2 if width == 2 else _LEN4)(data, pos + 1)[0]
+            pos += 1 + width + length
+        else:
+            raise DecodeError(f"byte 0x{b:02x}: not a value decode admits")
+    return pos
 
 
 def unpack_exact(data: bytes, what: str, *, max_len: int | None = None,
