@@ -2,10 +2,11 @@
 
 Admission is split so signature checks can run off the event loop: ``Mempool.precheck``
 (in a worker thread: decode, then chain, signature and authorisation of every record the
-node does not already hold pending, record by record, within the pool's room) then ``Mempool.admit`` (on the event loop:
-duplicates against the mempool and the store, clock skew, bounds). A record's signature is
-verified once per node: the cache answers consensus' block validation for every record
-admitted here, and admission for every record a proposal brought first.
+node does not already hold pending, record by record, within the pool's room) then
+``Mempool.admit`` (on the event loop: duplicates against the mempool and the store, clock
+skew, bounds). A record's signature is verified once per node: the cache answers consensus'
+block validation for every record admitted here, and admission for every record a proposal
+brought first. The byte bound counts ``Record.cost``, what a record takes decoded.
 """
 
 from __future__ import annotations
