@@ -485,8 +485,13 @@ def hex_decode(text: Any, what: str, length: int | None = None) -> bytes:
 
 
 def require_canonical(data: bytes, obj: Any, what: str) -> None:
-    """Reject ``data`` unless it is the canonical encoding of ``obj``."""
-    if packb(obj) != data:
+    """Reject ``data`` unless it is the canonical encoding of ``obj`` (a value with a
+    MapPairs, which packb does not write, never is)."""
+    try:
+        again = packb(obj)
+    except TypeError:
+        fail(what, "not in canonical msgpack encoding")
+    if again != data:
         fail(what, "not in canonical msgpack encoding")
 
 

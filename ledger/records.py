@@ -51,7 +51,7 @@ BODY_KEYS = ("chain", "type", "subject", "payload", "ts", "nonce", "signer")
 _BODY_KEY_SET = frozenset(BODY_KEYS)
 
 #: Bytes one decoded msgpack element may take in Python at most (an empty dict in a list is
-#: 64 + 8 bytes on CPython 3.12; tests/unit/test_mempool.py measures it) and the objects
+#: 64 + 8 bytes on CPython 3.11; tests/unit/test_mempool.py measures it) and the objects
 #: around one record (Record, RecordBody, mempool entries, the verified-signature cache).
 ELEMENT_COST = 96
 RECORD_OVERHEAD = 1024

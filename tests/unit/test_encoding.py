@@ -11,7 +11,14 @@ import pytest
 
 from ledger.blocks import Block
 from ledger.crypto import RECORD_TAG
-from ledger.encoding import MAX_DEPTH, MapPairs, decode, packb, unpack_exact
+from ledger.encoding import (
+    MAX_DEPTH,
+    MapPairs,
+    decode,
+    packb,
+    require_canonical,
+    unpack_exact,
+)
 from ledger.errors import DecodeError
 from ledger.records import MAX_PAYLOAD_DEPTH, Record
 from tests.factory import seeded_key
@@ -147,3 +154,12 @@ def test_garbage_is_rejected_before_allocating(data: bytes) -> None:
 def test_element_count() -> None:
     assert decode(packb([{}, {"a": [1, 2]}]), "x")[1] == 1 + 1 + 1 + 1 + 1 + 2
     assert decode(packb([{}] * 1000), "x")[1] == 1001
+
+
+def test_protocol_arrays_holding_a_map_python_cannot_hold_are_rejected_not_crashing() -> None:
+    # [{1: 0, true: 1}] decodes to [MapPairs]; the canonical check must say no, not raise.
+    for data in (b"\x91\x82\x01\x00\xc3\x01", b"\x91\x81\x91\x01\x00"):
+        with pytest.raises(DecodeError, match="canonical"):
+            require_canonical(data, unpack_exact(data, "x"), "x")
+        with pytest.raises(DecodeError):
+            Block.from_wire(data)
