@@ -67,16 +67,6 @@ def reject_ext(code: int, data: bytes) -> NoReturn:
     raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
-def _pairs_to_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any] | MapPairs:
-    """object_pairs_hook for maps with a key other than str: a dict when it holds every pair
-    (the scan already rejected repeated keys), else MapPairs."""
-    try:
-        out = dict(pairs)
-    except TypeError:  # an array or map key
-        return MapPairs(pairs)
-    return out if len(out) == len(pairs) else MapPairs(pairs)
-
-
 def pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """object_pairs_hook for JSON: build a dict, rejecting a repeated key."""
     out: dict[Any, Any] = {}
@@ -90,8 +80,11 @@ def pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
 # ---- the strict scan ----------------------------------------------------------------------
 # One iterative pass over the bytes, before anything is built: every header is read, strings
 # and bins are skipped by length. It rejects ext types in every form, the never-used byte
-# 0xc1, truncation, trailing bytes, nesting beyond the depth limit and repeated map keys by
-# msgpack identity (see ``_identity``), and counts the elements (what decoding will allocate).
+# 0xc1, truncation, trailing bytes and nesting beyond the depth limit, counts the elements
+# (what decoding will allocate) and notes what kinds of map keys occur. Repeated keys are
+# then rejected as msgpack builds each map (``_str_keys_map``, ``_any_keys_map``): only a
+# map of two or more keys is checked, by C dict building where Python's equality is msgpack
+# identity (str keys), by ``identity`` otherwise.
 
 _LEN1 = struct.Struct(">B").unpack_from
 _LEN2 = struct.Struct(">H").unpack_from
@@ -102,6 +95,11 @@ _FIXED = {0xc0: 1, 0xc2: 1, 0xc3: 1, 0xca: 5, 0xcb: 9, 0xcc: 2, 0xcd: 3, 0xce: 5
 # str 8/16/32 and bin 8/16/32 -> width of the length field.
 _VAR = {0xd9: 1, 0xda: 2, 0xdb: 4, 0xc4: 1, 0xc5: 2, 0xc6: 4}
 _EXT = frozenset({0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8})
+# First byte -> the whole size of a value whose size the byte tells (fixint, fixstr, nil,
+# bool, float, int), else 0.
+_SKIP = tuple(1 if b <= 0x7f or b >= 0xe0 else 1 + (b & 0x1f) if 0xa0 <= b <= 0xbf
+              else _FIXED.get(b, 0) for b in range(256))
+_SKIP_EMPTY = tuple(1 if b in (0x80, 0x90) else n for b, n in enumerate(_SKIP))
 _NUMBER = {0xca: ">f", 0xcb: ">d", 0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q",
            0xd0: ">b", 0xd1: ">h", 0xd2: ">i", 0xd3: ">q"}
 
@@ -114,73 +112,68 @@ class _TooDeep(Exception):
     pass
 
 
-def _scan(data: bytes, max_depth: int) -> tuple[int, bool]:
+def _scan(data: bytes, max_depth: int) -> tuple[int, int]:
     """Validate the structure of one msgpack value filling ``data``.
 
-    Returns the number of elements (every value, keys included) and whether some map has a
-    key that is not a str. Raises DecodeError (without the ``what`` prefix)."""
+    Returns the number of elements (every value, keys included) and what the maps need
+    checked while they are built: 0 nothing (no map has two keys), _STR_KEYS (all keys are
+    str), _ANY_KEYS (some key is not a str). Raises DecodeError (without the ``what``)."""
     end = len(data)
     pos = 0
     count = 0
-    odd_keys = False
-    # The open container: values still to read in it, and its keys so far (None: an array).
-    # A map of n pairs reads 2n values, a key when the count left is even. The outermost
-    # "container" reads the one value. ``stack`` holds the enclosing containers' state.
+    maps = 0
+    # The open container: values still to read in it, and whether it is a map (a map of n
+    # pairs reads 2n values, a key when the count left is even). The outermost "container"
+    # reads the one value. ``stack`` holds the enclosing containers' state.
     remaining = 1
-    seen: set[Any] | None = None
-    stack: list[tuple[int, set[Any] | None]] = []
+    is_map = False
+    stack: list[tuple[int, bool]] = []
     try:
         while True:
-            if seen is not None and not remaining & 1:
-                # A map key: parse it whole, for its identity.
-                b = data[pos]
-                if 0xa0 <= b <= 0xbf:  # fixstr: the common case
-                    nxt = pos + 1 + (b & 0x1f)
-                    ident: Any = data[pos + 1:nxt]
+            if not is_map and remaining > 1:
+                # Inside an array: skip a run of leaves in a tight loop (an empty array or
+                # map is a leaf too where one more level is allowed). The last item takes
+                # the general path, which closes the array.
+                table = _SKIP_EMPTY if len(stack) < max_depth else _SKIP
+                step = table[data[pos]]
+                while step:
+                    pos += step
                     count += 1
-                    pos = nxt
-                else:
-                    ident, pos, n = _identity(data, pos, max_depth - len(stack))
-                    count += n
-                    if type(ident) is not bytes:
-                        odd_keys = True
-                if ident in seen:
-                    if pos > end:
-                        raise _Truncated
-                    raise DecodeError(f"map key {_show(ident)} appears twice in one map")
-                seen.add(ident)
-                remaining -= 1
-                continue
+                    remaining -= 1
+                    if remaining == 1:
+                        break
+                    step = table[data[pos]]
             b = data[pos]
+            if is_map and not remaining & 1 and not (0xa0 <= b <= 0xbf or 0xd9 <= b <= 0xdb):
+                maps = _ANY_KEYS  # a key that is not a str
             count += 1
-            if b <= 0x7f or b >= 0xe0:
-                pos += 1
-            elif b >= 0xa0 and b <= 0xbf:
-                pos += 1 + (b & 0x1f)
+            step = _SKIP[b]
+            if step:
+                pos += step
             elif b <= 0x9f or 0xdc <= b <= 0xdf:
                 if b <= 0x8f:
-                    n, is_map, pos = 2 * (b & 0x0f), True, pos + 1
+                    n, child_is_map, pos = 2 * (b & 0x0f), True, pos + 1
                 elif b <= 0x9f:
-                    n, is_map, pos = b & 0x0f, False, pos + 1
+                    n, child_is_map, pos = b & 0x0f, False, pos + 1
                 elif b == 0xdc:
-                    n, is_map, pos = _LEN2(data, pos + 1)[0], False, pos + 3
+                    n, child_is_map, pos = _LEN2(data, pos + 1)[0], False, pos + 3
                 elif b == 0xdd:
-                    n, is_map, pos = _LEN4(data, pos + 1)[0], False, pos + 5
+                    n, child_is_map, pos = _LEN4(data, pos + 1)[0], False, pos + 5
                 elif b == 0xde:
-                    n, is_map, pos = 2 * _LEN2(data, pos + 1)[0], True, pos + 3
+                    n, child_is_map, pos = 2 * _LEN2(data, pos + 1)[0], True, pos + 3
                 else:
-                    n, is_map, pos = 2 * _LEN4(data, pos + 1)[0], True, pos + 5
+                    n, child_is_map, pos = 2 * _LEN4(data, pos + 1)[0], True, pos + 5
                 if len(stack) >= max_depth:
                     raise _TooDeep
                 if n:
                     if n > end - pos:  # every element takes at least one byte
                         raise _Truncated
-                    stack.append((remaining, seen))
+                    if child_is_map and n > 2 and not maps:
+                        maps = _STR_KEYS
+                    stack.append((remaining, is_map))
                     remaining = n
-                    seen = set() if is_map else None
+                    is_map = child_is_map
                     continue
-            elif b in _FIXED:
-                pos += _FIXED[b]
             elif b in _VAR:
                 width = _VAR[b]
                 length = (_LEN1 if width == 1 else _LEN2 if width == 2 else _LEN4)(data, pos + 1)[0]
@@ -192,7 +185,7 @@ def _scan(data: bytes, max_depth: int) -> tuple[int, bool]:
             # One value done: close every container it completes.
             remaining -= 1
             while not remaining and stack:
-                remaining, seen = stack.pop()
+                remaining, is_map = stack.pop()
                 remaining -= 1
             if not remaining:
                 break
@@ -204,81 +197,76 @@ def _scan(data: bytes, max_depth: int) -> tuple[int, bool]:
         raise DecodeError("truncated msgpack value")
     if pos != end:
         raise DecodeError("trailing bytes after the msgpack value")
-    return count, odd_keys
+    return count, maps
 
 
-def _identity(data: bytes, pos: int, depth_left: int) -> tuple[Any, int, int]:
-    """The msgpack identity of the value at ``pos``: (identity, end, elements).
-
-    Two keys are the same key iff their identities are equal: same type family (nil, bool,
-    int, float, str, bin, array, map) and same value. A str is its UTF-8 bytes; an int its
-    value whatever its width; a float its numeric value whatever its width, so 0.0 and -0.0
-    are one key and every NaN is the same key; an array the sequence of its items'
-    identities; a map the set of its pairs' identities (order does not matter)."""
-    b = data[pos]
-    if b <= 0x7f:
-        return ("i", b), pos + 1, 1
-    if b >= 0xe0:
-        return ("i", b - 0x100), pos + 1, 1
-    if 0xa0 <= b <= 0xbf:
-        nxt = pos + 1 + (b & 0x1f)
-        if nxt > len(data):
-            raise _Truncated
-        return data[pos + 1:nxt], nxt, 1
-    if b in _VAR:
-        width = _VAR[b]
-        length = (_LEN1 if width == 1 else _LEN2 if width == 2 else _LEN4)(data, pos + 1)[0]
-        start = pos + 1 + width
-        if start + length > len(data):
-            raise _Truncated
-        raw = data[start:start + length]
-        return (raw if b >= 0xd9 else ("y", raw)), start + length, 1
-    if b in _NUMBER:
-        size = _FIXED[b] - 1
-        if pos + 1 + size > len(data):
-            raise _Truncated
-        (value,) = struct.unpack_from(_NUMBER[b], data, pos + 1)
-        if b <= 0xcb:
-            return ("f", "nan" if value != value else value), pos + 1 + size, 1
-        return ("i", value), pos + 1 + size, 1
-    if b == 0xc0:
-        return ("n",), pos + 1, 1
-    if b in (0xc2, 0xc3):
-        return ("b", b == 0xc3), pos + 1, 1
-    if b <= 0x9f or b in (0xdc, 0xdd, 0xde, 0xdf):
-        if b <= 0x8f:
-            n, is_map, pos = b & 0x0f, True, pos + 1
-        elif b <= 0x9f:
-            n, is_map, pos = b & 0x0f, False, pos + 1
-        elif b in (0xdc, 0xde):
-            n, is_map, pos = _LEN2(data, pos + 1)[0], b == 0xde, pos + 3
-        else:
-            n, is_map, pos = _LEN4(data, pos + 1)[0], b == 0xdf, pos + 5
-        if depth_left <= 0:
-            raise _TooDeep
-        if n > len(data) - pos:
-            raise _Truncated
-        count = 1
-        items = []
-        for _ in range(n * 2 if is_map else n):
-            ident, pos, c = _identity(data, pos, depth_left - 1)
-            items.append(ident)
-            count += c
-        if not is_map:
-            return ("a", tuple(items)), pos, count
-        keys = items[0::2]
-        if len(set(keys)) != len(keys):
-            raise DecodeError("a map key appears twice in one map")
-        return ("m", frozenset(zip(keys, items[1::2], strict=True))), pos, count
-    if b in _EXT:
-        raise DecodeError(f"msgpack ext type (byte 0x{b:02x}) is not allowed")
-    raise DecodeError("byte 0xc1 is never used in msgpack")
+_STR_KEYS = 1
+_ANY_KEYS = 2
 
 
-def _show(ident: Any) -> str:
-    if type(ident) is bytes:
-        return repr(ident.decode("utf-8", "replace"))
-    return repr(ident)
+def _str_keys_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """object_pairs_hook when every key is a str: for str, Python's equality is msgpack
+    identity, so a dict that holds fewer entries than the pairs means a repeated key."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise DecodeError(f"map key {_repeated(pairs)!r} appears twice in one map")
+    return out
+
+
+def _any_keys_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any] | MapPairs:
+    """object_pairs_hook when some key is not a str: repeated keys by msgpack identity
+    (``identity``); a dict where a dict holds every pair, else MapPairs."""
+    try:
+        out: dict[Any, Any] | None = dict(pairs)
+    except TypeError:  # an array or map as a key
+        out = None
+    if out is not None and len(out) == len(pairs) and all(
+            type(k) is str or type(k) is bytes for k in out):
+        return out  # str and bytes keys: Python's equality is msgpack identity
+    seen = set()
+    for key, _ in pairs:
+        ident = identity(key)
+        if ident in seen:
+            raise DecodeError(f"map key {key!r} appears twice in one map")
+        seen.add(ident)
+    return out if out is not None and len(out) == len(pairs) else MapPairs(pairs)
+
+
+def _repeated(pairs: list[tuple[Any, Any]]) -> Any:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def identity(value: Any) -> Any:
+    """The msgpack identity of a decoded value, as a hashable: two map keys are the same
+    key iff their identities are equal. Type family (nil, bool, int, float, str, bin, array,
+    map) and value: an int its value whatever its width; a float its numeric value whatever
+    its width, so 0.0 and -0.0 are one key and every NaN is the same key; arrays by their
+    items in order; maps as the set of their pairs (order does not matter)."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is float:
+        return ("f", "nan" if value != value else value)
+    if t is int:
+        return ("i", value)
+    if t is bool:
+        return ("b", value)
+    if t is bytes:
+        return ("y", value)
+    if value is None:
+        return ("n",)
+    if t is list or t is tuple:
+        return ("a", tuple(identity(v) for v in value))
+    pairs = value.items() if t is dict else value.pairs
+    return ("m", frozenset((identity(k), identity(v)) for k, v in pairs))
+
+
+_HOOKS = (None, _str_keys_map, _any_keys_map)
 
 
 def decode(data: bytes, what: str, *, max_len: int | None = None,
@@ -302,17 +290,19 @@ def decode(data: bytes, what: str, *, max_len: int | None = None,
     if not data:
         raise DecodeError(f"{what}: truncated msgpack value")
     try:
-        count, odd_keys = _scan(data, max_depth)
+        count, maps = _scan(data, max_depth)
     except DecodeError as exc:
         raise DecodeError(f"{what}: {exc}") from None
     limit = len(data)
     try:
         value = msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=False,
-            object_pairs_hook=_pairs_to_map if odd_keys else None,
+            object_pairs_hook=_HOOKS[maps],
             ext_hook=reject_ext, max_str_len=limit,
             max_bin_len=limit, max_array_len=limit, max_map_len=limit, max_ext_len=0,
         )
+    except DecodeError as exc:  # a repeated key
+        raise DecodeError(f"{what}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise DecodeError(f"{what}: invalid UTF-8 in a str ({exc.reason})") from None
     except Exception as exc:  # the scan admitted it: only a str's UTF-8 can still fail
