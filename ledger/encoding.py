@@ -1,10 +1,12 @@
 """MessagePack encoding (SPEC section 1) and the strict decoders every wire type uses.
 
 ``packb`` is the one encoder: ``use_bin_type=True`` and the library's smallest encodings,
-so the arrays that nodes hash or sign are canonical by construction. ``unpack_exact``
-decodes one whole msgpack value and rejects trailing bytes, ext types, timestamps,
-non-string map keys in protocol objects and repeated map keys. The ``expect_*`` helpers
-check one field's type and name it in the error.
+so the arrays that nodes hash or sign are canonical by construction. ``decode`` (and
+``unpack_exact``, its value only) is the one strict decoder every part of the product uses:
+one whole msgpack value, no ext type in any encoding, at most ``MAX_DEPTH`` nested
+containers, no repeated map key by msgpack identity (``identity``) — the validity rules of
+docs/protocol.md, "Decoding". The ``expect_*`` helpers check one field's type and name it in
+the error.
 """
 
 from __future__ import annotations
