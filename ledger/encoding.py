@@ -49,10 +49,11 @@ class MapPairs:
         return f"MapPairs({list(self.pairs)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is MapPairs and self.pairs == other.pairs
+        """Equal iff the same msgpack map (``identity``: the same pairs, in any order)."""
+        return type(other) is MapPairs and identity(self) == identity(other)
 
     def __hash__(self) -> int:
-        return hash(self.pairs)
+        return hash(identity(self))
 
 
 def _freeze(value: Any) -> Any:
@@ -102,8 +103,6 @@ _EXT = frozenset({0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8})
 _SKIP = tuple(1 if b <= 0x7f or b >= 0xe0 else 1 + (b & 0x1f) if 0xa0 <= b <= 0xbf
               else _FIXED.get(b, 0) for b in range(256))
 _SKIP_EMPTY = tuple(1 if b in (0x80, 0x90) else n for b, n in enumerate(_SKIP))
-_NUMBER = {0xca: ">f", 0xcb: ">d", 0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q",
-           0xd0: ">b", 0xd1: ">h", 0xd2: ">i", 0xd3: ">q"}
 
 
 class _Truncated(Exception):
