@@ -8,7 +8,6 @@ from a height. Failures raise ``NodeError`` carrying the problem+json ``code``.
 
 from __future__ import annotations
 
-import json
 import secrets
 import ssl
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 
 from ledger.crypto import PrivateKey
-from ledger.encoding import packb
+from ledger.encoding import loads_json, packb
 from ledger.errors import LedgerError
 from ledger.records import Record
 
@@ -60,7 +59,7 @@ def _parse_sse(lines: Iterator[str] | list[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if line == "":
             if event == "block" and data:
-                yield json.loads("\n".join(data))
+                yield loads_json("\n".join(data))
             event, data = None, []
         elif line.startswith("event:"):
             event = line[6:].strip()

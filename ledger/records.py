@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import msgpack
 
 from ledger.crypto import (
     PUBLIC_KEY_SIZE,
@@ -23,32 +21,42 @@ from ledger.crypto import (
     sha256,
 )
 from ledger.encoding import (
+    MAX_DEPTH,
+    MapPairs,
+    decode,
     expect_array,
     expect_bytes,
     expect_int,
     expect_str,
     fail,
+    kind_of,
+    map_value_sizes,
     packb,
-    pairs_to_dict,
-    reject_ext,
     require_canonical,
+    scan,
     unpack_exact,
 )
-from ledger.errors import DecodeError, SignatureError, TooLargeError
+from ledger.errors import SignatureError, TooLargeError
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: A body is seven short fields around the payload; this bounds everything but the payload.
 MAX_BODY_BYTES = MAX_PAYLOAD_BYTES + 2048
 MAX_ENVELOPE_BYTES = MAX_BODY_BYTES + 128
+#: How deep a payload may nest (a validity rule, docs/protocol.md): 64 levels of arrays/maps.
+MAX_PAYLOAD_DEPTH = MAX_DEPTH
 MAX_SUBJECT_BYTES = 256
 MAX_CHAIN_BYTES = 64
 TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 BODY_KEYS = ("chain", "type", "subject", "payload", "ts", "nonce", "signer")
 _BODY_KEY_SET = frozenset(BODY_KEYS)
 
-# Ext type -1 (the msgpack timestamp) is decoded by msgpack without calling ext_hook; these
-# are its three possible headers, so a body without any of them cannot hold one.
-_TIMESTAMP_MARKERS = re.compile(rb"\xd6\xff|\xd7\xff|\xc7\x0c\xff")
+#: Bytes one decoded msgpack element may take in Python at most (an empty dict in a list is
+#: 64 + 8 bytes on CPython 3.11; tests/unit/test_mempool.py measures it) and the objects
+#: around one record (Record, RecordBody, mempool entries, the verified-signature cache).
+ELEMENT_COST = 96
+RECORD_OVERHEAD = 1024
+#: A body is one map around the payload: one level more than a payload may nest.
+MAX_BODY_DEPTH = MAX_PAYLOAD_DEPTH + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,72 +94,34 @@ class RecordBody:
     @classmethod
     def from_wire(cls, data: bytes) -> RecordBody:
         """Decode a body strictly: a map of exactly the seven keys, each of its type."""
-        if len(data) <= MAX_PAYLOAD_BYTES:
-            # Fast path: one C-level unpack. A payload cannot exceed its limit inside a body
-            # this small; anything unusual takes the key-by-key path, which names the error.
-            try:
-                fields = unpack_exact(data, "record body")
-            except DecodeError:
-                fields = None
-            if type(fields) is dict and fields.keys() == _BODY_KEY_SET:
-                return cls._checked(cls(**fields), data)
-        return cls._from_wire_by_key(data)
+        return cls.decode(data)[0]
 
     @classmethod
-    def _checked(cls, body: RecordBody, data: bytes) -> RecordBody:
-        body.validate_basic()
-        if _TIMESTAMP_MARKERS.search(data):
-            _reject_timestamps(body.payload)
-        return body
-
-    @classmethod
-    def _from_wire_by_key(cls, data: bytes) -> RecordBody:
+    def decode(cls, data: bytes) -> tuple[RecordBody, int]:
+        """``from_wire`` and the number of msgpack elements the body decoded to."""
         what = "record body"
         if len(data) > MAX_BODY_BYTES:
             raise TooLargeError(f"{what}: {len(data)} bytes exceeds {MAX_BODY_BYTES}")
-        unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=False, object_pairs_hook=pairs_to_dict,
-            ext_hook=reject_ext, timestamp=0, max_buffer_size=max(len(data), 1),
-        )
-        unpacker.feed(data)
-        fields: dict[str, Any] = {}
-        try:
-            count = unpacker.read_map_header()
-            if count != len(BODY_KEYS):
-                fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {count}")
-            for _ in range(count):
-                key = unpacker.unpack()
-                if key not in BODY_KEYS:
-                    fail(what, f"unexpected key {key!r}")
-                if key in fields:
-                    fail(what, f"repeated key {key!r}")
-                start = unpacker.tell()
-                fields[key] = unpacker.unpack()
-                if key == "payload" and unpacker.tell() - start > MAX_PAYLOAD_BYTES:
-                    raise TooLargeError(
-                        f"{what}.payload: {unpacker.tell() - start} bytes exceeds "
-                        f"{MAX_PAYLOAD_BYTES}"
-                    )
-            if unpacker.tell() != len(data):
-                fail(what, "trailing bytes after the map")
-        except DecodeError:
-            raise
-        except Exception as exc:  # msgpack: ValueError, OutOfData, FormatError, StackError
-            raise DecodeError(f"{what}: not valid msgpack ({type(exc).__name__}: {exc})") from exc
-        return cls._checked(cls(**fields), data)
+        fields, elements = decode(data, what, max_depth=MAX_BODY_DEPTH)
+        if type(fields) is not dict:
+            if type(fields) is MapPairs:
+                fail(what, f"unexpected key {_first_odd_key(fields)!r}")
+            fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {kind_of(fields)}")
+        if fields.keys() != _BODY_KEY_SET:
+            if len(fields) != len(BODY_KEYS):
+                fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {len(fields)}")
+            fail(what, f"unexpected key {next(k for k in fields if k not in _BODY_KEY_SET)!r}")
+        body = cls(**fields)
+        body.validate_basic()
+        if len(data) > MAX_PAYLOAD_BYTES:  # else the payload cannot exceed its limit
+            size = map_value_sizes(data)["payload"]
+            if size > MAX_PAYLOAD_BYTES:
+                raise TooLargeError(f"{what}.payload: {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        return body, elements
 
 
-def _reject_timestamps(payload: Any) -> None:
-    stack = [payload]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, msgpack.Timestamp):
-            fail("record body.payload", "msgpack ext type -1 (timestamp) is not allowed")
-        if isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
+def _first_odd_key(fields: MapPairs) -> Any:
+    return next(k for k, _ in fields.pairs if k not in _BODY_KEY_SET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +133,17 @@ class Record:
     sig: bytes
     envelope: bytes
     id: bytes
+    #: msgpack elements the body decoded to (what ``cost`` charges for the decoded payload).
+    elements: int = field(default=0, compare=False)
+
+    @property
+    def cost(self) -> int:
+        """What holding this record decoded costs in memory, in bytes (an upper estimate):
+        the envelope and body bytes, every decoded element, and the objects around them.
+        Bounds that hold records decoded (the mempool) count this, not envelope bytes: a
+        64 KiB payload of empty maps decodes to about 70 times its size."""
+        return (len(self.envelope) + len(self.body_bytes) + ELEMENT_COST * self.elements
+                + RECORD_OVERHEAD)
 
     @classmethod
     def create(cls, key: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
@@ -174,7 +155,9 @@ class Record:
         if len(body_bytes) > MAX_BODY_BYTES:
             raise TooLargeError(f"record body: {len(body_bytes)} bytes exceeds {MAX_BODY_BYTES}")
         sig = key.sign(RECORD_TAG + body_bytes)
-        return cls(body, body_bytes, sig, packb([body_bytes, sig]), sha256(body_bytes))
+        elements = scan(body_bytes, "record body", max_depth=MAX_BODY_DEPTH)
+        return cls(body, body_bytes, sig, packb([body_bytes, sig]), sha256(body_bytes),
+                   elements)
 
     @classmethod
     def from_wire(cls, envelope: bytes) -> Record:
@@ -186,8 +169,8 @@ class Record:
         body_bytes = expect_bytes(items[0], f"{what}.body")
         sig = expect_bytes(items[1], f"{what}.sig", SIGNATURE_SIZE)
         require_canonical(envelope, items, what)
-        return cls(RecordBody.from_wire(body_bytes), body_bytes, sig, bytes(envelope),
-                   sha256(body_bytes))
+        body, elements = RecordBody.decode(body_bytes)
+        return cls(body, body_bytes, sig, bytes(envelope), sha256(body_bytes), elements)
 
     def to_wire(self) -> bytes:
         """The envelope bytes."""

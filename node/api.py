@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import re
 import threading
 from collections import OrderedDict, defaultdict
@@ -36,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ledger.blocks import Block, Header
 from ledger.encoding import b64decode, b64encode, loads_json
 from ledger.errors import LedgerError
+from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt
 from ledger.records import Record
 from node.mempool import MempoolFull
@@ -149,20 +149,6 @@ def problem(status: int, code: str, detail: str, headers: dict[str, str] | None 
         {"type": f"urn:ledger:problem:{code}", "title": TITLES.get(status, "Error"),
          "status": status, "detail": detail, "code": code},
         status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def jsonable(value: Any) -> Any:
-    """A msgpack payload as JSON: bin -> base64, keys -> str, non-finite floats -> str."""
-    if isinstance(value, bytes):
-        return b64encode(value)
-    if isinstance(value, dict):
-        return {k if isinstance(k, str) else json.dumps(jsonable(k)): jsonable(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def record_json(record: Record, status: str, height: int | None = None,

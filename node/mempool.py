@@ -1,16 +1,16 @@
 """The mempool: admission checks, a verified-signature cache, bounds, and reaping.
 
 Admission is split so signature checks can run off the event loop: ``Mempool.precheck``
-(in a worker thread: decode, then chain, signature and authorisation for every record the
-node does not already hold or have committed) then ``Mempool.admit`` (on the event loop:
-duplicates against the mempool and the store, clock skew, bounds). A record's signature is
-verified once per node: the cache answers consensus' block validation for every record
-admitted here, and admission for every record a proposal brought first.
+(in a worker thread: decode, then chain, signature and authorisation of every record the
+node does not already hold pending, record by record, within the pool's room) then
+``Mempool.admit`` (on the event loop: duplicates against the mempool and the store, clock
+skew, bounds). A record's signature is verified once per node: the cache answers consensus'
+block validation for every record admitted here, and admission for every record a proposal
+brought first. The byte bound counts ``Record.cost``, what a record takes decoded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -112,7 +112,9 @@ class Prechecked:
 
 
 class Mempool:
-    """Records admitted but not yet committed, in arrival order, bounded by count and bytes."""
+    """Records admitted but not yet committed, in arrival order, bounded by count and by what
+    they cost in memory decoded (``Record.cost``, not envelope bytes: a payload of empty maps
+    decodes to about 70 times its size)."""
 
     def __init__(self, genesis: Genesis, store: BlockStore, *, max_records: int = 100_000,
                  max_bytes: int = 128 * 1024 * 1024, max_skew_ms: int = 10 * 60 * 1000) -> None:
@@ -126,7 +128,7 @@ class Mempool:
         self.pending: OrderedDict[bytes, Record] = OrderedDict()
         self.by_envelope: dict[bytes, Record] = {}  # the same records, by envelope bytes
         self.nonces: set[tuple[bytes, int]] = set()
-        self.bytes = 0
+        self.bytes = 0  # the pending records' Record.cost
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -140,24 +142,32 @@ class Mempool:
         return len(self.pending) >= self.max_records or self.bytes >= self.max_bytes
 
     def precheck(self, envelopes: Sequence[bytes]) -> Prechecked:
-        """Decode a batch, then check chain, signature and authorisation of each envelope
-        this node does not already hold, pending or committed (``admit`` calls those
-        duplicates; the same bytes passed the same checks). The signature check asks the
-        verified cache, so a record that reached this node first in a proposal is not
-        verified twice. Runs in a worker thread; only reads the mempool (``admit``, on the
-        event loop, decides)."""
-        looked_up = self._look_up([decode(e) for e in envelopes])
-        results = [c if c.record is None or self._holds(c.record, looked_up.seen_ids)
-                   else check(self.genesis, c, self.cache.verify) for c in looked_up.results]
-        return dataclasses.replace(looked_up, results=results)
-
-    def _holds(self, record: Record, committed: set[bytes]) -> bool:
-        """This very envelope is pending or committed (same bytes: same checks' outcome).
-        A known id under another signature is checked: a forgery is reported as such."""
-        pending = self.pending.get(record.id)
-        if pending is not None:
-            return pending.envelope == record.envelope
-        return record.id in committed and self.store.envelope(record.id) == record.envelope
+        """Decode a batch and check chain, signature and authorisation of each envelope,
+        one at a time: a rejected record is dropped at once, so a batch of records nobody
+        may submit never holds more than one decoded. An envelope already pending is not
+        decoded again (``admit`` calls it a duplicate). The records that pass may cost (see
+        ``Record.cost``) at most the room left in the pool, else MempoolFull: the batch
+        would not fit, and holding it decoded is what the bound exists to prevent. The
+        signature check asks the verified cache, so a record that reached this node first
+        in a proposal is not verified twice. Runs in a worker thread; only reads the mempool
+        (``admit``, on the event loop, decides)."""
+        room = self.max_bytes - self.bytes
+        spent = 0
+        results = []
+        for envelope in envelopes:
+            pending = self.by_envelope.get(envelope)
+            if pending is not None:
+                results.append(AdmitResult(pending.id, "accepted", record=pending))
+                continue
+            candidate = check(self.genesis, decode(envelope), self.cache.verify)
+            if candidate.record is not None:
+                spent += candidate.record.cost
+                if spent > room:
+                    raise MempoolFull(
+                        f"the batch's records cost {spent} bytes decoded, more than the "
+                        f"{max(room, 0)} bytes left in the mempool")
+            results.append(candidate)
+        return self._look_up(results)
 
     def _look_up(self, results: list[AdmitResult]) -> Prechecked:
         """Which of the candidates' ids and (signer, nonce) pairs the store holds."""
@@ -196,7 +206,7 @@ class Mempool:
                 self.pending[r.id] = r
                 self.by_envelope[r.envelope] = r
                 self.nonces.add(pair)
-                self.bytes += len(r.envelope)
+                self.bytes += r.cost
                 self.cache.remember(r)
                 out.append(AdmitResult(r.id, "accepted", record=r))
         return out
@@ -238,7 +248,7 @@ class Mempool:
             del self.by_envelope[r.envelope]
             self.cache.forget(r)
             self.nonces.discard((r.body.signer, r.body.nonce))
-            self.bytes -= len(r.envelope)
+            self.bytes -= r.cost
 
     def ids(self) -> Iterable[bytes]:
         """Pending ids, oldest first."""

@@ -89,8 +89,14 @@
   }
 
   // ---- msgpack decoder: every type but ext; maps become Map (a repeated key is an error) ----
+  // The rules of ledger/encoding.py (docs/protocol.md, "Decoding"): no ext type in any form,
+  // containers nest at most `maxDepth` levels (the outermost array or map counts 1; a record
+  // body allows 65, its payload 64), and a repeated map key by msgpack identity is an error:
+  // 1, true and 1.0 are different keys; floats compare by value (0.0 is -0.0, every NaN is
+  // one key); arrays in order, maps as sets of pairs.
   // `spans`, if given, receives the encoded size of each value of a top-level map.
-  function decode(bytes, what = "msgpack", spans = null) {
+  const MAX_DEPTH = 64;
+  function decode(bytes, what = "msgpack", spans = null, maxDepth = MAX_DEPTH) {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     let pos = 0, depth = 0;
     const need = (n) => { if (pos + n > bytes.length) fail(`${what}: truncated`); };
@@ -104,26 +110,32 @@
     const int = (n) => (n >= BigInt(Number.MIN_SAFE_INTEGER) && n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n);
     const take = (n) => { need(n); const b = bytes.slice(pos, pos + n); pos += n; return b; };
     const str = (n) => { try { return utf8.decode(take(n)); } catch (e) { if (e instanceof VerifyError) throw e; fail(`${what}: invalid UTF-8 in str`); } };
-    const keyOf = (k) => {
-      if (k instanceof Uint8Array) return "b:" + hex(k);
-      if (k instanceof Map || Array.isArray(k)) fail(`${what}: map key is not hashable`);
-      return typeof k + ":" + String(k);
+    const arr = (n) => {
+      if (++depth > maxDepth) fail(`${what}: containers nest deeper than ${maxDepth} levels`);
+      if (n > bytes.length - pos) fail(`${what}: truncated`);
+      const a = [];
+      for (let i = 0; i < n; i++) a.push(item());
+      depth--;
+      return a;
     };
-    const arr = (n) => { const a = []; for (let i = 0; i < n; i++) a.push(item()); return a; };
     const map = (n) => {
+      if (++depth > maxDepth) fail(`${what}: containers nest deeper than ${maxDepth} levels`);
+      if (2 * n > bytes.length - pos) fail(`${what}: truncated`);
       const m = new Map(), seen = new Set();
       for (let i = 0; i < n; i++) {
-        const k = item(), id = keyOf(k);
+        const keyStart = pos, k = item(), id = identity(bytes, keyStart);
         if (seen.has(id)) fail(`${what}: key ${JSON.stringify(String(k))} appears twice in one map`);
         seen.add(id);
         const start = pos;
-        m.set(k, item());
-        if (spans && depth === 1) spans[id] = pos - start;
+        const v = item();
+        // A key JS cannot tell from another (1 and 1.0, or a container) keeps its own entry.
+        m.set(m.has(k) || typeof k === "object" ? { key: k, id } : k, v);
+        if (spans && depth === 1 && typeof k === "string") spans["string:" + k] = pos - start;
       }
+      depth--;
       return m;
     };
     const item = () => {
-      if (++depth > 512) fail(`${what}: nested too deep`);
       need(1);
       const c = bytes[pos++];
       let v;
@@ -152,7 +164,6 @@
           if (c === 0xc1) fail(`${what}: byte 0xc1 is never used`);
           fail(`${what}: msgpack ext types are not allowed`);
       }
-      depth--;
       return v;
     };
     const value = item();
@@ -160,15 +171,61 @@
     return value;
   }
 
-  // Decoded msgpack -> something JSON-like to show (bin as base64, like the API does).
+  // The msgpack identity of the (already decoded, so well-formed) value at `start`, as a
+  // string: type family and value, as ledger/encoding.py's _identity.
+  function identity(bytes, start) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let pos = start;
+    const uint = (size) => { let n = 0n; for (let i = 0; i < size; i++) n = (n << 8n) | BigInt(bytes[pos + i]); pos += size; return n; };
+    const float = (x) => "f:" + (Number.isNaN(x) ? "nan" : String(x === 0 ? 0 : x));
+    const raw = (tag, n) => { const h = tag + hex(bytes.subarray(pos, pos + n)); pos += n; return h; };
+    // Containers: each part length-prefixed (no escaping, so the size stays linear).
+    const part = (id) => `${id.length}:${id}`;
+    const many = (n) => { let out = `a${n}[`; for (let i = 0; i < n; i++) out += part(one()); return out + "]"; };
+    const pairs = (n) => {
+      const out = [];
+      for (let i = 0; i < n; i++) out.push(part(one()) + part(one()));
+      return `m${n}[${out.sort().map(part).join("")}]`;
+    };
+    const one = () => {
+      const c = bytes[pos++];
+      if (c < 0x80) return "i:" + c;
+      if (c >= 0xe0) return "i:" + (c - 0x100);
+      if (c >= 0xa0 && c <= 0xbf) return raw("s:", c & 0x1f);
+      if (c >= 0x90 && c <= 0x9f) return many(c & 0x0f);
+      if (c >= 0x80 && c <= 0x8f) return pairs(c & 0x0f);
+      switch (c) {
+        case 0xc0: return "n";
+        case 0xc2: return "b:0";
+        case 0xc3: return "b:1";
+        case 0xc4: case 0xc5: case 0xc6: return raw("y:", Number(uint(1 << (c - 0xc4))));
+        case 0xd9: case 0xda: case 0xdb: return raw("s:", Number(uint(1 << (c - 0xd9))));
+        case 0xca: pos += 4; return float(view.getFloat32(pos - 4));
+        case 0xcb: pos += 8; return float(view.getFloat64(pos - 8));
+        case 0xcc: case 0xcd: case 0xce: case 0xcf: return "i:" + uint(1 << (c - 0xcc));
+        case 0xd0: case 0xd1: case 0xd2: case 0xd3: { const size = 1 << (c - 0xd0); return "i:" + BigInt.asIntN(8 * size, uint(size)); }
+        case 0xdc: case 0xdd: return many(Number(uint(2 << (c - 0xdc))));
+        default: return pairs(Number(uint(2 << (c - 0xde))));
+      }
+    };
+    return one();
+  }
+
+  // Decoded msgpack -> something JSON-like to show, in the API's shape (ledger/jsonview.py):
+  // bin as base64; a map with a key other than a string as {"$map": [[key, value], ...]}.
   function toPlain(v) {
     if (v instanceof Uint8Array) return b64(v);
     if (typeof v === "bigint") return v.toString();
+    if (typeof v === "number" && !Number.isFinite(v)) return String(v).replace("Infinity", "inf").replace("NaN", "nan");
     if (Array.isArray(v)) return v.map(toPlain);
     if (v instanceof Map) {
-      const o = {};
-      for (const [k, x] of v) o[typeof k === "string" ? k : JSON.stringify(toPlain(k))] = toPlain(x);
-      return o;
+      const keys = [...v.keys()];
+      if (keys.every((k) => typeof k === "string") && !(keys.length === 1 && keys[0] === "$map")) {
+        const o = {};
+        for (const [k, x] of v) o[k] = toPlain(x);
+        return o;
+      }
+      return { $map: [...v].map(([k, x]) => [toPlain(k !== null && typeof k === "object" && "id" in k ? k.key : k), toPlain(x)]) };
     }
     return v;
   }
@@ -210,7 +267,7 @@
     const w = "record body";
     if (data.length > MAX_BODY) fail(`${w}: ${data.length} bytes exceeds ${MAX_BODY}`);
     const spans = {};
-    const m = decode(data, w, spans);
+    const m = decode(data, w, spans, MAX_DEPTH + 1); // the body map and a payload of 64
     if (!(m instanceof Map)) fail(`${w}: expected a map`);
     if (m.size !== BODY_KEYS.length) fail(`${w}: expected a map of 7 keys, got ${m.size}`);
     for (const k of m.keys()) if (!BODY_KEYS.includes(k)) fail(`${w}: unexpected key ${JSON.stringify(String(k))}`);

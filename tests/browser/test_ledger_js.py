@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +16,8 @@ import msgpack
 import pytest
 
 from ledger.blocks import Vote
-from ledger.encoding import packb
-from ledger.errors import ReceiptError
+from ledger.encoding import decode, packb
+from ledger.errors import DecodeError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.receipts import build_receipt, dumps_receipt, verify_receipt
 from ledger.store.memory import MemoryStore
@@ -103,6 +104,33 @@ def test_decoder_reads_what_msgpack_python_writes(page: Any) -> None:
     for bad in (b"\x82\xa1a\x01\xa1a\x02", b"\xd4\x01\x00", b"\xc1", b"\x01\x02",
                 b"\xa2\xff\xfe", b"\x92\x01"):
         assert js_decode(page, bad) == {"ok": False, "error": "rejected"}, bad
+
+
+def test_decoder_accepts_and_rejects_exactly_what_python_does(page: Any) -> None:
+    # The validity rules of ledger.encoding.decode: ext in any form, depth 64, key identity.
+    rng = random.Random(11)
+    cases = [b"\x91" * 63 + b"\x90", b"\x91" * 64 + b"\x90", b"\x91" * 64 + b"\x01",
+             b"\x82\x01\x01\xcb\x3f\xf0" + bytes(6) + b"\x02",  # 1 and 1.0: two keys
+             b"\x82\x01\x01\xc3\x02", b"\x82\xa11\x01\x01\x02",
+             b"\x82\xcb\x7f\xf8" + bytes(6) + b"\x01\xca\x7f\xc0\x00\x00\x02",  # NaN twice
+             b"\x82\xcb" + bytes(8) + b"\x01\xcb\x80" + bytes(7) + b"\x02",  # 0.0, -0.0
+             b"\x82\x92\x01\x02\x01\xdc\x00\x02\xcc\x01\x02\x02",  # one array key twice
+             b"\x82\x82\xa1a\x01\xa1b\x02\x01\x82\xa1b\x02\xa1a\x01\x02",  # map keys
+             b"\xc7\x04\xff\x00\x00\x00\x01", b"\xc8\x00\x04\xff\x00\x00\x00\x01",
+             b"\xc9\x00\x00\x00\x04\xff\x00\x00\x00\x01", b"\xd6\xff\x00\x00\x00\x01"]
+    for _ in range(300):
+        data = bytearray(rng.choice(cases))
+        data[rng.randrange(len(data))] = rng.randrange(256)
+        cases.append(bytes(data))
+    for data in cases:
+        try:
+            decode(data, "x")
+            python_ok = True
+        except DecodeError:
+            python_ok = False
+        result = js_decode(page, data)
+        assert result["ok"] == python_ok and result.get("error", "rejected") == "rejected", (
+            data.hex(), result)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import pytest
 
 from ledger.crypto import RECORD_TAG
 from ledger.encoding import packb
-from ledger.records import Record
+from ledger.records import MAX_PAYLOAD_BYTES, Record
 from ledger.store import MemoryStore
 from node.mempool import Mempool, MempoolFull
 from tests.factory import ChainBuilder, make_fixture
@@ -166,3 +167,61 @@ def test_a_forged_copy_of_a_held_record_is_reported_as_forged() -> None:
         ("rejected", "bad_signature"), ("rejected", "bad_signature")]
     assert [r.status for r in pool.admit(pool.precheck(
         [pending.envelope, committed.envelope]), now())] == ["duplicate", "duplicate"]
+
+
+def amplifying(key: object, nonce: int) -> Record:
+    """A record whose 64 KiB payload is an array of empty maps: ~70x its size decoded."""
+    return Record.create(key, chain=FX.genesis.chain_id, type="sensor.reading",  # type: ignore[arg-type]
+                         subject="bomb", payload=[{}] * (MAX_PAYLOAD_BYTES - 3), ts=now(),
+                         nonce=nonce)
+
+
+def test_cost_bounds_what_a_record_takes_decoded() -> None:
+    rec = amplifying(FX.writer, 1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        decoded = Record.from_wire(rec.envelope)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert decoded.elements > MAX_PAYLOAD_BYTES - 3
+    assert held > 40 * len(rec.envelope)  # what envelope bytes used to count
+    assert held < decoded.cost  # the cost the mempool counts is an upper bound
+
+
+def test_amplifying_records_fill_the_pool_by_cost_within_a_memory_bound() -> None:
+    # Before: the pool counted envelope bytes, so 32 MiB held ~500 such records, ~2.4 GB.
+    max_bytes = 32 * 1024 * 1024
+    pool = Mempool(FX.genesis, MemoryStore(FX.genesis.hash), max_bytes=max_bytes)
+    envelopes = [amplifying(FX.writer, n).envelope for n in range(1, 11)]
+    full = False
+    tracemalloc.start()
+    try:
+        for i in range(0, len(envelopes), 2):
+            try:
+                admit(pool, envelopes[i:i + 2])
+            except MempoolFull:
+                full = True
+                break
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert full and 0 < len(pool) < 10
+    assert pool.bytes <= max_bytes
+    assert peak < max_bytes + 16 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_records_nobody_may_submit_are_dropped_one_by_one() -> None:
+    # A batch of unauthorised amplifying records holds at most one of them decoded at once.
+    pool = Mempool(FX.genesis, MemoryStore(FX.genesis.hash))
+    envelopes = [amplifying(FX.outsider, n).envelope for n in range(4)]
+    one = Record.from_wire(envelopes[0]).cost
+    tracemalloc.start()
+    try:
+        results = admit(pool, envelopes)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert results == [("rejected", "unauthorized")] * 4
+    assert peak < 2 * one, f"peak {peak / 2**20:.1f} MiB, one record costs {one / 2**20:.1f}"

@@ -93,7 +93,7 @@ def test_repeated_key_is_rejected() -> None:
     items[6] = ("chain", "demo")  # 'chain' twice, 'signer' missing, still 7 entries
     for k, v in items:
         raw += packer.pack(k) + packer.pack(v)
-    with pytest.raises(DecodeError, match="repeated key 'chain'"):
+    with pytest.raises(DecodeError, match="key 'chain' appears twice"):
         RecordBody.from_wire(raw)
 
 
