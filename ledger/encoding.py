@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from ledger.errors import DecodeError
+from ledger.errors import DecodeError, TooLargeError
 
 
 def packb(obj: Any) -> bytes:
@@ -486,3 +486,39 @@ def require_canonical(data: bytes, obj: Any, what: str) -> None:
         fail(what, "not in canonical msgpack encoding")
 
 
+def split_bin_array(data: bytes, what: str, max_items: int) -> list[bytes]:
+    """The items of a msgpack array of ``bin`` (a batch of envelopes), decoding nothing else.
+
+    Reads the array header and each item's type byte and length: an item of any other type
+    is refused before anything is built, so memory stays O(len(data)) whatever ``data``
+    holds (a 16 MiB array of empty maps would otherwise become 16 million dicts). More than
+    ``max_items`` items is a TooLargeError, read from the header alone.
+    """
+    size = len(data)
+    first = data[0] if data else -1
+    if 0x90 <= first <= 0x9F:
+        count, pos = first & 0x0F, 1
+    elif first in (0xDC, 0xDD) and size >= (3 if first == 0xDC else 5):
+        pos = 3 if first == 0xDC else 5
+        count = int.from_bytes(data[1:pos], "big")
+    else:
+        fail(what, "expected a msgpack array")
+    if count > max_items:
+        raise TooLargeError(f"{what}: {count} items exceed the limit of {max_items}")
+    items: list[bytes] = []
+    for i in range(count):
+        width = _BIN_WIDTH.get(data[pos]) if pos < size else None
+        if width is None:
+            fail(f"{what}[{i}]", "expected bin" if pos < size else "the array is truncated")
+        start = pos + 1 + width
+        end = start + int.from_bytes(data[pos + 1:start], "big")
+        if end > size:
+            fail(f"{what}[{i}]", "truncated")
+        items.append(data[start:end])
+        pos = end
+    if pos != size:
+        fail(what, "trailing bytes after the array")
+    return items
+
+
+_BIN_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}

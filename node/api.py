@@ -32,9 +32,10 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ledger import encoding
 from ledger.blocks import Block, Header
 from ledger.encoding import b64decode, b64encode, loads_json
-from ledger.errors import LedgerError
+from ledger.errors import DecodeError, LedgerError, TooLargeError
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt
 from ledger.records import Record
@@ -207,39 +208,16 @@ def parse_last_event_id(text: str) -> int | None:
 
 
 def split_bin_array(body: bytes, max_items: int) -> list[bytes]:
-    """The items of a msgpack array of ``bin``, without decoding anything else.
-
-    Reads the array header and each item's type byte and length: any other item type is
-    refused before it is built, so memory stays O(len(body)) whatever the body holds."""
-    size = len(body)
-    first = body[0] if body else -1
-    if 0x90 <= first <= 0x9F:
-        count, pos = first & 0x0F, 1
-    elif first in (0xDC, 0xDD) and size >= (3 if first == 0xDC else 5):
-        pos = 3 if first == 0xDC else 5
-        count = int.from_bytes(body[1:pos], "big")
-    else:
-        raise Problem(400, "malformed", "expected a msgpack array of envelopes (bin)")
-    if count == 0 and pos == size:
+    """The envelopes of a msgpack batch (see ``ledger.encoding.split_bin_array``)."""
+    try:
+        items = encoding.split_bin_array(body, "batch", max_items)
+    except TooLargeError as exc:
+        raise Problem(413, "batch_too_large", str(exc)) from exc
+    except DecodeError as exc:
+        raise Problem(400, "malformed", f"expected a msgpack array of envelopes (bin): {exc}"
+                      ) from exc
+    if not items:
         raise Problem(400, "empty_batch", "the batch holds no envelopes")
-    if count > max_items:
-        raise Problem(413, "batch_too_large",
-                      f"{count} envelopes exceed the limit of {max_items}")
-    items: list[bytes] = []
-    for i in range(count):
-        kind = body[pos] if pos < size else -1
-        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(kind)
-        if width is None:
-            raise Problem(400, "malformed", f"item {i}: expected an envelope (msgpack bin)"
-                          if kind >= 0 else "the array is truncated")
-        start = pos + 1 + width
-        end = start + int.from_bytes(body[pos + 1:start], "big")
-        if start > size or end > size:
-            raise Problem(400, "malformed", f"item {i} is truncated")
-        items.append(body[start:end])
-        pos = end
-    if pos != size:
-        raise Problem(400, "malformed", "trailing bytes after the array of envelopes")
     return items
 
 

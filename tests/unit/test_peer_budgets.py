@@ -405,3 +405,25 @@ def test_transport_refuses_a_backed_off_validator_until_the_backoff_ends() -> No
     assert net.backoff_remaining(1) == 0
     net.disconnect(2, "no backoff")
     assert 2 not in net._backoff_until
+
+
+def test_record_gossip_of_empty_maps_builds_nothing_and_gets_the_peer_backed_off(
+        tmp_path: Path) -> None:
+    """A RECORDS frame is split like an API batch: 4 MiB of empty maps builds no dicts."""
+    import tracemalloc
+
+    from node.runtime import RECORDS
+
+    node = make_node(tmp_path)
+    body = b"\xdd" + (4 * MiB).to_bytes(4, "big") + b"\x80" * (4 * MiB)
+    tracemalloc.start()
+    try:
+        node.on_frame(1, bytes([RECORDS]) + body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # O(body): the frame is sliced (copied) on its way in; msgpack.unpackb would have built
+    # 4 million dicts (~260 MB).
+    assert peak < 3 * len(body)
+    assert [d[0] for d in transport(node).disconnects] == [1]
+    assert not node._tasks  # nothing was handed to admission
