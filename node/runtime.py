@@ -400,23 +400,15 @@ class Node:
             if isinstance(frame, UndecodedBlockResponse):  # not the canonical layout
                 self._misbehaved(peer, "sent a malformed block response", MALFORMED)
                 return
-            message: Message
             if isinstance(frame, UndecodedProposal):
-                proposal = self._admit_proposal(peer, frame, len(body))
-                if proposal is None:
-                    return
-                message = proposal
-            else:
-                message = frame
+                if self._admit_proposal(peer, frame, len(body)):
+                    self.peer_backlog += 1
+                    decoding = asyncio.ensure_future(self._decode_proposal(peer, frame))
+                    self._tasks.add(decoding)
+                    decoding.add_done_callback(self._tasks.discard)
+                return
             self.peer_backlog += 1
-            unverified = self._unverified_records(message)
-            if unverified:
-                verifying = asyncio.ensure_future(
-                    self._verify_then_queue(peer, message, unverified))
-                self._tasks.add(verifying)
-                verifying.add_done_callback(self._tasks.discard)
-            else:
-                self.events.put_nowait(MessageReceived(peer, message))
+            self.events.put_nowait(MessageReceived(peer, frame))
         elif channel == RECORDS:
             try:
                 # Split as the API splits a batch: nothing but bins is built, so a frame of
@@ -436,30 +428,42 @@ class Node:
             log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
             self._misbehaved(peer, f"sent a frame on unknown channel {channel}", MALFORMED)
 
-    def _admit_proposal(self, peer: int, frame: UndecodedProposal,
-                        size: int) -> Proposal | None:
-        """Decode a proposal's records only if it is within ``peer``'s budgets: a rate in
-        frames and bytes, a round the core tracks, two distinct proposals per round."""
+    def _admit_proposal(self, peer: int, frame: UndecodedProposal, size: int) -> bool:
+        """Whether a proposal is worth decoding: within the block limits and ``peer``'s
+        budgets (a rate in frames and bytes, a round the core tracks, two distinct proposals
+        per round)."""
         now = time.monotonic()
+        cfg = self.core.config
+        if size > cfg.max_block_bytes + BLOCK_OVERHEAD + cfg.max_block_records * RECORD_OVERHEAD:
+            self._misbehaved(peer, "a proposal over the block limits", 60)
+            return False
         frames, nbytes = self._proposal_buckets.setdefault(peer, (
             TokenBucket(PROPOSALS_PER_S, PROPOSALS_BURST),
             TokenBucket(PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST)))
         height = self.core.height
         if not (frames.take(1, now) and nbytes.take(size, now)):
             self._misbehaved(peer, "proposals over the rate", 1)
-            return None
+            return False
         if frame.height == height and not self.core.votes.admits(frame.round, frame.proposer):
             self._misbehaved(peer, "a proposal for a round too far ahead", 1)
-            return None
+            return False
         if not self.proposal_budget.allow(peer, frame.height, frame.round, frame.sig, height):
             self._misbehaved(peer, "more proposals for one round than evidence needs", 5)
-            return None
+            return False
+        return True
+
+    async def _decode_proposal(self, peer: int, frame: UndecodedProposal) -> None:
+        """Decode a proposal's records in a worker thread (records this node holds are
+        looked up, not decoded): up to a block of amplifying payloads (8 MB of empty maps
+        is seconds of decoding) never runs on the loop. Then verify and queue it."""
         try:
-            return frame.decode(self.mempool.known)
+            proposal = await asyncio.to_thread(frame.decode, self.mempool.known)
         except LedgerError as exc:
+            self.peer_backlog -= 1
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
             self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
-            return None
+            return
+        await self._verify_then_queue(peer, proposal, self._unverified_records(proposal))
 
     # -- block sync: receiving ----------------------------------------------------------
 
@@ -535,8 +539,9 @@ class Node:
         """Verify signatures in a worker thread, filling the cache block validation asks,
         so the consensus loop never waits on them; then hand the message to the core."""
         verify = self.mempool.verify
-        await asyncio.to_thread(
-            lambda: [verify(r.body.signer, r.sign_bytes(), r.sig) for r in records])
+        if records:
+            await asyncio.to_thread(
+                lambda: [verify(r.body.signer, r.sign_bytes(), r.sig) for r in records])
         self.events.put_nowait(MessageReceived(peer, message))
 
     # -- submission (API and gossip) ------------------------------------------------------

@@ -758,8 +758,9 @@ class ConsensusCore:
 
 
 def _block_bytes(block: Block) -> int:
-    """What a decided block costs to keep, roughly: its envelopes plus fixed overhead."""
-    return 1024 + sum(len(r.envelope) + 200 for r in block.records)
+    """What a decided block costs to keep: its records decoded (``Record.cost``, which
+    counts decoded payload elements, not just envelope bytes) plus fixed overhead."""
+    return 1024 + sum(r.cost for r in block.records)
 
 
 def _height_of(msg: Message) -> int:

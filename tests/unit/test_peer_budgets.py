@@ -427,3 +427,16 @@ def test_record_gossip_of_empty_maps_builds_nothing_and_gets_the_peer_backed_off
     assert peak < 3 * len(body)
     assert [d[0] for d in transport(node).disconnects] == [1]
     assert not node._tasks  # nothing was handed to admission
+
+
+def test_a_proposal_over_the_block_limits_is_dropped_undecoded(tmp_path: Path) -> None:
+    """A proposal frame larger than any valid block is refused before its records are
+    decoded (they would be decoded in a worker thread, but not even there)."""
+    from ledger.consensus.messages import UndecodedProposal
+
+    node = make_node(tmp_path)
+    cfg = node.core.config
+    frame = UndecodedProposal(1, 0, 1, b"\0" * 64, None)
+    too_big = cfg.max_block_bytes + cfg.max_block_records * 8 + 128 * 1024
+    assert not node._admit_proposal(1, frame, too_big)
+    assert node.misbehaviour == {1: 1}  # scored, not yet disconnected
