@@ -176,9 +176,10 @@ def byzantine_block_requests(ctx: AttackContext) -> dict[str, Any]:
 def prepare_large_blocks(h: Harness, quick: bool) -> None:
     """Commit 1 (quick) or 3 blocks of ~8 MB: 120 records of 64 KiB payloads each.
 
-    Payloads are arrays of ~65,000 fixints (8x their size once decoded, ~8 M JSON items
-    per block): heavy to serve, but bounded enough not to be attack 7 themselves."""
-    payload = list(range(128)) * 507
+    Payloads are arrays of ~7,200 short strings (~860,000 JSON items per block): heavy to
+    serve, yet within the mempool's decoded-cost bound (arrays of 65,000 fixints, 6 MB each
+    by ``Record.cost``, no longer fit 120 to a batch), and not attack 7 themselves."""
+    payload = [f"s{k % 10_000:07d}" for k in range(7_200)]
     heights: list[int] = []
     for b in range(1 if quick else 3):
         records = [h.record(payload, subject=f"big-{b}-{k}") for k in range(120)]
