@@ -1,0 +1,106 @@
+"""Hostile review of issue 11's consensus and peer hardening: each test is one finding.
+
+In process, on the runtime harness of ``test_peer_budgets`` (a real SQLite store, a fake
+transport, frames straight into ``Node.on_frame``) or on the pure core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.consensus import Proposal
+from ledger.consensus.messages import UndecodedProposal
+from node import runtime
+from tests.unit.consensus_helpers import FX, record
+from tests.unit.consensus_helpers import Node as CoreNode
+from tests.unit.test_peer_budgets import frame, make_node, pump
+
+
+class Clock:
+    """Stands in for the ``time`` module inside ``node.runtime`` (monotonic seconds)."""
+
+    def __init__(self, t: float = 10_000.0) -> None:
+        self.t = t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_one_validator_cannot_fill_the_proposal_budget_for_everyone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ProposalBudget's 4,096 (peer, height, round) keys are shared by all peers. Validator
+    3 fills them within its rate (20 proposals/s, ~3.5 minutes of an idle chain) with
+    proposals for another chain id, which the core drops without a score; then the honest
+    proposer's proposal is refused (and the honest proposer scored) at this node."""
+    node = make_node(tmp_path)
+    helper = CoreNode(0)
+    header, recs = helper.value(records=[])
+    clock = Clock()
+    attack = [frame(Proposal.sign("not-this-chain", r, -1, header, recs, 3,
+                                  FX.validator_keys[3]))
+              for r in range(node.proposal_budget.max_keys)]
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "time", clock)
+        for f in attack:
+            clock.t += 1 / runtime.PROPOSALS_PER_S  # within the rate
+            node.on_frame(3, f)
+
+    async def go() -> None:
+        await pump(node)
+        node.on_frame(1, frame(helper.proposal(0)))  # validator 1 proposes (1, 0)
+        await pump(node)
+
+    asyncio.run(go())
+    assert node.misbehaviour.get(1, 0) == 0, "the honest proposer was scored"
+    assert 0 in node.core.proposals, "the honest proposal never reached the core"
+
+
+def test_proposals_for_the_next_height_cannot_keep_the_loop_decoding_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core keeps at most two proposals per sender for the next height and verifies
+    none of them until that height starts; the runtime decoded the records of every one
+    (on the event loop) and had their signatures verified, for a score of 1 each: ten a
+    second (the decay) cost nothing, for ever. Here 50 proposals for height 2 with 2,000
+    records each, 10 per (simulated) second, from validator 3: each was decoded and the
+    peer was never backed off (about 50 ms of event loop per frame on this machine)."""
+    node = make_node(tmp_path)
+    helper = CoreNode(0)
+    recs = [record() for _ in range(2000)]
+    header = replace(helper.value(records=recs)[0], height=2)
+    attack = [frame(Proposal.sign(FX.genesis.chain_id, r, -1, header, tuple(recs), 3,
+                                  FX.validator_keys[3])) for r in range(50)]
+    decoded = 0
+    real_decode = UndecodedProposal.decode
+
+    def counting_decode(self: UndecodedProposal, known: Any = None) -> Proposal:
+        nonlocal decoded
+        decoded += 1
+        return real_decode(self, known)
+
+    monkeypatch.setattr(UndecodedProposal, "decode", counting_decode)
+    clock = Clock()
+    monkeypatch.setattr(runtime, "time", clock)  # the runtime's clock only, not asyncio's
+    on_loop = 0.0
+
+    async def go() -> None:
+        nonlocal on_loop
+        for f in attack:
+            clock.t += 0.1
+            started = time.perf_counter()
+            node.on_frame(3, f)
+            on_loop += time.perf_counter() - started
+            await pump(node)
+
+    asyncio.run(go())
+    print(f"decoded {decoded} of {len(attack)} (on_frame {on_loop * 1000:.0f} ms in all); "
+          f"misbehaviour reports {node.misbehaviour}")
+    assert decoded <= node.core.config.max_future_proposals_per_peer + 2 or node.backed_off(3)
