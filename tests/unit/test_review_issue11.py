@@ -104,3 +104,15 @@ def test_proposals_for_the_next_height_cannot_keep_the_loop_decoding_records(
     print(f"decoded {decoded} of {len(attack)} (on_frame {on_loop * 1000:.0f} ms in all); "
           f"misbehaviour reports {node.misbehaviour}")
     assert decoded <= node.core.config.max_future_proposals_per_peer + 2 or node.backed_off(3)
+
+
+def test_a_message_for_another_chain_is_scored_as_misbehaviour() -> None:
+    """Links are authenticated under this genesis, so only a Byzantine peer sends a
+    proposal or vote of another chain; the core dropped them without a Misbehaviour, which
+    made them the free way to have a node decode a proposal's records (see above)."""
+    from ledger.consensus import Misbehaviour
+    n = CoreNode(0)
+    n.start()
+    for msg in (n.proposal(0, chain="other-chain"), n.prevote(3, 0, None, chain="other")):
+        actions = n.deliver(msg, sender=3)
+        assert any(isinstance(a, Misbehaviour) and a.peer == 3 for a in actions), msg
