@@ -153,7 +153,8 @@ class Node:
         self.backoff_until: dict[int, float] = {}  # validator -> monotonic end of backoff
         self.misbehaviour: dict[int, int] = {}  # validator -> misbehaviour reports (metrics)
         self.sync_requests = SyncRequests(self.core.config.sync_batch)
-        self.proposal_budget = ProposalBudget()
+        self.proposal_budget = ProposalBudget(
+            next_height=self.core.config.max_future_proposals_per_peer)
         self._proposal_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
         self._serve_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
         self._serving: set[int] = set()  # peers with a block serve under way
@@ -454,7 +455,10 @@ class Node:
             self._misbehaved(peer, "a proposal for a round too far ahead", 1)
             return None
         if not self.proposal_budget.allow(peer, frame.height, frame.round, frame.sig, height):
-            self._misbehaved(peer, "more proposals for one round than evidence needs", 5)
+            if frame.height > height:  # as the core's next-height buffer scores it
+                self._misbehaved(peer, "too many proposals for the next height", 1)
+            else:
+                self._misbehaved(peer, "more proposals for one round than evidence needs", 5)
             return None
         try:
             return frame.decode(self.mempool.known)
