@@ -358,7 +358,8 @@ class ConsensusCore:
             self._on_synced_block(msg)
             return
         chain = msg.vote.chain if isinstance(msg, SignedVote) else msg.chain
-        if chain != self.genesis.chain_id:
+        if chain != self.genesis.chain_id:  # links are authenticated under this genesis
+            self._misbehaved(sender, "a message of another chain", 20)
             return
         height = _height_of(msg)
         if height < self.height:
