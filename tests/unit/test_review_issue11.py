@@ -116,3 +116,16 @@ def test_a_message_for_another_chain_is_scored_as_misbehaviour() -> None:
     for msg in (n.proposal(0, chain="other-chain"), n.prevote(3, 0, None, chain="other")):
         actions = n.deliver(msg, sender=3)
         assert any(isinstance(a, Misbehaviour) and a.peer == 3 for a in actions), msg
+
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b'[{"kind": "prevote", "validator": 1, '
+                                     b'"height": 1, "round": 0}' + b"]" * 2])
+def test_a_damaged_evidence_file_does_not_stop_the_node_from_starting(
+        tmp_path: Path, content: bytes) -> None:
+    """Evidence is advisory: whatever evidence.json holds, the node must start (without
+    it). Deep nesting raised RecursionError, which the loader did not catch."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "evidence.json").write_bytes(content)
+    node = make_node(tmp_path)
+    assert len(node.evidence) == 0
