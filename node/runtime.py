@@ -229,9 +229,13 @@ class Node:
             data = self.evidence_path.read_bytes()
         except FileNotFoundError:
             return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+        except OSError as exc:  # evidence is advisory: it never keeps the node from starting
+            log.warning("cannot read %s (%s); starting without evidence",
+                        self.evidence_path, exc)
+            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
         try:
             return EvidenceLog.from_bytes(data, maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             log.warning("%s does not read (%s); starting without evidence",
                         self.evidence_path, exc)
             return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
