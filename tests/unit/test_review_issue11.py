@@ -129,3 +129,25 @@ def test_a_damaged_evidence_file_does_not_stop_the_node_from_starting(
     (tmp_path / "evidence.json").write_bytes(content)
     node = make_node(tmp_path)
     assert len(node.evidence) == 0
+
+
+def test_a_relayed_copy_with_other_records_does_not_shadow_the_real_proposal() -> None:
+    """A proposal's signature covers its header hash, not its records (they are bound only
+    by the header's records_root, checked in valid()). A Byzantine peer that relays the
+    honest proposer's proposal with other (validly signed) records first gets it stored as
+    *the* proposal of the round, its validity cached as False under the block hash; the
+    genuine copy then counts as a repeat (same hash, round, signature) and is dropped, so
+    this honest node prevotes nil for a valid block. (Pre-existing; issue 11's repeat
+    check keeps it: the genuine copy is now not even verified.)"""
+    from ledger.blocks import PREVOTE
+    from ledger.consensus import Misbehaviour
+    from tests.unit.consensus_helpers import own_votes
+    n = CoreNode(0)
+    n.start()
+    genuine = n.proposal(0)  # validator 1 proposes (1, 0)
+    tampered = replace(genuine, records=(record(),))
+    first = n.deliver(tampered, sender=3)
+    actions = n.deliver(genuine, sender=1)
+    prevotes = own_votes(first + actions, PREVOTE)
+    assert prevotes == [genuine.block_hash], prevotes
+    assert any(isinstance(a, Misbehaviour) and a.peer == 3 for a in first)
