@@ -436,6 +436,12 @@ class ConsensusCore:
         if not self.verify(self.validators[p.proposer].pubkey, p.sign_bytes(), p.sig):
             self._misbehaved(sender, "a proposal with a bad signature", 20)
             return
+        if not _records_match(p):
+            # The signature covers the header, not the records: a relay can swap them. Such
+            # a copy must not become the round's proposal (the genuine one, with the same
+            # hash, round and signature, would then be dropped as a repeat).
+            self._misbehaved(sender, "a proposal whose records are not its header's", 20)
+            return
         self._accept_proposal(p)
 
     def _accept_proposal(self, p: Proposal) -> None:
@@ -756,6 +762,12 @@ class ConsensusCore:
         last_cert = response.last_cert
         self._decide(block, last_cert if self._is_valid_last_cert(last_cert) else None)
         return True
+
+
+def _records_match(p: Proposal) -> bool:
+    """The proposal's records are the ones its (signed) header commits to."""
+    return (len(p.records) == p.header.record_count and p.header.records_root
+            == merkle.root_from_leaf_hashes([merkle.leaf_hash(r.envelope) for r in p.records]))
 
 
 def _block_bytes(block: Block) -> int:
