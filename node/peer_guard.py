@@ -129,10 +129,10 @@ class ProposalBudget:
             self.seen = {k: v for k, v in self.seen.items() if k[1] >= lowest}
             self.floor = lowest
             self.keys_of, self.next_of = {}, {}
-            for (p, h, _), sigs in self.seen.items():
+            for (p, h, _), kept in self.seen.items():
                 self.keys_of[p] = self.keys_of.get(p, 0) + 1
                 if h == lowest + 1:
-                    self.next_of[p] = self.next_of.get(p, 0) + len(sigs)
+                    self.next_of[p] = self.next_of.get(p, 0) + len(kept)
         key = (peer, height, round)
         sigs = self.seen.get(key)
         if sigs is not None and sig in sigs:
