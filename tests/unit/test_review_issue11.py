@@ -151,3 +151,21 @@ def test_a_relayed_copy_with_other_records_does_not_shadow_the_real_proposal() -
     prevotes = own_votes(first + actions, PREVOTE)
     assert prevotes == [genuine.block_hash], prevotes
     assert any(isinstance(a, Misbehaviour) and a.peer == 3 for a in first)
+
+
+def test_an_honest_relay_of_the_second_proposal_of_an_equivocation_is_not_scored() -> None:
+    """Honest nodes re-broadcast their valid proposal every resend. When the proposer
+    equivocated, an honest node whose valid value is the *second* proposal this node saw
+    relays it every second, and each relay was scored 5 as "a third proposal for one
+    round" although it is one of the two already kept."""
+    from ledger.consensus import Misbehaviour
+    n = CoreNode(0)
+    n.start()
+    first = n.proposal(0)  # validator 1 proposes (1, 0) ...
+    second = n.proposal(0)  # ... and equivocates
+    n.deliver(first, sender=1)
+    n.deliver(second, sender=1)
+    assert len(n.core.evidence) == 1
+    for _ in range(3):  # honest validator 2 relays its valid value, the second proposal
+        actions = n.deliver(second, sender=2)
+        assert not any(isinstance(a, Misbehaviour) for a in actions), actions
