@@ -175,6 +175,7 @@ class ConsensusCore:
         self.proposals: dict[int, Proposal] = {}
         self.votes = HeightVotes(self.validators, catchup_rounds=self.config.catchup_rounds)
         self._evidence_keys = set()
+        self._proposal_sigs: set[bytes] = set()  # verified proposals of this height
         self.fired: set[tuple[str, int]] = set()
         self.validity: dict[bytes, bool] = {}
         self.cert_validity: dict[Certificate, bool] = {}
@@ -427,6 +428,8 @@ class ConsensusCore:
         if earlier is not None and (earlier.block_hash, earlier.pol_round, earlier.sig) == (
                 p.block_hash, p.pol_round, p.sig):
             return  # a repeat (gossip re-sends): nothing to verify
+        if p.sig in self._proposal_sigs:
+            return  # one already taken, e.g. an equivocation's second, relayed by honest nodes
         if earlier is not None and (p.proposer, self.height, p.round, 0) in self._evidence_keys:
             self._misbehaved(sender, "a third proposal for one round", 5)
             return  # one conflicting pair per round is evidence enough
@@ -442,6 +445,7 @@ class ConsensusCore:
             # hash, round and signature, would then be dropped as a repeat).
             self._misbehaved(sender, "a proposal whose records are not its header's", 20)
             return
+        self._proposal_sigs.add(p.sig)
         self._accept_proposal(p)
 
     def _accept_proposal(self, p: Proposal) -> None:
