@@ -169,3 +169,24 @@ def test_an_honest_relay_of_the_second_proposal_of_an_equivocation_is_not_scored
     for _ in range(3):  # honest validator 2 relays its valid value, the second proposal
         actions = n.deliver(second, sender=2)
         assert not any(isinstance(a, Misbehaviour) for a in actions), actions
+
+
+def test_evidence_of_an_equivocating_proposer_does_not_keep_its_blocks() -> None:
+    """The core keeps the newest 1,000 conflicting pairs for ever (across heights). A pair
+    of proposals held both proposals whole, records included: an equivocating proposer
+    that sends two full blocks per round it may propose (its own rounds and two catch-up
+    rounds a height) makes every node keep up to 1,000 x 2 x 8 MiB = 16 GiB of records
+    (more once decoded), with no score, since evidence is not misbehaviour. Signature and
+    header prove the equivocation; the records are not needed."""
+    from ledger.consensus import Proposal
+    n = CoreNode(0)
+    n.start()
+    recs = [record() for _ in range(50)]
+    p1 = n.proposal(0, value=n.value(records=recs[:25]))
+    p2 = n.proposal(0, value=n.value(records=recs[25:]))
+    n.deliver(p1, sender=1)
+    n.deliver(p2, sender=1)
+    assert len(n.core.evidence) == 1
+    kept = sum(len(m.records) for pair in n.core.evidence for m in pair
+               if isinstance(m, Proposal))
+    assert kept == 0, f"{kept} records kept as evidence"
