@@ -190,3 +190,40 @@ def test_evidence_of_an_equivocating_proposer_does_not_keep_its_blocks() -> None
     kept = sum(len(m.records) for pair in n.core.evidence for m in pair
                if isinstance(m, Proposal))
     assert kept == 0, f"{kept} records kept as evidence"
+
+
+@pytest.mark.parametrize("offset", [-2, 3], ids=["past height", "height far ahead"])
+def test_proposals_for_heights_the_core_ignores_are_not_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    """ProposalBudget lets proposals for heights other than the current and next through
+    untracked ("the core does not look at its records"), but the runtime then decoded
+    their records on the event loop anyway; the core only reads their height (a sender
+    behind or ahead) and scores nothing. 40 such proposals of 2,000 records each within
+    the rate: 80,000 records decoded on the loop, for free."""
+    from ledger.consensus import messages
+    node = make_node(tmp_path, blocks=3)  # at height 4
+    helper = CoreNode(0)
+    recs = [record() for _ in range(2000)]
+    header = replace(helper.value(records=recs)[0], height=node.core.height + offset)
+    attack = [frame(Proposal.sign(FX.genesis.chain_id, r, -1, header, tuple(recs), 3,
+                                  FX.validator_keys[3])) for r in range(40)]
+    decoded = [0]
+    real = messages.records_from_obj
+
+    def counting(obj: Any, *args: Any, **kw: Any) -> Any:
+        decoded[0] += len(obj) if isinstance(obj, list) else 0
+        return real(obj, *args, **kw)
+
+    monkeypatch.setattr(messages, "records_from_obj", counting)
+    clock = Clock()
+    monkeypatch.setattr(runtime, "time", clock)
+
+    async def go() -> None:
+        for f in attack:
+            clock.t += 0.1
+            node.on_frame(3, f)
+            await pump(node)
+
+    asyncio.run(go())
+    print(f"{decoded[0]} records decoded; misbehaviour reports {node.misbehaviour}")
+    assert decoded[0] <= 2 * len(recs) or node.backed_off(3)
