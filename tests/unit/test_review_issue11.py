@@ -227,3 +227,31 @@ def test_proposals_for_heights_the_core_ignores_are_not_decoded(
     asyncio.run(go())
     print(f"{decoded[0]} records decoded; misbehaviour reports {node.misbehaviour}")
     assert decoded[0] <= 2 * len(recs) or node.backed_off(3)
+
+
+def test_a_proposal_queued_without_its_records_is_dropped_if_the_core_caught_up(
+        tmp_path: Path) -> None:
+    """(The fix's own race.) A proposal for a height two ahead is queued without its
+    records; if block sync brings the core to that height before it is handled, it must
+    not reach the core (its records would not match its header: a score for an honest
+    proposer)."""
+    from tests.factory import ChainBuilder
+    node = make_node(tmp_path)
+    ahead = CoreNode(0, store=node.store)
+    builder = ChainBuilder(FX, node.store)
+    builder.add(1)
+    builder.add(1)  # what an honest proposer of height 3 has committed ...
+    honest = ahead.proposal(0, value=ahead.value(records=[record()]))
+    assert honest.height == 3
+    node.store.close()
+    node = make_node(tmp_path / "fresh")  # ... and this node, still at height 1
+    node.on_frame(3, frame(honest))
+    builder = ChainBuilder(FX, node.store)  # block sync, as far as this test needs it
+    builder.add(1)
+    builder.add(1)
+    node.core = type(node.core)(node.genesis, node.store, node.mempool, key=node.key,
+                                config=node.core.config, verify=node.mempool.verify)
+    assert node.core.height == 3
+    asyncio.run(pump(node))
+    assert node.misbehaviour == {}
+    assert node.core.proposals == {}
