@@ -7,6 +7,8 @@ transport, frames straight into ``Node.on_frame``) or on the pure core.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -255,3 +257,97 @@ def test_a_proposal_queued_without_its_records_is_dropped_if_the_core_caught_up(
     asyncio.run(pump(node))
     assert node.misbehaviour == {}
     assert node.core.proposals == {}
+
+
+async def _named_flood(port: int, every: float, stop: asyncio.Event,
+                       opened: list[int]) -> None:
+    """A connection to ``port`` from 127.0.0.1 every ``every`` seconds (paced, not in
+    bursts), each sending a well-formed hello that names validator 0 (its key is public)
+    and then saying nothing until the node closes it."""
+    from node.transport.framing import encode_frame
+    from node.transport.handshake import Hello
+    holders: set[asyncio.Task[None]] = set()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                while await reader.read(4096):  # the node's hello: say nothing more
+                    pass
+        finally:
+            writer.transport.abort()
+
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(every)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            opened[0] += 1
+            writer.write(encode_frame(Hello(FX.genesis.chain_id, FX.genesis.hash,
+                                            FX.validator_keys[0].public,
+                                            os.urandom(32)).to_wire()))
+            task = asyncio.ensure_future(hold(reader, writer))
+            holders.add(task)
+            task.add_done_callback(holders.discard)
+    finally:
+        for task in list(holders):
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+
+
+class _SlowReader:
+    """A dialer's view of a link with ``delay`` s more latency: each frame it reads from
+    the listener arrives that much later."""
+
+    def __init__(self, reader: asyncio.StreamReader, delay: float) -> None:
+        self.reader, self.delay = reader, delay
+
+    async def readexactly(self, n: int) -> bytes:
+        from node.transport.framing import HEADER
+        if n == HEADER.size:
+            await asyncio.sleep(self.delay)
+        return await self.reader.readexactly(n)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_named_flood_from_the_dialers_address_does_not_evict_it_for_ever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-source eviction prefers connections that have not named a validator, but a
+    validator's key is public: a flooder on the honest dialer's host (a NAT, the same
+    machine) sends a well-formed hello naming it on every connection, so every pending
+    handshake of that source is "named" and the oldest goes first. With 50 ms between the
+    listener's hello and the dialer's auth (a WAN round trip), a flood paced at one
+    connection every 4 ms (~200 a second) evicts the honest handshake every time: not
+    linked in 10 s (0.15 s without the flood)."""
+    from node.transport import PeerNetwork
+    from tests.unit.test_transport import Cluster
+    original = PeerNetwork._dial_handshake
+
+    async def over_a_wan(self: PeerNetwork, reader: Any, writer: Any, expected: int) -> Any:
+        return await original(self, _SlowReader(reader, 0.05), writer, expected)
+
+    monkeypatch.setattr(PeerNetwork, "_dial_handshake", over_a_wan)
+    cluster = Cluster()
+    stop, opened = asyncio.Event(), [0]
+    linked: float | None = None
+    try:
+        node1 = await cluster.start(1)
+        flood = asyncio.create_task(_named_flood(node1.net.port, 0.004, stop, opened))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        node0 = await cluster.start(0, {1: node1.net.port})
+        while time.monotonic() < started + 10:
+            if node0.net.connected() == [1]:
+                linked = time.monotonic() - started
+                break
+            await asyncio.sleep(0.05)
+        evicted = node1.net.stats["evicted_handshakes"]
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await flood
+        await cluster.stop_all()
+    print(f"linked after {linked} s; {opened[0]} flood connections, {evicted} evicted")
+    assert linked is not None, "validator 0 never linked while its host was flooding"
