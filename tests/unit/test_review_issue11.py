@@ -210,7 +210,7 @@ def test_proposals_for_heights_the_core_ignores_are_not_decoded(
     attack = [frame(Proposal.sign(FX.genesis.chain_id, r, -1, header, tuple(recs), 3,
                                   FX.validator_keys[3])) for r in range(40)]
     decoded = [0]
-    real = messages.records_from_obj
+    real = messages.records_from_obj  # type: ignore[attr-defined]
 
     def counting(obj: Any, *args: Any, **kw: Any) -> Any:
         decoded[0] += len(obj) if isinstance(obj, list) else 0
@@ -239,7 +239,7 @@ def test_a_proposal_queued_without_its_records_is_dropped_if_the_core_caught_up(
     proposer)."""
     from tests.factory import ChainBuilder
     node = make_node(tmp_path)
-    ahead = CoreNode(0, store=node.store)
+    ahead = CoreNode(0, store=node.store)  # type: ignore[arg-type]
     builder = ChainBuilder(FX, node.store)
     builder.add(1)
     builder.add(1)  # what an honest proposer of height 3 has committed ...
@@ -326,7 +326,7 @@ async def test_a_named_flood_from_the_dialers_address_does_not_evict_it_for_ever
     original = PeerNetwork._dial_handshake
 
     async def over_a_wan(self: PeerNetwork, reader: Any, writer: Any, expected: int) -> Any:
-        return await original(self, _SlowReader(reader, 0.05), writer, expected)
+        return await original(self, _SlowReader(reader, 0.05), writer, expected)  # type: ignore[arg-type]
 
     monkeypatch.setattr(PeerNetwork, "_dial_handshake", over_a_wan)
     cluster = Cluster()
