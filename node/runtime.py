@@ -463,6 +463,8 @@ class Node:
         if not (frames.take(1, now) and nbytes.take(size, now)):
             self._misbehaved(peer, "proposals over the rate", 1)
             return None
+        if self.core.holds_proposal(peer, frame.height, frame.round, frame.sig):
+            return None  # a re-send (gossip): the core has it; its records are not decoded
         if not 0 <= frame.height - height <= 1:
             # The core only notes the height (a sender behind or ahead): the records are
             # not decoded (that was free work on the loop for any validator).

@@ -390,6 +390,18 @@ class ConsensusCore:
         else:
             self._on_vote(sender, msg)
 
+    def holds_proposal(self, sender: int, height: int, round: int, sig: bytes) -> bool:
+        """A proposal with signature ``sig`` for (``height``, ``round``) is already taken
+        (or, for the next height, buffered from ``sender``): handing it to the core again
+        would change nothing, so a runtime need not decode its records again."""
+        if height == self.height:
+            taken = self.proposals.get(round)
+            return sig in self._proposal_sigs or (taken is not None and taken.sig == sig)
+        if height == self.height + 1:
+            buffered = self._future_index.get(sender)
+            return buffered is not None and sig in buffered[0]
+        return False
+
     def _buffer_future(self, sender: int, msg: Proposal | SignedVote) -> None:
         """Keep a message for the next height, within the global and per-sender bounds."""
         if len(self.future) >= self.config.max_future_messages:
