@@ -317,16 +317,17 @@ async def test_a_named_flood_from_the_dialers_address_does_not_evict_it_for_ever
     """The per-source eviction prefers connections that have not named a validator, but a
     validator's key is public: a flooder on the honest dialer's host (a NAT, the same
     machine) sends a well-formed hello naming it on every connection, so every pending
-    handshake of that source is "named" and the oldest goes first. With 50 ms between the
-    listener's hello and the dialer's auth (a WAN round trip), a flood paced at one
-    connection every 4 ms (~200 a second) evicts the honest handshake every time: not
-    linked in 10 s (0.15 s without the flood)."""
+    handshake of that source is "named" and the oldest goes first. With 200 ms between
+    the listener's hello and the dialer's auth (a long WAN round trip), a flood paced at
+    one connection every 10 ms (~100 a second) evicts the honest handshake every time:
+    not linked in 10 s (0.4 s without the flood). (Eight arrivals per round trip is all
+    it takes: with 50 ms, ~200 a second did the same on an idle machine.)"""
     from node.transport import PeerNetwork
     from tests.unit.test_transport import Cluster
     original = PeerNetwork._dial_handshake
 
     async def over_a_wan(self: PeerNetwork, reader: Any, writer: Any, expected: int) -> Any:
-        return await original(self, _SlowReader(reader, 0.05), writer, expected)  # type: ignore[arg-type]
+        return await original(self, _SlowReader(reader, 0.2), writer, expected)  # type: ignore[arg-type]
 
     monkeypatch.setattr(PeerNetwork, "_dial_handshake", over_a_wan)
     cluster = Cluster()
@@ -334,7 +335,7 @@ async def test_a_named_flood_from_the_dialers_address_does_not_evict_it_for_ever
     linked: float | None = None
     try:
         node1 = await cluster.start(1)
-        flood = asyncio.create_task(_named_flood(node1.net.port, 0.004, stop, opened))
+        flood = asyncio.create_task(_named_flood(node1.net.port, 0.01, stop, opened))
         await asyncio.sleep(0.5)
         started = time.monotonic()
         node0 = await cluster.start(0, {1: node1.net.port})
