@@ -107,12 +107,19 @@ class SyncRequests:
 @dataclass
 class ProposalBudget:
     """At most ``per_round`` distinct proposals (by signature) per (peer, height, round),
-    tracked for the heights the node can use (``lowest`` .. ``lowest + 1``)."""
+    tracked for the heights the node can use (``lowest`` .. ``lowest + 1``), at most
+    ``max_keys`` (height, round) keys *per peer* (a shared bound would let one validator
+    use it up and have every other peer's proposals refused), and at most ``next_height``
+    distinct proposals per peer for ``lowest + 1`` (the core keeps no more of them, and
+    decoding the others' records is work for nothing)."""
 
     per_round: int = 2
-    max_keys: int = 4096
+    max_keys: int = 256
+    next_height: int = 2
     floor: int = 0
     seen: dict[tuple[int, int, int], set[bytes]] = field(default_factory=dict)
+    keys_of: dict[int, int] = field(default_factory=dict)  # peer -> keys held
+    next_of: dict[int, int] = field(default_factory=dict)  # peer -> proposals for lowest+1
 
     def allow(self, peer: int, height: int, round: int, sig: bytes, lowest: int) -> bool:
         """False if this would be one distinct proposal too many (repeats are allowed)."""
@@ -121,16 +128,27 @@ class ProposalBudget:
         if lowest > self.floor:
             self.seen = {k: v for k, v in self.seen.items() if k[1] >= lowest}
             self.floor = lowest
-        sigs = self.seen.get((peer, height, round))
-        if sigs is None:
-            if len(self.seen) >= self.max_keys:
-                return False
-            sigs = self.seen[(peer, height, round)] = set()
-        if sig in sigs:
+            self.keys_of, self.next_of = {}, {}
+            for (p, h, _), kept in self.seen.items():
+                self.keys_of[p] = self.keys_of.get(p, 0) + 1
+                if h == lowest + 1:
+                    self.next_of[p] = self.next_of.get(p, 0) + len(kept)
+        key = (peer, height, round)
+        sigs = self.seen.get(key)
+        if sigs is not None and sig in sigs:
             return True
+        if height == lowest + 1 and self.next_of.get(peer, 0) >= self.next_height:
+            return False
+        if sigs is None:
+            if self.keys_of.get(peer, 0) >= self.max_keys:
+                return False
+            sigs = self.seen[key] = set()
+            self.keys_of[peer] = self.keys_of.get(peer, 0) + 1
         if len(sigs) >= self.per_round:
             return False
         sigs.add(sig)
+        if height == lowest + 1:
+            self.next_of[peer] = self.next_of.get(peer, 0) + 1
         return True
 
 

@@ -152,10 +152,14 @@ class Node:
         self.backoff_until: dict[int, float] = {}  # validator -> monotonic end of backoff
         self.misbehaviour: dict[int, int] = {}  # validator -> misbehaviour reports (metrics)
         self.sync_requests = SyncRequests(self.core.config.sync_batch)
-        self.proposal_budget = ProposalBudget()
+        self.proposal_budget = ProposalBudget(
+            next_height=self.core.config.max_future_proposals_per_peer)
         self._proposal_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
         self._serve_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
         self._serving: set[int] = set()  # peers with a block serve under way
+        # ids of queued proposals decoded without their records (heights the core does not
+        # read records of): see _admit_proposal
+        self._stripped: set[int] = set()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self.subscribers: set[asyncio.Queue[int]] = set()
@@ -178,6 +182,11 @@ class Node:
     async def _handle(self, event: Event) -> None:
         if isinstance(event, MessageReceived):
             self.peer_backlog -= 1
+            msg = event.message
+            if id(msg) in self._stripped:
+                self._stripped.discard(id(msg))
+                if isinstance(msg, Proposal) and 0 <= msg.height - self.core.height <= 1:
+                    return  # the core caught up meanwhile: it would read the (absent) records
         self.core.handle(Tick(now_ms()))
         for action in self.core.handle(event):
             await self._execute(action)
@@ -227,9 +236,13 @@ class Node:
             data = self.evidence_path.read_bytes()
         except FileNotFoundError:
             return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+        except OSError as exc:  # evidence is advisory: it never keeps the node from starting
+            log.warning("cannot read %s (%s); starting without evidence",
+                        self.evidence_path, exc)
+            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
         try:
             return EvidenceLog.from_bytes(data, maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             log.warning("%s does not read (%s); starting without evidence",
                         self.evidence_path, exc)
             return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
@@ -400,15 +413,22 @@ class Node:
             if isinstance(frame, UndecodedBlockResponse):  # not the canonical layout
                 self._misbehaved(peer, "sent a malformed block response", MALFORMED)
                 return
+            message: Message
             if isinstance(frame, UndecodedProposal):
-                if self._admit_proposal(peer, frame, len(body)):
+                admitted = self._admit_proposal(peer, frame, len(body))
+                if admitted is None or admitted is False:
+                    return
+                if admitted is True:
                     self.peer_backlog += 1
                     decoding = asyncio.ensure_future(self._decode_proposal(peer, frame))
                     self._tasks.add(decoding)
                     decoding.add_done_callback(self._tasks.discard)
-                return
+                    return
+                message = admitted
+            else:
+                message = frame
             self.peer_backlog += 1
-            self.events.put_nowait(MessageReceived(peer, frame))
+            self.events.put_nowait(MessageReceived(peer, message))
         elif channel == RECORDS:
             try:
                 # Split as the API splits a batch: nothing but bins is built, so a frame of
@@ -428,28 +448,47 @@ class Node:
             log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
             self._misbehaved(peer, f"sent a frame on unknown channel {channel}", MALFORMED)
 
-    def _admit_proposal(self, peer: int, frame: UndecodedProposal, size: int) -> bool:
+    def _admit_proposal(self, peer: int, frame: UndecodedProposal,
+                        size: int) -> Proposal | bool | None:
         """Whether a proposal is worth decoding: within the block limits and ``peer``'s
         budgets (a rate in frames and bytes, a round the core tracks, two distinct proposals
-        per round)."""
+        per round), and not one the core holds. ``True``: decode it (in a worker thread);
+        a Proposal without records: what the core needs of a proposal for another height;
+        ``None``: drop it."""
         now = time.monotonic()
         cfg = self.core.config
         if size > cfg.max_block_bytes + BLOCK_OVERHEAD + cfg.max_block_records * RECORD_OVERHEAD:
             self._misbehaved(peer, "a proposal over the block limits", 60)
-            return False
+            return None
         frames, nbytes = self._proposal_buckets.setdefault(peer, (
             TokenBucket(PROPOSALS_PER_S, PROPOSALS_BURST),
             TokenBucket(PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST)))
         height = self.core.height
         if not (frames.take(1, now) and nbytes.take(size, now)):
             self._misbehaved(peer, "proposals over the rate", 1)
-            return False
+            return None
+        if self.core.holds_proposal(peer, frame.height, frame.round, frame.sig):
+            return None  # a re-send (gossip): the core has it; its records are not decoded
+        if not 0 <= frame.height - height <= 1:
+            # The core only notes the height (a sender behind or ahead): the records are
+            # not decoded (that was free work on the loop for any validator).
+            try:
+                proposal = frame.without_records()
+            except LedgerError as exc:
+                log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
+                self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
+                return None
+            self._stripped.add(id(proposal))
+            return proposal
         if frame.height == height and not self.core.votes.admits(frame.round, frame.proposer):
             self._misbehaved(peer, "a proposal for a round too far ahead", 1)
-            return False
+            return None
         if not self.proposal_budget.allow(peer, frame.height, frame.round, frame.sig, height):
-            self._misbehaved(peer, "more proposals for one round than evidence needs", 5)
-            return False
+            if frame.height > height:  # as the core's next-height buffer scores it
+                self._misbehaved(peer, "too many proposals for the next height", 1)
+            else:
+                self._misbehaved(peer, "more proposals for one round than evidence needs", 5)
+            return None
         return True
 
     async def _decode_proposal(self, peer: int, frame: UndecodedProposal) -> None:

@@ -167,6 +167,11 @@ class UndecodedProposal:
         """The whole proposal, strictly decoded."""
         return Proposal.from_obj(self.obj, known)
 
+    def without_records(self) -> Proposal:
+        """The proposal strictly decoded but for its records, which it holds none of:
+        for a height whose records a node never reads (only that the sender is there)."""
+        return Proposal.from_obj([*self.obj[:5], [], *self.obj[6:]])
+
 
 @dataclass(frozen=True, slots=True)
 class UndecodedBlockResponse:

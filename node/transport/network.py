@@ -11,9 +11,12 @@ out (issue 11): the whole handshake must finish within ``handshake_timeout`` (2 
 all are in progress. A new connection from a source at its limit replaces that source's
 oldest pending handshake, and one arriving when the global limit is reached replaces the
 oldest pending handshake of the source holding the most: an honest dialer, which sends its
-hello as soon as it connects and finishes in one round trip, gets through even when it
-shares its address with a flooder (a NAT, the same host), and a flood from one source never
-displaces the handshakes of another. Nothing is read from an evicted connection.
+hello as soon as it connects and finishes in one round trip, gets through when it shares
+its address with a flooder of silent connections (a NAT, the same host), and a flood from
+one source never displaces the handshakes of another. Not covered: a flooder on the
+dialer's own address that sends well-formed hellos naming that validator (its key is
+public) at more than ``max_pending_per_source`` per round trip evicts the honest
+handshake every time (test_review_issue11). Nothing is read from an evicted connection.
 
 An inbound link from a validator that is already linked replaces the old link once the new
 connection has authenticated (a restarted validator must not wait for its stale half-open

@@ -369,8 +369,12 @@ def test_proposal_budget() -> None:
     assert not budget.allow(1, 5, 0, b"c", lowest=5)
     assert budget.allow(1, 9, 0, b"c", lowest=5)  # not tracked: the core ignores records
     assert budget.allow(1, 6, 1, b"x", lowest=5) and budget.allow(2, 6, 1, b"x", lowest=5)
-    assert not budget.allow(3, 6, 1, b"x", lowest=5)  # keys are bounded
-    assert budget.allow(3, 6, 1, b"x", lowest=6)  # pruned when the height moves
+    assert budget.allow(1, 5, 2, b"y", lowest=5)
+    assert not budget.allow(1, 5, 3, b"z", lowest=5)  # keys are bounded, per peer
+    assert budget.allow(3, 5, 3, b"z", lowest=5)  # (one peer's keys do not bound another's)
+    assert not budget.allow(2, 6, 2, b"u", lowest=5) or not budget.allow(2, 6, 3, b"v",
+                                                                          lowest=5)
+    assert budget.allow(1, 6, 1, b"x", lowest=6)  # pruned when the height moves
 
 
 def test_evidence_log_dedups_caps_prunes_and_round_trips() -> None:
