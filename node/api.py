@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import threading
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,7 @@ from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt
 from ledger.records import Record
 from node.mempool import MempoolFull
+from node.peer_guard import TokenBucket
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -377,6 +380,39 @@ class BlockJsonCache:
             self.size -= len(old)
 
 
+#: Block JSON a source may have built per second (and saved up): building it is CPU work
+#: under the GIL (an 8 MB block of short strings is ~20 MB of JSON, a second or more), so a
+#: client cycling through more blocks than the cache holds made the node rebuild them
+#: without end. Cached blocks cost nothing against it; the msgpack form never does.
+BUILD_BYTES_PER_S, BUILD_BYTES_BURST = 4 << 20, 64 << 20
+
+
+class BuildBudgets:
+    """A token bucket of block-JSON bytes per source address, spent after each build (its
+    size is known only then), bounded in the number of sources it remembers."""
+
+    def __init__(self, rate: float, burst: float, max_sources: int = 4096) -> None:
+        self.rate, self.burst, self.max_sources = rate, burst, max_sources
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def _bucket(self, source: str) -> TokenBucket:
+        bucket = self.buckets.get(source)
+        if bucket is None:
+            bucket = self.buckets[source] = TokenBucket(self.rate, self.burst)
+            if len(self.buckets) > self.max_sources:
+                self.buckets.popitem(last=False)
+        self.buckets.move_to_end(source)
+        return bucket
+
+    def wait(self, source: str, now: float) -> float:
+        """Seconds until ``source`` may have another block built (0: now)."""
+        tokens = self._bucket(source).available(now)
+        return 0.0 if tokens > 0 else (1 - tokens) / self.rate
+
+    def spend(self, source: str, amount: int, now: float) -> None:
+        self._bucket(source).spend(amount, now)
+
+
 class EventCache:
     """SSE events of past blocks by height, bounded by count (an event is ~150 bytes): a
     replay reads each whole block from the store once, not once per subscriber. Used from
@@ -604,6 +640,7 @@ def create_app(node: Node) -> FastAPI:
     cfg = node.config
     workers = Workers(cfg.api_workers)
     blocks = BlockJsonCache(cfg.api_block_cache_bytes)
+    builders = BuildBudgets(BUILD_BYTES_PER_S, BUILD_BYTES_BURST)
     replays = asyncio.Semaphore(MAX_REPLAYS)
     past_events = EventCache()
     app.add_middleware(ApiGuard, node=node)
@@ -754,12 +791,22 @@ def create_app(node: Node) -> FastAPI:
         if cached is None:
             building = blocks.building.get(h)
             if building is None:  # one build per height at a time; the others wait on it
+                source = request.client.host if request.client else ""
+                wait = builders.wait(source, time.monotonic())
+                if wait > 0:  # this source built more block JSON than its share lately
+                    raise Problem(429, "too_many_requests",
+                                  f"{source} had {BUILD_BYTES_PER_S >> 20} MiB/s of block "
+                                  "JSON built lately; blocks are also served as msgpack",
+                                  {"Retry-After": str(math.ceil(wait))})
                 building = asyncio.ensure_future(workers.run(
                     lambda: None if (raw := node.store.block_bytes(h)) is None
                     else render_json(block_json(Block.from_wire(raw)))))
                 blocks.building[h] = building
                 building.add_done_callback(lambda _: blocks.building.pop(h, None))
-            cached = await asyncio.shield(building)
+                cached = await asyncio.shield(building)
+                builders.spend(source, len(cached or b""), time.monotonic())
+            else:
+                cached = await asyncio.shield(building)
             if cached is None:
                 raise Problem(404, "not_found", f"no block at height {h}")
             blocks.put(h, cached)

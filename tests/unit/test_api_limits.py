@@ -407,3 +407,20 @@ def test_json_prescan_is_linear(body: bytes) -> None:
     except Problem as exc:
         assert exc.status == 400
     assert time.perf_counter() - started < 2.0
+
+
+def test_block_json_builds_are_budgeted_per_source() -> None:
+    """A source cycling through more blocks than the cache holds would have the node build
+    their JSON (CPU under the GIL) without end: each source has a byte budget of builds."""
+    from node.api import BuildBudgets
+
+    budgets = BuildBudgets(rate=4 << 20, burst=64 << 20, max_sources=2)
+    assert budgets.wait("a", 100.0) == 0
+    budgets.spend("a", 20 << 20, 100.0)
+    budgets.spend("a", 20 << 20, 100.0)
+    budgets.spend("a", 30 << 20, 100.0)  # the third build leaves a 6 MiB debt
+    assert budgets.wait("a", 100.0) > 1.4
+    assert budgets.wait("b", 100.0) == 0  # another source is not held back
+    assert budgets.wait("a", 102.0) == 0  # the debt is paid back at 4 MiB/s
+    budgets.wait("c", 102.0)
+    assert list(budgets.buckets) == ["a", "c"]  # sources remembered are bounded
