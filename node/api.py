@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import encoding
-from ledger.blocks import Block, Header
+from ledger.blocks import BlockShell, Header
 from ledger.encoding import b64decode, b64encode, loads_json
 from ledger.errors import DecodeError, LedgerError, TooLargeError
 from ledger.jsonview import jsonable
@@ -167,7 +167,8 @@ def record_json(record: Record, status: str, height: int | None = None,
     return out
 
 
-def block_json(block: Block) -> dict[str, Any]:
+def block_json(block: BlockShell, records: list[Any]) -> dict[str, Any]:
+    """The JSON view of a block, with ``records`` as its records' views."""
     h = block.header
     return {
         "height": h.height, "hash": h.hash.hex(),
@@ -176,12 +177,26 @@ def block_json(block: Block) -> dict[str, Any]:
                    "records_root": h.records_root.hex(), "record_count": h.record_count,
                    "log_root": h.log_root.hex(), "log_size": h.log_size,
                    "proposer": h.proposer, "validators_hash": h.validators_hash.hex()},
-        "records": [record_json(r, "committed", h.height, i) for i, r in enumerate(block.records)],
+        "records": records,
         "cert": {"height": block.cert.height, "round": block.cert.round,
                  "block_hash": block.cert.block_hash.hex(),
                  "signatures": [{"validator": i, "sig": b64encode(s)}
                                 for i, s in block.cert.signatures]},
     }
+
+
+def render_block_json(data: bytes) -> bytes:
+    """The JSON of a block's wire bytes, one record at a time: each record is decoded,
+    rendered and dropped before the next, so a block of large payloads never holds all its
+    records decoded at once (an 8 MB block of short strings is ~60 MB of objects)."""
+    shell = BlockShell.from_wire(data)
+    height = shell.header.height
+    pieces = [render_json(record_json(Record.from_wire(e), "committed", height, i))
+              for i, e in enumerate(shell.envelopes)]
+    doc = render_json(block_json(shell, records=[]))
+    marker = b'"records":[]'
+    at = doc.index(marker) + len(marker) - 1
+    return b"".join((doc[:at], b",".join(pieces), doc[at:]))
 
 
 def parse_id(text: str) -> bytes:
@@ -800,7 +815,7 @@ def create_app(node: Node) -> FastAPI:
                                   {"Retry-After": str(math.ceil(wait))})
                 building = asyncio.ensure_future(workers.run(
                     lambda: None if (raw := node.store.block_bytes(h)) is None
-                    else render_json(block_json(Block.from_wire(raw)))))
+                    else render_block_json(raw)))
                 blocks.building[h] = building
                 building.add_done_callback(lambda _: blocks.building.pop(h, None))
                 cached = await asyncio.shield(building)

@@ -424,3 +424,24 @@ def test_block_json_builds_are_budgeted_per_source() -> None:
     assert budgets.wait("a", 102.0) == 0  # the debt is paid back at 4 MiB/s
     budgets.wait("c", 102.0)
     assert list(budgets.buckets) == ["a", "c"]  # sources remembered are bounded
+
+
+def test_block_json_is_rendered_one_record_at_a_time_with_the_same_shape() -> None:
+    """render_block_json streams records; the document is what the whole view would be."""
+    from ledger.blocks import BlockShell
+    from ledger.store import MemoryStore
+    from node.api import block_json, record_json, render_block_json
+    from tests.factory import ChainBuilder, make_fixture
+
+    fx = make_fixture()
+    builder = ChainBuilder(fx, MemoryStore(genesis_hash=fx.genesis.hash))
+    builder.add(1)
+    block = builder.add(4, payload={"1": "a", 1: "b", "deep": [[[1.5]]]})
+    raw = block.to_wire()
+    whole = block_json(BlockShell.from_wire(raw), [
+        record_json(r, "committed", block.header.height, i) for i, r in enumerate(block.records)])
+    assert json.loads(render_block_json(raw)) == whole
+    assert whole["records"][0]["payload"] == {"$map": [["1", "a"], [1, "b"],
+                                                                    ["deep", [[[1.5]]]]]}
+    empty = ChainBuilder(fx, MemoryStore(genesis_hash=fx.genesis.hash)).add(0)
+    assert json.loads(render_block_json(empty.to_wire()))["records"] == []
