@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.attack.harness import MAX_HEALTHZ_MS, MAX_RSS_MB, MIN_RATIO, judge, run_scenario, save
+from tests.attack.harness import (
+    MAX_HEALTHZ_MS,
+    MAX_RSS_GROWTH_MB,
+    MAX_RSS_MB,
+    MIN_RATIO,
+    judge,
+    run_scenario,
+    save,
+)
 from tests.attack.scenarios import SCENARIOS
 
 
@@ -54,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
     print(f"bar: commits/s under attack >= {MIN_RATIO:.0%} of baseline, /healthz < "
-          f"{MAX_HEALTHZ_MS:g} ms and no failed probe, peak RSS < {MAX_RSS_MB:g} MB per node, "
+          f"{MAX_HEALTHZ_MS:g} ms and no failed probe, peak RSS < {MAX_RSS_MB:g} MB per node "
+          f"(or its baseline peak + {MAX_RSS_GROWTH_MB:g} MB after preparing 8 MB blocks), "
           "no 5xx, audit ok", flush=True)
     results = []
     for name in names:
