@@ -48,7 +48,7 @@ from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
 from ledger.records import Record
-from tests.integration.cluster_util import ROOT, Cluster
+from tests.integration.cluster_util import ROOT, Cluster, rss_mb
 
 MSGPACK = "application/msgpack"
 #: a node above this RSS is killed (the attack is then over for it): protects the machine
@@ -140,18 +140,6 @@ def _attack_main(name: str, spec: Spec, events: Any, go: Any, stop: Any) -> None
 
 
 # -- monitors -----------------------------------------------------------------------------
-
-def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
-    """A process's resident memory (or its peak, ``VmHWM``) in MB; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
 
 class Monitors:
     """Probes, RSS and heights, sampled in threads; read per window with ``window()``."""

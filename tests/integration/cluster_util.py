@@ -35,6 +35,18 @@ def free_base_port(nodes: int) -> int:
     raise RuntimeError("no free ports")
 
 
+
+def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
+    """A process's resident memory (or its peak, ``VmHWM``) in MB; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
 @dataclass
 class Cluster:
     """A cluster folder and its node processes."""

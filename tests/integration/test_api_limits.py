@@ -29,7 +29,7 @@ from ledger.crypto import read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
 from ledger.records import Record
-from tests.integration.cluster_util import Cluster
+from tests.integration.cluster_util import Cluster, rss_mb
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.start_all()
     yield c
     c.stop_all()
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @dataclass

@@ -19,17 +19,9 @@ from ledger.consensus import SignedVote, encode_message
 from ledger.crypto import read_key_file
 from ledger.genesis import Genesis
 from node.transport import PeerNetwork
-from tests.integration.cluster_util import Cluster
+from tests.integration.cluster_util import Cluster, rss_mb
 
 pytestmark = pytest.mark.slow
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_floods_from_a_hostile_peer_are_dropped(tmp_path_factory: pytest.TempPathFactory) -> None:
