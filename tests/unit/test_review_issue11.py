@@ -48,13 +48,13 @@ def test_one_validator_cannot_fill_the_proposal_budget_for_everyone(
     attack = [frame(Proposal.sign("not-this-chain", r, -1, header, recs, 3,
                                   FX.validator_keys[3]))
               for r in range(node.proposal_budget.max_keys)]
-    with monkeypatch.context() as m:
-        m.setattr(runtime, "time", clock)
-        for f in attack:
-            clock.t += 1 / runtime.PROPOSALS_PER_S  # within the rate
-            node.on_frame(3, f)
 
     async def go() -> None:
+        with monkeypatch.context() as m:  # on_frame runs on the event loop, as in a node
+            m.setattr(runtime, "time", clock)
+            for f in attack:
+                clock.t += 1 / runtime.PROPOSALS_PER_S  # within the rate
+                node.on_frame(3, f)
         await pump(node)
         node.on_frame(1, frame(helper.proposal(0)))  # validator 1 proposes (1, 0)
         await pump(node)
