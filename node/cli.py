@@ -236,30 +236,14 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 def cmd_node_run(args: argparse.Namespace) -> int:
     """Run one node until SIGINT/SIGTERM."""
-    import asyncio
     import logging
-    import signal
 
     from node.config import NodeConfig
-    from node.runtime import Node
+    from node.runtime import serve_forever
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = NodeConfig.load(args.dir)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await Node(config).run(stop)
-
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(main())
+    serve_forever(NodeConfig.load(args.dir))
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ from ledger.records import Record
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig
-from node.faults import TestFaults
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
@@ -97,6 +96,28 @@ EVIDENCE_MAX = 1000
 EVIDENCE_FLUSH_S = 1.0
 
 log = logging.getLogger("ledger.node")
+
+
+class Hooks:
+    """Where a test harness may inject faults into a running node (``tests/faults.py``,
+    installed by ``tests/faulty_node.py``): a shipped node runs these no-ops and has no
+    switch, in its environment or anywhere else, that makes it misbehave."""
+
+    #: True when ``blocked`` may drop frames (a broadcast then goes peer by peer)
+    filters_peers = False
+
+    def crash_point(self, point: str) -> None:
+        """A step of the persistence order was reached (``after_persist``,
+        ``before_commit``, ``after_commit``)."""
+
+    def outgoing(self, message: Message, peers: list[int]
+                 ) -> list[tuple[list[int] | None, Message]]:
+        """(peers or None for all, message) pairs to send for one broadcast."""
+        return [(None, message)]
+
+    def blocked(self, peer: int) -> bool:
+        """True to drop frames to and from validator ``peer``."""
+        return False
 
 
 def now_ms() -> int:
@@ -143,8 +164,7 @@ class Node:
                                   config=config.consensus_config(self.genesis),
                                   persisted=persisted, verify=self.mempool.verify)
         self.metrics = Metrics()
-        self.faults = TestFaults.from_env(self.key)
-        self.faults.index = config.index
+        self.faults = Hooks()
         self.evidence_path = config.store_path.with_name("evidence.json")
         self.evidence = self._load_evidence()
         self._evidence_flush: asyncio.TimerHandle | None = None
@@ -376,7 +396,7 @@ class Node:
         """Send to ``peers`` (None: every connected validator)."""
         if self.transport is None:
             return
-        if peers is None and self.faults.partition_file is None:
+        if peers is None and not self.faults.filters_peers:
             self.transport.broadcast(frame)
             return
         for peer in self.connected_peers() if peers is None else peers:
@@ -708,3 +728,24 @@ def evidence_json(first: Any, second: Any) -> dict[str, Any]:
     a, b = view(first), view(second)
     return {"kind": a["kind"], "validator": a["validator"], "height": a["height"],
             "round": a["round"], "first": a["block_hash"], "second": b["block_hash"]}
+
+
+def serve_forever(config: NodeConfig, install: Callable[[Node], None] | None = None) -> None:
+    """Build the node of ``config`` and run it until SIGINT or SIGTERM, on uvloop.
+
+    ``install`` may change the node before it starts (a test harness installing faults)."""
+    import signal
+
+    import uvloop
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        node = Node(config)
+        if install is not None:
+            install(node)
+        await node.run(stop)
+
+    uvloop.run(main())

@@ -72,8 +72,12 @@ class Cluster:
 
     def start(self, i: int, env: dict[str, str] | None = None) -> None:
         log = open(self.dir / f"node{i}.log", "ab")  # noqa: SIM115 - the process owns it
+        # A node asked to misbehave runs the test entry point that installs the faults;
+        # ``ledger node run`` has no such switch.
+        faulty = any(k.startswith("LEDGER_TEST_") for k in env or {})
+        command = ["tests.faulty_node"] if faulty else ["node.cli", "node", "run"]
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "run", str(self.dir / f"node{i}")],
+            [sys.executable, "-m", *command, str(self.dir / f"node{i}")],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 

@@ -13,7 +13,7 @@ import pytest
 from ledger.blocks import Block
 from ledger.client import LedgerClient, NodeError
 from ledger.crypto import read_key_file
-from node.faults import CRASH_POINTS
+from tests.faults import CRASH_POINTS
 from tests.integration.cluster_util import Cluster
 
 pytestmark = pytest.mark.slow

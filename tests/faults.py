@@ -1,4 +1,6 @@
-"""Test-only fault switches, off unless set in the environment. Never set them in production.
+"""Test-only faults for a real node process, installed by ``tests/faulty_node.py`` (the
+entry point the integration tests start instead of ``ledger node run`` when they ask for a
+fault); the shipped node only has the no-op ``node.runtime.Hooks``.
 
 ``LEDGER_TEST_CRASH_AT=<point>:<n>`` kills the process (``os._exit``, like SIGKILL: no
 cleanup) the n-th time it reaches ``point``, one of the steps of the persistence order:
@@ -27,13 +29,14 @@ from ledger.blocks import Vote, build_header
 from ledger.consensus import Message, Proposal, SignedVote
 from ledger.crypto import PrivateKey
 from ledger.merkle import CompactRange
+from node.runtime import Hooks
 
 log = logging.getLogger("ledger.node.faults")
 CRASH_POINTS = ("after_persist", "before_commit", "after_commit")
 
 
 @dataclass
-class TestFaults:
+class TestFaults(Hooks):
     """The switches read from the environment at start."""
 
     key: PrivateKey
@@ -46,9 +49,13 @@ class TestFaults:
     _groups: list[set[int]] = field(default_factory=list)
     _read_at: float = 0.0
 
+    @property
+    def filters_peers(self) -> bool:  # type: ignore[override]
+        return self.partition_file is not None
+
     @classmethod
-    def from_env(cls, key: PrivateKey) -> TestFaults:
-        faults = cls(key)
+    def from_env(cls, key: PrivateKey, index: int) -> TestFaults:
+        faults = cls(key, index=index)
         spec = os.environ.get("LEDGER_TEST_CRASH_AT")
         if spec:
             point, _, count = spec.partition(":")
