@@ -31,10 +31,16 @@ from dataclasses import dataclass, field
 
 from ledger import merkle
 from ledger.blocks import Block
-from ledger.errors import AuditError, LedgerError
+from ledger.errors import AuditError, LedgerError, ValidationError
 from ledger.genesis import Genesis
 from ledger.store.sqlite import SqliteStore
-from ledger.validation import check_header_fields, check_records, check_unique_within
+from ledger.validation import (
+    ChainTip,
+    check_extends,
+    check_header_fields,
+    check_records,
+    check_unique_within,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,11 @@ class BlockSummary:
     leaves: list[bytes]
     ids: list[bytes]
     nonces: list[tuple[bytes, int]]
+
+    @property
+    def record_count(self) -> int:
+        """Records in the block (``check_block_alone`` checked the header's count)."""
+        return len(self.leaves)
 
 
 def check_block_alone(data: bytes, genesis: Genesis, expected_height: int) -> BlockSummary:
@@ -103,32 +114,15 @@ class ChainVerifier:
         return summary
 
     def extend(self, s: BlockSummary) -> None:
-        """Check ``s`` extends the chain so far, then advance."""
-        def bad(reason: str) -> AuditError:
-            return AuditError(s.height, reason)
-
-        if s.height != self.height + 1:
-            raise bad(f"expected height {self.height + 1}")
-        if s.prev_hash != self.tip_hash:
-            what = "the genesis hash" if s.height == 1 else f"the hash of block {self.height}"
-            raise bad(f"prev_hash {s.prev_hash.hex()} is not {what} ({self.tip_hash.hex()})")
-        if s.time_ms <= self.last_time_ms:
-            raise bad(f"time_ms {s.time_ms} is not after block {self.height}'s "
-                      f"{self.last_time_ms}")
-        for rid in s.ids:
-            if rid in self.seen_ids:
-                raise bad(f"record {rid.hex()} was already committed earlier in the chain")
-        for signer, nonce in s.nonces:
-            if (signer, nonce) in self.seen_nonces:
-                raise bad(f"(signer {signer.hex()}, nonce {nonce}) was already used earlier "
-                          "in the chain")
-        log = self.log.copy()
-        log.extend(s.leaves)
-        if s.log_size != log.size:
-            raise bad(f"log_size {s.log_size}, but the chain holds {log.size} records")
-        if s.log_root != log.root():
-            raise bad(f"log_root {s.log_root.hex()} is not the root of the log "
-                      f"({log.root().hex()})")
+        """Check ``s`` extends the chain so far (``ledger.validation.check_extends``, the
+        rule consensus and the store also apply), then advance."""
+        try:
+            log, _ = check_extends(
+                ChainTip(self.height, self.tip_hash, self.last_time_ms, self.log), s,
+                s.leaves, s.ids, s.nonces,
+                seen_ids=self.seen_ids.intersection, seen_nonces=self.seen_nonces.intersection)
+        except ValidationError as exc:
+            raise AuditError(s.height, str(exc)) from exc
         self.seen_ids.update(s.ids)
         self.seen_nonces.update(s.nonces)
         self.log = log

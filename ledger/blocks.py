@@ -277,15 +277,7 @@ class Block:
         """Stateless consistency: record count, records root, certificate binding."""
         h = self.header
         h.validate_basic()
-        if h.record_count != len(self.records):
-            raise BlockError(
-                f"header says {h.record_count} records, block holds {len(self.records)}"
-            )
-        root = merkle.root_from_leaf_hashes(self.leaf_hashes())
-        if root != h.records_root:
-            raise BlockError(
-                f"records_root mismatch: header {h.records_root.hex()}, computed {root.hex()}"
-            )
+        check_contents(h, self.leaf_hashes())
         if self.cert.height != h.height:
             raise CertificateError(f"certificate is for height {self.cert.height}")
         if self.cert.block_hash != h.hash:
@@ -412,3 +404,14 @@ def sign_certificate(chain: str, header: Header, round: int,
     vote = Vote(chain, PRECOMMIT, header.height, round, header.hash).sign_bytes()
     return Certificate(header.height, round, header.hash,
                        tuple((i, keys[i].sign(vote)) for i in sorted(keys)))
+
+
+def check_contents(header: Header, leaves: list[bytes]) -> None:
+    """The header commits to these records: their count and ``records_root`` over their
+    leaf hashes (consensus checks a proposal, the audit a block, by this one rule)."""
+    if header.record_count != len(leaves):
+        raise BlockError(f"header says {header.record_count} records, block holds {len(leaves)}")
+    root = merkle.root_from_leaf_hashes(leaves)
+    if root != header.records_root:
+        raise BlockError(
+            f"records_root mismatch: header {header.records_root.hex()}, computed {root.hex()}")

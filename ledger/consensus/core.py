@@ -32,7 +32,16 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ledger import merkle
-from ledger.blocks import PRECOMMIT, PREVOTE, Block, Certificate, Header, Vote, build_header
+from ledger.blocks import (
+    PRECOMMIT,
+    PREVOTE,
+    Block,
+    Certificate,
+    Header,
+    Vote,
+    build_header,
+    check_contents,
+)
 from ledger.consensus.events import (
     Action,
     Broadcast,
@@ -62,10 +71,16 @@ from ledger.consensus.messages import (
 )
 from ledger.consensus.votes import CATCHUP_ROUNDS, HeightVotes
 from ledger.crypto import PrivateKey, is_valid_signature
-from ledger.errors import LedgerError
+from ledger.errors import BlockError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
-from ledger.validation import check_header_fields, check_records, check_unique_within
+from ledger.validation import (
+    ChainTip,
+    check_extends,
+    check_header_fields,
+    check_records,
+    check_unique_within,
+)
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
 
@@ -149,6 +164,8 @@ class ConsensusCore:
         self.decisions: dict[int, Block] = {}
         self._decision_bytes: dict[int, int] = {}
         self.synced_commits = 0  # heights decided by block sync rather than by voting
+        self.invalid_blocks: dict[str, int] = {}  # blocks found invalid, by error class
+        self.last_invalid = ""  # why the last one was
         self.behind_since: dict[int, int] = {}  # validator -> when it was first heard behind
         self._out: list[Action] = []
         self.future: list[tuple[int, Proposal | SignedVote]] = []  # for the next height
@@ -530,34 +547,43 @@ class ConsensusCore:
         return known
 
     def _check_block(self, h: Header, records: tuple[Record, ...]) -> bool:
+        """Whether the block extends the committed chain by every rule; when it does not,
+        ``invalid_blocks`` counts why (by error class) and ``last_invalid`` says it."""
         try:
-            check_header_fields(self.genesis, h)
-            h.validate_basic()
-            check_unique_within(records)
-            check_records(self.genesis, records, self.verify)
-        except LedgerError:
+            self.check_block(h, records)
+        except LedgerError as exc:
+            reason = type(exc).__name__
+            self.invalid_blocks[reason] = self.invalid_blocks.get(reason, 0) + 1
+            self.last_invalid = f"height {h.height}: {exc}"
             return False
-        if h.height != self.chain.height + 1 or h.height != self.height:
-            return False
-        if h.prev_hash != (self.chain.tip_hash() or self.genesis.hash):
-            return False
-        tip = self._committed(self.chain.height)
-        if tip is not None and h.time_ms <= tip.header.time_ms:
-            return False
-        if len(records) > self.config.max_block_records or h.record_count != len(records):
-            return False
-        if sum(len(r.envelope) for r in records) > self.config.max_block_bytes:
-            return False
+        return True
+
+    def check_block(self, h: Header, records: tuple[Record, ...]) -> None:
+        """Raise the error that names why the block of ``h`` and ``records`` does not extend
+        the committed chain at this height (the chain-extension rule is
+        ``ledger.validation.check_extends``, the one the audit and the store apply)."""
+        check_header_fields(self.genesis, h)
+        h.validate_basic()
+        if h.height != self.height:
+            raise BlockError(f"the block is for height {h.height}; consensus is at "
+                             f"{self.height}")
+        if len(records) > self.config.max_block_records:
+            raise BlockError(f"{len(records)} records exceed the block limit of "
+                             f"{self.config.max_block_records}")
+        size = sum(len(r.envelope) for r in records)
+        if size > self.config.max_block_bytes:
+            raise BlockError(f"{size} bytes of records exceed the block limit of "
+                             f"{self.config.max_block_bytes}")
+        check_unique_within(records)
         leaves = [merkle.leaf_hash(r.envelope) for r in records]
-        if merkle.root_from_leaf_hashes(leaves) != h.records_root:
-            return False
-        log = self.chain.log.copy()
-        log.extend(leaves)
-        if (h.log_size, h.log_root) != (log.size, log.root()):
-            return False
-        if self.chain.seen_ids([r.id for r in records]):
-            return False
-        return not self.chain.seen_nonces([(r.body.signer, r.body.nonce) for r in records])
+        check_contents(h, leaves)
+        tip = self._committed(self.chain.height)
+        check_extends(
+            ChainTip(self.chain.height, self.chain.tip_hash() or self.genesis.hash,
+                     tip.header.time_ms if tip is not None else -1, self.chain.log),
+            h, leaves, [r.id for r in records], [(r.body.signer, r.body.nonce) for r in records],
+            seen_ids=self.chain.seen_ids, seen_nonces=self.chain.seen_nonces)
+        check_records(self.genesis, records, self.verify)
 
     # -- the upon rules ---------------------------------------------------------------
 

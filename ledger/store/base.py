@@ -10,7 +10,9 @@ import msgpack
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate
-from ledger.errors import BlockError
+from ledger.errors import BlockError, ValidationError
+from ledger.validation import ChainTip, Lookup, NonceLookup
+from ledger.validation import check_extends as check_chain_extension
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,33 +72,26 @@ class BlockStore(Protocol):
         """Release the store."""
 
 
-def check_extends(
-    block: Block, height: int, tip_hash: bytes | None, log: merkle.CompactRange,
-    last_cert: Certificate | None = None,
-) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
-    """Check ``block`` extends a store at ``height``; return the new log and its new nodes.
-
-    The store refuses a block that does not link to its tip or whose log fields disagree
-    with the log it holds, so a store can never hold a chain that breaks these rules.
-    """
+def check_extends(block: Block, tip: ChainTip, last_cert: Certificate | None = None, *,
+                  seen_ids: Lookup | None = None, seen_nonces: NonceLookup | None = None,
+                  ) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
+    """Check ``block`` extends a store whose tip is ``tip``; return the new log and its new
+    nodes. The rule is ``ledger.validation.check_extends``, the one consensus and the audit
+    call: a store can never hold a chain that breaks it. Also: the previous block's
+    certificate, when given, certifies the tip."""
     h = block.header
-    if h.height != height + 1:
-        raise BlockError(f"expected height {height + 1}, got {h.height}")
-    if tip_hash is not None and h.prev_hash != tip_hash:
-        raise BlockError(f"height {h.height}: prev_hash does not match block {height}")
-    if h.record_count != len(block.records):
-        raise BlockError(f"height {h.height}: record_count {h.record_count} "
-                         f"but {len(block.records)} records")
-    if last_cert is not None and (last_cert.height != height or last_cert.block_hash != tip_hash):
+    if last_cert is not None and (last_cert.height != tip.height
+                                  or last_cert.block_hash != tip.hash):
         raise BlockError(f"height {h.height}: the previous block's certificate is for "
                          f"height {last_cert.height}, another block")
-    new_log = log.copy()
-    completed = new_log.extend(block.leaf_hashes())
-    if h.log_size != new_log.size:
-        raise BlockError(f"height {h.height}: log_size {h.log_size}, expected {new_log.size}")
-    if h.log_root != new_log.root():
-        raise BlockError(f"height {h.height}: log_root does not match the log")
-    return new_log, completed
+    records = block.records
+    try:
+        return check_chain_extension(
+            tip, h, block.leaf_hashes(), [r.id for r in records],
+            [(r.body.signer, r.body.nonce) for r in records],
+            seen_ids=seen_ids, seen_nonces=seen_nonces)
+    except ValidationError as exc:
+        raise type(exc)(f"height {h.height}: {exc}") from exc
 
 
 def join_block(header: bytes, envelopes: Iterable[bytes], count: int, cert: bytes) -> bytes:

@@ -9,6 +9,7 @@ from ledger import merkle
 from ledger.blocks import Block, Certificate
 from ledger.errors import DuplicateError
 from ledger.store.base import RecordLocation, check_extends
+from ledger.validation import ChainTip
 
 
 class MemoryStore:
@@ -18,6 +19,7 @@ class MemoryStore:
         self.genesis_hash = genesis_hash
         self._blocks: list[bytes] = []
         self._hashes: list[bytes] = []
+        self._tip_time = -1
         self._envelopes: list[bytes] = []
         self._locations: list[RecordLocation] = []
         self._by_id: dict[bytes, RecordLocation] = {}
@@ -42,16 +44,16 @@ class MemoryStore:
 
     def append(self, block: Block, last_cert: Certificate | None = None) -> None:
         """Add ``block``; all or nothing, like the SQLite store's transaction."""
-        new_log, completed = check_extends(block, self.height, self.tip_hash(), self._log,
-                                           last_cert)
         h = block.header
         ids = [r.id for r in block.records]
         pairs = [(r.body.signer, r.body.nonce) for r in block.records]
-        if (len(set(ids)) != len(ids) or len(set(pairs)) != len(pairs)
-                or self.seen_ids(ids) or self.seen_nonces(pairs)):
-            raise DuplicateError(
-                f"height {h.height}: a record id or (signer, nonce) is already stored"
-            )
+        if len(set(ids)) != len(ids) or len(set(pairs)) != len(pairs):
+            raise DuplicateError(f"height {h.height}: a record id or (signer, nonce) appears "
+                                 "twice in the block")
+        new_log, completed = check_extends(
+            block, ChainTip(self.height, self.tip_hash() or self.genesis_hash,
+                            self._tip_time, self._log),
+            last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces)
         first_seq = self._log.size
         for i, r in enumerate(block.records):
             seq = first_seq + i
@@ -68,6 +70,7 @@ class MemoryStore:
             self._blocks[-1] = Block(prev.header, prev.records, last_cert).to_wire()
         self._blocks.append(block.to_wire())
         self._hashes.append(h.hash)
+        self._tip_time = h.time_ms
         self._log = new_log
 
     def block_bytes(self, height: int) -> bytes | None:

@@ -41,6 +41,7 @@ from ledger import merkle
 from ledger.blocks import Block, Certificate, Header
 from ledger.errors import CorruptStoreError, DecodeError, DuplicateError, StoreError
 from ledger.store.base import RecordLocation, check_extends, join_block
+from ledger.validation import ChainTip
 
 SCHEMA_VERSION = 2
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
@@ -264,6 +265,7 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             self._height, self._tip_hash, self._log = 0, None, merkle.CompactRange()
+            self._tip_time = -1
             return
         height, block_hash, header_bytes, first_seq, count = row
         try:
@@ -283,6 +285,7 @@ class SqliteStore:
         if log.root() != header.log_root:
             raise CorruptStoreError("stored Merkle log does not match the tip's log_root", height)
         self._height, self._tip_hash, self._log = height, bytes(block_hash), log
+        self._tip_time = header.time_ms
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -304,8 +307,10 @@ class SqliteStore:
         """Write ``block`` and everything derived from it in one transaction (and, with
         ``last_cert``, the previous block's canonical certificate)."""
         with self._lock:
-            new_log, completed = check_extends(block, self._height, self._tip_hash, self._log,
-                                               last_cert)
+            new_log, completed = check_extends(
+                block, ChainTip(self._height, self._tip_hash or self.genesis_hash,
+                                self._tip_time, self._log),
+                last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces)
             h = block.header
             first_seq = self._log.size
             rows = [
@@ -346,6 +351,7 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"height {h.height}: write failed ({exc})") from exc
             self._height, self._tip_hash, self._log = h.height, h.hash, new_log
+            self._tip_time = h.time_ms
             self._recent.apply(new_ids, merged, upto)
 
     def block_bytes(self, height: int) -> bytes | None:
