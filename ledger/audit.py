@@ -76,7 +76,7 @@ def check_block_alone(data: bytes, genesis: Genesis, expected_height: int) -> Bl
         return AuditError(height, reason)
 
     if height != expected_height:
-        raise AuditError(expected_height, f"block claims height {height}")
+        raise AuditError(expected_height, f"expected height {expected_height}, got {height}")
     try:
         check_header_fields(genesis, h)
         block.validate_basic()

@@ -564,9 +564,6 @@ class ConsensusCore:
         ``ledger.validation.check_extends``, the one the audit and the store apply)."""
         check_header_fields(self.genesis, h)
         h.validate_basic()
-        if h.height != self.height:
-            raise BlockError(f"the block is for height {h.height}; consensus is at "
-                             f"{self.height}")
         if len(records) > self.config.max_block_records:
             raise BlockError(f"{len(records)} records exceed the block limit of "
                              f"{self.config.max_block_records}")
@@ -583,6 +580,9 @@ class ConsensusCore:
                      tip.header.time_ms if tip is not None else -1, self.chain.log),
             h, leaves, [r.id for r in records], [(r.body.signer, r.body.nonce) for r in records],
             seen_ids=self.chain.seen_ids, seen_nonces=self.chain.seen_nonces)
+        if h.height != self.height:  # the chain's next height, yet not the one being decided
+            raise BlockError(f"the block is for height {h.height}; consensus is at "
+                             f"{self.height}")
         check_records(self.genesis, records, self.verify)
 
     # -- the upon rules ---------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""One validity rule: the same single-fault blocks fed to consensus, the audit and the store.
+
+Each block below breaks exactly one rule at height 3 of a two-block chain. Consensus
+(``ConsensusCore.check_block``: would it prevote for it?), the audit (``ChainVerifier``) and
+both stores (``append``: chain-extension rules only — a store does not check signatures)
+must all refuse it, for the same reason, in the same words.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ledger.audit import ChainVerifier
+from ledger.blocks import Block, Header, build_header, sign_certificate
+from ledger.consensus import ConsensusCore
+from ledger.encoding import packb
+from ledger.errors import LedgerError
+from ledger.records import Record
+from ledger.store import MemoryStore, SqliteStore
+from tests.factory import ChainBuilder, make_fixture
+from tests.unit.consensus_helpers import ListMempool
+
+FX = make_fixture()
+Fault = Callable[["Chain"], tuple[Header, list[Record]]]
+
+
+class Chain:
+    """Two committed blocks and what a third would hold."""
+
+    def __init__(self) -> None:
+        self.builder = ChainBuilder(FX, MemoryStore(FX.genesis.hash))
+        self.builder.add(2)
+        self.builder.add(2)
+        self.store = self.builder.store
+
+    def records(self, n: int = 2) -> list[Record]:
+        return [self.builder.record() for _ in range(n)]
+
+    def header(self, records: list[Record], **fields: object) -> Header:
+        """The valid header of block 3 over ``records``, with ``fields`` changed after."""
+        tip = self.builder.blocks[-1].header
+        header = build_header(chain=FX.genesis.chain_id, height=3, time_ms=tip.time_ms + 1000,
+                              prev_hash=tip.hash, records=records, log=self.store.log,
+                              proposer=3 % 4, validators_hash=FX.genesis.validators.hash)
+        return replace(header, **fields) if fields else header
+
+    def block(self, header: Header, records: list[Record]) -> bytes:
+        keys = {i: FX.validator_keys[i] for i in range(3)}
+        return Block(header, tuple(records),
+                     sign_certificate(FX.genesis.chain_id, header, 0, keys)).to_wire()
+
+
+def plain(change: dict[str, object]) -> Fault:
+    def make(c: Chain) -> tuple[Header, list[Record]]:
+        records = c.records()
+        return c.header(records, **{k: (v(c) if callable(v) else v)
+                                    for k, v in change.items()}), records
+    return make
+
+
+def with_records(make_records: Callable[[Chain], list[Record]]) -> Fault:
+    def make(c: Chain) -> tuple[Header, list[Record]]:
+        records = make_records(c)
+        return c.header(records), records
+    return make
+
+
+def forged(c: Chain) -> list[Record]:
+    r = c.records(1)[0]
+    bad = bytes([r.sig[0] ^ 1]) + r.sig[1:]
+    return [Record(r.body, r.body_bytes, bad, packb([r.body_bytes, bad]), r.id)]
+
+
+def earlier(c: Chain) -> Record:
+    return c.builder.blocks[0].records[0]
+
+
+def same_nonce_as_earlier(c: Chain) -> Record:
+    first = earlier(c)
+    return Record.create(FX.writer, chain=FX.genesis.chain_id, type="sensor.reading",
+                         subject="other", payload=1, ts=first.body.ts, nonce=first.body.nonce)
+
+
+def fresh_with_nonce(c: Chain, nonce: int, key: object = None) -> Record:
+    return Record.create(key or FX.writer, chain=FX.genesis.chain_id,  # type: ignore[arg-type]
+                         type="sensor.reading", subject="s", payload=nonce, ts=0, nonce=nonce)
+
+
+#: name -> (the block's fault, does a store refuse it too)
+FAULTS: dict[str, tuple[Fault, bool]] = {
+    "height skips one": (plain({"height": 4}), True),
+    "height repeats the tip": (plain({"height": 2}), True),
+    "prev_hash is random": (plain({"prev_hash": os.urandom(32)}), True),
+    "prev_hash is the genesis hash": (plain({"prev_hash": FX.genesis.hash}), True),
+    "prev_hash is block 1": (plain({"prev_hash": lambda c: c.builder.blocks[0].header.hash}),
+                             True),
+    "time equals the tip's": (plain({"time_ms": lambda c: c.builder.blocks[-1].header.time_ms}),
+                              True),
+    "time before the tip's": (
+        plain({"time_ms": lambda c: c.builder.blocks[-1].header.time_ms - 1}), True),
+    "log_size one more": (plain({"log_size": lambda c: c.store.log.size + 3}), True),
+    "log_size one less": (plain({"log_size": lambda c: c.store.log.size + 1}), True),
+    "log_root random": (plain({"log_root": os.urandom(32)}), True),
+    "log_root of the previous log": (plain({"log_root": lambda c: c.store.log.root()}), True),
+    "record count one more": (plain({"record_count": 3}), True),
+    "record count one less": (plain({"record_count": 1}), True),
+    "a record committed at height 1": (with_records(lambda c: [*c.records(1), earlier(c)]),
+                                       True),
+    "a (signer, nonce) used at height 1": (
+        with_records(lambda c: [*c.records(1), same_nonce_as_earlier(c)]), True),
+    "header names another chain": (plain({"chain": "another"}), False),
+    "validators_hash of another set": (plain({"validators_hash": os.urandom(32)}), False),
+    "proposer is not a validator": (plain({"proposer": 9}), False),
+    "records_root random": (plain({"records_root": os.urandom(32)}), False),
+    "a record's signature is forged": (with_records(forged), False),
+    "a record by a signer nobody authorised": (
+        with_records(lambda c: [fresh_with_nonce(c, 10**6, FX.outsider)]), False),
+    "a record of another chain": (with_records(lambda c: [Record.create(
+        FX.writer, chain="another", type="sensor.reading", subject="s", payload=1, ts=0,
+        nonce=10**6 + 1)]), False),
+    "the same record twice": (with_records(lambda c: [r := c.records(1)[0], r]), False),
+    "two records share a (signer, nonce)": (with_records(lambda c: [
+        fresh_with_nonce(c, 10**6 + 2), Record.create(
+            FX.writer, chain=FX.genesis.chain_id, type="sensor.reading", subject="t",
+            payload=2, ts=0, nonce=10**6 + 2)]), False),
+}
+
+
+def consensus_reason(c: Chain, header: Header, records: list[Record]) -> str:
+    core = ConsensusCore(FX.genesis, c.store, ListMempool(), key=FX.validator_keys[0])
+    core._reset_height(3)
+    with pytest.raises(LedgerError) as err:
+        core.check_block(header, tuple(records))
+    assert not core._check_block(header, tuple(records))  # and it would prevote nil
+    assert core.invalid_blocks == {type(err.value).__name__: 1}
+    return str(err.value)
+
+
+def audit_reason(c: Chain, data: bytes) -> str:
+    verifier = ChainVerifier(FX.genesis)
+    for b in c.builder.blocks:
+        verifier.verify_next(b.to_wire())
+    with pytest.raises(LedgerError) as err:
+        verifier.verify_next(data)
+    return str(err.value)
+
+
+def store_reason(store: MemoryStore | SqliteStore, data: bytes) -> str:
+    with pytest.raises(LedgerError) as err:
+        store.append(Block.from_wire(data))
+    return str(err.value)
+
+
+def test_the_table_has_twenty_faults_or_more() -> None:
+    assert len(FAULTS) >= 20
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_consensus_audit_and_store_refuse_for_one_reason(name: str, tmp_path: Path) -> None:
+    make, store_too = FAULTS[name]
+    c = Chain()
+    header, records = make(c)
+    data = c.block(header, records)
+    reason = consensus_reason(c, header, records)
+    audited = audit_reason(c, data)
+    assert audited == f"height 3: {reason}", (audited, reason)
+    if store_too:
+        sqlite = SqliteStore(tmp_path / "chain.db", genesis_hash=FX.genesis.hash)
+        for b in c.builder.blocks:
+            sqlite.append(b)
+        for store in (c.store, sqlite):
+            assert store_reason(store, data) == f"height {header.height}: {reason}"
+            assert store.height == 2
+        sqlite.close()
+
+
+def test_the_valid_block_passes_all_three(tmp_path: Path) -> None:
+    c = Chain()
+    records = c.records()
+    header = c.header(records)
+    data = c.block(header, records)
+    core = ConsensusCore(FX.genesis, c.store, ListMempool(), key=FX.validator_keys[0])
+    core._reset_height(3)
+    core.check_block(header, tuple(records))
+    verifier = ChainVerifier(FX.genesis)
+    for b in [*c.builder.blocks]:
+        verifier.verify_next(b.to_wire())
+    verifier.verify_next(data)
+    c.store.append(Block.from_wire(data))
+    assert c.store.height == verifier.height == 3
