@@ -961,7 +961,8 @@ def create_app(node: Node) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         node.metrics.mempool = len(node.mempool)
-        return PlainTextResponse(node.metrics.render(len(node.connected_peers())),
+        return PlainTextResponse(node.metrics.render(len(node.connected_peers()),
+                                                     node.core.invalid_blocks),
                                  media_type="text/plain; version=0.0.4")
 
     def openapi() -> dict[str, Any]:

@@ -27,7 +27,8 @@ class Metrics:
             self.latency_counts[-1] += 1
         self.latency_sum += seconds
 
-    def render(self, peers: int) -> str:
+    def render(self, peers: int, invalid_blocks: dict[str, int] | None = None) -> str:
+        """The text format; ``invalid_blocks``: blocks consensus found invalid, by reason."""
         lines = [
             "# HELP ledger_height Height of the last committed block.",
             "# TYPE ledger_height gauge", f"ledger_height {self.height}",
@@ -50,5 +51,10 @@ class Metrics:
         cumulative += self.latency_counts[-1]
         lines += [f'ledger_commit_latency_seconds_bucket{{le="+Inf"}} {cumulative}',
                   f"ledger_commit_latency_seconds_sum {self.latency_sum:.6f}",
-                  f"ledger_commit_latency_seconds_count {cumulative}"]
+                  f"ledger_commit_latency_seconds_count {cumulative}",
+                  "# HELP ledger_invalid_blocks_total Proposed or synced blocks this node found "
+                  "invalid (and prevoted nil for), by the error that said why.",
+                  "# TYPE ledger_invalid_blocks_total counter"]
+        lines += [f'ledger_invalid_blocks_total{{reason="{reason}"}} {count}'
+                  for reason, count in sorted((invalid_blocks or {}).items())]
         return "\n".join(lines) + "\n"

@@ -208,7 +208,12 @@ class Node:
                 if isinstance(msg, Proposal) and 0 <= msg.height - self.core.height <= 1:
                     return  # the core caught up meanwhile: it would read the (absent) records
         self.core.handle(Tick(now_ms()))
-        for action in self.core.handle(event):
+        invalid = sum(self.core.invalid_blocks.values())
+        actions = self.core.handle(event)
+        if sum(self.core.invalid_blocks.values()) != invalid:
+            log.warning("a block from validator %s is invalid, no vote for it: %s",
+                        getattr(event, "peer", "?"), self.core.last_invalid)
+        for action in actions:
             await self._execute(action)
         self.metrics.height = self.store.height
         self.metrics.round = self.core.round

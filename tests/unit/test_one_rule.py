@@ -193,3 +193,11 @@ def test_the_valid_block_passes_all_three(tmp_path: Path) -> None:
     verifier.verify_next(data)
     c.store.append(Block.from_wire(data))
     assert c.store.height == verifier.height == 3
+
+
+def test_metrics_count_invalid_blocks_by_reason() -> None:
+    from node.metrics import Metrics
+
+    text = Metrics().render(3, {"BlockError": 2, "DuplicateError": 1})
+    assert 'ledger_invalid_blocks_total{reason="BlockError"} 2' in text
+    assert 'ledger_invalid_blocks_total{reason="DuplicateError"} 1' in text
