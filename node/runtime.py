@@ -53,7 +53,7 @@ from ledger.consensus.messages import (
     encode_block_response,
     peek_block_response,
 )
-from ledger.crypto import read_key_file
+from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb, split_bin_array
 from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
@@ -120,6 +120,29 @@ class Hooks:
         return False
 
 
+def evidence_path(config: NodeConfig) -> Path:
+    """Where a node keeps the evidence it saw (beside its store)."""
+    return config.store_path.with_name("evidence.json")
+
+
+def load_evidence(path: Path) -> EvidenceLog:
+    """The evidence kept at ``path``; none if it is absent or does not read (evidence is
+    advisory: it never keeps a node from starting)."""
+    empty = EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return empty
+    except OSError as exc:
+        log.warning("cannot read %s (%s); starting without evidence", path, exc)
+        return empty
+    try:
+        return EvidenceLog.from_bytes(data, maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        log.warning("%s does not read (%s); starting without evidence", path, exc)
+        return empty
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -142,31 +165,30 @@ def write_durably(path: Path, data: bytes) -> None:
 class Node:
     """A validator: store, mempool, consensus core, peer links and the HTTP API."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, genesis: Genesis, key: PrivateKey,
+                 store: SqliteStore, *, persisted: SigningState | None = None,
+                 evidence: EvidenceLog | None = None) -> None:
+        """A node from ready parts: no file, environment or database I/O here
+        (``from_config`` does it), so a test can build one around its own parts."""
         self.config = config
-        self.genesis = Genesis.load(config.genesis_path)
-        passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
-        self.key = read_key_file(config.key_path, passphrase.encode() if passphrase else None)
-        validator = self.genesis.validators.by_key(self.key.public)
+        self.genesis = genesis
+        self.key = key
+        validator = genesis.validators.by_key(key.public)
         if validator is None:
             raise ConfigError(f"{config.key_path}: key is not a validator of this genesis")
         if validator.index != config.index:
             raise ConfigError(f"{config.key_path} is validator {validator.index}, "
                               f"config says {config.index}")
         self.name = validator.name
-        self.store = SqliteStore(config.store_path, genesis_hash=self.genesis.hash)
-        check_recent(self.store, self.genesis)  # refuse to serve a corrupted store
-        self.mempool = Mempool(self.genesis, self.store, max_records=config.mempool_records)
-        persisted = None
-        if config.signing_state_path.exists():
-            persisted = SigningState.from_wire(config.signing_state_path.read_bytes())
-        self.core = ConsensusCore(self.genesis, self.store, self.mempool, key=self.key,
-                                  config=config.consensus_config(self.genesis),
+        self.store = store
+        self.mempool = Mempool(genesis, store, max_records=config.mempool_records)
+        self.core = ConsensusCore(genesis, store, self.mempool, key=key,
+                                  config=config.consensus_config(genesis),
                                   persisted=persisted, verify=self.mempool.verify)
         self.metrics = Metrics()
         self.faults = Hooks()
-        self.evidence_path = config.store_path.with_name("evidence.json")
-        self.evidence = self._load_evidence()
+        self.evidence_path = evidence_path(config)
+        self.evidence = evidence or EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
         self._evidence_flush: asyncio.TimerHandle | None = None
         self.scores = Scores(MISBEHAVIOUR_LIMIT, MISBEHAVIOUR_DECAY_PER_S)
         self.backoff_until: dict[int, float] = {}  # validator -> monotonic end of backoff
@@ -256,21 +278,23 @@ class Node:
 
     # -- evidence (kept across restarts) -------------------------------------------------
 
-    def _load_evidence(self) -> EvidenceLog:
-        try:
-            data = self.evidence_path.read_bytes()
-        except FileNotFoundError:
-            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
-        except OSError as exc:  # evidence is advisory: it never keeps the node from starting
-            log.warning("cannot read %s (%s); starting without evidence",
-                        self.evidence_path, exc)
-            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
-        try:
-            return EvidenceLog.from_bytes(data, maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
-        except (ValueError, TypeError, KeyError, RecursionError) as exc:
-            log.warning("%s does not read (%s); starting without evidence",
-                        self.evidence_path, exc)
-            return EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> Node:
+        """Read what ``config`` names — genesis, the key (passphrase from
+        ``LEDGER_KEY_PASSPHRASE``), the store (checked), the signing state and the
+        evidence — and build the node from it."""
+        genesis = Genesis.load(config.genesis_path)
+        passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
+        key = read_key_file(config.key_path, passphrase.encode() if passphrase else None)
+        if genesis.validators.by_key(key.public) is None:  # before opening the store
+            raise ConfigError(f"{config.key_path}: key is not a validator of this genesis")
+        store = SqliteStore(config.store_path, genesis_hash=genesis.hash)
+        check_recent(store, genesis)  # refuse to serve a corrupted store
+        persisted = None
+        if config.signing_state_path.exists():
+            persisted = SigningState.from_wire(config.signing_state_path.read_bytes())
+        return cls(config, genesis, key, store, persisted=persisted,
+                   evidence=load_evidence(evidence_path(config)))
 
     def _persist_evidence(self) -> None:
         """Write the evidence file within EVIDENCE_FLUSH_S (one write for a burst)."""
@@ -748,7 +772,7 @@ def serve_forever(config: NodeConfig, install: Callable[[Node], None] | None = N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        node = Node(config)
+        node = Node.from_config(config)
         if install is not None:
             install(node)
         await node.run(stop)

@@ -82,7 +82,7 @@ def make_node(directory: Path, blocks: int = 0, records: int = 2) -> Node:
     (directory / "config.json").write_text(json.dumps({
         "index": 0, "api": "127.0.0.1:1", "p2p": "127.0.0.1:2", "genesis": "genesis.json",
         "key": "node.pem", "store": "chain.db"}))
-    node = Node(NodeConfig.load(directory))
+    node = Node.from_config(NodeConfig.load(directory))
     builder = ChainBuilder(FX, node.store)
     for _ in range(blocks):
         builder.add(records)
@@ -332,7 +332,7 @@ def test_evidence_is_deduplicated_persisted_and_reloaded(tmp_path: Path,
     asyncio.run(go())
     assert len(node.evidence) == 1
     node.store.close()
-    again = Node(NodeConfig.load(tmp_path))
+    again = Node.from_config(NodeConfig.load(tmp_path))
     assert list(again.evidence) == list(node.evidence)
     assert again.evidence[0]["validator"] == 1 and again.evidence[0]["kind"] == "prevote"
 
