@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from ledger import merkle
 from ledger.audit import (
     AuditReport,
     BlockSummary,
@@ -26,12 +27,14 @@ from ledger.audit import (
     audit_chunks,
     store_chunks,
 )
+from ledger.blocks import Block, Certificate, Header
 from ledger.client import LedgerClient
 from ledger.crypto import PrivateKey, write_key_file
-from ledger.encoding import hex_decode
+from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import verify_receipt
+from ledger.receipts import parse_receipt, verify_receipt
+from ledger.records import Record
 from ledger.store.sqlite import SqliteStore
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -78,6 +81,92 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     write_key_file(args.out, key, passphrase)
     print(key.public.hex())
     return EXIT_OK
+
+
+# -- genesis mismatch ----------------------------------------------------------------------
+
+def _mismatch(theirs: str, genesis: Genesis) -> str:
+    return f"this chain was started from genesis {theirs}; yours is {genesis.hash.hex()}"
+
+
+def _mismatch_unknown(why: str, genesis: Genesis) -> str:
+    return f"this chain was started from another genesis ({why}); yours is {genesis.hash.hex()}"
+
+
+def _certified_by_ours(header: Header, cert: Certificate, genesis: Genesis) -> bool:
+    """True iff a quorum of *this* genesis's validators signed ``header``."""
+    if cert.height != header.height or cert.block_hash != header.hash:
+        return False
+    try:
+        cert.verify(genesis.chain_id, genesis.validators)
+    except LedgerError:
+        return False
+    return True
+
+
+def block1_genesis_mismatch(data: bytes | None, genesis: Genesis) -> str | None:
+    """The one-line "started from another genesis" message for block 1's bytes, or None.
+
+    Block 1's ``prev_hash`` is the hash of the genesis the chain was started from. When it
+    is not ours, the chain is from another genesis (exit 2, nothing was audited) if the block
+    carries another validator set (its ``validators_hash`` is not ours: two independent
+    fields both say "another genesis"), or if our own validators certified it (they signed a
+    block linked to another genesis: same validators, other organisations or policies).
+    Otherwise — our validator set named, but the certificate does not verify — block 1 was
+    altered after it was committed, and the audit reports ``height 1: ...`` (exit 1).
+    """
+    if data is None:
+        return None
+    try:
+        block = Block.from_wire(data)
+    except LedgerError:
+        return None  # undecodable: the audit names height 1
+    header = block.header
+    if header.height != 1 or header.prev_hash == genesis.hash:
+        return None
+    if (header.validators_hash != genesis.validators.hash
+            or _certified_by_ours(header, block.cert, genesis)):
+        return _mismatch(header.prev_hash.hex(), genesis)
+    return None
+
+
+def receipt_genesis_mismatch(data: bytes, genesis: Genesis) -> str | None:
+    """Why a receipt that failed to verify comes from another genesis, or None.
+
+    A receipt shows only its own block's header, so: the header's ``validators_hash`` is not
+    our validator set's; or its block is block 1 and links to another genesis; or our own
+    validators certified the block and the record is in it, yet our genesis refuses the
+    record (its signer or type): the validators ran with another genesis.
+    """
+    try:
+        doc = parse_receipt(data)
+        header = Header.from_wire(b64decode(doc["header"], "receipt.header"))
+        record = Record.from_wire(b64decode(doc["envelope"], "receipt.envelope"))
+        cert_doc = doc["cert"]
+        sigs = tuple((int(e["validator"]), b64decode(e["sig"], "sig"))
+                     for e in cert_doc["signatures"])
+        cert = Certificate(header.height, int(cert_doc["round"]), header.hash, sigs)
+        proof = [hex_decode(h, "audit_path", 32) for h in doc["audit_path"]]
+        merkle.verify_inclusion(int(doc["index"]), header.record_count,
+                                merkle.leaf_hash(record.envelope), proof, header.records_root)
+    except (LedgerError, KeyError, TypeError, ValueError):
+        return None
+    if header.chain != genesis.chain_id:
+        return None  # the chain id differs: verify's own message says so
+    first = header.height == 1 and header.prev_hash != genesis.hash
+    if header.validators_hash != genesis.validators.hash:
+        if first:
+            return _mismatch(header.prev_hash.hex(), genesis)
+        return _mismatch_unknown(f"its validator set hashes to {header.validators_hash.hex()}, "
+                                 f"yours to {genesis.validators.hash.hex()}", genesis)
+    if not _certified_by_ours(header, cert, genesis):
+        return None
+    if first:
+        return _mismatch(header.prev_hash.hex(), genesis)
+    if not genesis.may_submit(record.body.signer, record.body.type):
+        return _mismatch_unknown("your validators certified a record your genesis does not "
+                                 "authorise", genesis)
+    return None
 
 
 # -- audit --------------------------------------------------------------------------------
@@ -128,11 +217,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         store = SqliteStore(args.db, readonly=True)
         try:
             if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
-                raise CommandError(f"{args.db} belongs to another genesis "
-                                   f"({store.genesis_hash.hex()})")
+                raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
             sizes = store.block_sizes()
+            first = store.block(1) if sizes else None
         finally:
             store.close()
+        mismatch = block1_genesis_mismatch(first.to_wire() if first else None, genesis)
+        if mismatch:
+            raise CommandError(f"{args.db}: {mismatch}")
         tip = len(sizes)
         chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes)
         source = str(args.db)
@@ -142,7 +234,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
                                f"genesis is {genesis.chain_id!r}")
+        served = status.get("genesis_hash")
+        if isinstance(served, str) and served != genesis.hash.hex():
+            raise CommandError(f"{args.node}: " + _mismatch(served, genesis))
         tip = status["height"]
+        mismatch = block1_genesis_mismatch(client.block_bytes(1) if tip else None, genesis)
+        if mismatch:
+            raise CommandError(f"{args.node}: {mismatch}")
         chunks = _http_chunks(client, tip, args.chunk, fetchers=4)
         source = args.node
 
@@ -205,6 +303,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         result = verify_receipt(data, genesis)
     except ReceiptError as exc:
+        mismatch = receipt_genesis_mismatch(data, genesis)
+        if mismatch:
+            raise CommandError(f"{args.receipt}: {mismatch}") from exc
         print(f"invalid: {exc}", file=sys.stderr)
         return EXIT_INVALID
     names = ", ".join(genesis.validators[i].name for i in result.signers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from ledger.crypto import read_key_file
+from ledger.genesis import Genesis
 from ledger.receipts import build_receipt, dumps_receipt
 from ledger.store import SqliteStore
-from tests.factory import ChainBuilder, make_fixture
+from node.cli import block1_genesis_mismatch
+from tests.factory import ChainBuilder, Fixture, make_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 FX = make_fixture()
@@ -109,7 +112,7 @@ def test_audit_with_the_wrong_genesis_or_no_store_fails_in_one_line(db: Path,
                                                                      tmp_path: Path) -> None:
     other = make_fixture(chain="other").write_genesis(tmp_path)
     res = ledger("audit", "--db", str(db), "--genesis", str(other))
-    assert res.returncode == 2 and "another genesis" in res.stderr
+    assert res.returncode == 2 and "this chain was started from genesis" in res.stderr
     res = ledger("audit", "--db", str(tmp_path / "none.db"), "--genesis", str(other))
     assert res.returncode == 2 and res.stderr.startswith("ledger: ")
     assert "no such store" in res.stderr
@@ -141,3 +144,80 @@ def test_help_explains_every_command() -> None:
     for cmd in ("keygen", "audit", "verify"):
         res = ledger(cmd, "--help")
         assert res.returncode == 0 and "usage: ledger " + cmd in res.stdout
+
+
+def _other_genesis_db(tmp_path: Path, fx: Fixture, name: str) -> Path:
+    """A chain of four blocks started from ``fx``'s genesis, in a store not bound to one."""
+    path = tmp_path / name
+    with SqliteStore(path) as store:
+        b = ChainBuilder(fx, store)
+        for i in range(4):
+            b.add(i % 3 + 1)
+    return path
+
+
+def _same_validators_other_policies() -> Fixture:
+    doc = json.loads(FX.genesis.raw)
+    doc["policies"]["quality.check"] = ["writer"]
+    return dataclasses.replace(FX, genesis=Genesis.from_bytes(json.dumps(doc).encode()))
+
+
+def test_audit_of_a_chain_from_another_genesis_says_so(tmp_path: Path) -> None:
+    """Same chain id, another genesis: not "tampered" (exit 1) but "not yours" (exit 2),
+    whether the other genesis has other validators or the same ones with other policies."""
+    ours = FX.write_genesis(tmp_path)
+    for fx, name in ((make_fixture(validators=5), "other-validators.db"),
+                     (_same_validators_other_policies(), "same-validators.db")):
+        assert fx.genesis.chain_id == FX.genesis.chain_id and fx.genesis.hash != FX.genesis.hash
+        path = _other_genesis_db(tmp_path, fx, name)
+        res = ledger("audit", "--db", str(path), "--genesis", str(ours), "-q")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip() == (
+            f"ledger: {path}: this chain was started from genesis {fx.genesis.hash.hex()}; "
+            f"yours is {FX.genesis.hash.hex()}")
+
+
+def test_a_tampered_block_1_is_still_reported_as_height_1(db: Path, tmp_path: Path) -> None:
+    genesis = FX.write_genesis(tmp_path)
+    copy = tmp_path / "tampered1.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    conn = sqlite3.connect(copy)
+    (header,) = conn.execute("SELECT header FROM blocks WHERE height = 1").fetchone()
+    assert header.count(FX.genesis.hash) == 1
+    forged = header.replace(FX.genesis.hash, bytes(32))  # another prev_hash, our validators
+    conn.execute("UPDATE blocks SET header = ? WHERE height = 1", (forged,))
+    conn.commit()
+    conn.close()
+    with SqliteStore(copy, readonly=True) as store:
+        block = store.block(1)
+    assert block is not None and block.header.prev_hash == bytes(32)
+    assert block1_genesis_mismatch(block.to_wire(), FX.genesis) is None
+    res = ledger("audit", "--db", str(copy), "--genesis", str(genesis), "-q")
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("height 1: ")
+
+
+def test_verify_a_receipt_from_another_genesis_says_so(tmp_path: Path) -> None:
+    ours = FX.write_genesis(tmp_path)
+    cases = []
+    for fx, name, height in ((make_fixture(validators=5), "v.db", 3),
+                             (_same_validators_other_policies(), "p.db", 1)):
+        path = _other_genesis_db(tmp_path, fx, name)
+        with SqliteStore(path, readonly=True) as store:
+            block = store.block(height)
+            assert block is not None
+            receipt = build_receipt(store, block.records[0].id)
+        assert receipt is not None
+        out = tmp_path / f"{name}.receipt.json"
+        out.write_text(dumps_receipt(receipt))
+        cases.append((fx, out, ledger("verify", str(out), "--genesis", str(ours))))
+    (_, out5, res5), (fxp, outp, resp) = cases
+    assert res5.returncode == 2 and "Traceback" not in res5.stderr
+    assert res5.stderr.strip().startswith(f"ledger: {out5}: this chain was started from "
+                                          "another genesis (its validator set hashes to ")
+    assert res5.stderr.strip().endswith(f"; yours is {FX.genesis.hash.hex()}")
+    assert resp.returncode == 2, resp.stderr
+    assert resp.stderr.strip() == (
+        f"ledger: {outp}: this chain was started from genesis {fxp.genesis.hash.hex()}; "
+        f"yours is {FX.genesis.hash.hex()}")
