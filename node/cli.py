@@ -28,7 +28,7 @@ from ledger.audit import (
     store_chunks,
 )
 from ledger.blocks import Block, Certificate, Header
-from ledger.client import LedgerClient
+from ledger.client import LedgerClient, NodeError
 from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
@@ -391,16 +391,11 @@ def cmd_node_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    """Sign one record and submit it."""
+def _sign_one(args: argparse.Namespace, client: LedgerClient | None) -> Record:
+    """The record ``ledger submit`` signs (its chain from --chain or the node)."""
     import json as jsonlib
-    import secrets
-
-    import httpx
 
     from ledger.crypto import read_key_file
-    from ledger.encoding import packb
-    from ledger.records import Record
 
     try:
         payload = jsonlib.loads(args.payload)
@@ -408,29 +403,81 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CommandError(f"--payload is not JSON ({exc})") from exc
     passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
     key = read_key_file(args.identity, passphrase.encode() if passphrase else None)
-    base = args.node.rstrip("/")
-    try:
-        with httpx.Client(timeout=args.timeout + 10, verify=_ssl_verify(args)) as http:
-            chain = args.chain or http.get(f"{base}/v1/status").json()["chain"]
-            record = Record.create(key, chain=chain, type=args.type, subject=args.subject,
-                                   payload=payload, ts=time.time_ns() // 1_000_000,
-                                   nonce=args.nonce if args.nonce is not None
-                                   else secrets.randbits(63))
-            params = {"wait": "commit", "timeout": str(args.timeout)} if args.wait else {}
-            resp = http.post(f"{base}/v1/records", content=packb([record.envelope]),
-                             params=params, headers={"Content-Type": "application/msgpack"})
-    except httpx.HTTPError as exc:
-        raise CommandError(f"{base}: {exc or type(exc).__name__}") from exc
-    doc = resp.json()
-    if resp.status_code != 202:
-        raise CommandError(f"{resp.status_code} {doc.get('code')}: {doc.get('detail')}")
-    result = doc["results"][0]
-    if result["status"] == "rejected":
+    chain = args.chain
+    if chain is None:
+        if client is None:
+            raise CommandError("--print-envelope without --node needs --chain")
+        chain = client.chain_id()
+    import secrets
+
+    return Record.create(key, chain=chain, type=args.type, subject=args.subject,
+                         payload=payload, ts=time.time_ns() // 1_000_000,
+                         nonce=secrets.randbits(63) if args.nonce is None else args.nonce)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Sign one record and submit it (or, with --print-envelope, only print it)."""
+    if args.print_envelope:
+        from ledger.encoding import b64encode
+
+        client = LedgerClient(args.node, verify=_ca(args)) if args.node else None
+        try:
+            record = _sign_one(args, client)
+        finally:
+            if client is not None:
+                client.close()
+        print(f"id {record.id.hex()}")
+        print(f"envelope {b64encode(record.envelope)}")
+        return EXIT_OK
+    if not args.node:
+        raise CommandError("--node URL is required (or --print-envelope to sign only)")
+    with LedgerClient(args.node, verify=_ca(args), timeout=args.timeout + 10) as client:
+        record = _sign_one(args, client)
+        result = client.submit([record], wait=args.wait, timeout=args.timeout)[0]
+    if result.get("status") == "rejected":
         print(f"rejected: {result.get('error')}: {result.get('detail')}", file=sys.stderr)
         return EXIT_INVALID
-    line = result["id"] + (f" height {result['height']}" if "height" in result else "")
-    print(line if result["status"] == "accepted" else f"{line} (duplicate)")
+    line = str(result.get("id")) + (f" height {result['height']}" if "height" in result else "")
+    print(line if result.get("status") == "accepted" else f"{line} (duplicate)")
     return EXIT_OK
+
+
+# -- connection hints -------------------------------------------------------------------
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        yield item
+        item = item.__cause__ or item.__context__
+
+
+def explain_node_error(exc: NodeError, url: str | None) -> str:
+    """One line for a node that could not be reached, with a hint at the likely cause."""
+    url = (url or "").rstrip("/")
+    text = " ".join(str(e) for e in _causes(exc))
+    https = url.startswith("https://")
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc)) or \
+            "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"{url}: the node's TLS certificate is not trusted: pass --ca FILE (the "
+                f"cluster's tls/ca.pem) or set LEDGER_CA")
+    if https and any(m in text for m in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
+                                          "record layer failure", "packet length too long",
+                                          "wrong version number")):
+        return (f"{url}: no TLS there: the node serves plain http (try "
+                f"{'http://' + url[len('https://'):]})")
+    if any(isinstance(e, ConnectionRefusedError) for e in _causes(exc)) or \
+            "Connection refused" in text:
+        return (f"cannot connect to {url}: is the cluster running? "
+                "(make run / ledger cluster up)")
+    if not https and url.startswith("http://") and (
+            "Server disconnected without sending a response" in text
+            or "Connection reset by peer" in text
+            or "illegal status line" in text.lower() or "invalid http" in text.lower()):
+        return (f"{url}: the node closed the connection without an HTTP answer: does it "
+                f"serve https? (try {'https://' + url[len('http://'):]} with --ca FILE)")
+    return str(exc)
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -530,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "
                        "id (and, with --wait, the height it was committed at).")
-    p.add_argument("--node", required=True, metavar="URL")
+    p.add_argument("--node", metavar="URL", help="the node's API (required unless "
+                   "--print-envelope is given with --chain)")
     p.add_argument("--identity", required=True, metavar="PEM", type=Path,
                    help="the client's key file")
     p.add_argument("--type", required=True, help="record type, e.g. sensor.reading")
@@ -541,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nonce", type=int, help="nonce (default: random)")
     p.add_argument("--chain", help="chain id (default: ask the node)")
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
+    p.add_argument("--print-envelope", action="store_true",
+                   help="sign only: print 'id HEX' and 'envelope BASE64' and submit nothing "
+                   "(POST it yourself, e.g. with curl: see docs/api.md)")
     p.set_defaults(func=cmd_submit)
     return parser
 
@@ -550,6 +601,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+    except NodeError as exc:
+        print(f"ledger: {explain_node_error(exc, getattr(args, 'node', None))}",
+              file=sys.stderr)
+        return EXIT_ERROR
     except (CommandError, LedgerError) as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         return EXIT_ERROR

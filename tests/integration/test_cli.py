@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
 import json
 import os
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -221,3 +227,116 @@ def test_verify_a_receipt_from_another_genesis_says_so(tmp_path: Path) -> None:
     assert resp.stderr.strip() == (
         f"ledger: {outp}: this chain was started from genesis {fxp.genesis.hash.hex()}; "
         f"yours is {FX.genesis.hash.hex()}")
+
+
+# -- connection errors: one line with a hint -------------------------------------------
+
+class _Answer502(http.server.BaseHTTPRequestHandler):
+    def _html(self) -> None:
+        body = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\n"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _html
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _AnswerJson(_Answer502):
+    def _html(self) -> None:
+        body = b'{"chain": "test-chain", "height": 0}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _html
+
+
+@contextlib.contextmanager
+def _server(handler: type[http.server.BaseHTTPRequestHandler],
+            tls: tuple[Path, Path] | None = None) -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*tls)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed on exit: nothing listens there
+
+
+def _submit(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    key = tmp_path / "k.pem"
+    if not key.exists():
+        assert ledger("keygen", str(key)).returncode == 0
+    return ledger("submit", "--node", url, "--identity", str(key), "--type", "sensor.reading",
+                  "--subject", "s", "--payload", "1", *extra)
+
+
+def _one_line(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    return res.stderr.strip()
+
+
+def test_a_refused_connection_asks_whether_the_cluster_runs(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_refused_port()}"
+    genesis = FX.write_genesis(tmp_path)
+    hint = (f"ledger: cannot connect to {url}: is the cluster running? "
+            "(make run / ledger cluster up)")
+    assert _one_line(_submit(url, tmp_path)) == hint
+    assert _one_line(_submit(url, tmp_path, "--chain", "test-chain")) == hint
+    assert _one_line(ledger("audit", "--node", url, "--genesis", str(genesis), "-q")) == hint
+
+
+def test_a_502_html_answer_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    genesis = FX.write_genesis(tmp_path)
+    with _server(_Answer502) as port:
+        url = f"http://127.0.0.1:{port}"
+        for res in (_submit(url, tmp_path), _submit(url, tmp_path, "--chain", "test-chain"),
+                    ledger("audit", "--node", url, "--genesis", str(genesis), "-q")):
+            line = _one_line(res)
+            assert "502" in line and "text/html" in line and "JSONDecodeError" not in line
+
+
+def test_tls_mistakes_get_a_hint(tmp_path: Path) -> None:
+    from node.tls import make_ca, make_node_cert
+
+    ca, ca_key = make_ca(tmp_path / "tls", "t")
+    make_node_cert(tmp_path / "tls", "node0", ca, ca_key)
+    genesis = FX.write_genesis(tmp_path)
+    tls = (tmp_path / "tls" / "tls.crt", tmp_path / "tls" / "tls.key")
+    with _server(_AnswerJson, tls) as port:
+        https = f"https://127.0.0.1:{port}"
+        line = _one_line(ledger("audit", "--node", https, "--genesis", str(genesis), "-q"))
+        assert "not trusted" in line and "--ca FILE" in line and "LEDGER_CA" in line
+        line = _one_line(_submit(https, tmp_path))
+        assert "--ca FILE" in line
+        # with the CA it gets through (an empty chain: nothing to audit, block 1 missing)
+        res = ledger("audit", "--node", https, "--genesis", str(genesis), "-q",
+                     "--ca", str(tmp_path / "tls" / "ca.pem"))
+        assert "not trusted" not in res.stderr and "Traceback" not in res.stderr
+        line = _one_line(ledger("audit", "--node", f"http://127.0.0.1:{port}",
+                                "--genesis", str(genesis), "-q"))
+        assert f"try https://127.0.0.1:{port}" in line, line
+    with _server(_AnswerJson) as port:
+        line = _one_line(ledger("audit", "--node", f"https://127.0.0.1:{port}",
+                                "--genesis", str(genesis), "-q"))
+        assert f"try http://127.0.0.1:{port}" in line, line
