@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import http.server
 import json
 import os
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ledger.crypto import read_key_file
@@ -340,3 +342,42 @@ def test_tls_mistakes_get_a_hint(tmp_path: Path) -> None:
         line = _one_line(ledger("audit", "--node", f"https://127.0.0.1:{port}",
                                 "--genesis", str(genesis), "-q"))
         assert f"try http://127.0.0.1:{port}" in line, line
+
+
+# -- a real node: sign for curl, submit, audit against another genesis ---------------------
+
+@pytest.mark.slow
+def test_print_envelope_posted_as_json_is_accepted_by_a_real_node(tmp_path: Path) -> None:
+    from tests.integration.cluster_util import Cluster
+
+    cluster = Cluster.create(tmp_path / "c", nodes=1)
+    try:
+        cluster.start_all()
+        url = cluster.url(0)
+        demo = str(cluster.dir / "clients" / "demo.pem")
+        sign = ("submit", "--identity", demo, "--type", "sensor.reading", "--subject",
+                "plant-7/line-3/temp", "--payload", '{"c": 21.5}', "--print-envelope")
+        res = ledger(*sign, "--node", url)  # the chain id asked from the node
+        offline = ledger(*sign, "--chain", "demo", "--nonce", "7")  # no node at all
+        assert res.returncode == 0 and offline.returncode == 0, res.stderr + offline.stderr
+        lines = dict(line.split(" ", 1) for line in res.stdout.strip().splitlines())
+        assert set(lines) == {"id", "envelope"} and len(lines["id"]) == 64
+        resp = httpx.post(f"{url}/v1/records", params={"wait": "commit", "timeout": "20"},
+                          json={"records": [{"envelope": lines["envelope"]}]}, timeout=30)
+        assert resp.status_code == 202, resp.text
+        (result,) = resp.json()["results"]
+        assert result["status"] == "accepted" and result["id"] == lines["id"]
+        assert result["height"] >= 1
+        assert httpx.get(f"{url}/v1/records/{lines['id']}").json()["status"] == "committed"
+
+        res = ledger("submit", "--node", url, "--identity", demo, "--type", "sensor.reading",
+                     "--subject", "s", "--payload", "2", "--wait")
+        assert res.returncode == 0 and " height " in res.stdout, res.stderr
+
+        other = make_fixture(chain="demo").write_genesis(tmp_path)  # same chain id
+        theirs = hashlib.sha256((cluster.dir / "genesis.json").read_bytes()).hexdigest()
+        res = ledger("audit", "--node", url, "--genesis", str(other), "-q")
+        assert _one_line(res) == (f"ledger: {url}: this chain was started from genesis "
+                                  f"{theirs}; yours is {Genesis.load(other).hash.hex()}")
+    finally:
+        cluster.stop_all()
