@@ -320,9 +320,10 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     """Write a new local cluster's folder."""
     from node.cluster import init_cluster
 
-    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls)
-    print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and "
-          f"{args.dir}/clients/demo.pem")
+    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls,
+                        args.genesis_template)
+    clients = ", ".join(sorted(str(p) for p in (args.dir / "clients").glob("*.pem")))
+    print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and {clients}")
     for url in urls:
         print(f"  {url}")
     return EXIT_OK
@@ -549,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-id", default="demo", help="chain id (default demo)")
     p.add_argument("--tls", action="store_true",
                    help="make a cluster CA and node certificates: TLS on peer links and API")
+    p.add_argument("--genesis-template", metavar="FILE", type=Path,
+                   help="take the chain id, organisations, policies and consensus section "
+                   "from FILE (e.g. examples/genesis.example.json; see docs/genesis.md); "
+                   "each member gets a new key in DIR/clients/ORG.MEMBER.pem")
     p.set_defaults(func=cmd_cluster_init)
     p = csub.add_parser("up", help="run every node of DIR in the foreground",
                         description="Run every node of DIR, prefixing each node's log lines; "

@@ -381,3 +381,23 @@ def test_print_envelope_posted_as_json_is_accepted_by_a_real_node(tmp_path: Path
                                   f"{theirs}; yours is {Genesis.load(other).hash.hex()}")
     finally:
         cluster.stop_all()
+
+
+def test_cluster_init_takes_organisations_and_policies_from_a_genesis_template(
+        tmp_path: Path) -> None:
+    example = ROOT / "examples" / "genesis.example.json"
+    res = ledger("cluster", "init", str(tmp_path / "c"), "--nodes", "4", "--base-port", "21000",
+                 "--genesis-template", str(example))
+    assert res.returncode == 0, res.stderr
+    made = Genesis.load(tmp_path / "c" / "genesis.json")
+    template = json.loads(example.read_text())
+    assert made.chain_id == template["chain_id"] and len(made.validators) == 4
+    assert {k: sorted(v) for k, v in made.policies.items()} == {
+        k: sorted(v) for k, v in template["policies"].items()}
+    assert made.extra["consensus"] == template["consensus"]
+    for org in template["organizations"]:
+        for member in org["members"]:
+            key = read_key_file(tmp_path / "c" / "clients" / f"{org['name']}.{member['name']}.pem")
+            assert made.members[key.public].roles == frozenset(member["roles"])
+    assert not (tmp_path / "c" / "clients" / "demo.pem").exists()
+    assert "acme.plant-7-gateway.pem" in res.stdout
