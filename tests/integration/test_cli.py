@@ -401,3 +401,33 @@ def test_cluster_init_takes_organisations_and_policies_from_a_genesis_template(
             assert made.members[key.public].roles == frozenset(member["roles"])
     assert not (tmp_path / "c" / "clients" / "demo.pem").exists()
     assert "acme.plant-7-gateway.pem" in res.stdout
+
+
+@pytest.mark.slow
+def test_a_cluster_made_from_the_genesis_example_runs_its_policies(tmp_path: Path) -> None:
+    from tests.integration.cluster_util import Cluster, free_base_port
+
+    base = free_base_port(1)
+    res = ledger("cluster", "init", str(tmp_path / "c"), "--nodes", "1", "--base-port", str(base),
+                 "--genesis-template", str(ROOT / "examples" / "genesis.example.json"))
+    assert res.returncode == 0, res.stderr
+    cluster = Cluster(tmp_path / "c", 1, base)
+    try:
+        cluster.start_all()
+        clients = tmp_path / "c" / "clients"
+
+        def submit(member: str, type_: str) -> subprocess.CompletedProcess[str]:
+            return ledger("submit", "--node", cluster.url(0), "--identity",
+                          str(clients / f"{member}.pem"), "--type", type_,
+                          "--subject", "plant-7/line-3/temp", "--payload", "1", "--wait",
+                          "--timeout", "20")
+
+        ok = submit("acme.plant-7-gateway", "sensor.reading")
+        assert ok.returncode == 0 and " height " in ok.stdout, ok.stderr
+        typo = submit("acme.plant-7-gateway", "sensor.readings")
+        assert typo.returncode == 1 and "unauthorized" in typo.stderr, typo.stderr
+        other_role = submit("acme.plant-7-gateway", "quality.certificate")
+        assert other_role.returncode == 1, other_role.stderr
+        assert submit("tuv.certifier", "quality.certificate").returncode == 0
+    finally:
+        cluster.stop_all()
