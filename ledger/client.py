@@ -218,7 +218,9 @@ class AsyncLedgerClient(_Base):
 
     async def status(self) -> dict[str, Any]:
         """``GET /v1/status``."""
-        doc: dict[str, Any] = _check(await self._get("/v1/status")).json()
+        doc: dict[str, Any] = _json(_check(await self._get("/v1/status")))
+        if not isinstance(doc, dict) or type(doc.get("height")) is not int:
+            raise NodeError(f"{self.base_url}/v1/status has no integer 'height'")
         return doc
 
     async def chain_id(self) -> str:
@@ -236,7 +238,10 @@ class AsyncLedgerClient(_Base):
                                          headers=headers, timeout=timeout + 10)
         except httpx.HTTPError as exc:
             raise NodeError(f"{self.base_url}/v1/records: {exc or type(exc).__name__}") from exc
-        results: list[dict[str, Any]] = _check(resp, (202,)).json()["results"]
+        doc = _json(_check(resp, (202,)))
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            raise NodeError(f"{self.base_url}/v1/records: 202 answer has no 'results' list")
+        results: list[dict[str, Any]] = doc["results"]
         return results
 
     async def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,
