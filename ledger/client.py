@@ -47,10 +47,23 @@ def _check(resp: httpx.Response, ok: tuple[int, ...] = (200,)) -> httpx.Response
     try:
         doc = resp.json()
         code, detail = doc.get("code"), doc.get("detail")
-    except ValueError:
-        code, detail = None, resp.text[:200]
+    except (ValueError, AttributeError):
+        kind = resp.headers.get("content-type", "no content type").split(";")[0]
+        code, detail = None, (f"{resp.reason_phrase} ({kind}, not a ledger node's answer: a "
+                              "proxy in between, or not a ledger node?)")
     raise NodeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} "
                     f"{code or ''} {detail or ''}".strip(), resp.status_code, code)
+
+
+def _json(resp: httpx.Response) -> Any:
+    """The body as JSON, or NodeError naming what came instead (an HTML page, say)."""
+    try:
+        return resp.json()
+    except ValueError as exc:
+        kind = resp.headers.get("content-type", "no content type").split(";")[0]
+        raise NodeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} "
+                        f"answer is {kind}, not JSON (not a ledger node?)",
+                        resp.status_code) from exc
 
 
 def _parse_sse(lines: Iterator[str] | list[str]) -> Iterator[dict[str, Any]]:
@@ -108,8 +121,8 @@ class LedgerClient(_Base):
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/status``."""
-        doc: dict[str, Any] = _check(self._get("/v1/status")).json()
-        if type(doc.get("height")) is not int:
+        doc: dict[str, Any] = _json(_check(self._get("/v1/status")))
+        if not isinstance(doc, dict) or type(doc.get("height")) is not int:
             raise NodeError(f"{self.base_url}/v1/status has no integer 'height'")
         return doc
 
@@ -128,7 +141,10 @@ class LedgerClient(_Base):
                                    headers=headers, timeout=timeout + 10)
         except httpx.HTTPError as exc:
             raise NodeError(f"{self.base_url}/v1/records: {exc or type(exc).__name__}") from exc
-        results: list[dict[str, Any]] = _check(resp, (202,)).json()["results"]
+        doc = _json(_check(resp, (202,)))
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            raise NodeError(f"{self.base_url}/v1/records: 202 answer has no 'results' list")
+        results: list[dict[str, Any]] = doc["results"]
         return results
 
     def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,
@@ -202,7 +218,9 @@ class AsyncLedgerClient(_Base):
 
     async def status(self) -> dict[str, Any]:
         """``GET /v1/status``."""
-        doc: dict[str, Any] = _check(await self._get("/v1/status")).json()
+        doc: dict[str, Any] = _json(_check(await self._get("/v1/status")))
+        if not isinstance(doc, dict) or type(doc.get("height")) is not int:
+            raise NodeError(f"{self.base_url}/v1/status has no integer 'height'")
         return doc
 
     async def chain_id(self) -> str:
@@ -220,7 +238,10 @@ class AsyncLedgerClient(_Base):
                                          headers=headers, timeout=timeout + 10)
         except httpx.HTTPError as exc:
             raise NodeError(f"{self.base_url}/v1/records: {exc or type(exc).__name__}") from exc
-        results: list[dict[str, Any]] = _check(resp, (202,)).json()["results"]
+        doc = _json(_check(resp, (202,)))
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            raise NodeError(f"{self.base_url}/v1/records: 202 answer has no 'results' list")
+        results: list[dict[str, Any]] = doc["results"]
         return results
 
     async def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,

@@ -121,6 +121,8 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
         raise ReceiptError(f"header names chain {header.chain!r}")
     if header.validators_hash != genesis.validators.hash:
         raise ReceiptError("header's validators_hash does not match genesis")
+    if header.height == 1 and header.prev_hash != genesis.hash:
+        raise ReceiptError(f"block 1 links to genesis {header.prev_hash.hex()}, not this one")
     path = _field(doc, "audit_path", list)
     proof = [hex_decode(h, f"receipt.audit_path[{i}]", 32) for i, h in enumerate(path)]
     if not 0 <= index < header.record_count:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from ledger import merkle
 from ledger.audit import (
     AuditReport,
     BlockSummary,
@@ -26,12 +27,14 @@ from ledger.audit import (
     audit_chunks,
     store_chunks,
 )
-from ledger.client import LedgerClient
+from ledger.blocks import Block, Certificate, Header
+from ledger.client import LedgerClient, NodeError
 from ledger.crypto import PrivateKey, write_key_file
-from ledger.encoding import hex_decode
+from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import verify_receipt
+from ledger.receipts import parse_receipt, verify_receipt
+from ledger.records import Record
 from ledger.store.sqlite import SqliteStore
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -78,6 +81,92 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     write_key_file(args.out, key, passphrase)
     print(key.public.hex())
     return EXIT_OK
+
+
+# -- genesis mismatch ----------------------------------------------------------------------
+
+def _mismatch(theirs: str, genesis: Genesis) -> str:
+    return f"this chain was started from genesis {theirs}; yours is {genesis.hash.hex()}"
+
+
+def _mismatch_unknown(why: str, genesis: Genesis) -> str:
+    return f"this chain was started from another genesis ({why}); yours is {genesis.hash.hex()}"
+
+
+def _certified_by_ours(header: Header, cert: Certificate, genesis: Genesis) -> bool:
+    """True iff a quorum of *this* genesis's validators signed ``header``."""
+    if cert.height != header.height or cert.block_hash != header.hash:
+        return False
+    try:
+        cert.verify(genesis.chain_id, genesis.validators)
+    except LedgerError:
+        return False
+    return True
+
+
+def block1_genesis_mismatch(data: bytes | None, genesis: Genesis) -> str | None:
+    """The one-line "started from another genesis" message for block 1's bytes, or None.
+
+    Block 1's ``prev_hash`` is the hash of the genesis the chain was started from. When it
+    is not ours, the chain is from another genesis (exit 2, nothing was audited) if the block
+    carries another validator set (its ``validators_hash`` is not ours: two independent
+    fields both say "another genesis"), or if our own validators certified it (they signed a
+    block linked to another genesis: same validators, other organisations or policies).
+    Otherwise — our validator set named, but the certificate does not verify — block 1 was
+    altered after it was committed, and the audit reports ``height 1: ...`` (exit 1).
+    """
+    if data is None:
+        return None
+    try:
+        block = Block.from_wire(data)
+    except LedgerError:
+        return None  # undecodable: the audit names height 1
+    header = block.header
+    if header.height != 1 or header.prev_hash == genesis.hash:
+        return None
+    if (header.validators_hash != genesis.validators.hash
+            or _certified_by_ours(header, block.cert, genesis)):
+        return _mismatch(header.prev_hash.hex(), genesis)
+    return None
+
+
+def receipt_genesis_mismatch(data: bytes, genesis: Genesis) -> str | None:
+    """Why a receipt that failed to verify comes from another genesis, or None.
+
+    A receipt shows only its own block's header, so: the header's ``validators_hash`` is not
+    our validator set's; or its block is block 1 and links to another genesis; or our own
+    validators certified the block and the record is in it, yet our genesis refuses the
+    record (its signer or type): the validators ran with another genesis.
+    """
+    try:
+        doc = parse_receipt(data)
+        header = Header.from_wire(b64decode(doc["header"], "receipt.header"))
+        record = Record.from_wire(b64decode(doc["envelope"], "receipt.envelope"))
+        cert_doc = doc["cert"]
+        sigs = tuple((int(e["validator"]), b64decode(e["sig"], "sig"))
+                     for e in cert_doc["signatures"])
+        cert = Certificate(header.height, int(cert_doc["round"]), header.hash, sigs)
+        proof = [hex_decode(h, "audit_path", 32) for h in doc["audit_path"]]
+        merkle.verify_inclusion(int(doc["index"]), header.record_count,
+                                merkle.leaf_hash(record.envelope), proof, header.records_root)
+    except (LedgerError, KeyError, TypeError, ValueError):
+        return None
+    if header.chain != genesis.chain_id:
+        return None  # the chain id differs: verify's own message says so
+    first = header.height == 1 and header.prev_hash != genesis.hash
+    if header.validators_hash != genesis.validators.hash:
+        if first:
+            return _mismatch(header.prev_hash.hex(), genesis)
+        return _mismatch_unknown(f"its validator set hashes to {header.validators_hash.hex()}, "
+                                 f"yours to {genesis.validators.hash.hex()}", genesis)
+    if not _certified_by_ours(header, cert, genesis):
+        return None
+    if first:
+        return _mismatch(header.prev_hash.hex(), genesis)
+    if not genesis.may_submit(record.body.signer, record.body.type):
+        return _mismatch_unknown("your validators certified a record your genesis does not "
+                                 "authorise", genesis)
+    return None
 
 
 # -- audit --------------------------------------------------------------------------------
@@ -128,11 +217,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         store = SqliteStore(args.db, readonly=True)
         try:
             if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
-                raise CommandError(f"{args.db} belongs to another genesis "
-                                   f"({store.genesis_hash.hex()})")
+                raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
             sizes = store.block_sizes()
+            first = store.block(1) if sizes else None
         finally:
             store.close()
+        mismatch = block1_genesis_mismatch(first.to_wire() if first else None, genesis)
+        if mismatch:
+            raise CommandError(f"{args.db}: {mismatch}")
         tip = len(sizes)
         chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes)
         source = str(args.db)
@@ -142,7 +234,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
                                f"genesis is {genesis.chain_id!r}")
+        served = status.get("genesis_hash")
+        if isinstance(served, str) and served != genesis.hash.hex():
+            raise CommandError(f"{args.node}: " + _mismatch(served, genesis))
         tip = status["height"]
+        mismatch = block1_genesis_mismatch(client.block_bytes(1) if tip else None, genesis)
+        if mismatch:
+            raise CommandError(f"{args.node}: {mismatch}")
         chunks = _http_chunks(client, tip, args.chunk, fetchers=4)
         source = args.node
 
@@ -205,6 +303,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         result = verify_receipt(data, genesis)
     except ReceiptError as exc:
+        mismatch = receipt_genesis_mismatch(data, genesis)
+        if mismatch:
+            raise CommandError(f"{args.receipt}: {mismatch}") from exc
         print(f"invalid: {exc}", file=sys.stderr)
         return EXIT_INVALID
     names = ", ".join(genesis.validators[i].name for i in result.signers)
@@ -219,9 +320,10 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     """Write a new local cluster's folder."""
     from node.cluster import init_cluster
 
-    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls)
-    print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and "
-          f"{args.dir}/clients/demo.pem")
+    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls,
+                        args.genesis_template)
+    clients = ", ".join(sorted(str(p) for p in (args.dir / "clients").glob("*.pem")))
+    print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and {clients}")
     for url in urls:
         print(f"  {url}")
     return EXIT_OK
@@ -274,16 +376,11 @@ def cmd_node_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    """Sign one record and submit it."""
+def _sign_one(args: argparse.Namespace, client: LedgerClient | None) -> Record:
+    """The record ``ledger submit`` signs (its chain from --chain or the node)."""
     import json as jsonlib
-    import secrets
-
-    import httpx
 
     from ledger.crypto import read_key_file
-    from ledger.encoding import packb
-    from ledger.records import Record
 
     try:
         payload = jsonlib.loads(args.payload)
@@ -291,29 +388,81 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CommandError(f"--payload is not JSON ({exc})") from exc
     passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
     key = read_key_file(args.identity, passphrase.encode() if passphrase else None)
-    base = args.node.rstrip("/")
-    try:
-        with httpx.Client(timeout=args.timeout + 10, verify=_ssl_verify(args)) as http:
-            chain = args.chain or http.get(f"{base}/v1/status").json()["chain"]
-            record = Record.create(key, chain=chain, type=args.type, subject=args.subject,
-                                   payload=payload, ts=time.time_ns() // 1_000_000,
-                                   nonce=args.nonce if args.nonce is not None
-                                   else secrets.randbits(63))
-            params = {"wait": "commit", "timeout": str(args.timeout)} if args.wait else {}
-            resp = http.post(f"{base}/v1/records", content=packb([record.envelope]),
-                             params=params, headers={"Content-Type": "application/msgpack"})
-    except httpx.HTTPError as exc:
-        raise CommandError(f"{base}: {exc or type(exc).__name__}") from exc
-    doc = resp.json()
-    if resp.status_code != 202:
-        raise CommandError(f"{resp.status_code} {doc.get('code')}: {doc.get('detail')}")
-    result = doc["results"][0]
-    if result["status"] == "rejected":
+    chain = args.chain
+    if chain is None:
+        if client is None:
+            raise CommandError("--print-envelope without --node needs --chain")
+        chain = client.chain_id()
+    import secrets
+
+    return Record.create(key, chain=chain, type=args.type, subject=args.subject,
+                         payload=payload, ts=time.time_ns() // 1_000_000,
+                         nonce=secrets.randbits(63) if args.nonce is None else args.nonce)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Sign one record and submit it (or, with --print-envelope, only print it)."""
+    if args.print_envelope:
+        from ledger.encoding import b64encode
+
+        client = LedgerClient(args.node, verify=_ca(args)) if args.node else None
+        try:
+            record = _sign_one(args, client)
+        finally:
+            if client is not None:
+                client.close()
+        print(f"id {record.id.hex()}")
+        print(f"envelope {b64encode(record.envelope)}")
+        return EXIT_OK
+    if not args.node:
+        raise CommandError("--node URL is required (or --print-envelope to sign only)")
+    with LedgerClient(args.node, verify=_ca(args), timeout=args.timeout + 10) as client:
+        record = _sign_one(args, client)
+        result = client.submit([record], wait=args.wait, timeout=args.timeout)[0]
+    if result.get("status") == "rejected":
         print(f"rejected: {result.get('error')}: {result.get('detail')}", file=sys.stderr)
         return EXIT_INVALID
-    line = result["id"] + (f" height {result['height']}" if "height" in result else "")
-    print(line if result["status"] == "accepted" else f"{line} (duplicate)")
+    line = str(result.get("id")) + (f" height {result['height']}" if "height" in result else "")
+    print(line if result.get("status") == "accepted" else f"{line} (duplicate)")
     return EXIT_OK
+
+
+# -- connection hints -------------------------------------------------------------------
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        yield item
+        item = item.__cause__ or item.__context__
+
+
+def explain_node_error(exc: NodeError, url: str | None) -> str:
+    """One line for a node that could not be reached, with a hint at the likely cause."""
+    url = (url or "").rstrip("/")
+    text = " ".join(str(e) for e in _causes(exc))
+    https = url.startswith("https://")
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc)) or \
+            "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"{url}: the node's TLS certificate is not trusted: pass --ca FILE (the "
+                f"cluster's tls/ca.pem) or set LEDGER_CA")
+    if https and any(m in text for m in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
+                                          "record layer failure", "packet length too long",
+                                          "wrong version number")):
+        return (f"{url}: no TLS there: the node serves plain http (try "
+                f"{'http://' + url[len('https://'):]})")
+    if any(isinstance(e, ConnectionRefusedError) for e in _causes(exc)) or \
+            "Connection refused" in text:
+        return (f"cannot connect to {url}: is the cluster running? "
+                "(make run / ledger cluster up)")
+    if not https and url.startswith("http://") and (
+            "Server disconnected without sending a response" in text
+            or "Connection reset by peer" in text
+            or "illegal status line" in text.lower() or "invalid http" in text.lower()):
+        return (f"{url}: the node closed the connection without an HTTP answer: does it "
+                f"serve https? (try {'https://' + url[len('http://'):]} with --ca FILE)")
+    return str(exc)
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -385,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-id", default="demo", help="chain id (default demo)")
     p.add_argument("--tls", action="store_true",
                    help="make a cluster CA and node certificates: TLS on peer links and API")
+    p.add_argument("--genesis-template", metavar="FILE", type=Path,
+                   help="take the chain id, organisations, policies and consensus section "
+                   "from FILE (e.g. examples/genesis.example.json; see docs/genesis.md); "
+                   "each member gets a new key in DIR/clients/ORG.MEMBER.pem")
     p.set_defaults(func=cmd_cluster_init)
     p = csub.add_parser("up", help="run every node of DIR in the foreground",
                         description="Run every node of DIR, prefixing each node's log lines; "
@@ -413,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "
                        "id (and, with --wait, the height it was committed at).")
-    p.add_argument("--node", required=True, metavar="URL")
+    p.add_argument("--node", metavar="URL", help="the node's API (required unless "
+                   "--print-envelope is given with --chain)")
     p.add_argument("--identity", required=True, metavar="PEM", type=Path,
                    help="the client's key file")
     p.add_argument("--type", required=True, help="record type, e.g. sensor.reading")
@@ -424,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nonce", type=int, help="nonce (default: random)")
     p.add_argument("--chain", help="chain id (default: ask the node)")
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
+    p.add_argument("--print-envelope", action="store_true",
+                   help="sign only: print 'id HEX' and 'envelope BASE64' and submit nothing "
+                   "(POST it yourself, e.g. with curl: see docs/api.md)")
     p.set_defaults(func=cmd_submit)
     return parser
 
@@ -433,6 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+    except NodeError as exc:
+        print(f"ledger: {explain_node_error(exc, getattr(args, 'node', None))}",
+              file=sys.stderr)
+        return EXIT_ERROR
     except (CommandError, LedgerError) as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ledger.crypto import PrivateKey, write_key_file
 from ledger.errors import LedgerError
+from ledger.genesis import Genesis
 from node.tls import make_ca, make_node_cert
 
 
@@ -23,9 +24,43 @@ class ClusterError(LedgerError):
     code = "cluster"
 
 
+def _from_template(template: Path, genesis: dict[str, Any],
+                   directory: Path) -> list[tuple[Path, PrivateKey]]:
+    """Put ``template``'s chain id, organisations, policies and consensus into ``genesis``.
+
+    The validators stay the generated nodes; every member gets a new key, written to
+    ``clients/<organisation>.<member>.pem`` (a local cluster cannot hold the real members'
+    private keys). Returns the client keys to write.
+    """
+    try:
+        doc = json.loads(template.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"{template}: cannot read a genesis template ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise ClusterError(f"{template}: expected a JSON object")
+    keys: list[tuple[Path, PrivateKey]] = []
+    orgs = doc.get("organizations", [])
+    for org in orgs if isinstance(orgs, list) else []:
+        for member in org.get("members", []) if isinstance(org, dict) else []:
+            if isinstance(member, dict) and "name" in member:
+                key = PrivateKey.generate()
+                member["pubkey"] = key.public.hex()
+                name = f"{org.get('name')}.{member['name']}".replace("/", "_")
+                keys.append((directory / "clients" / f"{name}.pem", key))
+    for field in ("chain_id", "organizations", "policies", "consensus"):
+        if field in doc:
+            genesis[field] = doc[field]
+    return keys
+
+
 def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
-                 chain_id: str = "demo", tls: bool = False) -> list[str]:
-    """Write genesis.json, one folder per node (config and key) and a demo client key."""
+                 chain_id: str = "demo", tls: bool = False,
+                 template: Path | None = None) -> list[str]:
+    """Write genesis.json, one folder per node (config and key) and a demo client key.
+
+    With ``template`` (a genesis file such as examples/genesis.example.json), its chain id,
+    organisations, policies and consensus section replace the demo ones (see docs/genesis.md).
+    """
     if nodes < 1:
         raise ClusterError("--nodes must be at least 1")
     if not 1024 <= base_port <= 65535 - 100 - nodes:
@@ -50,9 +85,19 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
         # An idle chain makes no empty blocks: a height starts when records arrive.
         "consensus": {"create_empty_blocks": False},
     }
-    (directory / "genesis.json").write_text(json.dumps(genesis, indent=2) + "\n")
+    client_keys = [(directory / "clients" / "demo.pem", client)]
+    if template is not None:
+        client_keys = _from_template(template, genesis, directory)
+    raw = (json.dumps(genesis, indent=2) + "\n").encode()
+    try:
+        Genesis.from_bytes(raw, str(template or "genesis.json"))
+    except LedgerError as exc:
+        raise ClusterError(str(exc)) from exc
+    (directory / "genesis.json").write_bytes(raw)
     (directory / "clients").mkdir(exist_ok=True)
-    write_key_file(directory / "clients" / "demo.pem", client)
+    for path, key in client_keys:
+        write_key_file(path, key)
+    chain_id = str(genesis["chain_id"])
     ca = make_ca(directory / "tls", chain_id) if tls else None
     urls = []
     for i, key in enumerate(keys):

@@ -1,0 +1,58 @@
+"""examples/genesis.example.json (docs/genesis.md) is a valid genesis meaning what the guide
+says it means."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ledger.errors import GenesisError
+from ledger.genesis import Genesis
+from node.config import NodeConfig
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "genesis.example.json"
+
+
+def _member(genesis: Genesis, org: str, name: str) -> bytes:
+    (key,) = [k for k, m in genesis.members.items() if m.organization == org and m.name == name]
+    return key
+
+
+def test_the_example_parses_and_its_policies_mean_what_the_guide_says() -> None:
+    genesis = Genesis.load(EXAMPLE)
+    assert genesis.chain_id == "acme-supply-1"
+    assert len(genesis.validators) == 4 and genesis.validators.total_power == 4
+    assert genesis.validators.is_quorum(3) and not genesis.validators.is_quorum(2)
+    assert "*" not in genesis.policies  # every type explicit: a typo is refused
+    gateway = _member(genesis, "acme", "plant-7-gateway")
+    goods_in = _member(genesis, "boltco", "goods-in")
+    assert genesis.may_submit(gateway, "sensor.reading")
+    assert not genesis.may_submit(gateway, "sensor.readings")  # a typo
+    assert not genesis.may_submit(gateway, "quality.certificate")
+    assert genesis.may_submit(goods_in, "shipment.received")
+    assert genesis.may_submit(goods_in, "quality.inspection")  # two roles
+    assert not genesis.may_submit(genesis.validators[0].pubkey, "sensor.reading")
+    # the consensus section is one a node accepts
+    config = NodeConfig.consensus_config(None, genesis)  # type: ignore[arg-type]
+    assert config.timeout_propose_ms == 3000 and config.create_empty_blocks is False
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(chain_id="acme supply"), "chain_id"),
+    (lambda d: d["validators"][1].update(pubkey=d["validators"][0]["pubkey"]),
+     "share a public key"),
+    (lambda d: d["validators"][0].update(power=0), "power"),
+    (lambda d: d["organizations"][1].update(name="acme"), "appears twice"),
+    (lambda d: d["organizations"][1]["members"][0].update(
+        pubkey=d["organizations"][0]["members"][0]["pubkey"]), "already belongs to"),
+    (lambda d: d["policies"].update({"Sensor.Reading": ["sensor"]}), "not a valid record type"),
+    (lambda d: d["policies"].update({"sensor.reading": "sensor"}), "list of role names"),
+    (lambda d: d.pop("policies"), "missing 'policies'"),
+])
+def test_the_rules_the_guide_lists_are_enforced(change, message) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads(EXAMPLE.read_text())
+    change(doc)
+    with pytest.raises(GenesisError, match=message):
+        Genesis.from_bytes(json.dumps(doc).encode())
