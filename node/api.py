@@ -868,8 +868,9 @@ def create_app(node: Node) -> FastAPI:
                           description="`order=desc`: records before this log index "
                                       "(the previous page's `next`)"),
                       limit: int = Query(100, ge=1, le=1000)) -> Response:
-        """Committed records of one subject, oldest first (``order=desc``: newest first);
-        page with ``after=next`` (``before=next`` when newest first)."""
+        """Committed records of one subject, oldest first or (``order=desc``) newest first.
+
+        Page on with ``after=next``, or ``before=next`` when newest first."""
         if order == "asc" and before is not None:
             raise Problem(400, "invalid_parameter", "`before` pages `order=desc`; use `after`")
         if order == "desc" and after is not None:
