@@ -12,7 +12,7 @@ import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -96,6 +96,17 @@ class _Base:
                              nonce=secrets.randbits(63) if nonce is None else nonce)
 
     @staticmethod
+    def _history_args(subject: str, order: Literal["asc", "desc"], after: int | None,
+                      before: int | None, limit: int) -> tuple[str, dict[str, str | int]]:
+        """Path and query of one history page (the node checks the values)."""
+        params: dict[str, str | int] = {"order": order, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        if before is not None:
+            params["before"] = before
+        return f"/v1/subjects/{subject}/history", params
+
+    @staticmethod
     def _submit_args(records: Sequence[Record], wait: bool, timeout: float
                      ) -> tuple[bytes, dict[str, str], dict[str, str]]:
         params = {"wait": "commit", "timeout": str(timeout)} if wait else {}
@@ -176,10 +187,13 @@ class LedgerClient(_Base):
             return None
         return _check(resp).content
 
-    def history(self, subject: str, *, after: int = -1, limit: int = 100) -> dict[str, Any]:
-        """One page of a subject's committed records (``next`` continues it)."""
-        doc: dict[str, Any] = _check(self._get(
-            f"/v1/subjects/{subject}/history", params={"after": after, "limit": limit})).json()
+    def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
+                after: int | None = None, before: int | None = None,
+                limit: int = 100) -> dict[str, Any]:
+        """One page of a subject's committed records, oldest first (``order="desc"``: newest
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
+        path, params = self._history_args(subject, order, after, before, limit)
+        doc: dict[str, Any] = _check(self._get(path, params=params)).json()
         return doc
 
     def events(self, from_height: int | None = None) -> Iterator[dict[str, Any]]:
@@ -264,6 +278,15 @@ class AsyncLedgerClient(_Base):
     async def block(self, height: int) -> dict[str, Any]:
         """The JSON view of a block."""
         doc: dict[str, Any] = _check(await self._get(f"/v1/blocks/{height}")).json()
+        return doc
+
+    async def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
+                      after: int | None = None, before: int | None = None,
+                      limit: int = 100) -> dict[str, Any]:
+        """One page of a subject's committed records, oldest first (``order="desc"``: newest
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
+        path, params = self._history_args(subject, order, after, before, limit)
+        doc: dict[str, Any] = _check(await self._get(path, params=params)).json()
         return doc
 
     async def events(self, from_height: int | None = None) -> AsyncIterator[dict[str, Any]]:

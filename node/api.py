@@ -17,7 +17,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgpack
 from fastapi import FastAPI, Query, Request
@@ -45,6 +45,7 @@ from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
 
 if TYPE_CHECKING:
+    from ledger.store import RecordLocation
     from node.runtime import Node
 
 MSGPACK = "application/msgpack"
@@ -846,21 +847,50 @@ def create_app(node: Node) -> FastAPI:
         })
 
     @app.get("/v1/subjects/{subject:path}/history", responses={
-        **ok("one page of records, oldest first: up to `limit`, fewer when they hold over 4 MiB "
-             "of envelopes; `next` is null on the last page"),
-        **problems((400, "invalid_parameter", "`after` or `limit` out of range"),
+        **ok("one page of records, oldest first (`order=desc`: newest first): up to `limit`, "
+             "fewer when they hold over 4 MiB of envelopes; `next` is the cursor for the "
+             "following page (`after=next`, or `before=next` with `order=desc`), null on the "
+             "last page"),
+        **problems((400, "invalid_parameter",
+                    "`after`, `before`, `limit` or `order` out of range, or a cursor that "
+                    "does not go with `order` (`after` with `desc`, `before` with `asc`)"),
                    *LIMITED)})
-    async def history(subject: str, after: int = Query(-1, ge=-1, le=2**62),
+    async def history(subject: str,
+                      order: Literal["asc", "desc"] = Query(
+                          "asc", description="`asc`: oldest first (the default); "
+                                             "`desc`: newest first"),
+                      after: int | None = Query(
+                          None, ge=-1, le=2**62,
+                          description="`order=asc`: records after this log index "
+                                      "(the previous page's `next`)"),
+                      before: int | None = Query(
+                          None, ge=0, le=2**62,
+                          description="`order=desc`: records before this log index "
+                                      "(the previous page's `next`)"),
                       limit: int = Query(100, ge=1, le=1000)) -> Response:
-        """Committed records of one subject, oldest first; page with ``after=next``."""
+        """Committed records of one subject, oldest first or (``order=desc``) newest first.
+
+        Page on with ``after=next``, or ``before=next`` when newest first."""
+        if order == "asc" and before is not None:
+            raise Problem(400, "invalid_parameter", "`before` pages `order=desc`; use `after`")
+        if order == "desc" and after is not None:
+            raise Problem(400, "invalid_parameter", "`after` pages `order=asc`; use `before`")
+        newest_first = order == "desc"
+
+        def read(cursor: int | None, want: int) -> list[tuple[RecordLocation, bytes]]:
+            if newest_first:
+                return node.store.subject_history_desc(subject, before_seq=cursor, limit=want)
+            return node.store.subject_history(
+                subject, after_seq=-1 if cursor is None else cursor, limit=want)
+
         def page() -> bytes:
             """Read in slices of HISTORY_SLICE; a page ends at ``limit`` records or once
             it holds HISTORY_PAGE_BYTES of envelopes (its JSON is ~2.7 times that)."""
             records: list[dict[str, Any]] = []
-            cursor, size, full = after, 0, False
+            cursor, size, full = (before if newest_first else after), 0, False
             while not full:
                 want = min(HISTORY_SLICE, limit - len(records))
-                rows = node.store.subject_history(subject, after_seq=cursor, limit=want)
+                rows = read(cursor, want)
                 for loc, envelope in rows:
                     records.append(record_json(Record.from_wire(envelope), "committed",
                                                loc.height, loc.index))

@@ -65,6 +65,12 @@ class BlockStore(Protocol):
     ) -> list[tuple[RecordLocation, bytes]]:
         """Committed records of ``subject`` with log index > ``after_seq``, oldest first."""
 
+    def subject_history_desc(
+        self, subject: str, before_seq: int | None = None, limit: int = 100
+    ) -> list[tuple[RecordLocation, bytes]]:
+        """Committed records of ``subject`` with log index < ``before_seq`` (all when None),
+        newest first: the mirror of ``subject_history``."""
+
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
         """Perfect-subtree hashes of the Merkle log by (level, index)."""
 

@@ -106,6 +106,14 @@ class MemoryStore:
         start = bisect.bisect_right(seqs, after_seq)
         return [(self._locations[seq], self._envelopes[seq]) for seq in seqs[start:start + limit]]
 
+    def subject_history_desc(self, subject: str, before_seq: int | None = None,
+                             limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
+        """Committed records of ``subject`` before log index ``before_seq``, newest first."""
+        seqs = self._subjects.get(subject, [])
+        end = len(seqs) if before_seq is None else bisect.bisect_left(seqs, before_seq)
+        return [(self._locations[seq], self._envelopes[seq])
+                for seq in reversed(seqs[max(0, end - limit):end])]
+
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
         """Perfect-subtree hashes of the log; level 0 is hashed from the envelope."""
         out: dict[merkle.NodeId, bytes] = {}

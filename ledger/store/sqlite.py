@@ -461,6 +461,19 @@ class SqliteStore:
             ).fetchall()
         return [(RecordLocation(h, i, s), bytes(e)) for h, i, s, e in rows]
 
+    def subject_history_desc(self, subject: str, before_seq: int | None = None,
+                             limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
+        """Committed records of ``subject`` before log index ``before_seq``, newest first
+        (the same ``(subject, seq)`` index, walked backwards)."""
+        bound = 2**63 - 1 if before_seq is None else before_seq
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT height, idx, seq, envelope FROM records "
+                "WHERE subject = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (subject, bound, limit),
+            ).fetchall()
+        return [(RecordLocation(h, i, s), bytes(e)) for h, i, s, e in rows]
+
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
         """Perfect-subtree hashes of the log; level 0 is hashed from the stored envelope."""
         with self._lock:

@@ -373,13 +373,17 @@
     return root;
   }
 
+  // Records per history page: the newest page is shown first. `?page_size=N` (1-1000) on the
+  // explorer's own address overrides it (the browser tests page through a few records).
+  const HISTORY_PAGE = Math.min(1000, Math.max(1, Math.floor(Number(new URLSearchParams(location.search).get("page_size"))) || 500));
+
   async function subjectView(token, subject) {
-    const records = [];
-    let next = -1, field = null;
+    const records = []; // in log order, oldest first: the chart draws them in time order
+    let next = null, loaded = false, field = null;
     const chartBox = el("div", { class: "chart", id: "chart" });
     const listBox = el("div", { id: "history" });
-    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => load() }, "Load older pages");
-    const count = el("span", { class: "muted" });
+    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => load() }, "Load older records");
+    const count = el("span", { class: "muted", id: "history-count" });
     const draw = () => {
       const fields = numericFields(records);
       if (field === null || !fields.includes(field)) field = fields.length ? fields[0] : null;
@@ -391,15 +395,23 @@
           chart(records, field, chartBox.clientWidth));
       } else chartBox.append(el("p", { class: "muted" }, "no numeric values to chart"));
       listBox.replaceChildren(records.length ? recordTable([...records].reverse(), true) : el("p", { class: "muted" }, "no committed records for this subject"));
-      count.textContent = ` (${records.length}${next === null ? "" : "+"})`;
+      const n = records.length;
+      count.textContent = n === 0 ? "" : next === null ? ` (all ${n} record${n === 1 ? "" : "s"}, newest first)` : ` (newest ${n} records)`;
       more.hidden = next === null;
     };
     async function load() {
-      const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?limit=500&after=${next}`);
-      if (token !== state.view) return;
-      records.push(...doc.records);
-      next = doc.next;
-      draw();
+      const cursor = loaded ? `&before=${next}` : "";
+      more.disabled = true;
+      try {
+        const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?order=desc&limit=${HISTORY_PAGE}${cursor}`);
+        if (token !== state.view) return;
+        records.unshift(...doc.records.reverse()); // an older page goes before what is shown
+        next = doc.next;
+        loaded = true;
+        draw();
+      } finally {
+        more.disabled = false;
+      }
     }
     setView(el("h1", {}, "Subject ", el("span", { class: "mono", id: "subject-name" }, subject)),
       el("section", { class: "card" }, el("h2", {}, "Values over time"), chartBox),

@@ -215,7 +215,37 @@ def test_subject_view_shows_history_and_chart(cluster: Cluster, readings: list[d
     assert page.locator("#chart-svg circle").count() == 6
     newest = page.locator("#history tbody tr").first.inner_text()
     assert readings[-1]["id"][:10] in newest
+    assert "all 6 records" in page.locator("#history-count").inner_text()
+    assert page.locator("#more").is_hidden()
     screenshot(page, "desktop-subject")
+
+
+def test_subject_view_shows_the_newest_page_first_and_loads_older(
+        cluster: Cluster, readings: list[dict[str, Any]], page: Any) -> None:
+    """Pages of 4 (the explorer's `?page_size=`): the newest 4 first, newest at the top;
+    "Load older records" adds the 2 older ones below them; the chart stays in time order."""
+    ids = [r["id"] for r in readings]  # oldest first
+    rows = page.locator("#history tbody tr")
+    page.goto(f"{cluster.url(0)}/?page_size=4#/subject/{quote(SUBJECT, safe='')}")
+    rows.nth(3).wait_for()
+    assert rows.count() == 4
+    shown = [rows.nth(i).inner_text() for i in range(4)]
+    assert all(rid[:10] in row for rid, row in zip(ids[::-1][:4], shown, strict=True)), shown
+    expect(page.locator("#history-count")).to_have_text(" (newest 4 records)")
+    expect(page.locator("#more")).to_have_text("Load older records")
+    assert page.locator("#chart-svg").get_attribute("data-points") == "4"
+
+    page.click("#more")
+    rows.nth(5).wait_for()
+    assert rows.count() == 6
+    shown = [rows.nth(i).inner_text() for i in range(6)]
+    assert all(rid[:10] in row for rid, row in zip(ids[::-1], shown, strict=True)), shown
+    expect(page.locator("#history-count")).to_have_text(" (all 6 records, newest first)")
+    assert page.locator("#more").is_hidden()
+    # The chart's line runs left to right in time: x grows along its points.
+    points = page.locator("#chart-svg polyline").get_attribute("points")
+    xs = [float(p.split(",")[0]) for p in points.split()]
+    assert len(xs) == 6 and xs == sorted(xs) and xs[0] < xs[-1]
 
 
 def test_search_navigates_by_id_subject_and_height(cluster: Cluster,

@@ -149,6 +149,15 @@ def test_every_endpoint_answers_per_the_spec(cluster: Cluster) -> None:
     page2 = httpx.get(f"{url}/v1/subjects/plant-1/s3/history",
                       params={"limit": 5, "after": hist["next"]}).json()
     assert page2["records"][0]["id"] != hist["records"][0]["id"]
+    newest = httpx.get(f"{url}/v1/subjects/plant-1/s3/history",
+                       params={"order": "desc", "limit": 5}).json()
+    older = httpx.get(f"{url}/v1/subjects/plant-1/s3/history",
+                      params={"order": "desc", "limit": 5, "before": newest["next"]}).json()
+    everything = {order: [r["id"] for r in httpx.get(
+        f"{url}/v1/subjects/plant-1/s3/history", params={"order": order, "limit": 1000}
+    ).json()["records"]] for order in ("asc", "desc")}
+    assert everything["desc"] == everything["asc"][::-1] and len(everything["asc"]) >= 10
+    assert [r["id"] for r in newest["records"] + older["records"]] == everything["desc"][:10]
     assert httpx.get(f"{url}/v1/subjects/nobody/history").json()["records"] == []
     with httpx.stream("GET", f"{url}/v1/events", params={"from_height": 1}, timeout=10) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -198,6 +207,8 @@ def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
         assert rec["payload"]["raw"] == "AAE="  # bin payload values are base64 in JSON
         verify_receipt(client.receipt(result["id"]), genesis)
         assert client.block(result["height"])["height"] == result["height"]
+        assert client.history("batch-7", order="desc", limit=1)["records"][0]["id"] == \
+            result["id"]
         events = client.events(from_height=result["height"])
         first = next(events)
         assert first["height"] == result["height"]
@@ -217,6 +228,8 @@ def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
             event = await stream.__anext__()
             await stream.aclose()
             assert event["height"] == res["height"]
+            newest = await client.history("async/temp", order="desc", limit=1)
+            assert newest["records"][0]["id"] == res["id"]
             return await client.record(str(res["id"]))
 
     assert asyncio.run(run_async())["status"] == "committed"

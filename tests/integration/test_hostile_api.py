@@ -83,6 +83,10 @@ def test_hostile_requests_get_4xx_problems_and_stable_codes(node: Cluster) -> No
             "invalid_parameter")
     problem(httpx.get(f"{url}/v1/subjects/x/history", params={"after": "abc"}), 400,
             "invalid_parameter")
+    problem(httpx.get(f"{url}/v1/subjects/x/history", params={"order": "newest"}), 400,
+            "invalid_parameter")
+    problem(httpx.get(f"{url}/v1/subjects/x/history", params={"order": "desc", "after": "1"}),
+            400, "invalid_parameter")
     problem(httpx.get(f"{url}/v1/events", params={"from_height": "-5"}), 400,
             "invalid_parameter")
     # Once 500s (issue 11): non-ASCII digits, over-long numbers, deep or lax JSON bodies.

@@ -86,6 +86,56 @@ def test_subject_history_pages_oldest_first(store: BlockStore) -> None:
     assert store.subject_history("nobody") == []
 
 
+def test_subject_history_pages_newest_first(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    recs = []
+    for _ in range(3):
+        block = b.block([b.record(subject="a"), b.record(subject="b"), b.record(subject="a")])
+        store.append(block)
+        recs += [r for r in block.records if r.body.subject == "a"]
+    newest = recs[::-1]
+    page1 = store.subject_history_desc("a", limit=4)
+    assert [e for _, e in page1] == [r.envelope for r in newest[:4]]
+    page2 = store.subject_history_desc("a", before_seq=page1[-1][0].seq, limit=4)
+    assert [e for _, e in page2] == [r.envelope for r in newest[4:]]
+    assert store.subject_history_desc("a", before_seq=page2[-1][0].seq) == []
+    assert store.subject_history_desc("nobody") == []
+
+
+def test_paging_1200_records_both_ways_gives_each_once_in_order(store: BlockStore) -> None:
+    b = ChainBuilder(FX, store)
+    wanted: list[bytes] = []
+    for _ in range(12):  # 12 blocks of 100 "deep" records, another subject interleaved
+        records = []
+        for i in range(110):
+            records.append(b.record(subject="other" if i % 11 == 5 else "deep"))
+        store.append(b.block(records))
+        wanted += [r.envelope for r in records if r.body.subject == "deep"]
+    assert len(wanted) == 1200
+    forward: list[bytes] = []
+    after, pages = -1, 0
+    while pages < 100:
+        rows = store.subject_history("deep", after_seq=after, limit=97)
+        pages += 1
+        forward += [e for _, e in rows]
+        if len(rows) < 97:
+            break
+        after = rows[-1][0].seq
+    assert forward == wanted and pages == 13
+    backward: list[bytes] = []
+    before: int | None = None
+    pages = 0
+    while pages < 100:
+        rows = store.subject_history_desc("deep", before_seq=before, limit=97)
+        pages += 1
+        assert [loc.seq for loc, _ in rows] == sorted((loc.seq for loc, _ in rows), reverse=True)
+        backward += [e for _, e in rows]
+        if len(rows) < 97:
+            break
+        before = rows[-1][0].seq
+    assert backward == wanted[::-1] and pages == 13
+
+
 def test_block_that_does_not_extend_the_tip_is_refused(store: BlockStore) -> None:
     b = ChainBuilder(FX, store)
     b.add(1)
