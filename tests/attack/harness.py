@@ -600,17 +600,17 @@ def rss_bar(report: dict[str, Any], node: str) -> float:
     return max(MAX_RSS_MB, baseline + MAX_RSS_GROWTH_MB)
 
 
-def judge(report: dict[str, Any]) -> list[str]:
+def judge(report: dict[str, Any], min_ratio: float = MIN_RATIO) -> list[str]:
     """What ``report`` misses of the bar (empty: it passes)."""
     misses = []
     ratio = report.get("ratio")
     if report.get("checks") is None:
         if not report.get("commits_per_s_baseline"):
             misses.append("no commits in the baseline window (cannot compare)")
-        elif ratio is None or ratio < MIN_RATIO:
+        elif ratio is None or ratio < min_ratio:
             misses.append(f"commits/s {report['commits_per_s_attack']} under attack vs "
                           f"{report['commits_per_s_baseline']} baseline: ratio {ratio} < "
-                          f"{MIN_RATIO}")
+                          f"{min_ratio}")
     if report["worst_healthz_ms"] >= MAX_HEALTHZ_MS or report["healthz_failures"]:
         misses.append(f"/healthz worst {report['worst_healthz_ms']} ms, "
                       f"{report['healthz_failures']} failed probes")
