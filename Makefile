@@ -2,6 +2,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# `make run` needs only the package itself; the dev extras (Playwright, matplotlib, ...) are
+# for `make test` and the benches. The dev stamp implies the run one (a superset).
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test soak bench attack clean
 
@@ -9,11 +12,15 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@test -f .cluster/genesis.json || $(BIN)/ledger cluster init .cluster --nodes 4
 	$(BIN)/ledger cluster up .cluster
 
