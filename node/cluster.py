@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -80,12 +81,53 @@ def _pump(prefix: str, stream: IO[str], out: IO[str], lock: threading.Lock) -> N
             out.flush()
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Can a listener bind ``host:port``? SO_REUSEADDR as uvicorn and asyncio use it, so a
+    port left in TIME_WAIT by a cluster that just stopped counts as free."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return True  # the node itself will report an unusable address
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(node_dirs: list[Path]) -> None:
+    """Raise ClusterError naming the first API or peer port of the cluster already taken.
+
+    Checked before any node starts, so a second ``cluster up`` says so in one line instead
+    of four nodes each dying with a traceback.
+    """
+    from node.config import ConfigError, parse_address
+
+    for node_dir in node_dirs:
+        config = json.loads((node_dir / "config.json").read_text())
+        for key, what in (("api", "API"), ("p2p", "peer")):
+            if key not in config:
+                continue
+            try:
+                host, port = parse_address(config[key], f"{node_dir.name} {key}")
+            except ConfigError as exc:
+                raise ClusterError(str(exc)) from None
+            if not _port_free(host, port):
+                raise ClusterError(f"port {port} ({node_dir.name} {what}) is in use: "
+                                   "is the cluster already running?")
+
+
 def run_cluster(directory: Path) -> int:
     """Run every node of ``directory`` in the foreground until Ctrl-C or SIGTERM."""
     node_dirs = sorted((p for p in directory.glob("node*") if (p / "config.json").exists()),
                        key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
     if not node_dirs:
         raise ClusterError(f"{directory}: no node folders; run 'ledger cluster init' first")
+    check_ports(node_dirs)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
