@@ -2,22 +2,54 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# `make run` needs only the package itself; the dev extras (Playwright, matplotlib, ...) are
+# for `make test` and the benches. The dev stamp implies the run one (a superset).
+RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test soak bench attack clean
+.PHONY: run test browser soak bench attack clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@test -f .cluster/genesis.json || $(BIN)/ledger cluster init .cluster --nodes 4
 	$(BIN)/ledger cluster up .cluster
 
-test: $(STAMP)
+# The browser tests (tests/browser) need a chromium: Debian's /usr/bin/chromium, Playwright's
+# own download, or LEDGER_CHROMIUM (tests/browser/chromium.py finds it). If there is none:
+# as root with apt-get, install Debian's package; else try Playwright's download; else say
+# what to run and fail. APT_GET and PLAYWRIGHT can be replaced for a dry run, e.g.
+# `make browser LEDGER_CHROMIUM=/nonexistent APT_GET=false PLAYWRIGHT=false`.
+APT_GET ?= apt-get
+PLAYWRIGHT ?= $(BIN)/playwright
+FIND_CHROMIUM := $(BIN)/python -m tests.browser.chromium
+
+browser: $(STAMP)
+	@$(FIND_CHROMIUM) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing Debian's chromium for the browser tests (apt-get)"; \
+	    $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq chromium; \
+	  fi; \
+	  $(FIND_CHROMIUM) >/dev/null || { \
+	    echo "make: trying Playwright's own chromium download (playwright install chromium)"; \
+	    $(PLAYWRIGHT) install chromium; \
+	  }; \
+	  $(FIND_CHROMIUM) >/dev/null || { \
+	    $(BIN)/python -c 'from tests.browser.chromium import describe_missing as d; print("make test:", d())' >&2; \
+	    exit 1; \
+	  }; \
+	}
+
+test: $(STAMP) browser
 	$(BIN)/ruff check ledger node tests examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n auto

@@ -43,6 +43,7 @@ from ledger.receipts import build_receipt
 from ledger.records import Record
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
+from node.swaggerui import add_swagger_ui
 
 if TYPE_CHECKING:
     from ledger.store import RecordLocation
@@ -652,7 +653,9 @@ def guarded_protocol(per_source: int, header_timeout: float) -> type[asyncio.Pro
 def create_app(node: Node) -> FastAPI:
     """The API of ``node``."""
     app = FastAPI(title="ledger node API", version="1",
-                  description="Permissioned BFT ledger for industrial data (SPEC section 7).")
+                  description="Permissioned BFT ledger for industrial data (SPEC section 7).",
+                  docs_url=None, redoc_url=None)  # their pages load from a CDN
+    add_swagger_ui(app)  # /docs from the node's own files
     cfg = node.config
     workers = Workers(cfg.api_workers)
     blocks = BlockJsonCache(cfg.api_block_cache_bytes)

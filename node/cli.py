@@ -333,7 +333,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     """Run every node of a cluster folder in the foreground."""
     from node.cluster import run_cluster
 
-    return run_cluster(args.dir)
+    return run_cluster(args.dir, stop_on_exit=args.stop_on_exit)
 
 
 def cmd_node_run(args: argparse.Namespace) -> int:
@@ -541,8 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cluster_init)
     p = csub.add_parser("up", help="run every node of DIR in the foreground",
                         description="Run every node of DIR, prefixing each node's log lines; "
-                        "Ctrl-C or SIGTERM stops them all cleanly.")
+                        "Ctrl-C or SIGTERM stops them all cleanly. Every API and peer port is "
+                        "checked first: one taken is an error (exit 2). A node that exits is "
+                        "reported and the others keep running, unless --stop-on-exit.")
     p.add_argument("dir", metavar="DIR", type=Path)
+    p.add_argument("--stop-on-exit", action="store_true",
+                   help="stop every node (exit 1) when one exits, instead of keeping the "
+                   "others running")
     p.set_defaults(func=cmd_cluster_up)
 
     node = sub.add_parser("node", help="run one node", description="Run one validator node.")

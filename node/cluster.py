@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,12 +127,58 @@ def _pump(prefix: str, stream: IO[str], out: IO[str], lock: threading.Lock) -> N
             out.flush()
 
 
-def run_cluster(directory: Path) -> int:
-    """Run every node of ``directory`` in the foreground until Ctrl-C or SIGTERM."""
+def _port_free(host: str, port: int) -> bool:
+    """Can a listener bind ``host:port``? SO_REUSEADDR as uvicorn and asyncio use it, so a
+    port left in TIME_WAIT by a cluster that just stopped counts as free."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return True  # the node itself will report an unusable address
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(node_dirs: list[Path]) -> None:
+    """Raise ClusterError naming the first API or peer port of the cluster already taken.
+
+    Checked before any node starts, so a second ``cluster up`` says so in one line instead
+    of four nodes each dying with a traceback.
+    """
+    from node.config import ConfigError, parse_address
+
+    for node_dir in node_dirs:
+        config = json.loads((node_dir / "config.json").read_text())
+        for key, what in (("api", "API"), ("p2p", "peer")):
+            if key not in config:
+                continue
+            try:
+                host, port = parse_address(config[key], f"{node_dir.name} {key}")
+            except ConfigError as exc:
+                raise ClusterError(str(exc)) from None
+            if not _port_free(host, port):
+                raise ClusterError(f"port {port} ({node_dir.name} {what}) is in use: "
+                                   "is the cluster already running?")
+
+
+def run_cluster(directory: Path, stop_on_exit: bool = False) -> int:
+    """Run every node of ``directory`` in the foreground until Ctrl-C or SIGTERM.
+
+    A node that exits is reported in one line and the others keep serving (a quorum may
+    remain; an operator may be replacing that node's disk). ``stop_on_exit`` stops every
+    node instead, and returns 1. Returns 1 too when every node has exited by itself.
+    """
     node_dirs = sorted((p for p in directory.glob("node*") if (p / "config.json").exists()),
                        key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
     if not node_dirs:
         raise ClusterError(f"{directory}: no node folders; run 'ledger cluster init' first")
+    check_ports(node_dirs)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -154,20 +202,37 @@ def run_cluster(directory: Path) -> int:
         config = json.loads((node_dir / "config.json").read_text())
         with lock:
             scheme = "https" if config.get("tls") else "http"
-            print(f"{node_dir.name}: API {scheme}://{config['api']}  (OpenAPI docs at /docs)",
-                  flush=True)
+            print(f"{node_dir.name}: API {scheme}://{config['api']}  (OpenAPI docs at /docs), "
+                  f"pid {proc.pid}", flush=True)
     with lock:
         print(f"cluster of {len(procs)} nodes running; genesis {directory / 'genesis.json'}; "
               f"client key {directory / 'clients' / 'demo.pem'}. Ctrl-C stops it.", flush=True)
     exit_code = 0
+    exited: set[str] = set()
     while not stop.is_set():
         for name, proc in procs:
-            if proc.poll() is not None:
-                with lock:
-                    print(f"{name} exited with status {proc.returncode}; stopping the cluster",
+            if name in exited or proc.poll() is None:
+                continue
+            exited.add(name)
+            status = proc.returncode
+            how = str(status)
+            if status < 0:  # killed by a signal
+                with contextlib.suppress(ValueError):
+                    how += f" ({signal.Signals(-status).name})"
+            with lock:
+                if stop_on_exit:
+                    print(f"{name} exited with status {how}; stopping the cluster "
+                          "(--stop-on-exit)", flush=True)
+                elif len(exited) == len(procs):
+                    print(f"{name} exited with status {how}; no node is left running",
                           flush=True)
+                else:
+                    print(f"{name} exited with status {how}; the others keep running "
+                          "(Ctrl-C stops them)", flush=True)
+            if stop_on_exit or len(exited) == len(procs):
                 exit_code = 1
                 stop.set()
+                break
         stop.wait(0.5)
     with lock:
         print("stopping every node ...", flush=True)

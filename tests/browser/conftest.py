@@ -1,14 +1,14 @@
-"""Browser tests of the explorer: Playwright driving Debian's chromium, headless.
+"""Browser tests of the explorer: Playwright driving chromium, headless.
 
-Playwright's own browser download is never used (`playwright install` needs a CDN); CI
-installs Debian's `chromium` (.ci/run). The flags keep chromium off the network: this machine
-has no internet, and without them chromium keeps trying to reach Google's services.
+The browser is Debian's /usr/bin/chromium where present, else Playwright's own download, or
+LEDGER_CHROMIUM (tests/browser/chromium.py); `make test` installs one first if none is there.
+The flags keep chromium off the network: this machine has no internet, and without them
+chromium keeps trying to reach Google's services.
 Screenshots go to tests/browser/artifacts/ (ignored by git).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("LEDGER_CHROMIUM", "/usr/bin/chromium")
+from tests.browser.chromium import describe_missing, find_chromium
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
@@ -30,12 +31,13 @@ PHONE = {"width": 375, "height": 740}
 # running in this thread, and a later test's asyncio.run() would fail in the same process.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():  # a failure, not a skip: CI must run these tests
-        pytest.fail(f"no chromium at {CHROMIUM} (apt-get install chromium, as .ci/run does)")
+    chromium = find_chromium()
+    if chromium is None:  # a failure, not a skip: CI must run these tests
+        pytest.fail(describe_missing())
     from playwright import sync_api
 
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
 

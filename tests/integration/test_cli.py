@@ -431,3 +431,26 @@ def test_a_cluster_made_from_the_genesis_example_runs_its_policies(tmp_path: Pat
         assert submit("tuv.certifier", "quality.certificate").returncode == 0
     finally:
         cluster.stop_all()
+
+
+@pytest.mark.parametrize("taken", ["api", "p2p"])
+def test_cluster_up_with_a_port_taken_says_so_in_one_line(tmp_path: Path, taken: str) -> None:
+    """A second `make run`: every port is checked before any node starts; exit 2, one line."""
+    import socket
+
+    from node.cluster import init_cluster
+    from tests.integration.cluster_util import free_base_port
+
+    base = free_base_port(2)
+    init_cluster(tmp_path, 2, base_port=base)
+    port = base + 1 if taken == "api" else base + 101
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        result = ledger("cluster", "up", str(tmp_path))
+    what = "API" if taken == "api" else "peer"
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (f"ledger: port {port} (node1 {what}) is in use: "
+                             "is the cluster already running?\n")
+    assert result.stdout == ""  # no node was started
+    assert "Traceback" not in result.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -235,33 +238,97 @@ def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
     assert asyncio.run(run_async())["status"] == "committed"
 
 
-def test_cluster_up_stops_every_node_on_sigterm(tmp_path: Path) -> None:
-    import signal
+class ClusterUp:
+    """A real `ledger cluster up` process; its output lines collected by a thread."""
 
+    def __init__(self, directory: Path, *flags: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "cluster", "up", str(directory), *flags],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := re.search(pattern, line):
+                    return m
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    def pid(self, node: int) -> int:
+        return int(self.wait_line(rf"^node{node}: API .* pid (\d+)$").group(1))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_healthy(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not come up"
+        time.sleep(0.2)
+
+
+def serving(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_cluster_up_keeps_serving_when_a_node_exits_and_stops_all_on_sigterm(
+        tmp_path: Path) -> None:
     c = Cluster.create(tmp_path, nodes=2)
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "cluster", "up", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = ClusterUp(tmp_path)
     try:
         for i in range(2):
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{c.url(i)}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "cluster did not come up"
-                time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+            wait_healthy(c.url(i))
+        os.kill(up.pid(1), signal.SIGKILL)
+        up.wait_line(r"^node1 exited with status -9 \(SIGKILL\); the others keep running "
+                     r"\(Ctrl-C stops them\)$")
+        time.sleep(1.5)  # three turns of the supervisor's loop
+        assert up.proc.poll() is None, "\n".join(up.lines)
+        assert serving(c.url(0))
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=30) == 0, "\n".join(up.lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
-    assert "[node0]" in out and "[node1]" in out and out.rstrip().endswith("cluster stopped")
-    for i in range(2):
-        try:
-            httpx.get(f"{c.url(i)}/healthz", timeout=1)
-        except httpx.HTTPError:
-            continue
-        raise AssertionError(f"node{i} still serving after the cluster stopped")
+        up.close()
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert up.lines[-1] == "cluster stopped"
+    assert not serving(c.url(0)), "node0 still serving after the cluster stopped"
+
+
+def test_cluster_up_stop_on_exit_stops_every_node(tmp_path: Path) -> None:
+    c = Cluster.create(tmp_path, nodes=2)
+    up = ClusterUp(tmp_path, "--stop-on-exit")
+    try:
+        for i in range(2):
+            wait_healthy(c.url(i))
+        os.kill(up.pid(1), signal.SIGTERM)
+        assert up.proc.wait(timeout=30) == 1, "\n".join(up.lines)
+    finally:
+        up.close()
+    time.sleep(0.2)
+    assert "node1 exited with status 0; stopping the cluster (--stop-on-exit)" in up.lines
+    assert up.lines[-1] == "cluster stopped"
+    assert not serving(c.url(0)), "node0 still serving after the cluster stopped"
