@@ -29,6 +29,7 @@ blocks committed before it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -45,6 +46,7 @@ from ledger.validation import ChainTip
 
 SCHEMA_VERSION = 2
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
+READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
 
@@ -178,6 +180,9 @@ class SqliteStore:
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path}: no such store")
         self._lock = threading.RLock()
+        self._local = threading.local()  # each reading thread's own read-only connection
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # not the writer's: a new reader never waits
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -354,18 +359,39 @@ class SqliteStore:
             self._tip_time = h.time_ms
             self._recent.apply(new_ids, merged, upto)
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for a read that never waits for the writer: this thread's own
+        read-only connection, which sees the last committed state (WAL readers do not block
+        on a writer, and a writer's COMMIT and fsync do not block them). A read-only store
+        has no writer: it reads through its one connection."""
+        if self.readonly:
+            with self._lock:
+                yield self._db
+            return
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+            with self._readers_lock:
+                self._readers.append(db)
+            self._local.db = db
+        yield db
+
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""
-        with self._lock:
+        with self._reading() as db:
             try:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT header, cert, first_seq, record_count FROM blocks WHERE height = ?",
                     (height,),
                 ).fetchone()
                 if row is None:
                     return None
                 header, cert, first_seq, count = row
-                envelopes = [e for (e,) in self._db.execute(
+                envelopes = [e for (e,) in db.execute(
                     "SELECT envelope FROM records WHERE seq >= ? AND seq < ? ORDER BY seq",
                     (first_seq, first_seq + count),
                 )]
@@ -382,11 +408,12 @@ class SqliteStore:
         data = self.block_bytes(height)
         return None if data is None else Block.from_wire(data)
 
-    def _seq_of(self, record_id: bytes) -> int | None:
-        """The log index of a committed record (call with the lock held)."""
+    def _seq_of(self, record_id: bytes, db: sqlite3.Connection) -> int | None:
+        """The log index of a committed record. The newest ids are in memory, updated
+        after their block's COMMIT, so any connection's next read finds their rows."""
         seq = self._recent.get(record_id)
         if seq is None:
-            row = self._db.execute(
+            row = db.execute(
                 "SELECT r.seq FROM ids JOIN records r ON r.seq = ids.seq "
                 "WHERE ids.id8 = ? AND r.id = ?", (id8(record_id), record_id)).fetchone()
             seq = None if row is None else row[0]
@@ -394,17 +421,17 @@ class SqliteStore:
 
     def locate(self, record_id: bytes) -> RecordLocation | None:
         """Where record ``record_id`` was committed."""
-        with self._lock:
-            seq = self._seq_of(record_id)
-            row = None if seq is None else self._db.execute(
+        with self._reading() as db:
+            seq = self._seq_of(record_id, db)
+            row = None if seq is None else db.execute(
                 "SELECT height, idx, seq FROM records WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else RecordLocation(*row)
 
     def envelope(self, record_id: bytes) -> bytes | None:
         """The envelope of a committed record."""
-        with self._lock:
-            seq = self._seq_of(record_id)
-            row = None if seq is None else self._db.execute(
+        with self._reading() as db:
+            seq = self._seq_of(record_id, db)
+            row = None if seq is None else db.execute(
                 "SELECT envelope FROM records WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -453,8 +480,8 @@ class SqliteStore:
     def subject_history(self, subject: str, after_seq: int = -1,
                         limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
         """Committed records of ``subject`` after log index ``after_seq``, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT height, idx, seq, envelope FROM records "
                 "WHERE subject = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (subject, after_seq, limit),
@@ -466,8 +493,8 @@ class SqliteStore:
         """Committed records of ``subject`` before log index ``before_seq``, newest first
         (the same ``(subject, seq)`` index, walked backwards)."""
         bound = 2**63 - 1 if before_seq is None else before_seq
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT height, idx, seq, envelope FROM records "
                 "WHERE subject = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (subject, bound, limit),
@@ -525,8 +552,11 @@ class SqliteStore:
         return self._log.size
 
     def close(self) -> None:
-        """Close the database."""
-        with self._lock:
+        """Close the database (and every reading thread's connection)."""
+        with self._lock, self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
             self._db.close()
 
     def __enter__(self) -> SqliteStore:

@@ -146,12 +146,31 @@ def main() -> None:
                         with lock:
                             timeline.append((t1, done, t1 - t0))
 
+            # Reads during saturation: GET /v1/records/{id} of committed records, one at a
+            # time, every node in turn (a read must not wait for the writer's commit).
+            reads: list[float] = []
+            read_ids = [r.id.hex() for r in records[args.records:]]
+
+            def reader() -> None:
+                with httpx.Client(timeout=30) as http:
+                    for k in range(1_000_000):
+                        if not any(t.is_alive() for t in threads):
+                            return
+                        t0 = time.perf_counter()
+                        resp = http.get(f"{c.url(k % args.nodes)}/v1/records/"
+                                        f"{read_ids[k % len(read_ids)]}")
+                        if resp.status_code == 200:
+                            reads.append(time.perf_counter() - t0)
+                        time.sleep(0.01)
+
             spies = start_profilers(c, args.out) if args.profile else []
             cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
             start = time.perf_counter()
             threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
             for t in threads:
                 t.start()
+            read_thread = threading.Thread(target=reader)
+            read_thread.start()
             memory: list[tuple[float, list[float]]] = []  # (time, RSS MB of each node)
             with tqdm(total=args.records, unit="rec", desc="committing", file=sys.stderr,
                       mininterval=1) as bar:
@@ -162,6 +181,7 @@ def main() -> None:
                         bar.update(sum(n for _, n, _ in timeline) - bar.n)
                     time.sleep(1)
             elapsed = time.perf_counter() - start
+            read_thread.join(60)
             cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
                                                                    strict=True))
             stop_profilers(spies)
@@ -201,6 +221,9 @@ def main() -> None:
         "light_p99_ms": percentile(light, 99) * 1000,
         "saturation_p50_ms": statistics.median(sat) * 1000 if sat else 0.0,
         "saturation_p99_ms": percentile(sat, 99) * 1000,
+        "read_during_saturation_p50_ms": statistics.median(reads) * 1000 if reads else 0.0,
+        "read_during_saturation_p99_ms": percentile(reads, 99) * 1000 if reads else 0.0,
+        "reads_during_saturation": len(reads),
         "audit_records_per_s": audit_rate, "audit_of_bound": audit_rate / (cores * v),
         "peak_rss_mb": rss, "store_bytes_per_record": max(store) / total_records,
         "store_bytes_per_record_live": max(live) / total_records,
@@ -218,6 +241,10 @@ def main() -> None:
           f"p99 {report['light_p99_ms']:.1f} ms")
     print(f"latency, saturation (per batch):  p50 {report['saturation_p50_ms']:.0f} ms, "
           f"p99 {report['saturation_p99_ms']:.0f} ms")
+    print(f"GET /v1/records/{{id}}, saturated: p50 "
+          f"{report['read_during_saturation_p50_ms']:.1f} ms, p99 "
+          f"{report['read_during_saturation_p99_ms']:.1f} ms "
+          f"({report['reads_during_saturation']} reads; target p99 <= 20 ms)")
     print(f"ledger audit:                     {audit_rate:10,.0f} records/s = "
           f"{report['audit_of_bound']:.2f} of C x v")
     print(f"peak RSS per node:                {', '.join(f'{x:.0f}' for x in rss)} MB")

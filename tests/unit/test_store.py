@@ -287,3 +287,52 @@ def test_recent_ids_merge_into_the_index_and_survive_reopening(
     db.close()
     with SqliteStore(path, readonly=True) as store, pytest.raises(CorruptStoreError):
         check_indexes(store)
+
+
+def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """API reads go through each thread's read-only connection: a writer holding the
+    store's lock (an append through COMMIT and fsync) does not hold them up."""
+    import threading
+    import time
+
+    from ledger.store import SqliteStore
+    from tests.factory import ChainBuilder, make_fixture
+
+    fx = make_fixture()
+    store = SqliteStore(tmp_path / "chain.db", genesis_hash=fx.genesis.hash)
+    builder = ChainBuilder(fx, store)
+    block = builder.add(3)
+    record = block.records[1]
+    writing, done = threading.Event(), threading.Event()
+
+    def long_append() -> None:
+        with store._lock:  # what an append holds, for 2 s
+            writing.set()
+            done.wait(2)
+
+    writer = threading.Thread(target=long_append)
+    writer.start()
+    writing.wait()
+    answers: list[object] = []
+    reader = threading.Thread(target=lambda: answers.extend([
+        store.locate(record.id), store.envelope(record.id), store.block_bytes(1),
+        store.subject_history(record.body.subject), store.subject_history_desc(
+            record.body.subject)]))
+    started = time.monotonic()
+    reader.start()
+    reader.join(5)
+    elapsed = time.monotonic() - started
+    done.set()
+    writer.join()
+    assert elapsed < 1.0, f"reads waited {elapsed:.2f} s for the writer"
+    location, envelope, data, history, newest = answers
+    assert location is not None and location.height == 1
+    assert envelope == record.envelope and data == block.to_wire()
+    assert len(history) == len(newest) == 3  # type: ignore[arg-type]
+    builder.add(2)  # a reader's connection sees what is committed after it opened
+    more: list[object] = []
+    again = threading.Thread(target=lambda: more.append(store.block_bytes(2)))
+    again.start()
+    again.join(5)
+    assert more == [builder.blocks[-1].to_wire()]
+    store.close()
