@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 # for `make test` and the benches. The dev stamp implies the run one (a superset).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test browser soak bench attack clean
+.PHONY: run test browser compose soak bench attack clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,7 +49,21 @@ browser: $(STAMP)
 	  }; \
 	}
 
-test: $(STAMP) browser
+# tests/integration/test_compose.py checks docker-compose.yml with `docker-compose config`:
+# as root with apt-get, install Debian's package; else say what to run and fail.
+compose:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing Debian's docker-compose for the compose file's test (apt-get)"; \
+	    $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq docker-compose; \
+	  fi; \
+	  command -v docker-compose >/dev/null 2>&1 || { \
+	    echo "make test: docker-compose is missing (it checks docker-compose.yml): install Debian's docker-compose package (apt-get install docker-compose)" >&2; \
+	    exit 1; \
+	  }; \
+	}
+
+test: $(STAMP) browser compose
 	$(BIN)/ruff check ledger node tests examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n auto
