@@ -480,25 +480,21 @@ class SqliteStore:
     def subject_history(self, subject: str, after_seq: int = -1,
                         limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
         """Committed records of ``subject`` after log index ``after_seq``, oldest first."""
-        with self._reading() as db:
-            rows = db.execute(
-                "SELECT height, idx, seq, envelope FROM records "
-                "WHERE subject = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (subject, after_seq, limit),
-            ).fetchall()
-        return [(RecordLocation(h, i, s), bytes(e)) for h, i, s, e in rows]
+        return self._subject_rows("seq > ? ORDER BY seq", subject, after_seq, limit)
 
     def subject_history_desc(self, subject: str, before_seq: int | None = None,
                              limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
         """Committed records of ``subject`` before log index ``before_seq``, newest first
         (the same ``(subject, seq)`` index, walked backwards)."""
         bound = 2**63 - 1 if before_seq is None else before_seq
+        return self._subject_rows("seq < ? ORDER BY seq DESC", subject, bound, limit)
+
+    def _subject_rows(self, where: str, subject: str, seq: int,
+                      limit: int) -> list[tuple[RecordLocation, bytes]]:
         with self._reading() as db:
             rows = db.execute(
-                "SELECT height, idx, seq, envelope FROM records "
-                "WHERE subject = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (subject, bound, limit),
-            ).fetchall()
+                f"SELECT height, idx, seq, envelope FROM records WHERE subject = ? AND {where} "
+                "LIMIT ?", (subject, seq, limit)).fetchall()
         return [(RecordLocation(h, i, s), bytes(e)) for h, i, s, e in rows]
 
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
