@@ -7,10 +7,12 @@ keeps the exact bytes it was loaded from. Keys a verifier does not need are kept
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +115,48 @@ class Genesis:
 
     def may_submit(self, signer: bytes, record_type: str) -> bool:
         """True iff ``signer`` holds a role that ``policies`` allows for ``record_type``."""
-        member = self.members.get(signer)
-        if member is None:
-            return False
+        return self.refusal(signer, record_type) is None
+
+    def refusal(self, signer: bytes, record_type: str) -> str | None:
+        """Why ``signer`` may not submit a record of ``record_type``, or None if it may.
+
+        The authorisation rule (SPEC section 5) and its one-line explanation, in one place:
+        admission, consensus, the audit and receipts all ask here. A type no policy names
+        (a typo, with no ``"*"`` entry) is explained by listing the types that are named.
+        """
         allowed = self.policies.get(record_type)
         if allowed is None:
-            allowed = self.policies.get("*", frozenset())
-        return not member.roles.isdisjoint(allowed)
+            allowed = self.policies.get("*")
+            if allowed is None:
+                return (f"record type {json.dumps(record_type)} is not allowed by this chain's "
+                        f"genesis; allowed types: {self._type_list}")
+        member = self.members.get(signer)
+        if member is None:
+            return (f"signer {signer.hex()} is not authorised for type {json.dumps(record_type)}"
+                    ": it is not a member of any organisation in this chain's genesis")
+        if member.roles.isdisjoint(allowed):
+            return (f"signer {signer.hex()} is not authorised for type {json.dumps(record_type)}"
+                    f": its roles ({_names(member.roles)}) are not among those allowed "
+                    f"({_names(allowed)})")
+        return None
+
+    @cached_property
+    def _type_list(self) -> str:
+        """The record types ``policies`` names, sorted, for refusal messages (at most
+        MAX_LISTED, so that a genesis of many types cannot make every refusal long)."""
+        types = sorted(t for t in self.policies if t != "*")
+        if not types:
+            return "none"
+        shown = ", ".join(types[:MAX_LISTED])
+        more = len(types) - MAX_LISTED
+        return f"{shown}, ... ({more} more)" if more > 0 else shown
+
+
+MAX_LISTED = 20  # record types a refusal lists
+
+
+def _names(roles: frozenset[str]) -> str:
+    return ", ".join(sorted(roles)) or "none"
 
 
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -108,9 +108,9 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
     if record.body.chain != chain:
         raise ReceiptError(f"record names chain {record.body.chain!r}")
     record.verify_signature()
-    if not genesis.may_submit(record.body.signer, record.body.type):
-        raise ReceiptError(f"signer {record.body.signer.hex()} is not authorised for type "
-                           f"{record.body.type!r}")
+    refusal = genesis.refusal(record.body.signer, record.body.type)
+    if refusal is not None:
+        raise ReceiptError(refusal)
 
     height = _field(doc, "height", int)
     index = _field(doc, "index", int)

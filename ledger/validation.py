@@ -36,9 +36,9 @@ def check_record(genesis: Genesis, record: Record, verify: Verifier = is_valid_s
         raise WrongChainError(f"record {record.id.hex()} names chain {body.chain!r}")
     if not verify(body.signer, RECORD_TAG + record.body_bytes, record.sig):
         raise SignatureError(f"record {record.id.hex()}: signature does not verify")
-    if not genesis.may_submit(body.signer, body.type):
-        raise UnauthorisedError(f"record {record.id.hex()}: signer {body.signer.hex()} is not "
-                                f"authorised for type {body.type!r}")
+    refusal = genesis.refusal(body.signer, body.type)
+    if refusal is not None:  # no record id: the API answers it beside, the audit by index
+        raise UnauthorisedError(refusal)
 
 
 def check_unique_within(records: Sequence[Record]) -> None:

@@ -527,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("init", help="write genesis, node folders and a client key",
                         description="Write DIR/genesis.json, DIR/node{i}/ (config.json and "
                         "node.pem of node i: API on 127.0.0.1:P+i, peers on P+100+i) and a "
-                        "client key DIR/clients/demo.pem authorised for every record type.")
+                        "client key DIR/clients/demo.pem authorised for the record types of "
+                        "examples/genesis.example.json (sensor.reading, quality.inspection, "
+                        "quality.certificate, shipment.dispatched, shipment.in-transit, "
+                        "shipment.received); any other type is refused. --genesis-template "
+                        "takes organisations and policies from a file instead.")
     p.add_argument("dir", metavar="DIR", type=Path)
     p.add_argument("--nodes", type=int, default=4, help="validators (default 4)")
     p.add_argument("--base-port", type=int, default=8000, help="first API port (default 8000)")

@@ -19,6 +19,12 @@ from ledger.errors import LedgerError
 from ledger.genesis import Genesis
 from node.tls import make_ca, make_node_cert
 
+#: The record types the demo genesis lets its client write: those of the example genesis
+#: (examples/genesis.example.json, docs/genesis.md), so what is tried on the demo chain runs
+#: on one made from the example. No "*": any other type is refused as ``unauthorized``.
+DEMO_TYPES = ("sensor.reading", "quality.inspection", "quality.certificate",
+              "shipment.dispatched", "shipment.in-transit", "shipment.received")
+
 
 class ClusterError(LedgerError):
     """A cluster directory cannot be made or run."""
@@ -83,7 +89,8 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
         ],
         "organizations": [{"name": "demo-org", "members": [
             {"name": "demo", "pubkey": client.public.hex(), "roles": ["writer"]}]}],
-        "policies": {"*": ["writer"]},
+        # Explicit types, no "*": a mistyped --type is refused, listing these.
+        "policies": {t: ["writer"] for t in DEMO_TYPES},
         # An idle chain makes no empty blocks: a height starts when records arrive.
         "consensus": {"create_empty_blocks": False},
     }

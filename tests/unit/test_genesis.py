@@ -61,6 +61,38 @@ def test_type_without_entry_and_no_star_is_refused() -> None:
     assert not g.may_submit(FX.writer.public, "anything")
 
 
+def test_a_refusal_says_why_in_one_line() -> None:
+    d = doc()
+    del d["policies"]["*"]
+    d["policies"]["quality.certificate"] = ["certifier"]
+    g = parse(d)
+    assert g.refusal(FX.writer.public, "sensor.reading") is None
+    typo = ('record type "sensor.readings" is not allowed by this chain\'s genesis; '
+            "allowed types: quality.certificate, sensor.reading")
+    # a type nobody may write: the types that are named, whoever signs
+    assert g.refusal(FX.writer.public, "sensor.readings") == typo
+    assert g.refusal(FX.outsider.public, "sensor.readings") == typo
+    assert g.refusal(FX.outsider.public, "sensor.reading") == (
+        f'signer {FX.outsider.public.hex()} is not authorised for type "sensor.reading": '
+        "it is not a member of any organisation in this chain's genesis")
+    assert g.refusal(FX.operator.public, "quality.certificate") == (
+        f'signer {FX.operator.public.hex()} is not authorised for type "quality.certificate": '
+        "its roles (operator) are not among those allowed (certifier)")
+    # with "*", an unnamed type falls back to it (SPEC section 5): the role decides
+    assert FX.genesis.refusal(FX.writer.public, "sensor.readings") is None
+    assert "its roles (operator)" in str(FX.genesis.refusal(FX.operator.public, "x"))
+
+
+def test_a_refusal_lists_at_most_twenty_types() -> None:
+    d = doc()
+    d["policies"] = {f"type.{i:02}": ["writer"] for i in range(25)}
+    message = str(parse(d).refusal(FX.writer.public, "typo"))
+    assert message.endswith("allowed types: " + ", ".join(f"type.{i:02}" for i in range(20))
+                            + ", ... (5 more)")
+    d["policies"] = {}
+    assert str(parse(d).refusal(FX.writer.public, "typo")).endswith("allowed types: none")
+
+
 def test_extra_keys_are_kept_not_required() -> None:
     d = doc()
     d["consensus"] = {"timeout_propose_ms": 1000}

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import GenesisError
+from ledger.crypto import read_key_file
+from ledger.errors import GenesisError, UnauthorisedError
 from ledger.genesis import Genesis
+from ledger.records import Record
+from ledger.validation import check_records
+from node.cluster import DEMO_TYPES, init_cluster
 from node.config import NodeConfig
+from node.mempool import check, decode
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "genesis.example.json"
 
@@ -37,6 +42,26 @@ def test_the_example_parses_and_its_policies_mean_what_the_guide_says() -> None:
     # the consensus section is one a node accepts
     config = NodeConfig.consensus_config(None, genesis)  # type: ignore[arg-type]
     assert config.timeout_propose_ms == 3000 and config.create_empty_blocks is False
+
+
+def test_the_demo_genesis_names_the_example_types_and_refuses_a_typo(tmp_path: Path) -> None:
+    """`ledger cluster init`'s genesis: explicit types (those of the example), no "*"."""
+    init_cluster(tmp_path, 1, base_port=20000)
+    genesis = Genesis.load(tmp_path / "genesis.json")
+    assert set(genesis.policies) == set(DEMO_TYPES) == set(Genesis.load(EXAMPLE).policies)
+    demo = read_key_file(tmp_path / "clients" / "demo.pem")
+    assert all(genesis.may_submit(demo.public, t) for t in DEMO_TYPES)
+    typo = Record.create(demo, chain=genesis.chain_id, type="sensor.readings", subject="s",
+                         payload=1, ts=1, nonce=1)
+    why = ('record type "sensor.readings" is not allowed by this chain\'s genesis; allowed '
+           "types: quality.certificate, quality.inspection, sensor.reading, "
+           "shipment.dispatched, shipment.in-transit, shipment.received")
+    # admission (what the API answers) and consensus/audit share the rule and its words
+    result = check(genesis, decode(typo.envelope))
+    assert (result.status, result.error, result.detail) == ("rejected", "unauthorized", why)
+    with pytest.raises(UnauthorisedError) as refused:
+        check_records(genesis, [typo])
+    assert str(refused.value) == f"record 0 ({why})"
 
 
 @pytest.mark.parametrize(("change", "message"), [
