@@ -374,6 +374,23 @@ def test_print_envelope_posted_as_json_is_accepted_by_a_real_node(tmp_path: Path
                      "--subject", "s", "--payload", "2", "--wait")
         assert res.returncode == 0 and " height " in res.stdout, res.stderr
 
+        # the demo genesis names its types: a typo is refused, saying which types there are
+        why = ('record type "sensor.readings" is not allowed by this chain\'s genesis; allowed '
+               "types: quality.certificate, quality.inspection, sensor.reading, "
+               "shipment.dispatched, shipment.in-transit, shipment.received")
+        typo = ("submit", "--identity", demo, "--type", "sensor.readings", "--subject", "s",
+                "--payload", "3", "--node", url)
+        res = ledger(*typo)
+        assert (res.returncode, res.stdout) == (1, ""), res.stderr
+        assert res.stderr == f"rejected: unauthorized: {why}\n"
+        printed = ledger(*typo, "--print-envelope").stdout.strip().splitlines()
+        signed = dict(line.split(" ", 1) for line in printed)
+        resp = httpx.post(f"{url}/v1/records", timeout=30,
+                          json={"records": [{"envelope": signed["envelope"]}]})
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["results"] == [{"id": signed["id"], "status": "rejected",
+                                           "error": "unauthorized", "detail": why}]
+
         other = make_fixture(chain="demo").write_genesis(tmp_path)  # same chain id
         theirs = hashlib.sha256((cluster.dir / "genesis.json").read_bytes()).hexdigest()
         res = ledger("audit", "--node", url, "--genesis", str(other), "-q")
