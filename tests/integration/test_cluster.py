@@ -197,7 +197,7 @@ def test_submit_cli_waits_for_commit(cluster: Cluster) -> None:
 def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
     import asyncio
 
-    from ledger.client import AsyncLedgerClient, LedgerClient, NodeError
+    from node.client import AsyncLedgerClient, LedgerClient, NodeError
 
     genesis = Genesis.load(cluster.dir / "genesis.json")
     key = read_key_file(cluster.dir / "clients" / "demo.pem")

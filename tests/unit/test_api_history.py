@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import node.api
-from ledger.client import AsyncLedgerClient, LedgerClient, NodeError
 from ledger.store import MemoryStore
 from node.api import create_app
+from node.client import AsyncLedgerClient, LedgerClient, NodeError
 from node.config import NodeConfig
 from tests.factory import ChainBuilder, make_fixture
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from ledger.client import AsyncLedgerClient, LedgerClient, NodeError
+from node.client import AsyncLedgerClient, LedgerClient, NodeError
 
 HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
