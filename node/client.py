@@ -227,13 +227,21 @@ class EventFeed:
         params = {"from_height": self._next} if self._next else {}
         return Call("GET", "/v1/events", params, {"Accept": "text/event-stream"}, timeout=None)
 
-    def refused(self, call: Call, answer: Answer) -> NodeError:
-        """The error for a stream the node did not open (any status but 200)."""
+    @staticmethod
+    def opened(status: int, headers: Mapping[str, str]) -> bool:
+        """Whether the answer is an event stream (else read it all and call ``refused``)."""
+        media = (headers.get("content-type") or "").split(";")[0].strip()
+        return status == 200 and media == "text/event-stream"
+
+    @staticmethod
+    def refused(call: Call, answer: Answer) -> NodeError:
+        """The error for an answer that is not an event stream (an error, a proxy's page)."""
         try:
             _check(call, answer)
         except NodeError as exc:
             return exc
-        return NodeError(f"{call.where()}: {answer.status}", answer.status)
+        return NodeError(f"{call.where()}: {answer.status} answer is {answer.content_type}, "
+                         "not text/event-stream (not a ledger node?)", answer.status)
 
     def line(self, line: str) -> dict[str, Any] | None:
         """Feed one line (without its end); a complete ``block`` event, or None."""
@@ -494,7 +502,7 @@ class LedgerClient(_Protocol):
         while (call := feed.next_call()) is not None:
             try:
                 with self._http.stream(**_request_args(self.base_url, call)) as resp:
-                    if resp.status_code != 200:
+                    if not feed.opened(resp.status_code, resp.headers):
                         resp.read()
                         raise feed.refused(call, _answer(resp))
                     for line in resp.iter_lines():
@@ -605,7 +613,7 @@ class AsyncLedgerClient(_Protocol):
         while (call := feed.next_call()) is not None:
             try:
                 async with self._http.stream(**_request_args(self.base_url, call)) as resp:
-                    if resp.status_code != 200:
+                    if not feed.opened(resp.status_code, resp.headers):
                         await resp.aread()
                         raise feed.refused(call, _answer(resp))
                     async for line in resp.aiter_lines():
