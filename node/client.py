@@ -126,8 +126,8 @@ def _check(call: Call, answer: Answer, ok: tuple[int, ...] = (200,)) -> Answer:
     if code is None and detail is None:
         detail = (f"{answer.reason or 'error'} ({answer.content_type}, not a ledger node's "
                   "answer: a proxy in between, or not a ledger node?)")
-    raise NodeError(f"{call.where()}: {answer.status} {code or ''} {detail or ''}"
-                    .replace("  ", " ").strip(), answer.status, code)
+    said = " ".join(part for part in (str(answer.status), code, detail) if part)
+    raise NodeError(f"{call.where()}: {said}", answer.status, code)
 
 
 def _json(call: Call, answer: Answer) -> Any:
