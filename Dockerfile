@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ledger ./ledger
 COPY node ./node
-RUN pip install --no-cache-dir . && useradd --system --home /data ledger
+RUN pip install --no-cache-dir '.[node]' && useradd --system --home /data ledger
 USER ledger
 VOLUME ["/data"]
 EXPOSE 8000 8100

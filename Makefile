@@ -2,8 +2,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-# `make run` needs only the package itself; the dev extras (Playwright, matplotlib, ...) are
-# for `make test` and the benches. The dev stamp implies the run one (a superset).
+# `make run` needs the package and its `node` extra (the server: FastAPI, uvicorn); the dev
+# extras (Playwright, matplotlib, ...) are for `make test` and the benches. The dev extras
+# include `node`, so the dev stamp implies the run one (a superset).
 RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test browser compose soak bench attack clean
@@ -13,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(RUN_STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[node]'
 	touch $(RUN_STAMP)
 
 $(STAMP): $(BIN)/python pyproject.toml

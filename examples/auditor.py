@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 
 from ledger.audit import BlockSummary, ChainVerifier
-from ledger.client import LedgerClient, NodeError
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
+from node.client import LedgerClient, NodeError
 
 RECONNECT_TRIES = 10
 

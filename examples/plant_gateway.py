@@ -4,7 +4,7 @@ Three production lines of plant 7, each with temperature, pressure, vibration an
 sensors that drift slowly and jitter around their set points, send ``sensor.reading`` records
 (subject ``plant-7/line-3/temp``, payload ``{"value": 71.93, "unit": "C", "seq": 412}``); now
 and then a finished batch gets a ``quality.certificate``. Records are signed with the
-gateway's client key (``ledger.client``) and submitted in batches at a steady rate, several
+gateway's client key (``node.client``) and submitted in batches at a steady rate, several
 batches in flight, each waiting until its records are committed. A progress bar shows
 records submitted and committed and the commit rate.
 
@@ -29,10 +29,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ledger.client import LedgerClient, NodeError
 from ledger.crypto import read_key_file
 from ledger.errors import LedgerError
 from ledger.records import Record
+from node.client import LedgerClient, NodeError
 
 PLANT = "plant-7"
 LINES = ("line-1", "line-2", "line-3")

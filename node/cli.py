@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import ssl
 import sys
 import time
 from collections import deque
@@ -28,7 +27,6 @@ from ledger.audit import (
     store_chunks,
 )
 from ledger.blocks import Block, Certificate, Header
-from ledger.client import LedgerClient, NodeError
 from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
@@ -36,6 +34,7 @@ from ledger.genesis import Genesis
 from ledger.receipts import parse_receipt, verify_receipt
 from ledger.records import Record
 from ledger.store.sqlite import SqliteStore
+from node.client import LedgerClient, sign_record
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -55,11 +54,6 @@ def _ca(args: argparse.Namespace) -> str | bool:
     """--ca, or LEDGER_CA, or the system's trust store."""
     ca = getattr(args, "ca", None) or os.environ.get("LEDGER_CA")
     return str(ca) if ca else True
-
-
-def _ssl_verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
-    ca = _ca(args)
-    return ssl.create_default_context(cafile=ca) if isinstance(ca, str) else True
 
 
 # -- keygen -------------------------------------------------------------------------------
@@ -329,8 +323,21 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SERVER_MODULES = ("fastapi", "uvicorn", "fastapi_offline")
+
+
+def _need_server() -> None:
+    """Running a node needs the ``node`` extra (FastAPI, uvicorn); the auditor's install
+    (audit, verify, submit, the SDK) does not have it. Say so in one line."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in SERVER_MODULES):
+        raise CommandError("running a node needs the server extra: pip install 'ledger[node]'")
+
+
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     """Run every node of a cluster folder in the foreground."""
+    _need_server()
     from node.cluster import run_cluster
 
     return run_cluster(args.dir, stop_on_exit=args.stop_on_exit)
@@ -338,6 +345,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 def cmd_node_run(args: argparse.Namespace) -> int:
     """Run one node until SIGINT/SIGTERM."""
+    _need_server()
     import logging
 
     from node.config import NodeConfig
@@ -376,93 +384,49 @@ def cmd_node_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _sign_one(args: argparse.Namespace, client: LedgerClient | None) -> Record:
-    """The record ``ledger submit`` signs (its chain from --chain or the node)."""
-    import json as jsonlib
-
+def _read_identity(args: argparse.Namespace) -> PrivateKey:
     from ledger.crypto import read_key_file
+
+    passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
+    return read_key_file(args.identity, passphrase.encode() if passphrase else None)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Sign one record and submit it (or, with --print-envelope, only print it), through
+    the SDK (node/client.py): the same requests, checks and error messages as Python code."""
+    import json as jsonlib
 
     try:
         payload = jsonlib.loads(args.payload)
     except ValueError as exc:
         raise CommandError(f"--payload is not JSON ({exc})") from exc
-    passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
-    key = read_key_file(args.identity, passphrase.encode() if passphrase else None)
-    chain = args.chain
-    if chain is None:
-        if client is None:
-            raise CommandError("--print-envelope without --node needs --chain")
-        chain = client.chain_id()
-    import secrets
-
-    return Record.create(key, chain=chain, type=args.type, subject=args.subject,
-                         payload=payload, ts=time.time_ns() // 1_000_000,
-                         nonce=secrets.randbits(63) if args.nonce is None else args.nonce)
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    """Sign one record and submit it (or, with --print-envelope, only print it)."""
+    key = _read_identity(args)
+    what = {"type": args.type, "subject": args.subject, "payload": payload,
+            "nonce": args.nonce}
     if args.print_envelope:
         from ledger.encoding import b64encode
 
-        client = LedgerClient(args.node, verify=_ca(args)) if args.node else None
-        try:
-            record = _sign_one(args, client)
-        finally:
-            if client is not None:
-                client.close()
+        if args.chain is not None:  # no request needed: sign offline
+            record = sign_record(key, chain=args.chain, **what)
+        elif args.node:
+            with LedgerClient(args.node, identity=key, verify=_ca(args)) as client:
+                record = client.sign(**what)
+        else:
+            raise CommandError("--print-envelope without --node needs --chain")
         print(f"id {record.id.hex()}")
         print(f"envelope {b64encode(record.envelope)}")
         return EXIT_OK
     if not args.node:
         raise CommandError("--node URL is required (or --print-envelope to sign only)")
-    with LedgerClient(args.node, verify=_ca(args), timeout=args.timeout + 10) as client:
-        record = _sign_one(args, client)
-        result = client.submit([record], wait=args.wait, timeout=args.timeout)[0]
+    with LedgerClient(args.node, identity=key, chain=args.chain, verify=_ca(args),
+                      timeout=args.timeout + 10) as client:
+        result = client.write(**what, wait=args.wait, timeout=args.timeout)
     if result.get("status") == "rejected":
         print(f"rejected: {result.get('error')}: {result.get('detail')}", file=sys.stderr)
         return EXIT_INVALID
     line = str(result.get("id")) + (f" height {result['height']}" if "height" in result else "")
     print(line if result.get("status") == "accepted" else f"{line} (duplicate)")
     return EXIT_OK
-
-
-# -- connection hints -------------------------------------------------------------------
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    item: BaseException | None = exc
-    while item is not None and id(item) not in seen:
-        seen.add(id(item))
-        yield item
-        item = item.__cause__ or item.__context__
-
-
-def explain_node_error(exc: NodeError, url: str | None) -> str:
-    """One line for a node that could not be reached, with a hint at the likely cause."""
-    url = (url or "").rstrip("/")
-    text = " ".join(str(e) for e in _causes(exc))
-    https = url.startswith("https://")
-    if any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc)) or \
-            "CERTIFICATE_VERIFY_FAILED" in text:
-        return (f"{url}: the node's TLS certificate is not trusted: pass --ca FILE (the "
-                f"cluster's tls/ca.pem) or set LEDGER_CA")
-    if https and any(m in text for m in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
-                                          "record layer failure", "packet length too long",
-                                          "wrong version number")):
-        return (f"{url}: no TLS there: the node serves plain http (try "
-                f"{'http://' + url[len('https://'):]})")
-    if any(isinstance(e, ConnectionRefusedError) for e in _causes(exc)) or \
-            "Connection refused" in text:
-        return (f"cannot connect to {url}: is the cluster running? "
-                "(make run / ledger cluster up)")
-    if not https and url.startswith("http://") and (
-            "Server disconnected without sending a response" in text
-            or "Connection reset by peer" in text
-            or "illegal status line" in text.lower() or "invalid http" in text.lower()):
-        return (f"{url}: the node closed the connection without an HTTP answer: does it "
-                f"serve https? (try {'https://' + url[len('http://'):]} with --ca FILE)")
-    return str(exc)
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -599,11 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except NodeError as exc:
-        print(f"ledger: {explain_node_error(exc, getattr(args, 'node', None))}",
-              file=sys.stderr)
-        return EXIT_ERROR
-    except (CommandError, LedgerError) as exc:
+    except (CommandError, LedgerError) as exc:  # NodeError included: its message has the hint
         print(f"ledger: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from ledger.client import LedgerClient
 from ledger.crypto import PrivateKey, read_key_file
+from node.client import LedgerClient
 from tests.browser.conftest import PHONE, new_page, screenshot
 from tests.integration.cluster_util import Cluster
 

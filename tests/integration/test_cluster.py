@@ -197,7 +197,7 @@ def test_submit_cli_waits_for_commit(cluster: Cluster) -> None:
 def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
     import asyncio
 
-    from ledger.client import AsyncLedgerClient, LedgerClient, NodeError
+    from node.client import AsyncLedgerClient, LedgerClient, NodeError
 
     genesis = Genesis.load(cluster.dir / "genesis.json")
     key = read_key_file(cluster.dir / "clients" / "demo.pem")
@@ -223,7 +223,22 @@ def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
         else:
             raise AssertionError("expected a 404")
 
+        sync_reads = (client.receipt(result["id"]), client.block_bytes(result["height"]),
+                      client.genesis())
+        assert client.block_bytes(client.status()["height"] + 1000) is None
+        assert client.health()["status"] == "ok"
+        assert client.genesis() == (cluster.dir / "genesis.json").read_bytes()
+
     async def run_async() -> dict[str, object]:
+        async with AsyncLedgerClient(cluster.url(2)) as same_node:
+            # the same reads from the same node through the async client: the same answers
+            # (another node may hold another certificate for the block)
+            assert (await same_node.receipt(result["id"]),
+                    await same_node.block_bytes(result["height"]),
+                    await same_node.genesis()) == sync_reads
+            tip = (await same_node.status())["height"]
+            assert await same_node.block_bytes(tip + 1000) is None
+            assert (await same_node.health())["status"] == "ok"
         async with AsyncLedgerClient(cluster.url(3), identity=key) as client:
             res = await client.write(type="sensor.reading", subject="async/temp",
                                      payload=20.5, wait=True)

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from ledger.blocks import Block
-from ledger.client import LedgerClient, NodeError
 from ledger.crypto import read_key_file
+from node.client import LedgerClient, NodeError
 from tests.faults import CRASH_POINTS
 from tests.integration.cluster_util import Cluster
 

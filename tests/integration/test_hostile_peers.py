@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from ledger.blocks import Vote
-from ledger.client import LedgerClient
 from ledger.consensus import SignedVote, encode_message
 from ledger.crypto import read_key_file
 from ledger.genesis import Genesis
+from node.client import LedgerClient
 from node.transport import PeerNetwork
 from tests.integration.cluster_util import Cluster, rss_mb
 

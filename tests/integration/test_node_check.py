@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger.client import LedgerClient
 from ledger.crypto import read_key_file
+from node.client import LedgerClient
 from tests.integration.cluster_util import ROOT, Cluster
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ledger.client import LedgerClient
 from ledger.crypto import read_key_file
 from ledger.genesis import Genesis
 from ledger.receipts import verify_receipt
+from node.client import LedgerClient
 from node.cluster import init_cluster
 from tests.integration.cluster_util import ROOT, Cluster, free_base_port
 

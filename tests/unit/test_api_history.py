@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import node.api
-from ledger.client import AsyncLedgerClient, LedgerClient, NodeError
 from ledger.store import MemoryStore
 from node.api import create_app
+from node.client import AsyncLedgerClient, LedgerClient, NodeError
 from node.config import NodeConfig
 from tests.factory import ChainBuilder, make_fixture
 
@@ -129,9 +129,7 @@ def test_unknown_subject_is_an_empty_page_both_ways(http: TestClient) -> None:
 
 
 def test_sync_sdk_pages_both_ways(http: TestClient, chain: tuple[FastAPI, list[str]]) -> None:
-    client = LedgerClient("http://127.0.0.1")
-    client._http.close()
-    client._http = http  # the in-process app instead of a socket
+    client = LedgerClient("http://127.0.0.1", http=http)  # the in-process app, no socket
     newest = client.history(SUBJECT, order="desc", limit=3)
     assert [r["id"] for r in newest["records"]] == chain[1][::-1][:3]
     older = client.history(SUBJECT, order="desc", before=newest["next"], limit=3)
@@ -147,11 +145,9 @@ def test_sync_sdk_pages_both_ways(http: TestClient, chain: tuple[FastAPI, list[s
 
 @pytest.mark.asyncio
 async def test_async_sdk_pages_both_ways(chain: tuple[FastAPI, list[str]]) -> None:
-    client = AsyncLedgerClient("http://127.0.0.1")
-    await client.aclose()
-    client._http = httpx.AsyncClient(transport=httpx.ASGITransport(app=chain[0]),
-                                     base_url="http://127.0.0.1")
-    async with client:
+    transport = httpx.ASGITransport(app=chain[0])
+    async with httpx.AsyncClient(transport=transport) as http, \
+            AsyncLedgerClient("http://127.0.0.1", http=http) as client:
         newest = await client.history(SUBJECT, order="desc", limit=3)
         assert [r["id"] for r in newest["records"]] == chain[1][::-1][:3]
         older = await client.history(SUBJECT, order="desc", before=newest["next"], limit=3)

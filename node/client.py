@@ -1,0 +1,638 @@
+"""Python SDK for a ledger node (SPEC section 7): sign, submit, fetch, follow.
+
+``LedgerClient`` is synchronous, ``AsyncLedgerClient`` the same over asyncio. Both sign
+records with a client key (``identity``), submit batches as msgpack, and fetch records,
+receipts, blocks, history and status; ``events()`` follows the Server-Sent Events stream of
+blocks from a height, resuming where it stopped when the node drops a slow subscriber.
+Failures raise ``NodeError``: ``status`` and the problem+json ``code`` (``problem_code``)
+when the node answered, a one-line hint (``--ca``, https, "is the cluster running?") when it
+could not be reached, and a clear message when something other than a node answered (an
+HTML page from a proxy).
+
+Why here and not in ``ledger/``: the SDK is an HTTP client, and ``ledger`` is the pure
+library (no sockets, event loop or clock), so an auditor or another implementation can use
+it without an HTTP stack; the import test in tests/unit/test_pure_core.py holds that.
+
+How the two clients stay one (the h11 way): every operation is written once, below, as a
+sans-io generator on ``_Protocol``. It yields a ``Call`` (method, path, query, headers, body:
+no HTTP library involved), is sent back an ``Answer`` (status, headers, bytes), checks and
+decodes it, and returns the result, or raises ``NodeError``. Errors are decoded in one place
+(``_check``, ``_json_object``, ``unreachable``). ``LedgerClient`` and ``AsyncLedgerClient``
+are drivers: each public method is one line handing an operation to ``_run``, which sends
+the calls with httpx and, in the async client, awaits them. That is the only difference;
+tests/unit/test_sdk.py compares the two clients' public methods and signatures.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import time
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from ledger.crypto import PrivateKey
+from ledger.encoding import loads_json, packb
+from ledger.errors import DecodeError, LedgerError
+from ledger.records import Record
+
+MSGPACK = "application/msgpack"
+T = TypeVar("T")
+
+
+class NodeError(LedgerError):
+    """A node could not be reached or answered with an error.
+
+    ``status`` is the HTTP status (None when there was no answer), ``problem_code`` the
+    problem+json ``code`` when the node gave one (``not_found``, ``mempool_full``, ...).
+    """
+
+    code = "node_error"
+
+    def __init__(self, message: str, status: int | None = None,
+                 problem_code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem_code = problem_code
+
+
+# -- the sans-io layer: what a request is, what an answer is --------------------------------
+
+DEFAULT: Literal["default"] = "default"
+"""``Call.timeout``: the client's own timeout."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request an operation needs, described without any HTTP library.
+
+    ``timeout``: seconds, ``DEFAULT`` for the client's own, None for none (event streams).
+    """
+
+    method: str
+    path: str
+    params: Mapping[str, str | int] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    timeout: float | Literal["default"] | None = DEFAULT
+
+    def where(self) -> str:
+        """``GET /v1/status``: how error messages name the request."""
+        return f"{self.method} {self.path}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The node's answer to a ``Call``: status, headers (lower-case names), the whole body."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    reason: str = ""
+
+    @property
+    def content_type(self) -> str:
+        """The media type, without parameters (``application/json``), or a placeholder."""
+        return (self.headers.get("content-type") or "no content type").split(";")[0].strip()
+
+
+Operation = Generator[Call, Answer, T]
+"""A sans-io operation: yields calls, is sent their answers, returns the result."""
+
+
+def _problem(answer: Answer) -> tuple[str | None, str | None]:
+    """(code, detail) of a problem+json answer, or (None, None) for anything else."""
+    try:
+        doc = loads_json(answer.content)
+    except DecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    code, detail = doc.get("code"), doc.get("detail")
+    return (code if isinstance(code, str) else None,
+            detail if isinstance(detail, str) else None)
+
+
+def _check(call: Call, answer: Answer, ok: tuple[int, ...] = (200,)) -> Answer:
+    """The answer if its status is one of ``ok``; else NodeError, the one place that turns an
+    error answer into a message: the node's problem code and detail, or, for an answer that
+    is not a node's (a proxy's HTML page), what came instead."""
+    if answer.status in ok:
+        return answer
+    code, detail = _problem(answer)
+    if code is None and detail is None:
+        detail = (f"{answer.reason or 'error'} ({answer.content_type}, not a ledger node's "
+                  "answer: a proxy in between, or not a ledger node?)")
+    said = " ".join(part for part in (str(answer.status), code, detail) if part)
+    raise NodeError(f"{call.where()}: {said}", answer.status, code)
+
+
+def _json(call: Call, answer: Answer) -> Any:
+    """The body as JSON, or NodeError naming what came instead (an HTML page, say)."""
+    try:
+        return loads_json(answer.content)
+    except DecodeError as exc:
+        raise NodeError(f"{call.where()}: {answer.status} answer is {answer.content_type}, "
+                        "not JSON (not a ledger node?)", answer.status) from exc
+
+
+def _json_object(call: Call, answer: Answer, *keys: str) -> dict[str, Any]:
+    """The body as a JSON object holding ``keys``, or NodeError."""
+    doc = _json(call, answer)
+    if not isinstance(doc, dict):
+        raise NodeError(f"{call.where()}: {answer.status} answer is not a JSON object",
+                        answer.status)
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise NodeError(f"{call.where()}: {answer.status} answer has no {missing[0]!r}",
+                        answer.status)
+    return doc
+
+
+# -- reaching the node: one message, with a hint, for every way it can fail -------------------
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        yield item
+        item = item.__cause__ or item.__context__
+
+
+def connection_hint(exc: BaseException, url: str) -> str | None:
+    """One line naming the likely cause of a failed connection to ``url``, or None.
+
+    An untrusted certificate (pass ``--ca``), https to a plain-http node, http to an https
+    node, or nothing listening (is the cluster running?)."""
+    url = url.rstrip("/")
+    causes = list(_causes(exc))
+    text = " ".join(str(e) for e in causes)
+    https = url.startswith("https://")
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in causes) or \
+            "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"{url}: the node's TLS certificate is not trusted: pass --ca FILE (the "
+                f"cluster's tls/ca.pem; verify= in the SDK) or set LEDGER_CA")
+    if https and any(m in text for m in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
+                                          "record layer failure", "packet length too long",
+                                          "wrong version number")):
+        return (f"{url}: no TLS there: the node serves plain http (try "
+                f"{'http://' + url[len('https://'):]})")
+    if any(isinstance(e, ConnectionRefusedError) for e in causes) or \
+            "Connection refused" in text:
+        return (f"cannot connect to {url}: is the cluster running? "
+                "(make run / ledger cluster up)")
+    if url.startswith("http://") and (
+            "Server disconnected without sending a response" in text
+            or "Connection reset by peer" in text
+            or "illegal status line" in text.lower() or "invalid http" in text.lower()):
+        return (f"{url}: the node closed the connection without an HTTP answer: does it "
+                f"serve https? (try {'https://' + url[len('http://'):]} with --ca FILE)")
+    return None
+
+
+def unreachable(base_url: str, call: Call, exc: BaseException) -> NodeError:
+    """The NodeError for a call that got no answer (connection, TLS, timeout, protocol)."""
+    hint = connection_hint(exc, base_url)
+    return NodeError(hint or f"{base_url}{call.path}: {exc or type(exc).__name__}")
+
+
+# -- the event stream, parsed incrementally --------------------------------------------------
+
+class EventFeed:
+    """The sans-io half of ``events()``: the calls to make and the block events in the lines.
+
+    ``next_call()`` is the first stream's request, then, after a stream ended, the request
+    that resumes after the last block seen (None when that stream brought nothing: the node
+    is not sending, so stop rather than spin). ``line()`` takes one line of the stream and
+    returns a block event once one is complete.
+    """
+
+    def __init__(self, from_height: int | None) -> None:
+        self._next = from_height
+        self._started = False
+        self._seen_this_stream = False
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def next_call(self) -> Call | None:
+        """The request to open (or reopen) the stream, or None to stop."""
+        if self._started and not self._seen_this_stream:
+            return None
+        self._started, self._seen_this_stream = True, False
+        self._event, self._data = None, []
+        params = {"from_height": self._next} if self._next else {}
+        return Call("GET", "/v1/events", params, {"Accept": "text/event-stream"}, timeout=None)
+
+    @staticmethod
+    def opened(status: int, headers: Mapping[str, str]) -> bool:
+        """Whether the answer is an event stream (else read it all and call ``refused``)."""
+        media = (headers.get("content-type") or "").split(";")[0].strip()
+        return status == 200 and media == "text/event-stream"
+
+    @staticmethod
+    def refused(call: Call, answer: Answer) -> NodeError:
+        """The error for an answer that is not an event stream (an error, a proxy's page)."""
+        try:
+            _check(call, answer)
+        except NodeError as exc:
+            return exc
+        return NodeError(f"{call.where()}: {answer.status} answer is {answer.content_type}, "
+                         "not text/event-stream (not a ledger node?)", answer.status)
+
+    def line(self, line: str) -> dict[str, Any] | None:
+        """Feed one line (without its end); a complete ``block`` event, or None."""
+        if line == "":
+            event, data = self._event, self._data
+            self._event, self._data = None, []
+            if event == "block" and data:
+                try:
+                    doc = loads_json("\n".join(data))
+                except DecodeError as exc:
+                    raise NodeError(f"GET /v1/events: a block event is not JSON ({exc})"
+                                    ) from exc
+                if isinstance(doc, dict):
+                    height = doc.get("height")
+                    if type(height) is int:
+                        self._next = height + 1
+                    self._seen_this_stream = True
+                    return doc
+        elif line.startswith("event:"):
+            self._event = line[6:].strip()
+        elif line.startswith("data:"):
+            self._data.append(line[5:].strip())
+        return None
+
+
+# -- the operations, written once -----------------------------------------------------------
+
+def sign_record(identity: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
+                ts: int | None = None, nonce: int | None = None) -> Record:
+    """A record signed by ``identity``: ``ts`` defaults to now (ms), ``nonce`` to random."""
+    return Record.create(identity, chain=chain, type=type, subject=subject, payload=payload,
+                         ts=time.time_ns() // 1_000_000 if ts is None else ts,
+                         nonce=secrets.randbits(63) if nonce is None else nonce)
+
+
+class _Protocol:
+    """What both clients are, minus the sending: their state and every operation."""
+
+    def __init__(self, base_url: str, identity: PrivateKey | None, chain: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.chain = chain
+
+    def make_record(self, *, type: str, subject: str, payload: Any, chain: str,
+                    ts: int | None = None, nonce: int | None = None) -> Record:
+        """Sign a record with this client's identity (no request: ``chain`` is given)."""
+        if self.identity is None:
+            raise NodeError("this client has no identity to sign with")
+        return sign_record(self.identity, chain=chain, type=type, subject=subject,
+                           payload=payload, ts=ts, nonce=nonce)
+
+    # Each ``_op_*`` is one operation: its requests, and the checks of their answers.
+
+    def _op_status(self) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/v1/status")
+        answer = _check(call, (yield call))
+        doc = _json_object(call, answer, "height")
+        if type(doc["height"]) is not int:
+            raise NodeError(f"{self.base_url}/v1/status: 'height' is not an integer")
+        return doc
+
+    def _op_chain_id(self) -> Operation[str]:
+        if self.chain is None:
+            chain = (yield from self._op_status()).get("chain")
+            if not isinstance(chain, str):
+                raise NodeError(f"{self.base_url}/v1/status has no 'chain' string")
+            self.chain = chain
+        return self.chain
+
+    def _op_health(self) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/healthz")
+        return _json_object(call, _check(call, (yield call)), "status")
+
+    def _op_genesis(self) -> Operation[bytes]:
+        call = Call("GET", "/v1/genesis")
+        answer = _check(call, (yield call))
+        _json_object(call, answer)  # JSON, not a proxy's page; returned as the exact bytes
+        return answer.content
+
+    def _op_submit(self, records: Sequence[Record], wait: bool,
+                   timeout: float) -> Operation[list[dict[str, Any]]]:
+        params: dict[str, str | int] = (
+            {"wait": "commit", "timeout": str(timeout)} if wait else {})
+        call = Call("POST", "/v1/records", params, {"Content-Type": MSGPACK},
+                    packb([r.envelope for r in records]),
+                    timeout=timeout + 10 if wait else DEFAULT)
+        answer = _check(call, (yield call), (202,))
+        results = _json_object(call, answer, "results")["results"]
+        if not isinstance(results, list) or len(results) != len(records) or \
+                not all(isinstance(r, dict) for r in results):
+            raise NodeError(f"{call.where()}: 202 answer has no 'results' list of "
+                            f"{len(records)} objects", answer.status)
+        return results
+
+    def _op_sign(self, type: str, subject: str, payload: Any, ts: int | None,
+                 nonce: int | None) -> Operation[Record]:
+        if self.identity is None:
+            raise NodeError("this client has no identity to sign with")
+        chain = yield from self._op_chain_id()
+        return self.make_record(type=type, subject=subject, payload=payload, chain=chain,
+                                ts=ts, nonce=nonce)
+
+    def _op_write(self, type: str, subject: str, payload: Any, wait: bool, timeout: float,
+                  ts: int | None, nonce: int | None) -> Operation[dict[str, Any]]:
+        record = yield from self._op_sign(type, subject, payload, ts, nonce)
+        return (yield from self._op_submit([record], wait, timeout))[0]
+
+    def _op_get_object(self, path: str, *keys: str) -> Operation[dict[str, Any]]:
+        call = Call("GET", path)
+        return _json_object(call, _check(call, (yield call)), *keys)
+
+    def _op_record(self, record_id: str) -> Operation[dict[str, Any]]:
+        return (yield from self._op_get_object(f"/v1/records/{record_id}", "id", "status"))
+
+    def _op_receipt(self, record_id: str) -> Operation[dict[str, Any]]:
+        return (yield from self._op_get_object(f"/v1/records/{record_id}/receipt",
+                                               "header", "envelope"))
+
+    def _op_block(self, height: int) -> Operation[dict[str, Any]]:
+        return (yield from self._op_get_object(f"/v1/blocks/{height}", "height"))
+
+    def _op_block_bytes(self, height: int) -> Operation[bytes | None]:
+        call = Call("GET", f"/v1/blocks/{height}", headers={"Accept": MSGPACK})
+        answer = yield call
+        if answer.status == 404 and _problem(answer)[0] == "not_found":
+            return None
+        _check(call, answer)
+        if answer.content_type != MSGPACK:  # a proxy's page must not audit as a bad block
+            raise NodeError(f"{call.where()}: {answer.status} answer is "
+                            f"{answer.content_type}, not {MSGPACK} (not a ledger node?)",
+                            answer.status)
+        return answer.content
+
+    def _op_history(self, subject: str, order: Literal["asc", "desc"], after: int | None,
+                    before: int | None, limit: int) -> Operation[dict[str, Any]]:
+        params: dict[str, str | int] = {"order": order, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        if before is not None:
+            params["before"] = before
+        call = Call("GET", f"/v1/subjects/{subject}/history", params)
+        doc = _json_object(call, _check(call, (yield call)), "records", "next")
+        if not isinstance(doc["records"], list):
+            raise NodeError(f"{call.where()}: 'records' is not a list")
+        return doc
+
+
+# -- the drivers ----------------------------------------------------------------------------
+
+def _ssl(verify: str | bool) -> ssl.SSLContext | bool:
+    """httpx's verify: a CA file becomes a context trusting only it."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+
+
+def _answer(resp: httpx.Response) -> Answer:
+    return Answer(resp.status_code, resp.headers, resp.content, resp.reason_phrase)
+
+
+def _request_args(base_url: str, call: Call) -> dict[str, Any]:
+    args: dict[str, Any] = {"params": dict(call.params), "headers": dict(call.headers),
+                            "content": call.content}
+    if call.timeout != DEFAULT:
+        args["timeout"] = call.timeout
+    return {"method": call.method, "url": base_url + call.path, **args}
+
+
+class LedgerClient(_Protocol):
+    """A synchronous client for one node; safe to share between threads.
+
+    ``verify``: True (system CAs), False, or a CA file (e.g. a cluster's tls/ca.pem).
+    ``http``: an ``httpx.Client`` to send with instead of a new one (a proxy, a test
+    transport); the client then neither configures nor closes it.
+    """
+
+    def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
+                 chain: str | None = None, timeout: float = 30.0,
+                 verify: str | bool = True, http: httpx.Client | None = None) -> None:
+        super().__init__(base_url, identity, chain)
+        self._owned = http is None
+        self._http = http if http is not None else httpx.Client(
+            timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
+
+    def _send(self, call: Call) -> Answer:
+        try:
+            return _answer(self._http.request(**_request_args(self.base_url, call)))
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, call, exc) from exc
+
+    def _run(self, op: Operation[T]) -> T:
+        try:
+            call = next(op)
+            while True:
+                call = op.send(self._send(call))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def status(self) -> dict[str, Any]:
+        """``GET /v1/status``: chain, height, validators, peers."""
+        return self._run(self._op_status())
+
+    def chain_id(self) -> str:
+        """The node's chain id (asked once)."""
+        return self._run(self._op_chain_id())
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``{"status": "ok", "height"}`` while the node serves."""
+        return self._run(self._op_health())
+
+    def genesis(self) -> bytes:
+        """``GET /v1/genesis``: the exact genesis.json bytes the node runs."""
+        return self._run(self._op_genesis())
+
+    def submit(self, records: Sequence[Record], *, wait: bool = False,
+               timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Submit signed records, one result per record; with ``wait``, return once all are
+        committed (each result then has ``height``), or NodeError ``commit_timeout``."""
+        return self._run(self._op_submit(records, wait, timeout))
+
+    def sign(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
+             nonce: int | None = None) -> Record:
+        """A record signed with this client's identity for the node's chain; not submitted."""
+        return self._run(self._op_sign(type, subject, payload, ts, nonce))
+
+    def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,
+              timeout: float = 30.0, ts: int | None = None,
+              nonce: int | None = None) -> dict[str, Any]:
+        """Sign one record with this client's identity and submit it."""
+        return self._run(self._op_write(type, subject, payload, wait, timeout, ts, nonce))
+
+    def record(self, record_id: str) -> dict[str, Any]:
+        """``GET /v1/records/{id}``: pending or committed."""
+        return self._run(self._op_record(record_id))
+
+    def receipt(self, record_id: str) -> dict[str, Any]:
+        """``GET /v1/records/{id}/receipt`` (verify it with ``ledger.receipts``)."""
+        return self._run(self._op_receipt(record_id))
+
+    def block(self, height: int) -> dict[str, Any]:
+        """The JSON view of a block."""
+        return self._run(self._op_block(height))
+
+    def block_bytes(self, height: int) -> bytes | None:
+        """The exact block bytes (SPEC section 4), None beyond the tip."""
+        return self._run(self._op_block_bytes(height))
+
+    def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
+                after: int | None = None, before: int | None = None,
+                limit: int = 100) -> dict[str, Any]:
+        """One page of a subject's committed records, oldest first (``order="desc"``: newest
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
+        return self._run(self._op_history(subject, order, after, before, limit))
+
+    def events(self, from_height: int | None = None) -> Iterator[dict[str, Any]]:
+        """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
+        resumes after the last block when the node ends the stream; runs until closed."""
+        feed = EventFeed(from_height)
+        while (call := feed.next_call()) is not None:
+            try:
+                with self._http.stream(**_request_args(self.base_url, call)) as resp:
+                    if not feed.opened(resp.status_code, resp.headers):
+                        resp.read()
+                        raise feed.refused(call, _answer(resp))
+                    for line in resp.iter_lines():
+                        if (event := feed.line(line)) is not None:
+                            yield event
+            except httpx.HTTPError as exc:
+                raise unreachable(self.base_url, call, exc) from exc
+
+    def close(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http``)."""
+        if self._owned:
+            self._http.close()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncLedgerClient(_Protocol):
+    """The asyncio twin of ``LedgerClient``: the same methods, awaited."""
+
+    def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
+                 chain: str | None = None, timeout: float = 30.0,
+                 verify: str | bool = True, http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(base_url, identity, chain)
+        self._owned = http is None
+        self._http = http if http is not None else httpx.AsyncClient(
+            timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
+
+    async def _send(self, call: Call) -> Answer:
+        try:
+            return _answer(await self._http.request(**_request_args(self.base_url, call)))
+        except httpx.HTTPError as exc:
+            raise unreachable(self.base_url, call, exc) from exc
+
+    async def _run(self, op: Operation[T]) -> T:
+        try:
+            call = next(op)
+            while True:
+                call = op.send(await self._send(call))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /v1/status``: chain, height, validators, peers."""
+        return await self._run(self._op_status())
+
+    async def chain_id(self) -> str:
+        """The node's chain id (asked once)."""
+        return await self._run(self._op_chain_id())
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``{"status": "ok", "height"}`` while the node serves."""
+        return await self._run(self._op_health())
+
+    async def genesis(self) -> bytes:
+        """``GET /v1/genesis``: the exact genesis.json bytes the node runs."""
+        return await self._run(self._op_genesis())
+
+    async def submit(self, records: Sequence[Record], *, wait: bool = False,
+                     timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Submit signed records, one result per record; with ``wait``, return once all are
+        committed (each result then has ``height``), or NodeError ``commit_timeout``."""
+        return await self._run(self._op_submit(records, wait, timeout))
+
+    async def sign(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
+                   nonce: int | None = None) -> Record:
+        """A record signed with this client's identity for the node's chain; not submitted."""
+        return await self._run(self._op_sign(type, subject, payload, ts, nonce))
+
+    async def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,
+                    timeout: float = 30.0, ts: int | None = None,
+                    nonce: int | None = None) -> dict[str, Any]:
+        """Sign one record with this client's identity and submit it."""
+        return await self._run(self._op_write(type, subject, payload, wait, timeout, ts,
+                                              nonce))
+
+    async def record(self, record_id: str) -> dict[str, Any]:
+        """``GET /v1/records/{id}``: pending or committed."""
+        return await self._run(self._op_record(record_id))
+
+    async def receipt(self, record_id: str) -> dict[str, Any]:
+        """``GET /v1/records/{id}/receipt`` (verify it with ``ledger.receipts``)."""
+        return await self._run(self._op_receipt(record_id))
+
+    async def block(self, height: int) -> dict[str, Any]:
+        """The JSON view of a block."""
+        return await self._run(self._op_block(height))
+
+    async def block_bytes(self, height: int) -> bytes | None:
+        """The exact block bytes (SPEC section 4), None beyond the tip."""
+        return await self._run(self._op_block_bytes(height))
+
+    async def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
+                      after: int | None = None, before: int | None = None,
+                      limit: int = 100) -> dict[str, Any]:
+        """One page of a subject's committed records, oldest first (``order="desc"``: newest
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
+        return await self._run(self._op_history(subject, order, after, before, limit))
+
+    async def events(self, from_height: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
+        resumes after the last block when the node ends the stream; runs until closed."""
+        feed = EventFeed(from_height)
+        while (call := feed.next_call()) is not None:
+            try:
+                async with self._http.stream(**_request_args(self.base_url, call)) as resp:
+                    if not feed.opened(resp.status_code, resp.headers):
+                        await resp.aread()
+                        raise feed.refused(call, _answer(resp))
+                    async for line in resp.aiter_lines():
+                        if (event := feed.line(line)) is not None:
+                            yield event
+            except httpx.HTTPError as exc:
+                raise unreachable(self.base_url, call, exc) from exc
+
+    async def close(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http``)."""
+        if self._owned:
+            await self._http.aclose()
+
+    async def aclose(self) -> None:
+        """``close()``, under the name asyncio code expects."""
+        await self.close()
+
+    async def __aenter__(self) -> AsyncLedgerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
