@@ -37,7 +37,7 @@ from ledger.store import MemoryStore
 from node.api import create_app
 from node.apidoc import limits
 from node.mempool import AdmitResult
-from node.service import LocalService
+from node.service import BlockFeed, LocalService
 from tests.factory import ChainBuilder, Fixture, make_fixture
 
 CLIENT = ("10.0.0.1", 1234)  # the address requests come from (per-source limits count it)
@@ -80,10 +80,13 @@ class InProcessApi:
     """The app and its service; see the module docstring."""
 
     def __init__(self, fx: Fixture | None = None, *, autocommit: bool = False,
-                 mempool_records: int = 100_000, **api_limits: Any) -> None:
+                 mempool_records: int = 100_000, feed: BlockFeed | None = None,
+                 **api_limits: Any) -> None:
         self.fx = fx or make_fixture()
         self.service = InProcessService(self.fx, autocommit=autocommit,
                                         mempool_records=mempool_records)
+        if feed is not None:
+            self.service.feed = feed
         self.config = limits(**api_limits)
         self.app: FastAPI = create_app(self.service, self.config)
         self.nonce = 0
@@ -133,7 +136,8 @@ class InProcessApi:
             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
             "client": CLIENT, "server": ("127.0.0.1", 80)}
         gone, requested = asyncio.Event(), False
-        status, head, buffer, lines = 0, {}, b"", []
+        status, head, buffer = 0, {}, b""
+        lines: list[str] = []
         done = asyncio.Event()
 
         async def receive() -> MutableMapping[str, Any]:
