@@ -445,6 +445,48 @@ async def test_async_sdk_writes_and_reads() -> None:
         assert (await client.record(str(res["id"])))["status"] == "committed"
 
 
+# -- the node itself serves the same app -------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_a_node_provides_the_service_and_its_commits_reach_waiters_and_feed(
+        tmp_path: Path) -> None:
+    """node.runtime.Node is a NodeService: the app over a real Node (SQLite store, no
+    transport), a wait=commit answered when the node commits, the feed told."""
+    from node.api import create_app
+    from tests.factory import ChainBuilder
+    from tests.unit.test_peer_budgets import make_node
+
+    node = make_node(tmp_path / "node0")
+    node.transport = None
+    app = create_app(node, node.config)
+    writer = InProcessApi()  # only to sign records for the fixture's chain
+    rec = writer.record()
+    sub = node.feed.subscribe()
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+        waiting = asyncio.ensure_future(http.post(
+            "/v1/records", params={"wait": "commit", "timeout": "10"},
+            **msgpack_post([rec.envelope])))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(node.commits):
+                break
+        assert len(node.commits) == 1 and node.pending(rec.id) is not None
+        assert (await http.get("/v1/status")).json()["mempool"] == 1
+        block = ChainBuilder(writer.fx, node.store, time_ms=now_ms()).block(
+            node.mempool.reap(10, 1 << 20))
+        node.store.append(block)
+        node._on_committed(block)
+        assert (await waiting).json()["results"] == [
+            {"id": rec.id.hex(), "status": "accepted", "height": 1}]
+        assert await sub.next(1) == 1
+        status = (await http.get("/v1/status")).json()
+        assert (status["height"], status["mempool"], status["node"]) == (1, 0, "node0")
+        assert "ledger_records_committed_total 1\n" in (await http.get("/metrics")).text
+    sub.close()
+    node.store.close()
+
+
 # -- the import graph ------------------------------------------------------------------------
 
 def test_the_api_never_imports_the_runtime() -> None:
