@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC section 7), a FastAPI app over one Node.
+"""The HTTP API (SPEC section 7), a FastAPI app over one ``node.service.NodeService``.
 
 Every failure is ``application/problem+json`` (RFC 9457) with a stable ``code``; nothing a
 client sends produces a 500. OpenAPI is served at ``/openapi.json`` and ``/docs``.
@@ -14,10 +14,10 @@ import re
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import msgpack
 from fastapi import FastAPI, Query, Request
@@ -41,16 +41,18 @@ from ledger.errors import DecodeError, LedgerError, TooLargeError
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt
 from ledger.records import Record
+from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
+from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService
 from node.swaggerui import add_swagger_ui
 
 if TYPE_CHECKING:
     from ledger.store import RecordLocation
-    from node.runtime import Node
+    from ledger.store.base import BlockStore
 
 MSGPACK = "application/msgpack"
-MAX_SUBSCRIBERS = 256  # concurrent event streams
+KEEPALIVE_S = 15.0  # an event stream idle this long gets a comment line
 MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait their turn)
 REPLAY_BATCH = 16  # past blocks read per worker job of a replay
 HISTORY_SLICE = 64  # records read from the store at a time for a history page
@@ -470,8 +472,8 @@ class ApiGuard:
 
     ``/healthz`` and ``/metrics`` pass straight through: they are never limited or queued."""
 
-    def __init__(self, app: ASGIApp, node: Node) -> None:
-        self.app, self.node, self.cfg = app, node, node.config
+    def __init__(self, app: ASGIApp, config: NodeConfig, feed: BlockFeed) -> None:
+        self.app, self.cfg, self.feed = app, config, feed
         self.per_source: defaultdict[str, int] = defaultdict(int)
         self.inflight = 0
         self.body_bytes = 0  # reserved by requests whose bodies are held
@@ -498,9 +500,9 @@ class ApiGuard:
                 scope[BODY] = chunks
                 receive = replay(chunks, receive)
             if scope["path"] == "/v1/events":
-                if len(self.node.subscribers) >= MAX_SUBSCRIBERS:
+                if self.feed.full():
                     raise Problem(503, "too_many_subscribers",
-                                  f"{MAX_SUBSCRIBERS} event streams are open",
+                                  f"{self.feed.max_subscribers} event streams are open",
                                   {"Retry-After": "5"})
                 await self.app(scope, receive, send)
                 return
@@ -650,19 +652,19 @@ def guarded_protocol(per_source: int, header_timeout: float) -> type[asyncio.Pro
     return GuardedProtocol
 
 
-def create_app(node: Node) -> FastAPI:
-    """The API of ``node``."""
+def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
+    """The API of ``node``, within the API limits of ``config``."""
     app = FastAPI(title="ledger node API", version="1",
                   description="Permissioned BFT ledger for industrial data (SPEC section 7).",
                   docs_url=None, redoc_url=None)  # their pages load from a CDN
     add_swagger_ui(app)  # /docs from the node's own files
-    cfg = node.config
+    cfg = config
     workers = Workers(cfg.api_workers)
     blocks = BlockJsonCache(cfg.api_block_cache_bytes)
     builders = BuildBudgets(BUILD_BYTES_PER_S, BUILD_BYTES_BURST)
     replays = asyncio.Semaphore(MAX_REPLAYS)
     past_events = EventCache()
-    app.add_middleware(ApiGuard, node=node)
+    app.add_middleware(ApiGuard, config=cfg, feed=node.feed)
 
     @app.exception_handler(Exception)
     async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
@@ -719,31 +721,19 @@ def create_app(node: Node) -> FastAPI:
             out.append(item)
         if wait == "commit":
             ids = [r.id for r in results if r.status in ("accepted", "duplicate") and r.id]
-            # Node.wait_for asks the store on the loop, once per id, behind any block being
-            # written: register the waiters first, then look up the already-committed ones
-            # in a worker (a commit in between resolves its waiter as usual).
-            loop = asyncio.get_running_loop()
-            futures: list[asyncio.Future[int]] = []
-            for rid in ids:
-                futures.append(loop.create_future())
-                node.waiters.setdefault(rid, []).append(futures[-1])
+            # The already-committed ones are looked up in a worker, not on the loop behind
+            # a block being written (CommitWaiters.wait registers the futures first).
 
-            def committed() -> dict[bytes, int]:
+            def committed(ids: Sequence[bytes]) -> dict[bytes, int]:
                 locs = {rid: node.store.locate(rid) for rid in node.store.seen_ids(ids)}
                 return {rid: loc.height for rid, loc in locs.items() if loc is not None}
 
             try:
-                for rid, height in (await workers.run(committed, bounded=False)).items():
-                    for fut in node.waiters.get(rid, []):
-                        if not fut.done():
-                            fut.set_result(height)
-                heights = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+                by_id = await node.commits.wait(
+                    ids, timeout, lambda ids: workers.run(committed, ids, bounded=False))
             except TimeoutError as exc:
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
-            finally:
-                node.forget_waiters(ids)
-            by_id = dict(zip(ids, heights, strict=True))
             for item, r in zip(out, results, strict=True):
                 if r.id in by_id:
                     item["height"] = by_id[r.id]
@@ -767,7 +757,7 @@ def create_app(node: Node) -> FastAPI:
 
         data = await workers.run(committed)
         if data is None:
-            pending = node.mempool.get(rid)
+            pending = node.pending(rid)
             if pending is None:
                 raise Problem(404, "not_found", f"no record {record_id}")
             data = await workers.run(lambda: render_json(record_json(pending, "pending")))
@@ -783,10 +773,12 @@ def create_app(node: Node) -> FastAPI:
         """The offline-verifiable receipt of a committed record (SPEC section 6)."""
         rid = parse_id(record_id)
         data = await workers.run(
-            lambda: None if (r := build_receipt(node.store, rid)) is None else render_json(r))
+            # build_receipt reads only locate() and block(), which a ReadStore has
+            lambda: None if (r := build_receipt(cast("BlockStore", node.store), rid)) is None
+            else render_json(r))
         if data is not None:
             return Response(data, media_type="application/json")
-        if node.mempool.get(rid) is not None:
+        if node.pending(rid) is not None:
             raise Problem(409, "not_committed", f"record {record_id} is not committed yet")
         raise Problem(404, "not_found", f"no record {record_id}")
 
@@ -835,18 +827,18 @@ def create_app(node: Node) -> FastAPI:
                                        **problems(*LIMITED)})
     async def status() -> JSONResponse:
         """Chain, node, tip, validators and connected peers."""
-        tip = node.store.tip_hash()
-        connected = set(node.connected_peers())
+        now = node.status()
+        connected = set(now.peers)
         return JSONResponse({
-            "chain": node.genesis.chain_id, "node": node.name, "height": node.store.height,
-            "last_block_hash": tip.hex() if tip else None,
+            "chain": node.genesis.chain_id, "node": node.name, "height": now.height,
+            "last_block_hash": now.tip_hash.hex() if now.tip_hash else None,
             "genesis_hash": node.genesis.hash.hex(),
-            "round": node.core.round, "mempool": len(node.mempool),
+            "round": now.round, "mempool": now.mempool,
             "validators": [{"index": v.index, "name": v.name, "pubkey": v.pubkey.hex(),
                             "power": v.power, "api": v.api,
-                            "connected": v.index in connected or v.index == node.config.index}
+                            "connected": v.index in connected or v.index == now.index}
                            for v in node.genesis.validators],
-            "peers": sorted(connected), "evidence": list(node.evidence)[-20:],
+            "peers": sorted(connected), "evidence": list(now.evidence),
         })
 
     @app.get("/v1/subjects/{subject:path}/history", responses={
@@ -921,7 +913,6 @@ def create_app(node: Node) -> FastAPI:
         """Server-Sent Events: one ``block`` event per committed block."""
         last_id = parse_last_event_id(request.headers.get("last-event-id", ""))
         start = from_height or (last_id + 1 if last_id is not None else node.store.height + 1)
-        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1000)
 
         def replay_events(first: int, last: int) -> list[str]:
             out = []
@@ -935,7 +926,7 @@ def create_app(node: Node) -> FastAPI:
                     past_events.put(h, event)
                 out.append(event)
             return out
-        node.subscribers.add(queue)
+        subscription = node.feed.subscribe()
 
         async def stream() -> Any:
             nxt = start
@@ -953,14 +944,12 @@ def create_app(node: Node) -> FastAPI:
                         expected, nxt = upto - nxt + 1, nxt + len(batch)
                         if len(batch) < expected:
                             break
-                    if queue not in node.subscribers:
+                    if subscription.dropped:
                         return  # too slow: dropped; the client resumes with Last-Event-ID
-                    try:
-                        await asyncio.wait_for(queue.get(), timeout=15)
-                    except TimeoutError:
+                    if await subscription.next(KEEPALIVE_S) is None:
                         yield ": keep-alive\n\n"
             finally:
-                node.subscribers.discard(queue)
+                subscription.close()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
@@ -993,9 +982,7 @@ def create_app(node: Node) -> FastAPI:
         **ok("Prometheus text format; never limited or queued behind client requests")})
     async def metrics() -> PlainTextResponse:
         """Prometheus text format."""
-        node.metrics.mempool = len(node.mempool)
-        return PlainTextResponse(node.metrics.render(len(node.connected_peers()),
-                                                     node.core.invalid_blocks),
+        return PlainTextResponse(node.metrics_text(),
                                  media_type="text/plain; version=0.0.4")
 
     def openapi() -> dict[str, Any]:

@@ -2,40 +2,50 @@
 
     python -m node.apidoc > docs/api-reference.md
 
-The app is built over a stub node that carries only a default ``NodeConfig``: building the
-routes and their schema reads nothing else, and no route is ever called.
+The app is built over a real ``LocalService`` (an empty in-memory store, a mempool, a
+one-validator genesis) with the default ``NodeConfig`` limits: the same app a node serves,
+with no process, file or network behind it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from fastapi import FastAPI
 
+from ledger.crypto import PrivateKey
+from ledger.genesis import Genesis
+from ledger.store import MemoryStore
 from node.api import create_app
 from node.config import NodeConfig
-
-if TYPE_CHECKING:
-    from node.runtime import Node
+from node.service import LocalService
 
 COMMAND = "python -m node.apidoc > docs/api-reference.md"
 
 
-class _SchemaOnlyNode:
-    """Just enough of a Node for ``create_app`` to build its routes."""
+def limits(**overrides: Any) -> NodeConfig:
+    """A NodeConfig for its API limits only (the defaults, or ``overrides``): its paths
+    name nothing."""
+    unused = Path("/nonexistent")
+    return NodeConfig(dir=unused, index=0, api=("127.0.0.1", 0), p2p=("127.0.0.1", 0),
+                      genesis_path=unused, key_path=unused, store_path=unused, **overrides)
 
-    def __init__(self) -> None:
-        unused = Path("/nonexistent")
-        self.config = NodeConfig(dir=unused, index=0, api=("127.0.0.1", 0),
-                                 p2p=("127.0.0.1", 0), genesis_path=unused, key_path=unused,
-                                 store_path=unused)
+
+def local_service() -> LocalService:
+    """A service over an empty MemoryStore and a one-validator genesis."""
+    key = PrivateKey.from_seed(bytes(32))
+    genesis = Genesis.from_bytes(json.dumps({
+        "chain_id": "apidoc", "organizations": [], "policies": {},
+        "validators": [{"name": "node0", "pubkey": key.public.hex(), "power": 1}],
+    }).encode())
+    return LocalService(genesis, MemoryStore(genesis.hash), name="node0")
 
 
 def schema_only_app() -> FastAPI:
-    """The API app with the default limits, for its OpenAPI schema only."""
-    return create_app(cast("Node", _SchemaOnlyNode()))
+    """The API app with the default limits, for its OpenAPI schema."""
+    return create_app(local_service(), limits())
 
 
 def _type(schema: dict[str, Any]) -> str:

@@ -64,6 +64,7 @@ from node.config import ConfigError, NodeConfig
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
+from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, Status
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
 
@@ -203,8 +204,8 @@ class Node:
         # read records of): see _admit_proposal
         self._stripped: set[int] = set()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.waiters: dict[bytes, list[asyncio.Future[int]]] = {}
-        self.subscribers: set[asyncio.Queue[int]] = set()
+        self.commits = CommitWaiters()  # wait=commit submissions
+        self.feed = BlockFeed()  # /v1/events subscribers
         self.admitted_at: dict[bytes, float] = {}
         self.transport: PeerNetwork | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -406,16 +407,10 @@ class Node:
             started = self.admitted_at.pop(r.id, None)
             if started is not None:
                 self.metrics.observe_commit_latency(now - started)
-            for fut in self.waiters.pop(r.id, []):
-                if not fut.done():
-                    fut.set_result(block.height)
+        self.commits.committed(block)
         self.metrics.records_committed += len(block.records)
         self.metrics.height = block.height
-        for q in list(self.subscribers):
-            try:
-                q.put_nowait(block.height)
-            except asyncio.QueueFull:  # a slow subscriber never slows the node
-                self.subscribers.discard(q)
+        self.feed.publish(block.height)
         log.info("committed height %d (%d records) %s", block.height, len(block.records),
                  block.hash.hex()[:16])
 
@@ -649,27 +644,23 @@ class Node:
         self.metrics.mempool = len(self.mempool)
         return results
 
-    def wait_for(self, record_id: bytes) -> asyncio.Future[int]:
-        """A future resolved with the height once ``record_id`` is committed."""
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        loc = self.store.locate(record_id)
-        if loc is not None:
-            fut.set_result(loc.height)
-        else:
-            self.waiters.setdefault(record_id, []).append(fut)
-        return fut
-
-    def forget_waiters(self, ids: Sequence[bytes]) -> None:
-        """Drop the finished (timed-out) futures of ``ids``."""
-        for rid in ids:
-            pending = [f for f in self.waiters.get(rid, []) if not f.done()]
-            if pending:
-                self.waiters[rid] = pending
-            else:
-                self.waiters.pop(rid, None)
-
     def connected_peers(self) -> list[int]:
         return self.transport.connected() if self.transport is not None else []
+
+    # -- what the API uses (node.service.NodeService) -------------------------------------
+
+    def pending(self, record_id: bytes) -> Record | None:
+        return self.mempool.get(record_id)
+
+    def status(self) -> Status:
+        return Status(height=self.store.height, tip_hash=self.store.tip_hash(),
+                      round=self.core.round, mempool=len(self.mempool),
+                      index=self.config.index, peers=tuple(self.connected_peers()),
+                      evidence=tuple(list(self.evidence)[-EVIDENCE_SHOWN:]))
+
+    def metrics_text(self) -> str:
+        self.metrics.mempool = len(self.mempool)
+        return self.metrics.render(len(self.connected_peers()), self.core.invalid_blocks)
 
     # -- running ------------------------------------------------------------------------
 
@@ -693,7 +684,7 @@ class Node:
                                      peers=peers, on_message=self.on_frame,
                                      ssl_server=ssl_server, ssl_client=ssl_client)
         await self.transport.start()
-        app = create_app(self)
+        app = create_app(self, cfg)
         # Everything built so far lives as long as the node: keep the cyclic collector from
         # re-scanning it, and collect young objects less often (the hot path makes many
         # short-lived, acyclic ones); full collections were latency outliers under load.

@@ -5,17 +5,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, cast
+from typing import Any
 
 import uvicorn
 
-from node.api import create_app
 from tests.browser.conftest import new_page, screenshot
-from tests.unit.test_api_limits import FakeNode
+from tests.inprocess import InProcessApi
 
 
 def test_docs_renders_with_no_other_origin_and_no_csp_error(browser: Any) -> None:
-    app = create_app(cast(Any, FakeNode()))
+    app = InProcessApi().app
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

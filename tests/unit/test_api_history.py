@@ -1,12 +1,12 @@
-"""GET /v1/subjects/{subject}/history in-process (the app over a MemoryStore, no node
-process): oldest first by default, newest first with ``order=desc`` and ``before=``, both
-bounded by ``limit`` and by bytes; and the sync and async SDK's ``history``."""
+"""GET /v1/subjects/{subject}/history in-process (tests/inprocess.py: the app over a
+MemoryStore, no node process): oldest first by default, newest first with ``order=desc``
+and ``before=``, both bounded by ``limit`` and by bytes; and the sync and async SDK's
+``history``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -14,44 +14,28 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import node.api
-from ledger.store import MemoryStore
-from node.api import create_app
 from node.client import AsyncLedgerClient, LedgerClient, NodeError
-from node.config import NodeConfig
-from tests.factory import ChainBuilder, make_fixture
-
-if TYPE_CHECKING:
-    from node.runtime import Node
+from tests.factory import make_fixture
+from tests.inprocess import InProcessApi
 
 FX = make_fixture()
 SUBJECT = "plant-9/deep"
-
-
-class _StoreOnlyNode:
-    """Just what the history route and the API guard read: a config and a store."""
-
-    def __init__(self, store: MemoryStore) -> None:
-        unused = Path("/nonexistent")
-        self.config = NodeConfig(dir=unused, index=0, api=("127.0.0.1", 0),
-                                 p2p=("127.0.0.1", 0), genesis_path=unused, key_path=unused,
-                                 store_path=unused)
-        self.store = store
 
 
 @pytest.fixture(scope="module")
 def chain() -> tuple[FastAPI, list[str]]:
     """1,200 records of SUBJECT in 12 blocks, another subject interleaved; their ids in
     log order."""
-    store = MemoryStore(FX.genesis.hash)
-    b = ChainBuilder(FX, store)
+    api = InProcessApi(FX)
+    b = api.service.builder
     ids: list[str] = []
     for _ in range(12):
         records = [b.record(subject="plant-9/other" if i % 11 == 5 else SUBJECT)
                    for i in range(110)]
-        store.append(b.block(records))
+        api.service.append(b.block(records))
         ids += [r.id.hex() for r in records if r.body.subject == SUBJECT]
     assert len(ids) == 1200
-    return create_app(cast("Node", _StoreOnlyNode(store))), ids
+    return api.app, ids
 
 
 @pytest.fixture

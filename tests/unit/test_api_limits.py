@@ -6,8 +6,7 @@ import asyncio
 import json
 import tracemalloc
 from collections.abc import MutableMapping
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 import pytest
@@ -26,7 +25,8 @@ from node.api import (
     split_bin_array,
     split_json_batch,
 )
-from node.config import NodeConfig
+from node.apidoc import limits
+from node.service import BlockFeed
 
 
 def problem_of(fn: Any, *args: Any) -> tuple[int, str]:
@@ -188,13 +188,12 @@ def test_workers_refuse_beyond_their_queue() -> None:
 
 # -- ApiGuard ---------------------------------------------------------------------------
 
-class FakeNode:
-    def __init__(self, **limits: Any) -> None:
-        unused = Path("/nonexistent")
-        self.config = NodeConfig(dir=unused, index=0, api=("127.0.0.1", 0),
-                                 p2p=("127.0.0.1", 0), genesis_path=unused, key_path=unused,
-                                 store_path=unused, **limits)
-        self.subscribers: set[object] = set()
+class Limits:
+    """The API limits of a config, and the event feed the guard counts streams of."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.config = limits(**overrides)
+        self.feed = BlockFeed()
 
 
 class Exchange:
@@ -231,7 +230,7 @@ class Exchange:
         return self
 
 
-def guard_over(node: FakeNode) -> tuple[ApiGuard, asyncio.Event, list[Any]]:
+def guard_over(node: Limits) -> tuple[ApiGuard, asyncio.Event, list[Any]]:
     """A guard over an app that records each request's body and holds it until released."""
     release, seen = asyncio.Event(), []
 
@@ -249,12 +248,12 @@ def guard_over(node: FakeNode) -> tuple[ApiGuard, asyncio.Event, list[Any]]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    return ApiGuard(app, cast(Any, node)), release, seen
+    return ApiGuard(app, node.config, node.feed), release, seen
 
 
 def test_guard_limits_each_source_but_not_health() -> None:
     async def main() -> None:
-        guard, release, _ = guard_over(FakeNode(api_requests_per_source=2))
+        guard, release, _ = guard_over(Limits(api_requests_per_source=2))
         held = [asyncio.ensure_future(Exchange("/v1/status").through(guard)) for _ in range(2)]
         await asyncio.sleep(0.01)
         refused = await Exchange("/v1/status").through(guard)
@@ -274,7 +273,7 @@ def test_guard_limits_each_source_but_not_health() -> None:
 
 def test_guard_limits_requests_in_flight() -> None:
     async def main() -> None:
-        guard, release, _ = guard_over(FakeNode(api_max_inflight=2))
+        guard, release, _ = guard_over(Limits(api_max_inflight=2))
         held = [asyncio.ensure_future(Exchange("/v1/status", client=f"10.0.0.{i}")
                                       .through(guard)) for i in range(2)]
         await asyncio.sleep(0.01)
@@ -291,7 +290,7 @@ def test_guard_limits_requests_in_flight() -> None:
 
 def test_guard_receives_bodies_before_counting_them_in_flight() -> None:
     async def main() -> None:
-        guard, release, seen = guard_over(FakeNode(api_max_inflight=1, api_body_timeout=0.2))
+        guard, release, seen = guard_over(Limits(api_max_inflight=1, api_body_timeout=0.2))
         release.set()
         ok = await Exchange("/quick", "POST", body=[b"ab", b"", b"cd"], length=4).through(guard)
         assert ok.status == 200 and seen == [([b"ab", b"cd"], b"abcd")]
@@ -314,7 +313,7 @@ def test_guard_receives_bodies_before_counting_them_in_flight() -> None:
 
 def test_guard_bounds_body_sizes_and_the_body_budget() -> None:
     async def main() -> None:
-        node = FakeNode(max_body_bytes=10, api_body_budget=25)
+        node = Limits(max_body_bytes=10, api_body_budget=25)
         guard, release, _ = guard_over(node)
         declared = await Exchange("/v1/records", "POST", length=11).through(guard)
         assert (declared.status, declared.code) == (413, "body_too_large")
@@ -336,7 +335,7 @@ def test_guard_bounds_body_sizes_and_the_body_budget() -> None:
 
 def test_guard_forgets_clients_that_leave_mid_body() -> None:
     async def main() -> None:
-        guard, _, seen = guard_over(FakeNode())
+        guard, _, seen = guard_over(Limits())
         gone = Exchange("/v1/records", "POST", body=[b"x"], length=5)
         gone.incoming = asyncio.Queue()
         gone.incoming.put_nowait({"type": "http.request", "body": b"x", "more_body": True})
@@ -350,11 +349,16 @@ def test_guard_forgets_clients_that_leave_mid_body() -> None:
 
 def test_guard_bounds_event_streams() -> None:
     async def main() -> None:
-        node = FakeNode()
-        node.subscribers = set(range(256))
+        node = Limits()
+        streams = [node.feed.subscribe() for _ in range(256)]
         guard, _, _ = guard_over(node)
         refused = await Exchange("/v1/events").through(guard)
         assert (refused.status, refused.code) == (503, "too_many_subscribers")
+        streams[0].close()  # one stream ends: there is room for another
+        admitted = asyncio.ensure_future(Exchange("/v1/events").through(guard))
+        await asyncio.sleep(0.01)
+        assert not admitted.done()  # admitted: it waits in the app
+        admitted.cancel()
 
     asyncio.run(main())
 
@@ -372,16 +376,17 @@ def test_msgpack_library_would_have_built_the_maps() -> None:
 
 
 def test_a_failing_handler_answers_a_problem_not_a_bare_500() -> None:
-    import httpx
+    from tests.inprocess import InProcessApi
 
-    from node.api import create_app
+    api = InProcessApi()
 
-    app = create_app(cast(Any, FakeNode()))  # no store: /v1/status fails inside the handler
+    def broken() -> Any:
+        raise RuntimeError("a bug in the status snapshot")
+
+    api.service.status = broken  # type: ignore[method-assign]
 
     async def main() -> None:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False,
-                                        client=("10.0.0.1", 1))
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        async with api.client(raise_app_exceptions=False) as client:
             resp = await client.get("/v1/status")
             assert resp.status_code == 500
             assert resp.headers["content-type"] == "application/problem+json"

@@ -6,19 +6,17 @@ import asyncio
 import base64
 import hashlib
 import re
-from typing import Any, cast
 
 import httpx
 
-from node.api import create_app
 from node.swaggerui import INLINE_SCRIPT
-from tests.unit.test_api_limits import FakeNode
+from tests.inprocess import InProcessApi
 
 URL = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 
 
 def test_docs_references_only_local_urls_and_they_answer() -> None:
-    app = create_app(cast(Any, FakeNode()))
+    app = InProcessApi().app
 
     async def main() -> None:
         transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))
