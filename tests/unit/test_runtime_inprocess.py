@@ -48,7 +48,7 @@ from tests.memnet import MemNet
 FX = make_fixture()
 N = len(FX.genesis.validators)
 # Short timeouts: the nodes share one loop and nothing is slow but the fsyncs.
-TIMEOUTS = {"timeout_propose_ms": 500, "timeout_commit_ms": 30, "resend_ms": 300,
+TIMEOUTS = {"timeout_propose_ms": 300, "timeout_commit_ms": 30, "resend_ms": 300,
             "sync_retry_ms": 200}
 WAIT_S = 60.0  # bound on any one wait; generous for a busy 2-core machine
 _nonces = itertools.count(1)
@@ -335,3 +335,62 @@ def test_a_node_stopped_and_built_again_from_its_files_resumes_and_catches_up(
     run(cluster, body)
     for i in range(N):
         assert check_signing_order(cluster.journals[i]) > 0
+
+
+class GatedNode(RecordingNode):
+    """Its signing-state writes wait for ``gate`` once ``hold`` is set."""
+
+    hold = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def persist_signing_state(self, state: SigningState) -> None:
+        if self.hold:
+            self.waiting.set()
+            await self.gate.wait()
+        await super().persist_signing_state(state)
+
+
+def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, kinds={0: GatedNode})
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        node = cluster.nodes[0]
+        assert isinstance(node, GatedNode)
+        await until(lambda: node.store.height >= 2, "height 2")
+        closed: list[bool] = []
+        close = node.store.close
+        node.store.close = lambda: (closed.append(True), close())[-1]  # type: ignore[method-assign]
+        node._persist_evidence()  # a flush pending (due in a second) when it stops
+        assert not node.evidence_path.exists()
+        node.hold = True
+        await asyncio.wait_for(node.waiting.wait(), WAIT_S)  # mid-event: a write under way
+        writes = sum(k == "persist" for k, _ in cluster.journals[0])
+        serving = asyncio.create_task(node.serve())
+        stopping = asyncio.create_task(cluster.stop(0))
+        await asyncio.sleep(0.3)
+        assert not stopping.done()  # it waits for the write, it does not cut it short
+        node.gate.set()
+        await asyncio.wait_for(stopping, WAIT_S)
+        await asyncio.wait_for(serving, WAIT_S)  # serve() returns once the loop has ended
+        assert sum(k == "persist" for k, _ in cluster.journals[0]) == writes + 1
+        assert closed == [True]
+        assert node.evidence_path.exists()  # the pending flush was written, not lost
+        assert 0 not in cluster.net.transports and not node._timers and not node._tasks
+        assert node._consensus is not None and node._consensus.done()
+        await node.stop()  # a second stop does nothing
+        assert closed == [True]
+        with pytest.raises(RuntimeError, match="starts once"):
+            await node.start(cluster.net.factory, api=False)
+        others = list(cluster.nodes.values())  # the three others go on without it
+        height = min(n.store.height for n in others)
+        await until(lambda: min(n.store.height for n in others) >= height + 2, "3 nodes on")
+
+    run(cluster, body)
+    for i in range(N):
+        check_signing_order(cluster.journals[i])
