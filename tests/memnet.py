@@ -8,11 +8,13 @@ frames through queues, no sockets.
 queue); each transport drains its inbox in its own task, handing frames to ``on_message``
 in the order they arrived (so per sender, in the order sent).
 
-Faults: ``net.partition([0, 1], [2, 3])`` separates groups (links across groups are down:
-``connected()`` leaves those peers out and frames between them are lost) until
-``net.heal()``; ``net.loss`` drops that fraction of frames at random (``net.rng``, seeded);
-``net.drop(src, dst, payload)`` may be replaced to drop frames selectively. ``net.tap`` is
-called as each frame leaves its sender, with the frame, before any fault applies.
+Faults: ``net.partition([0, 1], [2, 3])`` separates groups until ``net.heal()``: frames
+across groups are lost, those sent and those still queued (the links stay "connected", as a
+TCP link does until its keepalive gives up, so the node keeps sending into the void);
+``net.loss`` drops that fraction of frames at random (``net.rng``, seeded);
+``net.drop(src, dst, payload)`` may be replaced to drop frames selectively; ``disconnect``
+with a backoff takes the link down both ways for that long. ``net.tap`` is called as each
+frame leaves its sender, with the frame, before any fault applies.
 """
 
 from __future__ import annotations
@@ -53,12 +55,14 @@ class MemNet:
         self.groups = []
 
     def linked(self, a: int, b: int) -> bool:
-        """Both are up and no partition separates them."""
+        """Both are up and neither backs the other off (``disconnect``)."""
         if a not in self.transports or b not in self.transports or a == b:
             return False
-        if self.transports[a].refuses(b) or self.transports[b].refuses(a):
-            return False
-        return not self.groups or any(a in g and b in g for g in self.groups)
+        return not (self.transports[a].refuses(b) or self.transports[b].refuses(a))
+
+    def separated(self, a: int, b: int) -> bool:
+        """A partition lies between ``a`` and ``b``."""
+        return bool(self.groups) and not any(a in g and b in g for g in self.groups)
 
     def drop(self, src: int, dst: int, payload: bytes) -> bool:
         """True to lose this frame (random loss at ``self.loss``; replace to select)."""
@@ -73,6 +77,9 @@ class MemNet:
             return False
         if self.tap is not None:
             self.tap(src, dst, payload)
+        if self.separated(src, dst):
+            self.stats["partitioned"] += 1
+            return True
         if self.drop(src, dst, payload):
             self.stats["dropped"] += 1
             return True  # lost in flight: the sender cannot tell
@@ -155,11 +162,16 @@ class MemTransport:
             handed = 0
             while self.inbox:
                 src, payload = self.inbox.popleft()
-                if self.net.linked(src, self.index):  # a partition also loses frames queued
-                    try:
-                        self.on_message(src, payload)
-                    except Exception as exc:  # as PeerNetwork: counted, the link stays up
-                        self.errors.append(exc)
+                if not self.net.linked(src, self.index):  # the sender left or was cut off
+                    self.net.stats["unlinked"] += 1
+                    continue
+                if self.net.separated(src, self.index):  # queued before the partition
+                    self.net.stats["partitioned"] += 1
+                    continue
+                try:
+                    self.on_message(src, payload)
+                except Exception as exc:  # as PeerNetwork: counted, the link stays up
+                    self.errors.append(exc)
                 handed += 1
                 if handed % self.read_burst == 0:
                     await asyncio.sleep(0)

@@ -394,3 +394,29 @@ def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: P
     run(cluster, body)
     for i in range(N):
         check_signing_order(cluster.journals[i])
+
+
+def test_a_partition_without_quorum_stalls_and_heals_over_a_lossy_network(
+        tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.net.loss = 0.05  # of every frame, throughout
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        nodes = list(cluster.nodes.values())
+        await until(lambda: min(n.store.height for n in nodes) >= 2, "height 2")
+        cluster.net.partition([0, 1], [2, 3])  # two of four: no side has a quorum
+        await asyncio.sleep(0.2)  # what was in flight lands
+        stalled = max(n.store.height for n in nodes)
+        records = await submit(cluster.nodes[0], 10)
+        await asyncio.sleep(1.0)
+        assert max(n.store.height for n in nodes) == stalled
+        cluster.net.heal()
+        await committed(nodes, records)
+        assert same_blocks(nodes) > stalled
+
+    run(cluster, body)
+    assert cluster.net.stats["dropped"] > 0 and cluster.net.stats["partitioned"] > 0
+    for i in range(N):
+        check_signing_order(cluster.journals[i])
