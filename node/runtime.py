@@ -95,10 +95,12 @@ RECORD_OVERHEAD = 8
 EVIDENCE_WINDOW = 10_000
 EVIDENCE_MAX = 1000
 EVIDENCE_FLUSH_S = 1.0
-# Seconds ``stop()`` waits for the API server to close and for the consensus loop to finish
-# the event it is executing (a block being appended) before it cancels them.
+# Seconds ``stop()`` waits for the API server to close, for the consensus loop to finish
+# the event it is executing (a block being appended), and for the node's other tasks
+# (decoding, serving blocks, admitting gossip, writing evidence) before it cancels them.
 STOP_API_S = 5.0
 STOP_CONSENSUS_S = 10.0
+STOP_TASKS_S = 2.0
 
 log = logging.getLogger("ledger.node")
 
@@ -818,22 +820,22 @@ class Node:
         tasks: list[asyncio.Task[Any]] = [self._consensus]
         if self._api is not None:
             tasks.append(self._api)
-        if stop is not None:
-            tasks.append(asyncio.create_task(stop.wait(), name="stop"))
+        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([*tasks, *filter(None, [stopper])],
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if stop is not None:
-                tasks[-1].cancel()
-        for t in done:
-            if t.get_name() != "stop" and not t.cancelled() and t.exception() is not None:
+            if stopper is not None:
+                stopper.cancel()
+        for t in tasks:
+            if t in done and not t.cancelled() and t.exception() is not None:
                 log.error("%s stopped: %r", t.get_name(), t.exception())
 
     async def stop(self) -> None:
         """Stop cleanly, once: close the API server, let the consensus loop finish the event
         it is executing (a signing state or a block being written) and end it, cancel the
-        timers and the node's tasks, write the evidence a pending flush would have, stop
-        the transport and close the store."""
+        timers, let the node's tasks end (within STOP_TASKS_S, then cancel them), write the
+        evidence a pending flush would have, stop the transport and close the store."""
         if self._stopped:
             return
         self._stopped = self._stopping = True
@@ -854,10 +856,11 @@ class Node:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tasks:  # most are a worker thread's read or check: let them end first
+            _, late = await asyncio.wait(list(self._tasks), timeout=STOP_TASKS_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._evidence_flush is not None:  # write what the pending flush would have
             self._evidence_flush.cancel()
             self._evidence_flush = None
