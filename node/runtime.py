@@ -5,6 +5,12 @@ nudges from the API. Each is handed to the pure core, and its actions are execut
 after the other, awaiting each: ``PersistState`` is written and fsynced before the
 ``Broadcast`` that follows it; ``CommitBlock`` is durable in SQLite before any client
 waiting on one of its records is told (see ``ledger/consensus/core.py`` for the order).
+
+Built apart from run: ``Node.from_config`` reads the node's files, ``Node(...)`` takes ready
+parts; ``start(transport, api=)`` starts the peer links (any ``Transport``; TCP by default),
+the consensus loop and optionally the HTTP API; ``serve(stop)`` waits; ``stop()`` ends it all
+cleanly. ``serve_forever`` (``ledger node run``) adds the process-wide parts: signals, uvloop
+and GC tuning. ``tests/unit/test_runtime_inprocess.py`` runs four nodes in one loop.
 """
 
 from __future__ import annotations
