@@ -215,10 +215,14 @@ async def submit(node: Node, count: int) -> list[Record]:
 
 
 async def committed(nodes: list[RecordingNode], records: list[Record]) -> int:
-    """Wait until every record is committed on every node; the highest height."""
-    futures = [n.wait_for(r.id) for n in nodes for r in records]
-    heights = await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
-    return max(heights)
+    """Wait until every record is committed on every node (in its store); the highest
+    height holding one."""
+    def heights() -> list[int | None]:
+        return [None if (loc := n.store.locate(r.id)) is None else loc.height
+                for n in nodes for r in records]
+
+    await until(lambda: None not in heights(), f"{len(records)} records on {len(nodes)} nodes")
+    return max(h for h in heights() if h is not None)
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
