@@ -5,6 +5,12 @@ nudges from the API. Each is handed to the pure core, and its actions are execut
 after the other, awaiting each: ``PersistState`` is written and fsynced before the
 ``Broadcast`` that follows it; ``CommitBlock`` is durable in SQLite before any client
 waiting on one of its records is told (see ``ledger/consensus/core.py`` for the order).
+
+Built apart from run: ``Node.from_config`` reads the node's files, ``Node(...)`` takes ready
+parts; ``start(transport, api=)`` starts the peer links (any ``Transport``; TCP by default),
+the consensus loop and optionally the HTTP API; ``serve(stop)`` waits; ``stop()`` ends it all
+cleanly. ``serve_forever`` (``ledger node run``) adds the process-wide parts: signals, uvloop
+and GC tuning. ``tests/unit/test_runtime_inprocess.py`` runs four nodes in one loop.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import contextlib
 import gc
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -60,7 +67,7 @@ from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
-from node.config import ConfigError, NodeConfig
+from node.config import ConfigError, NodeConfig, parse_address
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
@@ -95,6 +102,12 @@ RECORD_OVERHEAD = 8
 EVIDENCE_WINDOW = 10_000
 EVIDENCE_MAX = 1000
 EVIDENCE_FLUSH_S = 1.0
+# Seconds ``stop()`` waits for the API server to close, for the consensus loop to finish
+# the event it is executing (a block being appended), and for the node's other tasks
+# (decoding, serving blocks, admitting gossip, writing evidence) before it cancels them.
+STOP_API_S = 5.0
+STOP_CONSENSUS_S = 10.0
+STOP_TASKS_S = 2.0
 
 log = logging.getLogger("ledger.node")
 
@@ -119,6 +132,83 @@ class Hooks:
     def blocked(self, peer: int) -> bool:
         """True to drop frames to and from validator ``peer``."""
         return False
+
+
+class Transport(Protocol):
+    """What the node needs of its peer links (``PeerNetwork`` is the real one; a test may
+    pass one that moves frames through queues, ``tests/memnet.py``). Frames from peers go to
+    ``Node.on_frame(peer, payload)``, on the event loop."""
+
+    #: the largest payload ``send``/``broadcast`` take
+    max_frame: int
+
+    async def start(self) -> None:
+        """Begin linking with the peers."""
+
+    async def stop(self) -> None:
+        """Close every link and wait for the transport's tasks to end."""
+
+    def broadcast(self, payload: bytes) -> None:
+        """Queue ``payload`` to every connected peer; never blocks."""
+
+    def send(self, peer: int, payload: bytes) -> bool:
+        """Queue ``payload`` to validator ``peer``; False if it is not connected."""
+        ...
+
+    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
+        """Drop the link to ``peer`` and refuse it for ``backoff_s`` seconds."""
+
+    def connected(self) -> list[int]:
+        """Validator indexes with a live link, ascending."""
+        ...
+
+    def queue_length(self, peer: int) -> int:
+        """Frames waiting to go to ``peer``."""
+        ...
+
+
+#: Builds a node's transport once the node exists (it needs ``node.on_frame``).
+TransportFactory = Callable[["Node"], Transport]
+
+
+def peer_addresses(config: NodeConfig, genesis: Genesis) -> dict[int, tuple[str, int]]:
+    """Where to reach each other validator: the config's ``peers`` (environment overrides
+    included), else the ``p2p`` address genesis lists for it."""
+    peers = {i: a for i, a in config.peers.items() if i != config.index}
+    for v in genesis.validators:
+        if v.index != config.index and v.index not in peers and v.p2p:
+            peers[v.index] = parse_address(v.p2p, f"genesis validator {v.index} p2p")
+    return peers
+
+
+def tls_contexts(config: NodeConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(server, client) contexts for the peer links when the config names a certificate,
+    its key and the CA; (None, None) otherwise (plain TCP)."""
+    if config.tls_cert is None or config.tls_key is None or config.tls_ca is None:
+        return None, None
+    return server_context(config.tls_cert, config.tls_key), client_context(config.tls_ca)
+
+
+def _tls(config: NodeConfig) -> bool:
+    return None not in (config.tls_cert, config.tls_key, config.tls_ca)
+
+
+def tcp_transport(node: Node) -> PeerNetwork:
+    """The real transport: authenticated TCP (TLS when configured) links to the peers."""
+    ssl_server, ssl_client = tls_contexts(node.config)
+    return PeerNetwork(genesis=node.genesis, key=node.key, listen=node.config.p2p,
+                       peers=peer_addresses(node.config, node.genesis),
+                       on_message=node.on_frame, ssl_server=ssl_server, ssl_client=ssl_client)
+
+
+def tune_gc() -> None:
+    """For a long-running node process: everything built so far lives as long as the node,
+    so keep the cyclic collector from re-scanning it, and collect young objects less often
+    (the hot path makes many short-lived, acyclic ones); full collections were latency
+    outliers under load. Process-wide: the entry point calls it, not the node."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def evidence_path(config: NodeConfig) -> Path:
@@ -207,20 +297,35 @@ class Node:
         self.commits = CommitWaiters()  # wait=commit submissions
         self.feed = BlockFeed()  # /v1/events subscribers
         self.admitted_at: dict[bytes, float] = {}
-        self.transport: PeerNetwork | None = None
+        self.transport: Transport | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        # start/serve/stop: the consensus loop and API server tasks, the API server, and
+        # whether the loop is executing an event's actions (stop() lets it finish them)
+        self._consensus: asyncio.Task[None] | None = None
+        self._api: asyncio.Task[None] | None = None
+        self._server: _Server | None = None
+        self._handling = False
+        self._stopping = False
+        self._stopped = False
         self.peer_backlog = 0  # peer messages queued for the core (bounded)
         self.dropped_peer_messages = 0
 
     # -- consensus loop -------------------------------------------------------------------
 
     async def consensus_loop(self) -> None:
-        """Feed events to the core, one at a time, executing its actions in order."""
-        await self._handle(Start(now_ms()))
-        while True:
+        """Feed events to the core, one at a time, executing its actions in order, until
+        ``stop()``: an event's actions are never cut short (``stop`` waits for them)."""
+        event: Event = Start(now_ms())
+        while not self._stopping:
+            self._handling = True
+            try:
+                await self._handle(event)
+            finally:
+                self._handling = False
+            if self._stopping:
+                return
             event = await self.events.get()
-            await self._handle(event)
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, MessageReceived):
@@ -243,8 +348,7 @@ class Node:
 
     async def _execute(self, action: Action) -> None:
         if isinstance(action, PersistState):
-            await asyncio.to_thread(write_durably, self.config.signing_state_path,
-                                    action.state.to_wire())
+            await self.persist_signing_state(action.state)
             self.faults.crash_point("after_persist")
         elif isinstance(action, Broadcast):
             if isinstance(action.message, BlockRequest):
@@ -276,6 +380,12 @@ class Node:
                 log.warning("evidence of equivocation by validator %d: %s at height %d",
                             entry["validator"], entry["kind"], entry["height"])
                 self._persist_evidence()
+
+    async def persist_signing_state(self, state: SigningState) -> None:
+        """Write ``state`` durably (fsynced, in a worker thread); the consensus loop awaits
+        it before executing the next action, the broadcast of what was just signed."""
+        await asyncio.to_thread(write_durably, self.config.signing_state_path,
+                                state.to_wire())
 
     # -- evidence (kept across restarts) -------------------------------------------------
 
@@ -664,35 +774,33 @@ class Node:
 
     # -- running ------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run transport, consensus and the API until ``stop`` is set."""
+    async def start(self, transport: TransportFactory = tcp_transport, *,
+                    api: bool = True) -> None:
+        """Start the peer links (``transport(self)``: TCP by default, anything with the
+        ``Transport`` methods in a test), the consensus loop and, with ``api``, the HTTP
+        API server (a test may run the node without one)."""
+        if self._consensus is not None or self._stopped:
+            raise RuntimeError("Node.start(): a node starts once (build another to restart)")
+        self.transport = transport(self)
+        await self.transport.start()
+        self._consensus = asyncio.create_task(self.consensus_loop(), name="consensus")
+        if api:
+            self._server = self.api_server()
+            self._api = asyncio.create_task(self._server.serve(), name="api")
+        cfg = self.config
+        log.info("node %s (validator %d) %s, peers on %s:%d", self.name, cfg.index,
+                 "serving {}://{}:{}".format("https" if _tls(cfg) else "http", *cfg.api)
+                 if api else "without an API", *cfg.p2p)
+
+    def api_server(self) -> _Server:
+        """The uvicorn server of the HTTP API (not started)."""
         from node.api import create_app, guarded_protocol
 
-        peers = {i: a for i, a in self.config.peers.items() if i != self.config.index}
-        for v in self.genesis.validators:
-            if v.index != self.config.index and v.index not in peers and v.p2p:
-                from node.config import parse_address
-
-                peers[v.index] = parse_address(v.p2p, f"genesis validator {v.index} p2p")
         cfg = self.config
-        ssl_server = ssl_client = None
-        if cfg.tls_cert is not None and cfg.tls_key is not None and cfg.tls_ca is not None:
-            ssl_server = server_context(cfg.tls_cert, cfg.tls_key)
-            ssl_client = client_context(cfg.tls_ca)
-        tls = ssl_server is not None
-        self.transport = PeerNetwork(genesis=self.genesis, key=self.key, listen=cfg.p2p,
-                                     peers=peers, on_message=self.on_frame,
-                                     ssl_server=ssl_server, ssl_client=ssl_client)
-        await self.transport.start()
+        tls = _tls(cfg)
         app = create_app(self, cfg)
-        # Everything built so far lives as long as the node: keep the cyclic collector from
-        # re-scanning it, and collect young objects less often (the hot path makes many
-        # short-lived, acyclic ones); full collections were latency outliers under load.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
-        host, port = self.config.api
-        server = _Server(uvicorn.Config(
+        host, port = cfg.api
+        return _Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
             http=guarded_protocol(cfg.api_connections_per_source, cfg.api_header_timeout),
             # Per-source limits count the connection's address: a forwarded-for header from
@@ -700,28 +808,72 @@ class Node:
             proxy_headers=False,
             ssl_certfile=str(cfg.tls_cert) if tls else None,
             ssl_keyfile=str(cfg.tls_key) if tls else None))
-        tasks = [asyncio.create_task(self.consensus_loop(), name="consensus"),
-                 asyncio.create_task(server.serve(), name="api")]
-        log.info("node %s (validator %d) serving %s://%s:%d, peers on %s:%d", self.name,
-                 self.config.index, "https" if tls else "http", host, port, *self.config.p2p)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        for t in done:
-            if t is not stopper and t.exception() is not None:
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Wait until ``stop`` is set (never, without one), or the consensus loop or the API
+        server ends (an error: logged). Does not stop the node: ``stop()`` does."""
+        if self._consensus is None:
+            raise RuntimeError("Node.serve() before start()")
+        tasks: list[asyncio.Task[Any]] = [self._consensus]
+        if self._api is not None:
+            tasks.append(self._api)
+        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
+        try:
+            done, _ = await asyncio.wait([*tasks, *filter(None, [stopper])],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+        for t in tasks:
+            if t in done and not t.cancelled() and t.exception() is not None:
                 log.error("%s stopped: %r", t.get_name(), t.exception())
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(tasks[1], timeout=5)
-        tasks[0].cancel()
-        stopper.cancel()
+
+    async def stop(self) -> None:
+        """Stop cleanly, once: close the API server, let the consensus loop finish the event
+        it is executing (a signing state or a block being written) and end it, cancel the
+        timers, let the node's tasks end (within STOP_TASKS_S, then cancel them), write the
+        evidence a pending flush would have, stop the transport and close the store."""
+        if self._stopped:
+            return
+        self._stopped = self._stopping = True
+        if self._server is not None and self._api is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._api, timeout=STOP_API_S)
+        if self._consensus is not None:
+            if not self._handling:  # idle, waiting for an event: nothing is cut short
+                self._consensus.cancel()
+            done, _ = await asyncio.wait([self._consensus], timeout=STOP_CONSENSUS_S)
+            if not done:
+                log.error("the consensus loop did not finish its event within %g s",
+                          STOP_CONSENSUS_S)
+                self._consensus.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._consensus
         for handle in self._timers:
             handle.cancel()
+        self._timers.clear()
+        if self._tasks:  # most are a worker thread's read or check: let them end first
+            _, late = await asyncio.wait(list(self._tasks), timeout=STOP_TASKS_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._evidence_flush is not None:  # write what the pending flush would have
             self._evidence_flush.cancel()
-            write_durably(self.evidence_path, self.evidence.to_bytes())
-        await self.transport.stop()
+            self._evidence_flush = None
+            await asyncio.to_thread(write_durably, self.evidence_path, self.evidence.to_bytes())
+        if self.transport is not None:
+            await self.transport.stop()
         self.store.close()
         log.info("node %s stopped", self.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run transport, consensus and the API until ``stop`` is set, then stop."""
+        try:
+            await self.start()
+            await self.serve(stop)
+        finally:
+            await self.stop()
 
 
 class _Server(uvicorn.Server):
@@ -766,6 +918,11 @@ def serve_forever(config: NodeConfig, install: Callable[[Node], None] | None = N
         node = Node.from_config(config)
         if install is not None:
             install(node)
-        await node.run(stop)
+        try:
+            await node.start()
+            tune_gc()  # after the node's long-lived objects are built, before it serves
+            await node.serve(stop)
+        finally:
+            await node.stop()
 
     uvloop.run(main())
