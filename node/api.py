@@ -926,10 +926,12 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                     past_events.put(h, event)
                 out.append(event)
             return out
-        subscription = node.feed.subscribe()
 
         async def stream() -> Any:
             nxt = start
+            # subscribed here, not in the handler: a generator that never starts (the
+            # client gone before the response starts) never runs its ``finally``
+            subscription = node.feed.subscribe()
             try:
                 yield ": ledger block events\n\n"
                 while True:

@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -382,7 +383,8 @@ class _Protocol:
             params["after"] = after
         if before is not None:
             params["before"] = before
-        call = Call("GET", f"/v1/subjects/{subject}/history", params)
+        # quoted whole, as the explorer's encodeURIComponent: '#', '?', '%' are subject bytes
+        call = Call("GET", f"/v1/subjects/{quote(subject, safe='')}/history", params)
         doc = _json_object(call, _check(call, (yield call)), "records", "next")
         if not isinstance(doc["records"], list):
             raise NodeError(f"{call.where()}: 'records' is not a list")

@@ -187,9 +187,10 @@ def run_cluster(directory: Path, stop_on_exit: bool = False) -> int:
         raise ClusterError(f"{directory}: no node folders; run 'ledger cluster init' first")
     check_ports(node_dirs)
     stop = threading.Event()
+    signalled: list[int] = []  # the handler takes no lock: Event.set() in it can deadlock
 
     def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
+        signalled.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -216,7 +217,7 @@ def run_cluster(directory: Path, stop_on_exit: bool = False) -> int:
               f"client key {directory / 'clients' / 'demo.pem'}. Ctrl-C stops it.", flush=True)
     exit_code = 0
     exited: set[str] = set()
-    while not stop.is_set():
+    while not stop.is_set() and not signalled:
         for name, proc in procs:
             if name in exited or proc.poll() is None:
                 continue

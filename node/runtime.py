@@ -539,8 +539,8 @@ class Node:
 
     def on_frame(self, peer: int, payload: bytes) -> None:
         """Called by the transport on the event loop for every frame from a peer."""
-        if not payload or self.faults.blocked(peer):
-            return
+        if not payload or self._stopping or self.faults.blocked(peer):
+            return  # stopping: nothing started now would be waited for (see stop)
         if self.backed_off(peer):  # frames already in flight when it was disconnected
             self.dropped_peer_messages += 1
             return

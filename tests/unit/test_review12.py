@@ -1,0 +1,186 @@
+"""Review of issue 12's merges (node/service.py, node/api.py, node/runtime.py, node/client.py,
+node/cluster.py): each test demonstrates one finding of the review."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.client import AsyncLedgerClient
+from tests.inprocess import CLIENT, InProcessApi, msgpack_post
+
+
+# -- 1. the SDK puts a subject into the URL path unquoted ------------------------------------
+
+@pytest.mark.parametrize("subject", ["lot#5/temp", "plant?7/temp", "batch%41/temp"])
+def test_sdk_history_of_a_subject_with_url_characters(subject: str) -> None:
+    """Subjects are any UTF-8 (ledger/records.py); the explorer encodeURIComponent()s them,
+    the SDK does not: '#' cuts the path (a fragment), '?' starts the query, '%41' is decoded
+    by the server as 'A'. The history of such a subject comes back empty or 404."""
+    api = InProcessApi()
+
+    async def body() -> None:
+        record = api.record(subject=subject)
+        async with api.client() as http:
+            answer = await http.post("/v1/records", **msgpack_post([record.envelope]))
+            assert answer.status_code == 202
+            api.commit()
+            client = AsyncLedgerClient("http://127.0.0.1", http=http)
+            page = await client.history(subject)
+        assert [r["id"] for r in page["records"]] == [record.id.hex()]
+
+    asyncio.run(body())
+
+
+# -- 2. /v1/events: a subscription made before the stream starts is never closed -------------
+
+def test_an_event_stream_whose_client_is_gone_before_the_first_byte_leaves_the_feed() -> None:
+    """node/api.py events() subscribes to the feed in the handler, but closes the
+    subscription in the generator's ``finally``, which never runs if the generator never
+    starts (the client gone before the response starts). Each such request keeps a slot of
+    MAX_SUBSCRIBERS (256) until 1000 blocks have filled its queue: 256 quick disconnects
+    and /v1/events answers 503 too_many_subscribers to everyone."""
+    api = InProcessApi()
+
+    async def body() -> None:
+        scope: MutableMapping[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/v1/events",
+            "raw_path": b"/v1/events", "query_string": b"", "root_path": "",
+            "headers": [], "client": CLIENT, "server": ("127.0.0.1", 80)}
+
+        async def receive() -> MutableMapping[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            raise OSError("connection reset by peer")  # the client is gone
+
+        for _ in range(3):
+            try:
+                await asyncio.wait_for(api.app(scope, receive, send), 5)
+            except Exception:
+                pass
+        await asyncio.sleep(0.1)
+        assert len(api.service.feed) == 0, f"{len(api.service.feed)} subscriptions leaked"
+
+    asyncio.run(body())
+
+
+# -- 3. cluster up: threading.Event.set() in a signal handler deadlocks ----------------------
+
+# run_cluster on one fake node (a sleeping process). ``threading.Event`` is replaced by one
+# whose set() lets a second signal arrive while it holds the Event's lock: the moment a
+# real second signal (Ctrl-C twice; `timeout`/make forwarding SIGINT to the group a few
+# microseconds after the terminal's) hits the first handler inside Event.set().
+FAKE_CLUSTER = textwrap.dedent("""
+    import os, signal, subprocess, sys, threading, types
+    from pathlib import Path
+    import node.cluster as c
+
+    class SecondSignalInSet(threading.Event):
+        fired = False
+
+        def set(self):
+            with self._cond:
+                if not SecondSignalInSet.fired:
+                    SecondSignalInSet.fired = True
+                    os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode
+                self._flag = True
+                self._cond.notify_all()
+
+    c.threading = types.SimpleNamespace(Event=SecondSignalInSet, Lock=threading.Lock,
+                                        Thread=threading.Thread)
+    real = subprocess.Popen
+    c.subprocess.Popen = lambda args, **kw: real([sys.executable, "-c",
+                                                  "import time; time.sleep(15)"], **kw)
+    c.check_ports = lambda dirs: None
+    sys.exit(c.run_cluster(Path(sys.argv[1])))
+""")
+
+
+@pytest.mark.slow
+def test_cluster_up_stops_when_a_second_signal_arrives_during_the_first(
+        tmp_path: Path) -> None:
+    """node/cluster.py run_cluster: on_signal calls ``stop.set()``, which takes the Event's
+    lock; a second signal handled while the first handler holds it deadlocks the process
+    (it never stops its nodes). Seen for real during this review: `make run` under
+    `timeout -s INT`, SIGINT to the process group -> py-spy showed three nested on_signal
+    frames blocked in Condition.__enter__."""
+    node = tmp_path / "node0"
+    node.mkdir()
+    (node / "config.json").write_text('{"api": "127.0.0.1:1", "p2p": "127.0.0.1:2"}')
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_CLUSTER, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).parents[2], start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for _ in range(20):
+            if "Ctrl-C stops it" in proc.stdout.readline():
+                break
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("cluster up deadlocked in its signal handler")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# -- 4. Node.stop(): frames still arriving start tasks after stop() stopped waiting for them --
+
+def test_stop_leaves_no_task_started_by_a_frame_that_arrived_while_stopping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """node/runtime.py Node.stop waits for ``_tasks`` and only then stops the transport;
+    ``on_frame`` does not look at ``_stopping``. Frames arriving in between (here, while
+    the pending evidence is written) start gossip-admission tasks that outlive stop() and
+    run against a closed store (sqlite3.ProgrammingError in a task nobody awaits)."""
+    import node.runtime as runtime
+    from tests.unit.test_runtime_inprocess import Cluster, run, submit, until
+
+    cluster = Cluster(tmp_path)
+    real_write = runtime.write_durably
+
+    def slow_evidence_write(path: Path, data: bytes) -> None:
+        if path.name == "evidence.json":
+            time.sleep(0.5)  # an fsync on a busy disk
+        real_write(path, data)
+
+    monkeypatch.setattr(runtime, "write_durably", slow_evidence_write)
+    late: list[Any] = []
+
+    async def body() -> None:
+        for i in range(4):
+            await cluster.start(cluster.from_parts(i))
+        node0, node1 = cluster.nodes[0], cluster.nodes[1]
+        await until(lambda: node0.store.height >= 1, "height 1")
+        precheck = node0.mempool.precheck
+
+        def slow_precheck(envelopes: Any) -> Any:
+            time.sleep(0.6)  # a big gossip batch's signatures, on a busy machine
+            return precheck(envelopes)
+
+        node0.mempool.precheck = slow_precheck  # type: ignore[method-assign]
+        node0._persist_evidence()  # a flush pending when it stops
+        stopping = asyncio.create_task(cluster.stop(0))
+        while not stopping.done():  # clients keep submitting to node 1, which gossips
+            await submit(node1, 1)
+            await asyncio.sleep(0.02)
+        await stopping
+        late.extend(node0._tasks)
+        await asyncio.gather(*late, return_exceptions=True)
+
+    run(cluster, body)
+    errors = [t.exception() for t in late if t.done() and not t.cancelled()]
+    assert not late, f"{len(late)} tasks outlived stop(); their errors: {errors}"
