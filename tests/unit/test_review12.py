@@ -4,6 +4,7 @@ node/cluster.py): each test demonstrates one finding of the review."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,6 @@ import pytest
 
 from node.client import AsyncLedgerClient
 from tests.inprocess import CLIENT, InProcessApi, msgpack_post
-
 
 # -- 1. the SDK puts a subject into the URL path unquoted ------------------------------------
 
@@ -66,10 +66,8 @@ def test_an_event_stream_whose_client_is_gone_before_the_first_byte_leaves_the_f
             raise OSError("connection reset by peer")  # the client is gone
 
         for _ in range(3):
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(api.app(scope, receive, send), 5)
-            except Exception:
-                pass
         await asyncio.sleep(0.1)
         assert len(api.service.feed) == 0, f"{len(api.service.feed)} subscriptions leaked"
 
