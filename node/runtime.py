@@ -806,6 +806,9 @@ class Node:
             # Per-source limits count the connection's address: a forwarded-for header from
             # a local process would let it pose as any number of sources.
             proxy_headers=False,
+            # on stop, responses still running after 1 s (event streams never end) are
+            # cancelled by uvicorn, rather than the server task after STOP_API_S
+            timeout_graceful_shutdown=1.0,
             ssl_certfile=str(cfg.tls_cert) if tls else None,
             ssl_keyfile=str(cfg.tls_key) if tls else None))
 

@@ -182,3 +182,42 @@ def test_stop_leaves_no_task_started_by_a_frame_that_arrived_while_stopping(
     run(cluster, body)
     errors = [t.exception() for t in late if t.done() and not t.cancelled()]
     assert not late, f"{len(late)} tasks outlived stop(); their errors: {errors}"
+
+
+# -- 5. Node.stop() with an event stream open: the API server waits out STOP_API_S --------
+
+@pytest.mark.slow
+def test_stop_with_an_open_event_stream_is_prompt(tmp_path: Path) -> None:
+    """node/runtime.py Node.stop: ``should_exit`` makes uvicorn wait for every response to
+    finish; an SSE stream (the explorer keeps one open) never does, so every stop takes
+    STOP_API_S (5 s) and then cancels the server task, leaving the stream's connection
+    task running on a node whose store is then closed. Suggested: close the BlockFeed's
+    subscriptions (ending the streams) before waiting for the server, or set uvicorn's
+    ``timeout_graceful_shutdown``."""
+    import httpx
+
+    from tests.unit.test_runtime_inprocess import Cluster, run, until
+
+    cluster = Cluster(tmp_path)
+    took: list[float] = []
+
+    async def body() -> None:
+        node0 = cluster.from_parts(0)
+        await node0.start(cluster.net.factory, api=True)
+        cluster.nodes[0] = node0
+        for i in range(1, 4):
+            await cluster.start(cluster.from_parts(i))
+        await until(lambda: node0._server is not None and node0._server.started, "API up")
+        assert node0._server is not None
+        port = node0._server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http, \
+                http.stream("GET", "/v1/events") as resp:
+            assert resp.status_code == 200
+            lines = resp.aiter_lines()
+            assert (await anext(lines)).startswith(": ledger")
+            started = time.monotonic()
+            await cluster.stop(0)
+            took.append(time.monotonic() - started)
+
+    run(cluster, body)
+    assert took[0] < 3.0, f"stop() took {took[0]:.1f} s with one event stream open"
