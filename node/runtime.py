@@ -808,7 +808,7 @@ class Node:
             proxy_headers=False,
             # on stop, responses still running after 1 s (event streams never end) are
             # cancelled by uvicorn, rather than the server task after STOP_API_S
-            timeout_graceful_shutdown=1.0,
+            timeout_graceful_shutdown=1,
             ssl_certfile=str(cfg.tls_cert) if tls else None,
             ssl_keyfile=str(cfg.tls_key) if tls else None))
 
