@@ -758,9 +758,11 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         data = await workers.run(committed)
         if data is None:
             pending = node.pending(rid)
-            if pending is None:
+            if pending is not None:
+                data = await workers.run(lambda: render_json(record_json(pending, "pending")))
+            # not pending: it may have left the mempool for a block stored since the read
+            elif (data := await workers.run(committed)) is None:
                 raise Problem(404, "not_found", f"no record {record_id}")
-            data = await workers.run(lambda: render_json(record_json(pending, "pending")))
         return Response(data, media_type="application/json")
 
     @app.get("/v1/records/{record_id}/receipt", responses={

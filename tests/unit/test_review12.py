@@ -221,3 +221,39 @@ def test_stop_with_an_open_event_stream_is_prompt(tmp_path: Path) -> None:
 
     run(cluster, body)
     assert took[0] < 3.0, f"stop() took {took[0]:.1f} s with one event stream open"
+
+
+# -- 6. GET /v1/records/{id}: 404 for a record committing during the request ---------------
+
+def test_a_record_committing_during_get_record_is_never_not_found() -> None:
+    """node/api.py get_record reads the store in a worker (not committed yet), then asks
+    the mempool on the loop; a block committed in between has taken the record out of the
+    mempool: 404 not_found for a record that exists (before issue 12 both reads were on the
+    loop, with nothing in between). A client polling its record after submitting sees a
+    spurious 'no record'. Same window in get_receipt (404 instead of 409/200).
+    Suggested: on a store miss, ask the mempool, and on a mempool miss read the store once
+    more (a record leaves the mempool only after its block is stored)."""
+    api = InProcessApi()
+
+    async def body() -> None:
+        record = api.record()
+        async with api.client() as http:
+            answer = await http.post("/v1/records", **msgpack_post([record.envelope]))
+            assert answer.status_code == 202
+            loop = asyncio.get_running_loop()
+            locate = api.store.locate
+
+            async def commit() -> None:
+                api.commit()
+
+            def locate_then_commit(rid: bytes) -> Any:
+                found = locate(rid)  # not committed yet ...
+                # ... and the block commits before the handler looks in the mempool
+                asyncio.run_coroutine_threadsafe(commit(), loop).result(5)
+                return found
+
+            api.store.locate = locate_then_commit  # type: ignore[method-assign]
+            got = await http.get(f"/v1/records/{record.id.hex()}")
+        assert got.status_code == 200, got.text
+
+    asyncio.run(body())
