@@ -5,7 +5,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ledger ./ledger
 COPY node ./node
-RUN pip install --no-cache-dir '.[node]' && useradd --system --home /data ledger
+RUN pip install --no-cache-dir '.[node]' && useradd --system --home /data ledger \
+    && mkdir -p /data && chown ledger /data
 USER ledger
 VOLUME ["/data"]
 EXPOSE 8000 8100

@@ -774,10 +774,16 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
     async def get_receipt(record_id: str) -> Response:
         """The offline-verifiable receipt of a committed record (SPEC section 6)."""
         rid = parse_id(record_id)
-        data = await workers.run(
+
+        def receipt() -> bytes | None:
             # build_receipt reads only locate() and block(), which a ReadStore has
-            lambda: None if (r := build_receipt(cast("BlockStore", node.store), rid)) is None
-            else render_json(r))
+            r = build_receipt(cast("BlockStore", node.store), rid)
+            return None if r is None else render_json(r)
+
+        data = await workers.run(receipt)
+        if data is None and node.pending(rid) is None:
+            # committed between the store read and the mempool look-up: never a 404 for it
+            data = await workers.run(receipt)
         if data is not None:
             return Response(data, media_type="application/json")
         if node.pending(rid) is not None:
@@ -937,7 +943,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             try:
                 yield ": ledger block events\n\n"
                 while True:
-                    while nxt <= node.store.height:
+                    while nxt <= node.store.height and not subscription.dropped:
                         # Past blocks are read a few at a time in a worker, by at most
                         # MAX_REPLAYS streams at once; the others wait their turn.
                         upto = min(node.store.height, nxt + REPLAY_BATCH - 1)

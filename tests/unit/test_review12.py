@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from node.client import AsyncLedgerClient
+from node.service import BlockFeed
 from tests.inprocess import CLIENT, InProcessApi, msgpack_post
 
 # -- 1. the SDK puts a subject into the URL path unquoted ------------------------------------
@@ -225,7 +226,8 @@ def test_stop_with_an_open_event_stream_is_prompt(tmp_path: Path) -> None:
 
 # -- 6. GET /v1/records/{id}: 404 for a record committing during the request ---------------
 
-def test_a_record_committing_during_get_record_is_never_not_found() -> None:
+@pytest.mark.parametrize("suffix", ["", "/receipt"])
+def test_a_record_committing_during_get_record_is_never_not_found(suffix: str) -> None:
     """node/api.py get_record reads the store in a worker (not committed yet), then asks
     the mempool on the loop; a block committed in between has taken the record out of the
     mempool: 404 not_found for a record that exists (before issue 12 both reads were on the
@@ -246,14 +248,67 @@ def test_a_record_committing_during_get_record_is_never_not_found() -> None:
             async def commit() -> None:
                 api.commit()
 
+            first = True
+
             def locate_then_commit(rid: bytes) -> Any:
+                nonlocal first
                 found = locate(rid)  # not committed yet ...
-                # ... and the block commits before the handler looks in the mempool
-                asyncio.run_coroutine_threadsafe(commit(), loop).result(5)
+                if first:  # ... and the block commits before the handler asks the mempool
+                    first = False
+                    asyncio.run_coroutine_threadsafe(commit(), loop).result(5)
                 return found
 
             api.store.locate = locate_then_commit  # type: ignore[method-assign]
-            got = await http.get(f"/v1/records/{record.id.hex()}")
+            got = await http.get(f"/v1/records/{record.id.hex()}{suffix}")
         assert got.status_code == 200, got.text
 
     asyncio.run(body())
+
+
+# -- 7. a slow subscriber dropped while its stream replays past blocks --------------------------
+
+@pytest.mark.asyncio
+async def test_a_stream_dropped_while_replaying_ends_before_catching_up() -> None:
+    """A client that reads slowly fills its subscription while the stream replays past
+    blocks; once dropped, the stream must end (the client resumes with Last-Event-ID),
+    not keep replaying to the tip outside the subscriber limit."""
+    api = InProcessApi(feed=BlockFeed(queue_size=2))
+    for _ in range(40):  # 40 past blocks: more than two replay batches
+        api.service.append(api.service.builder.block([api.record()]))
+    scope: MutableMapping[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/v1/events",
+        "raw_path": b"/v1/events", "query_string": b"from_height=1", "root_path": "",
+        "headers": [], "client": CLIENT, "server": ("127.0.0.1", 80)}
+    reading = asyncio.Event()  # the slow client: each send waits until the test lets it
+    events = 0
+    ended = asyncio.Event()
+
+    async def receive() -> MutableMapping[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal events
+        if message["type"] != "http.response.body":
+            return
+        events += message.get("body", b"").count(b"\nevent: block") + \
+            message.get("body", b"").startswith(b"event: block")
+        if not message.get("more_body", False):
+            ended.set()
+            return
+        await reading.wait()
+
+    task = asyncio.ensure_future(api.app(scope, receive, send))
+    try:
+        await asyncio.sleep(0.1)  # the stream is blocked on its first send
+        for _ in range(3):  # the subscription holds 2: dropped at the third new block
+            api.service.append(api.service.builder.block([api.record()]))
+        assert api.service.feed.dropped == 1
+        reading.set()
+        await asyncio.wait_for(ended.wait(), 10)
+        assert events < 43, f"the dropped stream replayed all {events} blocks"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
