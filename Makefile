@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(RUN_STAMP) $(STAMP)
 
 run: $(RUN_STAMP)
-	@test -f .cluster/genesis.json || $(BIN)/ledger cluster init .cluster --nodes 4
+	@test -f .cluster/genesis.json || $(BIN)/ledger cluster init .cluster --nodes 4 --types example
 	$(BIN)/ledger cluster up .cluster
 
 # The browser tests (tests/browser) need a chromium: Debian's /usr/bin/chromium, Playwright's

@@ -32,9 +32,10 @@ from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.receipts import parse_receipt, verify_receipt
-from ledger.records import Record
+from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, sign_record
+from node.cluster import DEMO_TYPES
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -310,12 +311,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # -- cluster, node, submit -------------------------------------------------------------
 
+def _type_list(text: str) -> tuple[str, ...]:
+    """``--types``: comma-separated record types, or ``example`` for DEMO_TYPES."""
+    if text.strip() == "example":
+        return DEMO_TYPES
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in types if not TYPE_PATTERN.fullmatch(t)]
+    if not types or bad:
+        raise argparse.ArgumentTypeError(
+            f"not a record type: {bad[0]!r}" if bad else "no record type given")
+    return types
+
+
 def cmd_cluster_init(args: argparse.Namespace) -> int:
     """Write a new local cluster's folder."""
     from node.cluster import init_cluster
 
     urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls,
-                        args.genesis_template)
+                        args.genesis_template, types=args.types)
     clients = ", ".join(sorted(str(p) for p in (args.dir / "clients").glob("*.pem")))
     print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and {clients}")
     for url in urls:
@@ -491,17 +504,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("init", help="write genesis, node folders and a client key",
                         description="Write DIR/genesis.json, DIR/node{i}/ (config.json and "
                         "node.pem of node i: API on 127.0.0.1:P+i, peers on P+100+i) and a "
-                        "client key DIR/clients/demo.pem authorised for the record types of "
-                        "examples/genesis.example.json (sensor.reading, quality.inspection, "
-                        "quality.certificate, shipment.dispatched, shipment.in-transit, "
-                        "shipment.received); any other type is refused. --genesis-template "
-                        "takes organisations and policies from a file instead.")
+                        "client key DIR/clients/demo.pem authorised for every record type "
+                        "(SPEC section 8), or, with --types, for the listed types only (a "
+                        "mistyped type is then refused, listing them; make run uses --types "
+                        "example). --genesis-template takes organisations and policies from a "
+                        "file instead.")
     p.add_argument("dir", metavar="DIR", type=Path)
     p.add_argument("--nodes", type=int, default=4, help="validators (default 4)")
     p.add_argument("--base-port", type=int, default=8000, help="first API port (default 8000)")
     p.add_argument("--chain-id", default="demo", help="chain id (default demo)")
     p.add_argument("--tls", action="store_true",
                    help="make a cluster CA and node certificates: TLS on peer links and API")
+    p.add_argument("--types", metavar="T1,T2,...", type=_type_list,
+                   help="authorise the demo key for these record types only, instead of "
+                   "every type; 'example' names the six of examples/genesis.example.json ("
+                   + ", ".join(DEMO_TYPES) + ")")
     p.add_argument("--genesis-template", metavar="FILE", type=Path,
                    help="take the chain id, organisations, policies and consensus section "
                    "from FILE (e.g. examples/genesis.example.json; see docs/genesis.md); "

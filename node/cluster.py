@@ -63,8 +63,12 @@ def _from_template(template: Path, genesis: dict[str, Any],
 
 def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
                  chain_id: str = "demo", tls: bool = False,
-                 template: Path | None = None) -> list[str]:
+                 template: Path | None = None,
+                 types: tuple[str, ...] | None = None) -> list[str]:
     """Write genesis.json, one folder per node (config and key) and a demo client key.
+
+    The demo key may write every record type (SPEC section 8), or only ``types`` (then a
+    mistyped type is refused, listing them: what ``make run`` asks for).
 
     With ``template`` (a genesis file such as examples/genesis.example.json), its chain id,
     organisations, policies and consensus section replace the demo ones (see docs/genesis.md).
@@ -89,8 +93,9 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
         ],
         "organizations": [{"name": "demo-org", "members": [
             {"name": "demo", "pubkey": client.public.hex(), "roles": ["writer"]}]}],
-        # Explicit types, no "*": a mistyped --type is refused, listing these.
-        "policies": {t: ["writer"] for t in DEMO_TYPES},
+        # With explicit types (no "*"), a mistyped --type is refused, listing them.
+        "policies": ({t: ["writer"] for t in types} if types is not None
+                     else {"*": ["writer"]}),
         # An idle chain makes no empty blocks: a height starts when records arrive.
         "consensus": {"create_empty_blocks": False},
     }

@@ -58,9 +58,9 @@ class Cluster:
 
     @classmethod
     def create(cls, tmp: Path, nodes: int = 4, consensus: dict[str, object] | None = None,
-               ) -> Cluster:
+               types: tuple[str, ...] | None = None) -> Cluster:
         base = free_base_port(nodes)
-        init_cluster(tmp, nodes, base)
+        init_cluster(tmp, nodes, base, types=types)
         if consensus:
             genesis = json.loads((tmp / "genesis.json").read_text())
             genesis["consensus"] = consensus

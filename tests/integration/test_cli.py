@@ -348,9 +348,10 @@ def test_tls_mistakes_get_a_hint(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_print_envelope_posted_as_json_is_accepted_by_a_real_node(tmp_path: Path) -> None:
+    from node.cluster import DEMO_TYPES
     from tests.integration.cluster_util import Cluster
 
-    cluster = Cluster.create(tmp_path / "c", nodes=1)
+    cluster = Cluster.create(tmp_path / "c", nodes=1, types=DEMO_TYPES)  # as make run does
     try:
         cluster.start_all()
         url = cluster.url(0)
@@ -374,7 +375,7 @@ def test_print_envelope_posted_as_json_is_accepted_by_a_real_node(tmp_path: Path
                      "--subject", "s", "--payload", "2", "--wait")
         assert res.returncode == 0 and " height " in res.stdout, res.stderr
 
-        # the demo genesis names its types: a typo is refused, saying which types there are
+        # make run's demo genesis names its types: a typo is refused, listing them
         why = ('record type "sensor.readings" is not allowed by this chain\'s genesis; allowed '
                "types: quality.certificate, quality.inspection, sensor.reading, "
                "shipment.dispatched, shipment.in-transit, shipment.received")
