@@ -58,7 +58,7 @@ from ledger.encoding import packb, split_bin_array
 from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
-from ledger.store import SqliteStore
+from ledger.store import RecordLocation, SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig
 from node.mempool import AdmitResult, Mempool
@@ -651,12 +651,21 @@ class Node:
 
     def wait_for(self, record_id: bytes) -> asyncio.Future[int]:
         """A future resolved with the height once ``record_id`` is committed."""
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        loc = self.store.locate(record_id)
-        if loc is not None:
-            fut.set_result(loc.height)
-        else:
-            self.waiters.setdefault(record_id, []).append(fut)
+        # Registered before the store is asked, and asked in a worker thread (a read on the
+        # loop would wait there for the GIL and the disk): a commit in between resolves it.
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self.waiters.setdefault(record_id, []).append(fut)
+
+        def found(lookup: asyncio.Future[RecordLocation | None]) -> None:
+            if lookup.cancelled() or lookup.exception() is not None:
+                return  # the waiter stays: a commit (or the caller's timeout) ends it
+            loc = lookup.result()
+            if loc is not None and not fut.done():
+                fut.set_result(loc.height)
+                self.forget_waiters([record_id])
+
+        loop.run_in_executor(None, self.store.locate, record_id).add_done_callback(found)
         return fut
 
     def forget_waiters(self, ids: Sequence[bytes]) -> None:
@@ -710,7 +719,8 @@ class Node:
             ssl_certfile=str(cfg.tls_cert) if tls else None,
             ssl_keyfile=str(cfg.tls_key) if tls else None))
         tasks = [asyncio.create_task(self.consensus_loop(), name="consensus"),
-                 asyncio.create_task(server.serve(), name="api")]
+                 asyncio.create_task(server.serve(), name="api"),
+                 asyncio.create_task(self.metrics.probe_loop_lag(), name="loop lag")]
         log.info("node %s (validator %d) serving %s://%s:%d, peers on %s:%d", self.name,
                  self.config.index, "https" if tls else "http", host, port, *self.config.p2p)
         stopper = asyncio.create_task(stop.wait())
@@ -722,6 +732,7 @@ class Node:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(tasks[1], timeout=5)
         tasks[0].cancel()
+        tasks[2].cancel()
         stopper.cancel()
         for handle in self._timers:
             handle.cancel()
