@@ -1,19 +1,25 @@
 """Reads never block the event loop (issue 12): ``Node.wait_for`` asks the store in a
-worker thread, and the node measures its own event-loop lag for ``/metrics``.
+worker thread, worker threads yield the CPU to the loop, and the node measures its own
+event-loop lag for ``/metrics``.
 
 In process, on a real SQLite store, over the fake transport of ``test_peer_budgets``."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ledger.store import RecordLocation
 from node.metrics import LAG_BUCKETS, Metrics
+from node.threads import WORKER_NICE, worker_pool
 from tests.factory import ChainBuilder
 from tests.unit.consensus_helpers import FX
 from tests.unit.test_peer_budgets import make_node
@@ -77,3 +83,16 @@ def test_the_loop_lag_probe_sees_a_blocked_loop_and_metrics_report_it() -> None:
     assert int(buckets["+Inf"]) == sum(metrics.loop_lag_counts)
     assert int(buckets["0.25"]) == int(buckets["+Inf"]) - 1
     assert "ledger_event_loop_lag_seconds_count" in text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_worker_threads_run_below_the_event_loops_priority() -> None:
+    pool = worker_pool("test", 2)
+    try:
+        nice = pool.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(10)
+    finally:
+        pool.shutdown()
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert nice == min(19, main + WORKER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # unchanged
