@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Event-loop lag: how late a timer fires (the probe below); finer at the low end, where a
 # healthy loop lives.
-LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
+               0.5, 1.0)
 LAG_PROBE_S = 0.01
 
 

@@ -64,7 +64,7 @@ from node.config import ConfigError, NodeConfig
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
-from node.threads import worker_pool
+from node.threads import favour_the_loop
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
 
@@ -782,7 +782,7 @@ def serve_forever(config: NodeConfig, install: Callable[[Node], None] | None = N
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(worker_pool("node"))  # below the event loop's priority
+        favour_the_loop(loop)  # worker threads below it, a shorter GIL switch interval
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         node = Node.from_config(config)

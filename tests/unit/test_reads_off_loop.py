@@ -19,7 +19,7 @@ import pytest
 
 from ledger.store import RecordLocation
 from node.metrics import LAG_BUCKETS, Metrics
-from node.threads import WORKER_NICE, worker_pool
+from node.threads import SWITCH_INTERVAL_S, WORKER_NICE, favour_the_loop, worker_pool
 from tests.factory import ChainBuilder
 from tests.unit.consensus_helpers import FX
 from tests.unit.test_peer_budgets import make_node
@@ -96,3 +96,17 @@ def test_worker_threads_run_below_the_event_loops_priority() -> None:
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert nice == min(19, main + WORKER_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # unchanged
+
+
+def test_favour_the_loop_sets_the_executor_and_the_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    loop = asyncio.new_event_loop()
+    try:
+        favour_the_loop(loop)
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+        name = loop.run_until_complete(
+            loop.run_in_executor(None, lambda: threading.current_thread().name))
+        assert name.startswith("node")
+    finally:
+        loop.close()
+        sys.setswitchinterval(before)
