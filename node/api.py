@@ -719,9 +719,9 @@ def create_app(node: Node) -> FastAPI:
             out.append(item)
         if wait == "commit":
             ids = [r.id for r in results if r.status in ("accepted", "duplicate") and r.id]
-            # Node.wait_for asks the store on the loop, once per id, behind any block being
-            # written: register the waiters first, then look up the already-committed ones
-            # in a worker (a commit in between resolves its waiter as usual).
+            # One worker call for the whole batch (Node.wait_for makes one per id): register
+            # the waiters first, then look up the already-committed ones in a worker (a
+            # commit in between resolves its waiter as usual).
             loop = asyncio.get_running_loop()
             futures: list[asyncio.Future[int]] = []
             for rid in ids:

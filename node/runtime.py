@@ -652,8 +652,9 @@ class Node:
 
     def wait_for(self, record_id: bytes) -> asyncio.Future[int]:
         """A future resolved with the height once ``record_id`` is committed."""
-        # Registered before the store is asked, and asked in a worker thread (a read on the
-        # loop would wait there for the GIL and the disk): a commit in between resolves it.
+        # Registered before the store is asked, and asked in a worker thread (callers wait
+        # for whole batches: thousands of lookups would hold the loop): a commit in between
+        # resolves it.
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         self.waiters.setdefault(record_id, []).append(fut)
