@@ -72,6 +72,7 @@ from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
 from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, Status
+from node.threads import favour_the_loop
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
 
@@ -303,6 +304,7 @@ class Node:
         # start/serve/stop: the consensus loop and API server tasks, the API server, and
         # whether the loop is executing an event's actions (stop() lets it finish them)
         self._consensus: asyncio.Task[None] | None = None
+        self._lag_probe: asyncio.Task[None] | None = None  # ledger_event_loop_lag_seconds
         self._api: asyncio.Task[None] | None = None
         self._server: _Server | None = None
         self._handling = False
@@ -784,6 +786,7 @@ class Node:
         self.transport = transport(self)
         await self.transport.start()
         self._consensus = asyncio.create_task(self.consensus_loop(), name="consensus")
+        self._lag_probe = asyncio.create_task(self.metrics.probe_loop_lag(), name="loop lag")
         if api:
             self._server = self.api_server()
             self._api = asyncio.create_task(self._server.serve(), name="api")
@@ -839,6 +842,8 @@ class Node:
         if self._stopped:
             return
         self._stopped = self._stopping = True
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         if self._server is not None and self._api is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -916,6 +921,7 @@ def serve_forever(config: NodeConfig, install: Callable[[Node], None] | None = N
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        favour_the_loop(loop)  # worker threads below it, a shorter GIL switch interval
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         node = Node.from_config(config)

@@ -35,7 +35,7 @@ from ledger.records import Record
 from tests.bench.audit_bench import verify_rate
 from tests.integration.cluster_util import ROOT, Cluster
 
-CONSENSUS = {"create_empty_blocks": False, "max_block_records": 10_000,
+CONSENSUS: dict[str, object] = {"create_empty_blocks": False, "max_block_records": 10_000,
              "timeout_commit_ms": 20}
 
 
@@ -62,6 +62,31 @@ def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
 
 def rss_mb(pid: int) -> float:
     return peak_rss_mb(pid, "VmRSS")
+
+
+def loop_lag_buckets(url: str) -> list[tuple[float, int]]:
+    """A node's event-loop lag histogram (cumulative counts by upper bound) from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
+        r'^ledger_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M)]
+
+
+def histogram_quantile(q: float, before: list[tuple[float, int]],
+                       after: list[tuple[float, int]]) -> float:
+    """The q-quantile of what a cumulative histogram counted between two scrapes,
+    interpolated linearly within its bucket (as Prometheus does); 0 with no samples."""
+    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = counts[-1][1] if counts else 0
+    if total == 0:
+        return 0.0
+    rank, lower, below = q * total, 0.0, 0
+    for le, cum in counts:
+        if cum >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(cum - below, 1)
+        lower, below = le, cum
+    return lower
 
 
 def rate_by_tenth(timeline: list[tuple[float, int, float]], start: float) -> list[float]:
@@ -163,6 +188,7 @@ def main() -> None:
                             reads.append(time.perf_counter() - t0)
                         time.sleep(0.01)
 
+            lag_before = [loop_lag_buckets(c.url(i)) for i in range(args.nodes)]
             spies = start_profilers(c, args.out) if args.profile else []
             cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
             start = time.perf_counter()
@@ -181,6 +207,7 @@ def main() -> None:
                         bar.update(sum(n for _, n, _ in timeline) - bar.n)
                     time.sleep(1)
             elapsed = time.perf_counter() - start
+            lag_after = [loop_lag_buckets(c.url(i)) for i in range(args.nodes)]
             read_thread.join(60)
             cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
                                                                    strict=True))
@@ -224,6 +251,10 @@ def main() -> None:
         "read_during_saturation_p50_ms": statistics.median(reads) * 1000 if reads else 0.0,
         "read_during_saturation_p99_ms": percentile(reads, 99) * 1000 if reads else 0.0,
         "reads_during_saturation": len(reads),
+        "loop_lag_p50_ms": [histogram_quantile(0.5, b, a) * 1000
+                            for b, a in zip(lag_before, lag_after, strict=True)],
+        "loop_lag_p99_ms": [histogram_quantile(0.99, b, a) * 1000
+                            for b, a in zip(lag_before, lag_after, strict=True)],
         "audit_records_per_s": audit_rate, "audit_of_bound": audit_rate / (cores * v),
         "peak_rss_mb": rss, "store_bytes_per_record": max(store) / total_records,
         "store_bytes_per_record_live": max(live) / total_records,
@@ -245,6 +276,9 @@ def main() -> None:
           f"{report['read_during_saturation_p50_ms']:.1f} ms, p99 "
           f"{report['read_during_saturation_p99_ms']:.1f} ms "
           f"({report['reads_during_saturation']} reads; target p99 <= 20 ms)")
+    print("event-loop lag, saturated:        p50 "
+          + ", ".join(f"{x:.1f}" for x in report["loop_lag_p50_ms"]) + " ms, p99 "
+          + ", ".join(f"{x:.1f}" for x in report["loop_lag_p99_ms"]) + " ms (per node)")
     print(f"ledger audit:                     {audit_rate:10,.0f} records/s = "
           f"{report['audit_of_bound']:.2f} of C x v")
     print(f"peak RSS per node:                {', '.join(f'{x:.0f}' for x in rss)} MB")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -255,7 +256,10 @@ def test_a_record_committing_during_get_record_is_never_not_found(suffix: str) -
                 found = locate(rid)  # not committed yet ...
                 if first:  # ... and the block commits before the handler asks the mempool
                     first = False
-                    asyncio.run_coroutine_threadsafe(commit(), loop).result(5)
+                    if threading.current_thread() is threading.main_thread():
+                        api.commit()  # get_record reads on the loop (its WAL reader)
+                    else:
+                        asyncio.run_coroutine_threadsafe(commit(), loop).result(5)
                 return found
 
             api.store.locate = locate_then_commit  # type: ignore[method-assign]

@@ -1,0 +1,55 @@
+"""Worker threads that yield the CPU to the event loop.
+
+A node's bulk work (signature checks, decoding, block appends, history pages) runs in
+worker threads; its event loop answers requests and peers. On a busy machine the loop
+waited behind those threads for a CPU: in the worst 5% of a saturated node's loop-lag
+probes, 40 of 47 ms were spent runnable but not running (``/proc/thread-self/schedstat``),
+2 ms running. Worker threads therefore run ``WORKER_NICE`` steps below the process's
+priority (Linux lets any thread lower its own), so a waking loop thread gets a CPU first.
+
+Then the GIL: a loop thread that wakes while a worker runs Python waits for the interpreter's
+switch interval (5 ms by default) before the worker must hand the GIL over, at every wake-up
+and after every call that released the GIL (SQLite, libsodium, socket I/O). A node switches
+every ``SWITCH_INTERVAL_S`` instead: loop-lag p99 13 -> 10 ms under saturation, throughput
+not lower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from asyncio import AbstractEventLoop
+from concurrent.futures import ThreadPoolExecutor
+
+WORKER_NICE = 10
+SWITCH_INTERVAL_S = 0.001
+
+
+def lower_priority() -> None:
+    """Thread initializer: this thread's nice value ``WORKER_NICE`` above the process's.
+
+    Linux only (elsewhere a thread id is no process id), best effort (a sandbox may
+    refuse)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE))
+
+
+def worker_pool(name: str, threads: int | None = None) -> ThreadPoolExecutor:
+    """A thread pool whose threads run below the event loop's priority."""
+    if threads is None:  # asyncio's default executor size
+        threads = min(32, (os.cpu_count() or 1) + 4)
+    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=lower_priority)
+
+
+def favour_the_loop(loop: AbstractEventLoop) -> None:
+    """Make ``loop`` (the node's one event loop) the thread that gets the CPU and the GIL
+    first: its default executor's threads run below it, and the GIL changes hands every
+    ``SWITCH_INTERVAL_S``. Process-wide: call once, from the node's entry point."""
+    loop.set_default_executor(worker_pool("node"))
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
