@@ -395,7 +395,7 @@ def parse_change(config: Config, change: bytes) -> Config:
     except DecodeError as exc:
         raise ConfigInvalidError(str(exc)) from exc
     shape = _Shape(strict=True)
-    shape.obj(doc, "change", ("version", "prev") + _TOP_REQUIRED, _TOP_OPTIONAL)
+    shape.obj(doc, "change", ("version", "prev", *_TOP_REQUIRED), _TOP_OPTIONAL)
     version = shape.get(doc, "version", int, "change")
     prev = shape.get(doc, "prev", bytes, "change")
     if version != config.version + 1:
