@@ -73,7 +73,7 @@ def genesis_with(**changes: Any) -> Genesis:
     return Genesis.from_bytes(json.dumps(d).encode())
 
 
-# ---- the value ---------------------------------------------------------------------------------
+# ---- the value ----------
 
 def test_genesis_is_version_0_named_by_its_hash_with_default_governance() -> None:
     assert C0.version == 0 and C0.id == FX.genesis.hash
@@ -125,7 +125,7 @@ def test_genesis_rejects_a_small_order_key_and_repeated_roles() -> None:
         Genesis.from_bytes(json.dumps(d).encode())
 
 
-# ---- a valid change ----------------------------------------------------------------------------
+# ---- a valid change ----------
 
 def test_a_valid_change_makes_the_next_version_named_by_its_bytes() -> None:
     change = change_bytes(C0, with_new_validator(doc()))
@@ -150,7 +150,7 @@ def test_the_signer_needs_only_be_a_member_and_counts_only_if_listed() -> None:
         apply(change, signer=FX.outsider)
 
 
-# ---- version and prev --------------------------------------------------------------------------
+# ---- version and prev ----------
 
 @pytest.mark.parametrize("version", [0, 2, 7])
 def test_a_stale_or_future_version_is_config_version(version: int) -> None:
@@ -166,7 +166,7 @@ def test_a_prev_that_does_not_name_the_configuration_in_force_is_config_version(
         apply(change_bytes(new, doc(), prev=C0.id), config=new)
 
 
-# ---- strict decoding ----------------------------------------------------------------------------
+# ---- strict decoding ----------
 
 def _set(path: list[Any], value: Any) -> dict[str, Any]:
     d = doc()
@@ -223,7 +223,7 @@ def test_the_new_configuration_obeys_the_reserved_type_and_threshold_rules() -> 
         apply(change_bytes(C0, _set(["governance"], {"role": "admin", "threshold": 4})))
 
 
-# ---- approvals -----------------------------------------------------------------------------------
+# ---- approvals ----------
 
 def test_approvals_from_fewer_organisations_than_the_threshold_are_insufficient() -> None:
     with pytest.raises(ApprovalsInsufficientError, match="2 of 3"):
@@ -263,7 +263,7 @@ def test_any_bad_approval_invalidates_the_record(case: str) -> None:
         apply(change, approvals=pairs)
 
 
-# ---- joins ----------------------------------------------------------------------------------------
+# ---- joins ----------
 
 def test_joins_are_exactly_one_valid_signature_per_new_validator_key() -> None:
     change = change_bytes(C0, with_new_validator(doc()))
@@ -302,7 +302,7 @@ def test_a_sealed_reserved_record_is_reserved_type() -> None:
         check_record(C0, rec)
 
 
-# ---- the block rule ---------------------------------------------------------------------------------
+# ---- the block rule ----------
 
 def test_one_change_per_block_and_the_block_says_what_it_changes() -> None:
     change = change_bytes(C0, doc())
@@ -343,7 +343,7 @@ def test_members_and_headers_follow_the_configuration_in_force() -> None:
         check_header_fields(new, H())  # type: ignore[arg-type]
 
 
-# ---- the history -------------------------------------------------------------------------------------
+# ---- the history ----------
 
 def test_the_history_says_which_configuration_governs_each_height() -> None:
     v1 = apply(change_bytes(C0, with_new_validator(doc())), joiners=[NEW_VAL])
