@@ -132,6 +132,14 @@ class ChainBuilder:
     time_ms: int = 1_700_000_000_000
     nonce: int = 0
     blocks: list[Block] = field(default_factory=list)
+    #: The configuration in force at the next height (None: genesis's), and private keys of
+    #: validators not in genesis (``follow`` a change to use them).
+    config: Config | None = None
+    extra_keys: list[PrivateKey] = field(default_factory=list)
+
+    def follow(self, config: Config) -> None:
+        """Certify the next blocks under ``config`` (a change committed in the last one)."""
+        self.config = config
 
     def record(self, key: PrivateKey | None = None, *, type: str = "sensor.reading",
                subject: str = "plant-7/line-3/temp", payload: Any = None) -> Record:
@@ -146,14 +154,16 @@ class ChainBuilder:
     def block(self, records: list[Record], signers: int = 3, round: int = 0) -> Block:
         """Build (but do not store) the next block, certified by ``signers`` validators."""
         g = self.fx.genesis
+        vset = (self.config or g.config).validators
         height = self.store.height + 1
         self.time_ms += 1000
         header = build_header(
             chain=g.chain_id, height=height, time_ms=self.time_ms,
             prev_hash=self.store.tip_hash() or g.hash, records=records, log=self.store.log,
-            proposer=height % len(g.validators), validators_hash=g.validators.hash,
+            proposer=height % len(vset), validators_hash=vset.hash,
         )
-        keys = {i: self.fx.validator_keys[i] for i in range(signers)}
+        known = {k.public: k for k in [*self.fx.validator_keys, *self.extra_keys]}
+        keys = {i: known[vset[i].pubkey] for i in range(signers)}
         return Block(header, tuple(records), sign_certificate(g.chain_id, header, round, keys))
 
     def add(self, n_records: int = 3, **kw: Any) -> Block:

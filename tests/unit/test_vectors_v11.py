@@ -14,8 +14,9 @@ import pytest
 
 from ledger.audit import BytesChunk, ChainVerifier, audit_chunks
 from ledger.crypto import sha256
-from ledger.errors import AuditError
+from ledger.errors import AuditError, ReceiptError
 from ledger.genesis import Genesis
+from ledger.receipts import verify_receipt
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "v1.1"
 MANIFEST: dict[str, Any] = json.loads((VECTORS / "manifest.json").read_text())
@@ -89,3 +90,14 @@ def test_audit_chunks_in_worker_processes_rechecks_chunks_made_stale_by_a_change
     bad: list[bytes | None] = list(blocks("stale-prev"))
     with pytest.raises(AuditError, match=r"^height 4:"):
         audit_chunks(g, [BytesChunk(1 + i, [d]) for i, d in enumerate(bad)], workers=2)
+
+
+@pytest.mark.parametrize("entry", MANIFEST["receipts"], ids=lambda e: e["file"])
+def test_receipts_follow_the_config_proof(entry: dict[str, Any]) -> None:
+    text = (VECTORS / entry["file"]).read_bytes()
+    if entry["valid"]:
+        result = verify_receipt(text, genesis())
+        assert result.header.height == json.loads(text)["height"]
+    else:
+        with pytest.raises(ReceiptError, match="validators_hash"):
+            verify_receipt(text, genesis())
