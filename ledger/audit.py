@@ -14,6 +14,17 @@ The audit is split the way the rules split:
   ids and ``(signer, nonce)`` across the chain. It runs in the calling process, in height
   order, so the first bad block is always the one reported, whichever worker found it.
 
+Configuration changes (SPEC section 9): ``check_block_alone`` takes the configuration in
+force at the block's height and returns, in its summary, the one the block makes for the next
+height. A chunk is checked from the configuration the caller knew when it handed the chunk
+out (version 0, i.e. nothing to send, until a change is seen) and follows the changes inside
+the chunk itself; ``audit_chunks`` checks, in height order, that the configuration a chunk
+started from is the one really in force there, and re-checks the chunk in the calling
+process when a change in an earlier chunk made it stale. A chain without changes pays
+nothing for this; a chain with one re-checks at most the chunks in flight when it is seen.
+``ChainVerifier.extend`` keeps the ``ConfigHistory`` and the chain state that sealed records
+and redactions need (SPEC section 10).
+
 ``ChainVerifier.verify_next`` runs both halves on one block in the calling process: the
 incremental audit of a follower that checks each block as it commits
 (``examples/auditor.py``). The first failure raises ``AuditError(height, reason)``.
@@ -31,15 +42,20 @@ from dataclasses import dataclass, field
 
 from ledger import merkle
 from ledger.blocks import Block
+from ledger.config import Config, ConfigHistory
 from ledger.errors import AuditError, LedgerError, ValidationError
 from ledger.genesis import Genesis
 from ledger.store.sqlite import SqliteStore
 from ledger.validation import (
+    Authority,
     ChainTip,
+    Redaction,
     check_extends,
     check_header_fields,
     check_records,
+    check_redaction_targets,
     check_unique_within,
+    config_of,
 )
 
 
@@ -56,6 +72,13 @@ class BlockSummary:
     leaves: list[bytes]
     ids: list[bytes]
     nonces: list[tuple[bytes, int]]
+    #: The id of the configuration the block was checked under (the one in force at it).
+    config_id: bytes = b""
+    #: The configuration the block's change makes (governing the next height), if any.
+    new_config: Config | None = None
+    #: Sealed records: (id, payload_digest, signer).
+    sealed: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    redactions: tuple[Redaction, ...] = ()
 
     @property
     def record_count(self) -> int:
@@ -63,8 +86,10 @@ class BlockSummary:
         return len(self.leaves)
 
 
-def check_block_alone(data: bytes, genesis: Genesis, expected_height: int) -> BlockSummary:
-    """Every rule that needs only genesis and this block; AuditError names the height."""
+def check_block_alone(data: bytes, source: Authority, expected_height: int) -> BlockSummary:
+    """Every rule that needs only this block and the configuration in force at its height
+    (``source``; a Genesis means version 0); AuditError names the height."""
+    config = config_of(source)
     try:
         block = Block.from_wire(data)
     except LedgerError as exc:
@@ -78,17 +103,20 @@ def check_block_alone(data: bytes, genesis: Genesis, expected_height: int) -> Bl
     if height != expected_height:
         raise AuditError(expected_height, f"expected height {expected_height}, got {height}")
     try:
-        check_header_fields(genesis, h)
+        check_header_fields(config, h)
         block.validate_basic()
-        block.cert.verify(genesis.chain_id, genesis.validators)
-        check_records(genesis, block.records)
+        block.cert.verify(config.chain_id, config.validators)
+        effects = check_records(config, block.records)
         check_unique_within(block.records)
     except LedgerError as exc:
         raise bad(str(exc)) from exc
     ids = [r.id for r in block.records]
     nonces = [(r.body.signer, r.body.nonce) for r in block.records]
+    sealed = [(r.id, r.body.payload_digest, r.body.signer) for r in block.records
+              if r.body.payload_digest is not None]
     return BlockSummary(height, h.hash, h.prev_hash, h.time_ms, h.log_size, h.log_root,
-                        block.leaf_hashes(), ids, nonces)
+                        block.leaf_hashes(), ids, nonces, config.id, effects.config, sealed,
+                        effects.redactions)
 
 
 @dataclass
@@ -103,28 +131,58 @@ class ChainVerifier:
     log: merkle.CompactRange = field(default_factory=merkle.CompactRange)
     seen_ids: set[bytes] = field(default_factory=set)
     seen_nonces: set[tuple[bytes, int]] = field(default_factory=set)
+    history: ConfigHistory = field(init=False)
+    #: Sealed records so far, id -> signer; their digests; the ids redacted.
+    sealed: dict[bytes, bytes] = field(default_factory=dict)
+    digests: set[bytes] = field(default_factory=set)
+    redacted: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.tip_hash = self.genesis.hash
+        self.history = self.genesis.history()
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force at the next height."""
+        return self.history.latest
 
     def verify_next(self, data: bytes) -> BlockSummary:
         """Check the wire bytes of block ``height + 1`` by every rule, then advance."""
-        summary = check_block_alone(data, self.genesis, self.height + 1)
+        summary = check_block_alone(data, self.config, self.height + 1)
         self.extend(summary)
         return summary
 
     def extend(self, s: BlockSummary) -> None:
         """Check ``s`` extends the chain so far (``ledger.validation.check_extends``, the
-        rule consensus and the store also apply), then advance."""
+        rule consensus and the store also apply) and was checked under the configuration
+        in force at its height, then advance (following its change, if any)."""
+        config = self.config
+        if s.config_id != config.id:
+            raise AuditError(s.height, "block was checked under another configuration than "
+                                       f"the one in force (version {config.version})")
         try:
             log, _ = check_extends(
                 ChainTip(self.height, self.tip_hash, self.last_time_ms, self.log), s,
                 s.leaves, s.ids, s.nonces,
-                seen_ids=self.seen_ids.intersection, seen_nonces=self.seen_nonces.intersection)
+                seen_ids=self.seen_ids.intersection, seen_nonces=self.seen_nonces.intersection,
+                digests=[d for _, d, _ in s.sealed], seen_digests=self.digests.intersection)
+            for redaction in s.redactions:
+                try:
+                    check_redaction_targets(config, redaction, self.sealed.get,
+                                            self.redacted.__contains__)
+                except ValidationError as exc:
+                    raise type(exc)(f"record {redaction.index} ({exc})") from exc
         except ValidationError as exc:
             raise AuditError(s.height, str(exc)) from exc
         self.seen_ids.update(s.ids)
         self.seen_nonces.update(s.nonces)
+        for rid, digest, signer in s.sealed:
+            self.sealed[rid] = signer
+            self.digests.add(digest)
+        for redaction in s.redactions:
+            self.redacted.update(redaction.ids)
+        if s.new_config is not None:
+            self.history.append(s.height, s.new_config)
         self.log = log
         self.height = s.height
         self.records += len(s.ids)
@@ -187,18 +245,24 @@ def _chunk_blocks(chunk: Chunk) -> Iterator[tuple[int, bytes | None]]:
         yield height, data
 
 
-def check_chunk(chunk: Chunk, genesis: Genesis | None = None) -> ChunkResult:
-    """Run ``check_block_alone`` over a chunk, stopping at its first bad block."""
+def check_chunk(chunk: Chunk, genesis: Genesis | None = None,
+                start: Config | None = None) -> ChunkResult:
+    """Run ``check_block_alone`` over a chunk, stopping at its first bad block, from the
+    configuration ``start`` (None: genesis's) and following the changes in the chunk."""
     genesis = genesis or _worker_genesis
     if genesis is None:
         raise RuntimeError("worker not initialised with genesis")
+    config = start or genesis.config
     summaries: list[BlockSummary] = []
     height = chunk.start
     try:
         for height, data in _chunk_blocks(chunk):
             if data is None:
                 return ChunkResult(summaries, AuditError(height, "block is missing"))
-            summaries.append(check_block_alone(data, genesis, height))
+            summary = check_block_alone(data, config, height)
+            summaries.append(summary)
+            if summary.new_config is not None:
+                config = summary.new_config
     except AuditError as exc:
         return ChunkResult(summaries, exc)
     except LedgerError as exc:
@@ -223,7 +287,7 @@ class _InlineExecutor(Executor):
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
         future: Future[ChunkResult] = Future()
-        future.set_result(check_chunk(args[0], self._genesis))
+        future.set_result(check_chunk(args[0], self._genesis, *args[2:]))
         return future
 
 
@@ -244,7 +308,8 @@ def audit_chunks(
         else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
                                  initializer=_init_worker, initargs=(genesis.raw,))
     )
-    window: deque[Future[ChunkResult]] = deque()
+    # Each chunk in flight, with the configuration it is checked from (None: genesis's).
+    window: deque[tuple[Future[ChunkResult], Chunk, Config | None]] = deque()
     source = iter(chunks)
     try:
         while True:
@@ -252,13 +317,24 @@ def audit_chunks(
                 chunk = next(source, None)
                 if chunk is None:
                     break
-                window.append(executor.submit(check_chunk, chunk))
+                known = verifier.config if verifier.config.version else None
+                if known is None:
+                    window.append((executor.submit(check_chunk, chunk), chunk, None))
+                else:
+                    window.append((executor.submit(check_chunk, chunk, None, known), chunk,
+                                   known))
             if not window:
                 break
+            future, chunk, assumed = window.popleft()
             try:
-                result = window.popleft().result()
+                result = future.result()
             except BrokenProcessPool as exc:
                 raise LedgerError(f"an audit worker process died ({exc})") from exc
+            in_force = verifier.config
+            if (assumed or genesis.config).id != in_force.id:
+                # A change in an earlier chunk: this one was checked from a stale
+                # configuration. Check it again here, from the one in force.
+                result = check_chunk(chunk, genesis, in_force)
             for summary in result.summaries:
                 verifier.extend(summary)
                 if on_block is not None:
@@ -266,7 +342,7 @@ def audit_chunks(
             if result.failure is not None:
                 raise result.failure
     finally:
-        for future in window:
+        for future, _, _ in window:
             future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
     return AuditReport(verifier.height, verifier.records, verifier.tip_hash)

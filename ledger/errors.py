@@ -16,7 +16,15 @@ problem+json ``type``) and a one-line human message::
     │   ├── UnauthorisedError        unauthorized     signer may not submit this type
     │   ├── DuplicateError           duplicate        id or (signer, nonce) seen before
     │   ├── CertificateError         bad_certificate  a commit certificate is invalid
-    │   └── BlockError               bad_block        a block breaks a chain rule
+    │   ├── BlockError               bad_block        a block breaks a chain rule
+    │   ├── ReservedTypeError        reserved_type    a ledger.* type used outside SPEC 9/10
+    │   ├── ConfigVersionError       config_version   a change's version/prev is not next
+    │   ├── ConfigInvalidError       config_invalid   a change/configuration breaks a rule
+    │   ├── ConfigDuplicateError     config_duplicate two configuration changes in one block
+    │   ├── ApprovalInvalidError     approval_invalid an approval is repeated, not by an
+    │   │                                             admin, or does not verify
+    │   ├── ApprovalsInsufficientError approvals_insufficient  below the threshold
+    │   └── JoinInvalidError         join_invalid     joins are not one valid per new key
     ├── AuditError                   audit_failed     a chain fails its audit at a height
     ├── ReceiptError                 bad_receipt      a receipt does not prove its record
     └── StoreError                   store            the block store failed
@@ -120,6 +128,50 @@ class BlockError(ValidationError):
     """A block breaks a chain rule (height, link, roots, log root, time, proposer)."""
 
     code = "bad_block"
+
+
+class ReservedTypeError(ValidationError):
+    """A reserved ``ledger.`` type named by a policy, sealed, or used other than by SPEC
+    sections 9 and 10."""
+
+    code = "reserved_type"
+
+
+class ConfigVersionError(ValidationError):
+    """A configuration change's ``version`` or ``prev`` does not follow the one in force."""
+
+    code = "config_version"
+
+
+class ConfigInvalidError(ValidationError):
+    """A configuration (a change's, or genesis's) breaks a rule of SPEC sections 5 and 9,
+    or a change payload does not decode exactly."""
+
+    code = "config_invalid"
+
+
+class ConfigDuplicateError(ValidationError):
+    """A block holds more than one ``ledger.config`` record."""
+
+    code = "config_duplicate"
+
+
+class ApprovalInvalidError(ValidationError):
+    """An approval is repeated, by a key without the governance role, or does not verify."""
+
+    code = "approval_invalid"
+
+
+class ApprovalsInsufficientError(ValidationError):
+    """Valid approvals come from fewer governing organisations than the threshold."""
+
+    code = "approvals_insufficient"
+
+
+class JoinInvalidError(ValidationError):
+    """The joins are not exactly one valid signature per validator key a change adds."""
+
+    code = "join_invalid"
 
 
 class AuditError(LedgerError):

@@ -13,35 +13,58 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger import merkle
-from ledger.blocks import Certificate, Header
+from ledger.blocks import Block, Certificate, Header
+from ledger.config import CONFIG_TYPE, Config
 from ledger.encoding import b64decode, b64encode, hex_decode, loads_json
-from ledger.errors import DecodeError, LedgerError, ReceiptError
+from ledger.errors import DecodeError, LedgerError, ReceiptError, UnauthorisedError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
+from ledger.validation import check_record
 
 RECEIPT_KEYS = ("chain", "record_id", "envelope", "height", "index", "header", "audit_path",
                 "cert")
 
 
-def build_receipt(store: BlockStore, record_id: bytes) -> dict[str, Any] | None:
-    """The receipt of a committed record, or None if the store does not hold it."""
+def build_receipt(store: BlockStore, record_id: bytes,
+                  config_records: list[tuple[int, int]] | None = None
+                  ) -> dict[str, Any] | None:
+    """The receipt of a committed record, or None if the store does not hold it.
+
+    ``config_records`` are the (height, index) of every ``ledger.config`` record on the
+    chain, in chain order: given, the receipt carries ``config_proof`` (SPEC section 6, v1.1)
+    with a step for each below the record's height; omitted, it has no ``config_proof``,
+    which verifiers read as ``[]`` (right for a chain without changes)."""
     loc = store.locate(record_id)
     if loc is None:
         return None
     block = store.block(loc.height)
     if block is None:
         raise ReceiptError(f"record {record_id.hex()} points at missing block {loc.height}")
-    leaves = block.leaf_hashes()
-    record = block.records[loc.index]
+    receipt: dict[str, Any] = {"chain": block.header.chain, "record_id": record_id.hex(),
+                               **_step(block, loc.index)}
+    if config_records is not None:
+        steps = []
+        for height, index in config_records:
+            if height >= loc.height:
+                break
+            step_block = store.block(height)
+            if step_block is None:
+                raise ReceiptError(f"configuration change at missing block {height}")
+            steps.append(_step(step_block, index))
+        receipt["config_proof"] = steps
+    return receipt
+
+
+def _step(block: Block, index: int) -> dict[str, Any]:
+    """A record's place in a certified block, shaped as a receipt (and a config_proof
+    step)."""
     return {
-        "chain": block.header.chain,
-        "record_id": record.id.hex(),
-        "envelope": b64encode(record.envelope),
-        "height": loc.height,
-        "index": loc.index,
+        "envelope": b64encode(block.records[index].envelope),
+        "height": block.header.height,
+        "index": index,
         "header": b64encode(block.header.to_wire()),
-        "audit_path": [h.hex() for h in merkle.inclusion_proof(leaves, loc.index)],
+        "audit_path": [h.hex() for h in merkle.inclusion_proof(block.leaf_hashes(), index)],
         "cert": {
             "round": block.cert.round,
             "signatures": [{"validator": i, "sig": b64encode(sig)}
@@ -108,41 +131,87 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
     if record.body.chain != chain:
         raise ReceiptError(f"record names chain {record.body.chain!r}")
     record.verify_signature()
-    refusal = genesis.refusal(record.body.signer, record.body.type)
-    if refusal is not None:
-        raise ReceiptError(refusal)
-
     height = _field(doc, "height", int)
-    index = _field(doc, "index", int)
-    header = Header.from_wire(b64decode(_field(doc, "header", str), "receipt.header"))
+
+    # SPEC section 6 (v1.1): follow every configuration change below the receipt's height.
+    # A receipt without the key is one of a chain without changes (``[]``).
+    config = genesis.config
+    steps = _field(doc, "config_proof", list) if "config_proof" in doc else []
+    below = 0
+    for n, step in enumerate(steps):
+        where = f"receipt.config_proof[{n}]"
+        if not isinstance(step, dict):
+            raise ReceiptError(f"{where}: expected an object")
+        step_height = _field(step, "height", int, where)
+        if not below < step_height < height:
+            raise ReceiptError(f"{where}.height: {step_height} is not above {below} and "
+                               f"below the receipt's height {height}")
+        below = step_height
+        step_record, _, _ = _in_block(step, where, chain, genesis, config, step_height)
+        if step_record.body.type != CONFIG_TYPE:
+            raise ReceiptError(f"{where}: the record is a {step_record.body.type!r}, not a "
+                               "configuration change")
+        try:
+            new = check_record(config, step_record)
+        except LedgerError as exc:
+            raise ReceiptError(f"{where}: {exc}") from exc
+        if not isinstance(new, Config):  # check_record makes one of every valid change
+            raise ReceiptError(f"{where}: not a configuration change")
+        config = new
+
+    authority: Config | Genesis = genesis if config.version == 0 else config
+    try:
+        check_record(authority, record)
+    except UnauthorisedError as exc:
+        raise ReceiptError(str(exc)) from exc
+    _, header, sigs = _in_block(doc, "receipt", chain, genesis, config, height, record)
+    return VerifiedReceipt(record, header, _field(doc, "index", int), sigs)
+
+
+def _in_block(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, config: Config,
+              height: int, record: Record | None = None
+              ) -> tuple[Record, Header, tuple[int, ...]]:
+    """Check that the envelope of ``doc`` is at ``index`` of a block of ``height`` whose
+    header is certified by ``config``'s validators: the receipt's own fields, or a
+    config_proof step's."""
+    if record is None:
+        record = Record.from_wire(b64decode(_field(doc, "envelope", str, where),
+                                            f"{where}.envelope"))
+        if record.body.chain != chain:
+            raise ReceiptError(f"{where}: record names chain {record.body.chain!r}")
+    index = _field(doc, "index", int, where)
+    header = Header.from_wire(b64decode(_field(doc, "header", str, where), f"{where}.header"))
     if header.height != height:
         raise ReceiptError(f"height {height} but the header is for height {header.height}")
     if header.chain != chain:
         raise ReceiptError(f"header names chain {header.chain!r}")
-    if header.validators_hash != genesis.validators.hash:
-        raise ReceiptError("header's validators_hash does not match genesis")
+    if header.validators_hash != config.validators.hash:
+        if config.version == 0:
+            raise ReceiptError(f"{where}: header's validators_hash does not match genesis")
+        raise ReceiptError(f"{where}: header's validators_hash does not match the validator "
+                           f"set in force (configuration version {config.version})")
     if header.height == 1 and header.prev_hash != genesis.hash:
         raise ReceiptError(f"block 1 links to genesis {header.prev_hash.hex()}, not this one")
-    path = _field(doc, "audit_path", list)
-    proof = [hex_decode(h, f"receipt.audit_path[{i}]", 32) for i, h in enumerate(path)]
+    path = _field(doc, "audit_path", list, where)
+    proof = [hex_decode(h, f"{where}.audit_path[{i}]", 32) for i, h in enumerate(path)]
     if not 0 <= index < header.record_count:
         raise ReceiptError(f"index {index} outside the block's {header.record_count} records")
     merkle.verify_inclusion(index, header.record_count, merkle.leaf_hash(record.envelope),
                             proof, header.records_root)
 
-    cert_doc = _field(doc, "cert", dict)
-    round_ = _field(cert_doc, "round", int, "receipt.cert")
+    cert_doc = _field(doc, "cert", dict, where)
+    round_ = _field(cert_doc, "round", int, f"{where}.cert")
     if round_ < 0:
-        raise ReceiptError("receipt.cert.round: must not be negative")
+        raise ReceiptError(f"{where}.cert.round: must not be negative")
     sigs = []
-    for i, entry in enumerate(_field(cert_doc, "signatures", list, "receipt.cert")):
-        where = f"receipt.cert.signatures[{i}]"
+    for i, entry in enumerate(_field(cert_doc, "signatures", list, f"{where}.cert")):
+        swhere = f"{where}.cert.signatures[{i}]"
         if not isinstance(entry, dict):
-            raise ReceiptError(f"{where}: expected an object")
-        validator = _field(entry, "validator", int, where)
+            raise ReceiptError(f"{swhere}: expected an object")
+        validator = _field(entry, "validator", int, swhere)
         if validator < 0:
-            raise ReceiptError(f"{where}.validator: must not be negative")
-        sigs.append((validator, b64decode(_field(entry, "sig", str, where), f"{where}.sig")))
+            raise ReceiptError(f"{swhere}.validator: must not be negative")
+        sigs.append((validator, b64decode(_field(entry, "sig", str, swhere), f"{swhere}.sig")))
     cert = Certificate(header.height, round_, header.hash, tuple(sigs))
-    cert.verify(chain, genesis.validators)
-    return VerifiedReceipt(record, header, index, tuple(i for i, _ in sigs))
+    cert.verify(chain, config.validators)
+    return record, header, tuple(i for i, _ in sigs)

@@ -48,7 +48,11 @@ MAX_SUBJECT_BYTES = 256
 MAX_CHAIN_BYTES = 64
 TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 BODY_KEYS = ("chain", "type", "subject", "payload", "ts", "nonce", "signer")
+#: A sealed body (SPEC section 10): ``payload_digest`` in place of ``payload``.
+SEALED_BODY_KEYS = ("chain", "type", "subject", "payload_digest", "ts", "nonce", "signer")
 _BODY_KEY_SET = frozenset(BODY_KEYS)
+_SEALED_KEY_SET = frozenset(SEALED_BODY_KEYS)
+DIGEST_SIZE = 32
 
 #: Bytes one decoded msgpack element may take in Python at most (an empty dict in a list is
 #: 64 + 8 bytes on CPython 3.11; tests/unit/test_mempool.py measures it) and the objects
@@ -70,10 +74,18 @@ class RecordBody:
     ts: int
     nonce: int
     signer: bytes
+    #: A sealed body's digest (SPEC section 10); then ``payload`` is None and not signed.
+    payload_digest: bytes | None = None
+
+    @property
+    def sealed(self) -> bool:
+        """True iff the body carries ``payload_digest`` instead of ``payload``."""
+        return self.payload_digest is not None
 
     def to_wire(self) -> bytes:
         """The body map in SPEC key order (what a client signs)."""
-        return packb({k: getattr(self, k) for k in BODY_KEYS})
+        keys = SEALED_BODY_KEYS if self.sealed else BODY_KEYS
+        return packb({k: getattr(self, k) for k in keys})
 
     def validate_basic(self) -> None:
         """Check every field's shape; needs no state."""
@@ -90,6 +102,8 @@ class RecordBody:
         expect_int(self.ts, f"{what}.ts", lo=-(2**63), hi=2**63 - 1)
         expect_int(self.nonce, f"{what}.nonce")
         expect_bytes(self.signer, f"{what}.signer", PUBLIC_KEY_SIZE)
+        if self.payload_digest is not None:
+            expect_bytes(self.payload_digest, f"{what}.payload_digest", DIGEST_SIZE)
 
     @classmethod
     def from_wire(cls, data: bytes) -> RecordBody:
@@ -107,21 +121,30 @@ class RecordBody:
             if type(fields) is MapPairs:
                 fail(what, f"unexpected key {_first_odd_key(fields)!r}")
             fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {kind_of(fields)}")
-        if fields.keys() != _BODY_KEY_SET:
+        keys = fields.keys()
+        if keys != _BODY_KEY_SET and keys != _SEALED_KEY_SET:
             if len(fields) != len(BODY_KEYS):
                 fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {len(fields)}")
-            fail(what, f"unexpected key {next(k for k in fields if k not in _BODY_KEY_SET)!r}")
-        body = cls(**fields)
+            fail(what, f"unexpected key {_first_odd_key(MapPairs(list(fields.items())))!r}")
+        if "payload_digest" in fields:
+            digest = fields.pop("payload_digest")
+            if type(digest) is not bytes:
+                fail(f"{what}.payload_digest", f"expected bin, got {kind_of(digest)}")
+            body = cls(**fields, payload=None, payload_digest=digest)
+        else:
+            body = cls(**fields)
         body.validate_basic()
         if len(data) > MAX_PAYLOAD_BYTES:  # else the payload cannot exceed its limit
-            size = map_value_sizes(data)["payload"]
+            size = map_value_sizes(data).get("payload", 0)
             if size > MAX_PAYLOAD_BYTES:
                 raise TooLargeError(f"{what}.payload: {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
         return body, elements
 
 
 def _first_odd_key(fields: MapPairs) -> Any:
-    return next(k for k, _ in fields.pairs if k not in _BODY_KEY_SET)
+    keys = _SEALED_KEY_SET if any(k == "payload_digest" for k, _ in fields.pairs) \
+        else _BODY_KEY_SET
+    return next(k for k, _ in fields.pairs if k not in keys)
 
 
 @dataclass(frozen=True, slots=True)

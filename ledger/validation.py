@@ -1,4 +1,9 @@
-"""Validity rules shared by consensus, the audit and the store (SPEC sections 2 and 4).
+"""Validity rules shared by consensus, the audit and the store (SPEC sections 2, 4, 9, 10).
+
+The rules of a block at height H take the configuration in force at H (a ``Config`` from
+``ConfigHistory.at(H)``; a ``Genesis`` stands for its version 0, which is what a chain
+without changes always has). ``check_records`` returns what the block changes: the
+configuration governing H+1 if it carries a ``ledger.config`` record, and its redactions.
 
 Each check raises a typed ValidationError naming what is wrong (expected and got).
 ``verify`` is the signature check to use, so a node can pass one backed by its
@@ -11,64 +16,208 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ledger import merkle
 from ledger.blocks import Header
-from ledger.crypto import RECORD_TAG, is_valid_signature
+from ledger.config import (
+    CONFIG_TYPE,
+    REDACT_TAG,
+    REDACT_TYPE,
+    Config,
+    apply_change,
+    approval_message,
+    check_approvals,
+    is_reserved,
+    parse_payload,
+)
+from ledger.crypto import HASH_SIZE, RECORD_TAG, is_valid_signature
+from ledger.encoding import decode
 from ledger.errors import (
+    ApprovalsInsufficientError,
     BlockError,
+    ConfigDuplicateError,
+    ConfigInvalidError,
+    DecodeError,
     DuplicateError,
+    ReservedTypeError,
     SignatureError,
     UnauthorisedError,
+    ValidationError,
     WrongChainError,
 )
 from ledger.genesis import Genesis
 from ledger.records import Record
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
+#: What the rules of one height read: the configuration in force there (a Genesis means
+#: its version 0).
+Authority = Genesis | Config
 
 
-def check_record(genesis: Genesis, record: Record, verify: Verifier = is_valid_signature) -> None:
-    """A decoded record is valid on this chain: chain, signature, authorisation."""
+def config_of(source: Authority) -> Config:
+    """The configuration ``source`` stands for."""
+    return source.config if isinstance(source, Genesis) else source
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """A ``ledger.redact`` record that passed its own checks (SPEC section 10): the ids it
+    names and the governing organisations whose admins approved. Whether the ids are sealed
+    records committed earlier and not yet redacted, and the threshold-or-own-organisation
+    rule, need the chain (``check_redaction_targets``)."""
+
+    index: int
+    ids: tuple[bytes, ...]
+    orgs: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEffects:
+    """What a valid block changes: the configuration governing the next height if the block
+    carries a change (else None), and its redactions."""
+
+    config: Config | None = None
+    redactions: tuple[Redaction, ...] = ()
+
+
+def check_record(source: Authority, record: Record,
+                 verify: Verifier = is_valid_signature) -> Config | Redaction | None:
+    """A decoded record is valid on this chain where ``source`` is in force: chain,
+    signature, authorisation — or, for a reserved type, SPEC section 9 or 10. Returns the
+    new configuration a ``ledger.config`` record makes, the Redaction of a
+    ``ledger.redact`` record, else None."""
+    config = config_of(source)
     body = record.body
-    if body.chain != genesis.chain_id:
+    if body.chain != config.chain_id:
         raise WrongChainError(f"record {record.id.hex()} names chain {body.chain!r}")
     if not verify(body.signer, RECORD_TAG + record.body_bytes, record.sig):
         raise SignatureError(f"record {record.id.hex()}: signature does not verify")
-    refusal = genesis.refusal(body.signer, body.type)
+    if is_reserved(body.type):
+        if body.sealed:
+            raise ReservedTypeError(f"a {body.type} record always carries an inline payload")
+        if body.type == CONFIG_TYPE:
+            return apply_change(config, record, verify)
+        if body.type == REDACT_TYPE:
+            return check_redaction(config, record, -1, verify)
+        raise ReservedTypeError(f"record type {body.type!r} is reserved (ledger.*) and not "
+                                "defined by the protocol")
+    refusal = config.refusal(body.signer, body.type)
     if refusal is not None:  # no record id: the API answers it beside, the audit by index
         raise UnauthorisedError(refusal)
+    return None
+
+
+def check_redaction(config: Config, record: Record, index: int,
+                    verify: Verifier = is_valid_signature) -> Redaction:
+    """The checks of a ``ledger.redact`` record that need only the configuration in force:
+    signer a member, payload and change decode exactly, ids non-empty and distinct, every
+    approval by a distinct governance member with a valid signature."""
+    body = record.body
+    if body.signer not in config.members:
+        raise UnauthorisedError(f"signer {body.signer.hex()} of a redaction is not a member "
+                                f"of configuration version {config.version}")
+    payload = parse_payload(body.payload, ("change", "approvals"), "ledger.redact payload")
+    try:
+        change: Any = decode(payload.change, "redaction change")[0]
+    except DecodeError as exc:
+        raise ConfigInvalidError(str(exc)) from exc
+    if (type(change) is not list or len(change) != 3 or type(change[0]) is not bytes
+            or type(change[1]) is not list or type(change[2]) is not str):
+        raise ConfigInvalidError("redaction change: expected [genesis_hash, [id, ...], reason]")
+    if change[0] != config.genesis_hash:
+        raise WrongChainError("redaction change names another genesis")
+    ids = change[1]
+    if not ids or not all(type(i) is bytes and len(i) == HASH_SIZE for i in ids):
+        raise ConfigInvalidError("redaction change: ids must be a non-empty array of bin(32)")
+    if len(set(ids)) != len(ids):
+        raise ConfigInvalidError("redaction change: an id is listed twice")
+    orgs = check_approvals(config, payload.approvals,
+                           approval_message(config.genesis_hash, payload.change, REDACT_TAG),
+                           verify)
+    return Redaction(index, tuple(ids), orgs)
+
+
+SealedSigner = Callable[[bytes], "bytes | None"]
+
+
+def check_redaction_targets(config: Config, redaction: Redaction, sealed_signer: SealedSigner,
+                            redacted: Callable[[bytes], bool]) -> None:
+    """The chain half of SPEC section 10's redaction rule, where ``config`` governs the
+    redaction's height: every id is a sealed record committed at a lower height
+    (``sealed_signer`` returns its signer, None if no such record) and not yet ``redacted``,
+    and either the approvals meet the threshold or every listed record's signer is a
+    member of one organisation of ``config`` whose admin approved."""
+    signers = []
+    for rid in redaction.ids:
+        signer = sealed_signer(rid)
+        if signer is None:
+            raise ValidationError(f"redaction names {rid.hex()}, which is not a sealed record "
+                                  "committed earlier")
+        if redacted(rid):
+            raise ValidationError(f"redaction names {rid.hex()}, which is already redacted")
+        signers.append(signer)
+    if config.threshold and len(redaction.orgs) >= config.threshold:
+        return
+    orgs = {m.organization if (m := config.members.get(s)) else None for s in signers}
+    if len(orgs) == 1 and None not in orgs and orgs <= redaction.orgs:
+        return
+    raise ApprovalsInsufficientError(
+        f"redaction approved by {len(redaction.orgs)} governing organisation(s), below the "
+        f"threshold {config.threshold}, and not by an admin of the one organisation of every "
+        "listed record's signer")
 
 
 def check_unique_within(records: Sequence[Record]) -> None:
-    """No record id or (signer, nonce) appears twice among ``records``."""
+    """No record id, (signer, nonce) or payload_digest appears twice among ``records``."""
     ids = {r.id for r in records}
     if len(ids) != len(records):
         raise DuplicateError("a record appears twice in the block")
     if len({(r.body.signer, r.body.nonce) for r in records}) != len(records):
         raise DuplicateError("two records in the block share a (signer, nonce)")
+    digests = [r.body.payload_digest for r in records if r.body.payload_digest is not None]
+    if len(set(digests)) != len(digests):
+        raise DuplicateError("two sealed records in the block share a payload_digest")
 
 
-def check_header_fields(genesis: Genesis, header: Header) -> None:
-    """Header fields fixed by genesis: chain id, validator set hash, proposer index."""
-    if header.chain != genesis.chain_id:
+def check_header_fields(source: Authority, header: Header) -> None:
+    """Header fields fixed by the configuration in force at the header's height: chain id,
+    validator set hash, proposer index."""
+    config = config_of(source)
+    if header.chain != config.chain_id:
         raise WrongChainError(f"header names chain {header.chain!r}, genesis is "
-                              f"{genesis.chain_id!r}")
-    if header.validators_hash != genesis.validators.hash:
-        raise BlockError("validators_hash does not match the genesis validator set")
-    if header.proposer >= len(genesis.validators):
+                              f"{config.chain_id!r}")
+    if header.validators_hash != config.validators.hash:
+        if config.version == 0:
+            raise BlockError("validators_hash does not match the genesis validator set")
+        raise BlockError(f"validators_hash does not match the validator set in force "
+                         f"(configuration version {config.version})")
+    if header.proposer >= len(config.validators):
         raise BlockError(f"proposer {header.proposer} is not a validator index")
 
 
-def check_records(genesis: Genesis, records: Iterable[Record],
-                  verify: Verifier = is_valid_signature) -> None:
-    """Every record valid, in block order; the first bad one raises, naming its index."""
+def check_records(source: Authority, records: Iterable[Record],
+                  verify: Verifier = is_valid_signature) -> BlockEffects:
+    """Every record valid under the configuration in force, in block order, at most one
+    ``ledger.config`` among them; the first bad one raises, naming its index. Returns what
+    the block changes."""
+    new: Config | None = None
+    seen_change = False
+    redactions: list[Redaction] = []
     for i, record in enumerate(records):
         try:
-            check_record(genesis, record, verify)
-        except (WrongChainError, SignatureError, UnauthorisedError) as exc:
+            if record.body.type == CONFIG_TYPE:
+                if seen_change:
+                    raise ConfigDuplicateError("a second ledger.config record in one block")
+                seen_change = True
+            result = check_record(source, record, verify)
+        except ValidationError as exc:
             raise type(exc)(f"record {i} ({exc})") from exc
+        if isinstance(result, Config):
+            new = result
+        elif isinstance(result, Redaction):
+            redactions.append(Redaction(i, result.ids, result.orgs))
+    return BlockEffects(new, tuple(redactions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +261,13 @@ NonceLookup = Callable[[list[tuple[bytes, int]]], "set[tuple[bytes, int]]"]
 def check_extends(tip: ChainTip, header: Extending, leaves: Sequence[bytes],
                   ids: Sequence[bytes] = (), nonces: Sequence[tuple[bytes, int]] = (), *,
                   seen_ids: Lookup | None = None, seen_nonces: NonceLookup | None = None,
+                  digests: Sequence[bytes] = (), seen_digests: Lookup | None = None,
                   ) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
     """The chain-extension rule: the block of ``header`` with these envelope ``leaves``
     (leaf hashes), record ``ids`` and (signer, nonce) pairs extends ``tip``: the next
     height, linked to the tip's hash, strictly later, its record count, no record id or
-    (signer, nonce) already on the chain (``seen_*`` look them up), and the log size and
+    (signer, nonce) or sealed ``payload_digest`` already on the chain (``seen_*`` look them
+    up), and the log size and
     root of the chain with it. Returns the new log and the log nodes it completed.
     Raises BlockError or DuplicateError naming what was expected and what was got."""
     h = header
@@ -142,6 +293,12 @@ def check_extends(tip: ChainTip, header: Extending, leaves: Sequence[bytes],
             if (signer, nonce) in used:
                 raise DuplicateError(f"(signer {signer.hex()}, nonce {nonce}) was already used "
                                      "earlier in the chain")
+    if seen_digests is not None and digests:
+        used_digests = seen_digests(list(digests))
+        for digest in digests:
+            if digest in used_digests:
+                raise DuplicateError(f"payload_digest {digest.hex()} was already used earlier "
+                                     "in the chain")
     log = tip.log.copy()
     completed = log.extend(leaves)
     if h.log_size != log.size:

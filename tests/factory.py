@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ledger.blocks import Block, build_header, sign_certificate
+from ledger.config import CONFIG_TAG, CONFIG_TYPE, JOIN_TAG, Config, approval_message
 from ledger.crypto import PrivateKey
+from ledger.encoding import packb
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
@@ -35,6 +37,8 @@ class Fixture:
     writer: PrivateKey
     operator: PrivateKey
     outsider: PrivateKey
+    #: Governance keys (``make_governed_fixture``): one admin per organisation org0, org1...
+    admins: list[PrivateKey] = field(default_factory=list)
 
     def write_genesis(self, directory: Path) -> Path:
         """Write genesis.json (its exact bytes) into ``directory``."""
@@ -66,6 +70,59 @@ def make_fixture(validators: int = 4, chain: str = CHAIN) -> Fixture:
     return Fixture(Genesis.from_bytes(raw), vkeys, writer, operator, outsider)
 
 
+def make_governed_fixture(validators: int = 4, orgs: int = 3,
+                          governance: dict[str, Any] | None = None) -> Fixture:
+    """``make_fixture``'s chain with ``orgs`` governing organisations org0.., each with one
+    admin (key ``admin-i``): the default threshold is ``orgs // 2 + 1``."""
+    fx = make_fixture(validators)
+    doc = json.loads(fx.genesis.raw)
+    admins = [seeded_key(f"admin-{i}") for i in range(orgs)]
+    doc["organizations"] += [
+        {"name": f"org{i}", "members": [
+            {"name": f"admin{i}", "pubkey": k.public.hex(), "roles": ["admin"]}]}
+        for i, k in enumerate(admins)]
+    if governance is not None:
+        doc["governance"] = governance
+    raw = json.dumps(doc, indent=2).encode()
+    return Fixture(Genesis.from_bytes(raw), fx.validator_keys, fx.writer, fx.operator,
+                   fx.outsider, admins)
+
+
+def config_doc(genesis: Genesis) -> dict[str, Any]:
+    """The configuration keys of ``genesis`` as a JSON object (what a change restates)."""
+    doc = json.loads(genesis.raw)
+    return {k: v for k, v in doc.items()
+            if k in ("validators", "organizations", "policies", "governance", "witnesses",
+                     "read_policies")}
+
+
+def change_bytes(config: Config, doc: dict[str, Any], *, version: int | None = None,
+                 prev: bytes | None = None) -> bytes:
+    """A change map: ``doc`` (the whole new configuration) after version and prev, which
+    default to those following ``config``."""
+    return packb({"version": config.version + 1 if version is None else version,
+                  "prev": config.id if prev is None else prev, **doc})
+
+
+def change_record(config: Config, signer: PrivateKey, change: bytes, *,
+                  approvers: list[PrivateKey], joiners: list[PrivateKey] | None = None,
+                  approvals: list[list[bytes]] | None = None,
+                  joins: list[list[bytes]] | None = None, nonce: int = 1_000_000,
+                  genesis_hash: bytes | None = None) -> Record:
+    """A signed ``ledger.config`` record: approvals by ``approvers`` and joins by
+    ``joiners`` over ``change`` (or the given ``approvals``/``joins`` pairs verbatim)."""
+    anchor = config.genesis_hash if genesis_hash is None else genesis_hash
+    if approvals is None:
+        msg = approval_message(anchor, change, CONFIG_TAG)
+        approvals = [[k.public, k.sign(msg)] for k in approvers]
+    if joins is None:
+        msg = approval_message(anchor, change, JOIN_TAG)
+        joins = [[k.public, k.sign(msg)] for k in joiners or []]
+    return Record.create(signer, chain=config.chain_id, type=CONFIG_TYPE, subject="config",
+                         payload={"change": change, "approvals": approvals, "joins": joins},
+                         ts=1_700_000_000_000, nonce=nonce)
+
+
 @dataclass
 class ChainBuilder:
     """Appends valid, certified blocks of records to a store."""
@@ -75,6 +132,14 @@ class ChainBuilder:
     time_ms: int = 1_700_000_000_000
     nonce: int = 0
     blocks: list[Block] = field(default_factory=list)
+    #: The configuration in force at the next height (None: genesis's), and private keys of
+    #: validators not in genesis (``follow`` a change to use them).
+    config: Config | None = None
+    extra_keys: list[PrivateKey] = field(default_factory=list)
+
+    def follow(self, config: Config) -> None:
+        """Certify the next blocks under ``config`` (a change committed in the last one)."""
+        self.config = config
 
     def record(self, key: PrivateKey | None = None, *, type: str = "sensor.reading",
                subject: str = "plant-7/line-3/temp", payload: Any = None) -> Record:
@@ -89,14 +154,16 @@ class ChainBuilder:
     def block(self, records: list[Record], signers: int = 3, round: int = 0) -> Block:
         """Build (but do not store) the next block, certified by ``signers`` validators."""
         g = self.fx.genesis
+        vset = (self.config or g.config).validators
         height = self.store.height + 1
         self.time_ms += 1000
         header = build_header(
             chain=g.chain_id, height=height, time_ms=self.time_ms,
             prev_hash=self.store.tip_hash() or g.hash, records=records, log=self.store.log,
-            proposer=height % len(g.validators), validators_hash=g.validators.hash,
+            proposer=height % len(vset), validators_hash=vset.hash,
         )
-        keys = {i: self.fx.validator_keys[i] for i in range(signers)}
+        known = {k.public: k for k in [*self.fx.validator_keys, *self.extra_keys]}
+        keys = {i: known[vset[i].pubkey] for i in range(signers)}
         return Block(header, tuple(records), sign_certificate(g.chain_id, header, round, keys))
 
     def add(self, n_records: int = 3, **kw: Any) -> Block:

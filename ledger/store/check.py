@@ -9,6 +9,7 @@ roots, policy — is ``ledger.audit``.) Problems raise ``CorruptStoreError`` nam
 from __future__ import annotations
 
 from ledger.blocks import Block
+from ledger.config import ValidatorSet
 from ledger.errors import CorruptStoreError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
@@ -25,8 +26,11 @@ def _block(store: SqliteStore, height: int) -> Block:
     return block
 
 
-def check_recent(store: SqliteStore, genesis: Genesis, depth: int = 16) -> None:
-    """The tip's certificate, the links and the indexes of the last ``depth`` blocks."""
+def check_recent(store: SqliteStore, genesis: Genesis, depth: int = 16, *,
+                 validators: ValidatorSet | None = None) -> None:
+    """The tip's certificate, the links and the indexes of the last ``depth`` blocks.
+    ``validators`` is the set in force at the tip (``ConfigHistory.validators_at``); the
+    genesis set if omitted (a chain without configuration changes)."""
     if store.height == 0:
         return
     if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
@@ -36,7 +40,7 @@ def check_recent(store: SqliteStore, genesis: Genesis, depth: int = 16) -> None:
         raise CorruptStoreError("tip block does not hash to the stored tip hash", tip.height)
     try:
         tip.validate_basic()
-        tip.cert.verify(genesis.chain_id, genesis.validators)
+        tip.cert.verify(genesis.chain_id, validators or genesis.validators)
     except LedgerError as exc:
         raise CorruptStoreError(f"tip certificate or roots invalid ({exc})", tip.height) from exc
     start = max(1, store.height - depth + 1)
