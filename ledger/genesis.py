@@ -39,9 +39,16 @@ class Validator:
 
 @dataclass(frozen=True)
 class ValidatorSet:
-    """The validators in index order, with their total power and hash."""
+    """The validators in index order, with their total power and hash.
+
+    ``since`` is the first height this set governs (1 for the genesis set): proposer
+    selection (``ledger.consensus.proposer``) restarts its priorities there. A configuration
+    change that leaves the validators as they were should keep the earlier set (and its
+    ``since``), so that the proposer schedule runs on undisturbed.
+    """
 
     validators: tuple[Validator, ...]
+    since: int = 1
     total_power: int = field(init=False)
     hash: bytes = field(init=False)
     _by_key: dict[bytes, Validator] = field(init=False, repr=False)

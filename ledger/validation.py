@@ -23,7 +23,7 @@ from ledger.errors import (
     UnauthorisedError,
     WrongChainError,
 )
-from ledger.genesis import Genesis
+from ledger.genesis import Genesis, ValidatorSet
 from ledger.records import Record
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
@@ -50,14 +50,17 @@ def check_unique_within(records: Sequence[Record]) -> None:
         raise DuplicateError("two records in the block share a (signer, nonce)")
 
 
-def check_header_fields(genesis: Genesis, header: Header) -> None:
-    """Header fields fixed by genesis: chain id, validator set hash, proposer index."""
+def check_header_fields(genesis: Genesis, header: Header,
+                        validators: ValidatorSet | None = None) -> None:
+    """Header fields fixed by genesis and the height's validator set (``validators``; the
+    genesis set when not given): chain id, validator set hash, proposer index."""
     if header.chain != genesis.chain_id:
         raise WrongChainError(f"header names chain {header.chain!r}, genesis is "
                               f"{genesis.chain_id!r}")
-    if header.validators_hash != genesis.validators.hash:
-        raise BlockError("validators_hash does not match the genesis validator set")
-    if header.proposer >= len(genesis.validators):
+    vs = genesis.validators if validators is None else validators
+    if header.validators_hash != vs.hash:
+        raise BlockError("validators_hash does not match the validator set in force")
+    if header.proposer >= len(vs):
         raise BlockError(f"proposer {header.proposer} is not a validator index")
 
 
