@@ -553,12 +553,18 @@ class ConsensusCore:
         known = self.cert_validity.get(cert)
         if known is None:
             try:
-                cert.verify(self.genesis.chain_id, self.validators_at(cert.height), self.verify)
+                cert.verify(self.genesis.chain_id, self.certifiers(cert.height), self.verify)
                 known = True
             except LedgerError:
                 known = False
             self.cert_validity[cert] = known
         return known
+
+    def certifiers(self, height: int) -> ValidatorSet:
+        """The set whose quorum certifies a block of ``height``: that height's set (every
+        certificate the core checks — a proposal's ``last_cert``, a synced block's — is
+        checked here)."""
+        return self.validators if height == self.height else self.validators_at(height)
 
     def _check_block(self, h: Header, records: tuple[Record, ...]) -> bool:
         """Whether the block extends the committed chain by every rule; when it does not,
@@ -812,7 +818,7 @@ class ConsensusCore:
             block.cert.validate_basic()
             if block.cert.height != block.height or block.cert.block_hash != block.hash:
                 return False
-            block.cert.verify(self.genesis.chain_id, self.validators, self.verify)
+            block.cert.verify(self.genesis.chain_id, self.certifiers(block.height), self.verify)
         except LedgerError:
             return False
         if not self._check_block(block.header, block.records):

@@ -269,7 +269,8 @@ class Simulation:
 
     def __init__(self, scenario: Scenario, fixture: Fixture = FIXTURE,
                  config: ConsensusConfig = SIM_CONFIG,
-                 core_factory: Callable[..., ConsensusCore] = ConsensusCore) -> None:
+                 core_factory: Callable[..., ConsensusCore] = ConsensusCore,
+                 schedule: ValidatorSchedule | None = None) -> None:
         self.s = scenario
         self.fx = fixture
         self.config = (config if scenario.empty_blocks
@@ -287,10 +288,12 @@ class Simulation:
         self.faults_end = 0
         n = len(fixture.validator_keys)
         byzantine = self.rng.randrange(n) if (scenario.twins or scenario.equivocator) else -1
-        self.schedule: ValidatorSchedule | None = None
+        self.schedule = schedule  # a test's own, or planned below
         self.change_crash_height = 0  # a node crashes as the chain reaches this height
         keys = list(fixture.validator_keys)
-        if scenario.changes:
+        if schedule is not None:
+            keys += EXTRA_KEYS
+        elif scenario.changes:
             self.schedule = plan_changes(
                 self.rng, keys, EXTRA_KEYS, keys[byzantine] if byzantine >= 0 else None)
             self.change_crash_height = self.rng.choice(self.schedule.starts[1:])
