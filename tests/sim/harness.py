@@ -69,7 +69,7 @@ from tests.factory import ChainBuilder, Fixture, make_fixture, seeded_key
 
 FIXTURE = make_fixture()
 EXTRA_KEYS = [seeded_key(f"sim-validator-{i}") for i in range(3)]  # never in genesis
-CHANGE_SHARE = 0.4  # of the seeds that change the validator set
+CHANGE_SHARE = 0.3  # of the seeds that change the validator set
 
 SIM_CONFIG = ConsensusConfig(
     timeout_propose_ms=300, timeout_propose_delta_ms=100,
