@@ -19,7 +19,7 @@ import bisect
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +83,15 @@ class Validator:
 
 @dataclass(frozen=True)
 class ValidatorSet:
-    """The validators in index order, with their total power and hash."""
+    """The validators in index order, with their total power and hash.
+
+    ``since`` is the first height this set governs (1 for the genesis set): proposer
+    selection (``ledger.consensus.proposer``) restarts its priorities there. It is not part
+    of the set's identity (equality, hash): ``ConfigHistory.append`` sets it, and keeps the
+    earlier set object when a change leaves the validators as they were."""
 
     validators: tuple[Validator, ...]
+    since: int = field(default=1, compare=False)
     total_power: int = field(init=False)
     hash: bytes = field(init=False)
     _by_key: dict[bytes, Validator] = field(init=False, repr=False)
@@ -580,6 +586,12 @@ class ConfigHistory:
         if committed_at + 1 <= self._starts[-1]:
             raise ValueError(f"a change at height {committed_at} is not after the "
                              f"last one (governing from {self._starts[-1]})")
+        previous = self._configs[-1].validators
+        if config.validators == previous:  # the same set: its proposer schedule runs on
+            config = replace(config, validators=previous)
+        else:
+            config = replace(config, validators=replace(config.validators,
+                                                        since=committed_at + 1))
         self._starts.append(committed_at + 1)
         self._configs.append(config)
 

@@ -46,7 +46,7 @@ from ledger.errors import (
     ValidationError,
     WrongChainError,
 )
-from ledger.genesis import Genesis
+from ledger.genesis import Genesis, ValidatorSet
 from ledger.records import Record
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
@@ -180,19 +180,21 @@ def check_unique_within(records: Sequence[Record]) -> None:
         raise DuplicateError("two sealed records in the block share a payload_digest")
 
 
-def check_header_fields(source: Authority, header: Header) -> None:
+def check_header_fields(source: Authority, header: Header,
+                        validators: ValidatorSet | None = None) -> None:
     """Header fields fixed by the configuration in force at the header's height: chain id,
-    validator set hash, proposer index."""
+    validator set hash, proposer index. ``validators``, when given, is the height's set as
+    the caller knows it (consensus: ``validators_at(height)``)."""
     config = config_of(source)
     if header.chain != config.chain_id:
         raise WrongChainError(f"header names chain {header.chain!r}, genesis is "
                               f"{config.chain_id!r}")
-    if header.validators_hash != config.validators.hash:
-        if config.version == 0:
-            raise BlockError("validators_hash does not match the genesis validator set")
-        raise BlockError(f"validators_hash does not match the validator set in force "
-                         f"(configuration version {config.version})")
-    if header.proposer >= len(config.validators):
+    vs = config.validators if validators is None else validators
+    if header.validators_hash != vs.hash:
+        known = validators is None and config.version > 0
+        raise BlockError("validators_hash does not match the validator set in force"
+                         + (f" (configuration version {config.version})" if known else ""))
+    if header.proposer >= len(vs):
         raise BlockError(f"proposer {header.proposer} is not a validator index")
 
 

@@ -62,7 +62,7 @@ from ledger.consensus.messages import (
 )
 from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb, split_bin_array
-from ledger.errors import DecodeError, LedgerError
+from ledger.errors import CertificateError, DecodeError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import SqliteStore
@@ -691,6 +691,13 @@ class Node:
             response = await asyncio.to_thread(self.check_block_response, header, body)
         except LedgerError as exc:
             self.peer_backlog -= 1
+            if (isinstance(exc, CertificateError)
+                    and header.height > self.core.chain.height + 1):
+                # Certified by a set this node does not know yet (a change in a block it
+                # has still to commit may govern it): not the peer's fault; asked again later.
+                log.info("set aside block %d from validator %d until the blocks below it "
+                         "are committed: %s", header.height, peer, exc)
+                return
             log.warning("dropped a block response from validator %d: %s", peer, exc)
             self._misbehaved(peer, f"a block response that does not check ({exc})", 60)
             return
@@ -707,11 +714,12 @@ class Node:
         frame = decode_frame(body)
         if not isinstance(frame, UndecodedBlockResponse) or frame.header != header:
             raise DecodeError("block response: not the block response it looked like")
-        verify_block_cert(frame.block, frame.header, self.genesis.chain_id,
-                          self.genesis.validators, self.mempool.verify)
+        validators = self.core.validators_at(frame.header.height)  # that height's set
+        verify_block_cert(frame.block, frame.header, self.genesis.chain_id, validators,
+                          self.mempool.verify)
         shell = frame.shell()
         cfg = self.core.config
-        shell.check(self.genesis.chain_id, self.genesis.validators,
+        shell.check(self.genesis.chain_id, validators,
                     max_records=cfg.max_block_records, max_bytes=cfg.max_block_bytes,
                     is_valid=self.mempool.verify)
         block = shell.decode(self.mempool.known)

@@ -1,6 +1,12 @@
 """Tendermint consensus as a pure, deterministic state machine (see ``core``)."""
 
-from ledger.consensus.core import ChainView, ConsensusConfig, ConsensusCore, Mempool
+from ledger.consensus.core import (
+    ChainView,
+    ConsensusConfig,
+    ConsensusCore,
+    Mempool,
+    ValidatorsAt,
+)
 from ledger.consensus.events import (
     Action,
     Broadcast,
@@ -30,11 +36,13 @@ from ledger.consensus.messages import (
     decode_message,
     encode_message,
 )
+from ledger.consensus.proposer import ProposerSchedule, proposer_index
 
 __all__ = [
     "Action", "BlockRequest", "BlockResponse", "Broadcast", "ChainView", "CommitBlock",
     "ConsensusConfig", "ConsensusCore", "Event", "Mempool", "Message", "MessageReceived",
-    "Misbehaviour", "PersistState", "Proposal", "RecordEvidence", "RecordsAvailable",
-    "ScheduleTimeout", "SendTo", "ServeBlocks", "SignedVote", "SigningState", "Start", "Step",
-    "Tick", "TimeoutFired", "TimeoutKind", "decode_message", "encode_message",
+    "Misbehaviour", "PersistState", "Proposal", "ProposerSchedule", "RecordEvidence",
+    "RecordsAvailable", "ScheduleTimeout", "SendTo", "ServeBlocks", "SignedVote",
+    "SigningState", "Start", "Step", "Tick", "TimeoutFired", "TimeoutKind", "ValidatorsAt",
+    "decode_message", "encode_message", "proposer_index",
 ]

@@ -69,10 +69,11 @@ from ledger.consensus.messages import (
     Proposal,
     SignedVote,
 )
+from ledger.consensus.proposer import proposer_index
 from ledger.consensus.votes import CATCHUP_ROUNDS, HeightVotes
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import BlockError, LedgerError
-from ledger.genesis import Genesis
+from ledger.genesis import Genesis, ValidatorSet
 from ledger.records import Record
 from ledger.validation import (
     ChainTip,
@@ -83,6 +84,10 @@ from ledger.validation import (
 )
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
+ValidatorsAt = Callable[[int], ValidatorSet]
+"""The validator set governing a height. It must answer for every height up to the committed
+chain's height + 1 (a change committed at height H governs from H + 1); beyond that it may
+answer with the latest set it knows, and the core never relies on such an answer."""
 
 
 class ChainView(Protocol):
@@ -145,16 +150,18 @@ class ConsensusCore:
     def __init__(self, genesis: Genesis, chain: ChainView, mempool: Mempool, *,
                  key: PrivateKey | None = None, config: ConsensusConfig | None = None,
                  persisted: SigningState | None = None,
-                 verify: Verifier = is_valid_signature) -> None:
+                 verify: Verifier = is_valid_signature,
+                 validators_at: ValidatorsAt | None = None) -> None:
         self.genesis = genesis
-        self.validators = genesis.validators
+        genesis_set = genesis.validators
+        self.validators_at: ValidatorsAt = validators_at or (lambda _height: genesis_set)
+        self.validators = genesis_set  # the set of ``self.height`` (``_reset_height``)
         self.chain = chain
         self.mempool = mempool
         self.key = key
         self.config = config or ConsensusConfig()
         self.verify = verify
-        validator = self.validators.by_key(key.public) if key else None
-        self.index: int | None = validator.index if validator else None
+        self.index: int | None = None  # our index in the height's set, None if not in it
         self.now_ms = 0
         self.last_signed: tuple[int, int, int] = NO_SIGNATURE
         # One pair per (validator, height, round, kind), the newest max_evidence of them.
@@ -180,8 +187,13 @@ class ConsensusCore:
     # -- height state -------------------------------------------------------------------
 
     def _reset_height(self, height: int) -> None:
-        """Initialisation (L1-L9) for a new height, and L54's reset."""
+        """Initialisation (L1-L9) for a new height, and L54's reset. The height's validator
+        set governs everything below: quorums, the proposer, signatures, certificates, and
+        whether this node votes at all (a key not in the set follows the chain silently)."""
         self.height = height
+        self.validators = self.validators_at(height)
+        validator = self.validators.by_key(self.key.public) if self.key else None
+        self.index = validator.index if validator else None
         self.round = 0
         self.step = Step.PROPOSE
         self.started = False  # round 0 of this height has begun
@@ -264,8 +276,10 @@ class ConsensusCore:
     # -- L11: StartRound ------------------------------------------------------------------
 
     def proposer(self, height: int, round: int) -> int:
-        """The validator index that proposes in (height, round): round-robin."""
-        return (height + round) % len(self.validators)
+        """The index (in ``height``'s set) of the validator that proposes in (height,
+        round): proportional to voting power (``ledger.consensus.proposer``)."""
+        vs = self.validators if height == self.height else self.validators_at(height)
+        return proposer_index(vs, vs.since, height, round)
 
     def _start_round(self, round: int) -> None:
         # L11-L13: round_p <- round; step_p <- propose
@@ -539,12 +553,18 @@ class ConsensusCore:
         known = self.cert_validity.get(cert)
         if known is None:
             try:
-                cert.verify(self.genesis.chain_id, self.validators, self.verify)
+                cert.verify(self.genesis.chain_id, self.certifiers(cert.height), self.verify)
                 known = True
             except LedgerError:
                 known = False
             self.cert_validity[cert] = known
         return known
+
+    def certifiers(self, height: int) -> ValidatorSet:
+        """The set whose quorum certifies a block of ``height``: that height's set (every
+        certificate the core checks — a proposal's ``last_cert``, a synced block's — is
+        checked here)."""
+        return self.validators if height == self.height else self.validators_at(height)
 
     def _check_block(self, h: Header, records: tuple[Record, ...]) -> bool:
         """Whether the block extends the committed chain by every rule; when it does not,
@@ -562,7 +582,7 @@ class ConsensusCore:
         """Raise the error that names why the block of ``h`` and ``records`` does not extend
         the committed chain at this height (the chain-extension rule is
         ``ledger.validation.check_extends``, the one the audit and the store apply)."""
-        check_header_fields(self.genesis, h)
+        check_header_fields(self.genesis, h, self.validators)
         h.validate_basic()
         if len(records) > self.config.max_block_records:
             raise BlockError(f"{len(records)} records exceed the block limit of "
@@ -798,7 +818,7 @@ class ConsensusCore:
             block.cert.validate_basic()
             if block.cert.height != block.height or block.cert.block_hash != block.hash:
                 return False
-            block.cert.verify(self.genesis.chain_id, self.validators, self.verify)
+            block.cert.verify(self.genesis.chain_id, self.certifiers(block.height), self.verify)
         except LedgerError:
             return False
         if not self._check_block(block.header, block.records):

@@ -11,12 +11,22 @@ or by an equivocating proposer/voter. After every step the harness checks:
 - liveness (at the end): after the last fault heals, every honest node commits a new block
   within a bounded virtual time.
 
+A share of the seeds (``Scenario.changes``) also changes the validator set over the run, by a
+schedule every node knows (``ValidatorSchedule``: the set in force from each height): a
+validator is added, one removed, one re-weighted, and at some height the whole set is
+replaced by keys that were not in genesis (so every original validator is gone), possibly
+followed by more changes (an original key may come back). Nodes exist for every key that is
+ever a validator; a node whose key is not in a height's set follows the chain without voting.
+A node is crashed (possibly mid-actions) as the chain reaches a change. The Byzantine key of
+Twins or the equivocator never holds a third of the power of any set it is in.
+
 Everything random comes from one ``random.Random(seed)``, so a seed replays exactly:
 ``python -m tests.sim.run --seed S``.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import random
@@ -51,12 +61,15 @@ from ledger.consensus import (
 )
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import LedgerError
+from ledger.genesis import Validator, ValidatorSet
 from ledger.records import Record
 from ledger.store import MemoryStore
 from ledger.validation import check_header_fields, check_records, check_unique_within
-from tests.factory import ChainBuilder, Fixture, make_fixture
+from tests.factory import ChainBuilder, Fixture, make_fixture, seeded_key
 
 FIXTURE = make_fixture()
+EXTRA_KEYS = [seeded_key(f"sim-validator-{i}") for i in range(3)]  # never in genesis
+CHANGE_SHARE = 0.3  # of the seeds that change the validator set
 
 SIM_CONFIG = ConsensusConfig(
     timeout_propose_ms=300, timeout_propose_delta_ms=100,
@@ -130,6 +143,76 @@ class SimNode:
     misbehaviour: list[tuple[int, str]] = field(default_factory=list)
 
 
+class ValidatorSchedule:
+    """The validator set in force at each height: genesis's, then each change's from the
+    height it names. It is the ``validators_at`` every simulated core is given."""
+
+    def __init__(self, genesis_set: ValidatorSet) -> None:
+        self.starts: list[int] = [1]
+        self.sets: list[ValidatorSet] = [genesis_set]
+        self.kinds: list[str] = ["genesis"]
+
+    def add(self, height: int, kind: str, members: list[tuple[PrivateKey, int]]) -> None:
+        """From ``height`` on, ``members`` (key, power) in this index order."""
+        assert height > self.starts[-1] and members
+        self.starts.append(height)
+        self.kinds.append(kind)
+        self.sets.append(ValidatorSet(tuple(
+            Validator(i, f"v-{k.public.hex()[:8]}", k.public, power)
+            for i, (k, power) in enumerate(members)), since=height))
+
+    def __call__(self, height: int) -> ValidatorSet:
+        return self.sets[bisect.bisect_right(self.starts, height) - 1]
+
+    def describe(self) -> str:
+        return "; ".join(f"h{h} {kind} {[v.power for v in vs]}"
+                         for h, kind, vs in zip(self.starts, self.kinds, self.sets, strict=True))
+
+
+def plan_changes(rng: random.Random, originals: list[PrivateKey], extras: list[PrivateKey],
+                 byzantine: PrivateKey | None) -> ValidatorSchedule:
+    """A schedule that adds, removes, re-weights and (at least once) replaces every
+    original validator, keeping ``byzantine`` below a third of any set's power."""
+    genesis_set = ValidatorSet(tuple(
+        Validator(i, f"v{i}", k.public, 1) for i, k in enumerate(originals)))
+    schedule = ValidatorSchedule(genesis_set)
+    current: list[tuple[PrivateKey, int]] = [(k, 1) for k in originals]
+    ops = ["add", "remove", "reweight"]
+    rng.shuffle(ops)
+    ops.insert(rng.randint(1, 3), "replace")
+    ops += rng.sample(["add", "remove", "reweight", "readd"], rng.randint(0, 2))
+    height = 1
+    for op in ops:
+        height += rng.randint(1, 4)
+        members = [k for k, _ in current]
+        if op == "add" and len(current) < len(originals) + len(extras):
+            new = ([k for k in extras if k not in members]
+                   or [k for k in originals if k not in members])
+            current.append((rng.choice(new), rng.randint(1, 3)))
+        elif op == "readd" and any(k not in members for k in originals):
+            current.append((rng.choice([k for k in originals if k not in members]),
+                            rng.randint(1, 2)))
+        elif op == "remove" and len(current) > 1:
+            current.pop(rng.randrange(len(current)))
+        elif op == "reweight":
+            i = rng.randrange(len(current))
+            current[i] = (current[i][0], current[i][1] % 4 + 1)
+        elif op == "replace":
+            current = [(k, rng.randint(1, 3)) for k in extras]
+            rng.shuffle(current)
+        if byzantine is not None and byzantine in [k for k, _ in current]:
+            current = [(k, 1 if k == byzantine else p) for k, p in current]
+            while sum(p for _, p in current) <= 3:  # 3 * (the Byzantine's 1) < total
+                others = [i for i, (k, _) in enumerate(current) if k != byzantine]
+                if not others:  # the Byzantine alone: give it company
+                    current.append((extras[0], 1))
+                    continue
+                i = rng.choice(others)
+                current[i] = (current[i][0], current[i][1] + 1)
+        schedule.add(height, op, list(current))
+    return schedule
+
+
 class SafetyViolation(AssertionError):
     """Agreement or validity broke."""
 
@@ -154,6 +237,7 @@ class Scenario:
     fault_window_ms: int = 6000
     liveness_ms: int = 20000
     empty_blocks: bool = True
+    changes: bool = False  # the validator set changes over the run (``plan_changes``)
 
     @classmethod
     def from_seed(cls, seed: int) -> Scenario:
@@ -171,6 +255,9 @@ class Scenario:
         s.twins = kind == "twins" or (kind == "mixed" and rng.random() < 0.5)
         s.equivocator = kind == "equivocator" or (kind == "mixed" and not s.twins
                                                   and rng.random() < 0.5)
+        s.changes = rng.random() < CHANGE_SHARE  # drawn last: other fields as before
+        if s.changes:  # the chain must move through every change: empty blocks on
+            s.empty_blocks = True
         return s
 
     def describe(self) -> str:
@@ -182,7 +269,8 @@ class Simulation:
 
     def __init__(self, scenario: Scenario, fixture: Fixture = FIXTURE,
                  config: ConsensusConfig = SIM_CONFIG,
-                 core_factory: Callable[..., ConsensusCore] = ConsensusCore) -> None:
+                 core_factory: Callable[..., ConsensusCore] = ConsensusCore,
+                 schedule: ValidatorSchedule | None = None) -> None:
         self.s = scenario
         self.fx = fixture
         self.config = (config if scenario.empty_blocks
@@ -200,7 +288,17 @@ class Simulation:
         self.faults_end = 0
         n = len(fixture.validator_keys)
         byzantine = self.rng.randrange(n) if (scenario.twins or scenario.equivocator) else -1
-        for i, key in enumerate(fixture.validator_keys):
+        self.schedule = schedule  # a test's own, or planned below
+        self.change_crash_height = 0  # a node crashes as the chain reaches this height
+        keys = list(fixture.validator_keys)
+        if schedule is not None:
+            keys += EXTRA_KEYS
+        elif scenario.changes:
+            self.schedule = plan_changes(
+                self.rng, keys, EXTRA_KEYS, keys[byzantine] if byzantine >= 0 else None)
+            self.change_crash_height = self.rng.choice(self.schedule.starts[1:])
+            keys += EXTRA_KEYS
+        for i, key in enumerate(keys):
             self._add_node(key, honest=i != byzantine)
         if scenario.twins:
             self._add_node(fixture.validator_keys[byzantine], honest=False)
@@ -217,7 +315,7 @@ class Simulation:
     def _new_core(self, node: SimNode) -> ConsensusCore:
         return self.core_factory(self.fx.genesis, node.store, node.mempool, key=node.key,
                                  config=self.config, persisted=node.persisted,
-                                 verify=cached_verify)
+                                 verify=cached_verify, validators_at=self.schedule)
 
     def _push(self, at: int, kind: str, *payload: Any) -> None:
         self.seq += 1
@@ -281,7 +379,8 @@ class Simulation:
             self._step(kind, payload)
             if heights_at_heal is None and self.now >= self.faults_end:
                 heights_at_heal = {n.id: n.store.height for n in self.nodes if n.honest}
-            if heights_at_heal is not None and self._progressed(heights_at_heal):
+            if (heights_at_heal is not None and self._progressed(heights_at_heal)
+                    and self._through_schedule()):
                 self._check_identical_blocks()
                 return
         if heights_at_heal is None or not self._progressed(heights_at_heal):
@@ -289,6 +388,21 @@ class Simulation:
                 f"no honest progress within {self.s.liveness_ms} ms after the heal at "
                 f"{self.faults_end} ms; heights "
                 f"{ {n.id: n.store.height for n in self.nodes} }")
+        # Progress, but a slow chain (loss, long delays) had not reached the last set of
+        # its schedule by the deadline: liveness holds; the schedule was only partly run.
+        self._check_identical_blocks()
+
+    def _through_schedule(self) -> bool:
+        """Every honest node has committed a block under the schedule's last set (a
+        changing-set scenario runs on, after progress, until it has; or to the deadline)."""
+        if self.schedule is None:
+            return True
+        last = self.schedule.starts[-1]
+        return all(n.store.height >= last for n in self.nodes if n.honest)
+
+    def validators_at(self, height: int) -> ValidatorSet:
+        """The set in force at ``height`` (genesis's unless the scenario changes it)."""
+        return self.schedule(height) if self.schedule is not None else self.fx.genesis.validators
 
     def _check_identical_blocks(self) -> None:
         """Without Byzantine nodes, every block that has a successor is byte-identical on
@@ -448,6 +562,13 @@ class Simulation:
         node.mempool.remove([r.id for r in block.records])
         if not node.honest:
             return
+        if block.height + 1 == self.change_crash_height and block.height not in self.committed:
+            # Crash a node (maybe half-way through an action list) as the set changes.
+            victim = self.rng.choice([n.id for n in self.nodes if n.honest])
+            self._push(self.now, "crash", victim, self.rng.random() < 0.5)
+            self._push(self.now + self.rng.randint(50, 3000), "restart", victim)
+            self.log.append(f"{self.now}: a crash of node {victim} as height "
+                            f"{self.change_crash_height} changes the set")
         self._check_valid(block)
         agreed = self.committed.setdefault(block.height, block.hash)
         if agreed != block.hash:
@@ -459,10 +580,11 @@ class Simulation:
         if block.hash in self.checked:
             return
         g = self.fx.genesis
+        validators = self.validators_at(block.height)
         try:  # the audit's stateless rules (the store checked links and the log)
-            check_header_fields(g, block.header)
+            check_header_fields(g, block.header, validators)
             block.validate_basic()
-            block.cert.verify(g.chain_id, g.validators, cached_verify)
+            block.cert.verify(g.chain_id, validators, cached_verify)
             check_records(g, block.records, cached_verify)
             check_unique_within(block.records)
         except LedgerError as exc:
@@ -476,6 +598,7 @@ def run_seed(seed: int, core_factory: Callable[..., ConsensusCore] = ConsensusCo
     try:
         sim.run()
     except (SafetyViolation, LivenessViolation) as exc:
-        raise type(exc)(f"{exc}\n  scenario: {sim.s.describe()}\n  replay: "
+        changes = f"\n  validator sets: {sim.schedule.describe()}" if sim.schedule else ""
+        raise type(exc)(f"{exc}\n  scenario: {sim.s.describe()}{changes}\n  replay: "
                         f"python -m tests.sim.run --seed {seed} --verbose") from exc
     return sim

@@ -2,9 +2,11 @@
 
 Every seed runs a 4-validator chain through its own mix of message loss, duplication,
 reordering, partitions, crashes (some half-way through an action list), Twins and an
-equivocating proposer, checking agreement and validity after every step and liveness after
-the last heal. A failure prints the command that replays it. ``SIM_SEEDS`` sets how many
-seeds ``make test`` runs (default 2000); ``make soak`` runs many more.
+equivocating proposer — and, in a share of the seeds, a validator set that changes by
+height (added, removed, re-weighted, every original replaced) — checking agreement and
+validity after every step and liveness after the last heal. A failure prints the command
+that replays it. ``SIM_SEEDS`` sets how many seeds ``make test`` runs (default 2000);
+``make soak`` runs many more.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import pytest
 
 from ledger.blocks import Vote
 from ledger.consensus import ConsensusCore, Message, SignedVote
-from tests.sim.harness import SafetyViolation, Scenario, SimNode, Simulation, run_seed
+from ledger.genesis import ValidatorSet
+from tests.sim.harness import (
+    LivenessViolation,
+    SafetyViolation,
+    Scenario,
+    SimNode,
+    Simulation,
+    run_seed,
+)
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
 CHUNK = 100
@@ -150,3 +160,49 @@ def test_a_validator_flooding_future_rounds_neither_stalls_nor_bloats_honest_nod
         assert worst <= 2 + 2
         assert all(any(peer == FloodingSimulation.FLOODER for peer, _ in n.misbehaviour)
                    for n in honest)
+
+
+def test_default_seeds_change_the_validator_set_and_replace_every_original() -> None:
+    scenarios = [Scenario.from_seed(s) for s in range(SEEDS)]
+    assert sum(s.changes for s in scenarios) > SEEDS // 5
+    assert sum(s.changes and s.twins for s in scenarios) > SEEDS // 20
+    assert sum(s.changes and s.crashes > 0 for s in scenarios) > SEEDS // 20
+    assert sum(s.changes and s.partitions > 0 for s in scenarios) > SEEDS // 10
+    seeds = [s for s in range(200) if Scenario.from_seed(s).changes][:20]
+    reached = 0
+    for seed in seeds:
+        sim = run_seed(seed)
+        schedule = sim.schedule
+        assert schedule is not None
+        replaced = schedule.starts[schedule.kinds.index("replace")]
+        originals = {k.public for k in sim.fx.validator_keys}
+        assert not originals & {v.pubkey for v in schedule(replaced)}
+        assert {"add", "remove", "reweight"} <= set(schedule.kinds)
+        tip = max(n.store.height for n in sim.nodes if n.honest)
+        assert tip >= schedule.starts[-1]  # every set of the schedule governed a block
+        reached += 1
+        for height in range(1, tip + 1):  # each block certified by its own height's set
+            block = next(n.store.block(height) for n in sim.nodes
+                         if n.honest and n.store.height >= height)
+            assert block is not None
+            assert block.header.validators_hash == schedule(height).hash
+    assert reached == len(seeds)
+
+
+@pytest.mark.slow
+def test_certificates_checked_against_the_genesis_set_are_caught_within_the_default_seeds(
+        ) -> None:
+    """The harness must catch a core that checks certificates (a proposal's previous-block
+    certificate, a synced block's) against the genesis set instead of the height's."""
+
+    class GenesisCertifiers(ConsensusCore):
+        def certifiers(self, height: int) -> ValidatorSet:
+            return self.genesis.validators
+
+    for seed in range(SEEDS):
+        try:
+            run_seed(seed, core_factory=GenesisCertifiers)
+        except (SafetyViolation, LivenessViolation) as exc:
+            assert "validator sets: h1 genesis" in str(exc)
+            return
+    pytest.fail(f"certificates checked against genesis went unnoticed for {SEEDS} seeds")

@@ -354,12 +354,15 @@ def test_the_history_says_which_configuration_governs_each_height() -> None:
     history.append(5, v1)   # committed at 5: governs from 6
     history.append(6, v2)   # governs from 7
     assert [history.at(h).version for h in (0, 1, 5, 6, 7, 100)] == [0, 0, 0, 1, 2, 2]
-    assert history.validators_at(6) is v1.validators and len(history.validators_at(9)) == 1
-    assert history.latest is v2 and history.start(1) == 6 and len(history) == 3
+    assert history.validators_at(6) == v1.validators and len(history.validators_at(9)) == 1
+    # proposer priorities restart where a new set takes force (ledger.consensus.proposer)
+    assert (history.validators_at(5).since, history.validators_at(6).since,
+            history.validators_at(7).since) == (1, 6, 7)
+    assert history.latest == v2 and history.start(1) == 6 and len(history) == 3
     with pytest.raises(ValueError):
         history.append(9, v1)  # not the next version
     history.truncate(5)  # the block of height 6 (and its change) rolled back
-    assert history.latest is v1
+    assert history.latest == v1
     history.truncate(0)
     assert history.latest is C0
     with pytest.raises(ValueError):
