@@ -10,8 +10,9 @@ import msgpack
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate
-from ledger.errors import BlockError, ValidationError
-from ledger.validation import ChainTip, Lookup, NonceLookup
+from ledger.config import CONFIG_TYPE, Config, ConfigHistory, parse_change, parse_payload
+from ledger.errors import BlockError, ConfigInvalidError, ValidationError
+from ledger.validation import ChainTip, Lookup, NonceLookup, check_header_fields
 from ledger.validation import check_extends as check_chain_extension
 
 
@@ -22,6 +23,63 @@ class RecordLocation:
     height: int
     index: int
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """A committed configuration change: the block height and record index of its
+    ``ledger.config`` record, and the change map bytes (it governs from ``height + 1``)."""
+
+    height: int
+    index: int
+    change: bytes
+
+
+def block_change(block: Block) -> ConfigChange | None:
+    """The configuration change ``block`` carries (at most one: SPEC section 9), if any.
+    Only the payload's shape is read here; its validity is consensus's."""
+    for i, record in enumerate(block.records):
+        if record.body.type == CONFIG_TYPE and not record.body.sealed:
+            try:
+                payload = parse_payload(record.body.payload)
+            except ConfigInvalidError as exc:
+                raise ConfigInvalidError(f"height {block.height}: record {i} ({exc})") from exc
+            return ConfigChange(block.height, i, payload.change)
+    return None
+
+
+def next_config(history: ConfigHistory | None, change: ConfigChange | None) -> Config | None:
+    """The configuration ``change`` makes on top of ``history`` (None without either)."""
+    if history is None or change is None:
+        return None
+    try:
+        return parse_change(history.latest, change.change)
+    except ValidationError as exc:
+        raise type(exc)(f"height {change.height}: record {change.index} ({exc})") from exc
+
+
+def rebuild_history(genesis_config: Config, changes: Iterable[ConfigChange]) -> ConfigHistory:
+    """The history from version 0 through the recorded ``changes`` (oldest first). The
+    changes were checked (approvals and all) when their blocks were; this only re-parses
+    each on top of the one before, so opening a store stays cheap."""
+    history = ConfigHistory(genesis_config)
+    for change in changes:
+        config = next_config(history, change)
+        assert config is not None
+        history.append(change.height, config)
+    return history
+
+
+def check_governed(history: ConfigHistory | None, block: Block) -> None:
+    """The header fields fixed by the configuration in force at the block's height
+    (chain, validator set hash, proposer index), when the store follows one."""
+    if history is None:
+        return
+    try:
+        check_header_fields(history.at(block.height), block.header,
+                            history.validators_at(block.height))
+    except ValidationError as exc:
+        raise type(exc)(f"height {block.height}: {exc}") from exc
 
 
 class BlockStore(Protocol):
@@ -73,6 +131,16 @@ class BlockStore(Protocol):
 
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
         """Perfect-subtree hashes of the Merkle log by (level, index)."""
+
+    @property
+    def history(self) -> ConfigHistory | None:
+        """Every configuration version with the height it governs from (None when the store
+        was opened without the genesis configuration). ``append`` extends it in step with
+        the blocks: after a change-carrying block, ``history.latest`` governs the next
+        height."""
+
+    def config_changes(self) -> list[ConfigChange]:
+        """Every committed configuration change, oldest first."""
 
     def close(self) -> None:
         """Release the store."""

@@ -7,16 +7,29 @@ from collections.abc import Iterable, Mapping
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate
+from ledger.config import Config, ConfigHistory
 from ledger.errors import DuplicateError
-from ledger.store.base import RecordLocation, check_extends
+from ledger.store.base import (
+    ConfigChange,
+    RecordLocation,
+    block_change,
+    check_extends,
+    check_governed,
+    next_config,
+)
 from ledger.validation import ChainTip
 
 
 class MemoryStore:
     """A BlockStore in dicts and lists; nothing survives the process."""
 
-    def __init__(self, genesis_hash: bytes | None = None) -> None:
+    def __init__(self, genesis_hash: bytes | None = None, *,
+                 config: Config | None = None) -> None:
+        """With ``config`` (genesis's version 0), the store follows configuration changes
+        (``history``) and checks each block's header fields against the one in force."""
         self.genesis_hash = genesis_hash
+        self._history = None if config is None else ConfigHistory(config)
+        self._changes: list[ConfigChange] = []
         self._blocks: list[bytes] = []
         self._hashes: list[bytes] = []
         self._tip_time = -1
@@ -54,6 +67,9 @@ class MemoryStore:
             block, ChainTip(self.height, self.tip_hash() or self.genesis_hash,
                             self._tip_time, self._log),
             last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces)
+        check_governed(self._history, block)
+        change = block_change(block)
+        new_config = next_config(self._history, change)
         first_seq = self._log.size
         for i, r in enumerate(block.records):
             seq = first_seq + i
@@ -72,6 +88,19 @@ class MemoryStore:
         self._hashes.append(h.hash)
         self._tip_time = h.time_ms
         self._log = new_log
+        if change is not None:
+            self._changes.append(change)
+            if self._history is not None and new_config is not None:
+                self._history.append(h.height, new_config)
+
+    @property
+    def history(self) -> ConfigHistory | None:
+        """The configuration versions this store's chain has made (None without genesis's)."""
+        return self._history
+
+    def config_changes(self) -> list[ConfigChange]:
+        """Every committed configuration change, oldest first."""
+        return list(self._changes)
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""

@@ -18,6 +18,9 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   ``MERGE_AT`` ids: a batch writes each index page of its slice once, and no block pays for
   the whole index (``meta.ids_upto`` records, per slice, the log index below which the
   slice's records are in ``ids``).
+- ``config_changes``: height -> record index and change bytes of every committed
+  ``ledger.config`` record, written in its block's transaction; on open the configuration
+  history is rebuilt from genesis through these rows (no chain re-verification).
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 
@@ -40,8 +43,24 @@ from typing import Any
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate, Header
-from ledger.errors import CorruptStoreError, DecodeError, DuplicateError, StoreError
-from ledger.store.base import RecordLocation, check_extends, join_block
+from ledger.config import Config, ConfigHistory
+from ledger.errors import (
+    CorruptStoreError,
+    DecodeError,
+    DuplicateError,
+    StoreError,
+    ValidationError,
+)
+from ledger.store.base import (
+    ConfigChange,
+    RecordLocation,
+    block_change,
+    check_extends,
+    check_governed,
+    join_block,
+    next_config,
+    rebuild_history,
+)
 from ledger.validation import ChainTip
 
 SCHEMA_VERSION = 2
@@ -77,6 +96,11 @@ CREATE TABLE IF NOT EXISTS ids (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_signer_nonce ON records (signer, nonce);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, seq);
+CREATE TABLE IF NOT EXISTS config_changes (
+    height INTEGER PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    change BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS log_nodes (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -167,11 +191,15 @@ class SqliteStore:
     """A BlockStore in one SQLite file."""
 
     def __init__(self, path: str | os.PathLike[str], *, genesis_hash: bytes | None = None,
-                 synchronous: str = "FULL", readonly: bool = False) -> None:
+                 synchronous: str = "FULL", readonly: bool = False,
+                 config: Config | None = None) -> None:
         """Open (or create, unless ``readonly``) the store at ``path``.
 
         With ``genesis_hash``, a new store is bound to that genesis and an existing one
         must already be. ``readonly`` opens an existing store without writing to it.
+        With ``config`` (genesis's version 0) the store follows configuration changes:
+        ``history`` is rebuilt from the recorded changes, and each appended block's header
+        fields are checked against the configuration in force at its height.
         """
         self.path = Path(path)
         self.readonly = readonly
@@ -202,8 +230,32 @@ class SqliteStore:
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._init_meta(genesis_hash)
             self._load_tip()
+            self._history: ConfigHistory | None = None
+            if config is not None:
+                try:
+                    self._history = rebuild_history(config, self.config_changes())
+                except ValidationError as exc:
+                    raise CorruptStoreError(f"a recorded configuration change does not "
+                                            f"apply ({exc})") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
+
+    @property
+    def history(self) -> ConfigHistory | None:
+        """The configuration versions this store's chain has made (None without genesis's)."""
+        return self._history
+
+    def config_changes(self) -> list[ConfigChange]:
+        """Every committed configuration change, oldest first (none in a store written
+        before the table existed and opened read-only)."""
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT height, idx, change FROM config_changes "
+                                        "WHERE height <= ? ORDER BY height",
+                                        (self._height,)).fetchall()
+            except sqlite3.OperationalError:  # a read-only store from before the table
+                return []
+        return [ConfigChange(h, i, bytes(c)) for h, i, c in rows]
 
     # -- opening -----------------------------------------------------------------------
 
@@ -316,6 +368,9 @@ class SqliteStore:
                 block, ChainTip(self._height, self._tip_hash or self.genesis_hash,
                                 self._tip_time, self._log),
                 last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces)
+            check_governed(self._history, block)
+            change = block_change(block)
+            new_config = next_config(self._history, change)
             h = block.header
             first_seq = self._log.size
             rows = [
@@ -345,6 +400,9 @@ class SqliteStore:
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
+                    if change is not None:  # with its block: a restart sees both or neither
+                        db.execute("INSERT INTO config_changes VALUES (?, ?, ?)",
+                                   (change.height, change.index, change.change))
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -358,6 +416,8 @@ class SqliteStore:
             self._height, self._tip_hash, self._log = h.height, h.hash, new_log
             self._tip_time = h.time_ms
             self._recent.apply(new_ids, merged, upto)
+            if self._history is not None and new_config is not None:
+                self._history.append(h.height, new_config)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
