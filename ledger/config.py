@@ -530,6 +530,15 @@ def apply_change(config: Config, record: Record,
 
 # ---- the history --------------------------------------------------------------------------------
 
+def succeeding(previous: Config, committed_at: int, config: Config) -> Config:
+    """``config`` as it governs after ``previous`` from ``committed_at + 1``: the same
+    validator set keeps ``previous``'s (its proposer schedule runs on), a new one starts
+    its schedule (``since``) there. Every holder of a history applies this one rule."""
+    if config.validators == previous.validators:
+        return replace(config, validators=previous.validators)
+    return replace(config, validators=replace(config.validators, since=committed_at + 1))
+
+
 class ConfigHistory:
     """Every configuration version with the first height it governs (version 0 from 1).
 
@@ -586,12 +595,7 @@ class ConfigHistory:
         if committed_at + 1 <= self._starts[-1]:
             raise ValueError(f"a change at height {committed_at} is not after the "
                              f"last one (governing from {self._starts[-1]})")
-        previous = self._configs[-1].validators
-        if config.validators == previous:  # the same set: its proposer schedule runs on
-            config = replace(config, validators=previous)
-        else:
-            config = replace(config, validators=replace(config.validators,
-                                                        since=committed_at + 1))
+        config = succeeding(self._configs[-1], committed_at, config)
         self._starts.append(committed_at + 1)
         self._configs.append(config)
 
@@ -606,5 +610,6 @@ __all__ = [
     "CONFIG_TAG", "CONFIG_TYPE", "JOIN_TAG", "REDACT_TAG", "REDACT_TYPE", "ChangePayload",
     "Config", "ConfigHistory", "Member", "Validator", "ValidatorSet",
     "Witness", "apply_change", "approval_message", "check_approvals", "is_reserved",
-    "parse_change", "parse_genesis_config", "require_threshold", "validators_hash",
+    "parse_change", "parse_genesis_config", "require_threshold", "succeeding",
+    "validators_hash",
 ]

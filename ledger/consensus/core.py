@@ -42,6 +42,7 @@ from ledger.blocks import (
     build_header,
     check_contents,
 )
+from ledger.config import CONFIG_TYPE, Config, succeeding
 from ledger.consensus.events import (
     Action,
     Broadcast,
@@ -84,6 +85,9 @@ from ledger.validation import (
 )
 
 Verifier = Callable[[bytes, bytes, bytes], bool]
+ConfigAt = Callable[[int], Config]
+"""The configuration governing a height (``ConfigHistory.at``), with the same contract as
+``ValidatorsAt``: the core also follows a change it decides itself until the chain holds it."""
 ValidatorsAt = Callable[[int], ValidatorSet]
 """The validator set governing a height. It must answer for every height up to the committed
 chain's height + 1 (a change committed at height H governs from H + 1); beyond that it may
@@ -151,11 +155,19 @@ class ConsensusCore:
                  key: PrivateKey | None = None, config: ConsensusConfig | None = None,
                  persisted: SigningState | None = None,
                  verify: Verifier = is_valid_signature,
-                 validators_at: ValidatorsAt | None = None) -> None:
+                 validators_at: ValidatorsAt | None = None,
+                 config_at: ConfigAt | None = None) -> None:
         self.genesis = genesis
-        genesis_set = genesis.validators
-        self.validators_at: ValidatorsAt = validators_at or (lambda _height: genesis_set)
-        self.validators = genesis_set  # the set of ``self.height`` (``_reset_height``)
+        genesis_config = genesis.config
+        self._config_source: ConfigAt = config_at or (lambda _height: genesis_config)
+        self._validators_source: ValidatorsAt = (
+            validators_at or (lambda height: self._config_source(height).validators))
+        # A change this core decided, until ``config_at`` (the store) holds it: the next
+        # height's set is needed at once, before the CommitBlock action has run.
+        self._decided_change: tuple[int, Config] | None = None
+        self._changes: dict[bytes, Config] = {}  # block hash -> the config it makes
+        self.validators_at: ValidatorsAt = self._validators_for
+        self.validators = genesis.validators  # the set of ``self.height`` (``_reset_height``)
         self.chain = chain
         self.mempool = mempool
         self.key = key
@@ -186,6 +198,23 @@ class ConsensusCore:
 
     # -- height state -------------------------------------------------------------------
 
+    def config_at(self, height: int) -> Config:
+        """The configuration governing ``height``, including a change decided here that the
+        chain does not hold yet."""
+        base = self._config_source(height)
+        decided = self._decided_change
+        if decided is not None and height > decided[0] and base.version < decided[1].version:
+            return decided[1]
+        return base
+
+    def _validators_for(self, height: int) -> ValidatorSet:
+        decided = self._decided_change
+        if decided is not None and height > decided[0]:
+            config = self.config_at(height)
+            if config is decided[1]:
+                return config.validators
+        return self._validators_source(height)
+
     def _reset_height(self, height: int) -> None:
         """Initialisation (L1-L9) for a new height, and L54's reset. The height's validator
         set governs everything below: quorums, the proposer, signatures, certificates, and
@@ -211,6 +240,7 @@ class ConsensusCore:
         self.own: dict[tuple[int, int], Proposal | SignedVote] = {}
         self.sync_asked: dict[int, int] = {}
         self.synced: dict[int, BlockResponse] = {}
+        self._changes = {}
 
     def _committed(self, height: int) -> Block | None:
         """A committed block as the store holds it, recent ones without reading the store
@@ -324,10 +354,15 @@ class ConsensusCore:
         out: list[Record] = []
         ids: set[bytes] = set()
         pairs: set[tuple[bytes, int]] = set()
+        change = False  # at most one ledger.config record per block (SPEC section 9)
         for r in records:
             pair = (r.body.signer, r.body.nonce)
             if r.id in seen_ids or r.id in ids or pair in seen_pairs or pair in pairs:
                 continue
+            if r.body.type == CONFIG_TYPE:
+                if change:
+                    continue
+                change = True
             ids.add(r.id)
             pairs.add(pair)
             out.append(r)
@@ -582,7 +617,8 @@ class ConsensusCore:
         """Raise the error that names why the block of ``h`` and ``records`` does not extend
         the committed chain at this height (the chain-extension rule is
         ``ledger.validation.check_extends``, the one the audit and the store apply)."""
-        check_header_fields(self.genesis, h, self.validators)
+        config = self.config_at(h.height)
+        check_header_fields(config, h, self.validators)
         h.validate_basic()
         if len(records) > self.config.max_block_records:
             raise BlockError(f"{len(records)} records exceed the block limit of "
@@ -603,7 +639,9 @@ class ConsensusCore:
         if h.height != self.height:  # the chain's next height, yet not the one being decided
             raise BlockError(f"the block is for height {h.height}; consensus is at "
                              f"{self.height}")
-        check_records(self.genesis, records, self.verify)
+        effects = check_records(config, records, self.verify)
+        if effects.config is not None:
+            self._changes[h.hash] = effects.config
 
     # -- the upon rules ---------------------------------------------------------------
 
@@ -765,6 +803,11 @@ class ConsensusCore:
             del self.decisions[oldest]
             self._decision_bytes.pop(oldest, None)
         next_height = block.height + 1
+        new_config = self._changes.get(block.hash)
+        if new_config is not None:
+            previous = self.config_at(block.height)
+            self._decided_change = (block.height,
+                                    succeeding(previous, block.height, new_config))
         synced = self.synced
         self._reset_height(next_height)
         self.synced = {h: b for h, b in synced.items() if h >= next_height}
