@@ -44,16 +44,23 @@ def build_receipt(store: BlockStore, record_id: bytes,
     receipt: dict[str, Any] = {"chain": block.header.chain, "record_id": record_id.hex(),
                                **_step(block, loc.index)}
     if config_records is not None:
-        steps = []
-        for height, index in config_records:
-            if height >= loc.height:
-                break
-            step_block = store.block(height)
-            if step_block is None:
-                raise ReceiptError(f"configuration change at missing block {height}")
-            steps.append(_step(step_block, index))
-        receipt["config_proof"] = steps
+        receipt["config_proof"] = config_steps(store, config_records, loc.height)
     return receipt
+
+
+def config_steps(store: BlockStore, config_records: list[tuple[int, int]],
+                 below: int) -> list[dict[str, Any]]:
+    """Section 6's config proof for a height ``below``: a step for every ``ledger.config``
+    record (``config_records``: (height, index) in chain order) committed below it."""
+    steps = []
+    for height, index in config_records:
+        if height >= below:
+            break
+        step_block = store.block(height)
+        if step_block is None:
+            raise ReceiptError(f"configuration change at missing block {height}")
+        steps.append(_step(step_block, index))
+    return steps
 
 
 def _step(block: Block, index: int) -> dict[str, Any]:

@@ -35,11 +35,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import encoding
 from ledger.blocks import BlockShell, Header
+from ledger.config import ConfigHistory, decode_change
 from ledger.encoding import b64decode, b64encode, loads_json
 from ledger.errors import DecodeError, LedgerError, TooLargeError
 from ledger.jsonview import jsonable
-from ledger.receipts import build_receipt
+from ledger.receipts import build_receipt, config_steps
 from ledger.records import Record
+from ledger.store.base import ConfigChange
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
@@ -157,6 +159,50 @@ def problem(status: int, code: str, detail: str, headers: dict[str, str] | None 
         {"type": f"urn:ledger:problem:{code}", "title": TITLES.get(status, "Error"),
          "status": status, "detail": detail, "code": code},
         status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def config_versions(node: NodeService) -> tuple[ConfigHistory, list[ConfigChange]]:
+    """The node's configuration history and the change that made each version after 0
+    (``changes[v - 1]`` made version v), consistent with each other."""
+    history = node.store.history
+    changes = node.store.config_changes()
+    if history is None:
+        return ConfigHistory(node.genesis.config), []
+    return history, changes[:len(history) - 1]
+
+
+def _jsonable(value: Any) -> Any:
+    """A decoded change map as JSON (its configuration is in genesis.json's shapes)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+CONFIG_KEYS = ("validators", "organizations", "policies", "governance", "witnesses",
+               "read_policies")
+
+
+def config_json(node: NodeService, version: int | None = None) -> dict[str, Any] | None:
+    """``GET /v1/config``'s body for ``version`` (default: the one governing the next
+    height), None for an unknown version."""
+    history, changes = config_versions(node)
+    if version is None:
+        version = len(history) - 1
+    if not 0 <= version < len(history):
+        return None
+    if version == 0:
+        doc = json.loads(node.genesis.raw)
+        change: bytes | None = None
+    else:
+        change = changes[version - 1].change
+        doc = decode_change(change)
+    return {"version": version, "height": history.start(version),
+            "change": None if change is None else b64encode(change),
+            "config": {k: _jsonable(doc[k]) for k in CONFIG_KEYS if k in doc}}
 
 
 def record_json(record: Record, status: str, height: int | None = None,
@@ -780,7 +826,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
 
         def receipt() -> bytes | None:
             # build_receipt reads only locate() and block(), which a ReadStore has
-            r = build_receipt(cast("BlockStore", node.store), rid)
+            records = [(c.height, c.index) for c in config_versions(node)[1]]
+            r = build_receipt(cast("BlockStore", node.store), rid, config_records=records)
             return None if r is None else render_json(r)
 
         data = await workers.run(receipt)
@@ -834,12 +881,39 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             blocks.put(h, cached)
         return Response(cached, media_type="application/json")
 
+    @app.get("/v1/config", responses={
+        **ok("the configuration governing the next height, or version V (SPEC section 9)"),
+        **problems((404, "not_found", "no such configuration version"), *LIMITED)})
+    async def get_config(version: int | None = None) -> JSONResponse:
+        """The configuration that governs the next height (a change committed at the tip
+        shows at once) in genesis.json's shapes, the first height it governs and the
+        change bytes that made it (null for genesis); ``?version=V`` a past one."""
+        body = await workers.run(lambda: config_json(node, version))
+        if body is None:
+            raise Problem(404, "not_found", f"no configuration version {version}")
+        return JSONResponse(body)
+
+    @app.get("/v1/config/proof", responses={
+        **ok("section 6's config proof for height H: a step per change committed below it"),
+        **problems(*LIMITED)})
+    async def get_config_proof(to_height: int) -> JSONResponse:
+        """``{"steps": [...]}``: every ``ledger.config`` record committed below
+        ``to_height``, each in its certified block (SPEC section 6)."""
+
+        def steps() -> list[dict[str, Any]]:
+            records = [(c.height, c.index) for c in config_versions(node)[1]]
+            return config_steps(cast("BlockStore", node.store), records, to_height)
+
+        return JSONResponse({"steps": await workers.run(steps)})
+
     @app.get("/v1/status", responses={**ok("this node's view of the chain"),
                                        **problems(*LIMITED)})
     async def status() -> JSONResponse:
         """Chain, node, tip, validators and connected peers."""
         now = node.status()
         connected = set(now.peers)
+        history = node.store.history
+        config = node.genesis.config if history is None else history.latest
         return JSONResponse({
             "chain": node.genesis.chain_id, "node": node.name, "height": now.height,
             "last_block_hash": now.tip_hash.hex() if now.tip_hash else None,
@@ -848,8 +922,9 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             "validators": [{"index": v.index, "name": v.name, "pubkey": v.pubkey.hex(),
                             "power": v.power, "api": v.api,
                             "connected": v.index in connected or v.index == now.index}
-                           for v in node.genesis.validators],
+                           for v in config.validators],
             "peers": sorted(connected), "evidence": list(now.evidence),
+            "config_version": config.version,
         })
 
     @app.get("/v1/subjects/{subject:path}/history", responses={

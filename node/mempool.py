@@ -18,12 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ledger.blocks import Block
+from ledger.config import CONFIG_TYPE, Config
 from ledger.crypto import is_valid_signature
 from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
-from ledger.validation import Verifier, check_record
+from ledger.validation import Authority, Verifier, check_record
 
 
 class MempoolFull(Exception):
@@ -87,14 +88,16 @@ def decode(envelope: bytes) -> AdmitResult:
     return AdmitResult(record.id, "accepted", record=record)
 
 
-def check(genesis: Genesis, candidate: AdmitResult,
+def check(source: Authority, candidate: AdmitResult,
           verify: Verifier = is_valid_signature) -> AdmitResult:
-    """Chain, signature and authorisation of a decoded candidate."""
+    """Chain, signature and authorisation of a decoded candidate under ``source``, the
+    configuration governing the next height (a ``ledger.config`` record: SPEC section 9's
+    rules, with their codes: config_version, approvals_insufficient, ...)."""
     record = candidate.record
     if record is None:
         return candidate
     try:
-        check_record(genesis, record, verify)
+        check_record(source, record, verify)
     except LedgerError as exc:
         return AdmitResult(record.id, "rejected", exc.code, str(exc))
     return candidate
@@ -133,6 +136,12 @@ class Mempool:
     def __len__(self) -> int:
         return len(self.pending)
 
+    def config(self) -> Config:
+        """The configuration governing the next height: what admission checks against (the
+        store's latest when it follows changes, else genesis's)."""
+        history = self.store.history
+        return self.genesis.config if history is None else history.latest
+
     def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         """The verifier consensus uses: cached for every admitted record."""
         return self.cache.verify(public_key, message, signature)
@@ -154,12 +163,13 @@ class Mempool:
         room = self.max_bytes - self.bytes
         spent = 0
         results = []
+        config = self.config()
         for envelope in envelopes:
             pending = self.by_envelope.get(envelope)
             if pending is not None:
                 results.append(AdmitResult(pending.id, "accepted", record=pending))
                 continue
-            candidate = check(self.genesis, decode(envelope), self.cache.verify)
+            candidate = check(config, decode(envelope), self.cache.verify)
             if candidate.record is not None:
                 spent += candidate.record.cost
                 if spent > room:
@@ -241,6 +251,22 @@ class Mempool:
             for rid in [i for i, r in self.pending.items()
                         if (r.body.signer, r.body.nonce) in pairs]:
                 self._drop(rid)
+        if any(r.body.type == CONFIG_TYPE for r in block.records):
+            self.recheck()
+
+    def recheck(self) -> list[bytes]:
+        """After a configuration change committed: drop pending records the configuration
+        now in force refuses (a revoked key's, a change for the replaced version), so no
+        proposal carries them. Returns their ids. Signatures answer from the cache."""
+        config = self.config()
+        dropped = []
+        for rid, r in list(self.pending.items()):
+            try:
+                check_record(config, r, self.cache.verify)
+            except LedgerError:
+                dropped.append(rid)
+                self._drop(rid)
+        return dropped
 
     def _drop(self, record_id: bytes) -> None:
         r = self.pending.pop(record_id, None)

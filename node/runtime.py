@@ -274,9 +274,11 @@ class Node:
         self.name = validator.name
         self.store = store
         self.mempool = Mempool(genesis, store, max_records=config.mempool_records)
+        history = store.history  # None: a store opened without genesis's configuration
         self.core = ConsensusCore(genesis, store, self.mempool, key=key,
                                   config=config.consensus_config(genesis),
-                                  persisted=persisted, verify=self.mempool.verify)
+                                  persisted=persisted, verify=self.mempool.verify,
+                                  config_at=None if history is None else history.at)
         self.metrics = Metrics()
         self.faults = Hooks()
         self.evidence_path = evidence_path(config)
@@ -401,8 +403,11 @@ class Node:
         key = read_key_file(config.key_path, passphrase.encode() if passphrase else None)
         if genesis.validators.by_key(key.public) is None:  # before opening the store
             raise ConfigError(f"{config.key_path}: key is not a validator of this genesis")
-        store = SqliteStore(config.store_path, genesis_hash=genesis.hash)
-        check_recent(store, genesis)  # refuse to serve a corrupted store
+        store = SqliteStore(config.store_path, genesis_hash=genesis.hash,
+                            config=genesis.config)  # rebuilds the configuration history
+        assert store.history is not None
+        # refuse to serve a corrupted store (its tip certified by the set of its height)
+        check_recent(store, genesis, validators=store.history.validators_at(store.height))
         persisted = None
         if config.signing_state_path.exists():
             persisted = SigningState.from_wire(config.signing_state_path.read_bytes())

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ledger.blocks import Block
+from ledger.config import ConfigHistory
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import RecordLocation
-from ledger.store.base import BlockStore
+from ledger.store.base import BlockStore, ConfigChange
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 
@@ -58,6 +59,11 @@ class ReadStore(Protocol):
 
     def subject_history_desc(self, subject: str, before_seq: int | None = None,
                              limit: int = 100) -> list[tuple[RecordLocation, bytes]]: ...
+
+    @property
+    def history(self) -> ConfigHistory | None: ...
+
+    def config_changes(self) -> list[ConfigChange]: ...
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ class InProcessService(LocalService):
 
     def __init__(self, fx: Fixture, *, autocommit: bool = False,
                  mempool_records: int = 100_000) -> None:
-        super().__init__(fx.genesis, MemoryStore(fx.genesis.hash), name="node0", index=0,
-                         mempool_records=mempool_records)
+        super().__init__(fx.genesis, MemoryStore(fx.genesis.hash, config=fx.genesis.config),
+                         name="node0", index=0, mempool_records=mempool_records)
         self.fx = fx
         self.builder = ChainBuilder(fx, self.store, time_ms=now_ms())
         self.autocommit = autocommit
@@ -73,6 +73,9 @@ class InProcessService(LocalService):
         block = self.builder.block(records)
         self.append(block)
         self.builder.blocks.append(block)
+        history = self.store.history  # the next blocks are certified by the set in force
+        if history is not None and history.latest is not self.builder.config:
+            self.builder.follow(history.latest)
         return block
 
 

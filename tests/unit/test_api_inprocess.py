@@ -58,7 +58,8 @@ async def test_every_endpoint_answers_per_the_spec() -> None:
                        for item in resp.json()["results"])
         status = (await http.get("/v1/status")).json()
         assert set(status) == {"chain", "node", "height", "last_block_hash", "genesis_hash",
-                               "round", "mempool", "validators", "peers", "evidence"}
+                               "round", "mempool", "validators", "peers", "evidence",
+                               "config_version"}
         assert (status["chain"], status["node"], status["height"]) == ("test-chain", "node0", 7)
         assert status["last_block_hash"] == api.store.tip_hash().hex()  # type: ignore[union-attr]
         assert status["genesis_hash"] == api.fx.genesis.hash.hex()
