@@ -914,6 +914,9 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         connected = set(now.peers)
         history = node.store.history
         config = node.genesis.config if history is None else history.latest
+        # peers and this node are named by their genesis index; the set in force by key
+        named = node.genesis.validators
+        linked = {named[i].pubkey for i in (*connected, now.index) if 0 <= i < len(named)}
         return JSONResponse({
             "chain": node.genesis.chain_id, "node": node.name, "height": now.height,
             "last_block_hash": now.tip_hash.hex() if now.tip_hash else None,
@@ -921,7 +924,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             "round": now.round, "mempool": now.mempool,
             "validators": [{"index": v.index, "name": v.name, "pubkey": v.pubkey.hex(),
                             "power": v.power, "api": v.api,
-                            "connected": v.index in connected or v.index == now.index}
+                            "connected": v.pubkey in linked}
                            for v in config.validators],
             "peers": sorted(connected), "evidence": list(now.evidence),
             "config_version": config.version,

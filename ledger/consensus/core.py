@@ -804,6 +804,11 @@ class ConsensusCore:
             self._decision_bytes.pop(oldest, None)
         next_height = block.height + 1
         new_config = self._changes.get(block.hash)
+        if new_config is None and any(r.body.type == CONFIG_TYPE for r in block.records):
+            # decided without check_block this height (cannot happen through valid(v);
+            # kept so the next height's set never depends on that)
+            new_config = check_records(self.config_at(block.height), block.records,
+                                       self.verify).config
         if new_config is not None:
             previous = self.config_at(block.height)
             self._decided_change = (block.height,
