@@ -675,13 +675,17 @@
   // meeting the threshold or by the records' organisation. Not checked here: log_size and
   // log_root (`ledger audit` does). Resolves to {ok: true, height, versions: [{version,
   // from}], steps} or {ok: false, height, reason: "height N: ...", versions, steps}.
-  async function verifyChain(blocks, genesis) {
+  async function verifyChain(blocks, genesis, resume = null) {
     const config0 = await configOf(genesis);
-    let config = config0, prev = config0.genesisHash, lastTime = -1n;
-    const versions = [{ version: 0, from: 1 }], steps = [];
-    const ids = new Set(), nonces = new Set(), digests = new Set(), sealed = new Map(), redacted = new Set();
+    // `resume`: the `state` of an earlier passing call, to go on from its tip.
+    const st = resume || { height: 0, config: config0, prev: config0.genesisHash, lastTime: -1n,
+      versions: [{ version: 0, from: 1 }], configs: [config0], ids: new Set(), nonces: new Set(),
+      digests: new Set(), sealed: new Map(), redacted: new Set() };
+    const { versions, ids, nonces, digests, sealed, redacted } = st;
+    let { config, prev, lastTime } = st;
+    const steps = [];
     for (const [i, bytes] of blocks.entries()) {
-      const height = i + 1;
+      const height = st.height + i + 1;
       const bad = (reason) => ({ ok: false, height, reason: `height ${height}: ${reason}`, versions, steps });
       const r = await verifyBlock(bytes, config);
       if (!r.ok) return bad(r.reason);
@@ -718,11 +722,19 @@
       if (r.newConfig) {
         config = r.newConfig;
         versions.push({ version: config.version, from: height + 1 });
+        st.configs.push(config);
         steps.push(`height ${height}: configuration version ${config.version} governs from height ${height + 1}`);
       }
     }
-    steps.push(`${blocks.length} blocks verified, following ${versions.length} configuration version(s)`);
-    return { ok: true, height: blocks.length, versions, steps, config };
+    Object.assign(st, { height: st.height + blocks.length, config, prev, lastTime });
+    steps.push(`${st.height} blocks verified from genesis, following ${versions.length} configuration version(s)`);
+    return { ok: true, height: st.height, versions, steps, config, state: st };
+  }
+
+  function configAt(st, height) {
+    let i = 0;
+    while (i + 1 < st.versions.length && st.versions[i + 1].from <= height) i++;
+    return st.configs[i];
   }
 
   // ---- receipts (SPEC section 6) ----
@@ -833,5 +845,5 @@
   }
 
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, verifyBlock, verifyChain, applyChange, configOf, decodeEnvelope, decodeHeader, VerifyError };
+                    maySubmit, verifyReceipt, verifyBlock, verifyChain, configAt, applyChange, configOf, decodeEnvelope, decodeHeader, VerifyError };
 })();

@@ -90,3 +90,22 @@ def test_receipts_follow_the_config_proof(page: Any, entry: dict[str, Any]) -> N
         assert got["ok"], got["reason"]
     else:
         assert not got["ok"] and "validators_hash" in got["reason"], got
+
+
+def test_the_chain_is_followed_on_from_where_it_was_left(page: Any) -> None:
+    # The explorer's block check follows the chain once, then from its tip: resuming gives
+    # the same configurations in force as one pass.
+    data = [base64.b64encode(b).decode() for b in blocks("valid")]
+    got = page.evaluate("""async ([blocks, g]) => {
+        const genesis = Ledger.parseGenesis(Ledger.unb64(g, "genesis"));
+        const bytes = blocks.map((b) => Ledger.unb64(b, "block"));
+        const first = await Ledger.verifyChain(bytes.slice(0, 2), genesis);
+        const rest = await Ledger.verifyChain(bytes.slice(2), genesis, first.state);
+        const again = await Ledger.verifyChain(bytes.slice(3), genesis,
+            (await Ledger.verifyChain(bytes.slice(0, 2), genesis)).state);
+        return [rest.ok, rest.height,
+                [1, 2, 3, 4, 5, 6].map((h) => Ledger.configAt(rest.state, h).version),
+                again.reason];
+    }""", [data, GENESIS_B64])
+    assert got[:3] == [True, 6, [0, 0, 1, 1, 2, 2]]
+    assert got[3].startswith("height 3: ")  # block 4 given as height 3
