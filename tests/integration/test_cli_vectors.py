@@ -167,3 +167,19 @@ def test_verify_each_receipt_vector(entry: dict[str, Any]) -> None:
         assert len(line.splitlines()) == 1 and line.startswith("invalid: "), line
         assert "validators_hash" in line
 
+
+
+def test_node_check_verifies_the_tip_under_the_set_in_force(tmp_path: Path) -> None:
+    # `ledger node check` on a store of the valid chain: its tip (height 6) is certified by
+    # the set of configuration version 2, not genesis's.
+    path, n = _store(tmp_path, "valid")
+    assert n == 6
+    node_dir = tmp_path / "node0"
+    node_dir.mkdir()
+    (node_dir / "config.json").write_text(json.dumps({
+        "index": 0, "api": "127.0.0.1:1", "p2p": "127.0.0.1:2",
+        "genesis": str(GENESIS), "store": str(path)}))
+    res = ledger("node", "check", str(node_dir))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ok:") and "16 records" in res.stdout
+    assert "3 configuration versions followed" in res.stdout
