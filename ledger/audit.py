@@ -277,6 +277,13 @@ class AuditReport:
     height: int
     records: int
     tip_hash: bytes
+    #: Every configuration version followed, with the height it governs from.
+    history: ConfigHistory | None = None
+
+    @property
+    def versions(self) -> int:
+        """How many configuration versions governed the chain (1: genesis only)."""
+        return len(self.history) if self.history is not None else 1
 
 
 class _InlineExecutor(Executor):
@@ -345,7 +352,7 @@ def audit_chunks(
         for future, _, _ in window:
             future.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
-    return AuditReport(verifier.height, verifier.records, verifier.tip_hash)
+    return AuditReport(verifier.height, verifier.records, verifier.tip_hash, verifier.history)
 
 
 def store_chunks(path: str, sizes: list[tuple[int, int]],

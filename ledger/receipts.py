@@ -93,6 +93,16 @@ class VerifiedReceipt:
     header: Header
     index: int
     signers: tuple[int, ...]
+    #: The configuration in force at the record's height, reached by following the
+    #: receipt's ``config_proof`` from genesis (version 0 for a chain without changes).
+    config: Config | None = None
+
+    @property
+    def signer_names(self) -> tuple[str, ...]:
+        """The certifying validators' names, from the set in force at the height."""
+        if self.config is None:
+            return tuple(str(i) for i in self.signers)
+        return tuple(self.config.validators[i].name for i in self.signers)
 
 
 def parse_receipt(text: str | bytes) -> dict[str, Any]:
@@ -172,7 +182,7 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
     except UnauthorisedError as exc:
         raise ReceiptError(str(exc)) from exc
     _, header, sigs = _in_block(doc, "receipt", chain, genesis, config, height, record)
-    return VerifiedReceipt(record, header, _field(doc, "index", int), sigs)
+    return VerifiedReceipt(record, header, _field(doc, "index", int), sigs, config)
 
 
 def _in_block(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, config: Config,

@@ -149,9 +149,18 @@ def receipt_genesis_mismatch(data: bytes, genesis: Genesis) -> str | None:
     if header.chain != genesis.chain_id:
         return None  # the chain id differs: verify's own message says so
     first = header.height == 1 and header.prev_hash != genesis.hash
+    if doc.get("config_proof") and not first:
+        # SPEC 9: after configuration changes another validator set, other members and
+        # policies are in force; only the verifier's own reason can be trusted.
+        return None
     if header.validators_hash != genesis.validators.hash:
         if first:
             return _mismatch(header.prev_hash.hex(), genesis)
+        if "config_proof" in doc:
+            # A v1.1 receipt whose block is certified by another set than genesis's: a
+            # change missing from its config_proof (invalid, exit 1) as much as another
+            # genesis; the verifier's reason says which set it expected.
+            return None
         return _mismatch_unknown(f"its validator set hashes to {header.validators_hash.hex()}, "
                                  f"yours to {genesis.validators.hash.hex()}", genesis)
     if not _certified_by_ours(header, cert, genesis):
@@ -200,6 +209,14 @@ def _checkpoint(text: str) -> tuple[int, bytes]:
     if value[0] < 1:
         raise argparse.ArgumentTypeError("the checkpoint height must be at least 1")
     return value
+
+
+def _versions(report: AuditReport) -> str:
+    """``3 configuration versions followed (from heights 1, 3, 5)``."""
+    if report.history is None or len(report.history) == 1:
+        return "1 configuration version (genesis)"
+    starts = ", ".join(str(start) for start, _ in report.history)
+    return f"{len(report.history)} configuration versions followed (from heights {starts})"
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -282,7 +299,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rate = report.records / seconds if seconds > 0 else 0.0
     print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks, "
           f"{report.records} records verified in {seconds:.2f} s "
-          f"({rate:,.0f} records/s, {workers} workers); tip {report.tip_hash.hex()}")
+          f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
+          f"tip {report.tip_hash.hex()}")
     return EXIT_OK
 
 
@@ -303,9 +321,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.receipt}: {mismatch}") from exc
         print(f"invalid: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    names = ", ".join(genesis.validators[i].name for i in result.signers)
+    names = ", ".join(result.signer_names)
+    version = result.config.version if result.config is not None else 0
+    followed = (f"; followed {version} configuration change{'s' if version != 1 else ''} "
+                f"to version {version}" if version else "")
     print(f"valid: record {result.record.id.hex()} is at height {result.header.height}, "
-          f"index {result.index}, of chain {genesis.chain_id!r}; certified by {names}")
+          f"index {result.index}, of chain {genesis.chain_id!r}; certified by {names}"
+          f"{followed}")
     return EXIT_OK
 
 
@@ -379,21 +401,26 @@ def cmd_node_check(args: argparse.Namespace) -> int:
     genesis = Genesis.load(config.genesis_path)
     started = time.monotonic()
     with SqliteStore(config.store_path, readonly=True) as store:
-        try:
-            check_recent(store, genesis)
-            check_indexes(store)
-        except LedgerError as exc:
-            print(str(exc), file=sys.stderr)
-            return EXIT_INVALID
         sizes = store.block_sizes()
+    # The full audit first: it follows every configuration change from genesis, so the tip's
+    # certificate is then checked against the validator set in force at the tip (SPEC 9).
     try:
         report = audit_chunks(genesis, store_chunks(str(config.store_path), sizes),
                               workers=args.workers or None)
     except AuditError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID
+    history = report.history or genesis.history()
+    with SqliteStore(config.store_path, readonly=True) as store:
+        try:
+            check_recent(store, genesis, validators=history.validators_at(store.height))
+            check_indexes(store)
+        except LedgerError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
     print(f"ok: {config.store_path}: {report.height} blocks, {report.records} records, "
-          f"indexes and links consistent, chain audited in {time.monotonic() - started:.2f} s")
+          f"indexes and links consistent, chain audited in {time.monotonic() - started:.2f} s"
+          f", {_versions(report)}")
     return EXIT_OK
 
 

@@ -9,6 +9,12 @@
   const VOTE_TAG = enc.encode("ledger.vote.v1\0");
   const PRECOMMIT = 2;
   const BODY_KEYS = ["chain", "type", "subject", "payload", "ts", "nonce", "signer"];
+  const SEALED_BODY_KEYS = ["chain", "type", "subject", "payload_digest", "ts", "nonce", "signer"];
+  // SPEC section 9 and 10: reserved types, signature domains of approvals and joins.
+  const CONFIG_TYPE = "ledger.config", REDACT_TYPE = "ledger.redact", RESERVED = "ledger.";
+  const CONFIG_TAG = enc.encode("ledger.config.v1\0"), JOIN_TAG = enc.encode("ledger.join.v1\0");
+  const REDACT_TAG = enc.encode("ledger.redact.v1\0");
+  const DEFAULT_GOVERNANCE_ROLE = "admin", MAX_TOTAL_POWER = 2n ** 62n;
   const TYPE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
   const MAX_PAYLOAD = 64 * 1024, MAX_BODY = MAX_PAYLOAD + 2048, MAX_ENVELOPE = MAX_BODY + 128;
   const U64 = (1n << 64n) - 1n, I64 = (1n << 63n) - 1n;
@@ -270,7 +276,9 @@
     const m = decode(data, w, spans, MAX_DEPTH + 1); // the body map and a payload of 64
     if (!(m instanceof Map)) fail(`${w}: expected a map`);
     if (m.size !== BODY_KEYS.length) fail(`${w}: expected a map of 7 keys, got ${m.size}`);
-    for (const k of m.keys()) if (!BODY_KEYS.includes(k)) fail(`${w}: unexpected key ${JSON.stringify(String(k))}`);
+    // SPEC section 10: a sealed body carries payload_digest (bin 32) in place of payload.
+    const keys = m.has("payload_digest") ? SEALED_BODY_KEYS : BODY_KEYS;
+    for (const k of m.keys()) if (!keys.includes(k)) fail(`${w}: unexpected key ${JSON.stringify(String(k))}`);
     const b = Object.fromEntries(m);
     const len = (s) => enc.encode(s).length;
     expStr(b.chain, `${w}.chain`);
@@ -282,6 +290,7 @@
     expInt(b.ts, `${w}.ts`, -(1n << 63n), I64);
     expInt(b.nonce, `${w}.nonce`);
     expBin(b.signer, `${w}.signer`, 32);
+    if (keys === SEALED_BODY_KEYS) expBin(b.payload_digest, `${w}.payload_digest`, 32);
     return b;
   }
   const HEADER_FIELDS = ["version", "chain", "height", "time_ms", "prev_hash", "records_root",
@@ -300,43 +309,234 @@
     return h;
   }
 
-  // ---- genesis (SPEC section 5): what a verifier needs ----
+  // ---- the configuration (SPEC sections 5 and 9), as ledger/config.py ----
+  // One set of rules for genesis.json (lenient: unknown keys ignored) and a change's map
+  // (strict: exactly the listed keys, msgpack types). A configuration is
+  // {chainId, genesisHash, version, id, validators, totalPower, organizations, members,
+  //  policies, governanceRole, threshold, governing}; genesis is version 0 (its id and
+  // genesisHash are set by `configOf`, which needs sha256). Not checked here, unlike
+  // ledger/config.py: that a public key is a valid curve point (libsodium's test).
+  const isReserved = (type) => type.startsWith(RESERVED);
+  function plain(v, what) { // a change's decoded Maps as objects (keys must be strings)
+    if (v instanceof Map) {
+      const o = Object.create(null);
+      for (const [k, x] of v) {
+        if (typeof k !== "string") fail(`${what}: a map key is not a string`);
+        o[k] = plain(x, `${what}.${k}`);
+      }
+      return o;
+    }
+    if (Array.isArray(v)) return v.map((x, i) => plain(x, `${what}[${i}]`));
+    return v;
+  }
+  function buildConfig(doc, strict, chainId, version, raw) {
+    const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+    const obj = (v, where, required, optional = []) => {
+      if (!v || typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) fail(`${where}: expected an object`);
+      for (const k of required) if (!has(v, k)) fail(`${where}: missing '${k}'`);
+      if (strict) for (const k of Object.keys(v)) if (!required.includes(k) && !optional.includes(k)) fail(`${where}: unexpected key '${k}'`);
+      return v;
+    };
+    const str = (o, k, where) => { if (typeof o[k] !== "string") fail(`${where}.${k}: expected str`); return o[k]; };
+    const list = (o, k, where) => { if (!Array.isArray(o[k])) fail(`${where}.${k}: expected an array`); return o[k]; };
+    const int = (o, k, where) => { if (!isInt(o[k]) || typeof o[k] === "boolean") fail(`${where}.${k}: expected int`); return o[k]; };
+    const pubkey = (o, where) => {
+      const text = str(o, "pubkey", where);
+      if (!/^[0-9a-f]{64}$/.test(text)) fail(`${where}.pubkey: expected 64 lowercase hex characters`);
+      return unhex(text, `${where}.pubkey`, 32);
+    };
+    const roles = (v, where, distinct) => {
+      if (!Array.isArray(v) || !v.every((r) => typeof r === "string")) fail(`${where}: expected a list of role names`);
+      if (distinct && new Set(v).size !== v.length) fail(`${where}: a role is listed twice`);
+      return v;
+    };
+    const policyMap = (v, where) => {
+      if (!v || typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) fail(`${where}: expected an object`);
+      const out = Object.create(null);
+      for (const [type, rs] of Object.entries(v)) {
+        if (type !== "*" && !TYPE_RE.test(type)) fail(`${where}: ${JSON.stringify(type)} is not a valid record type or '*'`);
+        if (isReserved(type)) fail(`${where}: ${JSON.stringify(type)} is a reserved type (ledger.*); no policy can name it`);
+        out[type] = roles(rs, `${where}[${JSON.stringify(type)}]`, false);
+      }
+      return out;
+    };
+    const entries = list(doc, "validators", "config");
+    if (!entries.length) fail("validators: at least one validator is required");
+    const validators = entries.map((v, i) => {
+      const where = `validators[${i}]`;
+      obj(v, where, ["name", "pubkey", "power"], ["p2p", "api"]);
+      const name = str(v, "name", where), key = pubkey(v, where), power = int(v, "power", where);
+      if (BigInt(power) < 1n) fail(`${where}.power: must be a positive integer`);
+      for (const k of ["p2p", "api"]) if (has(v, k)) str(v, k, where);
+      return { index: i, name, pubkey: key, power: Number(power) };
+    });
+    if (new Set(validators.map((v) => hex(v.pubkey))).size !== validators.length) fail("validators: two validators share a public key");
+    if (new Set(validators.map((v) => v.name)).size !== validators.length) fail("validators: two validators share a name");
+    const totalPower = validators.reduce((n, v) => n + v.power, 0);
+    if (BigInt(totalPower) >= MAX_TOTAL_POWER) fail(`validators: total power must be below ${MAX_TOTAL_POWER}`);
+    const members = new Map(), organizations = [];
+    list(doc, "organizations", "config").forEach((org, i) => {
+      const where = `organizations[${i}]`;
+      obj(org, where, ["name", "members"]);
+      const orgName = str(org, "name", where);
+      if (organizations.includes(orgName)) fail(`${where}.name: organisation ${JSON.stringify(orgName)} appears twice`);
+      organizations.push(orgName);
+      list(org, "members", where).forEach((m, j) => {
+        const mw = `${where}.members[${j}]`;
+        obj(m, mw, ["name", "pubkey", "roles"]);
+        const name = str(m, "name", mw), key = hex(pubkey(m, mw));
+        const rs = roles(m.roles, `${mw}.roles`, true);
+        if (members.has(key)) fail(`${mw}.pubkey: key already belongs to ${members.get(key).organization}/${members.get(key).name}`);
+        members.set(key, { organization: orgName, name, roles: rs });
+      });
+    });
+    const policies = policyMap(doc.policies, "policies");
+    let governanceRole = DEFAULT_GOVERNANCE_ROLE, threshold = null;
+    if (has(doc, "governance")) {
+      const g = obj(doc.governance, "governance", [], ["role", "threshold"]);
+      if (has(g, "role")) governanceRole = str(g, "role", "governance");
+      if (has(g, "threshold")) threshold = Number(int(g, "threshold", "governance"));
+    }
+    const governing = new Set([...members.values()].filter((m) => m.roles.includes(governanceRole)).map((m) => m.organization));
+    const n = governing.size;
+    if (threshold === null) threshold = n ? Math.floor(n / 2) + 1 : 0;
+    else if (!(threshold >= 1 && threshold <= n)) fail(`governance.threshold: ${threshold} is not within 1..${n} (the organisations with a member holding ${JSON.stringify(governanceRole)})`);
+    if (has(doc, "witnesses")) {
+      const ws = list(doc, "witnesses", "config").map((w, i) => { obj(w, `witnesses[${i}]`, ["name", "pubkey"]); return [str(w, "name", `witnesses[${i}]`), hex(pubkey(w, `witnesses[${i}]`))]; });
+      if (new Set(ws.map((w) => w[1])).size !== ws.length) fail("witnesses: two witnesses share a public key");
+      if (new Set(ws.map((w) => w[0])).size !== ws.length) fail("witnesses: two witnesses share a name");
+    }
+    if (has(doc, "read_policies")) policyMap(doc.read_policies, "read_policies");
+    return { chainId, version, validators, totalPower, organizations, members, policies,
+             governanceRole, threshold, governing, raw };
+  }
+
+  // ---- genesis (SPEC section 5): version 0 of the configuration ----
   function parseGenesis(bytes) {
     let doc;
     try { doc = JSON.parse(utf8.decode(bytes)); } catch (e) { fail(`genesis: not valid JSON (${e.message})`); }
     if (!doc || typeof doc !== "object" || Array.isArray(doc)) fail("genesis: expected a JSON object");
     if (typeof doc.chain_id !== "string") fail("genesis.chain_id: expected a string");
-    const pub = (o, where) => unhex(o && o.pubkey, `${where}.pubkey`, 32);
-    if (!Array.isArray(doc.validators) || !doc.validators.length) fail("genesis.validators: at least one validator is required");
-    const validators = doc.validators.map((v, i) => {
-      const where = `validators[${i}]`;
-      if (!Number.isSafeInteger(v && v.power) || v.power < 1) fail(`${where}.power: must be a positive integer`);
-      if (typeof v.name !== "string") fail(`${where}.name: expected a string`);
-      return { index: i, name: v.name, pubkey: pub(v, where), power: v.power };
-    });
-    if (new Set(validators.map((v) => hex(v.pubkey))).size !== validators.length) fail("genesis.validators: two validators share a public key");
-    const members = new Map();
-    if (!Array.isArray(doc.organizations)) fail("genesis.organizations: expected an array");
-    doc.organizations.forEach((org, i) => {
-      if (!org || typeof org.name !== "string" || !Array.isArray(org.members)) fail(`organizations[${i}]: expected name and members`);
-      org.members.forEach((m, j) => {
-        const where = `organizations[${i}].members[${j}]`, key = hex(pub(m, where));
-        if (!Array.isArray(m.roles) || !m.roles.every((r) => typeof r === "string")) fail(`${where}.roles: expected a list of strings`);
-        if (members.has(key)) fail(`${where}.pubkey: key already belongs to another member`);
-        members.set(key, { organization: org.name, name: String(m.name), roles: m.roles });
-      });
-    });
-    const policies = doc.policies;
-    if (!policies || typeof policies !== "object" || Array.isArray(policies)) fail("genesis.policies: expected an object");
-    return { chainId: doc.chain_id, validators, members, policies,
-             totalPower: validators.reduce((n, v) => n + v.power, 0) };
+    for (const k of ["validators", "organizations", "policies"]) if (!(k in doc)) fail(`genesis: missing '${k}'`);
+    return buildConfig(doc, false, doc.chain_id, 0, bytes);
   }
-  function maySubmit(genesis, signerHex, type) {
-    const m = genesis.members.get(signerHex);
+  // The genesis configuration with its hash (a change's prev names it; approvals sign it).
+  async function configOf(genesis) {
+    if (!genesis.genesisHash) {
+      if (!genesis.raw) fail("genesis: its bytes are needed to follow configuration changes");
+      genesis.genesisHash = await sha256(genesis.raw);
+      genesis.id = genesis.genesisHash;
+    }
+    return genesis;
+  }
+  // SPEC section 5's authorisation rule under `config`; reserved types are never allowed
+  // by policies (only as a change or redaction).
+  function maySubmit(config, signerHex, type) {
+    if (isReserved(type)) return false;
+    const m = config.members.get(signerHex);
     if (!m) return false;
-    const allowed = Object.prototype.hasOwnProperty.call(genesis.policies, type) ? genesis.policies[type] : genesis.policies["*"] || [];
+    const allowed = Object.prototype.hasOwnProperty.call(config.policies, type) ? config.policies[type] : config.policies["*"] || [];
     return Array.isArray(allowed) && m.roles.some((r) => allowed.includes(r));
   }
+  const source = (config) => (config.version === 0 ? "genesis" : `configuration version ${config.version}`);
+
+  // SPEC section 9: the payload of a ledger.config / ledger.redact record.
+  function payloadOf(payload, keys, what) {
+    if (!(payload instanceof Map) || payload.size !== keys.length || !keys.every((k) => payload.has(k))) fail(`${what}: expected a map of exactly ${keys.join(", ")}`);
+    const change = payload.get("change");
+    if (!(change instanceof Uint8Array)) fail(`${what}.change: expected bin`);
+    const pairs = (k) => {
+      const v = payload.get(k);
+      if (!Array.isArray(v)) fail(`${what}.${k}: expected an array`);
+      return v.map((p, i) => {
+        if (!Array.isArray(p) || p.length !== 2 || !(p[0] instanceof Uint8Array) || !(p[1] instanceof Uint8Array) || p[0].length !== 32 || p[1].length !== 64) fail(`${what}.${k}[${i}]: expected [pubkey: bin(32), sig: bin(64)]`);
+        return p;
+      });
+    };
+    return { change, approvals: pairs("approvals"), joins: keys.includes("joins") ? pairs("joins") : [] };
+  }
+  // What an approval, join or redaction approval signs: tag + packb([genesis_hash, sha256(change)]).
+  async function approvalMessage(config, change, tag) {
+    return concat(tag, encode([config.genesisHash, await sha256(change)]));
+  }
+  // Approvals by distinct governance members of `config`, each signature valid: the
+  // governing organisations that approved.
+  async function checkApprovals(config, approvals, message) {
+    const seen = new Set(), orgs = new Set();
+    for (const [i, [key, sig]] of approvals.entries()) {
+      const k = hex(key);
+      if (seen.has(k)) fail(`approval ${i}: ${k} approves twice`);
+      seen.add(k);
+      const m = config.members.get(k);
+      if (!m || !m.roles.includes(config.governanceRole)) fail(`approval ${i}: ${k} is not a member holding the governance role ${JSON.stringify(config.governanceRole)} in ${source(config)}`);
+      if (!(await ed25519Verify(key, message, sig))) fail(`approval ${i}: signature by ${k} does not verify (wrong chain, change or key?)`);
+      orgs.add(m.organization);
+    }
+    return orgs;
+  }
+  // The configuration a ledger.config record (decoded body) makes where `config` is in
+  // force (ledger/config.py apply_change); fails with the reason otherwise.
+  async function applyChange(config, body) {
+    await configOf(config);
+    if (body.type !== CONFIG_TYPE || body.payload_digest !== undefined) fail(`a configuration change is an inline ${CONFIG_TYPE} record`);
+    if (!config.members.has(hex(body.signer))) fail(`signer ${hex(body.signer)} of a configuration change is not a member of ${source(config)}`);
+    const p = payloadOf(body.payload, ["change", "approvals", "joins"], "ledger.config payload");
+    const doc = decode(p.change, "change");
+    if (!(doc instanceof Map)) fail("change: expected a map");
+    const d = plain(doc, "change");
+    for (const k of ["version", "prev", "validators", "organizations", "policies"]) if (!(k in d)) fail(`change: missing '${k}'`);
+    for (const k of Object.keys(d)) if (!["version", "prev", "validators", "organizations", "policies", "governance", "witnesses", "read_policies"].includes(k)) fail(`change: unexpected key '${k}'`);
+    if (!isInt(d.version)) fail("change.version: expected int");
+    if (!(d.prev instanceof Uint8Array)) fail("change.prev: expected bin");
+    if (Number(d.version) !== config.version + 1) fail(`change has version ${d.version}, but version ${config.version} is in force: expected ${config.version + 1}`);
+    if (!equal(d.prev, config.id)) fail(`change.prev ${hex(d.prev)} does not name the configuration in force (version ${config.version}, ${hex(config.id)})`);
+    const next = buildConfig(d, true, config.chainId, config.version + 1, null);
+    next.genesisHash = config.genesisHash;
+    next.id = await sha256(p.change);
+    const orgs = await checkApprovals(config, p.approvals, await approvalMessage(config, p.change, CONFIG_TAG));
+    if (config.threshold === 0) fail(`${source(config)} has no governing organisation: it cannot be changed`);
+    if (orgs.size < config.threshold) fail(`approved by ${orgs.size} governing organisation(s) (${[...orgs].sort().join(", ") || "none"}); ${config.threshold} of ${config.governing.size} are required`);
+    const old = new Set(config.validators.map((v) => hex(v.pubkey)));
+    const needed = new Set(next.validators.map((v) => hex(v.pubkey)).filter((k) => !old.has(k)));
+    const joinMsg = await approvalMessage(config, p.change, JOIN_TAG), joined = new Set();
+    for (const [i, [key, sig]] of p.joins.entries()) {
+      const k = hex(key);
+      if (!needed.has(k)) fail(`join ${i}: ${k} is not a validator key this change adds`);
+      if (joined.has(k)) fail(`join ${i}: ${k} joins twice`);
+      if (!(await ed25519Verify(key, joinMsg, sig))) fail(`join ${i}: signature by ${k} does not verify`);
+      joined.add(k);
+    }
+    const missing = [...needed].filter((k) => !joined.has(k)).sort();
+    if (missing.length) fail(`no join signature for new validator key(s) ${missing.join(", ")}`);
+    return next;
+  }
+  // The per-configuration half of a ledger.redact record (SPEC section 10): its ids and the
+  // governing organisations that approved.
+  async function checkRedaction(config, body) {
+    if (!config.members.has(hex(body.signer))) fail(`signer ${hex(body.signer)} of a redaction is not a member of ${source(config)}`);
+    const p = payloadOf(body.payload, ["change", "approvals"], "ledger.redact payload");
+    const change = decode(p.change, "redaction change");
+    if (!Array.isArray(change) || change.length !== 3 || !(change[0] instanceof Uint8Array) || !Array.isArray(change[1]) || typeof change[2] !== "string") fail("redaction change: expected [genesis_hash, [id, ...], reason]");
+    if (!equal(change[0], config.genesisHash)) fail("redaction change names another genesis");
+    const ids = change[1];
+    if (!ids.length || !ids.every((x) => x instanceof Uint8Array && x.length === 32)) fail("redaction change: ids must be a non-empty array of bin(32)");
+    if (new Set(ids.map(hex)).size !== ids.length) fail("redaction change: an id is listed twice");
+    const orgs = await checkApprovals(config, p.approvals, await approvalMessage(config, p.change, REDACT_TAG));
+    return { ids: ids.map(hex), orgs };
+  }
+  // One record valid where `config` is in force: the new configuration it makes, a
+  // redaction, or null (ledger/validation.py check_record, after the signature).
+  async function checkRecordAuthority(config, body) {
+    if (isReserved(body.type)) {
+      if (body.payload_digest !== undefined) fail(`a ${body.type} record always carries an inline payload`);
+      if (body.type === CONFIG_TYPE) return { config: await applyChange(config, body) };
+      if (body.type === REDACT_TYPE) return { redaction: await checkRedaction(await configOf(config), body) };
+      fail(`record type ${JSON.stringify(body.type)} is reserved (ledger.*) and not defined by the protocol`);
+    }
+    if (!maySubmit(config, hex(body.signer), body.type)) fail(`signer ${hex(body.signer)} is not authorised for type ${JSON.stringify(body.type)} by ${source(config)}`);
+    return {};
+  }
+  const validatorsHash = (config) => sha256(encode(config.validators.map((v) => [v.pubkey, v.power])));
 
   // ---- Ed25519 (WebCrypto) and RFC 9162 ----
   const L = (1n << 252n) + 27742317777372353535851937790883648493n;
@@ -377,7 +577,8 @@
     return r;
   }
 
-  // SPEC section 4: precommits for sha256(header) by distinct genesis validators, ascending,
+  // SPEC section 4: precommits for sha256(header) by distinct validators of the set in force
+  // (genesis's, or a later configuration's), ascending,
   // holding more than 2/3 of the power.
   async function verifyCert(chain, header, headerBytes, round, sigs, genesis) {
     if (!sigs.length) fail("certificate has no signatures");
@@ -404,29 +605,47 @@
     return nodeHash(await merkleRoot(leaves.slice(0, k)), await merkleRoot(leaves.slice(k)));
   }
 
-  // A whole block (the exact msgpack bytes of GET /v1/blocks/{h}): header against genesis,
-  // every record's signature and authorisation, records_root, and the certificate. (The
-  // hash link to the previous block and the log root need the chain: `ledger audit`.)
-  async function verifyBlock(bytes, genesis) {
+  // A whole block (the exact msgpack bytes of GET /v1/blocks/{h}) where `config` is in force
+  // (genesis, or the configuration a chain's changes lead to: `verifyChain`): header against
+  // the set in force, every record's signature and authorisation (a ledger.config change is
+  // applied, at most one per block; a ledger.redact record's approvals checked), records_root,
+  // and the certificate by the set in force. (The hash link, log root and what a redaction
+  // names need the chain: `verifyChain`, or `ledger audit` for every rule.)
+  async function verifyBlock(bytes, config) {
     const steps = [];
     try {
+      await configOf(config);
       const items = expArr(decode(bytes, "block"), "block", 3);
       canonical(bytes, items, "block");
       const headerBytes = encode(expArr(items[0], "block.header"));
       const header = decodeHeader(headerBytes);
-      if (header.chain !== genesis.chainId) fail(`block is for chain ${JSON.stringify(header.chain)}, genesis is ${JSON.stringify(genesis.chainId)}`);
-      const vhash = await sha256(encode(genesis.validators.map((v) => [v.pubkey, v.power])));
-      if (!equal(header.validators_hash, vhash)) fail("header's validators_hash does not match genesis");
-      steps.push(`header of ${header.chain} at height ${header.height}, with the genesis validator set`);
+      if (header.chain !== config.chainId) fail(`block is for chain ${JSON.stringify(header.chain)}, genesis is ${JSON.stringify(config.chainId)}`);
+      if (!equal(header.validators_hash, await validatorsHash(config))) {
+        fail(config.version === 0 ? "header's validators_hash does not match genesis"
+          : `header's validators_hash does not match the validator set in force (configuration version ${config.version})`);
+      }
+      steps.push(`header of ${header.chain} at height ${header.height}, with the validator set of ${source(config)}`);
       const envelopes = expArr(items[1], "block.records").map((e, i) => expBin(e, `block.records[${i}]`));
       if (envelopes.length !== header.record_count) fail(`record_count ${header.record_count}, but the block holds ${envelopes.length}`);
+      let next = null;
+      const redactions = [], records = [];
       for (const [i, e] of envelopes.entries()) {
-        const rec = decodeEnvelope(e);
-        if (rec.body.chain !== header.chain) fail(`record ${i} names chain ${JSON.stringify(rec.body.chain)}`);
-        if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${i}: signature does not verify`);
-        if (!maySubmit(genesis, hex(rec.body.signer), rec.body.type)) fail(`record ${i}: signer is not authorised for type ${JSON.stringify(rec.body.type)}`);
+        try {
+          const rec = decodeEnvelope(e);
+          if (rec.body.chain !== header.chain) fail(`names chain ${JSON.stringify(rec.body.chain)}`);
+          if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail("signature does not verify");
+          if (rec.body.type === CONFIG_TYPE && next !== null) fail("a second ledger.config record in one block");
+          const effect = await checkRecordAuthority(config, rec.body);
+          if (effect.config) next = effect.config;
+          if (effect.redaction) redactions.push({ index: i, ...effect.redaction });
+          records.push({ id: hex(await sha256(rec.bodyBytes)), body: rec.body });
+        } catch (err) {
+          if (err instanceof VerifyError) fail(`record ${i} (${err.message})`);
+          throw err;
+        }
       }
-      steps.push(`${envelopes.length} record signatures verify, each signer authorised by genesis`);
+      steps.push(`${envelopes.length} record signatures verify, each signer authorised by ${source(config)}`);
+      if (next) steps.push(`configuration change to version ${next.version}, approved and joined as SPEC section 9 requires; it governs the next height`);
       const root = await merkleRoot(await Promise.all(envelopes.map(leafHash)));
       if (!equal(root, header.records_root)) fail("records_root is not the root of the block's records");
       steps.push("records_root is the RFC 9162 root of the records");
@@ -438,14 +657,84 @@
         const pair = expArr(p, `cert.signatures[${i}]`, 2);
         return [expInt(pair[0], `cert.signatures[${i}].validator`), expBin(pair[1], `cert.signatures[${i}].sig`, 64)];
       });
-      const { blockHash, power, names } = await verifyCert(header.chain, header, headerBytes, cert[1], sigs, genesis);
+      const { blockHash, power, names } = await verifyCert(header.chain, header, headerBytes, cert[1], sigs, config);
       if (!equal(expBin(cert[2], "cert.block_hash", 32), blockHash)) fail("certificate is for another block hash");
-      steps.push(`certificate: precommits by ${names.join(", ")} (power ${power} of ${genesis.totalPower})`);
-      return { ok: true, steps, blockHash: hex(blockHash) };
+      steps.push(`certificate: precommits by ${names.join(", ")} (power ${power} of ${config.totalPower})`);
+      return { ok: true, steps, blockHash: hex(blockHash), header, newConfig: next, redactions, records };
     } catch (e) {
       if (!(e instanceof VerifyError)) throw e;
       return { ok: false, steps, reason: e.message };
     }
+  }
+
+  // Blocks 1..n (exact bytes each) from genesis, following every configuration change: each
+  // block is checked by `verifyBlock` under the configuration in force at its height, then
+  // the chain rules: height sequence, prev_hash links (block 1 to the genesis hash),
+  // increasing time_ms, record ids and (signer, nonce) and sealed digests unique, and a
+  // redaction names sealed records committed earlier, not yet redacted, with approvals
+  // meeting the threshold or by the records' organisation. Not checked here: log_size and
+  // log_root (`ledger audit` does). Resolves to {ok: true, height, versions: [{version,
+  // from}], steps} or {ok: false, height, reason: "height N: ...", versions, steps}.
+  async function verifyChain(blocks, genesis, resume = null) {
+    const config0 = await configOf(genesis);
+    // `resume`: the `state` of an earlier passing call, to go on from its tip.
+    const st = resume || { height: 0, config: config0, prev: config0.genesisHash, lastTime: -1n,
+      versions: [{ version: 0, from: 1 }], configs: [config0], ids: new Set(), nonces: new Set(),
+      digests: new Set(), sealed: new Map(), redacted: new Set() };
+    const { versions, ids, nonces, digests, sealed, redacted } = st;
+    let { config, prev, lastTime } = st;
+    const steps = [];
+    for (const [i, bytes] of blocks.entries()) {
+      const height = st.height + i + 1;
+      const bad = (reason) => ({ ok: false, height, reason: `height ${height}: ${reason}`, versions, steps });
+      const r = await verifyBlock(bytes, config);
+      if (!r.ok) return bad(r.reason);
+      const h = r.header;
+      if (h.height !== height) return bad(`expected height ${height}, got ${h.height}`);
+      if (!equal(h.prev_hash, prev)) return bad(height === 1 ? "block 1 does not link to the genesis hash" : `prev_hash is not the hash of block ${height - 1}`);
+      if (BigInt(h.time_ms) <= lastTime) return bad("time_ms does not increase");
+      for (const [j, rec] of r.records.entries()) {
+        const nonce = `${hex(rec.body.signer)}:${rec.body.nonce}`;
+        if (ids.has(rec.id)) return bad(`record ${j}: its id is already on the chain`);
+        if (nonces.has(nonce)) return bad(`record ${j}: (signer, nonce) is already on the chain`);
+        ids.add(rec.id); nonces.add(nonce);
+        if (rec.body.payload_digest !== undefined) {
+          const d = hex(rec.body.payload_digest);
+          if (digests.has(d)) return bad(`record ${j}: its payload_digest is already on the chain`);
+          digests.add(d);
+        }
+      }
+      for (const red of r.redactions) {
+        const signers = [];
+        for (const rid of red.ids) {
+          if (!sealed.has(rid)) return bad(`record ${red.index} (redaction names ${rid}, which is not a sealed record committed earlier)`);
+          if (redacted.has(rid)) return bad(`record ${red.index} (redaction names ${rid}, which is already redacted)`);
+          signers.push(sealed.get(rid));
+        }
+        const orgs = new Set(signers.map((s) => (config.members.get(s) || {}).organization));
+        const byOwner = orgs.size === 1 && !orgs.has(undefined) && red.orgs.has([...orgs][0]);
+        if (!(config.threshold && red.orgs.size >= config.threshold) && !byOwner) return bad(`record ${red.index} (redaction approved by ${red.orgs.size} governing organisation(s), below the threshold, and not by the records' own organisation)`);
+        red.ids.forEach((rid) => redacted.add(rid));
+      }
+      for (const rec of r.records) if (rec.body.payload_digest !== undefined) sealed.set(rec.id, hex(rec.body.signer));
+      prev = await sha256(encode(expArr(decode(bytes, "block"), "block", 3)[0]));
+      lastTime = BigInt(h.time_ms);
+      if (r.newConfig) {
+        config = r.newConfig;
+        versions.push({ version: config.version, from: height + 1 });
+        st.configs.push(config);
+        steps.push(`height ${height}: configuration version ${config.version} governs from height ${height + 1}`);
+      }
+    }
+    Object.assign(st, { height: st.height + blocks.length, config, prev, lastTime });
+    steps.push(`${st.height} blocks verified from genesis, following ${versions.length} configuration version(s)`);
+    return { ok: true, height: st.height, versions, steps, config, state: st };
+  }
+
+  function configAt(st, height) {
+    let i = 0;
+    while (i + 1 < st.versions.length && st.versions[i + 1].from <= height) i++;
+    return st.configs[i];
   }
 
   // ---- receipts (SPEC section 6) ----
@@ -460,9 +749,44 @@
     return v;
   }
 
-  // Verify a receipt (object or JSON text) against a parsed genesis. Resolves to
-  // {ok: true, steps, record, header, signers} or {ok: false, steps, reason}; `steps` lists
-  // what was checked, in order.
+  // The envelope of `doc` (the receipt itself or a config_proof step) is at `index` of a
+  // block of `height` whose header is certified by `config`'s validators (receipts.py _in_block).
+  async function inBlock(doc, where, chain, genesis, config, height, envelope) {
+    if (envelope === undefined) envelope = unb64(field(doc, "envelope", "string", where), `${where}.envelope`);
+    const rec = decodeEnvelope(envelope);
+    if (rec.body.chain !== chain) fail(`${where}: record names chain ${JSON.stringify(rec.body.chain)}`);
+    const index = field(doc, "index", "int", where);
+    const headerBytes = unb64(field(doc, "header", "string", where), `${where}.header`);
+    const header = decodeHeader(headerBytes);
+    if (header.height !== height) fail(`height ${height} but the header is for height ${header.height}`);
+    if (header.chain !== chain) fail(`header names chain ${JSON.stringify(header.chain)}`);
+    if (!equal(header.validators_hash, await validatorsHash(config))) {
+      fail(config.version === 0 ? `${where}: header's validators_hash does not match genesis`
+        : `${where}: header's validators_hash does not match the validator set in force (configuration version ${config.version})`);
+    }
+    if (header.height === 1 && !equal(header.prev_hash, genesis.genesisHash)) fail(`block 1 links to genesis ${hex(header.prev_hash)}, not this one`);
+    const path = field(doc, "audit_path", "list", where).map((h, i) => unhex(h, `${where}.audit_path[${i}]`, 32));
+    if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
+    const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
+    if (!equal(root, header.records_root)) fail(`${where}: audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
+    const cert = field(doc, "cert", "dict", where);
+    const round = field(cert, "round", "int", `${where}.cert`);
+    if (round < 0 || round > 2 ** 32 - 1) fail(`${where}.cert.round: out of range`);
+    const sigs = field(cert, "signatures", "list", `${where}.cert`).map((e, i) => {
+      const w = `${where}.cert.signatures[${i}]`;
+      if (!e || typeof e !== "object" || Array.isArray(e)) fail(`${w}: expected an object`);
+      const validator = field(e, "validator", "int", w);
+      if (validator < 0) fail(`${w}.validator: must not be negative`);
+      return [validator, expBin(unb64(field(e, "sig", "string", w), `${w}.sig`), `${w}.sig`, 64)];
+    });
+    const certified = await verifyCert(chain, header, headerBytes, round, sigs, config);
+    return { rec, header, index, sigs, ...certified };
+  }
+
+  // Verify a receipt (object or JSON text) against a parsed genesis, following its
+  // config_proof (SPEC section 6, v1.1: each configuration change below its height, each
+  // certified by the set then in force; no config_proof reads as []). Resolves to
+  // {ok: true, steps, record, header, signers, config} or {ok: false, steps, reason}.
   async function verifyReceipt(input, genesis) {
     const steps = [];
     const step = (s) => steps.push(s);
@@ -472,6 +796,7 @@
         try { doc = JSON.parse(input); } catch (e) { fail(`not valid JSON (${e.message})`); }
       }
       if (!doc || typeof doc !== "object" || Array.isArray(doc)) fail("expected a JSON object");
+      await configOf(genesis);
       const chain = field(doc, "chain", "string");
       if (chain !== genesis.chainId) fail(`receipt is for chain ${JSON.stringify(chain)}, genesis is ${JSON.stringify(genesis.chainId)}`);
       step(`chain is ${chain}, as in genesis`);
@@ -483,37 +808,35 @@
       if (rec.body.chain !== chain) fail(`record names chain ${JSON.stringify(rec.body.chain)}`);
       if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${hex(recordId)}: signature does not verify`);
       step("record signature (Ed25519) verifies");
+      const height = field(doc, "height", "int");
+
+      let config = genesis, below = 0;
+      const proof = Object.prototype.hasOwnProperty.call(doc, "config_proof") ? field(doc, "config_proof", "list") : [];
+      for (const [n, s] of proof.entries()) {
+        const where = `receipt.config_proof[${n}]`;
+        if (!s || typeof s !== "object" || Array.isArray(s)) fail(`${where}: expected an object`);
+        const sh = field(s, "height", "int", where);
+        if (!(below < sh && sh < height)) fail(`${where}.height: ${sh} is not above ${below} and below the receipt's height ${height}`);
+        below = sh;
+        const got = await inBlock(s, where, chain, genesis, config, sh);
+        if (!(await ed25519Verify(got.rec.body.signer, concat(RECORD_TAG, got.rec.bodyBytes), got.rec.sig))) fail(`${where}: signature does not verify`);
+        if (got.rec.body.type !== CONFIG_TYPE) fail(`${where}: the record is a ${JSON.stringify(got.rec.body.type)}, not a configuration change`);
+        try { config = await applyChange(config, got.rec.body); } catch (err) {
+          if (err instanceof VerifyError) fail(`${where}: ${err.message}`);
+          throw err;
+        }
+        step(`configuration change at height ${sh}, certified by the set then in force: version ${config.version} governs from height ${sh + 1}`);
+      }
+
       const signer = hex(rec.body.signer);
-      if (!maySubmit(genesis, signer, rec.body.type)) fail(`signer ${signer} is not authorised for type ${JSON.stringify(rec.body.type)}`);
-      step(`signer is authorised by genesis for type ${rec.body.type}`);
-
-      const height = field(doc, "height", "int"), index = field(doc, "index", "int");
-      const headerBytes = unb64(field(doc, "header", "string"), "receipt.header");
-      const header = decodeHeader(headerBytes);
-      if (header.height !== height) fail(`height ${height} but the header is for height ${header.height}`);
-      if (header.chain !== chain) fail(`header names chain ${JSON.stringify(header.chain)}`);
-      const vhash = await sha256(encode(genesis.validators.map((v) => [v.pubkey, v.power])));
-      if (!equal(header.validators_hash, vhash)) fail("header's validators_hash does not match genesis");
-      step(`header is for height ${height} of ${chain}, with the genesis validator set`);
-      const path = field(doc, "audit_path", "list").map((h, i) => unhex(h, `receipt.audit_path[${i}]`, 32));
-      if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
-      const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
-      if (!equal(root, header.records_root)) fail(`audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
-      step(`audit path (RFC 9162) leads from record ${index} to the header's records_root`);
-
-      const cert = field(doc, "cert", "dict");
-      const round = field(cert, "round", "int", "receipt.cert");
-      if (round < 0 || round > 2 ** 32 - 1) fail("receipt.cert.round: out of range");
-      const sigs = field(cert, "signatures", "list", "receipt.cert").map((e, i) => {
-        const where = `receipt.cert.signatures[${i}]`;
-        if (!e || typeof e !== "object" || Array.isArray(e)) fail(`${where}: expected an object`);
-        const validator = field(e, "validator", "int", where);
-        if (validator < 0) fail(`${where}.validator: must not be negative`);
-        return [validator, expBin(unb64(field(e, "sig", "string", where), `${where}.sig`), `${where}.sig`, 64)];
-      });
-      const { blockHash, power, names } = await verifyCert(chain, header, headerBytes, round, sigs, genesis);
-      step(`certificate: precommits for block ${hex(blockHash).slice(0, 16)}… by ${names.join(", ")} (power ${power} of ${genesis.totalPower})`);
-      return { ok: true, steps, signers: sigs.map(([i]) => i), header, blockHash: hex(blockHash),
+      await checkRecordAuthority(config, rec.body);
+      step(`signer is authorised by ${source(config)} for type ${rec.body.type}`);
+      const got = await inBlock(doc, "receipt", chain, genesis, config, height, envelope);
+      step(`header is for height ${height} of ${chain}, with the validator set of ${source(config)}`);
+      step(`audit path (RFC 9162) leads from record ${got.index} to the header's records_root`);
+      step(`certificate: precommits for block ${hex(got.blockHash).slice(0, 16)}… by ${got.names.join(", ")} (power ${got.power} of ${config.totalPower})`);
+      return { ok: true, steps, signers: got.sigs.map(([i]) => i), header: got.header, blockHash: hex(got.blockHash),
+               config: { version: config.version },
                record: { id: hex(recordId), ...rec.body, payload: toPlain(rec.body.payload), signer } };
     } catch (e) {
       if (!(e instanceof VerifyError)) throw e;
@@ -522,5 +845,5 @@
   }
 
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, verifyBlock, decodeEnvelope, decodeHeader, VerifyError };
+                    maySubmit, verifyReceipt, verifyBlock, verifyChain, configAt, applyChange, configOf, decodeEnvelope, decodeHeader, VerifyError };
 })();
