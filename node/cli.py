@@ -431,6 +431,23 @@ def _read_identity(args: argparse.Namespace) -> PrivateKey:
     return read_key_file(args.identity, passphrase.encode() if passphrase else None)
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the configuration in force (or ``--version V``) as JSON, genesis.json's shapes
+    without ``chain_id`` (SPEC section 8)."""
+    import json as jsonlib
+
+    with LedgerClient(args.node, verify=_ca(args)) as client:
+        doc = client.config(args.version)
+    config = doc["config"]
+    if not isinstance(config, dict):
+        raise CommandError(f"{args.node}/v1/config: 'config' is not an object")
+    config.pop("chain_id", None)
+    print(jsonlib.dumps(config, indent=2))
+    print(f"version {doc['version']}, governing from height {doc.get('height')}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Sign one record and submit it (or, with --print-envelope, only print it), through
     the SDK (node/client.py): the same requests, checks and error messages as Python code."""
@@ -579,6 +596,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", type=Path)
     p.add_argument("--workers", type=int, default=0, help="audit processes (default: cores)")
     p.set_defaults(func=cmd_node_check)
+
+    config = sub.add_parser("config", help="the chain's configuration (SPEC section 9)",
+                            description="Read the configuration that governs the chain.")
+    cfsub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    p = cfsub.add_parser("show", help="print the configuration in force as JSON",
+                         description="Print the configuration that governs the next height "
+                         "(or --version V) as JSON in genesis.json's shapes, without chain_id; "
+                         "its version and first height go to stderr.")
+    p.add_argument("--node", required=True, metavar="URL", help="the node's API")
+    p.add_argument("--version", type=int, metavar="V", help="a past version (0 is genesis)")
+    p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
+    p.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "

@@ -316,6 +316,10 @@ class _Protocol:
         call = Call("GET", "/healthz")
         return _json_object(call, _check(call, (yield call)), "status")
 
+    def _op_config(self, version: int | None) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/v1/config", {} if version is None else {"version": version})
+        return _json_object(call, _check(call, (yield call)), "version", "config")
+
     def _op_genesis(self) -> Operation[bytes]:
         call = Call("GET", "/v1/genesis")
         answer = _check(call, (yield call))
@@ -457,6 +461,11 @@ class LedgerClient(_Protocol):
         """``GET /v1/genesis``: the exact genesis.json bytes the node runs."""
         return self._run(self._op_genesis())
 
+    def config(self, version: int | None = None) -> dict[str, Any]:
+        """``GET /v1/config``: the configuration governing the next height (``version``, the
+        first ``height`` it governs, its ``change`` bytes, ``config``), or a past version."""
+        return self._run(self._op_config(version))
+
     def submit(self, records: Sequence[Record], *, wait: bool = False,
                timeout: float = 30.0) -> list[dict[str, Any]]:
         """Submit signed records, one result per record; with ``wait``, return once all are
@@ -566,6 +575,11 @@ class AsyncLedgerClient(_Protocol):
     async def genesis(self) -> bytes:
         """``GET /v1/genesis``: the exact genesis.json bytes the node runs."""
         return await self._run(self._op_genesis())
+
+    async def config(self, version: int | None = None) -> dict[str, Any]:
+        """``GET /v1/config``: the configuration governing the next height (``version``, the
+        first ``height`` it governs, its ``change`` bytes, ``config``), or a past version."""
+        return await self._run(self._op_config(version))
 
     async def submit(self, records: Sequence[Record], *, wait: bool = False,
                      timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -124,3 +124,18 @@ def test_a_revoked_key_is_refused_on_every_node_and_history_still_verifies(
                           "--genesis", str(cluster.dir / "genesis.json"), "-q"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+    # `ledger config show`: the configuration in force, without the revoked key; version 0
+    def show(*extra: str) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "node.cli", "config", "show", "--node",
+                              cluster.url(2), *extra], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        doc: dict[str, Any] = json.loads(out.stdout)
+        assert "chain_id" not in doc
+        return doc
+
+    members = [m["pubkey"] for o in show()["organizations"] for m in o["members"]]
+    assert demo.public.hex() not in members
+    old = [m["pubkey"] for o in show("--version", "0")["organizations"] for m in o["members"]]
+    assert demo.public.hex() in old

@@ -15,6 +15,7 @@ from ledger.config import CONFIG_TAG, CONFIG_TYPE, Config, approval_message, dec
 from ledger.crypto import PrivateKey
 from ledger.receipts import verify_receipt
 from ledger.records import Record
+from node.client import AsyncLedgerClient, NodeError
 from tests.factory import change_bytes, config_doc, make_governed_fixture
 from tests.inprocess import InProcessApi, msgpack_post, now_ms
 from tests.unit.test_store_config import revoke_writer
@@ -77,6 +78,11 @@ async def test_a_committed_change_governs_admission_config_and_receipts() -> Non
         assert (await http.get("/v1/config", params={"version": 0})).json() == cfg0
         assert (await http.get("/v1/config", params={"version": 1})).json() == cfg
         assert (await http.get("/v1/config", params={"version": 2})).status_code == 404
+        sdk = AsyncLedgerClient("http://127.0.0.1", http=http)  # the SDK reads the same
+        assert await sdk.config() == cfg and await sdk.config(0) == cfg0
+        with pytest.raises(NodeError) as unknown:
+            await sdk.config(2)
+        assert unknown.value.status == 404
         status = (await http.get("/v1/status")).json()
         assert status["config_version"] == 1 and len(status["validators"]) == 3
 

@@ -171,7 +171,7 @@ def test_both_clients_have_the_same_methods_and_signatures() -> None:
     assert set(sync) - set(asyn) == set()
     assert set(sync) == {"__init__", "status", "chain_id", "health", "genesis", "submit",
                          "sign", "write", "make_record", "record", "receipt", "block",
-                         "block_bytes", "history", "events", "close"}
+                         "block_bytes", "history", "events", "config", "close"}
     assert hasattr(LedgerClient, "__enter__") and hasattr(AsyncLedgerClient, "__aenter__")
     for name, method in sync.items():
         twin = asyn[name]
@@ -283,6 +283,7 @@ def _html(status: int, content_type: str = "text/html") -> Callable[..., httpx.R
     ("status", (), {}), ("health", (), {}), ("genesis", (), {}), ("record", ("ab",), {}),
     ("receipt", ("ab",), {}), ("block", (1,), {}), ("block_bytes", (1,), {}),
     ("history", ("s",), {}), ("submit", ([],), {}), ("events", (), {}),
+    ("config", (), {}),
     ("write", (), {"type": "t", "subject": "s", "payload": 1}),
 ])
 def test_an_html_page_is_a_clear_node_error_everywhere(
