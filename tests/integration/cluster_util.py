@@ -21,9 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_base_port(nodes: int) -> int:
-    """A base port P with P..P+nodes-1 and P+100..P+100+nodes-1 all free."""
+    """A base port P with P..P+nodes-1 and P+100..P+100+nodes-1 all free, below the
+    kernel's ephemeral range: a port picked inside it can be taken by any outgoing
+    connection (a client's, a peer dial's) between this check and the node's bind."""
+    first_ephemeral = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first_ephemeral = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    top = max(10_000, min(first_ephemeral, 65_536) - 101 - nodes)
     for _ in range(200):
-        base = random.randint(20000, 40000)
+        base = random.randint(min(10_000, top), top)
         ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
         try:
             for port in ports:
