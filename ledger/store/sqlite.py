@@ -248,11 +248,11 @@ class SqliteStore:
     def config_changes(self) -> list[ConfigChange]:
         """Every committed configuration change, oldest first (none in a store written
         before the table existed and opened read-only)."""
-        with self._lock:
+        with self._reading() as db:  # like the other reads: never behind a COMMIT's fsync
             try:
-                rows = self._db.execute("SELECT height, idx, change FROM config_changes "
-                                        "WHERE height <= ? ORDER BY height",
-                                        (self._height,)).fetchall()
+                rows = db.execute("SELECT height, idx, change FROM config_changes "
+                                  "WHERE height <= ? ORDER BY height",
+                                  (self._height,)).fetchall()
             except sqlite3.OperationalError:  # a read-only store from before the table
                 return []
         return [ConfigChange(h, i, bytes(c)) for h, i, c in rows]
