@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_node_check)
 
     config = sub.add_parser("config", help="the chain's configuration (SPEC section 9)",
-                            description="Read the configuration that governs the chain.")
+                            description="Read and change the configuration that governs the chain: "
+                            "show, then propose, approve, submit (docs/governance.md).")
     cfsub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     p = cfsub.add_parser("show", help="print the configuration in force as JSON",
                          description="Print the configuration that governs the next height "
@@ -608,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, metavar="V", help="a past version (0 is genesis)")
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.set_defaults(func=cmd_config_show)
+    from node.governance import add_commands  # propose, approve, submit; redact (SPEC 8)
+
+    add_commands(sub, cfsub)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "
