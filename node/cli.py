@@ -551,8 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "client key DIR/clients/demo.pem authorised for every record type "
                         "(SPEC section 8), or, with --types, for the listed types only (a "
                         "mistyped type is then refused, listing them; make run uses --types "
-                        "example). --genesis-template takes organisations and policies from a "
-                        "file instead.")
+                        "example). Three organisations (demo-org, supplier, carrier) each have "
+                        "an admin key DIR/clients/ORG-admin.pem; two of them approve a "
+                        "configuration change (docs/governance.md). --genesis-template takes "
+                        "organisations and policies from a file instead.")
     p.add_argument("dir", metavar="DIR", type=Path)
     p.add_argument("--nodes", type=int, default=4, help="validators (default 4)")
     p.add_argument("--base-port", type=int, default=8000, help="first API port (default 8000)")

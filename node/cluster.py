@@ -26,6 +26,10 @@ DEMO_TYPES = ("sensor.reading", "quality.inspection", "quality.certificate",
               "shipment.dispatched", "shipment.in-transit", "shipment.received")
 
 
+#: The demo genesis's organisations: the first holds the demo key; each has an admin.
+GOVERNING_ORGS = ("demo-org", "supplier", "carrier")
+
+
 class ClusterError(LedgerError):
     """A cluster directory cannot be made or run."""
 
@@ -55,7 +59,8 @@ def _from_template(template: Path, genesis: dict[str, Any],
                 member["pubkey"] = key.public.hex()
                 name = f"{org.get('name')}.{member['name']}".replace("/", "_")
                 keys.append((directory / "clients" / f"{name}.pem", key))
-    for field in ("chain_id", "organizations", "policies", "consensus"):
+    genesis.pop("governance", None)  # the template's organisations govern, by its rules
+    for field in ("chain_id", "organizations", "policies", "consensus", "governance"):
         if field in doc:
             genesis[field] = doc[field]
     return keys
@@ -65,7 +70,8 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
                  chain_id: str = "demo", tls: bool = False,
                  template: Path | None = None,
                  types: tuple[str, ...] | None = None) -> list[str]:
-    """Write genesis.json, one folder per node (config and key) and a demo client key.
+    """Write genesis.json, one folder per node (config and key), a demo client key and an
+    admin key per organisation (``clients/<org>-admin.pem``; two of three approve a change).
 
     The demo key may write every record type (SPEC section 8), or only ``types`` (then a
     mistyped type is refused, listing them: what ``make run`` asks for).
@@ -83,6 +89,7 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
     keys = [PrivateKey.generate() for _ in range(nodes)]
     scheme = "https" if tls else "http"
     client = PrivateKey.generate()
+    admins = {org: PrivateKey.generate() for org in GOVERNING_ORGS}
     genesis = {
         "chain_id": chain_id,
         "validators": [
@@ -91,15 +98,24 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
              "api": f"{scheme}://127.0.0.1:{base_port + i}"}
             for i, k in enumerate(keys)
         ],
-        "organizations": [{"name": "demo-org", "members": [
-            {"name": "demo", "pubkey": client.public.hex(), "roles": ["writer"]}]}],
+        # Three organisations, each with an admin (clients/<org>-admin.pem): any two of them
+        # change the configuration (SPEC section 9; docs/governance.md).
+        "organizations": [
+            {"name": org, "members": [
+                *([{"name": "demo", "pubkey": client.public.hex(), "roles": ["writer"]}]
+                  if org == GOVERNING_ORGS[0] else []),
+                {"name": "admin", "pubkey": admins[org].public.hex(), "roles": ["admin"]}]}
+            for org in GOVERNING_ORGS],
         # With explicit types (no "*"), a mistyped --type is refused, listing them.
         "policies": ({t: ["writer"] for t in types} if types is not None
                      else {"*": ["writer"]}),
+        "governance": {"role": "admin", "threshold": 2},
         # An idle chain makes no empty blocks: a height starts when records arrive.
         "consensus": {"create_empty_blocks": False},
     }
-    client_keys = [(directory / "clients" / "demo.pem", client)]
+    client_keys = [(directory / "clients" / "demo.pem", client),
+                   *((directory / "clients" / f"{org}-admin.pem", key)
+                     for org, key in admins.items())]
     if template is not None:
         client_keys = _from_template(template, genesis, directory)
     raw = (json.dumps(genesis, indent=2) + "\n").encode()
