@@ -384,8 +384,8 @@ def status(proposal: Proposal, current: Config, new: Config | None = None) -> li
     except LedgerError as exc:
         return [f"approvals invalid: {exc}"]
     enough = len(orgs) >= current.threshold > 0
-    lines = [f"approvals: {len(orgs)} of {current.threshold} governing organisations needed "
-             f"({', '.join(sorted(orgs)) or 'none yet'})"
+    lines = [f"approvals: {len(orgs)} organisation(s) ({', '.join(sorted(orgs)) or 'none yet'})"
+             f"; {current.threshold} of {len(current.governing)} needed"
              + (": enough" if enough else "")]
     if new is not None:
         adds = {v.pubkey for v in new.validators} - {v.pubkey for v in current.validators}

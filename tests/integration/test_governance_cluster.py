@@ -61,7 +61,7 @@ def test_onboard_an_organisation_with_the_cli(cluster: Cluster, tmp_path: Path) 
 
     out = ok("config", "approve", proposal, "--identity", clients / "demo-org-admin.pem",
              "--node", cluster.url(1))
-    assert "+ organisation newco" in out and "approvals: 1 of 2" in out
+    assert "+ organisation newco" in out and "approvals: 1 organisation(s) (demo-org); 2 of 3 needed" in out
     assert len(json.loads(proposal.read_text())["approvals"]) == 1
     # one organisation is below the threshold: refused at admission, with the code
     short = ledger("config", "submit", proposal, "--node", url, "--identity",

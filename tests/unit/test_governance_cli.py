@@ -68,7 +68,7 @@ def test_a_proposal_approved_by_two_admins_is_a_change_the_ledger_accepts(
     assert "  + organisation newco" in first.lines
     assert f"  + member newco/gw ({NEWCOMER.public.hex()[:8]}): writer" in first.lines
     assert any(line.startswith("approved by org0/admin0") for line in first.lines)
-    assert "approvals: 1 of 2 governing organisations needed (org0)" in first.lines
+    assert "approvals: 1 organisation(s) (org0); 2 of 3 needed" in first.lines
     with pytest.raises(ApprovalsInsufficientError):  # one organisation is not enough
         apply_change(G.config, as_record(first.proposal, G.config))
 
