@@ -587,8 +587,8 @@ def cmd_redact(args: argparse.Namespace) -> int:
     key = _identity(args)
     with _client(args) as client:
         _, current = fetch_config(client)
-        for rid in ids:
-            client.record(rid.hex())  # NodeError not_found names an unknown id
+        for rid in ids:  # NodeError not_found names an unknown id
+            check_redactable(rid, client.record(rid.hex()))
     proposal = propose_redaction(current, ids, args.reason)
     lines = redaction_summary(ids, args.reason)
     if current.governs(key.public) is not None:
@@ -603,6 +603,25 @@ def cmd_redact(args: argparse.Namespace) -> int:
           f"--node {args.node}, then ledger config submit {args.out} --node {args.node} "
           "--identity PEM --wait")
     return 0
+
+
+def check_redactable(rid: bytes, answer: dict[str, Any]) -> None:
+    """Refuse an id the redaction rule would refuse (SPEC section 10): a record that is not
+    committed, or not sealed (its payload is on the chain: nothing to delete)."""
+    from ledger.records import Record
+
+    if answer.get("status") != "committed":
+        raise GovernanceError(f"record {rid.hex()} is not committed yet "
+                              f"(status {answer.get('status')!r})")
+    try:
+        record = Record.from_wire(b64decode(answer.get("envelope"), "record envelope"))
+    except LedgerError as exc:
+        raise GovernanceError(f"record {rid.hex()}: {exc}") from exc
+    if record.id != rid:
+        raise GovernanceError(f"record {rid.hex()}: the node answered another record")
+    if not record.body.sealed:
+        raise GovernanceError(f"record {rid.hex()} is not sealed: its payload is part of the "
+                              "chain and cannot be redacted (SPEC section 10)")
 
 
 def add_commands(sub: Any, config_sub: Any) -> None:

@@ -205,3 +205,21 @@ def test_offline_approval_and_bad_files(tmp_path: Path) -> None:
         bad.write_text(json.dumps(doc))
         with pytest.raises(LedgerError, match=match):
             read_proposal(bad)
+
+
+def test_only_committed_sealed_records_are_redactable() -> None:
+    from node.governance import check_redactable
+
+    inline = Record.create(FX.writer, chain=G.chain_id, type="sensor.reading", subject="s",
+                           payload=1, ts=1, nonce=1)
+    answer = {"status": "committed", "envelope": b64encode(inline.envelope)}
+    with pytest.raises(GovernanceError, match="is not sealed"):
+        check_redactable(inline.id, answer)
+    with pytest.raises(GovernanceError, match="not committed"):
+        check_redactable(inline.id, {**answer, "status": "accepted"})
+    with pytest.raises(GovernanceError, match="another record"):
+        check_redactable(sha256(b"x"), answer)
+    from tests.unit.test_redaction_rules import sealed
+
+    rec = sealed(FX.writer, 5)
+    check_redactable(rec.id, {"status": "committed", "envelope": b64encode(rec.envelope)})
