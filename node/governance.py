@@ -545,6 +545,9 @@ def cmd_config_approve(args: argparse.Namespace) -> int:
         with _client(args) as client:
             genesis, current = fetch_config(client)
             prev = None
+            if proposal.kind == "redact" and proposal.genesis_hash == genesis.hash:
+                for rid in parse_redaction(proposal.change)[1]:
+                    check_redactable(rid, client.record(rid.hex()))
             if proposal.kind == "config" and proposal.genesis_hash == genesis.hash:
                 before = change_version(proposal) - 1
                 if 0 <= before < current.version:  # the version it was written against
