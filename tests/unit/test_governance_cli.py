@@ -223,3 +223,21 @@ def test_only_committed_sealed_records_are_redactable() -> None:
 
     rec = sealed(FX.writer, 5)
     check_redactable(rec.id, {"status": "committed", "envelope": b64encode(rec.envelope)})
+
+
+def test_cluster_init_writes_a_genesis_that_can_be_governed(tmp_path: Path) -> None:
+    """Three organisations, each with an admin key in clients/, two of three approve; the
+    demo key (SPEC section 8) still writes every type."""
+    from ledger.crypto import read_key_file
+    from ledger.genesis import Genesis
+    from node.cluster import init_cluster
+
+    init_cluster(tmp_path, 1, base_port=20000)
+    config = Genesis.load(tmp_path / "genesis.json").config
+    assert (config.governance_role, config.threshold) == ("admin", 2)
+    assert config.governing == {"demo-org", "supplier", "carrier"}
+    for org in config.governing:
+        member = config.governs(read_key_file(tmp_path / "clients" / f"{org}-admin.pem").public)
+        assert member is not None and member.organization == org
+    demo = read_key_file(tmp_path / "clients" / "demo.pem").public
+    assert config.may_submit(demo, "any.type") and config.governs(demo) is None
