@@ -275,6 +275,10 @@ def diff(old: Config, new: Config) -> list[str]:
     for key, v in old_v.items():
         if key not in new_v:
             lines.append(f"  - validator {v.name} ({short(key)}) power {v.power}")
+    kept = [k for k in new_v if k in old_v]
+    if kept != [k for k in old_v if k in new_v]:
+        lines.append("  ~ validators reordered (the proposer order follows the list): "
+                     + ", ".join(new_v[k].name for k in kept))
     old_total, new_total = old.validators.total_power, new.validators.total_power
     if old_total != new_total or old_v.keys() != new_v.keys():
         lines.append(f"  = validators: {len(old_v)} -> {len(new_v)}, total power "

@@ -241,3 +241,15 @@ def test_cluster_init_writes_a_genesis_that_can_be_governed(tmp_path: Path) -> N
         assert member is not None and member.organization == org
     demo = read_key_file(tmp_path / "clients" / "demo.pem").public
     assert config.may_submit(demo, "any.type") and config.governs(demo) is None
+
+
+def test_the_diff_shows_a_reordered_set_and_a_rotated_key() -> None:
+    doc = config_doc(G)
+    doc["validators"].reverse()
+    doc["organizations"][0]["members"][0]["pubkey"] = NEWCOMER.public.hex()  # rotate
+    lines = diff(G.config, parse_change(G.config, propose_config(G.config, doc).change))
+    assert "  ~ validators reordered (the proposer order follows the list): node3, node2, " \
+           "node1, node0" in lines
+    assert f"  + member acme/gateway ({NEWCOMER.public.hex()[:8]}): writer" in lines
+    assert f"  - member acme/gateway ({FX.writer.public.hex()[:8]}): revoked" in lines
+    assert not any(line.startswith("  = validators") for line in lines)
