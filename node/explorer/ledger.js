@@ -16,7 +16,11 @@
   const REDACT_TAG = enc.encode("ledger.redact.v1\0");
   const DEFAULT_GOVERNANCE_ROLE = "admin", MAX_TOTAL_POWER = 2n ** 62n;
   const TYPE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
-  const MAX_PAYLOAD = 64 * 1024, MAX_BODY = MAX_PAYLOAD + 2048, MAX_ENVELOPE = MAX_BODY + 128;
+  // SPEC sections 2 and 9 (ledger/records.py): 64 KiB payloads, 1 MiB for a ledger.config one.
+  const MAX_PAYLOAD = 64 * 1024, MAX_CONFIG_PAYLOAD = 1024 * 1024, BODY_OVERHEAD = 2048;
+  const MAX_BODY = MAX_PAYLOAD + BODY_OVERHEAD, MAX_CONFIG_BODY = MAX_CONFIG_PAYLOAD + BODY_OVERHEAD;
+  const MAX_ENVELOPE = MAX_CONFIG_BODY + 128;
+  const payloadLimit = (type) => (type === CONFIG_TYPE ? MAX_CONFIG_PAYLOAD : MAX_PAYLOAD);
   const U64 = (1n << 64n) - 1n, I64 = (1n << 63n) - 1n;
 
   class VerifyError extends Error {}
@@ -271,7 +275,7 @@
   }
   function decodeBody(data) {
     const w = "record body";
-    if (data.length > MAX_BODY) fail(`${w}: ${data.length} bytes exceeds ${MAX_BODY}`);
+    if (data.length > MAX_CONFIG_BODY) fail(`${w}: ${data.length} bytes exceeds ${MAX_CONFIG_BODY}`);
     const spans = {};
     const m = decode(data, w, spans, MAX_DEPTH + 1); // the body map and a payload of 64
     if (!(m instanceof Map)) fail(`${w}: expected a map`);
@@ -286,7 +290,9 @@
     if (!TYPE_RE.test(expStr(b.type, `${w}.type`))) fail(`${w}.type: ${JSON.stringify(b.type)} does not match ^[a-z0-9][a-z0-9._-]{0,63}$`);
     expStr(b.subject, `${w}.subject`);
     if (len(b.subject) < 1 || len(b.subject) > 256) fail(`${w}.subject: must be 1..256 bytes of UTF-8`);
-    if (spans["string:payload"] > MAX_PAYLOAD) fail(`${w}.payload: ${spans["string:payload"]} bytes exceeds ${MAX_PAYLOAD}`);
+    const limit = payloadLimit(b.type);
+    if (spans["string:payload"] > limit) fail(`${w}.payload: ${spans["string:payload"]} bytes exceeds ${limit}`);
+    if (data.length > MAX_BODY && b.type !== CONFIG_TYPE) fail(`${w}: ${data.length} bytes exceeds ${MAX_BODY} (only a ${CONFIG_TYPE} payload may exceed ${MAX_PAYLOAD})`);
     expInt(b.ts, `${w}.ts`, -(1n << 63n), I64);
     expInt(b.nonce, `${w}.nonce`);
     expBin(b.signer, `${w}.signer`, 32);
