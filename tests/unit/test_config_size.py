@@ -70,7 +70,9 @@ def test_the_node_limits_derive_from_the_largest_record() -> None:
     with pytest.raises(ValueError, match="largest record envelope"):
         ConsensusConfig(max_block_bytes=MAX_RECORD_ENVELOPE_BYTES - 1)
     # A proposal frame carries a whole block; a request body a base64 envelope in JSON.
-    frame = PeerNetwork.__init__.__kwdefaults__["max_frame"]
+    defaults = PeerNetwork.__init__.__kwdefaults__
+    assert defaults is not None
+    frame = defaults["max_frame"]
     assert frame > cfg.max_block_bytes + 64 * 1024
     assert NodeConfig.max_body_bytes >= (MAX_RECORD_ENVELOPE_BYTES * 4) // 3 + 1024
 
@@ -122,7 +124,8 @@ async def test_a_900_kib_change_is_admitted_and_committed_and_oversized_ones_are
         assert dup.json()["results"][0]["status"] == "duplicate"
         block = api.commit()
         assert block is not None and [r.id for r in block.records] == [good.id]
-        assert api.store.height == 1 and api.store.block(1).records[0].envelope == good.envelope
+        stored = api.store.block(1)
+        assert stored is not None and stored.records[0].envelope == good.envelope
         cfg = (await http.get("/v1/config")).json()
         assert (cfg["version"], cfg["height"]) == (1, 2)
         assert base64.b64decode(cfg["change"]) == change
