@@ -5,6 +5,7 @@ approved it, and links to the record and its block."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import socket
 import threading
@@ -17,7 +18,7 @@ import uvicorn
 
 from ledger.config import CONFIG_TAG, CONFIG_TYPE, Config, approval_message
 from ledger.crypto import PrivateKey
-from ledger.records import Record
+from ledger.records import MAX_CONFIG_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, Record
 from tests.browser.conftest import new_page, screenshot
 from tests.factory import change_bytes, config_doc, make_governed_fixture, seeded_key
 from tests.inprocess import InProcessApi, msgpack_post, now_ms
@@ -150,5 +151,41 @@ def test_the_configuration_page_lists_versions_diffs_and_approvers(
     page.wait_for_selector("#version-1")
     page.click("nav a[href='#/config']")
     page.wait_for_selector("#config-versions")
+    assert errors == []
+    page.context.close()
+
+
+def test_ledger_js_takes_a_1_mib_change_and_refuses_larger_payloads(
+        browser: Any, served: tuple[str, dict[str, Any]]) -> None:
+    """ledger.js bounds payloads as ledger/records.py does: 1 MiB for ledger.config, 64 KiB
+    for every other type."""
+    base, _ids = served
+    c0 = FX.genesis.config
+
+    def config_payload(size: int) -> Record:  # a payload of exactly ``size`` bytes encoded
+        return Record.create(A0, chain=c0.chain_id, type=CONFIG_TYPE, subject="config", ts=1,
+                             nonce=9, payload={"change": b"x" * (size - 31), "approvals": [],
+                                               "joins": []})
+
+    def plain(type: str, size: int) -> Record:
+        return Record.create(FX.writer, chain=c0.chain_id, type=type, subject="s", ts=1,
+                             nonce=9, payload=b"x" * (size - 5))
+
+    cases = {"config 1 MiB": config_payload(MAX_CONFIG_PAYLOAD_BYTES),
+             "config 1 MiB + 1": config_payload(MAX_CONFIG_PAYLOAD_BYTES + 1),
+             "reading 64 KiB": plain("sensor.reading", MAX_PAYLOAD_BYTES),
+             "reading 65 KiB": plain("sensor.reading", 65 * 1024),
+             "redact 65 KiB": plain("ledger.redact", 65 * 1024)}
+    page, errors = new_page(browser)
+    page.goto(f"{base}/#/verify")
+    page.wait_for_function("window.Ledger !== undefined")
+    got = page.evaluate("""(cases) => Object.fromEntries(Object.entries(cases).map(([k, b]) => {
+        try { Ledger.decodeEnvelope(Ledger.unb64(b, "envelope")); return [k, "ok"]; }
+        catch (e) { return [k, e.message]; } }))""",
+                        {k: base64.b64encode(r.envelope).decode() for k, r in cases.items()})
+    assert got["config 1 MiB"] == "ok" and got["reading 64 KiB"] == "ok"
+    assert got["config 1 MiB + 1"] == "record body.payload: 1048577 bytes exceeds 1048576"
+    assert got["reading 65 KiB"] == "record body.payload: 66560 bytes exceeds 65536"
+    assert got["redact 65 KiB"] == "record body.payload: 66560 bytes exceeds 65536"
     assert errors == []
     page.context.close()
