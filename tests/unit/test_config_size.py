@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from ledger.consensus.core import ConsensusConfig
 from ledger.crypto import PrivateKey
 from ledger.encoding import packb
 from ledger.errors import TooLargeError
+from ledger.genesis import Genesis
 from ledger.records import (
     MAX_CONFIG_PAYLOAD_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -22,7 +24,7 @@ from ledger.records import (
     Record,
     RecordBody,
 )
-from node.config import NodeConfig
+from node.config import ConfigError, NodeConfig
 from node.transport.network import PeerNetwork
 from tests.factory import change_bytes, config_doc, make_governed_fixture, seeded_key
 from tests.inprocess import InProcessApi, msgpack_post, now_ms
@@ -137,3 +139,12 @@ async def test_a_900_kib_change_is_admitted_and_committed_and_oversized_ones_are
         verify_receipt(receipt, FX.genesis)
         for missing in (over, plain):
             assert (await http.get(f"/v1/records/{missing.id.hex()}")).status_code == 404
+
+
+def test_a_genesis_whose_blocks_cannot_hold_a_change_is_refused() -> None:
+    doc = json.loads(FX.genesis.raw)
+    doc["consensus"] = {"max_block_bytes": 512 * 1024}
+    genesis = Genesis.from_bytes(json.dumps(doc).encode())
+    cfg = NodeConfig.__new__(NodeConfig)
+    with pytest.raises(ConfigError, match="largest record envelope"):
+        cfg.consensus_config(genesis)
