@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.config import CONFIG_TYPE
 from ledger.crypto import (
     PUBLIC_KEY_SIZE,
     RECORD_TAG,
@@ -45,7 +46,6 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 #: other size bound (record decoding, the explorer's ledger.js, block, frame and request
 #: limits) derives from or is checked against.
 MAX_CONFIG_PAYLOAD_BYTES = 1024 * 1024
-CONFIG_TYPE = "ledger.config"
 #: A body is seven short fields around the payload; this bounds everything but the payload.
 BODY_OVERHEAD = 2048
 ENVELOPE_OVERHEAD = 128
