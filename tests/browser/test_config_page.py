@@ -19,7 +19,7 @@ import uvicorn
 from ledger.config import CONFIG_TAG, CONFIG_TYPE, Config, approval_message
 from ledger.crypto import PrivateKey
 from ledger.records import MAX_CONFIG_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, Record
-from tests.browser.conftest import new_page, screenshot
+from tests.browser.conftest import PHONE, new_page, screenshot
 from tests.factory import change_bytes, config_doc, make_governed_fixture, seeded_key
 from tests.inprocess import InProcessApi, msgpack_post, now_ms
 
@@ -187,5 +187,18 @@ def test_ledger_js_takes_a_1_mib_change_and_refuses_larger_payloads(
     assert got["config 1 MiB + 1"] == "record body.payload: 1048577 bytes exceeds 1048576"
     assert got["reading 65 KiB"] == "record body.payload: 66560 bytes exceeds 65536"
     assert got["redact 65 KiB"] == "record body.payload: 66560 bytes exceeds 65536"
+    assert errors == []
+    page.context.close()
+
+
+def test_the_configuration_page_fits_a_phone(browser: Any,
+                                             served: tuple[str, dict[str, Any]]) -> None:
+    base, _ids = served
+    page, errors = new_page(browser, PHONE)
+    page.goto(f"{base}/#/config")
+    page.wait_for_selector("#version-1 ul.diff li")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], width
+    screenshot(page, "phone-config")
     assert errors == []
     page.context.close()
