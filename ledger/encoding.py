@@ -343,6 +343,34 @@ def map_value_sizes(data: bytes) -> dict[Any, int]:
     return out
 
 
+def map_str_value(data: bytes, key: str) -> str | None:
+    """The str value of fixstr ``key`` in the map ``data`` holds, None if the value is not a
+    str, the key is absent or ``data`` is not a map (``data`` must have passed ``scan``):
+    reads one value without decoding the others."""
+    b = data[0]
+    if 0x80 <= b <= 0x8f:
+        n, pos = b & 0x0f, 1
+    elif b == 0xde:
+        n, pos = _LEN2(data, 1)[0], 3
+    elif b == 0xdf:
+        n, pos = _LEN4(data, 1)[0], 5
+    else:
+        return None
+    wanted = key.encode()
+    for _ in range(n):
+        key_start = pos
+        pos = _skip(data, pos)
+        start = pos
+        pos = _skip(data, pos)
+        if data[key_start] == 0xa0 + len(wanted) and data[key_start + 1:start] == wanted:
+            first = data[start]
+            if not (0xa0 <= first <= 0xbf or 0xd9 <= first <= 0xdb):
+                return None
+            text: bytes = msgpack.unpackb(data[start:pos], raw=True)
+            return text.decode("utf-8", "replace")
+    return None
+
+
 def _skip(data: bytes, pos: int) -> int:
     """The end of the (already validated) value at ``pos``, allocating nothing per element:
     a container only adds to the count of values still to skip."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.config import CONFIG_TYPE
 from ledger.crypto import (
     PUBLIC_KEY_SIZE,
     RECORD_TAG,
@@ -30,6 +31,7 @@ from ledger.encoding import (
     expect_str,
     fail,
     kind_of,
+    map_str_value,
     map_value_sizes,
     packb,
     require_canonical,
@@ -38,10 +40,24 @@ from ledger.encoding import (
 )
 from ledger.errors import SignatureError, TooLargeError
 
+#: A payload's encoded size at most (SPEC section 2), for every type but ``ledger.config``.
 MAX_PAYLOAD_BYTES = 64 * 1024
+#: A ``ledger.config`` payload's encoded size at most (SPEC section 9): the one constant every
+#: other size bound (record decoding, the explorer's ledger.js, block, frame and request
+#: limits) derives from or is checked against.
+MAX_CONFIG_PAYLOAD_BYTES = 1024 * 1024
 #: A body is seven short fields around the payload; this bounds everything but the payload.
-MAX_BODY_BYTES = MAX_PAYLOAD_BYTES + 2048
-MAX_ENVELOPE_BYTES = MAX_BODY_BYTES + 128
+BODY_OVERHEAD = 2048
+ENVELOPE_OVERHEAD = 128
+MAX_BODY_BYTES = MAX_PAYLOAD_BYTES + BODY_OVERHEAD
+MAX_ENVELOPE_BYTES = MAX_BODY_BYTES + ENVELOPE_OVERHEAD
+#: The largest body and envelope of any record (a ``ledger.config`` one).
+MAX_CONFIG_BODY_BYTES = MAX_CONFIG_PAYLOAD_BYTES + BODY_OVERHEAD
+MAX_RECORD_ENVELOPE_BYTES = MAX_CONFIG_BODY_BYTES + ENVELOPE_OVERHEAD
+#: msgpack elements a body beyond MAX_BODY_BYTES (necessarily a ``ledger.config`` one) may
+#: decode to: no more than a 64 KiB payload can hold, so a 1 MiB body of empty maps is
+#: refused before it is built. A valid change holds far fewer (docs/protocol.md).
+MAX_LARGE_BODY_ELEMENTS = MAX_PAYLOAD_BYTES
 #: How deep a payload may nest (a validity rule, docs/protocol.md): 64 levels of arrays/maps.
 MAX_PAYLOAD_DEPTH = MAX_DEPTH
 MAX_SUBJECT_BYTES = 256
@@ -115,7 +131,7 @@ class RecordBody:
         """``from_wire`` and the number of msgpack elements the body decoded to."""
         what = "record body"
         if len(data) > MAX_BODY_BYTES:
-            raise TooLargeError(f"{what}: {len(data)} bytes exceeds {MAX_BODY_BYTES}")
+            _check_large_body(data, what)
         fields, elements = decode(data, what, max_depth=MAX_BODY_DEPTH)
         if type(fields) is not dict:
             if type(fields) is MapPairs:
@@ -135,10 +151,31 @@ class RecordBody:
             body = cls(**fields)
         body.validate_basic()
         if len(data) > MAX_PAYLOAD_BYTES:  # else the payload cannot exceed its limit
-            size = map_value_sizes(data).get("payload", 0)
-            if size > MAX_PAYLOAD_BYTES:
-                raise TooLargeError(f"{what}.payload: {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+            size, limit = map_value_sizes(data).get("payload", 0), payload_limit(body.type)
+            if size > limit:
+                raise TooLargeError(f"{what}.payload: {size} bytes exceeds {limit}")
         return body, elements
+
+
+def payload_limit(record_type: str) -> int:
+    """The encoded size a payload of ``record_type`` may reach (SPEC sections 2 and 9)."""
+    return MAX_CONFIG_PAYLOAD_BYTES if record_type == CONFIG_TYPE else MAX_PAYLOAD_BYTES
+
+
+def _check_large_body(data: bytes, what: str) -> None:
+    """A body over MAX_BODY_BYTES is admitted to decoding only if it is at most
+    MAX_CONFIG_BODY_BYTES, its structure scans (allocating nothing), it decodes to at most
+    MAX_LARGE_BODY_ELEMENTS elements and it is a map whose ``type`` is ``ledger.config``:
+    any other record that large is ``too_large`` before a single object is built."""
+    if len(data) > MAX_CONFIG_BODY_BYTES:
+        raise TooLargeError(f"{what}: {len(data)} bytes exceeds {MAX_CONFIG_BODY_BYTES}")
+    elements = scan(data, what, max_depth=MAX_BODY_DEPTH)
+    if elements > MAX_LARGE_BODY_ELEMENTS:
+        raise TooLargeError(f"{what}: {len(data)} bytes of {elements} msgpack elements: a body "
+                            f"over {MAX_BODY_BYTES} bytes may hold {MAX_LARGE_BODY_ELEMENTS}")
+    if map_str_value(data, "type") != CONFIG_TYPE:
+        raise TooLargeError(f"{what}: {len(data)} bytes exceeds {MAX_BODY_BYTES} "
+                            f"(only a {CONFIG_TYPE} payload may exceed {MAX_PAYLOAD_BYTES})")
 
 
 def _first_odd_key(fields: MapPairs) -> Any:
@@ -175,8 +212,9 @@ class Record:
         body = RecordBody(chain, type, subject, payload, ts, nonce, key.public)
         body.validate_basic()
         body_bytes = body.to_wire()
-        if len(body_bytes) > MAX_BODY_BYTES:
-            raise TooLargeError(f"record body: {len(body_bytes)} bytes exceeds {MAX_BODY_BYTES}")
+        limit = MAX_CONFIG_BODY_BYTES if type == CONFIG_TYPE else MAX_BODY_BYTES
+        if len(body_bytes) > limit:
+            raise TooLargeError(f"record body: {len(body_bytes)} bytes exceeds {limit}")
         sig = key.sign(RECORD_TAG + body_bytes)
         elements = scan(body_bytes, "record body", max_depth=MAX_BODY_DEPTH)
         return cls(body, body_bytes, sig, packb([body_bytes, sig]), sha256(body_bytes),
@@ -186,8 +224,9 @@ class Record:
     def from_wire(cls, envelope: bytes) -> Record:
         """Decode an envelope strictly (shape only: the signature is not checked here)."""
         what = "record envelope"
-        if len(envelope) > MAX_ENVELOPE_BYTES:
-            raise TooLargeError(f"{what}: {len(envelope)} bytes exceeds {MAX_ENVELOPE_BYTES}")
+        if len(envelope) > MAX_RECORD_ENVELOPE_BYTES:
+            raise TooLargeError(
+                f"{what}: {len(envelope)} bytes exceeds {MAX_RECORD_ENVELOPE_BYTES}")
         items = expect_array(unpack_exact(envelope, what), what, 2)
         body_bytes = expect_bytes(items[0], f"{what}.body")
         sig = expect_bytes(items[1], f"{what}.sig", SIGNATURE_SIZE)

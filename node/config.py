@@ -143,4 +143,7 @@ class NodeConfig:
         unknown = set(section) - known
         if unknown:
             raise ConfigError(f"genesis 'consensus' has unknown keys {sorted(unknown)}")
-        return ConsensusConfig(**section)
+        try:
+            return ConsensusConfig(**section)
+        except (TypeError, ValueError) as exc:  # e.g. a block too small for a 1 MiB change
+            raise ConfigError(f"genesis 'consensus': {exc}") from exc

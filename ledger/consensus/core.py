@@ -75,7 +75,7 @@ from ledger.consensus.votes import CATCHUP_ROUNDS, HeightVotes
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import BlockError, LedgerError
 from ledger.genesis import Genesis, ValidatorSet
-from ledger.records import Record
+from ledger.records import MAX_RECORD_ENVELOPE_BYTES, Record
 from ledger.validation import (
     ChainTip,
     check_extends,
@@ -143,6 +143,12 @@ class ConsensusConfig:
     catchup_rounds: int = CATCHUP_ROUNDS  # future rounds each validator may open per height
     max_evidence: int = 1000  # conflicting pairs kept (oldest dropped first)
     decisions_max_bytes: int = 64 * 1024 * 1024  # recent decided blocks kept in memory
+
+    def __post_init__(self) -> None:
+        # A block must be able to carry the largest record (a 1 MiB ledger.config change).
+        if self.max_block_bytes < MAX_RECORD_ENVELOPE_BYTES:
+            raise ValueError(f"max_block_bytes {self.max_block_bytes} is below the largest "
+                             f"record envelope ({MAX_RECORD_ENVELOPE_BYTES} bytes)")
 
 
 NO_SIGNATURE = (0, 0, -1)

@@ -436,6 +436,76 @@
     await load();
   }
 
+  // ---- configuration versions (SPEC section 9) ----
+  // Every version from GET /v1/config?version=V, the ledger.config record that made it (in
+  // the block just below the first height it governs), who approved it (named by the
+  // configuration then in force) and what it changed.
+  function membersOf(config) {
+    const m = new Map();
+    for (const o of config.organizations || []) for (const x of o.members || []) m.set(x.pubkey, `${o.name} / ${x.name}`);
+    return m;
+  }
+  const b64hex = (s) => { try { return L.hex(L.unb64(s, "key")); } catch (e) { return String(s); } };
+  const OPS = { "+": "add", "-": "remove", "~": "change" };
+
+  async function configView(token, selected) {
+    const { doc: current } = await api("/v1/config");
+    const n = current.version;
+    const versions = await Promise.all([...Array(n + 1).keys()].map((v) => (v === n ? current
+      : api(`/v1/config?version=${v}`).then((r) => r.doc))));
+    const made = await Promise.all(versions.slice(1).map(async (c) => {
+      const { doc: b } = await api(`/v1/blocks/${c.height - 1}`);
+      return { height: c.height - 1, record: b.records.find((r) => r.type === "ledger.config") || null };
+    }));
+    if (token !== state.view) return;
+    const info = versions.map((c, v) => {
+      if (v === 0) return { c, diff: [], approvers: [], joins: [], signer: null, record: null, height: null };
+      const { record, height } = made[v - 1], names = membersOf(versions[v - 1].config);
+      const pairs = (k) => (record && record.payload && Array.isArray(record.payload[k]) ? record.payload[k] : []);
+      const label = (key) => names.get(key) || `${short(key)} (not a member of version ${v - 1})`;
+      const validatorName = (key) => ((c.config.validators || []).find((x) => x.pubkey === key) || {}).name || short(key);
+      return { c, diff: L.configDiff(versions[v - 1].config, c.config), height, record,
+               signer: record ? label(record.signer) : null,
+               approvers: pairs("approvals").map((p) => label(b64hex(p[0]))),
+               joins: pairs("joins").map((p) => validatorName(b64hex(p[0]))) };
+    });
+    const recordLink = (x) => (x.record ? link(recordHref(x.record.id), short(x.record.id), "mono") : "—");
+    const rows = [...info].reverse().map((x) => el("tr", { "data-version": x.c.version },
+      el("td", { class: "num" }, link(`#/config/${x.c.version}`, String(x.c.version))),
+      el("td", { class: "num" }, link(blockHref(x.c.height), String(x.c.height))),
+      el("td", {}, x.record ? [recordLink(x), " in block ", link(blockHref(x.height), String(x.height))] : "genesis"),
+      el("td", { class: "approvers" }, x.approvers.join(", ") || "—"),
+      el("td", { class: "num" }, x.c.version ? String(x.diff.length) : "—")));
+    const cards = [...info].reverse().map((x) => {
+      const cfg = x.c.config;
+      const count = (cfg.organizations || []).reduce((k, o) => k + (o.members || []).length, 0);
+      const summary = `${(cfg.organizations || []).length} organisations, ${count} members, ` +
+        `${(cfg.validators || []).length} validators (power ${(cfg.validators || []).reduce((k, v) => k + Number(v.power), 0)})`;
+      return el("section", { class: "card config-version", id: `version-${x.c.version}` },
+        el("h2", {}, x.c.version ? `Version ${x.c.version}` : "Version 0 (genesis)"),
+        kv([["governs from", el("span", {}, "height ", link(blockHref(x.c.height), String(x.c.height)))],
+          x.record && ["changed by", el("span", {}, "record ", recordLink(x), " in block ", link(blockHref(x.height), String(x.height)))],
+          x.record && ["submitted by", x.signer],
+          x.record && ["approved by", el("span", { class: "approvers" }, x.approvers.join(", ") || "—")],
+          x.joins.length > 0 && ["joined by", x.joins.join(", ")],
+          ["in force", summary]]),
+        x.c.version ? (x.diff.length
+          ? el("ul", { class: "diff" }, x.diff.map((d) => el("li", { class: `op-${OPS[d.op]}`, "data-op": d.op, "data-section": d.section },
+            el("span", { class: "op" }, d.op === "-" ? "−" : d.op), " ", el("span", { class: "muted" }, d.section), " ", d.text)))
+          : el("p", { class: "muted" }, "no change to the configuration (a new version of the same one)")) : null,
+        el("details", {}, el("summary", {}, "the whole configuration (JSON)"),
+          el("pre", { class: "payload" }, JSON.stringify(cfg, null, 2))));
+    });
+    setView(el("h1", {}, "Configuration"),
+      el("p", { class: "muted" }, `Version ${n} governs the next height. Each version was made by an approved `,
+        code("ledger.config"), " record; it governs from the height after that record's block."),
+      el("section", { class: "card" }, el("h2", {}, "Versions"),
+        table(["version", "governs from", "changed by", "approved by", "changes"], rows, { id: "config-versions" })),
+      ...cards);
+    const target = selected !== undefined && $(`version-${selected}`);
+    if (target) target.scrollIntoView();
+  }
+
   // ---- routing ----
   async function route() {
     const token = ++state.view;
@@ -448,6 +518,7 @@
       else if (kind === "record" && arg) await recordView(token, arg);
       else if (kind === "subject" && arg) await subjectView(token, arg);
       else if (kind === "verify") verifyView();
+      else if (kind === "config") await configView(token, /^\d+$/.test(arg) ? arg : undefined);
       else await homeView(token);
     } catch (e) {
       if (token === state.view) setView(el("h1", {}, "Not available"), el("p", { class: "error", id: "view-error" }, e.message));

@@ -16,7 +16,11 @@
   const REDACT_TAG = enc.encode("ledger.redact.v1\0");
   const DEFAULT_GOVERNANCE_ROLE = "admin", MAX_TOTAL_POWER = 2n ** 62n;
   const TYPE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
-  const MAX_PAYLOAD = 64 * 1024, MAX_BODY = MAX_PAYLOAD + 2048, MAX_ENVELOPE = MAX_BODY + 128;
+  // SPEC sections 2 and 9 (ledger/records.py): 64 KiB payloads, 1 MiB for a ledger.config one.
+  const MAX_PAYLOAD = 64 * 1024, MAX_CONFIG_PAYLOAD = 1024 * 1024, BODY_OVERHEAD = 2048;
+  const MAX_BODY = MAX_PAYLOAD + BODY_OVERHEAD, MAX_CONFIG_BODY = MAX_CONFIG_PAYLOAD + BODY_OVERHEAD;
+  const MAX_ENVELOPE = MAX_CONFIG_BODY + 128;
+  const payloadLimit = (type) => (type === CONFIG_TYPE ? MAX_CONFIG_PAYLOAD : MAX_PAYLOAD);
   const U64 = (1n << 64n) - 1n, I64 = (1n << 63n) - 1n;
 
   class VerifyError extends Error {}
@@ -271,7 +275,7 @@
   }
   function decodeBody(data) {
     const w = "record body";
-    if (data.length > MAX_BODY) fail(`${w}: ${data.length} bytes exceeds ${MAX_BODY}`);
+    if (data.length > MAX_CONFIG_BODY) fail(`${w}: ${data.length} bytes exceeds ${MAX_CONFIG_BODY}`);
     const spans = {};
     const m = decode(data, w, spans, MAX_DEPTH + 1); // the body map and a payload of 64
     if (!(m instanceof Map)) fail(`${w}: expected a map`);
@@ -286,7 +290,9 @@
     if (!TYPE_RE.test(expStr(b.type, `${w}.type`))) fail(`${w}.type: ${JSON.stringify(b.type)} does not match ^[a-z0-9][a-z0-9._-]{0,63}$`);
     expStr(b.subject, `${w}.subject`);
     if (len(b.subject) < 1 || len(b.subject) > 256) fail(`${w}.subject: must be 1..256 bytes of UTF-8`);
-    if (spans["string:payload"] > MAX_PAYLOAD) fail(`${w}.payload: ${spans["string:payload"]} bytes exceeds ${MAX_PAYLOAD}`);
+    const limit = payloadLimit(b.type);
+    if (spans["string:payload"] > limit) fail(`${w}.payload: ${spans["string:payload"]} bytes exceeds ${limit}`);
+    if (data.length > MAX_BODY && b.type !== CONFIG_TYPE) fail(`${w}: ${data.length} bytes exceeds ${MAX_BODY} (only a ${CONFIG_TYPE} payload may exceed ${MAX_PAYLOAD})`);
     expInt(b.ts, `${w}.ts`, -(1n << 63n), I64);
     expInt(b.nonce, `${w}.nonce`);
     expBin(b.signer, `${w}.signer`, 32);
@@ -844,6 +850,69 @@
     }
   }
 
+  // ---- what a configuration change changes (the explorer's configuration page) ----
+  // `prev` and `next` are configurations in genesis.json's JSON shapes (GET /v1/config's
+  // `config`). The diff is a list of {section, op: "+" | "-" | "~", text}, in the order
+  // organisations, members, validators, policies, governance, witnesses, read policies.
+  function configDiff(prev, next) {
+    const out = [];
+    const add = (section, op, text) => out.push({ section, op, text });
+    const list = (v) => (Array.isArray(v) ? v : []);
+    const roles = (r) => list(r).join(", ") || "no role";
+    const orgNames = (c) => list(c.organizations).map((o) => o.name);
+    const members = (c) => {
+      const m = new Map();
+      for (const o of list(c.organizations)) for (const x of list(o.members)) m.set(x.pubkey, { org: o.name, name: x.name, roles: list(x.roles) });
+      return m;
+    };
+    const [po, no] = [orgNames(prev), orgNames(next)];
+    for (const n of no) if (!po.includes(n)) add("organisations", "+", `organisation ${n}`);
+    for (const n of po) if (!no.includes(n)) add("organisations", "-", `organisation ${n}`);
+    const [pm, nm] = [members(prev), members(next)];
+    const who = (m) => `${m.org} / ${m.name}`;
+    for (const [k, m] of nm) {
+      const old = pm.get(k);
+      if (!old) add("members", "+", `member ${who(m)} (${roles(m.roles)}) key ${k}`);
+      else {
+        if (who(old) !== who(m)) add("members", "~", `member key ${k}: ${who(old)} → ${who(m)}`);
+        if (roles(old.roles) !== roles(m.roles)) add("members", "~", `member ${who(m)} roles: ${roles(old.roles)} → ${roles(m.roles)}`);
+      }
+    }
+    for (const [k, m] of pm) if (!nm.has(k)) add("members", "-", `member ${who(m)} (${roles(m.roles)}) key ${k}`);
+    const vals = (c) => new Map(list(c.validators).map((v) => [v.pubkey, v]));
+    const [pv, nv] = [vals(prev), vals(next)];
+    for (const [k, v] of nv) {
+      const old = pv.get(k);
+      if (!old) add("validators", "+", `validator ${v.name} (power ${v.power}) key ${k}`);
+      else {
+        if (old.name !== v.name) add("validators", "~", `validator key ${k}: name ${old.name} → ${v.name}`);
+        if (old.power !== v.power) add("validators", "~", `validator ${v.name} power ${old.power} → ${v.power}`);
+        for (const f of ["p2p", "api"]) if ((old[f] || "") !== (v[f] || "")) add("validators", "~", `validator ${v.name} ${f} ${old[f] || "none"} → ${v[f] || "none"}`);
+      }
+    }
+    for (const [k, v] of pv) if (!nv.has(k)) add("validators", "-", `validator ${v.name} (power ${v.power}) key ${k}`);
+    const policyDiff = (section, a, b) => {
+      const [pa, pb] = [a || {}, b || {}];
+      for (const t of Object.keys(pb).sort()) {
+        if (!Object.prototype.hasOwnProperty.call(pa, t)) add(section, "+", `${t}: ${roles(pb[t])}`);
+        else if (roles(pa[t]) !== roles(pb[t])) add(section, "~", `${t}: ${roles(pa[t])} → ${roles(pb[t])}`);
+      }
+      for (const t of Object.keys(pa).sort()) if (!Object.prototype.hasOwnProperty.call(pb, t)) add(section, "-", `${t}: ${roles(pa[t])}`);
+    };
+    policyDiff("policies", prev.policies, next.policies);
+    const gov = (c) => {
+      const g = c.governance || {};
+      return `role ${g.role === undefined ? "admin (default)" : g.role}, threshold ${g.threshold === undefined ? "default (a majority)" : g.threshold}`;
+    };
+    if (gov(prev) !== gov(next)) add("governance", "~", `governance ${gov(prev)} → ${gov(next)}`);
+    const wits = (c) => new Map(list(c.witnesses).map((w) => [w.pubkey, w.name]));
+    const [pw, nw] = [wits(prev), wits(next)];
+    for (const [k, n] of nw) if (!pw.has(k)) add("witnesses", "+", `witness ${n} key ${k}`);
+    for (const [k, n] of pw) if (!nw.has(k)) add("witnesses", "-", `witness ${n} key ${k}`);
+    policyDiff("read policies", prev.read_policies, next.read_policies);
+    return out;
+  }
+
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, verifyBlock, verifyChain, configAt, applyChange, configOf, decodeEnvelope, decodeHeader, VerifyError };
+                    maySubmit, verifyReceipt, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader, VerifyError };
 })();

@@ -20,6 +20,15 @@ ever a validator; a node whose key is not in a height's set follows the chain wi
 A node is crashed (possibly mid-actions) as the chain reaches a change. The Byzantine key of
 Twins or the equivocator never holds a third of the power of any set it is in.
 
+Half of those seeds (``Scenario.governed``) make the same kind of plan happen through the
+chain itself, as a live consortium would (SPEC section 9): each set is a signed
+``ledger.config`` record (approved by two of the three governing organisations' admins,
+joined by every key it adds, ``ChangePlan``) submitted to every node's mempool once the
+previous change has committed. Nobody knows in advance at which height a change lands: each
+core reads the configuration from its own store's committed chain (``config_at`` =
+``store.history.at``), and the harness checks every block against a history it builds
+independently from the blocks it has checked (``reference``).
+
 Everything random comes from one ``random.Random(seed)``, so a seed replays exactly:
 ``python -m tests.sim.run --seed S``.
 """
@@ -36,6 +45,7 @@ from functools import lru_cache
 from typing import Any
 
 from ledger.blocks import Block, Certificate, Vote, build_header
+from ledger.config import Config, ConfigHistory, apply_change
 from ledger.consensus import (
     Broadcast,
     CommitBlock,
@@ -61,15 +71,27 @@ from ledger.consensus import (
 )
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import LedgerError
-from ledger.genesis import Validator, ValidatorSet
+from ledger.genesis import Genesis, Validator, ValidatorSet
 from ledger.records import Record
 from ledger.store import MemoryStore
 from ledger.validation import check_header_fields, check_records, check_unique_within
-from tests.factory import ChainBuilder, Fixture, make_fixture, seeded_key
+from tests.factory import (
+    ChainBuilder,
+    Fixture,
+    change_bytes,
+    change_record,
+    config_doc,
+    make_fixture,
+    make_governed_fixture,
+    seeded_key,
+)
 
 FIXTURE = make_fixture()
+#: The same validator and client keys, plus three governing organisations (threshold 2).
+GOVERNED = make_governed_fixture()
 EXTRA_KEYS = [seeded_key(f"sim-validator-{i}") for i in range(3)]  # never in genesis
 CHANGE_SHARE = 0.3  # of the seeds that change the validator set
+GOVERNED_SHARE = 0.5  # of those, the share whose changes are committed ledger.config records
 
 SIM_CONFIG = ConsensusConfig(
     timeout_propose_ms=300, timeout_propose_delta_ms=100,
@@ -213,6 +235,32 @@ def plan_changes(rng: random.Random, originals: list[PrivateKey], extras: list[P
     return schedule
 
 
+class ChangePlan:
+    """A schedule's sets as the ``ledger.config`` records that make them, in order: record k
+    changes version k to k + 1 (written against it: its ``prev``, the joins of the keys it
+    adds), signed and approved by the fixture's admins (a different pair each time)."""
+
+    def __init__(self, fixture: Fixture, schedule: ValidatorSchedule) -> None:
+        keys = {k.public: k for k in [*fixture.validator_keys, *EXTRA_KEYS]}
+        admins = fixture.admins
+        base = config_doc(fixture.genesis)
+        config: Config = fixture.genesis.config
+        self.kinds = schedule.kinds[1:]
+        self.records: list[Record] = []
+        for k, vs in enumerate(schedule.sets[1:]):
+            doc = {**base, "validators": [
+                {"name": v.name, "pubkey": v.pubkey.hex(), "power": v.power} for v in vs]}
+            change = change_bytes(config, doc)
+            before = {v.pubkey for v in config.validators}
+            record = change_record(
+                config, admins[k % len(admins)], change,
+                approvers=[admins[k % len(admins)], admins[(k + 1) % len(admins)]],
+                joiners=[keys[v.pubkey] for v in vs if v.pubkey not in before],
+                nonce=5_000_000 + k)
+            config = apply_change(config, record, cached_verify)
+            self.records.append(record)
+
+
 class SafetyViolation(AssertionError):
     """Agreement or validity broke."""
 
@@ -238,6 +286,7 @@ class Scenario:
     liveness_ms: int = 20000
     empty_blocks: bool = True
     changes: bool = False  # the validator set changes over the run (``plan_changes``)
+    governed: bool = False  # ... by committed ledger.config records (``ChangePlan``)
 
     @classmethod
     def from_seed(cls, seed: int) -> Scenario:
@@ -258,6 +307,7 @@ class Scenario:
         s.changes = rng.random() < CHANGE_SHARE  # drawn last: other fields as before
         if s.changes:  # the chain must move through every change: empty blocks on
             s.empty_blocks = True
+            s.governed = rng.random() < GOVERNED_SHARE
         return s
 
     def describe(self) -> str:
@@ -272,7 +322,7 @@ class Simulation:
                  core_factory: Callable[..., ConsensusCore] = ConsensusCore,
                  schedule: ValidatorSchedule | None = None) -> None:
         self.s = scenario
-        self.fx = fixture
+        self.fx = GOVERNED if scenario.governed and fixture is FIXTURE else fixture
         self.config = (config if scenario.empty_blocks
                        else dataclasses.replace(config, create_empty_blocks=False))
         self.core_factory = core_factory
@@ -286,33 +336,51 @@ class Simulation:
         self.checked: set[bytes] = set()
         self.log: list[str] = []
         self.faults_end = 0
-        n = len(fixture.validator_keys)
+        n = len(self.fx.validator_keys)
         byzantine = self.rng.randrange(n) if (scenario.twins or scenario.equivocator) else -1
         self.schedule = schedule  # a test's own, or planned below
         self.change_crash_height = 0  # a node crashes as the chain reaches this height
-        keys = list(fixture.validator_keys)
+        keys = list(self.fx.validator_keys)
+        #: Governed: the changes to commit, the history the harness builds from the blocks
+        #: it checks, and the version whose commit crashes a node.
+        self.plan: ChangePlan | None = None
+        self.reference: ConfigHistory | None = None
+        self.change_crash_version = 0
         if schedule is not None:
             keys += EXTRA_KEYS
         elif scenario.changes:
-            self.schedule = plan_changes(
+            planned = plan_changes(
                 self.rng, keys, EXTRA_KEYS, keys[byzantine] if byzantine >= 0 else None)
-            self.change_crash_height = self.rng.choice(self.schedule.starts[1:])
+            if scenario.governed:
+                self.plan = ChangePlan(self.fx, planned)
+                self.reference = ConfigHistory(self.fx.genesis.config)
+                self.change_crash_version = self.rng.randint(1, len(self.plan.records))
+            else:
+                self.schedule = planned
+                self.change_crash_height = self.rng.choice(planned.starts[1:])
             keys += EXTRA_KEYS
         for i, key in enumerate(keys):
             self._add_node(key, honest=i != byzantine)
         if scenario.twins:
-            self._add_node(fixture.validator_keys[byzantine], honest=False)
+            self._add_node(self.fx.validator_keys[byzantine], honest=False)
         if scenario.equivocator:
             self.nodes[byzantine].equivocate = True
 
     # -- set-up -------------------------------------------------------------------------
 
     def _add_node(self, key: PrivateKey, honest: bool) -> None:
-        store = MemoryStore(self.fx.genesis.hash)
+        # Governed: the store follows the committed changes (its ``history``).
+        store = MemoryStore(self.fx.genesis.hash,
+                            config=self.fx.genesis.config if self.plan is not None else None)
         node = SimNode(len(self.nodes), key, honest, store, SimMempool(store))
         self.nodes.append(node)
 
     def _new_core(self, node: SimNode) -> ConsensusCore:
+        history = node.store.history
+        if history is not None:  # governed: the configuration the committed chain holds
+            return self.core_factory(self.fx.genesis, node.store, node.mempool, key=node.key,
+                                     config=self.config, persisted=node.persisted,
+                                     verify=cached_verify, config_at=history.at)
         return self.core_factory(self.fx.genesis, node.store, node.mempool, key=node.key,
                                  config=self.config, persisted=node.persisted,
                                  verify=cached_verify, validators_at=self.schedule)
@@ -347,6 +415,8 @@ class Simulation:
             self._push(min(window, start + rng.randint(500, 4000)), "heal")
         for record in rng.sample(RECORDS[:-PROBES], s.records):
             self._push(rng.randint(0, window), "record", record)
+        if self.plan is not None:  # the first change; each next one once its previous commits
+            self._push(rng.randint(0, window // 3), "record", self.plan.records[0])
         self._push(window + 2, "heal")
         # A fresh record at the heal, so even a chain that makes no empty blocks must move.
         self._push(window + 2, "record", RECORDS[-1 - rng.randrange(PROBES)])
@@ -395,6 +465,11 @@ class Simulation:
     def _through_schedule(self) -> bool:
         """Every honest node has committed a block under the schedule's last set (a
         changing-set scenario runs on, after progress, until it has; or to the deadline)."""
+        if self.plan is not None and self.reference is not None:
+            if len(self.reference) <= len(self.plan.records):
+                return False  # a change is still to commit
+            last = self.reference.start(len(self.plan.records))
+            return all(n.store.height >= last for n in self.nodes if n.honest)
         if self.schedule is None:
             return True
         last = self.schedule.starts[-1]
@@ -402,7 +477,18 @@ class Simulation:
 
     def validators_at(self, height: int) -> ValidatorSet:
         """The set in force at ``height`` (genesis's unless the scenario changes it)."""
+        if self.reference is not None:
+            return self.reference.validators_at(height)
         return self.schedule(height) if self.schedule is not None else self.fx.genesis.validators
+
+    def describe_sets(self) -> str:
+        """The validator sets of the run, from the height each governed."""
+        if self.reference is not None:
+            kinds = ["genesis", *(self.plan.kinds if self.plan else [])]
+            return "; ".join(f"h{h} {kinds[c.version]} v{c.version} "
+                             f"{[v.power for v in c.validators]}"
+                             for h, c in self.reference)
+        return self.schedule.describe() if self.schedule is not None else ""
 
     def _check_identical_blocks(self) -> None:
         """Without Byzantine nodes, every block that has a successor is byte-identical on
@@ -581,15 +667,35 @@ class Simulation:
             return
         g = self.fx.genesis
         validators = self.validators_at(block.height)
+        authority: Genesis | Config = (g if self.reference is None
+                                       else self.reference.at(block.height))
         try:  # the audit's stateless rules (the store checked links and the log)
-            check_header_fields(g, block.header, validators)
+            check_header_fields(authority, block.header, validators)
             block.validate_basic()
             block.cert.verify(g.chain_id, validators, cached_verify)
-            check_records(g, block.records, cached_verify)
+            effects = check_records(authority, block.records, cached_verify)
             check_unique_within(block.records)
         except LedgerError as exc:
             raise SafetyViolation(f"validity: block {block.height}: {exc}") from exc
         self.checked.add(block.hash)
+        if effects.config is not None and self.reference is not None:
+            self._changed(block.height, effects.config)
+
+    def _changed(self, height: int, config: Config) -> None:
+        """A change committed at ``height`` (first seen by the harness): the reference
+        follows it, the next change of the plan is submitted, maybe a node crashes."""
+        assert self.reference is not None and self.plan is not None
+        self.reference.append(height, config)
+        self.log.append(f"{self.now}: version {config.version} committed at height {height}")
+        if config.version < len(self.plan.records):
+            self._push(self.now + self.rng.randint(0, 300), "record",
+                       self.plan.records[config.version])
+        if config.version == self.change_crash_version:
+            victim = self.rng.choice([n.id for n in self.nodes if n.honest])
+            self._push(self.now, "crash", victim, self.rng.random() < 0.5)
+            self._push(self.now + self.rng.randint(50, 3000), "restart", victim)
+            self.log.append(f"{self.now}: a crash of node {victim} as version "
+                            f"{config.version} commits")
 
 
 def run_seed(seed: int, core_factory: Callable[..., ConsensusCore] = ConsensusCore) -> Simulation:
@@ -598,7 +704,8 @@ def run_seed(seed: int, core_factory: Callable[..., ConsensusCore] = ConsensusCo
     try:
         sim.run()
     except (SafetyViolation, LivenessViolation) as exc:
-        changes = f"\n  validator sets: {sim.schedule.describe()}" if sim.schedule else ""
+        sets = sim.describe_sets()
+        changes = f"\n  validator sets: {sets}" if sets else ""
         raise type(exc)(f"{exc}\n  scenario: {sim.s.describe()}{changes}\n  replay: "
                         f"python -m tests.sim.run --seed {seed} --verbose") from exc
     return sim

@@ -31,8 +31,8 @@ def main() -> int:
             continue
         if args.verbose:
             print(Scenario.from_seed(seed).describe())
-            if sim.schedule is not None:
-                print(f"validator sets: {sim.schedule.describe()}")
+            if sim.describe_sets():
+                print(f"validator sets: {sim.describe_sets()}")
             print("\n".join(sim.log))
             print({node.id: node.store.height for node in sim.nodes})
         if n % 200 == 0:

@@ -16,6 +16,7 @@ import os
 import pytest
 
 from ledger.blocks import Vote
+from ledger.config import CONFIG_TYPE
 from ledger.consensus import ConsensusCore, Message, SignedVote
 from ledger.genesis import ValidatorSet
 from tests.sim.harness import (
@@ -168,7 +169,8 @@ def test_default_seeds_change_the_validator_set_and_replace_every_original() -> 
     assert sum(s.changes and s.twins for s in scenarios) > SEEDS // 20
     assert sum(s.changes and s.crashes > 0 for s in scenarios) > SEEDS // 20
     assert sum(s.changes and s.partitions > 0 for s in scenarios) > SEEDS // 10
-    seeds = [s for s in range(200) if Scenario.from_seed(s).changes][:20]
+    seeds = [s for s in range(200)
+             if Scenario.from_seed(s).changes and not Scenario.from_seed(s).governed][:20]
     reached = 0
     for seed in seeds:
         sim = run_seed(seed)
@@ -206,3 +208,81 @@ def test_certificates_checked_against_the_genesis_set_are_caught_within_the_defa
             assert "validator sets: h1 genesis" in str(exc)
             return
     pytest.fail(f"certificates checked against genesis went unnoticed for {SEEDS} seeds")
+
+
+def test_default_seeds_change_the_set_by_committed_config_records_that_every_node_follows(
+        ) -> None:
+    """Governed seeds: each set change is a ``ledger.config`` record submitted to the
+    mempools and committed at a height nobody planned; every node's core and store follow
+    the committed chain, and the harness's own history (built from the blocks) agrees."""
+    scenarios = [Scenario.from_seed(s) for s in range(SEEDS)]
+    assert sum(s.governed for s in scenarios) > SEEDS // 10
+    assert sum(s.governed and (s.twins or s.equivocator) for s in scenarios) > SEEDS // 40
+    assert sum(s.governed and s.crashes > 0 for s in scenarios) > SEEDS // 40
+    seeds = [s for s in range(400) if Scenario.from_seed(s).governed][:20]
+    complete = replaced = 0
+    for seed in seeds:
+        sim = run_seed(seed)
+        plan, reference = sim.plan, sim.reference
+        assert plan is not None and reference is not None and sim.schedule is None
+        versions = list(reference)
+        complete += len(versions) == len(plan.records) + 1
+        honest = [n for n in sim.nodes if n.honest]
+        tip = max(n.store.height for n in honest)
+        node = next(n for n in honest if n.store.height == tip)
+        for version, (start, config) in enumerate(versions[1:], 1):
+            # the change is the plan's record, committed in the block just below its start
+            block = node.store.block(start - 1)
+            assert block is not None
+            changes = [r for r in block.records if r.body.type == CONFIG_TYPE]
+            assert [r.id for r in changes] == [plan.records[version - 1].id]
+            assert config.version == version
+        originals = {k.public for k in sim.fx.validator_keys}
+        replaced += any(not originals & {v.pubkey for v in c.validators} for _, c in versions)
+        for n in honest:  # each store's history is the reference (up to its height)
+            assert n.store.history is not None
+            held = [(h, c.id) for h, c in n.store.history]
+            assert held == [(h, c.id) for h, c in versions[:len(held)]]
+        for height in range(1, tip + 1):  # each block certified by its height's set
+            block = node.store.block(height)
+            assert block is not None
+            assert block.header.validators_hash == reference.validators_at(height).hash
+            signed = {reference.validators_at(height)[i].pubkey
+                      for i, _ in block.cert.signatures}
+            assert signed <= {v.pubkey for v in reference.validators_at(height)}
+    assert complete >= len(seeds) - 1  # a very lossy seed may end before its last change
+    assert replaced >= len(seeds) - 1  # every original validator gone, by a record
+
+
+def _first_governed_failure(monkeypatch: pytest.MonkeyPatch) -> str:
+    for seed in range(SEEDS):
+        if not Scenario.from_seed(seed).governed:
+            continue
+        try:
+            run_seed(seed)
+        except (SafetyViolation, LivenessViolation) as exc:
+            return str(exc)
+    return ""
+
+
+@pytest.mark.slow
+def test_governed_certificates_checked_against_the_genesis_set_are_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: certificates (a proposal's previous-block one, a synced block's) checked
+    against the genesis set, not the committed chain's: the governed seeds catch it."""
+    monkeypatch.setattr(ConsensusCore, "certifiers",
+                        lambda self, height: self.genesis.validators)
+    failure = _first_governed_failure(monkeypatch)
+    assert "governed=True" in failure and "validator sets: h1 genesis" in failure, (
+        f"certificates checked against genesis went unnoticed for {SEEDS} seeds")
+
+
+@pytest.mark.slow
+def test_a_core_that_ignores_committed_changes_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: the core keeps the genesis configuration whatever the chain committed."""
+    monkeypatch.setattr(ConsensusCore, "config_at",
+                        lambda self, height: self.genesis.config)
+    failure = _first_governed_failure(monkeypatch)
+    assert "governed=True" in failure, (
+        f"a core ignoring committed changes went unnoticed for {SEEDS} seeds")
