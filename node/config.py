@@ -44,7 +44,8 @@ class NodeConfig:
     """Everything a node process needs to start."""
 
     dir: Path
-    index: int
+    index: int | None  # the genesis validator this directory was made for (None: a node
+    # made by ``ledger node init``, whose key the configuration adds later)
     api: tuple[str, int]
     p2p: tuple[str, int]
     genesis_path: Path
@@ -100,7 +101,7 @@ class NodeConfig:
                     peers[int(k)] = parse_address(v, "LEDGER_PEERS")
             cfg = cls(
                 dir=d,
-                index=int(doc["index"]),
+                index=None if doc.get("index") is None else int(doc["index"]),
                 api=parse_address(os.environ.get("LEDGER_API_LISTEN", doc["api"]), "api"),
                 p2p=parse_address(os.environ.get("LEDGER_P2P_LISTEN", doc["p2p"]), "p2p"),
                 genesis_path=d / doc.get("genesis", "../genesis.json"),
