@@ -416,6 +416,10 @@ class Node:
                 self._persist_evidence()
         elif isinstance(action, RecordEvidence):
             entry = evidence_json(action.first, action.second)
+            # the index is that height's (sets change): name the key too
+            validators = self.core.validators_at(entry["height"])
+            if 0 <= entry["validator"] < len(validators):
+                entry["pubkey"] = validators[entry["validator"]].pubkey.hex()
             if self.evidence.record(entry):
                 log.warning("evidence of equivocation by validator %d: %s at height %d",
                             entry["validator"], entry["kind"], entry["height"])
