@@ -195,11 +195,15 @@ def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: 
     configuration in force and the next one), each with where to reach it: the node
     config's ``peers`` entry (or ``LEDGER_PEERS``) for a genesis validator, which names
     peers by genesis index, else the ``p2p`` address of the newest configuration listing
-    the key (None when there is none, or it does not parse: that peer must dial us)."""
+    the key (None when there is none, or it does not parse: that peer must dial us).
+    While our own key is in neither configuration (a node joining, or removed), the keys
+    the node config names (``peer_keys``) are added: validators it may sync from that it
+    cannot know yet."""
     overrides = {genesis.validators[i].pubkey: a for i, a in config.peers.items()
                  if 0 <= i < len(genesis.validators)}
     peers: dict[bytes, tuple[str, int] | None] = {}
-    for pubkey, p2p in accepted_peers(history, tip).items():
+    accepted = accepted_peers(history, tip)
+    for pubkey, p2p in accepted.items():
         if pubkey == own:
             continue
         address = overrides.get(pubkey)
@@ -209,6 +213,10 @@ def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: 
             except ConfigError as exc:
                 log.warning("%s; that validator must dial this node", exc)
         peers[pubkey] = address
+    if own not in accepted:
+        for pubkey, address in config.peer_keys.items():
+            if pubkey != own:
+                peers[pubkey] = peers.get(pubkey) or address
     return peers
 
 

@@ -5,10 +5,12 @@ accepts (``set_peers``; at first genesis's validators), each named by a stable p
 rank in the configuration history (``node.transport.peers.PeerDirectory``: a genesis
 validator's id is its genesis index). A node dials the accepted peers ranked after it and
 accepts links from those ranked before it (a node whose own key has no rank yet, a joining
-validator still syncing, dials no one and is dialed). ``set_peers`` opens links to added
-keys and closes those to keys no longer accepted. Every link starts with the handshake of
-``node.transport.handshake`` (the dialer speaks first); only then do payload frames flow,
-each a 4-byte big-endian length and the payload (``node.transport.framing``).
+validator still syncing, is dialed); a key with no rank in the node's history (one its
+config names while it joins) is dialed, and its link taken when it dials. ``set_peers``
+opens links to added keys and closes those to keys no longer accepted. Every link starts
+with the handshake of ``node.transport.handshake`` (the dialer speaks first); only then do
+payload frames flow, each a 4-byte big-endian length and the payload
+(``node.transport.framing``).
 
 Unauthenticated connections are bounded so that a flood of them cannot lock a validator
 out (issue 11): the whole handshake must finish within ``handshake_timeout`` (2 s); at most
@@ -169,7 +171,8 @@ class PeerNetwork:
                 raise ValueError(f"peers: {index} is not a validator index of genesis")
         self.genesis = genesis
         self.key = key
-        self.directory = directory or PeerDirectory()
+        self.directory = (directory if directory is not None
+                          else PeerDirectory(v.pubkey for v in genesis.validators))
         for v in genesis.validators:
             self.directory.add(v.pubkey, v.name)
         me = genesis.validators.by_key(key.public)
@@ -223,8 +226,8 @@ class PeerNetwork:
 
     @property
     def index(self) -> int | None:
-        """Our own peer id (rank), None while our key is not a validator of any
-        configuration this node knows (then we dial no one)."""
+        """Our own peer id, None while our key is not a validator of any configuration
+        this node knows (then we dial only the keys the node config names)."""
         return self.directory.get(self.key.public)
 
     @property
@@ -238,11 +241,11 @@ class PeerNetwork:
         return set(self._accepted)
 
     def set_peers(self, peers: Mapping[bytes, Address | None]) -> None:
-        """Link with exactly the validator keys of ``peers`` (our own is ignored), dialing
-        those ranked after us at their address (None: unknown). Keys are ranked in the
-        directory in the order given if they are new (callers pass them in history order:
-        ``PeerDirectory.learn`` first). Links to keys no longer in ``peers`` are closed and
-        their dialers stop; new keys are dialed (or accepted) at once."""
+        """Link with exactly the keys of ``peers`` (our own is ignored), dialing those we
+        dial (``_dials``) at their address (None: unknown). Keys new to the directory get
+        an id, not a rank (``PeerDirectory.learn`` ranks the history's keys: call it
+        first). Links to keys no longer in ``peers`` are closed and their dialers stop;
+        new keys are dialed (or accepted) at once."""
         for pubkey in peers:
             self.directory.add(pubkey)
         accepted = {k: (None if a is None else (str(a[0]), int(a[1])))
@@ -260,10 +263,14 @@ class PeerNetwork:
             self._sync_dialers(warn=True)
 
     def _dials(self, pubkey: bytes) -> bool:
-        """We dial ``pubkey`` (it is ranked after us); else it dials us."""
-        me = self.index
-        peer = self.directory.get(pubkey)
-        return me is not None and peer is not None and peer > me
+        """We dial ``pubkey``: it is ranked after us, or it has no rank in our history (a
+        key the node config names, accepted only while we are joining: we dial it, and
+        take its link when it dials us)."""
+        peer = self.directory.rank(pubkey)
+        if peer is None:
+            return True
+        me = self.directory.rank(self.key.public)
+        return me is not None and peer > me
 
     def _sync_dialers(self, warn: bool = False) -> None:
         """One dialer per accepted key we dial, at its current address; no other."""
@@ -626,7 +633,7 @@ class PeerNetwork:
             raise ConnectionResetError("closed by the peer before its hello")
         hello = Hello.from_wire(data)
         peer = check_hello(hello, g, self.key.public, self._accepted)
-        if self._dials(peer):
+        if self.directory.rank(peer) is not None and self._dials(peer):
             raise HandshakeError(f"{self._who_key(peer)} is ranked after us; we dial it, "
                                  "not it us")
         backed_off = self.backoff_remaining(self.directory.add(peer))

@@ -27,14 +27,22 @@ from ledger.config import ConfigHistory
 
 
 class PeerDirectory:
-    """Stable peer ids (ranks) for validator keys, and their names for logs."""
+    """Stable peer ids for keys, their ranks in the history, and names for logs.
+
+    A key's id is given when it is first seen and never changes; its rank when it is first
+    seen in the history (``learn``). Keys are learnt before anything else is added, so a
+    validator's id is its rank; a key the node config names as a peer before the history
+    lists it (``bootstrap``: a joining node's way in when genesis's validators are gone)
+    has an id but no rank until then."""
 
     def __init__(self, keys: Iterable[bytes] = ()) -> None:
         self._ids: dict[bytes, int] = {}
         self._keys: list[bytes] = []
         self._names: dict[bytes, str] = {}
+        self._ranks: dict[bytes, int] = {}
         for key in keys:
             self.add(key)
+            self._ranks.setdefault(key, len(self._ranks))
 
     @classmethod
     def from_history(cls, history: ConfigHistory) -> PeerDirectory:
@@ -48,6 +56,7 @@ class PeerDirectory:
         for _start, config in history:
             for v in config.validators:
                 self.add(v.pubkey, v.name)
+                self._ranks.setdefault(v.pubkey, len(self._ranks))
 
     def add(self, pubkey: bytes, name: str | None = None) -> int:
         """The id of ``pubkey``, giving it the next one if it is new."""
@@ -58,6 +67,11 @@ class PeerDirectory:
             peer = self._ids[pubkey] = len(self._keys)
             self._keys.append(pubkey)
         return peer
+
+    def rank(self, pubkey: bytes) -> int | None:
+        """The order in which ``pubkey`` first appears as a validator in the history, None
+        if it does not (yet): the lower rank dials."""
+        return self._ranks.get(pubkey)
 
     def get(self, pubkey: bytes) -> int | None:
         """The id of ``pubkey``, None if it is unknown."""

@@ -166,3 +166,48 @@ async def test_a_node_whose_key_is_not_a_validator_runs_as_a_follower(tmp_path: 
         assert node.directory.get(NEW.public) is None
     finally:
         store.close()
+
+
+REPLACEMENT = seeded_key("replacement-validator")
+
+
+def test_a_joining_node_links_with_the_keys_its_config_names_until_it_is_a_validator(
+        tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        '{"api": "127.0.0.1:1", "p2p": "127.0.0.1:2", '
+        f'"peers": {{"1": "h1:8101", "{REPLACEMENT.public.hex()}": "r:9000"}}}}')
+    cfg = NodeConfig.load(tmp_path)
+    assert cfg.index is None and cfg.peers == {1: ("h1", 8101)}
+    assert cfg.peer_keys == {REPLACEMENT.public: ("r", 9000)}
+    joining = peer_map(cfg, G, ConfigHistory(G.config), 0, NEW.public)
+    assert joining[REPLACEMENT.public] == ("r", 9000) and joining[KEYS[1].public] == ("h1", 8101)
+    # once its history lists its key, only the configuration decides
+    joined = peer_map(cfg, G, history_add_then_remove(1), 3, NEW.public)
+    assert REPLACEMENT.public not in joined and NEW.public not in joined
+
+
+@pytest.mark.asyncio
+async def test_a_joining_node_reaches_a_validator_genesis_does_not_list() -> None:
+    """Every genesis validator replaced: the joining node knows only genesis, so it links
+    with REPLACEMENT through the key its config names; REPLACEMENT, whose history ranks
+    it before the joining key, dials it (and refuses its dials)."""
+    history = ConfigHistory(G.config)
+    history.append(3, with_validators(G.config, [REPLACEMENT, NEW], 1))
+    directory = PeerDirectory.from_history(history)
+    assert (directory.rank(REPLACEMENT.public), directory.rank(NEW.public)) == (4, 5)
+    validator = PeerNetwork(genesis=G, key=REPLACEMENT, listen=(HOST, 0), peers={},
+                            directory=directory, on_message=lambda p, b: None,
+                            backoff_max=0.3)
+    joiner = PeerNetwork(genesis=G, key=NEW, listen=(HOST, 0), peers={},
+                         on_message=lambda p, b: None, backoff_max=0.3)
+    try:
+        await validator.start()
+        await joiner.start()
+        joiner.set_peers({**{k.public: None for k in KEYS},
+                          REPLACEMENT.public: (HOST, validator.port)})
+        validator.set_peers({NEW.public: (HOST, joiner.port)})
+        rid = joiner.directory.get(REPLACEMENT.public)
+        await until(lambda: joiner.connected() == [rid] and validator.connected() == [5])
+    finally:
+        await joiner.stop()
+        await validator.stop()
