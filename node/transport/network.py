@@ -199,6 +199,7 @@ class PeerNetwork:
         self._server: asyncio.Server | None = None
         self._dialers: dict[bytes, tuple[Address, asyncio.Task[None]]] = {}
         self._retired: set[asyncio.Task[None]] = set()  # dialers cancelled by set_peers
+        self._own_rank = self.directory.rank(key.public)
         self._connections: set[asyncio.Task[object]] = set()
         self._pending: dict[str, collections.deque[_Pending]] = {}
         self._pending_count = 0
@@ -250,8 +251,10 @@ class PeerNetwork:
             self.directory.add(pubkey)
         accepted = {k: (None if a is None else (str(a[0]), int(a[1])))
                     for k, a in peers.items() if k != self.key.public}
-        if accepted == self._accepted:
-            return
+        rank = self.directory.rank(self.key.public)
+        if accepted == self._accepted and rank == self._own_rank:
+            return  # (our own rank decides whom we dial: a joining node just ranked)
+        self._own_rank = rank
         gone = set(self._accepted) - set(accepted)
         self._accepted = accepted
         for peer, link in list(self._links.items()):
