@@ -914,9 +914,12 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         connected = set(now.peers)
         history = node.store.history
         config = node.genesis.config if history is None else history.latest
-        # peers and this node are named by their genesis index; the set in force by key
-        named = node.genesis.validators
-        linked = {named[i].pubkey for i in (*connected, now.index) if 0 <= i < len(named)}
+        if now.pubkey:  # peers named by key
+            linked = {*now.peer_keys, now.pubkey}
+        else:  # a service naming peers (and itself) by genesis index
+            named = node.genesis.validators
+            linked = {named[i].pubkey for i in (*connected, now.index)
+                      if i is not None and 0 <= i < len(named)}
         return JSONResponse({
             "chain": node.genesis.chain_id, "node": node.name, "height": now.height,
             "last_block_hash": now.tip_hash.hex() if now.tip_hash else None,
@@ -928,6 +931,9 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                            for v in config.validators],
             "peers": sorted(connected), "evidence": list(now.evidence),
             "config_version": config.version,
+            # whether this node votes at the height being decided (its index in that
+            # height's set), or only follows the chain
+            "validator": now.index is not None, "validator_index": now.index,
         })
 
     @app.get("/v1/subjects/{subject:path}/history", responses={

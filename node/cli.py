@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
@@ -392,6 +393,18 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_node_init(args: argparse.Namespace) -> int:
+    """Make a node directory for a validator joining a running chain (SPEC section 8)."""
+    from node.join import init_node
+
+    entry = init_node(args.dir, args.genesis, args.api, args.p2p, args.key)
+    print(entry["pubkey"])
+    print(f"wrote {args.dir}/config.json, genesis.json and node.pem; to join, a "
+          f"configuration change lists this validator (and carries its join signature):\n"
+          f"  {json.dumps(entry)}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_node_check(args: argparse.Namespace) -> int:
     """Check a node's store offline: links, tip certificate, indexes, then a full audit."""
     from ledger.store.check import check_indexes, check_recent
@@ -589,6 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", type=Path)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     p.set_defaults(func=cmd_node_run)
+
+    p = nsub.add_parser("init", help="make a node directory to join a running chain",
+                        description="Make DIR for a validator that joins a running chain: "
+                        "a copy of genesis, config.json and a key (new, its public key "
+                        "printed, unless --key). Run it with 'ledger node run DIR': it "
+                        "syncs from genesis and votes from the height whose configuration "
+                        "lists its key. Refuses a DIR that already holds a node.")
+    p.add_argument("dir", metavar="DIR", type=Path)
+    p.add_argument("--genesis", type=Path, required=True, metavar="G",
+                   help="the chain's genesis.json")
+    p.add_argument("--api", required=True, metavar="HOST:PORT",
+                   help="where this node serves its HTTP API")
+    p.add_argument("--p2p", required=True, metavar="HOST:PORT",
+                   help="where this node listens for its peers")
+    p.add_argument("--key", type=Path, metavar="PEM",
+                   help="an existing key file to use (copied as it is)")
+    p.set_defaults(func=cmd_node_init)
 
     p = nsub.add_parser("check", help="check a node's store offline",
                         description="Check the store of the node in DIR without running it: "

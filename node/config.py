@@ -5,6 +5,9 @@
  "genesis": "../genesis.json", "key": "node.pem", "store": "chain.db",
  "peers": {"1": "127.0.0.1:8101", ...}}
 ```
+A ``peers`` key is a genesis validator index, or a validator's public key (64 hex
+characters: used only while this node is not a validator in the history it holds, see
+``peer_keys``); a node made by ``ledger node init`` has no ``index``.
 Paths are relative to the node directory. Environment variables override, for containers:
 ``LEDGER_API_LISTEN``, ``LEDGER_P2P_LISTEN`` (``host:port``), ``LEDGER_PEERS``
 (``1=node1:8101,2=node2:8102``) and ``LEDGER_STORE`` (the SQLite file; the signing state is
@@ -44,13 +47,18 @@ class NodeConfig:
     """Everything a node process needs to start."""
 
     dir: Path
-    index: int
+    index: int | None  # the genesis validator this directory was made for (None: a node
+    # made by ``ledger node init``, whose key the configuration adds later)
     api: tuple[str, int]
     p2p: tuple[str, int]
     genesis_path: Path
     key_path: Path
     store_path: Path
     peers: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # peers named by public key (hex in config.json / LEDGER_PEERS): linked with while this
+    # node is not yet a validator in the history it holds (a joining node's way in when
+    # the genesis validators it would find by index are gone)
+    peer_keys: dict[bytes, tuple[str, int]] = field(default_factory=dict)
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 10_000
     mempool_records: int = 100_000
@@ -90,23 +98,28 @@ class NodeConfig:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read ({exc})") from exc
         try:
-            peers = {int(k): parse_address(v, f"peers[{k}]")
-                     for k, v in dict(doc.get("peers", {})).items()}
+            items = [(str(k), str(v)) for k, v in dict(doc.get("peers", {})).items()]
             env_peers = os.environ.get("LEDGER_PEERS")
             if env_peers:
-                peers = {}
-                for item in env_peers.split(","):
-                    k, _, v = item.partition("=")
-                    peers[int(k)] = parse_address(v, "LEDGER_PEERS")
+                items = [(k, v) for k, _, v in (i.partition("=") for i in env_peers.split(","))]
+            peers: dict[int, tuple[str, int]] = {}
+            peer_keys: dict[bytes, tuple[str, int]] = {}
+            for k, v in items:
+                k = k.strip()
+                if len(k) == 64:  # a validator's public key, hex
+                    peer_keys[bytes.fromhex(k)] = parse_address(v, f"peers[{k[:12]}…]")
+                else:
+                    peers[int(k)] = parse_address(v, f"peers[{k}]")
             cfg = cls(
                 dir=d,
-                index=int(doc["index"]),
+                index=None if doc.get("index") is None else int(doc["index"]),
                 api=parse_address(os.environ.get("LEDGER_API_LISTEN", doc["api"]), "api"),
                 p2p=parse_address(os.environ.get("LEDGER_P2P_LISTEN", doc["p2p"]), "p2p"),
                 genesis_path=d / doc.get("genesis", "../genesis.json"),
                 key_path=d / doc.get("key", "node.pem"),
                 store_path=Path(os.environ.get("LEDGER_STORE") or d / doc.get("store", "chain.db")),
                 peers=peers,
+                peer_keys=peer_keys,
                 max_body_bytes=int(doc.get("max_body_bytes", 16 * 1024 * 1024)),
                 max_batch=int(doc.get("max_batch", 10_000)),
                 mempool_records=int(doc.get("mempool_records", 100_000)),

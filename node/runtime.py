@@ -22,13 +22,14 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
 
 from ledger.blocks import Block, Header, peek_cert_obj, verify_block_cert
+from ledger.config import ConfigHistory
 from ledger.consensus import (
     Action,
     BlockRequest,
@@ -75,6 +76,7 @@ from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, Status
 from node.threads import favour_the_loop
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
+from node.transport.peers import PeerDirectory, accepted_peers
 
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
@@ -149,18 +151,23 @@ class Transport(Protocol):
     async def stop(self) -> None:
         """Close every link and wait for the transport's tasks to end."""
 
+    def set_peers(self, peers: Mapping[bytes, tuple[str, int] | None]) -> None:
+        """Link with exactly these validator keys (at these addresses, None if unknown):
+        called before ``start`` and whenever the configuration in force changes."""
+
     def broadcast(self, payload: bytes) -> None:
         """Queue ``payload`` to every connected peer; never blocks."""
 
     def send(self, peer: int, payload: bytes) -> bool:
-        """Queue ``payload`` to validator ``peer``; False if it is not connected."""
+        """Queue ``payload`` to peer id ``peer``; False if it is not connected."""
         ...
 
     def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
         """Drop the link to ``peer`` and refuse it for ``backoff_s`` seconds."""
 
     def connected(self) -> list[int]:
-        """Validator indexes with a live link, ascending."""
+        """Peer ids with a live link, ascending (``PeerDirectory``: a genesis validator's
+        id is its genesis index)."""
         ...
 
     def queue_length(self, peer: int) -> int:
@@ -173,12 +180,43 @@ TransportFactory = Callable[["Node"], Transport]
 
 
 def peer_addresses(config: NodeConfig, genesis: Genesis) -> dict[int, tuple[str, int]]:
-    """Where to reach each other validator: the config's ``peers`` (environment overrides
-    included), else the ``p2p`` address genesis lists for it."""
+    """Where to reach each other genesis validator: the config's ``peers`` (environment
+    overrides included), else the ``p2p`` address genesis lists for it."""
     peers = {i: a for i, a in config.peers.items() if i != config.index}
     for v in genesis.validators:
         if v.index != config.index and v.index not in peers and v.p2p:
             peers[v.index] = parse_address(v.p2p, f"genesis validator {v.index} p2p")
+    return peers
+
+
+def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: int,
+             own: bytes) -> dict[bytes, tuple[str, int] | None]:
+    """The validator keys a node at height ``tip`` links with (``accepted_peers``: the
+    configuration in force and the next one), each with where to reach it: the node
+    config's ``peers`` entry (or ``LEDGER_PEERS``) for a genesis validator, which names
+    peers by genesis index, else the ``p2p`` address of the newest configuration listing
+    the key (None when there is none, or it does not parse: that peer must dial us).
+    While our own key is in neither configuration (a node joining, or removed), the keys
+    the node config names (``peer_keys``) are added: validators it may sync from that it
+    cannot know yet."""
+    overrides = {genesis.validators[i].pubkey: a for i, a in config.peers.items()
+                 if 0 <= i < len(genesis.validators)}
+    peers: dict[bytes, tuple[str, int] | None] = {}
+    accepted = accepted_peers(history, tip)
+    for pubkey, p2p in accepted.items():
+        if pubkey == own:
+            continue
+        address = overrides.get(pubkey)
+        if address is None and p2p:
+            try:
+                address = parse_address(p2p, f"validator {pubkey.hex()[:12]} p2p")
+            except ConfigError as exc:
+                log.warning("%s; that validator must dial this node", exc)
+        peers[pubkey] = address
+    if own not in accepted:
+        for pubkey, address in config.peer_keys.items():
+            if pubkey != own:
+                peers[pubkey] = peers.get(pubkey) or address
     return peers
 
 
@@ -199,7 +237,8 @@ def tcp_transport(node: Node) -> PeerNetwork:
     ssl_server, ssl_client = tls_contexts(node.config)
     return PeerNetwork(genesis=node.genesis, key=node.key, listen=node.config.p2p,
                        peers=peer_addresses(node.config, node.genesis),
-                       on_message=node.on_frame, ssl_server=ssl_server, ssl_client=ssl_client)
+                       directory=node.directory, on_message=node.on_frame,
+                       ssl_server=ssl_server, ssl_client=ssl_client)
 
 
 def tune_gc() -> None:
@@ -255,7 +294,9 @@ def write_durably(path: Path, data: bytes) -> None:
 
 
 class Node:
-    """A validator: store, mempool, consensus core, peer links and the HTTP API."""
+    """A validator (or a follower whose key is not in the set in force: it syncs, serves
+    reads and votes from the first height whose configuration lists its key): store,
+    mempool, consensus core, peer links and the HTTP API."""
 
     def __init__(self, config: NodeConfig, genesis: Genesis, key: PrivateKey,
                  store: SqliteStore, *, persisted: SigningState | None = None,
@@ -266,12 +307,10 @@ class Node:
         self.genesis = genesis
         self.key = key
         validator = genesis.validators.by_key(key.public)
-        if validator is None:
-            raise ConfigError(f"{config.key_path}: key is not a validator of this genesis")
-        if validator.index != config.index:
+        if (validator is not None and config.index is not None
+                and validator.index != config.index):
             raise ConfigError(f"{config.key_path} is validator {validator.index}, "
                               f"config says {config.index}")
-        self.name = validator.name
         self.store = store
         self.mempool = Mempool(genesis, store, max_records=config.mempool_records)
         history = store.history  # None: a store opened without genesis's configuration
@@ -279,6 +318,11 @@ class Node:
                                   config=config.consensus_config(genesis),
                                   persisted=persisted, verify=self.mempool.verify,
                                   config_at=None if history is None else history.at)
+        # peer ids: a key's rank in the configuration history (node.transport.peers)
+        self.directory = (PeerDirectory.from_history(history) if history is not None
+                          else PeerDirectory(v.pubkey for v in genesis.validators))
+        self.name = self._own_name()
+        self._peers_applied: dict[bytes, str] | None = None  # accepted_peers last applied
         self.metrics = Metrics()
         self.faults = Hooks()
         self.evidence_path = evidence_path(config)
@@ -380,10 +424,51 @@ class Node:
                 self._persist_evidence()
         elif isinstance(action, RecordEvidence):
             entry = evidence_json(action.first, action.second)
+            # the index is that height's (sets change): name the key too
+            validators = self.core.validators_at(entry["height"])
+            if 0 <= entry["validator"] < len(validators):
+                entry["pubkey"] = validators[entry["validator"]].pubkey.hex()
             if self.evidence.record(entry):
                 log.warning("evidence of equivocation by validator %d: %s at height %d",
                             entry["validator"], entry["kind"], entry["height"])
                 self._persist_evidence()
+
+    def _own_name(self) -> str:
+        """Our validator name in the newest configuration listing our key, else a name
+        from the key (a joining node before it has synced the change that adds it)."""
+        history = self.store.history
+        configs = ([c for _, c in history] if history is not None else [self.genesis.config])
+        for config in reversed(configs):
+            v = config.validators.by_key(self.key.public)
+            if v is not None:
+                return v.name
+        return f"node-{self.key.public.hex()[:8]}"
+
+    def refresh_peers(self) -> None:
+        """Give the transport the validator keys of the configuration in force and the next
+        one (``accepted_peers``), when they changed: links open to added validators and
+        close to removed ones. Called at start and after each commit."""
+        history = self.store.history
+        if history is None or self.transport is None:
+            return
+        tip = self.store.height
+        accepted = accepted_peers(history, tip)
+        if accepted == self._peers_applied:
+            return
+        first = self._peers_applied is None
+        self._peers_applied = accepted
+        self.directory.learn(history)
+        self.name = self._own_name()
+        # a transport without set_peers (a test's fake) keeps the links it has
+        set_peers = getattr(self.transport, "set_peers", None)
+        if set_peers is not None:
+            set_peers(peer_map(self.config, self.genesis, history, tip, self.key.public))
+        if not first:
+            log.info("peers follow configuration version %d: %d validator keys accepted; "
+                     "this node is %s", history.latest.version,
+                     len(accepted) - (self.key.public in accepted),
+                     "a validator" if history.latest.validators.by_key(self.key.public)
+                     else "not a validator (it follows the chain)")
 
     async def persist_signing_state(self, state: SigningState) -> None:
         """Write ``state`` durably (fsynced, in a worker thread); the consensus loop awaits
@@ -401,8 +486,11 @@ class Node:
         genesis = Genesis.load(config.genesis_path)
         passphrase = os.environ.get("LEDGER_KEY_PASSPHRASE")
         key = read_key_file(config.key_path, passphrase.encode() if passphrase else None)
-        if genesis.validators.by_key(key.public) is None:  # before opening the store
-            raise ConfigError(f"{config.key_path}: key is not a validator of this genesis")
+        validator = genesis.validators.by_key(key.public)
+        if (validator is not None and config.index is not None
+                and validator.index != config.index):  # before opening the store
+            raise ConfigError(f"{config.key_path} is validator {validator.index}, "
+                              f"config says {config.index}")
         store = SqliteStore(config.store_path, genesis_hash=genesis.hash,
                             config=genesis.config)  # rebuilds the configuration history
         assert store.history is not None
@@ -528,6 +616,7 @@ class Node:
         self.metrics.records_committed += len(block.records)
         self.metrics.height = block.height
         self.feed.publish(block.height)
+        self.refresh_peers()
         log.info("committed height %d (%d records) %s", block.height, len(block.records),
                  block.hash.hex()[:16])
 
@@ -778,10 +867,13 @@ class Node:
         return self.mempool.get(record_id)
 
     def status(self) -> Status:
+        peers = tuple(self.connected_peers())
+        keys = (self.directory.key(p) for p in peers)
         return Status(height=self.store.height, tip_hash=self.store.tip_hash(),
                       round=self.core.round, mempool=len(self.mempool),
-                      index=self.config.index, peers=tuple(self.connected_peers()),
-                      evidence=tuple(list(self.evidence)[-EVIDENCE_SHOWN:]))
+                      index=self.core.index, peers=peers,
+                      evidence=tuple(list(self.evidence)[-EVIDENCE_SHOWN:]),
+                      pubkey=self.key.public, peer_keys=tuple(k for k in keys if k))
 
     def metrics_text(self) -> str:
         self.metrics.mempool = len(self.mempool)
@@ -797,6 +889,7 @@ class Node:
         if self._consensus is not None or self._stopped:
             raise RuntimeError("Node.start(): a node starts once (build another to restart)")
         self.transport = transport(self)
+        self.refresh_peers()
         await self.transport.start()
         self._consensus = asyncio.create_task(self.consensus_loop(), name="consensus")
         self._lag_probe = asyncio.create_task(self.metrics.probe_loop_lag(), name="loop lag")
@@ -804,7 +897,9 @@ class Node:
             self._server = self.api_server()
             self._api = asyncio.create_task(self._server.serve(), name="api")
         cfg = self.config
-        log.info("node %s (validator %d) %s, peers on %s:%d", self.name, cfg.index,
+        index = self.core.index
+        log.info("node %s (%s) %s, peers on %s:%d", self.name,
+                 f"validator {index}" if index is not None else "not a validator: following",
                  "serving {}://{}:{}".format("https" if _tls(cfg) else "http", *cfg.api)
                  if api else "without an API", *cfg.p2p)
 

@@ -74,9 +74,12 @@ class Status:
     tip_hash: bytes | None
     round: int
     mempool: int
-    index: int  # this validator
-    peers: tuple[int, ...] = ()  # validators with a live authenticated link
+    index: int | None  # our index in the set of the height being decided; None: not in it
+    peers: tuple[int, ...] = ()  # peer ids with a live authenticated link
     evidence: tuple[Mapping[str, Any], ...] = ()  # the newest EVIDENCE_SHOWN entries
+    pubkey: bytes = b""  # this node's key (b"": a service without one)
+    peer_keys: tuple[bytes, ...] = ()  # the keys of ``peers`` (empty: peers named by
+    # genesis index)
 
 
 class CommitWaiters:

@@ -121,6 +121,9 @@ class MemTransport:
             await asyncio.gather(self._task, return_exceptions=True)
         self.inbox.clear()
 
+    def set_peers(self, peers: Any) -> None:
+        """The in-memory network links every validator index; the keys are ignored."""
+
     def broadcast(self, payload: bytes) -> None:
         for peer in self.connected():
             self.send(peer, payload)

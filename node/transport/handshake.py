@@ -15,8 +15,9 @@ What each side checks, and in which order (``node.transport.network`` runs it):
 
 * The listener reads ``hello_D`` (at most ``MAX_HELLO`` bytes) and refuses, before any
   crypto work and before it sends a byte, a hello that does not decode or does not name a
-  validator it accepts (``check_hello``: version, chain, genesis hash, a validator's key that
-  is not its own; then its own policy: only lower indexes dial it, no backed-off validator).
+  validator it accepts (``check_hello``: version, chain, genesis hash, a validator key of
+  the configuration in force or the next one that is not its own; then its own policy: only
+  lower-ranked peers dial it, no backed-off validator; ``node.transport.peers``).
   A connection that stays silent costs the listener no nonce, no write and no signature.
 * Only then does the listener draw its nonce and send ``hello_L``. The dialer checks it
   (``check_hello``, and that it is the key it dialed) and sends ``auth_D``, its signature
@@ -36,7 +37,7 @@ Why the mutual authentication still holds with the dialer speaking first:
   committed to its nonce in ``hello_L``, so the order change gives neither side anything to
   precompute or replay.
 * A signature is checked under the key the peer claimed in its hello, which must be a
-  validator of this genesis and not the checker's own; the signer's key is inside the signed
+  validator key the checker accepts and not the checker's own; the signer's key is inside the signed
   bytes in the signer's position, so a side's own signature reflected back to it never
   verifies (it would have to verify under its own key, which is refused as a peer key).
 * The listener signs only after the dialer proved its key over the listener's nonce, so an
@@ -55,12 +56,13 @@ dialer; the signed bytes are unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 from ledger.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PrivateKey, is_valid_signature
 from ledger.encoding import expect_array, expect_bytes, expect_str, packb, unpack_exact
 from ledger.errors import DecodeError
-from ledger.genesis import Genesis, Validator
+from ledger.genesis import Genesis
 
 PROTOCOL = "ledger-p2p/1"
 P2P_TAG = b"ledger.p2p.v1\x00"
@@ -105,8 +107,12 @@ class Hello:
             raise HandshakeError(f"hello does not decode: {exc}") from exc
 
 
-def check_hello(hello: Hello, genesis: Genesis, own_pubkey: bytes) -> Validator:
-    """The validator a well-formed hello claims to be; HandshakeError if it may not link."""
+def check_hello(hello: Hello, genesis: Genesis, own_pubkey: bytes,
+                accepted: Container[bytes] | None = None) -> bytes:
+    """The key a well-formed hello claims; HandshakeError if it may not link: another
+    chain, our own key, or a key not in ``accepted`` (the validator keys of the
+    configuration in force and the next one, ``node.transport.peers.accepted_peers``;
+    by default genesis's validators)."""
     if hello.chain_id != genesis.chain_id:
         raise HandshakeError(f"wrong chain {hello.chain_id!r} (ours is {genesis.chain_id!r})")
     if hello.genesis_hash != genesis.hash:
@@ -116,10 +122,12 @@ def check_hello(hello: Hello, genesis: Genesis, own_pubkey: bytes) -> Validator:
         )
     if hello.pubkey == own_pubkey:
         raise HandshakeError("the peer presents our own key")
-    validator = genesis.validators.by_key(hello.pubkey)
-    if validator is None:
-        raise HandshakeError(f"key {hello.pubkey.hex()[:16]}… is not a validator of genesis")
-    return validator
+    if accepted is None:
+        accepted = {v.pubkey for v in genesis.validators}
+    if hello.pubkey not in accepted:
+        raise HandshakeError(f"key {hello.pubkey.hex()[:16]}… is not a validator of the "
+                             "configuration in force or the next one")
+    return hello.pubkey
 
 
 def auth_message(genesis_hash: bytes, remote_nonce: bytes, local_nonce: bytes,

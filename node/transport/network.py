@@ -1,9 +1,16 @@
 """Persistent authenticated TCP links between validators, carrying opaque payloads.
 
-One link per pair of validators: a node dials the validators with a higher index than its
-own and accepts links from those with a lower one. Every link starts with the handshake of
-``node.transport.handshake`` (the dialer speaks first); only then do payload frames flow,
-each a 4-byte big-endian length and the payload (``node.transport.framing``).
+One link per pair of validators: a node links with the validator keys the configuration
+accepts (``set_peers``; at first genesis's validators), each named by a stable peer id, its
+rank in the configuration history (``node.transport.peers.PeerDirectory``: a genesis
+validator's id is its genesis index). A node dials the accepted peers ranked after it and
+accepts links from those ranked before it (a node whose own key has no rank yet, a joining
+validator still syncing, is dialed); a key with no rank in the node's history (one its
+config names while it joins) is dialed, and its link taken when it dials. ``set_peers``
+opens links to added keys and closes those to keys no longer accepted. Every link starts
+with the handshake of ``node.transport.handshake`` (the dialer speaks first); only then do
+payload frames flow, each a 4-byte big-endian length and the payload
+(``node.transport.framing``).
 
 Unauthenticated connections are bounded so that a flood of them cannot lock a validator
 out (issue 11): the whole handshake must finish within ``handshake_timeout`` (2 s); at most
@@ -45,7 +52,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from ledger.crypto import PrivateKey
-from ledger.genesis import Genesis, Validator
+from ledger.genesis import Genesis
 from node.transport.framing import (
     MAX_FRAME_LIMIT,
     FrameError,
@@ -64,6 +71,9 @@ from node.transport.handshake import (
     parse_auth,
     verify_auth,
 )
+from node.transport.peers import PeerDirectory
+
+Address = tuple[str, int]
 
 STAT_KEYS = (
     "frames_in",  # payload frames received and handed to on_message
@@ -85,12 +95,13 @@ STAT_KEYS = (
 class _Link:
     """One authenticated link: its stream, outbound queue and writer wake-up."""
 
-    __slots__ = ("address", "outbound", "overflowing", "peer", "queue", "reader", "wakeup",
-                 "writer")
+    __slots__ = ("address", "outbound", "overflowing", "peer", "pubkey", "queue", "reader",
+                 "wakeup", "writer")
 
-    def __init__(self, peer: Validator, reader: asyncio.StreamReader,
+    def __init__(self, peer: int, pubkey: bytes, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, address: str, outbound: bool) -> None:
         self.peer = peer
+        self.pubkey = pubkey
         self.reader = reader
         self.writer = writer
         self.address = address
@@ -115,7 +126,7 @@ class _Pending:
 
 
 class PeerNetwork:
-    """The validator's links to the other validators of ``genesis``."""
+    """A node's links to the validators its configuration accepts (``set_peers``)."""
 
     #: frames a writer hands to the socket at once (then it waits for the socket to drain)
     write_batch_frames = 256
@@ -140,15 +151,13 @@ class PeerNetwork:
     def __init__(self, *, genesis: Genesis, key: PrivateKey, listen: tuple[str, int],
                  peers: Mapping[int, tuple[str, int]],
                  on_message: Callable[[int, bytes], None],
+                 directory: PeerDirectory | None = None,
                  max_frame: int = 32 * 1024 * 1024, queue_limit: int = 1024,
                  ssl_server: ssl.SSLContext | None = None,
                  ssl_client: ssl.SSLContext | None = None,
                  logger: logging.Logger | None = None,
                  handshake_timeout: float = 2.0,
                  backoff_initial: float = 0.1, backoff_max: float = 5.0) -> None:
-        me = genesis.validators.by_key(key.public)
-        if me is None:
-            raise ValueError(f"key {key.public.hex()} is not a validator of genesis")
         if not 1 <= max_frame <= MAX_FRAME_LIMIT:
             raise ValueError(f"max_frame must be in [1, {MAX_FRAME_LIMIT}], got {max_frame}")
         if queue_limit < 1:
@@ -162,13 +171,19 @@ class PeerNetwork:
                 raise ValueError(f"peers: {index} is not a validator index of genesis")
         self.genesis = genesis
         self.key = key
-        self.me = me
-        self.index = me.index
+        self.directory = (directory if directory is not None
+                          else PeerDirectory(v.pubkey for v in genesis.validators))
+        for v in genesis.validators:
+            self.directory.add(v.pubkey, v.name)
+        me = genesis.validators.by_key(key.public)
+        self.name = me.name if me is not None else f"node {key.public.hex()[:12]}"
         self.listen = listen
-        # Only validators with a higher index are dialed; lower ones dial us.
-        self.dial_targets: dict[int, tuple[str, int]] = {
-            i: (str(a[0]), int(a[1])) for i, a in sorted(peers.items()) if i > me.index
-        }
+        # accepted keys (not our own) -> where to dial them (None: they dial us, or no
+        # address is known); at first genesis's validators at the ``peers`` addresses
+        self._accepted: dict[bytes, Address | None] = {
+            v.pubkey: (str(peers[v.index][0]), int(peers[v.index][1]))
+            if v.index in peers else None
+            for v in genesis.validators if v.pubkey != key.public}
         self.on_message = on_message
         self.max_frame = max_frame
         self.queue_limit = queue_limit
@@ -182,7 +197,9 @@ class PeerNetwork:
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._links: dict[int, _Link] = {}
         self._server: asyncio.Server | None = None
-        self._dialers: list[asyncio.Task[None]] = []
+        self._dialers: dict[bytes, tuple[Address, asyncio.Task[None]]] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # dialers cancelled by set_peers
+        self._own_rank = self.directory.rank(key.public)
         self._connections: set[asyncio.Task[object]] = set()
         self._pending: dict[str, collections.deque[_Pending]] = {}
         self._pending_count = 0
@@ -204,15 +221,84 @@ class PeerNetwork:
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_server else None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
-        self.log.info("%s: listening for peers on %s:%d%s", self.me.name, host, self.port,
+        self.log.info("%s: listening for peers on %s:%d%s", self.name, host, self.port,
                       " (TLS)" if self.ssl_server else "")
-        for index in range(self.index + 1, len(self.genesis.validators)):
-            if index not in self.dial_targets:
-                self.log.warning("%s: no address for validator %d; it cannot be reached",
-                                 self.me.name, index)
-        for index, address in self.dial_targets.items():
-            self._dialers.append(asyncio.create_task(
-                self._dial_forever(index, address), name=f"p2p-dial-{self.index}-{index}"))
+        self._sync_dialers(warn=True)
+
+    @property
+    def index(self) -> int | None:
+        """Our own peer id, None while our key is not a validator of any configuration
+        this node knows (then we dial only the keys the node config names)."""
+        return self.directory.get(self.key.public)
+
+    @property
+    def dial_targets(self) -> dict[int, Address]:
+        """Peer id -> address of the accepted peers this node dials (ranked after it)."""
+        return {self.directory.add(k): a for k, a in self._accepted.items()
+                if a is not None and self._dials(k)}
+
+    def accepted(self) -> set[bytes]:
+        """The keys this node links with (its own excluded)."""
+        return set(self._accepted)
+
+    def set_peers(self, peers: Mapping[bytes, Address | None]) -> None:
+        """Link with exactly the keys of ``peers`` (our own is ignored), dialing those we
+        dial (``_dials``) at their address (None: unknown). Keys new to the directory get
+        an id, not a rank (``PeerDirectory.learn`` ranks the history's keys: call it
+        first). Links to keys no longer in ``peers`` are closed and their dialers stop;
+        new keys are dialed (or accepted) at once."""
+        for pubkey in peers:
+            self.directory.add(pubkey)
+        accepted = {k: (None if a is None else (str(a[0]), int(a[1])))
+                    for k, a in peers.items() if k != self.key.public}
+        rank = self.directory.rank(self.key.public)
+        if accepted == self._accepted and rank == self._own_rank:
+            return  # (our own rank decides whom we dial: a joining node just ranked)
+        self._own_rank = rank
+        gone = set(self._accepted) - set(accepted)
+        self._accepted = accepted
+        for peer, link in list(self._links.items()):
+            if link.pubkey in gone:
+                self.log.info("%s: closing the link to %s: no longer a validator of the "
+                              "configuration", self.name, self.directory.name(peer))
+                link.writer.transport.abort()
+        if self._started and not self._closing:
+            self._sync_dialers(warn=True)
+
+    def _dials(self, pubkey: bytes) -> bool:
+        """We dial ``pubkey``: it is ranked after us, or it has no rank in our history (a
+        key the node config names, accepted only while we are joining: we dial it, and
+        take its link when it dials us)."""
+        peer = self.directory.rank(pubkey)
+        if peer is None:
+            return True
+        me = self.directory.rank(self.key.public)
+        return me is not None and peer > me
+
+    def _sync_dialers(self, warn: bool = False) -> None:
+        """One dialer per accepted key we dial, at its current address; no other."""
+        wanted: dict[bytes, Address] = {}
+        for pubkey, address in self._accepted.items():
+            if not self._dials(pubkey):
+                continue
+            if address is None:
+                if warn:
+                    self.log.warning("%s: no address for %s; it cannot be reached",
+                                     self.name, self.directory.name(self.directory.add(pubkey)))
+                continue
+            wanted[pubkey] = address
+        for pubkey, (address, task) in list(self._dialers.items()):
+            if wanted.get(pubkey) != address:
+                del self._dialers[pubkey]
+                task.cancel()
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+        for pubkey, address in wanted.items():
+            if pubkey not in self._dialers:
+                peer = self.directory.add(pubkey)
+                task = asyncio.create_task(self._dial_forever(pubkey, address),
+                                           name=f"p2p-dial-{self.index}-{peer}")
+                self._dialers[pubkey] = (address, task)
 
     async def stop(self) -> None:
         """Close the listener and every link, and wait for every task to end."""
@@ -221,16 +307,18 @@ class PeerNetwork:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        while self._dialers or self._connections:
-            tasks: list[asyncio.Task[object]] = [*self._dialers, *self._connections]
+        while self._dialers or self._connections or self._retired:
+            tasks: list[asyncio.Task[object]] = [
+                *(t for _, t in self._dialers.values()), *self._retired, *self._connections]
             self._dialers.clear()
+            self._retired.clear()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._connections.difference_update(tasks)
         if self._server is not None:
             await self._server.wait_closed()
-        self.log.info("%s: peer network stopped", self.me.name)
+        self.log.info("%s: peer network stopped", self.name)
 
     def broadcast(self, payload: bytes) -> None:
         """Queue ``payload`` to every connected peer; never blocks."""
@@ -256,14 +344,14 @@ class PeerNetwork:
         """
         if not 0 <= backoff_s < float("inf"):
             raise ValueError(f"backoff_s must be finite and >= 0, got {backoff_s!r}")
-        if backoff_s > 0 and 0 <= peer < len(self.genesis.validators) and peer != self.index:
+        if backoff_s > 0 and self.directory.key(peer) is not None and peer != self.index:
             until = time.monotonic() + backoff_s
             self._backoff_until[peer] = max(until, self._backoff_until.get(peer, until))
         link = self._links.get(peer)
         if link is None:
             return
         self.stats["protocol_errors"] += 1
-        self.log.warning("%s: disconnecting %s: %s%s", self.me.name, _who(link.peer), reason,
+        self.log.warning("%s: disconnecting %s: %s%s", self.name, self._who(peer), reason,
                          f" (backing off {backoff_s:g} s)" if backoff_s > 0 else "")
         link.writer.transport.abort()
 
@@ -303,7 +391,7 @@ class PeerNetwork:
             if not link.overflowing:
                 link.overflowing = True
                 self.log.warning("%s: queue to %s is full (%d frames); dropping the oldest",
-                                 self.me.name, _who(link.peer), self.queue_limit)
+                                 self.name, self._who(link.peer), self.queue_limit)
         link.queue.append(data)
         link.wakeup.set()
 
@@ -328,7 +416,7 @@ class PeerNetwork:
             await writer.drain()
 
     async def _read_loop(self, link: _Link) -> None:
-        peer = link.peer.index
+        peer = link.peer
         burst = 0
         while True:
             payload = await read_frame(link.reader, self.max_frame)
@@ -341,7 +429,7 @@ class PeerNetwork:
             except Exception:
                 self.stats["handler_errors"] += 1
                 self.log.exception("%s: on_message failed for a frame from %s",
-                                   self.me.name, _who(link.peer))
+                                   self.name, self._who(link.peer))
             burst += 1
             if burst >= self.read_burst:  # buffered frames never starve the event loop
                 burst = 0
@@ -402,7 +490,7 @@ class PeerNetwork:
         self.stats["evicted_handshakes"] += 1
         self._flood_log("%s: closed the pending handshake of %s (%.1f s old) for a newer "
                         "connection; %d pending from that source",
-                        self.me.name, _peername(pending.writer),
+                        self.name, _peername(pending.writer),
                         time.monotonic() - pending.started, len(self._pending.get(
                             pending.source, ())))
 
@@ -413,7 +501,8 @@ class PeerNetwork:
             level, self._flood_logged = logging.WARNING, time.monotonic()
         self.log.log(level, msg, *args)
 
-    async def _dial_forever(self, index: int, address: tuple[str, int]) -> None:
+    async def _dial_forever(self, pubkey: bytes, address: Address) -> None:
+        index = self.directory.add(pubkey)
         delay = self.backoff_initial
         host, port = address
         where = f"{host}:{port}"
@@ -423,7 +512,7 @@ class PeerNetwork:
             backed_off = self.backoff_remaining(index)
             if backed_off > 0:
                 self.log.info("%s: not dialing validator %d for %.1f s (backed off)",
-                              self.me.name, index, backed_off)
+                              self.name, index, backed_off)
                 await asyncio.sleep(backed_off)
                 delay = self.backoff_initial
                 continue
@@ -439,17 +528,17 @@ class PeerNetwork:
                 failures += 1
                 level = logging.INFO if failures == 1 else logging.DEBUG
                 self.log.log(level, "%s: cannot reach validator %d at %s: %s (retrying)",
-                             self.me.name, index, where, _reason(exc))
+                             self.name, index, where, _reason(exc))
             else:
                 failures = 0
-                uptime = await self._connection(reader, writer, where, expected=index)
+                uptime = await self._connection(reader, writer, where, expected=pubkey)
             if uptime is not None and uptime >= self.backoff_max:
                 delay = self.backoff_initial  # a link that held: start over quickly
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self.backoff_max)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          address: str, expected: int | None,
+                          address: str, expected: bytes | None,
                           pending: _Pending | None = None) -> float | None:
         """Handshake, then carry the link until it ends; its uptime, or None if refused."""
         direction = "outbound" if expected is not None else "inbound"
@@ -479,14 +568,14 @@ class PeerNetwork:
                 self.stats["failed_handshakes"] += 1
                 if pending is not None:
                     self._flood_log("%s: inbound handshake with %s failed: %s",
-                                    self.me.name, address, _reason(exc))
+                                    self.name, address, _reason(exc))
                 else:
-                    self.log.info("%s: %s handshake with %s failed: %s", self.me.name,
+                    self.log.info("%s: %s handshake with %s failed: %s", self.name,
                                   direction, address, _reason(exc))
                 return None
             except Exception as exc:  # a bug here must not kill the listener or a dialer
                 self.stats["failed_handshakes"] += 1
-                self.log.exception("%s: %s handshake with %s failed: %s", self.me.name,
+                self.log.exception("%s: %s handshake with %s failed: %s", self.name,
                                    direction, address, _reason(exc))
                 return None
             finally:
@@ -502,14 +591,14 @@ class PeerNetwork:
         (a validator's key is public), so those are logged as a flood is."""
         self.stats["rejected_handshakes"] += 1
         if inbound:
-            self._flood_log("%s: refused %s peer %s: %s", self.me.name, direction, address,
+            self._flood_log("%s: refused %s peer %s: %s", self.name, direction, address,
                             reason)
         else:
-            self.log.warning("%s: refused %s peer %s: %s", self.me.name, direction, address,
+            self.log.warning("%s: refused %s peer %s: %s", self.name, direction, address,
                              reason)
 
     async def _dial_handshake(self, reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter, expected: int) -> Validator:
+                              writer: asyncio.StreamWriter, expected: bytes) -> bytes:
         """The dialer's side: hello, check theirs, auth, verify theirs (see ``handshake``)."""
         g = self.genesis
         local_nonce = os.urandom(NONCE_SIZE)
@@ -520,24 +609,25 @@ class PeerNetwork:
         if data is None:
             raise ConnectionResetError("closed by the peer before its hello")
         hello = Hello.from_wire(data)
-        peer = check_hello(hello, g, self.key.public)
-        if peer.index != expected:
-            raise HandshakeError(f"dialed validator {expected} but reached {_who(peer)}")
+        peer = check_hello(hello, g, self.key.public, self._accepted)
+        if peer != expected:
+            raise HandshakeError(f"dialed validator {self.directory.get(expected)} but "
+                                 f"reached {self._who_key(peer)}")
         if hello.nonce == local_nonce:
             raise HandshakeError("the peer echoed our nonce")
         writer.write(encode_frame(make_auth(self.key, g.hash, local_nonce=local_nonce,
                                             remote_nonce=hello.nonce,
-                                            remote_pubkey=peer.pubkey)))
+                                            remote_pubkey=peer)))
         await writer.drain()
         data = await read_frame(reader, MAX_AUTH)
         if data is None:
             raise ConnectionResetError("closed by the peer before its signature")
         verify_auth(g.hash, parse_auth(data), local_nonce=local_nonce, remote_nonce=hello.nonce,
-                    local_pubkey=self.key.public, remote_pubkey=peer.pubkey)
+                    local_pubkey=self.key.public, remote_pubkey=peer)
         return peer
 
     async def _accept_handshake(self, reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter, pending: _Pending) -> Validator:
+                                writer: asyncio.StreamWriter, pending: _Pending) -> bytes:
         """The listener's side: nothing is sent, drawn or verified until the dialer's hello
         names a validator we accept; we sign only after its signature verified."""
         g = self.genesis
@@ -545,12 +635,14 @@ class PeerNetwork:
         if data is None:
             raise ConnectionResetError("closed by the peer before its hello")
         hello = Hello.from_wire(data)
-        peer = check_hello(hello, g, self.key.public)
-        if peer.index > self.index:
-            raise HandshakeError(f"{_who(peer)} has a higher index; we dial it, not it us")
-        backed_off = self.backoff_remaining(peer.index)
+        peer = check_hello(hello, g, self.key.public, self._accepted)
+        if self.directory.rank(peer) is not None and self._dials(peer):
+            raise HandshakeError(f"{self._who_key(peer)} is ranked after us; we dial it, "
+                                 "not it us")
+        backed_off = self.backoff_remaining(self.directory.add(peer))
         if backed_off > 0:
-            raise HandshakeError(f"{_who(peer)} is backed off for another {backed_off:.1f} s")
+            raise HandshakeError(f"{self._who_key(peer)} is backed off for another "
+                                 f"{backed_off:.1f} s")
         pending.named = True
         local_nonce = os.urandom(NONCE_SIZE)
         if hello.nonce == local_nonce:
@@ -562,39 +654,42 @@ class PeerNetwork:
         if data is None:
             raise ConnectionResetError("closed by the peer before its signature")
         verify_auth(g.hash, parse_auth(data), local_nonce=local_nonce, remote_nonce=hello.nonce,
-                    local_pubkey=self.key.public, remote_pubkey=peer.pubkey)
+                    local_pubkey=self.key.public, remote_pubkey=peer)
         writer.write(encode_frame(make_auth(self.key, g.hash, local_nonce=local_nonce,
                                             remote_nonce=hello.nonce,
-                                            remote_pubkey=peer.pubkey)))
+                                            remote_pubkey=peer)))
         await writer.drain()
         return peer
 
-    def _register(self, peer: Validator, reader: asyncio.StreamReader,
+    def _register(self, pubkey: bytes, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter, address: str, outbound: bool) -> _Link:
         # No await between this check and the insertion: one link per pair, always.
         if self._closing:
             raise HandshakeError("the node is stopping")
-        if self.backoff_remaining(peer.index) > 0:  # backed off while its handshake ran
-            raise HandshakeError(f"{_who(peer)} is backed off")
-        existing = self._links.get(peer.index)
+        peer = self.directory.add(pubkey)
+        if pubkey not in self._accepted:  # the configuration moved on during the handshake
+            raise HandshakeError(f"{self._who(peer)} is no longer accepted")
+        if self.backoff_remaining(peer) > 0:  # backed off while its handshake ran
+            raise HandshakeError(f"{self._who(peer)} is backed off")
+        existing = self._links.get(peer)
         if existing is not None and not existing.writer.transport.is_closing():
             if outbound or existing.outbound:  # cannot happen: one dialer per pair
-                raise HandshakeError(f"already linked to {_who(peer)}; keeping that link")
+                raise HandshakeError(f"already linked to {self._who(peer)}; keeping that link")
             # It just proved its key over our fresh nonce, so it is that validator, dialing
             # again: the old link is stale (say it restarted and the old one is half-open).
             self.log.info("%s: %s connected again from %s; replacing its link from %s",
-                          self.me.name, _who(peer), address, existing.address)
+                          self.name, self._who(peer), address, existing.address)
             existing.writer.transport.abort()
-        link = _Link(peer, reader, writer, address, outbound)
-        self._links[peer.index] = link
+        link = _Link(peer, pubkey, reader, writer, address, outbound)
+        self._links[peer] = link
         return link
 
     async def _run_link(self, link: _Link) -> float:
         started = time.monotonic()
         self.stats["connects"] += 1
-        self.log.info("%s: connected to %s at %s (%s)", self.me.name, _who(link.peer),
+        self.log.info("%s: connected to %s at %s (%s)", self.name, self._who(link.peer),
                       link.address, "outbound" if link.outbound else "inbound")
-        name = f"{self.index}-{link.peer.index}"
+        name = f"{self.index}-{link.peer}"
         reader = asyncio.create_task(self._read_loop(link), name=f"p2p-read-{name}")
         writer = asyncio.create_task(self._write_loop(link), name=f"p2p-write-{name}")
         reason, level = "the node is stopping", logging.INFO
@@ -605,12 +700,12 @@ class PeerNetwork:
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
-            if self._links.get(link.peer.index) is link:
-                del self._links[link.peer.index]
+            if self._links.get(link.peer) is link:
+                del self._links[link.peer]
             link.queue.clear()
             self.stats["disconnects"] += 1
-            self.log.log(level, "%s: disconnected from %s: %s", self.me.name, _who(link.peer),
-                         reason)
+            self.log.log(level, "%s: disconnected from %s: %s", self.name,
+                         self._who(link.peer), reason)
         return time.monotonic() - started
 
     def _end_reason(self, task: asyncio.Task[None]) -> tuple[str, int]:
@@ -624,8 +719,15 @@ class PeerNetwork:
             return f"protocol violation: {exc}", logging.WARNING
         if isinstance(exc, OSError | EOFError):
             return f"connection lost: {_reason(exc)}", logging.INFO
-        self.log.error("%s: link task failed", self.me.name, exc_info=exc)
+        self.log.error("%s: link task failed", self.name, exc_info=exc)
         return f"internal error: {_reason(exc)}", logging.ERROR
+
+    def _who(self, peer: int) -> str:
+        return self.directory.name(peer)
+
+    def _who_key(self, pubkey: bytes) -> str:
+        peer = self.directory.get(pubkey)
+        return self._who(peer) if peer is not None else f"key {pubkey.hex()[:12]}…"
 
     async def _close(self, writer: asyncio.StreamWriter) -> None:
         transport = writer.transport
@@ -641,10 +743,6 @@ class PeerNetwork:
             raise
         except Exception:
             transport.abort()
-
-
-def _who(v: Validator) -> str:
-    return f"validator {v.index} ({v.name})"
 
 
 def _reason(exc: BaseException) -> str:

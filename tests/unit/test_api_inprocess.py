@@ -59,7 +59,7 @@ async def test_every_endpoint_answers_per_the_spec() -> None:
         status = (await http.get("/v1/status")).json()
         assert set(status) == {"chain", "node", "height", "last_block_hash", "genesis_hash",
                                "round", "mempool", "validators", "peers", "evidence",
-                               "config_version"}
+                               "config_version", "validator", "validator_index"}
         assert (status["chain"], status["node"], status["height"]) == ("test-chain", "node0", 7)
         assert status["last_block_hash"] == api.store.tip_hash().hex()  # type: ignore[union-attr]
         assert status["genesis_hash"] == api.fx.genesis.hash.hex()

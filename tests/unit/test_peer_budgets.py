@@ -401,7 +401,7 @@ def test_transport_refuses_a_backed_off_validator_until_the_backoff_ends() -> No
 
     net = PeerNetwork(genesis=FX.genesis, key=FX.validator_keys[0], listen=("127.0.0.1", 0),
                       peers={}, on_message=lambda peer, data: None)
-    peer = FX.genesis.validators[1]
+    peer = FX.genesis.validators[1].pubkey
     net.disconnect(1, "flooding", backoff_s=30)
     with pytest.raises(HandshakeError, match="backed off"):
         net._register(peer, None, None, "127.0.0.1:1", False)  # type: ignore[arg-type]

@@ -198,10 +198,14 @@ def test_hello_bytes_are_the_documented_array() -> None:
     assert KEYS[0].sign(message) == sig
 
 
-def test_constructor_refuses_a_key_that_is_not_a_validator() -> None:
-    with pytest.raises(ValueError, match="not a validator"):
-        PeerNetwork(genesis=G, key=FX.outsider, listen=(HOST, 0), peers={},
-                    on_message=lambda p, b: None)
+def test_a_key_that_is_not_a_validator_makes_a_follower_that_dials_no_one() -> None:
+    """A joining node's key is in no configuration it knows yet: it has no rank, dials
+    nobody and is dialed by the validators once they accept its key."""
+    net = PeerNetwork(genesis=G, key=FX.outsider, listen=(HOST, 0),
+                      peers={i: (HOST, 1000 + i) for i in range(4)},
+                      on_message=lambda p, b: None)
+    assert net.index is None and net.dial_targets == {}
+    assert net.accepted() == {k.public for k in KEYS}
 
 
 @pytest.mark.asyncio
