@@ -698,6 +698,14 @@ class SqliteStore:
                 "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
                 "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + count)))
 
+    def sealed_rows(self, first_seq: int, count: int) -> dict[int, bytes]:
+        """Rows of ``sealed`` (log index -> payload_digest) in ``[first_seq, first_seq +
+        count)`` (for ``ledger node check``)."""
+        with self._lock:
+            return {seq: bytes(d) for seq, d in self._db.execute(
+                "SELECT seq, digest FROM sealed WHERE seq >= ? AND seq < ?",
+                (first_seq, first_seq + count))}
+
     def stored_record_count(self) -> int:
         """Rows in the records table (should equal the log size)."""
         with self._lock:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from ledger.blocks import Block
-from ledger.errors import RedactionTargetError, StoreError
+from ledger.errors import CorruptStoreError, RedactionTargetError, StoreError
 from ledger.store import SqliteStore
+from ledger.store.check import check_indexes
 from tests.unit.test_one_rule import GOVERNED, ORG0_WRITER, SEALED_FAULTS, SealedChain
 
 
@@ -48,3 +49,17 @@ def test_a_block_that_fails_the_rule_leaves_no_row(tmp_path: Path) -> None:
         with pytest.raises(RedactionTargetError, match="already redacted"):
             store.append(Block.from_wire(c.block(header, records)))
         assert store.height == 2 and store.redacted([c.own.id]) == set()
+
+
+def test_node_check_compares_sealed_rows_with_the_envelopes(tmp_path: Path) -> None:
+    c = SealedChain()
+    path = tmp_path / "chain.db"
+    with c.sqlite(path) as store:
+        check_indexes(store)
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM sealed WHERE seq = 1")
+    db.commit()
+    db.close()
+    with (SqliteStore(path, readonly=True) as store,
+          pytest.raises(CorruptStoreError, match="sealed row of record 1")):
+        check_indexes(store)
