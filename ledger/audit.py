@@ -53,7 +53,6 @@ from ledger.validation import (
     check_extends,
     check_header_fields,
     check_records,
-    check_redaction_targets,
     check_unique_within,
     config_of,
 )
@@ -146,6 +145,9 @@ class ChainVerifier:
         """The configuration in force at the next height."""
         return self.history.latest
 
+    def _sealed_signers(self, ids: list[bytes]) -> dict[bytes, bytes]:
+        return {rid: self.sealed[rid] for rid in ids if rid in self.sealed}
+
     def verify_next(self, data: bytes) -> BlockSummary:
         """Check the wire bytes of block ``height + 1`` by every rule, then advance."""
         summary = check_block_alone(data, self.config, self.height + 1)
@@ -165,13 +167,9 @@ class ChainVerifier:
                 ChainTip(self.height, self.tip_hash, self.last_time_ms, self.log), s,
                 s.leaves, s.ids, s.nonces,
                 seen_ids=self.seen_ids.intersection, seen_nonces=self.seen_nonces.intersection,
-                digests=[d for _, d, _ in s.sealed], seen_digests=self.digests.intersection)
-            for redaction in s.redactions:
-                try:
-                    check_redaction_targets(config, redaction, self.sealed.get,
-                                            self.redacted.__contains__)
-                except ValidationError as exc:
-                    raise type(exc)(f"record {redaction.index} ({exc})") from exc
+                digests=[d for _, d, _ in s.sealed], seen_digests=self.digests.intersection,
+                redactions=s.redactions, config=config, sealed_signers=self._sealed_signers,
+                redacted=self.redacted.intersection)
         except ValidationError as exc:
             raise AuditError(s.height, str(exc)) from exc
         self.seen_ids.update(s.ids)

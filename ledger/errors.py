@@ -15,6 +15,7 @@ problem+json ``type``) and a one-line human message::
     │   ├── WrongChainError          wrong_chain      the object names another chain
     │   ├── UnauthorisedError        unauthorized     signer may not submit this type
     │   ├── DuplicateError           duplicate        id or (signer, nonce) seen before
+    │   │   └── DigestReusedError    digest_reused    a sealed payload_digest seen before
     │   ├── CertificateError         bad_certificate  a commit certificate is invalid
     │   ├── BlockError               bad_block        a block breaks a chain rule
     │   ├── ReservedTypeError        reserved_type    a ledger.* type used outside SPEC 9/10
@@ -24,6 +25,9 @@ problem+json ``type``) and a one-line human message::
     │   ├── ApprovalInvalidError     approval_invalid an approval is repeated, not by an
     │   │                                             admin, or does not verify
     │   ├── ApprovalsInsufficientError approvals_insufficient  below the threshold
+    │   ├── RedactionTargetError     redaction_target a redaction names a record that is not
+    │   │                                             sealed, not committed earlier, or
+    │   │                                             already redacted
     │   └── JoinInvalidError         join_invalid     joins are not one valid per new key
     ├── AuditError                   audit_failed     a chain fails its audit at a height
     ├── ReceiptError                 bad_receipt      a receipt does not prove its record
@@ -118,6 +122,13 @@ class DuplicateError(ValidationError):
     code = "duplicate"
 
 
+class DigestReusedError(DuplicateError):
+    """A sealed record's ``payload_digest`` is already on the chain (or twice in one block):
+    SPEC section 10 allows each digest once, so a redacted payload cannot come back."""
+
+    code = "digest_reused"
+
+
 class CertificateError(ValidationError):
     """A commit certificate does not certify its block."""
 
@@ -166,6 +177,13 @@ class ApprovalsInsufficientError(ValidationError):
     """Valid approvals come from fewer governing organisations than the threshold."""
 
     code = "approvals_insufficient"
+
+
+class RedactionTargetError(ValidationError):
+    """A redaction names a record that is not a sealed record committed at a lower height,
+    or one already redacted (SPEC section 10)."""
+
+    code = "redaction_target"
 
 
 class JoinInvalidError(ValidationError):

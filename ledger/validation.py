@@ -7,9 +7,12 @@ configuration governing H+1 if it carries a ``ledger.config`` record, and its re
 
 Each check raises a typed ValidationError naming what is wrong (expected and got).
 ``verify`` is the signature check to use, so a node can pass one backed by its
-verified-signature cache. ``check_extends`` is the one chain-extension rule: consensus
-(``ConsensusCore._check_block``), the audit (``ChainVerifier.extend``) and both stores
-(``append``) all call it, so none can accept a block another refuses.
+verified-signature cache. ``check_extends`` is the one chain-extension rule — including the
+half of SPEC section 10's redaction rule that needs the chain: consensus
+(``ConsensusCore._check_block``, proposals and block sync alike), the audit
+(``ChainVerifier.extend``) and both stores (``append``) all call it, so none can accept a
+block another refuses; admission (``node.mempool``) applies it to a redaction as if it were
+the next block's only one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from ledger.errors import (
     ConfigDuplicateError,
     ConfigInvalidError,
     DecodeError,
+    DigestReusedError,
     DuplicateError,
+    RedactionTargetError,
     ReservedTypeError,
     SignatureError,
     UnauthorisedError,
@@ -62,10 +67,11 @@ def config_of(source: Authority) -> Config:
 
 @dataclass(frozen=True, slots=True)
 class Redaction:
-    """A ``ledger.redact`` record that passed its own checks (SPEC section 10): the ids it
-    names and the governing organisations whose admins approved. Whether the ids are sealed
-    records committed earlier and not yet redacted, and the threshold-or-own-organisation
-    rule, need the chain (``check_redaction_targets``)."""
+    """A ``ledger.redact`` record that passed its own checks (SPEC section 10): its index in
+    the block, the ids it names and the governing organisations whose admins approved.
+    Whether the ids are sealed records committed earlier and not yet redacted, and the
+    threshold-or-own-organisation rule, need the chain: ``check_extends`` applies them
+    (through ``check_redaction_targets``)."""
 
     index: int
     ids: tuple[bytes, ...]
@@ -118,45 +124,85 @@ def check_redaction(config: Config, record: Record, index: int,
         raise UnauthorisedError(f"signer {body.signer.hex()} of a redaction is not a member "
                                 f"of configuration version {config.version}")
     payload = parse_payload(body.payload, ("change", "approvals"), "ledger.redact payload")
+    anchor, ids = _redaction_change(payload.change)
+    if anchor != config.genesis_hash:
+        raise WrongChainError("redaction change names another genesis")
+    orgs = check_approvals(config, payload.approvals,
+                           approval_message(config.genesis_hash, payload.change, REDACT_TAG),
+                           verify)
+    return Redaction(index, ids, orgs)
+
+
+def _redaction_change(change_bytes: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """The genesis hash and ids of a redaction change, decoded exactly."""
     try:
-        change: Any = decode(payload.change, "redaction change")[0]
+        change: Any = decode(change_bytes, "redaction change")[0]
     except DecodeError as exc:
         raise ConfigInvalidError(str(exc)) from exc
     if (type(change) is not list or len(change) != 3 or type(change[0]) is not bytes
             or type(change[1]) is not list or type(change[2]) is not str):
         raise ConfigInvalidError("redaction change: expected [genesis_hash, [id, ...], reason]")
-    if change[0] != config.genesis_hash:
-        raise WrongChainError("redaction change names another genesis")
     ids = change[1]
     if not ids or not all(type(i) is bytes and len(i) == HASH_SIZE for i in ids):
         raise ConfigInvalidError("redaction change: ids must be a non-empty array of bin(32)")
     if len(set(ids)) != len(ids):
         raise ConfigInvalidError("redaction change: an id is listed twice")
-    orgs = check_approvals(config, payload.approvals,
-                           approval_message(config.genesis_hash, payload.change, REDACT_TAG),
-                           verify)
-    return Redaction(index, tuple(ids), orgs)
+    return change[0], tuple(ids)
+
+
+def block_redactions(source: Authority | None, records: Sequence[Record],
+                     verify: Verifier = is_valid_signature) -> tuple[Redaction, ...]:
+    """The redactions among a block's ``records`` (what ``check_records`` returns in
+    ``BlockEffects``), for a caller that does not run ``check_records`` itself: a store.
+    With ``source``, the configuration in force at the block, each is checked alone
+    (``check_redaction``: its approvals verify); without one (a store opened without the
+    genesis configuration) only its ids are read, and ``orgs`` is empty."""
+    out = []
+    for i, record in enumerate(records):
+        if record.body.type != REDACT_TYPE or record.body.sealed:
+            continue
+        try:
+            if source is not None:
+                out.append(check_redaction(config_of(source), record, i, verify))
+            else:
+                payload = parse_payload(record.body.payload, ("change", "approvals"),
+                                        "ledger.redact payload")
+                out.append(Redaction(i, _redaction_change(payload.change)[1], frozenset()))
+        except ValidationError as exc:
+            raise type(exc)(f"record {i} ({exc})") from exc
+    return tuple(out)
 
 
 SealedSigner = Callable[[bytes], "bytes | None"]
+#: Which of these are already on the chain (ids, digests; a store's indexed lookup).
+Lookup = Callable[[list[bytes]], "set[bytes]"]
+NonceLookup = Callable[[list[tuple[bytes, int]]], "set[tuple[bytes, int]]"]
+#: Which of these ids are sealed records already committed, with each one's signer.
+SignerLookup = Callable[[list[bytes]], "dict[bytes, bytes]"]
 
 
-def check_redaction_targets(config: Config, redaction: Redaction, sealed_signer: SealedSigner,
+def check_redaction_targets(config: Config | None, redaction: Redaction,
+                            sealed_signer: SealedSigner,
                             redacted: Callable[[bytes], bool]) -> None:
     """The chain half of SPEC section 10's redaction rule, where ``config`` governs the
     redaction's height: every id is a sealed record committed at a lower height
     (``sealed_signer`` returns its signer, None if no such record) and not yet ``redacted``,
     and either the approvals meet the threshold or every listed record's signer is a
-    member of one organisation of ``config`` whose admin approved."""
+    member of one organisation of ``config`` whose admin approved. ``config`` None (a store
+    opened without the genesis configuration) checks the ids only. Called by
+    ``check_extends``, which every caller uses."""
     signers = []
     for rid in redaction.ids:
         signer = sealed_signer(rid)
         if signer is None:
-            raise ValidationError(f"redaction names {rid.hex()}, which is not a sealed record "
-                                  "committed earlier")
+            raise RedactionTargetError(f"redaction names {rid.hex()}, which is not a sealed "
+                                       "record committed earlier")
         if redacted(rid):
-            raise ValidationError(f"redaction names {rid.hex()}, which is already redacted")
+            raise RedactionTargetError(f"redaction names {rid.hex()}, which is already "
+                                       "redacted")
         signers.append(signer)
+    if config is None:
+        return
     if config.threshold and len(redaction.orgs) >= config.threshold:
         return
     orgs = {m.organization if (m := config.members.get(s)) else None for s in signers}
@@ -168,6 +214,22 @@ def check_redaction_targets(config: Config, redaction: Redaction, sealed_signer:
         "listed record's signer")
 
 
+def check_redactions(config: Config | None, redactions: Sequence[Redaction],
+                     sealed_signers: SignerLookup, redacted: Lookup) -> None:
+    """A block's ``redactions``, in block order, against the chain before it (the part of
+    ``check_extends`` admission also calls): ``check_redaction_targets`` for each, an id
+    named by an earlier one counting as already redacted. The lookups are asked once."""
+    named = [rid for r in redactions for rid in r.ids]
+    signers = sealed_signers(named)
+    done = set(redacted(named))
+    for redaction in redactions:
+        try:
+            check_redaction_targets(config, redaction, signers.get, done.__contains__)
+        except ValidationError as exc:
+            raise type(exc)(f"record {redaction.index} ({exc})") from exc
+        done.update(redaction.ids)
+
+
 def check_unique_within(records: Sequence[Record]) -> None:
     """No record id, (signer, nonce) or payload_digest appears twice among ``records``."""
     ids = {r.id for r in records}
@@ -177,7 +239,7 @@ def check_unique_within(records: Sequence[Record]) -> None:
         raise DuplicateError("two records in the block share a (signer, nonce)")
     digests = [r.body.payload_digest for r in records if r.body.payload_digest is not None]
     if len(set(digests)) != len(digests):
-        raise DuplicateError("two sealed records in the block share a payload_digest")
+        raise DigestReusedError("two sealed records in the block share a payload_digest")
 
 
 def check_header_fields(source: Authority, header: Header,
@@ -256,22 +318,24 @@ class Extending(Protocol):
     def log_root(self) -> bytes: ...
 
 
-Lookup = Callable[[list[bytes]], "set[bytes]"]
-NonceLookup = Callable[[list[tuple[bytes, int]]], "set[tuple[bytes, int]]"]
-
-
 def check_extends(tip: ChainTip, header: Extending, leaves: Sequence[bytes],
                   ids: Sequence[bytes] = (), nonces: Sequence[tuple[bytes, int]] = (), *,
                   seen_ids: Lookup | None = None, seen_nonces: NonceLookup | None = None,
                   digests: Sequence[bytes] = (), seen_digests: Lookup | None = None,
+                  redactions: Sequence[Redaction] = (), config: Config | None = None,
+                  sealed_signers: SignerLookup | None = None, redacted: Lookup | None = None,
                   ) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
     """The chain-extension rule: the block of ``header`` with these envelope ``leaves``
     (leaf hashes), record ``ids`` and (signer, nonce) pairs extends ``tip``: the next
     height, linked to the tip's hash, strictly later, its record count, no record id or
     (signer, nonce) or sealed ``payload_digest`` already on the chain (``seen_*`` look them
-    up), and the log size and
-    root of the chain with it. Returns the new log and the log nodes it completed.
-    Raises BlockError or DuplicateError naming what was expected and what was got."""
+    up), every one of its ``redactions`` valid against the chain (SPEC section 10:
+    ``check_redaction_targets`` under ``config``, the configuration in force at the block;
+    ``sealed_signers`` and ``redacted`` look the named ids up; in block order, so a second
+    redaction of an id in the same block names an already redacted record), and the log
+    size and root of the chain with it. Returns the new log and the log nodes it completed.
+    Raises BlockError, DuplicateError, RedactionTargetError or ApprovalsInsufficientError
+    naming what was expected and what was got."""
     h = header
     if h.height != tip.height + 1:
         raise BlockError(f"expected height {tip.height + 1}, got {h.height}")
@@ -299,8 +363,10 @@ def check_extends(tip: ChainTip, header: Extending, leaves: Sequence[bytes],
         used_digests = seen_digests(list(digests))
         for digest in digests:
             if digest in used_digests:
-                raise DuplicateError(f"payload_digest {digest.hex()} was already used earlier "
-                                     "in the chain")
+                raise DigestReusedError(f"payload_digest {digest.hex()} was already used "
+                                        "earlier in the chain")
+    if redactions and sealed_signers is not None and redacted is not None:
+        check_redactions(config, redactions, sealed_signers, redacted)
     log = tip.log.copy()
     completed = log.extend(leaves)
     if h.log_size != log.size:

@@ -15,16 +15,23 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ledger.blocks import Block
-from ledger.config import CONFIG_TYPE, Config
+from ledger.config import CONFIG_TYPE, REDACT_TYPE, Config
 from ledger.crypto import is_valid_signature
-from ledger.errors import DecodeError, LedgerError
+from ledger.errors import DecodeError, DigestReusedError, LedgerError, ValidationError
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
-from ledger.validation import Authority, Verifier, check_record
+from ledger.validation import (
+    Authority,
+    Redaction,
+    Verifier,
+    block_redactions,
+    check_record,
+    check_redaction_targets,
+)
 
 
 class MempoolFull(Exception):
@@ -40,6 +47,9 @@ class AdmitResult:
     error: str | None = None
     detail: str | None = None
     record: Record | None = None
+    #: A ``ledger.redact`` record's own checks passed (``check_redaction``): what ``admit``
+    #: judges against the chain.
+    redaction: Redaction | None = None
 
 
 class VerifiedCache:
@@ -97,9 +107,11 @@ def check(source: Authority, candidate: AdmitResult,
     if record is None:
         return candidate
     try:
-        check_record(source, record, verify)
+        result = check_record(source, record, verify)
     except LedgerError as exc:
         return AdmitResult(record.id, "rejected", exc.code, str(exc))
+    if isinstance(result, Redaction):
+        return replace(candidate, redaction=result)
     return candidate
 
 
@@ -112,6 +124,11 @@ class Prechecked:
     store_height: int
     seen_ids: set[bytes]
     seen_pairs: set[tuple[bytes, int]]
+    #: Sealed digests the store holds; of the ids redactions name, the sealed records the
+    #: store holds (with signers) and those already redacted.
+    seen_digests: set[bytes] = field(default_factory=set)
+    sealed_signers: dict[bytes, bytes] = field(default_factory=dict)
+    redacted: set[bytes] = field(default_factory=set)
 
 
 class Mempool:
@@ -131,6 +148,10 @@ class Mempool:
         self.pending: OrderedDict[bytes, Record] = OrderedDict()
         self.by_envelope: dict[bytes, Record] = {}  # the same records, by envelope bytes
         self.nonces: set[tuple[bytes, int]] = set()
+        self.digests: set[bytes] = set()  # the pending sealed records' payload digests
+        # ids named by pending redactions -> the redaction's id (SPEC section 10: a second
+        # redaction of an id would be invalid once the first commits)
+        self.redacting: dict[bytes, bytes] = {}
         self.bytes = 0  # the pending records' Record.cost
 
     def __len__(self) -> int:
@@ -180,12 +201,19 @@ class Mempool:
         return self._look_up(results)
 
     def _look_up(self, results: list[AdmitResult]) -> Prechecked:
-        """Which of the candidates' ids and (signer, nonce) pairs the store holds."""
+        """Which of the candidates' ids, (signer, nonce) pairs and sealed digests the store
+        holds, and what it holds of the ids the candidate redactions name."""
         candidates = [c.record for c in results if c.record is not None]
+        digests = [r.body.payload_digest for r in candidates if r.body.payload_digest]
+        named = [rid for c in results if c.record is not None and c.redaction is not None
+                 for rid in c.redaction.ids]
         height = self.store.height  # read before the queries: a commit after it shows
         return Prechecked(
             results, height, self.store.seen_ids([r.id for r in candidates]),
-            self.store.seen_nonces([(r.body.signer, r.body.nonce) for r in candidates]))
+            self.store.seen_nonces([(r.body.signer, r.body.nonce) for r in candidates]),
+            self.store.seen_digests(digests) if digests else set(),
+            self.store.sealed_signers(named) if named else {},
+            self.store.redacted(named) if named else set())
 
     def admit(self, checked: Prechecked, now_ms: int) -> list[AdmitResult]:
         """Stateful checks for checked records; add the good ones, in input order. The
@@ -200,12 +228,23 @@ class Mempool:
                 out.append(c)
                 continue
             pair = (r.body.signer, r.body.nonce)
+            digest = r.body.payload_digest
+            refusal = None if c.redaction is None else self._redaction_refusal(c.redaction,
+                                                                               checked)
             if r.id in self.pending or r.id in seen_ids:
                 out.append(AdmitResult(r.id, "duplicate"))
             elif pair in self.nonces or pair in seen_pairs:
                 out.append(AdmitResult(r.id, "rejected", "nonce_reused",
                                        f"signer {r.body.signer.hex()} already used nonce "
                                        f"{r.body.nonce}"))
+            elif digest is not None and (digest in self.digests
+                                         or digest in checked.seen_digests):
+                where = "pending" if digest in self.digests else "committed"
+                out.append(AdmitResult(r.id, "rejected", DigestReusedError.code,
+                                       f"payload_digest {digest.hex()} is already {where} (a "
+                                       "digest may appear once on a chain)"))
+            elif refusal is not None:
+                out.append(AdmitResult(r.id, "rejected", refusal.code, str(refusal)))
             elif abs(r.body.ts - now_ms) > self.max_skew_ms:
                 out.append(AdmitResult(r.id, "rejected", "clock_skew",
                                        f"ts {r.body.ts} is more than {self.max_skew_ms} ms "
@@ -216,10 +255,28 @@ class Mempool:
                 self.pending[r.id] = r
                 self.by_envelope[r.envelope] = r
                 self.nonces.add(pair)
+                if digest is not None:
+                    self.digests.add(digest)
+                for rid in c.redaction.ids if c.redaction is not None else ():
+                    self.redacting[rid] = r.id
                 self.bytes += r.cost
                 self.cache.remember(r)
                 out.append(AdmitResult(r.id, "accepted", record=r))
         return out
+
+    def _redaction_refusal(self, redaction: Redaction,
+                           checked: Prechecked) -> ValidationError | None:
+        """Why the chain-extension rule would refuse ``redaction`` in the next block
+        (``check_redaction_targets`` under the configuration governing it), or None. A
+        target still pending is not committed at a lower height; one a pending redaction
+        names counts as redacted (whichever commits first, the other is then invalid)."""
+        try:
+            check_redaction_targets(
+                self.config(), redaction, checked.sealed_signers.get,
+                lambda rid: rid in checked.redacted or rid in self.redacting)
+        except ValidationError as exc:
+            return exc
+        return None
 
     def known(self, envelope: bytes) -> Record | None:
         """The pending record decoded from exactly these envelope bytes, if any (spares
@@ -251,6 +308,15 @@ class Mempool:
             for rid in [i for i, r in self.pending.items()
                         if (r.body.signer, r.body.nonce) in pairs]:
                 self._drop(rid)
+        digests = {r.body.payload_digest for r in block.records if r.body.payload_digest}
+        if digests & self.digests:
+            for rid in [i for i, r in self.pending.items() if r.body.payload_digest in digests]:
+                self._drop(rid)
+        redacting = self.redacting  # pending redactions of ids the block redacted
+        if redacting and any(r.body.type == REDACT_TYPE for r in block.records):
+            named = {rid for red in block_redactions(None, block.records) for rid in red.ids}
+            for rid in {redacting[i] for i in named if i in redacting}:
+                self._drop(rid)
         if any(r.body.type == CONFIG_TYPE for r in block.records):
             self.recheck()
 
@@ -274,6 +340,11 @@ class Mempool:
             del self.by_envelope[r.envelope]
             self.cache.forget(r)
             self.nonces.discard((r.body.signer, r.body.nonce))
+            if r.body.payload_digest is not None:
+                self.digests.discard(r.body.payload_digest)
+            if r.body.type == REDACT_TYPE:
+                for rid in [i for i, by in self.redacting.items() if by == record_id]:
+                    del self.redacting[rid]
             self.bytes -= r.cost
 
     def ids(self) -> Iterable[bytes]:

@@ -12,10 +12,10 @@ from typing import Any
 
 from ledger.blocks import Block, build_header, sign_certificate
 from ledger.config import CONFIG_TAG, CONFIG_TYPE, JOIN_TAG, Config, approval_message
-from ledger.crypto import PrivateKey
+from ledger.crypto import RECORD_TAG, PrivateKey, sha256
 from ledger.encoding import packb
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, RecordBody
 from ledger.store.base import BlockStore
 
 CHAIN = "test-chain"
@@ -121,6 +121,35 @@ def change_record(config: Config, signer: PrivateKey, change: bytes, *,
     return Record.create(signer, chain=config.chain_id, type=CONFIG_TYPE, subject="config",
                          payload={"change": change, "approvals": approvals, "joins": joins},
                          ts=1_700_000_000_000, nonce=nonce)
+
+
+def sealed_record(key: PrivateKey, chain: str, *, nonce: int, payload: Any = None,
+                  type: str = "batch.recipe", subject: str = "oven", salt: bytes | None = None,
+                  digest: bytes | None = None, ts: int = 1_700_000_000_000) -> Record:
+    """A signed sealed record (SPEC section 10): ``payload_digest`` over a salt (derived from
+    the nonce unless given) and ``payload``, or the given ``digest`` verbatim."""
+    if digest is None:
+        salt = salt if salt is not None else sha256(b"salt" + nonce.to_bytes(8, "big"))
+        digest = sha256(b"ledger.payload.v1\x00" + salt
+                        + packb({"secret": nonce} if payload is None else payload))
+    body = RecordBody(chain, type, subject, None, ts, nonce, key.public, payload_digest=digest)
+    raw = body.to_wire()
+    return Record.from_wire(packb([raw, key.sign(RECORD_TAG + raw)]))
+
+
+def redaction_record(config: Config, signer: PrivateKey, ids: list[bytes], *,
+                     approvers: list[PrivateKey], nonce: int = 2_000_000,
+                     reason: str = "erasure request", ts: int = 1_700_000_000_000) -> Record:
+    """A signed ``ledger.redact`` record of ``ids`` approved by ``approvers`` (admins of
+    ``config``), built the way ``ledger redact`` / ``config approve`` / ``submit`` do."""
+    from node.governance import approve_redaction, propose_redaction, record_of
+
+    proposal = propose_redaction(config, ids, reason)
+    for key in approvers:
+        proposal = approve_redaction(proposal, key, config).proposal
+    type_, subject, payload = record_of(proposal)
+    return Record.create(signer, chain=config.chain_id, type=type_, subject=subject,
+                         payload=payload, ts=ts, nonce=nonce)
 
 
 @dataclass

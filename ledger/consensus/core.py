@@ -42,7 +42,7 @@ from ledger.blocks import (
     build_header,
     check_contents,
 )
-from ledger.config import CONFIG_TYPE, Config, succeeding
+from ledger.config import CONFIG_TYPE, REDACT_TYPE, Config, succeeding
 from ledger.consensus.events import (
     Action,
     Broadcast,
@@ -78,9 +78,12 @@ from ledger.genesis import Genesis, ValidatorSet
 from ledger.records import MAX_RECORD_ENVELOPE_BYTES, Record
 from ledger.validation import (
     ChainTip,
+    Redaction,
     check_extends,
     check_header_fields,
+    check_record,
     check_records,
+    check_redactions,
     check_unique_within,
 )
 
@@ -110,6 +113,12 @@ class ChainView(Protocol):
     def seen_ids(self, ids: list[bytes]) -> set[bytes]: ...
 
     def seen_nonces(self, pairs: list[tuple[bytes, int]]) -> set[tuple[bytes, int]]: ...
+
+    def seen_digests(self, digests: list[bytes]) -> set[bytes]: ...
+
+    def sealed_signers(self, ids: list[bytes]) -> dict[bytes, bytes]: ...
+
+    def redacted(self, ids: list[bytes]) -> set[bytes]: ...
 
 
 class Mempool(Protocol):
@@ -354,25 +363,56 @@ class ConsensusCore:
         return header, tuple(records)
 
     def _fresh_records(self, records: list[Record]) -> list[Record]:
-        """Drop records the chain already holds or that repeat one earlier in the list."""
+        """Drop records the chain already holds or that repeat one earlier in the list (an
+        id, a (signer, nonce), a sealed payload_digest), and redactions the chain-extension
+        rule would refuse after the chain and the redactions kept before them (a record
+        admitted before a block redacted its target)."""
         seen_ids = self.chain.seen_ids([r.id for r in records])
         seen_pairs = self.chain.seen_nonces([(r.body.signer, r.body.nonce) for r in records])
+        seen_digests = self.chain.seen_digests(
+            [r.body.payload_digest for r in records if r.body.payload_digest is not None])
         out: list[Record] = []
         ids: set[bytes] = set()
         pairs: set[tuple[bytes, int]] = set()
+        digests: set[bytes] = set()
+        redacted: set[bytes] = set()  # named by a redaction kept in this block
         change = False  # at most one ledger.config record per block (SPEC section 9)
         for r in records:
             pair = (r.body.signer, r.body.nonce)
+            digest = r.body.payload_digest
             if r.id in seen_ids or r.id in ids or pair in seen_pairs or pair in pairs:
+                continue
+            if digest is not None and (digest in seen_digests or digest in digests):
                 continue
             if r.body.type == CONFIG_TYPE:
                 if change:
                     continue
                 change = True
+            if r.body.type == REDACT_TYPE:
+                named = self._redaction_fits(r, redacted)
+                if named is None:
+                    continue
+                redacted.update(named)
             ids.add(r.id)
             pairs.add(pair)
+            if digest is not None:
+                digests.add(digest)
             out.append(r)
         return out
+
+    def _redaction_fits(self, record: Record, redacted: set[bytes]) -> tuple[bytes, ...] | None:
+        """The ids a redaction names if the block being built may carry it (the chain's
+        rule, ``check_redactions``, with ``redacted`` counting as already redacted)."""
+        config = self.config_at(self.height)
+        try:
+            redaction = check_record(config, record, self.verify)
+            if not isinstance(redaction, Redaction):
+                return None
+            check_redactions(config, [redaction], self.chain.sealed_signers,
+                             lambda named: self.chain.redacted(named) | (set(named) & redacted))
+        except LedgerError:
+            return None
+        return redaction.ids
 
     def _propose(self, header: Header, records: tuple[Record, ...], pol_round: int,
                  last_cert: Certificate | None) -> None:
@@ -636,16 +676,23 @@ class ConsensusCore:
         check_unique_within(records)
         leaves = [merkle.leaf_hash(r.envelope) for r in records]
         check_contents(h, leaves)
+        # The records first (the audit's order too): the chain-extension rule judges the
+        # block's redactions, which only a checked record yields.
+        effects = check_records(config, records, self.verify)
         tip = self._committed(self.chain.height)
         check_extends(
             ChainTip(self.chain.height, self.chain.tip_hash() or self.genesis.hash,
                      tip.header.time_ms if tip is not None else -1, self.chain.log),
             h, leaves, [r.id for r in records], [(r.body.signer, r.body.nonce) for r in records],
-            seen_ids=self.chain.seen_ids, seen_nonces=self.chain.seen_nonces)
+            seen_ids=self.chain.seen_ids, seen_nonces=self.chain.seen_nonces,
+            digests=[r.body.payload_digest for r in records
+                     if r.body.payload_digest is not None],
+            seen_digests=self.chain.seen_digests, redactions=effects.redactions,
+            config=config, sealed_signers=self.chain.sealed_signers,
+            redacted=self.chain.redacted)
         if h.height != self.height:  # the chain's next height, yet not the one being decided
             raise BlockError(f"the block is for height {h.height}; consensus is at "
                              f"{self.height}")
-        effects = check_records(config, records, self.verify)
         if effects.config is not None:
             self._changes[h.hash] = effects.config
 

@@ -10,9 +10,24 @@ import msgpack
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate
-from ledger.config import CONFIG_TYPE, Config, ConfigHistory, parse_change, parse_payload
+from ledger.config import (
+    CONFIG_TYPE,
+    REDACT_TYPE,
+    Config,
+    ConfigHistory,
+    parse_change,
+    parse_payload,
+)
 from ledger.errors import BlockError, ConfigInvalidError, ValidationError
-from ledger.validation import ChainTip, Lookup, NonceLookup, check_header_fields
+from ledger.validation import (
+    ChainTip,
+    Lookup,
+    NonceLookup,
+    Redaction,
+    SignerLookup,
+    block_redactions,
+    check_header_fields,
+)
 from ledger.validation import check_extends as check_chain_extension
 
 
@@ -70,6 +85,19 @@ def rebuild_history(genesis_config: Config, changes: Iterable[ConfigChange]) -> 
     return history
 
 
+def store_redactions(history: ConfigHistory | None, block: Block) -> tuple[Redaction, ...]:
+    """The redactions ``block`` carries, each checked alone under the configuration in force
+    at its height when the store follows one (``ledger.validation.block_redactions``; a
+    few approval signatures, and only for a block that carries a redaction)."""
+    if not any(r.body.type == REDACT_TYPE for r in block.records):
+        return ()
+    config = None if history is None else history.at(block.height)
+    try:
+        return block_redactions(config, block.records)
+    except ValidationError as exc:
+        raise type(exc)(f"height {block.height}: {exc}") from exc
+
+
 def check_governed(history: ConfigHistory | None, block: Block) -> None:
     """The header fields fixed by the configuration in force at the block's height
     (chain, validator set hash, proposer index), when the store follows one."""
@@ -118,6 +146,18 @@ class BlockStore(Protocol):
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (signer, nonce) pairs are already committed."""
 
+    def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Which sealed ``payload_digest`` values are already committed (SPEC section 10)."""
+
+    def sealed_signers(self, ids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Which of ``ids`` are committed sealed records, each with its signer."""
+
+    def redacted(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` a committed ``ledger.redact`` record names."""
+
+    def redacted_at(self, record_id: bytes) -> int | None:
+        """The height of the redaction that names ``record_id``, if one committed."""
+
     def subject_history(
         self, subject: str, after_seq: int = -1, limit: int = 100
     ) -> list[tuple[RecordLocation, bytes]]:
@@ -148,11 +188,16 @@ class BlockStore(Protocol):
 
 def check_extends(block: Block, tip: ChainTip, last_cert: Certificate | None = None, *,
                   seen_ids: Lookup | None = None, seen_nonces: NonceLookup | None = None,
+                  seen_digests: Lookup | None = None, sealed_signers: SignerLookup | None = None,
+                  redacted: Lookup | None = None, redactions: tuple[Redaction, ...] = (),
+                  history: ConfigHistory | None = None,
                   ) -> tuple[merkle.CompactRange, list[merkle.CompletedNode]]:
     """Check ``block`` extends a store whose tip is ``tip``; return the new log and its new
     nodes. The rule is ``ledger.validation.check_extends``, the one consensus and the audit
-    call: a store can never hold a chain that breaks it. Also: the previous block's
-    certificate, when given, certifies the tip."""
+    call: a store can never hold a chain that breaks it (``redactions``, from
+    ``store_redactions``, are judged under ``history``'s configuration at the block when
+    the store follows one). Also: the previous block's certificate, when given, certifies
+    the tip."""
     h = block.header
     if last_cert is not None and (last_cert.height != tip.height
                                   or last_cert.block_hash != tip.hash):
@@ -163,7 +208,12 @@ def check_extends(block: Block, tip: ChainTip, last_cert: Certificate | None = N
         return check_chain_extension(
             tip, h, block.leaf_hashes(), [r.id for r in records],
             [(r.body.signer, r.body.nonce) for r in records],
-            seen_ids=seen_ids, seen_nonces=seen_nonces)
+            seen_ids=seen_ids, seen_nonces=seen_nonces,
+            digests=[r.body.payload_digest for r in records
+                     if r.body.payload_digest is not None],
+            seen_digests=seen_digests, redactions=redactions,
+            config=None if history is None else history.at(h.height),
+            sealed_signers=sealed_signers, redacted=redacted)
     except ValidationError as exc:
         raise type(exc)(f"height {h.height}: {exc}") from exc
 

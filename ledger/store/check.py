@@ -1,7 +1,8 @@
 """Checking a store against itself and genesis: quickly on every start, fully offline.
 
 ``check_recent`` looks at the tip and the last blocks: the tip's certificate, the hash links,
-and that every index row of their records agrees with the envelopes. ``check_indexes``
+and that every index row of their records (and the ``sealed`` row of a sealed one) agrees
+with the envelopes. ``check_indexes``
 does the same index comparison for every record. (The full chain audit — signatures,
 roots, policy — is ``ledger.audit``.) Problems raise ``CorruptStoreError`` naming the height.
 """
@@ -69,6 +70,7 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
         rows = store.record_rows(first_seq, n)
         if len(rows) != n:
             raise CorruptStoreError(f"{n - len(rows)} record rows are missing", height)
+        sealed = store.sealed_rows(first_seq, n)
         for i, (seq, rid, h, idx, signer, nonce, subject, envelope) in enumerate(rows):
             try:
                 r = Record.from_wire(envelope)
@@ -79,4 +81,7 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
                     bytes(signer), from_signed64(nonce), subject) != (
                     r.body.signer, r.body.nonce, r.body.subject):
                 raise CorruptStoreError(f"index row of record {i} disagrees with its envelope",
+                                        height)
+            if sealed.get(seq) != r.body.payload_digest:
+                raise CorruptStoreError(f"sealed row of record {i} disagrees with its envelope",
                                         height)

@@ -16,6 +16,7 @@ from ledger.store.base import (
     check_extends,
     check_governed,
     next_config,
+    store_redactions,
 )
 from ledger.validation import ChainTip
 
@@ -37,6 +38,9 @@ class MemoryStore:
         self._locations: list[RecordLocation] = []
         self._by_id: dict[bytes, RecordLocation] = {}
         self._nonces: set[tuple[bytes, int]] = set()
+        self._sealed: dict[bytes, bytes] = {}  # sealed record id -> signer
+        self._digests: set[bytes] = set()  # their payload digests
+        self._redacted: dict[bytes, int] = {}  # redacted id -> height of the redaction
         self._subjects: dict[str, list[int]] = {}
         self._nodes: dict[merkle.NodeId, bytes] = {}
         self._log = merkle.CompactRange()
@@ -63,10 +67,13 @@ class MemoryStore:
         if len(set(ids)) != len(ids) or len(set(pairs)) != len(pairs):
             raise DuplicateError(f"height {h.height}: a record id or (signer, nonce) appears "
                                  "twice in the block")
+        redactions = store_redactions(self._history, block)
         new_log, completed = check_extends(
             block, ChainTip(self.height, self.tip_hash() or self.genesis_hash,
                             self._tip_time, self._log),
-            last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces)
+            last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces,
+            seen_digests=self.seen_digests, sealed_signers=self.sealed_signers,
+            redacted=self.redacted, redactions=redactions, history=self._history)
         check_governed(self._history, block)
         change = block_change(block)
         new_config = next_config(self._history, change)
@@ -79,6 +86,12 @@ class MemoryStore:
             self._by_id[r.id] = loc
             self._nonces.add((r.body.signer, r.body.nonce))
             self._subjects.setdefault(r.body.subject, []).append(seq)
+            if r.body.payload_digest is not None:
+                self._sealed[r.id] = r.body.signer
+                self._digests.add(r.body.payload_digest)
+        for redaction in redactions:
+            for rid in redaction.ids:
+                self._redacted[rid] = h.height
         for level, index, node_hash in completed:
             self._nodes[(level, index)] = node_hash
         if last_cert is not None:
@@ -127,6 +140,22 @@ class MemoryStore:
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (signer, nonce) pairs are already committed."""
         return {p for p in pairs if p in self._nonces}
+
+    def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Which sealed payload digests are already committed."""
+        return {d for d in digests if d in self._digests}
+
+    def sealed_signers(self, ids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Which of ``ids`` are committed sealed records, with their signers."""
+        return {i: self._sealed[i] for i in ids if i in self._sealed}
+
+    def redacted(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` a committed redaction names."""
+        return {i for i in ids if i in self._redacted}
+
+    def redacted_at(self, record_id: bytes) -> int | None:
+        """The height of the redaction naming ``record_id``."""
+        return self._redacted.get(record_id)
 
     def subject_history(self, subject: str, after_seq: int = -1,
                         limit: int = 100) -> list[tuple[RecordLocation, bytes]]:

@@ -21,6 +21,13 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
 - ``config_changes``: height -> record index and change bytes of every committed
   ``ledger.config`` record, written in its block's transaction; on open the configuration
   history is rebuilt from genesis through these rows (no chain re-verification).
+- ``sealed``: log index -> ``payload_digest`` of every committed sealed record (SPEC section
+  10), with a unique index on the digest: the chain-extension rule's "each digest once" and
+  "a redaction names a sealed record committed earlier" (its signer is in ``records``) are
+  indexed lookups.
+- ``redactions``: record id -> height of the ``ledger.redact`` record that named it,
+  written in that block's transaction ("not yet redacted"; ``redacted_at``). Deleting the
+  payloads themselves is the node's business, not the store's.
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 
@@ -51,6 +58,7 @@ from ledger.errors import (
     StoreError,
     ValidationError,
 )
+from ledger.records import Record
 from ledger.store.base import (
     ConfigChange,
     RecordLocation,
@@ -60,10 +68,11 @@ from ledger.store.base import (
     join_block,
     next_config,
     rebuild_history,
+    store_redactions,
 )
-from ledger.validation import ChainTip
+from ledger.validation import ChainTip, block_redactions
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
@@ -101,6 +110,15 @@ CREATE TABLE IF NOT EXISTS config_changes (
     idx INTEGER NOT NULL,
     change BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sealed (
+    seq INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sealed_by_digest ON sealed (digest);
+CREATE TABLE IF NOT EXISTS redactions (
+    id BLOB PRIMARY KEY,
+    height INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_nodes (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -221,9 +239,11 @@ class SqliteStore:
                                            check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-                self._db.executescript(_SCHEMA)  # adds ``ids`` to a schema-1 file too
+                self._db.executescript(_SCHEMA)  # adds the newer tables to an older file
                 if self._stored_version() == 1:
                     self._migrate_from_1()
+                if self._stored_version() == 2:
+                    self._migrate_from_2()
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
             # chain outgrows it (throughput fell ~10% from 10k to 100k records).
@@ -284,6 +304,28 @@ class SqliteStore:
             self._db.execute("ROLLBACK")
             raise
 
+    def _migrate_from_2(self) -> None:
+        """Schema 2 -> 3: fill ``sealed`` and ``redactions`` (created empty by the schema
+        script) from the records already stored, decoding each envelope once."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            reader = self._db.execute("SELECT seq, height, envelope FROM records ORDER BY seq")
+            sealed: list[tuple[int, bytes]] = []
+            redacted: list[tuple[bytes, int]] = []
+            for seq, height, envelope in reader:
+                record = Record.from_wire(bytes(envelope))
+                if record.body.payload_digest is not None:
+                    sealed.append((seq, record.body.payload_digest))
+                for redaction in block_redactions(None, [record]):
+                    redacted.extend((rid, height) for rid in redaction.ids)
+            self._db.executemany("INSERT INTO sealed VALUES (?, ?)", sealed)
+            self._db.executemany("INSERT OR IGNORE INTO redactions VALUES (?, ?)", redacted)
+            self._db.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def _init_meta(self, genesis_hash: bytes | None) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         version = rows.get("schema_version")
@@ -294,7 +336,8 @@ class SqliteStore:
             rows["ids_upto"] = json.dumps([0] * ID_SLICES)
             self._db.execute("INSERT INTO meta VALUES ('ids_upto', ?)", (rows["ids_upto"],))
         elif version != SCHEMA_VERSION:
-            hint = " (open it once with `ledger node run` to upgrade it)" if version == 1 else ""
+            hint = (" (open it once with `ledger node run` to upgrade it)"
+                    if int(version) < SCHEMA_VERSION else "")
             raise StoreError(f"{self.path}: schema version {version}, this code reads "
                              f"{SCHEMA_VERSION}{hint}")
         stored = rows.get("genesis_hash")
@@ -364,10 +407,13 @@ class SqliteStore:
         """Write ``block`` and everything derived from it in one transaction (and, with
         ``last_cert``, the previous block's canonical certificate)."""
         with self._lock:
+            redactions = store_redactions(self._history, block)
             new_log, completed = check_extends(
                 block, ChainTip(self._height, self._tip_hash or self.genesis_hash,
                                 self._tip_time, self._log),
-                last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces)
+                last_cert, seen_ids=self.seen_ids, seen_nonces=self.seen_nonces,
+                seen_digests=self.seen_digests, sealed_signers=self.sealed_signers,
+                redacted=self.redacted, redactions=redactions, history=self._history)
             check_governed(self._history, block)
             change = block_change(block)
             new_config = next_config(self._history, change)
@@ -378,6 +424,10 @@ class SqliteStore:
                  r.body.subject, r.envelope)
                 for i, r in enumerate(block.records)
             ]
+            sealed_rows = [(first_seq + i, r.body.payload_digest)
+                           for i, r in enumerate(block.records)
+                           if r.body.payload_digest is not None]
+            redaction_rows = [(rid, h.height) for red in redactions for rid in red.ids]
             new_ids, merged, merge_rows, upto = self._recent.plan(
                 [(r.id, first_seq + i) for i, r in enumerate(block.records)], h.height,
                 first_seq + len(rows))
@@ -397,6 +447,10 @@ class SqliteStore:
                                    (json.dumps(upto),))
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
+                    if sealed_rows:
+                        db.executemany("INSERT INTO sealed VALUES (?, ?)", sealed_rows)
+                    if redaction_rows:  # with its block: never a redaction without it
+                        db.executemany("INSERT INTO redactions VALUES (?, ?)", redaction_rows)
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
@@ -409,8 +463,8 @@ class SqliteStore:
                     raise
             except sqlite3.IntegrityError as exc:
                 raise DuplicateError(
-                    f"height {h.height}: a record id or (signer, nonce) is already stored ({exc})"
-                ) from exc
+                    f"height {h.height}: a record id, (signer, nonce), payload_digest or "
+                    f"redacted id is already stored ({exc})") from exc
             except sqlite3.Error as exc:
                 raise StoreError(f"height {h.height}: write failed ({exc})") from exc
             self._height, self._tip_hash, self._log = h.height, h.hash, new_log
@@ -537,6 +591,53 @@ class SqliteStore:
                         f"({','.join('?' * len(chunk))})", [signer, *chunk]))
         return found
 
+    def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Which sealed payload digests are already committed (the unique digest index, one
+        query per 500)."""
+        wanted = sorted(set(digests))
+        found: set[bytes] = set()
+        with self._lock:
+            for chunk in _chunks(wanted):
+                found.update(bytes(d) for (d,) in self._db.execute(
+                    f"SELECT digest FROM sealed WHERE digest IN ({','.join('?' * len(chunk))})",
+                    chunk))
+        return found
+
+    def sealed_signers(self, ids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Which of ``ids`` are committed sealed records, with their signers (each id
+        through the id index, then one query per 500 log indexes)."""
+        with self._lock:
+            by_seq = {}
+            for rid in set(ids):
+                seq = self._seq_of(rid, self._db)
+                if seq is not None:
+                    by_seq[seq] = rid
+            out: dict[bytes, bytes] = {}
+            for chunk in _chunks(sorted(by_seq)):
+                for seq, signer in self._db.execute(
+                        "SELECT s.seq, r.signer FROM sealed s JOIN records r ON r.seq = s.seq "
+                        f"WHERE s.seq IN ({','.join('?' * len(chunk))})", chunk):
+                    out[by_seq[seq]] = bytes(signer)
+        return out
+
+    def redacted(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` a committed redaction names (one query per 500)."""
+        wanted = sorted(set(ids))
+        found: set[bytes] = set()
+        with self._lock:
+            for chunk in _chunks(wanted):
+                found.update(bytes(i) for (i,) in self._db.execute(
+                    f"SELECT id FROM redactions WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk))
+        return found
+
+    def redacted_at(self, record_id: bytes) -> int | None:
+        """The height of the redaction naming ``record_id``, if one committed."""
+        with self._reading() as db:
+            row = db.execute("SELECT height FROM redactions WHERE id = ?",
+                             (record_id,)).fetchone()
+        return None if row is None else int(row[0])
+
     def subject_history(self, subject: str, after_seq: int = -1,
                         limit: int = 100) -> list[tuple[RecordLocation, bytes]]:
         """Committed records of ``subject`` after log index ``after_seq``, oldest first."""
@@ -596,6 +697,14 @@ class SqliteStore:
             return list(self._db.execute(
                 "SELECT seq, id, height, idx, signer, nonce, subject, envelope FROM records "
                 "WHERE seq >= ? AND seq < ? ORDER BY seq", (first_seq, first_seq + count)))
+
+    def sealed_rows(self, first_seq: int, count: int) -> dict[int, bytes]:
+        """Rows of ``sealed`` (log index -> payload_digest) in ``[first_seq, first_seq +
+        count)`` (for ``ledger node check``)."""
+        with self._lock:
+            return {seq: bytes(d) for seq, d in self._db.execute(
+                "SELECT seq, digest FROM sealed WHERE seq >= ? AND seq < ?",
+                (first_seq, first_seq + count))}
 
     def stored_record_count(self) -> int:
         """Rows in the records table (should equal the log size)."""
