@@ -198,7 +198,8 @@ def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: 
     the key (None when there is none, or it does not parse: that peer must dial us).
     While our own key is in neither configuration (a node joining, or removed), the keys
     the node config names (``peer_keys``) are added: validators it may sync from that it
-    cannot know yet."""
+    cannot know yet; and always those of them no configuration of ``history`` lists (a
+    validator that slept through changes replacing every validator it knows)."""
     overrides = {genesis.validators[i].pubkey: a for i, a in config.peers.items()
                  if 0 <= i < len(genesis.validators)}
     peers: dict[bytes, tuple[str, int] | None] = {}
@@ -213,10 +214,14 @@ def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: 
             except ConfigError as exc:
                 log.warning("%s; that validator must dial this node", exc)
         peers[pubkey] = address
-    if own not in accepted:
-        for pubkey, address in config.peer_keys.items():
-            if pubkey != own:
-                peers[pubkey] = peers.get(pubkey) or address
+    # A key the node config names that our history does not list as a validator at all
+    # (no rank) is a validator of a change we have not synced: linked with even while our
+    # own key is in force, else a validator that was down while every validator it knows
+    # was replaced could never catch up (they rank after it and wait for it to dial).
+    known = {v.pubkey for _, c in history for v in c.validators}
+    for pubkey, address in config.peer_keys.items():
+        if pubkey != own and (own not in accepted or pubkey not in known):
+            peers[pubkey] = peers.get(pubkey) or address
     return peers
 
 
