@@ -92,3 +92,32 @@ async def test_a_validator_down_while_every_peer_it_knew_was_replaced_links_agai
     finally:
         await lagging.stop()
         await current.stop()
+
+
+def test_an_unapproved_1_mib_change_is_refused_before_its_change_bytes_are_decoded() -> None:
+    """Any member may sign a ledger.config record. Its body holds the change as one bin
+    (one msgpack element: the body's element bound does not see inside it), so 1 MiB of
+    empty maps in ``change`` was decoded to ~1M objects (~78 MB, 0.2 s) before the
+    approvals were looked at. Approvals sign sha256(change) and depend only on the
+    configuration in force: they are checked first, so the change is built only for a
+    record enough admins approved."""
+    import tracemalloc
+
+    from ledger.config import apply_change
+    from ledger.errors import LedgerError
+    from ledger.records import Record
+
+    n = 1024 * 1024 - 3000
+    change = b"\xdd" + n.to_bytes(4, "big") + b"\x80" * n
+    record = Record.from_wire(Record.create(
+        FX.writer, chain=G.chain_id, type="ledger.config", subject="config",
+        payload={"change": change, "approvals": [], "joins": []}, ts=1, nonce=1).envelope)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LedgerError) as refused:
+            apply_change(G.config, record)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.code == "approvals_insufficient"
+    assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated to refuse it"
