@@ -121,3 +121,19 @@ def test_an_unapproved_1_mib_change_is_refused_before_its_change_bytes_are_decod
         tracemalloc.stop()
     assert refused.value.code == "approvals_insufficient"
     assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated to refuse it"
+
+
+def test_a_peers_entry_by_key_gives_the_address_of_a_validator_added_by_a_change(
+        tmp_path: Path) -> None:
+    """A validator added by a change with no (or a host-unreachable) ``p2p`` in the
+    configuration: the lower-ranked validators must dial it, and ``peers`` by genesis
+    index cannot name it. Its key in ``peers`` (or LEDGER_PEERS) was ignored once the
+    node's own key was in force, leaving no way to reach it ("no address for validator
+    4; it cannot be reached", forever)."""
+    history = ConfigHistory(G.config)
+    added = with_validators(G.config, [*KEYS, R1], 1)
+    vs = tuple(replace(v, p2p="") if v.pubkey == R1.public else v for v in added.validators)
+    history.append(3, replace(added, validators=ValidatorSet(vs)))
+    cfg = replace(lagging_config(tmp_path, 9500), peers={})
+    peers = peer_map(cfg, G, history, 5, KEYS[0].public)
+    assert peers[R1.public] == (HOST, 9500)
