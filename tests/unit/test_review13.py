@@ -137,3 +137,28 @@ def test_a_peers_entry_by_key_gives_the_address_of_a_validator_added_by_a_change
     cfg = replace(lagging_config(tmp_path, 9500), peers={})
     peers = peer_map(cfg, G, history, 5, KEYS[0].public)
     assert peers[R1.public] == (HOST, 9500)
+
+
+def test_node_init_reports_an_unwritable_directory_and_leaves_no_half_made_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ledger node init`` into a path it cannot create raised a bare OSError (a
+    traceback from the CLI); a failure after genesis.json was written left it behind, and
+    every retry was then refused as 'already holds a node'."""
+    import node.join
+    from node.join import NodeInitError, init_node
+
+    genesis = FX.write_genesis(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NodeInitError, match="a-file"):
+        init_node(tmp_path / "a-file" / "node", genesis, "127.0.0.1:1", "127.0.0.1:2")
+
+    def full_disk(path: Path, key: PrivateKey) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(node.join, "write_key_file", full_disk)
+    with pytest.raises(NodeInitError, match="No space left"):
+        init_node(tmp_path / "n", genesis, "127.0.0.1:1", "127.0.0.1:2")
+    assert not any((tmp_path / "n").iterdir())
+    monkeypatch.undo()
+    entry = init_node(tmp_path / "n", genesis, "127.0.0.1:1", "127.0.0.1:2")
+    assert (tmp_path / "n" / "config.json").exists() and len(entry["pubkey"]) == 64
