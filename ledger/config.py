@@ -496,8 +496,9 @@ def apply_change(config: Config, record: Record,
     force; raises a ValidationError with a specific code otherwise (SPEC section 9).
 
     The record's own signature and chain are ``check_record``'s; this checks the rest: the
-    signer is a member of ``config``, the payload and change decode strictly, version and
-    prev, the new configuration's rules, approvals and joins."""
+    signer is a member of ``config``, the payload decodes strictly, approvals (before the
+    change is decoded), the change decodes strictly, version and prev, the new
+    configuration's rules, and joins."""
     body = record.body
     if body.type != CONFIG_TYPE or body.sealed:
         raise ReservedTypeError(f"a configuration change is an inline {CONFIG_TYPE} record")
@@ -505,10 +506,13 @@ def apply_change(config: Config, record: Record,
         raise UnauthorisedError(f"signer {body.signer.hex()} of a configuration change is not "
                                 f"a member of configuration version {config.version}")
     payload = parse_payload(body.payload)
-    new = parse_change(config, payload.change)
+    # Approvals first: they depend only on ``config`` and sha256(change), and up to 1 MiB
+    # of change bytes (one bin element of the body, unseen by its element bound) is
+    # decoded only for a change enough admins signed.
     orgs = check_approvals(config, payload.approvals,
                            approval_message(config.genesis_hash, payload.change), verify)
     require_threshold(config, orgs)
+    new = parse_change(config, payload.change)
     needed = {v.pubkey for v in new.validators} - {v.pubkey for v in config.validators}
     join_msg = approval_message(config.genesis_hash, payload.change, JOIN_TAG)
     joined: set[bytes] = set()

@@ -12,6 +12,7 @@ height whose configuration lists its key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -62,19 +63,30 @@ def init_node(directory: Path, genesis_path: Path, api: str, p2p: str,
         key = read_key_file(key_path, passphrase.encode() if passphrase else None)
     else:
         key = PrivateKey.generate()
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "genesis.json").write_bytes(raw)
-    if key_path is not None:
-        fd = os.open(directory / "node.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_bytes)
-    else:
-        write_key_file(directory / "node.pem", key)
     config: dict[str, Any] = {"api": api, "p2p": p2p, "genesis": "genesis.json",
                               "key": "node.pem", "store": "chain.db"}
     slot = genesis.validators.by_key(key.public)
     if slot is not None:  # a genesis validator's key (a replaced machine): keep its slot
         config = {"index": slot.index, **config}
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    made: list[Path] = []  # removed again if a later write fails: no half-made node
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        made.append(directory / "genesis.json")
+        (directory / "genesis.json").write_bytes(raw)
+        made.append(directory / "node.pem")
+        if key_path is not None:
+            fd = os.open(directory / "node.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key_bytes)
+        else:
+            write_key_file(directory / "node.pem", key)
+        made.append(directory / "config.json")
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    except OSError as exc:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise NodeInitError(f"{directory}: cannot write the node directory "
+                            f"({exc.strerror or exc}: {exc.filename or directory})") from None
     return {"name": directory.resolve().name, "pubkey": key.public.hex(), "power": 1,
             "p2p": p2p, "api": f"http://{api}"}

@@ -193,14 +193,18 @@ def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: 
              own: bytes) -> dict[bytes, tuple[str, int] | None]:
     """The validator keys a node at height ``tip`` links with (``accepted_peers``: the
     configuration in force and the next one), each with where to reach it: the node
-    config's ``peers`` entry (or ``LEDGER_PEERS``) for a genesis validator, which names
-    peers by genesis index, else the ``p2p`` address of the newest configuration listing
+    config's ``peers`` entry (or ``LEDGER_PEERS``) naming the key, or naming a genesis
+    validator by genesis index, else the ``p2p`` address of the newest configuration listing
     the key (None when there is none, or it does not parse: that peer must dial us).
     While our own key is in neither configuration (a node joining, or removed), the keys
     the node config names (``peer_keys``) are added: validators it may sync from that it
-    cannot know yet."""
+    cannot know yet; and always those of them no configuration of ``history`` lists (a
+    validator that slept through changes replacing every validator it knows)."""
     overrides = {genesis.validators[i].pubkey: a for i, a in config.peers.items()
                  if 0 <= i < len(genesis.validators)}
+    # a key named in ``peers`` is where to reach that validator, whatever else holds
+    # (its configuration may list no p2p, or one unreachable from this host)
+    overrides.update(config.peer_keys)
     peers: dict[bytes, tuple[str, int] | None] = {}
     accepted = accepted_peers(history, tip)
     for pubkey, p2p in accepted.items():
@@ -213,10 +217,14 @@ def peer_map(config: NodeConfig, genesis: Genesis, history: ConfigHistory, tip: 
             except ConfigError as exc:
                 log.warning("%s; that validator must dial this node", exc)
         peers[pubkey] = address
-    if own not in accepted:
-        for pubkey, address in config.peer_keys.items():
-            if pubkey != own:
-                peers[pubkey] = peers.get(pubkey) or address
+    # A key the node config names that our history does not list as a validator at all
+    # (no rank) is a validator of a change we have not synced: linked with even while our
+    # own key is in force, else a validator that was down while every validator it knows
+    # was replaced could never catch up (they rank after it and wait for it to dial).
+    known = {v.pubkey for _, c in history for v in c.validators}
+    for pubkey, address in config.peer_keys.items():
+        if pubkey != own and (own not in accepted or pubkey not in known):
+            peers[pubkey] = peers.get(pubkey) or address
     return peers
 
 

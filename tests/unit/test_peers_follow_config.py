@@ -181,9 +181,14 @@ def test_a_joining_node_links_with_the_keys_its_config_names_until_it_is_a_valid
     assert cfg.peer_keys == {REPLACEMENT.public: ("r", 9000)}
     joining = peer_map(cfg, G, ConfigHistory(G.config), 0, NEW.public)
     assert joining[REPLACEMENT.public] == ("r", 9000) and joining[KEYS[1].public] == ("h1", 8101)
-    # once its history lists its key, only the configuration decides
+    # once its history lists its key, the configuration decides for every key it lists;
+    # a named key it does not list at all is still dialed (a change not synced yet: see
+    # test_review13's validator that slept through the replacement of all its peers)
     joined = peer_map(cfg, G, history_add_then_remove(1), 3, NEW.public)
-    assert REPLACEMENT.public not in joined and NEW.public not in joined
+    assert joined[REPLACEMENT.public] == ("r", 9000) and NEW.public not in joined
+    named_removed = replace(cfg, peer_keys={KEYS[0].public: ("r", 9000)})
+    assert KEYS[0].public not in peer_map(named_removed, G, history_add_then_remove(2), 7,
+                                          NEW.public)
 
 
 @pytest.mark.asyncio
