@@ -45,7 +45,7 @@ from ledger.store.base import ConfigChange
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
-from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService
+from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService, NotAValidator
 from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
 
@@ -743,7 +743,9 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         (413, "batch_too_large", "more envelopes than `max_batch` (default 10 000)"),
         (415, "unsupported_media_type", "Content-Type is neither msgpack nor JSON"),
         (408, "body_timeout", "the body did not arrive within `api_body_timeout` (10 s)"),
-        (503, "mempool_full", "the mempool is full (Retry-After)"), *LIMITED,
+        (503, "mempool_full", "the mempool is full (Retry-After)"),
+        (503, "not_a_validator", "this node is not a validator of the height being decided "
+         "and has no peer link (removed, or joining): submit to a validator"), *LIMITED,
         (504, "commit_timeout", "`wait=commit`: not all committed within `timeout`; "
          "the records stay in the mempool"))})
     async def submit(request: Request,
@@ -759,6 +761,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             results = await node.submit(envelopes)
         except MempoolFull as exc:
             raise Problem(503, "mempool_full", str(exc), {"Retry-After": "1"}) from exc
+        except NotAValidator as exc:
+            raise Problem(503, "not_a_validator", str(exc)) from exc
         out: list[dict[str, Any]] = []
         for r in results:
             item: dict[str, Any] = {"id": r.id.hex() if r.id else None, "status": r.status}

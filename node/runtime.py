@@ -72,7 +72,7 @@ from node.config import ConfigError, NodeConfig, parse_address
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
-from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, Status
+from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, NotAValidator, Status
 from node.threads import favour_the_loop
 from node.tls import client_context, server_context
 from node.transport import PeerNetwork
@@ -853,6 +853,11 @@ class Node:
 
     async def submit(self, envelopes: Sequence[bytes], *, gossip: bool = True) -> list[AdmitResult]:
         """Admit a batch: signature checks in a worker thread, state checks here."""
+        if self.core.index is None and not self.connected_peers():
+            raise NotAValidator(
+                f"this node ({self.name}) is not a validator at height {self.core.height} "
+                "and has no peer link, so a record admitted here would never be committed; "
+                "submit to a validator of the configuration in force (GET /v1/config)")
         checked = await asyncio.to_thread(self.mempool.precheck, envelopes)
         results = self.mempool.admit(checked, now_ms())
         accepted = [r.record for r in results if r.status == "accepted" and r.record]

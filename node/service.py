@@ -36,6 +36,13 @@ SUBSCRIBER_QUEUE = 1000  # committed heights a subscriber may fall behind before
 EVIDENCE_SHOWN = 20  # evidence entries in /v1/status (the newest)
 
 
+class NotAValidator(Exception):
+    """This node cannot get a record committed: its key is not a validator of the height
+    being decided and it has no peer link (a removed validator, or a joining one not yet
+    added). ``/v1/records`` answers 503 ``not_a_validator`` rather than accept a record
+    that would wait in its mempool for ever."""
+
+
 class ReadStore(Protocol):
     """The store reads the API makes (``BlockStore``'s read half)."""
 
@@ -225,7 +232,8 @@ class NodeService(Protocol):
         """A record admitted and not yet committed."""
 
     async def submit(self, envelopes: Sequence[bytes]) -> list[AdmitResult]:
-        """Admit a batch (MempoolFull when it does not fit), one result per envelope."""
+        """Admit a batch (MempoolFull when it does not fit, NotAValidator when nothing
+        admitted here could reach a validator), one result per envelope."""
 
     def status(self) -> Status:
         """A snapshot for ``/v1/status``."""

@@ -17,6 +17,7 @@ from ledger.crypto import PrivateKey
 from ledger.store import SqliteStore
 from node.config import NodeConfig
 from node.runtime import Node, peer_map
+from node.service import NotAValidator
 from node.transport import HandshakeError, PeerNetwork
 from node.transport.handshake import Hello, check_hello
 from node.transport.peers import PeerDirectory, accepted_peers
@@ -164,6 +165,10 @@ async def test_a_node_whose_key_is_not_a_validator_runs_as_a_follower(tmp_path: 
         status = node.status()
         assert status.index is None and status.pubkey == NEW.public
         assert node.directory.get(NEW.public) is None
+        # with no peer link, what it admitted could never be committed: it refuses writes
+        with pytest.raises(NotAValidator, match="not a validator at height 1"):
+            await node.submit([b"any envelope"])
+        assert len(node.mempool) == 0
     finally:
         store.close()
 
