@@ -2,6 +2,8 @@
 
     python -m tests.sim.run --seed 1234 --verbose     # replay one seed
     python -m tests.sim.run --seeds 0:20000           # soak
+    python -m tests.sim.run --seeds 0:32000 --changing  # only seeds whose validator set
+                                                      # changes (about 10 000 of them)
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--seeds", default="0:1000", help="START:END")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--changing", action="store_true",
+                        help="run only the seeds whose validator set changes")
+    parser.add_argument("--governed", action="store_true",
+                        help="run only the seeds whose set changes by committed records")
     args = parser.parse_args()
     seeds = ([args.seed] if args.seed is not None
              else range(*map(int, args.seeds.split(":"))))
+    if args.changing or args.governed:
+        seeds = [s for s in seeds
+                 if (sc := Scenario.from_seed(s)).changes and (sc.governed or not args.governed)]
     started, failures = time.monotonic(), 0
     for n, seed in enumerate(seeds, 1):
         try:
