@@ -7,18 +7,21 @@ show` -> edit -> `ledger config propose --config NEW.json` -> `ledger config app
 admins (and, for a new validator, its own node.pem: the join) -> `ledger config submit --wait`:
 
 1. add an organisation (newco, with the member gw that writes the load) and a member of an
-   existing one (supplier/lab);
-2. revoke the demo key: its next record is refused `unauthorized` (the time from the decision
-   to the refusal is printed), its earlier record still audits and its receipt still verifies
-   with `ledger verify` at the end;
+   existing one (supplier/lab); on the way, one approval is refused at submission
+   `approvals_insufficient`, a non-admin's approval is refused (the file unchanged), and once
+   applied the proposal is refused as stale;
+2. revoke the demo key: its next record is refused `unauthorized` on every node (the time from
+   the decision to the refusal is printed), `config show --version 0` still lists it, its
+   earlier record still audits and its receipt (no config_proof step) still verifies with
+   `ledger verify` at the end, as does a late record's (six steps);
 3. rotate supplier/lab's key (the new one from `ledger keygen`): the old key is then
    `unauthorized`, the new one accepted;
 4. add a 5th validator made with `ledger node init` on new ports: it catches up and its
    signatures appear in certificates;
 5. remove node 0: the chain goes on without it, node 0 keeps answering reads;
 6. change a power (node1 to 3 of 6), then SIGKILL node 2 right after: it restarts with the
-   new configuration. Node 3, down during changes 4 to 6, catches up through all three and
-   votes (the chain needs it for a quorum).
+   new configuration (and still refuses the revoked key). Node 3, down during changes 4 to
+   6, catches up through all three and votes (the chain needs it for a quorum).
 
 The load (newco/gw, a member that stays authorised) runs in a thread through it all; at the
 end `ledger audit` passes, every acknowledged record is on the chain exactly once and all
@@ -150,8 +153,10 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
     heights: dict[str, int] = {}
 
     def change(name: str, edit: Callable[[dict[str, Any]], None], approvers: tuple[str, str],
-               expect: list[str], joiners: tuple[Path, ...] = (), node: int = 1) -> float:
-        """One configuration change the operator's way; returns when ``show`` started."""
+               expect: list[str], joiners: tuple[Path, ...] = (), node: int = 1,
+               half_way: Callable[[Path, str], None] | None = None) -> float:
+        """One configuration change the operator's way; returns when ``show`` started.
+        ``half_way`` runs after the first approval (with the proposal and that output)."""
         began = time.monotonic()
         url = cluster.url(node)
         doc = json.loads(ok("config", "show", "--node", url))
@@ -161,11 +166,15 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         out = ok("config", "propose", "--node", url, "--config", new, "--out", proposal)
         for line in expect:
             assert line in out, out
-        for org in approvers:
-            ok("config", "approve", proposal, "--identity", admins[org], "--node", url)
+        for n, org in enumerate(approvers):
+            out = ok("config", "approve", proposal, "--identity", admins[org], "--node", url)
+            if n == 0 and half_way is not None:
+                half_way(proposal, out)
         for pem in joiners:
-            assert "join signed" in ok("config", "approve", proposal, "--identity", pem,
-                                       "--node", url)
+            assert "joins missing from new validator key(s)" in out, out
+            out = ok("config", "approve", proposal, "--identity", pem, "--node", url)
+            assert "join signed" in out, out
+        assert ": enough" in out and "joins missing" not in out, out
         rid, _, height = ok("config", "submit", proposal, "--node", url, "--identity",
                             admins[approvers[0]], "--wait", "--timeout", "90").split()
         assert len(rid) == 64
@@ -173,6 +182,16 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         print(f"change {name}: committed at height {height} "
               f"({time.monotonic() - began:.1f} s from show to committed)")
         return began
+
+    demo_signer = read_key_file(clients / "demo.pem")
+
+    def demo_refused(i: int) -> bool:
+        rec = Record.create(demo_signer, chain=chain, type="sensor.reading",
+                            subject="plant-1/s1", payload={"node": i}, ts=now_ms(), nonce=i)
+        resp = httpx.post(f"{cluster.url(i)}/v1/records", content=packb([rec.envelope]),
+                          headers=MSGPACK, timeout=10)
+        result = resp.json()["results"][0]
+        return bool((result["status"], result.get("error")) == ("rejected", "unauthorized"))
 
     # before any change: the demo key writes a record (its receipt is verified at the end);
     # the load's key (newco/gw, made with keygen) is not a member yet
@@ -193,9 +212,30 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
                 if org["name"] == "supplier":
                     org["members"].append({"name": "lab", "pubkey": lab, "roles": ["writer"]})
 
+        def one_approval(proposal: Path, out: str) -> None:
+            assert "approvals: 1 organisation(s) (demo-org); 2 of 3 needed" in out, out
+            assert "already approved" in ok("config", "approve", proposal, "--identity",
+                                            admins["demo-org"], "--node", cluster.url(2))
+            assert len(json.loads(proposal.read_text())["approvals"]) == 1
+            # one organisation is below the threshold: refused at admission, with the code
+            short = ledger("config", "submit", proposal, "--node", cluster.url(0),
+                           "--identity", demo, "--wait")
+            assert short.returncode == 1, short.stdout + short.stderr
+            assert short.stderr.startswith("rejected: approvals_insufficient:"), short.stderr
+            # not an admin: refused by approve, the file unchanged
+            before = proposal.read_bytes()
+            notadmin = ledger("config", "approve", proposal, "--identity", demo, "--node",
+                              cluster.url(0))
+            assert notadmin.returncode == 2 and "governance role" in notadmin.stderr, notadmin
+            assert proposal.read_bytes() == before
+
         change("onboard", onboard, ("demo-org", "supplier"),
                ["+ organisation newco", f"+ member newco/gw ({gw[:8]}): writer",
-                f"+ member supplier/lab ({lab[:8]}): writer"])
+                f"+ member supplier/lab ({lab[:8]}): writer"], half_way=one_approval)
+        # applied: approving the same proposal again is refused as stale
+        stale = ledger("config", "approve", tmp_path / "onboard-proposal.json", "--identity",
+                       admins["carrier"], "--node", cluster.url(1))
+        assert stale.returncode == 2 and "stale proposal" in stale.stderr, stale
         until(lambda: len(load.acknowledged) >= 3, "the new member's load is accepted",
               cluster, 1)
         assert load.refused["unauthorized"] > 0  # it was refused before the change
@@ -217,6 +257,20 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         assert late.returncode == 1, late.stdout + late.stderr
         assert late.stderr.startswith("rejected: unauthorized:"), late.stderr
         print(f"revocation: decision (config show) -> demo key refused {refused_after:.1f} s")
+        revoked_at = heights["revoke"]
+        for i in range(4):  # every node: the new configuration, and the key refused
+            cluster.wait_height(i, revoked_at)
+            config = httpx.get(f"{cluster.url(i)}/v1/config", timeout=5).json()
+            assert (config["version"], config["height"]) == (2, revoked_at + 1), config
+            assert status(cluster, i)["config_version"] == 2
+            assert demo_refused(i), f"node{i} admits the revoked key"
+        members = [m["pubkey"] for o in json.loads(ok("config", "show", "--node",
+                                                      cluster.url(0)))["organizations"]
+                   for m in o["members"]]
+        assert demo_key not in members and gw in members
+        first = json.loads(ok("config", "show", "--node", cluster.url(0), "--version", "0"))
+        assert "chain_id" not in first
+        assert demo_key in [m["pubkey"] for o in first["organizations"] for m in o["members"]]
 
         # 3. rotate supplier/lab's key: the old one is refused, the new one accepted
         def rotate(doc: dict[str, Any]) -> None:
@@ -298,6 +352,7 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         assert httpx.get(f"{cluster.url(3)}/v1/config", timeout=5).json()["version"] == 6
         cluster.start(2)
         cluster.wait_healthy(2)
+        assert demo_refused(2)
         config = httpx.get(f"{cluster.url(2)}/v1/config", timeout=5).json()
         assert (config["version"], config["height"]) == (6, powered_at + 1)
         assert [(v["name"], v["power"]) for v in config["config"]["validators"]] == [
@@ -345,11 +400,17 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
     assert not bad, [(on_chain[r], load.where[r]) for r in bad[:5]]
     assert on_chain[early] == 1
 
-    # the demo key's early record: its receipt still verifies against genesis alone
-    receipt = tmp_path / "early-receipt.json"
-    receipt.write_bytes(httpx.get(f"{cluster.url(3)}/v1/records/{early}/receipt",
-                                  timeout=5).content)
-    assert ok("verify", receipt, "--genesis", genesis).startswith(f"valid: record {early}")
+    # the revoked demo key's early record (before any change) and the load's last one
+    # (after all six): their receipts verify against genesis alone, following the changes
+    for rid, node, steps in ((early, 3, 0), (load.acknowledged[-1], 0 if zero_tip >= tip
+                                               else 4, 6)):
+        receipt = tmp_path / f"receipt-{rid}.json"
+        receipt.write_bytes(httpx.get(f"{cluster.url(node)}/v1/records/{rid}/receipt",
+                                      timeout=5).content)
+        assert len(json.loads(receipt.read_text())["config_proof"]) == steps
+        out = ok("verify", receipt, "--genesis", genesis)
+        assert out.startswith(f"valid: record {rid}"), out
+        assert ("followed 6 configuration changes to version 6" in out) == (steps == 6), out
     print(f"{len(load.acknowledged)} acknowledged load records on {tip} blocks "
           f"(refused: {dict(load.refused)}); node0 stays at {zero_tip}; heights {heights}; "
           f"{time.monotonic() - started:.1f} s")
