@@ -331,6 +331,14 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         assert httpx.get(f"{cluster.url(0)}/v1/blocks/1", timeout=5).status_code == 200
         assert httpx.get(f"{cluster.url(0)}/v1/records/{early}", timeout=5).json()[
             "status"] == "committed"
+        # its links are gone: a write there could never commit, so it is refused at once
+        until(lambda: not status(cluster, 0)["peers"], "node0 has no link", cluster, 0)
+        stray = Record.create(load.key, chain=chain, type="sensor.reading", subject="stray",
+                              payload={}, ts=now_ms(), nonce=10**9)
+        refused = httpx.post(f"{cluster.url(0)}/v1/records", content=packb([stray.envelope]),
+                             headers=MSGPACK, timeout=5)
+        assert (refused.status_code, refused.json()["code"]) == (503, "not_a_validator"), \
+            refused.text
 
         # 6. node1's power becomes 3 (of 6); node2 is SIGKILLed right after the change
         def power(doc: dict[str, Any]) -> None:
