@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from ledger.blocks import Block
 from ledger.config import ConfigHistory
 from ledger.genesis import Genesis
+from ledger.merkle import CompactRange, NodeId
 from ledger.records import Record
 from ledger.store import RecordLocation
 from ledger.store.base import BlockStore, ConfigChange
@@ -71,6 +72,11 @@ class ReadStore(Protocol):
     def history(self) -> ConfigHistory | None: ...
 
     def config_changes(self) -> list[ConfigChange]: ...
+
+    @property
+    def log(self) -> CompactRange: ...
+
+    def log_nodes(self, ids: Iterable[NodeId]) -> Mapping[NodeId, bytes]: ...
 
 
 @dataclass(frozen=True)

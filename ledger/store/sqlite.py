@@ -660,20 +660,23 @@ class SqliteStore:
 
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
         """Perfect-subtree hashes of the log; level 0 is hashed from the stored envelope."""
-        with self._lock:
-            return self._read_log_nodes(ids)
+        with self._reading() as db:  # a proof never waits behind a block being written
+            return self._read_log_nodes(ids, db)
 
-    def _read_log_nodes(self, ids: Iterable[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+    def _read_log_nodes(self, ids: Iterable[merkle.NodeId],
+                        db: sqlite3.Connection | None = None) -> dict[merkle.NodeId, bytes]:
+        """One indexed read per id (a proof plan names O(log n) of them)."""
+        db = self._db if db is None else db
         out: dict[merkle.NodeId, bytes] = {}
         for level, index in ids:
             if level == 0:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT envelope FROM records WHERE seq = ?", (index,)
                 ).fetchone()
                 if row is not None:
                     out[(0, index)] = merkle.leaf_hash(row[0])
             else:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
                 ).fetchone()
                 if row is not None:
