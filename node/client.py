@@ -429,7 +429,7 @@ class _Protocol:
     def _op_verify_consistency(self, old: VerifiedCheckpoint,
                                new: VerifiedCheckpoint) -> Operation[None]:
         doc = None
-        if old.log_size > 0:
+        if 0 < old.log_size <= new.log_size:  # else: nothing to ask (empty), or refused
             doc = yield from self._op_log_consistency(old.log_size, new.log_size)
         checkpoints.verify_log_consistency(old, new, doc)
 
