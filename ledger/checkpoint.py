@@ -12,7 +12,7 @@ the RFC 9162 verifier of ``ledger.merkle``. Every failure is a ``LogProofError``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import merkle
@@ -68,6 +68,8 @@ class VerifiedCheckpoint:
     header: Header
     signers: tuple[int, ...]
     config: Config
+    #: the checkpoint as served (``GET /v1/log/checkpoint``'s JSON), e.g. to keep
+    doc: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def height(self) -> int:
@@ -117,7 +119,7 @@ def verify_checkpoint(doc: dict[str, Any], steps: list[Any], genesis: Genesis,
                                            config, at)
     except LedgerError as exc:
         raise LogProofError(f"checkpoint at height {at}: {exc}") from exc
-    return VerifiedCheckpoint(header, signers, config)
+    return VerifiedCheckpoint(header, signers, config, doc)
 
 
 def _proof(doc: dict[str, Any], where: str) -> list[bytes]:

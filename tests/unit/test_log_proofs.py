@@ -9,7 +9,14 @@ changes; and the store reads a proof costs growing as log n."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import random
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -312,3 +319,81 @@ def test_a_proof_costs_logarithmically_many_store_reads(big_store: SqliteStore) 
     for index in (0, 1, 1023, 1024, 2047, 2999):
         proof = [bytes.fromhex(h) for h in log_inclusion(store.log_nodes, index, n)["proof"]]
         merkle.verify_inclusion(index, n, leaves[index], proof, root)
+
+
+# -- the CLI, as a subprocess against the app served by uvicorn on 127.0.0.1 ------------------
+
+@contextlib.contextmanager
+def served(api: InProcessApi) -> Iterator[str]:
+    """The app on a free 127.0.0.1 port in a thread; stopped on exit, even on failure."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api.app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def ledger(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node.cli", *argv], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.mark.slow
+def test_cli_log_commands_verify_and_catch_a_lying_node(
+        chain: tuple[InProcessApi, list[bytes]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    api, _ = chain
+    genesis = str(api.fx.write_genesis(tmp_path))
+    record = (api.store.block(6) or pytest.fail("no block")).records[2].id.hex()
+    with served(api) as url:
+        node = ("--node", url, "--genesis", genesis)
+        out = ledger("log", "checkpoint", *node)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["height"] == len(BATCHES)
+        chain_id = api.fx.genesis.chain_id
+        assert out.stderr.startswith(f"valid: checkpoint of chain {chain_id!r} at height "
+                                     f"{len(BATCHES)} (log of 38 records")
+        out = ledger("log", "checkpoint", *node, "--height", "3")
+        assert out.returncode == 0 and json.loads(out.stdout)["height"] == 3, out.stderr
+        out = ledger("log", "prove", *node, "--record", record)
+        assert out.returncode == 0, out.stderr
+        assert f"record {record} (height 6, index 2) is log leaf 14 of" in out.stdout
+        out = ledger("log", "consistency", *node, "--from-height", "2")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("valid: the log at height 9 (log of 38 records")
+        out = ledger("log", "consistency", *node, "--from-height", "2", "--to-height", "5")
+        assert out.returncode == 0 and "height 5 (log of 12 records" in out.stdout, out.stderr
+
+        (tmp_path / "other").mkdir()
+        other = make_fixture(chain="other").write_genesis(tmp_path / "other")
+        out = ledger("log", "checkpoint", "--node", url, "--genesis", str(other))
+        assert out.returncode == 1 and out.stderr.startswith("invalid: "), out.stderr
+
+        # a node whose stored log is not the one its validators signed
+        real = api.store.log_nodes
+        monkeypatch.setattr(api.store, "log_nodes", lambda ids: {
+            k: bytes(32) if k == (0, 14) else v for k, v in real(ids).items()})
+        out = ledger("log", "consistency", *node, "--from-height", "2")
+        assert out.returncode == 0, out.stderr  # leaf 14 is not in this proof
+        monkeypatch.setattr(api.store, "log_nodes", lambda ids: {
+            k: bytes(32) for k in real(ids)})
+        for argv in (("prove", *node, "--record", record),
+                     ("consistency", *node, "--from-height", "2")):
+            out = ledger("log", *argv)
+            assert out.returncode == 1, (argv, out.stdout, out.stderr)
+            assert out.stderr.startswith("invalid: ") and out.stderr.count("\n") == 1
+        out = ledger("log", "consistency", *node, "--from-height", "99")
+        assert out.returncode == 2 and "invalid_parameter" in out.stderr, out.stderr
