@@ -64,6 +64,8 @@ MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overl
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
 DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
+# a query parameter read as text (parse_count) but documented as the integer it must be
+INTEGER: dict[str, Any] = {"type": "integer", "minimum": 0}
 log = logging.getLogger("ledger.api")
 T = TypeVar("T")
 EXPLORER = Path(__file__).with_name("explorer")  # the web explorer: static files, no build step
@@ -934,8 +936,10 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
              "of `size` leaves, read from the stored Merkle nodes in O(log n) reads"),
         **problems(log_bounds, *LIMITED)})
     async def log_inclusion(
-            index: str = Query(..., description="log leaf, 0-based: `0 <= index < size`"),
-            size: str = Query(..., description="log size: `size <=` the tip's `log_size`"),
+            index: str = Query(..., json_schema_extra=INTEGER,
+                               description="log leaf, 0-based: `0 <= index < size`"),
+            size: str = Query(..., json_schema_extra=INTEGER,
+                              description="log size: `size <=` the tip's `log_size`"),
     ) -> JSONResponse:
         """Inclusion of one record (log leaf ``index``) in the log of ``size`` records (SPEC
         section 11): verify it against a checkpoint whose ``log_size`` is ``size``."""
@@ -950,9 +954,11 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
              "`first` and `second`, read from the stored Merkle nodes in O(log n) reads"),
         **problems(log_bounds, *LIMITED)})
     async def log_consistency(
-            first: str = Query(..., description="the earlier log size: `0 < first <= second`"),
-            second: str = Query(..., description="the later log size: `second <=` the tip's "
-                                "`log_size`")) -> JSONResponse:
+            first: str = Query(..., json_schema_extra=INTEGER,
+                               description="the earlier log size: `0 < first <= second`"),
+            second: str = Query(..., json_schema_extra=INTEGER,
+                                description="the later log size: `<=` the tip's `log_size`"),
+    ) -> JSONResponse:
         """Proof that the log of ``second`` records extends the log of ``first`` (SPEC
         section 11); any sizes, not only block boundaries."""
         log_size = node.store.log.size
@@ -967,15 +973,16 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
              "`witnesses` is `[]` until witnesses cosign"),
         **problems(log_bounds, (404, "not_found", "the chain has no block yet"), *LIMITED)})
     async def log_checkpoint(
-            height: str | None = Query(None, description="a block height, `1 <= height <=` "
-                                       "the tip (default: the tip)")
+            height: str = Query(None, json_schema_extra=INTEGER,
+                                description="a block height, `1 <= height <=` the tip "
+                                            "(default: the tip)"),
     ) -> JSONResponse:
         """A checkpoint (SPEC section 11): verify its certificate under the configuration
         of its height (``GET /v1/config/proof?to_height=H``)."""
         tip = node.store.height
         if tip == 0:
             raise Problem(404, "not_found", "the chain has no block yet")
-        h = tip if height is None else parse_count("height", height, 1, tip, "the tip")
+        h = parse_count("height", height, 1, tip, "the tip") if height else tip
         doc = await workers.run(lambda: None if (data := node.store.block_bytes(h)) is None
                                 else checkpoints.checkpoint_json(BlockShell.from_wire(data)))
         if doc is None:
