@@ -181,7 +181,7 @@ def follow_config_proof(steps: list[Any], chain: str, genesis: Genesis, height: 
         step_height = _field(step, "height", int, at)
         if not below < step_height < height:
             raise ReceiptError(f"{at}.height: {step_height} is not above {below} and "
-                               f"below the receipt's height {height}")
+                               f"below height {height}")
         below = step_height
         step_record, _, _ = _in_block(step, at, chain, genesis, config, step_height)
         if step_record.body.type != CONFIG_TYPE:
