@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import merkle
-from ledger.blocks import BlockShell, Header
+from ledger.blocks import Certificate, Header
 from ledger.config import Config
 from ledger.encoding import b64encode, hex_decode
 from ledger.errors import CorruptStoreError, LedgerError, LogProofError
@@ -51,11 +51,22 @@ def log_consistency(log_nodes: LogNodes, first: int, second: int) -> dict[str, A
             "proof": _assemble(log_nodes, merkle.plan_consistency(first, second))}
 
 
-def checkpoint_json(block: BlockShell) -> dict[str, Any]:
-    """``GET /v1/log/checkpoint``'s answer for a stored block: its header and certificate
-    (in a receipt's shape, SPEC section 6). No witness cosigns yet: ``witnesses`` is []."""
-    return {"height": block.header.height, "header": b64encode(block.header.to_wire()),
-            "cert": cert_json(block.cert), "witnesses": []}
+def checkpoint_json(header: Header, cert: Certificate) -> dict[str, Any]:
+    """``GET /v1/log/checkpoint``'s answer: a stored block's header and certificate (in a
+    receipt's shape, SPEC section 6). No witness cosigns yet: ``witnesses`` is []."""
+    return {"height": header.height, "header": b64encode(header.to_wire()),
+            "cert": cert_json(cert), "witnesses": []}
+
+
+def stored_checkpoint(header_cert: tuple[bytes, bytes] | None) -> dict[str, Any] | None:
+    """``checkpoint_json`` of a store's ``header_cert(height)`` (None: no such block); the
+    certificate must be the header's."""
+    if header_cert is None:
+        return None
+    header, cert = Header.from_wire(header_cert[0]), Certificate.from_wire(header_cert[1])
+    if (cert.height, cert.block_hash) != (header.height, header.hash):
+        raise CorruptStoreError("the stored certificate is not the header's", header.height)
+    return checkpoint_json(header, cert)
 
 
 # -- verifying: what a client checks, with nothing but genesis.json ---------------------------

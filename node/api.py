@@ -983,8 +983,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         if tip == 0:
             raise Problem(404, "not_found", "the chain has no block yet")
         h = parse_count("height", height, 1, tip, "the tip") if height else tip
-        doc = await workers.run(lambda: None if (data := node.store.block_bytes(h)) is None
-                                else checkpoints.checkpoint_json(BlockShell.from_wire(data)))
+        doc = await workers.run(lambda: checkpoints.stored_checkpoint(node.store.header_cert(h)))
         if doc is None:
             raise Problem(404, "not_found", f"no block at height {h}")
         return JSONResponse(doc)

@@ -517,6 +517,21 @@ class SqliteStore:
             raise CorruptStoreError(f"{count - len(envelopes)} records are missing", height)
         return join_block(header, envelopes, count, cert)
 
+    def header_cert(self, height: int) -> tuple[bytes, bytes] | None:
+        """The header and certificate bytes of the block at ``height`` (a checkpoint: one
+        row, none of the block's records)."""
+        with self._reading() as db:
+            try:
+                row = db.execute("SELECT header, cert FROM blocks WHERE height = ?",
+                                 (height,)).fetchone()
+            except sqlite3.Error as exc:
+                raise CorruptStoreError(f"stored rows do not read ({exc})") from exc
+        if row is None:
+            return None
+        if not all(type(v) is bytes for v in row):
+            raise CorruptStoreError("a stored header or certificate is not a blob", height)
+        return row[0], row[1]
+
     def block(self, height: int) -> Block | None:
         """The decoded block at ``height``."""
         data = self.block_bytes(height)

@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 
 from ledger import merkle
-from ledger.blocks import BlockShell
 from ledger.checkpoint import (
     VerifiedCheckpoint,
     checkpoint_json,
     log_consistency,
     log_inclusion,
     record_log_index,
+    stored_checkpoint,
     verify_checkpoint,
     verify_log_consistency,
     verify_log_inclusion,
@@ -230,8 +230,7 @@ async def test_a_forged_checkpoint_is_caught(chain: tuple[InProcessApi, list[byt
         "quorum": {**doc, "cert": {**doc["cert"], "signatures": sigs[:2]}},
         "sig": {**doc, "cert": {**doc["cert"], "signatures": [
             {**sigs[0], "sig": base64.b64encode(bytes(64)).decode()}, *sigs[1:]]}},
-        "header": {**doc, "header": checkpoint_json(BlockShell.from_wire(
-            api.store.block_bytes(4) or b""))["header"]},
+        "header": {**doc, "header": stored_checkpoint(api.store.header_cert(4))["header"]},
         "witnesses": {**doc, "witnesses": None},
     }
     for name, bad in cases.items():
@@ -256,7 +255,8 @@ def test_checkpoints_verify_across_validator_set_changes(tmp_path: Path) -> None
     assert [h for h, _ in changes] == [2, 4]
     points: list[VerifiedCheckpoint] = []
     for height in range(1, store.height + 1):
-        doc = checkpoint_json(BlockShell.from_wire(store.block_bytes(height) or b""))
+        doc = stored_checkpoint(store.header_cert(height))
+        assert doc is not None
         point = verify_checkpoint(doc, config_steps(store, changes, height), GOVERNED.genesis)
         assert point.config.version == sum(1 for h, _ in changes if h < height)
         points.append(point)
@@ -309,9 +309,15 @@ def test_a_proof_costs_logarithmically_many_store_reads(big_store: SqliteStore) 
             log_consistency(store.log_nodes, first, second)
             worst = max(worst, len(statements))
             assert len(statements) <= budget, (first, second, len(statements))
+        statements.clear()  # a checkpoint is one row, none of the block's records
+        doc = stored_checkpoint(store.header_cert(60))
+        assert len(statements) == 1
     finally:
         reader.set_trace_callback(None)
     assert 0 < worst <= budget
+    block = store.block(60)
+    assert doc == checkpoint_json(block.header, block.cert) if block else False
+    assert stored_checkpoint(store.header_cert(61)) is None
     # and the proofs are right: against the checkpoint at the tip
     leaves = [merkle.leaf_hash(r[-1]) for r in store.record_rows(0, n)]
     root = merkle.root_from_leaf_hashes(leaves)
