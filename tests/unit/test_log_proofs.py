@@ -35,7 +35,7 @@ from ledger.checkpoint import (
     verify_log_consistency,
     verify_log_inclusion,
 )
-from ledger.errors import LogProofError
+from ledger.errors import CorruptStoreError, LogProofError
 from ledger.receipts import config_steps, verify_receipt
 from ledger.store.base import block_change
 from ledger.store.sqlite import SqliteStore
@@ -318,6 +318,10 @@ def test_a_proof_costs_logarithmically_many_store_reads(big_store: SqliteStore) 
     block = store.block(60)
     assert doc == checkpoint_json(block.header, block.cert) if block else False
     assert stored_checkpoint(store.header_cert(61)) is None
+    header, _ = store.header_cert(60) or (b"", b"")
+    _, other_cert = store.header_cert(59) or (b"", b"")
+    with pytest.raises(CorruptStoreError, match="height 60: the stored certificate"):
+        stored_checkpoint((header, other_cert))
     # and the proofs are right: against the checkpoint at the tip
     leaves = [merkle.leaf_hash(r[-1]) for r in store.record_rows(0, n)]
     root = merkle.root_from_leaf_hashes(leaves)
