@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,11 @@ def chain() -> tuple[InProcessApi, list[bytes]]:
     return api, leaves
 
 
-def client(api: InProcessApi) -> AsyncLedgerClient:
-    return AsyncLedgerClient(BASE, http=api.client())
+@contextlib.asynccontextmanager
+async def client(api: InProcessApi) -> AsyncIterator[AsyncLedgerClient]:
+    """The SDK's async client over the in-process app."""
+    async with api.client() as http:
+        yield AsyncLedgerClient(BASE, http=http)
 
 
 @pytest.mark.asyncio
