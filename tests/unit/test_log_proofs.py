@@ -39,7 +39,7 @@ from ledger.errors import CorruptStoreError, LogProofError
 from ledger.receipts import config_steps, verify_receipt
 from ledger.store.base import block_change
 from ledger.store.sqlite import SqliteStore
-from node.client import AsyncLedgerClient
+from node.client import AsyncLedgerClient, LedgerClient, NodeError
 from tests.factory import ChainBuilder, make_fixture
 from tests.inprocess import BASE, InProcessApi
 
@@ -434,3 +434,29 @@ def test_served_proofs_equal_the_rfc_9162_vectors() -> None:
         assert doc["proof"] == case["proof"]
         checked += 1
     assert checked >= 5 and len(vectors["inclusion"]) >= 5
+
+
+def test_the_sync_client_verifies_and_catches_the_same(
+        chain: tuple[InProcessApi, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    api, leaves = chain
+    with api.sync_client() as http:
+        c = LedgerClient(BASE, http=http)
+        tip = c.verified_checkpoint(api.fx.genesis)
+        old = c.verified_checkpoint(api.fx.genesis, 3)
+        assert c.checkpoint(3) == old.doc
+        assert c.log_inclusion(5, 9)["proof"] == [
+            h.hex() for h in merkle.inclusion_proof(leaves[:9], 5)]
+        assert c.log_consistency(3, 9)["proof"] == [
+            h.hex() for h in merkle.consistency_proof(leaves[:9], 3)]
+        c.verify_inclusion(tip, 30, leaves[30])
+        c.verify_consistency(old, tip)
+        real = api.store.log_nodes
+        monkeypatch.setattr(api.store, "log_nodes",
+                            lambda ids: {k: v[::-1] for k, v in real(ids).items()})
+        with pytest.raises(LogProofError):
+            c.verify_inclusion(tip, 30, leaves[30])
+        with pytest.raises(LogProofError):
+            c.verify_consistency(old, tip)
+        with pytest.raises(NodeError) as refused:
+            c.log_inclusion(38, 38)
+        assert (refused.value.status, refused.value.problem_code) == (400, "invalid_parameter")
