@@ -212,6 +212,14 @@ class ReceiptError(LedgerError):
     code = "bad_receipt"
 
 
+class LogProofError(LedgerError):
+    """A checkpoint, or a log inclusion or consistency proof, does not verify (SPEC section
+    11): a node served a wrong proof, a checkpoint its validators did not sign, or a log
+    that does not extend an earlier one."""
+
+    code = "bad_log_proof"
+
+
 class StoreError(LedgerError):
     """The block store cannot do what was asked."""
 

@@ -72,12 +72,15 @@ def _step(block: Block, index: int) -> dict[str, Any]:
         "index": index,
         "header": b64encode(block.header.to_wire()),
         "audit_path": [h.hex() for h in merkle.inclusion_proof(block.leaf_hashes(), index)],
-        "cert": {
-            "round": block.cert.round,
-            "signatures": [{"validator": i, "sig": b64encode(sig)}
-                           for i, sig in block.cert.signatures],
-        },
+        "cert": cert_json(block.cert),
     }
+
+
+def cert_json(cert: Certificate) -> dict[str, Any]:
+    """A certificate as receipts (and checkpoints) carry it: ``{"round", "signatures":
+    [{"validator", "sig": b64}]}`` (height and block hash are the header's)."""
+    return {"round": cert.round,
+            "signatures": [{"validator": i, "sig": b64encode(sig)} for i, sig in cert.signatures]}
 
 
 def dumps_receipt(receipt: dict[str, Any]) -> str:
@@ -152,29 +155,8 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
 
     # SPEC section 6 (v1.1): follow every configuration change below the receipt's height.
     # A receipt without the key is one of a chain without changes (``[]``).
-    config = genesis.config
     steps = _field(doc, "config_proof", list) if "config_proof" in doc else []
-    below = 0
-    for n, step in enumerate(steps):
-        where = f"receipt.config_proof[{n}]"
-        if not isinstance(step, dict):
-            raise ReceiptError(f"{where}: expected an object")
-        step_height = _field(step, "height", int, where)
-        if not below < step_height < height:
-            raise ReceiptError(f"{where}.height: {step_height} is not above {below} and "
-                               f"below the receipt's height {height}")
-        below = step_height
-        step_record, _, _ = _in_block(step, where, chain, genesis, config, step_height)
-        if step_record.body.type != CONFIG_TYPE:
-            raise ReceiptError(f"{where}: the record is a {step_record.body.type!r}, not a "
-                               "configuration change")
-        try:
-            new = check_record(config, step_record)
-        except LedgerError as exc:
-            raise ReceiptError(f"{where}: {exc}") from exc
-        if not isinstance(new, Config):  # check_record makes one of every valid change
-            raise ReceiptError(f"{where}: not a configuration change")
-        config = new
+    config = follow_config_proof(steps, chain, genesis, height, "receipt.config_proof")
 
     authority: Config | Genesis = genesis if config.version == 0 else config
     try:
@@ -185,18 +167,48 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
     return VerifiedReceipt(record, header, _field(doc, "index", int), sigs, config)
 
 
-def _in_block(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, config: Config,
-              height: int, record: Record | None = None
-              ) -> tuple[Record, Header, tuple[int, ...]]:
-    """Check that the envelope of ``doc`` is at ``index`` of a block of ``height`` whose
-    header is certified by ``config``'s validators: the receipt's own fields, or a
-    config_proof step's."""
-    if record is None:
-        record = Record.from_wire(b64decode(_field(doc, "envelope", str, where),
-                                            f"{where}.envelope"))
-        if record.body.chain != chain:
-            raise ReceiptError(f"{where}: record names chain {record.body.chain!r}")
-    index = _field(doc, "index", int, where)
+def follow_config_proof(steps: list[Any], chain: str, genesis: Genesis, height: int,
+                        where: str = "config_proof") -> Config:
+    """The configuration in force at ``height``, reached from genesis by section 6's
+    config proof ``steps`` (a receipt's ``config_proof``, or ``GET /v1/config/proof``'s
+    ``steps``); ReceiptError names the first step that does not hold."""
+    config = genesis.config
+    below = 0
+    for n, step in enumerate(steps):
+        at = f"{where}[{n}]"
+        if not isinstance(step, dict):
+            raise ReceiptError(f"{at}: expected an object")
+        step_height = _field(step, "height", int, at)
+        if not below < step_height < height:
+            raise ReceiptError(f"{at}.height: {step_height} is not above {below} and "
+                               f"below height {height}")
+        below = step_height
+        step_record, _, _ = _in_block(step, at, chain, genesis, config, step_height)
+        if step_record.body.type != CONFIG_TYPE:
+            raise ReceiptError(f"{at}: the record is a {step_record.body.type!r}, not a "
+                               "configuration change")
+        try:
+            new = check_record(config, step_record)
+        except LedgerError as exc:
+            raise ReceiptError(f"{at}: {exc}") from exc
+        if not isinstance(new, Config):  # check_record makes one of every valid change
+            raise ReceiptError(f"{at}: not a configuration change")
+        config = new
+    return config
+
+
+def certified_header(doc: dict[str, Any], where: str, chain: str, genesis: Genesis,
+                     config: Config, height: int) -> tuple[Header, tuple[int, ...]]:
+    """The header of ``doc`` (``header``, b64) for ``height``, with its certificate
+    (``cert``, the receipt's shape) valid under ``config``'s validators: a receipt's, a
+    config_proof step's or a checkpoint's (SPEC section 11). Returns the header and the
+    certifying validator indexes."""
+    header = _header(doc, where, chain, genesis, config, height)
+    return header, _cert(doc, where, chain, config, header)
+
+
+def _header(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, config: Config,
+            height: int) -> Header:
     header = Header.from_wire(b64decode(_field(doc, "header", str, where), f"{where}.header"))
     if header.height != height:
         raise ReceiptError(f"height {height} but the header is for height {header.height}")
@@ -209,13 +221,11 @@ def _in_block(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, con
                            f"set in force (configuration version {config.version})")
     if header.height == 1 and header.prev_hash != genesis.hash:
         raise ReceiptError(f"block 1 links to genesis {header.prev_hash.hex()}, not this one")
-    path = _field(doc, "audit_path", list, where)
-    proof = [hex_decode(h, f"{where}.audit_path[{i}]", 32) for i, h in enumerate(path)]
-    if not 0 <= index < header.record_count:
-        raise ReceiptError(f"index {index} outside the block's {header.record_count} records")
-    merkle.verify_inclusion(index, header.record_count, merkle.leaf_hash(record.envelope),
-                            proof, header.records_root)
+    return header
 
+
+def _cert(doc: dict[str, Any], where: str, chain: str, config: Config,
+          header: Header) -> tuple[int, ...]:
     cert_doc = _field(doc, "cert", dict, where)
     round_ = _field(cert_doc, "round", int, f"{where}.cert")
     if round_ < 0:
@@ -231,4 +241,26 @@ def _in_block(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, con
         sigs.append((validator, b64decode(_field(entry, "sig", str, swhere), f"{swhere}.sig")))
     cert = Certificate(header.height, round_, header.hash, tuple(sigs))
     cert.verify(chain, config.validators)
-    return record, header, tuple(i for i, _ in sigs)
+    return tuple(i for i, _ in sigs)
+
+
+def _in_block(doc: dict[str, Any], where: str, chain: str, genesis: Genesis, config: Config,
+              height: int, record: Record | None = None
+              ) -> tuple[Record, Header, tuple[int, ...]]:
+    """Check that the envelope of ``doc`` is at ``index`` of a block of ``height`` whose
+    header is certified by ``config``'s validators: the receipt's own fields, or a
+    config_proof step's."""
+    if record is None:
+        record = Record.from_wire(b64decode(_field(doc, "envelope", str, where),
+                                            f"{where}.envelope"))
+        if record.body.chain != chain:
+            raise ReceiptError(f"{where}: record names chain {record.body.chain!r}")
+    index = _field(doc, "index", int, where)
+    header = _header(doc, where, chain, genesis, config, height)
+    path = _field(doc, "audit_path", list, where)
+    proof = [hex_decode(h, f"{where}.audit_path[{i}]", 32) for i, h in enumerate(path)]
+    if not 0 <= index < header.record_count:
+        raise ReceiptError(f"index {index} outside the block's {header.record_count} records")
+    merkle.verify_inclusion(index, header.record_count, merkle.leaf_hash(record.envelope),
+                            proof, header.records_root)
+    return record, header, _cert(doc, where, chain, config, header)

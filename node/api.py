@@ -33,6 +33,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ledger import checkpoint as checkpoints
 from ledger import encoding
 from ledger.blocks import BlockShell, Header
 from ledger.config import ConfigHistory, decode_change
@@ -63,6 +64,8 @@ MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overl
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
 DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
+# a query parameter read as text (parse_count) but documented as the integer it must be
+INTEGER: dict[str, Any] = {"type": "integer", "minimum": 0}
 log = logging.getLogger("ledger.api")
 T = TypeVar("T")
 EXPLORER = Path(__file__).with_name("explorer")  # the web explorer: static files, no build step
@@ -263,6 +266,21 @@ def parse_height(text: str) -> int:
     if height < 1:
         raise Problem(400, "invalid_height", "heights start at 1")
     return height
+
+
+def parse_count(name: str, text: str, low: int, high: int, bound: str) -> int:
+    """A query parameter that must be an integer in ``[low, high]``; the 400 names the bound
+    it breaks (``bound`` says what ``high`` is)."""
+    if not DIGITS.fullmatch(text):
+        raise Problem(400, "invalid_parameter",
+                      f"`{name}` must be a non-negative integer, got {text[:40]!r}")
+    value = int(text)
+    if value < low:
+        raise Problem(400, "invalid_parameter", f"`{name}` must be at least {low}, got {value}")
+    if value > high:
+        raise Problem(400, "invalid_parameter",
+                      f"`{name}` must be at most {bound} ({high}), got {value}")
+    return value
 
 
 def parse_last_event_id(text: str) -> int | None:
@@ -909,6 +927,66 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             return config_steps(cast("BlockStore", node.store), records, to_height)
 
         return JSONResponse({"steps": await workers.run(steps)})
+
+    log_bounds = (400, "invalid_parameter", "not a non-negative integer, or outside its "
+                  "bounds (the detail names the bound)")
+
+    @app.get("/v1/log/inclusion", responses={
+        **ok("`{index, size, proof}`: the RFC 9162 audit path of log leaf `index` in the log "
+             "of `size` leaves, read from the stored Merkle nodes in O(log n) reads"),
+        **problems(log_bounds, *LIMITED)})
+    async def log_inclusion(
+            index: str = Query(..., json_schema_extra=INTEGER,
+                               description="log leaf, 0-based: `0 <= index < size`"),
+            size: str = Query(..., json_schema_extra=INTEGER,
+                              description="log size: `size <=` the tip's `log_size`"),
+    ) -> JSONResponse:
+        """Inclusion of one record (log leaf ``index``) in the log of ``size`` records (SPEC
+        section 11): verify it against a checkpoint whose ``log_size`` is ``size``."""
+        log_size = node.store.log.size
+        m = parse_count("size", size, 1, log_size, "the log size at the tip")
+        i = parse_count("index", index, 0, m - 1, "`size` - 1")
+        return JSONResponse(await workers.run(
+            checkpoints.log_inclusion, node.store.log_nodes, i, m))
+
+    @app.get("/v1/log/consistency", responses={
+        **ok("`{first, second, proof}`: the RFC 9162 consistency path between log sizes "
+             "`first` and `second`, read from the stored Merkle nodes in O(log n) reads"),
+        **problems(log_bounds, *LIMITED)})
+    async def log_consistency(
+            first: str = Query(..., json_schema_extra=INTEGER,
+                               description="the earlier log size: `0 < first <= second`"),
+            second: str = Query(..., json_schema_extra=INTEGER,
+                                description="the later log size: `<=` the tip's `log_size`"),
+    ) -> JSONResponse:
+        """Proof that the log of ``second`` records extends the log of ``first`` (SPEC
+        section 11); any sizes, not only block boundaries."""
+        log_size = node.store.log.size
+        m = parse_count("second", second, 1, log_size, "the log size at the tip")
+        n = parse_count("first", first, 1, m, "`second`")
+        return JSONResponse(await workers.run(
+            checkpoints.log_consistency, node.store.log_nodes, n, m))
+
+    @app.get("/v1/log/checkpoint", responses={
+        **ok("`{height, header: b64, cert, witnesses}`: a header with its certificate (the "
+             "validators in force sign the log's size and root); `cert` in a receipt's shape; "
+             "`witnesses` is `[]` until witnesses cosign"),
+        **problems(log_bounds, (404, "not_found", "the chain has no block yet"), *LIMITED)})
+    async def log_checkpoint(
+            height: str = Query(None, json_schema_extra=INTEGER,
+                                description="a block height, `1 <= height <=` the tip "
+                                            "(default: the tip)"),
+    ) -> JSONResponse:
+        """A checkpoint (SPEC section 11): verify its certificate under the configuration
+        of its height (``GET /v1/config/proof?to_height=H``)."""
+        tip = node.store.height
+        if tip == 0:
+            raise Problem(404, "not_found", "the chain has no block yet")
+        h = parse_count("height", height, 1, tip, "the tip") if height else tip
+        doc = await workers.run(lambda: checkpoints.stored_checkpoint(node.store.header_cert(h)))
+        if doc is None:
+            raise Problem(404, "not_found", f"no block at height {h}")
+        return JSONResponse(doc)
 
     @app.get("/v1/status", responses={**ok("this node's view of the chain"),
                                        **problems(*LIMITED)})

@@ -644,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.governance import add_commands  # propose, approve, submit; redact (SPEC 8)
 
     add_commands(sub, cfsub)
+    from node.logcli import add_commands as add_log_commands  # log checkpoint|prove|...
+
+    add_log_commands(sub)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "

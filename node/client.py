@@ -35,9 +35,12 @@ from urllib.parse import quote
 
 import httpx
 
+from ledger import checkpoint as checkpoints
+from ledger.checkpoint import VerifiedCheckpoint
 from ledger.crypto import PrivateKey
 from ledger.encoding import loads_json, packb
-from ledger.errors import DecodeError, LedgerError
+from ledger.errors import DecodeError, LedgerError, LogProofError
+from ledger.genesis import Genesis
 from ledger.records import Record
 
 MSGPACK = "application/msgpack"
@@ -394,6 +397,42 @@ class _Protocol:
             raise NodeError(f"{call.where()}: 'records' is not a list")
         return doc
 
+    # -- log proofs (SPEC section 11): fetched, and verified against genesis alone ----------
+
+    def _op_log_inclusion(self, index: int, size: int) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/v1/log/inclusion", {"index": index, "size": size})
+        return _json_object(call, _check(call, (yield call)), "index", "size", "proof")
+
+    def _op_log_consistency(self, first: int, second: int) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/v1/log/consistency", {"first": first, "second": second})
+        return _json_object(call, _check(call, (yield call)), "first", "second", "proof")
+
+    def _op_checkpoint(self, height: int | None) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/v1/log/checkpoint", {} if height is None else {"height": height})
+        return _json_object(call, _check(call, (yield call)), *checkpoints.CHECKPOINT_KEYS)
+
+    def _op_verified_checkpoint(self, genesis: Genesis,
+                                height: int | None) -> Operation[VerifiedCheckpoint]:
+        doc = yield from self._op_checkpoint(height)
+        at = doc["height"]
+        if type(at) is not int or at < 1:
+            raise LogProofError("checkpoint: 'height' is not a positive integer")
+        call = Call("GET", "/v1/config/proof", {"to_height": at})
+        steps = _json_object(call, _check(call, (yield call)), "steps")["steps"]
+        return checkpoints.verify_checkpoint(doc, steps, genesis, height)
+
+    def _op_verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
+                             leaf: bytes) -> Operation[None]:
+        doc = yield from self._op_log_inclusion(index, checkpoint.log_size)
+        checkpoints.verify_log_inclusion(checkpoint, index, leaf, doc)
+
+    def _op_verify_consistency(self, old: VerifiedCheckpoint,
+                               new: VerifiedCheckpoint) -> Operation[None]:
+        doc = None
+        if 0 < old.log_size <= new.log_size:  # else: nothing to ask (empty), or refused
+            doc = yield from self._op_log_consistency(old.log_size, new.log_size)
+        checkpoints.verify_log_consistency(old, new, doc)
+
 
 # -- the drivers ----------------------------------------------------------------------------
 
@@ -505,6 +544,39 @@ class LedgerClient(_Protocol):
         """One page of a subject's committed records, oldest first (``order="desc"``: newest
         first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
         return self._run(self._op_history(subject, order, after, before, limit))
+
+    def log_inclusion(self, index: int, size: int) -> dict[str, Any]:
+        """``GET /v1/log/inclusion``: the audit path of log leaf ``index`` in the log of
+        ``size`` records, unverified (``verify_inclusion`` checks one)."""
+        return self._run(self._op_log_inclusion(index, size))
+
+    def log_consistency(self, first: int, second: int) -> dict[str, Any]:
+        """``GET /v1/log/consistency``: the consistency path between two log sizes,
+        unverified (``verify_consistency`` checks one)."""
+        return self._run(self._op_log_consistency(first, second))
+
+    def checkpoint(self, height: int | None = None) -> dict[str, Any]:
+        """``GET /v1/log/checkpoint``: the header and certificate at ``height`` (default:
+        the tip), unverified (``verified_checkpoint`` checks one)."""
+        return self._run(self._op_checkpoint(height))
+
+    def verified_checkpoint(self, genesis: Genesis,
+                            height: int | None = None) -> VerifiedCheckpoint:
+        """The checkpoint at ``height`` (default: the tip), its certificate verified under
+        the configuration of its height, reached from ``genesis`` by ``GET
+        /v1/config/proof``; LogProofError if it does not verify."""
+        return self._run(self._op_verified_checkpoint(genesis, height))
+
+    def verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
+                         leaf: bytes) -> None:
+        """Check that leaf hash ``leaf`` is log leaf ``index`` under a verified
+        checkpoint's log root (RFC 9162); LogProofError if the node's proof is wrong."""
+        return self._run(self._op_verify_inclusion(checkpoint, index, leaf))
+
+    def verify_consistency(self, old: VerifiedCheckpoint, new: VerifiedCheckpoint) -> None:
+        """Check that ``new``'s log extends ``old``'s (RFC 9162); LogProofError if the
+        node's proof is wrong, or the logs differ."""
+        return self._run(self._op_verify_consistency(old, new))
 
     def events(self, from_height: int | None = None) -> Iterator[dict[str, Any]]:
         """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
@@ -621,6 +693,39 @@ class AsyncLedgerClient(_Protocol):
         """One page of a subject's committed records, oldest first (``order="desc"``: newest
         first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
         return await self._run(self._op_history(subject, order, after, before, limit))
+
+    async def log_inclusion(self, index: int, size: int) -> dict[str, Any]:
+        """``GET /v1/log/inclusion``: the audit path of log leaf ``index`` in the log of
+        ``size`` records, unverified (``verify_inclusion`` checks one)."""
+        return await self._run(self._op_log_inclusion(index, size))
+
+    async def log_consistency(self, first: int, second: int) -> dict[str, Any]:
+        """``GET /v1/log/consistency``: the consistency path between two log sizes,
+        unverified (``verify_consistency`` checks one)."""
+        return await self._run(self._op_log_consistency(first, second))
+
+    async def checkpoint(self, height: int | None = None) -> dict[str, Any]:
+        """``GET /v1/log/checkpoint``: the header and certificate at ``height`` (default:
+        the tip), unverified (``verified_checkpoint`` checks one)."""
+        return await self._run(self._op_checkpoint(height))
+
+    async def verified_checkpoint(self, genesis: Genesis,
+                            height: int | None = None) -> VerifiedCheckpoint:
+        """The checkpoint at ``height`` (default: the tip), its certificate verified under
+        the configuration of its height, reached from ``genesis`` by ``GET
+        /v1/config/proof``; LogProofError if it does not verify."""
+        return await self._run(self._op_verified_checkpoint(genesis, height))
+
+    async def verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
+                         leaf: bytes) -> None:
+        """Check that leaf hash ``leaf`` is log leaf ``index`` under a verified
+        checkpoint's log root (RFC 9162); LogProofError if the node's proof is wrong."""
+        return await self._run(self._op_verify_inclusion(checkpoint, index, leaf))
+
+    async def verify_consistency(self, old: VerifiedCheckpoint, new: VerifiedCheckpoint) -> None:
+        """Check that ``new``'s log extends ``old``'s (RFC 9162); LogProofError if the
+        node's proof is wrong, or the logs differ."""
+        return await self._run(self._op_verify_consistency(old, new))
 
     async def events(self, from_height: int | None = None) -> AsyncIterator[dict[str, Any]]:
         """Follow committed blocks (SSE) from ``from_height`` (default: the next one);

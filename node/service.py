@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from ledger.blocks import Block
 from ledger.config import ConfigHistory
 from ledger.genesis import Genesis
+from ledger.merkle import CompactRange, NodeId
 from ledger.records import Record
 from ledger.store import RecordLocation
 from ledger.store.base import BlockStore, ConfigChange
@@ -55,6 +56,8 @@ class ReadStore(Protocol):
 
     def block(self, height: int) -> Block | None: ...
 
+    def header_cert(self, height: int) -> tuple[bytes, bytes] | None: ...
+
     def locate(self, record_id: bytes) -> RecordLocation | None: ...
 
     def envelope(self, record_id: bytes) -> bytes | None: ...
@@ -71,6 +74,11 @@ class ReadStore(Protocol):
     def history(self) -> ConfigHistory | None: ...
 
     def config_changes(self) -> list[ConfigChange]: ...
+
+    @property
+    def log(self) -> CompactRange: ...
+
+    def log_nodes(self, ids: Iterable[NodeId]) -> Mapping[NodeId, bytes]: ...
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,9 @@ class BlockStore(Protocol):
     def block(self, height: int) -> Block | None:
         """The decoded block at ``height``."""
 
+    def header_cert(self, height: int) -> tuple[bytes, bytes] | None:
+        """The header and certificate bytes of the block at ``height`` (a checkpoint)."""
+
     def tip_hash(self) -> bytes | None:
         """The hash of the last block, if any."""
 

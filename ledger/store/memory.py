@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 
 from ledger import merkle
-from ledger.blocks import Block, Certificate
+from ledger.blocks import Block, BlockShell, Certificate
 from ledger.config import Config, ConfigHistory
 from ledger.errors import DuplicateError
 from ledger.store.base import (
@@ -118,6 +118,14 @@ class MemoryStore:
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""
         return self._blocks[height - 1] if 1 <= height <= len(self._blocks) else None
+
+    def header_cert(self, height: int) -> tuple[bytes, bytes] | None:
+        """The header and certificate bytes of the block at ``height``."""
+        data = self.block_bytes(height)
+        if data is None:
+            return None
+        shell = BlockShell.from_wire(data)
+        return shell.header.to_wire(), shell.cert.to_wire()
 
     def block(self, height: int) -> Block | None:
         """The decoded block at ``height``."""

@@ -517,6 +517,21 @@ class SqliteStore:
             raise CorruptStoreError(f"{count - len(envelopes)} records are missing", height)
         return join_block(header, envelopes, count, cert)
 
+    def header_cert(self, height: int) -> tuple[bytes, bytes] | None:
+        """The header and certificate bytes of the block at ``height`` (a checkpoint: one
+        row, none of the block's records)."""
+        with self._reading() as db:
+            try:
+                row = db.execute("SELECT header, cert FROM blocks WHERE height = ?",
+                                 (height,)).fetchone()
+            except sqlite3.Error as exc:
+                raise CorruptStoreError(f"stored rows do not read ({exc})") from exc
+        if row is None:
+            return None
+        if not all(type(v) is bytes for v in row):
+            raise CorruptStoreError("a stored header or certificate is not a blob", height)
+        return row[0], row[1]
+
     def block(self, height: int) -> Block | None:
         """The decoded block at ``height``."""
         data = self.block_bytes(height)
@@ -660,20 +675,23 @@ class SqliteStore:
 
     def log_nodes(self, ids: Iterable[merkle.NodeId]) -> Mapping[merkle.NodeId, bytes]:
         """Perfect-subtree hashes of the log; level 0 is hashed from the stored envelope."""
-        with self._lock:
-            return self._read_log_nodes(ids)
+        with self._reading() as db:  # a proof never waits behind a block being written
+            return self._read_log_nodes(ids, db)
 
-    def _read_log_nodes(self, ids: Iterable[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+    def _read_log_nodes(self, ids: Iterable[merkle.NodeId],
+                        db: sqlite3.Connection | None = None) -> dict[merkle.NodeId, bytes]:
+        """One indexed read per id (a proof plan names O(log n) of them)."""
+        db = self._db if db is None else db
         out: dict[merkle.NodeId, bytes] = {}
         for level, index in ids:
             if level == 0:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT envelope FROM records WHERE seq = ?", (index,)
                 ).fetchone()
                 if row is not None:
                     out[(0, index)] = merkle.leaf_hash(row[0])
             else:
-                row = self._db.execute(
+                row = db.execute(
                     "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
                 ).fetchone()
                 if row is not None:
