@@ -10,7 +10,9 @@ characters: used only while this node is not a validator in the history it holds
 ``peer_keys``); a node made by ``ledger node init`` has no ``index``.
 Paths are relative to the node directory. Environment variables override, for containers:
 ``LEDGER_API_LISTEN``, ``LEDGER_P2P_LISTEN`` (``host:port``), ``LEDGER_PEERS``
-(``1=node1:8101,2=node2:8102``) and ``LEDGER_STORE`` (the SQLite file; the signing state is
+(``1=node1:8101,2=node2:8102``), ``LEDGER_FOLLOW`` (``http://node1:8001,...``: the
+``follow`` list, API URLs a node that is not a validator follows the chain from, see
+node.follow) and ``LEDGER_STORE`` (the SQLite file; the signing state is
 kept beside it). Consensus timeouts may be set in genesis under
 ``"consensus"`` (every validator must use the same values).
 """
@@ -59,6 +61,9 @@ class NodeConfig:
     # node is not yet a validator in the history it holds (a joining node's way in when
     # the genesis validators it would find by index are gone)
     peer_keys: dict[bytes, tuple[str, int]] = field(default_factory=dict)
+    # API URLs to follow the chain from while this node is not a validator and has no peer
+    # link (node.follow), tried before the validators' ``api`` of the configuration in force
+    follow: list[str] = field(default_factory=list)
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 10_000
     mempool_records: int = 100_000
@@ -110,6 +115,10 @@ class NodeConfig:
                     peer_keys[bytes.fromhex(k)] = parse_address(v, f"peers[{k[:12]}…]")
                 else:
                     peers[int(k)] = parse_address(v, f"peers[{k}]")
+            follow = [str(u) for u in doc.get("follow", [])]
+            env_follow = os.environ.get("LEDGER_FOLLOW")
+            if env_follow:
+                follow = [u.strip() for u in env_follow.split(",") if u.strip()]
             cfg = cls(
                 dir=d,
                 index=None if doc.get("index") is None else int(doc["index"]),
@@ -120,6 +129,7 @@ class NodeConfig:
                 store_path=Path(os.environ.get("LEDGER_STORE") or d / doc.get("store", "chain.db")),
                 peers=peers,
                 peer_keys=peer_keys,
+                follow=follow,
                 max_body_bytes=int(doc.get("max_body_bytes", 16 * 1024 * 1024)),
                 max_batch=int(doc.get("max_batch", 10_000)),
                 mempool_records=int(doc.get("mempool_records", 100_000)),

@@ -22,6 +22,7 @@ class Metrics:
     round: int = 0
     mempool: int = 0
     records_committed: int = 0
+    blocks_followed: int = 0  # committed by following over HTTP (node.follow)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     latency_sum: float = 0.0
     loop_lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
@@ -68,6 +69,10 @@ class Metrics:
             "# HELP ledger_records_committed_total Records committed since start.",
             "# TYPE ledger_records_committed_total counter",
             f"ledger_records_committed_total {self.records_committed}",
+            "# HELP ledger_blocks_followed_total Blocks committed by following a validator's"
+            " HTTP API (not a validator, no peer link).",
+            "# TYPE ledger_blocks_followed_total counter",
+            f"ledger_blocks_followed_total {self.blocks_followed}",
             "# HELP ledger_commit_latency_seconds Admission to commit, per record.",
             "# TYPE ledger_commit_latency_seconds histogram",
         ]

@@ -69,6 +69,7 @@ from ledger.records import Record
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig, parse_address
+from node.follow import Follower
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
@@ -359,6 +360,9 @@ class Node:
         # whether the loop is executing an event's actions (stop() lets it finish them)
         self._consensus: asyncio.Task[None] | None = None
         self._lag_probe: asyncio.Task[None] | None = None  # ledger_event_loop_lag_seconds
+        # following the chain over validators' HTTP API while not a validator and unlinked
+        self.follower = Follower(self)
+        self._follow: asyncio.Task[None] | None = None
         self._api: asyncio.Task[None] | None = None
         self._server: _Server | None = None
         self._handling = False
@@ -906,6 +910,7 @@ class Node:
         await self.transport.start()
         self._consensus = asyncio.create_task(self.consensus_loop(), name="consensus")
         self._lag_probe = asyncio.create_task(self.metrics.probe_loop_lag(), name="loop lag")
+        self._follow = asyncio.create_task(self.follower.run(), name="follow")
         if api:
             self._server = self.api_server()
             self._api = asyncio.create_task(self._server.serve(), name="api")
@@ -965,6 +970,10 @@ class Node:
         self._stopped = self._stopping = True
         if self._lag_probe is not None:
             self._lag_probe.cancel()
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._follow
         if self._server is not None and self._api is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):

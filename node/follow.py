@@ -1,0 +1,219 @@
+"""Following the chain over the public HTTP API (issue 13).
+
+Peer links open only between validator keys of the configuration in force (and the next
+committed one), so a node that is not a validator of the height being decided and has no
+peer link cannot use block sync: a node made by ``ledger node init`` before the change that
+adds it commits, or a validator the configuration removed. Such a node *follows*: it asks a
+validator's API (``api`` of the validators of the configuration in force, after the node's
+own ``follow`` URLs) for its tip (``GET /v1/status``), fetches the blocks it lacks as their
+exact bytes (``GET /v1/blocks/{h}``, ``Accept: application/msgpack``, SPEC section 4: the
+bytes carry the block's own certificate) and hands each to the node exactly as a block
+response from a peer: ``Node.check_block_response`` (the certificate verified under that
+height's configuration, sizes, record signatures), then the core's block-sync commit (the
+one chain-extension rule, ``check_block``), which writes it to the store. Nothing served is
+trusted: a block that does not check is refused, the URL is left for another and backed
+off. Following stops the moment the node has a peer link or is a validator of the height
+being decided (normal consensus and block sync take over) and resumes when it has neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ledger.blocks import peek_cert_obj
+from ledger.consensus import MessageReceived
+from ledger.consensus.messages import encode_block_response, peek_block_response
+from ledger.errors import CertificateError, LedgerError
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+log = logging.getLogger("ledger.node.follow")
+
+FOLLOW_PEER = -1  # the "sender" of followed blocks (the core ignores a block response's)
+IDLE_S = 1.0  # between checks whether following is needed, and polls of a caught-up tip
+TIMEOUT_S = 10.0  # one HTTP request
+COMMIT_WAIT_S = 10.0  # for a batch handed to the core to be committed
+BACKOFF_S = (0.5, 30.0)  # after a failure: first, and most (doubling)
+LOG_EVERY_S = 5.0  # progress lines at most this often
+BLOCK_OVERHEAD = 64 * 1024  # as node.runtime: a block's bytes beyond its records
+RECORD_OVERHEAD = 8
+
+
+class FollowError(Exception):
+    """A follow source failed (unreachable, wrong answer, or a block that does not check)."""
+
+
+def _url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    return text if "://" in text else f"http://{text}"
+
+
+class Follower:
+    """The HTTP follow loop of one node (``run`` until cancelled)."""
+
+    def __init__(self, node: Node, urls: list[str] | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 batch: int | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.node = node
+        self.configured = [_url(u) for u in (node.config.follow if urls is None else urls)]
+        self.transport = transport
+        self.batch = batch or node.core.config.sync_batch
+        self.clock = clock
+        self.followed = 0  # blocks committed through following (metrics)
+        self.refused = 0  # served blocks that did not check
+        self.source = 0  # index into sources() of the URL in use
+        self.failures = 0  # consecutive failures (backoff)
+        self._logged = 0.0
+        self.commit_wait_s = COMMIT_WAIT_S
+
+    def needed(self) -> bool:
+        node = self.node
+        return (not node._stopping and node.core.index is None
+                and not node.connected_peers())
+
+    def sources(self) -> list[str]:
+        """The node's ``follow`` URLs, then the ``api`` of every other validator of the
+        configuration in force (the newest the node holds)."""
+        node = self.node
+        history = node.store.history
+        config = node.genesis.config if history is None else history.latest
+        own = {f"http://{node.config.api[0]}:{node.config.api[1]}",
+               f"https://{node.config.api[0]}:{node.config.api[1]}"}
+        out: list[str] = []
+        for u in [*self.configured,
+                  *(_url(v.api) for v in config.validators
+                    if v.api and v.pubkey != node.key.public)]:
+            if u not in out and u not in own:
+                out.append(u)
+        return out
+
+    def _client(self) -> httpx.AsyncClient:
+        verify: ssl.SSLContext | bool = True
+        ca = self.node.config.tls_ca
+        if ca is not None:
+            verify = ssl.create_default_context(cafile=str(ca))
+        return httpx.AsyncClient(timeout=TIMEOUT_S, transport=self.transport, verify=verify)
+
+    async def run(self) -> None:
+        async with self._client() as http:
+            while not self.node._stopping:
+                if not self.needed():
+                    self.failures = 0
+                    await asyncio.sleep(IDLE_S)
+                    continue
+                sources = self.sources()
+                if not sources:
+                    await asyncio.sleep(IDLE_S)
+                    continue
+                url = sources[self.source % len(sources)]
+                try:
+                    caught_up = await self.round(http, url)
+                except FollowError as exc:
+                    self.failures += 1
+                    self.source += 1  # another URL next time
+                    delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** min(self.failures - 1, 10))
+                    log.warning("following %s failed (%s); trying %s in %.1f s", url, exc,
+                                sources[self.source % len(sources)], delay)
+                    await asyncio.sleep(delay)
+                    continue
+                self.failures = 0
+                if caught_up:
+                    await asyncio.sleep(IDLE_S)
+
+    async def _get(self, http: httpx.AsyncClient, url: str, limit: int,
+                   headers: dict[str, str] | None = None) -> bytes:
+        """The body of ``GET url``, at most ``limit`` bytes; FollowError otherwise."""
+        try:
+            async with http.stream("GET", url, headers=headers) as resp:
+                if resp.status_code != 200:
+                    raise FollowError(f"GET {url}: HTTP {resp.status_code}")
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise FollowError(f"GET {url}: more than {limit} bytes")
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise FollowError(f"GET {url}: {exc!r}") from exc
+
+    async def tip(self, http: httpx.AsyncClient, url: str) -> int:
+        body = await self._get(http, f"{url}/v1/status", 1 << 20)
+        try:
+            doc: Any = json.loads(body)
+            chain, height = doc["chain"], doc["height"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FollowError(f"{url}/v1/status: not a status ({exc})") from exc
+        if chain != self.node.genesis.chain_id or not isinstance(height, int):
+            raise FollowError(f"{url}/v1/status: another chain ({chain!r})")
+        return height
+
+    async def round(self, http: httpx.AsyncClient, url: str) -> bool:
+        """One round with ``url``: its tip, then up to ``batch`` blocks past ours handed to
+        the core and waited for. True when there was nothing to fetch."""
+        node = self.node
+        tip = await self.tip(http, url)
+        start = node.store.height + 1
+        if tip < start:
+            return True
+        stop = min(tip + 1, start + self.batch)
+        cfg = node.core.config
+        limit = cfg.max_block_bytes + BLOCK_OVERHEAD + cfg.max_block_records * RECORD_OVERHEAD
+        previous = node.store.block_bytes(start - 1) if start > 1 else None
+        last_cert = peek_cert_obj(previous) if previous is not None else None
+        queued = start - 1
+        refused: FollowError | None = None
+        for height in range(start, stop):
+            if not self.needed():
+                break
+            data = await self._get(http, f"{url}/v1/blocks/{height}", limit,
+                                   {"Accept": "application/msgpack"})
+            body = encode_block_response(data, last_cert)
+            try:
+                header = peek_block_response(body)
+                if header is None or header.height != height:
+                    raise LedgerError(f"block {height}: the bytes are another block's")
+                response = await asyncio.to_thread(node.check_block_response, header, body)
+            except CertificateError as exc:
+                if height > node.store.height + 1 and queued >= start:
+                    # certified by a set a change still to commit below it may govern:
+                    # commit what came before, then ask again
+                    log.debug("block %d set aside until below it commits: %s", height, exc)
+                    break
+                refused = FollowError(f"refused block {height}: {exc}")
+                break
+            except LedgerError as exc:
+                refused = FollowError(f"refused block {height}: {exc}")
+                break
+            node.events.put_nowait(MessageReceived(FOLLOW_PEER, response))
+            queued = height
+            last_cert = peek_cert_obj(data)
+        # the blocks handed to the core: committed (block-sync commit) or not
+        before = start - 1
+        deadline = self.clock() + self.commit_wait_s
+        while node.store.height < queued and self.clock() < deadline and self.needed():
+            await asyncio.sleep(0.02)
+        self.followed += max(0, min(node.store.height, queued) - before)
+        node.metrics.blocks_followed = self.followed
+        if refused is None and node.store.height < queued and self.needed():
+            refused = FollowError(f"block {node.store.height + 1} was not committed (it "
+                                  "does not extend the chain)")
+        if refused is not None:
+            self.refused += 1
+            raise refused
+        if queued < start:
+            return False
+        now = self.clock()
+        if now - self._logged >= LOG_EVERY_S or node.store.height >= tip:
+            self._logged = now
+            log.info("following %s: height %d of %d", url, node.store.height, tip)
+        return False

@@ -1,0 +1,170 @@
+"""Following the chain over the public HTTP API (node.follow, issue 13), in process.
+
+A ``node.runtime.Node`` whose key is in no configuration (a node made by ``ledger node
+init`` before its change, or a removed validator) and that has no peer link runs its
+consensus loop on a real SQLite store; its ``Follower`` reads the real API app
+(``tests.inprocess.InProcessApi`` over the same genesis) through ``httpx.ASGITransport``.
+It catches up through the block-sync path (``check_block_response``, the core's commit),
+and a source serving a forged block is refused like a bad block-sync block, then left for
+an honest one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+
+import httpx
+
+from ledger.blocks import Block
+from ledger.crypto import PrivateKey, write_key_file
+from node.config import NodeConfig
+from node.follow import Follower
+from node.runtime import Node
+from tests.inprocess import CLIENT, InProcessApi
+from tests.unit.consensus_helpers import FX
+
+HONEST = "http://honest.test"
+LIAR = "http://liar.test"
+
+
+class Unlinked:
+    """A transport with no peer link (a non-validator's: no validator accepts it)."""
+
+    max_frame = 32 << 20
+
+    def send(self, peer: int, payload: bytes) -> bool:
+        return False
+
+    def broadcast(self, payload: bytes) -> None:
+        pass
+
+    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
+        pass
+
+    def connected(self) -> list[int]:
+        return []
+
+    def queue_length(self, peer: int) -> int:
+        return 0
+
+
+class Liar(httpx.AsyncBaseTransport):
+    """The honest app's answers, but block ``forged`` has its header's time changed (its
+    certificate, by the real validators, kept): well-formed bytes that do not check."""
+
+    def __init__(self, app: httpx.AsyncBaseTransport, forged: int) -> None:
+        self.app, self.forged, self.served_forged = app, forged, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self.app.handle_async_request(request)
+        if request.url.path == f"/v1/blocks/{self.forged}":
+            data = await resp.aread()
+            block = Block.from_wire(data)
+            forged = dataclasses.replace(
+                block, header=dataclasses.replace(block.header,
+                                                  time_ms=block.header.time_ms + 1))
+            self.served_forged += 1
+            return httpx.Response(200, content=forged.to_wire(),
+                                  headers={"content-type": "application/msgpack"})
+        return resp
+
+
+class Router(httpx.AsyncBaseTransport):
+    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
+        self.routes = routes
+        self.hosts: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.hosts.append(request.url.host)
+        route = self.routes.get(f"http://{request.url.host}")
+        if route is None:  # the validators' own api URLs: nothing listens in this test
+            raise httpx.ConnectError("connection refused", request=request)
+        return await route.handle_async_request(request)
+
+
+def source(blocks: int) -> InProcessApi:
+    api = InProcessApi(FX)
+    for _ in range(blocks):
+        api.service.builder.add(2)
+    return api
+
+
+def follower_node(directory: Path) -> Node:
+    directory.mkdir(parents=True, exist_ok=True)
+    FX.write_genesis(directory)
+    write_key_file(directory / "node.pem", PrivateKey.generate())  # in no configuration
+    (directory / "config.json").write_text(json.dumps({
+        "api": "127.0.0.1:1", "p2p": "127.0.0.1:2", "genesis": "genesis.json",
+        "key": "node.pem", "store": "chain.db"}))
+    node = Node.from_config(NodeConfig.load(directory))
+    node.transport = Unlinked()  # type: ignore[assignment]
+    return node
+
+
+async def follow(node: Node, follower: Follower, height: int, timeout_s: float = 30) -> None:
+    """Run the node's consensus loop and ``follower`` until the node holds ``height``."""
+    consensus = asyncio.ensure_future(node.consensus_loop())
+    following = asyncio.ensure_future(follower.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while node.store.height < height or follower.followed < height:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"followed to {node.store.height} ({follower.followed} counted) of {height}")
+            assert not following.done(), following.exception()
+            await asyncio.sleep(0.02)
+    finally:
+        following.cancel()
+        consensus.cancel()
+        await asyncio.gather(following, consensus, return_exceptions=True)
+
+
+def test_a_node_in_no_configuration_follows_the_chain_over_http(tmp_path: Path) -> None:
+    api = source(blocks=7)
+    node = follower_node(tmp_path / "f")
+    assert node.core.index is None and not node.connected_peers()
+    app = httpx.ASGITransport(app=api.app, client=CLIENT)
+    follower = Follower(node, [HONEST], transport=Router({HONEST: app}), batch=3)
+    try:
+        # its own URLs first, then the api of the validators in force
+        assert follower.needed()
+        assert follower.sources() == [HONEST, *(v.api for v in FX.genesis.validators)]
+        asyncio.run(follow(node, follower, 7))
+        for h in range(1, 8):  # the same blocks, byte for byte
+            assert node.store.block_bytes(h) == api.store.block_bytes(h)
+        assert follower.followed == 7 and follower.refused == 0
+        assert "ledger_blocks_followed_total 7" in node.metrics_text()
+    finally:
+        node.store.close()
+
+
+def test_a_forged_block_is_refused_and_another_source_is_followed(tmp_path: Path) -> None:
+    api = source(blocks=6)
+    node = follower_node(tmp_path / "f")
+    app = httpx.ASGITransport(app=api.app, client=CLIENT)
+    liar = Liar(httpx.ASGITransport(app=api.app, client=CLIENT), forged=4)
+    router = Router({LIAR: liar, HONEST: app})
+    follower = Follower(node, [LIAR, HONEST], transport=router, batch=16)
+    try:
+        asyncio.run(follow(node, follower, 6))
+        assert liar.served_forged >= 1 and follower.refused >= 1
+        assert HONEST.removeprefix("http://") in router.hosts
+        for h in range(1, 7):  # the honest blocks, never the forged one
+            assert node.store.block_bytes(h) == api.store.block_bytes(h)
+        # blocks 1..3 from the liar were good and committed before block 4 was refused
+        assert follower.followed == 6
+    finally:
+        node.store.close()
+
+
+def test_following_stops_when_the_node_has_a_peer_link(tmp_path: Path) -> None:
+    node = follower_node(tmp_path / "f")
+    try:
+        follower = Follower(node, [HONEST])
+        assert follower.needed()
+        node.transport.connected = lambda: [1]  # type: ignore[method-assign,union-attr]
+        assert not follower.needed()
+    finally:
+        node.store.close()
