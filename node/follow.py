@@ -168,8 +168,18 @@ class Follower:
         stop = min(tip + 1, start + self.batch)
         cfg = node.core.config
         limit = cfg.max_block_bytes + BLOCK_OVERHEAD + cfg.max_block_records * RECORD_OVERHEAD
-        previous = node.store.block_bytes(start - 1) if start > 1 else None
-        last_cert = peek_cert_obj(previous) if previous is not None else None
+        # the previous block's certificate as the source holds it now (the one the next
+        # block's proposal carried, where the one this node took with it may have been the
+        # source's own): the core adopts it only if it is valid, as from a peer
+        last_cert: Any = None
+        if start > 1:
+            previous = await self._get(http, f"{url}/v1/blocks/{start - 1}", limit,
+                                       {"Accept": "application/msgpack"})
+            try:
+                last_cert = peek_cert_obj(previous)
+            except LedgerError as exc:
+                self.refused += 1
+                raise FollowError(f"refused block {start - 1}: {exc}") from exc
         queued = start - 1
         refused: FollowError | None = None
         for height in range(start, stop):

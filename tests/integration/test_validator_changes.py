@@ -16,9 +16,11 @@ admins (and, for a new validator, its own node.pem: the join) -> `ledger config 
    `ledger verify` at the end, as does a late record's (six steps);
 3. rotate supplier/lab's key (the new one from `ledger keygen`): the old key is then
    `unauthorized`, the new one accepted;
-4. add a 5th validator made with `ledger node init` on new ports: it catches up and its
+4. add a 5th validator made with `ledger node init` on new ports: it catches up over the
+   validators' HTTP API before its change is submitted (not a validator yet), then its
    signatures appear in certificates;
-5. remove node 0: the chain goes on without it, node 0 keeps answering reads;
+5. remove node 0: the chain goes on without it, node 0 keeps answering reads and, its links
+   closed, follows the chain over the validators' HTTP API (its height keeps growing);
 6. change a power (node1 to 3 of 6), then SIGKILL node 2 right after: it restarts with the
    new configuration (and still refuses the revoked key). Node 3, down during changes 4 to
    6, catches up through all three and votes (the chain needs it for a quorum).
@@ -305,6 +307,12 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         cluster.start(4)
         cluster.wait_healthy(4)
         assert status(cluster, 4)["validator"] is False
+        # no validator links with it yet: it follows the chain over the validators' HTTP
+        # API (node.follow) and catches up *before* its change is submitted
+        until(lambda: (s := status(cluster, 4))["validator"] is False
+              and s["height"] >= cluster.height(1) - 2 and s["height"] > revoked_at,
+              "node4 catches up over HTTP before its change", cluster, 4)
+        assert status(cluster, 4)["validator"] is False
         cluster.kill(3, signal.SIGTERM)
 
         change("add-node4", lambda doc: doc["validators"].append(entry),
@@ -339,6 +347,11 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
                              headers=MSGPACK, timeout=5)
         assert (refused.status_code, refused.json()["code"]) == (503, "not_a_validator"), \
             refused.text
+        # unlinked, it keeps following the chain over HTTP as a read replica
+        followed_from = cluster.height(0)
+        until(lambda: cluster.height(0) >= max(followed_from + 2, removed_at + 3),
+              "node0 keeps following after its removal", cluster, 0)
+        assert status(cluster, 0)["validator"] is False
 
         # 6. node1's power becomes 3 (of 6); node2 is SIGKILLed right after the change
         def power(doc: dict[str, Any]) -> None:
