@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ledger.blocks import Block
 from ledger.crypto import PrivateKey, write_key_file
@@ -166,5 +167,25 @@ def test_following_stops_when_the_node_has_a_peer_link(tmp_path: Path) -> None:
         assert follower.needed()
         node.transport.connected = lambda: [1]  # type: ignore[method-assign,union-attr]
         assert not follower.needed()
+    finally:
+        node.store.close()
+
+
+def test_follow_urls_come_from_config_json_or_ledger_follow(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    d = tmp_path / "n"
+    d.mkdir()
+    doc = {"api": "127.0.0.1:1", "p2p": "127.0.0.1:2", "follow": ["10.0.0.1:8000"]}
+    (d / "config.json").write_text(json.dumps(doc))
+    monkeypatch.delenv("LEDGER_FOLLOW", raising=False)
+    assert NodeConfig.load(d).follow == ["10.0.0.1:8000"]
+    monkeypatch.setenv("LEDGER_FOLLOW", "http://a:1, https://b:2")
+    assert NodeConfig.load(d).follow == ["http://a:1", "https://b:2"]
+    node = follower_node(tmp_path / "f")
+    try:  # no scheme: http; its own API is never followed
+        own = "http://127.0.0.1:1"
+        follower = Follower(node, ["10.0.0.1:8000/", own])
+        assert follower.sources()[0] == "http://10.0.0.1:8000" and own not in follower.sources()
     finally:
         node.store.close()
