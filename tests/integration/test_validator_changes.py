@@ -436,5 +436,5 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         assert out.startswith(f"valid: record {rid}"), out
         assert ("followed 6 configuration changes to version 6" in out) == (steps == 6), out
     print(f"{len(load.acknowledged)} acknowledged load records on {tip} blocks "
-          f"(refused: {dict(load.refused)}); node0 stays at {zero_tip}; heights {heights}; "
+          f"(refused: {dict(load.refused)}); node0 (following) at {zero_tip}; heights {heights}; "
           f"{changes_done:.1f} s to the last catch-up, {time.monotonic() - started:.1f} s in all")
