@@ -313,6 +313,9 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
               and s["height"] >= cluster.height(1) - 2 and s["height"] > revoked_at,
               "node4 catches up over HTTP before its change", cluster, 4)
         assert status(cluster, 4)["validator"] is False
+        assert "following http://" in cluster.log(4)
+        print(f"node4 followed over HTTP to {status(cluster, 4)['height']} of "
+              f"{cluster.height(1)} before its change")
         cluster.kill(3, signal.SIGTERM)
 
         change("add-node4", lambda doc: doc["validators"].append(entry),
@@ -352,6 +355,8 @@ def test_a_living_consortium_under_load(cluster: Cluster, tmp_path: Path) -> Non
         until(lambda: cluster.height(0) >= max(followed_from + 2, removed_at + 3),
               "node0 keeps following after its removal", cluster, 0)
         assert status(cluster, 0)["validator"] is False
+        print(f"node0, removed at {removed_at}, followed from {followed_from} to "
+              f"{cluster.height(0)} (tip {cluster.height(1)})")
 
         # 6. node1's power becomes 3 (of 6); node2 is SIGKILLed right after the change
         def power(doc: dict[str, Any]) -> None:
