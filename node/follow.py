@@ -44,8 +44,6 @@ TIMEOUT_S = 10.0  # one HTTP request
 COMMIT_WAIT_S = 10.0  # for a batch handed to the core to be committed
 BACKOFF_S = (0.5, 30.0)  # after a failure: first, and most (doubling)
 LOG_EVERY_S = 5.0  # progress lines at most this often
-BLOCK_OVERHEAD = 64 * 1024  # as node.runtime: a block's bytes beyond its records
-RECORD_OVERHEAD = 8
 
 
 class FollowError(Exception):
@@ -166,8 +164,7 @@ class Follower:
         if tip < start:
             return True
         stop = min(tip + 1, start + self.batch)
-        cfg = node.core.config
-        limit = cfg.max_block_bytes + BLOCK_OVERHEAD + cfg.max_block_records * RECORD_OVERHEAD
+        limit = node.max_block_response()
         # the previous block's certificate as the source holds it now (the one the next
         # block's proposal carried, where the one this node took with it may have been the
         # source's own): the core adopts it only if it is valid, as from a peer
@@ -192,6 +189,8 @@ class Follower:
                 header = peek_block_response(body)
                 if header is None or header.height != height:
                     raise LedgerError(f"block {height}: the bytes are another block's")
+                if not node.within_block_limits(header, len(body)):
+                    raise LedgerError(f"block {height}: over the block limits")
                 response = await asyncio.to_thread(node.check_block_response, header, body)
             except CertificateError as exc:
                 if height > node.store.height + 1 and queued >= start:

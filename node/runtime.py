@@ -781,16 +781,27 @@ class Node:
             if height >= self.core.height + self.core.config.sync_batch:
                 self._misbehaved(peer, "an unsolicited block response", 2)
             return
-        cfg = self.core.config
-        count = header.record_count
-        if count > cfg.max_block_records or len(body) > (
-                cfg.max_block_bytes + BLOCK_OVERHEAD + count * RECORD_OVERHEAD):
+        if not self.within_block_limits(header, len(body)):
             self._misbehaved(peer, "a block response over the block limits", 60)
             return
         self.peer_backlog += 1
         task = asyncio.ensure_future(self._check_then_queue(peer, header, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def within_block_limits(self, header: Header, size: int) -> bool:
+        """Whether a block response of ``size`` bytes whose
+        block has ``header`` is within the block limits (checked before anything is decoded;
+        block sync over peer links and following over HTTP alike)."""
+        cfg = self.core.config
+        count = header.record_count
+        return count <= cfg.max_block_records and size <= (
+            cfg.max_block_bytes + BLOCK_OVERHEAD + count * RECORD_OVERHEAD)
+
+    def max_block_response(self) -> int:
+        """The most bytes a block response within the block limits may have."""
+        cfg = self.core.config
+        return cfg.max_block_bytes + BLOCK_OVERHEAD + cfg.max_block_records * RECORD_OVERHEAD
 
     async def _check_then_queue(self, peer: int, header: Header, body: bytes) -> None:
         try:
