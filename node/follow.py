@@ -41,7 +41,8 @@ log = logging.getLogger("ledger.node.follow")
 FOLLOW_PEER = -1  # the "sender" of followed blocks (the core ignores a block response's)
 IDLE_S = 1.0  # between checks whether following is needed, and polls of a caught-up tip
 TIMEOUT_S = 10.0  # one HTTP request
-COMMIT_WAIT_S = 10.0  # for a batch handed to the core to be committed
+COMMIT_WAIT_S = 10.0  # at most, for a batch handed to the core to be committed
+STALL_S = 1.0  # ... or until nothing is committed for this long with no event queued
 BACKOFF_S = (0.5, 30.0)  # after a failure: first, and most (doubling)
 LOG_EVERY_S = 5.0  # progress lines at most this often
 
@@ -209,13 +210,26 @@ class Follower:
         # the blocks handed to the core: committed (block-sync commit) or not
         before = start - 1
         deadline = self.clock() + self.commit_wait_s
+        seen, moved = node.store.height, self.clock()
         while node.store.height < queued and self.clock() < deadline and self.needed():
             await asyncio.sleep(0.02)
+            if node.store.height != seen:
+                seen, moved = node.store.height, self.clock()
+            elif node.events.empty() and self.clock() - moved >= STALL_S:
+                break  # the core took everything handed to it and commits no more
         self.followed += max(0, min(node.store.height, queued) - before)
         node.metrics.blocks_followed = self.followed
         if refused is None and node.store.height < queued and self.needed():
-            refused = FollowError(f"block {node.store.height + 1} was not committed (it "
-                                  "does not extend the chain)")
+            if node.store.height == before:
+                refused = FollowError(f"block {node.store.height + 1} was not committed "
+                                      "(it does not extend the chain)")
+            else:
+                # progress, then a block not committed: the core may still hold, for that
+                # height, a block another source served earlier (block sync keeps the first
+                # it is given until it tries it): not this source's fault; the next round
+                # hands it again
+                log.info("following %s: block %d not committed yet, asking again", url,
+                         node.store.height + 1)
         if refused is not None:
             self.refused += 1
             raise refused

@@ -29,6 +29,7 @@ from tests.unit.consensus_helpers import FX
 
 HONEST = "http://honest.test"
 LIAR = "http://liar.test"
+FORKED = "http://fork.test"
 
 
 class Unlinked:
@@ -105,13 +106,16 @@ def follower_node(directory: Path) -> Node:
     return node
 
 
-async def follow(node: Node, follower: Follower, height: int, timeout_s: float = 30) -> None:
-    """Run the node's consensus loop and ``follower`` until the node holds ``height``."""
+async def follow(node: Node, follower: Follower, height: int, timeout_s: float = 30,
+                 expect: int | None = None) -> None:
+    """Run the node's consensus loop and ``follower`` until the node holds ``height`` and
+    the follower counts ``expect`` blocks followed (default: ``height``)."""
+    expect = height if expect is None else expect
     consensus = asyncio.ensure_future(node.consensus_loop())
     following = asyncio.ensure_future(follower.run())
     try:
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while node.store.height < height or follower.followed < height:
+        while node.store.height < height or follower.followed < expect:
             assert asyncio.get_running_loop().time() < deadline, (
                 f"followed to {node.store.height} ({follower.followed} counted) of {height}")
             assert not following.done(), following.exception()
@@ -187,5 +191,37 @@ def test_follow_urls_come_from_config_json_or_ledger_follow(tmp_path: Path,
         own = "http://127.0.0.1:1"
         follower = Follower(node, ["10.0.0.1:8000/", own])
         assert follower.sources()[0] == "http://10.0.0.1:8000" and own not in follower.sources()
+    finally:
+        node.store.close()
+
+
+def test_a_certified_block_that_does_not_extend_the_chain_is_not_committed(
+        tmp_path: Path) -> None:
+    """A source on a fork (blocks certified by the same keys: equivocating validators):
+    its block 3 passes the certificate check but not the chain-extension rule, so the core
+    commits nothing of it, and the follower leaves it for an honest source."""
+    honest, fork = source(blocks=2), InProcessApi(FX)
+    for _ in range(5):
+        fork.service.builder.add(3)
+    assert fork.store.block_bytes(2) != honest.store.block_bytes(2)
+    node = follower_node(tmp_path / "f")
+    try:
+        first = Follower(node, [HONEST], transport=Router({
+            HONEST: httpx.ASGITransport(app=honest.app, client=CLIENT)}))
+        router = Router({FORKED: httpx.ASGITransport(app=fork.app, client=CLIENT),
+                         HONEST: httpx.ASGITransport(app=honest.app, client=CLIENT)})
+        follower = Follower(node, [FORKED, HONEST], transport=router)
+
+        async def go() -> None:  # one event loop: the node's queue belongs to it
+            await follow(node, first, 2)
+            for _ in range(3):
+                honest.service.builder.add(2)
+            await follow(node, follower, 5, expect=3)
+
+        asyncio.run(go())
+        assert follower.refused >= 1
+        assert FORKED.removeprefix("http://") in router.hosts
+        for h in range(1, 6):
+            assert node.store.block_bytes(h) == honest.store.block_bytes(h)
     finally:
         node.store.close()
