@@ -84,8 +84,7 @@ class Follower:
         """The node's ``follow`` URLs, then the ``api`` of every other validator of the
         configuration in force (the newest the node holds)."""
         node = self.node
-        history = node.store.history
-        config = node.genesis.config if history is None else history.latest
+        config = node.core.config_at(node.store.height + 1)
         own = {f"http://{node.config.api[0]}:{node.config.api[1]}",
                f"https://{node.config.api[0]}:{node.config.api[1]}"}
         out: list[str] = []
@@ -117,17 +116,24 @@ class Follower:
                 url = sources[self.source % len(sources)]
                 try:
                     caught_up = await self.round(http, url)
-                except FollowError as exc:
-                    self.failures += 1
-                    self.source += 1  # another URL next time
-                    delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** min(self.failures - 1, 10))
-                    log.warning("following %s failed (%s); trying %s in %.1f s", url, exc,
-                                sources[self.source % len(sources)], delay)
-                    await asyncio.sleep(delay)
+                except (FollowError, LedgerError) as exc:
+                    failed: BaseException = exc
+                except Exception as exc:  # a bug must not end following silently
+                    log.exception("following %s: unexpected error", url)
+                    failed = exc
+                else:
+                    self.failures = 0
+                    if caught_up:
+                        await asyncio.sleep(IDLE_S)
                     continue
-                self.failures = 0
-                if caught_up:
-                    await asyncio.sleep(IDLE_S)
+                self.failures += 1
+                self.source += 1  # another URL next time
+                # one pass over the sources at the first delay, then doubling per pass
+                passes = (self.failures - 1) // len(sources)
+                delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** min(passes, 10))
+                log.warning("following %s failed (%s); trying %s in %.1f s", url, failed,
+                            sources[self.source % len(sources)], delay)
+                await asyncio.sleep(delay)
 
     async def _get(self, http: httpx.AsyncClient, url: str, limit: int,
                    headers: dict[str, str] | None = None) -> bytes:
