@@ -15,6 +15,8 @@ from ledger.auditstate import AuditStateError, state_from_bytes, state_to_bytes
 from ledger.store import SqliteStore
 from node import cli
 from tests.factory import ChainBuilder, make_fixture, sealed_record
+from tests.inprocess import InProcessApi
+from tests.unit.test_log_proofs import served
 
 FX = make_fixture()
 
@@ -180,3 +182,51 @@ def test_state_is_written_atomically(tmp_path: Path, capsys: pytest.CaptureFixtu
     monkeypatch.setattr(os, "fsync", real_fsync)
     code, out, err = audit(capsys, db, state)
     assert code == 0 and "3 new blocks" in out, err
+
+
+# -- over HTTP: the in-process app served by uvicorn on 127.0.0.1 ---------------------------
+
+def _grow(api: InProcessApi, sizes: list[int]) -> None:
+    service = api.service
+    for n in sizes:
+        block = service.builder.block([api.record() for _ in range(n)])
+        service.append(block)
+        service.builder.blocks.append(block)
+
+
+def test_over_http_new_blocks_then_a_forked_node(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The same story against nodes: an honest node grows and is audited incrementally; a
+    node built from the same genesis and validator keys serving a history that forks at
+    height 4 is caught there."""
+    genesis = str(FX.write_genesis(tmp_path))
+    state = tmp_path / "audit.state"
+    honest, forked = InProcessApi(FX), InProcessApi(FX)
+    _grow(honest, [2, 3, 1, 2, 2, 3])
+    for height in (1, 2, 3):  # the same first three blocks, then another history
+        block = honest.store.block(height)
+        assert block is not None
+        forked.service.append(block)
+        forked.service.builder.blocks.append(block)
+    forked.nonce = 1000
+    forked.service.builder.time_ms = honest.service.builder.time_ms
+    _grow(forked, [4, 2, 3, 1, 1])
+
+    def audit_node(url: str) -> tuple[int, str, str]:
+        code = cli.main(["audit", "--node", url, "--genesis", genesis, "--state", str(state),
+                         "--workers", "1", "--quiet"])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    with served(honest) as url:
+        code, out, err = audit_node(url)
+        assert code == 0 and "6 blocks; 6 new blocks, 13 new records" in out, err
+        _grow(honest, [1, 2, 3])
+        code, out, err = audit_node(url)
+        assert code == 0 and "9 blocks; 3 new blocks, 6 new records verified since the " \
+                             "saved audit at height 6" in out, err
+    saved = state.read_bytes()
+    with served(forked) as url:
+        code, _, err = audit_node(url)
+    assert code == 1 and err.startswith("height 4: ") and "different history" in err, err
+    assert state.read_bytes() == saved
