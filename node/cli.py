@@ -37,7 +37,7 @@ from ledger.genesis import Genesis
 from ledger.receipts import parse_receipt, verify_receipt
 from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
-from node.client import LedgerClient, sign_record
+from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -288,6 +288,32 @@ def _hash_of(data: bytes | None) -> bytes | None:
         return None
 
 
+def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
+                     verifier: ChainVerifier) -> tuple[str | None, str]:
+    """Ask the node for the consistency proof (``GET /v1/log/consistency``, RFC 9162) from
+    the saved log to the one just verified, and check it. The audit already recomputed
+    the log over every new block from the saved compact range, so this cross-checks the
+    node's proof service: (error, "") if its proof fails, (None, note) otherwise."""
+    (n, old_root), m = saved, verifier.log.size
+    if n == 0 or n == m:
+        return None, ""
+    try:
+        doc = client.log_consistency(n, m)
+    except NodeError as exc:
+        if exc.status == 404:  # a node from before the log proofs (SPEC v1.0)
+            return None, "; the node serves no consistency proofs"
+        raise
+    try:
+        if (doc.get("first"), doc.get("second")) != (n, m):
+            raise LedgerError(f"the answer is for sizes {doc.get('first')}, {doc.get('second')}")
+        proof = [hex_decode(h, "proof", 32) for h in doc["proof"]]
+        merkle.verify_consistency(n, m, old_root, verifier.log.root(), proof)
+    except (LedgerError, TypeError, KeyError) as exc:
+        return (f"the log consistency proof from the saved {n} records to {m} does not "
+                f"verify ({exc})"), ""
+    return None, f"; log consistency {n} -> {m} proved"
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Re-verify a whole chain from genesis (with --state: only what was added since the
     saved audit, after checking the served chain holds the saved blocks)."""
@@ -298,6 +324,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     loaded = _load_state(state_path, genesis) if state_path is not None else None
     verifier, hashes = loaded if loaded is not None else (ChainVerifier(genesis), bytearray())
     saved = verifier.height
+    saved_log = (verifier.log.size, verifier.log.root())
+    client: LedgerClient | None = None
     source: str
     if args.db:
         store = SqliteStore(args.db, readonly=True)
@@ -389,6 +417,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if checkpoint_error is not None:
         print(checkpoint_error, file=sys.stderr)
         return EXIT_INVALID
+    proof_note = ""
+    if client is not None and loaded is not None:
+        proof_error, proof_note = _cross_check_log(client, saved_log, verifier)
+        if proof_error is not None:
+            print(f"height {tip}: {source}: {proof_error}", file=sys.stderr)
+            return EXIT_INVALID
     seconds = time.monotonic() - started
     rate = records / seconds if seconds > 0 else 0.0
     if state_path is None:
@@ -402,10 +436,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"{state_path}: cannot write the audit state ({exc})") from exc
     since = f"since the saved audit at height {saved}" if loaded is not None else "from genesis"
+    new = report.height - saved
     print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks; "
-          f"{report.height - saved} new blocks, {records} new records verified {since} in "
+          f"{new} new block{'' if new == 1 else 's'}, {records} new records verified {since} in "
           f"{seconds:.2f} s ({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
-          f"tip {report.tip_hash.hex()}; state saved to {state_path}")
+          f"tip {report.tip_hash.hex()}{proof_note}; state saved to {state_path}")
     return EXIT_OK
 
 

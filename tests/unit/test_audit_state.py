@@ -195,7 +195,8 @@ def _grow(api: InProcessApi, sizes: list[int]) -> None:
 
 
 def test_over_http_new_blocks_then_a_forked_node(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The same story against nodes: an honest node grows and is audited incrementally; a
     node built from the same genesis and validator keys serving a history that forks at
     height 4 is caught there."""
@@ -225,6 +226,19 @@ def test_over_http_new_blocks_then_a_forked_node(tmp_path: Path,
         code, out, err = audit_node(url)
         assert code == 0 and "9 blocks; 3 new blocks, 6 new records verified since the " \
                              "saved audit at height 6" in out, err
+        assert "log consistency 13 -> 19 proved" in out
+        # blocks that verify, but a node whose log proofs do not: caught, nothing saved
+        saved = state.read_bytes()
+        real = honest.store.log_nodes
+        monkeypatch.setattr(honest.store, "log_nodes",
+                            lambda ids: {k: bytes(32) for k in real(ids)})
+        _grow(honest, [2])
+        code, out, err = audit_node(url)
+        assert code == 1 and "consistency proof from the saved 19 records to 21" in err, err
+        assert state.read_bytes() == saved
+        monkeypatch.setattr(honest.store, "log_nodes", real)
+        code, out, err = audit_node(url)
+        assert code == 0 and "1 new block, 2 new records" in out, err
     saved = state.read_bytes()
     with served(forked) as url:
         code, _, err = audit_node(url)
