@@ -244,3 +244,40 @@ def test_over_http_new_blocks_then_a_forked_node(tmp_path: Path,
         code, _, err = audit_node(url)
     assert code == 1 and err.startswith("height 4: ") and "different history" in err, err
     assert state.read_bytes() == saved
+
+
+# -- configuration changes: the saved history keeps being followed --------------------------
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_saved_history_keeps_following_changes(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               workers: str) -> None:
+    """A state saved at height 3 (version 1 in force) continues over the change at height 4:
+    block 5, certified by the set version 2 names, verifies; the same chain with block 5
+    certified by the replaced set fails at 5."""
+    from tests.unit.test_config_chain import FX as GOV
+    from tests.unit.test_config_chain import build as build_governed
+
+    genesis = str(GOV.write_genesis(tmp_path))
+    for stale, expect in ((None, 0), (5, 1)):
+        folder = tmp_path / f"stale-{stale}"
+        folder.mkdir()
+        store, b = build_governed(folder, stale_cert_at=stale)
+        store.close()
+        verifier = ChainVerifier(GOV.genesis)
+        for block in b.blocks[:3]:
+            verifier.verify_next(block.to_wire())
+        assert verifier.config.version == 1 and verifier.changes
+        state = folder / "audit.state"
+        state.write_bytes(state_to_bytes(verifier, b"".join(x.hash for x in b.blocks[:3])))
+        code = cli.main(["audit", "--db", str(folder / "chain.db"), "--genesis", genesis,
+                         "--state", str(state), "--workers", workers, "--quiet"])
+        out = capsys.readouterr()
+        assert code == expect, out.err
+        if stale is None:
+            assert "5 blocks; 2 new blocks" in out.out
+            assert "3 configuration versions followed (from heights 1, 3, 5)" in out.out
+            loaded, _ = state_from_bytes(state.read_bytes(), GOV.genesis)
+            assert loaded.config.version == 2 and [h for h, _ in loaded.changes] == [2, 4]
+        else:
+            assert out.err.startswith("height 5: "), out.err
