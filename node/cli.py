@@ -431,16 +431,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
               f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
               f"tip {report.tip_hash.hex()}")
         return EXIT_OK
-    try:
-        write_atomically(state_path, state_to_bytes(verifier, bytes(hashes)))
-    except OSError as exc:
-        raise CommandError(f"{state_path}: cannot write the audit state ({exc})") from exc
+    saved_note = f"state {state_path} unchanged"
+    if loaded is None or report.height > saved:  # nothing new: the saved state stands
+        saved_note = f"state saved to {state_path}"
+        try:
+            write_atomically(state_path, state_to_bytes(verifier, bytes(hashes)))
+        except OSError as exc:
+            raise CommandError(f"{state_path}: cannot write the audit state ({exc})") from exc
     since = f"since the saved audit at height {saved}" if loaded is not None else "from genesis"
     new = report.height - saved
     print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks; "
           f"{new} new block{'' if new == 1 else 's'}, {records} new records verified {since} in "
           f"{seconds:.2f} s ({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
-          f"tip {report.tip_hash.hex()}{proof_note}; state saved to {state_path}")
+          f"tip {report.tip_hash.hex()}{proof_note}; {saved_note}")
     return EXIT_OK
 
 
