@@ -68,7 +68,7 @@ def test_second_run_verifies_only_new_blocks(tmp_path: Path,
     code, out, err = audit(capsys, db, state)
     assert code == 0, err
     assert "17 blocks; 5 new blocks, 10 new records verified since the saved audit at " \
-           "height 12" in out
+           "height 12 (state loaded in " in out
     verifier, hashes = state_from_bytes(state.read_bytes(), FX.genesis)
     assert verifier.height == 17 and len(hashes) == 17 * 32
     assert hashes[-32:] == verifier.tip_hash == b.blocks[-1].hash
@@ -225,7 +225,7 @@ def test_over_http_new_blocks_then_a_forked_node(tmp_path: Path,
         _grow(honest, [1, 2, 3])
         code, out, err = audit_node(url)
         assert code == 0 and "9 blocks; 3 new blocks, 6 new records verified since the " \
-                             "saved audit at height 6" in out, err
+                             "saved audit at height 6 (state loaded in" in out, err
         assert "log consistency 13 -> 19 proved" in out
         # blocks that verify, but a node whose log proofs do not: caught, nothing saved
         saved = state.read_bytes()
