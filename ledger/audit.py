@@ -45,6 +45,7 @@ from ledger.blocks import Block
 from ledger.config import Config, ConfigHistory
 from ledger.errors import AuditError, LedgerError, ValidationError
 from ledger.genesis import Genesis
+from ledger.store.base import block_change
 from ledger.store.sqlite import SqliteStore
 from ledger.validation import (
     Authority,
@@ -78,6 +79,9 @@ class BlockSummary:
     #: Sealed records: (id, payload_digest, signer).
     sealed: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     redactions: tuple[Redaction, ...] = ()
+    #: The change map bytes of the block's configuration change (b"" without one): what a
+    #: saved audit state (``ledger.auditstate``) keeps to rebuild the history.
+    change: bytes = b""
 
     @property
     def record_count(self) -> int:
@@ -113,9 +117,13 @@ def check_block_alone(data: bytes, source: Authority, expected_height: int) -> B
     nonces = [(r.body.signer, r.body.nonce) for r in block.records]
     sealed = [(r.id, r.body.payload_digest, r.body.signer) for r in block.records
               if r.body.payload_digest is not None]
+    change = b""
+    if effects.config is not None:
+        carried = block_change(block)
+        change = carried.change if carried is not None else b""
     return BlockSummary(height, h.hash, h.prev_hash, h.time_ms, h.log_size, h.log_root,
                         block.leaf_hashes(), ids, nonces, config.id, effects.config, sealed,
-                        effects.redactions)
+                        effects.redactions, change)
 
 
 @dataclass
@@ -135,6 +143,8 @@ class ChainVerifier:
     sealed: dict[bytes, bytes] = field(default_factory=dict)
     digests: set[bytes] = field(default_factory=set)
     redacted: set[bytes] = field(default_factory=set)
+    #: Every configuration change followed: (height committed at, change map bytes).
+    changes: list[tuple[int, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tip_hash = self.genesis.hash
@@ -181,6 +191,7 @@ class ChainVerifier:
             self.redacted.update(redaction.ids)
         if s.new_config is not None:
             self.history.append(s.height, s.new_config)
+            self.changes.append((s.height, s.change))
         self.log = log
         self.height = s.height
         self.records += len(s.ids)
@@ -302,11 +313,14 @@ def audit_chunks(
     *,
     workers: int | None = None,
     on_block: Callable[[BlockSummary], None] | None = None,
+    verifier: ChainVerifier | None = None,
 ) -> AuditReport:
-    """Audit a chain given as consecutive chunks from height 1; raise AuditError at the first
-    bad block. ``workers`` processes check signatures (default: every core)."""
+    """Audit a chain given as consecutive chunks from height 1 (or, given ``verifier``, a
+    chain verified up to ``verifier.height``, from the next height, continuing its state);
+    raise AuditError at the first bad block. ``workers`` processes check signatures
+    (default: every core)."""
     workers = workers or os.cpu_count() or 1
-    verifier = ChainVerifier(genesis)
+    verifier = verifier if verifier is not None else ChainVerifier(genesis)
     # forkserver, not fork: the caller may run threads (HTTP fetchers) when workers start.
     executor: Executor = (
         _InlineExecutor(genesis) if workers == 1

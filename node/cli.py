@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,10 +23,12 @@ from ledger.audit import (
     AuditReport,
     BlockSummary,
     BytesChunk,
+    ChainVerifier,
     Chunk,
     audit_chunks,
     store_chunks,
 )
+from ledger.auditstate import AuditStateError, state_from_bytes, state_to_bytes
 from ledger.blocks import Block, Certificate, Header
 from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
@@ -35,7 +37,7 @@ from ledger.genesis import Genesis
 from ledger.receipts import parse_receipt, verify_receipt
 from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
-from node.client import LedgerClient, sign_record
+from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -177,8 +179,8 @@ def receipt_genesis_mismatch(data: bytes, genesis: Genesis) -> str | None:
 # -- audit --------------------------------------------------------------------------------
 
 def _http_chunks(client: LedgerClient, tip: int, blocks_per_chunk: int,
-                 fetchers: int) -> Iterator[BytesChunk]:
-    """Fetch blocks 1..tip in chunks, several requests in flight, yielding in order."""
+                 fetchers: int, first: int = 1) -> Iterator[BytesChunk]:
+    """Fetch blocks first..tip in chunks, several requests in flight, yielding in order."""
 
     def fetch(start: int) -> BytesChunk:
         blocks: list[bytes | None] = []
@@ -190,7 +192,7 @@ def _http_chunks(client: LedgerClient, tip: int, blocks_per_chunk: int,
 
     with ThreadPoolExecutor(fetchers) as pool:
         window: deque[Future[BytesChunk]] = deque()
-        starts = iter(range(1, tip + 1, blocks_per_chunk))
+        starts = iter(range(first, tip + 1, blocks_per_chunk))
         for start in starts:
             window.append(pool.submit(fetch, start))
             if len(window) >= fetchers * 2:
@@ -220,11 +222,111 @@ def _versions(report: AuditReport) -> str:
     return f"{len(report.history)} configuration versions followed (from heights {starts})"
 
 
+def _load_state(path: Path, genesis: Genesis) -> tuple[ChainVerifier, bytearray] | None:
+    """The saved audit state at ``path`` (None if there is no file yet); CommandError, one
+    line, if it is unreadable, truncated, corrupt or of another chain."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read the audit state ({exc.strerror})") from exc
+    try:
+        verifier, hashes = state_from_bytes(data, genesis)
+    except AuditStateError as exc:
+        raise CommandError(f"{path}: {exc}") from exc
+    return verifier, bytearray(hashes)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` so that a crash leaves the old file or the new one,
+    never a part: a temporary file beside it, fsync, rename over, fsync the directory."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_difference(saved: bytes | bytearray, upto: int,
+                      served_hash: Callable[[int], bytes | None]) -> int | None:
+    """The first height in 1..upto whose served block hash is not the saved one (None if
+    block ``upto`` matches). Blocks link by hash, so a history that differs at N differs
+    at every height after it: a binary search finds N in O(log upto) reads."""
+    def same(height: int) -> bool:
+        return served_hash(height) == bytes(saved[(height - 1) * 32:height * 32])
+
+    if upto == 0 or same(upto):
+        return None
+    lo, hi = 1, upto  # the answer is in [lo, hi]; block hi differs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if same(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _hash_of(data: bytes | None) -> bytes | None:
+    if data is None:
+        return None
+    try:
+        return Block.from_wire(data).header.hash
+    except LedgerError:
+        return None
+
+
+def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
+                     verifier: ChainVerifier) -> tuple[str | None, str]:
+    """Ask the node for the consistency proof (``GET /v1/log/consistency``, RFC 9162) from
+    the saved log to the one just verified, and check it. The audit already recomputed
+    the log over every new block from the saved compact range, so this cross-checks the
+    node's proof service: (error, "") if its proof fails, (None, note) otherwise."""
+    (n, old_root), m = saved, verifier.log.size
+    if n == 0 or n == m:
+        return None, ""
+    try:
+        doc = client.log_consistency(n, m)
+    except NodeError as exc:
+        if exc.status == 404:  # a node from before the log proofs (SPEC v1.0)
+            return None, "; the node serves no consistency proofs"
+        raise
+    try:
+        if (doc.get("first"), doc.get("second")) != (n, m):
+            raise LedgerError(f"the answer is for sizes {doc.get('first')}, {doc.get('second')}")
+        proof = [hex_decode(h, "proof", 32) for h in doc["proof"]]
+        merkle.verify_consistency(n, m, old_root, verifier.log.root(), proof)
+    except (LedgerError, TypeError, KeyError) as exc:
+        return (f"the log consistency proof from the saved {n} records to {m} does not "
+                f"verify ({exc})"), ""
+    return None, f"; log consistency {n} -> {m} proved"
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Re-verify a whole chain from genesis."""
+    """Re-verify a whole chain from genesis (with --state: only what was added since the
+    saved audit, after checking the served chain holds the saved blocks)."""
     genesis = Genesis.load(args.genesis)
     workers = args.workers or os.cpu_count() or 1
     started = time.monotonic()
+    state_path: Path | None = args.state
+    loaded = _load_state(state_path, genesis) if state_path is not None else None
+    load_seconds = time.monotonic() - started
+    verifier, hashes = loaded if loaded is not None else (ChainVerifier(genesis), bytearray())
+    saved = verifier.height
+    saved_log = (verifier.log.size, verifier.log.root())
+    client: LedgerClient | None = None
     source: str
     if args.db:
         store = SqliteStore(args.db, readonly=True)
@@ -233,13 +335,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
             sizes = store.block_sizes()
             first = store.block(1) if sizes else None
+            tip = len(sizes)
+            differs = _first_difference(hashes, min(saved, tip),
+                                        lambda h: _hash_of(store.block_bytes(h)))
         finally:
             store.close()
         mismatch = block1_genesis_mismatch(first.to_wire() if first else None, genesis)
         if mismatch:
             raise CommandError(f"{args.db}: {mismatch}")
-        tip = len(sizes)
-        chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes)
+        chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes[saved:])
         source = str(args.db)
     else:
         client = LedgerClient(args.node, verify=_ca(args))
@@ -254,9 +358,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
         mismatch = block1_genesis_mismatch(client.block_bytes(1) if tip else None, genesis)
         if mismatch:
             raise CommandError(f"{args.node}: {mismatch}")
-        chunks = _http_chunks(client, tip, args.chunk, fetchers=4)
+        differs = _first_difference(hashes, min(saved, tip),
+                                    lambda h: _hash_of(client.block_bytes(h)))
+        chunks = _http_chunks(client, tip, args.chunk, fetchers=4, first=saved + 1)
         source = args.node
 
+    if differs is not None:
+        print(f"height {differs}: {source} serves a block that is not the one audited before "
+              f"(saved hash {bytes(hashes[(differs - 1) * 32:differs * 32]).hex()}): "
+              f"a different history", file=sys.stderr)
+        return EXIT_INVALID
+    if tip < saved:
+        print(f"height {tip + 1}: {source} serves a chain of {tip} blocks, shorter than the "
+              f"{saved} audited before (truncated or rolled back)", file=sys.stderr)
+        return EXIT_INVALID
     if tip < args.min_height:
         print(f"height {tip + 1}: {source} serves a chain of {tip} blocks, shorter than "
               f"--min-height {args.min_height} (truncated or behind)", file=sys.stderr)
@@ -266,10 +381,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"height {tip + 1}: {source} serves a chain of {tip} blocks, shorter than "
               f"the --checkpoint height {checkpoint[0]} (truncated or behind)", file=sys.stderr)
         return EXIT_INVALID
-
-    bar = _progress(tip, args.quiet)
-    records = 0
     checkpoint_error: str | None = None
+    if checkpoint is not None and checkpoint[0] <= saved:
+        known = bytes(hashes[(checkpoint[0] - 1) * 32:checkpoint[0] * 32])
+        if known != checkpoint[1]:
+            checkpoint_error = (f"height {checkpoint[0]}: block hash {known.hex()} is not the "
+                                f"--checkpoint hash {checkpoint[1].hex()} (another history)")
+
+    bar = _progress(tip - saved, args.quiet)
+    records = 0
 
     def on_block(summary: BlockSummary) -> None:
         nonlocal records, checkpoint_error
@@ -278,13 +398,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             checkpoint_error = (f"height {summary.height}: block hash {summary.hash.hex()} is "
                                 f"not the --checkpoint hash {checkpoint[1].hex()} (another "
                                 f"history)")
+        hashes.extend(summary.hash)
         records += len(summary.ids)
         bar.update(1)
         if summary.height % 64 == 0:
             bar.set_postfix(records=records, refresh=False)
 
     try:
-        report: AuditReport = audit_chunks(genesis, chunks, workers=workers, on_block=on_block)
+        report: AuditReport = audit_chunks(genesis, chunks, workers=workers, on_block=on_block,
+                                           verifier=verifier)
     except AuditError as exc:
         bar.close()
         print(str(exc), file=sys.stderr)
@@ -296,12 +418,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if checkpoint_error is not None:
         print(checkpoint_error, file=sys.stderr)
         return EXIT_INVALID
+    proof_note = ""
+    if client is not None and loaded is not None:
+        proof_error, proof_note = _cross_check_log(client, saved_log, verifier)
+        if proof_error is not None:
+            print(f"height {tip}: {source}: {proof_error}", file=sys.stderr)
+            return EXIT_INVALID
     seconds = time.monotonic() - started
-    rate = report.records / seconds if seconds > 0 else 0.0
-    print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks, "
-          f"{report.records} records verified in {seconds:.2f} s "
-          f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
-          f"tip {report.tip_hash.hex()}")
+    rate = records / seconds if seconds > 0 else 0.0
+    if state_path is None:
+        print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks, "
+              f"{report.records} records verified in {seconds:.2f} s "
+              f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
+              f"tip {report.tip_hash.hex()}")
+        return EXIT_OK
+    saved_note = f"state {state_path} unchanged"
+    if loaded is None or report.height > saved:  # nothing new: the saved state stands
+        saved_note = f"state saved to {state_path}"
+        try:
+            write_atomically(state_path, state_to_bytes(verifier, bytes(hashes)))
+        except OSError as exc:
+            raise CommandError(f"{state_path}: cannot write the audit state ({exc})") from exc
+    since = (f"since the saved audit at height {saved} (state loaded in {load_seconds:.2f} s)"
+             if loaded is not None else "from genesis")
+    new = report.height - saved
+    print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks; "
+          f"{new} new block{'' if new == 1 else 's'}, {records} new records verified {since} in "
+          f"{seconds:.2f} s ({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
+          f"tip {report.tip_hash.hex()}{proof_note}; {saved_note}")
     return EXIT_OK
 
 
@@ -540,6 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=_checkpoint, metavar="HEIGHT:BLOCK_HASH",
                    help="fail unless block HEIGHT has this hash (hex), e.g. one you noted "
                    "from an earlier audit or got from another organisation")
+    p.add_argument("--state", type=Path, metavar="FILE",
+                   help="incremental audit: if FILE exists, check the chain still holds the "
+                   "blocks it records and verify only the new ones; then save what was "
+                   "verified to FILE (written atomically)")
     p.add_argument("--chunk", type=int, default=32, help=argparse.SUPPRESS)
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
