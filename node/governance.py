@@ -521,8 +521,17 @@ def _identity(args: argparse.Namespace) -> PrivateKey:
     return _read_identity(args)
 
 
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """A proposal file is not replaced unless ``--force``: it may hold approvals that took
+    a day to collect."""
+    if path.exists() and not force:
+        raise GovernanceError(f"{path} already exists (a proposal with its approvals?): "
+                              "choose another --out, or pass --force to replace it")
+
+
 def cmd_config_propose(args: argparse.Namespace) -> int:
     """``ledger config propose``: write a proposal for NEW.json and print the diff."""
+    refuse_overwrite(args.out, args.force)
     try:
         new_doc = json.loads(args.config.read_text())
     except (OSError, ValueError) as exc:
@@ -587,6 +596,7 @@ def cmd_config_submit(args: argparse.Namespace) -> int:
 def cmd_redact(args: argparse.Namespace) -> int:
     """``ledger redact``: write a redaction proposal (approved at once if --identity is an
     admin)."""
+    refuse_overwrite(args.out, args.force)
     try:
         ids = [hex_decode(r, "--record", 32) for r in args.record]
     except DecodeError as exc:
@@ -649,6 +659,8 @@ def add_commands(sub: Any, config_sub: Any) -> None:
     p.add_argument("--config", required=True, type=Path, metavar="NEW.json",
                    help="the new configuration, whole")
     p.add_argument("--out", required=True, type=Path, metavar="PROPOSAL.json")
+    p.add_argument("--force", action="store_true",
+                   help="replace PROPOSAL.json if it exists (its approvals are lost)")
     p.set_defaults(func=cmd_config_propose)
 
     p = config_sub.add_parser(
@@ -691,4 +703,6 @@ def add_commands(sub: Any, config_sub: Any) -> None:
                    help="record ids (hex) to redact")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why, kept on the chain")
     p.add_argument("--out", required=True, type=Path, metavar="PROPOSAL.json")
+    p.add_argument("--force", action="store_true",
+                   help="replace PROPOSAL.json if it exists (its approvals are lost)")
     p.set_defaults(func=cmd_redact)

@@ -253,3 +253,28 @@ def test_the_diff_shows_a_reordered_set_and_a_rotated_key() -> None:
     assert f"  + member acme/gateway ({NEWCOMER.public.hex()[:8]}): writer" in lines
     assert f"  - member acme/gateway ({FX.writer.public.hex()[:8]}): revoked" in lines
     assert not any(line.startswith("  = validators") for line in lines)
+
+
+@pytest.mark.parametrize("command", ["propose", "redact"])
+def test_an_existing_proposal_file_is_not_replaced_without_force(
+        tmp_path: Path, command: str) -> None:
+    """A proposal file may hold approvals collected over days: `propose` and `redact` refuse
+    to overwrite it (before asking any node), `--force` lets them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "proposal.json"
+    out.write_text('{"approvals": "collected"}')
+    args = (["config", "propose", "--config", str(tmp_path / "new.json")] if command == "propose"
+            else ["redact", "--identity", str(tmp_path / "k.pem"), "--record", "00" * 32,
+                  "--reason", "r"])
+    base = [sys.executable, "-m", "node.cli", *args, "--node", "http://127.0.0.1:9",
+            "--out", str(out)]
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(base, capture_output=True, text=True, timeout=60, cwd=root)
+    assert res.returncode != 0 and "already exists" in res.stderr, res.stderr
+    assert out.read_text() == '{"approvals": "collected"}'
+    forced = subprocess.run([*base, "--force"], capture_output=True, text=True, timeout=60,
+                            cwd=root)
+    assert "already exists" not in forced.stderr  # it went on (and failed later: no node)
+    assert out.read_text() == '{"approvals": "collected"}'
