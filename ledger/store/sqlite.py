@@ -251,6 +251,8 @@ class SqliteStore:
             self._init_meta(genesis_hash)
             self._load_tip()
             self._history: ConfigHistory | None = None
+            # every committed change, read once (GET /v1/config reads them per request)
+            self._changes: tuple[ConfigChange, ...] | None = None
             if config is not None:
                 try:
                     self._history = rebuild_history(config, self.config_changes())
@@ -268,14 +270,20 @@ class SqliteStore:
     def config_changes(self) -> list[ConfigChange]:
         """Every committed configuration change, oldest first (none in a store written
         before the table existed and opened read-only)."""
-        with self._reading() as db:  # like the other reads: never behind a COMMIT's fsync
-            try:
-                rows = db.execute("SELECT height, idx, change FROM config_changes "
-                                  "WHERE height <= ? ORDER BY height",
-                                  (self._height,)).fetchall()
-            except sqlite3.OperationalError:  # a read-only store from before the table
-                return []
-        return [ConfigChange(h, i, bytes(c)) for h, i, c in rows]
+        height, changes = self._height, self._changes
+        if changes is None:
+            with self._reading() as db:  # like the other reads: never behind a COMMIT's fsync
+                try:
+                    rows = db.execute("SELECT height, idx, change FROM config_changes "
+                                      "WHERE height <= ? ORDER BY height",
+                                      (height,)).fetchall()
+                except sqlite3.OperationalError:  # a read-only store from before the table
+                    return []
+            changes = tuple(ConfigChange(h, i, bytes(c)) for h, i, c in rows)
+            with self._lock:  # kept unless a block was appended meanwhile (append extends it)
+                if self._changes is None and self._height == height:
+                    self._changes = changes
+        return [c for c in changes if c.height <= height]
 
     # -- opening -----------------------------------------------------------------------
 
@@ -472,6 +480,8 @@ class SqliteStore:
             self._recent.apply(new_ids, merged, upto)
             if self._history is not None and new_config is not None:
                 self._history.append(h.height, new_config)
+            if change is not None and self._changes is not None:
+                self._changes = (*self._changes, change)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -116,6 +116,9 @@ def test_reopened_sqlite_store_rebuilds_the_history(tmp_path: Path) -> None:
         s.append(block)
         assert s.history is not None
         versions = [(start, c.version) for start, c in s.history]
+        # read once at open (none), then extended by each append that carries a change
+        assert [c.height for c in s.config_changes()] == [2, 4]
+        assert s.config_changes()[1] == block_change(block)
     with SqliteStore(path, genesis_hash=FX.genesis.hash, config=FX.genesis.config) as s:
         assert s.history is not None
         assert [(start, c.version) for start, c in s.history] == versions == [
