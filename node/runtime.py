@@ -89,6 +89,9 @@ MISBEHAVIOUR_LIMIT = 100.0
 MISBEHAVIOUR_DECAY_PER_S = 10.0
 MISBEHAVIOUR_BACKOFF_S = 30.0
 MALFORMED = MISBEHAVIOUR_LIMIT + 1  # one undecodable frame is enough
+# How long start() waits for the API to be listening before it logs that it serves.
+API_START_S = 10.0
+
 # Block serving, per peer: blocks and bytes per second (with bursts), one serve at a time,
 # at most SERVE_BATCH_BYTES read per serve, none while the link's queue is backed up.
 SERVE_BLOCKS_PER_S, SERVE_BLOCKS_BURST = 64.0, 64.0
@@ -925,6 +928,12 @@ class Node:
         if api:
             self._server = self.api_server()
             self._api = asyncio.create_task(self._server.serve(), name="api")
+            # "serving" only once it is: a port already in use ends the task (uvicorn logs
+            # the bind error and exits) before this line would claim otherwise
+            deadline = time.monotonic() + API_START_S
+            while (not self._server.started and not self._api.done()
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.01)
         cfg = self.config
         index = self.core.index
         log.info("node %s (%s) %s, peers on %s:%d", self.name,

@@ -472,3 +472,22 @@ def test_cluster_up_with_a_port_taken_says_so_in_one_line(tmp_path: Path, taken:
                              "is the cluster already running?\n")
     assert result.stdout == ""  # no node was started
     assert "Traceback" not in result.stderr
+
+
+def test_node_run_with_its_api_port_taken_never_claims_to_serve(tmp_path: Path) -> None:
+    """`ledger node run` on a taken API port: uvicorn's bind error, a non-zero exit, and no
+    "serving http://..." line before it (it used to log that before the bind failed)."""
+    import socket
+
+    from node.cluster import init_cluster
+    from tests.integration.cluster_util import free_base_port
+
+    base = free_base_port(1)
+    init_cluster(tmp_path, 1, base_port=base)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", base))
+        held.listen()
+        result = ledger("node", "run", str(tmp_path / "node0"))
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "address already in use" in result.stderr
+    assert "serving http" not in result.stdout + result.stderr
