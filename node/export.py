@@ -92,9 +92,10 @@ def _header(items: Iterator[Any], path: Path) -> bytes:
     return head[2]
 
 
-def _objects(f: BinaryIO, path: Path) -> Iterator[Any]:
+def _objects(f: BinaryIO, path: Path, unpacker: msgpack.Unpacker | None = None
+             ) -> Iterator[Any]:
     try:
-        yield from _unpacker(f)
+        yield from unpacker if unpacker is not None else _unpacker(f)
     except (ValueError, msgpack.UnpackException) as exc:
         raise BundleError(f"{path}: not valid msgpack ({exc})") from exc
 
@@ -108,12 +109,14 @@ class Bundle:
         self.path = Path(path)
         with open(self.path, "rb") as f:
             self.genesis_raw = _header(_objects(f, self.path), self.path)
+        self.end: tuple[int, bytes] = (0, b"")
 
     def _walk(self) -> Iterator[bytes]:
         """Yield each block's bytes; then check the end marker's count and that nothing
         follows it. Sets ``end`` to (count, tip hash)."""
         with open(self.path, "rb") as f:
-            items = _objects(f, self.path)
+            unpacker = _unpacker(f)
+            items = _objects(f, self.path, unpacker)
             _header(items, self.path)
             count = 0
             for obj in items:
@@ -133,7 +136,7 @@ class Bundle:
                     raise AuditError(min(count, obj[1]) + 1,
                                      f"{self.path}: the end marker counts {obj[1]} blocks, "
                                      f"the bundle holds {count}")
-                for _ in items:
+                if unpacker.tell() != os.fstat(f.fileno()).st_size:
                     raise AuditError(count + 1, f"{self.path}: data after the end marker")
                 self.end = (obj[1], obj[2])
                 return

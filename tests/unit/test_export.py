@@ -123,10 +123,12 @@ def test_damaged_bundle_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_trailing_bytes_that_are_not_msgpack_are_rejected(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, genesis = export(tmp_path)
-    with open(out, "ab") as f:
-        f.write(b"\xc1")  # never valid msgpack
-    assert audit(out, genesis) != 0
-    assert "msgpack" in capsys.readouterr().err
+    for junk in (b"\xc1", b"\x92"):  # never valid msgpack; an incomplete array
+        out.write_bytes(out.read_bytes() + junk)
+        assert audit(out, genesis) == 1
+        assert "data after the end marker" in capsys.readouterr().err
+        out.write_bytes(out.read_bytes()[:-1])
+    assert audit(out, genesis) == 0
 
 
 def test_wrong_genesis_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,3 +141,29 @@ def test_wrong_genesis_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     edited = tmp_path / "edited.json"
     edited.write_bytes(genesis.read_bytes() + b"\n")
     assert audit(out, edited) == 2
+
+
+def test_failed_export_leaves_no_file(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    SqliteStore(db, genesis_hash=FX.genesis.hash).close()
+    out = tmp_path / "x.bundle"
+    code = cli.main(["export", "--db", str(db), "--genesis", str(FX.write_genesis(tmp_path)),
+                     "--out", str(out), "-q"])
+    assert code == 2
+    assert list(tmp_path.glob("x.bundle*")) == []
+
+
+def test_db_export_needs_genesis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db, _ = chain(tmp_path, blocks=1)
+    assert cli.main(["export", "--db", str(db), "--out", str(tmp_path / "b"), "-q"]) == 2
+    assert "--db needs --genesis" in capsys.readouterr().err
+
+
+def test_bundle_cut_mid_object_is_truncated(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out, genesis = export(tmp_path)
+    data = out.read_bytes()
+    for cut in (5, 60):  # inside the end marker; inside the last block
+        out.write_bytes(data[:-cut])
+        assert audit(out, genesis) == 1
+        assert "truncated" in capsys.readouterr().err
