@@ -39,6 +39,7 @@ from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
+from node.export import Bundle, write_bundle
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -201,6 +202,52 @@ def _http_chunks(client: LedgerClient, tip: int, blocks_per_chunk: int,
             yield window.popleft().result()
 
 
+def _file_chunks(blocks: Iterator[bytes], blocks_per_chunk: int) -> Iterator[BytesChunk]:
+    """A bundle's blocks (heights 1.. in order) in chunks, read as the audit asks."""
+    start, chunk = 1, []
+    for data in blocks:
+        chunk.append(data)
+        if len(chunk) == blocks_per_chunk:
+            yield BytesChunk(start, list(chunk))
+            start, chunk = start + len(chunk), []
+    if chunk:
+        yield BytesChunk(start, list(chunk))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a chain as an export bundle (SPEC section 12), streamed, renamed into place."""
+    blocks: Iterator[bytes | None]
+    if args.db:
+        if args.genesis is None:
+            raise CommandError("--db needs --genesis G (the store keeps only its hash)")
+        genesis = Genesis.load(args.genesis)
+        store = SqliteStore(args.db, readonly=True)
+        if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
+            store.close()
+            raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
+        raw, tip = genesis.raw, store.height
+
+        def from_store() -> Iterator[bytes | None]:
+            try:
+                for height in range(1, tip + 1):
+                    yield store.block_bytes(height)
+            finally:
+                store.close()
+        blocks = from_store()
+    else:
+        client = LedgerClient(args.node, verify=_ca(args))
+        raw, tip = client.genesis(), client.status()["height"]
+        blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
+                  for data in chunk.blocks)
+    bar = _progress(tip, args.quiet)
+    try:
+        count, tip_hash = write_bundle(args.out, raw, blocks, on_block=lambda: bar.update(1))
+    finally:
+        bar.close()
+    print(f"ok: {count} blocks written to {args.out}; tip {tip_hash.hex()}")
+    return EXIT_OK
+
+
 def _checkpoint(text: str) -> tuple[int, bytes]:
     """Parse ``HEIGHT:BLOCK_HASH`` (argparse type)."""
     height, _, digest = text.partition(":")
@@ -345,6 +392,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.db}: {mismatch}")
         chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes[saved:])
         source = str(args.db)
+    elif args.file:
+        if state_path is not None:
+            raise CommandError("--state does not apply to --file (audit the bundle whole)")
+        bundle = Bundle(args.file)
+        if bundle.genesis_raw != genesis.raw:
+            raise CommandError(f"{args.file}: the bundle's genesis.json is not the bytes of "
+                               f"{args.genesis} (another chain or an edited genesis)")
+        try:
+            tip, bundle_tip = bundle.scan()
+        except AuditError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        differs = None
+        chunks = _file_chunks(bundle.blocks(), args.chunk)
+        source = str(args.file)
     else:
         client = LedgerClient(args.node, verify=_ca(args))
         status = client.status()
@@ -417,6 +479,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if checkpoint_error is not None:
         print(checkpoint_error, file=sys.stderr)
+        return EXIT_INVALID
+    if args.file and report.tip_hash != bundle_tip:
+        print(f"height {tip}: the bundle's end marker names tip {bundle_tip.hex()}, the "
+              f"last block's hash is {report.tip_hash.hex()}", file=sys.stderr)
         return EXIT_INVALID
     proof_note = ""
     if client is not None and loaded is not None:
@@ -674,6 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a node's API (reads only GET /v1/status and /v1/blocks/{h})")
     src.add_argument("--db", metavar="PATH", type=Path,
                      help="a node's SQLite store, read offline")
+    src.add_argument("--file", metavar="FILE", type=Path,
+                     help="an export bundle (ledger export); its genesis must be G's bytes")
     p.add_argument("--genesis", required=True, metavar="G", type=Path,
                    help="the chain's genesis.json")
     p.add_argument("--workers", type=int, default=0,
@@ -692,6 +760,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "export", help="write a whole chain to one bundle file",
+        description="Write genesis.json and every block's exact bytes as one export bundle "
+        "(SPEC section 12), streamed to FILE.tmp and renamed to FILE when complete. Check "
+        "it with `ledger audit --file FILE --genesis G`.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--node", metavar="URL", help="a node's API")
+    src.add_argument("--db", metavar="PATH", type=Path, help="a node's SQLite store")
+    p.add_argument("--genesis", metavar="G", type=Path,
+                   help="the chain's genesis.json (required with --db)")
+    p.add_argument("--out", required=True, metavar="FILE", type=Path, help="the bundle")
+    p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "verify", help="verify a record's receipt offline",
