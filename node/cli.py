@@ -40,6 +40,7 @@ from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
 from node.export import Bundle, write_bundle
+from node.files import write_durably
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -285,27 +286,6 @@ def _load_state(path: Path, genesis: Genesis) -> tuple[ChainVerifier, bytearray]
     return verifier, bytearray(hashes)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` so that a crash leaves the old file or the new one,
-    never a part: a temporary file beside it, fsync, rename over, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _first_difference(saved: bytes | bytearray, upto: int,
                       served_hash: Callable[[int], bytes | None]) -> int | None:
     """The first height in 1..upto whose served block hash is not the saved one (None if
@@ -502,7 +482,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if loaded is None or report.height > saved:  # nothing new: the saved state stands
         saved_note = f"state saved to {state_path}"
         try:
-            write_atomically(state_path, state_to_bytes(verifier, bytes(hashes)))
+            write_durably(state_path, state_to_bytes(verifier, bytes(hashes)))
         except OSError as exc:
             raise CommandError(f"{state_path}: cannot write the audit state ({exc})") from exc
     since = (f"since the saved audit at height {saved} (state loaded in {load_seconds:.2f} s)"

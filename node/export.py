@@ -21,6 +21,7 @@ import msgpack
 from ledger.blocks import Block
 from ledger.encoding import packb
 from ledger.errors import AuditError, LedgerError
+from node.files import durable_file
 
 MAGIC = "ledger-export"
 VERSION = 1
@@ -37,39 +38,26 @@ class BundleError(LedgerError):
 def write_bundle(out: Path, genesis_raw: bytes, blocks: Iterable[bytes | None],
                  on_block: Callable[[], None] | None = None) -> tuple[int, bytes]:
     """Write ``genesis_raw`` and ``blocks`` (heights 1.. in order) as a bundle to ``out``:
-    to ``out.tmp`` first, fsynced, then renamed over ``out``, so a crash or error leaves no
-    partial bundle under the final name. Returns (block count, tip block hash)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    to a temporary file first, fsynced, then renamed over ``out`` (``durable_file``), so a
+    crash or error leaves no partial bundle under the final name. Returns (block count, tip
+    block hash)."""
     count, tip = 0, b""
-    try:
-        with open(tmp, "wb") as f:
-            f.write(packb([MAGIC, VERSION, genesis_raw]))
-            for data in blocks:
-                if data is None:
-                    raise BundleError(f"block {count + 1} is missing at the source")
-                try:
-                    tip = Block.from_wire(data).header.hash
-                except LedgerError as exc:
-                    raise BundleError(f"block {count + 1} does not decode: {exc}") from exc
-                f.write(packb(data))
-                count += 1
-                if on_block is not None:
-                    on_block()
-            if count == 0:
-                raise BundleError("the chain has no blocks to export")
-            f.write(packb(["end", count, tip]))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with durable_file(Path(out)) as f:
+        f.write(packb([MAGIC, VERSION, genesis_raw]))
+        for data in blocks:
+            if data is None:
+                raise BundleError(f"block {count + 1} is missing at the source")
+            try:
+                tip = Block.from_wire(data).header.hash
+            except LedgerError as exc:
+                raise BundleError(f"block {count + 1} does not decode: {exc}") from exc
+            f.write(packb(data))
+            count += 1
+            if on_block is not None:
+                on_block()
+        if count == 0:
+            raise BundleError("the chain has no blocks to export")
+        f.write(packb(["end", count, tip]))
     return count, tip
 
 

@@ -16,11 +16,8 @@ never restated, so what the CLI accepts is what a node admits.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,6 +39,7 @@ from ledger.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PrivateKey, sha256
 from ledger.encoding import b64decode, b64encode, decode, hex_decode, packb
 from ledger.errors import DecodeError, LedgerError
 from ledger.genesis import Genesis
+from node.files import write_durably
 
 if TYPE_CHECKING:
     from node.client import LedgerClient
@@ -491,18 +489,7 @@ def read_proposal(path: Path) -> Proposal:
 
 def write_proposal(path: Path, proposal: Proposal) -> None:
     """Write ``proposal`` atomically: a reader never sees half a file."""
-    data = json.dumps(proposal.to_json(), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_durably(path, (json.dumps(proposal.to_json(), indent=2) + "\n").encode())
 
 
 # ---- the commands (wired into ``ledger`` by node/cli.py) ------------------------------------

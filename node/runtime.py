@@ -69,6 +69,7 @@ from ledger.records import Record
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig, parse_address
+from node.files import write_durably
 from node.follow import Follower
 from node.mempool import AdmitResult, Mempool
 from node.metrics import Metrics
@@ -288,21 +289,6 @@ def load_evidence(path: Path) -> EvidenceLog:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically: write a temp file, fsync it, rename, fsync the folder."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Node:
