@@ -31,6 +31,9 @@ problem+json ``type``) and a one-line human message::
     │   └── JoinInvalidError         join_invalid     joins are not one valid per new key
     ├── AuditError                   audit_failed     a chain fails its audit at a height
     ├── ReceiptError                 bad_receipt      a receipt does not prove its record
+    ├── LogProofError                bad_log_proof    a checkpoint or log proof does not hold
+    ├── WitnessError                 bad_cosignature  a witness cosignature does not hold
+    │                                (unknown_witness, witnesses_insufficient: see its doc)
     └── StoreError                   store            the block store failed
         └── CorruptStoreError        corrupt_store    the store's contents are inconsistent
 
@@ -39,6 +42,8 @@ errors ("a well-formed object breaks a rule"), as h11 does.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class LedgerError(Exception):
@@ -218,6 +223,26 @@ class LogProofError(LedgerError):
     that does not extend an earlier one."""
 
     code = "bad_log_proof"
+
+
+class WitnessError(LedgerError):
+    """A witness cosignature does not hold (SPEC section 11). ``code`` is ``bad_cosignature``
+    (malformed, or the signature does not verify), ``unknown_witness`` (the key is not a
+    witness of that height) or ``witnesses_insufficient`` (fewer than a verifier demands)."""
+
+    code = "bad_cosignature"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_witness_error, (str(self), self.code))
+
+
+def _witness_error(message: str, code: str) -> WitnessError:
+    return WitnessError(message, code=code)
 
 
 class StoreError(LedgerError):

@@ -39,6 +39,8 @@ class Fixture:
     outsider: PrivateKey
     #: Governance keys (``make_governed_fixture``): one admin per organisation org0, org1...
     admins: list[PrivateKey] = field(default_factory=list)
+    #: Witness keys (``make_fixture(witnesses=k)``): ``witness-i``, listed in genesis.
+    witnesses: list[PrivateKey] = field(default_factory=list)
 
     def write_genesis(self, directory: Path) -> Path:
         """Write genesis.json (its exact bytes) into ``directory``."""
@@ -47,8 +49,9 @@ class Fixture:
         return path
 
 
-def make_fixture(validators: int = 4, chain: str = CHAIN) -> Fixture:
-    """Four validators, a writer (any type) and an operator (sensor.reading only)."""
+def make_fixture(validators: int = 4, chain: str = CHAIN, witnesses: int = 0) -> Fixture:
+    """Four validators, a writer (any type) and an operator (sensor.reading only); with
+    ``witnesses``, that many witnesses (keys ``witness-i``) in genesis (SPEC section 11)."""
     vkeys = [seeded_key(f"validator-{i}") for i in range(validators)]
     writer, operator, outsider = (seeded_key(n) for n in ("writer", "operator", "outsider"))
     doc: dict[str, Any] = {
@@ -66,8 +69,13 @@ def make_fixture(validators: int = 4, chain: str = CHAIN) -> Fixture:
         ],
         "policies": {"sensor.reading": ["writer", "operator"], "*": ["writer"]},
     }
+    wkeys = [seeded_key(f"witness-{i}") for i in range(witnesses)]
+    if wkeys:
+        doc["witnesses"] = [{"name": f"witness{i}", "pubkey": k.public.hex()}
+                            for i, k in enumerate(wkeys)]
     raw = json.dumps(doc, indent=2).encode()
-    return Fixture(Genesis.from_bytes(raw), vkeys, writer, operator, outsider)
+    return Fixture(Genesis.from_bytes(raw), vkeys, writer, operator, outsider,
+                   witnesses=wkeys)
 
 
 def make_governed_fixture(validators: int = 4, orgs: int = 3,
