@@ -19,9 +19,9 @@ from ledger import merkle
 from ledger.blocks import Certificate, Header
 from ledger.config import Config
 from ledger.encoding import b64encode, hex_decode
-from ledger.errors import CorruptStoreError, LedgerError, LogProofError
+from ledger.errors import CorruptStoreError, LedgerError, LogProofError, WitnessError
 from ledger.genesis import Genesis
-from ledger.receipts import cert_json, certified_header, follow_config_proof
+from ledger.receipts import cert_json, certified_header, follow_config_proof, receipt_witnesses
 
 CHECKPOINT_KEYS = ("height", "header", "cert", "witnesses")
 LogNodes = Callable[[Iterable[merkle.NodeId]], Mapping[merkle.NodeId, bytes]]
@@ -79,6 +79,8 @@ class VerifiedCheckpoint:
     header: Header
     signers: tuple[int, ...]
     config: Config
+    #: how many distinct witnesses of ``config`` cosigned the header (SPEC section 11)
+    witnesses: int = 0
     #: the checkpoint as served (``GET /v1/log/checkpoint``'s JSON), e.g. to keep
     doc: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -111,10 +113,15 @@ def _int(doc: dict[str, Any], key: str, where: str) -> int:
 
 
 def verify_checkpoint(doc: dict[str, Any], steps: list[Any], genesis: Genesis,
-                      height: int | None = None) -> VerifiedCheckpoint:
+                      height: int | None = None, *, witnesses: int = 0) -> VerifiedCheckpoint:
     """Check a ``GET /v1/log/checkpoint`` answer: its header and certificate under the
     configuration in force at its height, reached from ``genesis`` by ``steps`` (``GET
-    /v1/config/proof?to_height=H``'s). ``height``, when given, is the height asked for."""
+    /v1/config/proof?to_height=H``'s). ``height``, when given, is the height asked for.
+    Every entry of its ``witnesses`` list must be a valid cosignature by a distinct witness
+    of that configuration (``ledger.witness.count_witnesses``); ``witnesses=k`` demands at
+    least ``k`` of them."""
+    if witnesses < 0:
+        raise ValueError("witnesses must not be negative")
     if not isinstance(doc, dict):
         raise LogProofError("checkpoint: expected a JSON object")
     at = _int(doc, "height", "checkpoint")
@@ -128,9 +135,12 @@ def verify_checkpoint(doc: dict[str, Any], steps: list[Any], genesis: Genesis,
         config = follow_config_proof(steps, genesis.chain_id, genesis, at, "config_proof")
         header, signers = certified_header(doc, "checkpoint", genesis.chain_id, genesis,
                                            config, at)
+        cosigned = receipt_witnesses(doc, witnesses, config, genesis, header, "checkpoint")
+    except WitnessError as exc:
+        raise LogProofError(f"checkpoint at height {at}: {exc}", code=exc.code) from exc
     except LedgerError as exc:
         raise LogProofError(f"checkpoint at height {at}: {exc}") from exc
-    return VerifiedCheckpoint(header, signers, config, doc)
+    return VerifiedCheckpoint(header, signers, config, cosigned or 0, doc)
 
 
 def _proof(doc: dict[str, Any], where: str) -> list[bytes]:

@@ -34,7 +34,7 @@ from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import parse_receipt, verify_receipt
+from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
 from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, NodeError, sign_record
@@ -498,16 +498,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- verify -------------------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a receipt offline against genesis."""
+    """Verify a receipt offline against genesis (and, when asked, its witnesses' cosignatures
+    and the checkpoints the verifier trusts)."""
     genesis = Genesis.load(args.genesis)
     try:
         data = Path(args.receipt).read_bytes()
     except OSError as exc:
         raise CommandError(f"{args.receipt}: cannot read ({exc.strerror})") from exc
     try:
-        result = verify_receipt(data, genesis)
+        result = verify_receipt(data, genesis, witnesses=args.witnesses,
+                                checkpoints=tuple(args.checkpoint or ()))
     except ReceiptError as exc:
-        mismatch = receipt_genesis_mismatch(data, genesis)
+        mismatch = receipt_genesis_mismatch(data, genesis) if exc.code == "bad_receipt" else None
         if mismatch:
             raise CommandError(f"{args.receipt}: {mismatch}") from exc
         print(f"invalid: {exc}", file=sys.stderr)
@@ -518,8 +520,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"to version {version}" if version else "")
     print(f"valid: record {result.record.id.hex()} is at height {result.header.height}, "
           f"index {result.index}, of chain {genesis.chain_id!r}; certified by {names}"
-          f"{followed}")
+          f"{followed}{_cosigned(result)}")
+    for point, where in result.checkpoints:
+        print(f"  trusted checkpoint {point.height}:{point.block_hash.hex()[:16]}… is "
+              + ("the receipt's own block: the record is in the trusted history"
+                 if where == "receipt" else
+                 f"{where}'s block: the configuration changes up to height {point.height} "
+                 f"are the trusted history's (later ones rest on the certificates)"))
     return EXIT_OK
+
+
+def _cosigned(result: VerifiedReceipt) -> str:
+    """``; cosigned by N of M witnesses`` (nothing for a receipt without a witnesses list)."""
+    if result.witnesses is None:
+        return ""
+    listed = len(result.config.witnesses) if result.config is not None else 0
+    return f"; cosigned by {result.witnesses} of {listed} witness{'es' if listed != 1 else ''}"
+
+
+def _witness_count(text: str) -> int:
+    """``--witnesses K``: a count >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _trusted_checkpoint(text: str) -> TrustedCheckpoint:
+    """``--checkpoint HEIGHT:BLOCK_HASH``."""
+    try:
+        return TrustedCheckpoint.parse(text)
+    except LedgerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- cluster, node, submit -------------------------------------------------------------
@@ -760,10 +795,21 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="verify a record's receipt offline",
         description="Verify a receipt (GET /v1/records/{id}/receipt) with nothing but "
         "genesis.json: the record's id and signature, its authorisation, its audit path to "
-        "the block's records_root, and the block's commit certificate. Exit 0 iff valid.")
+        "the block's records_root, the configuration changes below it (config_proof), the "
+        "block's commit certificate, and any witness cosignatures it lists. Exit 0 iff "
+        "valid. docs/audit.md says what --witnesses and --checkpoint guard against.")
     p.add_argument("receipt", metavar="RECEIPT.json", type=Path)
     p.add_argument("--genesis", required=True, metavar="G", type=Path,
                    help="the chain's genesis.json")
+    p.add_argument("--witnesses", type=_witness_count, default=0, metavar="K",
+                   help="require at least K distinct witnesses of the configuration governing "
+                   "the receipt's height to have cosigned its block (SPEC section 11); any "
+                   "bad cosignature listed fails whatever K")
+    p.add_argument("--checkpoint", type=_trusted_checkpoint, action="append",
+                   metavar="HEIGHT:BLOCK_HASH",
+                   help="a block you already trust (repeatable): the receipt's block, or a "
+                   "config_proof step's, at HEIGHT must be that block; a HEIGHT the receipt "
+                   "shows no header for cannot be checked offline and fails")
     p.set_defaults(func=cmd_verify)
 
     cluster = sub.add_parser("cluster", help="make and run a local cluster",
