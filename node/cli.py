@@ -532,10 +532,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _cosigned(result: VerifiedReceipt) -> str:
     """``; cosigned by N of M witnesses`` (nothing for a receipt without a witnesses list)."""
-    if result.witnesses is None:
+    from node.logcli import cosigned_by
+
+    if result.witnesses is None or result.config is None:
         return ""
-    listed = len(result.config.witnesses) if result.config is not None else 0
-    return f"; cosigned by {result.witnesses} of {listed} witness{'es' if listed != 1 else ''}"
+    return f"; {cosigned_by(result.witnesses, result.config)}"
 
 
 def _witness_count(text: str) -> int:

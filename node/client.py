@@ -41,6 +41,7 @@ from ledger.crypto import PrivateKey
 from ledger.encoding import loads_json, packb
 from ledger.errors import DecodeError, LedgerError, LogProofError
 from ledger.genesis import Genesis
+from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, verify_receipt
 from ledger.records import Record
 
 MSGPACK = "application/msgpack"
@@ -411,15 +412,21 @@ class _Protocol:
         call = Call("GET", "/v1/log/checkpoint", {} if height is None else {"height": height})
         return _json_object(call, _check(call, (yield call)), *checkpoints.CHECKPOINT_KEYS)
 
-    def _op_verified_checkpoint(self, genesis: Genesis,
-                                height: int | None) -> Operation[VerifiedCheckpoint]:
+    def _op_verified_checkpoint(self, genesis: Genesis, height: int | None,
+                                witnesses: int) -> Operation[VerifiedCheckpoint]:
         doc = yield from self._op_checkpoint(height)
         at = doc["height"]
         if type(at) is not int or at < 1:
             raise LogProofError("checkpoint: 'height' is not a positive integer")
         call = Call("GET", "/v1/config/proof", {"to_height": at})
         steps = _json_object(call, _check(call, (yield call)), "steps")["steps"]
-        return checkpoints.verify_checkpoint(doc, steps, genesis, height)
+        return checkpoints.verify_checkpoint(doc, steps, genesis, height, witnesses=witnesses)
+
+    def _op_verified_receipt(self, record_id: str, genesis: Genesis, witnesses: int,
+                             trusted: Sequence[TrustedCheckpoint]
+                             ) -> Operation[VerifiedReceipt]:
+        doc = yield from self._op_receipt(record_id)
+        return verify_receipt(doc, genesis, witnesses=witnesses, checkpoints=tuple(trusted))
 
     def _op_verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                              leaf: bytes) -> Operation[None]:
@@ -560,12 +567,22 @@ class LedgerClient(_Protocol):
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return self._run(self._op_checkpoint(height))
 
-    def verified_checkpoint(self, genesis: Genesis,
-                            height: int | None = None) -> VerifiedCheckpoint:
+    def verified_checkpoint(self, genesis: Genesis, height: int | None = None, *,
+                            witnesses: int = 0) -> VerifiedCheckpoint:
         """The checkpoint at ``height`` (default: the tip), its certificate verified under
         the configuration of its height, reached from ``genesis`` by ``GET
-        /v1/config/proof``; LogProofError if it does not verify."""
-        return self._run(self._op_verified_checkpoint(genesis, height))
+        /v1/config/proof``, and every witness cosignature it lists checked (``.witnesses``
+        counts them; ``witnesses=k`` demands k); LogProofError if it does not verify."""
+        return self._run(self._op_verified_checkpoint(genesis, height, witnesses))
+
+    def verified_receipt(self, record_id: str, genesis: Genesis, *, witnesses: int = 0,
+                         checkpoints: Sequence[TrustedCheckpoint] = ()) -> VerifiedReceipt:
+        """``GET /v1/records/{id}/receipt``, verified with ``genesis`` alone
+        (``ledger.receipts.verify_receipt``): ``witnesses=k`` demands k witness
+        cosignatures of its block, ``checkpoints`` blocks you already trust; ReceiptError
+        if it does not verify."""
+        return self._run(self._op_verified_receipt(record_id, genesis, witnesses,
+                                                   checkpoints))
 
     def verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                          leaf: bytes) -> None:
@@ -709,12 +726,23 @@ class AsyncLedgerClient(_Protocol):
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return await self._run(self._op_checkpoint(height))
 
-    async def verified_checkpoint(self, genesis: Genesis,
-                            height: int | None = None) -> VerifiedCheckpoint:
+    async def verified_checkpoint(self, genesis: Genesis, height: int | None = None, *,
+                                  witnesses: int = 0) -> VerifiedCheckpoint:
         """The checkpoint at ``height`` (default: the tip), its certificate verified under
         the configuration of its height, reached from ``genesis`` by ``GET
-        /v1/config/proof``; LogProofError if it does not verify."""
-        return await self._run(self._op_verified_checkpoint(genesis, height))
+        /v1/config/proof``, and every witness cosignature it lists checked (``.witnesses``
+        counts them; ``witnesses=k`` demands k); LogProofError if it does not verify."""
+        return await self._run(self._op_verified_checkpoint(genesis, height, witnesses))
+
+    async def verified_receipt(self, record_id: str, genesis: Genesis, *, witnesses: int = 0,
+                               checkpoints: Sequence[TrustedCheckpoint] = ()
+                               ) -> VerifiedReceipt:
+        """``GET /v1/records/{id}/receipt``, verified with ``genesis`` alone
+        (``ledger.receipts.verify_receipt``): ``witnesses=k`` demands k witness
+        cosignatures of its block, ``checkpoints`` blocks you already trust; ReceiptError
+        if it does not verify."""
+        return await self._run(self._op_verified_receipt(record_id, genesis, witnesses,
+                                                         checkpoints))
 
     async def verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                          leaf: bytes) -> None:
