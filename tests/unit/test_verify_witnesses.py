@@ -272,3 +272,43 @@ def test_cli_verify_witnesses_and_checkpoint(chain: tuple[MemoryStore, ChainBuil
     with pytest.raises(SystemExit):
         main(["verify", str(path), "--genesis", str(genesis), "--witnesses", "-1"])
     capsys.readouterr()
+
+
+def test_a_fork_that_omits_a_change_verifies_alone_but_not_with_witnesses_or_a_checkpoint(
+        chain: tuple[MemoryStore, ChainBuilder], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SPEC section 6's residual risk: validators sign a history without the change at
+    height 2 (here they are still the set in force; a set a change removed could do the
+    same with its retired keys). Its receipts verify with genesis alone; the honest
+    witnesses never cosigned it, and a checkpoint of the real chain names another block."""
+    from node.cli import main
+
+    _, real = chain
+    fork_store = MemoryStore(FX.genesis.hash)
+    fork = ChainBuilder(FX, fork_store, time_ms=real.time_ms + 10_000, nonce=500)
+    fork_store.append(real.blocks[0])
+    for _ in range(3):
+        fork.add(2)
+    assert fork_store.height == 4 and fork.blocks[-1].header.hash != real.blocks[3].header.hash
+    rec = fork.blocks[-1].records[0]
+    receipt = build_receipt(fork_store, rec.id, [])
+    assert receipt is not None
+    assert verify_receipt(receipt, FX.genesis).header.height == 4  # genesis alone: fooled
+    # the real height 4's cosignatures (by w3, w4) do not carry over to the fork's block,
+    # and the genesis witnesses w0..w2 (in force on the fork) cosigned nothing of it
+    real_receipt = receipt_at(chain, 4, [WITNESSES[3], WITNESSES[4]])
+    with pytest.raises(ReceiptError, match="is not a witness of height 4"):
+        verify_receipt({**receipt, "witnesses": real_receipt["witnesses"]}, FX.genesis)
+    with pytest.raises(ReceiptError, match="1 required"):
+        verify_receipt({**receipt, "witnesses": []}, FX.genesis, witnesses=1)
+    genesis = FX.write_genesis(tmp_path)
+    path = tmp_path / "fork.json"
+    path.write_text(json.dumps({**receipt, "witnesses": []}))
+    argv = ["verify", str(path), "--genesis", str(genesis)]
+    assert main(argv) == 0
+    assert main([*argv, "--witnesses", "1"]) == 1
+    real_four = real.blocks[3].header.hash.hex()
+    assert main([*argv, "--checkpoint", f"4:{real_four}"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("invalid: receipt: 0 witness cosignatures of height 4, 1 required")
+    assert err[1].startswith("invalid: receipt: block ") and err[1].endswith("another history")
