@@ -205,10 +205,74 @@
         ["not signed", vals.filter((v) => !signed.has(v.index)).map((v) => v.name).join(", ") || "—"],
         ["power", g ? `${power} of ${g.parsed.totalPower} (more than 2/3 needed)` : "load a genesis to see"],
       ]), el("div", { class: "actions" }, el("button", { type: "button", id: "verify-block",
-        onclick: (ev) => runBlockVerify(b.height, ev.target.closest("section").querySelector(".block-result")) },
+        onclick: async (ev) => {
+          await runBlockVerify(b.height, ev.target.closest("section").querySelector(".block-result"), b.witnesses);
+          if (Array.isArray(b.witnesses) && b.witnesses.length) showCosignatures(token, b); // now against the verified configuration
+        } },
       "Verify block in this browser")), el("div", { class: "block-result", id: "verify-result" })),
+      cosignatureCard(b),
       el("section", { class: "card" }, el("h2", {}, `Records (${b.records.length})`),
         b.records.length ? recordTable(b.records, false) : el("p", { class: "muted" }, "an empty block")));
+    if (Array.isArray(b.witnesses) && b.witnesses.length) showCosignatures(token, b);
+  }
+
+  // ---- witness cosignatures of a block (SPEC section 11) ----
+  // The card lists what the node says; showCosignatures then checks each signature in this
+  // browser over the block's own bytes, against the witnesses of the configuration governing
+  // the height: the verified one when the page has followed the chain that far (a block's
+  // Verify does), else the node's configuration list (GET /v1/config), and says which.
+  function cosignatureCard(b) {
+    const ws = b.witnesses;
+    const body = !Array.isArray(ws)
+      ? el("p", { class: "muted" }, "this node lists no witness cosignatures (it predates SPEC v1.1 witnesses)")
+      : !ws.length ? el("p", { class: "muted", id: "no-cosignatures" }, "no witness has cosigned this block (yet)")
+        : table(["witness", "public key", "signature"], ws.map((w, i) => el("tr", { "data-index": i, "data-pubkey": String(w.pubkey) },
+          el("td", { class: "witness-name" }, "…"), el("td", {}, code(short(String(w.pubkey)))),
+          el("td", {}, el("span", { class: "badge checking cosig-status" }, "checking…")))), { id: "cosignatures" });
+    return el("section", { class: "card", id: "witnesses" },
+      el("h2", {}, `Witness cosignatures (${Array.isArray(ws) ? ws.length : 0})`), body,
+      el("p", { class: "muted", id: "cosignature-source" }));
+  }
+  // The witnesses ([{name, pubkey}]) of the configuration governing `height`, and where they
+  // come from.
+  async function witnessesAt(height, g) {
+    const chain = state.chainCheck && state.chainCheck.genesis === g.parsed ? state.chainCheck : null;
+    if (chain && chain.state.height >= height) {
+      const c = L.configAt(chain.state, height);
+      return { witnesses: c.witnesses, source: `the witnesses of ${c.version ? `configuration version ${c.version}` : "genesis"}, verified from genesis in this browser` };
+    }
+    let { doc: c } = await api("/v1/config");
+    while (c.height > height && c.version > 0) c = (await api(`/v1/config?version=${c.version - 1}`)).doc;
+    if (c.version === 0) return { witnesses: g.parsed.witnesses, source: "the witnesses of genesis" };
+    return { witnesses: (c.config.witnesses || []).map((w) => ({ name: String(w.name), pubkey: String(w.pubkey) })),
+             source: `the witnesses of configuration version ${c.version} as this node lists it (Verify block checks it from genesis)` };
+  }
+  async function showCosignatures(token, b) {
+    const g = genesis(), src = $("cosignature-source");
+    const rows = [...document.querySelectorAll("#cosignatures tbody tr")];
+    const mark = (row, ok, text, title) => {
+      const badge = row.querySelector(".cosig-status");
+      badge.className = `badge cosig-status ${ok ? "verified" : "bad"}`;
+      badge.textContent = text;
+      if (title) badge.title = title;
+    };
+    try {
+      if (!g) throw new Error("no genesis: load your genesis.json to check cosignatures");
+      const [{ header, blockHash }, who] = await Promise.all([fetchBlockBytes(b.height).then(L.headerOf), witnessesAt(b.height, g)]);
+      const checked = await L.checkCosignatures(b.witnesses, who.witnesses, (await L.configOf(g.parsed)).genesisHash, header, blockHash, `block ${b.height}`);
+      if (token !== state.view) return;
+      for (const c of checked) {
+        const row = rows[c.index];
+        row.querySelector(".witness-name").textContent = c.name === null ? "not a witness of this height" : c.name;
+        mark(row, c.ok, c.ok ? "verified" : "bad", c.reason);
+      }
+      const good = checked.filter((c) => c.ok).length;
+      src.textContent = `${good} of ${checked.length} cosignatures verified in this browser (Ed25519 over ledger.witness.v1 of this block's bytes), against ${who.source}.`;
+    } catch (e) {
+      if (token !== state.view) return;
+      for (const row of rows) mark(row, false, "bad", e.message);
+      src.textContent = `cosignatures not checked: ${e.message}`;
+    }
   }
 
   function recordTable(records, withHeight) {
@@ -291,7 +355,8 @@
   }
   const inForce = (res) => (res.config && res.config.version ? `of configuration version ${res.config.version} (followed from genesis)` : "of genesis");
   const runVerify = (text, out) => runCheck(out, (g) => L.verifyReceipt(text, g),
-    (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators ${inForce(res)}.`);
+    (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators ${inForce(res)}` +
+      (res.witnesses === null || res.witnesses === undefined ? " (the receipt lists no witness cosignatures)." : `, cosigned by ${res.witnesses} witness${res.witnesses === 1 ? "" : "es"}.`));
   async function fetchBlockBytes(height) {
     const resp = await fetch(`/v1/blocks/${height}`, { headers: { Accept: "application/msgpack" } });
     if (!resp.ok) throw new Error(`GET /v1/blocks/${height}: ${resp.status}`);
@@ -299,7 +364,7 @@
   }
   // A block is checked under the configuration in force at its height: the chain is
   // followed from genesis (SPEC section 9) once, then from where it was left.
-  async function checkBlock(height, g) {
+  async function checkBlock(height, g, cosignatures) {
     let chain = state.chainCheck && state.chainCheck.genesis === g ? state.chainCheck : null;
     const steps = [];
     if (!chain || chain.state.height < height) {
@@ -311,11 +376,25 @@
       steps.push(...r.steps);
     }
     const config = L.configAt(chain.state, height);
-    const res = await L.verifyBlock(await fetchBlockBytes(height), config);
+    const bytes = await fetchBlockBytes(height);
+    const res = await L.verifyBlock(bytes, config);
+    if (res.ok && Array.isArray(cosignatures)) {
+      // SPEC section 11: every cosignature the node lists, by a witness of this height's
+      // configuration, over this block.
+      try {
+        const { header, blockHash } = await L.headerOf(bytes);
+        const n = (await L.countWitnesses(cosignatures, config.witnesses, config.genesisHash, header, blockHash, `block ${height}`)).length;
+        res.steps.push(`witness cosignatures: ${n} of the ${config.witnesses.length} witnesses of ${config.version ? `configuration version ${config.version}` : "genesis"} cosigned this block`);
+        res.witnesses = n;
+      } catch (e) {
+        if (!(e instanceof L.VerifyError)) throw e;
+        return { ok: false, steps: [...steps, ...res.steps], reason: e.message };
+      }
+    }
     return { ...res, steps: [...steps, ...res.steps], config: { version: config.version } };
   }
-  const runBlockVerify = (height, out) => runCheck(out, (g) => checkBlock(height, g),
-    (res) => `Block ${height} (${short(res.blockHash)}) is certified by the validators ${inForce(res)}.`);
+  const runBlockVerify = (height, out, cosignatures) => runCheck(out, (g) => checkBlock(height, g, cosignatures),
+    (res) => `Block ${height} (${short(res.blockHash)}) is certified by the validators ${inForce(res)}${res.witnesses === undefined ? "" : `, cosigned by ${res.witnesses} witness${res.witnesses === 1 ? "" : "es"}`}.`);
 
   function verifyView() {
     const input = el("textarea", { id: "receipt-input", placeholder: "paste a receipt (JSON) here", spellcheck: "false" });
