@@ -296,3 +296,26 @@ def test_the_endpoint_is_documented() -> None:
     body = post["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["required"]) == {"pubkey", "height", "block_hash", "sig"}
     assert json.dumps(body)  # serialisable
+
+
+@pytest.mark.asyncio
+async def test_the_sdk_posts_cosignatures() -> None:
+    from node.client import AsyncLedgerClient, NodeError
+
+    api = InProcessApi(FX)
+    chain(api, 2)
+    header = header_at(api.store, 2)
+    async with api.client() as http:
+        sdk = AsyncLedgerClient(BASE, http=http)
+        cosig = for_header(FX.witnesses[0], FX.genesis.hash, header)
+        assert (await sdk.post_cosignature(cosig))["stored"] is True
+        assert (await sdk.post_cosignature(cosig.to_json()))["stored"] is False
+        checkpoint = await sdk.checkpoint(2)
+        assert [w["pubkey"] for w in checkpoint["witnesses"]] == [cosig.pubkey.hex()]
+        with pytest.raises(NodeError) as split:
+            await sdk.post_cosignature(for_header(FX.witnesses[1], FX.genesis.hash,
+                                                  other_block(header)))
+        assert (split.value.status, split.value.problem_code) == (409, "split_view")
+        with pytest.raises(NodeError) as unknown:
+            await sdk.post_cosignature(for_header(seeded_key("x"), FX.genesis.hash, header))
+        assert (unknown.value.status, unknown.value.problem_code) == (400, "unknown_witness")
