@@ -174,7 +174,7 @@ def test_both_clients_have_the_same_methods_and_signatures() -> None:
                          "block_bytes", "history", "events", "config", "close",
                          "log_inclusion", "log_consistency", "checkpoint",
                          "verified_checkpoint", "verify_inclusion", "verify_consistency",
-                         "verified_receipt"}
+                         "verified_receipt", "post_cosignature"}
     assert hasattr(LedgerClient, "__enter__") and hasattr(AsyncLedgerClient, "__aenter__")
     for name, method in sync.items():
         twin = asyn[name]
