@@ -27,7 +27,13 @@ from ledger.encoding import b64decode
 from ledger.errors import WitnessError
 from ledger.receipts import build_receipt, verify_receipt
 from ledger.store.memory import MemoryStore
-from ledger.witness import cosign, count_witnesses, header_message, witnesses_json
+from ledger.witness import (
+    cosign,
+    count_witnesses,
+    for_header,
+    header_message,
+    witnesses_json,
+)
 from tests.browser.conftest import EXPLORER, new_page, screenshot
 from tests.factory import ChainBuilder, make_fixture
 from tests.inprocess import InProcessApi
@@ -175,10 +181,11 @@ def app() -> InProcessApi:
     return api
 
 
-def serve(page: Any, api: InProcessApi, cosigners: dict[int, list[PrivateKey]],
+def serve(page: Any, api: InProcessApi, cosigners: dict[int, list[PrivateKey]] | None,
           extra: dict[int, list[dict[str, str]]] | None = None) -> None:
     """Answer the page's requests from the app; block JSON views and receipts list the
-    cosignatures of ``cosigners[height]`` (+ ``extra[height]``)."""
+    cosignatures of ``cosigners[height]`` (+ ``extra[height]``), or with ``cosigners``
+    None what the node holds."""
     from starlette.testclient import TestClient
 
     client = TestClient(api.app, base_url=ORIGIN)
@@ -187,8 +194,8 @@ def serve(page: Any, api: InProcessApi, cosigners: dict[int, list[PrivateKey]],
         block = api.store.block(height)
         assert block is not None
         return witnesses_json((k.public, cosign(k, FX.genesis.hash, block.header))
-                              for k in cosigners.get(height, [])) + (extra or {}).get(height,
-                                                                                     [])
+                              for k in (cosigners or {}).get(height, [])) + (
+            extra or {}).get(height, [])
 
     def handle(route: Any) -> None:
         request = route.request
@@ -202,7 +209,7 @@ def serve(page: Any, api: InProcessApi, cosigners: dict[int, list[PrivateKey]],
                                        if k.lower() in ("accept", "content-type")})
         body = resp.content
         json_view = resp.headers.get("content-type", "").startswith("application/json")
-        if resp.status_code == 200 and json_view and (
+        if cosigners is not None and resp.status_code == 200 and json_view and (
                 path.startswith("/v1/blocks/") or path.endswith("/receipt")):
             doc = resp.json()
             doc["witnesses"] = listed(doc["height"])
@@ -290,3 +297,24 @@ def test_record_view_receipt_check_reports_cosignatures(app: InProcessApi,
                                        + "/receipt').then((r) => r.text())"))
     assert verify_receipt(receipt, FX.genesis, witnesses=3).witnesses == 3
     assert Header.from_wire(b64decode(receipt["header"], "h")) == block.header
+
+
+def test_block_view_shows_what_the_node_holds(page: Any) -> None:
+    """No injection: two witnesses post to the app, its block JSON lists them."""
+    api = InProcessApi(FX)
+    block = api.service.builder.block([api.record()])
+    api.service.append(block)
+    api.service.builder.blocks.append(block)
+    with api.sync_client() as http:
+        for key in (W[2], W[1]):
+            resp = http.post("/v1/log/cosignatures", json=for_header(
+                key, FX.genesis.hash, block.header).to_json())
+            assert resp.status_code == 200, resp.text
+    serve(page, api, None)
+    page.goto(f"{ORIGIN}/#/block/1")
+    page.get_by_role("heading", name="Witness cosignatures (2)").wait_for()
+    rows = page.locator("#cosignatures tbody tr")
+    expect(rows.nth(1).locator(".cosig-status")).to_have_text("verified")
+    assert sorted(rows.nth(i).locator(".witness-name").inner_text() for i in range(2)) == [
+        "witness1", "witness2"]
+    assert rows.nth(0).locator(".cosig-status").inner_text() == "verified"

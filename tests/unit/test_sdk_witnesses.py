@@ -22,7 +22,7 @@ from ledger.crypto import PrivateKey
 from ledger.encoding import b64decode
 from ledger.errors import LogProofError, ReceiptError
 from ledger.receipts import TrustedCheckpoint
-from ledger.witness import cosign, witnesses_json
+from ledger.witness import cosign, for_header, witnesses_json
 from node.client import LedgerClient
 from tests.factory import make_fixture
 from tests.inprocess import BASE, InProcessApi
@@ -153,3 +153,47 @@ def test_ledger_log_commands_take_witnesses(
     proxy.signers = [FX.witnesses[0], FX.outsider]
     code, _, err = run("checkpoint")  # a bad entry fails with K = 0 too
     assert code == 1 and "is not a witness of height 4" in err
+
+
+def test_against_the_node_holding_posted_cosignatures(tmp_path: Any,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """No proxy: witnesses post to the node (``POST /v1/log/cosignatures``), the node lists
+    what it kept, and the verifier counts it; ``ledger verify`` on the receipt as served."""
+    from node.cli import main
+
+    api = InProcessApi(FX)
+    service = api.service
+    for n in (2, 1):
+        block = service.builder.block([api.record() for _ in range(n)])
+        service.append(block)
+        service.builder.blocks.append(block)
+    tip = api.store.block(2)
+    assert tip is not None
+    rid = tip.records[0].id.hex()
+    with api.sync_client() as http:
+        client = LedgerClient(BASE, http=http)
+        assert client.verified_checkpoint(FX.genesis).witnesses == 0
+        for key in FX.witnesses[:2]:
+            assert client.post_cosignature(for_header(key, FX.genesis.hash, tip.header))[
+                "stored"] is True
+        point = client.verified_checkpoint(FX.genesis, witnesses=2)
+        assert (point.height, point.witnesses) == (2, 2)
+        with pytest.raises(LogProofError, match="2 witness cosignatures of height 2, 3 "
+                                                "required"):
+            client.verified_checkpoint(FX.genesis, witnesses=3)
+        assert client.verified_checkpoint(FX.genesis, 1).witnesses == 0
+        receipt = client.receipt(rid)
+        assert client.verified_receipt(rid, FX.genesis, witnesses=2, checkpoints=[
+            TrustedCheckpoint(2, tip.header.hash)]).witnesses == 2
+        assert len(client.block(2)["witnesses"]) == 2
+    genesis = FX.write_genesis(tmp_path)
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(receipt))
+    argv = ["verify", str(path), "--genesis", str(genesis)]
+    assert main([*argv, "--witnesses", "2", "--checkpoint", f"2:{tip.header.hash.hex()}"]) == 0
+    assert main([*argv, "--witnesses", "3"]) == 1
+    out, err = capsys.readouterr()
+    assert "; cosigned by 2 of 3 witnesses" in out
+    assert err == ("invalid: receipt: 2 witness cosignatures of height 2, 3 required (the "
+                   "configuration lists 3 witnesses)\n")
