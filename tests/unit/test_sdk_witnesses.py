@@ -128,7 +128,10 @@ def test_ledger_log_commands_take_witnesses(
     client, proxy = node
     client.close = lambda: None  # type: ignore[method-assign]  # reused across commands
     genesis = str(FX.write_genesis(tmp_path))
-    run = lambda *argv: _run(capsys, monkeypatch, client, genesis, *argv)  # noqa: E731
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        return _run(capsys, monkeypatch, client, genesis, *argv)
+
     code, out, err = run("checkpoint")
     assert code == 0 and err.rstrip().endswith("; cosigned by 0 of 3 witnesses"), err
     code, _, err = run("checkpoint", "--witnesses", "2")
