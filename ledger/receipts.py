@@ -125,7 +125,8 @@ class TrustedCheckpoint:
         try:
             return cls(int(height), hex_decode(block_hash.lower(), "block hash", 32))
         except LedgerError as exc:
-            raise ReceiptError(f"checkpoint {text!r}: {exc}") from exc
+            raise ReceiptError(f"checkpoint {text!r}: expected HEIGHT:BLOCK_HASH, the hash "
+                               f"64 hex characters ({exc})") from exc
 
     def __str__(self) -> str:
         return f"{self.height}:{self.block_hash.hex()}"

@@ -253,16 +253,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(text: str) -> tuple[int, bytes]:
-    """Parse ``HEIGHT:BLOCK_HASH`` (argparse type)."""
-    height, _, digest = text.partition(":")
-    try:
-        value = (int(height), hex_decode(digest, "block hash", 32))
-    except (ValueError, LedgerError) as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected HEIGHT:BLOCK_HASH (64 lowercase hex), got {text!r}") from exc
-    if value[0] < 1:
-        raise argparse.ArgumentTypeError("the checkpoint height must be at least 1")
-    return value
+    """Parse ``HEIGHT:BLOCK_HASH`` (argparse type; the one parser is
+    ``TrustedCheckpoint.parse``, as for ``ledger verify --checkpoint``)."""
+    point = _trusted_checkpoint(text)
+    return point.height, point.block_hash
 
 
 def _versions(report: AuditReport) -> str:
