@@ -225,7 +225,7 @@
     const ws = b.witnesses;
     const body = !Array.isArray(ws)
       ? el("p", { class: "muted" }, "this node lists no witness cosignatures (it predates SPEC v1.1 witnesses)")
-      : !ws.length ? el("p", { class: "muted", id: "no-cosignatures" }, "no witness has cosigned this block (yet)")
+      : !ws.length ? el("p", { class: "muted", id: "no-cosignatures" }, "no cosignature listed for this block (witnesses cosign a block after it commits; a chain may list no witnesses)")
         : table(["witness", "public key", "signature"], ws.map((w, i) => el("tr", { "data-index": i, "data-pubkey": String(w.pubkey) },
           el("td", { class: "witness-name" }, "…"), el("td", {}, code(short(String(w.pubkey)))),
           el("td", {}, el("span", { class: "badge checking cosig-status" }, "checking…")))), { id: "cosignatures" });
