@@ -108,9 +108,9 @@ class TrustedCheckpoint:
     header: the receipt's own height (then the record is proven in the trusted block, whatever
     the certificates: the guard against SPEC section 6's retired-key fork) or a
     ``config_proof`` step's (then that configuration change is the trusted chain's). For any
-    other height it proves nothing offline — a consistency proof between two log roots would
-    be needed (``ledger log consistency``) — so ``verify_receipt`` refuses it rather than
-    pass unchecked."""
+    other height it proves nothing offline — the record's inclusion in that checkpoint's log
+    would be needed (``ledger log prove --height H``) — so ``verify_receipt`` refuses it
+    rather than pass unchecked."""
 
     height: int
     block_hash: bytes
@@ -264,8 +264,8 @@ def _match_checkpoints(trusted: tuple[TrustedCheckpoint, ...], header: Header,
             heights = ", ".join(str(h) for h in sorted(shown))
             raise ReceiptError(
                 f"checkpoint at height {point.height} cannot be checked offline against this "
-                f"receipt: it shows the headers of heights {heights} only (a later or "
-                f"earlier checkpoint needs a consistency proof: ledger log consistency)",
+                f"receipt: it shows the headers of heights {heights} only (against another "
+                f"height, prove the record online: ledger log prove --height H)",
                 code="checkpoint_unprovable")
         where, block_hash = shown[point.height]
         if block_hash != point.block_hash:
