@@ -316,6 +316,8 @@ def judge_cosignature(node: NodeService, chunks: list[bytes]) -> tuple[Cosignatu
     except WitnessError as exc:
         raise Problem(400, exc.code, str(exc)) from exc
     if holds:
+        if any(pk == cosig.pubkey for pk, _ in node.store.cosignatures(cosig.height)):
+            return cosig, False  # a replay (they are public): no write for it
         return cosig, node.store.add_cosignature(cosig.height, cosig.pubkey, cosig.sig)
     kept = node.store.add_split_view(split_view_json(cosig, header.hash))
     if kept:

@@ -145,6 +145,9 @@ async def test_refused_cosignatures_are_400_and_never_stored() -> None:
         ({**good, "height": 0}, "bad_cosignature"),
         ({k: v for k, v in good.items() if k != "sig"}, "bad_cosignature"),
         ({**good, "log_root": None}, "bad_cosignature"),
+        # beyond msgpack's integers: refused, never a 500 when the message is built
+        ({**good, "block_hash": "ab" * 32, "log_size": 2**70}, "bad_cosignature"),
+        ({**good, "height": 2**64}, "bad_cosignature"),
         ([good], "malformed"),
     ]
     async with api.client() as http:
@@ -164,7 +167,7 @@ async def test_refused_cosignatures_are_400_and_never_stored() -> None:
     assert api.store.split_views() == []
     assert status["split_views"] == [] and status["split_view_count"] == 0
     assert 'ledger_cosignatures_total{result="unknown_witness"} 2' in metrics
-    assert 'ledger_cosignatures_total{result="bad_cosignature"} 9' in metrics
+    assert 'ledger_cosignatures_total{result="bad_cosignature"} 11' in metrics
     assert 'ledger_cosignatures_total{result="malformed"} 5' in metrics
 
 
