@@ -6,6 +6,7 @@ over a MemoryStore (tests/inprocess.py), blocks appended between requests."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -357,3 +358,49 @@ def test_an_empty_chain_is_an_empty_page() -> None:
                                            "checkpoint": {"height": 0, "log_size": 0}}
         resp = http.get(f"/v1/subjects/{S}/history", params={"at_height": 1})
         assert resp.status_code == 400 and resp.json()["code"] == "invalid_parameter"
+
+
+# -- the CLI: ledger history ---------------------------------------------------------------------
+
+@pytest.fixture
+def cli(http: TestClient, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``ledger history`` in-process over the app; returns (exit code, stdout, stderr)."""
+    import node.historycli
+    from node.cli import main
+
+    monkeypatch.setattr(node.historycli, "LedgerClient",
+                        lambda url, verify: LedgerClient(url, http=http))
+
+    def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        code = main(["history", "--node", "http://127.0.0.1", "--subject", S, *argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_cli_lists_verifies_and_catches_a_lying_node(
+        cli: Any, chain: Chain, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = cli(capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 100 and err == f"100 records of {S!r}\n"
+    assert lines[0].startswith("1:0  log 0  ts ") and chain.ids[0] in lines[0]
+    code, out, _ = cli(capsys, "--order", "desc", "--json", "--since", str(T0 + 19000))
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [d["id"] for d in docs] == chain.ids[90:][::-1]
+    genesis = str(FX.write_genesis(tmp_path))
+    code, out, err = cli(capsys, "--verify", "--genesis", genesis, "--until",
+                         rfc3339(T0 + 2000), "--page-size", "3")
+    assert code == 0 and len(out.splitlines()) == 10, err
+    assert err.startswith(f"valid: 10 records of {S!r}, each proved in the log of 140 "
+                          "records of the checkpoint at height 20")
+    real = chain.api.store.log_nodes  # a node whose stored log is not the signed one
+    monkeypatch.setattr(chain.api.store, "log_nodes",
+                        lambda ids: {k: bytes(32) for k in real(ids)})
+    code, out, err = cli(capsys, "--verify", "--genesis", genesis)
+    assert code == 1 and out == "" and err.startswith("invalid: inclusion of log leaf 0 ")
+    code, _, err = cli(capsys, "--verify")
+    assert code == 2 and "--genesis" in err
+    code, _, err = cli(capsys, "--since", "soon")
+    assert code == 2 and "invalid_parameter" in err
