@@ -32,7 +32,9 @@ class Served:
     the server's own loop commits it) and returns its id."""
 
     def __init__(self, api: InProcessApi, base: str) -> None:
-        self.api, self.base, self.ids, self.times = api, base, [], []
+        self.api, self.base = api, base
+        self.ids: list[str] = []
+        self.times: list[int] = []
 
     def add(self, value: float) -> str:
         record = self.api.record(key=FX.operator, subject=S, payload={"value": value})
