@@ -30,8 +30,8 @@ from ledger import merkle
 from ledger.blocks import Header
 from ledger.encoding import b64decode
 from ledger.store import SqliteStore
-from node.apidoc import limits
 from node.api import create_app
+from node.apidoc import limits
 from node.service import LocalService
 from tests.bench.audit_bench import ROOT
 from tests.factory import ChainBuilder, make_fixture
