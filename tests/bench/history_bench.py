@@ -74,7 +74,9 @@ def main() -> None:
         service = LocalService(fx.genesis, store, name="bench", index=0)
         app = create_app(service, limits())
         n, tip = store.log.size, store.height
-        first = Header.from_wire((store.header_cert(1) or ("", ""))[0]).time_ms
+        stored = store.header_cert(1)
+        assert stored is not None, "an empty store"
+        first = Header.from_wire(stored[0]).time_ms
         statements: list[str] = []
         store._db.set_trace_callback(statements.append)  # a read-only store reads through it
         rng = random.Random(14)
