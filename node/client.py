@@ -493,12 +493,16 @@ class _Protocol:
         return answer.content
 
     def _op_history(self, subject: str, order: Literal["asc", "desc"], after: int | None,
-                    before: int | None, limit: int) -> Operation[dict[str, Any]]:
+                    before: int | None, limit: int, since: int | str | None = None,
+                    until: int | str | None = None, at_height: int | None = None,
+                    proof: bool = False) -> Operation[dict[str, Any]]:
         params: dict[str, str | int] = {"order": order, "limit": limit}
-        if after is not None:
-            params["after"] = after
-        if before is not None:
-            params["before"] = before
+        for name, value in (("after", after), ("before", before), ("since", since),
+                            ("until", until), ("at_height", at_height)):
+            if value is not None:
+                params[name] = value
+        if proof:
+            params["proof"] = "true"
         # quoted whole, as the explorer's encodeURIComponent: '#', '?', '%' are subject bytes
         call = Call("GET", f"/v1/subjects/{quote(subject, safe='')}/history", params)
         doc = _json_object(call, _check(call, (yield call)), "records", "next")
@@ -665,10 +669,16 @@ class LedgerClient(_Protocol):
 
     def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
                 after: int | None = None, before: int | None = None,
-                limit: int = 100) -> dict[str, Any]:
+                limit: int = 100, since: int | str | None = None,
+                until: int | str | None = None, at_height: int | None = None,
+                proof: bool = False) -> dict[str, Any]:
         """One page of a subject's committed records, oldest first (``order="desc"``: newest
-        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
-        return self._run(self._op_history(subject, order, after, before, limit))
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first).
+        ``since``/``until``: a block-time range; ``at_height``: read at that block;
+        ``proof``: each record's inclusion proof, unverified (``subject_history`` walks
+        every page and verifies them)."""
+        return self._run(self._op_history(subject, order, after, before, limit, since, until,
+                                          at_height, proof))
 
     def subject_history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
                         since: int | str | None = None, until: int | str | None = None,
@@ -831,10 +841,16 @@ class AsyncLedgerClient(_Protocol):
 
     async def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
                       after: int | None = None, before: int | None = None,
-                      limit: int = 100) -> dict[str, Any]:
+                      limit: int = 100, since: int | str | None = None,
+                      until: int | str | None = None, at_height: int | None = None,
+                      proof: bool = False) -> dict[str, Any]:
         """One page of a subject's committed records, oldest first (``order="desc"``: newest
-        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
-        return await self._run(self._op_history(subject, order, after, before, limit))
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first).
+        ``since``/``until``: a block-time range; ``at_height``: read at that block;
+        ``proof``: each record's inclusion proof, unverified (``subject_history`` walks
+        every page and verifies them)."""
+        return await self._run(self._op_history(subject, order, after, before, limit, since,
+                                                until, at_height, proof))
 
     async def subject_history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
                               since: int | str | None = None, until: int | str | None = None,

@@ -404,3 +404,12 @@ def test_cli_lists_verifies_and_catches_a_lying_node(
     assert code == 2 and "--genesis" in err
     code, _, err = cli(capsys, "--since", "soon")
     assert code == 2 and "invalid_parameter" in err
+
+
+def test_sdk_single_page_passes_the_new_parameters(http: TestClient, chain: Chain) -> None:
+    client = LedgerClient("http://127.0.0.1", http=http)
+    page = client.history(S, order="desc", since=T0 + 2000, until=rfc3339(T0 + 3000),
+                          at_height=10, proof=True, limit=4)
+    assert [r["id"] for r in page["records"]] == block_ids(chain, 2, 3)[::-1][:4]
+    assert page["checkpoint"] == {"height": 10, "log_size": 70}
+    assert all(isinstance(r["proof"], list) for r in page["records"])
