@@ -291,12 +291,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME_MS = 2**63 - 1  # a header's time_ms is an unsigned 63-bit count (ledger.blocks)
 
 
-def parse_time_ms(name: str, text: str, *, upper: bool) -> int:
-    """``since``/``until``: milliseconds since the Unix epoch, or an RFC 3339 date-time with
-    its offset (``2026-11-30T08:00:00Z``); a fraction below a millisecond rounds inwards
-    (``upper``: down, else up), so the range never takes in a block outside it."""
+def parse_time_us(name: str, text: str) -> int:
+    """``since``/``until`` in microseconds since the Unix epoch: given as milliseconds, or
+    as an RFC 3339 date-time with its offset (``2026-11-30T08:00:00Z``)."""
     if DIGITS.fullmatch(text):
-        return int(text)
+        return int(text) * 1000
     if not RFC3339.fullmatch(text):
         raise Problem(400, "invalid_parameter",
                       f"`{name}` must be milliseconds since the epoch or an RFC 3339 "
@@ -306,10 +305,21 @@ def parse_time_ms(name: str, text: str, *, upper: bool) -> int:
     except ValueError as exc:
         raise Problem(400, "invalid_parameter", f"`{name}`: {exc}") from exc
     micros = (moment - EPOCH) // timedelta(microseconds=1)
-    ms = micros // 1000 if upper else -(-micros // 1000)
-    if not 0 <= ms <= MAX_TIME_MS:
+    if not 0 <= micros <= MAX_TIME_MS * 1000:
         raise Problem(400, "invalid_parameter", f"`{name}` is before 1970 or too far ahead")
-    return ms
+    return micros
+
+
+def time_range_ms(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """The block-time range ``[since, until]`` in whole milliseconds (block times are): a
+    fraction rounds inwards, so the range never takes in a block outside it. 400 when it
+    ends before it starts."""
+    t0 = None if since is None else parse_time_us("since", since)
+    t1 = None if until is None else parse_time_us("until", until)
+    if t0 is not None and t1 is not None and t0 > t1:
+        raise Problem(400, "invalid_parameter",
+                      f"`since` ({since}) is after `until` ({until})")
+    return (None if t0 is None else -(-t0 // 1000)), (None if t1 is None else t1 // 1000)
 
 
 class HeaderReader:
@@ -1157,10 +1167,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             raise Problem(400, "invalid_parameter", "`before` pages `order=desc`; use `after`")
         if order == "desc" and after is not None:
             raise Problem(400, "invalid_parameter", "`after` pages `order=asc`; use `before`")
-        t0 = None if since is None else parse_time_ms("since", since, upper=False)
-        t1 = None if until is None else parse_time_ms("until", until, upper=True)
-        if t0 is not None and t1 is not None and t0 > t1:
-            raise Problem(400, "invalid_parameter", f"`since` ({t0}) is after `until` ({t1})")
+        t0, t1 = time_range_ms(since, until)
         tip = node.store.height
         pinned = (parse_count("at_height", at_height, 1, max(tip, 1), "the tip")
                   if at_height is not None else None)

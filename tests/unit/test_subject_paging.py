@@ -413,3 +413,9 @@ def test_sdk_single_page_passes_the_new_parameters(http: TestClient, chain: Chai
     assert [r["id"] for r in page["records"]] == block_ids(chain, 2, 3)[::-1][:4]
     assert page["checkpoint"] == {"height": 10, "log_size": 70}
     assert all(isinstance(r["proof"], list) for r in page["records"])
+
+
+def test_a_sub_millisecond_range_is_empty_not_an_error(http: TestClient) -> None:
+    at = datetime.fromtimestamp((T0 + 4000) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert walk(http, since=at + ".0005Z", until=at + ".0005Z") == []
+    assert walk(http, since=at + ".000Z", until=at + ".0009Z") != []
