@@ -419,3 +419,25 @@ def test_a_sub_millisecond_range_is_empty_not_an_error(http: TestClient) -> None
     at = datetime.fromtimestamp((T0 + 4000) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     assert walk(http, since=at + ".0005Z", until=at + ".0005Z") == []
     assert walk(http, since=at + ".000Z", until=at + ".0009Z") != []
+
+
+def test_batched_proofs_equal_single_ones_in_one_read(chain: Chain) -> None:
+    """``log_inclusions`` answers what ``log_inclusion`` does for each leaf, in one call of
+    the store's ``log_nodes`` reading each node once."""
+    store = chain.api.store
+    calls: list[int] = []
+
+    def counted(ids: Any) -> Any:
+        ids = list(ids)
+        assert len(ids) == len(set(ids))
+        calls.append(len(ids))
+        return store.log_nodes(ids)
+
+    size = store.log.size
+    leaves = [0, 1, 2, 50, 51, 99, size - 1]
+    paths = checkpoints.log_inclusions(counted, leaves, size)
+    assert len(calls) == 1
+    singles = [checkpoints.log_inclusion(store.log_nodes, i, size)["proof"] for i in leaves]
+    assert paths == singles
+    assert calls[0] < sum(len(p) for p in singles)  # shared upper levels read once
+    assert checkpoints.log_inclusions(counted, [], size) == []
