@@ -53,7 +53,8 @@ def walk(http: TestClient, order: str, limit: int) -> tuple[list[str], int]:
         resp = http.get(f"/v1/subjects/{SUBJECT}/history", params=params)
         assert resp.status_code == 200, resp.text
         doc = resp.json()
-        assert set(doc) == {"subject", "records", "next", "checkpoint"} and doc["subject"] == SUBJECT
+        assert set(doc) == {"subject", "records", "next", "checkpoint"}
+        assert doc["subject"] == SUBJECT
         ids += [r["id"] for r in doc["records"]]
         if doc["next"] is None:
             return ids, pages
