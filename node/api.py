@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -38,7 +39,7 @@ from ledger import encoding
 from ledger.blocks import BlockShell, Header
 from ledger.config import ConfigHistory, decode_change
 from ledger.encoding import b64decode, b64encode, loads_json
-from ledger.errors import DecodeError, LedgerError, TooLargeError, WitnessError
+from ledger.errors import CorruptStoreError, DecodeError, LedgerError, TooLargeError, WitnessError
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt, config_steps
 from ledger.records import Record
@@ -52,7 +53,6 @@ from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
 
 if TYPE_CHECKING:
-    from ledger.store import RecordLocation
     from ledger.store.base import BlockStore
 
 MSGPACK = "application/msgpack"
@@ -61,6 +61,7 @@ MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait 
 REPLAY_BATCH = 16  # past blocks read per worker job of a replay
 HISTORY_SLICE = 64  # records read from the store at a time for a history page
 HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page early
+HISTORY_PROOF_PAGE = 100  # records at most in a history page with proof=true
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
@@ -70,6 +71,9 @@ COSIGNATURE_BODY_MAX = 4096  # a cosignature body is ~400 bytes
 BODY_LIMITS = {COSIGNATURES: COSIGNATURE_BODY_MAX}
 SPLIT_VIEWS_SHOWN = 20  # split-view evidence entries in /v1/status (the newest)
 DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
+# RFC 3339 section 5.6 date-time (ASCII digits, an offset required; "T" or a space)
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+                     r"(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 # a query parameter read as text (parse_count) but documented as the integer it must be
 INTEGER: dict[str, Any] = {"type": "integer", "minimum": 0}
 log = logging.getLogger("ledger.api")
@@ -365,6 +369,98 @@ def parse_count(name: str, text: str, low: int, high: int, bound: str) -> int:
         raise Problem(400, "invalid_parameter",
                       f"`{name}` must be at most {bound} ({high}), got {value}")
     return value
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME_MS = 2**63 - 1  # a header's time_ms is an unsigned 63-bit count (ledger.blocks)
+
+
+def parse_time_us(name: str, text: str) -> int:
+    """``since``/``until`` in microseconds since the Unix epoch: given as milliseconds, or
+    as an RFC 3339 date-time with its offset (``2026-11-30T08:00:00Z``)."""
+    if DIGITS.fullmatch(text):
+        return int(text) * 1000
+    if not RFC3339.fullmatch(text):
+        raise Problem(400, "invalid_parameter",
+                      f"`{name}` must be milliseconds since the epoch or an RFC 3339 "
+                      f"date-time with an offset, got {text[:40]!r}")
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError as exc:
+        raise Problem(400, "invalid_parameter", f"`{name}`: {exc}") from exc
+    micros = (moment - EPOCH) // timedelta(microseconds=1)
+    if not 0 <= micros <= MAX_TIME_MS * 1000:
+        raise Problem(400, "invalid_parameter", f"`{name}` is before 1970 or too far ahead")
+    return micros
+
+
+def time_range_ms(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """The block-time range ``[since, until]`` in whole milliseconds (block times are): a
+    fraction rounds inwards, so the range never takes in a block outside it. 400 when it
+    ends before it starts."""
+    t0 = None if since is None else parse_time_us("since", since)
+    t1 = None if until is None else parse_time_us("until", until)
+    if t0 is not None and t1 is not None and t0 > t1:
+        raise Problem(400, "invalid_parameter",
+                      f"`since` ({since}) is after `until` ({until})")
+    return (None if t0 is None else -(-t0 // 1000)), (None if t1 is None else t1 // 1000)
+
+
+class HeaderReader:
+    """Block headers by height for one history page (each read once), and the log-index
+    range of a block-time range.
+
+    Block times strictly increase along the chain: ``ledger.validation.check_extends``, the
+    one rule every store applies, refuses a block whose ``time_ms`` is not after its
+    predecessor's. So the blocks of a time range are a run of heights, found by binary
+    search, and their records a run of log indexes (a block's first is ``log_size -
+    record_count``): O(log height) one-row reads, never a scan."""
+
+    def __init__(self, node: NodeService) -> None:
+        self.store = node.store
+        self.read: dict[int, Header] = {}
+
+    def header(self, height: int) -> Header:
+        """The header at ``height`` (at most the tip)."""
+        found = self.read.get(height)
+        if found is None:
+            stored = self.store.header_cert(height)
+            if stored is None:
+                raise CorruptStoreError(f"no stored header below the tip, at {height}", height)
+            found = self.read[height] = Header.from_wire(stored[0])
+        return found
+
+    def log_size(self, height: int) -> int:
+        """Records in the log up to and including block ``height`` (0 for none)."""
+        return self.header(height).log_size if height else 0
+
+    def first_seq(self, height: int) -> int:
+        """The log index of block ``height``'s first record."""
+        header = self.header(height)
+        return header.log_size - header.record_count
+
+    def first_height(self, height: int, after: Callable[[Header], bool]) -> int:
+        """The lowest height in ``[1, height]`` whose header is ``after`` (which must hold
+        from some height on), ``height + 1`` if none is."""
+        low, high = 1, height + 1
+        while low < high:
+            mid = (low + high) // 2
+            if after(self.header(mid)):
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
+    def seq_range(self, height: int, since: int | None, until: int | None) -> tuple[int, int]:
+        """``[low, high)``: the log indexes of the records of blocks ``1..height`` whose time
+        is within ``[since, until]`` (each bound optional)."""
+        low, high = 0, self.log_size(height)
+        if since is not None:
+            h = self.first_height(height, lambda hd: hd.time_ms >= since)
+            low = high if h > height else self.first_seq(h)
+        if until is not None:
+            high = self.log_size(self.first_height(height, lambda hd: hd.time_ms > until) - 1)
+        return low, high
 
 
 def parse_last_event_id(text: str) -> int | None:
@@ -1163,12 +1259,16 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
 
     @app.get("/v1/subjects/{subject:path}/history", responses={
         **ok("one page of records, oldest first (`order=desc`: newest first): up to `limit`, "
-             "fewer when they hold over 4 MiB of envelopes; `next` is the cursor for the "
+             "fewer when they hold over 4 MiB of envelopes; each with its `log_index` (and "
+             "with `proof=true` its RFC 9162 `proof`); `next` is the cursor for the "
              "following page (`after=next`, or `before=next` with `order=desc`), null on the "
-             "last page"),
+             "last page; `checkpoint` `{height, log_size}` is the block the page was read "
+             "at (the tip, or `at_height`): records with `log_index >= log_size` are not in "
+             "it, and proofs are against its log root"),
         **problems((400, "invalid_parameter",
-                    "`after`, `before`, `limit` or `order` out of range, or a cursor that "
-                    "does not go with `order` (`after` with `desc`, `before` with `asc`)"),
+                    "`after`, `before`, `limit`, `order`, `since`, `until`, `at_height` or "
+                    "`proof` out of range or not parsed, `since` after `until`, or a cursor "
+                    "that does not go with `order` (`after` with `desc`, `before` with `asc`)"),
                    *LIMITED)})
     async def history(subject: str,
                       order: Literal["asc", "desc"] = Query(
@@ -1182,41 +1282,86 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                           None, ge=0, le=2**62,
                           description="`order=desc`: records before this log index "
                                       "(the previous page's `next`)"),
-                      limit: int = Query(100, ge=1, le=1000)) -> Response:
-        """Committed records of one subject, oldest first or (``order=desc``) newest first.
+                      limit: int = Query(100, ge=1, le=1000, description=(
+                          f"records per page, 1-1000 (at most {HISTORY_PROOF_PAGE} with "
+                          "`proof=true`: a larger limit is cut to it)")),
+                      since: str | None = Query(None, description=(
+                          "only records of blocks whose time (`header.time_ms`) is at or "
+                          "after this: milliseconds since the Unix epoch, or an RFC 3339 "
+                          "date-time with an offset (`2026-11-30T08:00:00Z`)")),
+                      until: str | None = Query(None, description=(
+                          "only records of blocks whose time is at or before this (same "
+                          "forms as `since`; `since <= until`)")),
+                      at_height: str | None = Query(None, json_schema_extra=INTEGER,
+                                                    description=(
+                          "read the history as of this block, `1 <= at_height <=` the tip "
+                          "(default: the tip): pass the first page's `checkpoint.height` to "
+                          "keep every page of a walk, and its proofs, at one block")),
+                      proof: bool = Query(False, description=(
+                          "add each record's RFC 9162 inclusion `proof` (hex hashes) in the "
+                          "log of `checkpoint.log_size` records; verify it against `GET "
+                          "/v1/log/checkpoint?height=` of `checkpoint.height`")),
+                      ) -> Response:
+        """Committed records of one subject, oldest first or (``order=desc``) newest first,
+        optionally within a block-time range and with an inclusion proof per record.
 
         Page on with ``after=next``, or ``before=next`` when newest first."""
         if order == "asc" and before is not None:
             raise Problem(400, "invalid_parameter", "`before` pages `order=desc`; use `after`")
         if order == "desc" and after is not None:
             raise Problem(400, "invalid_parameter", "`after` pages `order=asc`; use `before`")
+        t0, t1 = time_range_ms(since, until)
+        tip = node.store.height
+        pinned = (parse_count("at_height", at_height, 1, max(tip, 1), "the tip")
+                  if at_height is not None else None)
+        if pinned is not None and pinned > tip:  # an empty chain: no height to read at
+            raise Problem(400, "invalid_parameter", "`at_height`: the chain has no block yet")
         newest_first = order == "desc"
-
-        def read(cursor: int | None, want: int) -> list[tuple[RecordLocation, bytes]]:
-            if newest_first:
-                return node.store.subject_history_desc(subject, before_seq=cursor, limit=want)
-            return node.store.subject_history(
-                subject, after_seq=-1 if cursor is None else cursor, limit=want)
+        if proof:
+            limit = min(limit, HISTORY_PROOF_PAGE)
 
         def page() -> bytes:
-            """Read in slices of HISTORY_SLICE; a page ends at ``limit`` records or once
-            it holds HISTORY_PAGE_BYTES of envelopes (its JSON is ~2.7 times that)."""
+            height = tip if pinned is None else pinned
+            headers = HeaderReader(node)
+            log_size = headers.log_size(height)
+            low, high = headers.seq_range(height, t0, t1)  # [low, high) in the log
             records: list[dict[str, Any]] = []
-            cursor, size, full = (before if newest_first else after), 0, False
+            seqs: list[int] = []
+            size, full = 0, False
+            if newest_first:
+                cursor = high if before is None else min(before, high)
+            else:
+                cursor = max(-1 if after is None else after, low - 1)
             while not full:
                 want = min(HISTORY_SLICE, limit - len(records))
-                rows = read(cursor, want)
+                if newest_first:
+                    rows = node.store.subject_history_desc(subject, before_seq=cursor,
+                                                           limit=want)
+                else:
+                    rows = node.store.subject_history(subject, after_seq=cursor, limit=want)
+                ended = len(rows) < want
                 for loc, envelope in rows:
-                    records.append(record_json(Record.from_wire(envelope), "committed",
-                                               loc.height, loc.index))
+                    if not low <= loc.seq < high:  # past the range or the checkpoint
+                        ended = True
+                        break
+                    item = record_json(Record.from_wire(envelope), "committed",
+                                       loc.height, loc.index)
+                    item["log_index"] = loc.seq
+                    records.append(item)
+                    seqs.append(loc.seq)
                     cursor, size = loc.seq, size + len(envelope)
                     if len(records) == limit or size >= HISTORY_PAGE_BYTES:
                         full = True
                         break
-                if len(rows) < want:
+                if ended:
                     break
-            nxt = cursor if full else None
-            return render_json({"subject": subject, "records": records, "next": nxt})
+            if proof and records:
+                paths = checkpoints.log_inclusions(node.store.log_nodes, seqs, log_size)
+                for item, path in zip(records, paths, strict=True):
+                    item["proof"] = path
+            return render_json({"subject": subject, "records": records,
+                                "next": cursor if full else None,
+                                "checkpoint": {"height": height, "log_size": log_size}})
 
         return Response(await workers.run(page), media_type="application/json")
 

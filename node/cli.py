@@ -912,6 +912,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.logcli import add_commands as add_log_commands  # log checkpoint|prove|...
 
     add_log_commands(sub)
+    from node.historycli import add_commands as add_history_command  # ledger history
+
+    add_history_command(sub)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "

@@ -275,15 +275,20 @@
     }
   }
 
-  function recordTable(records, withHeight) {
-    return table([withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"],
-      records.map((r) => el("tr", {},
+  // `proofs`: a last column with each record's log proof as checked in this browser
+  // (`r.proved`: {ok, height} or {ok: false, reason}).
+  function recordTable(records, withHeight, proofs) {
+    const head = [withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"];
+    return table(proofs ? [...head, "in the log"] : head,
+      records.map((r) => el("tr", proofs && r.proved ? { "data-proved": String(r.proved.ok), "data-log-index": r.log_index } : { "data-log-index": r.log_index },
         el("td", { class: "num" }, withHeight ? link(blockHref(r.height), String(r.height)) : String(r.index)),
         el("td", {}, link(recordHref(r.id), short(r.id), "mono")),
         el("td", {}, r.type),
         el("td", {}, withHeight ? time(r.ts) : link(subjectHref(r.subject), r.subject)),
         el("td", {}, signerLabel(r.signer)),
-        el("td", { class: "payload mono", title: payloadText(r.payload) }, payloadText(r.payload)))));
+        el("td", { class: "payload mono", title: payloadText(r.payload) }, payloadText(r.payload)),
+        proofs ? el("td", { class: r.proved && r.proved.ok ? "proved" : "unproved", title: r.proved && !r.proved.ok ? r.proved.reason : null },
+          !r.proved ? "—" : r.proved.ok ? `✓ proved in log (checkpoint ${r.proved.height})` : `✗ ${r.proved.reason}`) : null)));
   }
 
   async function recordView(token, id) {
@@ -473,13 +478,40 @@
   // explorer's own address overrides it (the browser tests page through a few records).
   const HISTORY_PAGE = Math.min(1000, Math.max(1, Math.floor(Number(new URLSearchParams(location.search).get("page_size"))) || 500));
 
+  const PROOF_PAGE = 100; // the node's bound on a page with proof=true
+  // A datetime-local value (the browser's local time) as ms since the epoch, "" for none.
+  const localMs = (v) => { if (!v) return ""; const t = new Date(v).getTime(); return Number.isFinite(t) ? String(t) : ""; };
+
+  // A subject's history (GET /v1/subjects/{s}/history): cursor pages, newest first unless
+  // asked otherwise, within a block-time range; older pages read at the block of the first
+  // (`at_height`), newer records asked after the log size that block had, so nothing shows
+  // twice or goes missing while blocks commit. With "prove", every record's inclusion proof
+  // is checked here against a checkpoint verified from the genesis in use.
   async function subjectView(token, subject) {
-    const records = []; // in log order, oldest first: the chart draws them in time order
-    let next = null, loaded = false, field = null;
+    const opts = { order: "desc", since: "", until: "", prove: false };
+    let records = [], older = null, newer = null, moreNewer = false, pin = null, field = null;
     const chartBox = el("div", { class: "chart", id: "chart" });
     const listBox = el("div", { id: "history" });
-    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => load() }, "Load older records");
+    const errorBox = el("p", { class: "error", id: "history-error" });
+    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => run(loadOlder) }, "Load older records");
+    const newerButton = el("button", { type: "button", class: "secondary", id: "newer", onclick: () => run(loadNewer) }, "Load newer records");
     const count = el("span", { class: "muted", id: "history-count" });
+    const proofNote = el("p", { class: "muted", id: "proof-note" });
+    const orderBox = el("select", { id: "order", "aria-label": "order" },
+      el("option", { value: "desc" }, "newest first"), el("option", { value: "asc" }, "oldest first"));
+    const sinceBox = el("input", { id: "since", type: "datetime-local", step: "1", "aria-label": "block time from" });
+    const untilBox = el("input", { id: "until", type: "datetime-local", step: "1", "aria-label": "block time to" });
+    const proveBox = el("input", { id: "prove", type: "checkbox" });
+    const form = el("form", { id: "history-form", class: "history-form", onsubmit: (ev) => {
+      ev.preventDefault();
+      const since = localMs(sinceBox.value), until = localMs(untilBox.value);
+      if (since && until && Number(since) > Number(until)) { errorBox.textContent = "the time range ends before it starts"; return; }
+      Object.assign(opts, { order: orderBox.value, since, until, prove: proveBox.checked });
+      run(start);
+    } },
+    el("label", {}, "order ", orderBox), el("label", {}, "block time from ", sinceBox), el("label", {}, "to ", untilBox),
+    el("label", {}, proveBox, " prove each record in the log"), el("button", { type: "submit", id: "history-apply" }, "Show"));
+
     const draw = () => {
       const fields = numericFields(records);
       if (field === null || !fields.includes(field)) field = fields.length ? fields[0] : null;
@@ -490,29 +522,113 @@
         chartBox.append(el("div", { class: "muted" }, "chart of ", fields.length > 1 ? pick : (field === "" ? "payload" : field)),
           chart(records, field, chartBox.clientWidth));
       } else chartBox.append(el("p", { class: "muted" }, "no numeric values to chart"));
-      listBox.replaceChildren(records.length ? recordTable([...records].reverse(), true) : el("p", { class: "muted" }, "no committed records for this subject"));
-      const n = records.length;
-      count.textContent = n === 0 ? "" : next === null ? ` (all ${n} record${n === 1 ? "" : "s"}, newest first)` : ` (newest ${n} records)`;
-      more.hidden = next === null;
+      const shown = opts.order === "desc" ? [...records].reverse() : records;
+      listBox.replaceChildren(records.length ? recordTable(shown, true, opts.prove) : el("p", { class: "muted" }, "no committed records for this subject"));
+      const n = records.length, s = n === 1 ? "" : "s", range = opts.since || opts.until ? " in the time range" : "";
+      const all = opts.order === "desc" ? older === null : !moreNewer;
+      count.textContent = n === 0 ? "" : all ? ` (all ${n} record${s}${range}, ${opts.order === "desc" ? "newest" : "oldest"} first)`
+        : ` (${opts.order === "desc" ? "newest" : "oldest"} ${n} record${s}${range})`;
+      more.hidden = opts.order !== "desc" || older === null;
+      newerButton.textContent = opts.order === "asc" && moreNewer ? "Load newer records" : "Check for newer records";
+      const proved = records.filter((r) => r.proved && r.proved.ok).length;
+      proofNote.textContent = !opts.prove ? "" : proved === n
+        ? `All ${n} record${s} shown are proved in the log (RFC 9162) of checkpoints verified in this browser against the genesis in use.`
+        : `${n - proved} of ${n} record${s} shown are NOT proved in the log.`;
+      proofNote.className = opts.prove && proved !== n ? "error" : "muted";
     };
-    async function load() {
-      const cursor = loaded ? `&before=${next}` : "";
-      more.disabled = true;
+
+    const checkpoints = new Map();
+    async function verifiedCheckpoint(height) { // null: the tip's
+      if (height !== null && checkpoints.has(height)) return checkpoints.get(height);
+      const g = genesis();
+      if (!g) throw new Error("no genesis to verify against: load your genesis.json first");
+      const { doc } = await api(`/v1/log/checkpoint${height === null ? "" : `?height=${height}`}`);
+      const { doc: proof } = await api(`/v1/config/proof?to_height=${encodeURIComponent(doc.height)}`);
+      const cp = await L.verifyCheckpoint(doc, proof.steps, g.parsed);
+      checkpoints.set(cp.height, cp);
+      return cp;
+    }
+    // One record's proof against `cp`: the row is drawn from what the node sent, so its id
+    // and subject must be its envelope's, and the envelope must be log leaf `log_index`.
+    async function prove(r, cp) {
       try {
-        const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?order=desc&limit=${HISTORY_PAGE}${cursor}`);
-        if (token !== state.view) return;
-        records.unshift(...doc.records.reverse()); // an older page goes before what is shown
-        next = doc.next;
-        loaded = true;
-        draw();
-      } finally {
-        more.disabled = false;
+        const envelope = L.unb64(r.envelope, "envelope");
+        const rec = L.decodeEnvelope(envelope);
+        if (L.hex(await L.sha256(rec.bodyBytes)) !== r.id) throw new L.VerifyError("the id is not the envelope's");
+        if (rec.body.subject !== subject) throw new L.VerifyError("the envelope is of another subject");
+        await L.verifyLogInclusion(cp, r.log_index, envelope, r.proof);
+        r.proved = { ok: true, height: cp.height };
+      } catch (e) {
+        r.proved = { ok: false, reason: e.message };
       }
+    }
+    async function fetchPage(order, cursor, atHeight) {
+      const q = new URLSearchParams({ order, limit: String(opts.prove ? Math.min(PROOF_PAGE, HISTORY_PAGE) : HISTORY_PAGE) });
+      if (opts.since) q.set("since", opts.since);
+      if (opts.until) q.set("until", opts.until);
+      if (cursor !== null) q.set(order === "desc" ? "before" : "after", String(cursor));
+      if (atHeight !== null) q.set("at_height", String(atHeight));
+      let cp = null;
+      if (opts.prove) {
+        cp = await verifiedCheckpoint(atHeight);
+        q.set("at_height", String(cp.height));
+        q.set("proof", "true");
+      }
+      const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?${q}`);
+      if (cp) {
+        const same = doc.checkpoint && doc.checkpoint.height === cp.height && doc.checkpoint.log_size === cp.logSize;
+        for (const r of doc.records) {
+          if (same) await prove(r, cp);
+          else r.proved = { ok: false, reason: `the page is not read at the verified checkpoint ${cp.height}` };
+        }
+      }
+      return doc;
+    }
+    async function start() {
+      records = []; older = null; moreNewer = false; pin = null;
+      const doc = await fetchPage(opts.order, null, null);
+      if (token !== state.view) return;
+      pin = doc.checkpoint.height;
+      if (opts.order === "desc") {
+        records = [...doc.records].reverse(); // kept oldest first: the chart draws in time order
+        older = doc.next;
+        newer = doc.checkpoint.log_size - 1;
+      } else {
+        records = doc.records;
+        moreNewer = doc.next !== null;
+        newer = doc.next !== null ? doc.next : doc.checkpoint.log_size - 1;
+      }
+    }
+    async function loadOlder() {
+      const doc = await fetchPage("desc", older, pin);
+      if (token !== state.view) return;
+      records.unshift(...[...doc.records].reverse()); // an older page goes before what is shown
+      older = doc.next;
+    }
+    async function loadNewer() { // records committed after what is shown: at the tip
+      const doc = await fetchPage("asc", newer, null);
+      if (token !== state.view) return;
+      records.push(...doc.records);
+      moreNewer = doc.next !== null;
+      newer = doc.next !== null ? doc.next : Math.max(newer, doc.checkpoint.log_size - 1);
+    }
+    async function run(step) {
+      more.disabled = newerButton.disabled = true;
+      errorBox.textContent = "";
+      try {
+        await step();
+      } catch (e) {
+        if (token === state.view) errorBox.textContent = e.message;
+      } finally {
+        more.disabled = newerButton.disabled = false;
+      }
+      if (token === state.view) draw();
     }
     setView(el("h1", {}, "Subject ", el("span", { class: "mono", id: "subject-name" }, subject)),
       el("section", { class: "card" }, el("h2", {}, "Values over time"), chartBox),
-      el("section", { class: "card" }, el("h2", {}, "History", count), listBox, el("div", { class: "actions" }, more)));
-    await load();
+      el("section", { class: "card" }, el("h2", {}, "History", count), form, errorBox, proofNote, listBox,
+        el("div", { class: "actions" }, more, newerButton)));
+    await run(start);
   }
 
   // ---- configuration versions (SPEC section 9) ----

@@ -802,13 +802,10 @@
     return v;
   }
 
-  // The envelope of `doc` (the receipt itself or a config_proof step) is at `index` of a
-  // block of `height` whose header is certified by `config`'s validators (receipts.py _in_block).
-  async function inBlock(doc, where, chain, genesis, config, height, envelope) {
-    if (envelope === undefined) envelope = unb64(field(doc, "envelope", "string", where), `${where}.envelope`);
-    const rec = decodeEnvelope(envelope);
-    if (rec.body.chain !== chain) fail(`${where}: record names chain ${JSON.stringify(rec.body.chain)}`);
-    const index = field(doc, "index", "int", where);
+  // `doc`'s header (b64) is of block `height` of `chain`, under `config`'s validator set
+  // (receipts.py certified_header, with `certificateOf`): a receipt, a config_proof step, a
+  // checkpoint.
+  async function certifiedHeaderOf(doc, where, chain, genesis, config, height) {
     const headerBytes = unb64(field(doc, "header", "string", where), `${where}.header`);
     const header = decodeHeader(headerBytes);
     if (header.height !== height) fail(`height ${height} but the header is for height ${header.height}`);
@@ -818,10 +815,11 @@
         : `${where}: header's validators_hash does not match the validator set in force (configuration version ${config.version})`);
     }
     if (header.height === 1 && !equal(header.prev_hash, genesis.genesisHash)) fail(`block 1 links to genesis ${hex(header.prev_hash)}, not this one`);
-    const path = field(doc, "audit_path", "list", where).map((h, i) => unhex(h, `${where}.audit_path[${i}]`, 32));
-    if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
-    const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
-    if (!equal(root, header.records_root)) fail(`${where}: audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
+    return { header, headerBytes };
+  }
+
+  // `doc`'s certificate certifies that header by more than 2/3 of `config`'s power.
+  async function certificateOf(doc, where, chain, config, header, headerBytes) {
     const cert = field(doc, "cert", "dict", where);
     const round = field(cert, "round", "int", `${where}.cert`);
     if (round < 0 || round > 2 ** 32 - 1) fail(`${where}.cert.round: out of range`);
@@ -833,7 +831,71 @@
       return [validator, expBin(unb64(field(e, "sig", "string", w), `${w}.sig`), `${w}.sig`, 64)];
     });
     const certified = await verifyCert(chain, header, headerBytes, round, sigs, config);
-    return { rec, header, index, sigs, ...certified };
+    return { sigs, ...certified };
+  }
+
+  // The envelope of `doc` (the receipt itself or a config_proof step) is at `index` of a
+  // block of `height` whose header is certified by `config`'s validators (receipts.py _in_block).
+  async function inBlock(doc, where, chain, genesis, config, height, envelope) {
+    if (envelope === undefined) envelope = unb64(field(doc, "envelope", "string", where), `${where}.envelope`);
+    const rec = decodeEnvelope(envelope);
+    if (rec.body.chain !== chain) fail(`${where}: record names chain ${JSON.stringify(rec.body.chain)}`);
+    const index = field(doc, "index", "int", where);
+    const { header, headerBytes } = await certifiedHeaderOf(doc, where, chain, genesis, config, height);
+    const path = field(doc, "audit_path", "list", where).map((h, i) => unhex(h, `${where}.audit_path[${i}]`, 32));
+    if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
+    const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
+    if (!equal(root, header.records_root)) fail(`${where}: audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
+    const certified = await certificateOf(doc, where, chain, config, header, headerBytes);
+    return { rec, header, index, ...certified };
+  }
+
+  // Follow a config proof (a receipt's config_proof, or GET /v1/config/proof's steps): each
+  // configuration change below `height`, each certified by the set then in force; resolves
+  // to the configuration in force at `height`. `step` is told each change followed.
+  async function followConfigProof(proof, where, chain, genesis, height, step) {
+    let config = genesis, below = 0;
+    for (const [n, s] of proof.entries()) {
+      const w = `${where}[${n}]`;
+      if (!s || typeof s !== "object" || Array.isArray(s)) fail(`${w}: expected an object`);
+      const sh = field(s, "height", "int", w);
+      if (!(below < sh && sh < height)) fail(`${w}.height: ${sh} is not above ${below} and below height ${height}`);
+      below = sh;
+      const got = await inBlock(s, w, chain, genesis, config, sh);
+      if (!(await ed25519Verify(got.rec.body.signer, concat(RECORD_TAG, got.rec.bodyBytes), got.rec.sig))) fail(`${w}: signature does not verify`);
+      if (got.rec.body.type !== CONFIG_TYPE) fail(`${w}: the record is a ${JSON.stringify(got.rec.body.type)}, not a configuration change`);
+      try { config = await applyChange(config, got.rec.body); } catch (err) {
+        if (err instanceof VerifyError) fail(`${w}: ${err.message}`);
+        throw err;
+      }
+      step(`configuration change at height ${sh}, certified by the set then in force: version ${config.version} governs from height ${sh + 1}`);
+    }
+    return config;
+  }
+
+  // ---- checkpoints and log inclusion (SPEC section 11), as ledger/checkpoint.py ----
+  // A checkpoint (GET /v1/log/checkpoint's JSON) certified by the validators in force at its
+  // height, reached from genesis by `steps` (GET /v1/config/proof?to_height=H's). Resolves to
+  // {height, logSize, logRoot, blockHash, names, config}; throws VerifyError.
+  async function verifyCheckpoint(doc, steps, genesis) {
+    if (!doc || typeof doc !== "object" || Array.isArray(doc)) fail("checkpoint: expected a JSON object");
+    if (!Array.isArray(steps)) fail("config proof: 'steps' is not a list");
+    await configOf(genesis);
+    const height = field(doc, "height", "int", "checkpoint");
+    const config = await followConfigProof(steps, "config_proof", genesis.chainId, genesis, height, () => {});
+    const { header, headerBytes } = await certifiedHeaderOf(doc, "checkpoint", genesis.chainId, genesis, config, height);
+    const got = await certificateOf(doc, "checkpoint", genesis.chainId, config, header, headerBytes);
+    return { height, logSize: header.log_size, logRoot: header.log_root, blockHash: hex(got.blockHash),
+             names: got.names, config: { version: config.version } };
+  }
+
+  // Log leaf `index` (an envelope's bytes) is in the log of a verified checkpoint: the RFC
+  // 9162 audit path `path` (hex strings) leads to its log root. Throws VerifyError.
+  async function verifyLogInclusion(checkpoint, index, envelope, path) {
+    if (!Array.isArray(path)) fail(`log leaf ${index}: no proof`);
+    const hashes = path.map((h, i) => unhex(h, `proof[${i}]`, 32));
+    const root = await rootFromPath(index, checkpoint.logSize, await leafHash(envelope), hashes);
+    if (!equal(root, checkpoint.logRoot)) fail(`log leaf ${index}: the proof leads to root ${hex(root)}, not the checkpoint's log root ${hex(checkpoint.logRoot)}`);
   }
 
   // Verify a receipt (object or JSON text) against a parsed genesis, following its
@@ -865,23 +927,8 @@
       step("record signature (Ed25519) verifies");
       const height = field(doc, "height", "int");
 
-      let config = genesis, below = 0;
       const proof = Object.prototype.hasOwnProperty.call(doc, "config_proof") ? field(doc, "config_proof", "list") : [];
-      for (const [n, s] of proof.entries()) {
-        const where = `receipt.config_proof[${n}]`;
-        if (!s || typeof s !== "object" || Array.isArray(s)) fail(`${where}: expected an object`);
-        const sh = field(s, "height", "int", where);
-        if (!(below < sh && sh < height)) fail(`${where}.height: ${sh} is not above ${below} and below the receipt's height ${height}`);
-        below = sh;
-        const got = await inBlock(s, where, chain, genesis, config, sh);
-        if (!(await ed25519Verify(got.rec.body.signer, concat(RECORD_TAG, got.rec.bodyBytes), got.rec.sig))) fail(`${where}: signature does not verify`);
-        if (got.rec.body.type !== CONFIG_TYPE) fail(`${where}: the record is a ${JSON.stringify(got.rec.body.type)}, not a configuration change`);
-        try { config = await applyChange(config, got.rec.body); } catch (err) {
-          if (err instanceof VerifyError) fail(`${where}: ${err.message}`);
-          throw err;
-        }
-        step(`configuration change at height ${sh}, certified by the set then in force: version ${config.version} governs from height ${sh + 1}`);
-      }
+      const config = await followConfigProof(proof, "receipt.config_proof", chain, genesis, height, step);
 
       const signer = hex(rec.body.signer);
       await checkRecordAuthority(config, rec.body);
@@ -972,6 +1019,6 @@
   }
 
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader,
+                    maySubmit, verifyReceipt, verifyCheckpoint, verifyLogInclusion, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader,
                     cosignedMessage, headerOf, checkCosignatures, countWitnesses, VerifyError };
 })();

@@ -92,7 +92,8 @@ async def test_every_endpoint_answers_per_the_spec() -> None:
                                  params={"order": "desc", "limit": 5})).json()
         assert [r["id"] for r in newest["records"]] == mine[::-1][:5]
         nobody = await http.get("/v1/subjects/nobody/history")
-        assert nobody.json() == {"subject": "nobody", "records": [], "next": None}
+        assert nobody.json() == {"subject": "nobody", "records": [], "next": None,
+                                 "checkpoint": {"height": 7, "log_size": 70}}
         rid = recs[0].id.hex()
         doc = (await http.get(f"/v1/records/{rid}")).json()
         assert doc == {"id": rid, "status": "committed", "height": 1, "index": 0,
