@@ -4,8 +4,9 @@ Builds (once, cached by size) an SQLite chain of N records spread over about thr
 block time (13 subjects), runs the real command (`ledger export --db ... --format parquet`)
 into a fresh folder, and reports its wall time, the Parquet bytes per record, and the time
 of a DuckDB query over the files: records per subject per hour of block time. The query's
-answer is checked against the store, read the way `GET /v1/subjects/{s}/history` reads it
-(``subject_history`` pages, each record's height mapped to its block's time). Then it adds
+answer is checked against the store (``subject_history`` pages, each record's height mapped
+to its block's time) and against the node's API (``GET /v1/subjects/{s}/history`` of the
+real app over the same store, in-process). Then it adds
 M records and times the incremental second run.
 
     python -m tests.bench.parquet_bench [--records 1000000] [--per-block 500] [--new 1000]
@@ -119,6 +120,42 @@ def from_store(db: Path) -> Counter[tuple[str, datetime]]:
     return counts
 
 
+def from_api(db: Path) -> Counter[tuple[str, datetime]]:
+    """The same counts from the node's API: the real app (``node.api.create_app``) over the
+    store, in-process, each subject's ``GET /v1/subjects/{s}/history?limit=1000`` pages
+    followed by ``next``; each item's height mapped to its block's time (store header)."""
+    from fastapi.testclient import TestClient
+
+    from node.api import create_app
+    from node.apidoc import limits
+    from node.service import LocalService
+
+    fx = make_fixture()
+    counts: Counter[tuple[str, datetime]] = Counter()
+    times: dict[int, datetime] = {}
+    with SqliteStore(db, readonly=True) as store:
+        app = create_app(LocalService(fx.genesis, store, name="node0"), limits())
+        with TestClient(app, base_url="http://127.0.0.1") as http:
+            for s in range(SUBJECTS):
+                for line in range(5):
+                    subject = f"plant-{s}/line-{line}/temp"
+                    after: int | None = -1
+                    while after is not None:
+                        res = http.get(f"/v1/subjects/{subject}/history",
+                                       params={"limit": 1000, "after": after})
+                        res.raise_for_status()
+                        page = res.json()
+                        for item in page["records"]:
+                            h = item["height"]
+                            when = times.get(h)
+                            if when is None:
+                                when = times[h] = _block_time(store, h)
+                            counts[(subject, when.replace(minute=0, second=0,
+                                                          microsecond=0))] += 1
+                        after = page["next"]
+    return counts
+
+
 def _block_time(store: SqliteStore, height: int) -> datetime:
     row = store.header_cert(height)
     assert row is not None
@@ -163,6 +200,13 @@ def main() -> None:
         diff = set(parquet_counts.items()) ^ set(store_counts.items())
         raise SystemExit(f"the query's answer differs from the store's: {sorted(diff)[:5]}")
 
+    start = time.perf_counter()
+    api_counts = from_api(db)
+    api_s = time.perf_counter() - start
+    if parquet_counts != api_counts:
+        diff = set(parquet_counts.items()) ^ set(api_counts.items())
+        raise SystemExit(f"the query's answer differs from the API's: {sorted(diff)[:5]}")
+
     grow(db, args.new, args.per_block)
     second_wall, second_out = export(db, genesis, folder)
     total = con.execute(f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet', "
@@ -178,6 +222,7 @@ def main() -> None:
               "query": "records per subject per hour", "query_groups": len(rows),
               "duckdb_query_s": round(query_s, 3),
               "same_answer_as_store_history": True, "store_history_read_s": round(store_s, 2),
+              "same_answer_as_api_history": True, "api_history_read_s": round(api_s, 2),
               "new_records": args.new, "second_run_wall_s": round(second_wall, 2),
               "first_run": first_out, "second_run": second_out}
     print(json.dumps(report, indent=2))
