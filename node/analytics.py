@@ -48,8 +48,16 @@ from node.files import write_durably
 INSTALL_HINT = "parquet export needs the analytics extra: pip install 'ledger[analytics]'"
 MANIFEST = "_ledger_export.json"
 FORMAT, VERSION = "ledger-parquet", 1
-#: Records one part file holds at most (whole blocks: one block may take it beyond).
+#: Records one part file holds at most, and bytes of rows (as NDJSON, the payload JSON
+#: included) it is made from: whole blocks, so one block may take a part beyond either.
+#: With DuckDB's memory limit these bound the export's memory (docs/analytics.md).
 PART_ROWS = 500_000
+PART_BYTES = 128 << 20
+#: DuckDB's memory limit while it writes a part (a 1M-record export peaks at ~0.3 GB RSS).
+DUCKDB_MEMORY = "256MB"
+#: The longest row DuckDB's JSON reader takes: a 1 MiB ``ledger.config`` payload is
+#: about 1.4 MB of base64 in its row (the reader's buffers grow with this).
+MAX_ROW_JSON = 16 << 20
 #: A payload map's top-level key becomes column ``p_<key>`` iff it matches this: lowercase
 #: ASCII, so no two keys of one file map to columns that differ only in case (DuckDB, Spark
 #: and Trino match column names case-insensitively).
@@ -214,9 +222,11 @@ class ParquetExport:
     """An export folder opened for one run: ``height`` is what it already holds (0 if new);
     ``check_source`` then ``run`` append the source's blocks ``height+1..tip``."""
 
-    def __init__(self, out: Path, genesis: Genesis, part_rows: int = PART_ROWS) -> None:
+    def __init__(self, out: Path, genesis: Genesis, part_rows: int | None = None) -> None:
         self.duckdb = load_duckdb()
-        self.out, self.genesis, self.part_rows = Path(out), genesis, part_rows
+        self.out, self.genesis = Path(out), genesis
+        self.part_rows = PART_ROWS if part_rows is None else part_rows
+        self.part_bytes = PART_BYTES
         self.manifest_path = self.out / MANIFEST
         if self.out.exists() and not self.out.is_dir():
             raise ExportFolderError(f"{self.out}: not a folder")
@@ -301,7 +311,8 @@ class ParquetExport:
                 block = self._decode(height, data, prev_hash)
                 day = day_of(height, block.header.time_ms)
                 if part.rows and (day != part.day
-                                  or part.rows + len(block.records) > self.part_rows):
+                                  or part.rows + len(block.records) > self.part_rows
+                                  or part.bytes + len(data or b"") > self.part_bytes):
                     files.append(part.flush(height - 1, prev_hash))
                     added += part.rows
                     part = _Part(self, history)
@@ -353,7 +364,7 @@ class _Part:
 
     def __init__(self, export: ParquetExport, history: ConfigHistory) -> None:
         self.export, self.history = export, history
-        self.rows, self.day, self.first = 0, "", 0
+        self.rows, self.bytes, self.day, self.first = 0, 0, "", 0
         self.numeric: dict[str, None] = {}
         self.path = export.out / f".rows-{os.getpid()}.ndjson"
         self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed by flush)
@@ -373,8 +384,10 @@ class _Part:
                         del row[key]
                         continue
                     numeric[key] = None
-            write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+            line = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+            write(line)
             write("\n")
+            self.bytes += len(line) + 1
         self.rows += len(block.records)
 
     def flush(self, last: int, block_hash: bytes) -> Path:
@@ -394,13 +407,15 @@ class _Part:
             for k in types)
         con = export.duckdb.connect()
         try:
-            con.execute("SET threads = 2")
-            con.execute("SET memory_limit = '1GB'")
+            # One thread and a small limit: the COPY is a small share of the run (the
+            # rows are made in Python), and the part bounds what it reads.
+            con.execute("SET threads = 1")
+            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
             con.execute("SET preserve_insertion_order = true")
             con.execute(
                 f"COPY (SELECT {select} FROM read_json({_sql_str(str(self.path))}, "
                 f"format = 'newline_delimited', columns = {columns}, "
-                f"maximum_object_size = 67108864)) "
+                f"maximum_object_size = {MAX_ROW_JSON})) "
                 f"TO {_sql_str(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
         except export.duckdb.Error as exc:
             tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,8 @@ def main() -> None:
     shutil.copy(base, db)
 
     first_wall, first_out = export(db, genesis, folder)
+    # the largest child so far is the export (the store was built in this process)
+    export_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     files = sorted(folder.rglob("*.parquet"))
     size = sum(f.stat().st_size for f in files)
 
@@ -216,6 +219,7 @@ def main() -> None:
     report = {"records": args.records, "per_block": args.per_block,
               "export_wall_s": round(first_wall, 2),
               "records_per_s": round(args.records / first_wall),
+              "export_peak_rss_mb": round(export_rss),
               "parquet_files": len(files), "parquet_bytes": size,
               "bytes_per_record": round(size / args.records, 1),
               "store_bytes": base.stat().st_size,
