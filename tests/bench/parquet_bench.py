@@ -185,7 +185,10 @@ def main() -> None:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copy(base, db)
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     first_wall, first_out = export(db, genesis, folder)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # the largest child so far is the export (the store was built in this process)
     export_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     files = sorted(folder.rglob("*.parquet"))
@@ -219,6 +222,7 @@ def main() -> None:
     report = {"records": args.records, "per_block": args.per_block,
               "export_wall_s": round(first_wall, 2),
               "records_per_s": round(args.records / first_wall),
+              "export_cpu_s": round(cpu, 2),
               "export_peak_rss_mb": round(export_rss),
               "parquet_files": len(files), "parquet_bytes": size,
               "bytes_per_record": round(size / args.records, 1),
