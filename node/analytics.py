@@ -25,6 +25,7 @@ own buffers, not by the chain or by a part's size.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -230,7 +231,29 @@ class ParquetExport:
         self.manifest_path = self.out / MANIFEST
         if self.out.exists() and not self.out.is_dir():
             raise ExportFolderError(f"{self.out}: not a folder")
-        self.manifest = self._load()
+        self.out.mkdir(parents=True, exist_ok=True)
+        # One run at a time per folder, held until close() (or the process ends).
+        self._lock = open(self.out / ".lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.manifest = self._load()
+        except BlockingIOError:
+            self._lock.close()
+            raise ExportFolderError(f"{self.out}: another export is writing into this "
+                                    f"folder") from None
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def close(self) -> None:
+        """Release the folder (the lock)."""
+        self._lock.close()
+
+    def __enter__(self) -> ParquetExport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def height(self) -> int:
@@ -294,7 +317,6 @@ class ParquetExport:
     def run(self, blocks: Iterable[bytes | None], tip: int,
             on_block: Callable[[], None] | None = None) -> ExportResult:
         """Export blocks ``height+1..tip`` (``blocks`` yields their bytes in order)."""
-        self.out.mkdir(parents=True, exist_ok=True)
         self._clean()
         m = self.manifest
         first = m.height + 1

@@ -288,21 +288,21 @@ def _export_parquet(args: argparse.Namespace) -> int:
                     for data in chunk.blocks)
         blocks_from = from_node
     try:
-        export = ParquetExport(args.out, genesis)
-        try:
-            export.check_source(tip, block_at)
-        except AuditError as exc:
-            print(str(exc), file=sys.stderr)
-            return EXIT_INVALID
-        bar = _progress(tip - export.height, args.quiet)
-        try:
-            result = export.run(blocks_from(export.height + 1), tip,
-                                on_block=lambda: bar.update(1))
-        except AuditError as exc:
-            print(str(exc), file=sys.stderr)
-            return EXIT_INVALID
-        finally:
-            bar.close()
+        with ParquetExport(args.out, genesis) as export:
+            try:
+                export.check_source(tip, block_at)
+            except AuditError as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_INVALID
+            bar = _progress(tip - export.height, args.quiet)
+            try:
+                result = export.run(blocks_from(export.height + 1), tip,
+                                    on_block=lambda: bar.update(1))
+            except AuditError as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_INVALID
+            finally:
+                bar.close()
     finally:
         close()
     if result.first > result.height:

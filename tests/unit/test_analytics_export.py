@@ -270,12 +270,14 @@ def test_a_crash_mid_run_leaves_a_readable_folder_and_the_next_run_completes(
                 raise KeyboardInterrupt  # the process dies mid-run
             yield block
 
-    export_ = analytics.ParquetExport(out, genesis, part_rows=4)  # a part every few blocks
-    with pytest.raises(KeyboardInterrupt):
-        export_.run(crashing(), tip)
+    with analytics.ParquetExport(out, genesis, part_rows=4) as export_:  # small parts
+        with pytest.raises(analytics.ExportFolderError, match="another export is writing"):
+            analytics.ParquetExport(out, genesis)  # one run per folder at a time
+        with pytest.raises(KeyboardInterrupt):
+            export_.run(crashing(), tip)
     manifest = json.loads((out / analytics.MANIFEST).read_text())
     assert 0 < manifest["height"] < 6
-    assert not list(out.rglob(".*"))  # no temporary file left behind
+    assert [p.name for p in out.rglob(".*")] == [".lock"]  # no temporary file left behind
     got = rows(out, "height")
     assert len(got) == manifest["records"]
     assert max(r["height"] for r in got) <= manifest["height"]
