@@ -811,8 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="write a whole chain to one bundle file, or its records as Parquet",
         description="Write genesis.json and every block's exact bytes as one export bundle "
-        "(SPEC section 12), streamed to FILE.tmp and renamed to FILE when complete. Check "
-        "it with `ledger audit --file FILE --genesis G`. With --format parquet, write the "
+        "(SPEC section 12), streamed to OUT.tmp and renamed to OUT when complete. Check "
+        "it with `ledger audit --file OUT --genesis G`. With --format parquet, write the "
         "committed records as Parquet files under the folder OUT, partitioned by day "
         "(OUT/date=YYYY-MM-DD/part-FIRST-LAST.parquet) for DuckDB, Spark or Trino; a later "
         "run into the same folder appends only new heights (docs/analytics.md). Needs the "

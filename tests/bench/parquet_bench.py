@@ -1,7 +1,7 @@
 """Benchmark: `ledger export --format parquet` of a big chain, and a DuckDB query over it.
 
 Builds (once, cached by size) an SQLite chain of N records spread over about three days of
-block time (13 subjects), runs the real command (`ledger export --db ... --format parquet`)
+block time (65 subjects), runs the real command (`ledger export --db ... --format parquet`)
 into a fresh folder, and reports its wall time, the Parquet bytes per record, and the time
 of a DuckDB query over the files: records per subject per hour of block time. The query's
 answer is checked against the store (``subject_history`` pages, each record's height mapped
