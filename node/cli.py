@@ -216,7 +216,10 @@ def _file_chunks(blocks: Iterator[bytes], blocks_per_chunk: int) -> Iterator[Byt
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a chain as an export bundle (SPEC section 12), streamed, renamed into place."""
+    """Write a chain as an export bundle (SPEC section 12), streamed, renamed into place;
+    with ``--format parquet``, its records as Parquet files (``_export_parquet``)."""
+    if args.format == "parquet":
+        return _export_parquet(args)
     blocks: Iterator[bytes | None]
     if args.db:
         if args.genesis is None:
@@ -249,6 +252,70 @@ def cmd_export(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     print(f"ok: {count} blocks written to {args.out}; tip {tip_hash.hex()}")
+    return EXIT_OK
+
+
+def _export_parquet(args: argparse.Namespace) -> int:
+    """``ledger export --format parquet --out DIR``: the committed records as Parquet files
+    (node/analytics.py, imported here only: a node never loads it or DuckDB). A later run
+    into the same DIR appends only the new heights."""
+    from node.analytics import ParquetExport, load_duckdb
+
+    load_duckdb()  # the one-line install hint before any other work
+    block_at: Callable[[int], bytes | None]
+    blocks_from: Callable[[int], Iterator[bytes | None]]
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if args.db:
+        if args.genesis is None:
+            raise CommandError("--db needs --genesis G (the store keeps only its hash)")
+        genesis = Genesis.load(args.genesis)
+        store = SqliteStore(args.db, readonly=True)
+        if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
+            store.close()
+            raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
+        tip, block_at, close = store.height, store.block_bytes, store.close
+
+        def from_store(first: int) -> Iterator[bytes | None]:
+            return (store.block_bytes(h) for h in range(first, tip + 1))
+        blocks_from = from_store
+    else:
+        client = LedgerClient(args.node, verify=_ca(args))
+        genesis = Genesis.from_bytes(client.genesis(), f"{args.node} genesis")
+        if args.genesis is not None and Genesis.load(args.genesis).hash != genesis.hash:
+            raise CommandError(f"{args.node}: " + _mismatch(genesis.hash.hex(),
+                                                             Genesis.load(args.genesis)))
+        tip, block_at = client.status()["height"], client.block_bytes
+
+        def from_node(first: int) -> Iterator[bytes | None]:
+            return (data for chunk in _http_chunks(client, tip, 32, fetchers=4, first=first)
+                    for data in chunk.blocks)
+        blocks_from = from_node
+    try:
+        with ParquetExport(args.out, genesis) as export:
+            try:
+                export.check_source(tip, block_at)
+            except AuditError as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_INVALID
+            bar = _progress(tip - export.height, args.quiet)
+            try:
+                result = export.run(blocks_from(export.height + 1), tip,
+                                    on_block=lambda: bar.update(1))
+            except AuditError as exc:
+                print(str(exc), file=sys.stderr)
+                return EXIT_INVALID
+            finally:
+                bar.close()
+    finally:
+        close()
+    if result.first > result.height:
+        print(f"ok: nothing new; {args.out} holds the chain up to height {result.height} "
+              f"({result.total_records} records)")
+    else:
+        print(f"ok: heights {result.first}..{result.height}: {result.records} records in "
+              f"{len(result.files)} new Parquet files under {args.out}; it holds "
+              f"{result.total_records} records up to height {result.height} "
+              f"(block {result.block_hash.hex()})")
     return EXIT_OK
 
 
@@ -785,16 +852,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
-        "export", help="write a whole chain to one bundle file",
+        "export", help="write a whole chain to one bundle file, or its records as Parquet",
         description="Write genesis.json and every block's exact bytes as one export bundle "
-        "(SPEC section 12), streamed to FILE.tmp and renamed to FILE when complete. Check "
-        "it with `ledger audit --file FILE --genesis G`.")
+        "(SPEC section 12), streamed to OUT.tmp and renamed to OUT when complete. Check "
+        "it with `ledger audit --file OUT --genesis G`. With --format parquet, write the "
+        "committed records as Parquet files under the folder OUT, partitioned by day "
+        "(OUT/date=YYYY-MM-DD/part-FIRST-LAST.parquet) for DuckDB, Spark or Trino; a later "
+        "run into the same folder appends only new heights (docs/analytics.md). Needs the "
+        "analytics extra: pip install 'ledger[analytics]'.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--node", metavar="URL", help="a node's API")
     src.add_argument("--db", metavar="PATH", type=Path, help="a node's SQLite store")
     p.add_argument("--genesis", metavar="G", type=Path,
                    help="the chain's genesis.json (required with --db)")
-    p.add_argument("--out", required=True, metavar="FILE", type=Path, help="the bundle")
+    p.add_argument("--out", required=True, metavar="OUT", type=Path,
+                   help="the bundle file (--format parquet: the folder)")
+    p.add_argument("--format", choices=("bundle", "parquet"), default="bundle",
+                   help="bundle: one file, the chain for the long term (default); parquet: "
+                   "the records for analytics engines, appended incrementally")
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
