@@ -858,6 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.logcli import add_commands as add_log_commands  # log checkpoint|prove|...
 
     add_log_commands(sub)
+    from node.witnesscli import add_commands as add_witness_commands  # witness (SPEC 8, 11)
+
+    add_witness_commands(sub)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "
