@@ -280,15 +280,20 @@ def test_409_from_a_node_stops_it(tmp_path: Path) -> None:
 def test_run_once_retries_transient_failures(tmp_path: Path) -> None:
     a, b = FakeNode("A", HONEST[:5], fail_posts=2), FakeNode("B", HONEST[:5], down=True)
     w, lines = witness(tmp_path, a, b)
-    stop, wake = threading.Event(), threading.Event()
+    waits: list[float | None] = []
+
+    class NoSleep(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return False
+
+    stop, wake = NoSleep(), threading.Event()
     now = [0.0]
 
     def clock() -> float:
         now[0] += 1
         return now[0]
 
-    waits: list[float] = []
-    stop.wait = lambda t=None: waits.append(t) or False  # type: ignore[method-assign,func-returns-value]
     code = run(w, once=True, until=None, stop=stop, wake=wake, retry_for=30, clock=clock)
     assert code == 0 and heights(a) == [1, 2, 3, 4, 5]
     assert any("B does not answer" in line for line in lines)
