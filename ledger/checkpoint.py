@@ -22,6 +22,7 @@ from ledger.encoding import b64encode, hex_decode
 from ledger.errors import CorruptStoreError, LedgerError, LogProofError
 from ledger.genesis import Genesis
 from ledger.receipts import cert_json, certified_header, follow_config_proof
+from ledger.witness import witnesses_json
 
 CHECKPOINT_KEYS = ("height", "header", "cert", "witnesses")
 LogNodes = Callable[[Iterable[merkle.NodeId]], Mapping[merkle.NodeId, bytes]]
@@ -51,22 +52,25 @@ def log_consistency(log_nodes: LogNodes, first: int, second: int) -> dict[str, A
             "proof": _assemble(log_nodes, merkle.plan_consistency(first, second))}
 
 
-def checkpoint_json(header: Header, cert: Certificate) -> dict[str, Any]:
+def checkpoint_json(header: Header, cert: Certificate,
+                    witnesses: Iterable[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
     """``GET /v1/log/checkpoint``'s answer: a stored block's header and certificate (in a
-    receipt's shape, SPEC section 6). No witness cosigns yet: ``witnesses`` is []."""
+    receipt's shape, SPEC section 6), and the ``(pubkey, sig)`` witness cosignatures the
+    node holds for it (``ledger.witness.witnesses_json``'s shape)."""
     return {"height": header.height, "header": b64encode(header.to_wire()),
-            "cert": cert_json(cert), "witnesses": []}
+            "cert": cert_json(cert), "witnesses": witnesses_json(witnesses)}
 
 
-def stored_checkpoint(header_cert: tuple[bytes, bytes] | None) -> dict[str, Any] | None:
-    """``checkpoint_json`` of a store's ``header_cert(height)`` (None: no such block); the
-    certificate must be the header's."""
+def stored_checkpoint(header_cert: tuple[bytes, bytes] | None,
+                      witnesses: Iterable[tuple[bytes, bytes]] = ()) -> dict[str, Any] | None:
+    """``checkpoint_json`` of a store's ``header_cert(height)`` and ``cosignatures(height)``
+    (None: no such block); the certificate must be the header's."""
     if header_cert is None:
         return None
     header, cert = Header.from_wire(header_cert[0]), Certificate.from_wire(header_cert[1])
     if (cert.height, cert.block_hash) != (header.height, header.hash):
         raise CorruptStoreError("the stored certificate is not the header's", header.height)
-    return checkpoint_json(header, cert)
+    return checkpoint_json(header, cert, witnesses)
 
 
 # -- verifying: what a client checks, with nothing but genesis.json ---------------------------

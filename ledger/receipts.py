@@ -21,20 +21,23 @@ from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
 from ledger.validation import check_record
+from ledger.witness import witnesses_json
 
 RECEIPT_KEYS = ("chain", "record_id", "envelope", "height", "index", "header", "audit_path",
                 "cert")
 
 
 def build_receipt(store: BlockStore, record_id: bytes,
-                  config_records: list[tuple[int, int]] | None = None
-                  ) -> dict[str, Any] | None:
+                  config_records: list[tuple[int, int]] | None = None, *,
+                  witnesses: bool = False) -> dict[str, Any] | None:
     """The receipt of a committed record, or None if the store does not hold it.
 
     ``config_records`` are the (height, index) of every ``ledger.config`` record on the
     chain, in chain order: given, the receipt carries ``config_proof`` (SPEC section 6, v1.1)
     with a step for each below the record's height; omitted, it has no ``config_proof``,
-    which verifiers read as ``[]`` (right for a chain without changes)."""
+    which verifiers read as ``[]`` (right for a chain without changes). With ``witnesses``,
+    it carries the witness cosignatures the store holds for its height (SPEC section 11,
+    ``[{"pubkey": hex, "sig": b64}]``)."""
     loc = store.locate(record_id)
     if loc is None:
         return None
@@ -45,6 +48,8 @@ def build_receipt(store: BlockStore, record_id: bytes,
                                **_step(block, loc.index)}
     if config_records is not None:
         receipt["config_proof"] = config_steps(store, config_records, loc.height)
+    if witnesses:
+        receipt["witnesses"] = witnesses_json(store.cosignatures(loc.height))
     return receipt
 
 

@@ -38,11 +38,12 @@ from ledger import encoding
 from ledger.blocks import BlockShell, Header
 from ledger.config import ConfigHistory, decode_change
 from ledger.encoding import b64decode, b64encode, loads_json
-from ledger.errors import DecodeError, LedgerError, TooLargeError
+from ledger.errors import DecodeError, LedgerError, TooLargeError, WitnessError
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt, config_steps
 from ledger.records import Record
 from ledger.store.base import ConfigChange
+from ledger.witness import Cosignature, check_cosignature, parse_cosignature, witnesses_json
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
@@ -63,6 +64,11 @@ HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page e
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
+COSIGNATURES = "/v1/log/cosignatures"
+COSIGNATURE_BODY_MAX = 4096  # a cosignature body is ~400 bytes
+#: a smaller body limit than ``max_body_bytes`` for these POST paths
+BODY_LIMITS = {COSIGNATURES: COSIGNATURE_BODY_MAX}
+SPLIT_VIEWS_SHOWN = 20  # split-view evidence entries in /v1/status (the newest)
 DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
 # a query parameter read as text (parse_count) but documented as the integer it must be
 INTEGER: dict[str, Any] = {"type": "integer", "minimum": 0}
@@ -250,6 +256,84 @@ def render_block_json(data: bytes) -> bytes:
     marker = b'"records":[]'
     at = doc.index(marker) + len(marker) - 1
     return b"".join((doc[:at], b",".join(pieces), doc[at:]))
+
+
+COSIGNATURE_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A witness's cosignature of one block (SPEC section 11). `log_size` and "
+                   "`log_root` (optional, together) are those of the block the witness "
+                   "cosigned: with them a cosignature over another block than this node's "
+                   "can be verified, and kept as proof of a split view (docs/protocol.md).",
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["pubkey", "height", "block_hash", "sig"],
+        "properties": {
+            "pubkey": {"type": "string", "description": "the witness key, 64 hex"},
+            "height": {"type": "integer", "minimum": 1},
+            "block_hash": {"type": "string", "description": "the cosigned block, 64 hex"},
+            "sig": {"type": "string", "format": "byte",
+                    "description": "base64 Ed25519 signature (SPEC section 11)"},
+            "log_size": {"type": "integer", "minimum": 0},
+            "log_root": {"type": "string", "description": "64 hex"}}}}},
+}
+
+
+def split_view_json(cosig: Cosignature, node_block_hash: bytes) -> bytes:
+    """The evidence a store keeps of a split view: the cosignature (a POST body, so anyone
+    can check it with ``ledger.witness.cosigned_message``) and this node's block hash at its
+    height, as canonical JSON (the same cosignature twice is the same bytes)."""
+    doc = {"kind": "split_view", "height": cosig.height, "witness": cosig.pubkey.hex(),
+           "block_hash": cosig.block_hash.hex(), "node_block_hash": node_block_hash.hex(),
+           "cosignature": cosig.to_json()}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def judge_cosignature(node: NodeService, chunks: list[bytes]) -> tuple[Cosignature, bool]:
+    """Check a ``POST /v1/log/cosignatures`` body against this node's block at its height
+    and keep it: (the cosignature, whether it was new). A Problem otherwise; a split view is
+    kept as evidence before its 409. Signature checks and a write: run it in a worker."""
+    try:
+        doc = loads_json(b"".join(chunks))
+    except LedgerError as exc:
+        raise Problem(400, "malformed", f"body is not JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise Problem(400, "malformed", "expected a JSON object")
+    try:
+        cosig = parse_cosignature(doc)
+    except WitnessError as exc:
+        raise Problem(400, exc.code, str(exc)) from exc
+    tip = node.store.height
+    if cosig.height > tip:
+        raise Problem(404, "unknown_height", f"no block at height {cosig.height} yet; the tip "
+                      f"is {tip}")
+    stored = node.store.header_cert(cosig.height)
+    if stored is None:
+        raise Problem(404, "unknown_height", f"no block at height {cosig.height}")
+    header = Header.from_wire(stored[0])
+    history = node.store.history
+    config = node.genesis.config if history is None else history.at(cosig.height)
+    try:
+        holds = check_cosignature(cosig, config, node.genesis.hash, header)
+    except WitnessError as exc:
+        raise Problem(400, exc.code, str(exc)) from exc
+    if holds:
+        if any(pk == cosig.pubkey for pk, _ in node.store.cosignatures(cosig.height)):
+            return cosig, False  # a replay (they are public): no write for it
+        return cosig, node.store.add_cosignature(cosig.height, cosig.pubkey, cosig.sig)
+    kept = node.store.add_split_view(split_view_json(cosig, header.hash))
+    if kept:
+        log.warning("split view: witness %s cosigned block %s at height %d; ours is %s",
+                    cosig.pubkey.hex(), cosig.block_hash.hex(), cosig.height, header.hash.hex())
+    raise Problem(409, "split_view",
+                  f"witness {cosig.pubkey.hex()} cosigned block {cosig.block_hash.hex()} at "
+                  f"height {cosig.height}; this node's block there is {header.hash.hex()}. "
+                  f"Kept as evidence (GET /v1/status: split_views)")
+
+
+def with_witnesses(block_json: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """A block's JSON (an object, as ``render_block_json`` makes it) with ``"witnesses"``
+    added last: cosignatures arrive after the block, so the cached JSON has none."""
+    return b"".join((block_json[:-1], b',"witnesses":', render_json(witnesses_json(pairs)),
+                     b"}"))
 
 
 def parse_id(text: str) -> bytes:
@@ -560,7 +644,7 @@ class ApiGuard:
         try:
             if scope["method"] == "POST":
                 reserved = self.reserve(scope)
-                chunks = await self.receive_body(receive)
+                chunks = await self.receive_body(receive, self.limit(scope))
                 scope[BODY] = chunks
                 receive = replay(chunks, receive)
             if scope["path"] == "/v1/events":
@@ -588,9 +672,14 @@ class ApiGuard:
             if not self.per_source[source]:
                 del self.per_source[source]
 
+    def limit(self, scope: Scope) -> int:
+        """The body limit of this request's path (``max_body_bytes`` unless smaller)."""
+        return min(self.cfg.max_body_bytes, BODY_LIMITS.get(scope["path"],
+                                                            self.cfg.max_body_bytes))
+
     def reserve(self, scope: Scope) -> int:
         """Reserve the declared body size (or the limit) from the body budget."""
-        limit = self.cfg.max_body_bytes
+        limit = self.limit(scope)
         declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
         size = int(declared) if DIGITS.fullmatch(declared) else limit
         if size > limit:
@@ -602,10 +691,11 @@ class ApiGuard:
         self.body_bytes += size
         return size
 
-    async def receive_body(self, receive: Receive) -> list[bytes]:
+    async def receive_body(self, receive: Receive, limit: int) -> list[bytes]:
         """The whole body, as received, within ``api_body_timeout`` seconds (408 after), at
-        most ``max_body_bytes`` (413 beyond)."""
-        limit, chunks, size = self.cfg.max_body_bytes, [], 0
+        most ``limit`` bytes (413 beyond)."""
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout(self.cfg.api_body_timeout):
                 while True:
@@ -837,7 +927,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         return Response(data, media_type="application/json")
 
     @app.get("/v1/records/{record_id}/receipt", responses={
-        **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`"),
+        **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`; "
+             "`witnesses`: the cosignatures this node holds for its height"),
         **problems((400, "invalid_id", "not 64 lowercase hex characters"),
                    (404, "not_found", "no such record"),
                    (409, "not_committed", "the record is pending, not committed yet"),
@@ -847,9 +938,11 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         rid = parse_id(record_id)
 
         def receipt() -> bytes | None:
-            # build_receipt reads only locate() and block(), which a ReadStore has
+            # build_receipt reads only locate(), block() and cosignatures(), which a
+            # ReadStore has
             records = [(c.height, c.index) for c in config_versions(node)[1]]
-            r = build_receipt(cast("BlockStore", node.store), rid, config_records=records)
+            r = build_receipt(cast("BlockStore", node.store), rid, config_records=records,
+                              witnesses=True)
             return None if r is None else render_json(r)
 
         data = await workers.run(receipt)
@@ -863,8 +956,9 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         raise Problem(404, "not_found", f"no record {record_id}")
 
     @app.get("/v1/blocks/{height}", response_model=None, responses={
-        **ok("the block as JSON, or with `Accept: application/msgpack` its exact bytes",
-             {MSGPACK: BINARY}),
+        **ok("the block as JSON (with `witnesses`: the cosignatures this node holds for it, "
+             "`[{pubkey: hex, sig: b64}]`), or with `Accept: application/msgpack` its exact "
+             "bytes (SPEC section 4: no cosignatures)", {MSGPACK: BINARY}),
         **problems((400, "invalid_height", "not a positive integer"),
                    (404, "not_found", "beyond the tip"), *LIMITED)})
     async def get_block(height: str, request: Request) -> Response:
@@ -901,7 +995,14 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             if cached is None:
                 raise Problem(404, "not_found", f"no block at height {h}")
             blocks.put(h, cached)
-        return Response(cached, media_type="application/json")
+        # On the loop, like a record's read (this thread's WAL reader never waits for the
+        # writer); large blocks' JSON is copied in a worker.
+        pairs = node.store.cosignatures(h)
+        if len(cached) > (1 << 20):
+            data = await workers.run(with_witnesses, cached, pairs)
+        else:
+            data = with_witnesses(cached, pairs)
+        return Response(data, media_type="application/json")
 
     @app.get("/v1/config", responses={
         **ok("the configuration governing the next height, or version V (SPEC section 9)"),
@@ -970,7 +1071,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
     @app.get("/v1/log/checkpoint", responses={
         **ok("`{height, header: b64, cert, witnesses}`: a header with its certificate (the "
              "validators in force sign the log's size and root); `cert` in a receipt's shape; "
-             "`witnesses` is `[]` until witnesses cosign"),
+             "`witnesses`: the cosignatures this node holds for that height, "
+             "`[{pubkey: hex, sig: b64}]` ordered by key (`[]` when none)"),
         **problems(log_bounds, (404, "not_found", "the chain has no block yet"), *LIMITED)})
     async def log_checkpoint(
             height: str = Query(None, json_schema_extra=INTEGER,
@@ -983,16 +1085,55 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         if tip == 0:
             raise Problem(404, "not_found", "the chain has no block yet")
         h = parse_count("height", height, 1, tip, "the tip") if height else tip
-        doc = await workers.run(lambda: checkpoints.stored_checkpoint(node.store.header_cert(h)))
+        doc = await workers.run(lambda: checkpoints.stored_checkpoint(
+            node.store.header_cert(h), node.store.cosignatures(h)))
         if doc is None:
             raise Problem(404, "not_found", f"no block at height {h}")
         return JSONResponse(doc)
 
+    @app.post(COSIGNATURES, openapi_extra={"requestBody": COSIGNATURE_BODY}, responses={
+        **ok("`{stored, height, block_hash}`: the cosignature holds over this node's block at "
+             "that height and is kept (listed with the checkpoint, the block and receipts of "
+             "that height); `stored` is false when this witness's cosignature of that height "
+             "was already held"),
+        **problems(
+            (400, "malformed", "the body is not a JSON object"),
+            (400, "bad_cosignature", "a field is missing or malformed, or the signature "
+             "verifies neither over this node's block nor over the block the body names "
+             "(with `log_size` and `log_root`); never stored"),
+            (400, "unknown_witness", "the key is not a witness of the configuration "
+             "governing that height; never stored"),
+            (404, "unknown_height", "the height is beyond this node's tip (post it again "
+             "once the node has the block)"),
+            (409, "split_view", "the signature verifies over another block at that height "
+             "than this node's: proof of a split view, kept (durably) and shown in "
+             "`/v1/status` as `split_views`"),
+            (413, "body_too_large", f"the body exceeds {COSIGNATURE_BODY_MAX} bytes"),
+            (408, "body_timeout", "the body did not arrive within `api_body_timeout`"),
+            *LIMITED)})
+    async def post_cosignature(request: Request) -> JSONResponse:
+        """A witness posts its cosignature of one block (SPEC section 11): kept if it holds
+        over this node's block, evidence (409) if it holds over another, else refused."""
+        chunks = request.scope.get(BODY)
+        if chunks is None:  # only ApiGuard calls this app, and it receives every POST body
+            raise Problem(500, "internal", "the body was not received")
+        try:
+            cosig, stored = await workers.run(judge_cosignature, node, chunks)
+        except Problem as exc:
+            node.metrics.count_cosignature(exc.code)
+            raise
+        node.metrics.count_cosignature("stored" if stored else "duplicate")
+        return JSONResponse({"stored": stored, "height": cosig.height,
+                             "block_hash": cosig.block_hash.hex()})
+
     @app.get("/v1/status", responses={**ok("this node's view of the chain"),
                                        **problems(*LIMITED)})
     async def status() -> JSONResponse:
-        """Chain, node, tip, validators and connected peers."""
+        """Chain, node, tip, validators and connected peers; evidence of misbehaviour
+        (``evidence``: validators' equivocations; ``split_views``: witnesses' cosignatures
+        of another block than this node's)."""
         now = node.status()
+        split_views = node.store.split_views()
         connected = set(now.peers)
         history = node.store.history
         config = node.genesis.config if history is None else history.latest
@@ -1012,6 +1153,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                             "connected": v.pubkey in linked}
                            for v in config.validators],
             "peers": sorted(connected), "evidence": list(now.evidence),
+            "split_views": [json.loads(d) for d in split_views[-SPLIT_VIEWS_SHOWN:]],
+            "split_view_count": len(split_views),
             "config_version": config.version,
             # whether this node votes at the height being decided (its index in that
             # height's set), or only follows the chain

@@ -39,7 +39,7 @@ from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
-from node.export import Bundle, write_bundle
+from node.export import Bundle, check_witnesses, write_bundle
 from node.files import write_durably
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -227,24 +227,27 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.close()
             raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
         raw, tip = genesis.raw, store.height
-
-        def from_store() -> Iterator[bytes | None]:
-            try:
-                for height in range(1, tip + 1):
-                    yield store.block_bytes(height)
-            finally:
-                store.close()
-        blocks = from_store()
+        blocks = (store.block_bytes(height) for height in range(1, tip + 1))
+        # the witnesses section: the cosignatures the store holds (a generator: read after
+        # the blocks)
+        witnesses: Iterator[tuple[int, bytes, bytes]] | tuple[()] = (
+            store.cosignatures_between(1, tip))
     else:
+        # over HTTP, blocks only: a node lists cosignatures per height (its checkpoints
+        # and block JSON), and a request per height would double the export's requests
         client = LedgerClient(args.node, verify=_ca(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
                   for data in chunk.blocks)
+        store, witnesses = None, ()
     bar = _progress(tip, args.quiet)
     try:
-        count, tip_hash = write_bundle(args.out, raw, blocks, on_block=lambda: bar.update(1))
+        count, tip_hash = write_bundle(args.out, raw, blocks, on_block=lambda: bar.update(1),
+                                       witnesses=witnesses)
     finally:
         bar.close()
+        if store is not None:
+            store.close()
     print(f"ok: {count} blocks written to {args.out}; tip {tip_hash.hex()}")
     return EXIT_OK
 
@@ -464,6 +467,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"height {tip}: the bundle's end marker names tip {bundle_tip.hex()}, the "
               f"last block's hash is {report.tip_hash.hex()}", file=sys.stderr)
         return EXIT_INVALID
+    witness_note = ""
+    if args.file and bundle.witnesses:
+        try:
+            cosigned = check_witnesses(bundle, genesis, report.history)
+        except AuditError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        heights = len(bundle.witnesses)
+        witness_note = (f", {cosigned} witness cosignature{'s' if cosigned != 1 else ''} of "
+                        f"{heights} height{'s' if heights != 1 else ''} verified")
     proof_note = ""
     if client is not None and loaded is not None:
         proof_error, proof_note = _cross_check_log(client, saved_log, verifier)
@@ -475,8 +488,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if state_path is None:
         print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks, "
               f"{report.records} records verified in {seconds:.2f} s "
-              f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
-              f"tip {report.tip_hash.hex()}")
+              f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}"
+              f"{witness_note}; tip {report.tip_hash.hex()}")
         return EXIT_OK
     saved_note = f"state {state_path} unchanged"
     if loaded is None or report.height > saved:  # nothing new: the saved state stands

@@ -25,6 +25,7 @@ tests/unit/test_sdk.py compares the two clients' public methods and signatures.
 
 from __future__ import annotations
 
+import json
 import secrets
 import ssl
 import time
@@ -42,6 +43,7 @@ from ledger.encoding import loads_json, packb
 from ledger.errors import DecodeError, LedgerError, LogProofError
 from ledger.genesis import Genesis
 from ledger.records import Record
+from ledger.witness import Cosignature
 
 MSGPACK = "application/msgpack"
 T = TypeVar("T")
@@ -411,6 +413,16 @@ class _Protocol:
         call = Call("GET", "/v1/log/checkpoint", {} if height is None else {"height": height})
         return _json_object(call, _check(call, (yield call)), *checkpoints.CHECKPOINT_KEYS)
 
+    def _op_post_cosignature(self, cosig: Cosignature | Mapping[str, Any]
+                             ) -> Operation[dict[str, Any]]:
+        body = cosig.to_json() if isinstance(cosig, Cosignature) else dict(cosig)
+        call = Call("POST", "/v1/log/cosignatures", headers={"Content-Type": "application/json"},
+                    content=json.dumps(body).encode())
+        doc = _json_object(call, _check(call, (yield call)), "stored")
+        if type(doc["stored"]) is not bool:
+            raise NodeError(f"{call.where()}: 'stored' is not a boolean")
+        return doc
+
     def _op_verified_checkpoint(self, genesis: Genesis,
                                 height: int | None) -> Operation[VerifiedCheckpoint]:
         doc = yield from self._op_checkpoint(height)
@@ -560,6 +572,15 @@ class LedgerClient(_Protocol):
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return self._run(self._op_checkpoint(height))
 
+    def post_cosignature(self, cosig: Cosignature | Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/log/cosignatures``: a witness's cosignature of one block (SPEC section
+        11; ``ledger.witness.for_header`` makes one). ``{"stored": bool, "height",
+        "block_hash"}`` when it holds over the node's block (``stored`` false: already
+        held); NodeError otherwise, with ``problem_code`` ``split_view`` (409: the node has
+        another block at that height), ``unknown_height`` (404: beyond its tip),
+        ``unknown_witness`` or ``bad_cosignature`` (400)."""
+        return self._run(self._op_post_cosignature(cosig))
+
     def verified_checkpoint(self, genesis: Genesis,
                             height: int | None = None) -> VerifiedCheckpoint:
         """The checkpoint at ``height`` (default: the tip), its certificate verified under
@@ -708,6 +729,11 @@ class AsyncLedgerClient(_Protocol):
         """``GET /v1/log/checkpoint``: the header and certificate at ``height`` (default:
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return await self._run(self._op_checkpoint(height))
+
+    async def post_cosignature(self, cosig: Cosignature | Mapping[str, Any]
+                               ) -> dict[str, Any]:
+        """``POST /v1/log/cosignatures``: see ``LedgerClient.post_cosignature``."""
+        return await self._run(self._op_post_cosignature(cosig))
 
     async def verified_checkpoint(self, genesis: Genesis,
                             height: int | None = None) -> VerifiedCheckpoint:

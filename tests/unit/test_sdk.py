@@ -173,7 +173,8 @@ def test_both_clients_have_the_same_methods_and_signatures() -> None:
                          "sign", "write", "make_record", "record", "receipt", "block",
                          "block_bytes", "history", "events", "config", "close",
                          "log_inclusion", "log_consistency", "checkpoint",
-                         "verified_checkpoint", "verify_inclusion", "verify_consistency"}
+                         "verified_checkpoint", "verify_inclusion", "verify_consistency",
+                         "post_cosignature"}
     assert hasattr(LedgerClient, "__enter__") and hasattr(AsyncLedgerClient, "__aenter__")
     for name, method in sync.items():
         twin = asyn[name]
