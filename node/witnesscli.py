@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import signal
 import sys
 import threading
@@ -64,7 +63,7 @@ from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
 from ledger.witness import Cosignature, cosigned_message, witness_keys
-from node.client import Call, LedgerClient, NodeError, Operation, _check, _json_object
+from node.client import LedgerClient, NodeError
 from node.files import write_durably
 
 STATE_MAGIC = b"ledger-witness-state\n"
@@ -226,15 +225,7 @@ class HttpSource:
         return self.client.block_bytes(height)
 
     def post(self, cosig: Cosignature) -> bool:
-        call = Call("POST", "/v1/log/cosignatures", {},
-                    {"Content-Type": "application/json", "Accept": "application/json"},
-                    json.dumps(cosig.to_json()).encode())
-
-        def op() -> Operation[dict[str, Any]]:
-            answer = _check(call, (yield call), (200, 201, 202))
-            return _json_object(call, answer, "stored")
-
-        return bool(self.client._run(op()).get("stored"))
+        return bool(self.client.post_cosignature(cosig)["stored"])
 
     def watch(self, from_height: int, wake: threading.Event, stop: threading.Event) -> None:
         """Set ``wake`` on each block event (``GET /v1/events``, resuming after the last one
@@ -504,6 +495,8 @@ class Witness:
                     if _transient(exc):
                         self._down(name, exc)
                         break
+                    if exc.problem_code == "unknown_height":
+                        break  # its tip moved back under us (a restore?): asked again later
                     if exc.status == 409:
                         raise Refusal(height, f"{name} refuses this witness's cosignature "
                                       f"as a split view ({exc}); it serves another block "
