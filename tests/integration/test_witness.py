@@ -30,7 +30,7 @@ from tests.unit.test_log_proofs import served
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster.create(tmp_path_factory.mktemp("witness"), witnesses=2,
                        consensus={"timeout_propose_ms": 500, "timeout_commit_ms": 50,
@@ -134,7 +134,7 @@ def test_witness_cosigns_survives_sigkill_and_refuses_a_fork(cluster: Cluster) -
     assert again.returncode == 0, again.stderr
     for url in nodes:
         assert me in cosigners(url, tip)
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 90
 
 
 def test_witness_follows_new_blocks_and_stops_on_sigterm(cluster: Cluster) -> None:

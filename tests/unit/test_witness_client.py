@@ -7,6 +7,7 @@ where it forks; a bad block is refused with ``height N:``; transient failures ar
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,3 +314,21 @@ def test_sigterm_stops_between_rounds(tmp_path: Path) -> None:
     stop.set()
     assert run(w, once=False, until=None, stop=stop, wake=wake, retry_for=1) == 0
     assert node.posted == []
+
+
+def test_cluster_init_witnesses(tmp_path: Path) -> None:
+    """``ledger cluster init --witnesses N``: N keys in DIR/witnesses, listed in genesis;
+    without it genesis has no ``witnesses`` key (today's shape)."""
+    from ledger.crypto import read_key_file
+    from ledger.genesis import Genesis
+    from node.cluster import init_cluster
+
+    init_cluster(tmp_path / "plain", 4, 9000)
+    assert "witnesses" not in json.loads((tmp_path / "plain" / "genesis.json").read_text())
+    assert not (tmp_path / "plain" / "witnesses").exists()
+    init_cluster(tmp_path / "w", 4, 9000, witnesses=2)
+    genesis = Genesis.load(tmp_path / "w" / "genesis.json")
+    keys = [read_key_file(tmp_path / "w" / "witnesses" / f"witness{i}.pem").public
+            for i in range(2)]
+    assert [(w.name, w.pubkey) for w in genesis.config.witnesses] == \
+        [("witness0", keys[0]), ("witness1", keys[1])]
