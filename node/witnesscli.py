@@ -227,7 +227,7 @@ class HttpSource:
     def post(self, cosig: Cosignature) -> bool:
         return bool(self.client.post_cosignature(cosig)["stored"])
 
-    def watch(self, from_height: int, wake: threading.Event, stop: threading.Event) -> None:
+    def watch(self, from_height: int | None, wake: threading.Event, stop: threading.Event) -> None:
         """Set ``wake`` on each block event (``GET /v1/events``, resuming after the last one
         seen) until ``stop``; reconnects with backoff. Run in a daemon thread."""
         delay = BACKOFF_S[0]
@@ -543,6 +543,7 @@ def run(witness: Witness, *, once: bool, until: int | None, stop: threading.Even
         return True
 
     while not stop.is_set():
+        wake.clear()  # before asking the tips: an event from now on is not missed
         try:
             if once and target is None:
                 target = max(witness.tips().values())
@@ -554,8 +555,10 @@ def run(witness: Witness, *, once: bool, until: int | None, stop: threading.Even
             continue
         if target is not None and witness.height >= target:
             if not witness.pending_posts(witness.last_tips):
-                print(f"ok: cosigned to height {witness.height}; state {witness.state_path}",
-                      flush=True)
+                silent = (f"; {', '.join(sorted(witness.down))} did not answer"
+                          if witness.down else "")
+                print(f"ok: cosigned to height {witness.height}{silent}; state "
+                      f"{witness.state_path}", flush=True)
                 return 0
             lacking = sorted(n for n, t in witness.last_tips.items()
                              if any(witness.posted.get(n, 0) < h <= t for h in witness.unposted))
@@ -565,11 +568,22 @@ def run(witness: Witness, *, once: bool, until: int | None, stop: threading.Even
                       flush=True)
                 return 0
             continue
-        failing_since, delay = None, BACKOFF_S[0]
         if new:
+            failing_since, delay = None, BACKOFF_S[0]
             continue  # more to catch up with: no waiting
+        if witness.down:
+            # some node failed this round: wait (new events still wake it), doubling
+            if once or target is not None:
+                if not backoff(f"{', '.join(witness.down)} did not answer"):
+                    print(f"ledger: {', '.join(witness.down)} did not answer; gave up after "
+                          f"{retry_for:.0f} s at height {witness.height}", file=sys.stderr)
+                    return 2
+                continue
+            wake.wait(delay)
+            delay = min(BACKOFF_S[1], delay * 2)
+            continue
+        failing_since, delay = None, BACKOFF_S[0]
         wake.wait(POLL_S)
-        wake.clear()
     print(f"witness: stopped at height {witness.height}", flush=True)
     return 0
 
@@ -609,10 +623,9 @@ def cmd_witness(args: argparse.Namespace) -> int:
         wake.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    once = args.once or args.until_height is not None
-    if not once:
+    if not args.once:  # following, or waiting for --until-height: events wake it
         for source in sources:
-            threading.Thread(target=source.watch, args=(witness.height + 1, wake, stop),
+            threading.Thread(target=source.watch, args=(None, wake, stop),
                              daemon=True, name=f"witness-events-{source.name}").start()
     try:
         return run(witness, once=args.once, until=args.until_height, stop=stop, wake=wake,

@@ -44,6 +44,7 @@ class FakeNode:
     log: list[str] = field(default_factory=list)
     down: bool = False
     fail_posts: int = 0  # the next n posts answer 503
+    fail_blocks: bool = False  # block reads answer 503 (the status still answers)
     conflict: bool = False  # answers 409 to posts
 
     def tip(self) -> int:
@@ -52,6 +53,8 @@ class FakeNode:
         return len(self.blocks)
 
     def block_bytes(self, height: int) -> bytes | None:
+        if self.fail_blocks:
+            raise NodeError(f"GET /v1/blocks/{height}: 503", 503)
         if self.down:
             raise NodeError(f"cannot connect to {self.name}")
         return self.blocks[height - 1].to_wire() if height <= len(self.blocks) else None
@@ -278,7 +281,8 @@ def test_409_from_a_node_stops_it(tmp_path: Path) -> None:
         witness(tmp_path, node)[0].round()
 
 
-def test_run_once_retries_transient_failures(tmp_path: Path) -> None:
+def test_run_once_retries_transient_failures(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     a, b = FakeNode("A", HONEST[:5], fail_posts=2), FakeNode("B", HONEST[:5], down=True)
     w, lines = witness(tmp_path, a, b)
     waits: list[float | None] = []
@@ -297,6 +301,7 @@ def test_run_once_retries_transient_failures(tmp_path: Path) -> None:
 
     code = run(w, once=True, until=None, stop=stop, wake=wake, retry_for=30, clock=clock)
     assert code == 0 and heights(a) == [1, 2, 3, 4, 5]
+    assert "ok: cosigned to height 5; B did not answer" in capsys.readouterr().out
     assert any("B does not answer" in line for line in lines)
     assert waits[:2] == [0.5, 1.0]  # backoff doubles
     # every node down: gives up after --retry-for, exit 2
@@ -305,6 +310,14 @@ def test_run_once_retries_transient_failures(tmp_path: Path) -> None:
     assert run(w, once=True, until=None, stop=stop, wake=wake, retry_for=5, clock=clock) == 2
     with pytest.raises(Unavailable):
         w.round()
+    # the status answers but no block does: retried with backoff, bounded, not spun
+    waits.clear()
+    c = FakeNode("C", HONEST[:5], fail_blocks=True)
+    (tmp_path / "c").mkdir()
+    w, _ = witness(tmp_path / "c", c)
+    assert run(w, once=True, until=None, stop=stop, wake=wake, retry_for=5, clock=clock) == 2
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0] and w.height == 0  # one clock tick a round
+    assert "C did not answer; gave up after 5 s at height 0" in capsys.readouterr().err
 
 
 def test_sigterm_stops_between_rounds(tmp_path: Path) -> None:
