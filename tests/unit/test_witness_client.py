@@ -345,3 +345,38 @@ def test_cluster_init_witnesses(tmp_path: Path) -> None:
             for i in range(2)]
     assert [(w.name, w.pubkey) for w in genesis.config.witnesses] == \
         [("witness0", keys[0]), ("witness1", keys[1])]
+
+
+def test_cosigns_only_heights_whose_configuration_lists_it(tmp_path: Path) -> None:
+    """Witnesses join and leave by configuration changes (SPEC 9, 11): a change at height 2
+    lists the key (it governs from 3), one at 4 removes it (from 5). The witness verifies
+    every height, follows both changes, and cosigns 3 and 4 only."""
+    from ledger.validation import check_records
+    from tests.factory import change_bytes, change_record, config_doc, make_governed_fixture
+
+    gov = make_governed_fixture()
+    key = FX.witnesses[0]
+    b = ChainBuilder(gov, MemoryStore(gov.genesis.hash))
+    config = gov.genesis.config
+    b.add(2)
+    for height, listed in ((2, True), (4, False)):
+        if height == 4:
+            b.add(1)
+        doc = config_doc(gov.genesis)
+        if listed:
+            doc["witnesses"] = [{"name": "w0", "pubkey": key.public.hex()}]
+        rec = change_record(config, gov.admins[0], change_bytes(config, doc),
+                            approvers=gov.admins[1:], nonce=height)
+        block = b.block([rec, b.record()])
+        b.store.append(block)
+        b.blocks.append(block)
+        new_config = check_records(config, block.records).config
+        assert new_config is not None
+        config = new_config
+        b.follow(config)
+    b.add(2)
+    node = FakeNode("A", b.blocks)
+    w = Witness(gov.genesis, key, tmp_path / "w.state", [node], log=lambda _: None)
+    assert w.round() == 2 and w.height == 5
+    assert heights(node) == [3, 4]
+    assert w.state.verifier.config.version == 2
