@@ -364,7 +364,7 @@ class Witness:
     def round(self, until: int | None = None) -> int:
         """One step: match every node's chain with ours, verify, save and cosign up to
         ``batch`` new heights (not past ``until``), post what nodes lack. Returns the
-        number of heights cosigned. Raises Refusal (fork, split view, bad block),
+        number of new heights verified (each cosigned where the key is a witness). Raises Refusal (fork, split view, bad block),
         Unavailable (no node answers), NodeError (a node refuses a cosignature)."""
         tips = self.last_tips = self.tips()
         by_name = {s.name: s for s in self.sources}
@@ -394,7 +394,10 @@ class Witness:
         def theirs(height: int) -> bytes | None:
             return _hash_of(source.block_bytes(height))
 
-        if theirs(upto) != self.state.hash_at(upto):
+        data = source.block_bytes(upto)
+        if data is None:
+            return  # its tip moved back under us (a restore?): matched when it serves it
+        if _hash_of(data) != self.state.hash_at(upto):
             differs = _first_difference(self.state.hash_at, upto, theirs)
             raise Refusal(differs, f"{source.name} serves a block that is not the one this "
                           f"witness verified and cosigned (saved hash "
@@ -473,7 +476,7 @@ class Witness:
         else:
             self.log(f"witness: verified {span} (this key is not a witness there: nothing "
                      f"to cosign); state saved")
-        return len(cosigs)
+        return len(summaries)
 
     def _cosign(self, s: BlockSummary) -> Cosignature:
         sig = self.key.sign(cosigned_message(self.genesis.hash, s.height, s.hash, s.log_size,

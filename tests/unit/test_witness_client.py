@@ -271,7 +271,7 @@ def test_a_key_that_is_not_a_witness_verifies_but_cosigns_nothing(tmp_path: Path
     node = FakeNode("A", HONEST[:3])
     lines: list[str] = []
     w = Witness(FX.genesis, FX.writer, tmp_path / "w.state", [node], log=lines.append)
-    assert w.round() == 0 and w.height == 3 and node.posted == []
+    assert w.round() == 3 and w.height == 3 and node.posted == []
     assert "not a witness there" in lines[-1]
 
 
@@ -377,6 +377,6 @@ def test_cosigns_only_heights_whose_configuration_lists_it(tmp_path: Path) -> No
     b.add(2)
     node = FakeNode("A", b.blocks)
     w = Witness(gov.genesis, key, tmp_path / "w.state", [node], log=lambda _: None)
-    assert w.round() == 2 and w.height == 5
+    assert w.round() == 5 and w.height == 5
     assert heights(node) == [3, 4]
     assert w.state.verifier.config.version == 2
