@@ -364,8 +364,9 @@ class Witness:
     def round(self, until: int | None = None) -> int:
         """One step: match every node's chain with ours, verify, save and cosign up to
         ``batch`` new heights (not past ``until``), post what nodes lack. Returns the
-        number of new heights verified (each cosigned where the key is a witness). Raises Refusal (fork, split view, bad block),
-        Unavailable (no node answers), NodeError (a node refuses a cosignature)."""
+        number of new heights verified (each cosigned where the key is a witness). Raises
+        Refusal (fork, split view, bad block), Unavailable (no node answers), NodeError (a
+        node refuses a cosignature)."""
         tips = self.last_tips = self.tips()
         by_name = {s.name: s for s in self.sources}
         for name, tip in tips.items():
