@@ -69,6 +69,7 @@ from node.files import write_durably
 STATE_MAGIC = b"ledger-witness-state\n"
 STATE_VERSION = 1
 HASH = 32
+CHUNK = 16  # blocks a worker process checks at a time (as ledger audit's --chunk)
 BATCH = 256  # heights verified, saved and posted together (one state write per batch)
 KEEP_UNPOSTED = 4096  # cosignatures kept in memory for nodes that lag or are down
 POLL_S = 10.0  # a caught-up witness re-polls this often even without an event
@@ -455,7 +456,8 @@ class Witness:
 
         try:
             report: AuditReport = audit_chunks(
-                self.genesis, [BytesChunk(start, list(blocks))],
+                self.genesis, [BytesChunk(start + i, blocks[i:i + CHUNK])
+                               for i in range(0, len(blocks), CHUNK)],
                 workers=self.workers if len(blocks) >= 64 else 1,
                 on_block=on_block, verifier=self.state.verifier)
         except AuditError as exc:

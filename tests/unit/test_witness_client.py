@@ -380,3 +380,17 @@ def test_cosigns_only_heights_whose_configuration_lists_it(tmp_path: Path) -> No
     assert w.round() == 5 and w.height == 5
     assert heights(node) == [3, 4]
     assert w.state.verifier.config.version == 2
+
+
+def test_catching_up_with_worker_processes_cosigns_the_same(tmp_path: Path) -> None:
+    """A batch of 64+ blocks is checked by --workers processes (the audit's pool): the
+    same cosignatures as inline."""
+    blocks = chain(66)
+    posted = []
+    for workers in (1, 2):
+        node = FakeNode("A", blocks)
+        w = Witness(FX.genesis, FX.witnesses[0], tmp_path / f"w{workers}.state", [node],
+                    workers=workers, log=lambda _: None)
+        assert w.round() == 66
+        posted.append(node.posted)
+    assert posted[0] == posted[1] and len(posted[0]) == 66
