@@ -394,3 +394,12 @@ def test_catching_up_with_worker_processes_cosigns_the_same(tmp_path: Path) -> N
         assert w.round() == 66
         posted.append(node.posted)
     assert posted[0] == posted[1] and len(posted[0]) == 66
+
+
+def test_until_height_stops_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node = FakeNode("A", HONEST[:8])
+    w, _ = witness(tmp_path, node, batch=2)
+    stop, wake = threading.Event(), threading.Event()
+    assert run(w, once=False, until=5, stop=stop, wake=wake, retry_for=1) == 0
+    assert heights(node) == [1, 2, 3, 4, 5] and w.height == 5
+    assert "ok: cosigned to height 5; state" in capsys.readouterr().out
