@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import msgpack
 
@@ -456,7 +456,7 @@ class Witness:
 
         try:
             report: AuditReport = audit_chunks(
-                self.genesis, [BytesChunk(start + i, blocks[i:i + CHUNK])
+                self.genesis, [BytesChunk(start + i, list[bytes | None](blocks[i:i + CHUNK]))
                                for i in range(0, len(blocks), CHUNK)],
                 workers=self.workers if len(blocks) >= 64 else 1,
                 on_block=on_block, verifier=self.state.verifier)
@@ -617,10 +617,12 @@ def cmd_witness(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     hooks = _hooks()
+    lock = _lock(args.state)  # held until the process ends
     try:
         witness = Witness(genesis, key, args.state, list(sources), workers=args.workers or 1,
                           batch=args.batch, log=log, hooks=hooks)
     except WitnessStateError as exc:
+        lock.close()
         raise CommandError(str(exc)) from exc
     stop, wake = threading.Event(), threading.Event()
 
@@ -651,6 +653,27 @@ def cmd_witness(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         for source in sources:
             source.client.close()
+        lock.close()
+
+
+def _lock(state: Path) -> IO[bytes]:
+    """An exclusive lock on ``STATE.lock``: two witnesses on one state file would each
+    believe they alone cosigned."""
+    import fcntl
+
+    from node.cli import CommandError
+
+    path = state.with_name(state.name + ".lock")
+    try:
+        f = open(path, "ab")  # noqa: SIM115 - kept open: the lock lives as long as the file
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot open the lock file ({exc.strerror})") from exc
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.close()
+        raise CommandError(f"{state}: another witness process uses this state file") from exc
+    return f
 
 
 def _hooks() -> Hooks:

@@ -403,3 +403,16 @@ def test_until_height_stops_there(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert run(w, once=False, until=5, stop=stop, wake=wake, retry_for=1) == 0
     assert heights(node) == [1, 2, 3, 4, 5] and w.height == 5
     assert "ok: cosigned to height 5; state" in capsys.readouterr().out
+
+
+def test_two_witness_processes_cannot_share_a_state_file(tmp_path: Path) -> None:
+    from node.cli import CommandError
+    from node.witnesscli import _lock
+
+    held = _lock(tmp_path / "w.state")
+    try:
+        with pytest.raises(CommandError, match="another witness process uses this state"):
+            _lock(tmp_path / "w.state")
+    finally:
+        held.close()
+    _lock(tmp_path / "w.state").close()  # free again
