@@ -651,9 +651,12 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     from node.cluster import init_cluster
 
     urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls,
-                        args.genesis_template, types=args.types)
+                        args.genesis_template, types=args.types, witnesses=args.witnesses)
     clients = ", ".join(sorted(str(p) for p in (args.dir / "clients").glob("*.pem")))
     print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and {clients}")
+    if args.witnesses:
+        print(f"  witness keys (listed in genesis): {args.dir}/witnesses/witness0.pem .. "
+              f"witness{args.witnesses - 1}.pem")
     for url in urls:
         print(f"  {url}")
     return EXIT_OK
@@ -922,6 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the chain id, organisations, policies and consensus section "
                    "from FILE (e.g. examples/genesis.example.json; see docs/genesis.md); "
                    "each member gets a new key in DIR/clients/ORG.MEMBER.pem")
+    p.add_argument("--witnesses", type=int, default=0, metavar="N",
+                   help="also write N witness keys DIR/witnesses/witness{i}.pem, listed in "
+                   "genesis 'witnesses' (run them with `ledger witness`; docs/witness.md)")
     p.set_defaults(func=cmd_cluster_init)
     p = csub.add_parser("up", help="run every node of DIR in the foreground",
                         description="Run every node of DIR, prefixing each node's log lines; "
@@ -990,6 +996,10 @@ def build_parser() -> argparse.ArgumentParser:
     from node.historycli import add_commands as add_history_command  # ledger history
 
     add_history_command(sub)
+
+    from node.witnesscli import add_commands as add_witness_commands  # witness (SPEC 8, 11)
+
+    add_witness_commands(sub)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "

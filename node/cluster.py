@@ -69,7 +69,7 @@ def _from_template(template: Path, genesis: dict[str, Any],
 def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
                  chain_id: str = "demo", tls: bool = False,
                  template: Path | None = None,
-                 types: tuple[str, ...] | None = None) -> list[str]:
+                 types: tuple[str, ...] | None = None, witnesses: int = 0) -> list[str]:
     """Write genesis.json, one folder per node (config and key), a demo client key and an
     admin key per organisation (``clients/<org>-admin.pem``; two of three approve a change).
 
@@ -78,7 +78,12 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
 
     With ``template`` (a genesis file such as examples/genesis.example.json), its chain id,
     organisations, policies and consensus section replace the demo ones (see docs/genesis.md).
+
+    ``witnesses`` > 0: that many witness keys ``witnesses/witness{i}.pem``, listed in genesis
+    ``witnesses`` (SPEC sections 9 and 11; docs/witness.md). 0 leaves genesis without the key.
     """
+    if witnesses < 0:
+        raise ClusterError("--witnesses must be at least 0")
     if nodes < 1:
         raise ClusterError("--nodes must be at least 1")
     if not 1024 <= base_port <= 65535 - 100 - nodes:
@@ -118,6 +123,12 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
                      for org, key in admins.items())]
     if template is not None:
         client_keys = _from_template(template, genesis, directory)
+    witness_keys = [PrivateKey.generate() for _ in range(witnesses)]
+    if witness_keys:
+        genesis["witnesses"] = [{"name": f"witness{i}", "pubkey": k.public.hex()}
+                                for i, k in enumerate(witness_keys)]
+        client_keys += [(directory / "witnesses" / f"witness{i}.pem", k)
+                        for i, k in enumerate(witness_keys)]
     raw = (json.dumps(genesis, indent=2) + "\n").encode()
     try:
         Genesis.from_bytes(raw, str(template or "genesis.json"))
@@ -126,6 +137,7 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
     (directory / "genesis.json").write_bytes(raw)
     (directory / "clients").mkdir(exist_ok=True)
     for path, key in client_keys:
+        path.parent.mkdir(exist_ok=True)
         write_key_file(path, key)
     chain_id = str(genesis["chain_id"])
     ca = make_ca(directory / "tls", chain_id) if tls else None

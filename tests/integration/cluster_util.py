@@ -67,9 +67,9 @@ class Cluster:
 
     @classmethod
     def create(cls, tmp: Path, nodes: int = 4, consensus: dict[str, object] | None = None,
-               types: tuple[str, ...] | None = None) -> Cluster:
+               types: tuple[str, ...] | None = None, witnesses: int = 0) -> Cluster:
         base = free_base_port(nodes)
-        init_cluster(tmp, nodes, base, types=types)
+        init_cluster(tmp, nodes, base, types=types, witnesses=witnesses)
         if consensus:
             genesis = json.loads((tmp / "genesis.json").read_text())
             genesis["consensus"] = consensus
