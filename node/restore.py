@@ -34,8 +34,10 @@ from ledger.genesis import Genesis
 from ledger.store.sqlite import SqliteStore
 from node.export import Bundle
 
-#: Records (plus one per block) written per transaction.
+#: Records (plus one per block) written per transaction, at most; and a transaction is
+#: committed at least this often (a killed import loses at most that much work).
 BATCH_RECORDS = 20_000
+BATCH_SECONDS = 2.0
 #: Blocks handed to an audit worker at once.
 CHUNK_BLOCKS = 32
 
@@ -61,16 +63,22 @@ class ImportReport:
     seconds: float
 
 
-def _chunks(blocks: Iterator[bytes], pending: dict[int, bytes]) -> Iterator[BytesChunk]:
+def _chunks(blocks: Iterator[bytes], pending: dict[int, bytes],
+            failed: list[LedgerError]) -> Iterator[BytesChunk]:
     """The bundle's blocks in chunks for the audit, each block's bytes also kept in
-    ``pending`` (by height) until the audit has passed it and it is written."""
+    ``pending`` (by height) until the audit has passed it and it is written. An error of
+    the file itself (truncated, no end marker, not msgpack) ends the chunks after the
+    blocks read before it, and is put in ``failed``: those blocks are audited and kept."""
     start, chunk = 1, list[bytes | None]()
-    for data in blocks:
-        pending[start + len(chunk)] = data
-        chunk.append(data)
-        if len(chunk) == CHUNK_BLOCKS:
-            yield BytesChunk(start, list(chunk))
-            start, chunk = start + len(chunk), []
+    try:
+        for data in blocks:
+            pending[start + len(chunk)] = data
+            chunk.append(data)
+            if len(chunk) == CHUNK_BLOCKS:
+                yield BytesChunk(start, list(chunk))
+                start, chunk = start + len(chunk), []
+    except LedgerError as exc:
+        failed.append(exc)
     if chunk:
         yield BytesChunk(start, list(chunk))
 
@@ -104,7 +112,7 @@ def check_genesis(bundle: Bundle, genesis: Genesis, genesis_path: Path | str) ->
 def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
                   genesis_path: Path | str = "genesis.json", *, workers: int | None = None,
                   on_blocks: Callable[[int], None] | None = None,
-                  batch_records: int = BATCH_RECORDS) -> ImportReport:
+                  batch_records: int | None = None) -> ImportReport:
     """Verify the bundle at ``bundle_path`` and write its blocks into the store at
     ``store_path`` (created if missing; an existing one must hold a prefix of the bundle's
     chain; one longer than the bundle is left as it is once the bundle's blocks are found in
@@ -112,6 +120,7 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
     Raises RestoreError (another genesis or another history), AuditError (``height N:``, the
     first bad block; the good ones before it are written), BundleError (not a bundle)."""
     started = time.monotonic()
+    batch_records = batch_records or BATCH_RECORDS
     bundle = Bundle(bundle_path)
     check_genesis(bundle, genesis, genesis_path)
     store = SqliteStore(store_path, genesis_hash=genesis.hash, config=genesis.config)
@@ -121,9 +130,11 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
         batch: list[bytes] = []
         size = 0
         kept = written = 0
+        last_flush = time.monotonic()
 
         def flush() -> None:
-            nonlocal size, written
+            nonlocal size, written, last_flush
+            last_flush = time.monotonic()
             if not batch:
                 return
             with store.bulk():
@@ -150,16 +161,19 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
                 return
             batch.append(data)
             size += summary.record_count + 1
-            if size >= batch_records:
+            if size >= batch_records or time.monotonic() - last_flush >= BATCH_SECONDS:
                 flush()
 
+        failed: list[LedgerError] = []
         try:
-            report = audit_chunks(genesis, _chunks(bundle.blocks(), pending),
+            report = audit_chunks(genesis, _chunks(bundle.blocks(), pending, failed),
                                   workers=workers, on_block=on_block)
         except AuditError:
             flush()  # the blocks before the bad one passed: keep them
             raise
         flush()
+        if failed:
+            raise failed[0]
         count, tip = bundle.end
         if report.tip_hash != tip:
             raise AuditError(count, f"{bundle.path}: the bundle's end marker names tip "
