@@ -217,7 +217,7 @@ def test_a_validator_restored_from_an_export_bundle_and_a_new_follower_join(
     def commit(url: str, n: int, nonce: int) -> int:
         resp = post(url, records(key, genesis.chain_id, n, nonce))
         assert resp.status_code == 202, resp.text
-        return max(item["height"] for item in resp.json()["results"])
+        return max(int(item["height"]) for item in resp.json()["results"])
 
     for i in range(4):
         commit(cluster.url(i), 10, 40_000 + 10 * i)
