@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from ledger.encoding import packb
-from ledger.errors import AuditError, StoreError
+from ledger.errors import AuditError, LedgerError, StoreError
 from ledger.store import SqliteStore
 from node import cli
 from node.restore import RestoreError, count_hint, import_bundle
@@ -234,3 +234,32 @@ def test_a_killed_import_leaves_a_valid_prefix_and_a_rerun_finishes(tmp_path: Pa
     assert cli.main(["node", "restore", str(node), "--bundle", str(bundle), "-q",
                      "--workers", "1"]) == 0
     assert blocks_of(store) == blocks_of(src)
+
+
+def test_store_bulk_commits_together_or_rolls_back_whole(tmp_path: Path) -> None:
+    src = chain(tmp_path, blocks=6)
+    with SqliteStore(src, readonly=True) as s:
+        blocks = [s.block(h) for h in range(1, 7)]
+    db = tmp_path / "bulk.db"
+    with SqliteStore(db, genesis_hash=FX.genesis.hash, config=FX.genesis.config) as store:
+        with store.bulk():
+            for b in blocks[:3]:
+                assert b is not None
+                store.append(b)
+            assert store.height == 3  # in memory at once
+            assert height_of(db) == 0  # another connection sees nothing before the commit
+        assert height_of(db) == 3
+        # A block that does not extend the chain inside a batch: the whole batch is undone,
+        # in the file and in memory, and the store goes on from its last committed tip.
+        with pytest.raises(LedgerError), store.bulk():
+            store.append(blocks[3])  # type: ignore[arg-type]
+            store.append(blocks[5])  # type: ignore[arg-type]  # skips height 5
+        assert store.height == 3 and height_of(db) == 3
+        assert store.tip_hash() == blocks[2].hash  # type: ignore[union-attr]
+        assert not store.seen_ids([r.id for r in blocks[3].records])  # type: ignore[union-attr]
+        with store.bulk():
+            for b in blocks[3:]:
+                store.append(b)  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="does not nest"), store.bulk(), store.bulk():
+            pass
+    assert blocks_of(db) == blocks_of(src)
