@@ -263,3 +263,49 @@ def test_store_bulk_commits_together_or_rolls_back_whole(tmp_path: Path) -> None
         with pytest.raises(StoreError, match="does not nest"), store.bulk(), store.bulk():
             pass
     assert blocks_of(db) == blocks_of(src)
+
+
+def test_a_chain_with_configuration_changes_imports_under_the_set_in_force(
+        tmp_path: Path) -> None:
+    """Blocks after a change are checked under the configuration it makes, also inside one
+    transaction (batches of 2 records here) and after a rolled-back batch; a block certified
+    by the replaced set is refused at its height."""
+    from ledger.store import MemoryStore
+    from tests.factory import make_governed_fixture
+    from tests.unit.test_store_config import add_change
+
+    gx = make_governed_fixture()
+    src = tmp_path / "governed.db"
+    with SqliteStore(src, genesis_hash=gx.genesis.hash, config=gx.genesis.config) as s:
+        b = ChainBuilder(gx, s)
+        b.add(1)
+        add_change(b, gx, gx.genesis.config)  # height 2: validator 0 leaves
+        for _ in range(4):
+            b.add(2, key=gx.operator)  # the change revoked the writer
+        good = list(b.blocks)
+    genesis = gx.write_genesis(tmp_path)
+    bundle = tmp_path / "governed.bundle"
+    assert cli.main(["export", "--db", str(src), "--genesis", str(genesis), "--out",
+                     str(bundle), "-q"]) == 0
+    target = tmp_path / "target.db"
+    report = import_bundle(bundle, target, gx.genesis, workers=1, batch_records=2)
+    assert report.height == 6 and blocks_of(target) == blocks_of(src)
+    with SqliteStore(target, genesis_hash=gx.genesis.hash, config=gx.genesis.config) as s:
+        assert s.history is not None and [c.version for _, c in s.history] == [0, 1]
+
+    # Block 4 certified under genesis's set, as if the change at height 2 had not happened.
+    mem = MemoryStore(gx.genesis.hash)
+    for block in good[:3]:
+        mem.append(block)
+    stale = ChainBuilder(gx, mem, time_ms=good[2].header.time_ms, nonce=10_000).add(
+        1, key=gx.operator)
+    objs = objects(bundle)
+    write(bundle, [*objs[:4], stale.to_wire(), ["end", 4, stale.hash]])
+    for p in tmp_path.glob("target.db*"):
+        p.unlink()
+    with pytest.raises(AuditError, match=r"^height 4: ") as info:
+        import_bundle(bundle, target, gx.genesis, workers=1, batch_records=1000)
+    assert "validator" in str(info.value)  # the set in force is version 1's
+    assert blocks_of(target) == blocks_of(src)[:3]
+    with SqliteStore(target, genesis_hash=gx.genesis.hash, config=gx.genesis.config) as s:
+        assert s.history is not None and [c.version for _, c in s.history] == [0, 1]
