@@ -255,7 +255,7 @@ def test_a_validator_restored_from_an_export_bundle_and_a_new_follower_join(
         follower_proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "node", "run", str(follower)], cwd=ROOT,
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        cluster.wait_height(3, top, timeout=30)
+        cluster.wait_height(3, top, timeout=60)
         # node3 votes again: with node2 stopped, nothing commits without it.
         cluster.kill(2, signal.SIGTERM)
         stopped.append(2)
@@ -267,7 +267,7 @@ def test_a_validator_restored_from_an_export_bundle_and_a_new_follower_join(
             cluster.wait_height(i, final)
         assert_identical_chains(cluster, final)
         url5 = f"http://127.0.0.1:{base}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"{url5}/v1/status", timeout=2).json()["height"] >= final:
