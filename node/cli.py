@@ -588,7 +588,6 @@ def cmd_node_init(args: argparse.Namespace) -> int:
     from node.join import init_node
 
     if args.bundle is not None:  # refuse another chain's bundle before making anything
-        from node.export import Bundle
         from node.restore import check_genesis
 
         check_genesis(Bundle(args.bundle), Genesis.load(args.genesis), args.genesis)
