@@ -19,9 +19,10 @@ from ledger import merkle
 from ledger.blocks import Certificate, Header
 from ledger.config import Config
 from ledger.encoding import b64encode, hex_decode
-from ledger.errors import CorruptStoreError, LedgerError, LogProofError
+from ledger.errors import CorruptStoreError, LedgerError, LogProofError, WitnessError
 from ledger.genesis import Genesis
-from ledger.receipts import cert_json, certified_header, follow_config_proof
+from ledger.receipts import cert_json, certified_header, follow_config_proof, receipt_witnesses
+from ledger.witness import witnesses_json
 
 CHECKPOINT_KEYS = ("height", "header", "cert", "witnesses")
 LogNodes = Callable[[Iterable[merkle.NodeId]], Mapping[merkle.NodeId, bytes]]
@@ -45,28 +46,43 @@ def log_inclusion(log_nodes: LogNodes, index: int, size: int) -> dict[str, Any]:
             "proof": _assemble(log_nodes, merkle.plan_inclusion(index, size))}
 
 
+def log_inclusions(log_nodes: LogNodes, indexes: Iterable[int], size: int) -> list[list[str]]:
+    """The audit paths of several log leaves in the log of ``size`` (a history page with
+    ``proof=true``): one read of the union of their plans' node ids, which share the upper
+    levels, so a page of k proofs costs well under k times one proof's O(log n) reads."""
+    plans = [merkle.plan_inclusion(i, size) for i in indexes]
+    fetched = log_nodes(dict.fromkeys(n for p in plans for n in merkle.all_node_ids(p)))
+    try:
+        return [[h.hex() for h in merkle.assemble_proof(p, fetched)] for p in plans]
+    except KeyError as exc:
+        raise CorruptStoreError(f"Merkle log node {exc.args[0]} is missing") from exc
+
+
 def log_consistency(log_nodes: LogNodes, first: int, second: int) -> dict[str, Any]:
     """``GET /v1/log/consistency``'s answer; requires ``0 < first <= second <= log_size``."""
     return {"first": first, "second": second,
             "proof": _assemble(log_nodes, merkle.plan_consistency(first, second))}
 
 
-def checkpoint_json(header: Header, cert: Certificate) -> dict[str, Any]:
+def checkpoint_json(header: Header, cert: Certificate,
+                    witnesses: Iterable[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
     """``GET /v1/log/checkpoint``'s answer: a stored block's header and certificate (in a
-    receipt's shape, SPEC section 6). No witness cosigns yet: ``witnesses`` is []."""
+    receipt's shape, SPEC section 6), and the ``(pubkey, sig)`` witness cosignatures the
+    node holds for it (``ledger.witness.witnesses_json``'s shape)."""
     return {"height": header.height, "header": b64encode(header.to_wire()),
-            "cert": cert_json(cert), "witnesses": []}
+            "cert": cert_json(cert), "witnesses": witnesses_json(witnesses)}
 
 
-def stored_checkpoint(header_cert: tuple[bytes, bytes] | None) -> dict[str, Any] | None:
-    """``checkpoint_json`` of a store's ``header_cert(height)`` (None: no such block); the
-    certificate must be the header's."""
+def stored_checkpoint(header_cert: tuple[bytes, bytes] | None,
+                      witnesses: Iterable[tuple[bytes, bytes]] = ()) -> dict[str, Any] | None:
+    """``checkpoint_json`` of a store's ``header_cert(height)`` and ``cosignatures(height)``
+    (None: no such block); the certificate must be the header's."""
     if header_cert is None:
         return None
     header, cert = Header.from_wire(header_cert[0]), Certificate.from_wire(header_cert[1])
     if (cert.height, cert.block_hash) != (header.height, header.hash):
         raise CorruptStoreError("the stored certificate is not the header's", header.height)
-    return checkpoint_json(header, cert)
+    return checkpoint_json(header, cert, witnesses)
 
 
 # -- verifying: what a client checks, with nothing but genesis.json ---------------------------
@@ -79,6 +95,8 @@ class VerifiedCheckpoint:
     header: Header
     signers: tuple[int, ...]
     config: Config
+    #: how many distinct witnesses of ``config`` cosigned the header (SPEC section 11)
+    witnesses: int = 0
     #: the checkpoint as served (``GET /v1/log/checkpoint``'s JSON), e.g. to keep
     doc: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -111,10 +129,15 @@ def _int(doc: dict[str, Any], key: str, where: str) -> int:
 
 
 def verify_checkpoint(doc: dict[str, Any], steps: list[Any], genesis: Genesis,
-                      height: int | None = None) -> VerifiedCheckpoint:
+                      height: int | None = None, *, witnesses: int = 0) -> VerifiedCheckpoint:
     """Check a ``GET /v1/log/checkpoint`` answer: its header and certificate under the
     configuration in force at its height, reached from ``genesis`` by ``steps`` (``GET
-    /v1/config/proof?to_height=H``'s). ``height``, when given, is the height asked for."""
+    /v1/config/proof?to_height=H``'s). ``height``, when given, is the height asked for.
+    Every entry of its ``witnesses`` list must be a valid cosignature by a distinct witness
+    of that configuration (``ledger.witness.count_witnesses``); ``witnesses=k`` demands at
+    least ``k`` of them."""
+    if witnesses < 0:
+        raise ValueError("witnesses must not be negative")
     if not isinstance(doc, dict):
         raise LogProofError("checkpoint: expected a JSON object")
     at = _int(doc, "height", "checkpoint")
@@ -128,9 +151,12 @@ def verify_checkpoint(doc: dict[str, Any], steps: list[Any], genesis: Genesis,
         config = follow_config_proof(steps, genesis.chain_id, genesis, at, "config_proof")
         header, signers = certified_header(doc, "checkpoint", genesis.chain_id, genesis,
                                            config, at)
+        cosigned = receipt_witnesses(doc, witnesses, config, genesis, header, "checkpoint")
+    except WitnessError as exc:
+        raise LogProofError(f"checkpoint at height {at}: {exc}", code=exc.code) from exc
     except LedgerError as exc:
         raise LogProofError(f"checkpoint at height {at}: {exc}") from exc
-    return VerifiedCheckpoint(header, signers, config, doc)
+    return VerifiedCheckpoint(header, signers, config, cosigned or 0, doc)
 
 
 def _proof(doc: dict[str, Any], where: str) -> list[bytes]:

@@ -211,26 +211,8 @@ class AuditError(LedgerError):
         return (type(self), (self.height, self.reason))
 
 
-class ReceiptError(LedgerError):
-    """A receipt does not prove that its record is on the chain."""
-
-    code = "bad_receipt"
-
-
-class LogProofError(LedgerError):
-    """A checkpoint, or a log inclusion or consistency proof, does not verify (SPEC section
-    11): a node served a wrong proof, a checkpoint its validators did not sign, or a log
-    that does not extend an earlier one."""
-
-    code = "bad_log_proof"
-
-
-class WitnessError(LedgerError):
-    """A witness cosignature does not hold (SPEC section 11). ``code`` is ``bad_cosignature``
-    (malformed, or the signature does not verify), ``unknown_witness`` (the key is not a
-    witness of that height) or ``witnesses_insufficient`` (fewer than a verifier demands)."""
-
-    code = "bad_cosignature"
+class CodedError(LedgerError):
+    """A LedgerError whose ``code`` may be given per instance (it survives pickling)."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -238,11 +220,37 @@ class WitnessError(LedgerError):
             self.code = code
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_witness_error, (str(self), self.code))
+        return (_coded_error, (type(self), str(self), self.code))
 
 
-def _witness_error(message: str, code: str) -> WitnessError:
-    return WitnessError(message, code=code)
+def _coded_error(cls: type[CodedError], message: str, code: str) -> CodedError:
+    return cls(message, code=code)
+
+
+class ReceiptError(CodedError):
+    """A receipt does not prove that its record is on the chain. ``code`` is ``bad_receipt``,
+    or what a verifier demanded beyond it failed: a witness code (``WitnessError``'s),
+    ``checkpoint_mismatch`` (another block than a trusted checkpoint's) or
+    ``checkpoint_unprovable`` (a trusted checkpoint the receipt cannot be held against)."""
+
+    code = "bad_receipt"
+
+
+class LogProofError(CodedError):
+    """A checkpoint, or a log inclusion or consistency proof, does not verify (SPEC section
+    11): a node served a wrong proof, a checkpoint its validators did not sign, or a log
+    that does not extend an earlier one. ``code`` is ``bad_log_proof``, or a witness code
+    (``WitnessError``'s) when a checkpoint's cosignatures fail."""
+
+    code = "bad_log_proof"
+
+
+class WitnessError(CodedError):
+    """A witness cosignature does not hold (SPEC section 11). ``code`` is ``bad_cosignature``
+    (malformed, or the signature does not verify), ``unknown_witness`` (the key is not a
+    witness of that height) or ``witnesses_insufficient`` (fewer than a verifier demands)."""
+
+    code = "bad_cosignature"
 
 
 class StoreError(LedgerError):

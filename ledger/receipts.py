@@ -16,25 +16,34 @@ from ledger import merkle
 from ledger.blocks import Block, Certificate, Header
 from ledger.config import CONFIG_TYPE, Config
 from ledger.encoding import b64decode, b64encode, hex_decode, loads_json
-from ledger.errors import DecodeError, LedgerError, ReceiptError, UnauthorisedError
+from ledger.errors import (
+    DecodeError,
+    LedgerError,
+    ReceiptError,
+    UnauthorisedError,
+    WitnessError,
+)
 from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store.base import BlockStore
 from ledger.validation import check_record
+from ledger.witness import count_witnesses, parse_witnesses, require_witnesses, witnesses_json
 
 RECEIPT_KEYS = ("chain", "record_id", "envelope", "height", "index", "header", "audit_path",
                 "cert")
 
 
 def build_receipt(store: BlockStore, record_id: bytes,
-                  config_records: list[tuple[int, int]] | None = None
-                  ) -> dict[str, Any] | None:
+                  config_records: list[tuple[int, int]] | None = None, *,
+                  witnesses: bool = False) -> dict[str, Any] | None:
     """The receipt of a committed record, or None if the store does not hold it.
 
     ``config_records`` are the (height, index) of every ``ledger.config`` record on the
     chain, in chain order: given, the receipt carries ``config_proof`` (SPEC section 6, v1.1)
     with a step for each below the record's height; omitted, it has no ``config_proof``,
-    which verifiers read as ``[]`` (right for a chain without changes)."""
+    which verifiers read as ``[]`` (right for a chain without changes). With ``witnesses``,
+    it carries the witness cosignatures the store holds for its height (SPEC section 11,
+    ``[{"pubkey": hex, "sig": b64}]``)."""
     loc = store.locate(record_id)
     if loc is None:
         return None
@@ -45,6 +54,8 @@ def build_receipt(store: BlockStore, record_id: bytes,
                                **_step(block, loc.index)}
     if config_records is not None:
         receipt["config_proof"] = config_steps(store, config_records, loc.height)
+    if witnesses:
+        receipt["witnesses"] = witnesses_json(store.cosignatures(loc.height))
     return receipt
 
 
@@ -89,6 +100,39 @@ def dumps_receipt(receipt: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustedCheckpoint:
+    """A block the verifier already trusts (``ledger verify --checkpoint HEIGHT:BLOCK_HASH``):
+    e.g. one it audited, or one published out of band.
+
+    Offline, a receipt can be held against it only where the receipt shows that height's
+    header: the receipt's own height (then the record is proven in the trusted block, whatever
+    the certificates: the guard against SPEC section 6's retired-key fork) or a
+    ``config_proof`` step's (then that configuration change is the trusted chain's). For any
+    other height it proves nothing offline — the record's inclusion in that checkpoint's log
+    would be needed (``ledger log prove --height H``) — so ``verify_receipt`` refuses it
+    rather than pass unchecked."""
+
+    height: int
+    block_hash: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> TrustedCheckpoint:
+        """``HEIGHT:BLOCK_HASH`` (a positive height, 64 hex characters)."""
+        height, sep, block_hash = text.strip().partition(":")
+        if not sep or not height.isdigit() or int(height) < 1:
+            raise ReceiptError(f"checkpoint {text!r}: expected HEIGHT:BLOCK_HASH with a "
+                               "height >= 1")
+        try:
+            return cls(int(height), hex_decode(block_hash.lower(), "block hash", 32))
+        except LedgerError as exc:
+            raise ReceiptError(f"checkpoint {text!r}: expected HEIGHT:BLOCK_HASH, the hash "
+                               f"64 hex characters ({exc})") from exc
+
+    def __str__(self) -> str:
+        return f"{self.height}:{self.block_hash.hex()}"
+
+
+@dataclass(frozen=True, slots=True)
 class VerifiedReceipt:
     """What a valid receipt proves."""
 
@@ -99,6 +143,12 @@ class VerifiedReceipt:
     #: The configuration in force at the record's height, reached by following the
     #: receipt's ``config_proof`` from genesis (version 0 for a chain without changes).
     config: Config | None = None
+    #: How many distinct witnesses of that configuration cosigned the receipt's header
+    #: (SPEC section 11); None for a receipt without a ``witnesses`` list (v1.0).
+    witnesses: int | None = None
+    #: Where each trusted checkpoint given to ``verify_receipt`` matched: ``(checkpoint,
+    #: where)`` with ``where`` "receipt" (the receipt's own block) or "config_proof[i]".
+    checkpoints: tuple[tuple[TrustedCheckpoint, str], ...] = ()
 
     @property
     def signer_names(self) -> tuple[str, ...]:
@@ -128,19 +178,31 @@ def _field(doc: dict[str, Any], key: str, kind: type, where: str = "receipt") ->
     return value
 
 
-def verify_receipt(doc: dict[str, Any] | str | bytes, genesis: Genesis) -> VerifiedReceipt:
-    """Check a receipt against genesis alone; ReceiptError says the first thing wrong."""
+def verify_receipt(doc: dict[str, Any] | str | bytes, genesis: Genesis, *, witnesses: int = 0,
+                   checkpoints: tuple[TrustedCheckpoint, ...] = ()) -> VerifiedReceipt:
+    """Check a receipt against genesis alone; ReceiptError says the first thing wrong.
+
+    Every entry of its ``witnesses`` list (SPEC section 11), when it has one, must be a
+    valid cosignature of its header by a distinct witness of the configuration governing its
+    height; with ``witnesses=k`` at least ``k`` of them are required (a receipt without the
+    list then fails). Each of ``checkpoints`` must match the header the receipt shows at its
+    height (see ``TrustedCheckpoint``: one at a height the receipt does not show fails)."""
+    if witnesses < 0:
+        raise ValueError("witnesses must not be negative")
     if not isinstance(doc, dict):
         doc = parse_receipt(doc)
     try:
-        return _verify(doc, genesis)
+        return _verify(doc, genesis, witnesses, checkpoints)
     except ReceiptError:
         raise
+    except WitnessError as exc:
+        raise ReceiptError(str(exc), code=exc.code) from exc
     except LedgerError as exc:
         raise ReceiptError(str(exc)) from exc
 
 
-def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
+def _verify(doc: dict[str, Any], genesis: Genesis, k: int,
+            trusted: tuple[TrustedCheckpoint, ...]) -> VerifiedReceipt:
     chain = _field(doc, "chain", str)
     if chain != genesis.chain_id:
         raise ReceiptError(f"receipt is for chain {chain!r}, genesis is {genesis.chain_id!r}")
@@ -164,7 +226,55 @@ def _verify(doc: dict[str, Any], genesis: Genesis) -> VerifiedReceipt:
     except UnauthorisedError as exc:
         raise ReceiptError(str(exc)) from exc
     _, header, sigs = _in_block(doc, "receipt", chain, genesis, config, height, record)
-    return VerifiedReceipt(record, header, _field(doc, "index", int), sigs, config)
+    matched = _match_checkpoints(trusted, header, steps)
+    cosigned = receipt_witnesses(doc, k, config, genesis, header)
+    return VerifiedReceipt(record, header, _field(doc, "index", int), sigs, config, cosigned,
+                           matched)
+
+
+def receipt_witnesses(doc: dict[str, Any], k: int, config: Config, genesis: Genesis,
+                      header: Header, where: str = "receipt") -> int | None:
+    """The witnesses that cosigned a receipt's (or checkpoint's) ``header``, from its
+    ``witnesses`` list: every entry checked (``ledger.witness.count_witnesses``), at least
+    ``k`` required. None when ``doc`` has no list and ``k`` is 0 (a v1.0 receipt)."""
+    if "witnesses" not in doc:
+        if k:
+            have = len(config.witnesses)
+            raise WitnessError(f"{where}: no witness cosignatures ('witnesses' is missing); "
+                               f"{k} required for height {header.height} (the configuration "
+                               f"lists {have} witness{'es' if have != 1 else ''})",
+                               code="witnesses_insufficient")
+        return None
+    pairs = parse_witnesses(doc["witnesses"], where)
+    if k:
+        return require_witnesses(pairs, k, config, genesis.hash, header, where)
+    return count_witnesses(pairs, config, genesis.hash, header, where)
+
+
+def _match_checkpoints(trusted: tuple[TrustedCheckpoint, ...], header: Header,
+                       steps: list[Any]) -> tuple[tuple[TrustedCheckpoint, str], ...]:
+    """Where each trusted checkpoint meets the receipt (the steps are verified already)."""
+    shown = {header.height: ("receipt", header.hash)}
+    for n, step in enumerate(steps):
+        step_header = Header.from_wire(b64decode(step["header"], f"config_proof[{n}].header"))
+        shown[step_header.height] = (f"config_proof[{n}]", step_header.hash)
+    matched = []
+    for point in trusted:
+        if point.height not in shown:
+            heights = ", ".join(str(h) for h in sorted(shown))
+            raise ReceiptError(
+                f"checkpoint at height {point.height} cannot be checked offline against this "
+                f"receipt: it shows the headers of heights {heights} only (against another "
+                f"height, prove the record online: ledger log prove --height H)",
+                code="checkpoint_unprovable")
+        where, block_hash = shown[point.height]
+        if block_hash != point.block_hash:
+            raise ReceiptError(
+                f"{where}: block {block_hash.hex()} at height {point.height} is not the "
+                f"trusted checkpoint's {point.block_hash.hex()}: another history",
+                code="checkpoint_mismatch")
+        matched.append((point, where))
+    return tuple(matched)
 
 
 def follow_config_proof(steps: list[Any], chain: str, genesis: Genesis, height: int,

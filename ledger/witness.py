@@ -115,8 +115,10 @@ def parse_cosignature(doc: Any) -> Cosignature:
         raise WitnessError(str(exc)) from exc
     if len(sig) != SIGNATURE_SIZE:
         raise WitnessError(f"cosignature.sig: expected {SIGNATURE_SIZE} bytes, got {len(sig)}")
-    if height < 1 or (log_size is not None and log_size < 0):
-        raise WitnessError("cosignature: height must be >= 1 and log_size >= 0")
+    if not 1 <= height < 2**64 or (log_size is not None and not 0 <= log_size < 2**64):
+        # msgpack (the signed message) holds unsigned 64-bit integers at most
+        raise WitnessError("cosignature: height must be in 1..2^64-1 and log_size in "
+                           "0..2^64-1")
     return Cosignature(pubkey, height, block_hash, sig, log_size, log_root)
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -38,11 +39,12 @@ from ledger import encoding
 from ledger.blocks import BlockShell, Header
 from ledger.config import ConfigHistory, decode_change
 from ledger.encoding import b64decode, b64encode, loads_json
-from ledger.errors import DecodeError, LedgerError, TooLargeError
+from ledger.errors import CorruptStoreError, DecodeError, LedgerError, TooLargeError, WitnessError
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt, config_steps
 from ledger.records import Record
 from ledger.store.base import ConfigChange
+from ledger.witness import Cosignature, check_cosignature, parse_cosignature, witnesses_json
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
@@ -51,7 +53,6 @@ from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
 
 if TYPE_CHECKING:
-    from ledger.store import RecordLocation
     from ledger.store.base import BlockStore
 
 MSGPACK = "application/msgpack"
@@ -60,10 +61,19 @@ MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait 
 REPLAY_BATCH = 16  # past blocks read per worker job of a replay
 HISTORY_SLICE = 64  # records read from the store at a time for a history page
 HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page early
+HISTORY_PROOF_PAGE = 100  # records at most in a history page with proof=true
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
+COSIGNATURES = "/v1/log/cosignatures"
+COSIGNATURE_BODY_MAX = 4096  # a cosignature body is ~400 bytes
+#: a smaller body limit than ``max_body_bytes`` for these POST paths
+BODY_LIMITS = {COSIGNATURES: COSIGNATURE_BODY_MAX}
+SPLIT_VIEWS_SHOWN = 20  # split-view evidence entries in /v1/status (the newest)
 DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
+# RFC 3339 section 5.6 date-time (ASCII digits, an offset required; "T" or a space)
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+                     r"(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 # a query parameter read as text (parse_count) but documented as the integer it must be
 INTEGER: dict[str, Any] = {"type": "integer", "minimum": 0}
 log = logging.getLogger("ledger.api")
@@ -252,6 +262,84 @@ def render_block_json(data: bytes) -> bytes:
     return b"".join((doc[:at], b",".join(pieces), doc[at:]))
 
 
+COSIGNATURE_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A witness's cosignature of one block (SPEC section 11). `log_size` and "
+                   "`log_root` (optional, together) are those of the block the witness "
+                   "cosigned: with them a cosignature over another block than this node's "
+                   "can be verified, and kept as proof of a split view (docs/protocol.md).",
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["pubkey", "height", "block_hash", "sig"],
+        "properties": {
+            "pubkey": {"type": "string", "description": "the witness key, 64 hex"},
+            "height": {"type": "integer", "minimum": 1},
+            "block_hash": {"type": "string", "description": "the cosigned block, 64 hex"},
+            "sig": {"type": "string", "format": "byte",
+                    "description": "base64 Ed25519 signature (SPEC section 11)"},
+            "log_size": {"type": "integer", "minimum": 0},
+            "log_root": {"type": "string", "description": "64 hex"}}}}},
+}
+
+
+def split_view_json(cosig: Cosignature, node_block_hash: bytes) -> bytes:
+    """The evidence a store keeps of a split view: the cosignature (a POST body, so anyone
+    can check it with ``ledger.witness.cosigned_message``) and this node's block hash at its
+    height, as canonical JSON (the same cosignature twice is the same bytes)."""
+    doc = {"kind": "split_view", "height": cosig.height, "witness": cosig.pubkey.hex(),
+           "block_hash": cosig.block_hash.hex(), "node_block_hash": node_block_hash.hex(),
+           "cosignature": cosig.to_json()}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def judge_cosignature(node: NodeService, chunks: list[bytes]) -> tuple[Cosignature, bool]:
+    """Check a ``POST /v1/log/cosignatures`` body against this node's block at its height
+    and keep it: (the cosignature, whether it was new). A Problem otherwise; a split view is
+    kept as evidence before its 409. Signature checks and a write: run it in a worker."""
+    try:
+        doc = loads_json(b"".join(chunks))
+    except LedgerError as exc:
+        raise Problem(400, "malformed", f"body is not JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise Problem(400, "malformed", "expected a JSON object")
+    try:
+        cosig = parse_cosignature(doc)
+    except WitnessError as exc:
+        raise Problem(400, exc.code, str(exc)) from exc
+    tip = node.store.height
+    if cosig.height > tip:
+        raise Problem(404, "unknown_height", f"no block at height {cosig.height} yet; the tip "
+                      f"is {tip}")
+    stored = node.store.header_cert(cosig.height)
+    if stored is None:
+        raise Problem(404, "unknown_height", f"no block at height {cosig.height}")
+    header = Header.from_wire(stored[0])
+    history = node.store.history
+    config = node.genesis.config if history is None else history.at(cosig.height)
+    try:
+        holds = check_cosignature(cosig, config, node.genesis.hash, header)
+    except WitnessError as exc:
+        raise Problem(400, exc.code, str(exc)) from exc
+    if holds:
+        if any(pk == cosig.pubkey for pk, _ in node.store.cosignatures(cosig.height)):
+            return cosig, False  # a replay (they are public): no write for it
+        return cosig, node.store.add_cosignature(cosig.height, cosig.pubkey, cosig.sig)
+    kept = node.store.add_split_view(split_view_json(cosig, header.hash))
+    if kept:
+        log.warning("split view: witness %s cosigned block %s at height %d; ours is %s",
+                    cosig.pubkey.hex(), cosig.block_hash.hex(), cosig.height, header.hash.hex())
+    raise Problem(409, "split_view",
+                  f"witness {cosig.pubkey.hex()} cosigned block {cosig.block_hash.hex()} at "
+                  f"height {cosig.height}; this node's block there is {header.hash.hex()}. "
+                  f"Kept as evidence (GET /v1/status: split_views)")
+
+
+def with_witnesses(block_json: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """A block's JSON (an object, as ``render_block_json`` makes it) with ``"witnesses"``
+    added last: cosignatures arrive after the block, so the cached JSON has none."""
+    return b"".join((block_json[:-1], b',"witnesses":', render_json(witnesses_json(pairs)),
+                     b"}"))
+
+
 def parse_id(text: str) -> bytes:
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise Problem(400, "invalid_id", "a record id is 64 lowercase hex characters")
@@ -281,6 +369,98 @@ def parse_count(name: str, text: str, low: int, high: int, bound: str) -> int:
         raise Problem(400, "invalid_parameter",
                       f"`{name}` must be at most {bound} ({high}), got {value}")
     return value
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME_MS = 2**63 - 1  # a header's time_ms is an unsigned 63-bit count (ledger.blocks)
+
+
+def parse_time_us(name: str, text: str) -> int:
+    """``since``/``until`` in microseconds since the Unix epoch: given as milliseconds, or
+    as an RFC 3339 date-time with its offset (``2026-11-30T08:00:00Z``)."""
+    if DIGITS.fullmatch(text):
+        return int(text) * 1000
+    if not RFC3339.fullmatch(text):
+        raise Problem(400, "invalid_parameter",
+                      f"`{name}` must be milliseconds since the epoch or an RFC 3339 "
+                      f"date-time with an offset, got {text[:40]!r}")
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError as exc:
+        raise Problem(400, "invalid_parameter", f"`{name}`: {exc}") from exc
+    micros = (moment - EPOCH) // timedelta(microseconds=1)
+    if not 0 <= micros <= MAX_TIME_MS * 1000:
+        raise Problem(400, "invalid_parameter", f"`{name}` is before 1970 or too far ahead")
+    return micros
+
+
+def time_range_ms(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """The block-time range ``[since, until]`` in whole milliseconds (block times are): a
+    fraction rounds inwards, so the range never takes in a block outside it. 400 when it
+    ends before it starts."""
+    t0 = None if since is None else parse_time_us("since", since)
+    t1 = None if until is None else parse_time_us("until", until)
+    if t0 is not None and t1 is not None and t0 > t1:
+        raise Problem(400, "invalid_parameter",
+                      f"`since` ({since}) is after `until` ({until})")
+    return (None if t0 is None else -(-t0 // 1000)), (None if t1 is None else t1 // 1000)
+
+
+class HeaderReader:
+    """Block headers by height for one history page (each read once), and the log-index
+    range of a block-time range.
+
+    Block times strictly increase along the chain: ``ledger.validation.check_extends``, the
+    one rule every store applies, refuses a block whose ``time_ms`` is not after its
+    predecessor's. So the blocks of a time range are a run of heights, found by binary
+    search, and their records a run of log indexes (a block's first is ``log_size -
+    record_count``): O(log height) one-row reads, never a scan."""
+
+    def __init__(self, node: NodeService) -> None:
+        self.store = node.store
+        self.read: dict[int, Header] = {}
+
+    def header(self, height: int) -> Header:
+        """The header at ``height`` (at most the tip)."""
+        found = self.read.get(height)
+        if found is None:
+            stored = self.store.header_cert(height)
+            if stored is None:
+                raise CorruptStoreError(f"no stored header below the tip, at {height}", height)
+            found = self.read[height] = Header.from_wire(stored[0])
+        return found
+
+    def log_size(self, height: int) -> int:
+        """Records in the log up to and including block ``height`` (0 for none)."""
+        return self.header(height).log_size if height else 0
+
+    def first_seq(self, height: int) -> int:
+        """The log index of block ``height``'s first record."""
+        header = self.header(height)
+        return header.log_size - header.record_count
+
+    def first_height(self, height: int, after: Callable[[Header], bool]) -> int:
+        """The lowest height in ``[1, height]`` whose header is ``after`` (which must hold
+        from some height on), ``height + 1`` if none is."""
+        low, high = 1, height + 1
+        while low < high:
+            mid = (low + high) // 2
+            if after(self.header(mid)):
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
+    def seq_range(self, height: int, since: int | None, until: int | None) -> tuple[int, int]:
+        """``[low, high)``: the log indexes of the records of blocks ``1..height`` whose time
+        is within ``[since, until]`` (each bound optional)."""
+        low, high = 0, self.log_size(height)
+        if since is not None:
+            h = self.first_height(height, lambda hd: hd.time_ms >= since)
+            low = high if h > height else self.first_seq(h)
+        if until is not None:
+            high = self.log_size(self.first_height(height, lambda hd: hd.time_ms > until) - 1)
+        return low, high
 
 
 def parse_last_event_id(text: str) -> int | None:
@@ -560,7 +740,7 @@ class ApiGuard:
         try:
             if scope["method"] == "POST":
                 reserved = self.reserve(scope)
-                chunks = await self.receive_body(receive)
+                chunks = await self.receive_body(receive, self.limit(scope))
                 scope[BODY] = chunks
                 receive = replay(chunks, receive)
             if scope["path"] == "/v1/events":
@@ -588,9 +768,14 @@ class ApiGuard:
             if not self.per_source[source]:
                 del self.per_source[source]
 
+    def limit(self, scope: Scope) -> int:
+        """The body limit of this request's path (``max_body_bytes`` unless smaller)."""
+        return min(self.cfg.max_body_bytes, BODY_LIMITS.get(scope["path"],
+                                                            self.cfg.max_body_bytes))
+
     def reserve(self, scope: Scope) -> int:
         """Reserve the declared body size (or the limit) from the body budget."""
-        limit = self.cfg.max_body_bytes
+        limit = self.limit(scope)
         declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
         size = int(declared) if DIGITS.fullmatch(declared) else limit
         if size > limit:
@@ -602,10 +787,11 @@ class ApiGuard:
         self.body_bytes += size
         return size
 
-    async def receive_body(self, receive: Receive) -> list[bytes]:
+    async def receive_body(self, receive: Receive, limit: int) -> list[bytes]:
         """The whole body, as received, within ``api_body_timeout`` seconds (408 after), at
-        most ``max_body_bytes`` (413 beyond)."""
-        limit, chunks, size = self.cfg.max_body_bytes, [], 0
+        most ``limit`` bytes (413 beyond)."""
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout(self.cfg.api_body_timeout):
                 while True:
@@ -837,7 +1023,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         return Response(data, media_type="application/json")
 
     @app.get("/v1/records/{record_id}/receipt", responses={
-        **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`"),
+        **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`; "
+             "`witnesses`: the cosignatures this node holds for its height"),
         **problems((400, "invalid_id", "not 64 lowercase hex characters"),
                    (404, "not_found", "no such record"),
                    (409, "not_committed", "the record is pending, not committed yet"),
@@ -847,9 +1034,11 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         rid = parse_id(record_id)
 
         def receipt() -> bytes | None:
-            # build_receipt reads only locate() and block(), which a ReadStore has
+            # build_receipt reads only locate(), block() and cosignatures(), which a
+            # ReadStore has
             records = [(c.height, c.index) for c in config_versions(node)[1]]
-            r = build_receipt(cast("BlockStore", node.store), rid, config_records=records)
+            r = build_receipt(cast("BlockStore", node.store), rid, config_records=records,
+                              witnesses=True)
             return None if r is None else render_json(r)
 
         data = await workers.run(receipt)
@@ -863,8 +1052,9 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         raise Problem(404, "not_found", f"no record {record_id}")
 
     @app.get("/v1/blocks/{height}", response_model=None, responses={
-        **ok("the block as JSON, or with `Accept: application/msgpack` its exact bytes",
-             {MSGPACK: BINARY}),
+        **ok("the block as JSON (with `witnesses`: the cosignatures this node holds for it, "
+             "`[{pubkey: hex, sig: b64}]`), or with `Accept: application/msgpack` its exact "
+             "bytes (SPEC section 4: no cosignatures)", {MSGPACK: BINARY}),
         **problems((400, "invalid_height", "not a positive integer"),
                    (404, "not_found", "beyond the tip"), *LIMITED)})
     async def get_block(height: str, request: Request) -> Response:
@@ -901,7 +1091,14 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             if cached is None:
                 raise Problem(404, "not_found", f"no block at height {h}")
             blocks.put(h, cached)
-        return Response(cached, media_type="application/json")
+        # On the loop, like a record's read (this thread's WAL reader never waits for the
+        # writer); large blocks' JSON is copied in a worker.
+        pairs = node.store.cosignatures(h)
+        if len(cached) > (1 << 20):
+            data = await workers.run(with_witnesses, cached, pairs)
+        else:
+            data = with_witnesses(cached, pairs)
+        return Response(data, media_type="application/json")
 
     @app.get("/v1/config", responses={
         **ok("the configuration governing the next height, or version V (SPEC section 9)"),
@@ -970,7 +1167,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
     @app.get("/v1/log/checkpoint", responses={
         **ok("`{height, header: b64, cert, witnesses}`: a header with its certificate (the "
              "validators in force sign the log's size and root); `cert` in a receipt's shape; "
-             "`witnesses` is `[]` until witnesses cosign"),
+             "`witnesses`: the cosignatures this node holds for that height, "
+             "`[{pubkey: hex, sig: b64}]` ordered by key (`[]` when none)"),
         **problems(log_bounds, (404, "not_found", "the chain has no block yet"), *LIMITED)})
     async def log_checkpoint(
             height: str = Query(None, json_schema_extra=INTEGER,
@@ -983,16 +1181,55 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         if tip == 0:
             raise Problem(404, "not_found", "the chain has no block yet")
         h = parse_count("height", height, 1, tip, "the tip") if height else tip
-        doc = await workers.run(lambda: checkpoints.stored_checkpoint(node.store.header_cert(h)))
+        doc = await workers.run(lambda: checkpoints.stored_checkpoint(
+            node.store.header_cert(h), node.store.cosignatures(h)))
         if doc is None:
             raise Problem(404, "not_found", f"no block at height {h}")
         return JSONResponse(doc)
 
+    @app.post(COSIGNATURES, openapi_extra={"requestBody": COSIGNATURE_BODY}, responses={
+        **ok("`{stored, height, block_hash}`: the cosignature holds over this node's block at "
+             "that height and is kept (listed with the checkpoint, the block and receipts of "
+             "that height); `stored` is false when this witness's cosignature of that height "
+             "was already held"),
+        **problems(
+            (400, "malformed", "the body is not a JSON object"),
+            (400, "bad_cosignature", "a field is missing or malformed, or the signature "
+             "verifies neither over this node's block nor over the block the body names "
+             "(with `log_size` and `log_root`); never stored"),
+            (400, "unknown_witness", "the key is not a witness of the configuration "
+             "governing that height; never stored"),
+            (404, "unknown_height", "the height is beyond this node's tip (post it again "
+             "once the node has the block)"),
+            (409, "split_view", "the signature verifies over another block at that height "
+             "than this node's: proof of a split view, kept (durably) and shown in "
+             "`/v1/status` as `split_views`"),
+            (413, "body_too_large", f"the body exceeds {COSIGNATURE_BODY_MAX} bytes"),
+            (408, "body_timeout", "the body did not arrive within `api_body_timeout`"),
+            *LIMITED)})
+    async def post_cosignature(request: Request) -> JSONResponse:
+        """A witness posts its cosignature of one block (SPEC section 11): kept if it holds
+        over this node's block, evidence (409) if it holds over another, else refused."""
+        chunks = request.scope.get(BODY)
+        if chunks is None:  # only ApiGuard calls this app, and it receives every POST body
+            raise Problem(500, "internal", "the body was not received")
+        try:
+            cosig, stored = await workers.run(judge_cosignature, node, chunks)
+        except Problem as exc:
+            node.metrics.count_cosignature(exc.code)
+            raise
+        node.metrics.count_cosignature("stored" if stored else "duplicate")
+        return JSONResponse({"stored": stored, "height": cosig.height,
+                             "block_hash": cosig.block_hash.hex()})
+
     @app.get("/v1/status", responses={**ok("this node's view of the chain"),
                                        **problems(*LIMITED)})
     async def status() -> JSONResponse:
-        """Chain, node, tip, validators and connected peers."""
+        """Chain, node, tip, validators and connected peers; evidence of misbehaviour
+        (``evidence``: validators' equivocations; ``split_views``: witnesses' cosignatures
+        of another block than this node's)."""
         now = node.status()
+        split_views = node.store.split_views()
         connected = set(now.peers)
         history = node.store.history
         config = node.genesis.config if history is None else history.latest
@@ -1012,6 +1249,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                             "connected": v.pubkey in linked}
                            for v in config.validators],
             "peers": sorted(connected), "evidence": list(now.evidence),
+            "split_views": [json.loads(d) for d in split_views[-SPLIT_VIEWS_SHOWN:]],
+            "split_view_count": len(split_views),
             "config_version": config.version,
             # whether this node votes at the height being decided (its index in that
             # height's set), or only follows the chain
@@ -1020,12 +1259,16 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
 
     @app.get("/v1/subjects/{subject:path}/history", responses={
         **ok("one page of records, oldest first (`order=desc`: newest first): up to `limit`, "
-             "fewer when they hold over 4 MiB of envelopes; `next` is the cursor for the "
+             "fewer when they hold over 4 MiB of envelopes; each with its `log_index` (and "
+             "with `proof=true` its RFC 9162 `proof`); `next` is the cursor for the "
              "following page (`after=next`, or `before=next` with `order=desc`), null on the "
-             "last page"),
+             "last page; `checkpoint` `{height, log_size}` is the block the page was read "
+             "at (the tip, or `at_height`): records with `log_index >= log_size` are not in "
+             "it, and proofs are against its log root"),
         **problems((400, "invalid_parameter",
-                    "`after`, `before`, `limit` or `order` out of range, or a cursor that "
-                    "does not go with `order` (`after` with `desc`, `before` with `asc`)"),
+                    "`after`, `before`, `limit`, `order`, `since`, `until`, `at_height` or "
+                    "`proof` out of range or not parsed, `since` after `until`, or a cursor "
+                    "that does not go with `order` (`after` with `desc`, `before` with `asc`)"),
                    *LIMITED)})
     async def history(subject: str,
                       order: Literal["asc", "desc"] = Query(
@@ -1039,41 +1282,86 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                           None, ge=0, le=2**62,
                           description="`order=desc`: records before this log index "
                                       "(the previous page's `next`)"),
-                      limit: int = Query(100, ge=1, le=1000)) -> Response:
-        """Committed records of one subject, oldest first or (``order=desc``) newest first.
+                      limit: int = Query(100, ge=1, le=1000, description=(
+                          f"records per page, 1-1000 (at most {HISTORY_PROOF_PAGE} with "
+                          "`proof=true`: a larger limit is cut to it)")),
+                      since: str | None = Query(None, description=(
+                          "only records of blocks whose time (`header.time_ms`) is at or "
+                          "after this: milliseconds since the Unix epoch, or an RFC 3339 "
+                          "date-time with an offset (`2026-11-30T08:00:00Z`)")),
+                      until: str | None = Query(None, description=(
+                          "only records of blocks whose time is at or before this (same "
+                          "forms as `since`; `since <= until`)")),
+                      at_height: str | None = Query(None, json_schema_extra=INTEGER,
+                                                    description=(
+                          "read the history as of this block, `1 <= at_height <=` the tip "
+                          "(default: the tip): pass the first page's `checkpoint.height` to "
+                          "keep every page of a walk, and its proofs, at one block")),
+                      proof: bool = Query(False, description=(
+                          "add each record's RFC 9162 inclusion `proof` (hex hashes) in the "
+                          "log of `checkpoint.log_size` records; verify it against `GET "
+                          "/v1/log/checkpoint?height=` of `checkpoint.height`")),
+                      ) -> Response:
+        """Committed records of one subject, oldest first or (``order=desc``) newest first,
+        optionally within a block-time range and with an inclusion proof per record.
 
         Page on with ``after=next``, or ``before=next`` when newest first."""
         if order == "asc" and before is not None:
             raise Problem(400, "invalid_parameter", "`before` pages `order=desc`; use `after`")
         if order == "desc" and after is not None:
             raise Problem(400, "invalid_parameter", "`after` pages `order=asc`; use `before`")
+        t0, t1 = time_range_ms(since, until)
+        tip = node.store.height
+        pinned = (parse_count("at_height", at_height, 1, max(tip, 1), "the tip")
+                  if at_height is not None else None)
+        if pinned is not None and pinned > tip:  # an empty chain: no height to read at
+            raise Problem(400, "invalid_parameter", "`at_height`: the chain has no block yet")
         newest_first = order == "desc"
-
-        def read(cursor: int | None, want: int) -> list[tuple[RecordLocation, bytes]]:
-            if newest_first:
-                return node.store.subject_history_desc(subject, before_seq=cursor, limit=want)
-            return node.store.subject_history(
-                subject, after_seq=-1 if cursor is None else cursor, limit=want)
+        if proof:
+            limit = min(limit, HISTORY_PROOF_PAGE)
 
         def page() -> bytes:
-            """Read in slices of HISTORY_SLICE; a page ends at ``limit`` records or once
-            it holds HISTORY_PAGE_BYTES of envelopes (its JSON is ~2.7 times that)."""
+            height = tip if pinned is None else pinned
+            headers = HeaderReader(node)
+            log_size = headers.log_size(height)
+            low, high = headers.seq_range(height, t0, t1)  # [low, high) in the log
             records: list[dict[str, Any]] = []
-            cursor, size, full = (before if newest_first else after), 0, False
+            seqs: list[int] = []
+            size, full = 0, False
+            if newest_first:
+                cursor = high if before is None else min(before, high)
+            else:
+                cursor = max(-1 if after is None else after, low - 1)
             while not full:
                 want = min(HISTORY_SLICE, limit - len(records))
-                rows = read(cursor, want)
+                if newest_first:
+                    rows = node.store.subject_history_desc(subject, before_seq=cursor,
+                                                           limit=want)
+                else:
+                    rows = node.store.subject_history(subject, after_seq=cursor, limit=want)
+                ended = len(rows) < want
                 for loc, envelope in rows:
-                    records.append(record_json(Record.from_wire(envelope), "committed",
-                                               loc.height, loc.index))
+                    if not low <= loc.seq < high:  # past the range or the checkpoint
+                        ended = True
+                        break
+                    item = record_json(Record.from_wire(envelope), "committed",
+                                       loc.height, loc.index)
+                    item["log_index"] = loc.seq
+                    records.append(item)
+                    seqs.append(loc.seq)
                     cursor, size = loc.seq, size + len(envelope)
                     if len(records) == limit or size >= HISTORY_PAGE_BYTES:
                         full = True
                         break
-                if len(rows) < want:
+                if ended:
                     break
-            nxt = cursor if full else None
-            return render_json({"subject": subject, "records": records, "next": nxt})
+            if proof and records:
+                paths = checkpoints.log_inclusions(node.store.log_nodes, seqs, log_size)
+                for item, path in zip(records, paths, strict=True):
+                    item["proof"] = path
+            return render_json({"subject": subject, "records": records,
+                                "next": cursor if full else None,
+                                "checkpoint": {"height": height, "log_size": log_size}})
 
         return Response(await workers.run(page), media_type="application/json")
 

@@ -34,12 +34,12 @@ from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import parse_receipt, verify_receipt
+from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
 from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
-from node.export import Bundle, write_bundle
+from node.export import Bundle, check_witnesses, write_bundle
 from node.files import write_durably
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -227,39 +227,36 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.close()
             raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
         raw, tip = genesis.raw, store.height
-
-        def from_store() -> Iterator[bytes | None]:
-            try:
-                for height in range(1, tip + 1):
-                    yield store.block_bytes(height)
-            finally:
-                store.close()
-        blocks = from_store()
+        blocks = (store.block_bytes(height) for height in range(1, tip + 1))
+        # the witnesses section: the cosignatures the store holds (a generator: read after
+        # the blocks)
+        witnesses: Iterator[tuple[int, bytes, bytes]] | tuple[()] = (
+            store.cosignatures_between(1, tip))
     else:
+        # over HTTP, blocks only: a node lists cosignatures per height (its checkpoints
+        # and block JSON), and a request per height would double the export's requests
         client = LedgerClient(args.node, verify=_ca(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
                   for data in chunk.blocks)
+        store, witnesses = None, ()
     bar = _progress(tip, args.quiet)
     try:
-        count, tip_hash = write_bundle(args.out, raw, blocks, on_block=lambda: bar.update(1))
+        count, tip_hash = write_bundle(args.out, raw, blocks, on_block=lambda: bar.update(1),
+                                       witnesses=witnesses)
     finally:
         bar.close()
+        if store is not None:
+            store.close()
     print(f"ok: {count} blocks written to {args.out}; tip {tip_hash.hex()}")
     return EXIT_OK
 
 
 def _checkpoint(text: str) -> tuple[int, bytes]:
-    """Parse ``HEIGHT:BLOCK_HASH`` (argparse type)."""
-    height, _, digest = text.partition(":")
-    try:
-        value = (int(height), hex_decode(digest, "block hash", 32))
-    except (ValueError, LedgerError) as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected HEIGHT:BLOCK_HASH (64 lowercase hex), got {text!r}") from exc
-    if value[0] < 1:
-        raise argparse.ArgumentTypeError("the checkpoint height must be at least 1")
-    return value
+    """Parse ``HEIGHT:BLOCK_HASH`` (argparse type; the one parser is
+    ``TrustedCheckpoint.parse``, as for ``ledger verify --checkpoint``)."""
+    point = _trusted_checkpoint(text)
+    return point.height, point.block_hash
 
 
 def _versions(report: AuditReport) -> str:
@@ -464,6 +461,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"height {tip}: the bundle's end marker names tip {bundle_tip.hex()}, the "
               f"last block's hash is {report.tip_hash.hex()}", file=sys.stderr)
         return EXIT_INVALID
+    witness_note = ""
+    if args.file and bundle.witnesses:
+        try:
+            cosigned = check_witnesses(bundle, genesis, report.history)
+        except AuditError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        heights = len(bundle.witnesses)
+        witness_note = (f", {cosigned} witness cosignature{'s' if cosigned != 1 else ''} of "
+                        f"{heights} height{'s' if heights != 1 else ''} verified")
     proof_note = ""
     if client is not None and loaded is not None:
         proof_error, proof_note = _cross_check_log(client, saved_log, verifier)
@@ -475,8 +482,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if state_path is None:
         print(f"ok: {source} chain {genesis.chain_id!r}: {report.height} blocks, "
               f"{report.records} records verified in {seconds:.2f} s "
-              f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
-              f"tip {report.tip_hash.hex()}")
+              f"({rate:,.0f} records/s, {workers} workers), {_versions(report)}"
+              f"{witness_note}; tip {report.tip_hash.hex()}")
         return EXIT_OK
     saved_note = f"state {state_path} unchanged"
     if loaded is None or report.height > saved:  # nothing new: the saved state stands
@@ -498,16 +505,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- verify -------------------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a receipt offline against genesis."""
+    """Verify a receipt offline against genesis (and, when asked, its witnesses' cosignatures
+    and the checkpoints the verifier trusts)."""
     genesis = Genesis.load(args.genesis)
     try:
         data = Path(args.receipt).read_bytes()
     except OSError as exc:
         raise CommandError(f"{args.receipt}: cannot read ({exc.strerror})") from exc
     try:
-        result = verify_receipt(data, genesis)
+        result = verify_receipt(data, genesis, witnesses=args.witnesses,
+                                checkpoints=tuple(args.checkpoint or ()))
     except ReceiptError as exc:
-        mismatch = receipt_genesis_mismatch(data, genesis)
+        mismatch = receipt_genesis_mismatch(data, genesis) if exc.code == "bad_receipt" else None
         if mismatch:
             raise CommandError(f"{args.receipt}: {mismatch}") from exc
         print(f"invalid: {exc}", file=sys.stderr)
@@ -518,8 +527,42 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"to version {version}" if version else "")
     print(f"valid: record {result.record.id.hex()} is at height {result.header.height}, "
           f"index {result.index}, of chain {genesis.chain_id!r}; certified by {names}"
-          f"{followed}")
+          f"{followed}{_cosigned(result)}")
+    for point, where in result.checkpoints:
+        print(f"  trusted checkpoint {point.height}:{point.block_hash.hex()[:16]}… is "
+              + ("the receipt's own block: the record is in the trusted history"
+                 if where == "receipt" else
+                 f"{where}'s block: the configuration changes up to height {point.height} "
+                 f"are the trusted history's (later ones rest on the certificates)"))
     return EXIT_OK
+
+
+def _cosigned(result: VerifiedReceipt) -> str:
+    """``; cosigned by N of M witnesses`` (nothing for a receipt without a witnesses list)."""
+    from node.logcli import cosigned_by
+
+    if result.witnesses is None or result.config is None:
+        return ""
+    return f"; {cosigned_by(result.witnesses, result.config)}"
+
+
+def _witness_count(text: str) -> int:
+    """``--witnesses K``: a count >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _trusted_checkpoint(text: str) -> TrustedCheckpoint:
+    """``--checkpoint HEIGHT:BLOCK_HASH``."""
+    try:
+        return TrustedCheckpoint.parse(text)
+    except LedgerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- cluster, node, submit -------------------------------------------------------------
@@ -819,10 +862,21 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="verify a record's receipt offline",
         description="Verify a receipt (GET /v1/records/{id}/receipt) with nothing but "
         "genesis.json: the record's id and signature, its authorisation, its audit path to "
-        "the block's records_root, and the block's commit certificate. Exit 0 iff valid.")
+        "the block's records_root, the configuration changes below it (config_proof), the "
+        "block's commit certificate, and any witness cosignatures it lists. Exit 0 iff "
+        "valid. docs/audit.md says what --witnesses and --checkpoint guard against.")
     p.add_argument("receipt", metavar="RECEIPT.json", type=Path)
     p.add_argument("--genesis", required=True, metavar="G", type=Path,
                    help="the chain's genesis.json")
+    p.add_argument("--witnesses", type=_witness_count, default=0, metavar="K",
+                   help="require at least K distinct witnesses of the configuration governing "
+                   "the receipt's height to have cosigned its block (SPEC section 11); any "
+                   "bad cosignature listed fails whatever K")
+    p.add_argument("--checkpoint", type=_trusted_checkpoint, action="append",
+                   metavar="HEIGHT:BLOCK_HASH",
+                   help="a block you already trust (repeatable): the receipt's block, or a "
+                   "config_proof step's, at HEIGHT must be that block; a HEIGHT the receipt "
+                   "shows no header for cannot be checked offline and fails")
     p.set_defaults(func=cmd_verify)
 
     cluster = sub.add_parser("cluster", help="make and run a local cluster",
@@ -939,6 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.logcli import add_commands as add_log_commands  # log checkpoint|prove|...
 
     add_log_commands(sub)
+    from node.historycli import add_commands as add_history_command  # ledger history
+
+    add_history_command(sub)
 
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "

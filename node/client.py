@@ -25,6 +25,7 @@ tests/unit/test_sdk.py compares the two clients' public methods and signatures.
 
 from __future__ import annotations
 
+import json
 import secrets
 import ssl
 import time
@@ -36,12 +37,16 @@ from urllib.parse import quote
 import httpx
 
 from ledger import checkpoint as checkpoints
+from ledger import merkle
 from ledger.checkpoint import VerifiedCheckpoint
 from ledger.crypto import PrivateKey
-from ledger.encoding import loads_json, packb
+from ledger.encoding import b64decode, loads_json, packb
 from ledger.errors import DecodeError, LedgerError, LogProofError
 from ledger.genesis import Genesis
+from ledger.jsonview import jsonable
+from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, verify_receipt
 from ledger.records import Record
+from ledger.witness import Cosignature
 
 MSGPACK = "application/msgpack"
 T = TypeVar("T")
@@ -271,6 +276,113 @@ class EventFeed:
         return None
 
 
+# -- a subject's history, walked page by page ------------------------------------------------
+
+HISTORY_KEYS = ("id", "type", "subject", "signer", "ts", "nonce")
+
+
+@dataclass
+class HistoryWalk:
+    """The state of one ``subject_history`` walk: the query, the cursor, and the block the
+    walk reads at. The first page pins that block (its ``checkpoint.height``, or with
+    ``proofs`` the verified checkpoint's): every later page asks ``at_height=`` it, so a walk
+    is the history as of one block, whatever commits meanwhile; no record is repeated or
+    skipped (cursors are log indexes, and the log only grows)."""
+
+    subject: str
+    order: Literal["asc", "desc"]
+    since: int | str | None
+    until: int | str | None
+    limit: int
+    proofs: bool
+    genesis: Genesis | None
+    checkpoint: VerifiedCheckpoint | None
+    at_height: int | None = None
+    cursor: int | None = None
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        if self.proofs and self.genesis is None and self.checkpoint is None:
+            raise ValueError("subject_history(proofs=True) needs genesis= or checkpoint=")
+        if self.checkpoint is not None:
+            self.proofs, self.at_height = True, self.checkpoint.height
+
+    def call(self) -> Call:
+        """The next page's request."""
+        params: dict[str, str | int] = {"order": self.order, "limit": self.limit}
+        for name, value in (("since", self.since), ("until", self.until),
+                            ("at_height", self.at_height)):
+            if value is not None:
+                params[name] = value
+        if self.cursor is not None:
+            params["after" if self.order == "asc" else "before"] = self.cursor
+        if self.proofs:
+            params["proof"] = "true"
+        return Call("GET", f"/v1/subjects/{quote(self.subject, safe='')}/history", params)
+
+    def fail(self, where: str, message: str) -> LedgerError:
+        """What a page that breaks the walk's guarantees raises: LogProofError when it was
+        to be proved, else NodeError."""
+        text = f"{where}: {message}"
+        return LogProofError(text) if self.proofs else NodeError(text)
+
+    def take(self, call: Call, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """Check one page and move the cursor; the page's records. Each record's fields
+        must be its envelope's, its subject the walk's, its log index past the cursor in
+        the walk's order and below the checkpoint's log size; with ``proofs`` each record's
+        inclusion proof must verify against the verified checkpoint (RFC 9162)."""
+        where = call.where()
+        records, nxt, pinned = doc["records"], doc["next"], doc.get("checkpoint")
+        if not isinstance(records, list) or not (nxt is None or type(nxt) is int):
+            raise NodeError(f"{where}: 'records' is not a list or 'next' not an integer")
+        if not isinstance(pinned, dict) or type(pinned.get("height")) is not int or \
+                type(pinned.get("log_size")) is not int:
+            raise NodeError(f"{where}: no 'checkpoint' {{height, log_size}}")
+        if self.at_height is None:
+            self.at_height = pinned["height"]
+        if pinned["height"] != self.at_height:
+            raise self.fail(where, f"read at height {pinned['height']}, not {self.at_height}")
+        size = pinned["log_size"]
+        if self.checkpoint is not None and size != self.checkpoint.log_size:
+            raise self.fail(where, f"log size {size} is not the checkpoint's "
+                                   f"{self.checkpoint.log_size}")
+        last = self.cursor
+        for item in records:
+            last = self._check_item(where, item, last, size)
+        if nxt is not None and (not records or nxt != last):
+            raise self.fail(where, f"'next' {nxt} is not the last record's log index")
+        self.cursor, self.done = nxt, nxt is None
+        return records
+
+    def _check_item(self, where: str, item: Any, last: int | None, size: int) -> int:
+        if not isinstance(item, dict) or type(item.get("log_index")) is not int or \
+                not isinstance(item.get("envelope"), str):
+            raise NodeError(f"{where}: a record without 'log_index' and 'envelope'")
+        index: int = item["log_index"]
+        where = f"{where}: record at log index {index}"
+        ahead = last is None or (index > last if self.order == "asc" else index < last)
+        if not (ahead and 0 <= index < size):
+            raise self.fail(where, f"out of order after {last}, or not below the log size "
+                                   f"{size}")
+        try:
+            envelope = b64decode(item["envelope"], "envelope")
+            record = Record.from_wire(envelope)
+        except LedgerError as exc:
+            raise self.fail(where, f"its envelope does not decode ({exc})") from exc
+        body = record.body
+        shown = {"id": record.id.hex(), "type": body.type, "subject": body.subject,
+                 "signer": body.signer.hex(), "ts": body.ts, "nonce": body.nonce}
+        if any(item.get(k) != v for k, v in shown.items()) or body.subject != self.subject \
+                or (not body.sealed and item.get("payload") != jsonable(body.payload)):
+            raise self.fail(where, "its fields are not its envelope's, or its subject is "
+                                   f"not {self.subject!r}")
+        if self.checkpoint is not None:
+            checkpoints.verify_log_inclusion(
+                self.checkpoint, index, merkle.leaf_hash(envelope),
+                {"index": index, "size": size, "proof": item.get("proof")})
+        return index
+
+
 # -- the operations, written once -----------------------------------------------------------
 
 def sign_record(identity: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
@@ -384,18 +496,38 @@ class _Protocol:
         return answer.content
 
     def _op_history(self, subject: str, order: Literal["asc", "desc"], after: int | None,
-                    before: int | None, limit: int) -> Operation[dict[str, Any]]:
+                    before: int | None, limit: int, since: int | str | None = None,
+                    until: int | str | None = None, at_height: int | None = None,
+                    proof: bool = False) -> Operation[dict[str, Any]]:
         params: dict[str, str | int] = {"order": order, "limit": limit}
-        if after is not None:
-            params["after"] = after
-        if before is not None:
-            params["before"] = before
+        for name, value in (("after", after), ("before", before), ("since", since),
+                            ("until", until), ("at_height", at_height)):
+            if value is not None:
+                params[name] = value
+        if proof:
+            params["proof"] = "true"
         # quoted whole, as the explorer's encodeURIComponent: '#', '?', '%' are subject bytes
         call = Call("GET", f"/v1/subjects/{quote(subject, safe='')}/history", params)
         doc = _json_object(call, _check(call, (yield call)), "records", "next")
         if not isinstance(doc["records"], list):
             raise NodeError(f"{call.where()}: 'records' is not a list")
         return doc
+
+    def _op_subject_history(self, walk: HistoryWalk) -> Operation[list[dict[str, Any]]]:
+        """One step of a ``subject_history`` walk: (with proofs, first the verified
+        checkpoint at the tip) the next page, checked (``HistoryWalk.take``)."""
+        if walk.proofs and walk.checkpoint is None:
+            assert walk.genesis is not None
+            try:
+                walk.checkpoint = yield from self._op_verified_checkpoint(walk.genesis, None, 0)
+            except NodeError as exc:
+                if (exc.status, exc.problem_code) != (404, "not_found"):
+                    raise
+                walk.done = True  # no block yet: nothing committed, nothing to prove
+                return []
+            walk.at_height = walk.checkpoint.height
+        call = walk.call()
+        return walk.take(call, _json_object(call, _check(call, (yield call)), "records", "next"))
 
     # -- log proofs (SPEC section 11): fetched, and verified against genesis alone ----------
 
@@ -411,15 +543,31 @@ class _Protocol:
         call = Call("GET", "/v1/log/checkpoint", {} if height is None else {"height": height})
         return _json_object(call, _check(call, (yield call)), *checkpoints.CHECKPOINT_KEYS)
 
-    def _op_verified_checkpoint(self, genesis: Genesis,
-                                height: int | None) -> Operation[VerifiedCheckpoint]:
+    def _op_post_cosignature(self, cosig: Cosignature | Mapping[str, Any]
+                             ) -> Operation[dict[str, Any]]:
+        body = cosig.to_json() if isinstance(cosig, Cosignature) else dict(cosig)
+        call = Call("POST", "/v1/log/cosignatures", headers={"Content-Type": "application/json"},
+                    content=json.dumps(body).encode())
+        doc = _json_object(call, _check(call, (yield call)), "stored")
+        if type(doc["stored"]) is not bool:
+            raise NodeError(f"{call.where()}: 'stored' is not a boolean")
+        return doc
+
+    def _op_verified_checkpoint(self, genesis: Genesis, height: int | None,
+                                witnesses: int) -> Operation[VerifiedCheckpoint]:
         doc = yield from self._op_checkpoint(height)
         at = doc["height"]
         if type(at) is not int or at < 1:
             raise LogProofError("checkpoint: 'height' is not a positive integer")
         call = Call("GET", "/v1/config/proof", {"to_height": at})
         steps = _json_object(call, _check(call, (yield call)), "steps")["steps"]
-        return checkpoints.verify_checkpoint(doc, steps, genesis, height)
+        return checkpoints.verify_checkpoint(doc, steps, genesis, height, witnesses=witnesses)
+
+    def _op_verified_receipt(self, record_id: str, genesis: Genesis, witnesses: int,
+                             trusted: Sequence[TrustedCheckpoint]
+                             ) -> Operation[VerifiedReceipt]:
+        doc = yield from self._op_receipt(record_id)
+        return verify_receipt(doc, genesis, witnesses=witnesses, checkpoints=tuple(trusted))
 
     def _op_verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                              leaf: bytes) -> Operation[None]:
@@ -540,10 +688,33 @@ class LedgerClient(_Protocol):
 
     def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
                 after: int | None = None, before: int | None = None,
-                limit: int = 100) -> dict[str, Any]:
+                limit: int = 100, since: int | str | None = None,
+                until: int | str | None = None, at_height: int | None = None,
+                proof: bool = False) -> dict[str, Any]:
         """One page of a subject's committed records, oldest first (``order="desc"``: newest
-        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
-        return self._run(self._op_history(subject, order, after, before, limit))
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first).
+        ``since``/``until``: a block-time range; ``at_height``: read at that block;
+        ``proof``: each record's inclusion proof, unverified (``subject_history`` walks
+        every page and verifies them)."""
+        return self._run(self._op_history(subject, order, after, before, limit, since, until,
+                                          at_height, proof))
+
+    def subject_history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
+                        since: int | str | None = None, until: int | str | None = None,
+                        proofs: bool = False, genesis: Genesis | None = None,
+                        checkpoint: VerifiedCheckpoint | None = None,
+                        limit: int = 100) -> Iterator[dict[str, Any]]:
+        """Every committed record of ``subject``, page after page (``limit`` per request),
+        oldest first (``order="desc"``: newest first), optionally only those of blocks whose
+        time is within ``since``/``until`` (ms since the epoch, or RFC 3339 text). The walk
+        reads the history as of the block of its first page: records committed meanwhile
+        are not in it, and none is repeated or skipped. Each record's fields are checked
+        against its envelope. With ``proofs``, every record's inclusion proof is verified
+        against a checkpoint verified from ``genesis`` (the tip's), or against
+        ``checkpoint``: LogProofError at the first that fails."""
+        walk = HistoryWalk(subject, order, since, until, limit, proofs, genesis, checkpoint)
+        while not walk.done:
+            yield from self._run(self._op_subject_history(walk))
 
     def log_inclusion(self, index: int, size: int) -> dict[str, Any]:
         """``GET /v1/log/inclusion``: the audit path of log leaf ``index`` in the log of
@@ -560,12 +731,31 @@ class LedgerClient(_Protocol):
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return self._run(self._op_checkpoint(height))
 
-    def verified_checkpoint(self, genesis: Genesis,
-                            height: int | None = None) -> VerifiedCheckpoint:
+    def post_cosignature(self, cosig: Cosignature | Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/log/cosignatures``: a witness's cosignature of one block (SPEC section
+        11; ``ledger.witness.for_header`` makes one). ``{"stored": bool, "height",
+        "block_hash"}`` when it holds over the node's block (``stored`` false: already
+        held); NodeError otherwise, with ``problem_code`` ``split_view`` (409: the node has
+        another block at that height), ``unknown_height`` (404: beyond its tip),
+        ``unknown_witness`` or ``bad_cosignature`` (400)."""
+        return self._run(self._op_post_cosignature(cosig))
+
+    def verified_checkpoint(self, genesis: Genesis, height: int | None = None, *,
+                            witnesses: int = 0) -> VerifiedCheckpoint:
         """The checkpoint at ``height`` (default: the tip), its certificate verified under
         the configuration of its height, reached from ``genesis`` by ``GET
-        /v1/config/proof``; LogProofError if it does not verify."""
-        return self._run(self._op_verified_checkpoint(genesis, height))
+        /v1/config/proof``, and every witness cosignature it lists checked (``.witnesses``
+        counts them; ``witnesses=k`` demands k); LogProofError if it does not verify."""
+        return self._run(self._op_verified_checkpoint(genesis, height, witnesses))
+
+    def verified_receipt(self, record_id: str, genesis: Genesis, *, witnesses: int = 0,
+                         checkpoints: Sequence[TrustedCheckpoint] = ()) -> VerifiedReceipt:
+        """``GET /v1/records/{id}/receipt``, verified with ``genesis`` alone
+        (``ledger.receipts.verify_receipt``): ``witnesses=k`` demands k witness
+        cosignatures of its block, ``checkpoints`` blocks you already trust; ReceiptError
+        if it does not verify."""
+        return self._run(self._op_verified_receipt(record_id, genesis, witnesses,
+                                                   checkpoints))
 
     def verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                          leaf: bytes) -> None:
@@ -689,10 +879,34 @@ class AsyncLedgerClient(_Protocol):
 
     async def history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
                       after: int | None = None, before: int | None = None,
-                      limit: int = 100) -> dict[str, Any]:
+                      limit: int = 100, since: int | str | None = None,
+                      until: int | str | None = None, at_height: int | None = None,
+                      proof: bool = False) -> dict[str, Any]:
         """One page of a subject's committed records, oldest first (``order="desc"``: newest
-        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first)."""
-        return await self._run(self._op_history(subject, order, after, before, limit))
+        first). ``next`` continues it: pass it as ``after`` (``before`` when newest first).
+        ``since``/``until``: a block-time range; ``at_height``: read at that block;
+        ``proof``: each record's inclusion proof, unverified (``subject_history`` walks
+        every page and verifies them)."""
+        return await self._run(self._op_history(subject, order, after, before, limit, since,
+                                                until, at_height, proof))
+
+    async def subject_history(self, subject: str, *, order: Literal["asc", "desc"] = "asc",
+                              since: int | str | None = None, until: int | str | None = None,
+                              proofs: bool = False, genesis: Genesis | None = None,
+                              checkpoint: VerifiedCheckpoint | None = None,
+                              limit: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """Every committed record of ``subject``, page after page (``limit`` per request),
+        oldest first (``order="desc"``: newest first), optionally only those of blocks whose
+        time is within ``since``/``until`` (ms since the epoch, or RFC 3339 text). The walk
+        reads the history as of the block of its first page: records committed meanwhile
+        are not in it, and none is repeated or skipped. Each record's fields are checked
+        against its envelope. With ``proofs``, every record's inclusion proof is verified
+        against a checkpoint verified from ``genesis`` (the tip's), or against
+        ``checkpoint``: LogProofError at the first that fails."""
+        walk = HistoryWalk(subject, order, since, until, limit, proofs, genesis, checkpoint)
+        while not walk.done:
+            for record in await self._run(self._op_subject_history(walk)):
+                yield record
 
     async def log_inclusion(self, index: int, size: int) -> dict[str, Any]:
         """``GET /v1/log/inclusion``: the audit path of log leaf ``index`` in the log of
@@ -709,12 +923,28 @@ class AsyncLedgerClient(_Protocol):
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return await self._run(self._op_checkpoint(height))
 
-    async def verified_checkpoint(self, genesis: Genesis,
-                            height: int | None = None) -> VerifiedCheckpoint:
+    async def post_cosignature(self, cosig: Cosignature | Mapping[str, Any]
+                               ) -> dict[str, Any]:
+        """``POST /v1/log/cosignatures``: see ``LedgerClient.post_cosignature``."""
+        return await self._run(self._op_post_cosignature(cosig))
+
+    async def verified_checkpoint(self, genesis: Genesis, height: int | None = None, *,
+                                  witnesses: int = 0) -> VerifiedCheckpoint:
         """The checkpoint at ``height`` (default: the tip), its certificate verified under
         the configuration of its height, reached from ``genesis`` by ``GET
-        /v1/config/proof``; LogProofError if it does not verify."""
-        return await self._run(self._op_verified_checkpoint(genesis, height))
+        /v1/config/proof``, and every witness cosignature it lists checked (``.witnesses``
+        counts them; ``witnesses=k`` demands k); LogProofError if it does not verify."""
+        return await self._run(self._op_verified_checkpoint(genesis, height, witnesses))
+
+    async def verified_receipt(self, record_id: str, genesis: Genesis, *, witnesses: int = 0,
+                               checkpoints: Sequence[TrustedCheckpoint] = ()
+                               ) -> VerifiedReceipt:
+        """``GET /v1/records/{id}/receipt``, verified with ``genesis`` alone
+        (``ledger.receipts.verify_receipt``): ``witnesses=k`` demands k witness
+        cosignatures of its block, ``checkpoints`` blocks you already trust; ReceiptError
+        if it does not verify."""
+        return await self._run(self._op_verified_receipt(record_id, genesis, witnesses,
+                                                         checkpoints))
 
     async def verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                          leaf: bytes) -> None:

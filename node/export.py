@@ -1,26 +1,38 @@
 """Export bundles (SPEC section 12): one file holding a whole chain for the long term.
 
 A bundle is a sequence of msgpack objects: ``["ledger-export", 1, genesis_json_bytes]``,
-each block's exact bytes (``bin``) from height 1 in order, and last ``["end", block_count,
-tip_block_hash]``. The optional ``payloads`` and ``witnesses`` sections are neither written
-(nodes do not keep sealed payload pairs or cosignatures where an export can read them) nor
+each block's exact bytes (``bin``) from height 1 in order, optionally ``["witnesses",
+[[height, pubkey, sig], ...]]`` (the witness cosignatures the exporting store holds, in
+height order), and last ``["end", block_count, tip_block_hash]``. ``ledger audit --file``
+checks every cosignature of the witnesses section against its height's block and the
+configuration governing it (``check_witnesses``). The optional ``payloads`` section is
+neither written (nodes do not keep sealed payload pairs where an export can read them) nor
 accepted yet: a bundle holding one is refused, never silently half-checked.
 
-Both directions stream: memory does not grow with the chain.
+Both directions stream: memory does not grow with the chain's blocks. The witnesses section
+is written through a temporary file (its entry count heads it); reading, it is held in
+memory (about 200 bytes per cosignature) with the headers of the heights it cosigns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
 
-from ledger.blocks import Block
+from ledger.blocks import Block, BlockShell, Header
+from ledger.config import ConfigHistory
+from ledger.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from ledger.encoding import packb
-from ledger.errors import AuditError, LedgerError
+from ledger.errors import AuditError, LedgerError, WitnessError
+from ledger.genesis import Genesis
+from ledger.witness import count_witnesses
 from node.files import durable_file
 
 MAGIC = "ledger-export"
@@ -35,14 +47,40 @@ class BundleError(LedgerError):
     code = "bad_bundle"
 
 
+WITNESSES = "witnesses"
+
+
+def _write_witnesses(f: BinaryIO, rows: Iterable[tuple[int, bytes, bytes]], count: int,
+                     spool_dir: Path) -> int:
+    """Write the witnesses section of ``rows`` at heights ``1..count`` (none: no section);
+    the entries go through a temporary file first, since their number heads the array."""
+    n = 0
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+        for height, pubkey, sig in rows:
+            if 1 <= height <= count:
+                spool.write(packb([height, pubkey, sig]))
+                n += 1
+        if n:
+            packer = msgpack.Packer(use_bin_type=True)
+            f.write(packer.pack_array_header(2) + packb(WITNESSES)
+                    + packer.pack_array_header(n))
+            spool.seek(0)
+            shutil.copyfileobj(spool, f)
+    return n
+
+
 def write_bundle(out: Path, genesis_raw: bytes, blocks: Iterable[bytes | None],
-                 on_block: Callable[[], None] | None = None) -> tuple[int, bytes]:
+                 on_block: Callable[[], None] | None = None,
+                 witnesses: Iterable[tuple[int, bytes, bytes]] = ()) -> tuple[int, bytes]:
     """Write ``genesis_raw`` and ``blocks`` (heights 1.. in order) as a bundle to ``out``:
     to a temporary file first, fsynced, then renamed over ``out`` (``durable_file``), so a
-    crash or error leaves no partial bundle under the final name. Returns (block count, tip
-    block hash)."""
+    crash or error leaves no partial bundle under the final name. ``witnesses``, read once
+    the blocks are written, are ``(height, pubkey, sig)`` cosignatures (a store's
+    ``cosignatures_between``): those of the heights written make the witnesses section.
+    Returns (block count, tip block hash)."""
     count, tip = 0, b""
-    with durable_file(Path(out)) as f:
+    out = Path(out)
+    with durable_file(out) as f:
         f.write(packb([MAGIC, VERSION, genesis_raw]))
         for data in blocks:
             if data is None:
@@ -57,6 +95,7 @@ def write_bundle(out: Path, genesis_raw: bytes, blocks: Iterable[bytes | None],
                 on_block()
         if count == 0:
             raise BundleError("the chain has no blocks to export")
+        _write_witnesses(f, witnesses, count, out.resolve().parent)
         f.write(packb(["end", count, tip]))
     return count, tip
 
@@ -88,16 +127,46 @@ def _objects(f: BinaryIO, path: Path, unpacker: msgpack.Unpacker | None = None
         raise BundleError(f"{path}: not valid msgpack ({exc})") from exc
 
 
+def _witness_entries(obj: list[Any], path: Path, count: int
+                     ) -> dict[int, list[tuple[bytes, bytes]]]:
+    """The witnesses section's entries by height, shape-checked (not verified)."""
+    if len(obj) != 2 or not isinstance(obj[1], list):
+        raise AuditError(count + 1, f"{path}: the witnesses section is not "
+                         f"[\"witnesses\", [[height, pubkey, sig], ...]]")
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+    for i, entry in enumerate(obj[1]):
+        height = entry[0] if isinstance(entry, list) and entry else None
+        if not (isinstance(entry, list) and len(entry) == 3 and type(height) is int
+                and isinstance(entry[1], bytes) and len(entry[1]) == PUBLIC_KEY_SIZE
+                and isinstance(entry[2], bytes) and len(entry[2]) == SIGNATURE_SIZE):
+            raise AuditError(height if type(height) is int and height >= 1 else count + 1,
+                             f"{path}: witnesses entry {i} is not [height, pubkey: "
+                             f"bin({PUBLIC_KEY_SIZE}), sig: bin({SIGNATURE_SIZE})]")
+        out.setdefault(height, []).append((entry[1], entry[2]))
+    return out
+
+
 class Bundle:
     """A bundle file read as a stream: ``genesis_raw`` from its first object, then
     ``scan()`` (structure and end marker, no verification) and ``blocks()`` (each block's
-    bytes, for the audit). Errors about a height are AuditError (``height N: ...``)."""
+    bytes, for the audit). Errors about a height are AuditError (``height N: ...``).
+
+    ``scan()`` also reads the witnesses section into ``witnesses`` (height -> ``(pubkey,
+    sig)`` pairs); a ``blocks()`` walk after it keeps the header of each cosigned height in
+    ``headers``, for ``check_witnesses`` once the blocks are audited."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         with open(self.path, "rb") as f:
             self.genesis_raw = _header(_objects(f, self.path), self.path)
         self.end: tuple[int, bytes] = (0, b"")
+        self.witnesses: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.headers: dict[int, Header] = {}
+
+    def _keep_header(self, height: int, data: bytes) -> None:
+        if height in self.witnesses:
+            with contextlib.suppress(LedgerError):  # the audit names a block that does not
+                self.headers[height] = BlockShell.from_wire(data).header  # decode
 
     def _walk(self) -> Iterator[bytes]:
         """Yield each block's bytes; then check the end marker's count and that nothing
@@ -107,13 +176,24 @@ class Bundle:
             items = _objects(f, self.path, unpacker)
             _header(items, self.path)
             count = 0
+            sections: set[str] = set()
             for obj in items:
                 if isinstance(obj, bytes):
+                    if sections:
+                        raise AuditError(count + 1, f"{self.path}: a block after the "
+                                         f"{sorted(sections)[0]!r} section (blocks come first)")
                     count += 1
+                    self._keep_header(count, obj)
                     yield obj
                     continue
-                if isinstance(obj, list) and obj and obj[0] in ("payloads", "witnesses"):
-                    raise BundleError(f"{self.path}: the bundle has a {obj[0]!r} section; "
+                if isinstance(obj, list) and obj and obj[0] == WITNESSES:
+                    if sections:
+                        raise AuditError(count + 1, f"{self.path}: a second witnesses section")
+                    sections.add(WITNESSES)
+                    self.witnesses = _witness_entries(obj, self.path, count)
+                    continue
+                if isinstance(obj, list) and obj and obj[0] == "payloads":
+                    raise BundleError(f"{self.path}: the bundle has a 'payloads' section; "
                                       f"checking it is not supported yet")
                 if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == "end"
                         and isinstance(obj[1], int) and isinstance(obj[2], bytes)):
@@ -141,3 +221,24 @@ class Bundle:
     def blocks(self) -> Iterator[bytes]:
         """Each block's bytes in order (the end marker is checked again at the end)."""
         return self._walk()
+
+
+def check_witnesses(bundle: Bundle, genesis: Genesis, history: ConfigHistory | None) -> int:
+    """Verify every cosignature of ``bundle``'s witnesses section (after ``scan()`` and an
+    audited ``blocks()`` walk): each of a witness of the configuration governing its height
+    (``history``, the audit's; genesis's when None), over that height's block, once per
+    witness (``ledger.witness.count_witnesses``). AuditError (``height N: ...``) at the
+    first height with a bad entry, or with cosignatures but no block; returns how many."""
+    total = 0
+    for height in sorted(bundle.witnesses):
+        pairs = bundle.witnesses[height]
+        header = bundle.headers.get(height)
+        if header is None:
+            raise AuditError(height, f"{bundle.path}: the witnesses section cosigns height "
+                             f"{height}, a block the bundle does not hold")
+        config = genesis.config if history is None else history.at(height)
+        try:
+            total += count_witnesses(pairs, config, genesis.hash, header, "witnesses section")
+        except WitnessError as exc:
+            raise AuditError(height, str(exc)) from exc
+    return total

@@ -27,6 +27,12 @@ class Metrics:
     latency_sum: float = 0.0
     loop_lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
     loop_lag_sum: float = 0.0
+    #: ``POST /v1/log/cosignatures`` answers by result (stored, duplicate, split_view, or the
+    #: problem code of a refusal)
+    cosignatures: dict[str, int] = field(default_factory=dict)
+
+    def count_cosignature(self, result: str) -> None:
+        self.cosignatures[result] = self.cosignatures.get(result, 0) + 1
 
     def observe_loop_lag(self, seconds: float) -> None:
         for i, bound in enumerate(LAG_BUCKETS):
@@ -99,5 +105,10 @@ class Metrics:
         cumulative += self.loop_lag_counts[-1]
         lines += [f'ledger_event_loop_lag_seconds_bucket{{le="+Inf"}} {cumulative}',
                   f"ledger_event_loop_lag_seconds_sum {self.loop_lag_sum:.6f}",
-                  f"ledger_event_loop_lag_seconds_count {cumulative}"]
+                  f"ledger_event_loop_lag_seconds_count {cumulative}",
+                  "# HELP ledger_cosignatures_total Witness cosignatures posted to this node, "
+                  "by result (stored, duplicate, split_view, or why refused).",
+                  "# TYPE ledger_cosignatures_total counter"]
+        lines += [f'ledger_cosignatures_total{{result="{result}"}} {count}'
+                  for result, count in sorted(self.cosignatures.items())]
         return "\n".join(lines) + "\n"

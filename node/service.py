@@ -80,6 +80,15 @@ class ReadStore(Protocol):
 
     def log_nodes(self, ids: Iterable[NodeId]) -> Mapping[NodeId, bytes]: ...
 
+    # witness cosignatures (SPEC section 11): the API checks them, the store keeps them
+    def add_cosignature(self, height: int, pubkey: bytes, sig: bytes) -> bool: ...
+
+    def cosignatures(self, height: int) -> list[tuple[bytes, bytes]]: ...
+
+    def add_split_view(self, cosig_json: bytes) -> bool: ...
+
+    def split_views(self) -> list[bytes]: ...
+
 
 @dataclass(frozen=True)
 class Status:
@@ -248,6 +257,10 @@ class NodeService(Protocol):
 
     def metrics_text(self) -> str:
         """``/metrics`` in the Prometheus text format."""
+
+    @property
+    def metrics(self) -> Metrics:
+        """The counters ``metrics_text`` renders (the API counts cosignatures in them)."""
 
 
 def now_ms() -> int:

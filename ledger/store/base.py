@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +29,11 @@ from ledger.validation import (
     check_header_fields,
 )
 from ledger.validation import check_extends as check_chain_extension
+
+#: Split-view evidence entries a store keeps (each needs a witness key's valid signature over
+#: a block this node does not have, so only a misbehaving witness makes them; the first ones
+#: prove it as well as any more would).
+MAX_SPLIT_VIEWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,30 @@ class BlockStore(Protocol):
 
     def config_changes(self) -> list[ConfigChange]:
         """Every committed configuration change, oldest first."""
+
+    # -- witness cosignatures (SPEC section 11) ---------------------------------------------
+    # Kept apart from the chain: they arrive over HTTP after their block commits, checked
+    # by the caller (``ledger.witness.check_cosignature``); the store keeps bytes only.
+
+    def add_cosignature(self, height: int, pubkey: bytes, sig: bytes) -> bool:
+        """Durably keep witness ``pubkey``'s cosignature ``sig`` of the block at ``height``
+        (already checked); False if one by that witness for that height is already held
+        (the first is kept)."""
+
+    def cosignatures(self, height: int) -> list[tuple[bytes, bytes]]:
+        """The ``(pubkey, sig)`` cosignatures held for ``height``, ordered by key."""
+
+    def cosignatures_between(self, lo: int, hi: int) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(height, pubkey, sig)`` of every cosignature held for heights ``lo..hi``
+        (inclusive), in height then key order (for the export bundle)."""
+
+    def add_split_view(self, cosig_json: bytes) -> bool:
+        """Durably keep evidence of a split view (a witness's cosignature that verifies over
+        another block than this store's at its height: the caller's JSON bytes); False if
+        these exact bytes are already held, or ``MAX_SPLIT_VIEWS`` are."""
+
+    def split_views(self) -> list[bytes]:
+        """The split-view evidence held, oldest first."""
 
     def close(self) -> None:
         """Release the store."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 
 from ledger import merkle
 from ledger.blocks import Block, BlockShell, Certificate
 from ledger.config import Config, ConfigHistory
 from ledger.errors import DuplicateError
 from ledger.store.base import (
+    MAX_SPLIT_VIEWS,
     ConfigChange,
     RecordLocation,
     block_change,
@@ -44,6 +46,10 @@ class MemoryStore:
         self._subjects: dict[str, list[int]] = {}
         self._nodes: dict[merkle.NodeId, bytes] = {}
         self._log = merkle.CompactRange()
+        # witness cosignatures and split views: written from the API's worker threads
+        self._cosigs: dict[int, dict[bytes, bytes]] = {}
+        self._split_views: list[bytes] = []
+        self._witness_lock = threading.Lock()
 
     @property
     def height(self) -> int:
@@ -190,6 +196,40 @@ class MemoryStore:
             elif (level, index) in self._nodes:
                 out[(level, index)] = self._nodes[(level, index)]
         return out
+
+    def add_cosignature(self, height: int, pubkey: bytes, sig: bytes) -> bool:
+        """Keep a checked cosignature; False if that witness's for ``height`` is held."""
+        with self._witness_lock:
+            held = self._cosigs.setdefault(height, {})
+            if pubkey in held:
+                return False
+            held[pubkey] = sig
+            return True
+
+    def cosignatures(self, height: int) -> list[tuple[bytes, bytes]]:
+        """The ``(pubkey, sig)`` cosignatures held for ``height``, ordered by key."""
+        with self._witness_lock:
+            return sorted(self._cosigs.get(height, {}).items())
+
+    def cosignatures_between(self, lo: int, hi: int) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(height, pubkey, sig)`` for heights ``lo..hi``, in height then key order."""
+        with self._witness_lock:
+            rows = [(h, pk, sig) for h in sorted(self._cosigs) if lo <= h <= hi
+                    for pk, sig in sorted(self._cosigs[h].items())]
+        return iter(rows)
+
+    def add_split_view(self, cosig_json: bytes) -> bool:
+        """Keep split-view evidence; False if held already or the store holds the most."""
+        with self._witness_lock:
+            if cosig_json in self._split_views or len(self._split_views) >= MAX_SPLIT_VIEWS:
+                return False
+            self._split_views.append(bytes(cosig_json))
+            return True
+
+    def split_views(self) -> list[bytes]:
+        """The split-view evidence held, oldest first."""
+        with self._witness_lock:
+            return list(self._split_views)
 
     def close(self) -> None:
         """Nothing to release."""

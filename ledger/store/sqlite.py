@@ -30,6 +30,12 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   payloads themselves is the node's business, not the store's.
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
+- ``cosignatures`` (schema 4): ``(height, pubkey) -> sig``, the witness cosignatures the
+  node checked and kept (SPEC section 11); ``split_views``: the JSON bytes of each
+  cosignature that verified over another block than ours (evidence), oldest first, unique.
+  They arrive over HTTP, not with a block: each is one short transaction of its own on the
+  writer connection, under the writer's lock (a block commit waits for at most one of
+  them, one fsync; a cosignature never waits for a block's checks, only its COMMIT).
 
 Persistence: ``append`` runs in a single ``BEGIN IMMEDIATE`` transaction, and with
 ``synchronous=FULL`` (the default) the WAL is fsynced at commit, so a block the store has
@@ -60,6 +66,7 @@ from ledger.errors import (
 )
 from ledger.records import Record
 from ledger.store.base import (
+    MAX_SPLIT_VIEWS,
     ConfigChange,
     RecordLocation,
     block_change,
@@ -72,7 +79,7 @@ from ledger.store.base import (
 )
 from ledger.validation import ChainTip, block_redactions
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
@@ -125,6 +132,16 @@ CREATE TABLE IF NOT EXISTS log_nodes (
     hash BLOB NOT NULL,
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cosignatures (
+    height INTEGER NOT NULL,
+    pubkey BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    PRIMARY KEY (height, pubkey)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS split_views (
+    seq INTEGER PRIMARY KEY,
+    doc BLOB NOT NULL UNIQUE
+);
 """
 
 
@@ -245,6 +262,8 @@ class SqliteStore:
                     self._migrate_from_1()
                 if self._stored_version() == 2:
                     self._migrate_from_2()
+                if self._stored_version() == 3:
+                    self._migrate_from_3()
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
             # chain outgrows it (throughput fell ~10% from 10k to 100k records).
@@ -335,6 +354,11 @@ class SqliteStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def _migrate_from_3(self) -> None:
+        """Schema 3 -> 4: ``cosignatures`` and ``split_views`` (created empty by the schema
+        script; a chain written before witnesses has none)."""
+        self._db.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
 
     def _init_meta(self, genesis_hash: bytes | None) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -752,6 +776,58 @@ class SqliteStore:
                 if row is not None:
                     out[(level, index)] = bytes(row[0])
         return out
+
+    # -- witness cosignatures ------------------------------------------------------------
+
+    def _write_witness(self, statement: str, args: tuple[Any, ...]) -> bool:
+        """One statement in its own transaction on the writer connection (fsynced at its
+        COMMIT, like a block's); whether it changed a row."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        with self._lock:
+            try:
+                return self._db.execute(statement, args).rowcount == 1
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: write failed ({exc})") from exc
+
+    def add_cosignature(self, height: int, pubkey: bytes, sig: bytes) -> bool:
+        """Keep a checked cosignature; False if that witness's for ``height`` is held."""
+        return self._write_witness("INSERT OR IGNORE INTO cosignatures VALUES (?, ?, ?)",
+                                   (height, pubkey, sig))
+
+    def cosignatures(self, height: int) -> list[tuple[bytes, bytes]]:
+        """The ``(pubkey, sig)`` cosignatures held for ``height``, ordered by key."""
+        with self._reading() as db:
+            rows = db.execute("SELECT pubkey, sig FROM cosignatures WHERE height = ? "
+                              "ORDER BY pubkey", (height,)).fetchall()
+        return [(bytes(pk), bytes(sig)) for pk, sig in rows]
+
+    def cosignatures_between(self, lo: int, hi: int) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(height, pubkey, sig)`` for heights ``lo..hi``, in height then key order, read
+        a slice of heights at a time (constant memory, for the export bundle)."""
+        after: tuple[int, bytes] = (lo - 1, b"\xff" * 33)  # sorts after any key of lo - 1
+        while True:
+            with self._reading() as db:  # keyset paging: each slice one indexed range read
+                rows = db.execute(
+                    "SELECT height, pubkey, sig FROM cosignatures WHERE (height, pubkey) > "
+                    "(?, ?) AND height <= ? ORDER BY height, pubkey LIMIT ?",
+                    (*after, hi, _IN_CHUNK)).fetchall()
+            for h, pk, sig in rows:
+                yield int(h), bytes(pk), bytes(sig)
+            if len(rows) < _IN_CHUNK:
+                return
+            after = (int(rows[-1][0]), bytes(rows[-1][1]))
+
+    def add_split_view(self, cosig_json: bytes) -> bool:
+        """Keep split-view evidence; False if held already or the store holds the most."""
+        return self._write_witness(
+            "INSERT OR IGNORE INTO split_views (doc) SELECT ? WHERE (SELECT COUNT(*) FROM "
+            "split_views) < ?", (bytes(cosig_json), MAX_SPLIT_VIEWS))
+
+    def split_views(self) -> list[bytes]:
+        """The split-view evidence held, oldest first."""
+        with self._reading() as db:
+            return [bytes(d) for (d,) in db.execute("SELECT doc FROM split_views ORDER BY seq")]
 
     def block_sizes(self, start: int = 1) -> list[tuple[int, int]]:
         """(height, record count) of every block from ``start``, in order."""

@@ -205,21 +205,90 @@
         ["not signed", vals.filter((v) => !signed.has(v.index)).map((v) => v.name).join(", ") || "—"],
         ["power", g ? `${power} of ${g.parsed.totalPower} (more than 2/3 needed)` : "load a genesis to see"],
       ]), el("div", { class: "actions" }, el("button", { type: "button", id: "verify-block",
-        onclick: (ev) => runBlockVerify(b.height, ev.target.closest("section").querySelector(".block-result")) },
+        onclick: async (ev) => {
+          await runBlockVerify(b.height, ev.target.closest("section").querySelector(".block-result"), b.witnesses);
+          if (Array.isArray(b.witnesses) && b.witnesses.length) showCosignatures(token, b); // now against the verified configuration
+        } },
       "Verify block in this browser")), el("div", { class: "block-result", id: "verify-result" })),
+      cosignatureCard(b),
       el("section", { class: "card" }, el("h2", {}, `Records (${b.records.length})`),
         b.records.length ? recordTable(b.records, false) : el("p", { class: "muted" }, "an empty block")));
+    if (Array.isArray(b.witnesses) && b.witnesses.length) showCosignatures(token, b);
   }
 
-  function recordTable(records, withHeight) {
-    return table([withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"],
-      records.map((r) => el("tr", {},
+  // ---- witness cosignatures of a block (SPEC section 11) ----
+  // The card lists what the node says; showCosignatures then checks each signature in this
+  // browser over the block's own bytes, against the witnesses of the configuration governing
+  // the height: the verified one when the page has followed the chain that far (a block's
+  // Verify does), else the node's configuration list (GET /v1/config), and says which.
+  function cosignatureCard(b) {
+    const ws = b.witnesses;
+    const body = !Array.isArray(ws)
+      ? el("p", { class: "muted" }, "this node lists no witness cosignatures (it predates SPEC v1.1 witnesses)")
+      : !ws.length ? el("p", { class: "muted", id: "no-cosignatures" }, "no cosignature listed for this block (witnesses cosign a block after it commits; a chain may list no witnesses)")
+        : table(["witness", "public key", "signature"], ws.map((w, i) => el("tr", { "data-index": i, "data-pubkey": String(w.pubkey) },
+          el("td", { class: "witness-name" }, "…"), el("td", {}, code(short(String(w.pubkey)))),
+          el("td", {}, el("span", { class: "badge checking cosig-status" }, "checking…")))), { id: "cosignatures" });
+    return el("section", { class: "card", id: "witnesses" },
+      el("h2", {}, `Witness cosignatures (${Array.isArray(ws) ? ws.length : 0})`), body,
+      el("p", { class: "muted", id: "cosignature-source" }));
+  }
+  // The witnesses ([{name, pubkey}]) of the configuration governing `height`, and where they
+  // come from.
+  async function witnessesAt(height, g) {
+    const chain = state.chainCheck && state.chainCheck.genesis === g.parsed ? state.chainCheck : null;
+    if (chain && chain.state.height >= height) {
+      const c = L.configAt(chain.state, height);
+      return { witnesses: c.witnesses, source: `the witnesses of ${c.version ? `configuration version ${c.version}` : "genesis"}, verified from genesis in this browser` };
+    }
+    let { doc: c } = await api("/v1/config");
+    while (c.height > height && c.version > 0) c = (await api(`/v1/config?version=${c.version - 1}`)).doc;
+    if (c.version === 0) return { witnesses: g.parsed.witnesses, source: "the witnesses of genesis" };
+    return { witnesses: (c.config.witnesses || []).map((w) => ({ name: String(w.name), pubkey: String(w.pubkey) })),
+             source: `the witnesses of configuration version ${c.version} as this node lists it (Verify block checks it from genesis)` };
+  }
+  async function showCosignatures(token, b) {
+    const g = genesis(), src = $("cosignature-source");
+    const rows = [...document.querySelectorAll("#cosignatures tbody tr")];
+    const mark = (row, ok, text, title) => {
+      const badge = row.querySelector(".cosig-status");
+      badge.className = `badge cosig-status ${ok ? "verified" : "bad"}`;
+      badge.textContent = text;
+      if (title) badge.title = title;
+    };
+    try {
+      if (!g) throw new Error("no genesis: load your genesis.json to check cosignatures");
+      const [{ header, blockHash }, who] = await Promise.all([fetchBlockBytes(b.height).then(L.headerOf), witnessesAt(b.height, g)]);
+      const checked = await L.checkCosignatures(b.witnesses, who.witnesses, (await L.configOf(g.parsed)).genesisHash, header, blockHash, `block ${b.height}`);
+      if (token !== state.view) return;
+      for (const c of checked) {
+        const row = rows[c.index];
+        row.querySelector(".witness-name").textContent = c.name === null ? "not a witness of this height" : c.name;
+        mark(row, c.ok, c.ok ? "verified" : "bad", c.reason);
+      }
+      const good = checked.filter((c) => c.ok).length;
+      src.textContent = `${good} of ${checked.length} cosignatures verified in this browser (Ed25519 over ledger.witness.v1 of this block's bytes), against ${who.source}.`;
+    } catch (e) {
+      if (token !== state.view) return;
+      for (const row of rows) mark(row, false, "bad", e.message);
+      src.textContent = `cosignatures not checked: ${e.message}`;
+    }
+  }
+
+  // `proofs`: a last column with each record's log proof as checked in this browser
+  // (`r.proved`: {ok, height} or {ok: false, reason}).
+  function recordTable(records, withHeight, proofs) {
+    const head = [withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"];
+    return table(proofs ? [...head, "in the log"] : head,
+      records.map((r) => el("tr", proofs && r.proved ? { "data-proved": String(r.proved.ok), "data-log-index": r.log_index } : { "data-log-index": r.log_index },
         el("td", { class: "num" }, withHeight ? link(blockHref(r.height), String(r.height)) : String(r.index)),
         el("td", {}, link(recordHref(r.id), short(r.id), "mono")),
         el("td", {}, r.type),
         el("td", {}, withHeight ? time(r.ts) : link(subjectHref(r.subject), r.subject)),
         el("td", {}, signerLabel(r.signer)),
-        el("td", { class: "payload mono", title: payloadText(r.payload) }, payloadText(r.payload)))));
+        el("td", { class: "payload mono", title: payloadText(r.payload) }, payloadText(r.payload)),
+        proofs ? el("td", { class: r.proved && r.proved.ok ? "proved" : "unproved", title: r.proved && !r.proved.ok ? r.proved.reason : null },
+          !r.proved ? "—" : r.proved.ok ? `✓ proved in log (checkpoint ${r.proved.height})` : `✗ ${r.proved.reason}`) : null)));
   }
 
   async function recordView(token, id) {
@@ -291,7 +360,8 @@
   }
   const inForce = (res) => (res.config && res.config.version ? `of configuration version ${res.config.version} (followed from genesis)` : "of genesis");
   const runVerify = (text, out) => runCheck(out, (g) => L.verifyReceipt(text, g),
-    (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators ${inForce(res)}.`);
+    (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators ${inForce(res)}` +
+      (res.witnesses === null || res.witnesses === undefined ? " (the receipt lists no witness cosignatures)." : `, cosigned by ${res.witnesses} witness${res.witnesses === 1 ? "" : "es"}.`));
   async function fetchBlockBytes(height) {
     const resp = await fetch(`/v1/blocks/${height}`, { headers: { Accept: "application/msgpack" } });
     if (!resp.ok) throw new Error(`GET /v1/blocks/${height}: ${resp.status}`);
@@ -299,7 +369,7 @@
   }
   // A block is checked under the configuration in force at its height: the chain is
   // followed from genesis (SPEC section 9) once, then from where it was left.
-  async function checkBlock(height, g) {
+  async function checkBlock(height, g, cosignatures) {
     let chain = state.chainCheck && state.chainCheck.genesis === g ? state.chainCheck : null;
     const steps = [];
     if (!chain || chain.state.height < height) {
@@ -311,11 +381,25 @@
       steps.push(...r.steps);
     }
     const config = L.configAt(chain.state, height);
-    const res = await L.verifyBlock(await fetchBlockBytes(height), config);
+    const bytes = await fetchBlockBytes(height);
+    const res = await L.verifyBlock(bytes, config);
+    if (res.ok && Array.isArray(cosignatures)) {
+      // SPEC section 11: every cosignature the node lists, by a witness of this height's
+      // configuration, over this block.
+      try {
+        const { header, blockHash } = await L.headerOf(bytes);
+        const n = (await L.countWitnesses(cosignatures, config.witnesses, config.genesisHash, header, blockHash, `block ${height}`)).length;
+        res.steps.push(`witness cosignatures: ${n} of the ${config.witnesses.length} witnesses of ${config.version ? `configuration version ${config.version}` : "genesis"} cosigned this block`);
+        res.witnesses = n;
+      } catch (e) {
+        if (!(e instanceof L.VerifyError)) throw e;
+        return { ok: false, steps: [...steps, ...res.steps], reason: e.message };
+      }
+    }
     return { ...res, steps: [...steps, ...res.steps], config: { version: config.version } };
   }
-  const runBlockVerify = (height, out) => runCheck(out, (g) => checkBlock(height, g),
-    (res) => `Block ${height} (${short(res.blockHash)}) is certified by the validators ${inForce(res)}.`);
+  const runBlockVerify = (height, out, cosignatures) => runCheck(out, (g) => checkBlock(height, g, cosignatures),
+    (res) => `Block ${height} (${short(res.blockHash)}) is certified by the validators ${inForce(res)}${res.witnesses === undefined ? "" : `, cosigned by ${res.witnesses} witness${res.witnesses === 1 ? "" : "es"}`}.`);
 
   function verifyView() {
     const input = el("textarea", { id: "receipt-input", placeholder: "paste a receipt (JSON) here", spellcheck: "false" });
@@ -394,13 +478,40 @@
   // explorer's own address overrides it (the browser tests page through a few records).
   const HISTORY_PAGE = Math.min(1000, Math.max(1, Math.floor(Number(new URLSearchParams(location.search).get("page_size"))) || 500));
 
+  const PROOF_PAGE = 100; // the node's bound on a page with proof=true
+  // A datetime-local value (the browser's local time) as ms since the epoch, "" for none.
+  const localMs = (v) => { if (!v) return ""; const t = new Date(v).getTime(); return Number.isFinite(t) ? String(t) : ""; };
+
+  // A subject's history (GET /v1/subjects/{s}/history): cursor pages, newest first unless
+  // asked otherwise, within a block-time range; older pages read at the block of the first
+  // (`at_height`), newer records asked after the log size that block had, so nothing shows
+  // twice or goes missing while blocks commit. With "prove", every record's inclusion proof
+  // is checked here against a checkpoint verified from the genesis in use.
   async function subjectView(token, subject) {
-    const records = []; // in log order, oldest first: the chart draws them in time order
-    let next = null, loaded = false, field = null;
+    const opts = { order: "desc", since: "", until: "", prove: false };
+    let records = [], older = null, newer = null, moreNewer = false, pin = null, field = null;
     const chartBox = el("div", { class: "chart", id: "chart" });
     const listBox = el("div", { id: "history" });
-    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => load() }, "Load older records");
+    const errorBox = el("p", { class: "error", id: "history-error" });
+    const more = el("button", { type: "button", class: "secondary", id: "more", onclick: () => run(loadOlder) }, "Load older records");
+    const newerButton = el("button", { type: "button", class: "secondary", id: "newer", onclick: () => run(loadNewer) }, "Load newer records");
     const count = el("span", { class: "muted", id: "history-count" });
+    const proofNote = el("p", { class: "muted", id: "proof-note" });
+    const orderBox = el("select", { id: "order", "aria-label": "order" },
+      el("option", { value: "desc" }, "newest first"), el("option", { value: "asc" }, "oldest first"));
+    const sinceBox = el("input", { id: "since", type: "datetime-local", step: "1", "aria-label": "block time from" });
+    const untilBox = el("input", { id: "until", type: "datetime-local", step: "1", "aria-label": "block time to" });
+    const proveBox = el("input", { id: "prove", type: "checkbox" });
+    const form = el("form", { id: "history-form", class: "history-form", onsubmit: (ev) => {
+      ev.preventDefault();
+      const since = localMs(sinceBox.value), until = localMs(untilBox.value);
+      if (since && until && Number(since) > Number(until)) { errorBox.textContent = "the time range ends before it starts"; return; }
+      Object.assign(opts, { order: orderBox.value, since, until, prove: proveBox.checked });
+      run(start);
+    } },
+    el("label", {}, "order ", orderBox), el("label", {}, "block time from ", sinceBox), el("label", {}, "to ", untilBox),
+    el("label", {}, proveBox, " prove each record in the log"), el("button", { type: "submit", id: "history-apply" }, "Show"));
+
     const draw = () => {
       const fields = numericFields(records);
       if (field === null || !fields.includes(field)) field = fields.length ? fields[0] : null;
@@ -411,29 +522,113 @@
         chartBox.append(el("div", { class: "muted" }, "chart of ", fields.length > 1 ? pick : (field === "" ? "payload" : field)),
           chart(records, field, chartBox.clientWidth));
       } else chartBox.append(el("p", { class: "muted" }, "no numeric values to chart"));
-      listBox.replaceChildren(records.length ? recordTable([...records].reverse(), true) : el("p", { class: "muted" }, "no committed records for this subject"));
-      const n = records.length;
-      count.textContent = n === 0 ? "" : next === null ? ` (all ${n} record${n === 1 ? "" : "s"}, newest first)` : ` (newest ${n} records)`;
-      more.hidden = next === null;
+      const shown = opts.order === "desc" ? [...records].reverse() : records;
+      listBox.replaceChildren(records.length ? recordTable(shown, true, opts.prove) : el("p", { class: "muted" }, "no committed records for this subject"));
+      const n = records.length, s = n === 1 ? "" : "s", range = opts.since || opts.until ? " in the time range" : "";
+      const all = opts.order === "desc" ? older === null : !moreNewer;
+      count.textContent = n === 0 ? "" : all ? ` (all ${n} record${s}${range}, ${opts.order === "desc" ? "newest" : "oldest"} first)`
+        : ` (${opts.order === "desc" ? "newest" : "oldest"} ${n} record${s}${range})`;
+      more.hidden = opts.order !== "desc" || older === null;
+      newerButton.textContent = opts.order === "asc" && moreNewer ? "Load newer records" : "Check for newer records";
+      const proved = records.filter((r) => r.proved && r.proved.ok).length;
+      proofNote.textContent = !opts.prove ? "" : proved === n
+        ? `All ${n} record${s} shown are proved in the log (RFC 9162) of checkpoints verified in this browser against the genesis in use.`
+        : `${n - proved} of ${n} record${s} shown are NOT proved in the log.`;
+      proofNote.className = opts.prove && proved !== n ? "error" : "muted";
     };
-    async function load() {
-      const cursor = loaded ? `&before=${next}` : "";
-      more.disabled = true;
+
+    const checkpoints = new Map();
+    async function verifiedCheckpoint(height) { // null: the tip's
+      if (height !== null && checkpoints.has(height)) return checkpoints.get(height);
+      const g = genesis();
+      if (!g) throw new Error("no genesis to verify against: load your genesis.json first");
+      const { doc } = await api(`/v1/log/checkpoint${height === null ? "" : `?height=${height}`}`);
+      const { doc: proof } = await api(`/v1/config/proof?to_height=${encodeURIComponent(doc.height)}`);
+      const cp = await L.verifyCheckpoint(doc, proof.steps, g.parsed);
+      checkpoints.set(cp.height, cp);
+      return cp;
+    }
+    // One record's proof against `cp`: the row is drawn from what the node sent, so its id
+    // and subject must be its envelope's, and the envelope must be log leaf `log_index`.
+    async function prove(r, cp) {
       try {
-        const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?order=desc&limit=${HISTORY_PAGE}${cursor}`);
-        if (token !== state.view) return;
-        records.unshift(...doc.records.reverse()); // an older page goes before what is shown
-        next = doc.next;
-        loaded = true;
-        draw();
-      } finally {
-        more.disabled = false;
+        const envelope = L.unb64(r.envelope, "envelope");
+        const rec = L.decodeEnvelope(envelope);
+        if (L.hex(await L.sha256(rec.bodyBytes)) !== r.id) throw new L.VerifyError("the id is not the envelope's");
+        if (rec.body.subject !== subject) throw new L.VerifyError("the envelope is of another subject");
+        await L.verifyLogInclusion(cp, r.log_index, envelope, r.proof);
+        r.proved = { ok: true, height: cp.height };
+      } catch (e) {
+        r.proved = { ok: false, reason: e.message };
       }
+    }
+    async function fetchPage(order, cursor, atHeight) {
+      const q = new URLSearchParams({ order, limit: String(opts.prove ? Math.min(PROOF_PAGE, HISTORY_PAGE) : HISTORY_PAGE) });
+      if (opts.since) q.set("since", opts.since);
+      if (opts.until) q.set("until", opts.until);
+      if (cursor !== null) q.set(order === "desc" ? "before" : "after", String(cursor));
+      if (atHeight !== null) q.set("at_height", String(atHeight));
+      let cp = null;
+      if (opts.prove) {
+        cp = await verifiedCheckpoint(atHeight);
+        q.set("at_height", String(cp.height));
+        q.set("proof", "true");
+      }
+      const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?${q}`);
+      if (cp) {
+        const same = doc.checkpoint && doc.checkpoint.height === cp.height && doc.checkpoint.log_size === cp.logSize;
+        for (const r of doc.records) {
+          if (same) await prove(r, cp);
+          else r.proved = { ok: false, reason: `the page is not read at the verified checkpoint ${cp.height}` };
+        }
+      }
+      return doc;
+    }
+    async function start() {
+      records = []; older = null; moreNewer = false; pin = null;
+      const doc = await fetchPage(opts.order, null, null);
+      if (token !== state.view) return;
+      pin = doc.checkpoint.height;
+      if (opts.order === "desc") {
+        records = [...doc.records].reverse(); // kept oldest first: the chart draws in time order
+        older = doc.next;
+        newer = doc.checkpoint.log_size - 1;
+      } else {
+        records = doc.records;
+        moreNewer = doc.next !== null;
+        newer = doc.next !== null ? doc.next : doc.checkpoint.log_size - 1;
+      }
+    }
+    async function loadOlder() {
+      const doc = await fetchPage("desc", older, pin);
+      if (token !== state.view) return;
+      records.unshift(...[...doc.records].reverse()); // an older page goes before what is shown
+      older = doc.next;
+    }
+    async function loadNewer() { // records committed after what is shown: at the tip
+      const doc = await fetchPage("asc", newer, null);
+      if (token !== state.view) return;
+      records.push(...doc.records);
+      moreNewer = doc.next !== null;
+      newer = doc.next !== null ? doc.next : Math.max(newer, doc.checkpoint.log_size - 1);
+    }
+    async function run(step) {
+      more.disabled = newerButton.disabled = true;
+      errorBox.textContent = "";
+      try {
+        await step();
+      } catch (e) {
+        if (token === state.view) errorBox.textContent = e.message;
+      } finally {
+        more.disabled = newerButton.disabled = false;
+      }
+      if (token === state.view) draw();
     }
     setView(el("h1", {}, "Subject ", el("span", { class: "mono", id: "subject-name" }, subject)),
       el("section", { class: "card" }, el("h2", {}, "Values over time"), chartBox),
-      el("section", { class: "card" }, el("h2", {}, "History", count), listBox, el("div", { class: "actions" }, more)));
-    await load();
+      el("section", { class: "card" }, el("h2", {}, "History", count), form, errorBox, proofNote, listBox,
+        el("div", { class: "actions" }, more, newerButton)));
+    await run(start);
   }
 
   // ---- configuration versions (SPEC section 9) ----

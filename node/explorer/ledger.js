@@ -14,6 +14,7 @@
   const CONFIG_TYPE = "ledger.config", REDACT_TYPE = "ledger.redact", RESERVED = "ledger.";
   const CONFIG_TAG = enc.encode("ledger.config.v1\0"), JOIN_TAG = enc.encode("ledger.join.v1\0");
   const REDACT_TAG = enc.encode("ledger.redact.v1\0");
+  const WITNESS_TAG = enc.encode("ledger.witness.v1\0"); // SPEC section 11
   const DEFAULT_GOVERNANCE_ROLE = "admin", MAX_TOTAL_POWER = 2n ** 62n;
   const TYPE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
   // SPEC sections 2 and 9 (ledger/records.py): 64 KiB payloads, 1 MiB for a ledger.config one.
@@ -407,14 +408,16 @@
     const n = governing.size;
     if (threshold === null) threshold = n ? Math.floor(n / 2) + 1 : 0;
     else if (!(threshold >= 1 && threshold <= n)) fail(`governance.threshold: ${threshold} is not within 1..${n} (the organisations with a member holding ${JSON.stringify(governanceRole)})`);
+    let witnesses = [];
     if (has(doc, "witnesses")) {
       const ws = list(doc, "witnesses", "config").map((w, i) => { obj(w, `witnesses[${i}]`, ["name", "pubkey"]); return [str(w, "name", `witnesses[${i}]`), hex(pubkey(w, `witnesses[${i}]`))]; });
       if (new Set(ws.map((w) => w[1])).size !== ws.length) fail("witnesses: two witnesses share a public key");
       if (new Set(ws.map((w) => w[0])).size !== ws.length) fail("witnesses: two witnesses share a name");
+      witnesses = ws.map(([name, key]) => ({ name, pubkey: key }));
     }
     if (has(doc, "read_policies")) policyMap(doc.read_policies, "read_policies");
     return { chainId, version, validators, totalPower, organizations, members, policies,
-             governanceRole, threshold, governing, raw };
+             governanceRole, threshold, governing, witnesses, raw };
   }
 
   // ---- genesis (SPEC section 5): version 0 of the configuration ----
@@ -743,6 +746,50 @@
     return st.configs[i];
   }
 
+  // ---- witness cosignatures (SPEC section 11, as ledger/witness.py) ----
+  // What a witness signs for the block with `header` (decoded) and hash `blockHash`.
+  function cosignedMessage(genesisHash, header, blockHash) {
+    return concat(WITNESS_TAG, encode([genesisHash, header.height, blockHash, header.log_size, header.log_root]));
+  }
+  // The header of a block's exact bytes (GET /v1/blocks/{h} as msgpack) and its hash.
+  async function headerOf(bytes) {
+    const items = expArr(decode(bytes, "block"), "block", 3);
+    const headerBytes = encode(expArr(items[0], "block.header"));
+    return { header: decodeHeader(headerBytes), headerBytes, blockHash: await sha256(headerBytes) };
+  }
+  // Each entry of a `witnesses` list ([{pubkey: hex, sig: b64}]: checkpoints, receipts, the
+  // block JSON view) checked on its own: [{index, pubkey, name, ok, reason}]. `witnesses` are
+  // those of the configuration governing the header's height ([{name, pubkey: hex}]). A list
+  // or entry of the wrong shape fails (VerifyError) as a whole.
+  async function checkCosignatures(entries, witnesses, genesisHash, header, blockHash, where) {
+    if (!Array.isArray(entries)) fail(`${where}: 'witnesses' is not a list`);
+    const known = new Map((witnesses || []).map((w) => [w.pubkey, w.name]));
+    const msg = cosignedMessage(genesisHash, header, blockHash);
+    const seen = new Set(), out = [];
+    for (const [i, e] of entries.entries()) {
+      const at = `${where}.witnesses[${i}]`;
+      if (!e || typeof e !== "object" || Array.isArray(e)) fail(`${at}: expected an object`);
+      const key = hex(unhex(field(e, "pubkey", "string", at), `${at}.pubkey`, 32));
+      const sig = unb64(field(e, "sig", "string", at), `${at}.sig`);
+      let reason = null;
+      if (!known.has(key)) reason = `${key} is not a witness of height ${header.height}`;
+      else if (seen.has(key)) reason = `witness ${key} is listed twice`;
+      else if (!(await ed25519Verify(unhex(key), msg, sig))) reason = `cosignature by ${key} does not verify over block ${hex(blockHash)} at height ${header.height}`;
+      seen.add(key);
+      out.push({ index: i, pubkey: key, name: known.has(key) ? known.get(key) : null, ok: reason === null, reason: reason && `${at}: ${reason}` });
+    }
+    return out;
+  }
+  // ledger.witness.count_witnesses / require_witnesses: every entry must hold; at least `k`.
+  async function countWitnesses(entries, witnesses, genesisHash, header, blockHash, where, k = 0) {
+    const checked = await checkCosignatures(entries, witnesses, genesisHash, header, blockHash, where);
+    const bad = checked.find((c) => !c.ok);
+    if (bad) fail(bad.reason);
+    const have = (witnesses || []).length;
+    if (checked.length < k) fail(`${where}: ${checked.length} witness cosignature${checked.length === 1 ? "" : "s"} of height ${header.height}, ${k} required (the configuration lists ${have} witness${have === 1 ? "" : "es"})`);
+    return checked;
+  }
+
   // ---- receipts (SPEC section 6) ----
   function field(doc, key, kind, where = "receipt") {
     if (!Object.prototype.hasOwnProperty.call(doc, key)) fail(`${where}: missing '${key}'`);
@@ -755,13 +802,10 @@
     return v;
   }
 
-  // The envelope of `doc` (the receipt itself or a config_proof step) is at `index` of a
-  // block of `height` whose header is certified by `config`'s validators (receipts.py _in_block).
-  async function inBlock(doc, where, chain, genesis, config, height, envelope) {
-    if (envelope === undefined) envelope = unb64(field(doc, "envelope", "string", where), `${where}.envelope`);
-    const rec = decodeEnvelope(envelope);
-    if (rec.body.chain !== chain) fail(`${where}: record names chain ${JSON.stringify(rec.body.chain)}`);
-    const index = field(doc, "index", "int", where);
+  // `doc`'s header (b64) is of block `height` of `chain`, under `config`'s validator set
+  // (receipts.py certified_header, with `certificateOf`): a receipt, a config_proof step, a
+  // checkpoint.
+  async function certifiedHeaderOf(doc, where, chain, genesis, config, height) {
     const headerBytes = unb64(field(doc, "header", "string", where), `${where}.header`);
     const header = decodeHeader(headerBytes);
     if (header.height !== height) fail(`height ${height} but the header is for height ${header.height}`);
@@ -771,10 +815,11 @@
         : `${where}: header's validators_hash does not match the validator set in force (configuration version ${config.version})`);
     }
     if (header.height === 1 && !equal(header.prev_hash, genesis.genesisHash)) fail(`block 1 links to genesis ${hex(header.prev_hash)}, not this one`);
-    const path = field(doc, "audit_path", "list", where).map((h, i) => unhex(h, `${where}.audit_path[${i}]`, 32));
-    if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
-    const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
-    if (!equal(root, header.records_root)) fail(`${where}: audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
+    return { header, headerBytes };
+  }
+
+  // `doc`'s certificate certifies that header by more than 2/3 of `config`'s power.
+  async function certificateOf(doc, where, chain, config, header, headerBytes) {
     const cert = field(doc, "cert", "dict", where);
     const round = field(cert, "round", "int", `${where}.cert`);
     if (round < 0 || round > 2 ** 32 - 1) fail(`${where}.cert.round: out of range`);
@@ -786,14 +831,80 @@
       return [validator, expBin(unb64(field(e, "sig", "string", w), `${w}.sig`), `${w}.sig`, 64)];
     });
     const certified = await verifyCert(chain, header, headerBytes, round, sigs, config);
-    return { rec, header, index, sigs, ...certified };
+    return { sigs, ...certified };
+  }
+
+  // The envelope of `doc` (the receipt itself or a config_proof step) is at `index` of a
+  // block of `height` whose header is certified by `config`'s validators (receipts.py _in_block).
+  async function inBlock(doc, where, chain, genesis, config, height, envelope) {
+    if (envelope === undefined) envelope = unb64(field(doc, "envelope", "string", where), `${where}.envelope`);
+    const rec = decodeEnvelope(envelope);
+    if (rec.body.chain !== chain) fail(`${where}: record names chain ${JSON.stringify(rec.body.chain)}`);
+    const index = field(doc, "index", "int", where);
+    const { header, headerBytes } = await certifiedHeaderOf(doc, where, chain, genesis, config, height);
+    const path = field(doc, "audit_path", "list", where).map((h, i) => unhex(h, `${where}.audit_path[${i}]`, 32));
+    if (typeof header.record_count !== "number" || !(index >= 0 && index < header.record_count)) fail(`index ${index} outside the block's ${header.record_count} records`);
+    const root = await rootFromPath(index, header.record_count, await leafHash(envelope), path);
+    if (!equal(root, header.records_root)) fail(`${where}: audit path leads to root ${hex(root)}, not the header's records_root ${hex(header.records_root)}`);
+    const certified = await certificateOf(doc, where, chain, config, header, headerBytes);
+    return { rec, header, index, ...certified };
+  }
+
+  // Follow a config proof (a receipt's config_proof, or GET /v1/config/proof's steps): each
+  // configuration change below `height`, each certified by the set then in force; resolves
+  // to the configuration in force at `height`. `step` is told each change followed.
+  async function followConfigProof(proof, where, chain, genesis, height, step) {
+    let config = genesis, below = 0;
+    for (const [n, s] of proof.entries()) {
+      const w = `${where}[${n}]`;
+      if (!s || typeof s !== "object" || Array.isArray(s)) fail(`${w}: expected an object`);
+      const sh = field(s, "height", "int", w);
+      if (!(below < sh && sh < height)) fail(`${w}.height: ${sh} is not above ${below} and below height ${height}`);
+      below = sh;
+      const got = await inBlock(s, w, chain, genesis, config, sh);
+      if (!(await ed25519Verify(got.rec.body.signer, concat(RECORD_TAG, got.rec.bodyBytes), got.rec.sig))) fail(`${w}: signature does not verify`);
+      if (got.rec.body.type !== CONFIG_TYPE) fail(`${w}: the record is a ${JSON.stringify(got.rec.body.type)}, not a configuration change`);
+      try { config = await applyChange(config, got.rec.body); } catch (err) {
+        if (err instanceof VerifyError) fail(`${w}: ${err.message}`);
+        throw err;
+      }
+      step(`configuration change at height ${sh}, certified by the set then in force: version ${config.version} governs from height ${sh + 1}`);
+    }
+    return config;
+  }
+
+  // ---- checkpoints and log inclusion (SPEC section 11), as ledger/checkpoint.py ----
+  // A checkpoint (GET /v1/log/checkpoint's JSON) certified by the validators in force at its
+  // height, reached from genesis by `steps` (GET /v1/config/proof?to_height=H's). Resolves to
+  // {height, logSize, logRoot, blockHash, names, config}; throws VerifyError.
+  async function verifyCheckpoint(doc, steps, genesis) {
+    if (!doc || typeof doc !== "object" || Array.isArray(doc)) fail("checkpoint: expected a JSON object");
+    if (!Array.isArray(steps)) fail("config proof: 'steps' is not a list");
+    await configOf(genesis);
+    const height = field(doc, "height", "int", "checkpoint");
+    const config = await followConfigProof(steps, "config_proof", genesis.chainId, genesis, height, () => {});
+    const { header, headerBytes } = await certifiedHeaderOf(doc, "checkpoint", genesis.chainId, genesis, config, height);
+    const got = await certificateOf(doc, "checkpoint", genesis.chainId, config, header, headerBytes);
+    return { height, logSize: header.log_size, logRoot: header.log_root, blockHash: hex(got.blockHash),
+             names: got.names, config: { version: config.version } };
+  }
+
+  // Log leaf `index` (an envelope's bytes) is in the log of a verified checkpoint: the RFC
+  // 9162 audit path `path` (hex strings) leads to its log root. Throws VerifyError.
+  async function verifyLogInclusion(checkpoint, index, envelope, path) {
+    if (!Array.isArray(path)) fail(`log leaf ${index}: no proof`);
+    const hashes = path.map((h, i) => unhex(h, `proof[${i}]`, 32));
+    const root = await rootFromPath(index, checkpoint.logSize, await leafHash(envelope), hashes);
+    if (!equal(root, checkpoint.logRoot)) fail(`log leaf ${index}: the proof leads to root ${hex(root)}, not the checkpoint's log root ${hex(checkpoint.logRoot)}`);
   }
 
   // Verify a receipt (object or JSON text) against a parsed genesis, following its
   // config_proof (SPEC section 6, v1.1: each configuration change below its height, each
-  // certified by the set then in force; no config_proof reads as []). Resolves to
-  // {ok: true, steps, record, header, signers, config} or {ok: false, steps, reason}.
-  async function verifyReceipt(input, genesis) {
+  // certified by the set then in force; no config_proof reads as []), and every witness
+  // cosignature it lists (SPEC section 11), by the witnesses of the configuration so
+  // derived; `opts.witnesses` = k demands k of them. Resolves to {ok: true, steps, record,
+  // header, signers, config, witnesses: count | null, cosignatures} or {ok: false, steps, reason}.
+  async function verifyReceipt(input, genesis, opts = {}) {
     const steps = [];
     const step = (s) => steps.push(s);
     try {
@@ -816,23 +927,8 @@
       step("record signature (Ed25519) verifies");
       const height = field(doc, "height", "int");
 
-      let config = genesis, below = 0;
       const proof = Object.prototype.hasOwnProperty.call(doc, "config_proof") ? field(doc, "config_proof", "list") : [];
-      for (const [n, s] of proof.entries()) {
-        const where = `receipt.config_proof[${n}]`;
-        if (!s || typeof s !== "object" || Array.isArray(s)) fail(`${where}: expected an object`);
-        const sh = field(s, "height", "int", where);
-        if (!(below < sh && sh < height)) fail(`${where}.height: ${sh} is not above ${below} and below the receipt's height ${height}`);
-        below = sh;
-        const got = await inBlock(s, where, chain, genesis, config, sh);
-        if (!(await ed25519Verify(got.rec.body.signer, concat(RECORD_TAG, got.rec.bodyBytes), got.rec.sig))) fail(`${where}: signature does not verify`);
-        if (got.rec.body.type !== CONFIG_TYPE) fail(`${where}: the record is a ${JSON.stringify(got.rec.body.type)}, not a configuration change`);
-        try { config = await applyChange(config, got.rec.body); } catch (err) {
-          if (err instanceof VerifyError) fail(`${where}: ${err.message}`);
-          throw err;
-        }
-        step(`configuration change at height ${sh}, certified by the set then in force: version ${config.version} governs from height ${sh + 1}`);
-      }
+      const config = await followConfigProof(proof, "receipt.config_proof", chain, genesis, height, step);
 
       const signer = hex(rec.body.signer);
       await checkRecordAuthority(config, rec.body);
@@ -841,8 +937,17 @@
       step(`header is for height ${height} of ${chain}, with the validator set of ${source(config)}`);
       step(`audit path (RFC 9162) leads from record ${got.index} to the header's records_root`);
       step(`certificate: precommits for block ${hex(got.blockHash).slice(0, 16)}… by ${got.names.join(", ")} (power ${got.power} of ${config.totalPower})`);
+      const k = opts.witnesses || 0;
+      let cosignatures = null;
+      if (Object.prototype.hasOwnProperty.call(doc, "witnesses")) {
+        cosignatures = await countWitnesses(doc.witnesses, config.witnesses, genesis.genesisHash, got.header, got.blockHash, "receipt", k);
+        const names = cosignatures.map((c) => c.name).join(", ");
+        step(`witness cosignatures: ${cosignatures.length} of the ${config.witnesses.length} witnesses of ${source(config)} cosigned this block${names ? ` (${names})` : ""}`);
+      } else if (k) {
+        fail(`receipt: no witness cosignatures ('witnesses' is missing); ${k} required for height ${height} (the configuration lists ${config.witnesses.length} witnesses)`);
+      }
       return { ok: true, steps, signers: got.sigs.map(([i]) => i), header: got.header, blockHash: hex(got.blockHash),
-               config: { version: config.version },
+               config: { version: config.version }, witnesses: cosignatures && cosignatures.length, cosignatures,
                record: { id: hex(recordId), ...rec.body, payload: toPlain(rec.body.payload), signer } };
     } catch (e) {
       if (!(e instanceof VerifyError)) throw e;
@@ -914,5 +1019,6 @@
   }
 
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader, VerifyError };
+                    maySubmit, verifyReceipt, verifyCheckpoint, verifyLogInclusion, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader,
+                    cosignedMessage, headerOf, checkCosignatures, countWitnesses, VerifyError };
 })();

@@ -53,7 +53,8 @@ def walk(http: TestClient, order: str, limit: int) -> tuple[list[str], int]:
         resp = http.get(f"/v1/subjects/{SUBJECT}/history", params=params)
         assert resp.status_code == 200, resp.text
         doc = resp.json()
-        assert set(doc) == {"subject", "records", "next"} and doc["subject"] == SUBJECT
+        assert set(doc) == {"subject", "records", "next", "checkpoint"}
+        assert doc["subject"] == SUBJECT
         ids += [r["id"] for r in doc["records"]]
         if doc["next"] is None:
             return ids, pages
@@ -109,7 +110,8 @@ def test_invalid_order_or_cursor_answers_400(http: TestClient, params: dict[str,
 def test_unknown_subject_is_an_empty_page_both_ways(http: TestClient) -> None:
     for order in ("asc", "desc"):
         doc = http.get("/v1/subjects/nobody/history", params={"order": order}).json()
-        assert doc == {"subject": "nobody", "records": [], "next": None}
+        assert doc == {"subject": "nobody", "records": [], "next": None,
+                       "checkpoint": {"height": 12, "log_size": 1320}}
 
 
 def test_sync_sdk_pages_both_ways(http: TestClient, chain: tuple[FastAPI, list[str]]) -> None:

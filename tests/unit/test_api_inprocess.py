@@ -59,11 +59,13 @@ async def test_every_endpoint_answers_per_the_spec() -> None:
         status = (await http.get("/v1/status")).json()
         assert set(status) == {"chain", "node", "height", "last_block_hash", "genesis_hash",
                                "round", "mempool", "validators", "peers", "evidence",
-                               "config_version", "validator", "validator_index"}
+                               "config_version", "validator", "validator_index",
+                               "split_views", "split_view_count"}
         assert (status["chain"], status["node"], status["height"]) == ("test-chain", "node0", 7)
         assert status["last_block_hash"] == api.store.tip_hash().hex()  # type: ignore[union-attr]
         assert status["genesis_hash"] == api.fx.genesis.hash.hex()
         assert status["mempool"] == 0 and status["peers"] == [] and status["evidence"] == []
+        assert status["split_views"] == [] and status["split_view_count"] == 0
         assert [v["connected"] for v in status["validators"]] == [True, False, False, False]
         health = await http.get("/healthz")
         assert health.status_code == 200 and health.json() == {"status": "ok", "height": 7}
@@ -71,7 +73,7 @@ async def test_every_endpoint_answers_per_the_spec() -> None:
         assert "ledger_height 7\n" in metrics and "ledger_records_committed_total 70\n" in metrics
         assert "ledger_commit_latency_seconds_bucket" in metrics
         block = (await http.get("/v1/blocks/1")).json()
-        assert set(block) == {"height", "hash", "header", "records", "cert"}
+        assert set(block) == {"height", "hash", "header", "records", "cert", "witnesses"}
         assert block["height"] == 1 and len(block["records"]) == 10
         assert block["records"][3]["id"] == recs[3].id.hex()
         assert (block["records"][3]["status"], block["records"][3]["index"]) == ("committed", 3)
@@ -90,7 +92,8 @@ async def test_every_endpoint_answers_per_the_spec() -> None:
                                  params={"order": "desc", "limit": 5})).json()
         assert [r["id"] for r in newest["records"]] == mine[::-1][:5]
         nobody = await http.get("/v1/subjects/nobody/history")
-        assert nobody.json() == {"subject": "nobody", "records": [], "next": None}
+        assert nobody.json() == {"subject": "nobody", "records": [], "next": None,
+                                 "checkpoint": {"height": 7, "log_size": 70}}
         rid = recs[0].id.hex()
         doc = (await http.get(f"/v1/records/{rid}")).json()
         assert doc == {"id": rid, "status": "committed", "height": 1, "index": 0,

@@ -167,3 +167,140 @@ def test_bundle_cut_mid_object_is_truncated(tmp_path: Path,
         out.write_bytes(data[:-cut])
         assert audit(out, genesis) == 1
         assert "truncated" in capsys.readouterr().err
+
+
+# -- the witnesses section (SPEC section 12) --------------------------------------------------
+
+FXW = make_fixture(witnesses=2)
+
+
+def cosigned_export(tmp_path: Path, heights: tuple[int, ...] = (2, 5)) -> tuple[Path, Path]:
+    """A 6-block chain whose store holds both witnesses' cosignatures of ``heights``,
+    exported from the store."""
+    from ledger.witness import cosign
+
+    db = tmp_path / "chain.db"
+    with SqliteStore(db, genesis_hash=FXW.genesis.hash) as s:
+        b = ChainBuilder(FXW, s)
+        for i in range(6):
+            b.add(i % 3 + 1)
+        for h in heights:
+            header = b.blocks[h - 1].header
+            for key in FXW.witnesses:
+                assert s.add_cosignature(h, key.public, cosign(key, FXW.genesis.hash, header))
+    genesis = FXW.write_genesis(tmp_path)
+    out = tmp_path / "chain.bundle"
+    assert cli.main(["export", "--db", str(db), "--genesis", str(genesis), "--out", str(out),
+                     "-q"]) == 0
+    return out, genesis
+
+
+def test_export_writes_the_store_s_cosignatures_and_audit_verifies_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, genesis = cosigned_export(tmp_path)
+    objs = objects(out)
+    with SqliteStore(tmp_path / "chain.db", readonly=True) as store:
+        assert objs[1:7] == [store.block_bytes(h) for h in range(1, 7)]
+        section = objs[7]
+        assert section == ["witnesses", [[h, pk, sig] for h, pk, sig
+                                         in store.cosignatures_between(1, 6)]]
+        assert objs[8] == ["end", 6, store.tip_hash()]
+    assert [e[0] for e in section[1]] == [2, 2, 5, 5]  # type: ignore[index]
+    assert audit(out, genesis) == 0
+    assert "4 witness cosignatures of 2 heights verified" in capsys.readouterr().out
+
+
+def test_a_store_without_cosignatures_writes_no_witnesses_section(tmp_path: Path) -> None:
+    out, _ = cosigned_export(tmp_path, heights=())
+    assert not any(isinstance(o, list) and o[0] == "witnesses" for o in objects(out))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bad_sig", "height 5: witnesses section.witnesses[1]: cosignature by"),
+    ("unknown_key", "height 2: witnesses section.witnesses[0]: "),
+    ("other_height", "height 5: "),
+    ("twice", "height 2: witnesses section.witnesses[2]: witness"),
+    ("beyond", "height 9: "),
+    ("short_sig", "height 2: "),
+    ("not_a_list", "height 7: "),
+    ("before_a_block", "height 6: "),
+    ("two_sections", "height 7: "),
+])
+def test_bad_witness_entries_fail_the_file_audit_at_their_height(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, expected: str) -> None:
+    out, genesis = cosigned_export(tmp_path)
+    objs = objects(out)
+    section: list = objs[7]  # type: ignore[assignment]
+    entries = section[1]
+    if case == "bad_sig":
+        sig = bytearray(entries[3][2])
+        sig[0] ^= 1
+        entries[3][2] = bytes(sig)
+    elif case == "unknown_key":
+        entries[0][1] = FX.validator_keys[0].public
+    elif case == "other_height":  # height 2's cosignature listed at height 5
+        entries[2][2] = entries[0][2]
+    elif case == "twice":
+        entries.insert(2, list(entries[0]))
+    elif case == "beyond":
+        entries.append([9, entries[0][1], entries[0][2]])
+    elif case == "short_sig":
+        entries[0][2] = entries[0][2][:10]
+    elif case == "not_a_list":
+        objs[7] = ["witnesses", {"a": 1}]
+    elif case == "before_a_block":
+        objs.insert(6, objs.pop(7))
+    elif case == "two_sections":
+        objs.insert(8, section)
+    write(out, objs)
+    code = audit(out, genesis)
+    assert code != 0
+    err = capsys.readouterr().err
+    assert expected in err, err
+
+
+def test_witnesses_count_from_the_height_their_configuration_governs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A witness added by a configuration change at height 2 cosigns from height 3: its
+    cosignature of height 2 in a bundle fails the audit there, of height 3 passes."""
+    import copy
+
+    from ledger.witness import cosign
+    from tests.factory import (
+        change_bytes,
+        change_record,
+        config_doc,
+        make_governed_fixture,
+        seeded_key,
+    )
+
+    gov = make_governed_fixture()
+    joiner = seeded_key("witness-joining")
+    genesis = gov.write_genesis(tmp_path)
+    for height, ok in ((3, True), (2, False)):
+        db = tmp_path / f"chain{height}.db"
+        with SqliteStore(db, genesis_hash=gov.genesis.hash, config=gov.genesis.config) as s:
+            b = ChainBuilder(gov, s)
+            b.add(1)
+            doc = copy.deepcopy(config_doc(gov.genesis))
+            doc["witnesses"] = [{"name": "joiner", "pubkey": joiner.public.hex()}]
+            rec = change_record(gov.genesis.config, gov.admins[0],
+                                change_bytes(gov.genesis.config, doc),
+                                approvers=gov.admins[:2], nonce=1)
+            block = b.block([rec])
+            s.append(block)
+            b.blocks.append(block)
+            assert s.history is not None
+            b.follow(s.history.latest)
+            b.add(1)
+            header = b.blocks[height - 1].header
+            s.add_cosignature(height, joiner.public, cosign(joiner, gov.genesis.hash, header))
+        out = tmp_path / f"chain{height}.bundle"
+        assert cli.main(["export", "--db", str(db), "--genesis", str(genesis), "--out",
+                         str(out), "-q"]) == 0
+        assert (audit(out, genesis) == 0) is ok
+        captured = capsys.readouterr()
+        if ok:
+            assert "1 witness cosignature of 1 height verified" in captured.out
+        else:
+            assert "height 2: " in captured.err and "not a witness" in captured.err

@@ -171,9 +171,11 @@ def test_both_clients_have_the_same_methods_and_signatures() -> None:
     assert set(sync) - set(asyn) == set()
     assert set(sync) == {"__init__", "status", "chain_id", "health", "genesis", "submit",
                          "sign", "write", "make_record", "record", "receipt", "block",
-                         "block_bytes", "history", "events", "config", "close",
+                         "block_bytes", "history", "subject_history", "events", "config",
+                         "close",
                          "log_inclusion", "log_consistency", "checkpoint",
-                         "verified_checkpoint", "verify_inclusion", "verify_consistency"}
+                         "verified_checkpoint", "verify_inclusion", "verify_consistency",
+                         "verified_receipt", "post_cosignature"}
     assert hasattr(LedgerClient, "__enter__") and hasattr(AsyncLedgerClient, "__aenter__")
     for name, method in sync.items():
         twin = asyn[name]
