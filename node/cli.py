@@ -665,6 +665,8 @@ def _import_bundle(directory: Path, bundle: Path, workers: int, quiet: bool) -> 
     bar.close()
     seconds = max(report.seconds, 1e-9)
     kept = f" ({report.kept} already in the store, verified again)" if report.kept else ""
+    if report.cosignatures:
+        kept += f", {report.cosignatures} witness cosignatures verified and kept"
     print(f"ok: {report.written} blocks written{kept} from {bundle} to {config.store_path}: "
           f"height {report.height}, {report.records} records verified in "
           f"{report.seconds:.2f} s ({(report.kept + report.written) / seconds:,.0f} blocks/s, "

@@ -32,7 +32,7 @@ from ledger.blocks import Block, Header
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
 from ledger.store.sqlite import SqliteStore
-from node.export import Bundle
+from node.export import Bundle, check_witnesses
 
 #: Records (plus one per block) written per transaction, at most; and a transaction is
 #: committed at least this often (a killed import loses at most that much work).
@@ -61,6 +61,8 @@ class ImportReport:
     records: int
     tip_hash: bytes
     seconds: float
+    #: witness cosignatures of the witnesses section, verified and kept
+    cosignatures: int = 0
 
 
 def _chunks(blocks: Iterator[bytes], pending: dict[int, bytes],
@@ -107,6 +109,25 @@ def check_genesis(bundle: Bundle, genesis: Genesis, genesis_path: Path | str) ->
         raise RestoreError(f"{bundle.path}: the bundle's genesis.json is not the bytes of "
                            f"{genesis_path} (another chain or an edited genesis); nothing "
                            f"imported")
+
+
+def _import_witnesses(bundle: Bundle, store: SqliteStore, genesis: Genesis) -> int:
+    """Verify the bundle's witnesses section as ``ledger audit --file`` does
+    (``node.export.check_witnesses``, over the headers of the blocks now in the store, under
+    the configuration governing each height) and keep its cosignatures in the store, in one
+    transaction. AuditError (``height N:``) at a bad entry: then none is kept."""
+    if not bundle.witnesses:
+        return 0
+    for height in bundle.witnesses:
+        stored = store.header_cert(height)
+        if stored is not None:  # a height beyond the chain: check_witnesses names it
+            bundle.headers[height] = Header.from_wire(stored[0])
+    cosigned = check_witnesses(bundle, genesis, store.history)
+    with store.bulk():
+        for height, pairs in sorted(bundle.witnesses.items()):
+            for pubkey, sig in pairs:
+                store.add_cosignature(height, pubkey, sig)
+    return cosigned
 
 
 def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
@@ -178,7 +199,8 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
         if report.tip_hash != tip:
             raise AuditError(count, f"{bundle.path}: the bundle's end marker names tip "
                              f"{tip.hex()}, the last block's hash is {report.tip_hash.hex()}")
+        cosigned = _import_witnesses(bundle, store, genesis)
         return ImportReport(kept, written, store.height, report.records, report.tip_hash,
-                            time.monotonic() - started)
+                            time.monotonic() - started, cosigned)
     finally:
         store.close()

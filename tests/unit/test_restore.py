@@ -309,3 +309,30 @@ def test_a_chain_with_configuration_changes_imports_under_the_set_in_force(
     assert blocks_of(target) == blocks_of(src)[:3]
     with SqliteStore(target, genesis_hash=gx.genesis.hash, config=gx.genesis.config) as s:
         assert s.history is not None and [c.version for _, c in s.history] == [0, 1]
+
+
+def test_the_witnesses_section_is_verified_and_kept(tmp_path: Path) -> None:
+    from tests.unit.test_export import FXW, cosigned_export
+
+    out, _ = cosigned_export(tmp_path)
+    target = tmp_path / "target.db"
+    report = import_bundle(out, target, FXW.genesis, workers=1)
+    assert (report.height, report.cosignatures) == (6, 4)
+    with SqliteStore(tmp_path / "chain.db", readonly=True) as src, \
+            SqliteStore(target, readonly=True) as s:
+        assert list(s.cosignatures_between(1, 6)) == list(src.cosignatures_between(1, 6))
+        assert [s.block_bytes(h) for h in range(1, 7)] == \
+            [src.block_bytes(h) for h in range(1, 7)]
+    # A bad cosignature: `height N:` and none kept (the blocks are, they verified).
+    objs = objects(out)
+    entries = objs[7][1]  # type: ignore[index]
+    sig = bytearray(entries[3][2])
+    sig[0] ^= 1
+    entries[3][2] = bytes(sig)
+    write(out, objs)
+    for p in tmp_path.glob("target.db*"):
+        p.unlink()
+    with pytest.raises(AuditError, match=r"^height 5: "):
+        import_bundle(out, target, FXW.genesis, workers=1)
+    with SqliteStore(target, readonly=True) as s:
+        assert s.height == 6 and list(s.cosignatures_between(1, 6)) == []
