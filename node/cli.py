@@ -49,7 +49,7 @@ class CommandError(Exception):
     """A command cannot run; the message is printed as one line."""
 
 
-def _progress(total: int, quiet: bool):  # type: ignore[no-untyped-def]
+def _progress(total: int | None, quiet: bool):  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
     return tqdm(total=total, unit="block", disable=True if quiet else None,
@@ -700,12 +700,73 @@ def cmd_node_init(args: argparse.Namespace) -> int:
     """Make a node directory for a validator joining a running chain (SPEC section 8)."""
     from node.join import init_node
 
+    if args.bundle is not None:  # refuse another chain's bundle before making anything
+        from node.restore import check_genesis
+
+        check_genesis(Bundle(args.bundle), Genesis.load(args.genesis), args.genesis)
     entry = init_node(args.dir, args.genesis, args.api, args.p2p, args.key)
     print(entry["pubkey"])
     print(f"wrote {args.dir}/config.json, genesis.json and node.pem; to join, a "
           f"configuration change lists this validator (and carries its join signature):\n"
           f"  {json.dumps(entry)}", file=sys.stderr)
+    if args.bundle is not None:
+        return _import_bundle(args.dir, args.bundle, args.workers, args.quiet)
     return EXIT_OK
+
+
+def _import_bundle(directory: Path, bundle: Path, workers: int, quiet: bool) -> int:
+    """Verify ``bundle`` and write its blocks into the store of the node in ``directory``
+    (``node.restore.import_bundle``); print one line."""
+    from node.config import NodeConfig
+    from node.restore import count_hint, import_bundle
+
+    config = NodeConfig.load(directory)
+    genesis = Genesis.load(config.genesis_path)
+    bar = _progress(count_hint(bundle), quiet)
+    try:
+        report = import_bundle(bundle, config.store_path, genesis, config.genesis_path,
+                               workers=workers or None, on_blocks=bar.update)
+    except AuditError as exc:
+        bar.close()
+        print(str(exc), file=sys.stderr)
+        print(f"ledger: the store {config.store_path} keeps the blocks before it; "
+              f"`ledger node run {directory}` syncs the rest from peers", file=sys.stderr)
+        return EXIT_INVALID
+    bar.close()
+    seconds = max(report.seconds, 1e-9)
+    kept = f" ({report.kept} already in the store, verified again)" if report.kept else ""
+    if report.cosignatures:
+        kept += f", {report.cosignatures} witness cosignatures verified and kept"
+    print(f"ok: {report.written} blocks written{kept} from {bundle} to {config.store_path}: "
+          f"height {report.height}, {report.records} records verified in "
+          f"{report.seconds:.2f} s ({(report.kept + report.written) / seconds:,.0f} blocks/s, "
+          f"{report.records / seconds:,.0f} records/s); tip {report.tip_hash.hex()}; "
+          f"start the node with `ledger node run {directory}`")
+    return EXIT_OK
+
+
+def _node_listening(api: tuple[str, int]) -> bool:
+    """Whether something answers on a node's API address (the node seems to run)."""
+    import socket
+
+    host, port = api
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def cmd_node_restore(args: argparse.Namespace) -> int:
+    """Fill the store of an existing (stopped) node directory from an export bundle."""
+    from node.config import NodeConfig
+
+    config = NodeConfig.load(args.dir)
+    if _node_listening(config.api):
+        raise CommandError(f"something answers on {config.api[0]}:{config.api[1]}, the API "
+                           f"address of {args.dir}: stop the node before restoring its store")
+    return _import_bundle(args.dir, args.bundle, args.workers, args.quiet)
 
 
 def cmd_node_check(args: argparse.Namespace) -> int:
@@ -964,7 +1025,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where this node listens for its peers")
     p.add_argument("--key", type=Path, metavar="PEM",
                    help="an existing key file to use (copied as it is)")
+    p.add_argument("--bundle", type=Path, metavar="FILE",
+                   help="start from this export bundle (ledger export): its genesis must be "
+                   "G's bytes; every block is verified as by `ledger audit --file` and "
+                   "written to the node's store, so the node syncs only what is newer")
+    p.add_argument("--workers", type=int, default=0,
+                   help="with --bundle: processes checking signatures (default: cores)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_node_init)
+
+    p = nsub.add_parser("restore", help="fill a stopped node's store from an export bundle",
+                        description="Verify an export bundle as `ledger audit --file` does and "
+                        "write its blocks into the store of the node in DIR (a node whose "
+                        "store was lost, or an import that was interrupted: the blocks the "
+                        "store holds must be the bundle's, and only the others are written). "
+                        "The node must be stopped. Prints 'height N: <reason>' and exits 1 "
+                        "at a bad block, keeping the good ones before it.")
+    p.add_argument("dir", metavar="DIR", type=Path)
+    p.add_argument("--bundle", type=Path, required=True, metavar="FILE",
+                   help="the export bundle; its genesis must be DIR/genesis.json's bytes")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes checking signatures (default: one per core)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_node_restore)
 
     p = nsub.add_parser("check", help="check a node's store offline",
                         description="Check the store of the node in DIR without running it: "

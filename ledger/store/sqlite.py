@@ -243,6 +243,7 @@ class SqliteStore:
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path}: no such store")
         self._lock = threading.RLock()
+        self._bulk = False  # inside ``bulk``: appends share its one transaction
         self._local = threading.local()  # each reading thread's own read-only connection
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()  # not the writer's: a new reader never waits
@@ -270,6 +271,7 @@ class SqliteStore:
             self._init_meta(genesis_hash)
             self._load_tip()
             self._history: ConfigHistory | None = None
+            self._config = config
             # every committed change, read once (GET /v1/config reads them per request)
             self._changes: tuple[ConfigChange, ...] | None = None
             if config is not None:
@@ -464,8 +466,10 @@ class SqliteStore:
                 [(r.id, first_seq + i) for i, r in enumerate(block.records)], h.height,
                 first_seq + len(rows))
             db = self._db
+            bulk = self._bulk
             try:
-                db.execute("BEGIN IMMEDIATE")
+                if not bulk:
+                    db.execute("BEGIN IMMEDIATE")
                 try:
                     db.execute(
                         "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?)",
@@ -489,9 +493,11 @@ class SqliteStore:
                     if change is not None:  # with its block: a restart sees both or neither
                         db.execute("INSERT INTO config_changes VALUES (?, ?, ?)",
                                    (change.height, change.index, change.change))
-                    db.execute("COMMIT")
+                    if not bulk:
+                        db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if not bulk:  # in a bulk: ``bulk`` rolls the whole batch back
+                        db.execute("ROLLBACK")
                     raise
             except sqlite3.IntegrityError as exc:
                 raise DuplicateError(
@@ -506,6 +512,45 @@ class SqliteStore:
                 self._history.append(h.height, new_config)
             if change is not None and self._changes is not None:
                 self._changes = (*self._changes, change)
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Appends inside share one transaction: a bulk import (``node.restore``) writes
+        thousands of blocks with one commit and one fsync, each page written once, where
+        ``append`` alone commits every block. Each block is checked exactly as by
+        ``append``. The blocks are durable together when the ``with`` block ends normally;
+        on any exception every block of the batch is rolled back (the store is again at its
+        last committed tip, in memory too) and the exception propagates. Reads from other
+        threads do not see the batch until it commits."""
+        with self._lock:
+            if self._bulk:
+                raise StoreError("bulk() does not nest")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot start a write ({exc})") from exc
+            self._bulk = True
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._reload()
+                raise
+            finally:
+                self._bulk = False
+
+    def _reload(self) -> None:
+        """Read the tip, the recent ids and the configuration history from the file again
+        (after a rolled-back bulk write advanced them in memory)."""
+        upto = json.loads(self._db.execute(
+            "SELECT value FROM meta WHERE key = 'ids_upto'").fetchone()[0])
+        self._recent = RecentIds(upto, ((bytes(rid), seq) for rid, seq in self._db.execute(
+            "SELECT id, seq FROM records WHERE seq >= ?", (min(upto),))))
+        self._load_tip()
+        self._changes = None
+        if self._config is not None:
+            self._history = rebuild_history(self._config, self.config_changes())
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

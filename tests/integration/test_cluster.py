@@ -199,6 +199,104 @@ def test_python_sdk_sync_and_async(cluster: Cluster) -> None:
     assert asyncio.run(run_async())["status"] == "committed"
 
 
+def test_a_validator_restored_from_an_export_bundle_and_a_new_follower_join(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """The round trip of docs/operations.md: export from a running node, audit the file,
+    restore node3 (its store wiped) from it and start a fifth node (a follower) from it;
+    both sync the rest from the cluster, node3 votes again, every chain is the same."""
+    from tests.integration.cluster_util import free_base_port
+
+    genesis_path = cluster.dir / "genesis.json"
+    genesis = Genesis.load(genesis_path)
+    key = read_key_file(cluster.dir / "clients" / "demo.pem")
+
+    def ledger(*argv: str | Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "node.cli", *map(str, argv)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def commit(url: str, n: int, nonce: int) -> int:
+        resp = post(url, records(key, genesis.chain_id, n, nonce))
+        assert resp.status_code == 202, resp.text
+        return max(int(item["height"]) for item in resp.json()["results"])
+
+    for i in range(4):
+        commit(cluster.url(i), 10, 40_000 + 10 * i)
+    bundle = tmp_path / "chain.bundle"
+    res = ledger("export", "--node", cluster.url(0), "--out", bundle, "-q")
+    assert res.returncode == 0, res.stderr
+    exported = int(res.stdout.split()[1])
+    res = ledger("audit", "--file", bundle, "--genesis", genesis_path, "-q")
+    assert res.returncode == 0, res.stderr
+
+    base = free_base_port(1)
+    follower = tmp_path / "node5"
+    res = ledger("node", "init", follower, "--genesis", genesis_path, "--api",
+                 f"127.0.0.1:{base}", "--p2p", f"127.0.0.1:{base + 100}", "--bundle", bundle,
+                 "-q")
+    assert res.returncode == 0, res.stderr
+    assert f"ok: {exported} blocks written" in res.stdout, res.stdout
+
+    node3 = cluster.dir / "node3"
+    stopped: list[int] = []
+    follower_proc = None
+    try:
+        cluster.kill(3, signal.SIGTERM)
+        stopped.append(3)
+        for path in node3.glob("chain.db*"):  # the store is lost; key and signing state stay
+            path.unlink()
+        top = commit(cluster.url(0), 10, 41_000)  # the cluster goes on without node3
+        res = ledger("node", "restore", node3, "--bundle", bundle, "-q")
+        assert res.returncode == 0, res.stderr
+        assert f"height {exported}" in res.stdout
+        cluster.start(3)
+        cluster.wait_healthy(3)
+        stopped.remove(3)
+        log = open(tmp_path / "node5.log", "ab")  # noqa: SIM115 - the process owns it
+        follower_proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "run", str(follower)], cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cluster.wait_height(3, top, timeout=60)
+        # node3 votes again: with node2 stopped, nothing commits without it.
+        cluster.kill(2, signal.SIGTERM)
+        stopped.append(2)
+        final = commit(cluster.url(3), 10, 42_000)
+        cluster.start(2)
+        cluster.wait_healthy(2)
+        stopped.remove(2)
+        for i in range(4):
+            cluster.wait_height(i, final)
+        assert_identical_chains(cluster, final)
+        url5 = f"http://127.0.0.1:{base}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url5}/v1/status", timeout=2).json()["height"] >= final:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert follower_proc.poll() is None, (tmp_path / "node5.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "node5.log").read_text()[-3000:]
+            time.sleep(0.2)
+        for h in range(1, final + 1):
+            hashes = {Block.from_wire(httpx.get(
+                f"{url}/v1/blocks/{h}", headers={"Accept": "application/msgpack"}).content).hash
+                for url in (cluster.url(0), cluster.url(3), url5)}
+            assert len(hashes) == 1, f"height {h}: {hashes}"
+        res = ledger("audit", "--node", cluster.url(3), "--genesis", genesis_path, "-q")
+        assert res.returncode == 0, res.stderr
+    finally:
+        if follower_proc is not None:
+            follower_proc.send_signal(signal.SIGTERM)
+            try:
+                follower_proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                follower_proc.kill()
+                follower_proc.wait()
+        for i in stopped:  # the module's cluster is whole again for the other tests
+            cluster.start(i)
+            cluster.wait_healthy(i)
+
+
 class ClusterUp:
     """A real `ledger cluster up` process; its output lines collected by a thread."""
 
