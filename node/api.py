@@ -69,6 +69,7 @@ COSIGNATURES = "/v1/log/cosignatures"
 COSIGNATURE_BODY_MAX = 4096  # a cosignature body is ~400 bytes
 #: a smaller body limit than ``max_body_bytes`` for these POST paths
 BODY_LIMITS = {COSIGNATURES: COSIGNATURE_BODY_MAX}
+COSIGNATURE_PAGE_HEIGHTS = 1000  # heights in one GET /v1/log/cosignatures page
 SPLIT_VIEWS_SHOWN = 20  # split-view evidence entries in /v1/status (the newest)
 DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²" and "٣"
 # RFC 3339 section 5.6 date-time (ASCII digits, an offset required; "T" or a space)
@@ -1186,6 +1187,38 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         if doc is None:
             raise Problem(404, "not_found", f"no block at height {h}")
         return JSONResponse(doc)
+
+    @app.get(COSIGNATURES, responses={
+        **ok("`{from_height, to_height, cosignatures: [{height, pubkey: hex, sig: b64}], next}`:"
+             " every cosignature this node holds for heights `from_height..to_height`, in "
+             f"height then key order; at most {COSIGNATURE_PAGE_HEIGHTS} heights a page, "
+             "`next` the `from_height` of the following page (null after the tip). What "
+             "`ledger export --node` writes as a bundle's witnesses section"),
+        **problems(log_bounds, (404, "not_found", "the chain has no block yet"), *LIMITED)})
+    async def list_cosignatures(
+            from_height: str = Query("1", json_schema_extra=INTEGER,
+                                     description="the first height, `1 <= from_height <=` "
+                                                 "the tip"),
+            to_height: str = Query(None, json_schema_extra=INTEGER,
+                                   description="the last height (default and at most: "
+                                               f"from_height + {COSIGNATURE_PAGE_HEIGHTS - 1}"
+                                               ", or the tip)"),
+    ) -> JSONResponse:
+        """Cosignatures by height range (our extension; SPEC section 11 lists them per
+        height with checkpoints and receipts): a bundle's witnesses section, page by page."""
+        tip = node.store.height
+        if tip == 0:
+            raise Problem(404, "not_found", "the chain has no block yet")
+        lo = parse_count("from_height", from_height, 1, tip, "the tip")
+        last = min(tip, lo + COSIGNATURE_PAGE_HEIGHTS - 1)
+        bound = f"from_height + {COSIGNATURE_PAGE_HEIGHTS - 1} or the tip"
+        hi = parse_count("to_height", to_height, lo, last, bound) if to_height else last
+        rows = await workers.run(lambda: list(node.store.cosignatures_between(lo, hi)))
+        return JSONResponse({
+            "from_height": lo, "to_height": hi,
+            "cosignatures": [{"height": h, "pubkey": pk.hex(), "sig": b64encode(sig)}
+                             for h, pk, sig in rows],
+            "next": hi + 1 if hi < tip else None})
 
     @app.post(COSIGNATURES, openapi_extra={"requestBody": COSIGNATURE_BODY}, responses={
         **ok("`{stored, height, block_hash}`: the cosignature holds over this node's block at "

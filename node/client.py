@@ -543,6 +543,17 @@ class _Protocol:
         call = Call("GET", "/v1/log/checkpoint", {} if height is None else {"height": height})
         return _json_object(call, _check(call, (yield call)), *checkpoints.CHECKPOINT_KEYS)
 
+    def _op_cosignatures(self, from_height: int, to_height: int | None
+                         ) -> Operation[dict[str, Any]]:
+        params = {"from_height": from_height}
+        if to_height is not None:
+            params["to_height"] = to_height
+        call = Call("GET", "/v1/log/cosignatures", params)
+        doc = _json_object(call, _check(call, (yield call)), "cosignatures", "next")
+        if not isinstance(doc["cosignatures"], list):
+            raise NodeError(f"{call.where()}: 'cosignatures' is not a list")
+        return doc
+
     def _op_post_cosignature(self, cosig: Cosignature | Mapping[str, Any]
                              ) -> Operation[dict[str, Any]]:
         body = cosig.to_json() if isinstance(cosig, Cosignature) else dict(cosig)
@@ -730,6 +741,12 @@ class LedgerClient(_Protocol):
         """``GET /v1/log/checkpoint``: the header and certificate at ``height`` (default:
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return self._run(self._op_checkpoint(height))
+
+    def cosignatures(self, from_height: int = 1, to_height: int | None = None
+                     ) -> dict[str, Any]:
+        """``GET /v1/log/cosignatures``: one page of the cosignatures the node holds by
+        height range, unverified (``ledger audit --file`` checks a bundle's)."""
+        return self._run(self._op_cosignatures(from_height, to_height))
 
     def post_cosignature(self, cosig: Cosignature | Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/log/cosignatures``: a witness's cosignature of one block (SPEC section
@@ -922,6 +939,11 @@ class AsyncLedgerClient(_Protocol):
         """``GET /v1/log/checkpoint``: the header and certificate at ``height`` (default:
         the tip), unverified (``verified_checkpoint`` checks one)."""
         return await self._run(self._op_checkpoint(height))
+
+    async def cosignatures(self, from_height: int = 1, to_height: int | None = None
+                           ) -> dict[str, Any]:
+        """``GET /v1/log/cosignatures``: see ``LedgerClient.cosignatures``."""
+        return await self._run(self._op_cosignatures(from_height, to_height))
 
     async def post_cosignature(self, cosig: Cosignature | Mapping[str, Any]
                                ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +84,8 @@ class ReadStore(Protocol):
     def add_cosignature(self, height: int, pubkey: bytes, sig: bytes) -> bool: ...
 
     def cosignatures(self, height: int) -> list[tuple[bytes, bytes]]: ...
+
+    def cosignatures_between(self, lo: int, hi: int) -> Iterator[tuple[int, bytes, bytes]]: ...
 
     def add_split_view(self, cosig_json: bytes) -> bool: ...
 

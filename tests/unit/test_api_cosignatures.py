@@ -322,3 +322,30 @@ async def test_the_sdk_posts_cosignatures() -> None:
         with pytest.raises(NodeError) as unknown:
             await sdk.post_cosignature(for_header(seeded_key("x"), FX.genesis.hash, header))
         assert (unknown.value.status, unknown.value.problem_code) == (400, "unknown_witness")
+
+
+@pytest.mark.asyncio
+async def test_cosignatures_are_listed_by_height_range() -> None:
+    """``GET /v1/log/cosignatures`` (our extension: what ``ledger export --node`` writes as
+    a bundle's witnesses section): pages by height, and bad ranges are 400 problems."""
+    api = InProcessApi(FX)
+    async with api.client() as http:
+        resp = await http.get(PATH)
+        assert (resp.status_code, problem_code(resp)) == (404, "not_found")
+    chain(api, 3)
+    for h in (1, 3):
+        for key in FX.witnesses[:2]:
+            assert api.store.add_cosignature(h, key.public,
+                                             cosign(key, FX.genesis.hash, header_at(api.store, h)))
+    async with api.client() as http:
+        doc = (await http.get(PATH)).json()
+        assert (doc["from_height"], doc["to_height"], doc["next"]) == (1, 3, None)
+        assert [(c["height"], c["pubkey"]) for c in doc["cosignatures"]] == [
+            (h, pk.hex()) for h, pk, _ in api.store.cosignatures_between(1, 3)]
+        assert len(doc["cosignatures"]) == 4
+        doc = (await http.get(PATH, params={"from_height": 2, "to_height": 2})).json()
+        assert (doc["cosignatures"], doc["next"]) == ([], 3)
+        for params in ({"from_height": 0}, {"from_height": 4}, {"from_height": "x"},
+                       {"from_height": 3, "to_height": 2}, {"to_height": 9}):
+            resp = await http.get(PATH, params=params)
+            assert (resp.status_code, problem_code(resp)) == (400, "invalid_parameter"), params

@@ -304,3 +304,41 @@ def test_witnesses_count_from_the_height_their_configuration_governs(
             assert "1 witness cosignature of 1 height verified" in captured.out
         else:
             assert "height 2: " in captured.err and "not a witness" in captured.err
+
+
+def test_export_over_http_carries_the_node_s_cosignatures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``ledger export --node`` writes the witnesses section from ``GET /v1/log/
+    cosignatures`` (paged by height), and ``audit --file`` verifies it."""
+    from ledger.witness import cosign
+    from node import api as node_api
+    from tests.inprocess import InProcessApi
+    from tests.unit.test_log_proofs import served
+
+    monkeypatch.setattr(node_api, "COSIGNATURE_PAGE_HEIGHTS", 2)  # 6 heights: 3 pages
+    genesis = FXW.write_genesis(tmp_path)
+    api = InProcessApi(FXW)
+    service = api.service
+    for n in (2, 3, 1, 2, 1, 1):
+        block = service.builder.block([api.record() for _ in range(n)])
+        service.append(block)
+        service.builder.blocks.append(block)
+    for h in (1, 4, 5):
+        header = service.builder.blocks[h - 1].header
+        for key in FXW.witnesses[:2]:
+            assert api.store.add_cosignature(h, key.public,
+                                             cosign(key, FXW.genesis.hash, header))
+    out = tmp_path / "http.bundle"
+    with served(api) as url:
+        assert cli.main(["export", "--node", url, "--out", str(out), "-q"]) == 0
+        from node.client import LedgerClient
+        page = LedgerClient(url).cosignatures(1)
+        assert (page["from_height"], page["to_height"], page["next"]) == (1, 2, 3)
+        assert [c["height"] for c in page["cosignatures"]] == [1, 1]
+    objs = objects(out)
+    assert objs[-2] == ["witnesses", [[h, pk, sig] for h, pk, sig
+                                      in api.store.cosignatures_between(1, 6)]]
+    assert len(objs[-2][1]) == 6  # type: ignore[index]
+    assert audit(out, genesis) == 0
+    assert "6 witness cosignatures of 3 heights verified" in capsys.readouterr().out

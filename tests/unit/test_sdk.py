@@ -175,7 +175,7 @@ def test_both_clients_have_the_same_methods_and_signatures() -> None:
                          "close",
                          "log_inclusion", "log_consistency", "checkpoint",
                          "verified_checkpoint", "verify_inclusion", "verify_consistency",
-                         "verified_receipt", "post_cosignature"}
+                         "verified_receipt", "post_cosignature", "cosignatures"}
     assert hasattr(LedgerClient, "__enter__") and hasattr(AsyncLedgerClient, "__aenter__")
     for name, method in sync.items():
         twin = asyn[name]
