@@ -713,6 +713,8 @@ def cmd_node_run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: a follower's poll each second would fill the log
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     serve_forever(NodeConfig.load(args.dir))
     return EXIT_OK
 
