@@ -28,7 +28,9 @@ problem+json ``type``) and a one-line human message::
     │   ├── RedactionTargetError     redaction_target a redaction names a record that is not
     │   │                                             sealed, not committed earlier, or
     │   │                                             already redacted
-    │   └── JoinInvalidError         join_invalid     joins are not one valid per new key
+    │   ├── JoinInvalidError         join_invalid     joins are not one valid per new key
+    │   └── PayloadMismatchError     payload_mismatch a sealed payload does not match its
+    │                                                 record's payload_digest
     ├── AuditError                   audit_failed     a chain fails its audit at a height
     ├── ReceiptError                 bad_receipt      a receipt does not prove its record
     ├── LogProofError                bad_log_proof    a checkpoint or log proof does not hold
@@ -195,6 +197,13 @@ class JoinInvalidError(ValidationError):
     """The joins are not exactly one valid signature per validator key a change adds."""
 
     code = "join_invalid"
+
+
+class PayloadMismatchError(ValidationError):
+    """A ``(salt, payload_bytes)`` pair does not match a sealed record's ``payload_digest``,
+    or is not a payload (SPEC section 10)."""
+
+    code = "payload_mismatch"
 
 
 class AuditError(LedgerError):

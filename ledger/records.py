@@ -38,7 +38,7 @@ from ledger.encoding import (
     scan,
     unpack_exact,
 )
-from ledger.errors import SignatureError, TooLargeError
+from ledger.errors import LedgerError, PayloadMismatchError, SignatureError, TooLargeError
 
 #: A payload's encoded size at most (SPEC section 2), for every type but ``ledger.config``.
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -155,6 +155,34 @@ class RecordBody:
             if size > limit:
                 raise TooLargeError(f"{what}.payload: {size} bytes exceeds {limit}")
         return body, elements
+
+
+PAYLOAD_TAG = b"ledger.payload.v1\x00"
+SALT_SIZE = 32
+
+
+def payload_digest(salt: bytes, payload_bytes: bytes) -> bytes:
+    """A sealed record's ``payload_digest`` over ``salt`` and the payload's msgpack bytes
+    (SPEC section 10)."""
+    return sha256(PAYLOAD_TAG + salt + payload_bytes)
+
+
+def check_sealed_payload(digest: bytes, salt: bytes, payload_bytes: bytes, what: str) -> None:
+    """The one rule for a sealed payload (SPEC section 10): a 32-byte salt, payload bytes
+    that are one payload by section 2's rules (kept as sent), and their digest equal to the
+    record's ``payload_digest``. PayloadMismatchError names ``what`` otherwise."""
+    if len(salt) != SALT_SIZE:
+        raise PayloadMismatchError(f"{what}: the salt is {len(salt)} bytes, not {SALT_SIZE}")
+    if len(payload_bytes) > MAX_PAYLOAD_BYTES:
+        raise PayloadMismatchError(f"{what}: the payload is {len(payload_bytes)} bytes, more "
+                                   f"than {MAX_PAYLOAD_BYTES}")
+    try:
+        decode(payload_bytes, f"{what}.payload", max_depth=MAX_PAYLOAD_DEPTH)
+    except LedgerError as exc:
+        raise PayloadMismatchError(str(exc)) from exc
+    if payload_digest(salt, payload_bytes) != digest:
+        raise PayloadMismatchError(f"{what}: sha256 of the salt and payload is not the "
+                                   f"record's payload_digest {digest.hex()}")
 
 
 def payload_limit(record_type: str) -> int:

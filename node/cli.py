@@ -39,7 +39,7 @@ from ledger.records import TYPE_PATTERN, Record
 from ledger.store.sqlite import SqliteStore
 from node.client import LedgerClient, NodeError, sign_record
 from node.cluster import DEMO_TYPES
-from node.export import Bundle, check_witnesses, write_bundle
+from node.export import Bundle, check_payloads, check_witnesses, write_bundle
 from node.files import write_durably
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -559,6 +559,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         heights = len(bundle.witnesses)
         witness_note = (f", {cosigned} witness cosignature{'s' if cosigned != 1 else ''} of "
                         f"{heights} height{'s' if heights != 1 else ''} verified")
+    if args.file and bundle.payloads:
+        try:
+            checked = check_payloads(bundle)
+        except AuditError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        witness_note += (f", {checked} sealed payload{'s' if checked != 1 else ''} matched "
+                         f"{'their digests' if checked != 1 else 'its digest'}")
     proof_note = ""
     if client is not None and loaded is not None:
         proof_error, proof_note = _cross_check_log(client, saved_log, verifier)

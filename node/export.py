@@ -1,17 +1,20 @@
 """Export bundles (SPEC section 12): one file holding a whole chain for the long term.
 
 A bundle is a sequence of msgpack objects: ``["ledger-export", 1, genesis_json_bytes]``,
-each block's exact bytes (``bin``) from height 1 in order, optionally ``["witnesses",
+each block's exact bytes (``bin``) from height 1 in order, optionally ``["payloads", [[id,
+salt, payload_bytes], ...]]`` (sealed payloads not redacted), optionally ``["witnesses",
 [[height, pubkey, sig], ...]]`` (the witness cosignatures the exporting store holds, in
 height order), and last ``["end", block_count, tip_block_hash]``. ``ledger audit --file``
 checks every cosignature of the witnesses section against its height's block and the
-configuration governing it (``check_witnesses``). The optional ``payloads`` section is
-neither written (nodes do not keep sealed payload pairs where an export can read them) nor
-accepted yet: a bundle holding one is refused, never silently half-checked.
+configuration governing it (``check_witnesses``) and every payload against its sealed
+record's digest (``check_payloads``). Nodes do not keep sealed payload pairs yet, so
+``ledger export`` writes no payloads section; ``ledger audit --file`` verifies one made
+elsewhere, and a node import (node/restore.py) refuses one rather than drop it.
 
 Both directions stream: memory does not grow with the chain's blocks. The witnesses section
 is written through a temporary file (its entry count heads it); reading, it is held in
-memory (about 200 bytes per cosignature) with the headers of the heights it cosigns.
+memory (about 200 bytes per cosignature) with the headers of the heights it cosigns. A
+payloads section is one msgpack object, read whole (at most MAX_OBJECT bytes).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from typing import Any, BinaryIO
 import msgpack
 
 from ledger.blocks import Block, BlockShell, Header
-from ledger.config import ConfigHistory
+from ledger.config import REDACT_TYPE, ConfigHistory
 from ledger.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from ledger.encoding import packb
-from ledger.errors import AuditError, LedgerError, WitnessError
+from ledger.errors import AuditError, LedgerError, PayloadMismatchError, WitnessError
 from ledger.genesis import Genesis
+from ledger.records import check_sealed_payload
+from ledger.validation import block_redactions
 from ledger.witness import count_witnesses
 from node.files import durable_file
 
@@ -48,6 +53,7 @@ class BundleError(LedgerError):
 
 
 WITNESSES = "witnesses"
+PAYLOADS = "payloads"
 
 
 def _write_witnesses(f: BinaryIO, rows: Iterable[tuple[int, bytes, bytes]], count: int,
@@ -146,6 +152,22 @@ def _witness_entries(obj: list[Any], path: Path, count: int
     return out
 
 
+def _payload_entries(obj: list[Any], path: Path, count: int
+                     ) -> list[tuple[bytes, bytes, bytes]]:
+    """The payloads section's entries, shape-checked (not verified)."""
+    if len(obj) != 2 or not isinstance(obj[1], list):
+        raise AuditError(count + 1, f"{path}: the payloads section is not "
+                         f"[\"payloads\", [[id, salt, payload_bytes], ...]]")
+    out = []
+    for i, entry in enumerate(obj[1]):
+        if not (isinstance(entry, list) and len(entry) == 3
+                and all(isinstance(x, bytes) for x in entry) and len(entry[0]) == 32):
+            raise AuditError(count + 1, f"{path}: payloads entry {i} is not [id: bin(32), "
+                             f"salt: bin(32), payload_bytes: bin]")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
+
+
 class Bundle:
     """A bundle file read as a stream: ``genesis_raw`` from its first object, then
     ``scan()`` (structure and end marker, no verification) and ``blocks()`` (each block's
@@ -155,18 +177,41 @@ class Bundle:
     sig)`` pairs); a ``blocks()`` walk after it keeps the header of each cosigned height in
     ``headers``, for ``check_witnesses`` once the blocks are audited."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, payloads: bool = True) -> None:
         self.path = Path(path)
         with open(self.path, "rb") as f:
             self.genesis_raw = _header(_objects(f, self.path), self.path)
         self.end: tuple[int, bytes] = (0, b"")
         self.witnesses: dict[int, list[tuple[bytes, bytes]]] = {}
         self.headers: dict[int, Header] = {}
+        #: the payloads section's entries (id, salt, payload_bytes); False: refuse one
+        self.payloads: list[tuple[bytes, bytes, bytes]] = []
+        self._accept_payloads = payloads
+        self._payload_ids: set[bytes] = set()
+        #: on a walk after ``scan()``: each payload id's sealed record (height, digest), and
+        #: the height of the redaction that names it, if any
+        self.sealed: dict[bytes, tuple[int, bytes]] = {}
+        self.redacted: dict[bytes, int] = {}
 
     def _keep_header(self, height: int, data: bytes) -> None:
         if height in self.witnesses:
             with contextlib.suppress(LedgerError):  # the audit names a block that does not
                 self.headers[height] = BlockShell.from_wire(data).header  # decode
+        if self._payload_ids:
+            with contextlib.suppress(LedgerError):
+                self._keep_sealed(height, Block.from_wire(data))
+
+    def _keep_sealed(self, height: int, block: Block) -> None:
+        ids = self._payload_ids
+        for record in block.records:
+            body = record.body
+            if body.payload_digest is not None and record.id in ids:
+                self.sealed[record.id] = (height, body.payload_digest)
+            elif body.type == REDACT_TYPE:
+                for redaction in block_redactions(None, [record]):
+                    for rid in redaction.ids:
+                        if rid in ids:
+                            self.redacted.setdefault(rid, height)
 
     def _walk(self) -> Iterator[bytes]:
         """Yield each block's bytes; then check the end marker's count and that nothing
@@ -187,14 +232,24 @@ class Bundle:
                     yield obj
                     continue
                 if isinstance(obj, list) and obj and obj[0] == WITNESSES:
-                    if sections:
+                    if WITNESSES in sections:
                         raise AuditError(count + 1, f"{self.path}: a second witnesses section")
                     sections.add(WITNESSES)
                     self.witnesses = _witness_entries(obj, self.path, count)
                     continue
-                if isinstance(obj, list) and obj and obj[0] == "payloads":
-                    raise BundleError(f"{self.path}: the bundle has a 'payloads' section; "
-                                      f"checking it is not supported yet")
+                if isinstance(obj, list) and obj and obj[0] == PAYLOADS:
+                    if not self._accept_payloads:
+                        raise BundleError(f"{self.path}: the bundle has a 'payloads' section; "
+                                          f"a node keeps no sealed payloads yet, so it cannot "
+                                          f"import them (ledger audit --file checks them)")
+                    if sections:
+                        where = ("a second payloads section" if PAYLOADS in sections
+                                 else "the payloads section after the witnesses section")
+                        raise AuditError(count + 1, f"{self.path}: {where}")
+                    sections.add(PAYLOADS)
+                    self.payloads = _payload_entries(obj, self.path, count)
+                    self._payload_ids = {rid for rid, _, _ in self.payloads}
+                    continue
                 if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == "end"
                         and isinstance(obj[1], int) and isinstance(obj[2], bytes)):
                     raise AuditError(count + 1, f"{self.path}: unexpected object in the "
@@ -242,3 +297,29 @@ def check_witnesses(bundle: Bundle, genesis: Genesis, history: ConfigHistory | N
         except WitnessError as exc:
             raise AuditError(height, str(exc)) from exc
     return total
+
+
+def check_payloads(bundle: Bundle) -> int:
+    """Verify every entry of ``bundle``'s payloads section (after ``scan()`` and an audited
+    ``blocks()`` walk): each names a sealed record of the bundle, once, that no redaction
+    names, and its salt and payload match that record's digest
+    (``ledger.records.check_sealed_payload``). AuditError (``height N: ...``, the record's
+    height) at the first bad entry; returns how many."""
+    seen: set[bytes] = set()
+    after = bundle.end[0] + 1
+    for i, (rid, salt, payload) in enumerate(bundle.payloads):
+        where = f"{bundle.path}: payloads entry {i} (record {rid.hex()})"
+        if rid not in bundle.sealed:
+            raise AuditError(after, f"{where}: not a sealed record of the bundle")
+        height, digest = bundle.sealed[rid]
+        if rid in seen:
+            raise AuditError(height, f"{where}: listed twice")
+        seen.add(rid)
+        if rid in bundle.redacted:
+            raise AuditError(bundle.redacted[rid], f"{where}: redacted at height "
+                             f"{bundle.redacted[rid]}, so its payload must not be exported")
+        try:
+            check_sealed_payload(digest, salt, payload, where)
+        except PayloadMismatchError as exc:
+            raise AuditError(height, str(exc)) from exc
+    return len(seen)

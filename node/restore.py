@@ -142,7 +142,7 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
     first bad block; the good ones before it are written), BundleError (not a bundle)."""
     started = time.monotonic()
     batch_records = batch_records or BATCH_RECORDS
-    bundle = Bundle(bundle_path)
+    bundle = Bundle(bundle_path, payloads=False)  # a node keeps no sealed payloads yet
     check_genesis(bundle, genesis, genesis_path)
     store = SqliteStore(store_path, genesis_hash=genesis.hash, config=genesis.config)
     try:

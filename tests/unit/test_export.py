@@ -91,7 +91,6 @@ def test_export_over_http_audits_clean(tmp_path: Path) -> None:
     ("trailing", "data after the end marker"),
     ("bad_count", "end marker counts 5"),
     ("bad_tip", "end marker names tip"),
-    ("payloads", "not supported yet"),
 ])
 def test_damaged_bundle_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     case: str, expected: str) -> None:
@@ -112,8 +111,6 @@ def test_damaged_bundle_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixtur
         objs[-1] = ["end", 5, objs[-1][2]]  # type: ignore[index]
     elif case == "bad_tip":
         objs[-1] = ["end", 6, bytes(32)]
-    elif case == "payloads":
-        objs.insert(-1, ["payloads", []])
     write(out, objs)
     code = audit(out, genesis)
     assert code != 0
@@ -342,3 +339,86 @@ def test_export_over_http_carries_the_node_s_cosignatures(
     assert len(objs[-2][1]) == 6  # type: ignore[index]
     assert audit(out, genesis) == 0
     assert "6 witness cosignatures of 3 heights verified" in capsys.readouterr().out
+
+
+def sealed_bundle(tmp_path: Path, case: str = "good") -> tuple[Path, Path, list[object]]:
+    """A bundle of test_one_rule's SealedChain (block 1: three sealed records; block 2
+    redacts the third) with a payloads section for the two not redacted, altered by
+    ``case``."""
+    from ledger.crypto import sha256
+    from tests.unit.test_one_rule import GOVERNED, SealedChain
+
+    c = SealedChain()
+    db = tmp_path / "sealed.db"
+    c.sqlite(db).close()
+    genesis = tmp_path / "genesis.json"
+    genesis.write_bytes(GOVERNED.raw)
+    out = tmp_path / "sealed.bundle"
+    assert cli.main(["export", "--db", str(db), "--genesis", str(genesis), "--out", str(out),
+                     "-q"]) == 0
+
+    def pair(record: object, nonce: int) -> list[bytes]:
+        return [record.id, sha256(b"salt" + nonce.to_bytes(8, "big")),  # type: ignore[attr-defined]
+                packb({"secret": nonce})]
+
+    entries = [pair(c.own, 10_001), pair(c.acme, 10_002)]
+    objs = objects(out)
+    if case == "wrong_salt":
+        entries[1][1] = bytes(32)
+    elif case == "short_salt":
+        entries[1][1] = bytes(31)
+    elif case == "not_a_payload":
+        entries[0][2] = b"\xc1"  # never used in msgpack
+    elif case == "unknown_id":
+        entries.append([bytes(32), bytes(32), packb(1)])
+    elif case == "inline_id":
+        entries.append([c.inline.id, bytes(32), packb(1)])
+    elif case == "twice":
+        entries.append(entries[0])
+    elif case == "redacted":
+        entries.append(pair(c.gone, 10_003))
+    section = ["payloads", entries]
+    if case == "after_witnesses":
+        objs.insert(-1, ["witnesses", []])
+    objs.insert(-1, section)
+    if case == "two_sections":
+        objs.insert(-1, section)
+    write(out, objs)
+    return out, genesis, objs
+
+
+def test_a_payloads_section_is_checked_against_the_sealed_digests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SPEC section 12: ``audit --file`` checks every payload against its digest."""
+    out, genesis, _ = sealed_bundle(tmp_path)
+    assert audit(out, genesis) == 0
+    assert "2 sealed payloads matched their digests" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("wrong_salt", "height 1: "),
+    ("short_salt", "height 1: "),
+    ("not_a_payload", "height 1: "),
+    ("unknown_id", "height 3: "),
+    ("inline_id", "height 3: "),
+    ("twice", "height 1: "),
+    ("redacted", "height 2: "),
+    ("after_witnesses", "height 3: "),
+    ("two_sections", "height 3: "),
+])
+def test_a_bad_payloads_entry_fails_the_file_audit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, expected: str) -> None:
+    out, genesis, _ = sealed_bundle(tmp_path, case)
+    assert audit(out, genesis) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expected), err
+
+
+def test_a_node_import_refuses_a_payloads_section(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A node keeps no sealed payloads yet: importing a bundle with some would drop them."""
+    out, genesis, _ = sealed_bundle(tmp_path)
+    code = cli.main(["node", "init", str(tmp_path / "n"), "--genesis", str(genesis),
+                     "--api", "127.0.0.1:1", "--p2p", "127.0.0.1:2", "--bundle", str(out), "-q"])
+    assert code != 0
+    assert "cannot import them" in capsys.readouterr().err
