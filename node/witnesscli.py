@@ -617,6 +617,9 @@ def cmd_witness(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     hooks = _hooks()
+    # the file itself, not a symlink to it: the lock is named after it, and a save renames
+    # over the path it is given
+    args.state = args.state.resolve()
     lock = _lock(args.state)  # held until the process ends
     try:
         witness = Witness(genesis, key, args.state, list(sources), workers=args.workers or 1,
@@ -663,6 +666,7 @@ def _lock(state: Path) -> IO[bytes]:
 
     from node.cli import CommandError
 
+    state = state.resolve()  # one lock per file, however it is reached (a symlink)
     path = state.with_name(state.name + ".lock")
     try:
         f = open(path, "ab")  # noqa: SIM115 - kept open: the lock lives as long as the file

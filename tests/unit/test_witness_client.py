@@ -416,3 +416,22 @@ def test_two_witness_processes_cannot_share_a_state_file(tmp_path: Path) -> None
     finally:
         held.close()
     _lock(tmp_path / "w.state").close()  # free again
+
+
+def test_lock_holds_through_a_symlinked_state_path(tmp_path: Path) -> None:
+    """Review 14: the lock file was named after the path as given, so a second witness
+    reaching the same state file through a symlink took another lock and ran beside the
+    first: two processes on one state file, each believing it alone cosigned."""
+    from node.cli import CommandError
+    from node.witnesscli import _lock
+
+    real = tmp_path / "w.state"
+    real.write_bytes(b"")
+    (tmp_path / "link.state").symlink_to(real)
+    first = _lock(real)
+    try:
+        with pytest.raises(CommandError, match="another witness process uses this state"):
+            second = _lock(tmp_path / "link.state")
+            second.close()
+    finally:
+        first.close()
