@@ -588,6 +588,14 @@ def run(witness: Witness, *, once: bool, until: int | None, stop: threading.Even
             wake.wait(delay)
             delay = min(BACKOFF_S[1], delay * 2)
             continue
+        if once:
+            # the target is the tip the nodes claimed; none serves the next block: bounded
+            why = (f"the nodes claim height {target} but serve no block past height "
+                   f"{witness.height}")
+            if not backoff(why):
+                print(f"ledger: {why}; gave up after {retry_for:.0f} s", file=sys.stderr)
+                return 2
+            continue
         failing_since, delay = None, BACKOFF_S[0]
         wake.wait(POLL_S)
     print(f"witness: stopped at height {witness.height}", flush=True)
