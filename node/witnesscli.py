@@ -58,11 +58,11 @@ import msgpack
 
 from ledger.audit import AuditReport, BlockSummary, BytesChunk, ChainVerifier, audit_chunks
 from ledger.auditstate import AuditStateError, state_from_bytes, state_to_bytes
-from ledger.blocks import Block
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
 from ledger.witness import Cosignature, cosigned_message, witness_keys
+from node.cli import _first_difference, _hash_of
 from node.client import LedgerClient, NodeError
 from node.files import write_durably
 
@@ -262,30 +262,6 @@ def _transient(exc: Exception) -> bool:
     return False
 
 
-def _first_difference(ours: Callable[[int], bytes], upto: int,
-                      theirs: Callable[[int], bytes | None]) -> int:
-    """The first height in 1..upto whose served hash is not ours, knowing block ``upto``
-    differs (blocks link by hash: once a history differs it differs at every later
-    height, so a binary search finds it)."""
-    lo, hi = 1, upto
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if theirs(mid) == ours(mid):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def _hash_of(data: bytes | None) -> bytes | None:
-    if data is None:
-        return None
-    try:
-        return Block.from_wire(data).header.hash
-    except LedgerError:
-        return None
-
-
 # -- the witness ----------------------------------------------------------------------------
 
 @dataclass
@@ -400,7 +376,8 @@ class Witness:
         if data is None:
             return  # its tip moved back under us (a restore?): matched when it serves it
         if _hash_of(data) != self.state.hash_at(upto):
-            differs = _first_difference(self.state.hash_at, upto, theirs)
+            # the audit's fork search (``ledger audit --db/--node`` against its saved state)
+            differs = _first_difference(self.state.hashes, upto, theirs) or upto
             raise Refusal(differs, f"{source.name} serves a block that is not the one this "
                           f"witness verified and cosigned (saved hash "
                           f"{self.state.hash_at(differs).hex()}): a forked history; "
