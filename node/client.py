@@ -41,7 +41,7 @@ from ledger import merkle
 from ledger.checkpoint import VerifiedCheckpoint
 from ledger.crypto import PrivateKey
 from ledger.encoding import b64decode, loads_json, packb
-from ledger.errors import DecodeError, LedgerError, LogProofError
+from ledger.errors import DecodeError, LedgerError, LogProofError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.jsonview import jsonable
 from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, verify_receipt
@@ -578,7 +578,11 @@ class _Protocol:
                              trusted: Sequence[TrustedCheckpoint]
                              ) -> Operation[VerifiedReceipt]:
         doc = yield from self._op_receipt(record_id)
-        return verify_receipt(doc, genesis, witnesses=witnesses, checkpoints=tuple(trusted))
+        result = verify_receipt(doc, genesis, witnesses=witnesses, checkpoints=tuple(trusted))
+        if result.record.id.hex() != record_id.lower():
+            raise ReceiptError(f"the node's receipt is of record {result.record.id.hex()}, not "
+                               f"of record {record_id}")
+        return result
 
     def _op_verify_inclusion(self, checkpoint: VerifiedCheckpoint, index: int,
                              leaf: bytes) -> Operation[None]:

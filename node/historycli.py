@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ledger.errors import LogProofError
 from ledger.genesis import Genesis
-from node.client import LedgerClient
+from node.client import LedgerClient, NodeError
 
 EXIT_OK, EXIT_INVALID = 0, 1
 PROGRESS_EVERY = 1000  # records between two progress lines on a terminal
@@ -47,11 +48,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         try:
             if args.verify:
                 genesis = Genesis.load(args.genesis)
-                if client.status()["height"] > 0:
+                try:  # the checkpoint itself, not the node's word (its status) for a height
                     checkpoint = client.verified_checkpoint(genesis)
-            walk = client.subject_history(
-                args.subject, order=args.order, since=args.since, until=args.until,
-                checkpoint=checkpoint, limit=args.page_size or 100)
+                except NodeError as exc:
+                    if (exc.status, exc.problem_code) != (404, "not_found"):
+                        raise
+            walk: Iterator[dict[str, Any]] = iter(()) if args.verify and checkpoint is None \
+                else client.subject_history(
+                    args.subject, order=args.order, since=args.since, until=args.until,
+                    checkpoint=checkpoint, limit=args.page_size or 100)
             for item in walk:
                 if args.json:
                     print(json.dumps({k: v for k, v in item.items() if k != "proof"},

@@ -20,7 +20,6 @@ from ledger.checkpoint import VerifiedCheckpoint, record_log_index
 from ledger.config import Config
 from ledger.errors import LogProofError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import verify_receipt
 from node.client import LedgerClient
 
 EXIT_OK, EXIT_INVALID = 0, 1
@@ -74,7 +73,7 @@ def cmd_log_prove(args: argparse.Namespace) -> int:
     genesis = Genesis.load(args.genesis)
     with _client(args) as client:
         try:
-            receipt = verify_receipt(client.receipt(args.record), genesis)
+            receipt = client.verified_receipt(args.record, genesis)  # of that record
         except ReceiptError as exc:
             return _invalid(exc)
         seq = record_log_index(receipt.header, receipt.index)

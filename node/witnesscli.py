@@ -58,11 +58,11 @@ import msgpack
 
 from ledger.audit import AuditReport, BlockSummary, BytesChunk, ChainVerifier, audit_chunks
 from ledger.auditstate import AuditStateError, state_from_bytes, state_to_bytes
-from ledger.blocks import Block
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
 from ledger.witness import Cosignature, cosigned_message, witness_keys
+from node.cli import _first_difference, _hash_of
 from node.client import LedgerClient, NodeError
 from node.files import write_durably
 
@@ -262,30 +262,6 @@ def _transient(exc: Exception) -> bool:
     return False
 
 
-def _first_difference(ours: Callable[[int], bytes], upto: int,
-                      theirs: Callable[[int], bytes | None]) -> int:
-    """The first height in 1..upto whose served hash is not ours, knowing block ``upto``
-    differs (blocks link by hash: once a history differs it differs at every later
-    height, so a binary search finds it)."""
-    lo, hi = 1, upto
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if theirs(mid) == ours(mid):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def _hash_of(data: bytes | None) -> bytes | None:
-    if data is None:
-        return None
-    try:
-        return Block.from_wire(data).header.hash
-    except LedgerError:
-        return None
-
-
 # -- the witness ----------------------------------------------------------------------------
 
 @dataclass
@@ -400,7 +376,8 @@ class Witness:
         if data is None:
             return  # its tip moved back under us (a restore?): matched when it serves it
         if _hash_of(data) != self.state.hash_at(upto):
-            differs = _first_difference(self.state.hash_at, upto, theirs)
+            # the audit's fork search (``ledger audit --db/--node`` against its saved state)
+            differs = _first_difference(self.state.hashes, upto, theirs) or upto
             raise Refusal(differs, f"{source.name} serves a block that is not the one this "
                           f"witness verified and cosigned (saved hash "
                           f"{self.state.hash_at(differs).hex()}): a forked history; "
@@ -588,6 +565,14 @@ def run(witness: Witness, *, once: bool, until: int | None, stop: threading.Even
             wake.wait(delay)
             delay = min(BACKOFF_S[1], delay * 2)
             continue
+        if once:
+            # the target is the tip the nodes claimed; none serves the next block: bounded
+            why = (f"the nodes claim height {target} but serve no block past height "
+                   f"{witness.height}")
+            if not backoff(why):
+                print(f"ledger: {why}; gave up after {retry_for:.0f} s", file=sys.stderr)
+                return 2
+            continue
         failing_since, delay = None, BACKOFF_S[0]
         wake.wait(POLL_S)
     print(f"witness: stopped at height {witness.height}", flush=True)
@@ -617,6 +602,9 @@ def cmd_witness(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     hooks = _hooks()
+    # the file itself, not a symlink to it: the lock is named after it, and a save renames
+    # over the path it is given
+    args.state = args.state.resolve()
     lock = _lock(args.state)  # held until the process ends
     try:
         witness = Witness(genesis, key, args.state, list(sources), workers=args.workers or 1,
@@ -663,6 +651,7 @@ def _lock(state: Path) -> IO[bytes]:
 
     from node.cli import CommandError
 
+    state = state.resolve()  # one lock per file, however it is reached (a symlink)
     path = state.with_name(state.name + ".lock")
     try:
         f = open(path, "ab")  # noqa: SIM115 - kept open: the lock lives as long as the file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,20 @@ from ledger.validation import check_extends as check_chain_extension
 #: a block this node does not have, so only a misbehaving witness makes them; the first ones
 #: prove it as well as any more would).
 MAX_SPLIT_VIEWS = 1000
+#: ... and at most this many of any one witness (``"witness"`` in the entry's JSON), so one
+#: witness key cosigning made-up blocks cannot fill the store and have another witness's
+#: split view dropped.
+MAX_SPLIT_VIEWS_PER_WITNESS = 16
+
+
+def split_view_witness(cosig_json: bytes) -> str | None:
+    """The ``"witness"`` (hex key) a split-view entry names, None if it names none."""
+    try:
+        doc = json.loads(cosig_json)
+    except ValueError:
+        return None
+    witness = doc.get("witness") if isinstance(doc, dict) else None
+    return witness if isinstance(witness, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +224,8 @@ class BlockStore(Protocol):
     def add_split_view(self, cosig_json: bytes) -> bool:
         """Durably keep evidence of a split view (a witness's cosignature that verifies over
         another block than this store's at its height: the caller's JSON bytes); False if
-        these exact bytes are already held, or ``MAX_SPLIT_VIEWS`` are."""
+        these exact bytes are already held, or ``MAX_SPLIT_VIEWS`` are, or
+        ``MAX_SPLIT_VIEWS_PER_WITNESS`` of the witness it names (``split_view_witness``)."""
 
     def split_views(self) -> list[bytes]:
         """The split-view evidence held, oldest first."""

@@ -12,12 +12,14 @@ from ledger.config import Config, ConfigHistory
 from ledger.errors import DuplicateError
 from ledger.store.base import (
     MAX_SPLIT_VIEWS,
+    MAX_SPLIT_VIEWS_PER_WITNESS,
     ConfigChange,
     RecordLocation,
     block_change,
     check_extends,
     check_governed,
     next_config,
+    split_view_witness,
     store_redactions,
 )
 from ledger.validation import ChainTip
@@ -222,6 +224,10 @@ class MemoryStore:
         """Keep split-view evidence; False if held already or the store holds the most."""
         with self._witness_lock:
             if cosig_json in self._split_views or len(self._split_views) >= MAX_SPLIT_VIEWS:
+                return False
+            witness = split_view_witness(cosig_json)
+            if witness is not None and sum(split_view_witness(d) == witness for d in
+                                           self._split_views) >= MAX_SPLIT_VIEWS_PER_WITNESS:
                 return False
             self._split_views.append(bytes(cosig_json))
             return True

@@ -67,6 +67,7 @@ from ledger.errors import (
 from ledger.records import Record
 from ledger.store.base import (
     MAX_SPLIT_VIEWS,
+    MAX_SPLIT_VIEWS_PER_WITNESS,
     ConfigChange,
     RecordLocation,
     block_change,
@@ -75,6 +76,7 @@ from ledger.store.base import (
     join_block,
     next_config,
     rebuild_history,
+    split_view_witness,
     store_redactions,
 )
 from ledger.validation import ChainTip, block_redactions
@@ -819,10 +821,18 @@ class SqliteStore:
             after = (int(rows[-1][0]), bytes(rows[-1][1]))
 
     def add_split_view(self, cosig_json: bytes) -> bool:
-        """Keep split-view evidence; False if held already or the store holds the most."""
-        return self._write_witness(
-            "INSERT OR IGNORE INTO split_views (doc) SELECT ? WHERE (SELECT COUNT(*) FROM "
-            "split_views) < ?", (bytes(cosig_json), MAX_SPLIT_VIEWS))
+        """Keep split-view evidence; False if held already or the store holds the most (of
+        all, or of the witness it names)."""
+        witness = split_view_witness(cosig_json)
+        with self._lock:  # the count and the insert under the writer's lock
+            if witness is not None:
+                held = self._db.execute("SELECT doc FROM split_views").fetchall()
+                if sum(split_view_witness(bytes(d)) == witness for (d,) in held) >= \
+                        MAX_SPLIT_VIEWS_PER_WITNESS:
+                    return False
+            return self._write_witness(
+                "INSERT OR IGNORE INTO split_views (doc) SELECT ? WHERE (SELECT COUNT(*) FROM "
+                "split_views) < ?", (bytes(cosig_json), MAX_SPLIT_VIEWS))
 
     def split_views(self) -> list[bytes]:
         """The split-view evidence held, oldest first."""

@@ -277,6 +277,22 @@
 
   // `proofs`: a last column with each record's log proof as checked in this browser
   // (`r.proved`: {ok, height} or {ok: false, reason}).
+  // Whether `shown` (a node's JSON, as parsed) is `decoded` (a value of an envelope) in the
+  // API's JSON view (ledger/jsonview.py: L.toPlain); integers beyond 2^53 compare as the
+  // parser rounds them.
+  function sameJson(shown, decoded) {
+    if (typeof decoded === "bigint") return shown === Number(decoded);
+    if (Array.isArray(decoded)) return Array.isArray(shown) && shown.length === decoded.length && decoded.every((x, i) => sameJson(shown[i], x));
+    if (decoded instanceof Map && [...decoded.keys()].every((k) => typeof k === "string") && !(decoded.size === 1 && decoded.has("$map"))) {
+      if (!shown || typeof shown !== "object" || Array.isArray(shown) || Object.keys(shown).length !== decoded.size) return false;
+      for (const [k, x] of decoded) if (!Object.prototype.hasOwnProperty.call(shown, k) || !sameJson(shown[k], x)) return false;
+      return true;
+    }
+    if (decoded instanceof Map || decoded instanceof Uint8Array || (typeof decoded === "number" && !Number.isFinite(decoded))) {
+      try { return JSON.stringify(shown) === JSON.stringify(L.toPlain(decoded)); } catch (e) { return false; }
+    }
+    return shown === decoded;
+  }
   function recordTable(records, withHeight, proofs) {
     const head = [withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"];
     return table(proofs ? [...head, "in the log"] : head,
@@ -556,6 +572,11 @@
         const rec = L.decodeEnvelope(envelope);
         if (L.hex(await L.sha256(rec.bodyBytes)) !== r.id) throw new L.VerifyError("the id is not the envelope's");
         if (rec.body.subject !== subject) throw new L.VerifyError("the envelope is of another subject");
+        // the row and the chart show the node's fields: they must be the envelope's (as the
+        // SDK's HistoryWalk checks), or the proof would vouch for values it does not cover
+        const b = rec.body;
+        if (r.type !== b.type || r.signer !== L.hex(b.signer) || !sameJson(r.ts, b.ts) || !sameJson(r.nonce, b.nonce)
+            || (!b.payload_digest && !sameJson(r.payload, b.payload))) throw new L.VerifyError("its fields are not its envelope's");
         await L.verifyLogInclusion(cp, r.log_index, envelope, r.proof);
         r.proved = { ok: true, height: cp.height };
       } catch (e) {

@@ -174,3 +174,30 @@ def test_every_record_proved_in_the_log_and_a_lying_node_caught(
     expect(page.locator("#proof-note")).to_contain_text("5 of 5 records shown are NOT proved")
     assert "not the checkpoint's log root" in page.locator(
         "#history tbody tr td.unproved").first.get_attribute("title")
+
+
+def test_a_proved_row_shows_its_envelope_s_values_not_the_node_s(
+        served: Served, page: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 14: the proof covered the envelope, but the row and the chart showed the
+    node's JSON fields: a node serving every true envelope beside a made-up `payload` had
+    its values drawn under '✓ proved in log' and 'All N records shown are proved'. Now each
+    such row is marked not proved, as the SDK's HistoryWalk refuses it."""
+    import node.api
+
+    real = node.api.record_json
+
+    def lying(*args: Any, **kw: Any) -> dict[str, Any]:
+        doc = real(*args, **kw)
+        if doc.get("subject") == S:
+            doc["payload"] = {"value": 999.5}
+        return doc
+    monkeypatch.setattr(node.api, "record_json", lying)
+    open_subject(page, served, 5)
+    page.locator("#history tbody tr").first.wait_for()
+    page.check("#prove")
+    page.click("#history-apply")
+    rows = page.locator("#history tbody tr[data-proved]")
+    rows.nth(4).wait_for()
+    expect(page.locator('#history tbody tr[data-proved="false"]')).to_have_count(5)
+    assert "its fields are not its envelope's" in page.locator("#history").inner_text()
+    expect(page.locator("#proof-note")).to_contain_text("5 of 5 records shown are NOT proved")

@@ -200,3 +200,56 @@ def test_against_the_node_holding_posted_cosignatures(tmp_path: Any,
     assert "; cosigned by 2 of 3 witnesses" in out
     assert err == ("invalid: receipt: 2 witness cosignatures of height 2, 3 required (the "
                    "configuration lists 3 witnesses)\n")
+
+
+def test_verified_receipt_is_of_the_record_asked_for(api: InProcessApi) -> None:
+    """Review 14: ``verified_receipt(A)`` verified whatever receipt the node sent: a node
+    answering /v1/records/A/receipt with record B's (valid) receipt had it returned as A's,
+    cosigned and checkpoint-matched as asked."""
+    first, second = api.store.block(2), api.store.block(3)
+    assert first is not None and second is not None
+    a, b = first.records[0].id.hex(), second.records[0].id.hex()
+    with api.sync_client() as inner:
+
+        class Swapping(httpx.BaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                path = request.url.path.replace(a, b)  # every question about A answered with B
+                resp = inner.request(request.method, path, params=request.url.params,
+                                     headers=request.headers, content=request.read())
+                return httpx.Response(resp.status_code, headers=resp.headers,
+                                      content=resp.content)
+
+        with httpx.Client(transport=Swapping()) as http:
+            client = LedgerClient(BASE, http=http)
+            assert client.verified_receipt(b, FX.genesis).record.id.hex() == b
+            with pytest.raises(ReceiptError, match=f"not of record {a}") as err:
+                client.verified_receipt(a, FX.genesis)
+            assert err.value.code == "bad_receipt"
+
+
+def test_ledger_log_prove_refuses_another_record_s_receipt(
+        api: InProcessApi, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 14: `ledger log prove --record A` verified whatever receipt the node sent
+    and proved that record: B's receipt for A passed, exit 0."""
+    first, second = api.store.block(2), api.store.block(3)
+    assert first is not None and second is not None
+    a, b = first.records[0].id.hex(), second.records[0].id.hex()
+    genesis = str(FX.write_genesis(tmp_path))
+    with api.sync_client() as inner:
+
+        class Swapping(httpx.BaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                path = request.url.path.replace(a, b)
+                resp = inner.request(request.method, path, params=request.url.params,
+                                     headers=request.headers, content=request.read())
+                return httpx.Response(resp.status_code, headers=resp.headers,
+                                      content=resp.content)
+
+        with httpx.Client(transport=Swapping()) as http:
+            client = LedgerClient(BASE, http=http)
+            client.close = lambda: None  # type: ignore[method-assign]
+            code, out, err = _run(capsys, monkeypatch, client, genesis, "prove", "--record", b)
+            assert code == 0, err
+            code, out, err = _run(capsys, monkeypatch, client, genesis, "prove", "--record", a)
+            assert code == 1 and out == "" and f"not of record {a}" in err, (out, err)

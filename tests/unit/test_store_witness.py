@@ -98,3 +98,26 @@ def test_a_schema_3_store_gains_the_witness_tables_on_open(tmp_path: Path) -> No
         (version,) = store._db.execute(
             "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         assert int(version) == 4
+
+
+def _split_view(witness: bytes, n: int) -> bytes:
+    """A split-view entry as node.api.split_view_json writes it (canonical JSON)."""
+    return (b'{"block_hash":"%s","height":1,"kind":"split_view","node_block_hash":"%s",'
+            b'"witness":"%s"}' % (b"%064x" % n, b"0" * 64, witness.hex().encode()))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_one_witness_cannot_crowd_out_another_witness_split_view(
+        kind: str, tmp_path: Path) -> None:
+    """Review 14: the store's bound was one for all witnesses, so a single witness key
+    posting MAX_SPLIT_VIEWS cosignatures of made-up blocks filled it, and every later split
+    view — another witness's, the one that shows the nodes lied — was dropped unseen."""
+    store: BlockStore = MemoryStore() if kind == "memory" else SqliteStore(
+        tmp_path / "chain.db", genesis_hash=FX.genesis.hash, synchronous="OFF")
+    flooder, honest = b"\x0a" * 32, b"\x0b" * 32
+    kept = sum(store.add_split_view(_split_view(flooder, n)) for n in range(MAX_SPLIT_VIEWS))
+    assert kept >= 1
+    assert store.add_split_view(_split_view(honest, 1))
+    assert _split_view(honest, 1) in store.split_views()
+    assert len(store.split_views()) <= MAX_SPLIT_VIEWS
+    store.close()

@@ -441,3 +441,25 @@ def test_batched_proofs_equal_single_ones_in_one_read(chain: Chain) -> None:
     assert paths == singles
     assert calls[0] < sum(len(p) for p in singles)  # shared upper levels read once
     assert checkpoints.log_inclusions(counted, [], size) == []
+
+
+def test_cli_verify_prints_no_unproved_record_when_the_node_lies_about_its_height(
+        cli: Any, chain: Chain, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 14: `ledger history --verify` asked /v1/status for the height and, when the
+    node said 0, walked WITHOUT proofs: a node claiming an empty chain had every record it
+    served printed, unproved, under 'valid: ...' and exit 0."""
+    from node.client import NodeError
+
+    genesis = str(FX.write_genesis(tmp_path))
+    monkeypatch.setattr(LedgerClient, "status", lambda self: {"height": 0})
+    code, out, err = cli(capsys, "--verify", "--genesis", genesis)
+    assert code == 0 and len(out.splitlines()) == 100
+    assert err.startswith(f"valid: 100 records of {S!r}, each proved in the log"), err
+    # a node answering 404 for its checkpoint: nothing can be proved, so nothing is listed
+
+    def no_checkpoint(self: LedgerClient, *args: Any, **kw: Any) -> Any:
+        raise NodeError("GET /v1/log/checkpoint: 404 not_found", 404, "not_found")
+    monkeypatch.setattr(LedgerClient, "verified_checkpoint", no_checkpoint)
+    code, out, err = cli(capsys, "--verify", "--genesis", genesis)
+    assert code == 0 and out == "" and "the chain has no block yet" in err, (out, err)

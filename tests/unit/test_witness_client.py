@@ -416,3 +416,55 @@ def test_two_witness_processes_cannot_share_a_state_file(tmp_path: Path) -> None
     finally:
         held.close()
     _lock(tmp_path / "w.state").close()  # free again
+
+
+def test_run_once_gives_up_on_a_node_claiming_a_tip_it_does_not_serve(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 14: a node whose status claims height 1000 but serves only 5 blocks made
+    ``--once`` (target: the tip the nodes claim now) wait forever, POLL_S at a time."""
+
+    @dataclass
+    class Liar(FakeNode):
+        def tip(self) -> int:
+            return 1000
+
+    liar = Liar("L", HONEST[:5])
+    w, _ = witness(tmp_path, liar)
+    waits: list[float | None] = []
+
+    class NoSleep(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            if len(waits) > 50:  # bounded: before the fix this loop never ended
+                raise AssertionError(f"--once still waiting after {len(waits)} waits")
+            return False
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1
+        return now[0]
+
+    code = run(w, once=True, until=None, stop=NoSleep(), wake=NoSleep(), retry_for=5,
+               clock=clock)
+    assert code == 2 and w.height == 5 and heights(liar) == [1, 2, 3, 4, 5]
+    assert "serve no block past height 5" in capsys.readouterr().err
+
+
+def test_lock_holds_through_a_symlinked_state_path(tmp_path: Path) -> None:
+    """Review 14: the lock file was named after the path as given, so a second witness
+    reaching the same state file through a symlink took another lock and ran beside the
+    first: two processes on one state file, each believing it alone cosigned."""
+    from node.cli import CommandError
+    from node.witnesscli import _lock
+
+    real = tmp_path / "w.state"
+    real.write_bytes(b"")
+    (tmp_path / "link.state").symlink_to(real)
+    first = _lock(real)
+    try:
+        with pytest.raises(CommandError, match="another witness process uses this state"):
+            second = _lock(tmp_path / "link.state")
+            second.close()
+    finally:
+        first.close()
