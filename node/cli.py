@@ -737,6 +737,12 @@ def cmd_node_init(args: argparse.Namespace) -> int:
         check_genesis(Bundle(args.bundle), Genesis.load(args.genesis), args.genesis)
     entry = init_node(args.dir, args.genesis, args.api, args.p2p, args.key)
     print(entry["pubkey"])
+    if any(v.pubkey.hex() == entry["pubkey"]
+           for v in Genesis.load(args.genesis).config.validators):
+        print(f"ledger: warning: {entry['pubkey']} is a genesis validator's key, and "
+              f"{args.dir} has no signing state: never run it while another node holds this "
+              f"key, and copy that node's signing_state.bin here first (two nodes with one "
+              f"key sign twice, which peers record as equivocation)", file=sys.stderr)
     print(f"wrote {args.dir}/config.json, genesis.json and node.pem; to join, a "
           f"configuration change lists this validator (and carries its join signature):\n"
           f"  {json.dumps(entry)}", file=sys.stderr)

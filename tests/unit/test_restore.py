@@ -336,3 +336,21 @@ def test_the_witnesses_section_is_verified_and_kept(tmp_path: Path) -> None:
         import_bundle(out, target, FXW.genesis, workers=1)
     with SqliteStore(target, readonly=True) as s:
         assert s.height == 6 and list(s.cosignatures_between(1, 6)) == []
+
+
+def test_node_init_warns_when_the_key_is_a_genesis_validator_s(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory made for an existing validator's key has no signing state: say so."""
+    from ledger.crypto import write_key_file
+
+    genesis = FX.write_genesis(tmp_path)
+    key = tmp_path / "v0.pem"
+    write_key_file(key, FX.validator_keys[0])
+    assert cli.main(["node", "init", str(tmp_path / "n0"), "--genesis", str(genesis),
+                     "--api", "127.0.0.1:1", "--p2p", "127.0.0.1:2", "--key", str(key)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " + FX.validator_keys[0].public.hex() in err
+    assert "signing_state.bin" in err
+    assert cli.main(["node", "init", str(tmp_path / "n9"), "--genesis", str(genesis),
+                     "--api", "127.0.0.1:1", "--p2p", "127.0.0.1:2"]) == 0
+    assert "warning" not in capsys.readouterr().err
