@@ -101,3 +101,19 @@ def test_receipts_follow_the_config_proof(entry: dict[str, Any]) -> None:
     else:
         with pytest.raises(ReceiptError, match="validators_hash"):
             verify_receipt(text, genesis())
+
+
+def test_the_sealed_payload_vector_matches_its_digest() -> None:
+    """``manifest.sealed``: ``ledger.records.check_sealed_payload`` (the one rule) accepts the
+    independent implementation's (salt, payload_bytes, payload_digest) and refuses it with
+    one byte of the salt changed."""
+    from ledger.errors import PayloadMismatchError
+    from ledger.records import check_sealed_payload, payload_digest
+
+    v = MANIFEST["sealed"]
+    salt, payload, digest = (bytes.fromhex(v[k]) for k in
+                             ("salt", "payload_bytes", "payload_digest"))
+    assert payload_digest(salt, payload) == digest
+    check_sealed_payload(digest, salt, payload, "vector")
+    with pytest.raises(PayloadMismatchError, match="payload_digest"):
+        check_sealed_payload(digest, bytes([salt[0] ^ 1]) + salt[1:], payload, "vector")
