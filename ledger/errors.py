@@ -29,8 +29,11 @@ problem+json ``type``) and a one-line human message::
     │   │                                             sealed, not committed earlier, or
     │   │                                             already redacted
     │   ├── JoinInvalidError         join_invalid     joins are not one valid per new key
-    │   └── PayloadMismatchError     payload_mismatch a sealed payload does not match its
-    │                                                 record's payload_digest
+    │   ├── PayloadMismatchError     payload_mismatch a sealed payload does not match its
+    │   │                                             record's payload_digest
+    │   └── ReadSignatureError       bad_read_signature  a read request's RFC 9421
+    │                                                 signature is missing, malformed,
+    │                                                 expired or does not verify (SPEC 10)
     ├── AuditError                   audit_failed     a chain fails its audit at a height
     ├── ReceiptError                 bad_receipt      a receipt does not prove its record
     ├── LogProofError                bad_log_proof    a checkpoint or log proof does not hold
@@ -204,6 +207,13 @@ class PayloadMismatchError(ValidationError):
     or is not a payload (SPEC section 10)."""
 
     code = "payload_mismatch"
+
+
+class ReadSignatureError(ValidationError):
+    """A read request's HTTP Message Signature (RFC 9421, SPEC section 10) is missing,
+    malformed, covers other components, is outside the time window, or does not verify."""
+
+    code = "bad_read_signature"
 
 
 class AuditError(LedgerError):
