@@ -37,7 +37,7 @@ from urllib.parse import quote
 import httpx
 
 from ledger import checkpoint as checkpoints
-from ledger import merkle
+from ledger import httpsig, merkle
 from ledger.checkpoint import VerifiedCheckpoint
 from ledger.crypto import PrivateKey
 from ledger.encoding import b64decode, loads_json, packb
@@ -396,10 +396,16 @@ def sign_record(identity: PrivateKey, *, chain: str, type: str, subject: str, pa
 class _Protocol:
     """What both clients are, minus the sending: their state and every operation."""
 
-    def __init__(self, base_url: str, identity: PrivateKey | None, chain: str | None) -> None:
+    def __init__(self, base_url: str, identity: PrivateKey | None, chain: str | None,
+                 read_identity: PrivateKey | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.chain = chain
+        self.read_identity = read_identity
+
+    def _args(self, call: Call) -> dict[str, Any]:
+        """httpx's arguments for ``call`` (a GET signed when there is a read identity)."""
+        return _request_args(self.base_url, call, self.read_identity)
 
     def make_record(self, *, type: str, subject: str, payload: Any, chain: str,
                     ts: int | None = None, nonce: int | None = None) -> Record:
@@ -608,12 +614,28 @@ def _answer(resp: httpx.Response) -> Answer:
     return Answer(resp.status_code, resp.headers, resp.content, resp.reason_phrase)
 
 
-def _request_args(base_url: str, call: Call) -> dict[str, Any]:
-    args: dict[str, Any] = {"params": dict(call.params), "headers": dict(call.headers),
-                            "content": call.content}
+def _request_args(base_url: str, call: Call,
+                  read_identity: PrivateKey | None = None) -> dict[str, Any]:
+    """httpx's arguments for ``call``; a GET is signed with ``read_identity`` when given.
+
+    The one place reads are signed (SPEC 10, ledger.httpsig): the URL is built, with its
+    query, before signing, and exactly that URL is sent, so the signed @path and @query are
+    the bytes on the wire. ``created`` is this client's clock.
+    """
+    headers = dict(call.headers)
+    if read_identity is not None and call.method == "GET":
+        # httpx.URL(params={}) would drop a query already in the path: pass params only if any.
+        url = (httpx.URL(base_url + call.path, params=dict(call.params)) if call.params
+               else httpx.URL(base_url + call.path))
+        headers.update(httpsig.sign_request(read_identity, call.method, str(url),
+                                            int(time.time())))
+        args: dict[str, Any] = {"url": url, "headers": headers, "content": call.content}
+    else:
+        args = {"url": base_url + call.path, "params": dict(call.params), "headers": headers,
+                "content": call.content}
     if call.timeout != DEFAULT:
         args["timeout"] = call.timeout
-    return {"method": call.method, "url": base_url + call.path, **args}
+    return {"method": call.method, **args}
 
 
 class LedgerClient(_Protocol):
@@ -622,19 +644,22 @@ class LedgerClient(_Protocol):
     ``verify``: True (system CAs), False, or a CA file (e.g. a cluster's tls/ca.pem).
     ``http``: an ``httpx.Client`` to send with instead of a new one (a proxy, a test
     transport); the client then neither configures nor closes it.
+    ``read_identity``: a member key every GET is signed with (SPEC 10 read signatures,
+    ``ledger.httpsig``), so a node's read policy can serve that member sealed payloads.
     """
 
     def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
                  chain: str | None = None, timeout: float = 30.0,
-                 verify: str | bool = True, http: httpx.Client | None = None) -> None:
-        super().__init__(base_url, identity, chain)
+                 verify: str | bool = True, http: httpx.Client | None = None,
+                 read_identity: PrivateKey | None = None) -> None:
+        super().__init__(base_url, identity, chain, read_identity)
         self._owned = http is None
         self._http = http if http is not None else httpx.Client(
             timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
 
     def _send(self, call: Call) -> Answer:
         try:
-            return _answer(self._http.request(**_request_args(self.base_url, call)))
+            return _answer(self._http.request(**self._args(call)))
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, call, exc) from exc
 
@@ -795,7 +820,7 @@ class LedgerClient(_Protocol):
         feed = EventFeed(from_height)
         while (call := feed.next_call()) is not None:
             try:
-                with self._http.stream(**_request_args(self.base_url, call)) as resp:
+                with self._http.stream(**self._args(call)) as resp:
                     if not feed.opened(resp.status_code, resp.headers):
                         resp.read()
                         raise feed.refused(call, _answer(resp))
@@ -822,15 +847,16 @@ class AsyncLedgerClient(_Protocol):
 
     def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
                  chain: str | None = None, timeout: float = 30.0,
-                 verify: str | bool = True, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(base_url, identity, chain)
+                 verify: str | bool = True, http: httpx.AsyncClient | None = None,
+                 read_identity: PrivateKey | None = None) -> None:
+        super().__init__(base_url, identity, chain, read_identity)
         self._owned = http is None
         self._http = http if http is not None else httpx.AsyncClient(
             timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
 
     async def _send(self, call: Call) -> Answer:
         try:
-            return _answer(await self._http.request(**_request_args(self.base_url, call)))
+            return _answer(await self._http.request(**self._args(call)))
         except httpx.HTTPError as exc:
             raise unreachable(self.base_url, call, exc) from exc
 
@@ -989,7 +1015,7 @@ class AsyncLedgerClient(_Protocol):
         feed = EventFeed(from_height)
         while (call := feed.next_call()) is not None:
             try:
-                async with self._http.stream(**_request_args(self.base_url, call)) as resp:
+                async with self._http.stream(**self._args(call)) as resp:
                     if not feed.opened(resp.status_code, resp.headers):
                         await resp.aread()
                         raise feed.refused(call, _answer(resp))

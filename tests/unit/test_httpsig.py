@@ -4,19 +4,24 @@ through components, and a sign→verify round trip over random paths and queries
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.crypto import PrivateKey
-from ledger.errors import ReadSignatureError, ValidationError
+from ledger.errors import LedgerError, ReadSignatureError, ValidationError
 from ledger.httpsig import sign_request, signature_base, split_url, verify_request
+from node.client import AsyncLedgerClient, LedgerClient
 
 VECTOR: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "v1.1" / "manifest.json").read_text()
@@ -236,3 +241,69 @@ def test_round_trip(path: str, query: str, created: int, skew: int, method: str)
                           created + skew) == KEY.public
     with pytest.raises(ReadSignatureError):
         verify_request(method, "127.0.0.1:8001", path_enc, query_enc + "x", headers, created)
+
+
+# -- the SDK signs every GET it sends (node/client.py) -------------------------------------
+
+def _verified(requests: list[httpx.Request]) -> list[bytes]:
+    """Each captured request verified as a node would: Host, raw path and query as sent."""
+    now = int(time.time())
+    out = []
+    for req in requests:
+        raw_path, _, raw_query = req.url.raw_path.decode("ascii").partition("?")
+        out.append(verify_request(req.method, req.headers["host"], raw_path, raw_query,
+                                  req.headers, now))
+    return out
+
+
+def _capture() -> tuple[list[httpx.Request], httpx.MockTransport]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(400, json={"type": "x", "code": "x", "detail": "x"})
+        return httpx.Response(200, json={"height": 1})
+
+    return seen, httpx.MockTransport(handler)
+
+
+def _drive(client: Any) -> None:
+    for op in (lambda: client.status(), lambda: client.config(version=3),
+               lambda: client.history("line 7/ü?&x", order="desc"),
+               lambda: client.log_inclusion(3, 9)):
+        # the fake node's answers need not satisfy each operation: the request counts
+        with contextlib.suppress(LedgerError):
+            op()
+
+
+def test_sdk_signs_gets_with_read_identity() -> None:
+    seen, transport = _capture()
+    with LedgerClient("http://127.0.0.1:8001", http=httpx.Client(transport=transport),
+                      read_identity=KEY) as client:
+        _drive(client)
+    assert len(seen) >= 4 and all(r.method == "GET" for r in seen)
+    assert any(r.url.query for r in seen)
+    assert _verified(seen) == [KEY.public] * len(seen)
+
+
+def test_async_sdk_signs_gets_with_read_identity() -> None:
+    seen, transport = _capture()
+
+    async def main() -> None:
+        async with AsyncLedgerClient("http://127.0.0.1:8001", read_identity=KEY,
+                                     http=httpx.AsyncClient(transport=transport)) as client:
+            await client.status()
+            with contextlib.suppress(LedgerError):
+                await client.history("line 7/ü?&x", order="desc")
+
+    asyncio.run(main())
+    assert len(seen) >= 2
+    assert _verified(seen) == [KEY.public] * len(seen)
+
+
+def test_sdk_without_read_identity_does_not_sign() -> None:
+    seen, transport = _capture()
+    with LedgerClient("http://127.0.0.1:8001", http=httpx.Client(transport=transport)) as c:
+        _drive(c)
+    assert seen and not any("signature" in r.headers for r in seen)
