@@ -85,24 +85,37 @@ def state_to_bytes(verifier: ChainVerifier, block_hashes: bytes) -> bytes:
         "digests": _column(verifier.digests),
         "redacted": _column(verifier.redacted),
     }
+    return seal(MAGIC, doc)
+
+
+def seal(magic: bytes, doc: dict[str, Any]) -> bytes:
+    """A state file's bytes: ``magic``, ``doc`` as msgpack, and the sha256 of both (the
+    audit state's layout, which the witness state shares)."""
     packed: bytes = msgpack.packb(doc, use_bin_type=True)
-    body = MAGIC + packed
+    body = magic + packed
     return body + hashlib.sha256(body).digest()
+
+
+def unseal(data: bytes, magic: bytes, what: str, error: type[LedgerError]) -> Any:
+    """The document ``seal`` made of ``data`` (not yet shape-checked); ``error`` naming
+    ``what`` (e.g. "audit state") if the header, checksum or msgpack is wrong."""
+    if not data.startswith(magic):
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise error(f"not {article} {what} file (no header)")
+    body, digest = data[:-HASH], data[-HASH:]
+    if len(data) < len(magic) + HASH or hashlib.sha256(body).digest() != digest:
+        raise error(f"{what} is truncated or corrupt (checksum mismatch)")
+    try:
+        return msgpack.unpackb(body[len(magic):], raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise error(f"{what} does not decode ({exc})") from exc
 
 
 def state_from_bytes(data: bytes, genesis: Genesis) -> tuple[ChainVerifier, bytes]:
     """The verifier a saved state continues, and its block hashes column (32 bytes per
     height); AuditStateError if the bytes are not a whole, intact state of ``genesis``'s
     chain."""
-    if not data.startswith(MAGIC):
-        raise AuditStateError("not an audit state file (no header)")
-    body, digest = data[:-HASH], data[-HASH:]
-    if len(data) < len(MAGIC) + HASH or hashlib.sha256(body).digest() != digest:
-        raise AuditStateError("audit state is truncated or corrupt (checksum mismatch)")
-    try:
-        doc = msgpack.unpackb(body[len(MAGIC):], raw=False, strict_map_key=True)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise AuditStateError(f"audit state does not decode ({exc})") from exc
+    doc = unseal(data, MAGIC, "audit state", AuditStateError)
     if type(doc) is not dict or doc.get("version") != STATE_VERSION:
         version = doc.get("version") if type(doc) is dict else None
         raise AuditStateError(f"audit state version {version!r} is not {STATE_VERSION}")

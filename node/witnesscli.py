@@ -44,7 +44,6 @@ its last entry is the latest cosigned checkpoint.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import signal
 import sys
 import threading
@@ -54,10 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import msgpack
-
 from ledger.audit import AuditReport, BlockSummary, BytesChunk, ChainVerifier, audit_chunks
-from ledger.auditstate import AuditStateError, state_from_bytes, state_to_bytes
+from ledger.auditstate import AuditStateError, seal, state_from_bytes, state_to_bytes, unseal
 from ledger.crypto import PrivateKey, is_valid_signature
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
@@ -118,21 +115,11 @@ class WitnessState:
                "cosigned": [[c.height, c.block_hash, c.log_size, c.log_root, c.sig]
                             for c in self.cosigned],
                "audit": state_to_bytes(self.verifier, bytes(self.hashes))}
-        packed: bytes = msgpack.packb(doc, use_bin_type=True)
-        body = STATE_MAGIC + packed
-        return body + hashlib.sha256(body).digest()
+        return seal(STATE_MAGIC, doc)
 
     @classmethod
     def from_bytes(cls, data: bytes, genesis: Genesis, witness: bytes) -> WitnessState:
-        if not data.startswith(STATE_MAGIC):
-            raise WitnessStateError("not a witness state file (no header)")
-        body, digest = data[:-HASH], data[-HASH:]
-        if len(data) < len(STATE_MAGIC) + HASH or hashlib.sha256(body).digest() != digest:
-            raise WitnessStateError("witness state is truncated or corrupt (checksum mismatch)")
-        try:
-            doc = msgpack.unpackb(body[len(STATE_MAGIC):], raw=False, strict_map_key=True)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise WitnessStateError(f"witness state does not decode ({exc})") from exc
+        doc = unseal(data, STATE_MAGIC, "witness state", WitnessStateError)
         if type(doc) is not dict or doc.get("version") != STATE_VERSION:
             raise WitnessStateError("witness state is not of version 1")
         if doc.get("genesis_hash") != genesis.hash:
