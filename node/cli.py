@@ -215,6 +215,19 @@ def _file_chunks(blocks: Iterator[bytes], blocks_per_chunk: int) -> Iterator[Byt
         yield BytesChunk(start, list(chunk))
 
 
+def _open_export_db(args: argparse.Namespace) -> tuple[Genesis, SqliteStore]:
+    """``ledger export --db PATH --genesis G``: G and the store opened read-only, after
+    checking the store is of G's chain (it keeps only the genesis hash)."""
+    if args.genesis is None:
+        raise CommandError("--db needs --genesis G (the store keeps only its hash)")
+    genesis = Genesis.load(args.genesis)
+    store = SqliteStore(args.db, readonly=True)
+    if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
+        store.close()
+        raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
+    return genesis, store
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a chain as an export bundle (SPEC section 12), streamed, renamed into place;
     with ``--format parquet``, its records as Parquet files (``_export_parquet``)."""
@@ -222,13 +235,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_parquet(args)
     blocks: Iterator[bytes | None]
     if args.db:
-        if args.genesis is None:
-            raise CommandError("--db needs --genesis G (the store keeps only its hash)")
-        genesis = Genesis.load(args.genesis)
-        store = SqliteStore(args.db, readonly=True)
-        if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
-            store.close()
-            raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
+        genesis, store = _open_export_db(args)
         raw, tip = genesis.raw, store.height
         blocks = (store.block_bytes(height) for height in range(1, tip + 1))
         # the witnesses section: the cosignatures the store holds (a generator: read after
@@ -287,13 +294,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
     blocks_from: Callable[[int], Iterator[bytes | None]]
     close: Callable[[], None] = lambda: None  # noqa: E731
     if args.db:
-        if args.genesis is None:
-            raise CommandError("--db needs --genesis G (the store keeps only its hash)")
-        genesis = Genesis.load(args.genesis)
-        store = SqliteStore(args.db, readonly=True)
-        if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
-            store.close()
-            raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
+        genesis, store = _open_export_db(args)
         tip, block_at, close = store.height, store.block_bytes, store.close
 
         def from_store(first: int) -> Iterator[bytes | None]:
