@@ -174,6 +174,21 @@ class Config:
         """True iff ``signer`` holds a role that ``policies`` allows for ``record_type``."""
         return self.refusal(signer, record_type) is None
 
+    def read_policy(self, record_type: str) -> frozenset[str] | None:
+        """The roles that may read sealed payloads of ``record_type`` (SPEC section 10):
+        its own entry of ``read_policies``, else ``"*"``'s; None: no policy, anyone reads."""
+        allowed = self.read_policies.get(record_type)
+        return self.read_policies.get("*") if allowed is None else allowed
+
+    def may_read(self, reader: bytes | None, record_type: str) -> bool:
+        """Whether a request signed by ``reader`` (None: unsigned, or its signature did not
+        verify) is served the payload and salt of a sealed record of ``record_type``: the
+        one read rule (SPEC section 10) every endpoint, export and view applies."""
+        allowed = self.read_policy(record_type)
+        if allowed is None:
+            return True
+        return reader is not None and not self.roles_for(reader).isdisjoint(allowed)
+
     def governs(self, key: bytes) -> Member | None:
         """The member holding ``key`` if it holds the governance role, else None."""
         member = self.members.get(key)

@@ -514,13 +514,20 @@ def require_canonical(data: bytes, obj: Any, what: str) -> None:
         fail(what, "not in canonical msgpack encoding")
 
 
-def split_bin_array(data: bytes, what: str, max_items: int) -> list[bytes]:
-    """The items of a msgpack array of ``bin`` (a batch of envelopes), decoding nothing else.
+#: One item of a batch (SPEC section 7): an envelope, or a sealed record's
+#: ``(envelope, salt, payload_bytes)``.
+BatchItem = bytes | tuple[bytes, bytes, bytes]
 
-    Reads the array header and each item's type byte and length: an item of any other type
-    is refused before anything is built, so memory stays O(len(data)) whatever ``data``
-    holds (a 16 MiB array of empty maps would otherwise become 16 million dicts). More than
-    ``max_items`` items is a TooLargeError, read from the header alone.
+
+def split_batch(data: bytes, what: str, max_items: int) -> list[BatchItem]:
+    """The items of a msgpack batch (``POST /v1/records``, record gossip), decoding nothing
+    else: each item is a ``bin`` envelope or an array of exactly three ``bin`` —
+    ``[envelope, salt, payload_bytes]``, a sealed record with its pair (SPEC section 10).
+
+    Reads only array headers, type bytes and lengths: an item of any other shape is refused
+    before anything is built, so memory stays O(len(data)) whatever ``data`` holds (a 16 MiB
+    array of empty maps would otherwise become 16 million dicts). More than ``max_items``
+    items is a TooLargeError, read from the header alone.
     """
     size = len(data)
     first = data[0] if data else -1
@@ -533,20 +540,41 @@ def split_bin_array(data: bytes, what: str, max_items: int) -> list[bytes]:
         fail(what, "expected a msgpack array")
     if count > max_items:
         raise TooLargeError(f"{what}: {count} items exceed the limit of {max_items}")
-    items: list[bytes] = []
+    items: list[BatchItem] = []
     for i in range(count):
-        width = _BIN_WIDTH.get(data[pos]) if pos < size else None
-        if width is None:
-            fail(f"{what}[{i}]", "expected bin" if pos < size else "the array is truncated")
-        start = pos + 1 + width
-        end = start + int.from_bytes(data[pos + 1:start], "big")
-        if end > size:
-            fail(f"{what}[{i}]", "truncated")
-        items.append(data[start:end])
-        pos = end
+        if pos < size and data[pos] == 0x93:  # [envelope, salt, payload_bytes]
+            envelope, pos = _bin_at(data, pos + 1, f"{what}[{i}][0]")
+            salt, pos = _bin_at(data, pos, f"{what}[{i}][1]")
+            payload, pos = _bin_at(data, pos, f"{what}[{i}][2]")
+            items.append((envelope, salt, payload))
+        else:
+            envelope, pos = _bin_at(data, pos, f"{what}[{i}]", "bin or [bin, bin, bin]")
+            items.append(envelope)
     if pos != size:
         fail(what, "trailing bytes after the array")
     return items
+
+
+def split_bin_array(data: bytes, what: str, max_items: int) -> list[bytes]:
+    """The items of a msgpack array of ``bin`` only (``split_batch`` without pairs)."""
+    items = split_batch(data, what, max_items)
+    for i, item in enumerate(items):
+        if type(item) is not bytes:
+            fail(f"{what}[{i}]", "expected bin")
+    return items  # type: ignore[return-value]
+
+
+def _bin_at(data: bytes, pos: int, what: str, expected: str = "bin") -> tuple[bytes, int]:
+    """The ``bin`` at ``pos`` and the position after it."""
+    size = len(data)
+    width = _BIN_WIDTH.get(data[pos]) if pos < size else None
+    if width is None:
+        fail(what, f"expected {expected}" if pos < size else "the array is truncated")
+    start = pos + 1 + width
+    end = start + int.from_bytes(data[pos + 1:start], "big")
+    if end > size:
+        fail(what, "truncated")
+    return data[start:end], end
 
 
 _BIN_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}

@@ -5,7 +5,10 @@ problem+json ``type``) and a one-line human message::
 
     LedgerError                      code
     ├── DecodeError                  malformed        bytes/JSON not of the expected shape
-    │   └── TooLargeError            too_large        a size limit was exceeded
+    │   ├── TooLargeError            too_large        a size limit was exceeded
+    │   └── InvalidBodyError         invalid_body     a body with both payload and
+    │                                                 payload_digest, or a pair with an
+    │                                                 inline record (SPEC section 10)
     ├── KeyFileError                 bad_key_file     a PEM key file cannot be read
     ├── GenesisError                 bad_genesis      genesis.json is malformed
     ├── MerkleError                  bad_proof        a proof is malformed (length, index)
@@ -31,6 +34,7 @@ problem+json ``type``) and a one-line human message::
     │   ├── JoinInvalidError         join_invalid     joins are not one valid per new key
     │   ├── PayloadMismatchError     payload_mismatch a sealed payload does not match its
     │   │                                             record's payload_digest
+    │   ├── PayloadMissingError      payload_missing  a sealed record came without its pair
     │   └── ReadSignatureError       bad_read_signature  a read request's RFC 9421
     │                                                 signature is missing, malformed,
     │                                                 expired or does not verify (SPEC 10)
@@ -207,6 +211,19 @@ class PayloadMismatchError(ValidationError):
     or is not a payload (SPEC section 10)."""
 
     code = "payload_mismatch"
+
+
+class PayloadMissingError(ValidationError):
+    """A sealed record submitted without its ``(salt, payload)`` pair (SPEC section 10)."""
+
+    code = "payload_missing"
+
+
+class InvalidBodyError(DecodeError):
+    """A submission item whose parts do not fit together: a pair with an inline record, or
+    a body holding both ``payload`` and ``payload_digest`` (SPEC section 10)."""
+
+    code = "invalid_body"
 
 
 class ReadSignatureError(ValidationError):

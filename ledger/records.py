@@ -7,6 +7,7 @@ because the signature and the id cover those bytes.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,13 @@ from ledger.encoding import (
     scan,
     unpack_exact,
 )
-from ledger.errors import LedgerError, PayloadMismatchError, SignatureError, TooLargeError
+from ledger.errors import (
+    InvalidBodyError,
+    LedgerError,
+    PayloadMismatchError,
+    SignatureError,
+    TooLargeError,
+)
 
 #: A payload's encoded size at most (SPEC section 2), for every type but ``ledger.config``.
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -68,6 +75,7 @@ BODY_KEYS = ("chain", "type", "subject", "payload", "ts", "nonce", "signer")
 SEALED_BODY_KEYS = ("chain", "type", "subject", "payload_digest", "ts", "nonce", "signer")
 _BODY_KEY_SET = frozenset(BODY_KEYS)
 _SEALED_KEY_SET = frozenset(SEALED_BODY_KEYS)
+_BOTH_KEY_SET = _BODY_KEY_SET | _SEALED_KEY_SET
 DIGEST_SIZE = 32
 
 #: Bytes one decoded msgpack element may take in Python at most (an empty dict in a list is
@@ -138,6 +146,9 @@ class RecordBody:
                 fail(what, f"unexpected key {_first_odd_key(fields)!r}")
             fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {kind_of(fields)}")
         keys = fields.keys()
+        if keys == _BOTH_KEY_SET:
+            raise InvalidBodyError(f"{what}: holds both payload and payload_digest (a sealed "
+                                   "body has payload_digest in place of payload)")
         if keys != _BODY_KEY_SET and keys != _SEALED_KEY_SET:
             if len(fields) != len(BODY_KEYS):
                 fail(what, f"expected a map of {len(BODY_KEYS)} keys, got {len(fields)}")
@@ -183,6 +194,48 @@ def check_sealed_payload(digest: bytes, salt: bytes, payload_bytes: bytes, what:
     if payload_digest(salt, payload_bytes) != digest:
         raise PayloadMismatchError(f"{what}: sha256 of the salt and payload is not the "
                                    f"record's payload_digest {digest.hex()}")
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPayload:
+    """What a sealed record keeps off the chain (SPEC section 10): its salt and the payload's
+    msgpack bytes, exactly as submitted (the digest covers those bytes)."""
+
+    salt: bytes
+    payload: bytes
+
+    def check(self, record: Record) -> None:
+        """``check_sealed_payload`` for ``record`` (which must be sealed); InvalidBodyError
+        if it is an inline record."""
+        digest = record.body.payload_digest
+        if digest is None:
+            raise InvalidBodyError(f"record {record.id.hex()} is not sealed: a salt and "
+                                   "payload belong only with a body holding payload_digest")
+        check_sealed_payload(digest, self.salt, self.payload, f"record {record.id.hex()}")
+
+    @property
+    def size(self) -> int:
+        return len(self.salt) + len(self.payload)
+
+
+def seal_record(key: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
+                ts: int, nonce: int, salt: bytes | None = None,
+                ) -> tuple[Record, SealedPayload]:
+    """Build and sign a sealed record of ``payload`` (SPEC section 10): a fresh random salt
+    (unless given), the payload's msgpack bytes, and the body with their digest in place of
+    the payload. Returns the record and the pair to submit with it."""
+    salt = os.urandom(SALT_SIZE) if salt is None else salt
+    payload_bytes = packb(payload)
+    pair = SealedPayload(salt, payload_bytes)
+    check_sealed_payload(payload_digest(salt, payload_bytes), salt, payload_bytes,
+                         "sealed payload")  # the payload's own rules (size, depth, no ext)
+    body = RecordBody(chain, type, subject, None, ts, nonce, key.public,
+                      payload_digest=payload_digest(salt, payload_bytes))
+    body.validate_basic()
+    body_bytes = body.to_wire()
+    sig = key.sign(RECORD_TAG + body_bytes)
+    return (Record(body, body_bytes, sig, packb([body_bytes, sig]), sha256(body_bytes),
+                   scan(body_bytes, "record body", max_depth=MAX_BODY_DEPTH)), pair)
 
 
 def payload_limit(record_type: str) -> int:

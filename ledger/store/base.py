@@ -19,7 +19,8 @@ from ledger.config import (
     parse_change,
     parse_payload,
 )
-from ledger.errors import BlockError, ConfigInvalidError, ValidationError
+from ledger.errors import BlockError, ConfigInvalidError, PayloadMismatchError, ValidationError
+from ledger.records import SealedPayload, check_sealed_payload
 from ledger.validation import (
     ChainTip,
     Lookup,
@@ -49,6 +50,54 @@ def split_view_witness(cosig_json: bytes) -> str | None:
         return None
     witness = doc.get("witness") if isinstance(doc, dict) else None
     return witness if isinstance(witness, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadsPut:
+    """What ``put_payloads`` did: ids whose pair it stored, and ids whose pair did not
+    match the record's digest (a peer that sends those misbehaves)."""
+
+    stored: tuple[bytes, ...] = ()
+    mismatched: tuple[bytes, ...] = ()
+
+
+def block_payload_rows(block: Block, first_seq: int,
+                       payloads: Mapping[bytes, SealedPayload] | None,
+                       ) -> list[tuple[int, bytes, bytes]]:
+    """``(log index, salt, payload_bytes)`` of the pairs ``payloads`` holds for ``block``'s
+    sealed records, each checked against its digest (PayloadMismatchError: the caller
+    admitted a pair it should not have). Pairs of inline or other records are ignored."""
+    if not payloads:
+        return []
+    rows = []
+    for i, r in enumerate(block.records):
+        pair = payloads.get(r.id) if r.body.sealed else None
+        if pair is not None:
+            pair.check(r)
+            rows.append((first_seq + i, pair.salt, pair.payload))
+    return rows
+
+
+def judge_payloads(pairs: Mapping[bytes, SealedPayload],
+                   digests: Mapping[bytes, tuple[int, bytes]],
+                   ) -> tuple[list[tuple[int, bytes, SealedPayload]], list[bytes]]:
+    """Of ``pairs`` (by id), given ``digests`` (id -> (log index, payload_digest) of the
+    committed sealed records among them that are not redacted and have no pair held yet):
+    the ``(log index, id, pair)`` to store and the ids whose pair does not match."""
+    keep: list[tuple[int, bytes, SealedPayload]] = []
+    bad: list[bytes] = []
+    for rid, pair in pairs.items():
+        found = digests.get(rid)
+        if found is None:
+            continue
+        try:
+            check_sealed_payload(found[1], pair.salt, pair.payload, f"record {rid.hex()}")
+        except PayloadMismatchError:
+            bad.append(rid)
+            continue
+        keep.append((found[0], rid, pair))
+    keep.sort(key=lambda row: row[0])
+    return keep, bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +190,14 @@ class BlockStore(Protocol):
     def log(self) -> merkle.CompactRange:
         """The Merkle log over every committed envelope (do not mutate)."""
 
-    def append(self, block: Block, last_cert: Certificate | None = None) -> None:
+    def append(self, block: Block, last_cert: Certificate | None = None,
+               payloads: Mapping[bytes, SealedPayload] | None = None) -> None:
         """Durably add ``block`` as the next height, atomically with all its indexes;
-        with ``last_cert``, replace the previous block's certificate in the same write."""
+        with ``last_cert``, replace the previous block's certificate in the same write.
+        ``payloads``: the pairs held for the block's sealed records (by id), each checked
+        against its digest (``SealedPayload.check``; PayloadMismatchError, nothing written)
+        and kept in the same write; pairs of other records are ignored. The pairs of the
+        records a redaction in the block names are deleted in the same write."""
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact msgpack bytes of the block at ``height`` (SPEC section 4)."""
@@ -204,6 +258,33 @@ class BlockStore(Protocol):
 
     def config_changes(self) -> list[ConfigChange]:
         """Every committed configuration change, oldest first."""
+
+    # -- sealed payloads (SPEC section 10) ------------------------------------------------
+    # Kept beside the chain, never in it: a block never needs them, a redaction deletes them.
+
+    def put_payloads(self, pairs: Mapping[bytes, SealedPayload]) -> PayloadsPut:
+        """Durably keep pairs that arrived after their record committed (from a peer, a
+        bundle): only for committed sealed records not redacted, each checked against its
+        digest; pairs already held are skipped. Says which were stored and which did not
+        match (the others: not sealed, not committed, redacted or held)."""
+
+    def payloads(self, ids: Iterable[bytes]) -> dict[bytes, SealedPayload]:
+        """The pairs held for those of ``ids`` that are committed."""
+
+    def missing_payloads(self, after_seq: int = -1,
+                         limit: int = 1000) -> list[tuple[int, bytes]]:
+        """``(log index, id)`` of committed sealed records after ``after_seq`` whose pair
+        this store does not hold and that no redaction names, oldest first."""
+
+    def payloads_between(self, first_seq: int,
+                         count: int) -> list[tuple[int, bytes, SealedPayload]]:
+        """``(log index, id, pair)`` of every pair held for records in ``[first_seq,
+        first_seq + count)``, in log order (exports, ``ledger audit --payloads``)."""
+
+    def scrub(self) -> bool:
+        """Make deleted payload bytes unrecoverable from the store's files (SQLite: the WAL
+        checkpointed and truncated; ``secure_delete`` already zeroed the pages). False if
+        readers kept it from completing: call again later."""
 
     # -- witness cosignatures (SPEC section 11) ---------------------------------------------
     # Kept apart from the chain: they arrive over HTTP after their block commits, checked

@@ -10,14 +10,18 @@ from ledger import merkle
 from ledger.blocks import Block, BlockShell, Certificate
 from ledger.config import Config, ConfigHistory
 from ledger.errors import DuplicateError
+from ledger.records import Record, SealedPayload
 from ledger.store.base import (
     MAX_SPLIT_VIEWS,
     MAX_SPLIT_VIEWS_PER_WITNESS,
     ConfigChange,
+    PayloadsPut,
     RecordLocation,
     block_change,
+    block_payload_rows,
     check_extends,
     check_governed,
+    judge_payloads,
     next_config,
     split_view_witness,
     store_redactions,
@@ -45,6 +49,8 @@ class MemoryStore:
         self._sealed: dict[bytes, bytes] = {}  # sealed record id -> signer
         self._digests: set[bytes] = set()  # their payload digests
         self._redacted: dict[bytes, int] = {}  # redacted id -> height of the redaction
+        self._payloads: dict[int, SealedPayload] = {}  # log index -> pair (SPEC section 10)
+        self._sealed_seqs: list[int] = []  # log indexes of sealed records, in order
         self._subjects: dict[str, list[int]] = {}
         self._nodes: dict[merkle.NodeId, bytes] = {}
         self._log = merkle.CompactRange()
@@ -67,7 +73,8 @@ class MemoryStore:
         """Hash of the last block."""
         return self._hashes[-1] if self._hashes else None
 
-    def append(self, block: Block, last_cert: Certificate | None = None) -> None:
+    def append(self, block: Block, last_cert: Certificate | None = None,
+               payloads: Mapping[bytes, SealedPayload] | None = None) -> None:
         """Add ``block``; all or nothing, like the SQLite store's transaction."""
         h = block.header
         ids = [r.id for r in block.records]
@@ -86,6 +93,7 @@ class MemoryStore:
         change = block_change(block)
         new_config = next_config(self._history, change)
         first_seq = self._log.size
+        payload_rows = block_payload_rows(block, first_seq, payloads)
         for i, r in enumerate(block.records):
             seq = first_seq + i
             loc = RecordLocation(h.height, i, seq)
@@ -97,9 +105,13 @@ class MemoryStore:
             if r.body.payload_digest is not None:
                 self._sealed[r.id] = r.body.signer
                 self._digests.add(r.body.payload_digest)
+                self._sealed_seqs.append(seq)
         for redaction in redactions:
             for rid in redaction.ids:
                 self._redacted[rid] = h.height
+                self._payloads.pop(self._by_id[rid].seq, None)
+        for seq, salt, payload in payload_rows:
+            self._payloads[seq] = SealedPayload(salt, payload)
         for level, index, node_hash in completed:
             self._nodes[(level, index)] = node_hash
         if last_cert is not None:
@@ -113,6 +125,53 @@ class MemoryStore:
             self._changes.append(change)
             if self._history is not None and new_config is not None:
                 self._history.append(h.height, new_config)
+
+    def put_payloads(self, pairs: Mapping[bytes, SealedPayload]) -> PayloadsPut:
+        """Keep pairs of committed sealed records not redacted nor held, each checked."""
+        digests = {}
+        for rid in pairs:
+            loc = self._by_id.get(rid)
+            if (loc is not None and rid in self._sealed and rid not in self._redacted
+                    and loc.seq not in self._payloads):
+                body = Record.from_wire(self._envelopes[loc.seq]).body
+                assert body.payload_digest is not None
+                digests[rid] = (loc.seq, body.payload_digest)
+        keep, bad = judge_payloads(pairs, digests)
+        for seq, _, pair in keep:
+            self._payloads[seq] = pair
+        return PayloadsPut(tuple(rid for _, rid, _ in keep), tuple(bad))
+
+    def payloads(self, ids: Iterable[bytes]) -> dict[bytes, SealedPayload]:
+        """The pairs held for those of ``ids`` that are committed."""
+        out = {}
+        for rid in set(ids):
+            loc = self._by_id.get(rid)
+            pair = None if loc is None else self._payloads.get(loc.seq)
+            if pair is not None:
+                out[rid] = pair
+        return out
+
+    def missing_payloads(self, after_seq: int = -1,
+                         limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Committed sealed records after ``after_seq`` with no pair held and not redacted."""
+        out: list[tuple[int, bytes]] = []
+        for seq in self._sealed_seqs[bisect.bisect_right(self._sealed_seqs, after_seq):]:
+            if len(out) >= limit:
+                break
+            rid = Record.from_wire(self._envelopes[seq]).id
+            if seq not in self._payloads and rid not in self._redacted:
+                out.append((seq, rid))
+        return out
+
+    def payloads_between(self, first_seq: int,
+                         count: int) -> list[tuple[int, bytes, SealedPayload]]:
+        """Every pair held for records in ``[first_seq, first_seq + count)``, in log order."""
+        return [(seq, Record.from_wire(self._envelopes[seq]).id, self._payloads[seq])
+                for seq in sorted(self._payloads) if first_seq <= seq < first_seq + count]
+
+    def scrub(self) -> bool:
+        """Nothing to do: a deleted pair is gone with its dict entry."""
+        return True
 
     @property
     def history(self) -> ConfigHistory | None:

@@ -26,8 +26,16 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   "a redaction names a sealed record committed earlier" (its signer is in ``records``) are
   indexed lookups.
 - ``redactions``: record id -> height of the ``ledger.redact`` record that named it,
-  written in that block's transaction ("not yet redacted"; ``redacted_at``). Deleting the
-  payloads themselves is the node's business, not the store's.
+  written in that block's transaction ("not yet redacted"; ``redacted_at``).
+- ``payloads`` (schema 5): log index -> ``(salt, payload_bytes)`` of a sealed record, the
+  pair kept beside the chain (SPEC section 10): written in the record's block's transaction
+  when the node held it then, or later by ``put_payloads`` (block sync, a bundle), each
+  checked against its digest; never for a redacted record. A block carrying a redaction
+  deletes the pairs it names in its own transaction. The writer connection runs with
+  ``secure_delete=ON``, so SQLite overwrites deleted cells (and freed pages) with zeros;
+  ``scrub`` then checkpoints the WAL and truncates it, so the bytes are in neither file.
+  Copies outside the files (backups, exports, the OS's freed disk blocks) are the
+  operator's business (docs/privacy.md).
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 - ``cosignatures`` (schema 4): ``(height, pubkey) -> sig``, the witness cosignatures the
@@ -64,16 +72,19 @@ from ledger.errors import (
     StoreError,
     ValidationError,
 )
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store.base import (
     MAX_SPLIT_VIEWS,
     MAX_SPLIT_VIEWS_PER_WITNESS,
     ConfigChange,
+    PayloadsPut,
     RecordLocation,
     block_change,
+    block_payload_rows,
     check_extends,
     check_governed,
     join_block,
+    judge_payloads,
     next_config,
     rebuild_history,
     split_view_witness,
@@ -81,7 +92,7 @@ from ledger.store.base import (
 )
 from ledger.validation import ChainTip, block_redactions
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
@@ -128,6 +139,11 @@ CREATE TABLE IF NOT EXISTS redactions (
     id BLOB PRIMARY KEY,
     height INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS payloads (
+    seq INTEGER PRIMARY KEY,
+    salt BLOB NOT NULL,
+    payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS log_nodes (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -258,6 +274,8 @@ class SqliteStore:
                 self._db = sqlite3.connect(str(self.path), isolation_level=None,
                                            check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
+                # a redaction's deleted payloads are overwritten, not left in free space
+                self._db.execute("PRAGMA secure_delete=ON")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self._db.executescript(_SCHEMA)  # adds the newer tables to an older file
                 if self._stored_version() == 1:
@@ -266,6 +284,8 @@ class SqliteStore:
                     self._migrate_from_2()
                 if self._stored_version() == 3:
                     self._migrate_from_3()
+                if self._stored_version() == 4:  # ``payloads``: created empty by the script
+                    self._db.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
             # chain outgrows it (throughput fell ~10% from 10k to 100k records).
@@ -439,9 +459,11 @@ class SqliteStore:
         """Hash of the last block."""
         return self._tip_hash
 
-    def append(self, block: Block, last_cert: Certificate | None = None) -> None:
+    def append(self, block: Block, last_cert: Certificate | None = None,
+               payloads: Mapping[bytes, SealedPayload] | None = None) -> None:
         """Write ``block`` and everything derived from it in one transaction (and, with
-        ``last_cert``, the previous block's canonical certificate)."""
+        ``last_cert``, the previous block's canonical certificate; with ``payloads``, the
+        pairs of its sealed records; the pairs a redaction in it names are deleted)."""
         with self._lock:
             redactions = store_redactions(self._history, block)
             new_log, completed = check_extends(
@@ -464,6 +486,9 @@ class SqliteStore:
                            for i, r in enumerate(block.records)
                            if r.body.payload_digest is not None]
             redaction_rows = [(rid, h.height) for red in redactions for rid in red.ids]
+            payload_rows = block_payload_rows(block, first_seq, payloads)
+            erased = sorted(seq for seq in (self._seq_of(rid, self._db)
+                                            for rid, _ in redaction_rows) if seq is not None)
             new_ids, merged, merge_rows, upto = self._recent.plan(
                 [(r.id, first_seq + i) for i, r in enumerate(block.records)], h.height,
                 first_seq + len(rows))
@@ -489,6 +514,10 @@ class SqliteStore:
                         db.executemany("INSERT INTO sealed VALUES (?, ?)", sealed_rows)
                     if redaction_rows:  # with its block: never a redaction without it
                         db.executemany("INSERT INTO redactions VALUES (?, ?)", redaction_rows)
+                        db.executemany("DELETE FROM payloads WHERE seq = ?",
+                                       [(seq,) for seq in erased])
+                    if payload_rows:
+                        db.executemany("INSERT INTO payloads VALUES (?, ?, ?)", payload_rows)
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
@@ -726,6 +755,89 @@ class SqliteStore:
                     f"SELECT id FROM redactions WHERE id IN ({','.join('?' * len(chunk))})",
                     chunk))
         return found
+
+    # -- sealed payloads ----------------------------------------------------------------
+
+    def put_payloads(self, pairs: Mapping[bytes, SealedPayload]) -> PayloadsPut:
+        """Keep pairs that arrived after their records committed (see BlockStore), in one
+        short transaction under the writer's lock."""
+        if not pairs:
+            return PayloadsPut()
+        with self._lock:
+            digests: dict[bytes, tuple[int, bytes]] = {}
+            by_seq = {}
+            for rid in pairs:
+                seq = self._seq_of(rid, self._db)
+                if seq is not None:
+                    by_seq[seq] = rid
+            for chunk in _chunks(sorted(by_seq)):
+                marks = ",".join("?" * len(chunk))
+                for seq, digest in self._db.execute(
+                        f"SELECT s.seq, s.digest FROM sealed s WHERE s.seq IN ({marks}) "
+                        "AND NOT EXISTS (SELECT 1 FROM payloads p WHERE p.seq = s.seq)",
+                        chunk):
+                    digests[by_seq[seq]] = (seq, bytes(digest))
+            for rid in self.redacted(digests):
+                del digests[rid]
+            keep, bad = judge_payloads(pairs, digests)
+            if keep:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.executemany("INSERT INTO payloads VALUES (?, ?, ?)",
+                                             [(seq, p.salt, p.payload) for seq, _, p in keep])
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as exc:
+                    raise StoreError(f"{self.path}: cannot store payloads ({exc})") from exc
+        return PayloadsPut(tuple(rid for _, rid, _ in keep), tuple(bad))
+
+    def payloads(self, ids: Iterable[bytes]) -> dict[bytes, SealedPayload]:
+        """The pairs held for those of ``ids`` that are committed."""
+        out: dict[bytes, SealedPayload] = {}
+        with self._reading() as db:
+            for rid in set(ids):
+                seq = self._seq_of(rid, db)
+                row = None if seq is None else db.execute(
+                    "SELECT salt, payload FROM payloads WHERE seq = ?", (seq,)).fetchone()
+                if row is not None:
+                    out[rid] = SealedPayload(bytes(row[0]), bytes(row[1]))
+        return out
+
+    def missing_payloads(self, after_seq: int = -1,
+                         limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Committed sealed records after ``after_seq`` with no pair held and not redacted."""
+        with self._reading() as db:
+            return [(seq, bytes(rid)) for seq, rid in db.execute(
+                "SELECT s.seq, r.id FROM sealed s JOIN records r ON r.seq = s.seq "
+                "WHERE s.seq > ? AND NOT EXISTS (SELECT 1 FROM payloads p WHERE p.seq = s.seq) "
+                "AND NOT EXISTS (SELECT 1 FROM redactions x WHERE x.id = r.id) "
+                "ORDER BY s.seq LIMIT ?", (after_seq, limit))]
+
+    def payloads_between(self, first_seq: int,
+                         count: int) -> list[tuple[int, bytes, SealedPayload]]:
+        """Every pair held for records in ``[first_seq, first_seq + count)``, in log order."""
+        with self._reading() as db:
+            return [(seq, bytes(rid), SealedPayload(bytes(salt), bytes(payload)))
+                    for seq, rid, salt, payload in db.execute(
+                        "SELECT p.seq, r.id, p.salt, p.payload FROM payloads p "
+                        "JOIN records r ON r.seq = p.seq WHERE p.seq >= ? AND p.seq < ? "
+                        "ORDER BY p.seq", (first_seq, first_seq + count))]
+
+    def scrub(self) -> bool:
+        """Checkpoint the WAL into the database file and truncate it to zero bytes, so the
+        frames that held deleted payloads are gone (``secure_delete`` zeroed them in the
+        pages written back). False while a reader's snapshot keeps frames in use."""
+        if self.readonly:
+            return True
+        with self._lock:
+            try:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
+        return bool(busy == 0)
 
     def redacted_at(self, record_id: bytes) -> int | None:
         """The height of the redaction naming ``record_id``, if one committed."""

@@ -1,0 +1,93 @@
+"""Sealed payloads in the stores (SPEC section 10): a block's pairs are kept in its write,
+checked against their digests; pairs that arrive later are kept only for committed sealed
+records that no redaction names; a redaction deletes its records' pairs in its block's
+write, and in SQLite the bytes are then in neither the database file nor its WAL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ledger.errors import PayloadMismatchError
+from ledger.records import Record, SealedPayload, seal_record
+from ledger.store.memory import MemoryStore
+from ledger.store.sqlite import SqliteStore
+from tests.factory import ChainBuilder, redaction_record
+from tests.unit.test_one_rule import A1, A2, GOVERNED, GX
+
+CHAIN = GOVERNED.chain_id
+
+
+def make_store(kind: str, tmp_path: Path) -> MemoryStore | SqliteStore:
+    if kind == "memory":
+        return MemoryStore(GOVERNED.hash, config=GOVERNED.config)
+    return SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+
+
+def sealed(nonce: int, marker: bytes) -> tuple[Record, SealedPayload]:
+    return seal_record(GX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
+                       payload={"recipe": marker.decode(), "pad": "x" * 3000}, ts=1, nonce=1000 + nonce)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_pairs_are_kept_fetched_late_and_deleted_by_a_redaction(kind: str,
+                                                                tmp_path: Path) -> None:
+    store = make_store(kind, tmp_path)
+    builder = ChainBuilder(GX, store)
+    a, pa = sealed(1, b"MARKER-A")
+    b, pb = sealed(2, b"MARKER-B")
+    c, pc = sealed(3, b"MARKER-C")
+    inline = builder.record()
+    block = builder.block([a, b, c, inline])
+    with pytest.raises(PayloadMismatchError):  # a pair that is not the record's
+        store.append(block, payloads={a.id: pb})
+    assert store.height == 0
+    store.append(block, payloads={a.id: pa, inline.id: pa})  # the inline one is ignored
+    assert store.payloads([a.id, b.id, inline.id]) == {a.id: pa}
+    assert store.missing_payloads() == [(1, b.id), (2, c.id)]
+    assert store.missing_payloads(after_seq=1, limit=1) == [(2, c.id)]
+
+    put = store.put_payloads({b.id: pb, c.id: pa, inline.id: pa, os.urandom(32): pb})
+    assert put.stored == (b.id,) and put.mismatched == (c.id,)
+    assert store.put_payloads({b.id: pb}).stored == ()  # already held
+    assert [(s, i) for s, i, _ in store.payloads_between(0, 4)] == [(0, a.id), (1, b.id)]
+
+    redaction = redaction_record(GOVERNED.config, A1, [a.id, c.id], approvers=[A1, A2])
+    store.append(builder.block([redaction]))
+    assert store.redacted([a.id, b.id, c.id]) == {a.id, c.id}
+    assert store.payloads([a.id, b.id, c.id]) == {b.id: pb}
+    assert store.missing_payloads() == []  # c is redacted: never wanted again
+    assert store.put_payloads({a.id: pa, c.id: pc}).stored == ()  # never stored again
+    assert store.scrub()
+
+
+def test_redacted_bytes_leave_the_sqlite_file_and_its_wal(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    records = [sealed(n, f"SECRET-{n:04d}-MARKER".encode()) for n in range(1, 41)]
+    for i in range(0, 40, 10):
+        batch = records[i:i + 10]
+        store.append(builder.block([r for r, _ in batch]),
+                     payloads={r.id: p for r, p in batch})
+    gone = [r.id for r, _ in records[:20]]
+    assert store.scrub()  # the inserts are in the file now, not only in the WAL
+
+    def found(marker: bytes) -> list[str]:
+        return [f.name for f in tmp_path.iterdir() if marker in f.read_bytes()]
+
+    assert found(b"SECRET-0005-MARKER") == ["s.db"]
+    store.append(builder.block([redaction_record(GOVERNED.config, A1, gone,
+                                                 approvers=[A1, A2])]))
+    assert found(b"SECRET-0005-MARKER")  # the WAL still holds the frames of the insert
+    assert store.scrub()
+    assert (tmp_path / "s.db-wal").stat().st_size == 0
+    for n in range(1, 21):
+        assert found(f"SECRET-{n:04d}-MARKER".encode()) == [], n
+    assert found(b"SECRET-0021-MARKER") == ["s.db"]  # the others stay
+    store.close()
+    reopened = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash,
+                           config=GOVERNED.config)
+    assert len(reopened.payloads(r.id for r, _ in records)) == 20
+    reopened.close()
