@@ -14,6 +14,7 @@
   const CONFIG_TYPE = "ledger.config", REDACT_TYPE = "ledger.redact", RESERVED = "ledger.";
   const CONFIG_TAG = enc.encode("ledger.config.v1\0"), JOIN_TAG = enc.encode("ledger.join.v1\0");
   const REDACT_TAG = enc.encode("ledger.redact.v1\0");
+  const PAYLOAD_TAG = enc.encode("ledger.payload.v1\0"), SALT_SIZE = 32; // SPEC section 10
   const WITNESS_TAG = enc.encode("ledger.witness.v1\0"); // SPEC section 11
   const DEFAULT_GOVERNANCE_ROLE = "admin", MAX_TOTAL_POWER = 2n ** 62n;
   const TYPE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -545,6 +546,34 @@
     if (!maySubmit(config, hex(body.signer), body.type)) fail(`signer ${hex(body.signer)} is not authorised for type ${JSON.stringify(body.type)} by ${source(config)}`);
     return {};
   }
+  // ---- sealed payloads (SPEC section 10), as ledger/records.py ----
+  // payload_digest = sha256("ledger.payload.v1\0" + salt + payload_bytes).
+  const payloadDigest = (salt, payloadBytes) => sha256(concat(PAYLOAD_TAG, salt, payloadBytes));
+  // The one rule for a sealed payload (check_sealed_payload): a 32-byte salt, payload bytes
+  // that are one payload by section 2's rules (kept as sent, so not re-encoded), and their
+  // digest equal to the record's. `digest` is bytes or lowercase hex. Resolves to the decoded
+  // payload; throws VerifyError naming `what` otherwise.
+  async function checkSealedPayload(digest, salt, payloadBytes, what = "sealed payload") {
+    if (typeof digest === "string") digest = unhex(digest, `${what}.payload_digest`, 32);
+    expBin(digest, `${what}.payload_digest`, 32);
+    if (!(salt instanceof Uint8Array)) fail(`${what}: the salt is not bytes`);
+    if (!(payloadBytes instanceof Uint8Array)) fail(`${what}: the payload is not bytes`);
+    if (salt.length !== SALT_SIZE) fail(`${what}: the salt is ${salt.length} bytes, not ${SALT_SIZE}`);
+    if (payloadBytes.length > MAX_PAYLOAD) fail(`${what}: the payload is ${payloadBytes.length} bytes, more than ${MAX_PAYLOAD}`);
+    const value = decode(payloadBytes, `${what}.payload`, null, MAX_DEPTH);
+    if (!equal(await payloadDigest(salt, payloadBytes), digest)) fail(`${what}: sha256 of the salt and payload is not the record's payload_digest ${hex(digest)}`);
+    return value;
+  }
+  // A decoded body in the API's JSON shape: an inline record's payload as toPlain, a sealed
+  // record's payload_digest as hex (and no payload key).
+  function plainBody(body) {
+    const { payload, payload_digest: digest, ...rest } = body;
+    const out = { ...rest, signer: hex(body.signer) };
+    if (digest !== undefined) out.payload_digest = hex(digest);
+    else out.payload = toPlain(payload);
+    return out;
+  }
+
   const validatorsHash = (config) => sha256(encode(config.validators.map((v) => [v.pubkey, v.power])));
 
   // ---- Ed25519 (WebCrypto) and RFC 9162 ----
@@ -902,8 +931,11 @@
   // config_proof (SPEC section 6, v1.1: each configuration change below its height, each
   // certified by the set then in force; no config_proof reads as []), and every witness
   // cosignature it lists (SPEC section 11), by the witnesses of the configuration so
-  // derived; `opts.witnesses` = k demands k of them. Resolves to {ok: true, steps, record,
-  // header, signers, config, witnesses: count | null, cosignatures} or {ok: false, steps, reason}.
+  // derived; `opts.witnesses` = k demands k of them. A sealed record (SPEC section 10)
+  // verifies by its payload_digest alone; `opts.payload` = {salt, payload} (bytes) is also
+  // checked against that digest. Resolves to {ok: true, steps, record (the API's JSON shape),
+  // sealed, header, signers, config, witnesses: count | null, cosignatures} or {ok: false,
+  // steps, reason}.
   async function verifyReceipt(input, genesis, opts = {}) {
     const steps = [];
     const step = (s) => steps.push(s);
@@ -925,12 +957,21 @@
       if (rec.body.chain !== chain) fail(`record names chain ${JSON.stringify(rec.body.chain)}`);
       if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${hex(recordId)}: signature does not verify`);
       step("record signature (Ed25519) verifies");
+      // SPEC section 10: a sealed record's receipt covers its payload_digest, never the
+      // payload; a (salt, payload) pair given in `opts.payload` must match that digest.
+      const sealed = rec.body.payload_digest !== undefined;
+      if (sealed) {
+        step(`sealed record: the chain holds its payload_digest ${hex(rec.body.payload_digest)}, not the payload`);
+        if (opts.payload) {
+          await checkSealedPayload(rec.body.payload_digest, opts.payload.salt, opts.payload.payload, "payload");
+          step("the payload and salt given match this payload_digest (sha256 over ledger.payload.v1, salt, payload)");
+        }
+      } else if (opts.payload) fail("a payload and salt were given, but the record is not sealed (its payload is inline)");
       const height = field(doc, "height", "int");
 
       const proof = Object.prototype.hasOwnProperty.call(doc, "config_proof") ? field(doc, "config_proof", "list") : [];
       const config = await followConfigProof(proof, "receipt.config_proof", chain, genesis, height, step);
 
-      const signer = hex(rec.body.signer);
       await checkRecordAuthority(config, rec.body);
       step(`signer is authorised by ${source(config)} for type ${rec.body.type}`);
       const got = await inBlock(doc, "receipt", chain, genesis, config, height, envelope);
@@ -948,7 +989,7 @@
       }
       return { ok: true, steps, signers: got.sigs.map(([i]) => i), header: got.header, blockHash: hex(got.blockHash),
                config: { version: config.version }, witnesses: cosignatures && cosignatures.length, cosignatures,
-               record: { id: hex(recordId), ...rec.body, payload: toPlain(rec.body.payload), signer } };
+               record: { id: hex(recordId), ...plainBody(rec.body) }, sealed };
     } catch (e) {
       if (!(e instanceof VerifyError)) throw e;
       return { ok: false, steps, reason: e.message };
@@ -1019,6 +1060,6 @@
   }
 
   window.Ledger = { encode, decode, toPlain, hex, unhex, b64, unb64, sha256, parseGenesis,
-                    maySubmit, verifyReceipt, verifyCheckpoint, verifyLogInclusion, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader,
+                    maySubmit, verifyReceipt, payloadDigest, checkSealedPayload, plainBody, verifyCheckpoint, verifyLogInclusion, verifyBlock, verifyChain, configAt, applyChange, configOf, configDiff, decodeEnvelope, decodeHeader,
                     cosignedMessage, headerOf, checkCosignatures, countWitnesses, VerifyError };
 })();
