@@ -183,6 +183,7 @@
 
   async function blockView(token, height) {
     const { doc: b } = await api(`/v1/blocks/${encodeURIComponent(height)}`);
+    await Promise.all(b.records.map(openSealed));
     if (token !== state.view) return;
     const h = b.header, sigs = b.cert.signatures;
     const g = genesis(), vals = g ? g.parsed.validators : [];
@@ -293,18 +294,117 @@
     }
     return shown === decoded;
   }
+  // ---- sealed payloads (SPEC section 10) ----
+  // A sealed record's JSON carries `payload_digest` (hex); `payload` (base64 of its msgpack
+  // bytes) and `salt` (base64) only when the node serves them to this reader; `redacted`:
+  // {height} after a redaction; `payload_status`: served | withheld | missing | redacted.
+  // openSealed(r) sets r.seal (null for an inline record) to {digest, status, height, value,
+  // error} and r.payload to the payload only once it matches the digest of the record's own
+  // envelope, checked here (so the chart and the rows never show an unchecked payload).
+  const SEAL_TEXT = { withheld: "payload withheld by read policy", missing: "payload not held by this node" };
+  async function openSealed(r) {
+    let body = null;
+    try { body = L.decodeEnvelope(L.unb64(r.envelope, "envelope")).body; } catch (e) { /* the node's fields as sent */ }
+    const own = body && body.payload_digest !== undefined ? L.hex(body.payload_digest) : null;
+    if (body ? own === null : r.payload_digest === undefined) { r.seal = null; return r; }
+    const raw = { payload: r.payload, salt: r.salt };
+    r.payload = undefined;
+    const redacted = r.redacted && typeof r.redacted === "object";
+    const known = ["served", "withheld", "missing", "redacted"];
+    const status = known.includes(r.payload_status) ? r.payload_status
+      : redacted ? "redacted" : raw.payload !== undefined ? "served" : "withheld";
+    const seal = r.seal = { digest: own || String(r.payload_digest), status, value: undefined, error: null, pair: null,
+                            height: redacted ? r.redacted.height : undefined };
+    if (own && r.payload_digest !== undefined && r.payload_digest !== own) {
+      seal.error = `the node's payload_digest ${r.payload_digest} is not the one in the record's envelope (${own})`;
+      return r;
+    }
+    if (status !== "served") return r;
+    try {
+      if (raw.payload === undefined || raw.salt === undefined) throw new L.VerifyError("the node says the payload is served but sent no payload and salt");
+      const pair = { salt: L.unb64(raw.salt, "salt"), payload: L.unb64(raw.payload, "payload") };
+      seal.value = L.toPlain(await L.checkSealedPayload(seal.digest, pair.salt, pair.payload, "payload"));
+      seal.pair = pair;
+      r.payload = seal.value;
+    } catch (e) {
+      if (!(e instanceof L.VerifyError)) throw e;
+      seal.error = `the payload served does not match the record's payload_digest: ${e.message}`;
+    }
+    return r;
+  }
+  // Badges of a record row or view: "sealed", and "redacted" after a redaction.
+  function sealBadges(r) {
+    if (!r.seal) return null;
+    return [el("span", { class: "badge sealed", title: `payload kept off the chain; payload_digest ${r.seal.digest}` }, "sealed"),
+      r.seal.status === "redacted" ? [" ", el("span", { class: "badge redacted" }, "redacted")] : null];
+  }
+  // What is shown in place of a sealed payload that is not shown (null: it is shown).
+  function sealNote(seal) {
+    if (seal.error) return `✗ ${seal.error}`;
+    if (seal.status === "served") return null;
+    if (seal.status === "redacted") return `payload redacted at height ${seal.height === undefined ? "?" : seal.height}`;
+    return SEAL_TEXT[seal.status];
+  }
+  function payloadCell(r) {
+    const note = r.seal ? sealNote(r.seal) : null;
+    if (note === null) {
+      return el("td", { class: "payload mono", title: payloadText(r.payload), "data-payload-status": r.seal ? "served" : null },
+        r.seal ? [el("span", { class: "seal-ok", title: "matches the record's payload_digest (checked in this browser)" }, "✓ "), payloadText(r.payload)]
+          : payloadText(r.payload));
+    }
+    return el("td", { class: r.seal.error ? "payload error" : "payload seal-note", title: note,
+                      "data-payload-status": r.seal.error ? "mismatch" : r.seal.status }, note);
+  }
+
   function recordTable(records, withHeight, proofs) {
     const head = [withHeight ? "height" : "#", "record", "type", withHeight ? "time" : "subject", "signer", "payload"];
     return table(proofs ? [...head, "in the log"] : head,
-      records.map((r) => el("tr", proofs && r.proved ? { "data-proved": String(r.proved.ok), "data-log-index": r.log_index } : { "data-log-index": r.log_index },
+      records.map((r) => el("tr", { "data-id": r.id, "data-log-index": r.log_index, "data-proved": proofs && r.proved ? String(r.proved.ok) : null },
         el("td", { class: "num" }, withHeight ? link(blockHref(r.height), String(r.height)) : String(r.index)),
-        el("td", {}, link(recordHref(r.id), short(r.id), "mono")),
+        el("td", {}, link(recordHref(r.id), short(r.id), "mono"), r.seal ? [" ", sealBadges(r)] : null),
         el("td", {}, r.type),
         el("td", {}, withHeight ? time(r.ts) : link(subjectHref(r.subject), r.subject)),
         el("td", {}, signerLabel(r.signer)),
-        el("td", { class: "payload mono", title: payloadText(r.payload) }, payloadText(r.payload)),
+        payloadCell(r),
         proofs ? el("td", { class: r.proved && r.proved.ok ? "proved" : "unproved", title: r.proved && !r.proved.ok ? r.proved.reason : null },
           !r.proved ? "—" : r.proved.ok ? `✓ proved in log (checkpoint ${r.proved.height})` : `✗ ${r.proved.reason}`) : null)));
+  }
+
+  // A record view's payload: inline, or a sealed record's (SPEC section 10) once checked
+  // against its digest, or why it is not shown.
+  function payloadCard(r) {
+    const h2 = el("h2", {}, "Payload");
+    if (!r.seal) return el("section", { class: "card" }, h2, el("pre", { class: "payload", id: "payload" }, JSON.stringify(r.payload, null, 2)));
+    const note = sealNote(r.seal);
+    const about = el("p", { class: "muted" }, "A sealed record keeps its payload off the chain: the chain holds only ",
+      code("payload_digest"), " = sha256(\"ledger.payload.v1\\0\" + salt + payload), and nodes serve the payload to readers its read policy allows.");
+    if (note !== null) {
+      return el("section", { class: "card", id: "payload-card" }, h2,
+        el("p", { class: r.seal.error ? "error" : "seal-note", id: "payload-note", "data-payload-status": r.seal.error ? "mismatch" : r.seal.status }, note), about);
+    }
+    return el("section", { class: "card", id: "payload-card" }, h2,
+      el("p", { class: "seal-ok", id: "payload-check", "data-payload-status": "served" },
+        "✓ matches the record's payload_digest (sha256 over ledger.payload.v1, the salt and the payload, checked in this browser)"),
+      el("pre", { class: "payload", id: "payload" }, JSON.stringify(r.payload, null, 2)),
+      kv([["salt", code(L.hex(r.seal.pair.salt))]]), about);
+  }
+  // A ledger.redact record: the records it names and its reason (SPEC section 10), from
+  // its inline payload {change: packb([genesis_hash, [id, ...], reason]), approvals}.
+  function redactionCard(r) {
+    let ids, reason;
+    try {
+      const change = L.decode(L.unb64(r.payload && r.payload.change, "change"), "redaction change");
+      if (!Array.isArray(change) || change.length !== 3 || !Array.isArray(change[1]) || typeof change[2] !== "string") throw new L.VerifyError("not [genesis_hash, [id, ...], reason]");
+      ids = change[1].map((x) => (x instanceof Uint8Array ? L.hex(x) : String(x)));
+      reason = change[2];
+    } catch (e) {
+      return el("section", { class: "card", id: "redaction" }, el("h2", {}, "Redaction"), el("p", { class: "error" }, `cannot read the change: ${e.message}`));
+    }
+    const approvals = Array.isArray(r.payload.approvals) ? r.payload.approvals.length : 0;
+    return el("section", { class: "card", id: "redaction" }, el("h2", {}, "Redaction"), kv([
+      ["redacts", el("ul", { class: "redacted-ids" }, ids.map((x) => el("li", {}, link(recordHref(x), x, "mono"))))],
+      ["reason", reason], ["approvals", String(approvals)],
+    ]));
   }
 
   async function recordView(token, id) {
@@ -318,6 +418,7 @@
         el("p", {}, "Looking for a subject? ", link(subjectHref(id), `subject ${id}`)));
       return;
     }
+    await openSealed(r);
     if (token !== state.view) return;
     // ts and nonce may exceed 2^53: show them exactly, from the envelope's own bytes.
     let exact = r;
@@ -326,15 +427,19 @@
     setView(el("h1", { class: "mono" }, `Record ${short(r.id)}`),
       el("section", { class: "card" }, kv([
         ["id", code(r.id)],
-        ["status", el("span", { class: `badge ${r.status}`, id: "record-status" }, r.status)],
+        ["status", el("span", {}, el("span", { class: `badge ${r.status}`, id: "record-status" }, r.status),
+          r.seal ? [" ", el("span", { id: "record-badges" }, sealBadges(r))] : null)],
         r.height !== undefined && ["block", link(blockHref(r.height), `${r.height}`)],
         r.index !== undefined && ["index", String(r.index)],
         ["type", r.type], ["subject", link(subjectHref(r.subject), r.subject)],
         ["signer", el("span", {}, el("span", { id: "record-org" }, signerLabel(r.signer)), el("br"), code(r.signer))],
         ["time (client)", time(exact.ts)], ["nonce", String(exact.nonce)],
+        r.seal && ["payload_digest", code(r.seal.digest)],
+        r.seal && r.seal.status === "redacted" && ["redacted", el("span", { id: "record-redacted" }, "at height ",
+          r.seal.height === undefined ? "?" : link(blockHref(r.seal.height), String(r.seal.height)))],
       ])),
-      el("section", { class: "card" }, el("h2", {}, "Payload"),
-        el("pre", { class: "payload", id: "payload" }, JSON.stringify(r.payload, null, 2))),
+      payloadCard(r),
+      ...(r.type === "ledger.redact" ? [redactionCard(r)] : []),
       receiptBox);
     if (r.status !== "committed") {
       receiptBox.append(el("p", { class: "muted" }, "Pending: waiting for the record to be committed…"));
@@ -349,7 +454,7 @@
       el("p", {}, "Offline proof that this record is in block ", String(r.height),
         ": check it here, or with ", code("ledger verify receipt.json --genesis genesis.json"), "."),
       el("div", { class: "actions" },
-        el("button", { id: "verify-button", type: "button", onclick: () => runVerify(text, out) }, "Verify in this browser"),
+        el("button", { id: "verify-button", type: "button", onclick: () => runVerify(text, out, r.seal && r.seal.pair) }, "Verify in this browser"),
         el("a", { class: "button secondary", href: url, download: `receipt-${r.id}.json`, id: "download-receipt" }, "Download receipt JSON")),
       out);
   }
@@ -375,7 +480,8 @@
         el("div", { class: "reason" }, res.reason), steps, against));
   }
   const inForce = (res) => (res.config && res.config.version ? `of configuration version ${res.config.version} (followed from genesis)` : "of genesis");
-  const runVerify = (text, out) => runCheck(out, (g) => L.verifyReceipt(text, g),
+  // `pair`: a sealed record's checked {salt, payload}, verified with the receipt's digest too.
+  const runVerify = (text, out, pair) => runCheck(out, (g) => L.verifyReceipt(text, g, pair ? { payload: pair } : {}),
     (res) => `Record ${short(res.record.id)} is in block ${res.header.height}, certified by the validators ${inForce(res)}` +
       (res.witnesses === null || res.witnesses === undefined ? " (the receipt lists no witness cosignatures)." : `, cosigned by ${res.witnesses} witness${res.witnesses === 1 ? "" : "es"}.`));
   async function fetchBlockBytes(height) {
@@ -576,7 +682,7 @@
         // SDK's HistoryWalk checks), or the proof would vouch for values it does not cover
         const b = rec.body;
         if (r.type !== b.type || r.signer !== L.hex(b.signer) || !sameJson(r.ts, b.ts) || !sameJson(r.nonce, b.nonce)
-            || (!b.payload_digest && !sameJson(r.payload, b.payload))) throw new L.VerifyError("its fields are not its envelope's");
+            || (b.payload_digest ? r.payload_digest !== L.hex(b.payload_digest) : !sameJson(r.payload, b.payload))) throw new L.VerifyError("its fields are not its envelope's");
         await L.verifyLogInclusion(cp, r.log_index, envelope, r.proof);
         r.proved = { ok: true, height: cp.height };
       } catch (e) {
@@ -596,6 +702,7 @@
         q.set("proof", "true");
       }
       const { doc } = await api(`/v1/subjects/${encodeURIComponent(subject)}/history?${q}`);
+      await Promise.all(doc.records.map(openSealed));
       if (cp) {
         const same = doc.checkpoint && doc.checkpoint.height === cp.height && doc.checkpoint.log_size === cp.logSize;
         for (const r of doc.records) {
