@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from ledger.crypto import sha256
+from ledger.crypto import RECORD_TAG, sha256
 from ledger.encoding import packb
 from ledger.errors import LedgerError
 from ledger.receipts import build_receipt, dumps_receipt, verify_receipt
-from ledger.records import RECORD_TAG, Record, check_sealed_payload, payload_digest, seal_record
+from ledger.records import Record, check_sealed_payload, payload_digest, seal_record
 from ledger.store.memory import MemoryStore
 from tests.browser.conftest import EXPLORER, new_page
 from tests.factory import ChainBuilder, make_fixture
@@ -101,7 +101,7 @@ CASES: list[tuple[str, bytes, bytes, bool]] = [
 
 
 def test_the_digest_rule_agrees_with_ledger_records(page: Any) -> None:
-    rows = []
+    rows: list[tuple[str, str, str, str, bool]] = []
     for name, salt, data, corrupt in CASES:
         digest = payload_digest(salt, data)
         if corrupt:
@@ -127,9 +127,10 @@ def test_the_digest_rule_agrees_with_ledger_records(page: Any) -> None:
         }
         return out;
     }""", [list(r[:4]) for r in rows])
-    for (name, salt, data, _digest, want), (_n, computed, ok, detail) in zip(
+    for (name, salt_hex, data_hex, _digest, want), (_n, computed, ok, detail) in zip(
             rows, got, strict=True):
-        assert computed == payload_digest(bytes.fromhex(salt), bytes.fromhex(data)).hex(), name
+        assert computed == payload_digest(bytes.fromhex(salt_hex),
+                                          bytes.fromhex(data_hex)).hex(), name
         assert ok is want, (name, detail)
     assert [g[3] for g in got[:2]] == ['{"recipe":"R-77","oven_c":212}', "true"]
     assert "is not the record's payload_digest" in got[5][3]
@@ -219,6 +220,7 @@ def test_tampered_sealed_receipts_are_rejected_as_python_does(
     doc = json.loads(made["receipts"][0])
     rec: Record = made["sealed"][0]
     b = rec.body
+    assert b.payload_digest is not None
     body = {"chain": b.chain, "type": b.type, "subject": b.subject,
             "payload_digest": b.payload_digest, "ts": b.ts, "nonce": b.nonce,
             "signer": b.signer}
