@@ -301,7 +301,8 @@
   // openSealed(r) sets r.seal (null for an inline record) to {digest, status, height, value,
   // error} and r.payload to the payload only once it matches the digest of the record's own
   // envelope, checked here (so the chart and the rows never show an unchecked payload).
-  const SEAL_TEXT = { withheld: "payload withheld by read policy", missing: "payload not held by this node" };
+  const SEAL_TEXT = { withheld: "payload withheld by read policy", missing: "payload not held by this node",
+                      unknown: "payload not served (this node does not say why)" };
   async function openSealed(r) {
     let body = null;
     try { body = L.decodeEnvelope(L.unb64(r.envelope, "envelope")).body; } catch (e) { /* the node's fields as sent */ }
@@ -312,7 +313,7 @@
     const redacted = r.redacted && typeof r.redacted === "object";
     const known = ["served", "withheld", "missing", "redacted"];
     const status = known.includes(r.payload_status) ? r.payload_status
-      : redacted ? "redacted" : raw.payload !== undefined ? "served" : "withheld";
+      : redacted ? "redacted" : raw.payload !== undefined ? "served" : "unknown";
     const seal = r.seal = { digest: own || String(r.payload_digest), status, value: undefined, error: null, pair: null,
                             height: redacted ? r.redacted.height : undefined };
     if (own && r.payload_digest !== undefined && r.payload_digest !== own) {

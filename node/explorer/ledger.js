@@ -933,7 +933,8 @@
   // cosignature it lists (SPEC section 11), by the witnesses of the configuration so
   // derived; `opts.witnesses` = k demands k of them. A sealed record (SPEC section 10)
   // verifies by its payload_digest alone; `opts.payload` = {salt, payload} (bytes) is also
-  // checked against that digest. Resolves to {ok: true, steps, record (the API's JSON shape),
+  // checked against that digest, as is the pair a receipt carries (`payload`, `salt`: then
+  // the record's `payload` is its value). Resolves to {ok: true, steps, record (the API's JSON shape),
   // sealed, header, signers, config, witnesses: count | null, cosignatures} or {ok: false,
   // steps, reason}.
   async function verifyReceipt(input, genesis, opts = {}) {
@@ -958,10 +959,21 @@
       if (!(await ed25519Verify(rec.body.signer, concat(RECORD_TAG, rec.bodyBytes), rec.sig))) fail(`record ${hex(recordId)}: signature does not verify`);
       step("record signature (Ed25519) verifies");
       // SPEC section 10: a sealed record's receipt covers its payload_digest, never the
-      // payload; a (salt, payload) pair given in `opts.payload` must match that digest.
+      // payload. The `payload` and `salt` (b64) a receipt carries for a reader the read
+      // policy allows (receipts.py receipt_payload), and a pair given in `opts.payload`,
+      // must match that digest.
       const sealed = rec.body.payload_digest !== undefined;
+      const has = (k) => Object.prototype.hasOwnProperty.call(doc, k);
+      let payload;
+      if (has("payload") || has("salt")) {
+        if (!sealed) fail("receipt carries a payload or salt, but its record is not sealed");
+        const salt = unb64(field(doc, "salt", "string"), "receipt.salt");
+        const data = unb64(field(doc, "payload", "string"), "receipt.payload");
+        payload = toPlain(await checkSealedPayload(rec.body.payload_digest, salt, data, "receipt.payload"));
+      }
       if (sealed) {
         step(`sealed record: the chain holds its payload_digest ${hex(rec.body.payload_digest)}, not the payload`);
+        if (payload !== undefined) step("the payload and salt the receipt carries match this payload_digest (sha256 over ledger.payload.v1, salt, payload)");
         if (opts.payload) {
           await checkSealedPayload(rec.body.payload_digest, opts.payload.salt, opts.payload.payload, "payload");
           step("the payload and salt given match this payload_digest (sha256 over ledger.payload.v1, salt, payload)");
@@ -989,7 +1001,7 @@
       }
       return { ok: true, steps, signers: got.sigs.map(([i]) => i), header: got.header, blockHash: hex(got.blockHash),
                config: { version: config.version }, witnesses: cosignatures && cosignatures.length, cosignatures,
-               record: { id: hex(recordId), ...plainBody(rec.body) }, sealed };
+               record: { id: hex(recordId), ...plainBody(rec.body), ...(payload === undefined ? {} : { payload }) }, sealed };
     } catch (e) {
       if (!(e instanceof VerifyError)) throw e;
       return { ok: false, steps, reason: e.message };

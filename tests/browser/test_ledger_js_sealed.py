@@ -244,3 +244,31 @@ def test_tampered_sealed_receipts_are_rejected_as_python_does(
     assert "expected a map of 7 keys, got 8" in reasons[3]
     assert 'unexpected key "payload"' in reasons[5]
     assert "payload_digest: expected 32 bytes, got 31" in reasons[7]
+
+
+def test_a_receipt_carrying_the_payload_is_checked_against_its_digest(
+        page: Any, made: dict[str, Any]) -> None:
+    # A node serves an authorised reader the receipt with `payload` and `salt` (b64), as
+    # ledger/receipts.py's receipt_payload reads them.
+    sealed_doc, inline_doc = json.loads(made["receipts"][0]), json.loads(made["receipts"][2])
+    mine, other = made["pairs"]
+
+    def carrying(doc: dict[str, Any], pair: Any) -> str:
+        return json.dumps(dict(doc, payload=b64(pair.payload), salt=b64(pair.salt)))
+
+    no_salt = json.dumps(dict(sealed_doc, payload=b64(mine.payload)))
+    texts = [carrying(sealed_doc, mine), carrying(sealed_doc, other),
+             carrying(inline_doc, mine), no_salt]
+    got = verify_js(page, texts, FX_GENESIS)
+    assert got[0]["ok"], got[0]["reason"]
+    assert got[0]["record"]["payload"] == {"operator": "Li Wei", "shift": 3}
+    assert any("the payload and salt the receipt carries match" in s for s in got[0]["steps"])
+    assert [g["ok"] for g in got[1:]] == [False, False, False]
+    assert got[1]["reason"].startswith("receipt.payload: sha256 of the salt and payload is "
+                                       "not the record's payload_digest")
+    assert got[2]["reason"] == "receipt carries a payload or salt, but its record is not sealed"
+    assert got[3]["reason"] == "receipt: missing 'salt'"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
