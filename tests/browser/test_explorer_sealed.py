@@ -37,7 +37,8 @@ MARKUP = '<img src=x onerror="document.title=\'pwned\'">'
 class Case:
     record: Record
     pair: SealedPayload
-    status: str  # as the node would say: served | withheld | missing | redacted | mismatch
+    status: str  # served | withheld | missing | redacted | mismatch (a pair that does not
+    # match) | lying (the right pair, under a payload_digest that is not the envelope's)
     redacted_at: int | None = None
 
 
@@ -70,7 +71,8 @@ def chain() -> Chain:
         ("withheld", {"yield_pct": 91.0}),
         ("missing", {"yield_pct": 90.0}),
         ("redacted", {"operator": "Li Wei", "yield_pct": 88.0}),
-        ("mismatch", {"yield_pct": 99.0})])}
+        ("mismatch", {"yield_pct": 99.0}),
+        ("lying", {"yield_pct": 97.0})])}
     inline = Record.create(FX.writer, chain=FX.genesis.chain_id, type="batch.note",
                            subject=SUBJECT, payload={"note": MARKUP}, ts=ts, nonce=4999)
     redaction = redaction_record(FX.genesis.config, FX.admins[0], [made["redacted"][0].id],
@@ -90,8 +92,10 @@ def sealed_view(doc: dict[str, Any], case: Case) -> dict[str, Any]:
     """A sealed record's JSON as a node serves it in ``case`` (SPEC section 7, v1.1)."""
     for key in ("payload", "salt", "redacted", "payload_status"):
         doc.pop(key, None)
-    doc["payload_digest"] = case.record.body.payload_digest.hex()  # type: ignore[union-attr]
-    if case.status in ("served", "mismatch"):
+    digest = case.record.body.payload_digest
+    assert digest is not None
+    doc["payload_digest"] = (digest if case.status != "lying" else bytes(32)).hex()
+    if case.status in ("served", "mismatch", "lying"):
         doc["payload"], doc["salt"] = b64(case.pair.payload), b64(case.pair.salt)
         doc["payload_status"] = "served"
     else:
@@ -156,7 +160,7 @@ def row_of(page: Any, rec: Record) -> Any:
 def test_block_view_badges_and_payload_cells(chain: Chain, page: Any) -> None:
     serve(page, chain)
     page.goto(f"{ORIGIN}/#/block/1")
-    page.get_by_role("heading", name="Records (6)").wait_for()
+    page.get_by_role("heading", name="Records (7)").wait_for()
     c = chain.cases
     cells = {name: row_of(page, case.record).locator("td.payload") for name, case in c.items()}
     expect(cells["served"]).to_have_attribute("data-payload-status", "served")
@@ -169,13 +173,17 @@ def test_block_view_badges_and_payload_cells(chain: Chain, page: Any) -> None:
         "missing": ("missing", "payload not held by this node"),
         "redacted": ("redacted", "payload redacted at height 3"),
         "mismatch": ("mismatch", got["mismatch"][1]),
+        "lying": ("mismatch", got["lying"][1]),
     }
     assert got["mismatch"][1].startswith("✗ the payload served does not match the record's "
                                          "payload_digest")
+    assert got["lying"][1].startswith("✗ the node's payload_digest " + "00" * 32 + " is not "
+                                      "the one in the record's envelope")
     badges = {name: row_of(page, case.record).locator(".badge").all_inner_texts()
               for name, case in c.items()}
     assert badges == {"served": ["sealed"], "withheld": ["sealed"], "missing": ["sealed"],
-                      "redacted": ["sealed", "redacted"], "mismatch": ["sealed"]}
+                      "redacted": ["sealed", "redacted"], "mismatch": ["sealed"],
+                      "lying": ["sealed"]}
     inline = row_of(page, chain.inline)
     assert inline.locator(".badge").count() == 0
     assert inline.locator("td.payload").inner_text() == json.dumps({"note": MARKUP},
@@ -271,13 +279,21 @@ def test_subject_history_shows_badges_and_charts_only_checked_payloads(
         cells = {name: row_of(page, case.record).locator("td.payload").get_attribute(
             "data-payload-status") for name, case in chain.cases.items()}
         assert cells == {"served": "served", "withheld": "withheld", "missing": "missing",
-                         "redacted": "redacted", "mismatch": "mismatch"}
+                         "redacted": "redacted", "mismatch": "mismatch", "lying": "mismatch"}
         assert row_of(page, chain.cases["redacted"].record).locator(
             ".badge.redacted").count() == 1
         # the chart has one point: the only payload that matched its digest
         assert page.locator("#chart-svg").get_attribute("data-points") == "1"
         no_markup_ran(page)
         screenshot(page, "phone-subject-sealed")
+        # proved in the log: a sealed row's digest must be its envelope's
+        page.check("#prove")
+        page.click("#history-apply")
+        expect(page.locator("#proof-note")).to_have_text(
+            "1 of 7 records shown are NOT proved in the log.")
+        unproved = page.locator("tr[data-proved='false']")
+        assert unproved.get_attribute("data-id") == chain.cases["lying"].record.id.hex()
+        assert "its fields are not its envelope's" in unproved.inner_text()
     finally:
         page.context.close()
     assert errors == []
