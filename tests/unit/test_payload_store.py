@@ -26,9 +26,11 @@ def make_store(kind: str, tmp_path: Path) -> MemoryStore | SqliteStore:
     return SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
 
 
-def sealed(nonce: int, marker: bytes) -> tuple[Record, SealedPayload]:
+def sealed(nonce: int, marker: bytes, pad: int = 3000) -> tuple[Record, SealedPayload]:
     return seal_record(GX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
-                       payload={"recipe": marker.decode(), "pad": "x" * 3000}, ts=1, nonce=1000 + nonce)
+                       payload={"recipe": marker.decode(), "pad": "x" * pad,
+                                "tail": marker.decode()[::-1]}, ts=1,
+                       nonce=1000 + nonce)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -66,7 +68,9 @@ def test_pairs_are_kept_fetched_late_and_deleted_by_a_redaction(kind: str,
 def test_redacted_bytes_leave_the_sqlite_file_and_its_wal(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
     builder = ChainBuilder(GX, store)
-    records = [sealed(n, f"SECRET-{n:04d}-MARKER".encode()) for n in range(1, 41)]
+    # small cells, cells with overflow pages (30 KB: more than a 4 KiB page) and mid-sized
+    records = [sealed(n, f"SECRET-{n:04d}-MARKER".encode(), pad=(50, 30_000, 3000)[n % 3])
+               for n in range(1, 41)]
     for i in range(0, 40, 10):
         batch = records[i:i + 10]
         store.append(builder.block([r for r, _ in batch]),
@@ -84,7 +88,8 @@ def test_redacted_bytes_leave_the_sqlite_file_and_its_wal(tmp_path: Path) -> Non
     assert store.scrub()
     assert (tmp_path / "s.db-wal").stat().st_size == 0
     for n in range(1, 21):
-        assert found(f"SECRET-{n:04d}-MARKER".encode()) == [], n
+        marker = f"SECRET-{n:04d}-MARKER"
+        assert found(marker.encode()) == found(marker[::-1].encode()) == [], n
     assert found(b"SECRET-0021-MARKER") == ["s.db"]  # the others stay
     store.close()
     reopened = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash,
