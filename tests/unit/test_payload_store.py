@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import PayloadMismatchError
+from ledger.errors import CorruptStoreError, PayloadMismatchError
 from ledger.records import Record, SealedPayload, seal_record
+from ledger.store.check import check_indexes
 from ledger.store.memory import MemoryStore
 from ledger.store.sqlite import SqliteStore
 from tests.factory import ChainBuilder, redaction_record
@@ -96,3 +97,24 @@ def test_redacted_bytes_leave_the_sqlite_file_and_its_wal(tmp_path: Path) -> Non
                            config=GOVERNED.config)
     assert len(reopened.payloads(r.id for r, _ in records)) == 20
     reopened.close()
+
+
+def test_the_store_check_refuses_a_pair_that_is_not_the_records(tmp_path: Path) -> None:
+    """``ledger node check`` (check_indexes): a pair held must match its record's digest and
+    belong to a record no redaction names."""
+    store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    (a, pa), (b, pb) = sealed(1, b"A"), sealed(2, b"B")
+    store.append(builder.block([a, b]), payloads={a.id: pa, b.id: pb})
+    check_indexes(store)
+    store._db.execute("UPDATE payloads SET salt = ? WHERE seq = 1", (bytes(32),))
+    with pytest.raises(CorruptStoreError, match=r"height 1.*payload held for record 1 is not"):
+        check_indexes(store)
+    store._db.execute("UPDATE payloads SET salt = ? WHERE seq = 1", (pb.salt,))
+    store.append(builder.block([redaction_record(GOVERNED.config, A1, [a.id],
+                                                 approvers=[A1, A2])]))
+    check_indexes(store)
+    store._db.execute("INSERT INTO payloads VALUES (0, ?, ?)", (pa.salt, pa.payload))
+    with pytest.raises(CorruptStoreError, match="payload of record 0 is held although"):
+        check_indexes(store)
+    store.close()
