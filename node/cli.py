@@ -1022,7 +1022,8 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(DEMO_TYPES) + ")")
     p.add_argument("--genesis-template", metavar="FILE", type=Path,
                    help="take the chain id, organisations, policies, read policies, "
-                   "governance and consensus section from FILE (e.g. examples/genesis.example.json; see docs/genesis.md); "
+                   "governance and consensus section from FILE (e.g. "
+                   "examples/genesis.example.json; see docs/genesis.md); "
                    "each member gets a new key in DIR/clients/ORG.MEMBER.pem")
     p.add_argument("--witnesses", type=int, default=0, metavar="N",
                    help="also write N witness keys DIR/witnesses/witness{i}.pem, listed in "
