@@ -17,7 +17,7 @@ from ledger.errors import LedgerError
 from ledger.records import Record, SealedPayload, seal_record
 from node.payloads import MAX_WANT, PAYLOADS, have_frame, want_frame
 from node.runtime import CONSENSUS, RECORDS
-from tests.unit.test_runtime_inprocess import FX, N, Cluster, committed, run, until
+from tests.unit.test_runtime_inprocess import FX, Cluster, N, committed, run, until
 
 _nonces = itertools.count(5_000_000)
 
