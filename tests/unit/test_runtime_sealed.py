@@ -153,3 +153,42 @@ def test_bad_payload_frames_are_misbehaviour_and_unasked_answers_are_not_taken(
         assert node.scores.score(0, time.monotonic()) < 10
 
     run(cluster, body)
+
+
+def test_redacted_ids_are_never_served_nor_asked_for_and_the_scrub_retries(
+        tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.net.drop = lambda src, dst, payload: dst == 3 and payload[0] == RECORDS  # type: ignore[method-assign]
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        nodes = list(cluster.nodes.values())
+        fetcher = nodes[3]._payload_fetch
+        assert fetcher is not None
+        fetcher.cancel()
+        (rec, pair), = sealed(1)
+        assert [r.status for r in await nodes[0].submit(items([(rec, pair)]))] == ["accepted"]
+        await committed(nodes, [rec])
+        scrubs: list[bool] = []
+
+        def scrub() -> bool:  # readers block the first two checkpoints
+            scrubs.append(len(scrubs) >= 2)
+            return scrubs[-1]
+
+        nodes[0].store.scrub = scrub  # type: ignore[method-assign]
+        # As on a redaction's commit (the store deleted the pair; here it still holds it,
+        # so what keeps it from leaving is the node's own filter).
+        for n in nodes[:3]:
+            n.payload_sync.redacted_ids([rec.id])
+        assert await nodes[3].payload_sync.fetch([rec.id]) == set()
+        assert nodes[3].store.payloads([rec.id]) == {}
+        assert sum(n.payload_sync.served for n in nodes[:3]) == 0
+        await until(lambda: scrubs == [False, False, True], "the scrub to be retried")
+        nodes[3].payload_sync.redacted_ids([rec.id])  # and the asker does not ask again
+        sent: list[bytes] = []
+        cluster.net.tap = lambda src, dst, payload: sent.append(payload) if src == 3 else None
+        assert await nodes[3].payload_sync.fetch([rec.id]) == set()
+        assert not [p for p in sent if p[0] == PAYLOADS]
+
+    run(cluster, body)
