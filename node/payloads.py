@@ -234,6 +234,7 @@ class PayloadSync:
     async def run(self) -> None:
         """Fetch missing pairs until cancelled (``Node.stop``)."""
         cursor = -1
+        seen: set[bytes] = set()  # the ids this scan found missing
         while True:
             if not self.node.connected_peers():  # nobody to ask: not a failed attempt
                 await asyncio.sleep(1.0)
@@ -246,10 +247,15 @@ class PayloadSync:
                 missing = []
             if missing:
                 cursor = missing[-1][0]
+                seen.update(rid for _, rid in missing)
                 await self._fetch_due([rid for _, rid in missing])
                 await asyncio.sleep(0)  # the next page at once; a full scan ends on empty
                 continue
-            cursor = -1
+            # a full scan: forget the backoff of ids no longer missing (healed by gossip or
+            # a resubmission, redacted), else their retry times would keep waking the scan
+            for rid in [r for r in self.tries if r not in seen]:
+                del self.tries[rid]
+            cursor, seen = -1, set()
             await self._idle()
 
     async def _idle(self) -> None:

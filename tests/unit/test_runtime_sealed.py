@@ -192,3 +192,37 @@ def test_redacted_ids_are_never_served_nor_asked_for_and_the_scrub_retries(
         assert not [p for p in sent if p[0] == PAYLOADS]
 
     run(cluster, body)
+
+
+def test_ids_nobody_has_are_retried_with_a_doubling_backoff_not_in_a_hot_loop() -> None:
+    from node.payloads import RETRY_FIRST_S, RETRY_MAX_S, PayloadSync
+
+    sync = PayloadSync(None, 101.0)  # type: ignore[arg-type]
+    asked: list[list[bytes]] = []
+
+    async def nobody_has(ids: list[bytes]) -> set[bytes]:
+        asked.append(ids)
+        return set()
+
+    sync.fetch = nobody_has  # type: ignore[method-assign]
+    ids = [os.urandom(32) for _ in range(MAX_WANT + 10)]
+
+    async def body() -> None:
+        await sync._fetch_due(ids)
+        assert [len(a) for a in asked] == [MAX_WANT, 10]  # at most MAX_WANT per WANT
+        await sync._fetch_due(ids)  # again at once: all are backing off, none asked
+        assert len(asked) == 2
+        first = {rid: due for rid, (_, due) in sync.tries.items()}
+        for rid in ids:  # as if their time had come: asked again, the backoff doubled
+            failed, _ = sync.tries[rid]
+            sync.tries[rid] = (failed, 0.0)
+        await sync._fetch_due(ids)
+        assert len(asked) == 4
+        for rid in ids:
+            failed, due = sync.tries[rid]
+            assert failed == 2 and due - first[rid] >= RETRY_FIRST_S * 0.9
+        sync.tries[ids[0]] = (40, 0.0)
+        await sync._fetch_due(ids[:1])
+        assert sync.tries[ids[0]][1] - time.monotonic() <= RETRY_MAX_S
+
+    asyncio.run(body())
