@@ -108,6 +108,9 @@ PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST = 32.0 * 2**20, 64.0 * 2**20
 # by what the block limits allow before decoding it.
 BLOCK_OVERHEAD = 64 * 1024
 RECORD_OVERHEAD = 8
+# Record gossip whose sealed records lack their pair or carry one that does not match.
+GOSSIP_PAIR_ERRORS = frozenset({"payload_missing", "payload_mismatch"})
+GOSSIP_PAIR_WEIGHT = 20.0
 # Evidence: kept (and persisted) for this many heights, at most this many pairs.
 EVIDENCE_WINDOW = 10_000
 EVIDENCE_MAX = 1000
@@ -718,7 +721,7 @@ class Node:
             if len(self._tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
                 return
-            self.spawn(self._gossip_in(items))
+            self.spawn(self._gossip_in(peer, items))
         elif channel == PAYLOADS:
             self.payload_sync.on_frame(peer, body)
         else:
@@ -730,10 +733,18 @@ class Node:
                             channel, peer)
             self._misbehaved(peer, f"sent a frame on unknown channel {channel}", 1)
 
-    async def _gossip_in(self, items: list[BatchItem]) -> None:
-        """Admit records a peer gossiped (a full mempool drops them: the peer proposes)."""
-        with contextlib.suppress(MempoolFull, NotAValidator):
-            await self.submit(items, gossip=False)
+    async def _gossip_in(self, peer: int, items: list[BatchItem]) -> None:
+        """Admit records a peer gossiped (a full mempool drops them: the peer proposes).
+        A peer gossips only pairs its own admission checked: a sealed record without its
+        pair, or with one that does not match, is misbehaviour."""
+        try:
+            results = await self.submit(items, gossip=False)
+        except (MempoolFull, NotAValidator):
+            return
+        bad = sum(r.error in GOSSIP_PAIR_ERRORS for r in results)
+        if bad:
+            self._misbehaved(peer, f"gossiped {bad} sealed records without their matching "
+                             "payload", GOSSIP_PAIR_WEIGHT)
 
     def _admit_proposal(self, peer: int, frame: UndecodedProposal,
                         size: int) -> Proposal | bool | None:

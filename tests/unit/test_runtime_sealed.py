@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ledger.consensus import Proposal, decode_message
+from ledger.encoding import packb
 from ledger.errors import LedgerError
 from ledger.records import Record, SealedPayload, seal_record
 from node.payloads import MAX_WANT, PAYLOADS, have_frame, want_frame
@@ -226,3 +227,20 @@ def test_ids_nobody_has_are_retried_with_a_doubling_backoff_not_in_a_hot_loop() 
         assert sync.tries[ids[0]][1] - time.monotonic() <= RETRY_MAX_S
 
     asyncio.run(body())
+
+
+def test_gossip_of_a_sealed_record_without_its_matching_pair_is_misbehaviour(
+        tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        node = cluster.nodes[1]
+        (a, _), (b, pb) = sealed(2)
+        frame = bytes([RECORDS]) + packb([a.envelope, [b.envelope, pb.salt, b"\xc0"]])
+        node.on_frame(2, frame)
+        await until(lambda: node.misbehaviour.get(2) == 1, "the gossip to be judged")
+        assert node.pending(a.id) is None and node.pending(b.id) is None
+
+    run(cluster, body)
