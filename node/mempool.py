@@ -134,7 +134,11 @@ def with_pair(candidate: AdmitResult, pair: SealedPayload | None) -> AdmitResult
                 "payload_bytes] (JSON: envelope, salt and payload)")
     except LedgerError as exc:
         return AdmitResult(record.id, "rejected", exc.code, str(exc))
-    return replace(candidate, pair=pair)
+    if pair is None:
+        return candidate
+    # built directly: dataclasses.replace costs more than the digest check
+    return AdmitResult(record.id, "accepted", record=record, redaction=candidate.redaction,
+                       pair=pair)
 
 
 def check(source: Authority, candidate: AdmitResult,

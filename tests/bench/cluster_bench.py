@@ -8,6 +8,11 @@ Each figure is printed beside its bound: throughput / (cores x v / nodes), audit
 Writes bench-results/cluster_bench.json and a PNG of throughput and latency over the run.
 
     python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 250] [--clients 4]
+        [--sealed]
+
+With ``--sealed`` every record is sealed (SPEC section 10: the same payload, kept off the
+chain, submitted as ``[envelope, salt, payload_bytes]``); the files are then named
+``cluster_bench_sealed.*``.
 """
 
 from __future__ import annotations
@@ -24,19 +29,32 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tqdm import tqdm
 
-from ledger.crypto import read_key_file
+from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, seal_record
 from tests.bench.audit_bench import verify_rate
 from tests.integration.cluster_util import ROOT, Cluster
 
 CONSENSUS: dict[str, object] = {"create_empty_blocks": False, "max_block_records": 10_000,
              "timeout_commit_ms": 20}
+
+
+def inline_item(key: PrivateKey, **fields: Any) -> tuple[Record, Any]:
+    """A record and its batch item (the envelope)."""
+    record = Record.create(key, **fields)
+    return record, record.envelope
+
+
+def sealed_item(key: PrivateKey, **fields: Any) -> tuple[Record, Any]:
+    """A sealed record of the same payload and its batch item ``[envelope, salt, payload]``."""
+    record, pair = seal_record(key, **fields)
+    return record, [record.envelope, pair.salt, pair.payload]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -113,6 +131,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--light", type=int, default=50, help="single-record submissions")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--sealed", action="store_true",
+                        help="sealed records (the same payloads, off the chain)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy every node during the saturation phase "
                              "(collapsed stacks in OUT/profile-node{i}.txt)")
@@ -130,12 +150,14 @@ def main() -> None:
             now = time.time_ns() // 1_000_000
             pad = "x" * 110
             print(f"pre-signing {args.records + args.light} records ...", flush=True)
-            records = [Record.create(key, chain=genesis.chain_id, type="sensor.reading",
-                                     subject=f"plant-{i % 20}/line-{i % 3}/temp",
-                                     payload={"v": i * 0.1, "unit": "C", "note": pad},
-                                     ts=now, nonce=i)
-                       for i in tqdm(range(args.records + args.light), unit="rec",
-                                     desc="signing", file=sys.stderr, mininterval=1)]
+            make = sealed_item if args.sealed else inline_item
+            items = [make(key, chain=genesis.chain_id, type="sensor.reading",
+                          subject=f"plant-{i % 20}/line-{i % 3}/temp",
+                          payload={"v": i * 0.1, "unit": "C", "note": pad}, ts=now, nonce=i)
+                     for i in tqdm(range(args.records + args.light), unit="rec",
+                                   desc="signing", file=sys.stderr, mininterval=1)]
+            records = [r for r, _ in items]
+            item_of = {r.id: item for r, item in items}
             envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
 
             # Light load: one record in flight.
@@ -143,7 +165,7 @@ def main() -> None:
             with httpx.Client(timeout=60) as http:
                 for r in records[args.records:]:
                     t0 = time.perf_counter()
-                    resp = http.post(f"{c.url(0)}/v1/records", content=packb([r.envelope]),
+                    resp = http.post(f"{c.url(0)}/v1/records", content=packb([item_of[r.id]]),
                                      params={"wait": "commit", "timeout": "30"},
                                      headers={"Content-Type": "application/msgpack"})
                     resp.raise_for_status()
@@ -158,7 +180,7 @@ def main() -> None:
             def client(k: int) -> None:
                 with httpx.Client(timeout=300) as http:
                     for j in range(k, len(batches), args.clients):
-                        body = packb([r.envelope for r in batches[j]])
+                        body = packb([item_of[r.id] for r in batches[j]])
                         t0 = time.perf_counter()
                         resp = http.post(f"{c.url(j % args.nodes)}/v1/records", content=body,
                                          params={"wait": "commit", "timeout": "240"},
@@ -289,9 +311,11 @@ def main() -> None:
           f"{cores} cores")
     print("throughput by tenth of the run:   "
           + ", ".join(f"{x:,.0f}" for x in report["throughput_by_tenth"]))
-    (args.out / "cluster_bench.json").write_text(json.dumps(report, indent=2))
-    plot(timeline, start, memory, args.out / "cluster_bench.png")
-    print(f"results: {args.out / 'cluster_bench.json'}, {args.out / 'cluster_bench.png'}")
+    name = "cluster_bench_sealed" if args.sealed else "cluster_bench"
+    report["sealed"] = args.sealed
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    plot(timeline, start, memory, args.out / f"{name}.png")
+    print(f"results: {args.out / f'{name}.json'}, {args.out / f'{name}.png'}")
 
 
 def start_profilers(c: Cluster, out: Path) -> list[subprocess.Popen[bytes]]:
