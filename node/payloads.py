@@ -23,8 +23,9 @@ that does not match is misbehaviour.
 
 The fetcher pages through ``store.missing_payloads`` with a cursor, asks the connected peers
 in turn for up to ``MAX_WANT`` ids at a time, and backs off per id (doubling, up to
-``RETRY_MAX_S``) when no peer had it: ids nobody holds are retried slowly, never in a hot
-loop. A commit that left pairs missing wakes it.
+``RETRY_MAX_S``) when the peers that answered did not have it (asks that only timed out —
+a busy peer — are repeated after ``RETRY_FIRST_S``, without doubling): ids nobody holds
+are retried slowly, never in a hot loop. A commit that left pairs missing wakes it.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class PayloadSync:
         self.redacted: set[bytes] = set()
         self._redacted_order: deque[bytes] = deque()
         self.rotation = 0
+        self.answered = False  # a HAVE came back for the WANTs of the current ``fetch``
         self.fetched = 0  # pairs stored from peers' answers (a statistic)
         self.served = 0  # pairs sent to peers
         self._scrub: asyncio.Task[None] | None = None
@@ -214,6 +216,7 @@ class PayloadSync:
         else:
             stored = set(result.stored)
             self.fetched += len(stored)
+            self.answered = True
             if result.mismatched:
                 log.warning("validator %d sent %d payloads that do not match their records' "
                             "digests", peer, len(result.mismatched))
@@ -273,15 +276,18 @@ class PayloadSync:
         due = [rid for rid in ids if self.tries.get(rid, (0, 0.0))[1] <= now]
         for start in range(0, len(due), MAX_WANT):
             chunk = due[start:start + MAX_WANT]
+            self.answered = False
             got = await self.fetch(chunk)
             now = time.monotonic()
             for rid in chunk:
                 if rid in got:
                     self.tries.pop(rid, None)
                     continue
-                failed = self.tries.pop(rid, (0, 0.0))[0] + 1
+                # a peer answered without it: back off (doubling); only timeouts (a busy
+                # peer, a late answer): asked again after RETRY_FIRST_S, no doubling
+                failed = self.tries.pop(rid, (0, 0.0))[0] + (1 if self.answered else 0)
                 self.tries[rid] = (failed, now + min(RETRY_MAX_S,
-                                                     RETRY_FIRST_S * 2 ** (failed - 1)))
+                                                     RETRY_FIRST_S * 2 ** max(failed - 1, 0)))
                 while len(self.tries) > MAX_TRIES_KEPT:
                     self.tries.popitem(last=False)
 

@@ -216,8 +216,9 @@ def test_ids_nobody_has_are_retried_with_a_doubling_backoff_not_in_a_hot_loop() 
     sync = PayloadSync(None, 101.0)  # type: ignore[arg-type]
     asked: list[list[bytes]] = []
 
-    async def nobody_has(ids: list[bytes]) -> set[bytes]:
+    async def nobody_has(ids: list[bytes]) -> set[bytes]:  # every peer answered, without
         asked.append(ids)
+        sync.answered = True
         return set()
 
     sync.fetch = nobody_has  # type: ignore[method-assign]
@@ -240,6 +241,20 @@ def test_ids_nobody_has_are_retried_with_a_doubling_backoff_not_in_a_hot_loop() 
         sync.tries[ids[0]] = (40, 0.0)
         await sync._fetch_due(ids[:1])
         assert sync.tries[ids[0]][1] - time.monotonic() <= RETRY_MAX_S
+
+        async def no_answer(ids: list[bytes]) -> set[bytes]:  # every ask timed out
+            asked.append(ids)
+            return set()
+
+        sync.fetch = no_answer  # type: ignore[method-assign]
+        fresh = [os.urandom(32) for _ in range(3)]
+        for _ in range(3):  # a busy peer is not "nobody has it": no doubling
+            for rid in fresh:
+                sync.tries[rid] = (sync.tries.get(rid, (0, 0.0))[0], 0.0)
+            await sync._fetch_due(fresh)
+        for rid in fresh:
+            failed, due = sync.tries[rid]
+            assert failed == 0 and due - time.monotonic() <= RETRY_FIRST_S
 
     asyncio.run(body())
 
