@@ -38,7 +38,7 @@ from ledger import checkpoint as checkpoints
 from ledger import encoding
 from ledger.blocks import BlockShell, Header
 from ledger.config import ConfigHistory, decode_change
-from ledger.encoding import b64decode, b64encode, loads_json
+from ledger.encoding import BatchItem, b64decode, b64encode, loads_json
 from ledger.errors import CorruptStoreError, DecodeError, LedgerError, TooLargeError, WitnessError
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt, config_steps
@@ -152,16 +152,27 @@ def ok(description: str, content: dict[str, Any] | None = None, status: int = 20
 
 SUBMIT_BODY: dict[str, Any] = {
     "required": True,
-    "description": "A batch of 1..`max_batch` signed envelopes (SPEC section 2).",
+    "description": "A batch of 1..`max_batch` signed envelopes (SPEC section 2). A sealed "
+                   "record (SPEC section 10) comes with its 32-byte salt and its payload's "
+                   "msgpack bytes, which its `payload_digest` covers.",
     "content": {
         MSGPACK: {"schema": {"type": "string", "format": "binary",
-                             "description": "msgpack array of envelopes (bin)"}},
+                             "description": "msgpack array whose items are an envelope "
+                                            "(bin), or `[envelope, salt, payload_bytes]` "
+                                            "(three bin) for a sealed record"}},
         "application/json": {"schema": {
             "type": "object", "required": ["records"],
             "properties": {"records": {"type": "array", "items": {
                 "type": "object", "required": ["envelope"],
-                "properties": {"envelope": {"type": "string", "format": "byte",
-                                            "description": "base64 envelope"}}}}}}},
+                "properties": {
+                    "envelope": {"type": "string", "format": "byte",
+                                 "description": "base64 envelope"},
+                    "salt": {"type": "string", "format": "byte",
+                             "description": "sealed records only (with `payload`): base64 "
+                                            "of the 32-byte salt"},
+                    "payload": {"type": "string", "format": "byte",
+                                "description": "sealed records only (with `salt`): base64 "
+                                               "of the payload's msgpack bytes"}}}}}}},
     },
 }
 
@@ -474,15 +485,16 @@ def parse_last_event_id(text: str) -> int | None:
     return int(text)
 
 
-def split_bin_array(body: bytes, max_items: int) -> list[bytes]:
-    """The envelopes of a msgpack batch (see ``ledger.encoding.split_bin_array``)."""
+def split_bin_array(body: bytes, max_items: int) -> list[BatchItem]:
+    """The items of a msgpack batch: envelopes, or ``[envelope, salt, payload_bytes]`` for
+    sealed records (see ``ledger.encoding.split_batch``)."""
     try:
-        items = encoding.split_bin_array(body, "batch", max_items)
+        items = encoding.split_batch(body, "batch", max_items)
     except TooLargeError as exc:
         raise Problem(413, "batch_too_large", str(exc)) from exc
     except DecodeError as exc:
-        raise Problem(400, "malformed", f"expected a msgpack array of envelopes (bin): {exc}"
-                      ) from exc
+        raise Problem(400, "malformed", "expected a msgpack array of envelopes (bin) or "
+                      f"[envelope, salt, payload_bytes]: {exc}") from exc
     if not items:
         raise Problem(400, "empty_batch", "the batch holds no envelopes")
     return items
@@ -490,20 +502,23 @@ def split_bin_array(body: bytes, max_items: int) -> list[bytes]:
 
 JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 JSON_MAX_DEPTH = 4  # {"records": [{"envelope": "…"}]} is 3 deep
-JSON_SHAPE = 'expected {"records": [{"envelope": b64}, ...]}'
+JSON_SHAPE = ('expected {"records": [{"envelope": b64} or {"envelope": b64, "salt": b64, '
+              '"payload": b64}, ...]}')
+JSON_ITEM_KEYS = ({"envelope"}, {"envelope", "salt", "payload"})
 
 
 def json_skeleton(text: str, max_items: int) -> str:
     """``text`` with every string's contents removed, in time linear in ``len(text)``.
 
-    A batch's strings are two keys and base64, so a body holding more ``{ [ , : "`` than
-    ``max_items`` envelopes need, or any escaped backslash, cannot be a valid batch and is
-    refused first; what remains has few strings, and each escape is a single backslash."""
+    A batch's strings are keys and base64, so a body holding more ``{ [ , : "`` than
+    ``max_items`` items need (a sealed item has three keys), or any escaped backslash,
+    cannot be a valid batch and is refused first; what remains has few strings, and each
+    escape is a single backslash."""
     objects = text.count("{")
     if objects - 1 > max_items:
         raise Problem(413, "batch_too_large",
                       f"about {objects - 1} envelopes exceed the limit of {max_items}")
-    if sum(text.count(c) for c in '{[,:"') > 8 * max_items + 16 or "\\\\" in text:
+    if sum(text.count(c) for c in '{[,:"') > 16 * max_items + 16 or "\\\\" in text:
         raise Problem(400, "malformed", JSON_SHAPE)
     parts, pos = [], 0
     while (start := text.find('"', pos)) >= 0:
@@ -520,8 +535,10 @@ def json_skeleton(text: str, max_items: int) -> str:
     return "".join(parts)
 
 
-def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
-    """The envelopes of ``{"records": [{"envelope": b64}, ...]}``, strictly.
+def split_json_batch(body: bytes, max_items: int) -> list[BatchItem]:
+    """The items of ``{"records": [{"envelope": b64}, ...]}``, strictly; a sealed record's
+    item is ``{"envelope": b64, "salt": b64, "payload": b64}`` (an
+    ``(envelope, salt, payload)`` tuple out).
 
     Before parsing, a scan outside strings bounds the nesting depth (a deep body would
     exhaust the parser's recursion) and the number of values (so memory is O(body)).
@@ -542,12 +559,17 @@ def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
     if not isinstance(doc, dict) or set(doc) != {"records"} or not isinstance(
             doc["records"], list):
         raise Problem(400, "malformed", JSON_SHAPE)
-    envelopes = []
+    envelopes: list[BatchItem] = []
     for i, item in enumerate(doc["records"]):
-        if not isinstance(item, dict) or set(item) != {"envelope"}:
+        if not isinstance(item, dict) or set(item) not in JSON_ITEM_KEYS:
             raise Problem(400, "malformed", f"records[{i}]: {JSON_SHAPE}")
         try:
-            envelopes.append(b64decode(item["envelope"], f"records[{i}].envelope"))
+            envelope = b64decode(item["envelope"], f"records[{i}].envelope")
+            if "salt" in item:
+                envelopes.append((envelope, b64decode(item["salt"], f"records[{i}].salt"),
+                                  b64decode(item["payload"], f"records[{i}].payload")))
+            else:
+                envelopes.append(envelope)
         except LedgerError as exc:
             raise Problem(400, "malformed", str(exc)) from exc
     if not envelopes:
@@ -558,8 +580,10 @@ def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
     return envelopes
 
 
-def decode_batch(content_type: str, chunks: list[bytes], max_batch: int) -> list[bytes]:
-    """The envelopes of a POST /v1/records body received as ``chunks``, in either encoding.
+def decode_batch(content_type: str, chunks: list[bytes], max_batch: int,
+                 ) -> list[BatchItem]:
+    """The items (envelopes, or sealed records with their pairs) of a POST /v1/records body
+    received as ``chunks``, in either encoding.
 
     CPU and memory bound: call it in a worker thread (joining 16 MiB costs ~40 ms of page
     faults; bytes.join releases the GIL for large joins)."""
@@ -939,9 +963,13 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         return problem(400, "invalid_parameter", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.post("/v1/records", status_code=202, openapi_extra={"requestBody": SUBMIT_BODY},
-              responses={**ok("one result per envelope, in input order", status=202),
+              responses={**ok("one result per item, in input order; a rejected one names its "
+                              "`error` (sealed records: `payload_missing`, `payload_mismatch`, "
+                              "`invalid_body`)", status=202),
                          **problems(
-        (400, "malformed", "the body does not decode as an array of envelopes"),
+        (400, "malformed", "the body does not decode as an array of envelopes or "
+         "[envelope, salt, payload_bytes] items (JSON: `envelope`, or `envelope`, `salt` and "
+         "`payload`)"),
         (400, "empty_batch", "the batch holds no envelopes"),
         (400, "invalid_parameter", "`wait` is not `commit`, or `timeout` is out of range"),
         (413, "body_too_large", "the body exceeds `max_body_bytes` (default 16 MiB)"),
@@ -960,10 +988,10 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         chunks = request.scope.get(BODY)
         if chunks is None:  # only ApiGuard calls this app, and it receives every POST body
             raise Problem(500, "internal", "the body was not received")
-        envelopes = await workers.run(decode_batch, request.headers.get("content-type", ""),
-                                      chunks, cfg.max_batch)
+        items = await workers.run(decode_batch, request.headers.get("content-type", ""),
+                                  chunks, cfg.max_batch)
         try:
-            results = await node.submit(envelopes)
+            results = await node.submit(items)
         except MempoolFull as exc:
             raise Problem(503, "mempool_full", str(exc), {"Retry-After": "1"}) from exc
         except NotAValidator as exc:
