@@ -65,7 +65,7 @@ from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb, split_bin_array
 from ledger.errors import CertificateError, DecodeError, LedgerError
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from node.config import ConfigError, NodeConfig, parse_address
@@ -882,6 +882,9 @@ class Node:
 
     def pending(self, record_id: bytes) -> Record | None:
         return self.mempool.get(record_id)
+
+    def pending_pair(self, record_id: bytes) -> SealedPayload | None:
+        return None  # placeholder until the sealed write path keeps pairs in the mempool
 
     def status(self) -> Status:
         peers = tuple(self.connected_peers())

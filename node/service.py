@@ -26,7 +26,7 @@ from ledger.blocks import Block
 from ledger.config import ConfigHistory
 from ledger.genesis import Genesis
 from ledger.merkle import CompactRange, NodeId
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store import RecordLocation
 from ledger.store.base import BlockStore, ConfigChange
 from node.mempool import AdmitResult, Mempool
@@ -90,6 +90,16 @@ class ReadStore(Protocol):
     def add_split_view(self, cosig_json: bytes) -> bool: ...
 
     def split_views(self) -> list[bytes]: ...
+
+    # sealed payloads (SPEC section 10): what the read endpoints serve
+    def payloads(self, ids: Iterable[bytes]) -> dict[bytes, SealedPayload]: ...
+
+    def payloads_between(self, first_seq: int,
+                         count: int) -> list[tuple[int, bytes, SealedPayload]]: ...
+
+    def redacted(self, ids: Iterable[bytes]) -> set[bytes]: ...
+
+    def redacted_at(self, record_id: bytes) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,9 @@ class NodeService(Protocol):
     def pending(self, record_id: bytes) -> Record | None:
         """A record admitted and not yet committed."""
 
+    def pending_pair(self, record_id: bytes) -> SealedPayload | None:
+        """The (salt, payload) pair held for a pending sealed record."""
+
     async def submit(self, envelopes: Sequence[bytes]) -> list[AdmitResult]:
         """Admit a batch (MempoolFull when it does not fit, NotAValidator when nothing
         admitted here could reach a validator), one result per envelope."""
@@ -295,6 +308,9 @@ class LocalService:
 
     def pending(self, record_id: bytes) -> Record | None:
         return self.mempool.get(record_id)
+
+    def pending_pair(self, record_id: bytes) -> SealedPayload | None:
+        return None  # the mempool keeps no pairs yet (the sealed write path brings them)
 
     async def submit(self, envelopes: Sequence[bytes]) -> list[AdmitResult]:
         checked = await asyncio.to_thread(self.mempool.precheck, envelopes)
