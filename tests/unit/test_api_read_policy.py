@@ -18,6 +18,7 @@ import pytest
 from ledger import httpsig
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
+from ledger.errors import ReceiptError
 from ledger.receipts import verify_receipt
 from ledger.records import Record, SealedPayload, seal_record
 from tests.factory import redaction_record
@@ -243,3 +244,25 @@ async def test_payload_listing_pages() -> None:
         assert seen == [r.id.hex() for r, _ in items]
         bad = await http.get("/v1/payloads?limit=0")
         assert bad.status_code == 400 and bad.json()["code"] == "invalid_parameter"
+
+
+@pytest.mark.asyncio
+async def test_a_served_receipt_payload_is_checked_by_the_verifier() -> None:
+    """`ledger verify` (verify_receipt) checks a receipt's payload and salt against the
+    digest when present; a receipt without them stays valid."""
+    api = InProcessApi(FX)
+    record, pair = sealed(ORG0_WRITER, 1)
+    committed(api, [(record, pair)])
+    path = f"/v1/records/{record.id.hex()}/receipt"
+    async with api.client() as http:
+        doc = (await http.get(path, headers=signed(A0, path))).json()
+        plain = (await http.get(path)).json()
+    assert verify_receipt(doc, RP).payload == pair
+    assert verify_receipt(plain, RP).payload is None
+    forged = dict(doc, payload=base64.b64encode(pair.payload + b"x").decode())
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(forged, RP)
+    assert info.value.code == "payload_mismatch"
+    no_salt = {k: v for k, v in doc.items() if k != "salt"}
+    with pytest.raises(ReceiptError, match="missing 'salt'"):
+        verify_receipt(no_salt, RP)
