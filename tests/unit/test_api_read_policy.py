@@ -17,8 +17,8 @@ import pytest
 
 from ledger import httpsig
 from ledger.crypto import PrivateKey
-from ledger.genesis import Genesis
 from ledger.errors import ReceiptError
+from ledger.genesis import Genesis
 from ledger.receipts import verify_receipt
 from ledger.records import Record, SealedPayload, seal_record
 from tests.factory import redaction_record
