@@ -418,6 +418,16 @@ def sign_record(identity: PrivateKey, *, chain: str, type: str, subject: str, pa
                          nonce=secrets.randbits(63) if nonce is None else nonce)
 
 
+def sign_sealed(identity: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
+                ts: int | None = None, nonce: int | None = None,
+                ) -> tuple[Record, SealedPayload]:
+    """A sealed record signed by ``identity`` and its (salt, payload) pair (SPEC section
+    10, ``ledger.records.seal_record``): ``ts`` defaults to now (ms), ``nonce`` to random."""
+    return seal_record(identity, chain=chain, type=type, subject=subject, payload=payload,
+                       ts=time.time_ns() // 1_000_000 if ts is None else ts,
+                       nonce=secrets.randbits(63) if nonce is None else nonce)
+
+
 class _Protocol:
     """What both clients are, minus the sending: their state and every operation."""
 
@@ -447,10 +457,8 @@ class _Protocol:
         (with ``payload_digest``) and the (salt, payload) pair to submit with it."""
         if self.identity is None:
             raise NodeError("this client has no identity to sign with")
-        return seal_record(self.identity, chain=chain, type=type, subject=subject,
-                           payload=payload,
-                           ts=time.time_ns() // 1_000_000 if ts is None else ts,
-                           nonce=secrets.randbits(63) if nonce is None else nonce)
+        return sign_sealed(self.identity, chain=chain, type=type, subject=subject,
+                           payload=payload, ts=ts, nonce=nonce)
 
     # Each ``_op_*`` is one operation: its requests, and the checks of their answers.
 

@@ -28,7 +28,8 @@ def make_store(kind: str, tmp_path: Path) -> MemoryStore | SqliteStore:
 
 def sealed(nonce: int, marker: bytes) -> tuple[Record, SealedPayload]:
     return seal_record(GX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
-                       payload={"recipe": marker.decode(), "pad": "x" * 3000}, ts=1, nonce=1000 + nonce)
+                       payload={"recipe": marker.decode(), "pad": "x" * 3000}, ts=1,
+                       nonce=1000 + nonce)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
