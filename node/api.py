@@ -258,6 +258,14 @@ class Reader:
             return self.key.hex()
         return "anonymous" + (f"; {self.why}" if self.why else "")
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers of an answer that depends on its reader: who it was read as,
+        and, so that no shared cache serves one reader's payloads to another, ``Vary`` on
+        the signature headers and ``Cache-Control: private``."""
+        return {READER_HEADER: self.header, "Vary": "Signature, Signature-Input",
+                "Cache-Control": "private"}
+
 
 def governing_config(node: NodeService) -> Config:
     """The configuration governing the next height (the one whose read policies apply)."""
@@ -1196,7 +1204,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             elif (data := committed()) is None:
                 raise Problem(404, "not_found", f"no record {record_id}")
         return Response(data, media_type="application/json",
-                        headers={READER_HEADER: reader.header})
+                        headers=reader.headers)
 
     @app.get("/v1/records/{record_id}/receipt", responses={
         **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`; "
@@ -1234,7 +1242,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             data = await workers.run(receipt)
         if data is not None:
             return Response(data, media_type="application/json",
-                            headers={READER_HEADER: reader.header})
+                            headers=reader.headers)
         if node.pending(rid) is not None:
             raise Problem(409, "not_committed", f"record {record_id} is not committed yet")
         raise Problem(404, "not_found", f"no record {record_id}")
@@ -1293,7 +1301,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         else:
             data = personal(cached)
         return Response(data, media_type="application/json",
-                        headers={READER_HEADER: reader.header})
+                        headers=reader.headers)
 
     @app.get("/v1/config", responses={
         **ok("the configuration governing the next height, or version V (SPEC section 9)"),
@@ -1597,7 +1605,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                                 "checkpoint": {"height": height, "log_size": log_size}})
 
         return Response(await workers.run(page), media_type="application/json",
-                        headers={READER_HEADER: reader.header})
+                        headers=reader.headers)
 
     @app.get("/v1/payloads", responses={
         **ok("one page of the sealed payloads this node holds, in log order: `payloads` "
@@ -1651,7 +1659,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                                 "log_size": log_size})
 
         return Response(await workers.run(page), media_type="application/json",
-                        headers={READER_HEADER: reader.header})
+                        headers=reader.headers)
 
     @app.get("/v1/events", response_class=StreamingResponse, responses={
         **ok("an endless `text/event-stream`: `event: block`, `id: <height>`, "

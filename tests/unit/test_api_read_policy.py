@@ -113,6 +113,9 @@ async def test_every_endpoint_serves_the_payload_to_the_authorised_reader_only()
                 assert resp.status_code == 200, (path, kind, resp.text)
                 where = f"{path} as {kind}"
                 reader = resp.headers["ledger-reader"]
+                # no shared cache may serve one reader's answer to another
+                assert resp.headers["vary"] == "Signature, Signature-Input", where
+                assert resp.headers["cache-control"] == "private", where
                 if kind == "authorised":
                     assert reader == A0.public.hex(), where
                     assert MARKER.encode() not in resp.content  # b64 only, never raw
