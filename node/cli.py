@@ -239,6 +239,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a chain as an export bundle (SPEC section 12), streamed, renamed into place;
     with ``--format parquet``, its records as Parquet files (``_export_parquet``)."""
     if args.format == "parquet":
+        if args.identity is not None:
+            raise CommandError("--identity reads sealed payloads for a bundle's payloads "
+                               "section; Parquet files hold none (only payload_digest)")
         return _export_parquet(args)
     blocks: Iterator[bytes | None]
     payloads: Iterator[tuple[bytes, bytes, bytes]]

@@ -269,3 +269,24 @@ async def test_a_served_receipt_payload_is_checked_by_the_verifier() -> None:
     no_salt = {k: v for k, v in doc.items() if k != "salt"}
     with pytest.raises(ReceiptError, match="missing 'salt'"):
         verify_receipt(no_salt, RP)
+
+
+@pytest.mark.asyncio
+async def test_a_pending_sealed_record_is_served_from_the_mempool_pair() -> None:
+    """A pending sealed record's pair is ``node.pending_pair``'s (the mempool's), under the
+    same read rule."""
+    api = InProcessApi(FX)
+    record, pair = sealed(ORG0_WRITER, 1)
+    pool = api.service.mempool
+    assert [r.status for r in pool.admit(pool.precheck([record.envelope]), now_ms())] == [
+        "accepted"]
+    api.service.pending_pair = {record.id: pair}.get  # type: ignore[method-assign]
+    path = f"/v1/records/{record.id.hex()}"
+    async with api.client() as http:
+        allowed = (await http.get(path, headers=signed(A0, path))).json()
+        refused = await http.get(path, headers=signed(FX.operator, path))
+    assert allowed["status"] == "pending" and allowed["payload_status"] == "served"
+    assert base64.b64decode(allowed["payload"]) == pair.payload
+    assert refused.json()["payload_status"] == "withheld"
+    for secret in secret_bytes(pair):
+        assert secret not in refused.content
