@@ -92,6 +92,16 @@ class ReadStore(Protocol):
 
     def split_views(self) -> list[bytes]: ...
 
+    # sealed payloads (SPEC section 10): what the read endpoints serve
+    def payloads(self, ids: Iterable[bytes]) -> dict[bytes, SealedPayload]: ...
+
+    def payloads_between(self, first_seq: int,
+                         count: int) -> list[tuple[int, bytes, SealedPayload]]: ...
+
+    def redacted(self, ids: Iterable[bytes]) -> set[bytes]: ...
+
+    def redacted_at(self, record_id: bytes) -> int | None: ...
+
 
 @dataclass(frozen=True)
 class Status:
