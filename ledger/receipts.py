@@ -24,7 +24,7 @@ from ledger.errors import (
     WitnessError,
 )
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store.base import BlockStore
 from ledger.validation import check_record
 from ledger.witness import count_witnesses, parse_witnesses, require_witnesses, witnesses_json
@@ -149,6 +149,9 @@ class VerifiedReceipt:
     #: Where each trusted checkpoint given to ``verify_receipt`` matched: ``(checkpoint,
     #: where)`` with ``where`` "receipt" (the receipt's own block) or "config_proof[i]".
     checkpoints: tuple[tuple[TrustedCheckpoint, str], ...] = ()
+    #: A sealed record's (salt, payload bytes) the receipt carried, checked against its
+    #: ``payload_digest`` (SPEC section 10); None when it carried none.
+    payload: SealedPayload | None = None
 
     @property
     def signer_names(self) -> tuple[str, ...]:
@@ -229,7 +232,24 @@ def _verify(doc: dict[str, Any], genesis: Genesis, k: int,
     matched = _match_checkpoints(trusted, header, steps)
     cosigned = receipt_witnesses(doc, k, config, genesis, header)
     return VerifiedReceipt(record, header, _field(doc, "index", int), sigs, config, cosigned,
-                           matched)
+                           matched, receipt_payload(doc, record))
+
+
+def receipt_payload(doc: dict[str, Any], record: Record) -> SealedPayload | None:
+    """The ``payload`` and ``salt`` (b64) a sealed record's receipt carries for a reader
+    its read policy allows, checked against the record's ``payload_digest``; None when the
+    receipt has neither (withheld, redacted, or an inline record)."""
+    if "payload" not in doc and "salt" not in doc:
+        return None
+    if record.body.payload_digest is None:
+        raise ReceiptError("receipt carries a payload or salt, but its record is not sealed")
+    pair = SealedPayload(b64decode(_field(doc, "salt", str), "receipt.salt"),
+                         b64decode(_field(doc, "payload", str), "receipt.payload"))
+    try:
+        pair.check(record)
+    except LedgerError as exc:
+        raise ReceiptError(f"receipt.payload: {exc}", code=exc.code) from exc
+    return pair
 
 
 def receipt_witnesses(doc: dict[str, Any], k: int, config: Config, genesis: Genesis,

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -37,18 +38,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ledger import checkpoint as checkpoints
 from ledger import encoding
 from ledger.blocks import BlockShell, Header
-from ledger.config import ConfigHistory, decode_change
-from ledger.encoding import b64decode, b64encode, loads_json
-from ledger.errors import CorruptStoreError, DecodeError, LedgerError, TooLargeError, WitnessError
+from ledger.config import Config, ConfigHistory, decode_change
+from ledger.encoding import BatchItem, b64decode, b64encode, loads_json
+from ledger.errors import (
+    CorruptStoreError,
+    DecodeError,
+    LedgerError,
+    ReadSignatureError,
+    TooLargeError,
+    WitnessError,
+)
+from ledger.httpsig import verify_request
 from ledger.jsonview import jsonable
 from ledger.receipts import build_receipt, config_steps
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
+from ledger.store import RecordLocation
 from ledger.store.base import ConfigChange
 from ledger.witness import Cosignature, check_cosignature, parse_cosignature, witnesses_json
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
-from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService, NotAValidator
+from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService, NotAValidator, ReadStore
 from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
 
@@ -62,6 +72,10 @@ REPLAY_BATCH = 16  # past blocks read per worker job of a replay
 HISTORY_SLICE = 64  # records read from the store at a time for a history page
 HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page early
 HISTORY_PROOF_PAGE = 100  # records at most in a history page with proof=true
+PAYLOAD_PAGE = 1000  # pairs at most in a GET /v1/payloads page
+PAYLOAD_PAGE_BYTES = 4 * 1024 * 1024  # payload bytes that end a payloads page early
+PAYLOAD_WINDOW = 4096  # log indices read from the store at a time for a payloads page
+PAYLOAD_SCAN = 65_536  # log indices one payloads page scans at most
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
@@ -152,16 +166,27 @@ def ok(description: str, content: dict[str, Any] | None = None, status: int = 20
 
 SUBMIT_BODY: dict[str, Any] = {
     "required": True,
-    "description": "A batch of 1..`max_batch` signed envelopes (SPEC section 2).",
+    "description": "A batch of 1..`max_batch` signed envelopes (SPEC section 2). A sealed "
+                   "record (SPEC section 10) comes with its 32-byte salt and its payload's "
+                   "msgpack bytes, which its `payload_digest` covers.",
     "content": {
         MSGPACK: {"schema": {"type": "string", "format": "binary",
-                             "description": "msgpack array of envelopes (bin)"}},
+                             "description": "msgpack array whose items are an envelope "
+                                            "(bin), or `[envelope, salt, payload_bytes]` "
+                                            "(three bin) for a sealed record"}},
         "application/json": {"schema": {
             "type": "object", "required": ["records"],
             "properties": {"records": {"type": "array", "items": {
                 "type": "object", "required": ["envelope"],
-                "properties": {"envelope": {"type": "string", "format": "byte",
-                                            "description": "base64 envelope"}}}}}}},
+                "properties": {
+                    "envelope": {"type": "string", "format": "byte",
+                                 "description": "base64 envelope"},
+                    "salt": {"type": "string", "format": "byte",
+                             "description": "sealed records only (with `payload`): base64 "
+                                            "of the 32-byte salt"},
+                    "payload": {"type": "string", "format": "byte",
+                                "description": "sealed records only (with `salt`): base64 "
+                                               "of the payload's msgpack bytes"}}}}}}},
     },
 }
 
@@ -219,15 +244,138 @@ def config_json(node: NodeService, version: int | None = None) -> dict[str, Any]
             "config": {k: _jsonable(doc[k]) for k in CONFIG_KEYS if k in doc}}
 
 
+#: The response header naming who a request was read as (SPEC section 10 reads): the
+#: reader's public key in hex, or ``anonymous`` followed by why a signature was not accepted.
+READER_HEADER = "Ledger-Reader"
+_HEADER_SAFE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who a request reads as: the member key its RFC 9421 signature proves (None: unsigned,
+    or a signature that did not hold, with ``why``), and the configuration governing the
+    next height, whose read policies decide (``Config.may_read``, the one read rule)."""
+
+    key: bytes | None
+    config: Config
+    why: str = ""
+
+    def may_read(self, record_type: str) -> bool:
+        return self.config.may_read(self.key, record_type)
+
+    @property
+    def header(self) -> str:
+        if self.key is not None:
+            return self.key.hex()
+        return "anonymous" + (f"; {self.why}" if self.why else "")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers of an answer that depends on its reader: who it was read as,
+        and, so that no shared cache serves one reader's payloads to another, ``Vary`` on
+        the signature headers and ``Cache-Control: private``."""
+        return {READER_HEADER: self.header, "Vary": "Signature, Signature-Input",
+                "Cache-Control": "private"}
+
+
+def governing_config(node: NodeService) -> Config:
+    """The configuration governing the next height (the one whose read policies apply)."""
+    history = node.store.history
+    return node.genesis.config if history is None else history.latest
+
+
+def request_reader(node: NodeService, request: Request) -> Reader:
+    """The reader of ``request`` from its ``Signature-Input``/``Signature`` headers
+    (``ledger.httpsig.verify_request`` over its method, Host, raw path and raw query, within
+    300 s of this node's clock). Never an error: any failure reads as anonymous, with the
+    reason kept for the ``Ledger-Reader`` response header."""
+    config = governing_config(node)
+    headers = request.headers
+    if "signature-input" not in headers and "signature" not in headers:
+        return Reader(None, config)
+    scope = request.scope
+    raw_path = scope.get("raw_path") or scope.get("path", "/").encode()
+    try:
+        # some servers put the query in raw_path too; a raw path never holds a "?"
+        path = raw_path.split(b"?", 1)[0].decode("ascii")
+        query = bytes(scope.get("query_string", b"")).decode("ascii")
+        key = verify_request(request.method, headers.get("host", ""), path, query,
+                             headers, int(time.time()))
+    except (ReadSignatureError, UnicodeDecodeError) as exc:
+        why = _HEADER_SAFE.sub("?", f"signature not accepted: {exc}")[:300]
+        return Reader(None, config, why)
+    return Reader(key, config)
+
+
+@dataclass(frozen=True)
+class PayloadView:
+    """What a reader is shown of one sealed record's payload: ``payload_status`` is
+    ``served`` (with ``pair``), ``withheld`` (the read policy refused this reader),
+    ``missing`` (this node does not hold the pair) or ``redacted`` (at ``redacted``)."""
+
+    status: Literal["served", "withheld", "missing", "redacted"]
+    pair: SealedPayload | None = None
+    redacted: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The record JSON's keys after ``payload_digest`` (SPEC section 7, v1.1)."""
+        out: dict[str, Any] = {}
+        if self.redacted is not None:
+            out["redacted"] = {"height": self.redacted}
+        out["payload_status"] = self.status
+        if self.pair is not None:
+            out["payload"] = b64encode(self.pair.payload)
+            out["salt"] = b64encode(self.pair.salt)
+        return out
+
+
+def payload_views(store: ReadStore, reader: Reader, records: Sequence[Record],
+                  pending: Callable[[bytes], SealedPayload | None] | None = None,
+                  ) -> dict[bytes, PayloadView]:
+    """The view of each sealed record of ``records`` for ``reader``: committed ones from the
+    store (its pairs and redactions), pending ones (``pending`` given) from the mempool.
+    Pairs are read only for records the reader may read."""
+    sealed = [r for r in records if r.body.sealed]
+    if not sealed:
+        return {}
+    ids = [r.id for r in sealed]
+    redacted = store.redacted(ids) if pending is None else set()
+    allowed = [r.id for r in sealed if r.id not in redacted and reader.may_read(r.body.type)]
+    if pending is not None:
+        pairs = {rid: p for rid in allowed if (p := pending(rid)) is not None}
+    else:
+        pairs = store.payloads(allowed) if allowed else {}
+    views: dict[bytes, PayloadView] = {}
+    for r in sealed:
+        if r.id in redacted:
+            views[r.id] = PayloadView("redacted", redacted=store.redacted_at(r.id))
+        elif not reader.may_read(r.body.type):
+            views[r.id] = PayloadView("withheld")
+        elif r.id in pairs:
+            views[r.id] = PayloadView("served", pairs[r.id])
+        else:
+            views[r.id] = PayloadView("missing")
+    return views
+
+
 def record_json(record: Record, status: str, height: int | None = None,
-                index: int | None = None) -> dict[str, Any]:
+                index: int | None = None, view: PayloadView | None = None) -> dict[str, Any]:
+    """A record's JSON (SPEC section 7). A sealed record shows ``payload_digest`` and, with
+    ``view``, what its reader is shown of the payload (``PayloadView.fields``); an inline
+    record its ``payload``."""
     body = record.body
     out: dict[str, Any] = {"id": record.id.hex(), "status": status}
     if height is not None:
         out["height"], out["index"] = height, index
     out.update({"type": body.type, "subject": body.subject, "signer": body.signer.hex(),
-                "ts": body.ts, "nonce": body.nonce, "payload": jsonable(body.payload),
-                "envelope": b64encode(record.envelope)})
+                "ts": body.ts, "nonce": body.nonce})
+    if body.payload_digest is not None:
+        out["payload_digest"] = body.payload_digest.hex()
+        if view is not None:
+            out.update(view.fields())
+    else:
+        out["payload"] = jsonable(body.payload)
+    out["envelope"] = b64encode(record.envelope)
     return out
 
 
@@ -249,18 +397,58 @@ def block_json(block: BlockShell, records: list[Any]) -> dict[str, Any]:
     }
 
 
-def render_block_json(data: bytes) -> bytes:
+@dataclass(frozen=True)
+class BlockJson:
+    """A block's JSON as every reader gets it (sealed records with ``payload_digest`` only)
+    and, per sealed record, where its reader-dependent keys go: (offset of the closing brace
+    of its object in ``data``, the record). ``for_reader`` adds them; the cache keeps this."""
+
+    data: bytes
+    sealed: tuple[tuple[int, Record], ...] = ()
+
+    def for_reader(self, store: ReadStore, reader: Reader) -> bytes:
+        """``data`` with each sealed record's payload keys for ``reader`` (store reads)."""
+        if not self.sealed:
+            return self.data
+        views = payload_views(store, reader, [r for _, r in self.sealed])
+        out, last = [], 0
+        for at, record in self.sealed:
+            extra = render_json(views[record.id].fields())  # {...}
+            out += [self.data[last:at], b",", extra[1:-1]]
+            last = at
+        out.append(self.data[last:])
+        return b"".join(out)
+
+
+def render_block(data: bytes) -> BlockJson:
     """The JSON of a block's wire bytes, one record at a time: each record is decoded,
-    rendered and dropped before the next, so a block of large payloads never holds all its
-    records decoded at once (an 8 MB block of short strings is ~60 MB of objects)."""
+    rendered and dropped before the next (only sealed ones are kept, for ``for_reader``),
+    so a block of large payloads never holds all its records decoded at once (an 8 MB block
+    of short strings is ~60 MB of objects)."""
     shell = BlockShell.from_wire(data)
     height = shell.header.height
-    pieces = [render_json(record_json(Record.from_wire(e), "committed", height, i))
-              for i, e in enumerate(shell.envelopes)]
+    pieces: list[bytes] = []
+    sealed: list[tuple[int, Record]] = []
+    for i, e in enumerate(shell.envelopes):
+        record = Record.from_wire(e)
+        pieces.append(render_json(record_json(record, "committed", height, i)))
+        if record.body.sealed:
+            sealed.append((i, record))
     doc = render_json(block_json(shell, records=[]))
     marker = b'"records":[]'
     at = doc.index(marker) + len(marker) - 1
-    return b"".join((doc[:at], b",".join(pieces), doc[at:]))
+    # offsets of each piece's closing brace in the joined document
+    ends, offset = [], at
+    for i, piece in enumerate(pieces):
+        offset += (1 if i else 0) + len(piece)
+        ends.append(offset - 1)
+    return BlockJson(b"".join((doc[:at], b",".join(pieces), doc[at:])),
+                     tuple((ends[i], record) for i, record in sealed))
+
+
+def render_block_json(data: bytes) -> bytes:
+    """``render_block(data).data``: the block's JSON with no payload of a sealed record."""
+    return render_block(data).data
 
 
 COSIGNATURE_BODY: dict[str, Any] = {
@@ -474,15 +662,16 @@ def parse_last_event_id(text: str) -> int | None:
     return int(text)
 
 
-def split_bin_array(body: bytes, max_items: int) -> list[bytes]:
-    """The envelopes of a msgpack batch (see ``ledger.encoding.split_bin_array``)."""
+def split_bin_array(body: bytes, max_items: int) -> list[BatchItem]:
+    """The items of a msgpack batch: envelopes, or ``[envelope, salt, payload_bytes]`` for
+    sealed records (see ``ledger.encoding.split_batch``)."""
     try:
-        items = encoding.split_bin_array(body, "batch", max_items)
+        items = encoding.split_batch(body, "batch", max_items)
     except TooLargeError as exc:
         raise Problem(413, "batch_too_large", str(exc)) from exc
     except DecodeError as exc:
-        raise Problem(400, "malformed", f"expected a msgpack array of envelopes (bin): {exc}"
-                      ) from exc
+        raise Problem(400, "malformed", "expected a msgpack array of envelopes (bin) or "
+                      f"[envelope, salt, payload_bytes]: {exc}") from exc
     if not items:
         raise Problem(400, "empty_batch", "the batch holds no envelopes")
     return items
@@ -490,20 +679,23 @@ def split_bin_array(body: bytes, max_items: int) -> list[bytes]:
 
 JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 JSON_MAX_DEPTH = 4  # {"records": [{"envelope": "…"}]} is 3 deep
-JSON_SHAPE = 'expected {"records": [{"envelope": b64}, ...]}'
+JSON_SHAPE = ('expected {"records": [{"envelope": b64} or {"envelope": b64, "salt": b64, '
+              '"payload": b64}, ...]}')
+JSON_ITEM_KEYS = ({"envelope"}, {"envelope", "salt", "payload"})
 
 
 def json_skeleton(text: str, max_items: int) -> str:
     """``text`` with every string's contents removed, in time linear in ``len(text)``.
 
-    A batch's strings are two keys and base64, so a body holding more ``{ [ , : "`` than
-    ``max_items`` envelopes need, or any escaped backslash, cannot be a valid batch and is
-    refused first; what remains has few strings, and each escape is a single backslash."""
+    A batch's strings are keys and base64, so a body holding more ``{ [ , : "`` than
+    ``max_items`` items need (a sealed item has three keys), or any escaped backslash,
+    cannot be a valid batch and is refused first; what remains has few strings, and each
+    escape is a single backslash."""
     objects = text.count("{")
     if objects - 1 > max_items:
         raise Problem(413, "batch_too_large",
                       f"about {objects - 1} envelopes exceed the limit of {max_items}")
-    if sum(text.count(c) for c in '{[,:"') > 8 * max_items + 16 or "\\\\" in text:
+    if sum(text.count(c) for c in '{[,:"') > 16 * max_items + 16 or "\\\\" in text:
         raise Problem(400, "malformed", JSON_SHAPE)
     parts, pos = [], 0
     while (start := text.find('"', pos)) >= 0:
@@ -520,8 +712,10 @@ def json_skeleton(text: str, max_items: int) -> str:
     return "".join(parts)
 
 
-def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
-    """The envelopes of ``{"records": [{"envelope": b64}, ...]}``, strictly.
+def split_json_batch(body: bytes, max_items: int) -> list[BatchItem]:
+    """The items of ``{"records": [{"envelope": b64}, ...]}``, strictly; a sealed record's
+    item is ``{"envelope": b64, "salt": b64, "payload": b64}`` (an
+    ``(envelope, salt, payload)`` tuple out).
 
     Before parsing, a scan outside strings bounds the nesting depth (a deep body would
     exhaust the parser's recursion) and the number of values (so memory is O(body)).
@@ -542,12 +736,17 @@ def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
     if not isinstance(doc, dict) or set(doc) != {"records"} or not isinstance(
             doc["records"], list):
         raise Problem(400, "malformed", JSON_SHAPE)
-    envelopes = []
+    envelopes: list[BatchItem] = []
     for i, item in enumerate(doc["records"]):
-        if not isinstance(item, dict) or set(item) != {"envelope"}:
+        if not isinstance(item, dict) or set(item) not in JSON_ITEM_KEYS:
             raise Problem(400, "malformed", f"records[{i}]: {JSON_SHAPE}")
         try:
-            envelopes.append(b64decode(item["envelope"], f"records[{i}].envelope"))
+            envelope = b64decode(item["envelope"], f"records[{i}].envelope")
+            if "salt" in item:
+                envelopes.append((envelope, b64decode(item["salt"], f"records[{i}].salt"),
+                                  b64decode(item["payload"], f"records[{i}].payload")))
+            else:
+                envelopes.append(envelope)
         except LedgerError as exc:
             raise Problem(400, "malformed", str(exc)) from exc
     if not envelopes:
@@ -558,8 +757,10 @@ def split_json_batch(body: bytes, max_items: int) -> list[bytes]:
     return envelopes
 
 
-def decode_batch(content_type: str, chunks: list[bytes], max_batch: int) -> list[bytes]:
-    """The envelopes of a POST /v1/records body received as ``chunks``, in either encoding.
+def decode_batch(content_type: str, chunks: list[bytes], max_batch: int,
+                 ) -> list[BatchItem]:
+    """The items (envelopes, or sealed records with their pairs) of a POST /v1/records body
+    received as ``chunks``, in either encoding.
 
     CPU and memory bound: call it in a worker thread (joining 16 MiB costs ~40 ms of page
     faults; bytes.join releases the GIL for large joins)."""
@@ -625,23 +826,23 @@ class BlockJsonCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.size = max_bytes, 0
-        self.entries: OrderedDict[int, bytes] = OrderedDict()
-        self.building: dict[int, asyncio.Future[bytes | None]] = {}
+        self.entries: OrderedDict[int, BlockJson] = OrderedDict()
+        self.building: dict[int, asyncio.Future[BlockJson | None]] = {}
 
-    def get(self, height: int) -> bytes | None:
+    def get(self, height: int) -> BlockJson | None:
         data = self.entries.get(height)
         if data is not None:
             self.entries.move_to_end(height)
         return data
 
-    def put(self, height: int, data: bytes) -> None:
-        if len(data) > self.max_bytes or height in self.entries:
+    def put(self, height: int, block: BlockJson) -> None:
+        if len(block.data) > self.max_bytes or height in self.entries:
             return
-        self.entries[height] = data
-        self.size += len(data)
+        self.entries[height] = block
+        self.size += len(block.data)
         while self.size > self.max_bytes:
             _, old = self.entries.popitem(last=False)
-            self.size -= len(old)
+            self.size -= len(old.data)
 
 
 #: Block JSON a source may have built per second (and saved up): building it is CPU work
@@ -939,9 +1140,13 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         return problem(400, "invalid_parameter", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.post("/v1/records", status_code=202, openapi_extra={"requestBody": SUBMIT_BODY},
-              responses={**ok("one result per envelope, in input order", status=202),
+              responses={**ok("one result per item, in input order; a rejected one names its "
+                              "`error` (sealed records: `payload_missing`, `payload_mismatch`, "
+                              "`invalid_body`)", status=202),
                          **problems(
-        (400, "malformed", "the body does not decode as an array of envelopes"),
+        (400, "malformed", "the body does not decode as an array of envelopes or "
+         "[envelope, salt, payload_bytes] items (JSON: `envelope`, or `envelope`, `salt` and "
+         "`payload`)"),
         (400, "empty_batch", "the batch holds no envelopes"),
         (400, "invalid_parameter", "`wait` is not `commit`, or `timeout` is out of range"),
         (413, "body_too_large", "the body exceeds `max_body_bytes` (default 16 MiB)"),
@@ -960,10 +1165,10 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         chunks = request.scope.get(BODY)
         if chunks is None:  # only ApiGuard calls this app, and it receives every POST body
             raise Problem(500, "internal", "the body was not received")
-        envelopes = await workers.run(decode_batch, request.headers.get("content-type", ""),
-                                      chunks, cfg.max_batch)
+        items = await workers.run(decode_batch, request.headers.get("content-type", ""),
+                                  chunks, cfg.max_batch)
         try:
-            results = await node.submit(envelopes)
+            results = await node.submit(items)
         except MempoolFull as exc:
             raise Problem(503, "mempool_full", str(exc), {"Retry-After": "1"}) from exc
         except NotAValidator as exc:
@@ -998,17 +1203,21 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         **ok("the record, `pending` or `committed` (with `height` and `index`)"),
         **problems((400, "invalid_id", "not 64 lowercase hex characters"),
                    (404, "not_found", "no such record, pending or committed"), *LIMITED)})
-    async def get_record(record_id: str) -> Response:
-        """A committed or pending record."""
+    async def get_record(record_id: str, request: Request) -> Response:
+        """A committed or pending record. A sealed record's ``payload`` and ``salt`` are
+        served only to a reader its type's read policy allows (a request signed per RFC
+        9421 by such a member; ``Ledger-Reader`` names who the request was read as)."""
         rid = parse_id(record_id)
+        reader = request_reader(node, request)
 
         def committed() -> bytes | None:
             loc = node.store.locate(rid)
             envelope = node.store.envelope(rid) if loc is not None else None
             if loc is None or envelope is None:
                 return None
-            return render_json(record_json(Record.from_wire(envelope), "committed",
-                                           loc.height, loc.index))
+            record = Record.from_wire(envelope)
+            view = payload_views(node.store, reader, [record]).get(rid)
+            return render_json(record_json(record, "committed", loc.height, loc.index, view))
 
         # On the loop: a read through this thread's WAL reader never waits for the writer,
         # and costs less than the two thread hand-overs a worker would (each a wake-up
@@ -1017,11 +1226,13 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         if data is None:
             pending = node.pending(rid)
             if pending is not None:
-                data = render_json(record_json(pending, "pending"))
+                view = payload_views(node.store, reader, [pending], node.pending_pair).get(rid)
+                data = render_json(record_json(pending, "pending", view=view))
             # not pending: it may have left the mempool for a block stored since the read
             elif (data := committed()) is None:
                 raise Problem(404, "not_found", f"no record {record_id}")
-        return Response(data, media_type="application/json")
+        return Response(data, media_type="application/json",
+                        headers=reader.headers)
 
     @app.get("/v1/records/{record_id}/receipt", responses={
         **ok("the receipt: verify it offline with `ledger verify RECEIPT --genesis G`; "
@@ -1030,9 +1241,13 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                    (404, "not_found", "no such record"),
                    (409, "not_committed", "the record is pending, not committed yet"),
                    *LIMITED)})
-    async def get_receipt(record_id: str) -> Response:
-        """The offline-verifiable receipt of a committed record (SPEC section 6)."""
+    async def get_receipt(record_id: str, request: Request) -> Response:
+        """The offline-verifiable receipt of a committed record (SPEC section 6). A sealed
+        record's receipt carries its ``payload`` and ``salt`` (b64) only for a reader its
+        read policy allows, when this node holds them; ``ledger verify`` checks them against
+        the record's ``payload_digest``."""
         rid = parse_id(record_id)
+        reader = request_reader(node, request)
 
         def receipt() -> bytes | None:
             # build_receipt reads only locate(), block() and cosignatures(), which a
@@ -1040,14 +1255,22 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             records = [(c.height, c.index) for c in config_versions(node)[1]]
             r = build_receipt(cast("BlockStore", node.store), rid, config_records=records,
                               witnesses=True)
-            return None if r is None else render_json(r)
+            if r is None:
+                return None
+            record = Record.from_wire(b64decode(r["envelope"], "envelope"))
+            view = payload_views(node.store, reader, [record]).get(rid)
+            if view is not None and view.pair is not None:
+                r["payload"], r["salt"] = (b64encode(view.pair.payload),
+                                           b64encode(view.pair.salt))
+            return render_json(r)
 
         data = await workers.run(receipt)
         if data is None and node.pending(rid) is None:
             # committed between the store read and the mempool look-up: never a 404 for it
             data = await workers.run(receipt)
         if data is not None:
-            return Response(data, media_type="application/json")
+            return Response(data, media_type="application/json",
+                            headers=reader.headers)
         if node.pending(rid) is not None:
             raise Problem(409, "not_committed", f"record {record_id} is not committed yet")
         raise Problem(404, "not_found", f"no record {record_id}")
@@ -1082,24 +1305,31 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                                   {"Retry-After": str(math.ceil(wait))})
                 building = asyncio.ensure_future(workers.run(
                     lambda: None if (raw := node.store.block_bytes(h)) is None
-                    else render_block_json(raw)))
+                    else render_block(raw)))
                 blocks.building[h] = building
                 building.add_done_callback(lambda _: blocks.building.pop(h, None))
                 cached = await asyncio.shield(building)
-                builders.spend(source, len(cached or b""), time.monotonic())
+                builders.spend(source, len(cached.data) if cached else 0, time.monotonic())
             else:
                 cached = await asyncio.shield(building)
             if cached is None:
                 raise Problem(404, "not_found", f"no block at height {h}")
             blocks.put(h, cached)
         # On the loop, like a record's read (this thread's WAL reader never waits for the
-        # writer); large blocks' JSON is copied in a worker.
+        # writer); large blocks' JSON is copied in a worker, and so are a sealed record's
+        # payloads read.
         pairs = node.store.cosignatures(h)
-        if len(cached) > (1 << 20):
-            data = await workers.run(with_witnesses, cached, pairs)
+        reader = request_reader(node, request)
+
+        def personal(block: BlockJson) -> bytes:
+            return with_witnesses(block.for_reader(node.store, reader), pairs)
+
+        if len(cached.data) > (1 << 20) or cached.sealed:
+            data = await workers.run(personal, cached)
         else:
-            data = with_witnesses(cached, pairs)
-        return Response(data, media_type="application/json")
+            data = personal(cached)
+        return Response(data, media_type="application/json",
+                        headers=reader.headers)
 
     @app.get("/v1/config", responses={
         **ok("the configuration governing the next height, or version V (SPEC section 9)"),
@@ -1334,6 +1564,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                           "add each record's RFC 9162 inclusion `proof` (hex hashes) in the "
                           "log of `checkpoint.log_size` records; verify it against `GET "
                           "/v1/log/checkpoint?height=` of `checkpoint.height`")),
+                      *, request: Request,
                       ) -> Response:
         """Committed records of one subject, oldest first or (``order=desc``) newest first,
         optionally within a block-time range and with an inclusion proof per record.
@@ -1352,13 +1583,14 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         newest_first = order == "desc"
         if proof:
             limit = min(limit, HISTORY_PROOF_PAGE)
+        reader = request_reader(node, request)
 
         def page() -> bytes:
             height = tip if pinned is None else pinned
             headers = HeaderReader(node)
             log_size = headers.log_size(height)
             low, high = headers.seq_range(height, t0, t1)  # [low, high) in the log
-            records: list[dict[str, Any]] = []
+            rows_read: list[tuple[RecordLocation, Record]] = []
             seqs: list[int] = []
             size, full = 0, False
             if newest_first:
@@ -1366,7 +1598,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             else:
                 cursor = max(-1 if after is None else after, low - 1)
             while not full:
-                want = min(HISTORY_SLICE, limit - len(records))
+                want = min(HISTORY_SLICE, limit - len(rows_read))
                 if newest_first:
                     rows = node.store.subject_history_desc(subject, before_seq=cursor,
                                                            limit=want)
@@ -1377,17 +1609,21 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                     if not low <= loc.seq < high:  # past the range or the checkpoint
                         ended = True
                         break
-                    item = record_json(Record.from_wire(envelope), "committed",
-                                       loc.height, loc.index)
-                    item["log_index"] = loc.seq
-                    records.append(item)
+                    rows_read.append((loc, Record.from_wire(envelope)))
                     seqs.append(loc.seq)
                     cursor, size = loc.seq, size + len(envelope)
-                    if len(records) == limit or size >= HISTORY_PAGE_BYTES:
+                    if len(rows_read) == limit or size >= HISTORY_PAGE_BYTES:
                         full = True
                         break
                 if ended:
                     break
+            views = payload_views(node.store, reader, [r for _, r in rows_read])
+            records: list[dict[str, Any]] = []
+            for loc, record in rows_read:
+                item = record_json(record, "committed", loc.height, loc.index,
+                                   views.get(record.id))
+                item["log_index"] = loc.seq
+                records.append(item)
             if proof and records:
                 paths = checkpoints.log_inclusions(node.store.log_nodes, seqs, log_size)
                 for item, path in zip(records, paths, strict=True):
@@ -1396,7 +1632,62 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                                 "next": cursor if full else None,
                                 "checkpoint": {"height": height, "log_size": log_size}})
 
-        return Response(await workers.run(page), media_type="application/json")
+        return Response(await workers.run(page), media_type="application/json",
+                        headers=reader.headers)
+
+    @app.get("/v1/payloads", responses={
+        **ok("one page of the sealed payloads this node holds, in log order: `payloads` "
+             "`[{index, id, payload_status, salt?, payload?}]`, `payload_status` `served` "
+             "(with `salt` and `payload`, b64) or `withheld` (the read policy refused this "
+             "reader: neither key); redacted records and pairs this node lacks are not "
+             "listed. `next`: the `from_index` of the following page, null once the page "
+             "reached `log_size` (the log size of the tip it was read at)"),
+        **problems((400, "invalid_parameter", "`from_index` or `limit` out of range"),
+                   *LIMITED)})
+    async def list_payloads(
+            request: Request,
+            from_index: int = Query(0, ge=0, le=2**62, description=(
+                "the first log index (0-based) to list from (the previous page's `next`)")),
+            limit: int = Query(PAYLOAD_PAGE, ge=1, le=PAYLOAD_PAGE, description=(
+                f"pairs per page, 1-{PAYLOAD_PAGE}; a page also ends after "
+                f"{PAYLOAD_PAGE_BYTES >> 20} MiB of payloads or {PAYLOAD_SCAN} log "
+                "indices scanned"))) -> Response:
+        """The sealed payloads this node holds, for exports and audits (our extension):
+        each pair checked by its reader against the record's ``payload_digest``; the read
+        policy applies to each record as to ``GET /v1/records/{id}``."""
+        reader = request_reader(node, request)
+
+        def page() -> bytes:
+            log_size = HeaderReader(node).log_size(node.store.height)
+            items: list[dict[str, Any]] = []
+            cursor, size = from_index, 0
+            while cursor < log_size and len(items) < limit and size < PAYLOAD_PAGE_BYTES \
+                    and cursor - from_index < PAYLOAD_SCAN:
+                window = min(PAYLOAD_WINDOW, log_size - cursor)
+                rows = node.store.payloads_between(cursor, window)
+                cursor += window
+                for seq, rid, pair in rows:
+                    envelope = node.store.envelope(rid)
+                    if envelope is None:  # not possible for a held pair; never served
+                        continue
+                    record_type = Record.from_wire(envelope).body.type
+                    item: dict[str, Any] = {"index": seq, "id": rid.hex()}
+                    if reader.may_read(record_type):
+                        item.update(payload_status="served", salt=b64encode(pair.salt),
+                                    payload=b64encode(pair.payload))
+                        size += pair.size
+                    else:
+                        item["payload_status"] = "withheld"
+                    items.append(item)
+                    if len(items) == limit or size >= PAYLOAD_PAGE_BYTES:
+                        cursor = seq + 1
+                        break
+            return render_json({"payloads": items,
+                                "next": cursor if cursor < log_size else None,
+                                "log_size": log_size})
+
+        return Response(await workers.run(page), media_type="application/json",
+                        headers=reader.headers)
 
     @app.get("/v1/events", response_class=StreamingResponse, responses={
         **ok("an endless `text/event-stream`: `event: block`, `id: <height>`, "

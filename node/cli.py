@@ -35,11 +35,18 @@ from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
-from ledger.records import TYPE_PATTERN, Record
+from ledger.records import TYPE_PATTERN, Record, SealedPayload
 from ledger.store.sqlite import SqliteStore
-from node.client import LedgerClient, NodeError, sign_record
+from node.client import LedgerClient, NodeError, sign_record, sign_sealed
 from node.cluster import DEMO_TYPES
-from node.export import Bundle, check_payloads, check_witnesses, write_bundle
+from node.export import (
+    Bundle,
+    BundleError,
+    PayloadTally,
+    check_payloads,
+    check_witnesses,
+    write_bundle_counted,
+)
 from node.files import write_durably
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -232,32 +239,94 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a chain as an export bundle (SPEC section 12), streamed, renamed into place;
     with ``--format parquet``, its records as Parquet files (``_export_parquet``)."""
     if args.format == "parquet":
+        if args.identity is not None:
+            raise CommandError("--identity reads sealed payloads for a bundle's payloads "
+                               "section; Parquet files hold none (only payload_digest)")
         return _export_parquet(args)
     blocks: Iterator[bytes | None]
+    payloads: Iterator[tuple[bytes, bytes, bytes]]
+    if args.identity is not None and args.db:
+        raise CommandError("--identity signs a node's reads; with --db the store's pairs "
+                           "are exported as held")
     if args.db:
         genesis, store = _open_export_db(args)
         raw, tip = genesis.raw, store.height
         blocks = (store.block_bytes(height) for height in range(1, tip + 1))
         # the witnesses section: the cosignatures the store holds (a generator: read after
-        # the blocks)
+        # the blocks); the payloads section likewise: the pairs it holds
         witnesses: Iterator[tuple[int, bytes, bytes]] | tuple[()] = (
             store.cosignatures_between(1, tip))
+        payloads = _store_payloads(store)
     else:
-        client = LedgerClient(args.node, verify=_ca(args))
+        client = LedgerClient(args.node, verify=_ca(args),
+                              read_identity=_reader(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
                   for data in chunk.blocks)
         store, witnesses = None, _http_cosignatures(client, tip)
+        payloads = ((rid, salt, payload) for _, rid, salt, payload, _ in
+                    _http_payloads(client, None) if salt is not None and payload is not None)
     bar = _progress(tip, args.quiet)
     try:
-        count, tip_hash = write_bundle(args.out, raw, blocks, on_block=lambda: bar.update(1),
-                                       witnesses=witnesses)
+        written = write_bundle_counted(args.out, raw, blocks, on_block=lambda: bar.update(1),
+                                       witnesses=witnesses, payloads=payloads)
+    except BundleError as exc:
+        raise CommandError(f"{args.out}: nothing written: {exc}") from exc
     finally:
         bar.close()
         if store is not None:
             store.close()
-    print(f"ok: {count} blocks written to {args.out}; tip {tip_hash.hex()}")
+    n = written.payloads
+    print(f"ok: {written.count} blocks and {n} sealed payload{'s' if n != 1 else ''} "
+          f"written to {args.out}; tip {written.tip.hex()}")
     return EXIT_OK
+
+
+PAYLOAD_WINDOW = 4096  # log indices read from a store at a time for its payloads
+
+
+def _store_payloads(store: SqliteStore, log_size: int | None = None,
+                    ) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """``(id, salt, payload_bytes)`` of every pair ``store`` holds, in log order (below
+    ``log_size``, default the tip's)."""
+    if log_size is None:
+        tip = store.block(store.height) if store.height else None
+        log_size = tip.header.log_size if tip is not None else 0
+    for first in range(0, log_size, PAYLOAD_WINDOW):
+        for _, rid, pair in store.payloads_between(first, min(PAYLOAD_WINDOW,
+                                                              log_size - first)):
+            yield rid, pair.salt, pair.payload
+
+
+def _http_payloads(client: LedgerClient, log_size: int | None,
+                   ) -> Iterator[tuple[int, bytes, bytes | None, bytes | None, str]]:
+    """``(index, id, salt, payload_bytes, where)`` of every pair a node lists (``GET
+    /v1/payloads``, signed with the client's read identity), below ``log_size`` when given;
+    salt and payload are None for a pair the read policy withheld. Shape-checked only."""
+    cursor: int | None = 0
+    while cursor is not None:
+        page = client.payloads(cursor, 1000)
+        for i, item in enumerate(page["payloads"]):
+            where = f"{client.base_url}/v1/payloads?from_index={cursor} payloads[{i}]"
+            index = item.get("index")
+            if type(index) is not int or index < cursor:
+                raise CommandError(f"{where}: 'index' is not a log index from {cursor} on")
+            if log_size is not None and index >= log_size:
+                return
+            try:
+                rid = hex_decode(item.get("id"), f"{where}.id", 32)
+                if item.get("payload_status") == "withheld":
+                    yield index, rid, None, None, where
+                    continue
+                yield (index, rid, b64decode(item.get("salt"), f"{where}.salt"),
+                       b64decode(item.get("payload"), f"{where}.payload"), where)
+            except LedgerError as exc:
+                raise CommandError(str(exc)) from exc
+        nxt = page["next"]
+        if nxt is not None and (type(nxt) is not int or nxt <= cursor):
+            raise CommandError(f"{client.base_url}: payloads page 'next' {nxt!r} does not "
+                               f"advance past log index {cursor}")
+        cursor = nxt
 
 
 def _http_cosignatures(client: LedgerClient, tip: int) -> Iterator[tuple[int, bytes, bytes]]:
@@ -439,6 +508,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     verifier, hashes = loaded if loaded is not None else (ChainVerifier(genesis), bytearray())
     saved = verifier.height
     saved_log = (verifier.log.size, verifier.log.root())
+    if args.payloads and state_path is not None:
+        raise CommandError("--payloads checks every pair against the whole chain: it does "
+                           "not combine with --state")
+    if args.identity is not None and not args.node:
+        raise CommandError("--identity signs a node's reads: it goes with --node")
+    tally = PayloadTally() if args.payloads else None
     client: LedgerClient | None = None
     source: str
     if args.db:
@@ -474,7 +549,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         chunks = _file_chunks(bundle.blocks(), args.chunk)
         source = str(args.file)
     else:
-        client = LedgerClient(args.node, verify=_ca(args))
+        client = LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
@@ -528,6 +603,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                 f"history)")
         hashes.extend(summary.hash)
         records += len(summary.ids)
+        if tally is not None:
+            tally.add(summary)
         bar.update(1)
         if summary.height % 64 == 0:
             bar.set_postfix(records=records, refresh=False)
@@ -568,6 +645,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         witness_note += (f", {checked} sealed payload{'s' if checked != 1 else ''} matched "
                          f"{'their digests' if checked != 1 else 'its digest'}")
+    if tally is not None:
+        try:
+            _audit_payloads(args, tally, client, verifier.log.size, report.height + 1,
+                            bundle if args.file else None)
+        except AuditError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        witness_note += f"; {tally.note()}"
     proof_note = ""
     if client is not None and loaded is not None:
         proof_error, proof_note = _cross_check_log(client, saved_log, verifier)
@@ -597,6 +682,37 @@ def cmd_audit(args: argparse.Namespace) -> int:
           f"{seconds:.2f} s ({rate:,.0f} records/s, {workers} workers), {_versions(report)}; "
           f"tip {report.tip_hash.hex()}{proof_note}; {saved_note}")
     return EXIT_OK
+
+
+def _audit_payloads(args: argparse.Namespace, tally: PayloadTally,
+                    client: LedgerClient | None, log_size: int, after: int,
+                    bundle: Bundle | None) -> None:
+    """``ledger audit --payloads``: every pair the source holds (a bundle's payloads
+    section, a store's pairs, or a node's listing as served to ``--identity``), below the
+    audited log size, checked against its sealed record's digest (``PayloadTally``)."""
+    if bundle is not None:
+        for i, (rid, salt, payload) in enumerate(bundle.payloads):
+            tally.pair(rid, salt, payload,
+                       f"{bundle.path}: payloads entry {i} (record {rid.hex()})", after)
+    elif client is None:
+        store = SqliteStore(args.db, readonly=True)
+        try:
+            for rid, salt, payload in _store_payloads(store, log_size):
+                tally.pair(rid, salt, payload, f"{args.db}: record {rid.hex()}", after)
+        finally:
+            store.close()
+    else:
+        for _, rid, served_salt, served, listed in _http_payloads(client, log_size):
+            where = f"{listed} (record {rid.hex()})"
+            if served_salt is None or served is None:
+                tally.withhold(rid, where, after)
+            else:
+                tally.pair(rid, served_salt, served, where, after)
+
+
+def _reader(args: argparse.Namespace) -> PrivateKey | None:
+    """The key reads are signed with (``--identity PEM``; SPEC 10 read policies)."""
+    return _read_identity(args) if getattr(args, "identity", None) is not None else None
 
 
 # -- verify -------------------------------------------------------------------------------
@@ -775,6 +891,8 @@ def _import_bundle(directory: Path, bundle: Path, workers: int, quiet: bool) -> 
     kept = f" ({report.kept} already in the store, verified again)" if report.kept else ""
     if report.cosignatures:
         kept += f", {report.cosignatures} witness cosignatures verified and kept"
+    if report.payloads:
+        kept += f", {report.payloads} sealed payloads checked and kept"
     print(f"ok: {report.written} blocks written{kept} from {bundle} to {config.store_path}: "
           f"height {report.height}, {report.records} records verified in "
           f"{report.seconds:.2f} s ({(report.kept + report.written) / seconds:,.0f} blocks/s, "
@@ -878,21 +996,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.print_envelope:
         from ledger.encoding import b64encode
 
+        pair: SealedPayload | None = None
         if args.chain is not None:  # no request needed: sign offline
-            record = sign_record(key, chain=args.chain, **what)
+            record, pair = (sign_sealed(key, chain=args.chain, **what) if args.sealed
+                            else (sign_record(key, chain=args.chain, **what), None))
         elif args.node:
             with LedgerClient(args.node, identity=key, verify=_ca(args)) as client:
-                record = client.sign(**what)
+                record, pair = (client.seal(**what) if args.sealed
+                                else (client.sign(**what), None))
         else:
             raise CommandError("--print-envelope without --node needs --chain")
         print(f"id {record.id.hex()}")
         print(f"envelope {b64encode(record.envelope)}")
+        if pair is not None:  # the JSON submission's item: {"envelope", "salt", "payload"}
+            print(f"salt {b64encode(pair.salt)}")
+            print(f"payload {b64encode(pair.payload)}")
         return EXIT_OK
     if not args.node:
         raise CommandError("--node URL is required (or --print-envelope to sign only)")
     with LedgerClient(args.node, identity=key, chain=args.chain, verify=_ca(args),
                       timeout=args.timeout + 10) as client:
-        result = client.write(**what, wait=args.wait, timeout=args.timeout)
+        result = client.write(**what, wait=args.wait, timeout=args.timeout,
+                              seal=args.sealed)
     if result.get("status") == "rejected":
         print(f"rejected: {result.get('error')}: {result.get('detail')}", file=sys.stderr)
         return EXIT_INVALID
@@ -948,6 +1073,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="incremental audit: if FILE exists, check the chain still holds the "
                    "blocks it records and verify only the new ones; then save what was "
                    "verified to FILE (written atomically)")
+    p.add_argument("--payloads", action="store_true",
+                   help="also check every sealed payload the source holds against its "
+                   "record's digest (a node's as served to --identity) and count them: "
+                   "served, withheld, missing, redacted")
+    p.add_argument("--identity", type=Path, metavar="PEM",
+                   help="with --node: sign reads with this member key (RFC 9421), so the "
+                   "node's read policies serve it sealed payloads")
     p.add_argument("--chunk", type=int, default=32, help=argparse.SUPPRESS)
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -972,6 +1104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("bundle", "parquet"), default="bundle",
                    help="bundle: one file, the chain for the long term (default); parquet: "
                    "the records for analytics engines, appended incrementally")
+    p.add_argument("--identity", type=Path, metavar="PEM",
+                   help="with --node: sign reads with this member key (RFC 9421); the "
+                   "bundle's payloads section holds the sealed payloads the node's read "
+                   "policies serve it (with --db: every pair the store holds)")
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
@@ -1021,8 +1157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "every type; 'example' names the six of examples/genesis.example.json ("
                    + ", ".join(DEMO_TYPES) + ")")
     p.add_argument("--genesis-template", metavar="FILE", type=Path,
-                   help="take the chain id, organisations, policies and consensus section "
-                   "from FILE (e.g. examples/genesis.example.json; see docs/genesis.md); "
+                   help="take the chain id, organisations, policies, read policies, "
+                   "governance and consensus section from FILE (e.g. "
+                   "examples/genesis.example.json; see docs/genesis.md); "
                    "each member gets a new key in DIR/clients/ORG.MEMBER.pem")
     p.add_argument("--witnesses", type=int, default=0, metavar="N",
                    help="also write N witness keys DIR/witnesses/witness{i}.pem, listed in "
@@ -1137,6 +1274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nonce", type=int, help="nonce (default: random)")
     p.add_argument("--chain", help="chain id (default: ask the node)")
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
+    p.add_argument("--sealed", action="store_true",
+                   help="seal the payload (SPEC section 10): only its salted digest goes on "
+                   "the chain; the payload is sent beside it, served under the read "
+                   "policies, and can be redacted")
     p.add_argument("--print-envelope", action="store_true",
                    help="sign only: print 'id HEX' and 'envelope BASE64' and submit nothing "
                    "(POST it yourself, e.g. with curl: see docs/api.md)")

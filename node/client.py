@@ -40,12 +40,12 @@ from ledger import checkpoint as checkpoints
 from ledger import httpsig, merkle
 from ledger.checkpoint import VerifiedCheckpoint
 from ledger.crypto import PrivateKey
-from ledger.encoding import b64decode, loads_json, packb
+from ledger.encoding import b64decode, decode, loads_json, packb
 from ledger.errors import DecodeError, LedgerError, LogProofError, ReceiptError
 from ledger.genesis import Genesis
 from ledger.jsonview import jsonable
 from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, verify_receipt
-from ledger.records import Record
+from ledger.records import Record, SealedPayload, seal_record
 from ledger.witness import Cosignature
 
 MSGPACK = "application/msgpack"
@@ -376,6 +376,10 @@ class HistoryWalk:
                 or (not body.sealed and item.get("payload") != jsonable(body.payload)):
             raise self.fail(where, "its fields are not its envelope's, or its subject is "
                                    f"not {self.subject!r}")
+        try:
+            served_pair(item, record)  # a served payload must match the digest signed
+        except LedgerError as exc:
+            raise self.fail(where, str(exc)) from exc
         if self.checkpoint is not None:
             checkpoints.verify_log_inclusion(
                 self.checkpoint, index, merkle.leaf_hash(envelope),
@@ -385,12 +389,43 @@ class HistoryWalk:
 
 # -- the operations, written once -----------------------------------------------------------
 
+def served_pair(doc: Mapping[str, Any], record: Record | None = None) -> SealedPayload | None:
+    """The (salt, payload bytes) a sealed record's JSON, a receipt or a payload listing
+    item carries (``payload`` and ``salt``, b64), checked against the record's
+    ``payload_digest`` (of ``record``, else of ``doc``'s ``envelope``): PayloadMismatchError
+    if they do not match, DecodeError if malformed. None when ``doc`` carries none (withheld,
+    missing, redacted) or the record is inline."""
+    if record is None:
+        record = Record.from_wire(b64decode(doc.get("envelope"), "envelope"))
+    if not record.body.sealed or ("payload" not in doc and "salt" not in doc):
+        return None
+    pair = SealedPayload(b64decode(doc.get("salt"), "salt"),
+                         b64decode(doc.get("payload"), "payload"))
+    pair.check(record)
+    return pair
+
+
+def decode_payload(pair: SealedPayload) -> Any:
+    """A sealed payload's value: its msgpack bytes decoded (the strict decoder)."""
+    return decode(pair.payload, "sealed payload")[0]
+
+
 def sign_record(identity: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
                 ts: int | None = None, nonce: int | None = None) -> Record:
     """A record signed by ``identity``: ``ts`` defaults to now (ms), ``nonce`` to random."""
     return Record.create(identity, chain=chain, type=type, subject=subject, payload=payload,
                          ts=time.time_ns() // 1_000_000 if ts is None else ts,
                          nonce=secrets.randbits(63) if nonce is None else nonce)
+
+
+def sign_sealed(identity: PrivateKey, *, chain: str, type: str, subject: str, payload: Any,
+                ts: int | None = None, nonce: int | None = None,
+                ) -> tuple[Record, SealedPayload]:
+    """A sealed record signed by ``identity`` and its (salt, payload) pair (SPEC section
+    10, ``ledger.records.seal_record``): ``ts`` defaults to now (ms), ``nonce`` to random."""
+    return seal_record(identity, chain=chain, type=type, subject=subject, payload=payload,
+                       ts=time.time_ns() // 1_000_000 if ts is None else ts,
+                       nonce=secrets.randbits(63) if nonce is None else nonce)
 
 
 class _Protocol:
@@ -413,6 +448,16 @@ class _Protocol:
         if self.identity is None:
             raise NodeError("this client has no identity to sign with")
         return sign_record(self.identity, chain=chain, type=type, subject=subject,
+                           payload=payload, ts=ts, nonce=nonce)
+
+    def make_sealed(self, *, type: str, subject: str, payload: Any, chain: str,
+                    ts: int | None = None, nonce: int | None = None,
+                    ) -> tuple[Record, SealedPayload]:
+        """Seal and sign a record with this client's identity (SPEC section 10): the record
+        (with ``payload_digest``) and the (salt, payload) pair to submit with it."""
+        if self.identity is None:
+            raise NodeError("this client has no identity to sign with")
+        return sign_sealed(self.identity, chain=chain, type=type, subject=subject,
                            payload=payload, ts=ts, nonce=nonce)
 
     # Each ``_op_*`` is one operation: its requests, and the checks of their answers.
@@ -447,12 +492,16 @@ class _Protocol:
         _json_object(call, answer)  # JSON, not a proxy's page; returned as the exact bytes
         return answer.content
 
-    def _op_submit(self, records: Sequence[Record], wait: bool,
-                   timeout: float) -> Operation[list[dict[str, Any]]]:
+    def _op_submit(self, records: Sequence[Record], wait: bool, timeout: float,
+                   payloads: Mapping[bytes, SealedPayload] | None = None,
+                   ) -> Operation[list[dict[str, Any]]]:
         params: dict[str, str | int] = (
             {"wait": "commit", "timeout": str(timeout)} if wait else {})
-        call = Call("POST", "/v1/records", params, {"Content-Type": MSGPACK},
-                    packb([r.envelope for r in records]),
+        pairs = payloads or {}
+        items: list[Any] = [
+            [r.envelope, pairs[r.id].salt, pairs[r.id].payload] if r.id in pairs
+            else r.envelope for r in records]  # a sealed record with its pair (SPEC 7)
+        call = Call("POST", "/v1/records", params, {"Content-Type": MSGPACK}, packb(items),
                     timeout=timeout + 10 if wait else DEFAULT)
         answer = _check(call, (yield call), (202,))
         results = _json_object(call, answer, "results")["results"]
@@ -471,9 +520,51 @@ class _Protocol:
                                 ts=ts, nonce=nonce)
 
     def _op_write(self, type: str, subject: str, payload: Any, wait: bool, timeout: float,
-                  ts: int | None, nonce: int | None) -> Operation[dict[str, Any]]:
+                  ts: int | None, nonce: int | None, seal: bool = False,
+                  ) -> Operation[dict[str, Any]]:
+        if seal:
+            record, pair = yield from self._op_seal(type, subject, payload, ts, nonce)
+            return (yield from self._op_submit([record], wait, timeout, {record.id: pair}))[0]
         record = yield from self._op_sign(type, subject, payload, ts, nonce)
         return (yield from self._op_submit([record], wait, timeout))[0]
+
+    def _op_seal(self, type: str, subject: str, payload: Any, ts: int | None,
+                 nonce: int | None) -> Operation[tuple[Record, SealedPayload]]:
+        if self.identity is None:
+            raise NodeError("this client has no identity to sign with")
+        chain = yield from self._op_chain_id()
+        return self.make_sealed(type=type, subject=subject, payload=payload, chain=chain,
+                                ts=ts, nonce=nonce)
+
+    def _op_payload(self, record_id: str) -> Operation[Any]:
+        doc = yield from self._op_record(record_id)
+        where = f"{self.base_url}/v1/records/{record_id}"
+        try:
+            record = Record.from_wire(b64decode(doc.get("envelope"), "envelope"))
+            if record.id.hex() != record_id:
+                raise DecodeError(f"the envelope is of record {record.id.hex()}")
+            pair = served_pair(doc, record)
+        except LedgerError as exc:
+            raise NodeError(f"{where}: {exc}", problem_code=exc.code) from exc
+        if not record.body.sealed:
+            return record.body.payload
+        if pair is None:
+            status = doc.get("payload_status")
+            why = {"withheld": "withheld by the read policy (sign reads with a member key "
+                               "holding a role it names)",
+                   "missing": "not held by this node",
+                   "redacted": "redacted"}.get(str(status), "not served")
+            raise NodeError(f"{where}: the sealed payload is {why}",
+                            problem_code=status if isinstance(status, str) else None)
+        return decode_payload(pair)
+
+    def _op_payloads(self, from_index: int, limit: int) -> Operation[dict[str, Any]]:
+        call = Call("GET", "/v1/payloads", {"from_index": from_index, "limit": limit})
+        doc = _json_object(call, _check(call, (yield call)), "payloads", "next")
+        if not isinstance(doc["payloads"], list) or \
+                not all(isinstance(i, dict) for i in doc["payloads"]):
+            raise NodeError(f"{call.where()}: 'payloads' is not a list of objects")
+        return doc
 
     def _op_get_object(self, path: str, *keys: str) -> Operation[dict[str, Any]]:
         call = Call("GET", path)
@@ -694,10 +785,30 @@ class LedgerClient(_Protocol):
         return self._run(self._op_config(version))
 
     def submit(self, records: Sequence[Record], *, wait: bool = False,
-               timeout: float = 30.0) -> list[dict[str, Any]]:
+               timeout: float = 30.0, payloads: Mapping[bytes, SealedPayload] | None = None,
+               ) -> list[dict[str, Any]]:
         """Submit signed records, one result per record; with ``wait``, return once all are
-        committed (each result then has ``height``), or NodeError ``commit_timeout``."""
-        return self._run(self._op_submit(records, wait, timeout))
+        committed (each result then has ``height``), or NodeError ``commit_timeout``.
+        ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``)."""
+        return self._run(self._op_submit(records, wait, timeout, payloads))
+
+    def seal(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
+             nonce: int | None = None) -> tuple[Record, SealedPayload]:
+        """A sealed record signed with this client's identity for the node's chain, and its
+        (salt, payload) pair; not submitted (``submit(records, payloads={id: pair})``)."""
+        return self._run(self._op_seal(type, subject, payload, ts, nonce))
+
+    def payload(self, record_id: str) -> Any:
+        """A record's payload: an inline record's, or a sealed record's as served to this
+        client's read identity, checked against its ``payload_digest`` and decoded.
+        NodeError (``problem_code`` ``withheld``, ``missing`` or ``redacted``) when the node
+        does not serve it; ``payload_mismatch`` when what it served is not what was signed."""
+        return self._run(self._op_payload(record_id))
+
+    def payloads(self, from_index: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """``GET /v1/payloads``: one page of the sealed payloads the node holds (unchecked:
+        ``served_pair(item, record)`` checks one)."""
+        return self._run(self._op_payloads(from_index, limit))
 
     def sign(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
              nonce: int | None = None) -> Record:
@@ -706,9 +817,11 @@ class LedgerClient(_Protocol):
 
     def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,
               timeout: float = 30.0, ts: int | None = None,
-              nonce: int | None = None) -> dict[str, Any]:
-        """Sign one record with this client's identity and submit it."""
-        return self._run(self._op_write(type, subject, payload, wait, timeout, ts, nonce))
+              nonce: int | None = None, seal: bool = False) -> dict[str, Any]:
+        """Sign one record with this client's identity and submit it; with ``seal``, a
+        sealed record (SPEC section 10: its digest on the chain, the payload beside it)."""
+        return self._run(self._op_write(type, subject, payload, wait, timeout, ts, nonce,
+                                        seal))
 
     def record(self, record_id: str) -> dict[str, Any]:
         """``GET /v1/records/{id}``: pending or committed."""
@@ -891,10 +1004,27 @@ class AsyncLedgerClient(_Protocol):
         return await self._run(self._op_config(version))
 
     async def submit(self, records: Sequence[Record], *, wait: bool = False,
-                     timeout: float = 30.0) -> list[dict[str, Any]]:
+                     timeout: float = 30.0,
+                     payloads: Mapping[bytes, SealedPayload] | None = None,
+                     ) -> list[dict[str, Any]]:
         """Submit signed records, one result per record; with ``wait``, return once all are
-        committed (each result then has ``height``), or NodeError ``commit_timeout``."""
-        return await self._run(self._op_submit(records, wait, timeout))
+        committed (each result then has ``height``), or NodeError ``commit_timeout``.
+        ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``)."""
+        return await self._run(self._op_submit(records, wait, timeout, payloads))
+
+    async def seal(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
+                   nonce: int | None = None) -> tuple[Record, SealedPayload]:
+        """A sealed record signed with this client's identity for the node's chain, and its
+        (salt, payload) pair; not submitted (``submit(records, payloads={id: pair})``)."""
+        return await self._run(self._op_seal(type, subject, payload, ts, nonce))
+
+    async def payload(self, record_id: str) -> Any:
+        """A record's payload, a sealed one checked against its digest (``LedgerClient``)."""
+        return await self._run(self._op_payload(record_id))
+
+    async def payloads(self, from_index: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """``GET /v1/payloads``: one page of the sealed payloads the node holds."""
+        return await self._run(self._op_payloads(from_index, limit))
 
     async def sign(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
                    nonce: int | None = None) -> Record:
@@ -903,10 +1033,11 @@ class AsyncLedgerClient(_Protocol):
 
     async def write(self, *, type: str, subject: str, payload: Any, wait: bool = False,
                     timeout: float = 30.0, ts: int | None = None,
-                    nonce: int | None = None) -> dict[str, Any]:
-        """Sign one record with this client's identity and submit it."""
+                    nonce: int | None = None, seal: bool = False) -> dict[str, Any]:
+        """Sign one record with this client's identity and submit it; with ``seal``, a
+        sealed record (SPEC section 10: its digest on the chain, the payload beside it)."""
         return await self._run(self._op_write(type, subject, payload, wait, timeout, ts,
-                                              nonce))
+                                              nonce, seal))
 
     async def record(self, record_id: str) -> dict[str, Any]:
         """``GET /v1/records/{id}``: pending or committed."""

@@ -38,7 +38,8 @@ class ClusterError(LedgerError):
 
 def _from_template(template: Path, genesis: dict[str, Any],
                    directory: Path) -> list[tuple[Path, PrivateKey]]:
-    """Put ``template``'s chain id, organisations, policies and consensus into ``genesis``.
+    """Put ``template``'s chain id, organisations, policies (and read policies), governance
+    and consensus into ``genesis``.
 
     The validators stay the generated nodes; every member gets a new key, written to
     ``clients/<organisation>.<member>.pem`` (a local cluster cannot hold the real members'
@@ -60,7 +61,8 @@ def _from_template(template: Path, genesis: dict[str, Any],
                 name = f"{org.get('name')}.{member['name']}".replace("/", "_")
                 keys.append((directory / "clients" / f"{name}.pem", key))
     genesis.pop("governance", None)  # the template's organisations govern, by its rules
-    for field in ("chain_id", "organizations", "policies", "consensus", "governance"):
+    for field in ("chain_id", "organizations", "policies", "consensus", "governance",
+                  "read_policies"):
         if field in doc:
             genesis[field] = doc[field]
     return keys
@@ -77,7 +79,8 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
     mistyped type is refused, listing them: what ``make run`` asks for).
 
     With ``template`` (a genesis file such as examples/genesis.example.json), its chain id,
-    organisations, policies and consensus section replace the demo ones (see docs/genesis.md).
+    organisations, policies, read policies, governance and consensus section replace the demo
+    ones (see docs/genesis.md).
 
     ``witnesses`` > 0: that many witness keys ``witnesses/witness{i}.pem``, listed in genesis
     ``witnesses`` (SPEC sections 9 and 11; docs/witness.md). 0 leaves genesis without the key.

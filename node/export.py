@@ -7,9 +7,10 @@ salt, payload_bytes], ...]]`` (sealed payloads not redacted), optionally ``["wit
 height order), and last ``["end", block_count, tip_block_hash]``. ``ledger audit --file``
 checks every cosignature of the witnesses section against its height's block and the
 configuration governing it (``check_witnesses``) and every payload against its sealed
-record's digest (``check_payloads``). Nodes do not keep sealed payload pairs yet, so
-``ledger export`` writes no payloads section; ``ledger audit --file`` verifies one made
-elsewhere, and a node import (node/restore.py) refuses one rather than drop it.
+record's digest (``check_payloads``). ``ledger export`` writes the payloads section from
+the pairs its source holds and serves it (a store's, or a node's ``GET /v1/payloads`` to the
+export's read identity), each checked against its record's digest as it is written, never a
+redacted record's; a node import (node/restore.py) keeps them (``store.put_payloads``).
 
 Both directions stream: memory does not grow with the chain's blocks. The witnesses section
 is written through a temporary file (its entry count heads it); reading, it is held in
@@ -24,11 +25,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
 
+from ledger.audit import BlockSummary
 from ledger.blocks import Block, BlockShell, Header
 from ledger.config import REDACT_TYPE, ConfigHistory
 from ledger.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
@@ -75,35 +78,117 @@ def _write_witnesses(f: BinaryIO, rows: Iterable[tuple[int, bytes, bytes]], coun
     return n
 
 
+@dataclass
+class SealedIndex:
+    """The sealed records of the blocks written so far (id -> (height, digest)) and the
+    ids their redactions name, by redaction height: what a payloads section is checked
+    against. Redactions are read by shape only (``block_redactions`` without a
+    configuration): the source's chain is audited elsewhere."""
+
+    sealed: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    redacted: dict[bytes, int] = field(default_factory=dict)
+
+    def add(self, block: Block) -> None:
+        height = block.header.height
+        for record in block.records:
+            digest = record.body.payload_digest
+            if digest is not None:
+                self.sealed[record.id] = (height, digest)
+        with contextlib.suppress(LedgerError):  # the source's audit judges a bad one
+            for redaction in block_redactions(None, block.records):
+                for rid in redaction.ids:
+                    self.redacted.setdefault(rid, height)
+
+
+def _write_payloads(f: BinaryIO, rows: Iterable[tuple[bytes, bytes, bytes]],
+                    index: SealedIndex, spool_dir: Path) -> int:
+    """Write the payloads section of ``rows`` ``(id, salt, payload_bytes)`` (none: no
+    section): only pairs of sealed records of the blocks written (others, of records after
+    the exported tip, are left out), each checked against its digest; a redacted record's
+    pair is refused (BundleError), as is a pair that does not match."""
+    n = 0
+    seen: set[bytes] = set()
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+        for rid, salt, payload in rows:
+            found = index.sealed.get(rid)
+            if found is None or rid in seen:
+                continue
+            if rid in index.redacted:
+                raise BundleError(f"record {rid.hex()} was redacted at height "
+                                  f"{index.redacted[rid]}: its payload is never exported")
+            try:
+                check_sealed_payload(found[1], salt, payload, f"record {rid.hex()}")
+            except LedgerError as exc:
+                raise BundleError(f"height {found[0]}: {exc}") from exc
+            seen.add(rid)
+            spool.write(packb([rid, salt, payload]))
+            n += 1
+        if n:
+            packer = msgpack.Packer(use_bin_type=True)
+            f.write(packer.pack_array_header(2) + packb(PAYLOADS)
+                    + packer.pack_array_header(n))
+            spool.seek(0)
+            shutil.copyfileobj(spool, f)
+    return n
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``write_bundle`` wrote."""
+
+    count: int
+    tip: bytes
+    payloads: int = 0
+
+
 def write_bundle(out: Path, genesis_raw: bytes, blocks: Iterable[bytes | None],
                  on_block: Callable[[], None] | None = None,
-                 witnesses: Iterable[tuple[int, bytes, bytes]] = ()) -> tuple[int, bytes]:
+                 witnesses: Iterable[tuple[int, bytes, bytes]] = (),
+                 payloads: Iterable[tuple[bytes, bytes, bytes]] | None = None,
+                 ) -> tuple[int, bytes]:
     """Write ``genesis_raw`` and ``blocks`` (heights 1.. in order) as a bundle to ``out``:
     to a temporary file first, fsynced, then renamed over ``out`` (``durable_file``), so a
-    crash or error leaves no partial bundle under the final name. ``witnesses``, read once
-    the blocks are written, are ``(height, pubkey, sig)`` cosignatures (a store's
-    ``cosignatures_between``): those of the heights written make the witnesses section.
-    Returns (block count, tip block hash)."""
+    crash or error leaves no partial bundle under the final name. ``payloads``, read once
+    the blocks are written, are ``(id, salt, payload_bytes)`` pairs (``_write_payloads``:
+    the payloads section). ``witnesses``, read after them, are ``(height, pubkey, sig)``
+    cosignatures (a store's ``cosignatures_between``): those of the heights written make
+    the witnesses section. Returns (block count, tip block hash)."""
+    written = write_bundle_counted(out, genesis_raw, blocks, on_block, witnesses, payloads)
+    return written.count, written.tip
+
+
+def write_bundle_counted(out: Path, genesis_raw: bytes, blocks: Iterable[bytes | None],
+                         on_block: Callable[[], None] | None = None,
+                         witnesses: Iterable[tuple[int, bytes, bytes]] = (),
+                         payloads: Iterable[tuple[bytes, bytes, bytes]] | None = None,
+                         ) -> Written:
+    """``write_bundle``, saying also how many payloads it wrote."""
     count, tip = 0, b""
     out = Path(out)
+    index = SealedIndex()
     with durable_file(out) as f:
         f.write(packb([MAGIC, VERSION, genesis_raw]))
         for data in blocks:
             if data is None:
                 raise BundleError(f"block {count + 1} is missing at the source")
             try:
-                tip = Block.from_wire(data).header.hash
+                block = Block.from_wire(data)
             except LedgerError as exc:
                 raise BundleError(f"block {count + 1} does not decode: {exc}") from exc
+            tip = block.header.hash
+            if payloads is not None:
+                index.add(block)
             f.write(packb(data))
             count += 1
             if on_block is not None:
                 on_block()
         if count == 0:
             raise BundleError("the chain has no blocks to export")
-        _write_witnesses(f, witnesses, count, out.resolve().parent)
+        spool_dir = out.resolve().parent
+        n = _write_payloads(f, payloads, index, spool_dir) if payloads is not None else 0
+        _write_witnesses(f, witnesses, count, spool_dir)
         f.write(packb(["end", count, tip]))
-    return count, tip
+    return Written(count, tip, n)
 
 
 def _unpacker(f: BinaryIO) -> msgpack.Unpacker:
@@ -239,9 +324,8 @@ class Bundle:
                     continue
                 if isinstance(obj, list) and obj and obj[0] == PAYLOADS:
                     if not self._accept_payloads:
-                        raise BundleError(f"{self.path}: the bundle has a 'payloads' section; "
-                                          f"a node keeps no sealed payloads yet, so it cannot "
-                                          f"import them (ledger audit --file checks them)")
+                        raise BundleError(f"{self.path}: the bundle has a 'payloads' section, "
+                                          f"which this reader does not take")
                     if sections:
                         where = ("a second payloads section" if PAYLOADS in sections
                                  else "the payloads section after the witnesses section")
@@ -323,3 +407,61 @@ def check_payloads(bundle: Bundle) -> int:
         except PayloadMismatchError as exc:
             raise AuditError(height, str(exc)) from exc
     return len(seen)
+
+
+@dataclass
+class PayloadTally:
+    """``ledger audit --payloads``: the sealed records of the audited chain (from each
+    block's summary: id -> (height, digest)) and their redactions, and every pair a source
+    served, checked against its record's digest. AuditError (``height N: ...``, the record's
+    height) at the first pair that does not match, names no sealed record of the audited
+    chain, is listed twice, or belongs to a redacted record (a source must not keep it)."""
+
+    sealed: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    redacted: dict[bytes, int] = field(default_factory=dict)
+    served: set[bytes] = field(default_factory=set)
+    withheld: set[bytes] = field(default_factory=set)
+
+    def add(self, summary: BlockSummary) -> None:
+        for rid, digest, _ in summary.sealed:
+            self.sealed[rid] = (summary.height, digest)
+        for redaction in summary.redactions:
+            for rid in redaction.ids:
+                self.redacted.setdefault(rid, summary.height)
+
+    def _known(self, rid: bytes, where: str, after: int) -> int:
+        found = self.sealed.get(rid)
+        if found is None:
+            raise AuditError(after, f"{where}: not a sealed record of the audited chain")
+        if rid in self.served or rid in self.withheld:
+            raise AuditError(found[0], f"{where}: listed twice")
+        if rid in self.redacted:
+            raise AuditError(self.redacted[rid], f"{where}: redacted at height "
+                             f"{self.redacted[rid]}, yet its payload is still held")
+        return found[0]
+
+    def pair(self, rid: bytes, salt: bytes, payload: bytes, where: str, after: int) -> None:
+        """A served pair: checked against its record's digest."""
+        height = self._known(rid, where, after)
+        try:
+            check_sealed_payload(self.sealed[rid][1], salt, payload, where)
+        except LedgerError as exc:
+            raise AuditError(height, str(exc)) from exc
+        self.served.add(rid)
+
+    def withhold(self, rid: bytes, where: str, after: int) -> None:
+        """A pair the source holds but its read policy did not serve to this reader."""
+        self._known(rid, where, after)
+        self.withheld.add(rid)
+
+    @property
+    def missing(self) -> int:
+        return len(self.sealed) - len(self.served) - len(self.withheld) - len(
+            self.redacted.keys() & self.sealed.keys())
+
+    def note(self) -> str:
+        n = len(self.sealed)
+        redacted = len(self.redacted.keys() & self.sealed.keys())
+        return (f"{n} sealed record{'s' if n != 1 else ''}: {len(self.served)} payloads "
+                f"served and matched their digests, {len(self.withheld)} withheld, "
+                f"{self.missing} missing, {redacted} redacted")

@@ -18,24 +18,49 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import LogProofError
+from ledger.encoding import b64decode
+from ledger.errors import DecodeError, LedgerError, LogProofError
 from ledger.genesis import Genesis
-from node.client import LedgerClient, NodeError
+from ledger.jsonview import jsonable
+from ledger.records import Record
+from node.client import LedgerClient, NodeError, decode_payload, served_pair
 
 EXIT_OK, EXIT_INVALID = 0, 1
 PROGRESS_EVERY = 1000  # records between two progress lines on a terminal
 
 
+def payload_text(item: dict[str, Any]) -> str:
+    """A record's payload as one line of JSON: an inline record's, a sealed record's value
+    as served (the history walk checked it against its digest), or what kept it from this
+    reader: ``<sealed: withheld by read policy>``, ``<sealed: missing>``,
+    ``<sealed: redacted at height H>``."""
+    if "payload_digest" not in item:
+        value = item.get("payload")
+    else:
+        status = item.get("payload_status")
+        if status != "served" or "payload" not in item:
+            if status == "redacted":
+                return f"<sealed: redacted at height {item.get('redacted', {}).get('height')}>"
+            return ("<sealed: withheld by read policy>" if status == "withheld"
+                    else f"<sealed: {status or 'not served'}>")
+        try:
+            pair = served_pair(item)
+        except LedgerError as exc:
+            return f"<sealed: {exc}>"
+        value = jsonable(decode_payload(pair)) if pair is not None else None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def record_line(item: dict[str, Any]) -> str:
     """``height:index  log L  ts T  type  id  payload``: one record on one line."""
-    payload = json.dumps(item.get("payload"), separators=(",", ":"), ensure_ascii=False)
+    payload = payload_text(item)
     return (f"{item.get('height')}:{item.get('index')}  log {item.get('log_index')}  "
             f"ts {item.get('ts')}  {item.get('type')}  {item.get('id')}  {payload}")
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print a subject's committed records; with --verify, each proved in the log."""
-    from node.cli import CommandError, _ca
+    from node.cli import CommandError, _ca, _reader
 
     if args.verify and args.genesis is None:
         raise CommandError("--verify needs --genesis G (the checkpoint is verified from it)")
@@ -43,7 +68,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise CommandError("--page-size must be within 1..1000")
     tty = sys.stderr.isatty()
     count = 0
-    with LedgerClient(args.node, verify=_ca(args)) as client:
+    with LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args)) as client:
         checkpoint = None
         try:
             if args.verify:
@@ -111,5 +136,56 @@ def add_commands(sub: Any) -> None:
                    help="one JSON object per line (the API's record view)")
     p.add_argument("--page-size", type=int, metavar="N",
                    help="records per request, 1..1000 (default 100; proofs: at most 100)")
+    p.add_argument("--identity", type=Path, metavar="PEM", help=IDENTITY_HELP)
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.set_defaults(func=cmd_history)
+
+    record = sub.add_parser("record", help="read one record",
+                            description="Read records by id.")
+    rsub = record.add_subparsers(dest="record_command", required=True, metavar="COMMAND")
+    p = rsub.add_parser(
+        "get", help="print one record (pending or committed) as JSON",
+        description="Print GET /v1/records/ID as JSON. A sealed record's payload is served "
+        "only to a reader its type's read policy allows: sign the request with --identity. "
+        "A served payload is checked against the record's payload_digest first (exit 1 "
+        "with 'invalid: <reason>' if it does not match). --payload prints only the "
+        "payload's value (exit 1 when the node does not serve it: withheld, missing or "
+        "redacted).")
+    p.add_argument("id", metavar="ID", help="the record id (64 hex)")
+    p.add_argument("--node", required=True, metavar="URL", help="the node's API")
+    p.add_argument("--identity", type=Path, metavar="PEM", help=IDENTITY_HELP)
+    p.add_argument("--payload", action="store_true", help="print only the payload's value")
+    p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
+    p.set_defaults(func=cmd_record_get)
+
+
+IDENTITY_HELP = ("sign reads with this member key (RFC 9421), so the node's read policies "
+                 "serve it sealed payloads (LEDGER_KEY_PASSPHRASE for an encrypted key)")
+
+
+def cmd_record_get(args: argparse.Namespace) -> int:
+    """Print one record; a served sealed payload checked against its digest first."""
+    from node.cli import _ca, _reader
+
+    with LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args)) as client:
+        doc = client.record(args.id)
+    try:
+        record = Record.from_wire(b64decode(doc.get("envelope"), "envelope"))
+        if record.id.hex() != args.id:
+            raise DecodeError(f"the node served record {record.id.hex()}")
+        pair = served_pair(doc, record)
+    except LedgerError as exc:
+        print(f"invalid: {args.node}: record {args.id}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if not args.payload:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        if record.body.sealed:
+            print(f"sealed payload: {doc.get('payload_status')}"
+                  + (" (matches its digest)" if pair is not None else ""), file=sys.stderr)
+        return EXIT_OK
+    if record.body.sealed and pair is None:
+        print(f"{args.node}: record {args.id}: its sealed payload is not served: "
+              f"{payload_text(doc)}", file=sys.stderr)
+        return EXIT_INVALID
+    print(payload_text(doc))
+    return EXIT_OK

@@ -20,9 +20,16 @@ from dataclasses import dataclass, field, replace
 from ledger.blocks import Block
 from ledger.config import CONFIG_TYPE, REDACT_TYPE, Config
 from ledger.crypto import is_valid_signature
-from ledger.errors import DecodeError, DigestReusedError, LedgerError, ValidationError
+from ledger.encoding import BatchItem
+from ledger.errors import (
+    DecodeError,
+    DigestReusedError,
+    LedgerError,
+    PayloadMissingError,
+    ValidationError,
+)
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store.base import BlockStore
 from ledger.validation import (
     Authority,
@@ -50,6 +57,10 @@ class AdmitResult:
     #: A ``ledger.redact`` record's own checks passed (``check_redaction``): what ``admit``
     #: judges against the chain.
     redaction: Redaction | None = None
+    #: A sealed record's (salt, payload) pair, checked against its digest in ``precheck``;
+    #: on a "duplicate" of a committed record, the pair to offer the store (resubmission
+    #: heals a node that committed the record without it).
+    pair: SealedPayload | None = None
 
 
 class VerifiedCache:
@@ -90,12 +101,44 @@ class VerifiedCache:
 
 
 def decode(envelope: bytes) -> AdmitResult:
-    """Decode one envelope: a candidate ("accepted" so far) or rejected as malformed."""
+    """Decode one envelope: a candidate ("accepted" so far) or rejected as malformed (or
+    ``invalid_body``: a body holding both ``payload`` and ``payload_digest``)."""
     try:
         record = Record.from_wire(envelope)
     except DecodeError as exc:
         return AdmitResult(None, "rejected", exc.code, str(exc))
     return AdmitResult(record.id, "accepted", record=record)
+
+
+def split_item(item: BatchItem) -> tuple[bytes, SealedPayload | None]:
+    """A batch item's envelope and the (salt, payload) pair sent with it, if any."""
+    if isinstance(item, bytes):
+        return item, None
+    envelope, salt, payload = item
+    return envelope, SealedPayload(salt, payload)
+
+
+def with_pair(candidate: AdmitResult, pair: SealedPayload | None) -> AdmitResult:
+    """SPEC section 10 on a decoded candidate: a sealed record needs its pair and the pair
+    must match its digest (``payload_missing``, ``payload_mismatch``); an inline record
+    takes none (``invalid_body``). Hashes the payload: runs in a worker thread."""
+    record = candidate.record
+    if record is None:
+        return candidate
+    try:
+        if pair is not None:
+            pair.check(record)
+        elif record.body.payload_digest is not None:
+            raise PayloadMissingError(
+                f"record {record.id.hex()} is sealed: submit it as [envelope, salt, "
+                "payload_bytes] (JSON: envelope, salt and payload)")
+    except LedgerError as exc:
+        return AdmitResult(record.id, "rejected", exc.code, str(exc))
+    if pair is None:
+        return candidate
+    # built directly: dataclasses.replace costs more than the digest check
+    return AdmitResult(record.id, "accepted", record=record, redaction=candidate.redaction,
+                       pair=pair)
 
 
 def check(source: Authority, candidate: AdmitResult,
@@ -152,7 +195,10 @@ class Mempool:
         # ids named by pending redactions -> the redaction's id (SPEC section 10: a second
         # redaction of an id would be invalid once the first commits)
         self.redacting: dict[bytes, bytes] = {}
-        self.bytes = 0  # the pending records' Record.cost
+        # the pending sealed records' (salt, payload) pairs: every pending sealed record has
+        # one (admission requires it), so whatever ``reap`` proposes, this node can pass on
+        self.pairs: dict[bytes, SealedPayload] = {}
+        self.bytes = 0  # the pending records' Record.cost, and their pairs' sizes
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -171,28 +217,30 @@ class Mempool:
         """True when no more records fit."""
         return len(self.pending) >= self.max_records or self.bytes >= self.max_bytes
 
-    def precheck(self, envelopes: Sequence[bytes]) -> Prechecked:
-        """Decode a batch and check chain, signature and authorisation of each envelope,
-        one at a time: a rejected record is dropped at once, so a batch of records nobody
-        may submit never holds more than one decoded. An envelope already pending is not
-        decoded again (``admit`` calls it a duplicate). The records that pass may cost (see
-        ``Record.cost``) at most the room left in the pool, else MempoolFull: the batch
-        would not fit, and holding it decoded is what the bound exists to prevent. The
-        signature check asks the verified cache, so a record that reached this node first
-        in a proposal is not verified twice. Runs in a worker thread; only reads the mempool
-        (``admit``, on the event loop, decides)."""
+    def precheck(self, items: Sequence[BatchItem]) -> Prechecked:
+        """Decode a batch and check chain, signature, authorisation and, for a sealed
+        record, its (salt, payload) pair (``with_pair``) of each item, one at a time: a
+        rejected record is dropped at once, so a batch of records nobody may submit never
+        holds more than one decoded. An envelope already pending is not decoded again
+        (``admit`` calls it a duplicate). The records that pass may cost (see
+        ``Record.cost``, plus their pairs' bytes) at most the room left in the pool, else
+        MempoolFull: the batch would not fit, and holding it decoded is what the bound
+        exists to prevent. The signature check asks the verified cache, so a record that
+        reached this node first in a proposal is not verified twice. Runs in a worker
+        thread; only reads the mempool (``admit``, on the event loop, decides)."""
         room = self.max_bytes - self.bytes
         spent = 0
         results = []
         config = self.config()
-        for envelope in envelopes:
+        for item in items:
+            envelope, pair = split_item(item)
             pending = self.by_envelope.get(envelope)
             if pending is not None:
                 results.append(AdmitResult(pending.id, "accepted", record=pending))
                 continue
-            candidate = check(config, decode(envelope), self.cache.verify)
+            candidate = with_pair(check(config, decode(envelope), self.cache.verify), pair)
             if candidate.record is not None:
-                spent += candidate.record.cost
+                spent += candidate.record.cost + (pair.size if pair is not None else 0)
                 if spent > room:
                     raise MempoolFull(
                         f"the batch's records cost {spent} bytes decoded, more than the "
@@ -231,8 +279,10 @@ class Mempool:
             digest = r.body.payload_digest
             refusal = None if c.redaction is None else self._redaction_refusal(c.redaction,
                                                                                checked)
-            if r.id in self.pending or r.id in seen_ids:
+            if r.id in self.pending:
                 out.append(AdmitResult(r.id, "duplicate"))
+            elif r.id in seen_ids:  # committed: its pair may heal a node lacking it
+                out.append(AdmitResult(r.id, "duplicate", pair=c.pair))
             elif pair in self.nonces or pair in seen_pairs:
                 out.append(AdmitResult(r.id, "rejected", "nonce_reused",
                                        f"signer {r.body.signer.hex()} already used nonce "
@@ -257,11 +307,13 @@ class Mempool:
                 self.nonces.add(pair)
                 if digest is not None:
                     self.digests.add(digest)
+                if c.pair is not None:
+                    self.pairs[r.id] = c.pair
                 for rid in c.redaction.ids if c.redaction is not None else ():
                     self.redacting[rid] = r.id
-                self.bytes += r.cost
+                self.bytes += r.cost + (c.pair.size if c.pair is not None else 0)
                 self.cache.remember(r)
-                out.append(AdmitResult(r.id, "accepted", record=r))
+                out.append(AdmitResult(r.id, "accepted", record=r, pair=c.pair))
         return out
 
     def _redaction_refusal(self, redaction: Redaction,
@@ -287,13 +339,32 @@ class Mempool:
         """A pending record by id."""
         return self.pending.get(record_id)
 
+    def pair(self, record_id: bytes) -> SealedPayload | None:
+        """The (salt, payload) pair of a pending sealed record."""
+        return self.pairs.get(record_id)
+
+    def pairs_for(self, records: Iterable[Record]) -> dict[bytes, SealedPayload]:
+        """The pairs this mempool holds for ``records`` (a block about to be committed)."""
+        pairs = self.pairs
+        return {r.id: p for r in records if (p := pairs.get(r.id)) is not None}
+
+    def batch_item(self, record: Record) -> BatchItem:
+        """``record`` as a batch item: its envelope, with its pair if sealed (gossip)."""
+        p = self.pairs.get(record.id)
+        return record.envelope if p is None else (record.envelope, p.salt, p.payload)
+
     def reap(self, max_records: int, max_bytes: int) -> list[Record]:
-        """The oldest pending records within the limits (they stay until committed)."""
+        """The oldest pending records within the limits (they stay until committed). A
+        sealed record is proposed only with its pair held here (SPEC section 10; admission
+        guarantees it, the check keeps it so)."""
         out: list[Record] = []
         size = 0
+        pairs = self.pairs
         for r in self.pending.values():
             if len(out) >= max_records or size + len(r.envelope) > max_bytes:
                 break
+            if r.body.payload_digest is not None and r.id not in pairs:
+                continue
             out.append(r)
             size += len(r.envelope)
         return out
@@ -342,6 +413,9 @@ class Mempool:
             self.nonces.discard((r.body.signer, r.body.nonce))
             if r.body.payload_digest is not None:
                 self.digests.discard(r.body.payload_digest)
+            p = self.pairs.pop(record_id, None)
+            if p is not None:
+                self.bytes -= p.size
             if r.body.type == REDACT_TYPE:
                 for rid in [i for i, by in self.redacting.items() if by == record_id]:
                     del self.redacting[rid]

@@ -31,6 +31,7 @@ from ledger.audit import BlockSummary, BytesChunk, audit_chunks
 from ledger.blocks import Block, Header
 from ledger.errors import AuditError, LedgerError
 from ledger.genesis import Genesis
+from ledger.records import Record, SealedPayload
 from ledger.store.sqlite import SqliteStore
 from node.export import Bundle, check_witnesses
 
@@ -63,6 +64,8 @@ class ImportReport:
     seconds: float
     #: witness cosignatures of the witnesses section, verified and kept
     cosignatures: int = 0
+    #: sealed payloads of the payloads section, checked and kept
+    payloads: int = 0
 
 
 def _chunks(blocks: Iterator[bytes], pending: dict[int, bytes],
@@ -130,6 +133,42 @@ def _import_witnesses(bundle: Bundle, store: SqliteStore, genesis: Genesis) -> i
     return cosigned
 
 
+def _import_payloads(bundle: Bundle, store: SqliteStore) -> int:
+    """Keep the bundle's payloads section in the store (``store.put_payloads``, which checks
+    each pair against its record's digest in one write), after refusing, as ``ledger audit
+    --file`` does, a pair of no sealed record of the chain, of a redacted record, or one
+    that does not match (AuditError ``height N:``; then none is kept). Pairs the store
+    already holds are left as they are. Returns how many pairs the store holds of them."""
+    if not bundle.payloads:
+        return 0
+    after = store.height + 1
+    pairs: dict[bytes, SealedPayload] = {}
+    for i, (rid, salt, payload) in enumerate(bundle.payloads):
+        where = f"{bundle.path}: payloads entry {i} (record {rid.hex()})"
+        loc = store.locate(rid)
+        envelope = store.envelope(rid) if loc is not None else None
+        if loc is None or envelope is None:
+            raise AuditError(after, f"{where}: not a record of the bundle's chain")
+        if rid in pairs:
+            raise AuditError(loc.height, f"{where}: listed twice")
+        redacted = store.redacted_at(rid)
+        if redacted is not None:
+            raise AuditError(redacted, f"{where}: redacted at height {redacted}, so its "
+                             f"payload must not be exported")
+        pair = SealedPayload(salt, payload)
+        try:
+            pair.check(Record.from_wire(envelope))
+        except LedgerError as exc:
+            raise AuditError(loc.height, f"{where}: {exc}") from exc
+        pairs[rid] = pair
+    put = store.put_payloads(pairs)
+    if put.mismatched:  # checked above: only a store that changed under us
+        rid = next(iter(put.mismatched))
+        raise AuditError(after, f"{bundle.path}: record {rid.hex()}: the store refused "
+                         f"its pair")
+    return len(store.payloads(pairs))
+
+
 def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
                   genesis_path: Path | str = "genesis.json", *, workers: int | None = None,
                   on_blocks: Callable[[int], None] | None = None,
@@ -142,7 +181,7 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
     first bad block; the good ones before it are written), BundleError (not a bundle)."""
     started = time.monotonic()
     batch_records = batch_records or BATCH_RECORDS
-    bundle = Bundle(bundle_path, payloads=False)  # a node keeps no sealed payloads yet
+    bundle = Bundle(bundle_path)
     check_genesis(bundle, genesis, genesis_path)
     store = SqliteStore(store_path, genesis_hash=genesis.hash, config=genesis.config)
     try:
@@ -200,7 +239,8 @@ def import_bundle(bundle_path: Path, store_path: Path, genesis: Genesis,
             raise AuditError(count, f"{bundle.path}: the bundle's end marker names tip "
                              f"{tip.hex()}, the last block's hash is {report.tip_hash.hex()}")
         cosigned = _import_witnesses(bundle, store, genesis)
+        payloads = _import_payloads(bundle, store)
         return ImportReport(kept, written, store.height, report.records, report.tip_hash,
-                            time.monotonic() - started, cosigned)
+                            time.monotonic() - started, cosigned, payloads)
     finally:
         store.close()

@@ -22,14 +22,14 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
 
 from ledger.blocks import Block, Header, peek_cert_obj, verify_block_cert
-from ledger.config import ConfigHistory
+from ledger.config import REDACT_TYPE, ConfigHistory
 from ledger.consensus import (
     Action,
     BlockRequest,
@@ -62,17 +62,19 @@ from ledger.consensus.messages import (
     peek_block_response,
 )
 from ledger.crypto import PrivateKey, read_key_file
-from ledger.encoding import packb, split_bin_array
+from ledger.encoding import BatchItem, packb, split_batch
 from ledger.errors import CertificateError, DecodeError, LedgerError
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
+from ledger.validation import block_redactions
 from node.config import ConfigError, NodeConfig, parse_address
 from node.files import write_durably
 from node.follow import Follower
-from node.mempool import AdmitResult, Mempool
+from node.mempool import AdmitResult, Mempool, MempoolFull
 from node.metrics import Metrics
+from node.payloads import PAYLOADS, PayloadSync
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
 from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, NotAValidator, Status
 from node.threads import favour_the_loop
@@ -80,7 +82,7 @@ from node.tls import client_context, server_context
 from node.transport import PeerNetwork
 from node.transport.peers import PeerDirectory, accepted_peers
 
-CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links
+CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links (PAYLOADS = 2: node.payloads)
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
 MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
 
@@ -106,6 +108,9 @@ PROPOSAL_BYTES_PER_S, PROPOSAL_BYTES_BURST = 32.0 * 2**20, 64.0 * 2**20
 # by what the block limits allow before decoding it.
 BLOCK_OVERHEAD = 64 * 1024
 RECORD_OVERHEAD = 8
+# Record gossip whose sealed records lack their pair or carry one that does not match.
+GOSSIP_PAIR_ERRORS = frozenset({"payload_missing", "payload_mismatch"})
+GOSSIP_PAIR_WEIGHT = 20.0
 # Evidence: kept (and persisted) for this many heights, at most this many pairs.
 EVIDENCE_WINDOW = 10_000
 EVIDENCE_MAX = 1000
@@ -359,6 +364,10 @@ class Node:
         self._stopped = False
         self.peer_backlog = 0  # peer messages queued for the core (bounded)
         self.dropped_peer_messages = 0
+        # sealed payloads: fetching missing pairs, serving them, scrubbing after redactions
+        self.payload_sync = PayloadSync(self, MALFORMED)
+        self._payload_fetch: asyncio.Task[None] | None = None
+        self._unknown_channels: set[tuple[int, int]] = set()  # (peer, channel) logged
 
     # -- consensus loop -------------------------------------------------------------------
 
@@ -418,8 +427,15 @@ class Node:
             self._schedule(action)
         elif isinstance(action, CommitBlock):
             self.faults.crash_point("before_commit")
-            await asyncio.to_thread(self.store.append, action.block, action.last_cert)
+            block = action.block
+            # the pairs of its sealed records this node holds (its mempool's), kept in the
+            # block's own write; a sealed record committed without one is fetched from peers
+            pairs = self.mempool.pairs_for(r for r in block.records if r.body.sealed)
+            await asyncio.to_thread(self.store.append, block, action.last_cert,
+                                    payloads=pairs)
             self.faults.crash_point("after_commit")
+            if any(r.body.sealed and r.id not in pairs for r in block.records):
+                self.payload_sync.nudge()
             self._on_committed(action.block)
             if self.evidence.prune(action.block.height):
                 self._persist_evidence()
@@ -606,8 +622,20 @@ class Node:
         handle = loop.call_later(t.delay_ms / 1000, fire)
         self._timers.add(handle)
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as one of the node's tasks (``stop`` waits for them, then cancels)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _on_committed(self, block: Block) -> None:
         self.mempool.remove_committed(block)
+        if any(r.body.type == REDACT_TYPE for r in block.records):
+            # the store deleted the named pairs in the block's write: drop them here too
+            # and scrub them from the store's files
+            self.payload_sync.redacted_ids(
+                rid for red in block_redactions(None, block.records) for rid in red.ids)
         now = time.monotonic()
         for r in block.records:
             started = self.admitted_at.pop(r.id, None)
@@ -683,8 +711,9 @@ class Node:
         elif channel == RECORDS:
             try:
                 # Split as the API splits a batch: nothing but bins is built, so a frame of
-                # empty maps costs its bytes, not a dict each.
-                envelopes = split_bin_array(body, "record gossip", len(body))
+                # empty maps costs its bytes, not a dict each. Sealed records come as
+                # [envelope, salt, payload_bytes].
+                items = split_batch(body, "record gossip", len(body))
             except LedgerError as exc:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
                 self._misbehaved(peer, "sent malformed record gossip", MALFORMED)
@@ -692,12 +721,30 @@ class Node:
             if len(self._tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
                 return
-            task = asyncio.ensure_future(self.submit(envelopes, gossip=False))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.spawn(self._gossip_in(peer, items))
+        elif channel == PAYLOADS:
+            self.payload_sync.on_frame(peer, body)
         else:
-            log.warning("dropped a frame on unknown channel %d from validator %d", channel, peer)
-            self._misbehaved(peer, f"sent a frame on unknown channel {channel}", MALFORMED)
+            # A newer peer's channel this node does not know: dropped, lightly scored (it
+            # is not garbage on a known channel), logged once per peer and channel.
+            if (peer, channel) not in self._unknown_channels:
+                self._unknown_channels.add((peer, channel))
+                log.warning("dropped a frame on unknown channel %d from validator %d",
+                            channel, peer)
+            self._misbehaved(peer, f"sent a frame on unknown channel {channel}", 1)
+
+    async def _gossip_in(self, peer: int, items: list[BatchItem]) -> None:
+        """Admit records a peer gossiped (a full mempool drops them: the peer proposes).
+        A peer gossips only pairs its own admission checked: a sealed record without its
+        pair, or with one that does not match, is misbehaviour."""
+        try:
+            results = await self.submit(items, gossip=False)
+        except (MempoolFull, NotAValidator):
+            return
+        bad = sum(r.error in GOSSIP_PAIR_ERRORS for r in results)
+        if bad:
+            self._misbehaved(peer, f"gossiped {bad} sealed records without their matching "
+                             "payload", GOSSIP_PAIR_WEIGHT)
 
     def _admit_proposal(self, peer: int, frame: UndecodedProposal,
                         size: int) -> Proposal | bool | None:
@@ -855,14 +902,18 @@ class Node:
 
     # -- submission (API and gossip) ------------------------------------------------------
 
-    async def submit(self, envelopes: Sequence[bytes], *, gossip: bool = True) -> list[AdmitResult]:
-        """Admit a batch: signature checks in a worker thread, state checks here."""
+    async def submit(self, items: Sequence[BatchItem], *, gossip: bool = True
+                     ) -> list[AdmitResult]:
+        """Admit a batch (envelopes, or ``[envelope, salt, payload]`` for sealed records):
+        signature and digest checks in a worker thread, state checks here. A sealed record
+        already committed, resubmitted with its pair, gives this node the pair if it lacks
+        it (``store.put_payloads``, in a worker thread)."""
         if self.core.index is None and not self.connected_peers():
             raise NotAValidator(
                 f"this node ({self.name}) is not a validator at height {self.core.height} "
                 "and has no peer link, so a record admitted here would never be committed; "
                 "submit to a validator of the configuration in force (GET /v1/config)")
-        checked = await asyncio.to_thread(self.mempool.precheck, envelopes)
+        checked = await asyncio.to_thread(self.mempool.precheck, items)
         results = self.mempool.admit(checked, now_ms())
         accepted = [r.record for r in results if r.status == "accepted" and r.record]
         if accepted:
@@ -870,9 +921,14 @@ class Node:
             for r in accepted:
                 self.admitted_at[r.id] = started
             if gossip:
-                self.send_frame(bytes([RECORDS]) + packb([r.envelope for r in accepted]))
+                item = self.mempool.batch_item
+                self.send_frame(bytes([RECORDS]) + packb([item(r) for r in accepted]))
             self.events.put_nowait(RecordsAvailable())
         self.metrics.mempool = len(self.mempool)
+        heal = {r.id: r.pair for r in results
+                if r.status == "duplicate" and r.id is not None and r.pair is not None}
+        if heal:
+            await asyncio.to_thread(self.store.put_payloads, heal)
         return results
 
     def connected_peers(self) -> list[int]:
@@ -882,6 +938,11 @@ class Node:
 
     def pending(self, record_id: bytes) -> Record | None:
         return self.mempool.get(record_id)
+
+    def pending_pair(self, record_id: bytes) -> SealedPayload | None:
+        """The (salt, payload) pair of a pending sealed record (the read side applies the
+        read policy before serving it)."""
+        return self.mempool.pair(record_id)
 
     def status(self) -> Status:
         peers = tuple(self.connected_peers())
@@ -911,6 +972,8 @@ class Node:
         self._consensus = asyncio.create_task(self.consensus_loop(), name="consensus")
         self._lag_probe = asyncio.create_task(self.metrics.probe_loop_lag(), name="loop lag")
         self._follow = asyncio.create_task(self.follower.run(), name="follow")
+        self._payload_fetch = asyncio.create_task(self.payload_sync.run(), name="payloads")
+        self.payload_sync.nudge()  # pairs a previous run left missing
         if api:
             self._server = self.api_server()
             self._api = asyncio.create_task(self._server.serve(), name="api")
@@ -976,10 +1039,11 @@ class Node:
         self._stopped = self._stopping = True
         if self._lag_probe is not None:
             self._lag_probe.cancel()
-        if self._follow is not None:
-            self._follow.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._follow
+        for background in (self._follow, self._payload_fetch):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await background
         if self._server is not None and self._api is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):

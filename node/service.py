@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ledger.blocks import Block
-from ledger.config import ConfigHistory
+from ledger.config import REDACT_TYPE, ConfigHistory
+from ledger.encoding import BatchItem
 from ledger.genesis import Genesis
 from ledger.merkle import CompactRange, NodeId
-from ledger.records import Record
+from ledger.records import Record, SealedPayload
 from ledger.store import RecordLocation
 from ledger.store.base import BlockStore, ConfigChange
 from node.mempool import AdmitResult, Mempool
@@ -90,6 +91,16 @@ class ReadStore(Protocol):
     def add_split_view(self, cosig_json: bytes) -> bool: ...
 
     def split_views(self) -> list[bytes]: ...
+
+    # sealed payloads (SPEC section 10): what the read endpoints serve
+    def payloads(self, ids: Iterable[bytes]) -> dict[bytes, SealedPayload]: ...
+
+    def payloads_between(self, first_seq: int,
+                         count: int) -> list[tuple[int, bytes, SealedPayload]]: ...
+
+    def redacted(self, ids: Iterable[bytes]) -> set[bytes]: ...
+
+    def redacted_at(self, record_id: bytes) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -250,9 +261,14 @@ class NodeService(Protocol):
     def pending(self, record_id: bytes) -> Record | None:
         """A record admitted and not yet committed."""
 
-    async def submit(self, envelopes: Sequence[bytes]) -> list[AdmitResult]:
-        """Admit a batch (MempoolFull when it does not fit, NotAValidator when nothing
-        admitted here could reach a validator), one result per envelope."""
+    def pending_pair(self, record_id: bytes) -> SealedPayload | None:
+        """The (salt, payload) pair of a pending sealed record (the caller applies the
+        read policy)."""
+
+    async def submit(self, items: Sequence[BatchItem]) -> list[AdmitResult]:
+        """Admit a batch of envelopes, or ``(envelope, salt, payload)`` for sealed records
+        (MempoolFull when it does not fit, NotAValidator when nothing admitted here could
+        reach a validator), one result per item."""
 
     def status(self) -> Status:
         """A snapshot for ``/v1/status``."""
@@ -296,17 +312,27 @@ class LocalService:
     def pending(self, record_id: bytes) -> Record | None:
         return self.mempool.get(record_id)
 
-    async def submit(self, envelopes: Sequence[bytes]) -> list[AdmitResult]:
-        checked = await asyncio.to_thread(self.mempool.precheck, envelopes)
+    def pending_pair(self, record_id: bytes) -> SealedPayload | None:
+        return self.mempool.pair(record_id)
+
+    async def submit(self, items: Sequence[BatchItem]) -> list[AdmitResult]:
+        checked = await asyncio.to_thread(self.mempool.precheck, items)
         results = self.mempool.admit(checked, now_ms())
         self.metrics.mempool = len(self.mempool)
+        heal = {r.id: r.pair for r in results
+                if r.status == "duplicate" and r.id is not None and r.pair is not None}
+        if heal:  # as a node does: a committed sealed record's pair, resubmitted
+            await asyncio.to_thread(self.store.put_payloads, heal)
         return results
 
     def append(self, block: Block) -> None:
-        """Store ``block`` and do what a node does on commit: clear its records from the
-        mempool, resolve their waiters and publish the height."""
-        self.store.append(block)
+        """Store ``block`` with the mempool's pairs of its sealed records and do what a node
+        does on commit: clear its records from the mempool, scrub the store after a
+        redaction, resolve their waiters and publish the height."""
+        self.store.append(block, payloads=self.mempool.pairs_for(block.records))
         self.mempool.remove_committed(block)
+        if any(r.body.type == REDACT_TYPE for r in block.records):
+            self.store.scrub()
         self.metrics.records_committed += len(block.records)
         self.metrics.height = block.height
         self.commits.committed(block)

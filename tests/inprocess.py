@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 
 from ledger.blocks import Block
 from ledger.crypto import PrivateKey
-from ledger.encoding import packb
+from ledger.encoding import BatchItem, packb
 from ledger.records import Record
 from ledger.store import MemoryStore
 from node.api import create_app
@@ -59,8 +59,8 @@ class InProcessService(LocalService):
         self.builder = ChainBuilder(fx, self.store, time_ms=now_ms())
         self.autocommit = autocommit
 
-    async def submit(self, envelopes: Sequence[bytes]) -> list[AdmitResult]:
-        results = await super().submit(envelopes)
+    async def submit(self, items: Sequence[BatchItem]) -> list[AdmitResult]:
+        results = await super().submit(items)
         if self.autocommit and any(r.status == "accepted" for r in results):
             asyncio.get_running_loop().call_soon(self.commit)
         return results
@@ -185,8 +185,9 @@ def events_of(lines: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line[5:]) for line in lines if line.startswith("data:")]
 
 
-def msgpack_post(envelopes: Sequence[bytes]) -> dict[str, Any]:
-    """Keyword arguments for ``http.post("/v1/records", ...)`` of a msgpack batch."""
-    return {"content": packb(list(envelopes)),
+def msgpack_post(items: Sequence[BatchItem]) -> dict[str, Any]:
+    """Keyword arguments for ``http.post("/v1/records", ...)`` of a msgpack batch (a sealed
+    record's item is ``(envelope, salt, payload_bytes)``)."""
+    return {"content": packb([i if isinstance(i, bytes) else list(i) for i in items]),
             "headers": {"Content-Type": "application/msgpack"}}
 

@@ -2,7 +2,8 @@
 
 ``check_recent`` looks at the tip and the last blocks: the tip's certificate, the hash links,
 and that every index row of their records (and the ``sealed`` row of a sealed one) agrees
-with the envelopes. ``check_indexes``
+with the envelopes, and that every payload pair held is a sealed record's, matches its digest
+and is not redacted. ``check_indexes``
 does the same index comparison for every record. (The full chain audit — signatures,
 roots, policy — is ``ledger.audit``.) Problems raise ``CorruptStoreError`` naming the height.
 """
@@ -71,6 +72,7 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
         if len(rows) != n:
             raise CorruptStoreError(f"{n - len(rows)} record rows are missing", height)
         sealed = store.sealed_rows(first_seq, n)
+        records: dict[int, Record] = {}
         for i, (seq, rid, h, idx, signer, nonce, subject, envelope) in enumerate(rows):
             try:
                 r = Record.from_wire(envelope)
@@ -85,3 +87,16 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
             if sealed.get(seq) != r.body.payload_digest:
                 raise CorruptStoreError(f"sealed row of record {i} disagrees with its envelope",
                                         height)
+            records[seq] = r
+        pairs = store.payloads_between(first_seq, n)
+        redacted = store.redacted([rid for _, rid, _ in pairs])
+        for seq, rid, pair in pairs:
+            i = seq - first_seq
+            if rid in redacted:
+                raise CorruptStoreError(f"the payload of record {i} is held although a "
+                                        "redaction names it", height)
+            try:
+                pair.check(records[seq])
+            except LedgerError as exc:
+                raise CorruptStoreError(f"the payload held for record {i} is not its own "
+                                        f"({exc})", height) from exc

@@ -7,7 +7,13 @@ latency p50/p99), `ledger audit` records/s, peak RSS per node and store bytes pe
 Each figure is printed beside its bound: throughput / (cores x v / nodes), audit / (cores x v).
 Writes bench-results/cluster_bench.json and a PNG of throughput and latency over the run.
 
+With ``--sealed`` (what `make bench` runs) the same run is then repeated on a fresh cluster
+with every record sealed (SPEC section 10: the same payloads, each submitted as
+``[envelope, salt, payload_bytes]``), written to cluster_bench_sealed.json, and the sealed
+throughput is printed as a ratio of the inline one (target >= 0.9).
+
     python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 250] [--clients 4]
+                                        [--sealed]
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from tqdm import tqdm
 from ledger.crypto import read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
-from ledger.records import Record
+from ledger.records import Record, SealedPayload, seal_record
 from tests.bench.audit_bench import verify_rate
 from tests.integration.cluster_util import ROOT, Cluster
 
@@ -116,9 +122,33 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy every node during the saturation phase "
                              "(collapsed stacks in OUT/profile-node{i}.txt)")
+    parser.add_argument("--sealed", action="store_true",
+                        help="then run again with every record sealed (same payloads) and "
+                             "print the sealed/inline throughput ratio")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    inline = run(args, sealed=False)
+    if args.sealed:
+        sealed = run(args, sealed=True)
+        ratio = sealed["throughput_records_per_s"] / inline["throughput_records_per_s"]
+        sealed["throughput_of_inline"] = ratio
+        (args.out / "cluster_bench_sealed.json").write_text(json.dumps(sealed, indent=2))
+        print(f"sealed records: {sealed['throughput_records_per_s']:,.0f} records/s = "
+              f"{ratio:.2f} of the inline run's {inline['throughput_records_per_s']:,.0f} "
+              f"(target >= 0.90); light p50 {sealed['light_p50_ms']:.1f} ms vs "
+              f"{inline['light_p50_ms']:.1f} ms")
+
+
+def item(record: Record, pair: SealedPayload | None) -> object:
+    """What a batch carries for ``record``: its envelope, or ``[envelope, salt, payload]``."""
+    return record.envelope if pair is None else [record.envelope, pair.salt, pair.payload]
+
+
+def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
+    """One run on a fresh cluster; prints and writes its report and returns it."""
     cores = os.cpu_count() or 1
+    name = "cluster_bench_sealed" if sealed else "cluster_bench"
+    print(f"== {'sealed' if sealed else 'inline'} records ==", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         c = Cluster.create(Path(tmp), nodes=args.nodes, consensus=CONSENSUS)
@@ -130,27 +160,29 @@ def main() -> None:
             now = time.time_ns() // 1_000_000
             pad = "x" * 110
             print(f"pre-signing {args.records + args.light} records ...", flush=True)
-            records = [Record.create(key, chain=genesis.chain_id, type="sensor.reading",
-                                     subject=f"plant-{i % 20}/line-{i % 3}/temp",
-                                     payload={"v": i * 0.1, "unit": "C", "note": pad},
-                                     ts=now, nonce=i)
-                       for i in tqdm(range(args.records + args.light), unit="rec",
-                                     desc="signing", file=sys.stderr, mininterval=1)]
+            make = seal_record if sealed else Record.create
+            made = [make(key, chain=genesis.chain_id, type="sensor.reading",
+                         subject=f"plant-{i % 20}/line-{i % 3}/temp",
+                         payload={"v": i * 0.1, "unit": "C", "note": pad}, ts=now, nonce=i)
+                    for i in tqdm(range(args.records + args.light), unit="rec",
+                                  desc="signing", file=sys.stderr, mininterval=1)]
+            records: list[Record] = [m[0] if isinstance(m, tuple) else m for m in made]
+            items = [item(m[0], m[1]) if isinstance(m, tuple) else m.envelope for m in made]
             envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
 
             # Light load: one record in flight.
             light = []
             with httpx.Client(timeout=60) as http:
-                for r in records[args.records:]:
+                for one in items[args.records:]:
                     t0 = time.perf_counter()
-                    resp = http.post(f"{c.url(0)}/v1/records", content=packb([r.envelope]),
+                    resp = http.post(f"{c.url(0)}/v1/records", content=packb([one]),
                                      params={"wait": "commit", "timeout": "30"},
                                      headers={"Content-Type": "application/msgpack"})
                     resp.raise_for_status()
                     light.append(time.perf_counter() - t0)
 
             # Saturation: clients send batches with wait=commit.
-            batches = [records[i:i + args.batch] for i in range(0, args.records, args.batch)]
+            batches = [items[i:i + args.batch] for i in range(0, args.records, args.batch)]
             lock = threading.Lock()
             timeline: list[tuple[float, int, float]] = []  # (commit time, records, latency)
             errors = [0]
@@ -158,7 +190,7 @@ def main() -> None:
             def client(k: int) -> None:
                 with httpx.Client(timeout=300) as http:
                     for j in range(k, len(batches), args.clients):
-                        body = packb([r.envelope for r in batches[j]])
+                        body = packb(batches[j])
                         t0 = time.perf_counter()
                         resp = http.post(f"{c.url(j % args.nodes)}/v1/records", content=body,
                                          params={"wait": "commit", "timeout": "240"},
@@ -239,7 +271,8 @@ def main() -> None:
 
     bound = cores * v / args.nodes
     report = {
-        "nodes": args.nodes, "cores": cores, "records": args.records, "batch": args.batch,
+        "sealed": sealed, "nodes": args.nodes, "cores": cores, "records": args.records,
+        "batch": args.batch,
         "clients": args.clients, "verify_rate_one_core": v,
         "throughput_records_per_s": throughput, "throughput_bound": bound,
         "throughput_of_bound": throughput / bound, "errors": errors[0],
@@ -289,9 +322,10 @@ def main() -> None:
           f"{cores} cores")
     print("throughput by tenth of the run:   "
           + ", ".join(f"{x:,.0f}" for x in report["throughput_by_tenth"]))
-    (args.out / "cluster_bench.json").write_text(json.dumps(report, indent=2))
-    plot(timeline, start, memory, args.out / "cluster_bench.png")
-    print(f"results: {args.out / 'cluster_bench.json'}, {args.out / 'cluster_bench.png'}")
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    plot(timeline, start, memory, args.out / f"{name}.png")
+    print(f"results: {args.out / f'{name}.json'}, {args.out / f'{name}.png'}")
+    return report
 
 
 def start_profilers(c: Cluster, out: Path) -> list[subprocess.Popen[bytes]]:

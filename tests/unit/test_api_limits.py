@@ -15,6 +15,7 @@ from ledger.encoding import packb
 from node.api import (
     BODY,
     ApiGuard,
+    BlockJson,
     BlockJsonCache,
     EventCache,
     Problem,
@@ -146,12 +147,12 @@ def test_heights_and_event_ids_parse() -> None:
 
 def test_block_json_cache_is_bounded_by_bytes() -> None:
     cache = BlockJsonCache(100)
-    cache.put(1, b"a" * 60)
-    cache.put(2, b"b" * 30)
+    cache.put(1, BlockJson(b"a" * 60))
+    cache.put(2, BlockJson(b"b" * 30))
     assert cache.get(1) is not None  # 1 is now the most recent
-    cache.put(3, b"c" * 30)
+    cache.put(3, BlockJson(b"c" * 30))
     assert cache.get(2) is None and cache.get(1) and cache.get(3) and cache.size == 90
-    cache.put(4, b"d" * 101)
+    cache.put(4, BlockJson(b"d" * 101))
     assert cache.get(4) is None and cache.size == 90
 
 

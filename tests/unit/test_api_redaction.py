@@ -7,12 +7,14 @@ organisation (``approvals_insufficient``) — and so does a sealed record reusin
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
 import pytest
 
 from ledger.audit import ChainVerifier
+from ledger.encoding import packb
 from ledger.records import Record
 from node.mempool import Mempool
 from tests.factory import ChainBuilder, redaction_record, sealed_record
@@ -28,8 +30,12 @@ def redact(ids: list[bytes], approvers: list[Any], *, signer: Any = A0, nonce: i
                             reason=reason, ts=now_ms())
 
 
-async def submit(http: Any, records: list[Record]) -> list[tuple[str, str | None]]:
-    resp = await http.post("/v1/records", **msgpack_post([r.envelope for r in records]))
+async def submit(http: Any, records: list[Record | tuple[Record, bytes, bytes]],
+                 ) -> list[tuple[str, str | None]]:
+    """Post ``records`` (a sealed one as ``(record, salt, payload_bytes)``)."""
+    items = [r.envelope if isinstance(r, Record) else (r[0].envelope, r[1], r[2])
+             for r in records]
+    resp = await http.post("/v1/records", **msgpack_post(items))
     assert resp.status_code == 202, resp.text
     return [(r["status"], r.get("error")) for r in resp.json()["results"]]
 
@@ -63,9 +69,14 @@ async def test_invalid_redactions_get_their_code_and_never_commit() -> None:
         }
         good = redact([own.id], [A0], nonce=6)
         twice = redact([own.id], [A1, A2], nonce=7, reason="again")
-        reused = sealed_record(GX.writer, CHAIN, nonce=10_004, ts=now_ms(),
-                               digest=own.body.payload_digest)
-        results = await submit(http, [*bad.values(), good, twice, reused])
+        # own's digest again, with own's (salt, payload): the pair matches, the digest is
+        # already on the chain
+        salt = hashlib.sha256(b"salt" + (10_001).to_bytes(8, "big")).digest()
+        reused = sealed_record(GX.writer, CHAIN, nonce=10_004, ts=now_ms(), salt=salt,
+                               payload={"secret": 10_001})
+        assert reused.body.payload_digest == own.body.payload_digest
+        results = await submit(http, [*bad.values(), good, twice,
+                                      (reused, salt, packb({"secret": 10_001}))])
         assert results == [
             ("rejected", "redaction_target"), ("rejected", "redaction_target"),
             ("rejected", "redaction_target"), ("rejected", "approvals_insufficient"),
@@ -107,7 +118,8 @@ def test_a_pending_redaction_is_dropped_when_a_block_redacts_its_target() -> Non
     twin = sealed_record(ORG0_WRITER, CHAIN, nonce=10_005, ts=now_ms(),
                          salt=b"\x01" * 32)
     other = redact([acme.id], [A1, A2], nonce=2)
-    results = pool.admit(pool.precheck([mine.envelope, twin.envelope, other.envelope]),
+    twin_item = (twin.envelope, b"\x01" * 32, packb({"secret": 10_005}))
+    results = pool.admit(pool.precheck([mine.envelope, twin_item, other.envelope]),
                          now_ms())
     assert [r.status for r in results] == ["accepted"] * 3
     assert set(pool.redacting) == {own.id, acme.id}

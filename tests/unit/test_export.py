@@ -414,11 +414,21 @@ def test_a_bad_payloads_entry_fails_the_file_audit(
     assert err.startswith(expected), err
 
 
-def test_a_node_import_refuses_a_payloads_section(
+def test_a_node_import_keeps_a_payloads_section(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A node keeps no sealed payloads yet: importing a bundle with some would drop them."""
-    out, genesis, _ = sealed_bundle(tmp_path)
+    """A node started from a bundle keeps its sealed payloads, each checked."""
+    from node.config import NodeConfig
+
+    out, genesis, objs = sealed_bundle(tmp_path)
     code = cli.main(["node", "init", str(tmp_path / "n"), "--genesis", str(genesis),
                      "--api", "127.0.0.1:1", "--p2p", "127.0.0.1:2", "--bundle", str(out), "-q"])
-    assert code != 0
-    assert "cannot import them" in capsys.readouterr().err
+    assert code == 0, capsys.readouterr().err
+    assert "2 sealed payloads checked and kept" in capsys.readouterr().out
+    entries = next(o for o in objs if isinstance(o, list) and o[0] == "payloads")[1]
+    store = SqliteStore(NodeConfig.load(tmp_path / "n").store_path, readonly=True)
+    try:
+        held = store.payloads([e[0] for e in entries])  # type: ignore[union-attr]
+    finally:
+        store.close()
+    assert {rid: (p.salt, p.payload) for rid, p in held.items()} == {
+        e[0]: (e[1], e[2]) for e in entries}  # type: ignore[union-attr]

@@ -108,3 +108,18 @@ def test_the_rules_the_guide_lists_are_enforced(change, message) -> None:  # typ
     change(doc)
     with pytest.raises(GenesisError, match=message):
         Genesis.from_bytes(json.dumps(doc).encode())
+
+
+def test_the_privacy_template_makes_a_cluster_with_its_read_policy(tmp_path: Path) -> None:
+    """examples/privacy-template.json (docs/privacy.md) gives a cluster whose batch.recipe
+    payloads plant.qa and plant.operator may read and supplier.viewer may not."""
+    init_cluster(tmp_path / "c", 4, template=EXAMPLE.with_name("privacy-template.json"))
+    config = Genesis.load(tmp_path / "c" / "genesis.json").config
+    key = {name: read_key_file(tmp_path / "c" / "clients" / f"{name}.pem").public
+           for name in ("plant.qa", "plant.operator", "supplier.viewer")}
+    assert config.may_read(key["plant.qa"], "batch.recipe")
+    assert config.may_read(key["plant.operator"], "batch.recipe")
+    assert not config.may_read(key["supplier.viewer"], "batch.recipe")
+    assert not config.may_read(None, "batch.recipe")
+    assert config.may_read(None, "sensor.reading")  # no read policy for that type
+    assert config.may_submit(key["plant.operator"], "batch.recipe")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import PayloadMismatchError
+from ledger.errors import CorruptStoreError, PayloadMismatchError
 from ledger.records import Record, SealedPayload, seal_record
+from ledger.store.check import check_indexes
 from ledger.store.memory import MemoryStore
 from ledger.store.sqlite import SqliteStore
 from tests.factory import ChainBuilder, redaction_record
@@ -26,9 +27,11 @@ def make_store(kind: str, tmp_path: Path) -> MemoryStore | SqliteStore:
     return SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
 
 
-def sealed(nonce: int, marker: bytes) -> tuple[Record, SealedPayload]:
+def sealed(nonce: int, marker: bytes, pad: int = 3000) -> tuple[Record, SealedPayload]:
     return seal_record(GX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
-                       payload={"recipe": marker.decode(), "pad": "x" * 3000}, ts=1, nonce=1000 + nonce)
+                       payload={"recipe": marker.decode(), "pad": "x" * pad,
+                                "tail": marker.decode()[::-1]}, ts=1,
+                       nonce=1000 + nonce)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -66,7 +69,9 @@ def test_pairs_are_kept_fetched_late_and_deleted_by_a_redaction(kind: str,
 def test_redacted_bytes_leave_the_sqlite_file_and_its_wal(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
     builder = ChainBuilder(GX, store)
-    records = [sealed(n, f"SECRET-{n:04d}-MARKER".encode()) for n in range(1, 41)]
+    # small cells, cells with overflow pages (30 KB: more than a 4 KiB page) and mid-sized
+    records = [sealed(n, f"SECRET-{n:04d}-MARKER".encode(), pad=(50, 30_000, 3000)[n % 3])
+               for n in range(1, 41)]
     for i in range(0, 40, 10):
         batch = records[i:i + 10]
         store.append(builder.block([r for r, _ in batch]),
@@ -84,10 +89,32 @@ def test_redacted_bytes_leave_the_sqlite_file_and_its_wal(tmp_path: Path) -> Non
     assert store.scrub()
     assert (tmp_path / "s.db-wal").stat().st_size == 0
     for n in range(1, 21):
-        assert found(f"SECRET-{n:04d}-MARKER".encode()) == [], n
+        marker = f"SECRET-{n:04d}-MARKER"
+        assert found(marker.encode()) == found(marker[::-1].encode()) == [], n
     assert found(b"SECRET-0021-MARKER") == ["s.db"]  # the others stay
     store.close()
     reopened = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash,
                            config=GOVERNED.config)
     assert len(reopened.payloads(r.id for r, _ in records)) == 20
     reopened.close()
+
+
+def test_the_store_check_refuses_a_pair_that_is_not_the_records(tmp_path: Path) -> None:
+    """``ledger node check`` (check_indexes): a pair held must match its record's digest and
+    belong to a record no redaction names."""
+    store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    (a, pa), (b, pb) = sealed(1, b"A"), sealed(2, b"B")
+    store.append(builder.block([a, b]), payloads={a.id: pa, b.id: pb})
+    check_indexes(store)
+    store._db.execute("UPDATE payloads SET salt = ? WHERE seq = 1", (bytes(32),))
+    with pytest.raises(CorruptStoreError, match=r"height 1.*payload held for record 1 is not"):
+        check_indexes(store)
+    store._db.execute("UPDATE payloads SET salt = ? WHERE seq = 1", (pb.salt,))
+    store.append(builder.block([redaction_record(GOVERNED.config, A1, [a.id],
+                                                 approvers=[A1, A2])]))
+    check_indexes(store)
+    store._db.execute("INSERT INTO payloads VALUES (0, ?, ?)", (pa.salt, pa.payload))
+    with pytest.raises(CorruptStoreError, match="payload of record 0 is held although"):
+        check_indexes(store)
+    store.close()

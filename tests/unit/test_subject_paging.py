@@ -369,7 +369,8 @@ def cli(http: TestClient, monkeypatch: pytest.MonkeyPatch) -> Any:
     from node.cli import main
 
     monkeypatch.setattr(node.historycli, "LedgerClient",
-                        lambda url, verify: LedgerClient(url, http=http))
+                        lambda url, verify, read_identity=None: LedgerClient(
+                            url, http=http, read_identity=read_identity))
 
     def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         code = main(["history", "--node", "http://127.0.0.1", "--subject", S, *argv])
