@@ -70,7 +70,7 @@ KEEPALIVE_S = 15.0  # an event stream idle this long gets a comment line
 MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait their turn)
 REPLAY_BATCH = 16  # past blocks read per worker job of a replay
 HISTORY_SLICE = 64  # records read from the store at a time for a history page
-HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page early
+HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope and served payload bytes that end a page early
 HISTORY_PROOF_PAGE = 100  # records at most in a history page with proof=true
 PAYLOAD_PAGE = 1000  # pairs at most in a GET /v1/payloads page
 PAYLOAD_PAGE_BYTES = 4 * 1024 * 1024  # payload bytes that end a payloads page early
@@ -1591,6 +1591,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             log_size = headers.log_size(height)
             low, high = headers.seq_range(height, t0, t1)  # [low, high) in the log
             rows_read: list[tuple[RecordLocation, Record]] = []
+            views: dict[bytes, PayloadView | None] = {}
             seqs: list[int] = []
             size, full = 0, False
             if newest_first:
@@ -1605,19 +1606,28 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                 else:
                     rows = node.store.subject_history(subject, after_seq=cursor, limit=want)
                 ended = len(rows) < want
+                in_range = []
                 for loc, envelope in rows:
                     if not low <= loc.seq < high:  # past the range or the checkpoint
                         ended = True
                         break
-                    rows_read.append((loc, Record.from_wire(envelope)))
+                    in_range.append((loc, Record.from_wire(envelope), len(envelope)))
+                # the pairs served with a slice count toward the page's bytes: a sealed
+                # envelope is small whatever its payload (up to 64 KiB) weighs
+                served = payload_views(node.store, reader, [r for _, r, _ in in_range])
+                for loc, record, length in in_range:
+                    view = served.get(record.id)
+                    views[record.id] = view
+                    rows_read.append((loc, record))
                     seqs.append(loc.seq)
-                    cursor, size = loc.seq, size + len(envelope)
+                    pair = None if view is None else view.pair
+                    cursor = loc.seq
+                    size += length + (0 if pair is None else pair.size)
                     if len(rows_read) == limit or size >= HISTORY_PAGE_BYTES:
                         full = True
                         break
-                if ended:
+                if ended or full:
                     break
-            views = payload_views(node.store, reader, [r for _, r in rows_read])
             records: list[dict[str, Any]] = []
             for loc, record in rows_read:
                 item = record_json(record, "committed", loc.height, loc.index,

@@ -746,12 +746,15 @@ class SqliteStore:
         return out
 
     def redacted(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` a committed redaction names (one query per 500)."""
+        """Which of ``ids`` a committed redaction names (one query per 500). Through this
+        thread's WAL reader, like ``payloads``: every read of a sealed record asks it (the
+        API on its event loop), and it must never wait for a block's write. A redaction's
+        rows commit with its block, so the next read sees them."""
         wanted = sorted(set(ids))
         found: set[bytes] = set()
-        with self._lock:
+        with self._reading() as db:
             for chunk in _chunks(wanted):
-                found.update(bytes(i) for (i,) in self._db.execute(
+                found.update(bytes(i) for (i,) in db.execute(
                     f"SELECT id FROM redactions WHERE id IN ({','.join('?' * len(chunk))})",
                     chunk))
         return found

@@ -1,0 +1,81 @@
+"""Review of issue 15 (sealed payloads): bounds the read side must keep.
+
+A sealed record's envelope is a few hundred bytes whatever its payload, so a bound counted
+in envelope bytes no longer bounds what a page of sealed records costs to build and send:
+the pairs served with them must count too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger.records import seal_record
+from ledger.store.sqlite import SqliteStore
+from tests.factory import ChainBuilder
+from tests.inprocess import InProcessApi, now_ms
+from tests.unit.test_api_read_policy import CHAIN, FX, committed
+from tests.unit.test_one_rule import GOVERNED, GX
+
+
+@pytest.mark.asyncio
+async def test_a_history_page_counts_the_payloads_it_serves(monkeypatch: pytest.MonkeyPatch,
+                                                           ) -> None:
+    """A history page ends after HISTORY_PAGE_BYTES of envelopes *and payloads*: 40 sealed
+    records of ~20 KB payloads (no read policy: served to anyone) with a 100 KB page bound
+    make several pages, not one page of 800 KB of payloads."""
+    import node.api
+
+    monkeypatch.setattr(node.api, "HISTORY_PAGE_BYTES", 100_000)
+    api = InProcessApi(FX)
+    items = [seal_record(FX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
+                         payload={"pad": "x" * 20_000, "n": n}, ts=now_ms(), nonce=n)
+             for n in range(1, 41)]
+    committed(api, items)
+    async with api.client() as http:
+        resp = await http.get("/v1/subjects/oven/history?limit=1000")
+    assert resp.status_code == 200
+    doc = resp.json()
+    served = [r for r in doc["records"] if r["payload_status"] == "served"]
+    assert served and len(served) == len(doc["records"])
+    # the page stops at the first slice past the bound (a slice is at most 64 records)
+    assert len(resp.content) < 4 * 100_000 * 4 // 3, len(resp.content)
+    assert doc["next"] is not None
+
+
+def test_reading_redactions_does_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """``redacted`` is what every read of a sealed record asks (``GET /v1/records/{id}``
+    asks it on the event loop); like every other read it goes through the thread's WAL
+    reader, never waiting for a block's write (which holds the writer's lock through its
+    transaction and fsync)."""
+    store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    record, pair = seal_record(GX.writer, chain=GOVERNED.chain_id, type="sensor.reading",
+                               subject="oven", payload={"v": 1}, ts=1, nonce=1)
+    store.append(builder.block([record]), payloads={record.id: pair})
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store._lock:  # a block's write in progress
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        done: list[object] = []
+        reader = threading.Thread(target=lambda: done.append(
+            (store.redacted([record.id]), store.payloads([record.id]))))
+        reader.start()
+        reader.join(3)
+        waited = time.monotonic() - started
+        assert done, f"redacted()/payloads() still waiting for the writer after {waited:.1f} s"
+        assert done[0] == (set(), {record.id: pair})
+    finally:
+        release.set()
+        t.join(10)
+        store.close()
