@@ -1324,7 +1324,20 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         def personal(block: BlockJson) -> bytes:
             return with_witnesses(block.for_reader(node.store, reader), pairs)
 
-        if len(cached.data) > (1 << 20) or cached.sealed:
+        if cached.sealed:
+            # its payloads are read and rendered per request (up to 64 KiB each, off the
+            # block's byte bound: a 116 KB block can carry 44 MB of them), so they count
+            # against the source's block-JSON budget like a build
+            source = request.client.host if request.client else ""
+            wait = builders.wait(source, time.monotonic())
+            if wait > 0:
+                raise Problem(429, "too_many_requests",
+                              f"{source} had {BUILD_BYTES_PER_S >> 20} MiB/s of block "
+                              "JSON built lately; blocks are also served as msgpack",
+                              {"Retry-After": str(math.ceil(wait))})
+            data = await workers.run(personal, cached)
+            builders.spend(source, len(data) - len(cached.data), time.monotonic())
+        elif len(cached.data) > (1 << 20):
             data = await workers.run(personal, cached)
         else:
             data = personal(cached)

@@ -79,3 +79,34 @@ def test_reading_redactions_does_not_wait_for_the_writer(tmp_path: Path) -> None
         release.set()
         t.join(10)
         store.close()
+
+
+@pytest.mark.asyncio
+async def test_block_json_payloads_count_against_the_sources_build_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block's JSON carries its sealed records' payloads, read per request (the cache
+    holds the block without them): 500 sealed records of 64 KB make a 116 KB block whose
+    anonymous JSON is 44 MB. Those bytes count against the source's block-JSON budget like
+    a build's, so a client cannot have them built without end: past its budget it gets 429
+    (the msgpack form stays free)."""
+    import node.api
+
+    monkeypatch.setattr(node.api, "BUILD_BYTES_PER_S", 1)
+    monkeypatch.setattr(node.api, "BUILD_BYTES_BURST", 2_000_000)
+    api = InProcessApi(FX)
+    items = [seal_record(FX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
+                         payload={"pad": "x" * 20_000, "n": n}, ts=now_ms(), nonce=n)
+             for n in range(1, 41)]
+    height = committed(api, items)
+    statuses = []
+    async with api.client() as http:
+        for _ in range(4):
+            resp = await http.get(f"/v1/blocks/{height}")
+            statuses.append(resp.status_code)
+            if resp.status_code == 200:
+                assert len(resp.content) > 800_000  # the payloads are in it
+        msgpack = await http.get(f"/v1/blocks/{height}",
+                                 headers={"Accept": "application/msgpack"})
+    # ~1.1 MB each: the budget of 2 MB allows two, then the source waits
+    assert statuses[:2] == [200, 200] and 429 in statuses[2:], statuses
+    assert msgpack.status_code == 200
