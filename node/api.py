@@ -75,6 +75,7 @@ HISTORY_PROOF_PAGE = 100  # records at most in a history page with proof=true
 PAYLOAD_PAGE = 1000  # pairs at most in a GET /v1/payloads page
 PAYLOAD_PAGE_BYTES = 4 * 1024 * 1024  # payload bytes that end a payloads page early
 PAYLOAD_WINDOW = 4096  # log indices read from the store at a time for a payloads page
+PAYLOAD_SLICE = 64  # pairs read from the store at a time for a payloads page
 PAYLOAD_SCAN = 65_536  # log indices one payloads page scans at most
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
@@ -1687,8 +1688,10 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             while cursor < log_size and len(items) < limit and size < PAYLOAD_PAGE_BYTES \
                     and cursor - from_index < PAYLOAD_SCAN:
                 window = min(PAYLOAD_WINDOW, log_size - cursor)
-                rows = node.store.payloads_between(cursor, window)
-                cursor += window
+                # pairs weigh up to 64 KiB each: read at most a slice of them at a time
+                want = min(PAYLOAD_SLICE, limit - len(items))
+                rows = node.store.payloads_between(cursor, window, want)
+                cursor = rows[-1][0] + 1 if len(rows) == want else cursor + window
                 for seq, rid, pair in rows:
                     envelope = node.store.envelope(rid)
                     if envelope is None:  # not possible for a held pair; never served

@@ -819,15 +819,17 @@ class SqliteStore:
                 "AND NOT EXISTS (SELECT 1 FROM redactions x WHERE x.id = r.id) "
                 "ORDER BY s.seq LIMIT ?", (after_seq, limit))]
 
-    def payloads_between(self, first_seq: int,
-                         count: int) -> list[tuple[int, bytes, SealedPayload]]:
-        """Every pair held for records in ``[first_seq, first_seq + count)``, in log order."""
+    def payloads_between(self, first_seq: int, count: int, limit: int | None = None,
+                         ) -> list[tuple[int, bytes, SealedPayload]]:
+        """Every pair held for records in ``[first_seq, first_seq + count)``, in log order
+        (the first ``limit`` when given)."""
         with self._reading() as db:
             return [(seq, bytes(rid), SealedPayload(bytes(salt), bytes(payload)))
                     for seq, rid, salt, payload in db.execute(
                         "SELECT p.seq, r.id, p.salt, p.payload FROM payloads p "
                         "JOIN records r ON r.seq = p.seq WHERE p.seq >= ? AND p.seq < ? "
-                        "ORDER BY p.seq", (first_seq, first_seq + count))]
+                        "ORDER BY p.seq LIMIT ?",
+                        (first_seq, first_seq + count, -1 if limit is None else limit))]
 
     def scrub(self) -> bool:
         """Checkpoint the WAL into the database file and truncate it to zero bytes, so the

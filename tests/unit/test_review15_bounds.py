@@ -110,3 +110,36 @@ async def test_block_json_payloads_count_against_the_sources_build_budget(
     # ~1.1 MB each: the budget of 2 MB allows two, then the source waits
     assert statuses[:2] == [200, 200] and 429 in statuses[2:], statuses
     assert msgpack.status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_a_payloads_page_reads_no_more_pairs_than_it_may_serve(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GET /v1/payloads?limit=1`` reads a few pairs from the store, not every pair of a
+    4096-index window (4096 pairs of 64 KiB: 256 MiB per request, for any reader, even
+    one every pair is withheld from)."""
+    api = InProcessApi(FX)
+    items = [seal_record(FX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
+                         payload={"pad": "x" * 20_000, "n": n}, ts=now_ms(), nonce=n)
+             for n in range(1, 201)]
+    committed(api, items)
+    loaded: list[int] = []
+    real = api.store.payloads_between
+
+    def counting(*args: object, **kwargs: object) -> object:
+        rows = real(*args, **kwargs)  # type: ignore[arg-type]
+        loaded.append(sum(p.size for _, _, p in rows))
+        return rows
+
+    monkeypatch.setattr(api.store, "payloads_between", counting)
+    async with api.client() as http:
+        first = (await http.get("/v1/payloads?limit=1")).json()
+        assert len(first["payloads"]) == 1 and first["next"] == 1
+        # paging on from ``next`` still lists every pair once
+        seen, cursor = [], 0
+        while cursor is not None:
+            doc = (await http.get(f"/v1/payloads?from_index={cursor}&limit=7")).json()
+            seen += [p["index"] for p in doc["payloads"]]
+            cursor = doc["next"]
+    assert seen == list(range(200))
+    assert loaded[0] <= 64 * 20_100, loaded[0]  # a slice of pairs, not the 4 MB window
