@@ -286,6 +286,10 @@ class SqliteStore:
                     self._migrate_from_3()
                 if self._stored_version() == 4:  # ``payloads``: created empty by the script
                     self._db.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
+                # A scrub a crash cut short (a redaction committed, the WAL still holding
+                # the frames of its pairs' insert) is done before anything reads: the WAL
+                # is checkpointed (``secure_delete`` pages) and truncated.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
             # chain outgrows it (throughput fell ~10% from 10k to 100k records).

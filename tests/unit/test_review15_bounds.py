@@ -143,3 +143,42 @@ async def test_a_payloads_page_reads_no_more_pairs_than_it_may_serve(
             cursor = doc["next"]
     assert seen == list(range(200))
     assert loaded[0] <= 64 * 20_100, loaded[0]  # a slice of pairs, not the 4 MB window
+
+
+def test_a_scrub_a_crash_left_undone_is_done_when_the_store_opens(tmp_path: Path) -> None:
+    """The node scrubs after a redaction commits, in a task that readers can delay (and a
+    crash or kill can cut short). The files as a crash leaves them — the redaction
+    committed, the WAL still holding the frames of the pairs' insert — are scrubbed when the
+    store opens: no byte of the pairs in the database file or its WAL once the node runs."""
+    import shutil
+
+    from tests.factory import redaction_record
+    from tests.unit.test_one_rule import A1, A2
+
+    live = tmp_path / "live"
+    live.mkdir()
+    store = SqliteStore(live / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    items = [seal_record(GX.writer, chain=GOVERNED.chain_id, type="sensor.reading",
+                         subject="oven", payload={"secret": f"CRASH-MARKER-{n:03d}",
+                                                  "pad": "y" * (30_000 if n % 2 else 200)},
+                         ts=1, nonce=n) for n in range(1, 11)]
+    store.append(builder.block([r for r, _ in items]), payloads=dict(
+        (r.id, p) for r, p in items))
+    store.append(builder.block([redaction_record(GOVERNED.config, A1, [r.id for r, _ in items],
+                                                 approvers=[A1, A2])]))
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for name in ("s.db", "s.db-wal"):  # the files as they are before any scrub: a crash
+        shutil.copy(live / name, crashed / name)
+    store.close()
+    assert any(b"CRASH-MARKER-" in (crashed / n).read_bytes() for n in ("s.db", "s.db-wal"))
+
+    reopened = SqliteStore(crashed / "s.db", genesis_hash=GOVERNED.hash,
+                           config=GOVERNED.config)
+    try:
+        assert reopened.height == 2 and reopened.payloads(r.id for r, _ in items) == {}
+        for f in crashed.iterdir():
+            assert b"CRASH-MARKER-" not in f.read_bytes(), f.name
+    finally:
+        reopened.close()
