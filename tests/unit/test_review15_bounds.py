@@ -182,3 +182,20 @@ def test_a_scrub_a_crash_left_undone_is_done_when_the_store_opens(tmp_path: Path
             assert b"CRASH-MARKER-" not in f.read_bytes(), f.name
     finally:
         reopened.close()
+
+
+def test_a_json_batch_of_max_batch_sealed_items_splits() -> None:
+    """A JSON batch of ``max_batch`` sealed items (``{"envelope", "salt", "payload"}``:
+    19 of ``{ [ , : "`` each) is a valid batch, not ``malformed``; a body with more of those
+    characters than such a batch holds still is."""
+    import json
+
+    from node.api import Problem, split_json_batch
+
+    item = {"envelope": "QQ==", "salt": "Uw==", "payload": "UA=="}
+    for n in (1, 10, 100):
+        body = json.dumps({"records": [item] * n}).encode()
+        assert split_json_batch(body, n) == [(b"A", b"S", b"P")] * n
+    body = json.dumps({"records": [item] * 10}).encode()
+    with pytest.raises(Problem):  # twice a full batch's punctuation
+        split_json_batch(body.replace(b'"QQ=="', b'"QQ=="' + b',"x":1' * 25), 10)
