@@ -199,3 +199,36 @@ def test_a_json_batch_of_max_batch_sealed_items_splits() -> None:
     body = json.dumps({"records": [item] * 10}).encode()
     with pytest.raises(Problem):  # twice a full batch's punctuation
         split_json_batch(body.replace(b'"QQ=="', b'"QQ=="' + b',"x":1' * 25), 10)
+
+
+@pytest.mark.asyncio
+async def test_a_read_policy_change_takes_effect_at_the_next_height() -> None:
+    """SPEC 10: the configuration governing the next height decides. A change adding a
+    read policy for a type withholds its payloads from the next read on; one removing it
+    serves them again."""
+    from tests.factory import change_bytes, change_record, config_doc
+    from tests.unit.test_api_read_policy import RP
+    from tests.unit.test_one_rule import A0, A1, A2
+
+    api = InProcessApi(FX)
+    record, _ = seal_record(FX.writer, chain=CHAIN, type="sensor.reading", subject="oven",
+                            payload={"v": "OPEN-MARKER"}, ts=now_ms(), nonce=1)
+    committed(api, [(record, _)])
+    path = f"/v1/records/{record.id.hex()}"
+
+    def change(policies: dict[str, list[str]], nonce: int) -> None:
+        config = api.store.history.latest  # type: ignore[union-attr]
+        doc = config_doc(RP) | {"read_policies": policies}
+        rec = change_record(config, A0, change_bytes(config, doc), approvers=[A0, A1, A2],
+                            nonce=nonce)
+        block = api.service.builder.block([rec])
+        api.service.append(block)
+        api.service.builder.blocks.append(block)
+
+    async with api.client() as http:
+        assert (await http.get(path)).json()["payload_status"] == "served"
+        change({"batch.recipe": ["admin"], "sensor.reading": ["admin"]}, 900)
+        doc = (await http.get(path)).json()
+        assert doc["payload_status"] == "withheld" and "payload" not in doc
+        change({"batch.recipe": ["admin"]}, 901)
+        assert (await http.get(path)).json()["payload_status"] == "served"
