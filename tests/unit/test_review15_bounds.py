@@ -232,3 +232,33 @@ async def test_a_read_policy_change_takes_effect_at_the_next_height() -> None:
         assert doc["payload_status"] == "withheld" and "payload" not in doc
         change({"batch.recipe": ["admin"]}, 901)
         assert (await http.get(path)).json()["payload_status"] == "served"
+
+
+def test_export_never_writes_a_payloads_section_its_reader_refuses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payloads section larger than ``MAX_OBJECT`` (one msgpack object) is either refused
+    by ``write_bundle`` (no file) or read back whole: never a backup that ``ledger node
+    import`` then refuses. (Found sound: the unpacker bounds each bin, not the section.)"""
+    import node.export as export
+    from node.export import BundleError
+
+    monkeypatch.setattr(export, "MAX_OBJECT", 200_000)
+    store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    items = [seal_record(GX.writer, chain=GOVERNED.chain_id, type="sensor.reading",
+                         subject="oven", payload={"pad": "z" * 30_000, "n": n}, ts=1, nonce=n)
+             for n in range(1, 11)]  # 300 KB of payloads
+    block = builder.block([r for r, _ in items])
+    store.append(block, payloads={r.id: p for r, p in items})
+    rows = [(rid, p.salt, p.payload) for _, rid, p in store.payloads_between(0, 10)]
+    out = tmp_path / "b.bundle"
+    try:
+        export.write_bundle(out, GOVERNED.raw, [block.to_wire()], payloads=rows)
+    except BundleError as exc:
+        assert "payloads" in str(exc) and not out.exists()
+    else:  # written: then it must read back
+        bundle = export.Bundle(out)
+        bundle.scan()
+        assert len(bundle.payloads) == 10
+    finally:
+        store.close()
