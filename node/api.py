@@ -70,11 +70,12 @@ KEEPALIVE_S = 15.0  # an event stream idle this long gets a comment line
 MAX_REPLAYS = 4  # event streams replaying past blocks at once (the others wait their turn)
 REPLAY_BATCH = 16  # past blocks read per worker job of a replay
 HISTORY_SLICE = 64  # records read from the store at a time for a history page
-HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope bytes that end a history page early
+HISTORY_PAGE_BYTES = 4 * 1024 * 1024  # envelope and served payload bytes that end a page early
 HISTORY_PROOF_PAGE = 100  # records at most in a history page with proof=true
 PAYLOAD_PAGE = 1000  # pairs at most in a GET /v1/payloads page
 PAYLOAD_PAGE_BYTES = 4 * 1024 * 1024  # payload bytes that end a payloads page early
 PAYLOAD_WINDOW = 4096  # log indices read from the store at a time for a payloads page
+PAYLOAD_SLICE = 64  # pairs read from the store at a time for a payloads page
 PAYLOAD_SCAN = 65_536  # log indices one payloads page scans at most
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
@@ -695,7 +696,8 @@ def json_skeleton(text: str, max_items: int) -> str:
     if objects - 1 > max_items:
         raise Problem(413, "batch_too_large",
                       f"about {objects - 1} envelopes exceed the limit of {max_items}")
-    if sum(text.count(c) for c in '{[,:"') > 16 * max_items + 16 or "\\\\" in text:
+    # a sealed item holds 19 of them (1 brace, 12 quotes, 3 colons, 3 commas)
+    if sum(text.count(c) for c in '{[,:"') > 20 * max_items + 16 or "\\\\" in text:
         raise Problem(400, "malformed", JSON_SHAPE)
     parts, pos = [], 0
     while (start := text.find('"', pos)) >= 0:
@@ -1324,7 +1326,20 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         def personal(block: BlockJson) -> bytes:
             return with_witnesses(block.for_reader(node.store, reader), pairs)
 
-        if len(cached.data) > (1 << 20) or cached.sealed:
+        if cached.sealed:
+            # its payloads are read and rendered per request (up to 64 KiB each, off the
+            # block's byte bound: a 116 KB block can carry 44 MB of them), so they count
+            # against the source's block-JSON budget like a build
+            source = request.client.host if request.client else ""
+            wait = builders.wait(source, time.monotonic())
+            if wait > 0:
+                raise Problem(429, "too_many_requests",
+                              f"{source} had {BUILD_BYTES_PER_S >> 20} MiB/s of block "
+                              "JSON built lately; blocks are also served as msgpack",
+                              {"Retry-After": str(math.ceil(wait))})
+            data = await workers.run(personal, cached)
+            builders.spend(source, len(data) - len(cached.data), time.monotonic())
+        elif len(cached.data) > (1 << 20):
             data = await workers.run(personal, cached)
         else:
             data = personal(cached)
@@ -1591,6 +1606,7 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             log_size = headers.log_size(height)
             low, high = headers.seq_range(height, t0, t1)  # [low, high) in the log
             rows_read: list[tuple[RecordLocation, Record]] = []
+            views: dict[bytes, PayloadView | None] = {}
             seqs: list[int] = []
             size, full = 0, False
             if newest_first:
@@ -1605,19 +1621,28 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                 else:
                     rows = node.store.subject_history(subject, after_seq=cursor, limit=want)
                 ended = len(rows) < want
+                in_range = []
                 for loc, envelope in rows:
                     if not low <= loc.seq < high:  # past the range or the checkpoint
                         ended = True
                         break
-                    rows_read.append((loc, Record.from_wire(envelope)))
+                    in_range.append((loc, Record.from_wire(envelope), len(envelope)))
+                # the pairs served with a slice count toward the page's bytes: a sealed
+                # envelope is small whatever its payload (up to 64 KiB) weighs
+                served = payload_views(node.store, reader, [r for _, r, _ in in_range])
+                for loc, record, length in in_range:
+                    view = served.get(record.id)
+                    views[record.id] = view
+                    rows_read.append((loc, record))
                     seqs.append(loc.seq)
-                    cursor, size = loc.seq, size + len(envelope)
+                    pair = None if view is None else view.pair
+                    cursor = loc.seq
+                    size += length + (0 if pair is None else pair.size)
                     if len(rows_read) == limit or size >= HISTORY_PAGE_BYTES:
                         full = True
                         break
-                if ended:
+                if ended or full:
                     break
-            views = payload_views(node.store, reader, [r for _, r in rows_read])
             records: list[dict[str, Any]] = []
             for loc, record in rows_read:
                 item = record_json(record, "committed", loc.height, loc.index,
@@ -1664,8 +1689,10 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             while cursor < log_size and len(items) < limit and size < PAYLOAD_PAGE_BYTES \
                     and cursor - from_index < PAYLOAD_SCAN:
                 window = min(PAYLOAD_WINDOW, log_size - cursor)
-                rows = node.store.payloads_between(cursor, window)
-                cursor += window
+                # pairs weigh up to 64 KiB each: read at most a slice of them at a time
+                want = min(PAYLOAD_SLICE, limit - len(items))
+                rows = node.store.payloads_between(cursor, window, want)
+                cursor = rows[-1][0] + 1 if len(rows) == want else cursor + window
                 for seq, rid, pair in rows:
                     envelope = node.store.envelope(rid)
                     if envelope is None:  # not possible for a held pair; never served

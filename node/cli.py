@@ -283,6 +283,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 PAYLOAD_WINDOW = 4096  # log indices read from a store at a time for its payloads
+PAYLOAD_SLICE = 64  # pairs read from a store at a time
 
 
 def _store_payloads(store: SqliteStore, log_size: int | None = None,
@@ -292,10 +293,13 @@ def _store_payloads(store: SqliteStore, log_size: int | None = None,
     if log_size is None:
         tip = store.block(store.height) if store.height else None
         log_size = tip.header.log_size if tip is not None else 0
-    for first in range(0, log_size, PAYLOAD_WINDOW):
-        for _, rid, pair in store.payloads_between(first, min(PAYLOAD_WINDOW,
-                                                              log_size - first)):
+    first = 0
+    while first < log_size:  # at most PAYLOAD_SLICE pairs (of up to 64 KiB) read at a time
+        rows = store.payloads_between(first, min(PAYLOAD_WINDOW, log_size - first),
+                                      PAYLOAD_SLICE)
+        for _, rid, pair in rows:
             yield rid, pair.salt, pair.payload
+        first = rows[-1][0] + 1 if len(rows) == PAYLOAD_SLICE else first + PAYLOAD_WINDOW
 
 
 def _http_payloads(client: LedgerClient, log_size: int | None,

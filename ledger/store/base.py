@@ -276,10 +276,12 @@ class BlockStore(Protocol):
         """``(log index, id)`` of committed sealed records after ``after_seq`` whose pair
         this store does not hold and that no redaction names, oldest first."""
 
-    def payloads_between(self, first_seq: int,
-                         count: int) -> list[tuple[int, bytes, SealedPayload]]:
+    def payloads_between(self, first_seq: int, count: int, limit: int | None = None,
+                         ) -> list[tuple[int, bytes, SealedPayload]]:
         """``(log index, id, pair)`` of every pair held for records in ``[first_seq,
-        first_seq + count)``, in log order (exports, ``ledger audit --payloads``)."""
+        first_seq + count)``, in log order (exports, ``ledger audit --payloads``); the
+        first ``limit`` of them when given (a page never reads more pairs than it may
+        serve: each is up to 64 KiB)."""
 
     def scrub(self) -> bool:
         """Make deleted payload bytes unrecoverable from the store's files (SQLite: the WAL

@@ -163,11 +163,13 @@ class MemoryStore:
                 out.append((seq, rid))
         return out
 
-    def payloads_between(self, first_seq: int,
-                         count: int) -> list[tuple[int, bytes, SealedPayload]]:
-        """Every pair held for records in ``[first_seq, first_seq + count)``, in log order."""
+    def payloads_between(self, first_seq: int, count: int, limit: int | None = None,
+                         ) -> list[tuple[int, bytes, SealedPayload]]:
+        """Every pair held for records in ``[first_seq, first_seq + count)``, in log order
+        (the first ``limit`` when given)."""
+        seqs = [seq for seq in sorted(self._payloads) if first_seq <= seq < first_seq + count]
         return [(seq, Record.from_wire(self._envelopes[seq]).id, self._payloads[seq])
-                for seq in sorted(self._payloads) if first_seq <= seq < first_seq + count]
+                for seq in seqs[:limit]]
 
     def scrub(self) -> bool:
         """Nothing to do: a deleted pair is gone with its dict entry."""
