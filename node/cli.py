@@ -326,11 +326,7 @@ def _http_payloads(client: LedgerClient, log_size: int | None,
                        b64decode(item.get("payload"), f"{where}.payload"), where)
             except LedgerError as exc:
                 raise CommandError(str(exc)) from exc
-        nxt = page["next"]
-        if nxt is not None and (type(nxt) is not int or nxt <= cursor):
-            raise CommandError(f"{client.base_url}: payloads page 'next' {nxt!r} does not "
-                               f"advance past log index {cursor}")
-        cursor = nxt
+        cursor = _next_page(client, page, "payloads", "log index", cursor)
 
 
 def _http_cosignatures(client: LedgerClient, tip: int) -> Iterator[tuple[int, bytes, bytes]]:
@@ -349,11 +345,18 @@ def _http_cosignatures(client: LedgerClient, tip: int) -> Iterator[tuple[int, by
                        b64decode(row.get("sig"), f"{where}.sig"))
             except LedgerError as exc:
                 raise CommandError(str(exc)) from exc
-        nxt = page["next"]
-        if nxt is not None and (type(nxt) is not int or nxt <= height):
-            raise CommandError(f"{client.base_url}: cosignatures page 'next' {nxt!r} does "
-                               f"not advance past height {height}")
-        height = nxt
+        height = _next_page(client, page, "cosignatures", "height", height)
+
+
+def _next_page(client: LedgerClient, page: dict[str, object], what: str, unit: str,
+               after: int) -> int | None:
+    """A listing page's ``next``: None (the end) or an int past ``after`` (else a node
+    would have the reader loop forever)."""
+    nxt = page["next"]
+    if nxt is not None and (type(nxt) is not int or nxt <= after):
+        raise CommandError(f"{client.base_url}: {what} page 'next' {nxt!r} does not "
+                           f"advance past {unit} {after}")
+    return nxt
 
 
 def _export_parquet(args: argparse.Namespace) -> int:

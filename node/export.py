@@ -59,23 +59,28 @@ WITNESSES = "witnesses"
 PAYLOADS = "payloads"
 
 
-def _write_witnesses(f: BinaryIO, rows: Iterable[tuple[int, bytes, bytes]], count: int,
-                     spool_dir: Path) -> int:
-    """Write the witnesses section of ``rows`` at heights ``1..count`` (none: no section);
-    the entries go through a temporary file first, since their number heads the array."""
+def _write_section(f: BinaryIO, name: str, entries: Iterable[bytes], spool_dir: Path) -> int:
+    """Write section ``name`` of the packed ``entries`` (none: no section). They go through
+    a temporary file first, since their number heads the array."""
     n = 0
     with tempfile.TemporaryFile(dir=spool_dir) as spool:
-        for height, pubkey, sig in rows:
-            if 1 <= height <= count:
-                spool.write(packb([height, pubkey, sig]))
-                n += 1
+        for entry in entries:
+            spool.write(entry)
+            n += 1
         if n:
             packer = msgpack.Packer(use_bin_type=True)
-            f.write(packer.pack_array_header(2) + packb(WITNESSES)
-                    + packer.pack_array_header(n))
+            f.write(packer.pack_array_header(2) + packb(name) + packer.pack_array_header(n))
             spool.seek(0)
             shutil.copyfileobj(spool, f)
     return n
+
+
+def _write_witnesses(f: BinaryIO, rows: Iterable[tuple[int, bytes, bytes]], count: int,
+                     spool_dir: Path) -> int:
+    """Write the witnesses section of ``rows`` at heights ``1..count`` (none: no section)."""
+    return _write_section(f, WITNESSES, (packb([height, pubkey, sig])
+                                         for height, pubkey, sig in rows
+                                         if 1 <= height <= count), spool_dir)
 
 
 @dataclass
@@ -106,9 +111,9 @@ def _write_payloads(f: BinaryIO, rows: Iterable[tuple[bytes, bytes, bytes]],
     section): only pairs of sealed records of the blocks written (others, of records after
     the exported tip, are left out), each checked against its digest; a redacted record's
     pair is refused (BundleError), as is a pair that does not match."""
-    n = 0
-    seen: set[bytes] = set()
-    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+
+    def entries() -> Iterator[bytes]:
+        seen: set[bytes] = set()
         for rid, salt, payload in rows:
             found = index.sealed.get(rid)
             if found is None or rid in seen:
@@ -121,15 +126,9 @@ def _write_payloads(f: BinaryIO, rows: Iterable[tuple[bytes, bytes, bytes]],
             except LedgerError as exc:
                 raise BundleError(f"height {found[0]}: {exc}") from exc
             seen.add(rid)
-            spool.write(packb([rid, salt, payload]))
-            n += 1
-        if n:
-            packer = msgpack.Packer(use_bin_type=True)
-            f.write(packer.pack_array_header(2) + packb(PAYLOADS)
-                    + packer.pack_array_header(n))
-            spool.seek(0)
-            shutil.copyfileobj(spool, f)
-    return n
+            yield packb([rid, salt, payload])
+
+    return _write_section(f, PAYLOADS, entries(), spool_dir)
 
 
 @dataclass(frozen=True)
