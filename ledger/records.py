@@ -203,15 +203,22 @@ class SealedPayload:
 
     salt: bytes
     payload: bytes
+    #: Set by ``check`` alone: the digest this pair was found to match, so a later holder
+    #: (the store's append of the node's own mempool pairs) compares 32 bytes instead of
+    #: decoding and hashing the payload again. Not part of the pair's value.
+    checked_for: bytes | None = field(default=None, compare=False, repr=False)
 
-    def check(self, record: Record) -> None:
+    def check(self, record: Record) -> SealedPayload:
         """``check_sealed_payload`` for ``record`` (which must be sealed); InvalidBodyError
-        if it is an inline record."""
+        if it is an inline record. Returns the pair marked as checked for its digest."""
         digest = record.body.payload_digest
         if digest is None:
             raise InvalidBodyError(f"record {record.id.hex()} is not sealed: a salt and "
                                    "payload belong only with a body holding payload_digest")
-        check_sealed_payload(digest, self.salt, self.payload, f"record {record.id.hex()}")
+        if self.checked_for != digest:
+            check_sealed_payload(digest, self.salt, self.payload, f"record {record.id.hex()}")
+        return self if self.checked_for == digest else SealedPayload(self.salt, self.payload,
+                                                                     digest)
 
     @property
     def size(self) -> int:

@@ -127,7 +127,7 @@ def with_pair(candidate: AdmitResult, pair: SealedPayload | None) -> AdmitResult
         return candidate
     try:
         if pair is not None:
-            pair.check(record)
+            pair = pair.check(record)  # marked: the store's append need not check it again
         elif record.body.payload_digest is not None:
             raise PayloadMissingError(
                 f"record {record.id.hex()} is sealed: submit it as [envelope, salt, "

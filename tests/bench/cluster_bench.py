@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy every node during the saturation phase "
-                             "(collapsed stacks in OUT/profile-node{i}.txt)")
+                             "(collapsed stacks in OUT/profile-node{i}.txt; the sealed run's "
+                             "in OUT/profile-sealed-node{i}.txt)")
     parser.add_argument("--sealed", action="store_true",
                         help="then run again with every record sealed (same payloads) and "
                              "print the sealed/inline throughput ratio")
@@ -221,7 +222,8 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                         time.sleep(0.01)
 
             lag_before = [loop_lag_buckets(c.url(i)) for i in range(args.nodes)]
-            spies = start_profilers(c, args.out) if args.profile else []
+            spies = (start_profilers(c, args.out, "sealed-" if sealed else "") if args.profile
+                     else [])
             cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
             start = time.perf_counter()
             threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
@@ -328,11 +330,11 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
     return report
 
 
-def start_profilers(c: Cluster, out: Path) -> list[subprocess.Popen[bytes]]:
+def start_profilers(c: Cluster, out: Path, prefix: str) -> list[subprocess.Popen[bytes]]:
     """py-spy (a dev dependency) sampling each node process, written on SIGINT."""
     spy = str(Path(sys.executable).with_name("py-spy"))
     return [subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200",
-                              "--nonblocking", "-o", str(out / f"profile-node{i}.txt"),
+                              "--nonblocking", "-o", str(out / f"profile-{prefix}node{i}.txt"),
                               "-p", str(proc.pid)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for i, proc in c.procs.items()]
