@@ -30,9 +30,17 @@ class Metrics:
     #: ``POST /v1/log/cosignatures`` answers by result (stored, duplicate, split_view, or the
     #: problem code of a refusal)
     cosignatures: dict[str, int] = field(default_factory=dict)
+    #: sealed payload pairs by what happened to them (node.payloads, Node.submit): stored
+    #: from peers' answers (fetched), sent to peers (served), stored from a resubmission
+    #: (healed), refused from peers for not matching their digests (mismatched)
+    payload_pairs: dict[str, int] = field(default_factory=dict)
 
     def count_cosignature(self, result: str) -> None:
         self.cosignatures[result] = self.cosignatures.get(result, 0) + 1
+
+    def count_payload_pairs(self, how: str, n: int) -> None:
+        if n:
+            self.payload_pairs[how] = self.payload_pairs.get(how, 0) + n
 
     def observe_loop_lag(self, seconds: float) -> None:
         for i, bound in enumerate(LAG_BUCKETS):
@@ -111,4 +119,10 @@ class Metrics:
                   "# TYPE ledger_cosignatures_total counter"]
         lines += [f'ledger_cosignatures_total{{result="{result}"}} {count}'
                   for result, count in sorted(self.cosignatures.items())]
+        lines += ["# HELP ledger_payload_pairs_total Sealed payload pairs by what happened to "
+                  "them: fetched from peers, served to peers, healed by a resubmission, or "
+                  "refused from a peer for not matching their digests (mismatched).",
+                  "# TYPE ledger_payload_pairs_total counter"]
+        lines += [f'ledger_payload_pairs_total{{how="{how}"}} {count}'
+                  for how, count in sorted(self.payload_pairs.items())]
         return "\n".join(lines) + "\n"

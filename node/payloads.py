@@ -192,6 +192,7 @@ class PayloadSync:
             frame = have_frame(items)
             nbytes.spend(len(frame), time.monotonic())
             self.served += len(items)
+            self.node.metrics.count_payload_pairs("served", len(items))
             self.node.send_frame(frame, [peer])
         except LedgerError as exc:
             log.error("cannot serve payloads to validator %d: %s", peer, exc)
@@ -216,6 +217,8 @@ class PayloadSync:
         else:
             stored = set(result.stored)
             self.fetched += len(stored)
+            self.node.metrics.count_payload_pairs("fetched", len(stored))
+            self.node.metrics.count_payload_pairs("mismatched", len(result.mismatched))
             self.answered = True
             if result.mismatched:
                 log.warning("validator %d sent %d payloads that do not match their records' "

@@ -928,7 +928,8 @@ class Node:
         heal = {r.id: r.pair for r in results
                 if r.status == "duplicate" and r.id is not None and r.pair is not None}
         if heal:
-            await asyncio.to_thread(self.store.put_payloads, heal)
+            put = await asyncio.to_thread(self.store.put_payloads, heal)
+            self.metrics.count_payload_pairs("healed", len(put.stored))
         return results
 
     def connected_peers(self) -> list[int]:

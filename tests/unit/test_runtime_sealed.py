@@ -118,8 +118,10 @@ def test_a_node_that_missed_the_gossip_fetches_the_pairs_from_its_peers(
                                  f"backing off {len(late.payload_sync.tries)}; {reasons}"
                                  ) from exc
         assert late.payload_sync.fetched == 300
+        assert 'ledger_payload_pairs_total{how="fetched"} 300' in late.metrics_text()
         assert late.store.missing_payloads() == []
         assert sum(n.payload_sync.served for n in nodes[:3]) >= 300
+        assert sum(n.metrics.payload_pairs.get("served", 0) for n in nodes[:3]) >= 300
         # (a loaded machine may make consensus score a peer; payloads never do here)
         assert not [r for r in reasons if "payload" in r], reasons
 
