@@ -135,6 +135,8 @@ class PayloadSync:
         self.rotation = 0
         self.answered = False  # a HAVE came back for the WANTs of the current ``fetch``
         self.fetched = 0  # pairs stored from peers' answers (a statistic)
+        #: log index at or below which no pair is missing (``run``)
+        self.floor = -1
         self.served = 0  # pairs sent to peers
         self._scrub: asyncio.Task[None] | None = None
         self._scrub_again = False
@@ -238,9 +240,16 @@ class PayloadSync:
         self.wake.set()
 
     async def run(self) -> None:
-        """Fetch missing pairs until cancelled (``Node.stop``)."""
-        cursor = -1
+        """Fetch missing pairs until cancelled (``Node.stop``).
+
+        A scan starts at ``floor``: below it every sealed record's pair was held or
+        redacted when a scan last ended, and stays so (a pair leaves the store only with a
+        redaction, which also ends its being missing), so an idle node does not re-read
+        the whole ``sealed`` table every IDLE_S."""
+        cursor = self.floor
+        top = self.node.store.log.size - 1  # what this scan covers at least
         seen: set[bytes] = set()  # the ids this scan found missing
+        first: int | None = None  # the lowest log index this scan found missing
         while True:
             if not self.node.connected_peers():  # nobody to ask: not a failed attempt
                 await asyncio.sleep(1.0)
@@ -253,6 +262,7 @@ class PayloadSync:
                 missing = []
             if missing:
                 cursor = missing[-1][0]
+                first = missing[0][0] if first is None else first
                 seen.update(rid for _, rid in missing)
                 await self._fetch_due([rid for _, rid in missing])
                 await asyncio.sleep(0)  # the next page at once; a full scan ends on empty
@@ -261,8 +271,10 @@ class PayloadSync:
             # a resubmission, redacted), else their retry times would keep waking the scan
             for rid in [r for r in self.tries if r not in seen]:
                 del self.tries[rid]
-            cursor, seen = -1, set()
+            self.floor = max(self.floor, top if first is None else first - 1)
+            cursor, seen, first = self.floor, set(), None
             await self._idle()
+            top = self.node.store.log.size - 1
 
     async def _idle(self) -> None:
         """Wait for a nudge or the earliest retry (IDLE_S at most), then let gossip settle."""
