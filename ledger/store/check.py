@@ -67,6 +67,11 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
     if indexed != count:
         raise CorruptStoreError(f"the id index holds {indexed} ids for {count} records",
                                 store.height)
+    digests = store.indexed_digest_count()
+    sealed_count = store.sealed_count()
+    if digests != sealed_count:
+        raise CorruptStoreError(f"the digest index holds {digests} digests for "
+                                f"{sealed_count} sealed records", store.height)
     for height, first_seq, n in store.block_rows(start):
         rows = store.record_rows(first_seq, n)
         if len(rows) != n:
@@ -84,9 +89,12 @@ def check_indexes(store: SqliteStore, start: int = 1) -> None:
                     r.body.signer, r.body.nonce, r.body.subject):
                 raise CorruptStoreError(f"index row of record {i} disagrees with its envelope",
                                         height)
-            if sealed.get(seq) != r.body.payload_digest:
+            digest = r.body.payload_digest
+            if sealed.get(seq) != digest:
                 raise CorruptStoreError(f"sealed row of record {i} disagrees with its envelope",
                                         height)
+            if digest is not None and not store.digest_indexed(digest, seq):
+                raise CorruptStoreError(f"the digest index lacks record {i}'s digest", height)
             records[seq] = r
         pairs = store.payloads_between(first_seq, n)
         redacted = store.redacted([rid for _, rid, _ in pairs])

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ledger.encoding import BatchItem
 from ledger.records import Record, SealedPayload, seal_record
 from ledger.store.sqlite import SqliteStore
-from ledger.encoding import BatchItem
 from node.mempool import Mempool
 from tests.factory import ChainBuilder, make_fixture
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from ledger.blocks import Block
-from ledger.errors import CorruptStoreError, RedactionTargetError, StoreError
+from ledger.errors import CorruptStoreError, DigestReusedError, RedactionTargetError, StoreError
 from ledger.store import SqliteStore
+from ledger.store import sqlite as sqlite_store
 from ledger.store.check import check_indexes
-from tests.unit.test_one_rule import GOVERNED, ORG0_WRITER, SEALED_FAULTS, SealedChain
+from tests.factory import ChainBuilder, sealed_record
+from tests.unit.test_one_rule import GOVERNED, GX, ORG0_WRITER, SEALED_FAULTS, SealedChain
 
 
 def test_a_schema_2_store_gains_its_sealed_and_redaction_rows_on_open(tmp_path: Path) -> None:
@@ -62,4 +64,71 @@ def test_node_check_compares_sealed_rows_with_the_envelopes(tmp_path: Path) -> N
     db.close()
     with (SqliteStore(path, readonly=True) as store,
           pytest.raises(CorruptStoreError, match="sealed row of record 1")):
+        check_indexes(store)
+
+
+def test_a_schema_5_store_gains_its_digest_index_on_open(tmp_path: Path) -> None:
+    """Schema 5 kept a unique index on the full digest; schema 6 replaces it with
+    ``digests`` (filled on open) and the recent digests in memory."""
+    c = SealedChain()
+    path = tmp_path / "chain.db"
+    c.sqlite(path).close()
+    db = sqlite3.connect(path)
+    db.executescript("""
+        DROP TABLE digests;
+        DELETE FROM meta WHERE key = 'digests_upto';
+        CREATE UNIQUE INDEX sealed_by_digest ON sealed (digest);
+        UPDATE meta SET value = 5 WHERE key = 'schema_version';
+    """)
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 5.*ledger node run"):
+        SqliteStore(path, readonly=True)
+    digests = [r.body.payload_digest or b"" for r in (c.own, c.acme, c.gone)]
+    with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
+        assert store.seen_digests([*digests, b"\x07" * 32]) == set(digests)
+        assert len(store._recent_digests) == 0 and store.indexed_digest_count() == 3
+        check_indexes(store)
+        with pytest.raises(DigestReusedError):  # the rule still finds a committed digest
+            store.append(c.builder.block([sealed_record(
+                GX.writer, GOVERNED.chain_id, nonce=20_001, digest=digests[1])]))
+    with SqliteStore(path, readonly=True) as store:
+        assert store._db.execute("SELECT name FROM sqlite_master "
+                                 "WHERE name = 'sealed_by_digest'").fetchall() == []
+        assert store.seen_digests(digests) == set(digests)
+
+
+def test_digests_merged_into_the_index_are_still_found(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a slice merged every block, most digests are in ``digests``, the rest in
+    memory; after a reopen (the memory rebuilt from ``sealed``) every one is found, a reused
+    one is refused, and ``ledger node check`` sees a missing index row."""
+    monkeypatch.setattr(sqlite_store, "MERGE_AT", 1)
+    path = tmp_path / "chain.db"
+    store = SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    records = [sealed_record(GX.writer, GOVERNED.chain_id, nonce=30_000 + n)
+               for n in range(64)]
+    for i in range(0, 64, 4):
+        store.append(builder.block(records[i:i + 4]))
+    digests = {r.body.payload_digest or b"" for r in records}
+    merged = store._db.execute("SELECT COUNT(*) FROM digests").fetchone()[0]
+    assert 0 < merged < 64 and store.indexed_digest_count() == 64
+    assert store.seen_digests(digests) == digests
+    store.close()
+    with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
+        builder.store = store
+        assert store.seen_digests([*digests, b"\x07" * 32]) == digests
+        check_indexes(store)
+        for old in (records[0], records[-1]):  # in ``digests``, and likely still in memory
+            with pytest.raises(DigestReusedError):
+                store.append(builder.block([sealed_record(
+                    GX.writer, GOVERNED.chain_id, nonce=40_000 + old.body.nonce,
+                    digest=old.body.payload_digest)]))
+        seq = store._db.execute("SELECT seq FROM digests LIMIT 1").fetchone()[0]
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM digests WHERE seq = ?", (seq,))
+    db.commit()
+    db.close()
+    with (SqliteStore(path, readonly=True) as store,
+          pytest.raises(CorruptStoreError, match="digest index")):
         check_indexes(store)
