@@ -270,6 +270,8 @@ _RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "nul
 
 
 def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -332,7 +334,7 @@ def _emit_value(value: Any, indent: int, lines: list[str], head: str) -> None:
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
-    """``doc`` (dicts, lists, strings, ints, bools) as block-style YAML."""
+    """``doc`` (dicts, lists, strings, ints, bools, None) as block-style YAML."""
     lines: list[str] = []
     _emit(doc, 0, lines, "")
     return "\n".join(lines) + "\n"
