@@ -111,8 +111,8 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
 
     ``k8s_name``: genesis advertises each validator at its Kubernetes pod's DNS name
     (node.k8s.advertised; the node folders still dial 127.0.0.1, so ``cluster up`` runs the
-    same chain locally) and TLS certificates name it too. :func:`write_k8s` then writes the
-    manifests.
+    same chain locally) and TLS certificates name it and the API Service ``NAME-api`` too.
+    :func:`write_k8s` then writes the manifests.
     """
     from node.k8s import check_name, pod_host
 
@@ -191,8 +191,9 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
             "peers": {str(j): f"127.0.0.1:{base_port + 100 + j}" for j in range(nodes) if j != i},
         }
         if ca is not None:
+            # in Kubernetes: the name peers dial, and the API Service's clients use
             make_node_cert(node_dir, f"node{i}", *ca, extra_names=(
-                () if k8s_name is None else (pod_host(k8s_name, i),)))
+                () if k8s_name is None else (pod_host(k8s_name, i), f"{k8s_name}-api")))
             config["tls"] = {"ca": "../tls/ca.pem", "cert": "tls.crt", "key": "tls.key"}
         (node_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         urls.append(f"{scheme}://127.0.0.1:{base_port + i}")

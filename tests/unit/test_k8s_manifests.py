@@ -162,7 +162,7 @@ def test_manifests_wire_the_cluster(cluster: Path) -> None:
             cert = x509.load_pem_x509_certificate((cluster / f"node{i}/tls.crt").read_bytes())
             names = cert.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-            assert pod_host("ledger", i) in names
+            assert pod_host("ledger", i) in names and "ledger-api" in names
 
 
 def test_local_folders_still_dial_loopback(cluster: Path) -> None:
