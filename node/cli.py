@@ -800,13 +800,18 @@ def _type_list(text: str) -> tuple[str, ...]:
 
 
 def cmd_cluster_init(args: argparse.Namespace) -> int:
-    """Write a new local cluster's folder."""
-    from node.cluster import init_cluster
+    """Write a new local cluster's folder (and, with --k8s, its Kubernetes manifests)."""
+    from node.cluster import init_cluster, write_k8s
 
     urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls,
-                        args.genesis_template, types=args.types, witnesses=args.witnesses)
+                        args.genesis_template, types=args.types, witnesses=args.witnesses,
+                        k8s_name=args.k8s_name if args.k8s else None)
     clients = ", ".join(sorted(str(p) for p in (args.dir / "clients").glob("*.pem")))
     print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and {clients}")
+    if args.k8s:
+        paths = write_k8s(args.dir, args.k8s_name, args.k8s_image, args.k8s_storage)
+        print(f"  Kubernetes manifests: {', '.join(str(p) for p in paths)} (node*.yaml hold "
+              "PRIVATE KEYS; genesis advertises the pods' DNS names; docs/deploy.md)")
     if args.witnesses:
         print(f"  witness keys (listed in genesis): {args.dir}/witnesses/witness0.pem .. "
               f"witness{args.witnesses - 1}.pem")
@@ -1171,6 +1176,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--witnesses", type=int, default=0, metavar="N",
                    help="also write N witness keys DIR/witnesses/witness{i}.pem, listed in "
                    "genesis 'witnesses' (run them with `ledger witness`; docs/witness.md)")
+    p.add_argument("--k8s", action="store_true",
+                   help="also write DIR/k8s/: Kubernetes manifests (a StatefulSet, key Secret "
+                   "and config per validator, genesis ConfigMap, Services, a quorum-keeping "
+                   "PodDisruptionBudget); genesis then advertises each validator at its pod's "
+                   "DNS name NAME-nodeI-0.NAME-p2p (docs/deploy.md)")
+    p.add_argument("--k8s-name", default="ledger", metavar="NAME",
+                   help="with --k8s: prefix of every object's name (default ledger)")
+    p.add_argument("--k8s-image", default="ledger:0.1.0", metavar="IMAGE",
+                   help="with --k8s: the container image (default ledger:0.1.0, built from "
+                   "the Dockerfile)")
+    p.add_argument("--k8s-storage", default="10Gi", metavar="SIZE",
+                   help="with --k8s: each validator's volume claim (default 10Gi)")
     p.set_defaults(func=cmd_cluster_init)
     p = csub.add_parser("up", help="run every node of DIR in the foreground",
                         description="Run every node of DIR, prefixing each node's log lines; "

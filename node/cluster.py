@@ -68,10 +68,34 @@ def _from_template(template: Path, genesis: dict[str, Any],
     return keys
 
 
+def _advertised(index: int, base_port: int, tls: bool,
+                k8s_name: str | None) -> dict[str, str]:
+    """The ``p2p`` and ``api`` genesis lists for validator ``index``."""
+    if k8s_name is not None:
+        from node.k8s import advertised
+
+        p2p, api = advertised(k8s_name, index, tls)
+        return {"p2p": p2p, "api": api}
+    return {"p2p": f"127.0.0.1:{base_port + 100 + index}",
+            "api": f"{'https' if tls else 'http'}://127.0.0.1:{base_port + index}"}
+
+
+def write_k8s(directory: Path, name: str, image: str, storage: str) -> list[Path]:
+    """``directory/k8s/``: Kubernetes manifests for the cluster ``init_cluster(...,
+    k8s_name=name)`` wrote there (node.k8s; docs/deploy.md)."""
+    from node.k8s import write_manifests
+
+    try:
+        return write_manifests(directory, name, image, storage)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ClusterError(f"{directory}: cannot write Kubernetes manifests ({exc})") from exc
+
+
 def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
                  chain_id: str = "demo", tls: bool = False,
                  template: Path | None = None,
-                 types: tuple[str, ...] | None = None, witnesses: int = 0) -> list[str]:
+                 types: tuple[str, ...] | None = None, witnesses: int = 0,
+                 k8s_name: str | None = None) -> list[str]:
     """Write genesis.json, one folder per node (config and key), a demo client key and an
     admin key per organisation (``clients/<org>-admin.pem``; two of three approve a change).
 
@@ -84,7 +108,19 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
 
     ``witnesses`` > 0: that many witness keys ``witnesses/witness{i}.pem``, listed in genesis
     ``witnesses`` (SPEC sections 9 and 11; docs/witness.md). 0 leaves genesis without the key.
+
+    ``k8s_name``: genesis advertises each validator at its Kubernetes pod's DNS name
+    (node.k8s.advertised; the node folders still dial 127.0.0.1, so ``cluster up`` runs the
+    same chain locally) and TLS certificates name it and the API Service ``NAME-api`` too.
+    :func:`write_k8s` then writes the manifests.
     """
+    from node.k8s import check_name, pod_host
+
+    if k8s_name is not None:
+        try:
+            check_name(k8s_name)
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from None
     if witnesses < 0:
         raise ClusterError("--witnesses must be at least 0")
     if nodes < 1:
@@ -102,8 +138,7 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
         "chain_id": chain_id,
         "validators": [
             {"name": f"node{i}", "pubkey": k.public.hex(), "power": 1,
-             "p2p": f"127.0.0.1:{base_port + 100 + i}",
-             "api": f"{scheme}://127.0.0.1:{base_port + i}"}
+             **_advertised(i, base_port, tls, k8s_name)}
             for i, k in enumerate(keys)
         ],
         # Three organisations, each with an admin (clients/<org>-admin.pem): any two of them
@@ -156,7 +191,9 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
             "peers": {str(j): f"127.0.0.1:{base_port + 100 + j}" for j in range(nodes) if j != i},
         }
         if ca is not None:
-            make_node_cert(node_dir, f"node{i}", *ca)
+            # in Kubernetes: the name peers dial, and the API Service's clients use
+            make_node_cert(node_dir, f"node{i}", *ca, extra_names=(
+                () if k8s_name is None else (pod_host(k8s_name, i), f"{k8s_name}-api")))
             config["tls"] = {"ca": "../tls/ca.pem", "cert": "tls.crt", "key": "tls.key"}
         (node_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         urls.append(f"{scheme}://127.0.0.1:{base_port + i}")

@@ -48,13 +48,16 @@ def make_ca(directory: Path, name: str) -> tuple[x509.Certificate, ec.EllipticCu
 
 
 def make_node_cert(directory: Path, node: str, ca: x509.Certificate,
-                   ca_key: ec.EllipticCurvePrivateKey) -> None:
-    """``tls.crt`` and ``tls.key`` for ``node``, signed by the CA."""
+                   ca_key: ec.EllipticCurvePrivateKey,
+                   extra_names: tuple[str, ...] = ()) -> None:
+    """``tls.crt`` and ``tls.key`` for ``node`` (and the DNS names ``extra_names``, e.g.
+    its Kubernetes pod's), signed by the CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     names: list[x509.GeneralName] = [
         x509.DNSName(node), x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        *(x509.DNSName(n) for n in extra_names)]
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
             .issuer_name(ca.subject).public_key(key.public_key())
