@@ -68,8 +68,10 @@ def test_gateway_commits_records_while_the_auditor_follows(cluster: Cluster,
         assert gateway.returncode == 0, gateway.stdout + gateway.stderr
         assert "committed 300" in gateway.stdout, gateway.stdout
 
-        # Every record on the chain is one of the gateway's, as the API reports it.
-        tip = cluster.height(2)
+        # Every record on the chain is one of the gateway's, as the API reports it (node 2
+        # may be a block behind node 0, which acknowledged the commits: wait for it).
+        tip = cluster.height(0)
+        cluster.wait_height(2, tip)
         records = [r for h in range(1, tip + 1)
                    for r in httpx.get(f"{cluster.url(2)}/v1/blocks/{h}").json()["records"]]
         assert len(records) == 300
