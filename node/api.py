@@ -340,7 +340,7 @@ def payload_views(store: ReadStore, reader: Reader, records: Sequence[Record],
     if not sealed:
         return {}
     ids = [r.id for r in sealed]
-    redacted = store.redacted(ids) if pending is None else set()
+    redacted = store.redaction_heights(ids) if pending is None else {}
     allowed = [r.id for r in sealed if r.id not in redacted and reader.may_read(r.body.type)]
     if pending is not None:
         pairs = {rid: p for rid in allowed if (p := pending(rid)) is not None}
@@ -349,7 +349,7 @@ def payload_views(store: ReadStore, reader: Reader, records: Sequence[Record],
     views: dict[bytes, PayloadView] = {}
     for r in sealed:
         if r.id in redacted:
-            views[r.id] = PayloadView("redacted", redacted=store.redacted_at(r.id))
+            views[r.id] = PayloadView("redacted", redacted=redacted[r.id])
         elif not reader.may_read(r.body.type):
             views[r.id] = PayloadView("withheld")
         elif r.id in pairs:

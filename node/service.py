@@ -102,6 +102,8 @@ class ReadStore(Protocol):
 
     def redacted_at(self, record_id: bytes) -> int | None: ...
 
+    def redaction_heights(self, ids: Iterable[bytes]) -> dict[bytes, int]: ...
+
 
 @dataclass(frozen=True)
 class Status:

@@ -232,6 +232,9 @@ class BlockStore(Protocol):
     def redacted(self, ids: Iterable[bytes]) -> set[bytes]:
         """Which of ``ids`` a committed ``ledger.redact`` record names."""
 
+    def redaction_heights(self, ids: Iterable[bytes]) -> dict[bytes, int]:
+        """Those of ``ids`` a committed redaction names, each with the redaction's height."""
+
     def redacted_at(self, record_id: bytes) -> int | None:
         """The height of the redaction that names ``record_id``, if one committed."""
 

@@ -230,6 +230,10 @@ class MemoryStore:
         """Which of ``ids`` a committed redaction names."""
         return {i for i in ids if i in self._redacted}
 
+    def redaction_heights(self, ids: Iterable[bytes]) -> dict[bytes, int]:
+        """Those of ``ids`` a committed redaction names, with its height."""
+        return {i: self._redacted[i] for i in ids if i in self._redacted}
+
     def redacted_at(self, record_id: bytes) -> int | None:
         """The height of the redaction naming ``record_id``."""
         return self._redacted.get(record_id)

@@ -821,13 +821,18 @@ class SqliteStore:
         thread's WAL reader, like ``payloads``: every read of a sealed record asks it (the
         API on its event loop), and it must never wait for a block's write. A redaction's
         rows commit with its block, so the next read sees them."""
+        return set(self.redaction_heights(ids))
+
+    def redaction_heights(self, ids: Iterable[bytes]) -> dict[bytes, int]:
+        """Those of ``ids`` a committed redaction names, with its height (``redacted`` with
+        the heights, in the same one query per 500)."""
         wanted = sorted(set(ids))
-        found: set[bytes] = set()
+        found: dict[bytes, int] = {}
         with self._reading() as db:
             for chunk in _chunks(wanted):
-                found.update(bytes(i) for (i,) in db.execute(
-                    f"SELECT id FROM redactions WHERE id IN ({','.join('?' * len(chunk))})",
-                    chunk))
+                found.update((bytes(i), int(h)) for i, h in db.execute(
+                    "SELECT id, height FROM redactions WHERE id IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
         return found
 
     # -- sealed payloads ----------------------------------------------------------------
