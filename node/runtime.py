@@ -85,6 +85,8 @@ from node.transport.peers import PeerDirectory, accepted_peers
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links (PAYLOADS = 2: node.payloads)
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
 MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
+# a new link's pending records go in frames of at most so many records and bytes
+GOSSIP_FRAME_RECORDS, GOSSIP_FRAME_BYTES = 2_000, 4 * 1024 * 1024
 
 # A misbehaving peer (see Misbehaviour and _misbehaved): points decay at DECAY per second;
 # past LIMIT the link is dropped and the validator refused for BACKOFF_S seconds.
@@ -150,7 +152,8 @@ class Hooks:
 class Transport(Protocol):
     """What the node needs of its peer links (``PeerNetwork`` is the real one; a test may
     pass one that moves frames through queues, ``tests/memnet.py``). Frames from peers go to
-    ``Node.on_frame(peer, payload)``, on the event loop."""
+    ``Node.on_frame(peer, payload)``, on the event loop; a link coming up is told to
+    ``Node.on_link(peer)``, on the event loop, before any frame of that link."""
 
     #: the largest payload ``send``/``broadcast`` take
     max_frame: int
@@ -256,7 +259,7 @@ def tcp_transport(node: Node) -> PeerNetwork:
     return PeerNetwork(genesis=node.genesis, key=node.key, listen=node.config.p2p,
                        peers=peer_addresses(node.config, node.genesis),
                        directory=node.directory, on_message=node.on_frame,
-                       ssl_server=ssl_server, ssl_client=ssl_client)
+                       on_link=node.on_link, ssl_server=ssl_server, ssl_client=ssl_client)
 
 
 def tune_gc() -> None:
@@ -661,6 +664,40 @@ class Node:
         for peer in self.connected_peers() if peers is None else peers:
             if not self.faults.blocked(peer):
                 self.transport.send(peer, frame)
+
+    def on_link(self, peer: int) -> None:
+        """Called by the transport when a link to ``peer`` comes up: send it this node's
+        pending records. Gossip at admission reaches only the peers linked then, so without
+        this a record admitted while a link was down (a restart, a network fault) would wait
+        for its node's own turn to propose (forever, on a chain without empty blocks whose
+        other nodes never start the height)."""
+        if len(self.mempool) and not self._stopping and not self.faults.blocked(peer):
+            self.spawn(self._gossip_out(peer))
+
+    async def _gossip_out(self, peer: int) -> None:
+        """The pending records to ``peer``, oldest first, in frames of at most
+        ``GOSSIP_FRAME_RECORDS`` records or ``GOSSIP_FRAME_BYTES``; the loop is yielded
+        between frames. Those the peer holds already it answers as duplicates, and drops."""
+        if self.transport is None:
+            return
+        item, limit = self.mempool.batch_item, min(GOSSIP_FRAME_BYTES, self.transport.max_frame)
+        frame: list[BatchItem] = []
+        size = 0
+        for record in list(self.mempool.pending.values()):
+            if record.id not in self.mempool.pending:
+                continue  # committed while an earlier frame was sent
+            entry = item(record)
+            cost = len(record.envelope) + (0 if isinstance(entry, bytes)
+                                           else len(entry[1]) + len(entry[2])) + 16
+            if frame and (len(frame) >= GOSSIP_FRAME_RECORDS or size + cost > limit):
+                if not self.transport.send(peer, bytes([RECORDS]) + packb(frame)):
+                    return  # the link went down again: the next link sends them
+                await asyncio.sleep(0)
+                frame, size = [], 0
+            frame.append(entry)
+            size += cost
+        if frame:
+            self.transport.send(peer, bytes([RECORDS]) + packb(frame))
 
     def on_frame(self, peer: int, payload: bytes) -> None:
         """Called by the transport on the event loop for every frame from a peer."""

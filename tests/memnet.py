@@ -13,7 +13,8 @@ across groups are lost, those sent and those still queued (the links stay "conne
 TCP link does until its keepalive gives up, so the node keeps sending into the void);
 ``net.loss`` drops that fraction of frames at random (``net.rng``, seeded);
 ``net.drop(src, dst, payload)`` may be replaced to drop frames selectively; ``disconnect``
-with a backoff takes the link down both ways for that long. ``net.tap`` is called as each
+with a backoff takes the link down both ways for that long. A transport that starts is linked
+with every started one (``on_link`` is called at both ends). ``net.tap`` is called as each
 frame leaves its sender, with the frame, before any fault applies.
 """
 
@@ -43,7 +44,8 @@ class MemNet:
 
     def factory(self, node: Any) -> MemTransport:
         """A ``TransportFactory`` for ``Node.start``."""
-        return MemTransport(self, node.config.index, node.on_frame)
+        return MemTransport(self, node.config.index, node.on_frame,
+                            getattr(node, "on_link", None))
 
     # -- faults ---------------------------------------------------------------------
 
@@ -94,11 +96,12 @@ class MemTransport:
     max_frame = MAX_FRAME
     read_burst = 64  # frames handed over before the drain task yields to the loop
 
-    def __init__(self, net: MemNet, index: int, on_message: Callable[[int, bytes], None]
-                 ) -> None:
+    def __init__(self, net: MemNet, index: int, on_message: Callable[[int, bytes], None],
+                 on_link: Callable[[int], None] | None = None) -> None:
         self.net = net
         self.index = index
         self.on_message = on_message
+        self.on_link = on_link
         self.inbox: collections.deque[tuple[int, bytes]] = collections.deque()
         self.wakeup = asyncio.Event()
         self.backoff_until: dict[int, float] = {}
@@ -112,6 +115,10 @@ class MemTransport:
             raise RuntimeError(f"validator {self.index} is already on the network")
         self.net.transports[self.index] = self
         self._task = asyncio.create_task(self._drain(), name=f"memnet-{self.index}")
+        for peer in self.connected():  # links come up both ways, as PeerNetwork's do
+            for a, b in ((self, peer), (self.net.transports[peer], self.index)):
+                if a.on_link is not None:
+                    a.on_link(b)
 
     async def stop(self) -> None:
         if self.net.transports.get(self.index) is self:

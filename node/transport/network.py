@@ -33,7 +33,9 @@ validator off: for that long its handshakes are refused and it is not dialed.
 Each link has a bounded outbound queue drained by its own writer task: when the queue is
 full the oldest frame is dropped and counted, so a slow or dead peer can neither exhaust
 memory nor block ``broadcast``/``send``. A reader task per link hands each payload, in the
-order the peer sent it, to ``on_message`` on the event loop. Dialers reconnect forever with
+order the peer sent it, to ``on_message`` on the event loop; ``on_link(peer)``, if given,
+is called as each link comes up, before its first frame (the node sends that peer what
+gossip sent while the link was down could not reach it). Dialers reconnect forever with
 jittered exponential backoff until ``stop()``.
 """
 
@@ -88,7 +90,7 @@ STAT_KEYS = (
     "connects",  # authenticated links established
     "disconnects",  # authenticated links ended, for any reason
     "protocol_errors",  # links closed because the peer broke the framing rules
-    "handler_errors",  # exceptions raised by on_message (logged, the link stays up)
+    "handler_errors",  # exceptions raised by on_message or on_link (logged, link stays up)
 )
 
 
@@ -151,6 +153,7 @@ class PeerNetwork:
     def __init__(self, *, genesis: Genesis, key: PrivateKey, listen: tuple[str, int],
                  peers: Mapping[int, tuple[str, int]],
                  on_message: Callable[[int, bytes], None],
+                 on_link: Callable[[int], None] | None = None,
                  directory: PeerDirectory | None = None,
                  max_frame: int = 32 * 1024 * 1024, queue_limit: int = 1024,
                  ssl_server: ssl.SSLContext | None = None,
@@ -185,6 +188,7 @@ class PeerNetwork:
             if v.index in peers else None
             for v in genesis.validators if v.pubkey != key.public}
         self.on_message = on_message
+        self.on_link = on_link
         self.max_frame = max_frame
         self.queue_limit = queue_limit
         self.ssl_server = ssl_server
@@ -692,6 +696,13 @@ class PeerNetwork:
         name = f"{self.index}-{link.peer}"
         reader = asyncio.create_task(self._read_loop(link), name=f"p2p-read-{name}")
         writer = asyncio.create_task(self._write_loop(link), name=f"p2p-write-{name}")
+        if self.on_link is not None:
+            try:
+                self.on_link(link.peer)
+            except Exception:  # as on_message: logged, the link stays up
+                self.stats["handler_errors"] += 1
+                self.log.exception("%s: on_link failed for %s", self.name,
+                                   self._who(link.peer))
         reason, level = "the node is stopping", logging.INFO
         try:
             done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)

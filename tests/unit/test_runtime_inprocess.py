@@ -137,10 +137,10 @@ class BroadcastFirst(RecordingNode):
 class Cluster:
     """N nodes' files under ``root``, one MemNet, and the journals."""
 
-    def __init__(self, root: Path, kinds: dict[int, type[RecordingNode]] | None = None
-                 ) -> None:
+    def __init__(self, root: Path, kinds: dict[int, type[RecordingNode]] | None = None,
+                 *, empty_blocks: bool = True) -> None:
         doc = json.loads(FX.genesis.raw)
-        doc["consensus"] = TIMEOUTS
+        doc["consensus"] = TIMEOUTS | {"create_empty_blocks": empty_blocks}
         self.genesis = Genesis.from_bytes(json.dumps(doc, indent=2).encode())
         (root / "genesis.json").write_bytes(self.genesis.raw)
         self.kinds = kinds or {}
@@ -430,3 +430,25 @@ def test_a_partition_without_quorum_stalls_and_heals_over_a_lossy_network(
     assert cluster.net.stats["dropped"] > 0 and cluster.net.stats["partitioned"] > 0
     for i in range(N):
         check_signing_order(cluster.journals[i])
+
+
+def test_a_record_admitted_while_unlinked_reaches_the_peers_once_they_link(
+        tmp_path: Path) -> None:
+    """A record a node admitted while it had no link (say, just restarted) is gossiped to
+    each peer when its link comes up (the gossip at admission reached nobody). On a chain
+    without empty blocks nothing else would carry it: the others would never start the
+    height, and the record would wait for its node's turn to propose forever."""
+    cluster = Cluster(tmp_path, empty_blocks=False)
+
+    # node 1's consensus frames are lost: its own proposals cannot carry the records
+    cluster.net.drop = lambda src, dst, payload: src == 1 and payload[0] == CONSENSUS
+
+    async def body() -> None:
+        alone = cluster.from_parts(1)
+        await cluster.start(alone)
+        records = await submit(alone, 3)  # linked to nobody: its gossip goes nowhere
+        for i in (0, 2, 3):
+            await cluster.start(cluster.from_parts(i))
+        await committed([cluster.nodes[i] for i in (0, 2, 3)], records)
+
+    run(cluster, body)

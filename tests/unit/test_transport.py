@@ -44,10 +44,12 @@ pytestmark = pytest.mark.timeout(60)
 
 @dataclass
 class Node:
-    """A PeerNetwork with an inbox of what it received, per peer, in arrival order."""
+    """A PeerNetwork with an inbox of what it received, per peer, in arrival order, and
+    the peers whose links came up (``on_link``), in order."""
 
     net: PeerNetwork
     inbox: defaultdict[int, list[bytes]]
+    links: list[int]
 
 
 class Cluster:
@@ -62,13 +64,19 @@ class Cluster:
                     **kw: Any) -> Node:
         inbox: defaultdict[int, list[bytes]] = defaultdict(list)
 
+        links: list[int] = []
+
         def on_message(peer: int, payload: bytes) -> None:
             inbox[peer].append(payload)
 
+        def on_link(peer: int) -> None:
+            assert peer in net.connected()  # a link is usable as it is announced
+            links.append(peer)
+
         net = PeerNetwork(genesis=genesis, key=key or KEYS[index], listen=(HOST, port),
                           peers={i: (HOST, p) for i, p in (peers or {}).items()},
-                          on_message=on_message, **kw)
-        node = Node(net, inbox)
+                          on_message=on_message, on_link=on_link, **kw)
+        node = Node(net, inbox, links)
         await net.start()
         if key is None and genesis is G:
             self.nodes[index] = node
@@ -426,6 +434,9 @@ async def test_a_restarted_peer_is_reconnected_and_messages_flow(cluster: Cluste
                 and all(nodes[i].inbox[1][-1:] == [b"back"] for i in (0, 2, 3)))
     assert nodes[0].net.stats["disconnects"] == 1
     assert nodes[0].net.stats["dial_failures"] >= 1
+    # each link coming up was announced (on_link), the one to node 1 twice
+    assert nodes[0].links.count(1) == 2 and sorted(again.links) == [0, 2, 3]
+    assert nodes[0].net.stats["handler_errors"] == again.net.stats["handler_errors"] == 0
 
 
 @pytest.mark.asyncio
