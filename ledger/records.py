@@ -203,22 +203,24 @@ class SealedPayload:
 
     salt: bytes
     payload: bytes
-    #: Set by ``check`` alone: the digest this pair was found to match, so a later holder
-    #: (the store's append of the node's own mempool pairs) compares 32 bytes instead of
-    #: decoding and hashing the payload again. Not part of the pair's value.
+    #: Set by ``check`` alone (in place: the pair's value is unchanged, and a new frozen
+    #: object per record is what admission cannot afford): the digest this pair was found
+    #: to match, so a later holder (the store's append of the node's own mempool pairs)
+    #: compares 32 bytes instead of decoding and hashing the payload again. Not part of
+    #: the pair's value.
     checked_for: bytes | None = field(default=None, compare=False, repr=False)
 
     def check(self, record: Record) -> SealedPayload:
         """``check_sealed_payload`` for ``record`` (which must be sealed); InvalidBodyError
-        if it is an inline record. Returns the pair marked as checked for its digest."""
+        if it is an inline record. Returns this pair, marked as checked for its digest."""
         digest = record.body.payload_digest
         if digest is None:
             raise InvalidBodyError(f"record {record.id.hex()} is not sealed: a salt and "
                                    "payload belong only with a body holding payload_digest")
         if self.checked_for != digest:
             check_sealed_payload(digest, self.salt, self.payload, f"record {record.id.hex()}")
-        return self if self.checked_for == digest else SealedPayload(self.salt, self.payload,
-                                                                     digest)
+            object.__setattr__(self, "checked_for", digest)
+        return self
 
     @property
     def size(self) -> int:

@@ -100,14 +100,15 @@ class VerifiedCache:
             self._seen.pop(record.body.signer + record.sig, None)
 
 
-def decode(envelope: bytes) -> AdmitResult:
-    """Decode one envelope: a candidate ("accepted" so far) or rejected as malformed (or
+def decode(envelope: bytes, pair: SealedPayload | None = None) -> AdmitResult:
+    """Decode one envelope: a candidate ("accepted" so far, holding ``pair``, the (salt,
+    payload) sent with it, unchecked until ``with_pair``) or rejected as malformed (or
     ``invalid_body``: a body holding both ``payload`` and ``payload_digest``)."""
     try:
         record = Record.from_wire(envelope)
     except DecodeError as exc:
         return AdmitResult(None, "rejected", exc.code, str(exc))
-    return AdmitResult(record.id, "accepted", record=record)
+    return AdmitResult(record.id, "accepted", record=record, pair=pair)
 
 
 def split_item(item: BatchItem) -> tuple[bytes, SealedPayload | None]:
@@ -118,27 +119,25 @@ def split_item(item: BatchItem) -> tuple[bytes, SealedPayload | None]:
     return envelope, SealedPayload(salt, payload)
 
 
-def with_pair(candidate: AdmitResult, pair: SealedPayload | None) -> AdmitResult:
-    """SPEC section 10 on a decoded candidate: a sealed record needs its pair and the pair
-    must match its digest (``payload_missing``, ``payload_mismatch``); an inline record
-    takes none (``invalid_body``). Hashes the payload: runs in a worker thread."""
-    record = candidate.record
+def with_pair(candidate: AdmitResult) -> AdmitResult:
+    """SPEC section 10 on a decoded candidate and the pair it holds: a sealed record needs
+    its pair and the pair must match its digest (``payload_missing``, ``payload_mismatch``);
+    an inline record takes none (``invalid_body``). Hashes the payload: runs in a worker
+    thread. The candidate itself comes back when it passes (the pair marked as checked,
+    so the store's append need not check it again)."""
+    record, pair = candidate.record, candidate.pair
     if record is None:
         return candidate
     try:
         if pair is not None:
-            pair = pair.check(record)  # marked: the store's append need not check it again
+            pair.check(record)
         elif record.body.payload_digest is not None:
             raise PayloadMissingError(
                 f"record {record.id.hex()} is sealed: submit it as [envelope, salt, "
                 "payload_bytes] (JSON: envelope, salt and payload)")
     except LedgerError as exc:
         return AdmitResult(record.id, "rejected", exc.code, str(exc))
-    if pair is None:
-        return candidate
-    # built directly: dataclasses.replace costs more than the digest check
-    return AdmitResult(record.id, "accepted", record=record, redaction=candidate.redaction,
-                       pair=pair)
+    return candidate
 
 
 def check(source: Authority, candidate: AdmitResult,
@@ -238,7 +237,7 @@ class Mempool:
             if pending is not None:
                 results.append(AdmitResult(pending.id, "accepted", record=pending))
                 continue
-            candidate = with_pair(check(config, decode(envelope), self.cache.verify), pair)
+            candidate = with_pair(check(config, decode(envelope, pair), self.cache.verify))
             if candidate.record is not None:
                 spent += candidate.record.cost + (pair.size if pair is not None else 0)
                 if spent > room:

@@ -120,8 +120,10 @@ class Metrics:
         lines += [f'ledger_cosignatures_total{{result="{result}"}} {count}'
                   for result, count in sorted(self.cosignatures.items())]
         lines += ["# HELP ledger_payload_pairs_total Sealed payload pairs by what happened to "
-                  "them: fetched from peers, served to peers, healed by a resubmission, or "
-                  "refused from a peer for not matching their digests (mismatched).",
+                  "them: committed with their block (with_block), missing when their block "
+                  "committed (missing_at_commit), fetched from peers, served to peers, healed "
+                  "by a resubmission, or refused from a peer for not matching their digests "
+                  "(mismatched).",
                   "# TYPE ledger_payload_pairs_total counter"]
         lines += [f'ledger_payload_pairs_total{{how="{how}"}} {count}'
                   for how, count in sorted(self.payload_pairs.items())]

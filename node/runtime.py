@@ -437,7 +437,11 @@ class Node:
             await asyncio.to_thread(self.store.append, block, action.last_cert,
                                     payloads=pairs)
             self.faults.crash_point("after_commit")
-            if any(r.body.sealed and r.id not in pairs for r in block.records):
+            lacking = sum(r.body.sealed and r.id not in pairs for r in block.records)
+            if pairs:
+                self.metrics.count_payload_pairs("with_block", len(pairs))
+            if lacking:
+                self.metrics.count_payload_pairs("missing_at_commit", lacking)
                 self.payload_sync.nudge()
             self._on_committed(action.block)
             if self.evidence.prune(action.block.height):

@@ -77,6 +77,15 @@ def loop_lag_buckets(url: str) -> list[tuple[float, int]]:
         r'^ledger_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M)]
 
 
+def payload_pairs(url: str) -> dict[str, int]:
+    """How a node came by the sealed payload pairs it holds (``ledger_payload_pairs_total``
+    by ``how``: with the record at admission, healed by a resubmission, fetched from a
+    peer after a commit that lacked them, ...)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {m.group(1): int(m.group(2)) for m in re.finditer(
+        r'^ledger_payload_pairs_total\{how="([^"]+)"\} (\d+)$', text, re.M)}
+
+
 def histogram_quantile(q: float, before: list[tuple[float, int]],
                        after: list[tuple[float, int]]) -> float:
     """The q-quantile of what a cumulative histogram counted between two scrapes,
@@ -256,6 +265,7 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                     time.sleep(1)
             elapsed = time.perf_counter() - start
             lag_after = [loop_lag_buckets(c.url(i)) for i in range(args.nodes)]
+            pairs_how = [payload_pairs(c.url(i)) for i in range(args.nodes)]
             read_thread.join(60)
             cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
                                                                    strict=True))
@@ -310,6 +320,7 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "envelope_bytes": envelope_bytes,
         "node_cpu_busy_of_cores": cpu_used / (elapsed * cores),
         "throughput_by_tenth": rate_by_tenth(timeline, start),
+        "payload_pairs_by_how": pairs_how,
         "rss_mb_over_time": memory,
     }
     print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
@@ -336,6 +347,10 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
           f"(envelope {envelope_bytes:.0f})")
     print(f"nodes' CPU use while saturated:   {report['node_cpu_busy_of_cores']:.0%} of "
           f"{cores} cores")
+    if sealed:
+        print("payload pairs, by how (per node): "
+              + "; ".join(", ".join(f"{k} {n}" for k, n in sorted(d.items())) or "none"
+                          for d in pairs_how))
     print("throughput by tenth of the run:   "
           + ", ".join(f"{x:,.0f}" for x in report["throughput_by_tenth"]))
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
