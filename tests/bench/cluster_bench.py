@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from ledger.crypto import read_key_file
+from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
 from ledger.records import Record, SealedPayload, seal_record
@@ -168,6 +168,23 @@ def item(record: Record, pair: SealedPayload | None) -> object:
     return record.envelope if pair is None else [record.envelope, pair.salt, pair.payload]
 
 
+def presign(key: PrivateKey, chain_id: str, count: int, *, sealed: bool = False,
+            first_nonce: int = 0) -> tuple[list[Record], list[object]]:
+    """``count`` signed sensor readings (~150-byte payloads, nonces from ``first_nonce``)
+    and what a batch carries for each (``item``); sealed with ``sealed``."""
+    now = time.time_ns() // 1_000_000
+    pad = "x" * 110
+    make = seal_record if sealed else Record.create
+    made = [make(key, chain=chain_id, type="sensor.reading",
+                 subject=f"plant-{i % 20}/line-{i % 3}/temp",
+                 payload={"v": i * 0.1, "unit": "C", "note": pad}, ts=now, nonce=i)
+            for i in tqdm(range(first_nonce, first_nonce + count), unit="rec",
+                          desc="signing", file=sys.stderr, mininterval=1)]
+    records: list[Record] = [m[0] if isinstance(m, tuple) else m for m in made]
+    items = [item(m[0], m[1]) if isinstance(m, tuple) else m.envelope for m in made]
+    return records, items
+
+
 def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
     """One run on a fresh cluster; prints and writes its report and returns it."""
     cores = os.cpu_count() or 1
@@ -181,17 +198,9 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
             genesis = Genesis.load(c.dir / "genesis.json")
             key = read_key_file(c.dir / "clients" / "demo.pem")
             v = verify_rate()
-            now = time.time_ns() // 1_000_000
-            pad = "x" * 110
             print(f"pre-signing {args.records + args.light} records ...", flush=True)
-            make = seal_record if sealed else Record.create
-            made = [make(key, chain=genesis.chain_id, type="sensor.reading",
-                         subject=f"plant-{i % 20}/line-{i % 3}/temp",
-                         payload={"v": i * 0.1, "unit": "C", "note": pad}, ts=now, nonce=i)
-                    for i in tqdm(range(args.records + args.light), unit="rec",
-                                  desc="signing", file=sys.stderr, mininterval=1)]
-            records: list[Record] = [m[0] if isinstance(m, tuple) else m for m in made]
-            items = [item(m[0], m[1]) if isinstance(m, tuple) else m.envelope for m in made]
+            records, items = presign(key, genesis.chain_id, args.records + args.light,
+                                     sealed=sealed)
             envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
 
             # Light load: one record in flight.
