@@ -35,28 +35,33 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import resource
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ledger.crypto import read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
-from tests.bench.cluster_bench import CONSENSUS, cpu_seconds, percentile, presign
+from tests.bench.cluster_bench import (
+    CONSENSUS,
+    cpu_seconds,
+    histogram_quantile,
+    percentile,
+    presign,
+)
 from tests.integration.cluster_util import ROOT, Cluster
 
 LOADS = (0.10, 0.25, 0.50, 0.75, 0.90)
 TARGET_P99_AT_50_MS = 100.0
 TARGET_P50_AT_10_MS = 10.0
-HEADERS = {"Content-Type": "application/msgpack"}
 
 
 # -- the pure parts ---------------------------------------------------------------------
@@ -145,6 +150,56 @@ def curve(phases: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
 
 # -- the load generator -----------------------------------------------------------------
 
+class HttpError(Exception):
+    """A request that got no well-formed answer (connection refused, reset, timed out)."""
+
+
+class Pool:
+    """Keep-alive HTTP/1.1 connections to one node: the least a client can spend per
+    request (httpx costs ~1-2 ms of CPU each, which on a 2-core machine is taken from the
+    nodes being measured). Enough for our own node's answers: Content-Length bodies."""
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port or 80)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, target: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """POST ``body`` to ``target`` (path and query): (status, response body)."""
+        try:
+            return await asyncio.wait_for(self._post(target, body), timeout)
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
+            raise HttpError(type(exc).__name__) from exc
+
+    async def _post(self, target: str, body: bytes) -> tuple[int, bytes]:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(f"POST {target} HTTP/1.1\r\nHost: {self.host}\r\n"
+                         f"Content-Type: application/msgpack\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(head[0].split()[1])
+            fields = {k.strip().lower(): v.strip()
+                      for k, _, v in (line.partition(":") for line in head[1:] if line)}
+            data = await reader.readexactly(int(fields.get("content-length", "0")))
+        except BaseException:
+            writer.close()
+            raise
+        if fields.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status, data
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
 @dataclass
 class Sender:
     """How one client process sends its share of a phase."""
@@ -167,22 +222,21 @@ async def drive(sender: Sender, items: Sequence[object], schedule: Sequence[floa
     inflight = [0] * nodes
     slots = asyncio.Semaphore(sender.per_node * nodes)
     tasks: set[asyncio.Task[None]] = set()
-    limits = httpx.Limits(max_connections=sender.per_node * nodes,
-                          max_keepalive_connections=sender.per_node * nodes)
+    pools = [Pool(url) for url in sender.urls]
+    target = f"/v1/records?wait=commit&timeout={sender.timeout:g}"
 
-    async def send(http: httpx.AsyncClient, node: int, lo: int, hi: int) -> None:
+    async def send(node: int, lo: int, hi: int) -> None:
         error: str | None = None
         results: list[dict[str, Any]] = []
         try:
-            resp = await http.post(f"{sender.urls[node]}/v1/records",
-                                   content=packb(list(items[lo:hi])), headers=HEADERS,
-                                   params={"wait": "commit", "timeout": str(sender.timeout)})
-            if resp.status_code == 202:
-                results = resp.json()["results"]
+            status, data = await pools[node].post(target, packb(list(items[lo:hi])),
+                                                  sender.timeout + 15)
+            if status == 202:
+                results = json.loads(data)["results"]
             else:
-                error = f"http {resp.status_code}"
-        except httpx.HTTPError as exc:
-            error = type(exc).__name__
+                error = f"http {status}"
+        except HttpError as exc:
+            error = str(exc)
         finally:
             inflight[node] -= 1
             slots.release()
@@ -196,7 +250,7 @@ async def drive(sender: Sender, items: Sequence[object], schedule: Sequence[floa
                 r = results[k - lo] if k - lo < len(results) else {}
                 o.error = None if "height" in r else str(r.get("error", "no height"))
 
-    async with httpx.AsyncClient(limits=limits, timeout=sender.timeout + 15) as http:
+    try:
         i, last, k = 0, -math.inf, 0
         while i < len(schedule):
             wake = max(schedule[i], last + sender.window)
@@ -212,13 +266,16 @@ async def drive(sender: Sender, items: Sequence[object], schedule: Sequence[floa
             k += 1
             for o in outcomes[i:end]:
                 o.sent = now
-            task = loop.create_task(send(http, node, i, end))
+            task = loop.create_task(send(node, i, end))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sender.requests += 1
             last, i = now, end
         if tasks:
             await asyncio.gather(*tasks)
+    finally:
+        for pool in pools:
+            pool.close()
     return outcomes
 
 
@@ -287,19 +344,23 @@ async def closed_loop(urls: list[str], items: Sequence[object], clients: int,
     batch on the answer, to the nodes in turn: (committed records/s, committed, seconds)."""
     batches = [items[i:i + batch] for i in range(0, len(items), batch)]
     committed = [0]
+    pools = [Pool(url) for url in urls]
+    target = f"/v1/records?wait=commit&timeout={timeout:g}"
 
-    async def client(http: httpx.AsyncClient, k: int) -> None:
+    async def client(k: int) -> None:
         for j in range(k, len(batches), clients):
-            resp = await http.post(f"{urls[j % len(urls)]}/v1/records",
-                                   content=packb(list(batches[j])), headers=HEADERS,
-                                   params={"wait": "commit", "timeout": str(timeout)})
-            if resp.status_code == 202:
-                committed[0] += sum(1 for x in resp.json()["results"] if "height" in x)
+            status, data = await pools[j % len(urls)].post(target, packb(list(batches[j])),
+                                                           timeout + 15)
+            if status == 202:
+                committed[0] += sum(1 for x in json.loads(data)["results"] if "height" in x)
 
-    async with httpx.AsyncClient(timeout=timeout + 15) as http:
+    try:
         start = time.monotonic()
-        await asyncio.gather(*(client(http, k) for k in range(clients)))
+        await asyncio.gather(*(client(k) for k in range(clients)))
         elapsed = time.monotonic() - start
+    finally:
+        for pool in pools:
+            pool.close()
     return committed[0] / elapsed, committed[0], elapsed
 
 
@@ -381,6 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sender = Sender(urls, args.window_ms / 1000, args.max_batch, args.per_node,
                                 args.timeout)
                 h0 = c.height(0)
+                hist0 = commit_latency_buckets(urls)
                 node_cpu0 = [cpu_seconds(p.pid) for p in c.procs.values()]
                 wall0 = time.monotonic()
                 print(f"open loop at {load:.0%}: {rate:,.0f} records/s, "
@@ -391,10 +453,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 node_cpu = sum(cpu_seconds(p.pid) - b
                                for p, b in zip(c.procs.values(), node_cpu0, strict=True))
                 blocks = c.height(0) - h0
+                hist1 = commit_latency_buckets(urls)
                 phase = {"load": load, **summarize(outcomes, rate), "requests": requests,
                          "records_per_request": len(outcomes) / max(requests, 1),
                          "client_cpu_of_core": client_cpu / wall,
                          "nodes_cpu_of_cores": node_cpu / wall / sender_cpu,
+                         "node_commit_p50_ms": histogram_quantile(0.5, hist0, hist1) * 1000,
+                         "node_commit_p99_ms": histogram_quantile(0.99, hist0, hist1) * 1000,
                          "blocks": blocks,
                          "records_per_block": len(outcomes) / max(blocks, 1),
                          "block_interval_ms": schedule[-1] / max(blocks, 1) * 1000
@@ -413,6 +478,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def commit_latency_buckets(urls: Sequence[str]) -> list[tuple[float, int]]:
+    """The nodes' ``ledger_commit_latency_seconds`` histograms (admitted at a node ->
+    committed there), summed: cumulative counts by upper bound."""
+    total: dict[float, int] = {}
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        for m in re.finditer(r'^ledger_commit_latency_seconds_bucket\{le="([^"]+)"\} (\d+)$',
+                             text, re.M):
+            total[float(m.group(1))] = total.get(float(m.group(1)), 0) + int(m.group(2))
+    return sorted(total.items())
+
+
 def settle(c: Cluster, timeout: float = 30) -> None:
     """Wait (bounded) until every node is at the same height, then a moment of quiet."""
     deadline = time.monotonic() + timeout
@@ -423,7 +501,7 @@ def settle(c: Cluster, timeout: float = 30) -> None:
 
 HEADER = (f"{'load':>5} {'offered/s':>10} {'committed/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'p99.9 ms':>9} {'errors':>6} {'late p99':>9} {'rec/req':>7} {'rec/blk':>7} "
-          f"{'client':>6} {'nodes':>6}")
+          f"{'node p50':>8} {'client':>6} {'nodes':>6}")
 
 
 def row(p: dict[str, Any]) -> str:
@@ -431,6 +509,7 @@ def row(p: dict[str, Any]) -> str:
             f"{p['p50_ms']:>8.1f} {p['p99_ms']:>8.1f} {p['p999_ms']:>9.1f} "
             f"{p['errors']:>6} {p['lateness_p99_ms']:>9.1f} "
             f"{p['records_per_request']:>7.1f} {p['records_per_block']:>7.1f} "
+            f"{p['node_commit_p50_ms']:>8.1f} "
             f"{p['client_cpu_of_core']:>6.0%} {p['nodes_cpu_of_cores']:>6.0%}")
 
 
@@ -440,7 +519,8 @@ def print_table(report: dict[str, Any]) -> None:
     for p in report["phases"]:
         print(row(p))
     print("(latency: intended arrival -> commit acknowledged; late: send - intended; "
-          "client: client CPU of one core; nodes: node CPU of all cores)")
+          "node p50: admitted at a node -> committed there, from /metrics, bucket-"
+          "interpolated; client: client CPU of one core; nodes: node CPU of all cores)")
     by_load = {round(p["load"], 2): p for p in report["phases"]}
     if 0.5 in by_load:
         p99 = by_load[0.5]["p99_ms"]
