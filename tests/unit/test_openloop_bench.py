@@ -19,7 +19,7 @@ def test_the_schedule_is_seeded_and_has_the_asked_mean_rate() -> None:
     assert len(a) == 20_000 and all(x < y for x, y in itertools.pairwise(a))
     # mean rate within 3% (the standard error of 20,000 exponential gaps is 0.7%)
     assert len(a) / a[-1] == pytest.approx(500.0, rel=0.03)
-    gaps = [y - x for x, y in zip([0.0, *a], a, strict=True)]
+    gaps = [y - x for x, y in itertools.pairwise([0.0, *a])]
     # exponential gaps: the standard deviation equals the mean (a fixed-rate ticker's is 0)
     assert statistics.pstdev(gaps) == pytest.approx(statistics.mean(gaps), rel=0.05)
 
