@@ -159,10 +159,12 @@ class Pool:
     request (httpx costs ~1-2 ms of CPU each, which on a 2-core machine is taken from the
     nodes being measured). Enough for our own node's answers: Content-Length bodies."""
 
+    IDLE_S = 2.0  # uvicorn closes a keep-alive connection idle for 5 s
+
     def __init__(self, url: str) -> None:
         host, _, port = url.removeprefix("http://").partition(":")
         self.host, self.port = host, int(port or 80)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def post(self, target: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         """POST ``body`` to ``target`` (path and query): (status, response body)."""
@@ -172,14 +174,26 @@ class Pool:
             raise HttpError(type(exc).__name__) from exc
 
     async def _post(self, target: str, body: bytes) -> tuple[int, bytes]:
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+        request = (f"POST {target} HTTP/1.1\r\nHost: {self.host}\r\n"
+                   f"Content-Type: application/msgpack\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.IDLE_S:
+                try:
+                    return await self._exchange(reader, writer, request)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    pass  # closed by the server meanwhile: submitting again is harmless
+            else:
+                writer.close()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return await self._exchange(reader, writer, request)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        request: bytes) -> tuple[int, bytes]:
         try:
-            writer.write(f"POST {target} HTTP/1.1\r\nHost: {self.host}\r\n"
-                         f"Content-Type: application/msgpack\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            writer.write(request)
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
             status = int(head[0].split()[1])
             fields = {k.strip().lower(): v.strip()
@@ -191,11 +205,11 @@ class Pool:
         if fields.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         return status, data
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 
