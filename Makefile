@@ -73,9 +73,12 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.sim.run --seeds 0:$(or $(SOAK_SEEDS),20000)
 	$(BIN)/python -m tests.chaos.chaos --seconds $(or $(CHAOS_SECONDS),1800)
 
+# openloop_bench: the open-loop latency-throughput curve (docs/performance.md, "Open-loop
+# latency"); e.g. OPENLOOP_BENCH_ARGS="--seconds 8 --max-records 3000" for a short run.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.audit_bench $(BENCH_ARGS)
 	$(BIN)/python -m tests.bench.cluster_bench --sealed $(CLUSTER_BENCH_ARGS)
+	$(BIN)/python -m tests.bench.openloop_bench $(OPENLOOP_BENCH_ARGS)
 
 # The attacks of issue 11 against real clusters, ATTACK_SECONDS per window (default 20),
 # a table on stdout and every figure in bench-results/attack.json; exits 1 on a miss.
