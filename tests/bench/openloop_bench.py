@@ -7,23 +7,26 @@ Poisson process at a fixed rate, and each record's latency runs from its intende
 time to the acknowledgement that it committed (``wait=commit``), however long the client
 took to get it onto the wire.
 
-Starts an N-node cluster (``cluster_bench``'s consensus settings), pre-signs the records,
-measures the closed-loop maximum (``--closed-clients`` x ``--closed-batch`` records in
-flight, as ``cluster_bench`` does), then runs one open-loop phase at each of ``--loads``
-(fractions of that maximum; default 10, 25, 50, 75, 90%), each at most ``--seconds`` long
-and ``--max-records`` records. Records due at the same moment share a request: the sender
-sends at most one request per ``--window-ms`` and caps it at ``--max-batch`` records, and
-every record still counts from its own intended time. When the sender falls behind its
-schedule (a window, or every connection busy) the lateness of each send against its
-intended time is reported, not hidden.
+Starts an N-node cluster (``cluster_bench``'s consensus settings), measures the closed-loop
+maximum (``--closed-clients`` x ``--closed-batch`` records in flight, as ``cluster_bench``
+does), then runs one open-loop phase at each of ``--loads`` (fractions of that maximum;
+default 10, 25, 50, 75, 90%), each at most ``--seconds`` long and ``--max-records`` records,
+once per ``--windows`` entry. Records due at the same moment share a request: the sender sends
+at most one request per window and caps it at ``--max-batch`` records, and every record still
+counts from its own intended time. A short window is a population of independent
+submitters; a long one, a gateway that batches for them. When the sender falls behind its
+schedule (a window, or every connection busy) the lateness of each send against its intended
+time is reported, not hidden.
 
 Per phase: offered and committed rate, latency p50/p99/p99.9, errors, send lateness, the
-client's CPU, blocks and records per block. Writes bench-results/openloop_bench.json and
-openloop_bench.png (p50/p99/p99.9 against committed rate, log latency, beside the
+client's CPU, the nodes' CPU, blocks and records per block, and the nodes' own
+admitted->committed p50. Writes bench-results/openloop_bench.json and openloop_bench.png
+(p50/p99/p99.9 against committed rate, log latency, one curve per window, beside the
 closed-loop maximum).
 
     python -m tests.bench.openloop_bench [--nodes 4] [--loads 0.1,0.25,0.5,0.75,0.9]
-        [--seconds 20] [--max-records 30000] [--closed-records 20000] [--procs 1]
+        [--windows 5,50] [--seconds 15] [--max-records 20000] [--closed-records 20000]
+        [--procs 1] [--timeout-commit-ms MS] [--max-rate R]
 """
 
 from __future__ import annotations
@@ -385,9 +388,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--loads", default=",".join(str(x) for x in LOADS),
                         help="fractions of the closed-loop maximum, comma-separated")
-    parser.add_argument("--seconds", type=float, default=20,
+    parser.add_argument("--seconds", type=float, default=15,
                         help="length of each open-loop phase (at most)")
-    parser.add_argument("--max-records", type=int, default=30_000,
+    parser.add_argument("--max-records", type=int, default=20_000,
                         help="records per open-loop phase (at most)")
     parser.add_argument("--closed-records", type=int, default=20_000,
                         help="records for the closed-loop maximum")
@@ -395,8 +398,9 @@ def main() -> None:
     parser.add_argument("--closed-batch", type=int, default=250)
     parser.add_argument("--max-rate", type=float, default=0.0,
                         help="use this maximum (records/s) instead of measuring it")
-    parser.add_argument("--window-ms", type=float, default=2.0,
-                        help="at most one request per window; what is due then shares it")
+    parser.add_argument("--windows", default="5,50",
+                        help="ms, comma-separated: one curve each; the sender sends at most "
+                             "one request per window, carrying what is due by then")
     parser.add_argument("--max-batch", type=int, default=100, help="records per request")
     parser.add_argument("--per-node", type=int, default=48,
                         help="requests in flight per node (a node allows 64 per source)")
@@ -416,80 +420,92 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    windows = [float(x) for x in args.windows.split(",") if x.strip()]
     consensus = dict(CONSENSUS)
     if args.timeout_commit_ms is not None:
         consensus["timeout_commit_ms"] = args.timeout_commit_ms
-    sender_cpu = os.cpu_count() or 1
+    cores = os.cpu_count() or 1
     phases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         c = Cluster.create(Path(tmp), nodes=args.nodes, consensus=consensus)
-        c.start_all()
         try:
+            for i in range(args.nodes):
+                c.start(i)
+            for i in range(args.nodes):  # a node starts slowly on a busy machine
+                c.wait_healthy(i, timeout=120)
             urls = [c.url(i) for i in range(args.nodes)]
             genesis = Genesis.load(c.dir / "genesis.json")
             key = read_key_file(c.dir / "clients" / "demo.pem")
-            closed_n = 0 if args.max_rate else args.closed_records
-            # Each phase needs at most min(max_records, rate x seconds) records; the rate
-            # is not known before the closed loop, so sign max_records per phase.
-            total = closed_n + args.max_records * len(loads)
-            print(f"pre-signing {total} records ...", flush=True)
-            _, items = presign(key, genesis.chain_id, total)
+            nonce = 0
             if args.max_rate:
                 max_rate, closed = args.max_rate, {"given": args.max_rate}
             else:
+                print(f"pre-signing {args.closed_records} records ...", flush=True)
+                _, items = presign(key, genesis.chain_id, args.closed_records)
+                nonce += len(items)
                 print(f"closed loop: {args.closed_clients} clients x {args.closed_batch} "
-                      f"records, {closed_n} records ...", flush=True)
+                      f"records, {len(items)} records ...", flush=True)
                 _new_loop()
                 max_rate, done, secs = asyncio.run(closed_loop(
-                    urls, items[:closed_n], args.closed_clients, args.closed_batch))
+                    urls, items, args.closed_clients, args.closed_batch))
                 closed = {"records_per_s": max_rate, "committed": done, "seconds": secs,
                           "clients": args.closed_clients, "batch": args.closed_batch}
                 print(f"closed-loop maximum: {max_rate:,.0f} records/s", flush=True)
-            next_item = closed_n
-            for n, load in enumerate(loads):
-                settle(c)
-                rate = load * max_rate
-                schedule = poisson_schedule(rate, args.max_records, args.seed + n,
-                                            args.seconds)
-                mine = items[next_item:next_item + len(schedule)]
-                next_item += len(schedule)
-                sender = Sender(urls, args.window_ms / 1000, args.max_batch, args.per_node,
-                                args.timeout)
-                h0 = c.height(0)
-                hist0 = commit_latency_buckets(urls)
-                node_cpu0 = [cpu_seconds(p.pid) for p in c.procs.values()]
-                wall0 = time.monotonic()
-                print(f"open loop at {load:.0%}: {rate:,.0f} records/s, "
-                      f"{len(schedule)} records ...", flush=True)
-                outcomes, requests, client_cpu = run_phase(sender, mine, schedule,
-                                                           args.procs)
-                wall = time.monotonic() - wall0
-                node_cpu = sum(cpu_seconds(p.pid) - b
-                               for p, b in zip(c.procs.values(), node_cpu0, strict=True))
-                blocks = c.height(0) - h0
-                hist1 = commit_latency_buckets(urls)
-                phase = {"load": load, **summarize(outcomes, rate), "requests": requests,
-                         "records_per_request": len(outcomes) / max(requests, 1),
-                         "client_cpu_of_core": client_cpu / wall,
-                         "nodes_cpu_of_cores": node_cpu / wall / sender_cpu,
-                         "node_commit_p50_ms": histogram_quantile(0.5, hist0, hist1) * 1000,
-                         "node_commit_p99_ms": histogram_quantile(0.99, hist0, hist1) * 1000,
-                         "blocks": blocks,
-                         "records_per_block": len(outcomes) / max(blocks, 1),
-                         "block_interval_ms": schedule[-1] / max(blocks, 1) * 1000
-                         if schedule else 0.0}
-                phases.append(phase)
-                print(row(phase), flush=True)
+            for w, window in enumerate(windows):
+                for n, load in enumerate(loads):
+                    rate = load * max_rate
+                    schedule = poisson_schedule(rate, args.max_records,
+                                                args.seed + 100 * w + n, args.seconds)
+                    # signed while the cluster is idle, so it costs the phase nothing
+                    _, items = presign(key, genesis.chain_id, len(schedule),
+                                       first_nonce=nonce)
+                    nonce += len(items)
+                    settle(c)
+                    print(f"open loop, window {window:g} ms, at {load:.0%}: {rate:,.0f} "
+                          f"records/s, {len(schedule)} records ...", flush=True)
+                    sender = Sender(urls, window / 1000, args.max_batch, args.per_node,
+                                    args.timeout)
+                    phase = {"window_ms": window, "load": load,
+                             **measure(c, sender, items, schedule, rate, args.procs, cores)}
+                    phases.append(phase)
+                    print(row(phase), flush=True)
         finally:
             c.stop_all()
     report: dict[str, Any] = {
-        "nodes": args.nodes, "cores": os.cpu_count(), "consensus": consensus,
+        "nodes": args.nodes, "cores": cores, "consensus": consensus,
         "closed_loop": closed, "closed_loop_max": max_rate,
-        "window_ms": args.window_ms, "max_batch": args.max_batch, "procs": args.procs,
+        "windows_ms": windows, "max_batch": args.max_batch, "procs": args.procs,
         "seconds": args.seconds, "max_records": args.max_records, "seed": args.seed,
-        "phases": phases, "curve": curve(phases)}
+        "phases": phases,
+        "curves": {f"{window:g}": curve([p for p in phases if p["window_ms"] == window])
+                   for window in windows}}
     print_table(report)
     return report
+
+
+def measure(c: Cluster, sender: Sender, items: Sequence[object], schedule: Sequence[float],
+            rate: float, procs: int, cores: int) -> dict[str, Any]:
+    """One open-loop phase and what the nodes did meanwhile."""
+    urls = sender.urls
+    h0 = c.height(0)
+    hist0 = commit_latency_buckets(urls)
+    node_cpu0 = [cpu_seconds(p.pid) for p in c.procs.values()]
+    wall0 = time.monotonic()
+    outcomes, requests, client_cpu = run_phase(sender, items, schedule, procs)
+    wall = time.monotonic() - wall0
+    node_cpu = sum(cpu_seconds(p.pid) - b
+                   for p, b in zip(c.procs.values(), node_cpu0, strict=True))
+    blocks = c.height(0) - h0
+    hist1 = commit_latency_buckets(urls)
+    return {**summarize(outcomes, rate), "requests": requests,
+            "records_per_request": len(outcomes) / max(requests, 1),
+            "client_cpu_of_core": client_cpu / wall,
+            "nodes_cpu_of_cores": node_cpu / wall / cores,
+            "node_cpu_us_per_record": node_cpu / max(len(outcomes), 1) / c.nodes * 1e6,
+            "node_commit_p50_ms": histogram_quantile(0.5, hist0, hist1) * 1000,
+            "node_commit_p99_ms": histogram_quantile(0.99, hist0, hist1) * 1000,
+            "blocks": blocks, "records_per_block": len(outcomes) / max(blocks, 1),
+            "block_interval_ms": schedule[-1] / max(blocks, 1) * 1000 if schedule else 0.0}
 
 
 def commit_latency_buckets(urls: Sequence[str]) -> list[tuple[float, int]]:
@@ -513,18 +529,19 @@ def settle(c: Cluster, timeout: float = 30) -> None:
     time.sleep(0.5)
 
 
-HEADER = (f"{'load':>5} {'offered/s':>10} {'committed/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p99.9 ms':>9} {'errors':>6} {'late p99':>9} {'rec/req':>7} {'rec/blk':>7} "
-          f"{'node p50':>8} {'client':>6} {'nodes':>6}")
+HEADER = (f"{'win ms':>6} {'load':>5} {'offered/s':>10} {'committed/s':>11} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'errors':>6} {'late p99':>9} "
+          f"{'rec/req':>7} {'rec/blk':>7} {'node p50':>8} {'client':>6} {'nodes':>6} "
+          f"{'us/rec':>6}")
 
 
 def row(p: dict[str, Any]) -> str:
-    return (f"{p['load']:>5.0%} {p['offered_rate']:>10,.0f} {p['committed_rate']:>11,.0f} "
-            f"{p['p50_ms']:>8.1f} {p['p99_ms']:>8.1f} {p['p999_ms']:>9.1f} "
-            f"{p['errors']:>6} {p['lateness_p99_ms']:>9.1f} "
+    return (f"{p['window_ms']:>6g} {p['load']:>5.0%} {p['offered_rate']:>10,.0f} "
+            f"{p['committed_rate']:>11,.0f} {p['p50_ms']:>8.1f} {p['p99_ms']:>8.1f} "
+            f"{p['p999_ms']:>9.1f} {p['errors']:>6} {p['lateness_p99_ms']:>9.1f} "
             f"{p['records_per_request']:>7.1f} {p['records_per_block']:>7.1f} "
-            f"{p['node_commit_p50_ms']:>8.1f} "
-            f"{p['client_cpu_of_core']:>6.0%} {p['nodes_cpu_of_cores']:>6.0%}")
+            f"{p['node_commit_p50_ms']:>8.1f} {p['client_cpu_of_core']:>6.0%} "
+            f"{p['nodes_cpu_of_cores']:>6.0%} {p['node_cpu_us_per_record']:>6,.0f}")
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -534,16 +551,21 @@ def print_table(report: dict[str, Any]) -> None:
         print(row(p))
     print("(latency: intended arrival -> commit acknowledged; late: send - intended; "
           "node p50: admitted at a node -> committed there, from /metrics, bucket-"
-          "interpolated; client: client CPU of one core; nodes: node CPU of all cores)")
-    by_load = {round(p["load"], 2): p for p in report["phases"]}
-    if 0.5 in by_load:
-        p99 = by_load[0.5]["p99_ms"]
-        print(f"p99 at 50%: {p99:.1f} ms (target <= {TARGET_P99_AT_50_MS:.0f}: "
-              f"{'met' if p99 <= TARGET_P99_AT_50_MS else 'missed'})")
-    if 0.1 in by_load:
-        p50 = by_load[0.1]["p50_ms"]
-        print(f"p50 at 10%: {p50:.1f} ms (target <= {TARGET_P50_AT_10_MS:.0f}: "
-              f"{'met' if p50 <= TARGET_P50_AT_10_MS else 'missed'})")
+          "interpolated; client: client CPU of one core; nodes: node CPU of all cores; "
+          "us/rec: node CPU per record per node)")
+    for window in report["windows_ms"]:
+        by_load = {round(p["load"], 2): p for p in report["phases"]
+                   if p["window_ms"] == window}
+        if 0.5 in by_load:
+            p99 = by_load[0.5]["p99_ms"]
+            print(f"window {window:g} ms: p99 at 50%: {p99:.1f} ms (target <= "
+                  f"{TARGET_P99_AT_50_MS:.0f}: "
+                  f"{'met' if p99 <= TARGET_P99_AT_50_MS else 'missed'})")
+        if 0.1 in by_load:
+            p50 = by_load[0.1]["p50_ms"]
+            print(f"window {window:g} ms: p50 at 10%: {p50:.1f} ms (target <= "
+                  f"{TARGET_P50_AT_10_MS:.0f}: "
+                  f"{'met' if p50 <= TARGET_P50_AT_10_MS else 'missed'})")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -552,14 +574,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cv = report["curve"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
-        ax.plot(cv["rate"], cv[key], "o-", label=label)
+    colours = {"p50_ms": "tab:blue", "p99_ms": "tab:orange", "p999_ms": "tab:red"}
+    styles = ["o-", "s--", "^:", "d-."]
+    for w, (window, cv) in enumerate(report["curves"].items()):
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
+            ax.plot(cv["rate"], cv[key], styles[w % len(styles)], color=colours[key],
+                    label=f"{label}, window {window} ms")
     for p in report["phases"]:
         ax.annotate(f"{p['load']:.0%}", (p["committed_rate"], p["p50_ms"]),
                     textcoords="offset points", xytext=(0, -12), ha="center",
-                    fontsize="small")
+                    fontsize="x-small")
     ax.axvline(report["closed_loop_max"], color="grey", linestyle="--",
                label=f"closed-loop max {report['closed_loop_max']:,.0f}/s")
     ax.plot([0.5 * report["closed_loop_max"]], [TARGET_P99_AT_50_MS], "k^",
@@ -571,7 +596,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("latency from intended arrival (ms)")
     ax.set_title(f"open-loop latency, {report['nodes']} nodes on {report['cores']} cores")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
