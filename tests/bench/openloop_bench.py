@@ -596,7 +596,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("latency from intended arrival (ms)")
     ax.set_title(f"open-loop latency, {report['nodes']} nodes on {report['cores']} cores")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize="x-small")
+    ax.legend(loc="lower right", fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
