@@ -71,3 +71,67 @@ def test_percentiles_and_the_curve() -> None:
     assert curve(phases) == {"rate": [100.0, 200.0, 300.0], "p50_ms": [10.0, 20.0, 30.0],
                              "p99_ms": [100.0, 200.0, 300.0],
                              "p999_ms": [200.0, 400.0, 600.0]}
+
+
+def test_the_sender_against_a_stub_node() -> None:
+    """``drive`` over the bench's own HTTP client, against a stub that answers each batch
+    20 ms later (the 7th request's records are refused) and closes every third
+    connection after answering: every record is sent once its time has come, latency
+    includes the stub's 20 ms, and a closed keep-alive connection is reopened."""
+    import asyncio
+    import json
+    import time
+
+    import msgpack
+
+    from tests.bench.openloop_bench import Sender, drive
+
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            items = msgpack.unpackb(await reader.readexactly(length))
+            seen.append(len(items))
+            refused = len(seen) == 7
+            await asyncio.sleep(0.02)
+            body = json.dumps({"results": [
+                {"id": "00", "status": "rejected", "error": "invalid_signature"} if refused
+                else {"id": "00", "status": "accepted", "height": 1} for _ in items]}).encode()
+            served += 1
+            close = served % 3 == 0
+            writer.write(b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\n"
+                         + f"content-length: {len(body)}\r\n".encode()
+                         + (b"connection: close\r\n" if close else b"") + b"\r\n" + body)
+            await writer.drain()
+            if close:
+                break
+        writer.close()
+
+    async def main() -> list[Outcome]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        schedule = poisson_schedule(400.0, 80, seed=3)
+        sender = Sender([f"http://127.0.0.1:{port}"], window=0.005, max_batch=4, per_node=8,
+                        timeout=5)
+        async with server:
+            out = await drive(sender, [b"x%d" % i for i in range(len(schedule))], schedule,
+                              time.monotonic() + 0.05)
+        assert sender.requests == len(seen)
+        return out
+
+    out = asyncio.run(main())
+    assert len(out) == 80 and sum(seen) == 80 and max(seen) <= 4
+    refused = [o for o in out if o.error is not None]
+    assert 1 <= len(refused) <= 4 and {o.error for o in refused} == {"invalid_signature"}
+    for o in out:
+        assert o.sent >= o.intended - 1e-3  # never before its time
+        assert o.latency >= 0.02 and o.latency == pytest.approx(o.acked - o.intended)
+    s = summarize(out, 400.0)
+    assert s["committed"] == 80 - len(refused) and s["p50_ms"] >= 20
