@@ -31,6 +31,7 @@ Control: JSON lines on a unix socket, one reply line each::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import heapq
@@ -45,6 +46,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
@@ -185,7 +187,7 @@ class Switch:
         heap = self.heap
         while heap and heap[0][0] <= now:
             _, _, fd, packet = heapq.heappop(heap)
-            try:
+            try:  # noqa: SIM105 - the hot path: no context manager per packet
                 os.write(fd, packet)
             except OSError:
                 pass  # the receiving device's queue is full: the packet is lost, as on a wire
@@ -276,14 +278,12 @@ class Switch:
 
 def main() -> None:
     die_with_parent()
-    spec = json.loads(open(sys.argv[1]).read())
+    spec = json.loads(Path(sys.argv[1]).read_text())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     switch = Switch(spec)
     print("ready", flush=True)  # the devices exist: the bed may configure them
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         switch.run()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
