@@ -237,6 +237,11 @@ class Bed:
     def call(self, host: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on a thread inside ``host``'s namespace: sockets it opens
         live there (the thread entered it with setns)."""
+        return self.submit(host, fn, *args, **kwargs).result()
+
+    def submit(self, host: str, fn: Callable[..., T], *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[T]:
+        """:meth:`call` without waiting: its future (four threads per host)."""
         ex = self.executors.get(host)
         if ex is None:
             path = f"/run/netns/{self.netns(host)}"
@@ -250,7 +255,7 @@ class Bed:
 
             ex = self.executors[host] = concurrent.futures.ThreadPoolExecutor(
                 max_workers=4, initializer=enter, thread_name_prefix=f"ns-{host}")
-        return ex.submit(fn, *args, **kwargs).result()
+        return ex.submit(fn, *args, **kwargs)
 
     # -- shaping and faults (netem's names: delay, jitter, loss, rate in bits/s)
 
