@@ -94,8 +94,11 @@ def test_rtt_loss_and_order_through_the_bed() -> None:
         assert set(our_namespaces()) >= {bed.netns("node0"), bed.netns("client")}
         bed.shape("*", delay_ms=10)
         _echo_server(bed, "node0", 7000)
-        rtt = statistics.median(bed.call("client", _rtts, bed.address("node0"), 7000, 30))
-        assert 0.019 <= rtt <= 0.040, rtt  # 2 x 10 ms, plus a busy machine's scheduling
+        rtts = bed.call("client", _rtts, bed.address("node0"), 7000, 30)
+        # 2 x 10 ms: the fastest one barely above it; the median allows a busy machine's
+        # scheduling (the switch, both ends and the test share 2 cores with other work)
+        assert 0.0195 <= min(rtts) <= 0.030, rtts
+        assert statistics.median(rtts) <= 0.060, rtts
 
         bed.shape("client", delay_ms=5, jitter_ms=4, loss=0.2)
         receiver = _udp_receiver(bed, "node0", 7001)
