@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # include `node`, so the dev stamp implies the run one (a superset).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test browser compose soak bench attack clean
+.PHONY: run test browser compose soak bench attack wan clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -85,6 +85,12 @@ bench: $(STAMP)
 attack: $(STAMP)
 	$(BIN)/python -m tests.attack.run --seconds $(or $(ATTACK_SECONDS),20) \
 		--out $(or $(ATTACK_OUT),bench-results/attack.json) $(ATTACK_ARGS)
+
+# The WAN bed's long form (tests/wan, docs/wan.md): a 4-validator TLS cluster in network
+# namespaces behind the userspace shaping switch, per one-way delay and loss, against
+# loopback; recovery after a link down and a 2/2 split. Needs root (as CI runs).
+wan: $(STAMP)
+	$(BIN)/python -m tests.bench.wan_bench $(WAN_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,70 @@ def rate_by_tenth(timeline: list[tuple[float, int, float]], start: float) -> lis
     return rates
 
 
+def post_records(http: httpx.Client, url: str, items: list[object],
+                 timeout: float) -> httpx.Response:
+    """POST a batch to ``url``/v1/records, waiting for its commit."""
+    return http.post(f"{url}/v1/records", content=packb(items),
+                     params={"wait": "commit", "timeout": str(int(timeout))},
+                     headers={"Content-Type": "application/msgpack"})
+
+
+def light_latencies(url: str, items: list[object], verify: ssl.SSLContext | bool = True,
+                    timeout: float = 30) -> list[float]:
+    """Light load: submit->commit seconds of each item, one record in flight, on a warm
+    connection (a client keeps its connection: the TCP and TLS handshakes, two round trips
+    on a WAN, are not part of a commit's latency)."""
+    light = []
+    with httpx.Client(timeout=timeout * 2, verify=verify) as http:
+        http.get(f"{url}/healthz").raise_for_status()
+        for one in items:
+            t0 = time.perf_counter()
+            post_records(http, url, [one], timeout).raise_for_status()
+            light.append(time.perf_counter() - t0)
+    return light
+
+
+class Saturation:
+    """Saturation: ``clients`` threads sending ``batches`` with wait=commit (batch j to node
+    j mod len(urls)), closed loop, until the batches run out or ``deadline``
+    (time.perf_counter()) passes. ``timeline``: (commit time, records, latency) per batch."""
+
+    def __init__(self, urls: list[str], batches: list[list[object]], clients: int,
+                 verify: ssl.SSLContext | bool = True, deadline: float | None = None) -> None:
+        self.urls, self.batches, self.clients = urls, batches, clients
+        self.verify, self.deadline = verify, deadline
+        self.lock = threading.Lock()
+        self.timeline: list[tuple[float, int, float]] = []
+        self.errors = [0]
+
+    def client(self, k: int) -> None:
+        with httpx.Client(timeout=300, verify=self.verify) as http:
+            for j in range(k, len(self.batches), self.clients):
+                if self.deadline is not None and time.perf_counter() >= self.deadline:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    resp = post_records(http, self.urls[j % len(self.urls)], self.batches[j],
+                                        240)
+                except httpx.HTTPError:
+                    self.errors[0] += 1
+                    continue
+                t1 = time.perf_counter()
+                if resp.status_code != 202:
+                    self.errors[0] += 1
+                    continue
+                done = sum(1 for x in resp.json()["results"] if "height" in x)
+                with self.lock:
+                    self.timeline.append((t1, done, t1 - t0))
+
+    def start(self) -> list[threading.Thread]:
+        threads = [threading.Thread(target=self.client, args=(k,))
+                   for k in range(self.clients)]
+        for t in threads:
+            t.start()
+        return threads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
@@ -204,37 +269,12 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
             envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
 
             # Light load: one record in flight.
-            light = []
-            with httpx.Client(timeout=60) as http:
-                for one in items[args.records:]:
-                    t0 = time.perf_counter()
-                    resp = http.post(f"{c.url(0)}/v1/records", content=packb([one]),
-                                     params={"wait": "commit", "timeout": "30"},
-                                     headers={"Content-Type": "application/msgpack"})
-                    resp.raise_for_status()
-                    light.append(time.perf_counter() - t0)
+            light = light_latencies(c.url(0), items[args.records:])
 
             # Saturation: clients send batches with wait=commit.
             batches = [items[i:i + args.batch] for i in range(0, args.records, args.batch)]
-            lock = threading.Lock()
-            timeline: list[tuple[float, int, float]] = []  # (commit time, records, latency)
-            errors = [0]
-
-            def client(k: int) -> None:
-                with httpx.Client(timeout=300) as http:
-                    for j in range(k, len(batches), args.clients):
-                        body = packb(batches[j])
-                        t0 = time.perf_counter()
-                        resp = http.post(f"{c.url(j % args.nodes)}/v1/records", content=body,
-                                         params={"wait": "commit", "timeout": "240"},
-                                         headers={"Content-Type": "application/msgpack"})
-                        t1 = time.perf_counter()
-                        if resp.status_code != 202:
-                            errors[0] += 1
-                            continue
-                        done = sum(1 for x in resp.json()["results"] if "height" in x)
-                        with lock:
-                            timeline.append((t1, done, t1 - t0))
+            load = Saturation([c.url(i) for i in range(args.nodes)], batches, args.clients)
+            lock, timeline, errors = load.lock, load.timeline, load.errors
 
             # Reads during saturation: GET /v1/records/{id} of committed records, one at a
             # time, every node in turn (a read must not wait for the writer's commit).
@@ -258,9 +298,7 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                      else [])
             cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
             start = time.perf_counter()
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-            for t in threads:
-                t.start()
+            threads = load.start()
             read_thread = threading.Thread(target=reader)
             read_thread.start()
             memory: list[tuple[float, list[float]]] = []  # (time, RSS MB of each node)
