@@ -102,14 +102,14 @@ def start_node(c: WanCluster, i: int, env: dict[str, str] | None = None,
 class AckedLoad:
     """Closed-loop clients in the client namespace: each posts batches of ``batch`` signed
     records with wait=commit, to the nodes in turn (a failed request moves on to the next
-    node; its records are not counted), until stopped or the records run out. ``acked``:
+    node; its records are not counted), until stopped or ``records`` were sent. ``acked``:
     every record id a node answered with a height, with that height."""
 
     c: WanCluster
     urls: list[str]
     clients: int = 3
     batch: int = 20
-    records: int = 40_000
+    records: int = 10_000_000  # a cap: the run stops the load
     nonce_base: int = 1_000_000
     acked: dict[str, int] = field(default_factory=dict)
     ack_times: dict[int, float] = field(default_factory=dict)  # height -> first ack (wall)
@@ -119,20 +119,18 @@ class AckedLoad:
     lock: threading.Lock = field(default_factory=threading.Lock)
     threads: list[threading.Thread] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        items = make_records(self.c.dir, self.records, self.nonce_base)
-        self.batches = [items[k:k + self.batch] for k in range(0, len(items), self.batch)]
-
     def _client(self, k: int) -> None:
         with httpx.Client(timeout=20, verify=self.c.verify()) as http:
             node = k
-            for j in range(k, len(self.batches), self.clients):
+            for j in range(k, self.records // self.batch, self.clients):
                 if self.stop.is_set():
                     return
                 url = self.urls[node % len(self.urls)]
                 node += 1
+                # signed when sent (tests/wan/load.py's records; nonces never reused)
+                items = make_records(self.c.dir, self.batch, self.nonce_base + j * self.batch)
                 try:
-                    resp = post_records(http, url, self.batches[j], 10)
+                    resp = post_records(http, url, items, 10)
                 except httpx.HTTPError:
                     with self.lock:
                         self.errors += 1

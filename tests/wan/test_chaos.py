@@ -25,3 +25,11 @@ def test_chaos_on_the_bed_loses_no_acknowledged_record(tmp_path: Path) -> None:
     assert abs(report.measured_skew_s - report.skew_s) < 5
     assert report.skewed_blocks > 0
     assert abs(report.skewed_block_lead_s - report.skew_s) < 10, report.as_json()
+
+
+def test_a_missing_libfaketime_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.wan import chaos
+
+    monkeypatch.setattr(chaos, "FAKETIME_LIBRARY", "/nonexistent/*/libfaketime.so.1")
+    with pytest.raises(chaos.FaketimeMissing, match=r"apt-get install faketime"):
+        chaos.faketime_env(30)

@@ -145,7 +145,7 @@ def run_twins(directory: Path, seed: int = 0, partition_s: float = 8, healed_s: 
             bed.heal()
             healed = time.monotonic()
             line(f"t={healed - t0:5.1f} s heal; load now through node0, node1 and node2")
-            load2 = AckedLoad(c, [c.url(2)], clients=1, batch=10, nonce_base=5_000_000)
+            load2 = AckedLoad(c, [c.url(2)], clients=1, batch=10, nonce_base=100_000_000)
             load2.start()
             try:
                 while time.monotonic() < healed + healed_s:
