@@ -50,6 +50,9 @@ CONSENSUS: dict[str, object] = {
     "resend_ms": 500, "sync_retry_ms": 300}
 
 FAKETIME_LIBRARY = "/usr/lib/*/faketime/libfaketime.so.1"
+# Seconds a starting node may take to serve: five fresh processes importing the server on a
+# 2-core machine other jobs load (load averages of 20-30 seen) took over 60 s.
+HEALTHY_S = 180.0
 
 
 class FaketimeMissing(RuntimeError):
@@ -164,6 +167,20 @@ class AckedLoad:
             t.join(timeout=40)
 
 
+def status(c: WanCluster, i: int, tries: int = 6) -> dict[str, Any]:
+    """Node ``i``'s ``/v1/status`` from the client host, retried (a busy machine can make
+    one request time out)."""
+    for attempt in range(tries):
+        try:
+            out: dict[str, Any] = c.get(i, "/v1/status", timeout=10)
+            return out
+        except httpx.HTTPError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 def fetch_blocks(c: WanCluster, i: int, top: int) -> list[Block]:
     """Blocks 1..top from node ``i`` (msgpack, one connection, from the client host)."""
     def fetch() -> list[Block]:
@@ -198,17 +215,17 @@ def verify_chain(c: WanCluster, nodes: list[int], acked: dict[str, int],
     deadline = time.monotonic() + timeout
     top = -1
     while time.monotonic() < deadline:
-        heights = [c.height(i) for i in nodes]
+        heights = [int(status(c, i)["height"]) for i in nodes]
         top = max(heights)
         if min(heights) == top:
             time.sleep(1.0)  # nothing in flight: the load has stopped
-            if [c.height(i) for i in nodes] == heights:
+            if [int(status(c, i)["height"]) for i in nodes] == heights:
                 break
         time.sleep(0.3)
     else:
         raise AssertionError(f"nodes did not reach a common tip in {timeout} s: "
-                             f"{[c.height(i) for i in nodes]}")
-    tips = {i: c.get(i, "/v1/status")["last_block_hash"] for i in nodes}
+                             f"{[int(status(c, i)['height']) for i in nodes]}")
+    tips = {i: status(c, i)["last_block_hash"] for i in nodes}
     assert len(set(tips.values())) == 1, f"nodes hold different blocks at height {top}: {tips}"
     blocks = fetch_blocks(c, nodes[0], top)
     assert blocks[-1].hash.hex() == tips[nodes[0]]
@@ -315,7 +332,7 @@ def run_chaos(directory: Path, seed: int, seconds: float, delay_ms: float = 10,
         for i in range(4):
             start_node(c, i, envs[i])
         for i in range(4):
-            c.wait_healthy(i)
+            c.wait_healthy(i, HEALTHY_S)
         load = AckedLoad(c, c.urls(), clients=clients, batch=batch)
         load.start()
         t0 = time.monotonic()
@@ -352,7 +369,7 @@ def run_chaos(directory: Path, seed: int, seconds: float, delay_ms: float = 10,
                     start_node(c, host, envs[host])
                     note(f"node{host} restarted"
                          + (f" (clock still {skew:+.0f} s)" if host == skewed else ""))
-                    c.wait_healthy(host)
+                    c.wait_healthy(host, HEALTHY_S)
                     note(f"node{host} serves again")
             at(seconds)
         finally:

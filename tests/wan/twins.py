@@ -40,7 +40,14 @@ from typing import Any
 import httpx
 
 from tests.wan.bed import Bed
-from tests.wan.chaos import CONSENSUS, AckedLoad, start_node, verify_chain
+from tests.wan.chaos import (
+    CONSENSUS,
+    HEALTHY_S,
+    AckedLoad,
+    start_node,
+    status,
+    verify_chain,
+)
 from tests.wan.cluster import API_PORT, P2P_PORT, WanCluster, _reissue_cert
 
 TWIN = 3  # validator whose key both twins hold (ranked last: dialed by all, dials nobody)
@@ -97,7 +104,7 @@ class TwinsReport:
 
 def twin_status(c: WanCluster, host: str) -> dict[str, Any]:
     def fetch() -> dict[str, Any]:
-        with httpx.Client(verify=c.verify(), timeout=5) as http:
+        with httpx.Client(verify=c.verify(), timeout=10) as http:
             r = http.get(f"https://{c.bed.address(host)}:{API_PORT}/v1/status")
             r.raise_for_status()
             out: dict[str, Any] = r.json()
@@ -130,14 +137,25 @@ def run_twins(directory: Path, seed: int = 0, partition_s: float = 8, healed_s: 
             start_node(c, i)
         twin = start_node(c, TWIN, directory=twin_dir, host="twin3", key=99)
         for i in range(4):
-            c.wait_healthy(i)
-        c.procs[99] = twin
+            c.wait_healthy(i, HEALTHY_S)
+        deadline = time.monotonic() + HEALTHY_S
+        while True:
+            if twin.poll() is not None:
+                raise RuntimeError("twin3 exited: "
+                                   + (c.dir / "twin3.log").read_text(errors="replace")[-2000:])
+            try:
+                twin_status(c, "twin3")
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
         load = AckedLoad(c, [c.url(0), c.url(1)], clients=2, batch=10)
         load.start()
         t0 = time.monotonic()
         try:
             time.sleep(partition_s)
-            report.heights_at_heal = {f"node{i}": c.height(i) for i in range(4)}
+            report.heights_at_heal = {f"node{i}": int(status(c, i)["height"]) for i in range(4)}
             report.heights_at_heal["twin3"] = int(twin_status(c, "twin3")["height"])
             line(f"t={time.monotonic() - t0:5.1f} s heights before the heal: "
                  f"{report.heights_at_heal} (side B cannot commit: 2 of 4 keys)")
@@ -150,7 +168,7 @@ def run_twins(directory: Path, seed: int = 0, partition_s: float = 8, healed_s: 
             try:
                 while time.monotonic() < healed + healed_s:
                     time.sleep(1.0)
-                    found = {f"node{i}": [e for e in c.get(i, "/v1/status")["evidence"]
+                    found = {f"node{i}": [e for e in status(c, i)["evidence"]
                                           if e["validator"] == TWIN] for i in honest}
                     if any(found.values()) and report.evidence_after_s is None:
                         report.evidence_after_s = round(time.monotonic() - healed, 1)
@@ -172,11 +190,11 @@ def run_twins(directory: Path, seed: int = 0, partition_s: float = 8, healed_s: 
         checked = verify_chain(c, honest, acked, line)
         report.height, report.tip = checked["height"], checked["tip"]
         for i in honest:
-            status = c.get(i, "/v1/status")
-            report.evidence[f"node{i}"] = status["evidence"]
-            report.peers[f"node{i}"] = status["peers"]
+            now = status(c, i)
+            report.evidence[f"node{i}"] = now["evidence"]
+            report.peers[f"node{i}"] = now["peers"]
         # The twins run the same (honest) software: they follow the one chain too.
-        for name, fetch in (("node3", lambda: c.get(TWIN, "/v1/status")),
+        for name, fetch in (("node3", lambda: status(c, TWIN)),
                             ("twin3", lambda: twin_status(c, "twin3"))):
             try:
                 s = fetch()
