@@ -264,6 +264,7 @@ class ChaosReport:
     measured_skew_s: float = 0.0
     faults: list[Fault] = field(default_factory=list)
     acknowledged: int = 0
+    acknowledged_after_faults: int = 0  # after the last fault ended: the cluster is live
     lost: int = 0
     errors: int = 0
     height: int = 0
@@ -371,11 +372,14 @@ def run_chaos(directory: Path, seed: int, seconds: float, delay_ms: float = 10,
                          + (f" (clock still {skew:+.0f} s)" if host == skewed else ""))
                     c.wait_healthy(host, HEALTHY_S)
                     note(f"node{host} serves again")
-            at(seconds)
+            with load.lock:
+                after_faults = len(load.acked)
+            at(max(seconds, time.monotonic() - t0 + 3))
         finally:
             load.join()
         report.seconds = round(time.monotonic() - t0, 1)
         report.acknowledged, report.errors = len(load.acked), load.errors
+        report.acknowledged_after_faults = report.acknowledged - after_faults
         line(f"load stopped after {report.seconds} s: {report.acknowledged} records "
              f"acknowledged in {load.requests} requests, {load.errors} failed requests")
         bed.shape("*", delay_ms=0)  # the checks read every block: no need to wait on a WAN

@@ -18,13 +18,15 @@ def test_chaos_on_the_bed_loses_no_acknowledged_record(tmp_path: Path) -> None:
     report = run_chaos(tmp_path, seed=3, seconds=24)
     kinds = " ".join(f.text for f in report.faults)
     assert "link down" in kinds and "packet loss" in kinds and "SIGKILLed" in kinds
-    assert report.acknowledged >= 500, report.as_json()  # the load ran through the faults
+    # the load ran through the faults, and commits after the last one
+    assert report.acknowledged_after_faults > 0, report.as_json()
     assert report.lost == 0
     assert report.records_on_chain >= report.acknowledged
     # the skewed node's clock was really off, and its blocks carry its clock
     assert abs(report.measured_skew_s - report.skew_s) < 5
     assert report.skewed_blocks > 0
-    assert abs(report.skewed_block_lead_s - report.skew_s) < 10, report.as_json()
+    # (a block's time is taken when proposed, the clients' when its commit is answered)
+    assert report.skew_s - 15 < report.skewed_block_lead_s < report.skew_s + 5, report.as_json()
 
 
 def test_a_missing_libfaketime_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

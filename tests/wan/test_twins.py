@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_twins_never_fork_the_chain_and_are_caught(tmp_path: Path) -> None:
-    report = run_twins(tmp_path, seed=1, partition_s=6, healed_s=30)
+    report = run_twins(tmp_path, seed=1, partition_s=6, healed_s=10)
     # side A (3 keys with twin A) committed during the partition, side B (2 keys) did not
     assert report.heights_at_heal["node0"] > report.heights_at_heal["node2"]
     # no fork: one tip on every honest node (audited), and the twins followed that chain
