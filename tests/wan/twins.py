@@ -29,6 +29,7 @@ once), and honest nodes hold evidence naming validator 3, shown as ``/v1/status`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -53,8 +54,9 @@ from tests.wan.cluster import API_PORT, P2P_PORT, WanCluster, _reissue_cert
 TWIN = 3  # validator whose key both twins hold (ranked last: dialed by all, dials nobody)
 # An honest node sees both twins' proposals when validator 3 proposes (one height in four)
 # and node0 or node1 re-sends its valid value while still deciding that height (it relays
-# every resend_ms): in the runs measured, at 1 in 3 to 5 such heights. Waiting for this many
-# heights after the heal (15 of validator 3's) before giving up makes a miss unlikely.
+# every resend_ms): in the runs measured, at about 1 in 3 such heights once twin B has caught
+# up. Waiting for this many heights after that (15 of validator 3's) before giving up makes
+# a miss unlikely.
 MIN_HEIGHTS = 60
 # The Twins run's consensus: the chaos one, relaying every 200 ms instead of 500 ms (more
 # chances per height for the honest relay that shows node2 twin A's messages).
@@ -102,6 +104,7 @@ class TwinsReport:
     evidence: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     evidence_after_s: float | None = None
     heights_after_heal: int = 0
+    twin_b_caught_up_at: int | None = None  # the height when twin B had synced side A's
     # per evidence height: the block the chain holds there (one of the twins' or neither)
     committed: dict[int, str] = field(default_factory=dict)
     evidence_files: dict[str, int] = field(default_factory=dict)  # entries in evidence.json
@@ -127,8 +130,8 @@ def run_twins(directory: Path, seed: int = 0, partition_s: float = 8, healed_s: 
     """The Twins run; raises AssertionError if the chain forks or a record is lost. The
     load goes on for ``healed_s`` after the heal; with ``stop_early``, it stops 3 s after an
     honest node first shows evidence naming validator 3, and when none has, goes on until
-    the chain grew MIN_HEIGHTS past the heal (or ``max_wait_s``: a starved machine). The
-    caller judges the evidence."""
+    the chain grew MIN_HEIGHTS past the height where twin B had caught up (or
+    ``max_wait_s``: a starved machine). The caller judges the evidence."""
     report = TwinsReport(seed, partition_s, healed_s)
 
     def line(text: str) -> None:
@@ -182,13 +185,20 @@ def run_twins(directory: Path, seed: int = 0, partition_s: float = 8, healed_s: 
                     now = {i: status(c, i) for i in honest}
                     found = {f"node{i}": [e for e in now[i]["evidence"]
                                           if e["validator"] == TWIN] for i in honest}
-                    report.heights_after_heal = (max(int(s["height"]) for s in now.values())
-                                                 - report.heights_at_heal["node0"])
+                    top = max(int(s["height"]) for s in now.values())
+                    report.heights_after_heal = top - report.heights_at_heal["node0"]
+                    if report.twin_b_caught_up_at is None:
+                        with contextlib.suppress(httpx.HTTPError):
+                            if int(twin_status(c, "twin3")["height"]) >= top - 2:
+                                report.twin_b_caught_up_at = top
+                                line(f"t={time.monotonic() - t0:5.1f} s twin B caught up "
+                                     f"(height {top})")
+                    both = (top - report.twin_b_caught_up_at
+                            if report.twin_b_caught_up_at is not None else 0)
                     waited = time.monotonic() - healed
                     if waited >= healed_s and (
                             report.evidence_after_s is not None or not stop_early
-                            or report.heights_after_heal >= MIN_HEIGHTS or
-                            waited >= max_wait_s):
+                            or both >= MIN_HEIGHTS or waited >= max_wait_s):
                         break
                     if any(found.values()) and report.evidence_after_s is None:
                         report.evidence_after_s = round(time.monotonic() - healed, 1)
