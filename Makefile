@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # include `node`, so the dev stamp implies the run one (a superset).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test browser compose soak bench attack wan clean
+.PHONY: run test browser compose faketime soak bench attack wan clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -64,7 +64,21 @@ compose:
 	  }; \
 	}
 
-test: $(STAMP) browser compose
+# tests/wan/test_chaos.py skews one node's clock with libfaketime (Debian's faketime):
+# as root with apt-get, install it; else say what to run and fail.
+faketime:
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing Debian's faketime for the WAN chaos test's clock skew (apt-get)"; \
+	    $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq faketime; \
+	  fi; \
+	  ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	    echo "make test: libfaketime is missing (the WAN chaos test skews a clock with it): install Debian's faketime package (apt-get install faketime)" >&2; \
+	    exit 1; \
+	  }; \
+	}
+
+test: $(STAMP) browser compose faketime
 	$(BIN)/ruff check ledger node tests examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n auto
@@ -88,9 +102,12 @@ attack: $(STAMP)
 
 # The WAN bed's long form (tests/wan, docs/wan.md): a 4-validator TLS cluster in network
 # namespaces behind the userspace shaping switch, per one-way delay and loss, against
-# loopback; recovery after a link down and a 2/2 split. Needs root (as CI runs).
-wan: $(STAMP)
+# loopback; recovery after a link down and a 2/2 split. Then chaos (seeded faults under load,
+# one clock skewed) and Twins (validator 3's key in two nodes across a partition):
+# tests/bench/wan_chaos.py, WAN_CHAOS_ARGS e.g. `--seed 7 --seconds 300`. Needs root (as CI runs).
+wan: $(STAMP) faketime
 	$(BIN)/python -m tests.bench.wan_bench $(WAN_ARGS)
+	$(BIN)/python -m tests.bench.wan_chaos $(WAN_CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
