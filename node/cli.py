@@ -1327,8 +1327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "
                        "id (and, with --wait, the height it was committed at).")
-    p.add_argument("--node", metavar="URL", help="the node's API (required unless "
-                   "--print-envelope is given with --chain)")
+    p.add_argument("--node", metavar="URL[,URL...]", help="the node's API (required unless "
+                   "--print-envelope is given with --chain); several, comma-separated: "
+                   "when one is down, times out or answers 5xx, the same signed records go "
+                   "to the next (a record it already holds counts as accepted, once)")
     p.add_argument("--identity", required=True, metavar="PEM", type=Path,
                    help="the client's key file")
     p.add_argument("--type", required=True, help="record type, e.g. sensor.reading")

@@ -112,7 +112,7 @@ def test_inventory_names_ports_and_binds(tmp_path: Path) -> None:
 
 
 def test_colliding_addresses_and_bad_inventories_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ClusterError, match="both use 10.0.0.1:8100"):
+    with pytest.raises(ClusterError, match=r"both use 10\.0\.0\.1:8100"):
         init_cluster(tmp_path / "a", 0, hosts=parse_hosts("10.0.0.1,10.0.0.1"), tls=True)
     assert not (tmp_path / "a" / "genesis.json").exists()
     with pytest.raises(ClusterError, match="not a host"):
