@@ -58,7 +58,14 @@ from ledger.witness import Cosignature, check_cosignature, parse_cosignature, wi
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
-from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService, NotAValidator, ReadStore
+from node.service import (
+    MAX_SUBSCRIBERS,
+    BlockFeed,
+    NodeService,
+    NodeStopping,
+    NotAValidator,
+    ReadStore,
+)
 from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
 
@@ -1159,6 +1166,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         (503, "mempool_full", "the mempool is full (Retry-After)"),
         (503, "not_a_validator", "this node is not a validator of the height being decided "
          "and has no peer link (removed, or joining): submit to a validator"), *LIMITED,
+        (503, "stopping", "`wait=commit`: the node is stopping (SIGTERM) before it saw "
+         "every record committed; submit them again to another node"),
         (504, "commit_timeout", "`wait=commit`: not all committed within `timeout`; "
          "the records stay in the mempool"))})
     async def submit(request: Request,
@@ -1197,6 +1206,11 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             except TimeoutError as exc:
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
+            except NodeStopping as exc:
+                raise Problem(503, "stopping", "the node is stopping before it saw every "
+                              "record committed; they may commit through the other nodes: "
+                              "submit them again to another (those it holds answer "
+                              "duplicate)") from exc
             for item, r in zip(out, results, strict=True):
                 if r.id in by_id:
                     item["height"] = by_id[r.id]

@@ -1100,6 +1100,7 @@ class Node:
                     await background
         if self._server is not None and self._api is not None:
             self._server.should_exit = True
+            self.commits.close()  # requests waiting for a commit answer 503 stopping now
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._api, timeout=STOP_API_S)
         if self._consensus is not None:
