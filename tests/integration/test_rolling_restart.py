@@ -50,6 +50,13 @@ def wait_ready(c: Cluster, i: int, timeout: float = READY_TIMEOUT_S) -> tuple[fl
     raise AssertionError(f"node{i} not ready in {timeout} s: {c.log(i)[-3000:]}")
 
 
+def lag(c: Cluster, i: int) -> int:
+    """How many heights node i is behind the highest other node (the others asked first,
+    so a commit in between can only shrink the figure)."""
+    others = max(c.height(j) for j in range(NODES) if j != i)
+    return others - c.height(i)
+
+
 def test_rolling_restart_loses_and_fails_no_write(tmp_path: Path) -> None:
     c = Cluster.create(tmp_path, NODES)
     key = read_key_file(tmp_path / "clients" / "demo.pem")
@@ -59,6 +66,7 @@ def test_rolling_restart_loses_and_fails_no_write(tmp_path: Path) -> None:
     resubmitted = 0
     submitted = 0
     restarts: list[tuple[int, float, int]] = []
+    lags: list[tuple[int, int]] = []  # per restart: heights behind at /healthz, at /readyz
 
     async def load(client: AsyncLedgerClient, worker: str, done: asyncio.Event) -> None:
         nonlocal submitted, resubmitted
@@ -82,8 +90,12 @@ def test_rolling_restart_loses_and_fails_no_write(tmp_path: Path) -> None:
         for i in range(NODES):
             time.sleep(1.0)  # writes flowing through every node first
             c.kill(i, signal.SIGTERM)
+            time.sleep(1.0)  # the others commit without it meanwhile
             c.start(i)
+            c.wait_healthy(i)  # what a probe of /healthz would call ready
+            behind_when_healthy = lag(c, i)
             seconds, not_ready = wait_ready(c, i)
+            lags.append((behind_when_healthy, lag(c, i)))
             restarts.append((i, seconds, not_ready))
         time.sleep(1.0)  # and through the restarted cluster
 
@@ -137,7 +149,8 @@ def test_rolling_restart_loses_and_fails_no_write(tmp_path: Path) -> None:
               f"(committed), {len(errors)} client errors, {len(lost)} lost, {len(twice)} "
               f"committed twice, {resubmitted} acknowledged after a failover "
               f"resubmission; {tip} blocks; {elapsed:.1f} s; restarts (node, s to ready, "
-              f"503s seen): {restarts}")
+              f"503s seen): {restarts}; heights behind the others when /healthz first "
+              f"answered, and when /readyz did: {lags}")
         assert errors == [], errors[:5]
         assert lost == [] and twice == []
         assert len(acked) == submitted >= 100  # the load ran across every restart
