@@ -110,6 +110,15 @@ def test_hosts_cluster_runs_from_its_host_folders_over_tls(tmp_path: Path) -> No
             assert status["height"] >= tip and len(status["peers"]) == 3, status
             log = (machines[i] / "node.log").read_text()
             assert f"https://{HOSTS[i]}:{base}" in log and "(TLS)" in log
+        # the CLI fails over too: the first URL has nothing listening (nodes bind only
+        # their own addresses), the second commits the record
+        submit = subprocess.run(
+            [sys.executable, "-m", "node.cli", "submit", "--node",
+             f"https://127.0.0.1:{base},{urls[1]}", "--ca", str(ca), "--identity",
+             str(cluster / "clients" / "demo.pem"), "--type", "sensor.reading", "--subject",
+             "cli", "--payload", "1", "--wait"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert submit.returncode == 0 and " height " in submit.stdout, submit.stderr
         # each node listens on its own address only: API and peer port, never 127.0.0.1
         assert listeners(base) == set(HOSTS)
         assert listeners(base + 100) == set(HOSTS)
