@@ -822,7 +822,8 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
         print("warning: --no-tls: peer links and the API of this multi-host cluster are "
               "plain TCP and HTTP, readable and forgeable by anyone on the network between "
               "the hosts", file=sys.stderr)
-    urls = init_cluster(args.dir, args.nodes or 4, args.base_port, args.chain_id, tls,
+    nodes = 4 if args.nodes is None else args.nodes
+    urls = init_cluster(args.dir, nodes, args.base_port, args.chain_id, tls,
                         args.genesis_template, types=args.types, witnesses=args.witnesses,
                         k8s_name=args.k8s_name if args.k8s else None, hosts=hosts,
                         bind=args.bind)
