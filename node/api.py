@@ -58,7 +58,14 @@ from ledger.witness import Cosignature, check_cosignature, parse_cosignature, wi
 from node.config import NodeConfig
 from node.mempool import MempoolFull
 from node.peer_guard import TokenBucket
-from node.service import MAX_SUBSCRIBERS, BlockFeed, NodeService, NotAValidator, ReadStore
+from node.service import (
+    MAX_SUBSCRIBERS,
+    BlockFeed,
+    NodeService,
+    NodeStopping,
+    NotAValidator,
+    ReadStore,
+)
 from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
 
@@ -79,7 +86,7 @@ PAYLOAD_SLICE = 64  # pairs read from the store at a time for a payloads page
 PAYLOAD_SCAN = 65_536  # log indices one payloads page scans at most
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
-EXEMPT = frozenset({"/healthz", "/metrics"})  # never limited, never queued behind clients
+EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})  # never limited or queued behind clients
 COSIGNATURES = "/v1/log/cosignatures"
 COSIGNATURE_BODY_MAX = 4096  # a cosignature body is ~400 bytes
 #: a smaller body limit than ``max_body_bytes`` for these POST paths
@@ -918,7 +925,8 @@ class ApiGuard:
     """ASGI middleware: per-source and global limits, and request bodies received whole,
     within ``api_body_timeout`` and the byte budget, *before* a request counts in flight.
 
-    ``/healthz`` and ``/metrics`` pass straight through: they are never limited or queued."""
+    ``/healthz``, ``/readyz`` and ``/metrics`` pass straight through: they are never limited
+    or queued."""
 
     def __init__(self, app: ASGIApp, config: NodeConfig, feed: BlockFeed) -> None:
         self.app, self.cfg, self.feed = app, config, feed
@@ -1158,6 +1166,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         (503, "mempool_full", "the mempool is full (Retry-After)"),
         (503, "not_a_validator", "this node is not a validator of the height being decided "
          "and has no peer link (removed, or joining): submit to a validator"), *LIMITED,
+        (503, "stopping", "`wait=commit`: the node is stopping (SIGTERM) before it saw "
+         "every record committed; submit them again to another node"),
         (504, "commit_timeout", "`wait=commit`: not all committed within `timeout`; "
          "the records stay in the mempool"))})
     async def submit(request: Request,
@@ -1196,6 +1206,11 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             except TimeoutError as exc:
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
+            except NodeStopping as exc:
+                raise Problem(503, "stopping", "the node is stopping before it saw every "
+                              "record committed; they may commit through the other nodes: "
+                              "submit them again to another (those it holds answer "
+                              "duplicate)") from exc
             for item, r in zip(out, results, strict=True):
                 if r.id in by_id:
                     item["height"] = by_id[r.id]
@@ -1795,6 +1810,28 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
     async def healthz() -> JSONResponse:
         """Liveness: 200 while the process serves."""
         return JSONResponse({"status": "ok", "height": node.store.height})
+
+    @app.get("/readyz", responses={
+        **ok("caught up: linked with validators holding more than 2/3 of the voting power "
+             "(itself included; a node that only follows needs no link) and within 1 height "
+             "of what its peers report (docs/operations.md#readiness); never limited or "
+             "queued behind client requests"),
+        **problems((503, "not_ready", "not linked with a quorum, or more than 1 height "
+                    "behind its peers; `detail` says which (the body also carries "
+                    "`readiness`: heights and linked power)"))})
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 once the node is caught up (``/healthz``: the process serves)."""
+        probe = getattr(node, "readiness", None)
+        if probe is None:  # a service with no peers (node.service.LocalService)
+            return JSONResponse({"status": "ready", "reason": "no peers",
+                                 "height": node.store.height})
+        result = await probe.check()
+        if result.ready:
+            return JSONResponse(result.to_json())
+        answer = problem(503, "not_ready", result.reason)
+        doc = json.loads(bytes(answer.body))
+        doc["readiness"] = result.to_json()
+        return JSONResponse(doc, status_code=503, media_type=PROBLEM_JSON)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={
         **ok("Prometheus text format; never limited or queued behind client requests")})

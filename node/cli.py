@@ -801,13 +801,40 @@ def _type_list(text: str) -> tuple[str, ...]:
 
 def cmd_cluster_init(args: argparse.Namespace) -> int:
     """Write a new local cluster's folder (and, with --k8s, its Kubernetes manifests)."""
-    from node.cluster import init_cluster, write_k8s
+    from node.cluster import init_cluster, load_inventory, parse_hosts, write_k8s
 
-    urls = init_cluster(args.dir, args.nodes, args.base_port, args.chain_id, args.tls,
+    hosts = None
+    if args.hosts is not None and args.inventory is not None:
+        raise CommandError("give --hosts or --inventory, not both")
+    if args.hosts is not None:
+        hosts = parse_hosts(args.hosts)
+    elif args.inventory is not None:
+        hosts = load_inventory(args.inventory)
+    if hosts is not None and args.nodes is not None and args.nodes != len(hosts):
+        raise CommandError(f"--nodes {args.nodes} but {len(hosts)} hosts: one validator per "
+                           "host (leave --nodes out)")
+    if args.no_tls and args.tls:
+        raise CommandError("--tls and --no-tls contradict each other")
+    if args.bind is not None and hosts is None:
+        raise CommandError("--bind goes with --hosts or --inventory")
+    tls = args.tls or (hosts is not None and not args.no_tls)
+    if hosts is not None and not tls:
+        print("warning: --no-tls: peer links and the API of this multi-host cluster are "
+              "plain TCP and HTTP, readable and forgeable by anyone on the network between "
+              "the hosts", file=sys.stderr)
+    nodes = 4 if args.nodes is None else args.nodes
+    urls = init_cluster(args.dir, nodes, args.base_port, args.chain_id, tls,
                         args.genesis_template, types=args.types, witnesses=args.witnesses,
-                        k8s_name=args.k8s_name if args.k8s else None)
+                        k8s_name=args.k8s_name if args.k8s else None, hosts=hosts,
+                        bind=args.bind)
     clients = ", ".join(sorted(str(p) for p in (args.dir / "clients").glob("*.pem")))
     print(f"wrote {args.dir}/genesis.json, {len(urls)} node folders and {clients}")
+    if hosts is not None:
+        folders = sorted(p.name for p in args.dir.glob("node*-*") if p.is_dir())
+        how = (f"TLS on: clients trust {args.dir / 'tls' / 'ca.pem'}; the CA's key "
+               "tls/ca.key stays here" if tls else "no TLS")
+        print(f"  one folder per host, to copy to it: {', '.join(folders)} ({how}; "
+              "docs/deploy.md)")
     if args.k8s:
         paths = write_k8s(args.dir, args.k8s_name, args.k8s_image, args.k8s_storage)
         print(f"  Kubernetes manifests: {', '.join(str(p) for p in paths)} (node*.yaml hold "
@@ -1159,11 +1186,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration change (docs/governance.md). --genesis-template takes "
                         "organisations and policies from a file instead.")
     p.add_argument("dir", metavar="DIR", type=Path)
-    p.add_argument("--nodes", type=int, default=4, help="validators (default 4)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="validators (default 4; with --hosts, one per host)")
     p.add_argument("--base-port", type=int, default=8000, help="first API port (default 8000)")
     p.add_argument("--chain-id", default="demo", help="chain id (default demo)")
     p.add_argument("--tls", action="store_true",
-                   help="make a cluster CA and node certificates: TLS on peer links and API")
+                   help="make a cluster CA and node certificates: TLS on peer links and API "
+                   "(on by default with --hosts/--inventory)")
+    p.add_argument("--hosts", metavar="HOST1,HOST2,...",
+                   help="a multi-host cluster: one validator per host (name or IP), each "
+                   "in a self-contained folder DIR/node{i}-HOST to copy to that host, "
+                   "binding HOST:P (API) and HOST:P+100 (peers) and advertised there; TLS "
+                   "on (the CA key stays in DIR/tls); docs/deploy.md")
+    p.add_argument("--inventory", metavar="FILE", type=Path,
+                   help="as --hosts, from a JSON file: [{\"address\", \"name\"?, "
+                   "\"api_port\"?, \"p2p_port\"?, \"bind\"?}, ...] (docs/deploy.md)")
+    p.add_argument("--bind", metavar="ADDRESS",
+                   help="with --hosts/--inventory: the address every node binds instead of "
+                   "its host's (0.0.0.0: every interface)")
+    p.add_argument("--no-tls", action="store_true",
+                   help="with --hosts/--inventory: no TLS (a warning; not for a real network)")
     p.add_argument("--types", metavar="T1,T2,...", type=_type_list,
                    help="authorise the demo key for these record types only, instead of "
                    "every type; 'example' names the six of examples/genesis.example.json ("
@@ -1286,8 +1328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="sign and submit one record",
                        description="Sign one record with --identity and submit it; print its "
                        "id (and, with --wait, the height it was committed at).")
-    p.add_argument("--node", metavar="URL", help="the node's API (required unless "
-                   "--print-envelope is given with --chain)")
+    p.add_argument("--node", metavar="URL[,URL...]", help="the node's API (required unless "
+                   "--print-envelope is given with --chain); several, comma-separated: "
+                   "when one is down, times out or answers 5xx, the same signed records go "
+                   "to the next (a record it already holds counts as accepted, once)")
     p.add_argument("--identity", required=True, metavar="PEM", type=Path,
                    help="the client's key file")
     p.add_argument("--type", required=True, help="record type, e.g. sensor.reading")

@@ -25,12 +25,13 @@ tests/unit/test_sdk.py compares the two clients' public methods and signatures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -101,6 +102,7 @@ class Answer:
     headers: Mapping[str, str]
     content: bytes
     reason: str = ""
+    resent: bool = False  # the call was sent before, to another node (failover)
 
     @property
     def content_type(self) -> str:
@@ -162,6 +164,31 @@ def _json_object(call: Call, answer: Answer, *keys: str) -> dict[str, Any]:
 
 
 # -- reaching the node: one message, with a hint, for every way it can fail -------------------
+
+FAILOVER_ROUNDS = 2
+"""With several node URLs: a call is tried on every node this many times over, in turn."""
+FAILOVER_PAUSE_S = 0.5
+"""... pausing this long (times the round) before each round after the first."""
+
+
+def node_urls(base_url: str | Sequence[str]) -> list[str]:
+    """The node URLs a client is given: one URL, a comma-separated list, or a sequence."""
+    items = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+    urls = [u.strip().rstrip("/") for u in items if u.strip()]
+    if not urls:
+        raise NodeError("no node URL given")
+    return urls
+
+
+def fails_over(answer: Answer) -> bool:
+    """Whether an answer sends a client with several nodes to the next one: a server error
+    or unavailability (503: the mempool is full, overloaded, not a validator, stopping),
+    not a commit timeout (504 ``commit_timeout``: the chain's answer, not the node's; the
+    records stay pending)."""
+    if answer.status not in (500, 502, 503, 504):
+        return False
+    return not (answer.status == 504 and _problem(answer)[0] == "commit_timeout")
+
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
@@ -235,6 +262,11 @@ class EventFeed:
         self._event, self._data = None, []
         params = {"from_height": self._next} if self._next else {}
         return Call("GET", "/v1/events", params, {"Accept": "text/event-stream"}, timeout=None)
+
+    def reopen(self) -> None:
+        """The stream failed (another node is tried): ``next_call`` resumes after the last
+        block seen even if that stream brought none."""
+        self._started = False
 
     @staticmethod
     def opened(status: int, headers: Mapping[str, str]) -> bool:
@@ -431,9 +463,10 @@ def sign_sealed(identity: PrivateKey, *, chain: str, type: str, subject: str, pa
 class _Protocol:
     """What both clients are, minus the sending: their state and every operation."""
 
-    def __init__(self, base_url: str, identity: PrivateKey | None, chain: str | None,
-                 read_identity: PrivateKey | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | Sequence[str], identity: PrivateKey | None,
+                 chain: str | None, read_identity: PrivateKey | None = None) -> None:
+        self.base_urls = node_urls(base_url)
+        self.base_url = self.base_urls[0]  # the node in use (the next one after a failure)
         self.identity = identity
         self.chain = chain
         self.read_identity = read_identity
@@ -441,6 +474,19 @@ class _Protocol:
     def _args(self, call: Call) -> dict[str, Any]:
         """httpx's arguments for ``call`` (a GET signed when there is a read identity)."""
         return _request_args(self.base_url, call, self.read_identity)
+
+    def _attempts(self) -> int:
+        """How many times one call may be sent: once with one node; with several, to each
+        node in turn, ``FAILOVER_ROUNDS`` times over."""
+        n = len(self.base_urls)
+        return 1 if n == 1 else n * FAILOVER_ROUNDS
+
+    def _fail_over(self, attempt: int) -> float:
+        """Move to the next node before attempt ``attempt`` (1, 2, ...); the seconds to wait
+        first (a pause before each new round over the nodes)."""
+        n = len(self.base_urls)
+        self.base_url = self.base_urls[(self.base_urls.index(self.base_url) + 1) % n]
+        return FAILOVER_PAUSE_S * (attempt // n) if attempt % n == 0 else 0.0
 
     def make_record(self, *, type: str, subject: str, payload: Any, chain: str,
                     ts: int | None = None, nonce: int | None = None) -> Record:
@@ -509,6 +555,13 @@ class _Protocol:
                 not all(isinstance(r, dict) for r in results):
             raise NodeError(f"{call.where()}: 202 answer has no 'results' list of "
                             f"{len(records)} objects", answer.status)
+        if answer.resent:
+            # Sent again to another node after a failure: a record that node already holds
+            # (pending or committed) got there from the first attempt; it is on the chain
+            # once (SPEC 7: an id is admitted once), so it was accepted.
+            for result in results:
+                if result.get("status") == "duplicate":
+                    result["status"], result["resubmitted"] = "accepted", True
         return results
 
     def _op_sign(self, type: str, subject: str, payload: Any, ts: int | None,
@@ -730,7 +783,16 @@ def _request_args(base_url: str, call: Call,
 
 
 class LedgerClient(_Protocol):
-    """A synchronous client for one node; safe to share between threads.
+    """A synchronous client for a node, or several (failover); safe to share between
+    threads.
+
+    ``base_url``: a node's API URL, or several (a list, or comma-separated): a call that
+    finds its node unreachable, timing out or answering a 5xx (not ``commit_timeout``) is
+    sent again, the same bytes, to the next node (each in turn, ``FAILOVER_ROUNDS`` times
+    over), and the client stays with the node that answered (``base_url`` names it).
+    Resubmitting signed records is idempotent: a record the next node already holds is
+    answered ``duplicate``, which ``submit``/``write`` report as ``accepted`` (with
+    ``"resubmitted": true``); it is on the chain once.
 
     ``verify``: True (system CAs), False, or a CA file (e.g. a cluster's tls/ca.pem).
     ``http``: an ``httpx.Client`` to send with instead of a new one (a proxy, a test
@@ -739,7 +801,7 @@ class LedgerClient(_Protocol):
     ``ledger.httpsig``), so a node's read policy can serve that member sealed payloads.
     """
 
-    def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
+    def __init__(self, base_url: str | Sequence[str], *, identity: PrivateKey | None = None,
                  chain: str | None = None, timeout: float = 30.0,
                  verify: str | bool = True, http: httpx.Client | None = None,
                  read_identity: PrivateKey | None = None) -> None:
@@ -749,10 +811,23 @@ class LedgerClient(_Protocol):
             timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
 
     def _send(self, call: Call) -> Answer:
-        try:
-            return _answer(self._http.request(**self._args(call)))
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, call, exc) from exc
+        failure: Answer | tuple[NodeError, BaseException] | None = None
+        for attempt in range(self._attempts()):
+            if attempt:
+                time.sleep(self._fail_over(attempt))
+            try:
+                answer = _answer(self._http.request(**self._args(call)))
+            except httpx.HTTPError as exc:
+                failure = (unreachable(self.base_url, call, exc), exc)
+                continue
+            answer = replace(answer, resent=attempt > 0)
+            if not fails_over(answer):
+                return answer
+            failure = answer
+        if isinstance(failure, Answer):
+            return failure
+        assert failure is not None
+        raise failure[0] from failure[1]
 
     def _run(self, op: Operation[T]) -> T:
         try:
@@ -931,6 +1006,7 @@ class LedgerClient(_Protocol):
         """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
         resumes after the last block when the node ends the stream; runs until closed."""
         feed = EventFeed(from_height)
+        failures = 0
         while (call := feed.next_call()) is not None:
             try:
                 with self._http.stream(**self._args(call)) as resp:
@@ -939,9 +1015,14 @@ class LedgerClient(_Protocol):
                         raise feed.refused(call, _answer(resp))
                     for line in resp.iter_lines():
                         if (event := feed.line(line)) is not None:
+                            failures = 0
                             yield event
             except httpx.HTTPError as exc:
-                raise unreachable(self.base_url, call, exc) from exc
+                failures += 1
+                if failures >= self._attempts():
+                    raise unreachable(self.base_url, call, exc) from exc
+                time.sleep(self._fail_over(failures))  # resume there after the last block
+                feed.reopen()
 
     def close(self) -> None:
         """Close the connection pool (unless it was passed in as ``http``)."""
@@ -956,9 +1037,10 @@ class LedgerClient(_Protocol):
 
 
 class AsyncLedgerClient(_Protocol):
-    """The asyncio twin of ``LedgerClient``: the same methods, awaited."""
+    """The asyncio twin of ``LedgerClient``: the same methods, awaited; several node URLs
+    fail over as there."""
 
-    def __init__(self, base_url: str, *, identity: PrivateKey | None = None,
+    def __init__(self, base_url: str | Sequence[str], *, identity: PrivateKey | None = None,
                  chain: str | None = None, timeout: float = 30.0,
                  verify: str | bool = True, http: httpx.AsyncClient | None = None,
                  read_identity: PrivateKey | None = None) -> None:
@@ -968,10 +1050,23 @@ class AsyncLedgerClient(_Protocol):
             timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
 
     async def _send(self, call: Call) -> Answer:
-        try:
-            return _answer(await self._http.request(**self._args(call)))
-        except httpx.HTTPError as exc:
-            raise unreachable(self.base_url, call, exc) from exc
+        failure: Answer | tuple[NodeError, BaseException] | None = None
+        for attempt in range(self._attempts()):
+            if attempt:
+                await asyncio.sleep(self._fail_over(attempt))
+            try:
+                answer = _answer(await self._http.request(**self._args(call)))
+            except httpx.HTTPError as exc:
+                failure = (unreachable(self.base_url, call, exc), exc)
+                continue
+            answer = replace(answer, resent=attempt > 0)
+            if not fails_over(answer):
+                return answer
+            failure = answer
+        if isinstance(failure, Answer):
+            return failure
+        assert failure is not None
+        raise failure[0] from failure[1]
 
     async def _run(self, op: Operation[T]) -> T:
         try:
@@ -1144,6 +1239,7 @@ class AsyncLedgerClient(_Protocol):
         """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
         resumes after the last block when the node ends the stream; runs until closed."""
         feed = EventFeed(from_height)
+        failures = 0
         while (call := feed.next_call()) is not None:
             try:
                 async with self._http.stream(**self._args(call)) as resp:
@@ -1152,9 +1248,14 @@ class AsyncLedgerClient(_Protocol):
                         raise feed.refused(call, _answer(resp))
                     async for line in resp.aiter_lines():
                         if (event := feed.line(line)) is not None:
+                            failures = 0
                             yield event
             except httpx.HTTPError as exc:
-                raise unreachable(self.base_url, call, exc) from exc
+                failures += 1
+                if failures >= self._attempts():
+                    raise unreachable(self.base_url, call, exc) from exc
+                await asyncio.sleep(self._fail_over(failures))  # resume after the last block
+                feed.reopen()
 
     async def close(self) -> None:
         """Close the connection pool (unless it was passed in as ``http``)."""

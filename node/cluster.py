@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,6 +81,138 @@ def _advertised(index: int, base_port: int, tls: bool,
             "api": f"{'https' if tls else 'http'}://127.0.0.1:{base_port + index}"}
 
 
+@dataclass(frozen=True)
+class Host:
+    """Where one validator of a multi-host cluster runs (``cluster init --hosts`` or an
+    ``--inventory`` file): the ``address`` peers and clients reach it at (a DNS name or an
+    IP), an optional ``name`` (its folder is ``node{i}-{name}``; default the address), its
+    API and peer ports (default: the cluster's base port and base port + 100, the same on
+    every host), and the address it binds (default: ``address``; ``0.0.0.0`` for every
+    interface, e.g. behind NAT where the advertised address is not the machine's own)."""
+
+    address: str
+    name: str | None = None
+    api_port: int | None = None
+    p2p_port: int | None = None
+    bind: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The folder suffix: the name, or the address, as a safe file name."""
+        text = self.name or self.address
+        return "".join(c if c.isalnum() or c in ".-_" else "_" for c in text)
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host.strip('[]')}]:{port}" if ":" in host.strip("[]") else f"{host}:{port}"
+
+
+def _check_host(text: str, what: str) -> str:
+    text = text.strip()
+    if not text or any(c.isspace() or c in "/,@?#" for c in text):
+        raise ClusterError(f"{what}: not a host name or address: {text!r}")
+    return text
+
+
+def parse_hosts(text: str) -> list[Host]:
+    """``--hosts HOST1,HOST2,...``: one validator per entry, in order."""
+    hosts = [Host(_check_host(h, "--hosts")) for h in text.split(",") if h.strip()]
+    if not hosts:
+        raise ClusterError("--hosts: no host given")
+    return hosts
+
+
+def load_inventory(path: Path) -> list[Host]:
+    """An ``--inventory`` file: JSON, a list of hosts or ``{"hosts": [...]}``, each a host
+    name/address string or ``{"address", "name"?, "api_port"?, "p2p_port"?, "bind"?}``
+    (docs/deploy.md)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"{path}: cannot read an inventory ({exc})") from exc
+    items = doc.get("hosts") if isinstance(doc, dict) else doc
+    if not isinstance(items, list) or not items:
+        raise ClusterError(f"{path}: expected a non-empty list of hosts (or {{\"hosts\": "
+                           "[...]})")
+    hosts = []
+    for n, item in enumerate(items):
+        where = f"{path}: host {n}"
+        if isinstance(item, str):
+            item = {"address": item}
+        if not isinstance(item, dict) or not isinstance(item.get("address"), str):
+            raise ClusterError(f"{where}: expected a string or an object with 'address'")
+        unknown = set(item) - {"address", "name", "api_port", "p2p_port", "bind"}
+        if unknown:
+            raise ClusterError(f"{where}: unknown keys {sorted(unknown)}")
+        ports = {}
+        for key in ("api_port", "p2p_port"):
+            value = item.get(key)
+            if value is not None and (type(value) is not int or not 1 <= value <= 65535):
+                raise ClusterError(f"{where}: {key} must be a port number")
+            ports[key] = value
+        name, bind = item.get("name"), item.get("bind")
+        if not (name is None or isinstance(name, str)) or \
+                not (bind is None or isinstance(bind, str)):
+            raise ClusterError(f"{where}: 'name' and 'bind' must be strings")
+        hosts.append(Host(_check_host(item["address"], where),
+                          None if name is None else _check_host(name, where),
+                          ports["api_port"], ports["p2p_port"],
+                          None if bind is None else _check_host(bind, where)))
+    return hosts
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where one node of a new cluster listens, how the others reach it, and where its
+    folder is: what distinguishes a local cluster (every node on 127.0.0.1), a multi-host
+    one (``Host``) and a Kubernetes one (pods' DNS names) in ``init_cluster``."""
+
+    folder: str
+    api: str  # host:port bound
+    p2p: str
+    advertised_p2p: str  # host:port peers dial (genesis ``p2p``)
+    advertised_api: str  # URL (genesis ``api``)
+    cert_names: tuple[str, ...]  # certificate SANs beyond node{i}, localhost, 127.0.0.1
+    self_contained: bool  # genesis and the CA copied into the folder (it goes elsewhere)
+
+
+def _placements(nodes: int, base_port: int, tls: bool, k8s_name: str | None,
+                hosts: list[Host] | None, bind: str | None) -> list[_Placement]:
+    scheme = "https" if tls else "http"
+    if hosts is None:
+        out = []
+        for i in range(nodes):
+            adv = _advertised(i, base_port, tls, k8s_name)
+            names: tuple[str, ...] = ()
+            if k8s_name is not None:  # the name peers dial, and the API Service's clients use
+                from node.k8s import pod_host
+
+                names = (pod_host(k8s_name, i), f"{k8s_name}-api")
+            out.append(_Placement(f"node{i}", f"127.0.0.1:{base_port + i}",
+                                  f"127.0.0.1:{base_port + 100 + i}", adv["p2p"], adv["api"],
+                                  names, False))
+        return out
+    out = []
+    for i, host in enumerate(hosts):
+        api_port = host.api_port or base_port
+        p2p_port = host.p2p_port or base_port + 100
+        listen = bind or host.bind or host.address
+        out.append(_Placement(
+            f"node{i}-{host.label}", _host_port(listen, api_port), _host_port(listen, p2p_port),
+            _host_port(host.address, p2p_port),
+            f"{scheme}://{_host_port(host.address, api_port)}",
+            tuple(dict.fromkeys(n for n in (host.address, host.name) if n)), True))
+    used: dict[str, str] = {}
+    for p in out:
+        for where in (p.advertised_p2p, p.advertised_api.split("://")[-1]):
+            if where in used:
+                raise ClusterError(f"{p.folder} and {used[where]} would both use {where}: "
+                                   "give them distinct ports in an --inventory file")
+            used[where] = p.folder
+    return out
+
+
 def write_k8s(directory: Path, name: str, image: str, storage: str) -> list[Path]:
     """``directory/k8s/``: Kubernetes manifests for the cluster ``init_cluster(...,
     k8s_name=name)`` wrote there (node.k8s; docs/deploy.md)."""
@@ -95,7 +228,8 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
                  chain_id: str = "demo", tls: bool = False,
                  template: Path | None = None,
                  types: tuple[str, ...] | None = None, witnesses: int = 0,
-                 k8s_name: str | None = None) -> list[str]:
+                 k8s_name: str | None = None, hosts: list[Host] | None = None,
+                 bind: str | None = None) -> list[str]:
     """Write genesis.json, one folder per node (config and key), a demo client key and an
     admin key per organisation (``clients/<org>-admin.pem``; two of three approve a change).
 
@@ -113,32 +247,47 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
     (node.k8s.advertised; the node folders still dial 127.0.0.1, so ``cluster up`` runs the
     same chain locally) and TLS certificates name it and the API Service ``NAME-api`` too.
     :func:`write_k8s` then writes the manifests.
+
+    ``hosts`` (``cluster init --hosts``/``--inventory``): one validator per host, ``nodes``
+    ignored. Folder ``node{i}-{label}`` is self-contained, to be copied to that host: its
+    key, config.json binding the host's address (or ``bind``, e.g. ``0.0.0.0``) and dialing
+    the other hosts' advertised addresses, genesis.json, and with ``tls`` its certificate
+    (SANs: the host's address and name) and the CA certificate ``ca.pem``. The CA's private
+    key (``tls/ca.key``) and the client keys stay in ``directory``. Genesis advertises each
+    validator at ``HOST:port``.
     """
-    from node.k8s import check_name, pod_host
+    from node.k8s import check_name
 
     if k8s_name is not None:
         try:
             check_name(k8s_name)
         except ValueError as exc:
             raise ClusterError(str(exc)) from None
+    if hosts is not None:
+        if k8s_name is not None:
+            raise ClusterError("--hosts and --k8s do not go together (Kubernetes places "
+                               "the validators itself)")
+        nodes = len(hosts)
+        if bind is not None:
+            bind = _check_host(bind, "--bind")
     if witnesses < 0:
         raise ClusterError("--witnesses must be at least 0")
     if nodes < 1:
         raise ClusterError("--nodes must be at least 1")
     if not 1024 <= base_port <= 65535 - 100 - nodes:
         raise ClusterError(f"--base-port {base_port} leaves no room for {nodes} nodes")
+    placements = _placements(nodes, base_port, tls, k8s_name, hosts, bind)
     if (directory / "genesis.json").exists():
         raise ClusterError(f"{directory} already holds a cluster (genesis.json exists)")
     directory.mkdir(parents=True, exist_ok=True)
     keys = [PrivateKey.generate() for _ in range(nodes)]
-    scheme = "https" if tls else "http"
     client = PrivateKey.generate()
     admins = {org: PrivateKey.generate() for org in GOVERNING_ORGS}
     genesis = {
         "chain_id": chain_id,
         "validators": [
             {"name": f"node{i}", "pubkey": k.public.hex(), "power": 1,
-             **_advertised(i, base_port, tls, k8s_name)}
+             "p2p": placements[i].advertised_p2p, "api": placements[i].advertised_api}
             for i, k in enumerate(keys)
         ],
         # Three organisations, each with an admin (clients/<org>-admin.pem): any two of them
@@ -180,23 +329,30 @@ def init_cluster(directory: Path, nodes: int, base_port: int = 8000,
     chain_id = str(genesis["chain_id"])
     ca = make_ca(directory / "tls", chain_id) if tls else None
     urls = []
-    for i, key in enumerate(keys):
-        node_dir = directory / f"node{i}"
+    for i, (key, place) in enumerate(zip(keys, placements, strict=True)):
+        node_dir = directory / place.folder
         node_dir.mkdir(exist_ok=True)
         write_key_file(node_dir / "node.pem", key)
+        # a folder copied to another host carries genesis and the CA certificate with it
+        here = "" if place.self_contained else "../"
+        if place.self_contained:
+            (node_dir / "genesis.json").write_bytes(raw)
         config = {
-            "index": i, "api": f"127.0.0.1:{base_port + i}",
-            "p2p": f"127.0.0.1:{base_port + 100 + i}", "genesis": "../genesis.json",
+            "index": i, "api": place.api, "p2p": place.p2p, "genesis": f"{here}genesis.json",
             "key": "node.pem", "store": "chain.db",
-            "peers": {str(j): f"127.0.0.1:{base_port + 100 + j}" for j in range(nodes) if j != i},
+            # a local folder dials 127.0.0.1 even when genesis advertises pods' names
+            "peers": {str(j): (p.advertised_p2p if place.self_contained else p.p2p)
+                      for j, p in enumerate(placements) if j != i},
         }
         if ca is not None:
-            # in Kubernetes: the name peers dial, and the API Service's clients use
-            make_node_cert(node_dir, f"node{i}", *ca, extra_names=(
-                () if k8s_name is None else (pod_host(k8s_name, i), f"{k8s_name}-api")))
-            config["tls"] = {"ca": "../tls/ca.pem", "cert": "tls.crt", "key": "tls.key"}
+            make_node_cert(node_dir, f"node{i}", *ca, extra_names=place.cert_names)
+            if place.self_contained:
+                (node_dir / "ca.pem").write_bytes((directory / "tls" / "ca.pem").read_bytes())
+            config["tls"] = {"ca": "ca.pem" if place.self_contained else "../tls/ca.pem",
+                             "cert": "tls.crt", "key": "tls.key"}
         (node_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        urls.append(f"{scheme}://127.0.0.1:{base_port + i}")
+        urls.append(place.advertised_api if place.self_contained
+                    else f"{'https' if tls else 'http'}://{place.api}")
     return urls
 
 
@@ -247,6 +403,12 @@ def check_ports(node_dirs: list[Path]) -> None:
                                    "is the cluster already running?")
 
 
+def _node_order(folder: Path) -> tuple[int, str]:
+    """``node{i}`` and ``node{i}-{host}`` folders in validator order."""
+    digits = folder.name[4:].partition("-")[0]
+    return (int(digits) if digits.isdigit() else 0, folder.name)
+
+
 def run_cluster(directory: Path, stop_on_exit: bool = False) -> int:
     """Run every node of ``directory`` in the foreground until Ctrl-C or SIGTERM.
 
@@ -255,7 +417,7 @@ def run_cluster(directory: Path, stop_on_exit: bool = False) -> int:
     node instead, and returns 1. Returns 1 too when every node has exited by itself.
     """
     node_dirs = sorted((p for p in directory.glob("node*") if (p / "config.json").exists()),
-                       key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
+                       key=_node_order)
     if not node_dirs:
         raise ClusterError(f"{directory}: no node folders; run 'ledger cluster init' first")
     check_ports(node_dirs)

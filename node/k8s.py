@@ -112,8 +112,11 @@ def statefulset(name: str, chain_id: str, index: int, tls: bool, image: str,
                   {"name": "p2p", "containerPort": P2P_PORT, "protocol": "TCP"}],
         # /healthz answers once the store is open and the API serves; it skips every request
         # limit, so a busy node is not restarted for being busy (docs/api.md#limits).
+        # /readyz only once the node is caught up (linked with a quorum, within a height of
+        # its peers): the API Service sends clients to no node still syncing after a restart
+        # (the headless peer Service publishes not-ready pods, so peers still find it).
         "startupProbe": _probe("/healthz", scheme, period=5, failures=120, timeout=3),
-        "readinessProbe": _probe("/healthz", scheme, period=5, failures=3, timeout=3),
+        "readinessProbe": _probe("/readyz", scheme, period=5, failures=3, timeout=3),
         "livenessProbe": _probe("/healthz", scheme, period=10, failures=6, timeout=5),
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi",
                                    "ephemeral-storage": "64Mi"},

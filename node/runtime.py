@@ -48,6 +48,7 @@ from ledger.consensus import (
     ScheduleTimeout,
     SendTo,
     ServeBlocks,
+    SignedVote,
     SigningState,
     Start,
     Tick,
@@ -76,6 +77,7 @@ from node.mempool import AdmitResult, Mempool, MempoolFull
 from node.metrics import Metrics
 from node.payloads import PAYLOADS, PayloadSync
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
+from node.readiness import ReadinessProbe
 from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, NotAValidator, Status
 from node.threads import favour_the_loop
 from node.tls import client_context, server_context
@@ -359,6 +361,10 @@ class Node:
         self._lag_probe: asyncio.Task[None] | None = None  # ledger_event_loop_lag_seconds
         # following the chain over validators' HTTP API while not a validator and unlinked
         self.follower = Follower(self)
+        # the highest height each peer's consensus messages show it committed (by key),
+        # and GET /readyz's check (node.readiness)
+        self.heard_heights: dict[bytes, int] = {}
+        self.readiness = ReadinessProbe(self)
         self._follow: asyncio.Task[None] | None = None
         self._api: asyncio.Task[None] | None = None
         self._server: _Server | None = None
@@ -733,6 +739,7 @@ class Node:
             if isinstance(frame, UndecodedBlockResponse):  # not the canonical layout
                 self._misbehaved(peer, "sent a malformed block response", MALFORMED)
                 return
+            self._heard(peer, frame)
             message: Message
             if isinstance(frame, UndecodedProposal):
                 admitted = self._admit_proposal(peer, frame, len(body))
@@ -773,6 +780,15 @@ class Node:
                 log.warning("dropped a frame on unknown channel %d from validator %d",
                             channel, peer)
             self._misbehaved(peer, f"sent a frame on unknown channel {channel}", 1)
+
+    def _heard(self, peer: int, frame: object) -> None:
+        """Note the height ``frame`` shows ``peer`` has committed (readiness)."""
+        height = (frame.vote.height if isinstance(frame, SignedVote)
+                  else getattr(frame, "height", None))
+        key = self.directory.key(peer)
+        if type(height) is int and key is not None and height - 1 > self.heard_heights.get(
+                key, 0):
+            self.heard_heights[key] = height - 1
 
     async def _gossip_in(self, peer: int, items: list[BatchItem]) -> None:
         """Admit records a peer gossiped (a full mempool drops them: the peer proposes).
@@ -1088,6 +1104,7 @@ class Node:
                     await background
         if self._server is not None and self._api is not None:
             self._server.should_exit = True
+            self.commits.close()  # requests waiting for a commit answer 503 stopping now
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._api, timeout=STOP_API_S)
         if self._consensus is not None:

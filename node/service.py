@@ -121,11 +121,27 @@ class Status:
     # genesis index)
 
 
+class NodeStopping(Exception):
+    """The node is stopping: a commit waited for will not be seen here (``wait=commit``
+    answers 503 ``stopping``; the records may commit through the other nodes)."""
+
+
 class CommitWaiters:
     """Futures of record ids, resolved with the height that commits them. On the loop."""
 
     def __init__(self) -> None:
         self._futures: dict[bytes, list[asyncio.Future[int]]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """The node is stopping: every future waited on, and any watched from now on,
+        fails with NodeStopping (its request answers 503 at once, instead of being cut
+        short by the server's shutdown with a bare 500)."""
+        self.closed = True
+        for futures in self._futures.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(NodeStopping("the node is stopping"))
 
     def __len__(self) -> int:
         """Ids waited on."""
@@ -137,6 +153,8 @@ class CommitWaiters:
         out: list[asyncio.Future[int]] = []
         for rid in ids:
             out.append(loop.create_future())
+            if self.closed:
+                out[-1].set_exception(NodeStopping("the node is stopping"))
             self._futures.setdefault(rid, []).append(out[-1])
         return out
 

@@ -8,6 +8,7 @@ their keys in the peer handshake; TLS adds confidentiality and protects the API.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -50,14 +51,20 @@ def make_ca(directory: Path, name: str) -> tuple[x509.Certificate, ec.EllipticCu
 def make_node_cert(directory: Path, node: str, ca: x509.Certificate,
                    ca_key: ec.EllipticCurvePrivateKey,
                    extra_names: tuple[str, ...] = ()) -> None:
-    """``tls.crt`` and ``tls.key`` for ``node`` (and the DNS names ``extra_names``, e.g.
-    its Kubernetes pod's), signed by the CA."""
+    """``tls.crt`` and ``tls.key`` for ``node`` (and ``extra_names``: DNS names, e.g. its
+    Kubernetes pod's, or IP addresses, e.g. the host it runs on: each becomes the SAN of
+    its kind), signed by the CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     names: list[x509.GeneralName] = [
         x509.DNSName(node), x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        *(x509.DNSName(n) for n in extra_names)]
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    for extra in dict.fromkeys(extra_names):  # in order, once each
+        name: x509.GeneralName = x509.DNSName(extra)
+        with contextlib.suppress(ValueError):
+            name = x509.IPAddress(ipaddress.ip_address(extra.strip("[]")))
+        if name not in names:
+            names.append(name)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
             .issuer_name(ca.subject).public_key(key.public_key())

@@ -131,8 +131,9 @@ def test_manifests_wire_the_cluster(cluster: Path) -> None:
         (container,) = pod["containers"]
         assert container["image"] == "registry.example/ledger:0.1.0"
         assert container["args"] == ["node", "run", "/etc/ledger/node"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "api",
+        for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                            ("livenessProbe", "/healthz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "api",
                                                    "scheme": scheme.upper()}
         assert set(container["resources"]) == {"requests", "limits"}
         sc, psc = container["securityContext"], pod["securityContext"]
