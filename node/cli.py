@@ -17,15 +17,18 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ledger import merkle
 from ledger.audit import (
+    AuditPool,
     AuditReport,
     BlockSummary,
     BytesChunk,
     ChainVerifier,
     Chunk,
     audit_chunks,
+    store_blocks,
     store_chunks,
 )
 from ledger.auditstate import AuditStateError, state_from_bytes, state_to_bytes
@@ -37,7 +40,6 @@ from ledger.genesis import Genesis
 from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
 from ledger.records import TYPE_PATTERN, Record, SealedPayload
 from ledger.store.sqlite import SqliteStore
-from node.client import LedgerClient, NodeError, sign_record, sign_sealed
 from node.cluster import DEMO_TYPES
 from node.export import (
     Bundle,
@@ -48,6 +50,30 @@ from node.export import (
     write_bundle_counted,
 )
 from node.files import write_durably
+
+if TYPE_CHECKING:
+    from node.client import LedgerClient
+
+# The HTTP client (httpx, and through it TLS and, where installed, its CLI's rich and
+# click) is imported by the commands that talk to a node, not by every ``ledger`` run:
+# an audit of a store or a bundle never loads it (docs/performance.md, audit start-up).
+
+
+def _client_module() -> Any:
+    import sys as _sys
+
+    # httpx imports its command-line tool (rich, click, pygments: ~60 ms) when they are
+    # installed; the SDK never uses it.
+    _sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    import node.client
+
+    return node.client
+
+
+def _new_client(*args: Any, **kwargs: Any) -> LedgerClient:
+    """A ``node.client.LedgerClient`` (the module imported on first use)."""
+    client: LedgerClient = _client_module().LedgerClient(*args, **kwargs)
+    return client
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -191,23 +217,34 @@ def _http_chunks(client: LedgerClient, tip: int, blocks_per_chunk: int,
                  fetchers: int, first: int = 1) -> Iterator[BytesChunk]:
     """Fetch blocks first..tip in chunks, several requests in flight, yielding in order."""
 
-    def fetch(start: int) -> BytesChunk:
+    def fetch(start: int, size: int) -> BytesChunk:
         blocks: list[bytes | None] = []
-        for height in range(start, min(start + blocks_per_chunk, tip + 1)):
+        for height in range(start, min(start + size, tip + 1)):
             blocks.append(data := client.block_bytes(height))
             if data is None:  # the audit reports the missing block at this height
                 break
         return BytesChunk(start, blocks)
 
-    with ThreadPoolExecutor(fetchers) as pool:
+    def starts() -> Iterator[tuple[int, int]]:
+        # The first requests are for one block, then 2, 4, ... up to blocks_per_chunk: the
+        # audit's workers get their first blocks after one round trip, not after a chunk's.
+        start, size = first, 1
+        while start <= tip:
+            yield start, size
+            start, size = start + size, min(2 * size, blocks_per_chunk)
+
+    with ThreadPoolExecutor(fetchers, thread_name_prefix="audit-fetch") as pool:
         window: deque[Future[BytesChunk]] = deque()
-        starts = iter(range(first, tip + 1, blocks_per_chunk))
-        for start in starts:
-            window.append(pool.submit(fetch, start))
-            if len(window) >= fetchers * 2:
+        try:
+            for start, size in starts():
+                window.append(pool.submit(fetch, start, size))
+                if len(window) >= fetchers * 2:
+                    yield window.popleft().result()
+            while window:
                 yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+        finally:  # stopped early (a bad block, an error): fetch nothing more
+            for future in window:
+                future.cancel()
 
 
 def _file_chunks(blocks: Iterator[bytes], blocks_per_chunk: int) -> Iterator[BytesChunk]:
@@ -258,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.cosignatures_between(1, tip))
         payloads = _store_payloads(store)
     else:
-        client = LedgerClient(args.node, verify=_ca(args),
+        client = _new_client(args.node, verify=_ca(args),
                               read_identity=_reader(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
@@ -377,7 +414,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
             return (store.block_bytes(h) for h in range(first, tip + 1))
         blocks_from = from_store
     else:
-        client = LedgerClient(args.node, verify=_ca(args))
+        client = _new_client(args.node, verify=_ca(args))
         genesis = Genesis.from_bytes(client.genesis(), f"{args.node} genesis")
         if args.genesis is not None and Genesis.load(args.genesis).hash != genesis.hash:
             raise CommandError(f"{args.node}: " + _mismatch(genesis.hash.hex(),
@@ -488,7 +525,7 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
         return None, ""
     try:
         doc = client.log_consistency(n, m)
-    except NodeError as exc:
+    except _client_module().NodeError as exc:
         if exc.status == 404:  # a node from before the log proofs (SPEC v1.0)
             return None, "; the node serves no consistency proofs"
         raise
@@ -506,9 +543,18 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
 def cmd_audit(args: argparse.Namespace) -> int:
     """Re-verify a whole chain from genesis (with --state: only what was added since the
     saved audit, after checking the served chain holds the saved blocks)."""
+    started = time.monotonic()
     genesis = Genesis.load(args.genesis)
     workers = args.workers or os.cpu_count() or 1
-    started = time.monotonic()
+    # The workers first, before this process starts a thread (HTTP fetchers, the progress
+    # bar's monitor): forked from here, they hold every module already (ledger.audit).
+    with AuditPool(genesis, workers) as pool:
+        return _audit(args, genesis, pool, started)
+
+
+def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
+           started: float) -> int:
+    workers = pool.workers
     state_path: Path | None = args.state
     loaded = _load_state(state_path, genesis) if state_path is not None else None
     load_seconds = time.monotonic() - started
@@ -523,22 +569,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     tally = PayloadTally() if args.payloads else None
     client: LedgerClient | None = None
     source: str
+    store: SqliteStore | None = None
     if args.db:
         store = SqliteStore(args.db, readonly=True)
         try:
             if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
                 raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
-            sizes = store.block_sizes()
-            first = store.block(1) if sizes else None
-            tip = len(sizes)
+            tip = store.height
+            block1 = store.block_bytes(1) if tip else None
             differs = _first_difference(hashes, min(saved, tip),
-                                        lambda h: _hash_of(store.block_bytes(h)))
-        finally:
+                                        lambda h: _hash_of(store.block_bytes(h)
+                                                           if store is not None else None))
+            mismatch = block1_genesis_mismatch(block1, genesis)
+            if mismatch:
+                raise CommandError(f"{args.db}: {mismatch}")
+        except BaseException:
             store.close()
-        mismatch = block1_genesis_mismatch(first.to_wire() if first else None, genesis)
-        if mismatch:
-            raise CommandError(f"{args.db}: {mismatch}")
-        chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes[saved:])
+            raise
+        # read here, in this thread, as the workers ask (they open no store of their own)
+        chunks: Iterator[Chunk] = store_blocks(store, saved + 1, tip)
         source = str(args.db)
     elif args.file:
         if state_path is not None:
@@ -556,7 +605,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         chunks = _file_chunks(bundle.blocks(), args.chunk)
         source = str(args.file)
     else:
-        client = LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args))
+        client = _new_client(args.node, verify=_ca(args), read_identity=_reader(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
@@ -617,13 +666,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             bar.set_postfix(records=records, refresh=False)
 
     try:
-        report: AuditReport = audit_chunks(genesis, chunks, workers=workers, on_block=on_block,
-                                           verifier=verifier)
+        report: AuditReport = audit_chunks(genesis, chunks, on_block=on_block,
+                                           verifier=verifier, pool=pool)
     except AuditError as exc:
-        bar.close()
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID
-    bar.close()
+    finally:
+        bar.close()
+        if store is not None:
+            store.close()
     if report.height != tip:
         print(f"height {report.height + 1}: block is missing", file=sys.stderr)
         return EXIT_INVALID
@@ -981,7 +1032,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     without ``chain_id`` (SPEC section 8)."""
     import json as jsonlib
 
-    with LedgerClient(args.node, verify=_ca(args)) as client:
+    with _new_client(args.node, verify=_ca(args)) as client:
         doc = client.config(args.version)
     config = doc["config"]
     if not isinstance(config, dict):
@@ -1010,10 +1061,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         pair: SealedPayload | None = None
         if args.chain is not None:  # no request needed: sign offline
-            record, pair = (sign_sealed(key, chain=args.chain, **what) if args.sealed
-                            else (sign_record(key, chain=args.chain, **what), None))
+            sdk = _client_module()
+            record, pair = (sdk.sign_sealed(key, chain=args.chain, **what) if args.sealed
+                            else (sdk.sign_record(key, chain=args.chain, **what), None))
         elif args.node:
-            with LedgerClient(args.node, identity=key, verify=_ca(args)) as client:
+            with _new_client(args.node, identity=key, verify=_ca(args)) as client:
                 record, pair = (client.seal(**what) if args.sealed
                                 else (client.sign(**what), None))
         else:
@@ -1026,7 +1078,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.node:
         raise CommandError("--node URL is required (or --print-envelope to sign only)")
-    with LedgerClient(args.node, identity=key, chain=args.chain, verify=_ca(args),
+    with _new_client(args.node, identity=key, chain=args.chain, verify=_ca(args),
                       timeout=args.timeout + 10) as client:
         result = client.write(**what, wait=args.wait, timeout=args.timeout,
                               seal=args.sealed)
