@@ -47,7 +47,7 @@ def serving(blocks: list[bytes], cut_at: int, how: str) -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        def do_GET(self) -> None:
             if self.path == "/v1/status":
                 body = json.dumps({"chain": FX.genesis.chain_id, "height": TIP,
                                    "genesis_hash": FX.genesis.hash.hex()}).encode()
