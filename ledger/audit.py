@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import process as cf_process
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
@@ -323,6 +324,8 @@ PIECE_BYTES = 96 * 1024
 
 
 PIPE_BYTES = 1 << 20
+#: Pieces queued for the workers per worker (beyond the one each is checking).
+QUEUED_PIECES = 4
 
 
 def _widen_pipes(executor: ProcessPoolExecutor) -> None:
@@ -373,8 +376,18 @@ class AuditPool:
             server = multiprocessing.get_context("forkserver")
             server.set_forkserver_preload(["ledger.audit"])
             context = server
-        executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                       initializer=_init_worker, initargs=(genesis.raw,))
+        # The pool queues only workers + EXTRA_QUEUED_CALLS pieces for its workers; the rest
+        # wait in this process for its manager thread to hand them over. On a busy machine
+        # this process can go unscheduled for longer than 3 pieces take, and the workers
+        # then sit idle (a 1M-record audit ran at half speed): queue QUEUED_PIECES per worker,
+        # in pipes wide enough to hold them (``_widen_pipes``).
+        extra = cf_process.EXTRA_QUEUED_CALLS
+        cf_process.EXTRA_QUEUED_CALLS = QUEUED_PIECES * self.workers  # type: ignore[misc]
+        try:
+            executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                                           initializer=_init_worker, initargs=(genesis.raw,))
+        finally:
+            cf_process.EXTRA_QUEUED_CALLS = extra  # type: ignore[misc]
         _widen_pipes(executor)
         self.executor = executor
         if self.method == "fork":
@@ -436,7 +449,7 @@ def audit_chunks(
     # Each piece in flight, with the configuration it is checked from (None: genesis's).
     window: deque[tuple[Future[ChunkResult], Chunk, Config | None]] = deque()
     source = _pieces(chunks, piece_bytes)
-    ahead = 4 * pool.workers
+    ahead = (QUEUED_PIECES + 2) * pool.workers
     # Reading the source failed (a download cut off, a store row that does not read): the
     # pieces before it are still checked, in order, so a bad block before the failure is
     # the one reported; then the failure is raised as it came.
