@@ -318,7 +318,7 @@ class _InlineExecutor(Executor):
 
 
 #: Bytes of blocks handed to a worker at a time (about 300 records of 337 bytes: ~20 ms
-#: of signature checks). Small enough that the last pieces of a chain keep every worker
+#: of signature checks; whole blocks, so one block of 500). Small enough that the last pieces of a chain keep every worker
 #: busy to the end, large enough that handing a piece out costs nothing beside its checks.
 PIECE_BYTES = 96 * 1024
 
@@ -335,8 +335,8 @@ def _widen_pipes(executor: ProcessPoolExecutor) -> None:
     A piece of blocks (~100 KB) or a block's summaries (~70 KB for 500 records) does not
     fit in 64 KiB: a worker then waits, before its next piece, for this process to be
     scheduled and read its result or write it the next piece, while the other workers
-    hold the cores. With room for a few pieces each way, the next piece is already in the
-    pipe and the result is left there."""
+    hold the cores. With room for the ``QUEUED_PIECES`` queued per worker, the next piece
+    is already in the pipe and a result is left there."""
     try:
         import fcntl
 
@@ -504,9 +504,11 @@ def audit_chunks(
 
 def store_blocks(store: SqliteStore, first: int, last: int,
                  blocks_per_chunk: int = 32) -> Iterator[BytesChunk]:
-    """Blocks ``first..last`` of an open store, read in the calling thread as the audit
-    asks for them (its workers then need no store of their own). A row that does not read
-    is an AuditError at its height, raised after the blocks before it were handed out."""
+    """Blocks ``first..last`` of a store the caller holds open, read in the calling thread
+    as the audit asks for them. A row that does not read is an AuditError at its height,
+    raised after the blocks before it were handed out. (``ledger audit --db`` uses
+    ``store_chunks`` instead: the workers read, and only heights cross the pipes; reading
+    and sending the bytes from one process made it the bottleneck of a 1M-record audit.)"""
     start = first
     while start <= last:
         blocks: list[bytes | None] = []
