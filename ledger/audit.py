@@ -318,8 +318,9 @@ class _InlineExecutor(Executor):
 
 
 #: Bytes of blocks handed to a worker at a time (about 300 records of 337 bytes: ~20 ms
-#: of signature checks; whole blocks, so one block of 500). Small enough that the last pieces of a chain keep every worker
-#: busy to the end, large enough that handing a piece out costs nothing beside its checks.
+#: of signature checks; whole blocks, so one block of 500). Small enough that the last
+#: pieces of a chain keep every worker busy to the end, large enough that handing a piece
+#: out costs nothing beside its checks.
 PIECE_BYTES = 96 * 1024
 
 
