@@ -69,9 +69,18 @@ def _client_module() -> Any:
     return node.client
 
 
+def __getattr__(name: str) -> Any:
+    """``node.cli.LedgerClient`` and the SDK's other names, imported on first use (callers
+    and tests that replace ``node.cli.LedgerClient`` keep working)."""
+    if name in ("LedgerClient", "NodeError", "sign_record", "sign_sealed"):
+        return getattr(_client_module(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _new_client(*args: Any, **kwargs: Any) -> LedgerClient:
-    """A ``node.client.LedgerClient`` (the module imported on first use)."""
-    client: LedgerClient = _client_module().LedgerClient(*args, **kwargs)
+    """A ``LedgerClient``: ``node.cli.LedgerClient`` if set (a test's), else the SDK's."""
+    cls = globals().get("LedgerClient") or _client_module().LedgerClient
+    client: LedgerClient = cls(*args, **kwargs)
     return client
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
