@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ledger import merkle
 from ledger.audit import (
@@ -39,6 +38,7 @@ from ledger.genesis import Genesis
 from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
 from ledger.records import TYPE_PATTERN, Record, SealedPayload
 from ledger.store.sqlite import SqliteStore
+from node.client import LedgerClient, NodeError, sign_record, sign_sealed
 from node.cluster import DEMO_TYPES
 from node.export import (
     Bundle,
@@ -49,39 +49,6 @@ from node.export import (
     write_bundle_counted,
 )
 from node.files import write_durably
-
-if TYPE_CHECKING:
-    from node.client import LedgerClient
-
-# The HTTP client (httpx, and through it TLS and, where installed, its CLI's rich and
-# click) is imported by the commands that talk to a node, not by every ``ledger`` run:
-# an audit of a store or a bundle never loads it (docs/performance.md, audit start-up).
-
-
-def _client_module() -> Any:
-    import sys as _sys
-
-    # httpx imports its command-line tool (rich, click, pygments: ~60 ms) when they are
-    # installed; the SDK never uses it.
-    _sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-    import node.client
-
-    return node.client
-
-
-def __getattr__(name: str) -> Any:
-    """``node.cli.LedgerClient`` and the SDK's other names, imported on first use (callers
-    and tests that replace ``node.cli.LedgerClient`` keep working)."""
-    if name in ("LedgerClient", "NodeError", "sign_record", "sign_sealed"):
-        return getattr(_client_module(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _new_client(*args: Any, **kwargs: Any) -> LedgerClient:
-    """A ``LedgerClient``: ``node.cli.LedgerClient`` if set (a test's), else the SDK's."""
-    cls = globals().get("LedgerClient") or _client_module().LedgerClient
-    client: LedgerClient = cls(*args, **kwargs)
-    return client
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -303,7 +270,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.cosignatures_between(1, tip))
         payloads = _store_payloads(store)
     else:
-        client = _new_client(args.node, verify=_ca(args),
+        client = LedgerClient(args.node, verify=_ca(args),
                               read_identity=_reader(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
@@ -422,7 +389,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
             return (store.block_bytes(h) for h in range(first, tip + 1))
         blocks_from = from_store
     else:
-        client = _new_client(args.node, verify=_ca(args))
+        client = LedgerClient(args.node, verify=_ca(args))
         genesis = Genesis.from_bytes(client.genesis(), f"{args.node} genesis")
         if args.genesis is not None and Genesis.load(args.genesis).hash != genesis.hash:
             raise CommandError(f"{args.node}: " + _mismatch(genesis.hash.hex(),
@@ -533,7 +500,7 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
         return None, ""
     try:
         doc = client.log_consistency(n, m)
-    except _client_module().NodeError as exc:
+    except NodeError as exc:
         if exc.status == 404:  # a node from before the log proofs (SPEC v1.0)
             return None, "; the node serves no consistency proofs"
         raise
@@ -618,7 +585,7 @@ def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
         chunks = _file_chunks(bundle.blocks(), args.chunk)
         source = str(args.file)
     else:
-        client = _new_client(args.node, verify=_ca(args), read_identity=_reader(args))
+        client = LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
@@ -1045,7 +1012,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     without ``chain_id`` (SPEC section 8)."""
     import json as jsonlib
 
-    with _new_client(args.node, verify=_ca(args)) as client:
+    with LedgerClient(args.node, verify=_ca(args)) as client:
         doc = client.config(args.version)
     config = doc["config"]
     if not isinstance(config, dict):
@@ -1074,11 +1041,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         pair: SealedPayload | None = None
         if args.chain is not None:  # no request needed: sign offline
-            sdk = _client_module()
-            record, pair = (sdk.sign_sealed(key, chain=args.chain, **what) if args.sealed
-                            else (sdk.sign_record(key, chain=args.chain, **what), None))
+            record, pair = (sign_sealed(key, chain=args.chain, **what) if args.sealed
+                            else (sign_record(key, chain=args.chain, **what), None))
         elif args.node:
-            with _new_client(args.node, identity=key, verify=_ca(args)) as client:
+            with LedgerClient(args.node, identity=key, verify=_ca(args)) as client:
                 record, pair = (client.seal(**what) if args.sealed
                                 else (client.sign(**what), None))
         else:
@@ -1091,7 +1057,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.node:
         raise CommandError("--node URL is required (or --print-envelope to sign only)")
-    with _new_client(args.node, identity=key, chain=args.chain, verify=_ca(args),
+    with LedgerClient(args.node, identity=key, chain=args.chain, verify=_ca(args),
                       timeout=args.timeout + 10) as client:
         result = client.write(**what, wait=args.wait, timeout=args.timeout,
                               seal=args.sealed)
