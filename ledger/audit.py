@@ -525,7 +525,7 @@ def store_blocks(store: SqliteStore, first: int, last: int,
 
 
 def store_chunks(path: str, sizes: list[tuple[int, int]],
-                 records_per_chunk: int = 300) -> Iterator[StoreChunk]:
+                 records_per_chunk: int = 2000) -> Iterator[StoreChunk]:
     """Split a store's blocks into chunks of about ``records_per_chunk`` records."""
     start = None
     count = 0
