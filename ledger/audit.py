@@ -32,11 +32,14 @@ incremental audit of a follower that checks each block as it commits
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import process as cf_process
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
@@ -203,7 +206,7 @@ class ChainVerifier:
 
 @dataclass(frozen=True, slots=True)
 class BytesChunk:
-    """Blocks already in memory (fetched over HTTP), starting at ``start``."""
+    """Blocks already in memory (fetched over HTTP, read from a bundle), from ``start``."""
 
     start: int
     blocks: list[bytes | None]
@@ -236,6 +239,13 @@ _worker_stores: dict[str, SqliteStore] = {}
 def _init_worker(genesis_bytes: bytes) -> None:
     global _worker_genesis
     _worker_genesis = Genesis.from_bytes(genesis_bytes)
+    # Stores opened by the process this worker was forked from are not this worker's to
+    # use (a SQLite connection must not cross a fork): open its own.
+    _worker_stores.clear()
+
+
+def _ready() -> bool:
+    return True
 
 
 def _chunk_blocks(chunk: Chunk) -> Iterator[tuple[int, bytes | None]]:
@@ -307,6 +317,114 @@ class _InlineExecutor(Executor):
         return future
 
 
+#: Bytes of blocks handed to a worker at a time (about 300 records of 337 bytes: ~20 ms
+#: of signature checks; whole blocks, so one block of 500). Small enough that the last
+#: pieces of a chain keep every worker busy to the end, large enough that handing a piece
+#: out costs nothing beside its checks.
+PIECE_BYTES = 96 * 1024
+
+
+PIPE_BYTES = 1 << 20
+#: Pieces queued for the workers per worker (beyond the one each is checking).
+QUEUED_PIECES = 4
+
+
+def _widen_pipes(executor: ProcessPoolExecutor) -> None:
+    """Give the pool's call and result pipes 1 MiB instead of Linux's 64 KiB (best effort:
+    elsewhere, or past ``/proc/sys/fs/pipe-max-size``, they stay as they are).
+
+    A piece of blocks (~100 KB) or a block's summaries (~70 KB for 500 records) does not
+    fit in 64 KiB: a worker then waits, before its next piece, for this process to be
+    scheduled and read its result or write it the next piece, while the other workers
+    hold the cores. With room for the ``QUEUED_PIECES`` queued per worker, the next piece
+    is already in the pipe and a result is left there."""
+    try:
+        import fcntl
+
+        pipes = (executor._call_queue._writer, executor._result_queue._writer)  # type: ignore[attr-defined]
+        for connection in pipes:
+            fcntl.fcntl(connection.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+class AuditPool:
+    """The worker processes an audit checks blocks in (``workers``, default every core; one
+    worker: the calling thread, no process).
+
+    Start it first thing, before the caller starts any thread (HTTP fetchers, a progress
+    bar's monitor): the workers are then forked from the caller, already holding every
+    module it imported, and start in milliseconds. If threads already run, forking could
+    copy a lock another thread holds, so the workers start from a fork server instead,
+    which imports this module once for all of them. A context manager: leaving it stops
+    and joins every worker.
+    """
+
+    def __init__(self, genesis: Genesis, workers: int | None = None) -> None:
+        self.genesis = genesis
+        self.workers = workers or os.cpu_count() or 1
+        self.method = "inline"
+        self.executor: Executor
+        if self.workers == 1:
+            self.executor = _InlineExecutor(genesis)
+            return
+        context: multiprocessing.context.BaseContext
+        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+            self.method = "fork"
+            context = multiprocessing.get_context("fork")
+        else:
+            self.method = "forkserver"
+            server = multiprocessing.get_context("forkserver")
+            server.set_forkserver_preload(["ledger.audit"])
+            context = server
+        # The pool queues only workers + EXTRA_QUEUED_CALLS pieces for its workers; the rest
+        # wait in this process for its manager thread to hand them over. On a busy machine
+        # this process can go unscheduled for longer than 3 pieces take, and the workers
+        # then sit idle (a 1M-record audit ran at half speed): queue QUEUED_PIECES per worker,
+        # in pipes wide enough to hold them (``_widen_pipes``).
+        extra = cf_process.EXTRA_QUEUED_CALLS
+        cf_process.EXTRA_QUEUED_CALLS = QUEUED_PIECES * self.workers  # type: ignore[misc]
+        try:
+            executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                                           initializer=_init_worker, initargs=(genesis.raw,))
+        finally:
+            cf_process.EXTRA_QUEUED_CALLS = extra  # type: ignore[misc]
+        _widen_pipes(executor)
+        self.executor = executor
+        if self.method == "fork":
+            # The first submit forks every worker, before this call returns: before any
+            # thread the caller starts next.
+            self.executor.submit(_ready)
+
+    def close(self) -> None:
+        """Stop and join the workers (idempotent)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> AuditPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pieces(chunks: Iterable[Chunk], piece_bytes: int) -> Iterator[Chunk]:
+    """Chunks of blocks in memory cut into pieces of about ``piece_bytes`` (whole blocks,
+    in order); a store's chunks as they are (``store_chunks`` sizes them)."""
+    for chunk in chunks:
+        if not isinstance(chunk, BytesChunk):
+            yield chunk
+            continue
+        start, size, first = chunk.start, 0, 0
+        blocks = chunk.blocks
+        for i, data in enumerate(blocks):
+            size += len(data) if data is not None else 0
+            if size >= piece_bytes or data is None:
+                yield BytesChunk(start + first, blocks[first:i + 1])
+                first, size = i + 1, 0
+        if first < len(blocks):
+            yield BytesChunk(start + first, blocks[first:])
+
+
 def audit_chunks(
     genesis: Genesis,
     chunks: Iterable[Chunk],
@@ -314,26 +432,37 @@ def audit_chunks(
     workers: int | None = None,
     on_block: Callable[[BlockSummary], None] | None = None,
     verifier: ChainVerifier | None = None,
+    pool: AuditPool | None = None,
+    piece_bytes: int = PIECE_BYTES,
 ) -> AuditReport:
     """Audit a chain given as consecutive chunks from height 1 (or, given ``verifier``, a
     chain verified up to ``verifier.height``, from the next height, continuing its state);
-    raise AuditError at the first bad block. ``workers`` processes check signatures
-    (default: every core)."""
-    workers = workers or os.cpu_count() or 1
+    raise AuditError at the first bad block. The signature checks run in ``pool`` (the
+    caller's, left running), else in an ``AuditPool`` of ``workers`` made and stopped
+    here. Blocks in memory are handed out in pieces of about ``piece_bytes``, up to four
+    pieces per worker in flight: while the calling process follows the chain through one
+    piece's summaries, the workers check the next ones."""
+    own = pool is None
+    if pool is None:
+        pool = AuditPool(genesis, workers)
+    executor = pool.executor
     verifier = verifier if verifier is not None else ChainVerifier(genesis)
-    # forkserver, not fork: the caller may run threads (HTTP fetchers) when workers start.
-    executor: Executor = (
-        _InlineExecutor(genesis) if workers == 1
-        else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                 initializer=_init_worker, initargs=(genesis.raw,))
-    )
-    # Each chunk in flight, with the configuration it is checked from (None: genesis's).
+    # Each piece in flight, with the configuration it is checked from (None: genesis's).
     window: deque[tuple[Future[ChunkResult], Chunk, Config | None]] = deque()
-    source = iter(chunks)
+    source = _pieces(chunks, piece_bytes)
+    ahead = (QUEUED_PIECES + 2) * pool.workers
+    # Reading the source failed (a download cut off, a store row that does not read): the
+    # pieces before it are still checked, in order, so a bad block before the failure is
+    # the one reported; then the failure is raised as it came.
+    stopped: BaseException | None = None
     try:
         while True:
-            while len(window) < 2 * workers:
-                chunk = next(source, None)
+            while len(window) < ahead and stopped is None:
+                try:
+                    chunk = next(source, None)
+                except Exception as exc:  # re-raised below, after the window
+                    stopped = exc
+                    break
                 if chunk is None:
                     break
                 known = verifier.config if verifier.config.version else None
@@ -343,6 +472,8 @@ def audit_chunks(
                     window.append((executor.submit(check_chunk, chunk, None, known), chunk,
                                    known))
             if not window:
+                if stopped is not None:
+                    raise stopped
                 break
             future, chunk, assumed = window.popleft()
             try:
@@ -351,7 +482,7 @@ def audit_chunks(
                 raise LedgerError(f"an audit worker process died ({exc})") from exc
             in_force = verifier.config
             if (assumed or genesis.config).id != in_force.id:
-                # A change in an earlier chunk: this one was checked from a stale
+                # A change in an earlier piece: this one was checked from a stale
                 # configuration. Check it again here, from the one in force.
                 result = check_chunk(chunk, genesis, in_force)
             for summary in result.summaries:
@@ -363,8 +494,34 @@ def audit_chunks(
     finally:
         for future, _, _ in window:
             future.cancel()
-        executor.shutdown(wait=True, cancel_futures=True)
+        if own:
+            pool.close()
+        else:
+            for future, _, _ in window:  # the caller's pool: let the pieces left finish
+                with contextlib.suppress(BaseException):
+                    future.result()
     return AuditReport(verifier.height, verifier.records, verifier.tip_hash, verifier.history)
+
+
+def store_blocks(store: SqliteStore, first: int, last: int,
+                 blocks_per_chunk: int = 32) -> Iterator[BytesChunk]:
+    """Blocks ``first..last`` of a store the caller holds open, read in the calling thread
+    as the audit asks for them. A row that does not read is an AuditError at its height,
+    raised after the blocks before it were handed out. (``ledger audit --db`` uses
+    ``store_chunks`` instead: the workers read, and only heights cross the pipes; reading
+    and sending the bytes from one process made it the bottleneck of a 1M-record audit.)"""
+    start = first
+    while start <= last:
+        blocks: list[bytes | None] = []
+        for height in range(start, min(start + blocks_per_chunk, last + 1)):
+            try:
+                blocks.append(store.block_bytes(height))
+            except LedgerError as exc:
+                if blocks:
+                    yield BytesChunk(start, blocks)
+                raise AuditError(height, str(exc)) from exc
+        yield BytesChunk(start, blocks)
+        start += len(blocks)
 
 
 def store_chunks(path: str, sizes: list[tuple[int, int]],

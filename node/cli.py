@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ledger import merkle
 from ledger.audit import (
+    AuditPool,
     AuditReport,
     BlockSummary,
     BytesChunk,
@@ -191,23 +192,34 @@ def _http_chunks(client: LedgerClient, tip: int, blocks_per_chunk: int,
                  fetchers: int, first: int = 1) -> Iterator[BytesChunk]:
     """Fetch blocks first..tip in chunks, several requests in flight, yielding in order."""
 
-    def fetch(start: int) -> BytesChunk:
+    def fetch(start: int, size: int) -> BytesChunk:
         blocks: list[bytes | None] = []
-        for height in range(start, min(start + blocks_per_chunk, tip + 1)):
+        for height in range(start, min(start + size, tip + 1)):
             blocks.append(data := client.block_bytes(height))
             if data is None:  # the audit reports the missing block at this height
                 break
         return BytesChunk(start, blocks)
 
-    with ThreadPoolExecutor(fetchers) as pool:
+    def starts() -> Iterator[tuple[int, int]]:
+        # The first requests are for one block, then 2, 4, ... up to blocks_per_chunk: the
+        # audit's workers get their first blocks after one round trip, not after a chunk's.
+        start, size = first, 1
+        while start <= tip:
+            yield start, size
+            start, size = start + size, min(2 * size, blocks_per_chunk)
+
+    with ThreadPoolExecutor(fetchers, thread_name_prefix="audit-fetch") as pool:
         window: deque[Future[BytesChunk]] = deque()
-        starts = iter(range(first, tip + 1, blocks_per_chunk))
-        for start in starts:
-            window.append(pool.submit(fetch, start))
-            if len(window) >= fetchers * 2:
+        try:
+            for start, size in starts():
+                window.append(pool.submit(fetch, start, size))
+                if len(window) >= fetchers * 2:
+                    yield window.popleft().result()
+            while window:
                 yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+        finally:  # stopped early (a bad block, an error): fetch nothing more
+            for future in window:
+                future.cancel()
 
 
 def _file_chunks(blocks: Iterator[bytes], blocks_per_chunk: int) -> Iterator[BytesChunk]:
@@ -506,9 +518,18 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
 def cmd_audit(args: argparse.Namespace) -> int:
     """Re-verify a whole chain from genesis (with --state: only what was added since the
     saved audit, after checking the served chain holds the saved blocks)."""
+    started = time.monotonic()
     genesis = Genesis.load(args.genesis)
     workers = args.workers or os.cpu_count() or 1
-    started = time.monotonic()
+    # The workers first, before this process starts a thread (HTTP fetchers, the progress
+    # bar's monitor): forked from here, they hold every module already (ledger.audit).
+    with AuditPool(genesis, workers) as pool:
+        return _audit(args, genesis, pool, started)
+
+
+def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
+           started: float) -> int:
+    workers = pool.workers
     state_path: Path | None = args.state
     loaded = _load_state(state_path, genesis) if state_path is not None else None
     load_seconds = time.monotonic() - started
@@ -523,21 +544,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     tally = PayloadTally() if args.payloads else None
     client: LedgerClient | None = None
     source: str
+    store: SqliteStore | None = None
     if args.db:
         store = SqliteStore(args.db, readonly=True)
         try:
             if store.genesis_hash is not None and store.genesis_hash != genesis.hash:
                 raise CommandError(f"{args.db}: " + _mismatch(store.genesis_hash.hex(), genesis))
             sizes = store.block_sizes()
-            first = store.block(1) if sizes else None
             tip = len(sizes)
+            block1 = store.block_bytes(1) if tip else None
             differs = _first_difference(hashes, min(saved, tip),
-                                        lambda h: _hash_of(store.block_bytes(h)))
-        finally:
+                                        lambda h: _hash_of(store.block_bytes(h)
+                                                           if store is not None else None))
+            mismatch = block1_genesis_mismatch(block1, genesis)
+            if mismatch:
+                raise CommandError(f"{args.db}: {mismatch}")
+        except BaseException:
             store.close()
-        mismatch = block1_genesis_mismatch(first.to_wire() if first else None, genesis)
-        if mismatch:
-            raise CommandError(f"{args.db}: {mismatch}")
+            raise
+        store.close()
+        store = None
+        # Each worker reads its pieces from the store itself: only (start, end) goes through
+        # the pipes (reading here and sending the bytes made this process the bottleneck of
+        # a 1M-record audit, docs/performance.md).
         chunks: Iterator[Chunk] = store_chunks(str(args.db), sizes[saved:])
         source = str(args.db)
     elif args.file:
@@ -617,13 +646,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             bar.set_postfix(records=records, refresh=False)
 
     try:
-        report: AuditReport = audit_chunks(genesis, chunks, workers=workers, on_block=on_block,
-                                           verifier=verifier)
+        report: AuditReport = audit_chunks(genesis, chunks, on_block=on_block,
+                                           verifier=verifier, pool=pool)
     except AuditError as exc:
-        bar.close()
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID
-    bar.close()
+    finally:
+        bar.close()
+        if store is not None:
+            store.close()
     if report.height != tip:
         print(f"height {report.height + 1}: block is missing", file=sys.stderr)
         return EXIT_INVALID
