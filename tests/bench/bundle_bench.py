@@ -17,7 +17,6 @@ signed records, then measures with the real commands:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -33,60 +32,9 @@ import httpx
 from ledger.crypto import write_key_file
 from ledger.store.sqlite import SCHEMA_VERSION
 from node.join import init_node
-from tests.bench.audit_bench import ROOT, build_store
+from tests.bench.audit_bench import ROOT, TreeCpu, _cpu, build_store
 from tests.factory import make_fixture
 from tests.integration.cluster_util import free_base_port
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far; 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-class TreeCpu:
-    """CPU seconds of a process and all its descendants (audit workers under a forkserver
-    included, which the parent's rusage never counts), sampled every 0.2 s: on a machine
-    shared with other work, records per CPU-second compare fairly where wall time does not."""
-
-    def __init__(self, pid: int) -> None:
-        import threading
-
-        self.root, self.seen = pid, {}  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.sample()
-
-    def sample(self) -> None:
-        todo = [self.root]
-        while todo:
-            pid = todo.pop()
-            cpu = _cpu(pid)
-            if cpu:
-                self.seen[pid] = max(self.seen.get(pid, 0.0), cpu)
-            todo += _children(pid)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return float(sum(self.seen.values()))
 
 
 def ledger(*argv: object) -> tuple[float, str, float]:
