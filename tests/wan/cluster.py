@@ -1,10 +1,10 @@
 """A TLS validator cluster on the WAN bed: node i runs in namespace ``node{i}`` at its own
 address, clients in ``client``.
 
-``ledger cluster init --tls`` writes a cluster for 127.0.0.1; :func:`place_on_hosts` moves it
-onto given host addresses (config ``api``/``p2p``/``peers``, genesis ``p2p``/``api``, and a
-certificate per node naming its address). ``ledger cluster init --hosts`` (issue 16) will
-write this directly; then this function goes.
+The cluster is written by ``ledger cluster init --hosts`` (``init_cluster(hosts=...)``), as
+for separate machines: each host's folder binds and advertises its address, with a
+certificate naming it. :func:`_reissue_cert` gives a copied folder (a Twins' second node) a
+certificate for another address.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.cluster import init_cluster
+from node.cluster import Host, init_cluster
 from tests.wan.bed import ROOT, Bed
 
 API_PORT = 8000
@@ -57,39 +57,25 @@ def _reissue_cert(node_dir: Path, name: str, address: str, ca_dir: Path) -> None
         serialization.NoEncryption()))
 
 
-def place_on_hosts(directory: Path, addresses: list[str]) -> None:
-    """Move a ``cluster init --tls`` cluster onto ``addresses`` (node i at addresses[i],
-    API on port 8000, peers on 8100): configs, genesis and certificates."""
-    genesis_path = directory / "genesis.json"
-    genesis = json.loads(genesis_path.read_text())
-    tls = (directory / "tls" / "ca.pem").exists()
-    scheme = "https" if tls else "http"
-    for i, address in enumerate(addresses):
-        genesis["validators"][i]["p2p"] = f"{address}:{P2P_PORT}"
-        genesis["validators"][i]["api"] = f"{scheme}://{address}:{API_PORT}"
-        node_dir = directory / f"node{i}"
-        config = json.loads((node_dir / "config.json").read_text())
-        config["api"] = f"{address}:{API_PORT}"
-        config["p2p"] = f"{address}:{P2P_PORT}"
-        config["peers"] = {str(j): f"{a}:{P2P_PORT}" for j, a in enumerate(addresses) if j != i}
-        (node_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if tls:
-            _reissue_cert(node_dir, f"node{i}", address, directory / "tls")
-    genesis_path.write_text(json.dumps(genesis, indent=2) + "\n")
-
-
 class WanCluster:
     """``nodes`` validators on ``bed`` (hosts node0..node{n-1}); clients on ``client``."""
 
     def __init__(self, bed: Bed, directory: Path, nodes: int = 4, tls: bool = True,
                  consensus: dict[str, object] | None = None) -> None:
         self.bed, self.dir, self.nodes, self.tls = bed, directory, nodes, tls
-        init_cluster(directory, nodes, tls=tls)
-        if consensus:
+        # what an operator runs for separate machines (docs/deploy.md): one folder per host,
+        # binding and advertising the host's address (API 8000, peers 8100), TLS
+        # certificates naming it; here folder node{i}-ADDRESS becomes node{i}
+        hosts = [Host(bed.address(f"node{i}")) for i in range(nodes)]
+        init_cluster(directory, nodes, base_port=API_PORT, tls=tls, hosts=hosts)
+        for i, host in enumerate(hosts):
+            (directory / f"node{i}-{host.label}").rename(directory / f"node{i}")
+        if consensus:  # genesis and each host folder's copy of it
             genesis = json.loads((directory / "genesis.json").read_text())
             genesis["consensus"] = consensus
-            (directory / "genesis.json").write_text(json.dumps(genesis, indent=2))
-        place_on_hosts(directory, [bed.address(f"node{i}") for i in range(nodes)])
+            text = json.dumps(genesis, indent=2)
+            for path in [directory] + [directory / f"node{i}" for i in range(nodes)]:
+                (path / "genesis.json").write_text(text)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.ca = directory / "tls" / "ca.pem" if tls else None
         self._http: httpx.Client | None = None
