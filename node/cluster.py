@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -108,10 +109,21 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host.strip('[]')}]:{port}" if ":" in host.strip("[]") else f"{host}:{port}"
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _check_host(text: str, what: str) -> str:
     text = text.strip()
     if not text or any(c.isspace() or c in "/,@?#" for c in text):
         raise ClusterError(f"{what}: not a host name or address: {text!r}")
+    if ":" in text and not _is_ip(text):  # "host:8000": ports are options, not part of it
+        raise ClusterError(f"{what}: {text!r} is neither a host name nor an IP address (give "
+                           "ports with --base-port, or api_port/p2p_port in an inventory)")
     return text
 
 
@@ -197,7 +209,9 @@ def _placements(nodes: int, base_port: int, tls: bool, k8s_name: str | None,
     for i, host in enumerate(hosts):
         api_port = host.api_port or base_port
         p2p_port = host.p2p_port or base_port + 100
-        listen = bind or host.bind or host.address
+        # a name is bound as 0.0.0.0: resolved on its own machine it may be loopback
+        # (Debian maps the machine's name to 127.0.1.1), where peers cannot reach it
+        listen = bind or host.bind or (host.address if _is_ip(host.address) else "0.0.0.0")
         out.append(_Placement(
             f"node{i}-{host.label}", _host_port(listen, api_port), _host_port(listen, p2p_port),
             _host_port(host.address, p2p_port),

@@ -89,6 +89,9 @@ MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they 
 MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
 # a new link's pending records go in frames of at most so many records and bytes
 GOSSIP_FRAME_RECORDS, GOSSIP_FRAME_BYTES = 2_000, 4 * 1024 * 1024
+# ... sent once the link's queue holds at most this many frames, waiting 10 ms at a time, at
+# most this many times per frame (then the rest waits for the next link)
+GOSSIP_QUEUE_FRAMES, GOSSIP_DRAIN_WAITS = 4, 500
 
 # A misbehaving peer (see Misbehaviour and _misbehaved): points decay at DECAY per second;
 # past LIMIT the link is dropped and the validator refused for BACKOFF_S seconds.
@@ -355,6 +358,7 @@ class Node:
         self.transport: Transport | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._gossiping: dict[int, asyncio.Task[None]] = {}  # on_link resends, by peer
         # start/serve/stop: the consensus loop and API server tasks, the API server, and
         # whether the loop is executing an event's actions (stop() lets it finish them)
         self._consensus: asyncio.Task[None] | None = None
@@ -682,12 +686,22 @@ class Node:
         for its node's own turn to propose (forever, on a chain without empty blocks whose
         other nodes never start the height)."""
         if len(self.mempool) and not self._stopping and not self.faults.blocked(peer):
-            self.spawn(self._gossip_out(peer))
+            earlier = self._gossiping.pop(peer, None)
+            if earlier is not None:  # the link came up again: one resend per peer at a time
+                earlier.cancel()
+            task = self.spawn(self._gossip_out(peer))
+            self._gossiping[peer] = task
+            task.add_done_callback(
+                lambda t: self._gossiping.pop(peer, None) if self._gossiping.get(peer) is t
+                else None)
 
     async def _gossip_out(self, peer: int) -> None:
         """The pending records to ``peer``, oldest first, in frames of at most
-        ``GOSSIP_FRAME_RECORDS`` records or ``GOSSIP_FRAME_BYTES``; the loop is yielded
-        between frames. Those the peer holds already it answers as duplicates, and drops."""
+        ``GOSSIP_FRAME_RECORDS`` records or ``GOSSIP_FRAME_BYTES``; each frame waits until
+        the link's queue has drained to a few frames (so consensus frames never queue behind
+        a whole mempool, and the peer admits the frames as they come instead of dropping
+        those beyond its MAX_GOSSIP_TASKS). Those the peer holds already it answers as
+        duplicates, and drops."""
         if self.transport is None:
             return
         item, limit = self.mempool.batch_item, min(GOSSIP_FRAME_BYTES, self.transport.max_frame)
@@ -702,8 +716,14 @@ class Node:
             if frame and (len(frame) >= GOSSIP_FRAME_RECORDS or size + cost > limit):
                 if not self.transport.send(peer, bytes([RECORDS]) + packb(frame)):
                     return  # the link went down again: the next link sends them
-                await asyncio.sleep(0)
                 frame, size = [], 0
+                await asyncio.sleep(0)
+                for _ in range(GOSSIP_DRAIN_WAITS):  # bounded: a stuck link ends the send
+                    if self.transport.queue_length(peer) <= GOSSIP_QUEUE_FRAMES:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    return
             frame.append(entry)
             size += cost
         if frame:

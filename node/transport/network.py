@@ -145,16 +145,20 @@ class PeerNetwork:
     max_pending_per_source = 8
     #: seconds a graceful close may take before the connection is aborted
     close_timeout = 1.0
-    #: TCP keepalive and user timeout: a silently dead link is noticed within ~25 s when
-    #: idle, and a link whose data goes unacknowledged for 3 s is closed and redialed. On a
+    #: TCP keepalive and user timeout: a silently dead link is noticed within ~10-25 s when
+    #: idle, and a link whose data goes unacknowledged for 8 s is closed and redialed. On a
     #: WAN a link that lived through an outage otherwise waits for TCP's doubling
     #: retransmission timer (after a 10 s outage, the next try comes up to ~8 s after the
     #: link is back): the WAN bed measured 6.3 s for a host to catch up after its link was
-    #: down 10 s and 5-11 s for a 2/2 split to commit after healing (docs/wan.md).
+    #: down 10 s and 5-11 s for a 2/2 split to commit after healing (docs/wan.md). Not
+    #: shorter: since Linux 5.11 a receiver holding its window at zero (a node too busy to
+    #: read for that long) also ends the link after the user timeout.
     keepalive_idle = 10
     keepalive_interval = 5
     keepalive_count = 3
-    user_timeout_ms = 3_000
+    user_timeout_ms = 8_000
+    #: a link that lived this long resets the dial backoff (a flapping one keeps doubling)
+    held_s = 10.0
 
     def __init__(self, *, genesis: Genesis, key: PrivateKey, listen: tuple[str, int],
                  peers: Mapping[int, tuple[str, int]],
@@ -542,7 +546,7 @@ class PeerNetwork:
             else:
                 failures = 0
                 uptime = await self._connection(reader, writer, where, expected=pubkey)
-            if uptime is not None and uptime >= self.backoff_max:
+            if uptime is not None and uptime >= self.held_s:
                 delay = self.backoff_initial  # a link that held: start over quickly
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self.backoff_max)

@@ -45,7 +45,10 @@ def test_hosts_cli_writes_one_self_contained_folder_per_host(
         assert (node_dir / "ca.pem").read_bytes() == (d / "tls" / "ca.pem").read_bytes()
         cfg = NodeConfig.load(node_dir)  # what `ledger node run` reads on that host
         assert cfg.index == i
-        assert (cfg.api, cfg.p2p) == ((host, 8000), (host, 8100))  # binds the host's own
+        # binds the host's own address; a name binds every interface (resolved on its own
+        # machine a name may be loopback: Debian maps it to 127.0.1.1)
+        listen = "0.0.0.0" if host == "db3.example.com" else host
+        assert (cfg.api, cfg.p2p) == ((listen, 8000), (listen, 8100))
         assert cfg.tls_ca == node_dir / "ca.pem" and cfg.tls_cert == node_dir / "tls.crt"
         assert cfg.genesis_path == node_dir / "genesis.json"
         # peers dial the others' advertised addresses, never 127.0.0.1
@@ -106,9 +109,13 @@ def test_inventory_names_ports_and_binds(tmp_path: Path) -> None:
     dns, ips = sans(d / "node0-acme" / "tls.crt")
     assert "acme" in dns and ipaddress.ip_address("203.0.113.10").compressed in ips
     globex = NodeConfig.load(d / "node1-globex")
-    assert globex.api == ("ledger.globex.example", 443)
+    assert globex.api == ("0.0.0.0", 443)  # a name: every interface (not its loopback)
     assert "ledger.globex.example" in sans(d / "node1-globex" / "tls.crt")[0]
     assert (d / "node2-198.51.100.7").is_dir() and (d / "node3-198.51.100.7").is_dir()
+    # a port belongs in the options, not in the host
+    with pytest.raises(ClusterError, match="neither a host name nor an IP"):
+        parse_hosts("10.0.0.1,db3.example.com:8000")
+    assert parse_hosts("2001:db8::1")[0].address == "2001:db8::1"
 
 
 def test_colliding_addresses_and_bad_inventories_are_refused(tmp_path: Path) -> None:
