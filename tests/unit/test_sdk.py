@@ -119,18 +119,22 @@ class Both:
                                             http=httpx.AsyncClient(transport=transport), **kw)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
+        return run_to_end(getattr(self.client, name))
 
-        def call(*args: Any, **kw: Any) -> Any:
-            if inspect.isasyncgenfunction(method):
-                async def collect() -> list[Any]:
-                    return [item async for item in method(*args, **kw)]
-                return asyncio.run(collect())
-            if inspect.iscoroutinefunction(method):
-                return asyncio.run(method(*args, **kw))
-            result = method(*args, **kw)
-            return list(result) if inspect.isgenerator(result) else result
-        return call
+
+def run_to_end(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of either client, called the same way: a coroutine is run to the end, an
+    async or sync generator collected into a list."""
+    def call(*args: Any, **kw: Any) -> Any:
+        if inspect.isasyncgenfunction(method):
+            async def collect() -> list[Any]:
+                return [item async for item in method(*args, **kw)]
+            return asyncio.run(collect())
+        if inspect.iscoroutinefunction(method):
+            return asyncio.run(method(*args, **kw))
+        result = method(*args, **kw)
+        return list(result) if inspect.isgenerator(result) else result
+    return call
 
 
 @pytest.fixture(params=["sync", "async"])

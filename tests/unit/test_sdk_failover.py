@@ -5,8 +5,6 @@ next node already holds is reported accepted, never written twice. Both clients,
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +16,7 @@ from ledger.crypto import PrivateKey
 from ledger.records import Record
 from node import client as sdk
 from node.client import AsyncLedgerClient, LedgerClient, NodeError, node_urls
+from tests.unit.test_sdk import run_to_end
 
 KEY = PrivateKey.generate()
 URLS = ["http://a.test", "http://b.test", "http://c.test"]
@@ -110,19 +109,7 @@ class Sync:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.client, name)
-        if not callable(method):
-            return method
-
-        def call(*args: Any, **kw: Any) -> Any:
-            if inspect.isasyncgenfunction(method):
-                async def collect() -> list[Any]:
-                    return [e async for e in method(*args, **kw)]
-                return asyncio.run(collect())
-            if inspect.iscoroutinefunction(method):
-                return asyncio.run(method(*args, **kw))
-            result = method(*args, **kw)
-            return list(result) if inspect.isgenerator(result) else result
-        return call
+        return run_to_end(method) if callable(method) else method
 
 
 @pytest.fixture(params=["sync", "async"])
