@@ -113,9 +113,11 @@ class ReadinessProbe:
                 heights = await asyncio.gather(*(self._ask(http, u) for _, u in sources))
             out = {who: h for (who, _), h in zip(sources, heights, strict=True)
                    if h is not None}
+        members = {v.pubkey for v in node.core.config_at(node.store.height + 1).validators}
         for key, h in node.heard_heights.items():
-            who = key.hex()
-            out[who] = max(h, out.get(who, -1))
+            if key in members:  # a validator the configuration removed reports nothing
+                who = key.hex()
+                out[who] = max(h, out.get(who, -1))
         return out
 
     async def _check(self) -> Readiness:
