@@ -1207,10 +1207,19 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
             except NodeStopping as exc:
-                raise Problem(503, "stopping", "the node is stopping before it saw every "
-                              "record committed; they may commit through the other nodes: "
-                              "submit them again to another (those it holds answer "
-                              "duplicate)") from exc
+                # Stopping fails every waiter at once, also one whose record a block stored
+                # meanwhile (or before the waiter was registered) commits: the store, still
+                # open until the API has ended, says which are committed. If all are, that
+                # is the answer; else 503, and the client submits them again elsewhere.
+                try:
+                    by_id = await workers.run(committed, ids, bounded=False)
+                except Exception:  # the store closing (a slow stop): answer 503
+                    by_id = {}
+                if any(rid not in by_id for rid in ids):
+                    raise Problem(503, "stopping", "the node is stopping before it saw every "
+                                  "record committed; they may commit through the other "
+                                  "nodes: submit them again to another (those it holds "
+                                  "answer duplicate)") from exc
             for item, r in zip(out, results, strict=True):
                 if r.id in by_id:
                     item["height"] = by_id[r.id]

@@ -29,8 +29,9 @@ import asyncio
 import json
 import secrets
 import ssl
+import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -72,14 +73,19 @@ class NodeError(LedgerError):
 # -- the sans-io layer: what a request is, what an answer is --------------------------------
 
 DEFAULT: Literal["default"] = "default"
-"""``Call.timeout``: the client's own timeout."""
+"""``Call.timeout``: what is left of the deadline of the method call that sends it."""
 
 
 @dataclass(frozen=True)
 class Call:
     """One HTTP request an operation needs, described without any HTTP library.
 
-    ``timeout``: seconds, ``DEFAULT`` for the client's own, None for none (event streams).
+    ``timeout``: ``DEFAULT`` (what is left of the method call's deadline), or None for none
+    (event streams). ``commit_wait``: a ``wait=commit`` submission: each attempt asks the
+    node (query ``timeout``) to wait for the commit for what is left of the deadline, less
+    a margin to answer. ``not_yet``: for a read, whether an answer only says "not (yet)
+    here" (a 404), which a node behind the height this client saw committed may give for
+    a record that is committed: then the other nodes are asked (``_Protocol._catch_up``).
     """
 
     method: str
@@ -88,6 +94,8 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict)
     content: bytes | None = None
     timeout: float | Literal["default"] | None = DEFAULT
+    commit_wait: bool = False
+    not_yet: Callable[[Answer], bool] | None = None
 
     def where(self) -> str:
         """``GET /v1/status``: how error messages name the request."""
@@ -103,6 +111,7 @@ class Answer:
     content: bytes
     reason: str = ""
     resent: bool = False  # the call was sent before, to another node (failover)
+    node: str = ""  # the URL of the node that answered
 
     @property
     def content_type(self) -> str:
@@ -169,6 +178,36 @@ FAILOVER_ROUNDS = 2
 """With several node URLs: a call is tried on every node this many times over, in turn."""
 FAILOVER_PAUSE_S = 0.5
 """... pausing this long (times the round) before each round after the first."""
+FAILOVER_CONNECT_S = 5.0
+"""With several node URLs: an attempt's connection must be made within this many seconds
+(or what is left of the deadline, if less), so that a host that drops packets leaves time
+for the next node."""
+COMMIT_ANSWER_MARGIN_S = 1.0
+"""``wait=commit``: the node is asked to wait for the commit this much less than what is
+left of the deadline (at most a quarter of it), so that its answer (504 ``commit_timeout``)
+arrives before the deadline."""
+CATCH_UP_S = 2.0
+"""A read answered "not found" by a node behind the height this client saw committed:
+how long the client goes on asking the nodes (within the call's deadline) ..."""
+CATCH_UP_PAUSE_S = 0.2
+"""... pausing this long between rounds over them."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attempt of a call: send ``call`` to the node at ``url`` after ``pause`` seconds,
+    within ``timeout`` seconds (``connect`` for the connection; None: no timeout)."""
+
+    url: str
+    call: Call
+    timeout: float | None
+    connect: float | None
+    pause: float = 0.0
+
+
+Route = Generator[Step, Answer | BaseException, Answer]
+"""A call's way over the nodes (``_Protocol._route``): yields attempts, is sent each one's
+answer or the exception that stopped it, returns the answer (or raises NodeError)."""
 
 
 def node_urls(base_url: str | Sequence[str]) -> list[str]:
@@ -188,6 +227,17 @@ def fails_over(answer: Answer) -> bool:
     if answer.status not in (500, 502, 503, 504):
         return False
     return not (answer.status == 504 and _problem(answer)[0] == "commit_timeout")
+
+
+def _not_found(answer: Answer) -> bool:
+    """A read's "not here" (404 ``not_found``): maybe not yet, on a node that is behind."""
+    return answer.status == 404 and _problem(answer)[0] == "not_found"
+
+
+def _uncommitted(answer: Answer) -> bool:
+    """A receipt's "not here" (404) or "not committed here" (409)."""
+    return _not_found(answer) or (answer.status == 409 and
+                                  _problem(answer)[0] == "not_committed")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -464,16 +514,31 @@ class _Protocol:
     """What both clients are, minus the sending: their state and every operation."""
 
     def __init__(self, base_url: str | Sequence[str], identity: PrivateKey | None,
-                 chain: str | None, read_identity: PrivateKey | None = None) -> None:
+                 chain: str | None, read_identity: PrivateKey | None = None,
+                 timeout: float = 30.0) -> None:
         self.base_urls = node_urls(base_url)
-        self.base_url = self.base_urls[0]  # the node in use (the next one after a failure)
+        self.base_url = self.base_urls[0]  # the node in use (the last one that answered)
+        self.committed_height = 0  # the highest committed height this client has seen
         self.identity = identity
         self.chain = chain
         self.read_identity = read_identity
+        self.timeout = timeout
+        # Guards base_url and committed_height. Each call picks its nodes itself, from
+        # base_url when it starts (see _route), so threads (or tasks) sharing a client never
+        # move each other's attempts; only the node a next call starts with is shared.
+        self._lock = threading.Lock()
 
-    def _args(self, call: Call) -> dict[str, Any]:
-        """httpx's arguments for ``call`` (a GET signed when there is a read identity)."""
-        return _request_args(self.base_url, call, self.read_identity)
+    def _args(self, step: Step) -> dict[str, Any]:
+        """httpx's arguments for one attempt (a GET signed when there is a read identity)."""
+        args = _request_args(step.url, step.call, self.read_identity)
+        args["timeout"] = (None if step.timeout is None
+                           else httpx.Timeout(step.timeout, connect=step.connect))
+        return args
+
+    def _deadline(self, timeout: float | None) -> float:
+        """The monotonic time by which a method call must end: ``timeout`` seconds from now,
+        or the client's ``timeout``."""
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
 
     def _attempts(self) -> int:
         """How many times one call may be sent: once with one node; with several, to each
@@ -481,12 +546,117 @@ class _Protocol:
         n = len(self.base_urls)
         return 1 if n == 1 else n * FAILOVER_ROUNDS
 
-    def _fail_over(self, attempt: int) -> float:
-        """Move to the next node before attempt ``attempt`` (1, 2, ...); the seconds to wait
-        first (a pause before each new round over the nodes)."""
+    def _pause(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt`` (0, 1, ...) of a call: a pause before
+        each new round over the nodes."""
         n = len(self.base_urls)
-        self.base_url = self.base_urls[(self.base_urls.index(self.base_url) + 1) % n]
-        return FAILOVER_PAUSE_S * (attempt // n) if attempt % n == 0 else 0.0
+        return FAILOVER_PAUSE_S * (attempt // n) if attempt and attempt % n == 0 else 0.0
+
+    def _first(self) -> int:
+        """The index of the node a call starts with: the last one that answered."""
+        with self._lock:
+            return self.base_urls.index(self.base_url)
+
+    def _use(self, url: str) -> None:
+        """``url`` answered: later calls start there."""
+        with self._lock:
+            self.base_url = url
+
+    def _saw(self, height: Any) -> None:
+        """A node said ``height`` is committed (a commit, a record's block, a tip)."""
+        if type(height) is int:
+            with self._lock:
+                self.committed_height = max(self.committed_height, height)
+
+    def _step(self, url: str, call: Call, deadline: float, pause: float = 0.0
+              ) -> Step | None:
+        """The attempt of ``call`` at ``url`` after ``pause`` s, given what is left of the
+        deadline then; None when nothing is left."""
+        left = deadline - time.monotonic() - pause
+        if left <= 0:
+            return None
+        if call.commit_wait:  # the node answers before the deadline, however this ends
+            wait = max(left - min(COMMIT_ANSWER_MARGIN_S, left / 4), 0.001)
+            call = replace(call, params={**call.params, "timeout": f"{wait:.3f}"})
+        several = len(self.base_urls) > 1
+        return Step(url, call, left, min(left, FAILOVER_CONNECT_S) if several else left,
+                    pause)
+
+    def _route(self, call: Call, deadline: float) -> Route:
+        """Send ``call`` to the node in use, and after a failure (no answer, a 5xx that
+        ``fails_over``) to each next one in turn, ``FAILOVER_ROUNDS`` times over, all
+        within ``deadline``: the first answer that does not fail over (a read's "not yet"
+        checked by ``_catch_up``), or, when the rounds or the deadline run out, the last
+        failure (an answer, or NodeError)."""
+        urls, n = self.base_urls, len(self.base_urls)
+        first = self._first()
+        failure: Answer | tuple[str, BaseException] | None = None
+        for attempt in range(self._attempts()):
+            url = urls[(first + attempt) % n]
+            step = self._step(url, call, deadline, self._pause(attempt))
+            if step is None:
+                break
+            got = yield step
+            if not isinstance(got, Answer):
+                failure = (url, got)
+                continue
+            answer = replace(got, resent=attempt > 0, node=url)
+            if fails_over(answer):
+                failure = answer
+                continue
+            self._use(url)
+            return (yield from self._catch_up(call, answer, deadline))
+        if isinstance(failure, Answer):
+            return failure
+        if failure is None:
+            raise NodeError(f"{call.where()}: no time left (the call's timeout)",
+                            problem_code="commit_timeout" if call.commit_wait else None)
+        url, exc = failure
+        error = unreachable(url, call, exc)
+        if call.commit_wait and isinstance(exc, httpx.TimeoutException):
+            error = NodeError(f"{call.where()}: not known committed within the timeout "
+                              f"({error})", problem_code="commit_timeout")
+        raise error from exc
+
+    def _catch_up(self, call: Call, answer: Answer, deadline: float) -> Route:
+        """``answer`` to a read, or, if it says "not (yet) here" (``call.not_yet``) and its
+        node's ``/healthz`` height is below the highest committed height this client has
+        seen, the answer of a node that has it: each node in turn, and again after short
+        pauses, for at most ``CATCH_UP_S`` within the deadline. A "not here" from a node at
+        that height stands; with none found, ``answer``."""
+        want = self.committed_height
+        if call.not_yet is None or want == 0 or not call.not_yet(answer):
+            return answer
+        urls, n = self.base_urls, len(self.base_urls)
+        first = urls.index(answer.node)
+        until = min(deadline, time.monotonic() + CATCH_UP_S)
+        health = Call("GET", "/healthz")
+        for attempt in range(int(CATCH_UP_S / CATCH_UP_PAUSE_S) * n + n):
+            url = urls[(first + attempt) % n]
+            here = answer
+            if attempt:
+                pause = CATCH_UP_PAUSE_S if attempt % n == 0 else 0.0
+                if (step := self._step(url, call, until, pause)) is None:
+                    break
+                got = yield step
+                if not isinstance(got, Answer) or fails_over(got):
+                    continue
+                here = replace(got, node=url)
+                if not call.not_yet(here):
+                    self._use(url)
+                    return here
+            if (probe := self._step(url, health, until)) is None:
+                break
+            said = yield probe
+            if isinstance(said, Answer) and said.status == 200:
+                try:
+                    height = loads_json(said.content).get("height")
+                except (DecodeError, AttributeError):
+                    continue
+                self._saw(height)
+                if type(height) is int and height >= want:
+                    return here  # a node at the height seen: its "not here" is the answer
+        return answer
 
     def make_record(self, *, type: str, subject: str, payload: Any, chain: str,
                     ts: int | None = None, nonce: int | None = None) -> Record:
@@ -513,7 +683,8 @@ class _Protocol:
         answer = _check(call, (yield call))
         doc = _json_object(call, answer, "height")
         if type(doc["height"]) is not int:
-            raise NodeError(f"{self.base_url}/v1/status: 'height' is not an integer")
+            raise NodeError(f"{answer.node}/v1/status: 'height' is not an integer")
+        self._saw(doc["height"])
         return doc
 
     def _op_chain_id(self) -> Operation[str]:
@@ -526,7 +697,9 @@ class _Protocol:
 
     def _op_health(self) -> Operation[dict[str, Any]]:
         call = Call("GET", "/healthz")
-        return _json_object(call, _check(call, (yield call)), "status")
+        doc = _json_object(call, _check(call, (yield call)), "status")
+        self._saw(doc.get("height"))
+        return doc
 
     def _op_config(self, version: int | None) -> Operation[dict[str, Any]]:
         call = Call("GET", "/v1/config", {} if version is None else {"version": version})
@@ -538,17 +711,17 @@ class _Protocol:
         _json_object(call, answer)  # JSON, not a proxy's page; returned as the exact bytes
         return answer.content
 
-    def _op_submit(self, records: Sequence[Record], wait: bool, timeout: float,
+    def _op_submit(self, records: Sequence[Record], wait: bool,
                    payloads: Mapping[bytes, SealedPayload] | None = None,
                    ) -> Operation[list[dict[str, Any]]]:
-        params: dict[str, str | int] = (
-            {"wait": "commit", "timeout": str(timeout)} if wait else {})
+        """The ``timeout`` of ``wait=commit`` is what is left of the method call's deadline
+        at each attempt (``_Protocol._step``)."""
         pairs = payloads or {}
         items: list[Any] = [
             [r.envelope, pairs[r.id].salt, pairs[r.id].payload] if r.id in pairs
             else r.envelope for r in records]  # a sealed record with its pair (SPEC 7)
-        call = Call("POST", "/v1/records", params, {"Content-Type": MSGPACK}, packb(items),
-                    timeout=timeout + 10 if wait else DEFAULT)
+        call = Call("POST", "/v1/records", {"wait": "commit"} if wait else {},
+                    {"Content-Type": MSGPACK}, packb(items), commit_wait=wait)
         answer = _check(call, (yield call), (202,))
         results = _json_object(call, answer, "results")["results"]
         if not isinstance(results, list) or len(results) != len(records) or \
@@ -562,6 +735,8 @@ class _Protocol:
             for result in results:
                 if result.get("status") == "duplicate":
                     result["status"], result["resubmitted"] = "accepted", True
+        for result in results:
+            self._saw(result.get("height"))
         return results
 
     def _op_sign(self, type: str, subject: str, payload: Any, ts: int | None,
@@ -572,14 +747,14 @@ class _Protocol:
         return self.make_record(type=type, subject=subject, payload=payload, chain=chain,
                                 ts=ts, nonce=nonce)
 
-    def _op_write(self, type: str, subject: str, payload: Any, wait: bool, timeout: float,
+    def _op_write(self, type: str, subject: str, payload: Any, wait: bool,
                   ts: int | None, nonce: int | None, seal: bool = False,
                   ) -> Operation[dict[str, Any]]:
         if seal:
             record, pair = yield from self._op_seal(type, subject, payload, ts, nonce)
-            return (yield from self._op_submit([record], wait, timeout, {record.id: pair}))[0]
+            return (yield from self._op_submit([record], wait, {record.id: pair}))[0]
         record = yield from self._op_sign(type, subject, payload, ts, nonce)
-        return (yield from self._op_submit([record], wait, timeout))[0]
+        return (yield from self._op_submit([record], wait))[0]
 
     def _op_seal(self, type: str, subject: str, payload: Any, ts: int | None,
                  nonce: int | None) -> Operation[tuple[Record, SealedPayload]]:
@@ -619,22 +794,30 @@ class _Protocol:
             raise NodeError(f"{call.where()}: 'payloads' is not a list of objects")
         return doc
 
-    def _op_get_object(self, path: str, *keys: str) -> Operation[dict[str, Any]]:
-        call = Call("GET", path)
-        return _json_object(call, _check(call, (yield call)), *keys)
+    def _op_get_object(self, path: str, *keys: str,
+                       not_yet: Callable[[Answer], bool] | None = None
+                       ) -> Operation[dict[str, Any]]:
+        call = Call("GET", path, not_yet=not_yet)
+        doc = _json_object(call, _check(call, (yield call)), *keys)
+        if not_yet is not None:
+            self._saw(doc.get("height"))
+        return doc
 
     def _op_record(self, record_id: str) -> Operation[dict[str, Any]]:
-        return (yield from self._op_get_object(f"/v1/records/{record_id}", "id", "status"))
+        return (yield from self._op_get_object(f"/v1/records/{record_id}", "id", "status",
+                                               not_yet=_not_found))
 
     def _op_receipt(self, record_id: str) -> Operation[dict[str, Any]]:
         return (yield from self._op_get_object(f"/v1/records/{record_id}/receipt",
-                                               "header", "envelope"))
+                                               "header", "envelope", not_yet=_uncommitted))
 
     def _op_block(self, height: int) -> Operation[dict[str, Any]]:
-        return (yield from self._op_get_object(f"/v1/blocks/{height}", "height"))
+        return (yield from self._op_get_object(f"/v1/blocks/{height}", "height",
+                                               not_yet=_not_found))
 
     def _op_block_bytes(self, height: int) -> Operation[bytes | None]:
-        call = Call("GET", f"/v1/blocks/{height}", headers={"Accept": MSGPACK})
+        call = Call("GET", f"/v1/blocks/{height}", headers={"Accept": MSGPACK},
+                    not_yet=_not_found)
         answer = yield call
         if answer.status == 404 and _problem(answer)[0] == "not_found":
             return None
@@ -805,35 +988,34 @@ class LedgerClient(_Protocol):
                  chain: str | None = None, timeout: float = 30.0,
                  verify: str | bool = True, http: httpx.Client | None = None,
                  read_identity: PrivateKey | None = None) -> None:
-        super().__init__(base_url, identity, chain, read_identity)
+        super().__init__(base_url, identity, chain, read_identity, timeout)
         self._owned = http is None
         self._http = http if http is not None else httpx.Client(
             timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
 
-    def _send(self, call: Call) -> Answer:
-        failure: Answer | tuple[NodeError, BaseException] | None = None
-        for attempt in range(self._attempts()):
-            if attempt:
-                time.sleep(self._fail_over(attempt))
-            try:
-                answer = _answer(self._http.request(**self._args(call)))
-            except httpx.HTTPError as exc:
-                failure = (unreachable(self.base_url, call, exc), exc)
-                continue
-            answer = replace(answer, resent=attempt > 0)
-            if not fails_over(answer):
-                return answer
-            failure = answer
-        if isinstance(failure, Answer):
-            return failure
-        assert failure is not None
-        raise failure[0] from failure[1]
+    def _send(self, call: Call, deadline: float) -> Answer:
+        route = self._route(call, deadline)
+        try:
+            step = next(route)
+            while True:
+                if step.pause:
+                    time.sleep(step.pause)
+                got: Answer | BaseException
+                try:
+                    got = _answer(self._http.request(**self._args(step)))
+                except httpx.HTTPError as exc:
+                    got = exc
+                step = route.send(got)
+        except StopIteration as done:
+            answer: Answer = done.value
+            return answer
 
-    def _run(self, op: Operation[T]) -> T:
+    def _run(self, op: Operation[T], timeout: float | None = None) -> T:
+        deadline = self._deadline(timeout)
         try:
             call = next(op)
             while True:
-                call = op.send(self._send(call))
+                call = op.send(self._send(call, deadline))
         except StopIteration as done:
             result: T = done.value
             return result
@@ -865,7 +1047,7 @@ class LedgerClient(_Protocol):
         """Submit signed records, one result per record; with ``wait``, return once all are
         committed (each result then has ``height``), or NodeError ``commit_timeout``.
         ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``)."""
-        return self._run(self._op_submit(records, wait, timeout, payloads))
+        return self._run(self._op_submit(records, wait, payloads), timeout if wait else None)
 
     def seal(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
              nonce: int | None = None) -> tuple[Record, SealedPayload]:
@@ -895,8 +1077,8 @@ class LedgerClient(_Protocol):
               nonce: int | None = None, seal: bool = False) -> dict[str, Any]:
         """Sign one record with this client's identity and submit it; with ``seal``, a
         sealed record (SPEC section 10: its digest on the chain, the payload beside it)."""
-        return self._run(self._op_write(type, subject, payload, wait, timeout, ts, nonce,
-                                        seal))
+        return self._run(self._op_write(type, subject, payload, wait, ts, nonce, seal),
+                         timeout if wait else None)
 
     def record(self, record_id: str) -> dict[str, Any]:
         """``GET /v1/records/{id}``: pending or committed."""
@@ -1006,10 +1188,11 @@ class LedgerClient(_Protocol):
         """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
         resumes after the last block when the node ends the stream; runs until closed."""
         feed = EventFeed(from_height)
-        failures = 0
+        failures, at = 0, self._first()
         while (call := feed.next_call()) is not None:
+            url = self.base_urls[at]
             try:
-                with self._http.stream(**self._args(call)) as resp:
+                with self._http.stream(**_request_args(url, call, self.read_identity)) as resp:
                     if not feed.opened(resp.status_code, resp.headers):
                         resp.read()
                         raise feed.refused(call, _answer(resp))
@@ -1020,8 +1203,9 @@ class LedgerClient(_Protocol):
             except httpx.HTTPError as exc:
                 failures += 1
                 if failures >= self._attempts():
-                    raise unreachable(self.base_url, call, exc) from exc
-                time.sleep(self._fail_over(failures))  # resume there after the last block
+                    raise unreachable(url, call, exc) from exc
+                at = (at + 1) % len(self.base_urls)  # this stream's next node, its own
+                time.sleep(self._pause(failures))  # resume there after the last block
                 feed.reopen()
 
     def close(self) -> None:
@@ -1044,35 +1228,34 @@ class AsyncLedgerClient(_Protocol):
                  chain: str | None = None, timeout: float = 30.0,
                  verify: str | bool = True, http: httpx.AsyncClient | None = None,
                  read_identity: PrivateKey | None = None) -> None:
-        super().__init__(base_url, identity, chain, read_identity)
+        super().__init__(base_url, identity, chain, read_identity, timeout)
         self._owned = http is None
         self._http = http if http is not None else httpx.AsyncClient(
             timeout=timeout, verify=_ssl(verify), limits=httpx.Limits(max_connections=16))
 
-    async def _send(self, call: Call) -> Answer:
-        failure: Answer | tuple[NodeError, BaseException] | None = None
-        for attempt in range(self._attempts()):
-            if attempt:
-                await asyncio.sleep(self._fail_over(attempt))
-            try:
-                answer = _answer(await self._http.request(**self._args(call)))
-            except httpx.HTTPError as exc:
-                failure = (unreachable(self.base_url, call, exc), exc)
-                continue
-            answer = replace(answer, resent=attempt > 0)
-            if not fails_over(answer):
-                return answer
-            failure = answer
-        if isinstance(failure, Answer):
-            return failure
-        assert failure is not None
-        raise failure[0] from failure[1]
+    async def _send(self, call: Call, deadline: float) -> Answer:
+        route = self._route(call, deadline)
+        try:
+            step = next(route)
+            while True:
+                if step.pause:
+                    await asyncio.sleep(step.pause)
+                got: Answer | BaseException
+                try:
+                    got = _answer(await self._http.request(**self._args(step)))
+                except httpx.HTTPError as exc:
+                    got = exc
+                step = route.send(got)
+        except StopIteration as done:
+            answer: Answer = done.value
+            return answer
 
-    async def _run(self, op: Operation[T]) -> T:
+    async def _run(self, op: Operation[T], timeout: float | None = None) -> T:
+        deadline = self._deadline(timeout)
         try:
             call = next(op)
             while True:
-                call = op.send(await self._send(call))
+                call = op.send(await self._send(call, deadline))
         except StopIteration as done:
             result: T = done.value
             return result
@@ -1105,7 +1288,8 @@ class AsyncLedgerClient(_Protocol):
         """Submit signed records, one result per record; with ``wait``, return once all are
         committed (each result then has ``height``), or NodeError ``commit_timeout``.
         ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``)."""
-        return await self._run(self._op_submit(records, wait, timeout, payloads))
+        return await self._run(self._op_submit(records, wait, payloads),
+                               timeout if wait else None)
 
     async def seal(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
                    nonce: int | None = None) -> tuple[Record, SealedPayload]:
@@ -1131,8 +1315,8 @@ class AsyncLedgerClient(_Protocol):
                     nonce: int | None = None, seal: bool = False) -> dict[str, Any]:
         """Sign one record with this client's identity and submit it; with ``seal``, a
         sealed record (SPEC section 10: its digest on the chain, the payload beside it)."""
-        return await self._run(self._op_write(type, subject, payload, wait, timeout, ts,
-                                              nonce, seal))
+        return await self._run(self._op_write(type, subject, payload, wait, ts, nonce, seal),
+                               timeout if wait else None)
 
     async def record(self, record_id: str) -> dict[str, Any]:
         """``GET /v1/records/{id}``: pending or committed."""
@@ -1239,10 +1423,12 @@ class AsyncLedgerClient(_Protocol):
         """Follow committed blocks (SSE) from ``from_height`` (default: the next one);
         resumes after the last block when the node ends the stream; runs until closed."""
         feed = EventFeed(from_height)
-        failures = 0
+        failures, at = 0, self._first()
         while (call := feed.next_call()) is not None:
+            url = self.base_urls[at]
             try:
-                async with self._http.stream(**self._args(call)) as resp:
+                async with self._http.stream(**_request_args(url, call,
+                                                             self.read_identity)) as resp:
                     if not feed.opened(resp.status_code, resp.headers):
                         await resp.aread()
                         raise feed.refused(call, _answer(resp))
@@ -1253,8 +1439,9 @@ class AsyncLedgerClient(_Protocol):
             except httpx.HTTPError as exc:
                 failures += 1
                 if failures >= self._attempts():
-                    raise unreachable(self.base_url, call, exc) from exc
-                await asyncio.sleep(self._fail_over(failures))  # resume after the last block
+                    raise unreachable(url, call, exc) from exc
+                at = (at + 1) % len(self.base_urls)  # this stream's next node, its own
+                await asyncio.sleep(self._pause(failures))  # resume after the last block
                 feed.reopen()
 
     async def close(self) -> None:

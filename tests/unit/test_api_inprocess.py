@@ -296,6 +296,42 @@ async def test_wait_commit_times_out_then_the_record_commits_later() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_commit_waited_for_when_the_node_stops_answers_its_height_if_stored() -> None:
+    """The node stops (its waiters fail with NodeStopping) just as a block it stored
+    commits the record a ``wait=commit`` request waits for: the request answers the
+    committed result (202, with ``height``), not 503 ``stopping``. A record still pending
+    when the node stops answers 503 ``stopping`` as before."""
+    api = InProcessApi()
+    rec, other = api.record(), api.record()
+    async with api.client() as http:
+        waiting = asyncio.ensure_future(http.post(
+            "/v1/records", params={"wait": "commit", "timeout": "10"},
+            **msgpack_post([rec.envelope])))
+        for _ in range(100):  # until the request waits on its record
+            await asyncio.sleep(0.01)
+            if len(api.service.commits):
+                break
+        assert len(api.service.commits) == 1
+        api.service.commits.close()  # the node stops: the waiter fails with NodeStopping
+        block = api.commit()  # ... while the block holding the record is being stored
+        assert block is not None and [r.id for r in block.records] == [rec.id]
+        resp = await waiting  # before: 503 stopping
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["results"] == [
+            {"id": rec.id.hex(), "status": "accepted", "height": 1}]
+        # a record not committed when the node stops: 503 stopping
+        resp = await http.post("/v1/records", params={"wait": "commit", "timeout": "10"},
+                               **msgpack_post([rec.envelope, other.envelope]))
+        problem(resp, 503, "stopping")
+        # and a record already committed, sent again to a stopping node: its height
+        resp = await http.post("/v1/records", params={"wait": "commit", "timeout": "10"},
+                               **msgpack_post([rec.envelope]))
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["results"] == [
+            {"id": rec.id.hex(), "status": "duplicate", "height": 1}]
+
+
+@pytest.mark.asyncio
 async def test_a_full_mempool_answers_503_with_retry_after() -> None:
     api = InProcessApi(mempool_records=2)
     async with api.client() as http:

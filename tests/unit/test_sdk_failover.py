@@ -5,6 +5,11 @@ next node already holds is reported accepted, never written twice. Both clients,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -200,3 +205,220 @@ def test_events_resume_on_the_next_node_after_the_last_block(kind: str) -> None:
     assert [(e["height"], e["node"]) for e in events] == [
         (1, "a.test"), (2, "a.test"), (3, "b.test"), (4, "b.test"), (5, "b.test"),
         (6, "b.test")]
+
+
+# -- a call's timeout is one deadline over every attempt (review finding 1) ----------------
+
+def test_a_calls_timeout_bounds_every_attempt_and_round_together(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node answers 503 after 0.4 s: with ``timeout=1`` over three nodes the call
+    gives up after about 1 s (the attempt under way when the deadline passes ends), not
+    after six attempts (2.4 s); each attempt asks the node to wait for the commit only for
+    what is left of the deadline, less a margin to answer."""
+    monkeypatch.setattr(sdk, "FAILOVER_PAUSE_S", 0.3)
+    chain = Chain()
+    asked: list[float] = []
+
+    def slow() -> httpx.Response:
+        time.sleep(0.4)
+        return problem(503, "overloaded")
+
+    c = make(kind, chain)
+    record = c.sign(type="t", subject="s", payload=1)
+    chain.fail = {h: slow for h in ("a.test", "b.test", "c.test")}
+    original = chain.__call__
+
+    def spy(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/records":
+            asked.append(float(request.url.params["timeout"]))
+        return original(request)
+
+    c = make(kind, spy)
+    start = time.monotonic()
+    with pytest.raises(NodeError) as err:
+        c.submit([record], wait=True, timeout=1.0)
+    elapsed = time.monotonic() - start
+    assert (err.value.status, err.value.problem_code) == (503, "overloaded")
+    assert elapsed < 1.0 + 0.4 + 0.3, elapsed  # before: 2.4 s (and 240 s at timeout=30)
+    assert 2 <= len(asked) <= 3, asked
+    assert all(0 < t < 1.0 for t in asked) and asked == sorted(asked, reverse=True), asked
+
+
+def test_a_silent_node_does_not_multiply_the_timeout(kind: str) -> None:
+    """Three real sockets on 127.0.0.1 that accept connections and never answer: a
+    client with ``timeout=1`` raises within about 1 s (before: 1 s per attempt, six
+    attempts and a pause: about 6.5 s)."""
+    listeners = []
+    try:
+        for _ in range(3):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)  # the kernel completes connections nobody accepts
+            listeners.append(sock)
+        urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in listeners]
+        client: Any = (LedgerClient(urls, timeout=1.0) if kind == "sync"
+                       else AsyncLedgerClient(urls, timeout=1.0))
+        c = Sync(client)
+        start = time.monotonic()
+        with pytest.raises(NodeError):
+            c.status()
+        elapsed = time.monotonic() - start
+        c.close()
+        assert elapsed < 2.5, elapsed
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+# -- reads after a failover reach a node that has what this client saw committed (2) -------
+
+class Lagging:
+    """Nodes with their own heights and committed records: ``heights`` per node, and the
+    records each holds committed; ``catch_up_after`` a node answers that many record reads
+    as its old self, then holds every record (a restarted node catching up)."""
+
+    def __init__(self, heights: dict[str, int]) -> None:
+        self.heights = dict(heights)
+        self.holds: dict[str, set[str]] = {h: set() for h in heights}
+        self.asked: list[tuple[str, str]] = []
+        self.down: set[str] = set()
+        self.behind_for: dict[str, int] = {}
+        self.top = max(heights.values())  # the chain's height
+        self.committed: set[str] = set()  # every record on the chain
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host, path = request.url.host, request.url.path
+        self.asked.append((host, path))
+        if host in self.down:
+            raise httpx.ConnectError("Connection refused", request=request)
+        if path == "/v1/status":
+            return httpx.Response(200, json={"chain": "demo", "height": self.heights[host]})
+        if path == "/healthz":
+            return httpx.Response(200, json={"status": "ok", "height": self.heights[host]})
+        if path == "/v1/records" and request.method == "POST":
+            self.top += 1
+            results = []
+            for envelope in msgpack.unpackb(request.content):
+                rid = Record.from_wire(envelope).id.hex()
+                self.holds[host].add(rid)
+                self.committed.add(rid)
+                results.append({"id": rid, "status": "accepted", "height": self.top})
+            self.heights[host] = self.top
+            return httpx.Response(202, json={"results": results})
+        if path.startswith("/v1/records/"):
+            rid = path.rsplit("/", 1)[1]
+            if self.behind_for.get(host, 0) > 0:
+                self.behind_for[host] -= 1
+                if self.behind_for[host] == 0:  # caught up from the next read on
+                    self.heights[host] = self.top
+                    self.holds[host] |= self.committed
+            if rid not in self.holds[host]:
+                return problem(404, "not_found")
+            return httpx.Response(200, json={"id": rid, "status": "committed",
+                                             "height": self.heights[host]})
+        return problem(404, "not_found")
+
+
+def test_a_read_on_a_lagging_node_goes_on_to_one_that_has_the_write(kind: str) -> None:
+    """The client wrote through b (committed at 8); b then stops; c answers the read, but
+    c is at height 5 and says 404: the client sees c is below 8 (its /healthz) and asks
+    the other nodes, a having caught up, instead of reporting a committed record missing."""
+    nodes = Lagging({"a.test": 5, "b.test": 7, "c.test": 5})
+    nodes.down.add("a.test")
+    c = make(kind, nodes)  # type: ignore[arg-type]
+    result = c.write(type="t", subject="s", payload=1, wait=True, timeout=5)
+    assert (result["height"], c.base_url) == (8, "http://b.test")
+    assert c.committed_height == 8
+    nodes.down = {"b.test"}
+    nodes.heights["a.test"] = 8
+    nodes.holds["a.test"].add(result["id"])
+    doc = c.record(result["id"])  # before: NodeError 404 not_found from c
+    assert (doc["status"], doc["height"]) == ("committed", 8)
+    assert c.base_url == "http://a.test"  # and stays with the node that had it
+
+
+def test_a_404_from_a_node_at_the_height_seen_is_the_answer(kind: str) -> None:
+    """A record unknown to a node that is at the height this client saw: NodeError 404
+    after one /healthz, no other node asked."""
+    nodes = Lagging({"a.test": 7, "b.test": 7, "c.test": 7})
+    c = make(kind, nodes)  # type: ignore[arg-type]
+    assert c.status()["height"] == 7 and c.committed_height == 7
+    nodes.asked.clear()
+    with pytest.raises(NodeError) as err:
+        c.record("ab" * 32)
+    assert (err.value.status, err.value.problem_code) == (404, "not_found")
+    assert nodes.asked == [("a.test", f"/v1/records/{'ab' * 32}"), ("a.test", "/healthz")]
+
+
+def test_one_lagging_node_is_waited_for_briefly(kind: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one URL the client waits (a few short pauses) for the node to reach the
+    height it saw, then reads again."""
+    monkeypatch.setattr(sdk, "CATCH_UP_PAUSE_S", 0.01)
+    nodes = Lagging({"a.test": 7})
+    c = make(kind, nodes, "http://a.test")  # type: ignore[arg-type]
+    result = c.write(type="t", subject="s", payload=1, wait=True, timeout=5)
+    nodes.heights["a.test"], nodes.holds["a.test"] = 5, set()  # restarted from a backup
+    nodes.behind_for["a.test"] = 3
+    assert c.record(result["id"])["status"] == "committed"
+
+
+# -- a client shared by threads or tasks: one call's failover is its own (3) ---------------
+
+def test_threads_sharing_a_client_each_try_every_node() -> None:
+    """Two threads fail on node a at the same moment (a barrier): each call goes on to b
+    itself. Before, each thread moved the shared ``base_url`` on a failure, the two moves
+    cancelled out, and both threads kept retrying a until they gave up."""
+    barrier = threading.Barrier(2)
+    chain = Chain()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=0.5)
+            time.sleep(0.01)
+            raise httpx.ConnectError("Connection refused", request=request)
+        return chain(request)
+
+    urls = ["http://a.test", "http://b.test"]
+    errors: list[str] = []
+    for _ in range(10):
+        client = LedgerClient(urls, http=httpx.Client(transport=httpx.MockTransport(handler)))
+
+        def call(client: LedgerClient = client) -> None:
+            try:
+                client.status()
+            except NodeError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        barrier.reset()
+        assert client.base_url == "http://b.test"
+    assert errors == []
+
+
+def test_tasks_sharing_an_async_client_each_try_every_node() -> None:
+    """The async twin: two tasks fail on node a together (each awaits there), and each
+    goes on to b."""
+    chain = Chain()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            await asyncio.sleep(0.01)
+            raise httpx.ConnectError("Connection refused", request=request)
+        return chain(request)
+
+    async def run() -> list[Any]:
+        client = AsyncLedgerClient(["http://a.test", "http://b.test"], http=httpx.AsyncClient(
+            transport=httpx.MockTransport(handler)))
+        results = await asyncio.gather(client.status(), client.status(),
+                                       return_exceptions=True)
+        assert client.base_url == "http://b.test"
+        return results
+
+    results = asyncio.run(run())
+    assert [r["node"] for r in results] == ["b.test", "b.test"], results
