@@ -20,7 +20,10 @@ decodes it, and returns the result, or raises ``NodeError``. Errors are decoded 
 (``_check``, ``_json_object``, ``unreachable``). ``LedgerClient`` and ``AsyncLedgerClient``
 are drivers: each public method is one line handing an operation to ``_run``, which sends
 the calls with httpx and, in the async client, awaits them. That is the only difference;
-tests/unit/test_sdk.py compares the two clients' public methods and signatures.
+tests/unit/test_sdk.py compares the two clients' public methods and signatures. Which node
+each request goes to, and when a call gives up, is written once too: ``_Protocol._route``
+yields the attempts (``Step``: a node, a timeout, a pause) and is sent their answers; the
+drivers only send and sleep.
 """
 
 from __future__ import annotations
@@ -811,13 +814,18 @@ class _Protocol:
         return (yield from self._op_get_object(f"/v1/records/{record_id}/receipt",
                                                "header", "envelope", not_yet=_uncommitted))
 
+    def _block_not_yet(self, height: int) -> Callable[[Answer], bool]:
+        """A block's "not here": a 404 for a height this client saw committed (beyond it,
+        a 404 is the answer: a follower polling for the next block asks nobody else)."""
+        return lambda answer: height <= self.committed_height and _not_found(answer)
+
     def _op_block(self, height: int) -> Operation[dict[str, Any]]:
         return (yield from self._op_get_object(f"/v1/blocks/{height}", "height",
-                                               not_yet=_not_found))
+                                               not_yet=self._block_not_yet(height)))
 
     def _op_block_bytes(self, height: int) -> Operation[bytes | None]:
         call = Call("GET", f"/v1/blocks/{height}", headers={"Accept": MSGPACK},
-                    not_yet=_not_found)
+                    not_yet=self._block_not_yet(height))
         answer = yield call
         if answer.status == 404 and _problem(answer)[0] == "not_found":
             return None
@@ -826,6 +834,7 @@ class _Protocol:
             raise NodeError(f"{call.where()}: {answer.status} answer is "
                             f"{answer.content_type}, not {MSGPACK} (not a ledger node?)",
                             answer.status)
+        self._saw(height)
         return answer.content
 
     def _op_history(self, subject: str, order: Literal["asc", "desc"], after: int | None,
@@ -977,6 +986,24 @@ class LedgerClient(_Protocol):
     answered ``duplicate``, which ``submit``/``write`` report as ``accepted`` (with
     ``"resubmitted": true``); it is on the chain once.
 
+    ``timeout``: the deadline of each method call, in seconds: every request it makes, every
+    attempt on every node, and the pauses between rounds end within it (an attempt gets what
+    is left; with several nodes its connection at most ``FAILOVER_CONNECT_S``), then the last
+    failure is raised. ``submit``/``write`` with ``wait=True`` have their own ``timeout``
+    instead (see ``submit``). One page of ``subject_history`` is one call; ``events()`` has
+    none (it follows the chain until closed).
+
+    Reads after a failover: ``committed_height`` is the highest committed height this
+    client has seen (commits it waited for, ``status``, records, blocks). A ``record``,
+    ``receipt`` or ``block`` answered "not found" (a receipt: also "not committed") by a
+    node whose ``/healthz`` height is below it goes on to the other nodes, and with none
+    holding it waits briefly (``CATCH_UP_S``, within the deadline) for one to catch up: a
+    record this client saw committed does not read as missing from a node that is behind.
+
+    Threads sharing a client: each call goes over the nodes itself, starting from the one
+    that last answered (``base_url``, read and set under a lock); one thread's failover
+    never moves another's attempts.
+
     ``verify``: True (system CAs), False, or a CA file (e.g. a cluster's tls/ca.pem).
     ``http``: an ``httpx.Client`` to send with instead of a new one (a proxy, a test
     transport); the client then neither configures nor closes it.
@@ -1046,7 +1073,13 @@ class LedgerClient(_Protocol):
                ) -> list[dict[str, Any]]:
         """Submit signed records, one result per record; with ``wait``, return once all are
         committed (each result then has ``height``), or NodeError ``commit_timeout``.
-        ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``)."""
+        ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``).
+
+        With ``wait``, ``timeout`` is this call's deadline, failovers included: it returns
+        or raises within about ``timeout`` seconds. Each attempt asks its node to wait for
+        the commit for what is left of it, less a margin (``COMMIT_ANSWER_MARGIN_S``) for
+        the node's 504 ``commit_timeout`` to arrive first. Without ``wait``, the client's
+        ``timeout`` is the deadline."""
         return self._run(self._op_submit(records, wait, payloads), timeout if wait else None)
 
     def seal(self, *, type: str, subject: str, payload: Any, ts: int | None = None,
@@ -1076,7 +1109,9 @@ class LedgerClient(_Protocol):
               timeout: float = 30.0, ts: int | None = None,
               nonce: int | None = None, seal: bool = False) -> dict[str, Any]:
         """Sign one record with this client's identity and submit it; with ``seal``, a
-        sealed record (SPEC section 10: its digest on the chain, the payload beside it)."""
+        sealed record (SPEC section 10: its digest on the chain, the payload beside it).
+        With ``wait``, ``timeout`` is the whole call's deadline, failovers included (see
+        ``submit``)."""
         return self._run(self._op_write(type, subject, payload, wait, ts, nonce, seal),
                          timeout if wait else None)
 
@@ -1222,7 +1257,9 @@ class LedgerClient(_Protocol):
 
 class AsyncLedgerClient(_Protocol):
     """The asyncio twin of ``LedgerClient``: the same methods, awaited; several node URLs
-    fail over as there."""
+    fail over as there, ``timeout`` is each call's deadline as there, reads catch up as
+    there, and tasks sharing a client each go over the nodes themselves (one task's
+    failover never moves another's attempts)."""
 
     def __init__(self, base_url: str | Sequence[str], *, identity: PrivateKey | None = None,
                  chain: str | None = None, timeout: float = 30.0,
@@ -1287,7 +1324,9 @@ class AsyncLedgerClient(_Protocol):
                      ) -> list[dict[str, Any]]:
         """Submit signed records, one result per record; with ``wait``, return once all are
         committed (each result then has ``height``), or NodeError ``commit_timeout``.
-        ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``)."""
+        ``payloads``: the (salt, payload) pair of each sealed record, by id (``seal``).
+        With ``wait``, ``timeout`` is this call's deadline, failovers included (see
+        ``LedgerClient.submit``)."""
         return await self._run(self._op_submit(records, wait, payloads),
                                timeout if wait else None)
 
@@ -1314,7 +1353,9 @@ class AsyncLedgerClient(_Protocol):
                     timeout: float = 30.0, ts: int | None = None,
                     nonce: int | None = None, seal: bool = False) -> dict[str, Any]:
         """Sign one record with this client's identity and submit it; with ``seal``, a
-        sealed record (SPEC section 10: its digest on the chain, the payload beside it)."""
+        sealed record (SPEC section 10: its digest on the chain, the payload beside it).
+        With ``wait``, ``timeout`` is the whole call's deadline, failovers included (see
+        ``submit``)."""
         return await self._run(self._op_write(type, subject, payload, wait, ts, nonce, seal),
                                timeout if wait else None)
 

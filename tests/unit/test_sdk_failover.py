@@ -316,6 +316,11 @@ class Lagging:
                 return problem(404, "not_found")
             return httpx.Response(200, json={"id": rid, "status": "committed",
                                              "height": self.heights[host]})
+        if path.startswith("/v1/blocks/"):
+            height = int(path.rsplit("/", 1)[1])
+            if height > self.heights[host]:
+                return problem(404, "not_found")
+            return httpx.Response(200, json={"height": height, "node": host})
         return problem(404, "not_found")
 
 
@@ -348,6 +353,23 @@ def test_a_404_from_a_node_at_the_height_seen_is_the_answer(kind: str) -> None:
         c.record("ab" * 32)
     assert (err.value.status, err.value.problem_code) == (404, "not_found")
     assert nodes.asked == [("a.test", f"/v1/records/{'ab' * 32}"), ("a.test", "/healthz")]
+
+
+def test_a_block_below_the_height_seen_is_read_from_a_node_that_has_it(kind: str) -> None:
+    """``block(h)`` at or below the height this client saw goes on from a node behind it;
+    beyond that height a 404 is the answer (a follower polling for the next block), asked
+    of one node only."""
+    nodes = Lagging({"a.test": 5, "b.test": 8, "c.test": 8})
+    nodes.down.add("a.test")
+    c = make(kind, nodes)  # type: ignore[arg-type]
+    assert c.status()["height"] == 8 and c.committed_height == 8
+    nodes.down.clear()
+    c.client.base_url = "http://a.test"  # the next call starts at a (height 5)
+    assert c.block(7) == {"height": 7, "node": "b.test"}  # before: 404 from a
+    c.client.base_url = "http://a.test"
+    nodes.asked.clear()
+    assert c.block_bytes(9) is None
+    assert nodes.asked == [("a.test", "/v1/blocks/9")]
 
 
 def test_one_lagging_node_is_waited_for_briefly(kind: str,
