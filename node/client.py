@@ -532,7 +532,9 @@ class _Protocol:
         self._lock = threading.Lock()
 
     def _args(self, step: Step) -> dict[str, Any]:
-        """httpx's arguments for one attempt (a GET signed when there is a read identity)."""
+        """httpx's ``build_request`` arguments for one attempt (a GET signed when there is a
+        read identity). Built, then sent: the timeout travels in the request (a starlette
+        TestClient passed as ``http`` warns at ``request(timeout=)``, and ignores it)."""
         args = _request_args(step.url, step.call, self.read_identity)
         args["timeout"] = (None if step.timeout is None
                            else httpx.Timeout(step.timeout, connect=step.connect))
@@ -1029,7 +1031,8 @@ class LedgerClient(_Protocol):
                     time.sleep(step.pause)
                 got: Answer | BaseException
                 try:
-                    got = _answer(self._http.request(**self._args(step)))
+                    got = _answer(self._http.send(self._http.build_request(
+                        **self._args(step))))
                 except httpx.HTTPError as exc:
                     got = exc
                 step = route.send(got)
@@ -1279,7 +1282,8 @@ class AsyncLedgerClient(_Protocol):
                     await asyncio.sleep(step.pause)
                 got: Answer | BaseException
                 try:
-                    got = _answer(await self._http.request(**self._args(step)))
+                    got = _answer(await self._http.send(self._http.build_request(
+                        **self._args(step))))
                 except httpx.HTTPError as exc:
                     got = exc
                 step = route.send(got)
