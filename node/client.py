@@ -996,7 +996,7 @@ class LedgerClient(_Protocol):
     none (it follows the chain until closed).
 
     Reads after a failover: ``committed_height`` is the highest committed height this
-    client has seen (commits it waited for, ``status``, records, blocks). A ``record``,
+    client has seen (commits it waited for, ``status``, records, blocks, events). A ``record``,
     ``receipt`` or ``block`` answered "not found" (a receipt: also "not committed") by a
     node whose ``/healthz`` height is below it goes on to the other nodes, and with none
     holding it waits briefly (``CATCH_UP_S``, within the deadline) for one to catch up: a
@@ -1237,6 +1237,7 @@ class LedgerClient(_Protocol):
                     for line in resp.iter_lines():
                         if (event := feed.line(line)) is not None:
                             failures = 0
+                            self._saw(event.get("height"))
                             yield event
             except httpx.HTTPError as exc:
                 failures += 1
@@ -1480,6 +1481,7 @@ class AsyncLedgerClient(_Protocol):
                     async for line in resp.aiter_lines():
                         if (event := feed.line(line)) is not None:
                             failures = 0
+                            self._saw(event.get("height"))
                             yield event
             except httpx.HTTPError as exc:
                 failures += 1

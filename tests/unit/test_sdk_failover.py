@@ -205,6 +205,7 @@ def test_events_resume_on_the_next_node_after_the_last_block(kind: str) -> None:
     assert [(e["height"], e["node"]) for e in events] == [
         (1, "a.test"), (2, "a.test"), (3, "b.test"), (4, "b.test"), (5, "b.test"),
         (6, "b.test")]
+    assert c.committed_height == 6  # the blocks it followed
 
 
 # -- a call's timeout is one deadline over every attempt (review finding 1) ----------------
