@@ -33,6 +33,7 @@ if [ "$BASE" = "$STAND_IN" ] && { [ "${STAND_IN_REBUILD:-0}" = 1 ] || ! "$PODMAN
     command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing (apt-get install debootstrap)"
     [ "$(id -u)" = 0 ] || die "the stand-in base needs root (debootstrap)"
     rootfs=$(mktemp -d /var/tmp/ledger-base.XXXXXX)
+    chmod 755 "$rootfs"  # it becomes the image's /: mktemp's 0700 would lock uid 10001 out
     trap 'rm -rf "$rootfs"' EXIT INT TERM
     echo "build.sh: debootstrap bookworm (minbase + python3, python3-venv, ca-certificates) from $DEBIAN_MIRROR"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \

@@ -106,7 +106,10 @@ class Run:
         env["LEDGER_HEALTH_URL"] = f"http://127.0.0.1:{api_port}/healthz"
         mounts = []
         for v in svc["volumes"]:
-            source, target = v.split(":")[:2]
+            # SOURCE:TARGET[:MODE]; SOURCE may hold ':' (${LEDGER_CLUSTER_DIR:-./.cluster})
+            parts = v.split(":")
+            target = parts[-2] if parts[-1] in ("ro", "rw") else parts[-1]
+            source = v[:v.rindex(":" + target)]
             if target == "/cluster":
                 mounts += ["--volume", f"{self.dir / 'cluster'}:/cluster:ro"]
             else:
@@ -131,14 +134,14 @@ class Run:
             raise Failed("run as root: the cluster folder is given to uid 10001, podman is rootful")
         if subprocess.run(["podman", "image", "exists", self.image]).returncode != 0:
             raise Failed(f"no image {self.image}: build it first (make image)")
-        self.report["image_size_bytes"] = int(podman("image", "inspect", "--format",
-                                                     "{{.Size}}", self.image))
-        health = podman("image", "inspect", "--format", "{{json .Healthcheck}}", self.image)
+        info = json.loads(podman("image", "inspect", self.image))[0]
+        self.report["image_size_bytes"] = info["Size"]
+        self.report["image_size_mb"] = round(info["Size"] / 1e6)
+        health = json.dumps(info.get("Healthcheck"))
         if "LEDGER_HEALTH_URL" not in health:
             raise Failed(f"the image has no HEALTHCHECK (built without --format docker?): {health}")
-        user = podman("image", "inspect", "--format", "{{.User}}", self.image)
-        if user != f"{UID}:{UID}":
-            raise Failed(f"image user {user!r}, want {UID}:{UID}")
+        if info["Config"].get("User") != f"{UID}:{UID}":
+            raise Failed(f"image user {info['Config'].get('User')!r}, want {UID}:{UID}")
 
         init_cluster(self.dir / "cluster", NODES)
         for path in [self.dir / "cluster", *(self.dir / "cluster").rglob("*")]:
