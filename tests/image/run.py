@@ -235,7 +235,7 @@ class Run:
                   f"{self.net}, folder {self.dir}", file=sys.stderr)
             return
         for c in self.containers:
-            podman("rm", "--force", "--time", "5", c, check=False, timeout=60)
+            podman("rm", "--force", "--volumes", "--time", "5", c, check=False, timeout=60)
         for v in self.volumes:
             podman("volume", "rm", "--force", v, check=False)
         if self.made_net:
