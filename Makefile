@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # include `node`, so the dev stamp implies the run one (a superset).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test browser compose faketime soak bench attack wan image image-test clean
+.PHONY: run test browser compose faketime soak bench attack wan image image-test image-compose clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -127,6 +127,17 @@ image:
 
 image-test: $(STAMP) image
 	$(BIN)/python -m tests.image.run
+
+# The same checks with docker-compose.yml itself, started by podman-compose (installed from
+# PyPI into its own environment, .venv/podman-compose: a tool, not a project dependency).
+# It publishes ports 8000-8003 on this host.
+PODMAN_COMPOSE := $(VENV)/podman-compose/bin/podman-compose
+$(PODMAN_COMPOSE): $(BIN)/python
+	$(PY) -m venv $(VENV)/podman-compose
+	$(VENV)/podman-compose/bin/pip install -q podman-compose
+
+image-compose: $(STAMP) image $(PODMAN_COMPOSE)
+	$(BIN)/python -m tests.image.run --compose $(PODMAN_COMPOSE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -19,8 +19,14 @@ each node's /data is a named volume. Checked, each a failure (exit 1) if wrong:
   the record and turns healthy;
 - the image's size (printed; not a pass/fail figure).
 
+With ``--compose PODMAN_COMPOSE`` the nodes are started by podman-compose on
+docker-compose.yml itself (plus an override naming the built image and the ulimits that
+build.sh explains); it publishes ports 8000-8003 on the host, refuses to start if one is
+taken, and the client reaches 127.0.0.1:800i as a user's would (`make image-compose`).
+
 Everything made (containers, volumes, network, folder) is removed at the end, also on failure
-or Ctrl-C, unless --keep.
+or Ctrl-C, unless --keep. (netavark itself leaves its empty base iptables chains behind once
+ports were published: podman's own behaviour, harmless, see docs/deploy.md.)
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,19 +90,31 @@ def wait_until(what: str, test: Any, seconds: float) -> None:
 
 
 class Run:
-    def __init__(self, image: str, keep: bool) -> None:
+    def __init__(self, image: str, keep: bool, compose: str | None) -> None:
         self.image = image
         self.keep = keep
         self.tag = f"ledger-image-{os.getpid()}"
         self.net = self.tag
+        self.names = [f"{self.tag}-node{i}" for i in range(NODES)]
         self.containers: list[str] = []
         self.volumes: list[str] = []
         self.made_net = False
         self.dir = Path(tempfile.mkdtemp(prefix="ledger-image-"))
         self.report: dict[str, Any] = {"image": image}
+        self.compose: list[str] | None = None
+        self.composed = False
+        if compose:
+            # docker-compose.yml as it is, plus: the image already built (compose would
+            # build with `podman build .`, without build.sh's base and flags) and the ulimits
+            self.compose = [compose, "--project-name", self.tag, "--file",
+                            str(ROOT / "docker-compose.yml"), "--file",
+                            str(self.dir / "override.yml")]
+            self.report["mode"] = f"podman-compose ({compose}) on docker-compose.yml"
+        else:
+            self.report["mode"] = "podman run, docker-compose.yml's settings, internal network"
 
     def name(self, i: int) -> str:
-        return f"{self.tag}-node{i}"
+        return self.names[i]
 
     def start(self, i: int, svc: dict[str, Any]) -> None:
         name, volume = self.name(i), f"{self.tag}-node{i}-data"
@@ -122,10 +141,40 @@ class Run:
                *[a for k, val in env.items() for a in ("--env", f"{k}={val}")],
                self.image, *svc["command"])
 
-    def ip(self, i: int) -> str:
-        return podman("inspect", "--format",
-                      f"{{{{(index .NetworkSettings.Networks \"{self.net}\").IPAddress}}}}",
-                      self.name(i))
+    def url(self, i: int, port: str) -> str:
+        """Node i's API as this host reaches it: compose publishes 800i on the host; the
+        internal network's bridge reaches the container's address."""
+        if self.compose:
+            return f"http://127.0.0.1:{port}"
+        ip = podman("inspect", "--format",
+                    f"{{{{(index .NetworkSettings.Networks \"{self.net}\").IPAddress}}}}",
+                    self.name(i))
+        return f"http://{ip}:{port}"
+
+    def compose_up(self, services: dict[str, dict[str, Any]], ports: list[str]) -> None:
+        assert self.compose
+        for port in ports:  # compose publishes them on the host: refuse to collide
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", int(port)))
+                except OSError as exc:
+                    raise Failed(f"port {port} is taken on this host ({exc}): compose "
+                                 "publishes 8000-8003") from exc
+        override = {"services": {
+            name: {"image": self.image, "ulimits": {"nofile": 16384, "nproc": 4096}}
+            for name in services}}
+        (self.dir / "override.yml").write_text(yaml.safe_dump(override))
+        env = {**os.environ, "LEDGER_CLUSTER_DIR": str(self.dir / "cluster")}
+        self.composed = True
+        res = subprocess.run([*self.compose, "up", "--detach"], capture_output=True,
+                             text=True, timeout=300, env=env)
+        if res.returncode != 0:
+            raise Failed(f"podman-compose up: exit {res.returncode}: {res.stderr[-2000:]}")
+        rows = podman("ps", "--all", "--filter", f"label=com.docker.compose.project={self.tag}",
+                      "--format", '{{.Names}} {{index .Labels "com.docker.compose.service"}}')
+        by_service = {service: name for name, service in
+                      (row.split() for row in rows.splitlines())}
+        self.names = [by_service[f"node{i}"] for i in range(NODES)]
 
     def run(self) -> None:
         if not shutil.which("podman"):
@@ -147,11 +196,16 @@ class Run:
         for path in [self.dir / "cluster", *(self.dir / "cluster").rglob("*")]:
             os.chown(path, UID, UID)  # docs/deploy.md: chown -R 10001:10001 .cluster
 
-        podman("network", "create", "--internal", self.net)
-        self.made_net = True
         services = compose_services()
-        for i in range(NODES):
-            self.start(i, services[f"node{i}"])
+        ports = [services[f"node{i}"]["environment"]["LEDGER_API_LISTEN"].rsplit(":", 1)[1]
+                 for i in range(NODES)]
+        if self.compose:
+            self.compose_up(services, ports)
+        else:
+            podman("network", "create", "--internal", self.net)
+            self.made_net = True
+            for i in range(NODES):
+                self.start(i, services[f"node{i}"])
         t0 = time.monotonic()
         for i in range(NODES):
             wait_until(f"{self.name(i)} healthy (podman healthcheck run)",
@@ -172,16 +226,13 @@ class Run:
         # a container of the image whose API does not answer: its health check must fail
         probe = f"{self.tag}-nohttp"
         self.containers.append(probe)
-        podman("run", "--detach", "--name", probe, "--network", self.net, *ULIMITS,
+        podman("run", "--detach", "--name", probe, "--network", "none", *ULIMITS,
                "--entrypoint", "sleep", self.image, "300")
         if healthy(probe):
             raise Failed("the health check passed with no API listening")
         self.report["healthcheck_without_api"] = "fails (exit 1), as it must"
 
-        ips = [self.ip(i) for i in range(NODES)]
-        ports = [services[f"node{i}"]["environment"]["LEDGER_API_LISTEN"].rsplit(":", 1)[1]
-                 for i in range(NODES)]
-        urls = [f"http://{ips[i]}:{ports[i]}" for i in range(NODES)]
+        urls = [self.url(i, ports[i]) for i in range(NODES)]
         ledger = str(Path(sys.executable).parent / "ledger")
         t0 = time.monotonic()
         sub = subprocess.run(
@@ -207,7 +258,7 @@ class Run:
             raise Failed(f"{victim} exited {code} on SIGTERM: {podman('logs', victim)[-2000:]}")
         podman("start", victim)
         wait_until(f"{victim} healthy after restart", lambda: healthy(victim), 90)
-        urls[3] = f"http://{self.ip(3)}:{ports[3]}"
+        urls[3] = self.url(3, ports[3])
         self.committed_heights(urls[3:], record_id)
         self.report["restart"] = {"stop_seconds": stop_s, "exit_code": 0,
                                   "record_still_committed": True}
@@ -231,10 +282,14 @@ class Run:
 
     def cleanup(self) -> None:
         if self.keep:
-            print(f"kept: containers {self.containers}, volumes {self.volumes}, network "
-                  f"{self.net}, folder {self.dir}", file=sys.stderr)
+            print(f"kept: containers {self.containers + self.names}, volumes {self.volumes}, "
+                  f"network {self.net}, folder {self.dir}", file=sys.stderr)
             return
-        for c in self.containers:
+        if self.compose and self.composed:
+            subprocess.run([*self.compose, "down", "--volumes"], capture_output=True,
+                           timeout=120, env={**os.environ,
+                                             "LEDGER_CLUSTER_DIR": str(self.dir / "cluster")})
+        for c in dict.fromkeys(self.names + self.containers):
             podman("rm", "--force", "--volumes", "--time", "5", c, check=False, timeout=60)
         for v in self.volumes:
             podman("volume", "rm", "--force", v, check=False)
@@ -247,14 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", default=os.environ.get("IMAGE", "localhost/ledger:0.1.0"))
     ap.add_argument("--keep", action="store_true", help="leave everything made, to look at")
+    ap.add_argument("--compose", metavar="PODMAN_COMPOSE",
+                    help="start the nodes with this podman-compose on docker-compose.yml itself "
+                         "(publishes ports 8000-8003 on the host) instead of podman run")
     args = ap.parse_args(argv)
-    run = Run(args.image, args.keep)
+    run = Run(args.image, args.keep, args.compose)
     try:
         run.run()
     except (Failed, AssertionError, subprocess.TimeoutExpired, httpx.HTTPError) as exc:
         run.report["ok"] = False
         run.report["error"] = f"{type(exc).__name__}: {exc}"
-        for c in run.containers:
+        for c in dict.fromkeys(run.names + run.containers):
             logs = subprocess.run(["podman", "logs", "--tail", "15", c], capture_output=True,
                                   text=True, timeout=30)
             print(f"--- {c}\n{logs.stdout}{logs.stderr}", file=sys.stderr)
