@@ -1,5 +1,7 @@
 # One ledger node (docs/deploy.md#the-container-image).
 #   docker build -t ledger:0.1.0 .
+#   podman build --format docker -t ledger:0.1.0 .   (an OCI-format image has no HEALTHCHECK)
+#   make image     (podman on a local Debian base, where Docker Hub is out of reach)
 # Configuration comes from a folder made by `ledger cluster init` (docker-compose.yml mounts
 # it read-only at /cluster; Kubernetes mounts a ConfigMap and a Secret, see `--k8s`). The
 # store lives in the /data volume. Runs as uid/gid 10001, never as root.
