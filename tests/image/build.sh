@@ -50,6 +50,7 @@ if [ "$BASE" = "$STAND_IN" ] && { [ "${STAND_IN_REBUILD:-0}" = 1 ] || ! "$PODMAN
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$STAND_IN" >/dev/null
     rm -rf "$rootfs"
     trap - EXIT INT TERM
+    # shellcheck disable=SC2086  # ULIMITS is a list of words
     echo "build.sh: stand-in base $STAND_IN: $("$PODMAN" run --rm $ULIMITS "$STAND_IN" python3 -V)"
 fi
 
