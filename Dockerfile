@@ -1,5 +1,7 @@
 # One ledger node (docs/deploy.md#the-container-image).
 #   docker build -t ledger:0.1.0 .
+#   podman build --format docker -t ledger:0.1.0 .   (an OCI-format image has no HEALTHCHECK)
+#   make image     (podman on a local Debian base, where Docker Hub is out of reach)
 # Configuration comes from a folder made by `ledger cluster init` (docker-compose.yml mounts
 # it read-only at /cluster; Kubernetes mounts a ConfigMap and a Secret, see `--k8s`). The
 # store lives in the /data volume. Runs as uid/gid 10001, never as root.
@@ -10,19 +12,27 @@
 # Env:      LEDGER_API_LISTEN, LEDGER_P2P_LISTEN, LEDGER_PEERS, LEDGER_FOLLOW, LEDGER_STORE,
 #           LEDGER_KEY_PASSPHRASE (node/config.py), LEDGER_HEALTH_URL (the health check's URL)
 
+# The base of both stages: the official python image by default. Any Debian bookworm with
+# python3 (3.11), its venv module and ca-certificates will do (`python3` is called, never
+# `python`, which Debian's own package does not install): tests/image/build.sh makes such a
+# stand-in where Docker Hub cannot be reached, and builds with --build-arg BASE=... .
+ARG BASE=python:3.11-slim-bookworm
+
 # -- build: install the package and the server into a virtual environment ------------------
-FROM python:3.11-slim-bookworm AS build
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ledger ./ledger
 COPY node ./node
-# The project itself: its dependencies' versions are bounded in pyproject.toml.
+# The project itself: its dependencies' versions are bounded in pyproject.toml. Then pip and
+# setuptools leave the environment (about 25 MB): nothing runs them in the image.
 # hadolint ignore=DL3013
-RUN python -m venv /opt/ledger && /opt/ledger/bin/pip install --no-cache-dir '.[node]'
+RUN python3 -m venv /opt/ledger && /opt/ledger/bin/pip install --no-cache-dir '.[node]' \
+    && /opt/ledger/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # -- run: the virtual environment on a clean base, no compiler, no build files ---------------
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 COPY --from=build /opt/ledger /opt/ledger
 ENV PATH=/opt/ledger/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 # include `node`, so the dev stamp implies the run one (a superset).
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test browser compose faketime soak bench attack wan clean
+.PHONY: run test browser compose faketime soak bench attack wan image image-test image-compose clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -108,6 +108,36 @@ attack: $(STAMP)
 wan: $(STAMP) faketime
 	$(BIN)/python -m tests.bench.wan_bench $(WAN_ARGS)
 	$(BIN)/python -m tests.bench.wan_chaos $(WAN_CHAOS_ARGS)
+
+# The container image, built and run with podman (no Docker daemon; docs/deploy.md, "The
+# container image"). Not part of `make test`: it needs root, podman and debootstrap (as root
+# with apt-get, installed here), deb.debian.org and PyPI, and takes minutes. `make image`
+# builds IMAGE (default localhost/ledger:0.1.0) on a stand-in base made with debootstrap, or
+# on BASE (e.g. BASE=python:3.11-slim-bookworm where Docker Hub answers); `make image-test`
+# then runs docker-compose.yml's 4 nodes from it (tests/image/run.py) and checks the record
+# commits on all four, uid 10001, the health check and a clean stop.
+image:
+	@command -v podman >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing Debian's podman and debootstrap for the image (apt-get)"; \
+	    $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq podman debootstrap; \
+	  fi; \
+	}
+	tests/image/build.sh
+
+image-test: $(STAMP) image
+	$(BIN)/python -m tests.image.run
+
+# The same checks with docker-compose.yml itself, started by podman-compose (installed from
+# PyPI into its own environment, .venv/podman-compose: a tool, not a project dependency).
+# It publishes ports 8000-8003 on this host.
+PODMAN_COMPOSE := $(VENV)/podman-compose/bin/podman-compose
+$(PODMAN_COMPOSE): $(BIN)/python
+	$(PY) -m venv $(VENV)/podman-compose
+	$(VENV)/podman-compose/bin/pip install -q podman-compose
+
+image-compose: $(STAMP) image $(PODMAN_COMPOSE)
+	$(BIN)/python -m tests.image.run --compose $(PODMAN_COMPOSE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
