@@ -13,6 +13,7 @@ import pytest
 
 from ledger.blocks import Vote
 from ledger.consensus import (
+    Action,
     Broadcast,
     CommitBlock,
     PersistState,
@@ -54,8 +55,12 @@ def test_a_write_in_place_is_one_fdatasync_and_no_rename(
     f.write(b"first: the file is made (fsync, rename, folder fsync)")
     calls: list[str] = []
     real_fdatasync = getattr(os, "fdatasync", os.fsync)
-    monkeypatch.setattr(os, "fdatasync",
-                        lambda fd: (calls.append("fdatasync"), real_fdatasync(fd))[1])
+
+    def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
     monkeypatch.setattr(os, "replace", lambda *a: calls.append("replace"))
     for n in range(10):
@@ -177,7 +182,7 @@ def test_a_commit_is_never_moved_past_anything_but_sends_and_timers(
     precommit = Broadcast(vote(1, 2))
     p = PersistState(state(1, (1, 0, 2)))
     evidence = RecordEvidence(vote(1, 1), vote(1, 1))
-    actions = [p, precommit, evidence, block_at_1]
+    actions: list[Action] = [p, precommit, evidence, block_at_1]
     assert plan_durable_writes(actions) == actions
     # a commit before the state stays before it; the next height's state is its own write
     later = PersistState(state(2, (2, 0, 0)))
@@ -240,9 +245,14 @@ def test_a_checkpoint_never_waits_for_the_writer(tmp_path: Path) -> None:
         frames, copied = store.checkpoint()
         assert frames > 0 and copied == frames  # nothing was checkpointed by the commits
         done = threading.Event()
+
+        def checkpoint() -> None:
+            store.checkpoint()
+            done.set()
+
         with store.bulk():  # the writer mid-transaction, holding the store's lock
             store.append(builder.block([builder.record()]))
-            t = threading.Thread(target=lambda: (store.checkpoint(), done.set()))
+            t = threading.Thread(target=checkpoint)
             t.start()
             t.join(timeout=10)
             assert done.is_set()
