@@ -28,6 +28,7 @@ import pytest
 from ledger.consensus import (
     Action,
     Broadcast,
+    CommitBlock,
     Message,
     PersistState,
     Proposal,
@@ -42,7 +43,7 @@ from ledger.records import Record
 from ledger.store import SqliteStore
 from node.config import NodeConfig
 from node.files import read_slots
-from node.runtime import CONSENSUS, Node
+from node.runtime import CONSENSUS, GroupCommit, Node
 from tests.factory import make_fixture
 from tests.memnet import MemNet
 
@@ -113,8 +114,9 @@ class RecordingNode(Node):
 
     journal: Journal | None = None
 
-    async def persist_signing_state(self, state: SigningState) -> None:
-        await super().persist_signing_state(state)
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
+        await super().persist_signing_state(state, commit)
         if self.journal is not None:
             self.journal.append(("persist", state))
 
@@ -125,7 +127,7 @@ class BroadcastFirst(RecordingNode):
 
     held: PersistState | None = None
 
-    async def _execute(self, action: Action) -> None:
+    async def _execute(self, action: Action | GroupCommit) -> None:
         if isinstance(action, PersistState):
             self.held = action
             return
@@ -359,11 +361,12 @@ class GatedNode(RecordingNode):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
-    async def persist_signing_state(self, state: SigningState) -> None:
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
         if self.hold:
             self.waiting.set()
             await self.gate.wait()
-        await super().persist_signing_state(state)
+        await super().persist_signing_state(state, commit)
 
 
 def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: Path) -> None:
