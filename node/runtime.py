@@ -658,8 +658,6 @@ class Node:
                             config=genesis.config,  # rebuilds the configuration history
                             autocheckpoint=False)  # Node._checkpoint_loop does it
         assert store.history is not None
-        # refuse to serve a corrupted store (its tip certified by the set of its height)
-        check_recent(store, genesis, validators=store.history.validators_at(store.height))
         persisted = load_signing_state(config.signing_state_path, store, key.public)
         found = read_slots(config.signing_state_path)
         if persisted is not None and (found.payload is None
@@ -667,6 +665,10 @@ class Node:
             # the newest state is the one a block's transaction kept (a crash before
             # stop() copied it): the file gets it before anything is signed
             SlotFile(config.signing_state_path).write(persisted.to_wire())
+        # refuse to serve a corrupted store (its tip certified by the set of its height),
+        # once the signing state it may hold is in the file (an operator who then replaces
+        # the store keeps it)
+        check_recent(store, genesis, validators=store.history.validators_at(store.height))
         return cls(config, genesis, key, store, persisted=persisted,
                    evidence=load_evidence(evidence_path(config)))
 
