@@ -1,7 +1,7 @@
 """Durable writes per committed height, counted with strace on real node processes.
 
-Starts a 4-node cluster, attaches ``strace -f -c`` (fsync, fdatasync, sync_file_range,
-rename) to one node, and submits records in two phases:
+Starts a 4-node cluster, attaches ``strace -f -y`` (fsync, fdatasync, sync_file_range,
+rename; counted by call and file) to one node, and submits records in two phases:
 
 - light: ``--light`` records one at a time with wait=commit (one record per height),
   reporting the submit->commit latency p50/p99;
@@ -36,17 +36,19 @@ SYSCALLS = "fsync,fdatasync,sync_file_range,rename,renameat,renameat2"
 
 
 def strace_counts(out: str) -> dict[str, int]:
-    """The calls column of ``strace -c``'s table, by syscall."""
+    """Calls by syscall and file (``fdatasync chain.db-wal``) in ``strace -y`` output."""
     counts: dict[str, int] = {}
     for line in out.splitlines():
-        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
-        if m and m.group(2) != "total":
-            counts[m.group(2)] = int(m.group(1))
+        m = re.search(r"\b(\w+)\((?:\d+<([^>]*)>)?", line)
+        if m is None or "resumed" in line or m.group(1) not in SYSCALLS.split(","):
+            continue
+        name = m.group(1) + (f" {Path(m.group(2)).name}" if m.group(2) else "")
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 
 def traced(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["strace", "-f", "-c", "-o", str(out), "-e",
+    return subprocess.Popen(["strace", "-f", "-y", "-o", str(out), "-e",
                              f"trace={SYSCALLS}", "-p", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -127,7 +129,7 @@ def main() -> None:
 
 
 def report(name: str, counts: dict[str, int], heights: int) -> None:
-    syncs = sum(n for s, n in counts.items() if "sync" in s)
+    syncs = sum(n for s, n in counts.items() if "sync" in s.split()[0])
     per = syncs / heights if heights else float("nan")
     detail = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
     print(f"{name}: {heights} heights, {detail}: {per:.2f} sync calls per height")
