@@ -115,6 +115,7 @@ CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
+WAL_BOUND_BYTES = 16 * 2**20  # ``checkpoint`` holds the writer back once the WAL is larger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -948,11 +949,21 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
         return bool(busy == 0)
 
-    def checkpoint(self) -> tuple[int, int]:
-        """A PASSIVE checkpoint on a connection of this method's own (never the writer's
-        lock, so it never blocks ``append``; see "Checkpoints" above): returns (frames in
-        the WAL, frames copied to the database file). Call it from one thread at a time
-        (others wait); a read-only store has nothing to checkpoint."""
+    def checkpoint(self, *, passes: int = 3,
+                   bound_bytes: int = WAL_BOUND_BYTES) -> tuple[int, int]:
+        """PASSIVE checkpoints on a connection of this method's own (see "Checkpoints"
+        above): returns (frames in the WAL, frames copied to the database file).
+
+        A pass never takes the writer's lock, so it never blocks ``append``; but the WAL
+        starts over from its beginning (at the next commit) only when a checkpoint has
+        copied every frame and no commit came since, which commits arriving during the pass
+        prevent. So up to ``passes`` passes run until one finds nothing new (each copies
+        only what came during the last: short, likely to fall between two blocks; a pass
+        with nothing to copy costs no fsync). If the WAL still holds more than
+        ``bound_bytes`` (commits back to back, no gap between them), one more pass runs
+        under the writer's lock: the commits wait for it, once, and the WAL stays bounded.
+        Call it from one thread at a time (others wait); a read-only store has nothing to
+        checkpoint."""
         if self.readonly:
             return (0, 0)
         with self._checkpoint_lock:
@@ -961,8 +972,18 @@ class SqliteStore:
                     self._checkpointer = sqlite3.connect(
                         str(self.path), isolation_level=None, check_same_thread=False)
                     self._checkpointer.execute("PRAGMA busy_timeout=1000")
-                _, log, copied = self._checkpointer.execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                db = self._checkpointer
+                log = copied = previous = -1
+                for _ in range(max(1, passes)):
+                    _, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    if copied >= log == previous:  # all copied, and no commit came meanwhile
+                        return (int(log), int(copied))
+                    previous = log
+                (page,) = db.execute("PRAGMA page_size").fetchall()[0]
+                if log * (page + 24) > bound_bytes:
+                    with self._lock:
+                        _, log, copied = db.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
         return (int(log), int(copied))

@@ -9,6 +9,7 @@ own connection) every ``--interval`` seconds. Prints p50/p99/p99.9/max per mode;
 runs are interleaved ``--repeat`` times (the machine is shared: compare within a run).
 
     python -m tests.bench.checkpoint_bench [--blocks 400] [--records 200] [--repeat 2]
+                                           [--gap-ms 20]
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def build(fx_dir: Path, blocks: int, records: int) -> list[Block]:
     return out
 
 
-def timed(path: Path, blocks: list[Block], background: float | None) -> list[float]:
+WAL_PEAK: list[int] = []  # the WAL's size after the last append of each run
+
+
+def timed(path: Path, blocks: list[Block], background: float | None,
+          gap: float) -> list[float]:
     fx = make_fixture()
     times = []
     with SqliteStore(path, genesis_hash=fx.genesis.hash,
@@ -59,6 +64,8 @@ def timed(path: Path, blocks: list[Block], background: float | None) -> list[flo
                 t0 = time.perf_counter()
                 store.append(block)
                 times.append(time.perf_counter() - t0)
+                time.sleep(gap)  # the node's heights are apart (timeout_commit, votes)
+            WAL_PEAK.append(store.wal_bytes())
         finally:
             stop.set()
             if background is not None:
@@ -72,6 +79,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--gap-ms", type=float, default=20.0,
+                        help="pause between appends (cluster_bench's timeout_commit_ms)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -79,13 +88,14 @@ def main() -> None:
         for k in range(args.repeat):
             for name, bg in (("autocheckpoint (before)", None),
                              (f"off + PASSIVE every {args.interval:g} s (after)", args.interval)):
-                t = timed(d / f"{k}-{bg}.db", blocks, bg)
+                t = timed(d / f"{k}-{bg}.db", blocks, bg, args.gap_ms / 1000)
                 print(f"{name}: append mean {sum(t) / len(t) * 1e3:.1f} ms, "
                       f"p50 {percentile(t, 50) * 1e3:.1f} ms, "
                       f"p90 {percentile(t, 90) * 1e3:.1f} ms, "
                       f"p95 {percentile(t, 95) * 1e3:.1f} ms, "
                       f"p99 {percentile(t, 99) * 1e3:.1f} ms, "
-                      f"p99.9 {percentile(t, 99.9) * 1e3:.1f} ms, max {max(t) * 1e3:.1f} ms "
+                      f"p99.9 {percentile(t, 99.9) * 1e3:.1f} ms, max {max(t) * 1e3:.1f} ms, "
+                      f"WAL {WAL_PEAK[-1] / 2**20:.1f} MiB at the end "
                       f"(load average {os.getloadavg()[0]:.2f})", flush=True)
 
 

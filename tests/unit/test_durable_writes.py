@@ -244,6 +244,10 @@ def test_a_checkpoint_never_waits_for_the_writer(tmp_path: Path) -> None:
             store.append(builder.block([builder.record() for _ in range(50)]))
         frames, copied = store.checkpoint()
         assert frames > 0 and copied == frames  # nothing was checkpointed by the commits
+        store.append(builder.block([builder.record()]))
+        after, _ = store.checkpoint()
+        assert 0 < after < frames  # the next commit started the WAL over
+        store.append(builder.block([builder.record()]))
         done = threading.Event()
 
         def checkpoint() -> None:
@@ -256,4 +260,4 @@ def test_a_checkpoint_never_waits_for_the_writer(tmp_path: Path) -> None:
             t.start()
             t.join(timeout=10)
             assert done.is_set()
-        assert store.height == 31
+        assert store.height == 33
