@@ -16,6 +16,7 @@ that validator is handed to the network (``MemNet.tap``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import time
@@ -42,9 +43,9 @@ from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import SqliteStore
 from node.config import NodeConfig
-from node.files import read_slots
+from node.files import SlotFile, read_slots
 from node.runtime import CONSENSUS, GroupCommit, Node
-from tests.factory import make_fixture
+from tests.factory import ChainBuilder, make_fixture
 from tests.memnet import MemNet
 
 FX = make_fixture()
@@ -457,3 +458,29 @@ def test_a_record_admitted_while_unlinked_reaches_the_peers_once_they_link(
         await committed([cluster.nodes[i] for i in (0, 2, 3)], records)
 
     run(cluster, body)
+
+
+def test_a_crash_after_a_group_commit_restarts_from_the_state_kept_with_the_block(
+        tmp_path: Path) -> None:
+    """What a crash right after a ``GroupCommit`` leaves: the file holds the prevote's
+    state, the store block 1 and, in its transaction, the precommit's. The node built from
+    its files takes the precommit's (it never signs at or below it again) and copies it
+    into the file, so replacing the store afterwards cannot lose it."""
+    cluster = Cluster(tmp_path)
+    cfg = cluster.configs[0]
+    key = FX.validator_keys[0].public
+
+    def at(step: int) -> SigningState:
+        return SigningState(1, (1, 0, step), 0, -1, None, -1, None)
+
+    SlotFile(cfg.signing_state_path).write(at(1).to_wire())
+    with SqliteStore(cfg.store_path, genesis_hash=cluster.genesis.hash) as store:
+        builder = ChainBuilder(dataclasses.replace(FX, genesis=cluster.genesis), store)
+        store.append(builder.block([builder.record()]), signing_state=(key, at(2).to_wire()))
+    node = Node.from_config(cfg)
+    try:
+        assert node.store.height == 1
+        assert node.core.last_signed == (1, 0, 2)
+        assert read_slots(cfg.signing_state_path).payload == at(2).to_wire()
+    finally:
+        node.store.close()
