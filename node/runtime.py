@@ -313,8 +313,12 @@ def load_signing_state(path: Path, store: SqliteStore, pubkey: bytes) -> Signing
     (``SlotFile``, or the whole-file format of older nodes) and the one its store kept with
     a block (``GroupCommit``), the one with the higher ``last_signed`` (it grows with every
     write, so the higher one is the later). None if neither exists. A damaged file raises
-    (``ValueError`` or ``DecodeError``): a validator never starts from a guess."""
-    found = read_slots(path)
+    ``DecodeError``: a validator never starts from a guess."""
+    try:
+        found = read_slots(path)
+    except ValueError as exc:
+        raise DecodeError(f"{exc}: this validator's record of what it signed is lost; see "
+                          f"docs/operations.md before starting it") from exc
     states = [] if found.payload is None else [SigningState.from_wire(found.payload)]
     row = store.signing_state(pubkey)
     if row is not None:
@@ -356,9 +360,12 @@ def plan_durable_writes(actions: Sequence[Action]) -> list[Action | GroupCommit]
     - if the run ends at a ``CommitBlock``, that state is written in the block's
       transaction (``GroupCommit``, one fsync for both), and the run's sends follow the
       commit. Nothing leaves the node earlier than before; sends and the commit's effects
-      (clients told, blocks served) only wait for the one write. A crash before it leaves
-      neither the block nor the state (the node restarts in the height it was in, with the
-      previous state, and signed nothing more that left it); after it, both.
+      (clients told, blocks served) only wait for the one write. The run's precommit now
+      also waits for the block's inserts (a few ms for a large block); it completed a
+      quorum here, so others need it only if they lack another validator's precommit.
+      A crash before the write leaves neither the block nor the state (the node restarts
+      in the height it was in, with the previous state, and signed nothing more that left
+      it); after it, both.
 
     A state written earlier than the core asked is only more conservative: on restart the
     node refuses to sign at or below it and re-sends its messages, as after a crash between
@@ -659,9 +666,8 @@ class Node:
                             autocheckpoint=False)  # Node._checkpoint_loop does it
         assert store.history is not None
         persisted = load_signing_state(config.signing_state_path, store, key.public)
-        found = read_slots(config.signing_state_path)
-        if persisted is not None and (found.payload is None
-                                      or found.payload != persisted.to_wire()):
+        held = read_slots(config.signing_state_path).payload  # read once more: it is whole
+        if persisted is not None and held != persisted.to_wire():
             # the newest state is the one a block's transaction kept (a crash before
             # stop() copied it): the file gets it before anything is signed
             SlotFile(config.signing_state_path).write(persisted.to_wire())

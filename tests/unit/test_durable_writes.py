@@ -24,7 +24,7 @@ from ledger.consensus import (
     TimeoutKind,
 )
 from ledger.consensus.messages import BlockRequest
-from ledger.errors import DuplicateError
+from ledger.errors import DecodeError, DuplicateError
 from ledger.store import SqliteStore
 from node.files import MIN_SLOT, SlotFile, read_slots, write_durably
 from node.runtime import GroupCommit, load_signing_state, plan_durable_writes
@@ -112,6 +112,10 @@ def test_both_slots_damaged_refuses_to_guess(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="both copies damaged"):
         read_slots(path)
+    fx = make_fixture()  # a node refuses to start on it, with an error the CLI reports
+    with SqliteStore(tmp_path / "chain.db", genesis_hash=fx.genesis.hash) as store, \
+            pytest.raises(DecodeError, match="both copies damaged"):
+        load_signing_state(path, store, fx.validator_keys[0].public)
 
 
 def test_a_state_larger_than_a_slot_remakes_the_file(tmp_path: Path) -> None:
