@@ -1155,7 +1155,8 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close the database (and every reading thread's connection)."""
-        with self._lock, self._readers_lock, self._checkpoint_lock:
+        # ``checkpoint`` takes its lock, then (past the WAL bound) the writer's: same order
+        with self._checkpoint_lock, self._lock, self._readers_lock:
             for db in self._readers:
                 db.close()
             self._readers.clear()
