@@ -71,7 +71,7 @@ from ledger.store import SqliteStore
 from ledger.store.check import check_recent
 from ledger.validation import block_redactions
 from node.config import ConfigError, NodeConfig, parse_address
-from node.files import write_durably
+from node.files import SlotFile, read_slots, write_durably
 from node.follow import Follower
 from node.mempool import AdmitResult, Mempool, MempoolFull
 from node.metrics import Metrics
@@ -128,6 +128,9 @@ EVIDENCE_FLUSH_S = 1.0
 STOP_API_S = 5.0
 STOP_CONSENSUS_S = 10.0
 STOP_TASKS_S = 2.0
+# A PASSIVE WAL checkpoint from a worker thread this often (the store's commits never
+# checkpoint: ``SqliteStore(autocheckpoint=False)``); one with nothing to copy costs no fsync.
+CHECKPOINT_S = 1.0
 
 log = logging.getLogger("ledger.node")
 
@@ -142,7 +145,12 @@ class Hooks:
 
     def crash_point(self, point: str) -> None:
         """A step of the persistence order was reached (``after_persist``,
-        ``before_commit``, ``after_commit``)."""
+        ``before_commit``, ``after_commit``, ``after_group_commit``, ``torn_persist``)."""
+
+    def torn_write(self) -> int | None:
+        """Before each signing-state file write: a byte count to tear that write at (write
+        only that much of the slot, then ``crash_point("torn_persist")``), or None."""
+        return None
 
     def outgoing(self, message: Message, peers: list[int]
                  ) -> list[tuple[list[int] | None, Message]]:
@@ -300,8 +308,97 @@ def load_evidence(path: Path) -> EvidenceLog:
         return empty
 
 
+def load_signing_state(path: Path, store: SqliteStore, pubkey: bytes) -> SigningState | None:
+    """The newest signing state ``pubkey``'s validator persisted: of the state in its file
+    (``SlotFile``, or the whole-file format of older nodes) and the one its store kept with
+    a block (``GroupCommit``), the one with the higher ``last_signed`` (it grows with every
+    write, so the higher one is the later). None if neither exists. A damaged file raises
+    ``DecodeError``: a validator never starts from a guess."""
+    try:
+        found = read_slots(path)
+    except ValueError as exc:
+        raise DecodeError(f"{exc}: this validator's record of what it signed is lost; see "
+                          f"docs/operations.md before starting it") from exc
+    states = [] if found.payload is None else [SigningState.from_wire(found.payload)]
+    row = store.signing_state(pubkey)
+    if row is not None:
+        states.append(SigningState.from_wire(row))
+    return max(states, key=lambda s: s.last_signed, default=None)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class GroupCommit:
+    """A ``PersistState`` and the ``CommitBlock`` that follows it in one event's actions,
+    written in one SQLite transaction (one fsync): see ``plan_durable_writes``."""
+
+    __slots__ = ("commit", "persist")
+
+    def __init__(self, persist: PersistState, commit: CommitBlock) -> None:
+        self.persist = persist
+        self.commit = commit
+
+
+# what may run after a signing state that the core emitted before it (sends, timers)
+_DEFERRABLE = (Broadcast, SendTo, ScheduleTimeout)
+
+
+def plan_durable_writes(actions: Sequence[Action]) -> list[Action | GroupCommit]:
+    """One event's actions with fewer durable writes and the same safety.
+
+    The rule the core's order serves: a message signed at (height, round, step) leaves the
+    node only once a signing state whose ``last_signed`` is at or above that step is
+    durable. ``last_signed`` grows with every ``PersistState`` (one follows each signature)
+    and each state holds the newest own messages. So within a run of actions that starts at
+    a ``PersistState`` and holds only sends, timers and further ``PersistState``s:
+
+    - only the run's last state is written, at the run's first one, before any send of the
+      run (it covers every message signed in the run: a prevote and the precommit that
+      follows it in the same event cost one write, not two);
+    - if the run ends at a ``CommitBlock``, that state is written in the block's
+      transaction (``GroupCommit``, one fsync for both), and the run's sends follow the
+      commit. Nothing leaves the node earlier than before; sends and the commit's effects
+      (clients told, blocks served) only wait for the one write. The run's precommit now
+      also waits for the block's inserts (a few ms for a large block); it completed a
+      quorum here, so others need it only if they lack another validator's precommit.
+      A crash before the write leaves neither the block nor the state (the node restarts
+      in the height it was in, with the previous state, and signed nothing more that left
+      it); after it, both.
+
+    A state written earlier than the core asked is only more conservative: on restart the
+    node refuses to sign at or below it and re-sends its messages, as after a crash between
+    a ``PersistState`` and its ``Broadcast``. A ``CommitBlock`` is never moved past anything
+    but the run's sends and timers (never before another commit, never before a state of
+    the next height: that state is written after the block, by its own run)."""
+    out: list[Action | GroupCommit] = []
+    i, n = 0, len(actions)
+    while i < n:
+        first = actions[i]
+        if not isinstance(first, PersistState):
+            out.append(first)
+            i += 1
+            continue
+        last = first
+        rest: list[Action] = []
+        j = i + 1
+        while j < n and isinstance(actions[j], (PersistState, *_DEFERRABLE)):
+            action = actions[j]
+            if isinstance(action, PersistState):
+                last = action
+            else:
+                rest.append(action)
+            j += 1
+        commit = actions[j] if j < n else None
+        if isinstance(commit, CommitBlock) and last.state.height == commit.block.height:
+            out.append(GroupCommit(last, commit))
+            j += 1
+        else:
+            out.append(last)
+        out.extend(rest)
+        i = j
+    return out
 
 
 class Node:
@@ -336,6 +433,11 @@ class Node:
         self._peers_applied: dict[bytes, str] | None = None  # accepted_peers last applied
         self.metrics = Metrics()
         self.faults = Hooks()
+        self._signing_file = SlotFile(config.signing_state_path)
+        # the newest signing state, when only the store holds it (written with a block):
+        # stop() copies it to the file, which a key's move to another machine takes
+        self._newest_in_store: SigningState | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self.evidence_path = evidence_path(config)
         self.evidence = evidence or EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
         self._evidence_flush: asyncio.TimerHandle | None = None
@@ -412,15 +514,18 @@ class Node:
         if sum(self.core.invalid_blocks.values()) != invalid:
             log.warning("a block from validator %s is invalid, no vote for it: %s",
                         getattr(event, "peer", "?"), self.core.last_invalid)
-        for action in actions:
+        for action in plan_durable_writes(actions):
             await self._execute(action)
         self.metrics.height = self.store.height
         self.metrics.round = self.core.round
 
-    async def _execute(self, action: Action) -> None:
+    async def _execute(self, action: Action | GroupCommit) -> None:
         if isinstance(action, PersistState):
             await self.persist_signing_state(action.state)
             self.faults.crash_point("after_persist")
+        elif isinstance(action, GroupCommit):
+            self.faults.crash_point("before_commit")
+            await self.persist_signing_state(action.persist.state, commit=action.commit)
         elif isinstance(action, Broadcast):
             if isinstance(action.message, BlockRequest):
                 for peer in self.connected_peers():
@@ -440,22 +545,7 @@ class Node:
             self._schedule(action)
         elif isinstance(action, CommitBlock):
             self.faults.crash_point("before_commit")
-            block = action.block
-            # the pairs of its sealed records this node holds (its mempool's), kept in the
-            # block's own write; a sealed record committed without one is fetched from peers
-            pairs = self.mempool.pairs_for(r for r in block.records if r.body.sealed)
-            await asyncio.to_thread(self.store.append, block, action.last_cert,
-                                    payloads=pairs)
-            self.faults.crash_point("after_commit")
-            lacking = sum(r.body.sealed and r.id not in pairs for r in block.records)
-            if pairs:
-                self.metrics.count_payload_pairs("with_block", len(pairs))
-            if lacking:
-                self.metrics.count_payload_pairs("missing_at_commit", lacking)
-                self.payload_sync.nudge()
-            self._on_committed(action.block)
-            if self.evidence.prune(action.block.height):
-                self._persist_evidence()
+            await self._commit_block(action)
         elif isinstance(action, RecordEvidence):
             entry = evidence_json(action.first, action.second)
             # the index is that height's (sets change): name the key too
@@ -466,6 +556,28 @@ class Node:
                 log.warning("evidence of equivocation by validator %d: %s at height %d",
                             entry["validator"], entry["kind"], entry["height"])
                 self._persist_evidence()
+
+    async def _commit_block(self, action: CommitBlock,
+                            state: SigningState | None = None) -> None:
+        """Append the block (with ``state``, this validator's signing state, in the same
+        transaction: group commit), then tell clients, peers' feeds and the evidence log."""
+        block = action.block
+        # the pairs of its sealed records this node holds (its mempool's), kept in the
+        # block's own write; a sealed record committed without one is fetched from peers
+        pairs = self.mempool.pairs_for(r for r in block.records if r.body.sealed)
+        signing = None if state is None else (self.key.public, state.to_wire())
+        await asyncio.to_thread(self.store.append, block, action.last_cert,
+                                payloads=pairs, signing_state=signing)
+        self.faults.crash_point("after_commit" if state is None else "after_group_commit")
+        lacking = sum(r.body.sealed and r.id not in pairs for r in block.records)
+        if pairs:
+            self.metrics.count_payload_pairs("with_block", len(pairs))
+        if lacking:
+            self.metrics.count_payload_pairs("missing_at_commit", lacking)
+            self.payload_sync.nudge()
+        self._on_committed(action.block)
+        if self.evidence.prune(action.block.height):
+            self._persist_evidence()
 
     def _own_name(self) -> str:
         """Our validator name in the newest configuration listing our key, else a name
@@ -504,11 +616,35 @@ class Node:
                      "a validator" if history.latest.validators.by_key(self.key.public)
                      else "not a validator (it follows the chain)")
 
-    async def persist_signing_state(self, state: SigningState) -> None:
-        """Write ``state`` durably (fsynced, in a worker thread); the consensus loop awaits
-        it before executing the next action, the broadcast of what was just signed."""
-        await asyncio.to_thread(write_durably, self.config.signing_state_path,
-                                state.to_wire())
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
+        """Write ``state`` durably (in a worker thread); the consensus loop awaits it before
+        executing the next action, the broadcast of what was just signed. Alone: one
+        in-place slot write and one fdatasync of the signing-state file (``SlotFile``).
+        With ``commit``: in the transaction of that block (``GroupCommit``: the block and
+        the state durable by the block's one fsync), then the rest of the commit."""
+        if commit is not None:
+            await self._commit_block(commit, state)
+            self._newest_in_store = state
+            return
+        torn = self.faults.torn_write()
+        try:
+            await asyncio.to_thread(self._signing_file.write, state.to_wire(), torn_at=torn)
+        except OSError:
+            if torn is not None:
+                self.faults.crash_point("torn_persist")
+            raise
+        self._newest_in_store = None
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint the store's WAL every CHECKPOINT_S in a worker thread, off the
+        consensus path (``SqliteStore.checkpoint``: never blocks a commit)."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_S)
+            try:
+                await asyncio.to_thread(self.store.checkpoint)
+            except LedgerError as exc:  # StoreError: the next attempt may succeed
+                log.warning("%s", exc)
 
     # -- evidence (kept across restarts) -------------------------------------------------
 
@@ -526,13 +662,19 @@ class Node:
             raise ConfigError(f"{config.key_path} is validator {validator.index}, "
                               f"config says {config.index}")
         store = SqliteStore(config.store_path, genesis_hash=genesis.hash,
-                            config=genesis.config)  # rebuilds the configuration history
+                            config=genesis.config,  # rebuilds the configuration history
+                            autocheckpoint=False)  # Node._checkpoint_loop does it
         assert store.history is not None
-        # refuse to serve a corrupted store (its tip certified by the set of its height)
+        persisted = load_signing_state(config.signing_state_path, store, key.public)
+        held = read_slots(config.signing_state_path).payload  # read once more: it is whole
+        if persisted is not None and held != persisted.to_wire():
+            # the newest state is the one a block's transaction kept (a crash before
+            # stop() copied it): the file gets it before anything is signed
+            SlotFile(config.signing_state_path).write(persisted.to_wire())
+        # refuse to serve a corrupted store (its tip certified by the set of its height),
+        # once the signing state it may hold is in the file (an operator who then replaces
+        # the store keeps it)
         check_recent(store, genesis, validators=store.history.validators_at(store.height))
-        persisted = None
-        if config.signing_state_path.exists():
-            persisted = SigningState.from_wire(config.signing_state_path.read_bytes())
         return cls(config, genesis, key, store, persisted=persisted,
                    evidence=load_evidence(evidence_path(config)))
 
@@ -1049,6 +1191,7 @@ class Node:
         await self.transport.start()
         self._consensus = asyncio.create_task(self.consensus_loop(), name="consensus")
         self._lag_probe = asyncio.create_task(self.metrics.probe_loop_lag(), name="loop lag")
+        self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="checkpoints")
         self._follow = asyncio.create_task(self.follower.run(), name="follow")
         self._payload_fetch = asyncio.create_task(self.payload_sync.run(), name="payloads")
         self.payload_sync.nudge()  # pairs a previous run left missing
@@ -1117,7 +1260,7 @@ class Node:
         self._stopped = self._stopping = True
         if self._lag_probe is not None:
             self._lag_probe.cancel()
-        for background in (self._follow, self._payload_fetch):
+        for background in (self._follow, self._payload_fetch, self._checkpoints):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -1149,6 +1292,9 @@ class Node:
             self._evidence_flush.cancel()
             self._evidence_flush = None
             await asyncio.to_thread(write_durably, self.evidence_path, self.evidence.to_bytes())
+        if self._newest_in_store is not None:  # the file gets it too (a key's move takes it)
+            await asyncio.to_thread(self._signing_file.write, self._newest_in_store.to_wire())
+            self._newest_in_store = None
         if self.transport is not None:
             await self.transport.stop()
         self.store.close()

@@ -5,7 +5,11 @@ fault); the shipped node only has the no-op ``node.runtime.Hooks``.
 ``LEDGER_TEST_CRASH_AT=<point>:<n>`` kills the process (``os._exit``, like SIGKILL: no
 cleanup) the n-th time it reaches ``point``, one of the steps of the persistence order:
 ``after_persist`` (signing state on disk, message not yet sent), ``before_commit`` (block
-decided, not yet in the store), ``after_commit`` (in the store, no client told yet).
+decided, not yet in the store), ``after_commit`` (in the store, no client told yet),
+``after_group_commit`` (a block and the signing state written in its transaction, the
+messages that state covers not sent, no client told), ``torn_persist`` (a signing-state
+file write torn after TORN_AT bytes of its slot, never synced: the reader must fall back to
+the previous state).
 
 ``LEDGER_TEST_BYZANTINE=equivocate`` makes the node a Byzantine validator: each proposal or
 vote it signs goes to half of its peers, and a conflicting one (another block, or nil
@@ -32,7 +36,9 @@ from ledger.merkle import CompactRange
 from node.runtime import Hooks
 
 log = logging.getLogger("ledger.node.faults")
-CRASH_POINTS = ("after_persist", "before_commit", "after_commit")
+CRASH_POINTS = ("after_persist", "before_commit", "after_commit", "after_group_commit",
+                "torn_persist")
+TORN_AT = 100  # bytes of a slot written before a torn_persist crash (head and some payload)
 
 
 @dataclass
@@ -98,6 +104,14 @@ class TestFaults(Hooks):
             log.warning("TEST FAULT: crashing at %s #%d", point, self._seen)
             logging.shutdown()
             os._exit(137)
+
+    def torn_write(self) -> int | None:
+        """TORN_AT on the n-th signing-state file write when the crash point is
+        ``torn_persist`` (the write is torn there, then ``crash_point`` exits)."""
+        if self.crash_at != "torn_persist":
+            return None
+        self._seen += 1
+        return TORN_AT if self._seen >= self.crash_after else None
 
     def outgoing(self, message: Message, peers: list[int]
                  ) -> list[tuple[list[int] | None, Message]]:

@@ -41,6 +41,10 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   ``scrub`` then checkpoints the WAL and truncates it, so the bytes are in neither file.
   Copies outside the files (backups, exports, the OS's freed disk blocks) are the
   operator's business (docs/privacy.md).
+- ``signing_state``: pubkey -> the consensus signing state a validator wrote in the
+  transaction of a block it committed (group commit: the block and the state durable with
+  one fsync; the node also keeps the state in its own file, and takes whichever of the two
+  signed last: ``node.runtime.load_signing_state``). Opaque bytes to the store.
 - ``log_nodes``: the hash of every *perfect* subtree of the log with level >= 1, keyed
   by (level, index). Level-0 nodes are leaf hashes of the envelopes in ``records``.
 - ``cosignatures`` (schema 4): ``(height, pubkey) -> sig``, the witness cosignatures the
@@ -54,6 +58,15 @@ Persistence: ``append`` runs in a single ``BEGIN IMMEDIATE`` transaction, and wi
 ``synchronous=FULL`` (the default) the WAL is fsynced at commit, so a block the store has
 acknowledged survives a crash, and a writer killed mid-transaction leaves exactly the
 blocks committed before it.
+
+Checkpoints: by default SQLite checkpoints the WAL into the database file in the commit
+that takes it past 1000 pages, so that commit pays for copying the pages and two more
+fsyncs (of the WAL and of the database file) before ``append`` returns. A store opened with
+``autocheckpoint=False`` (the node's) never checkpoints in ``append``; its owner calls
+``checkpoint`` from another thread, which runs a PASSIVE checkpoint on a connection of its
+own: it copies what no reader still needs, never takes the writer's lock and never blocks
+a commit (WAL mode lets a writer append while a checkpoint copies), and the next commit
+after a complete one starts the WAL over from its beginning (same size on disk, no growth).
 """
 
 from __future__ import annotations
@@ -102,6 +115,7 @@ CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
+WAL_BOUND_BYTES = 16 * 2**20  # ``checkpoint`` holds the writer back once the WAL is larger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -168,6 +182,10 @@ CREATE TABLE IF NOT EXISTS cosignatures (
 CREATE TABLE IF NOT EXISTS split_views (
     seq INTEGER PRIMARY KEY,
     doc BLOB NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS signing_state (
+    pubkey BLOB PRIMARY KEY,
+    state BLOB NOT NULL
 );
 """
 
@@ -255,7 +273,7 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, genesis_hash: bytes | None = None,
                  synchronous: str = "FULL", readonly: bool = False,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, autocheckpoint: bool = True) -> None:
         """Open (or create, unless ``readonly``) the store at ``path``.
 
         With ``genesis_hash``, a new store is bound to that genesis and an existing one
@@ -263,6 +281,7 @@ class SqliteStore:
         With ``config`` (genesis's version 0) the store follows configuration changes:
         ``history`` is rebuilt from the recorded changes, and each appended block's header
         fields are checked against the configuration in force at its height.
+        ``autocheckpoint=False``: commits never checkpoint the WAL (``checkpoint`` does).
         """
         self.path = Path(path)
         self.readonly = readonly
@@ -275,6 +294,8 @@ class SqliteStore:
         self._local = threading.local()  # each reading thread's own read-only connection
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()  # not the writer's: a new reader never waits
+        self._checkpointer: sqlite3.Connection | None = None  # ``checkpoint``'s own
+        self._checkpoint_lock = threading.Lock()
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -287,6 +308,8 @@ class SqliteStore:
                 # a redaction's deleted payloads are overwritten, not left in free space
                 self._db.execute("PRAGMA secure_delete=ON")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                if not autocheckpoint:
+                    self._db.execute("PRAGMA wal_autocheckpoint=0")
                 self._db.executescript(_SCHEMA)  # adds the newer tables to an older file
                 if self._stored_version() == 1:
                     self._migrate_from_1()
@@ -507,10 +530,13 @@ class SqliteStore:
         return self._tip_hash
 
     def append(self, block: Block, last_cert: Certificate | None = None,
-               payloads: Mapping[bytes, SealedPayload] | None = None) -> None:
+               payloads: Mapping[bytes, SealedPayload] | None = None,
+               signing_state: tuple[bytes, bytes] | None = None) -> None:
         """Write ``block`` and everything derived from it in one transaction (and, with
         ``last_cert``, the previous block's canonical certificate; with ``payloads``, the
-        pairs of its sealed records; the pairs a redaction in it names are deleted)."""
+        pairs of its sealed records; the pairs a redaction in it names are deleted; with
+        ``signing_state`` = (pubkey, state bytes), that validator's signing state, durable
+        with the block and by the same fsync)."""
         with self._lock:
             redactions = store_redactions(self._history, block)
             new_log, completed = check_extends(
@@ -576,6 +602,9 @@ class SqliteStore:
                     if change is not None:  # with its block: a restart sees both or neither
                         db.execute("INSERT INTO config_changes VALUES (?, ?, ?)",
                                    (change.height, change.index, change.change))
+                    if signing_state is not None:
+                        db.execute("INSERT OR REPLACE INTO signing_state VALUES (?, ?)",
+                                   signing_state)
                     if not bulk:
                         db.execute("COMMIT")
                 except BaseException:
@@ -920,6 +949,62 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
         return bool(busy == 0)
 
+    def checkpoint(self, *, passes: int = 3,
+                   bound_bytes: int = WAL_BOUND_BYTES) -> tuple[int, int]:
+        """PASSIVE checkpoints on a connection of this method's own (see "Checkpoints"
+        above): returns (frames in the WAL, frames copied to the database file).
+
+        A pass never takes the writer's lock, so it never blocks ``append``; but the WAL
+        starts over from its beginning (at the next commit) only when a checkpoint has
+        copied every frame and no commit came since, which commits arriving during the pass
+        prevent. So up to ``passes`` passes run until one finds nothing new (each copies
+        only what came during the last: short, likely to fall between two blocks; a pass
+        with nothing to copy costs no fsync). If the WAL still holds more than
+        ``bound_bytes`` (commits back to back, no gap between them), one more pass runs
+        under the writer's lock: the commits wait for it, once, and the WAL stays bounded.
+        Call it from one thread at a time (others wait); a read-only store has nothing to
+        checkpoint."""
+        if self.readonly:
+            return (0, 0)
+        with self._checkpoint_lock:
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(
+                        str(self.path), isolation_level=None, check_same_thread=False)
+                    self._checkpointer.execute("PRAGMA busy_timeout=1000")
+                db = self._checkpointer
+                log = copied = previous = -1
+                for _ in range(max(1, passes)):
+                    _, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    if copied >= log == previous:  # all copied, and no commit came meanwhile
+                        return (int(log), int(copied))
+                    previous = log
+                (page,) = db.execute("PRAGMA page_size").fetchall()[0]
+                if log * (page + 24) > bound_bytes:
+                    with self._lock:
+                        _, log, copied = db.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
+        return (int(log), int(copied))
+
+    def wal_bytes(self) -> int:
+        """The size of the WAL file (0 if there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def signing_state(self, pubkey: bytes) -> bytes | None:
+        """The signing state ``append`` last wrote for ``pubkey`` (None: never)."""
+        with self._reading() as db:
+            try:
+                row = db.execute("SELECT state FROM signing_state WHERE pubkey = ?",
+                                 (pubkey,)).fetchone()
+            except sqlite3.OperationalError:  # a read-only store of an older schema
+                return None
+        return None if row is None else bytes(row[0])
+
     def redacted_at(self, record_id: bytes) -> int | None:
         """The height of the redaction naming ``record_id``, if one committed."""
         with self._reading() as db:
@@ -1070,10 +1155,14 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close the database (and every reading thread's connection)."""
-        with self._lock, self._readers_lock:
+        # ``checkpoint`` takes its lock, then (past the WAL bound) the writer's: same order
+        with self._checkpoint_lock, self._lock, self._readers_lock:
             for db in self._readers:
                 db.close()
             self._readers.clear()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             self._db.close()
 
     def __enter__(self) -> SqliteStore:

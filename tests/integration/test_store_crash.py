@@ -16,14 +16,15 @@ import pytest
 from ledger.audit import BytesChunk, audit_chunks
 from ledger.store import SqliteStore
 from tests.factory import make_fixture
+from tests.integration.store_writer import SIGNER
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_until_killed(db: Path, rng: random.Random) -> tuple[int, int]:
+def run_until_killed(db: Path, rng: random.Random, *group: str) -> tuple[int, int]:
     """Start the writer, kill it soon after a 'begin' line; return (last begun, last committed)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.store_writer", str(db), "300"],
+        [sys.executable, "-m", "tests.integration.store_writer", str(db), "300", *group],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
@@ -95,3 +96,22 @@ def test_sigkill_mid_write_leaves_exactly_the_committed_blocks(tmp_path: Path) -
     # The kills are timed to land inside transactions: at least one must have torn one.
     assert not all(outcomes)
     assert check_store(db) > 6
+
+
+@pytest.mark.slow
+def test_sigkill_mid_group_commit_leaves_block_and_signing_state_together(
+        tmp_path: Path) -> None:
+    """Group commit (issue 17): a block and the signing state written in its transaction
+    survive a SIGKILL together or not at all, so a restarted validator's state is never
+    ahead of or behind what the block's one fsync made durable."""
+    db = tmp_path / "chain.db"
+    rng = random.Random(20261130)
+    outcomes = []
+    for _ in range(4):
+        begun, committed = run_until_killed(db, rng, "group")
+        height = check_store(db)
+        assert height in (begun - 1, begun), (begun, committed, height)
+        with SqliteStore(db, readonly=True) as store:
+            assert store.signing_state(SIGNER) == b"state after block %d" % height
+        outcomes.append(height == begun)
+    print("kills landing after the commit:", outcomes)

@@ -16,6 +16,7 @@ that validator is handed to the network (``MemNet.tap``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import time
@@ -28,6 +29,7 @@ import pytest
 from ledger.consensus import (
     Action,
     Broadcast,
+    CommitBlock,
     Message,
     PersistState,
     Proposal,
@@ -41,8 +43,9 @@ from ledger.genesis import Genesis
 from ledger.records import Record
 from ledger.store import SqliteStore
 from node.config import NodeConfig
-from node.runtime import CONSENSUS, Node
-from tests.factory import make_fixture
+from node.files import SlotFile, read_slots
+from node.runtime import CONSENSUS, GroupCommit, Node
+from tests.factory import ChainBuilder, make_fixture
 from tests.memnet import MemNet
 
 FX = make_fixture()
@@ -112,8 +115,9 @@ class RecordingNode(Node):
 
     journal: Journal | None = None
 
-    async def persist_signing_state(self, state: SigningState) -> None:
-        await super().persist_signing_state(state)
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
+        await super().persist_signing_state(state, commit)
         if self.journal is not None:
             self.journal.append(("persist", state))
 
@@ -124,7 +128,7 @@ class BroadcastFirst(RecordingNode):
 
     held: PersistState | None = None
 
-    async def _execute(self, action: Action) -> None:
+    async def _execute(self, action: Action | GroupCommit) -> None:
         if isinstance(action, PersistState):
             self.held = action
             return
@@ -284,9 +288,10 @@ def test_four_nodes_commit_identical_blocks_and_persist_before_signing(
         journal = cluster.journals[i]
         assert check_signing_order(journal) > 0
         assert kinds_sent(journal) == {0, 1, 2}  # proposals, prevotes and precommits
-        # The file holds the last state the journal saw written.
+        # The file holds the last state the journal saw written (stop() copies it there
+        # when a block's transaction kept it: GroupCommit).
         last = [s for k, s in journal if k == "persist"][-1]
-        assert cluster.configs[i].signing_state_path.read_bytes() == last.to_wire()
+        assert read_slots(cluster.configs[i].signing_state_path).payload == last.to_wire()
 
 
 def test_the_check_catches_a_runtime_that_broadcasts_before_persisting(
@@ -357,11 +362,12 @@ class GatedNode(RecordingNode):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
-    async def persist_signing_state(self, state: SigningState) -> None:
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
         if self.hold:
             self.waiting.set()
             await self.gate.wait()
-        await super().persist_signing_state(state)
+        await super().persist_signing_state(state, commit)
 
 
 def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: Path) -> None:
@@ -452,3 +458,29 @@ def test_a_record_admitted_while_unlinked_reaches_the_peers_once_they_link(
         await committed([cluster.nodes[i] for i in (0, 2, 3)], records)
 
     run(cluster, body)
+
+
+def test_a_crash_after_a_group_commit_restarts_from_the_state_kept_with_the_block(
+        tmp_path: Path) -> None:
+    """What a crash right after a ``GroupCommit`` leaves: the file holds the prevote's
+    state, the store block 1 and, in its transaction, the precommit's. The node built from
+    its files takes the precommit's (it never signs at or below it again) and copies it
+    into the file, so replacing the store afterwards cannot lose it."""
+    cluster = Cluster(tmp_path)
+    cfg = cluster.configs[0]
+    key = FX.validator_keys[0].public
+
+    def at(step: int) -> SigningState:
+        return SigningState(1, (1, 0, step), 0, -1, None, -1, None)
+
+    SlotFile(cfg.signing_state_path).write(at(1).to_wire())
+    with SqliteStore(cfg.store_path, genesis_hash=cluster.genesis.hash) as store:
+        builder = ChainBuilder(dataclasses.replace(FX, genesis=cluster.genesis), store)
+        store.append(builder.block([builder.record()]), signing_state=(key, at(2).to_wire()))
+    node = Node.from_config(cfg)
+    try:
+        assert node.store.height == 1
+        assert node.core.last_signed == (1, 0, 2)
+        assert read_slots(cfg.signing_state_path).payload == at(2).to_wire()
+    finally:
+        node.store.close()
