@@ -271,7 +271,14 @@ class Block:
 
     def leaf_hashes(self) -> list[bytes]:
         """Merkle leaf hashes of the envelopes, in block order."""
-        return [merkle.leaf_hash(r.envelope) for r in self.records]
+        return list(self._leaves)
+
+    @cached_property
+    def _leaves(self) -> tuple[bytes, ...]:
+        # hashed once per block: validate_basic, the audit's summary and a store's append
+        # all ask for them
+        leaf = merkle.leaf_hash
+        return tuple(leaf(r.envelope) for r in self.records)
 
     def validate_basic(self) -> None:
         """Stateless consistency: record count, records root, certificate binding."""

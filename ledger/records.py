@@ -118,6 +118,17 @@ class RecordBody:
 
     def validate_basic(self) -> None:
         """Check every field's shape; needs no state."""
+        chain, rtype, subject, ts, nonce, signer, digest = (
+            self.chain, self.type, self.subject, self.ts, self.nonce, self.signer,
+            self.payload_digest)
+        if (type(chain) is str and type(rtype) is str and type(subject) is str
+                and type(ts) is int and type(nonce) is int and type(signer) is bytes
+                and 1 <= len(chain.encode()) <= MAX_CHAIN_BYTES
+                and 1 <= len(subject.encode()) <= MAX_SUBJECT_BYTES
+                and -(2**63) <= ts <= 2**63 - 1 and 0 <= nonce <= 2**64 - 1
+                and len(signer) == PUBLIC_KEY_SIZE and TYPE_PATTERN.fullmatch(rtype)
+                and (digest is None or (type(digest) is bytes and len(digest) == DIGEST_SIZE))):
+            return  # every check below passes: the common case in one expression
         what = "record body"
         expect_str(self.chain, f"{what}.chain")
         if not 1 <= len(self.chain.encode()) <= MAX_CHAIN_BYTES:
