@@ -261,8 +261,6 @@ class Follower:
                 check.cancel()
             if checks:
                 await asyncio.gather(*(c for _, c in checks), return_exceptions=True)
-        if fetch_failed is not None and refused is None:
-            raise fetch_failed
         # the blocks handed to the core: committed (block-sync commit) or not
         before = start - 1
         deadline = self.clock() + self.commit_wait_s
@@ -289,6 +287,8 @@ class Follower:
         if refused is not None:
             self.refused += 1
             raise refused
+        if fetch_failed is not None:  # after the blocks before it were committed, counted
+            raise fetch_failed
         if queued < start:
             return False
         now = self.clock()

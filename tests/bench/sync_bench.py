@@ -181,7 +181,7 @@ def main() -> None:
     report: dict[str, Any] = {"records": records, "blocks": tip,
                               "serve_cpu_us_per_record": serve_cpu / records * 1e6}
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    for rep in range(args.repeat):
+    for _ in range(args.repeat):
         if "peer" in paths:
             node = receiver(args.out / "sync-peer", genesis)
             r = measure(lambda n=node: asyncio.run(peer_sync(n, frames)), records)
