@@ -180,3 +180,38 @@ def test_envelope_headers_that_are_not_the_smallest_are_refused() -> None:
     bin16 = b"\x92\xc5" + len(b).to_bytes(2, "big") + b + b"\xc4\x40" + sig
     assert verdict(bin16)[0] == "error"
     assert msgpack.unpackb(bin16) == [b, sig]  # valid msgpack, just not canonical
+
+
+def _block_bytes() -> bytes:
+    from ledger.store import MemoryStore
+    from tests.factory import ChainBuilder, make_fixture
+
+    builder = ChainBuilder(make_fixture(), MemoryStore())
+    builder.add(3)
+    return builder.add(3).to_wire()
+
+
+BLOCK = _block_bytes()
+
+
+def shell_verdict(data: bytes, strict_only: bool = False) -> Any:
+    from ledger import blocks
+
+    with pytest.MonkeyPatch.context() as m:
+        if strict_only:
+            m.setattr(blocks, "decode_plain", lambda data: None)
+        try:
+            shell = blocks.BlockShell.from_wire(data)
+        except LedgerError as exc:
+            return ("error", type(exc).__name__, str(exc))
+    return ("ok", shell)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 100_000), st.integers(0, 255))
+def test_block_shell_agrees_with_the_strict_path(i: int, byte: int) -> None:
+    """``BlockShell.from_wire`` takes ``decode_plain``'s answer (decoded and canonical in one
+    pass) where it gives one: the same shell or the same error as unpack + re-encode."""
+    assert shell_verdict(BLOCK)[0] == "ok"
+    for mutated in [BLOCK, *mutations(BLOCK, i, byte)]:
+        assert shell_verdict(mutated) == shell_verdict(mutated, strict_only=True)
