@@ -129,16 +129,8 @@ def _scan(data: bytes, max_depth: int) -> tuple[int, int]:
     Returns the number of elements (every value, keys included) and what the maps need
     checked while they are built: 0 nothing (no map has two keys), _STR_KEYS (all keys are
     str), _ANY_KEYS (some key is not a str). Raises DecodeError (without the ``what``)."""
-    count, maps, pos = _scan_at(data, 0, max_depth)
-    if pos != len(data):
-        raise DecodeError("trailing bytes after the msgpack value")
-    return count, maps
-
-
-def _scan_at(data: bytes, pos: int, max_depth: int) -> tuple[int, int, int]:
-    """``_scan``'s rules for the one msgpack value that starts at ``pos`` of ``data`` (and
-    may be followed by more bytes): its element count, its maps' needs and its end."""
     end = len(data)
+    pos = 0
     count = 0
     maps = 0
     # The open container: values still to read in it, and whether it is a map (a map of n
@@ -214,7 +206,9 @@ def _scan_at(data: bytes, pos: int, max_depth: int) -> tuple[int, int, int]:
         raise DecodeError(f"containers nest deeper than {max_depth} levels") from None
     if pos > end:
         raise DecodeError("truncated msgpack value")
-    return count, maps, pos
+    if pos != end:
+        raise DecodeError("trailing bytes after the msgpack value")
+    return count, maps
 
 
 _STR_KEYS = 1
