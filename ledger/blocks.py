@@ -26,6 +26,7 @@ from ledger.crypto import (
     sha256,
 )
 from ledger.encoding import (
+    decode_plain,
     expect_array,
     expect_bytes,
     expect_int,
@@ -271,7 +272,14 @@ class Block:
 
     def leaf_hashes(self) -> list[bytes]:
         """Merkle leaf hashes of the envelopes, in block order."""
-        return [merkle.leaf_hash(r.envelope) for r in self.records]
+        return list(self._leaves)
+
+    @cached_property
+    def _leaves(self) -> tuple[bytes, ...]:
+        # hashed once per block: validate_basic, the audit's summary and a store's append
+        # all ask for them
+        leaf = merkle.leaf_hash
+        return tuple(leaf(r.envelope) for r in self.records)
 
     def validate_basic(self) -> None:
         """Stateless consistency: record count, records root, certificate binding."""
@@ -302,8 +310,12 @@ class BlockShell:
     def from_wire(cls, data: bytes) -> BlockShell:
         """Decode block bytes strictly (shape, canonical encoding), records left as bytes."""
         w = "block"
-        obj = unpack_exact(data, w)
-        require_canonical(data, obj, w)
+        plain = decode_plain(data) if type(data) is bytes else None
+        if plain is not None:  # decoded strictly and canonical (it re-encodes to ``data``)
+            obj = plain[0]
+        else:  # anything else: the strict decoder and the canonical check say what is wrong
+            obj = unpack_exact(data, w)
+            require_canonical(data, obj, w)
         items = expect_array(obj, w, 3)
         header = Header.from_obj(items[0])
         envelopes = expect_array(items[1], f"{w}.records")

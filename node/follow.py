@@ -23,13 +23,14 @@ import json
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ledger.blocks import peek_cert_obj
-from ledger.consensus import MessageReceived
+from ledger.consensus import BlockResponse, MessageReceived
 from ledger.consensus.messages import encode_block_response, peek_block_response
 from ledger.errors import CertificateError, LedgerError
 
@@ -45,6 +46,7 @@ COMMIT_WAIT_S = 10.0  # at most, for a batch handed to the core to be committed
 STALL_S = 1.0  # ... or until nothing is committed for this long with no event queued
 BACKOFF_S = (0.5, 30.0)  # after a failure: first, and most (doubling)
 LOG_EVERY_S = 5.0  # progress lines at most this often
+CHECK_AHEAD = 4  # blocks downloaded and being checked ahead of the one handed to the core
 
 
 class FollowError(Exception):
@@ -151,6 +153,45 @@ class Follower:
         except httpx.HTTPError as exc:
             raise FollowError(f"GET {url}: {exc!r}") from exc
 
+    def _check(self, height: int, data: bytes, last_cert: Any
+               ) -> asyncio.Future[BlockResponse]:
+        """Block ``height``'s bytes as a block response, checked in a worker thread as one
+        from a peer (``Node.check_block_response``); the future raises LedgerError."""
+        node = self.node
+        body = encode_block_response(data, last_cert)
+        try:
+            header = peek_block_response(body)
+            if header is None or header.height != height:
+                raise LedgerError(f"block {height}: the bytes are another block's")
+            if not node.within_block_limits(header, len(body)):
+                raise LedgerError(f"block {height}: over the block limits")
+        except LedgerError as exc:
+            failed: asyncio.Future[BlockResponse] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        return asyncio.ensure_future(asyncio.to_thread(node.check_block_response, header,
+                                                       body))
+
+    async def _hand_over(self, checks: deque[tuple[int, asyncio.Future[BlockResponse]]],
+                         queued: int, start: int) -> tuple[int, FollowError | None, bool]:
+        """Wait for the oldest check and hand its block to the core: (the height handed
+        over last, the refusal if the block does not check, whether to stop)."""
+        node = self.node
+        height, check = checks.popleft()
+        try:
+            response = await check
+        except CertificateError as exc:
+            if height > node.store.height + 1 and queued >= start:
+                # certified by a set a change still to commit below it may govern:
+                # commit what came before, then ask again
+                log.debug("block %d set aside until below it commits: %s", height, exc)
+                return queued, None, True
+            return queued, FollowError(f"refused block {height}: {exc}"), True
+        except LedgerError as exc:
+            return queued, FollowError(f"refused block {height}: {exc}"), True
+        node.events.put_nowait(MessageReceived(FOLLOW_PEER, response))
+        return height, None, False
+
     async def tip(self, http: httpx.AsyncClient, url: str) -> int:
         body = await self._get(http, f"{url}/v1/status", 1 << 20)
         try:
@@ -186,33 +227,40 @@ class Follower:
                 raise FollowError(f"refused block {start - 1}: {exc}") from exc
         queued = start - 1
         refused: FollowError | None = None
-        for height in range(start, stop):
-            if not self.needed():
-                break
-            data = await self._get(http, f"{url}/v1/blocks/{height}", limit,
-                                   {"Accept": "application/msgpack"})
-            body = encode_block_response(data, last_cert)
-            try:
-                header = peek_block_response(body)
-                if header is None or header.height != height:
-                    raise LedgerError(f"block {height}: the bytes are another block's")
-                if not node.within_block_limits(header, len(body)):
-                    raise LedgerError(f"block {height}: over the block limits")
-                response = await asyncio.to_thread(node.check_block_response, header, body)
-            except CertificateError as exc:
-                if height > node.store.height + 1 and queued >= start:
-                    # certified by a set a change still to commit below it may govern:
-                    # commit what came before, then ask again
-                    log.debug("block %d set aside until below it commits: %s", height, exc)
+        # Each block is checked in a worker thread while the next ones download (up to
+        # CHECK_AHEAD at once: the signature checks release the GIL, so they use every
+        # core) and handed to the core in height order as its check ends.
+        checks: deque[tuple[int, asyncio.Future[BlockResponse]]] = deque()
+        stopped = False
+        fetch_failed: FollowError | None = None
+        try:
+            for height in range(start, stop):
+                if not self.needed():
                     break
-                refused = FollowError(f"refused block {height}: {exc}")
-                break
-            except LedgerError as exc:
-                refused = FollowError(f"refused block {height}: {exc}")
-                break
-            node.events.put_nowait(MessageReceived(FOLLOW_PEER, response))
-            queued = height
-            last_cert = peek_cert_obj(data)
+                try:
+                    data = await self._get(http, f"{url}/v1/blocks/{height}", limit,
+                                           {"Accept": "application/msgpack"})
+                except FollowError as exc:  # the blocks before it are still handed over
+                    fetch_failed = exc
+                    break
+                checks.append((height, self._check(height, data, last_cert)))
+                try:
+                    last_cert = peek_cert_obj(data)
+                except LedgerError:  # this block is refused (its check says why): no more
+                    break
+                while checks and (len(checks) >= CHECK_AHEAD or checks[0][1].done()):
+                    queued, refused, stopped = await self._hand_over(checks, queued, start)
+                    if stopped:
+                        break
+                if stopped:
+                    break
+            while checks and not stopped:
+                queued, refused, stopped = await self._hand_over(checks, queued, start)
+        finally:
+            for _, check in checks:  # after a refusal: the checks in flight are not used
+                check.cancel()
+            if checks:
+                await asyncio.gather(*(c for _, c in checks), return_exceptions=True)
         # the blocks handed to the core: committed (block-sync commit) or not
         before = start - 1
         deadline = self.clock() + self.commit_wait_s
@@ -239,6 +287,8 @@ class Follower:
         if refused is not None:
             self.refused += 1
             raise refused
+        if fetch_failed is not None:  # after the blocks before it were committed, counted
+            raise fetch_failed
         if queued < start:
             return False
         now = self.clock()

@@ -225,3 +225,36 @@ def test_a_certified_block_that_does_not_extend_the_chain_is_not_committed(
             assert node.store.block_bytes(h) == honest.store.block_bytes(h)
     finally:
         node.store.close()
+
+
+class CutOff(httpx.AsyncBaseTransport):
+    """The honest app, but ``GET /v1/blocks/{cut}`` fails as a dropped connection (once)."""
+
+    def __init__(self, app: httpx.AsyncBaseTransport, cut: int) -> None:
+        self.app, self.cut, self.cuts = app, cut, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/v1/blocks/{self.cut}" and not self.cuts:
+            self.cuts += 1
+            raise httpx.ReadError("connection reset", request=request)
+        return await self.app.handle_async_request(request)
+
+
+def test_blocks_checked_ahead_are_handed_over_in_order_when_a_download_fails(
+        tmp_path: Path) -> None:
+    """Following checks blocks while the next ones download (issue 17): a download that
+    fails at block 5 still commits blocks 1..4, checked ahead, in order; the next round
+    goes on from 5."""
+    api = source(blocks=8)
+    node = follower_node(tmp_path / "f")
+    cut = CutOff(httpx.ASGITransport(app=api.app, client=CLIENT), cut=5)
+    follower = Follower(node, [HONEST], transport=Router({HONEST: cut}), batch=16)
+    follower.commit_wait_s = 5.0
+    try:
+        asyncio.run(follow(node, follower, 8))
+        assert cut.cuts == 1
+        for h in range(1, 9):
+            assert node.store.block_bytes(h) == api.store.block_bytes(h)
+        assert follower.followed == 8 and follower.refused == 0
+    finally:
+        node.store.close()
