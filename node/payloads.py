@@ -250,7 +250,7 @@ class PayloadSync:
         top = self.node.store.log.size - 1  # what this scan covers at least
         seen: set[bytes] = set()  # the ids this scan found missing
         first: int | None = None  # the lowest log index this scan found missing
-        while True:
+        while not self.node.stopping:  # also ends a loop whose cancellation was swallowed
             if not self.node.connected_peers():  # nobody to ask: not a failed attempt
                 await asyncio.sleep(1.0)
                 continue

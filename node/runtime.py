@@ -1154,6 +1154,11 @@ class Node:
     def connected_peers(self) -> list[int]:
         return self.transport.connected() if self.transport is not None else []
 
+    @property
+    def stopping(self) -> bool:
+        """``stop`` has begun: background loops end at their next turn."""
+        return self._stopping
+
     # -- what the API uses (node.service.NodeService) -------------------------------------
 
     def pending(self, record_id: bytes) -> Record | None:
@@ -1260,11 +1265,15 @@ class Node:
         self._stopped = self._stopping = True
         if self._lag_probe is not None:
             self._lag_probe.cancel()
-        for background in (self._follow, self._payload_fetch, self._checkpoints):
-            if background is not None:
-                background.cancel()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await background
+        backgrounds = [t for t in (self._follow, self._payload_fetch, self._checkpoints)
+                       if t is not None]
+        for background in backgrounds:
+            background.cancel()
+        if backgrounds:  # bounded: Python 3.11's wait_for can swallow a cancellation
+            _, stuck = await asyncio.wait(backgrounds, timeout=STOP_TASKS_S)
+            for background in stuck:
+                log.error("background task %s did not end when cancelled",
+                          background.get_name())
         if self._server is not None and self._api is not None:
             self._server.should_exit = True
             self.commits.close()  # requests waiting for a commit answer 503 stopping now
