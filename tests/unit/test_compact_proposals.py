@@ -33,8 +33,8 @@ from ledger.records import Record, seal_record
 from node.runtime import CONSENSUS, FEATURES, Node
 from tests.unit.test_runtime_inprocess import (
     FX,
-    N,
     Cluster,
+    N,
     committed,
     new_record,
     run,
