@@ -87,7 +87,7 @@ class NodeConfig:
     # waits for records it must fetch to rebuild one, and how recent an admission must be
     # for the proposer to carry the record whole rather than name it.
     compact_proposals: bool = True
-    compact_fetch_ms: int = 300
+    compact_fetch_ms: int = 1000
     compact_inline_ms: int = 5
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -151,7 +151,7 @@ class NodeConfig:
                 compact_proposals=os.environ.get(
                     "LEDGER_COMPACT_PROPOSALS", "1" if doc.get("compact_proposals", True)
                     else "0").strip().lower() not in ("0", "false", "no", "off"),
-                compact_fetch_ms=int(doc.get("compact_fetch_ms", 300)),
+                compact_fetch_ms=int(doc.get("compact_fetch_ms", 1000)),
                 compact_inline_ms=int(doc.get("compact_inline_ms", 5)),
             )
             if not (cfg.api_body_timeout > 0 and cfg.api_header_timeout > 0

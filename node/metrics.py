@@ -39,7 +39,7 @@ class Metrics:
     peer_bytes_sent: dict[str, int] = field(default_factory=dict)
     #: records of compact proposals received, by how this node came by each: held (in its
     #: mempool or a recent proposal), inline (carried whole), waited (arrived by gossip
-    #: while the proposal waited), fetched (asked of a peer)
+    #: while the proposal waited), fetched (asked of a peer); and asked: ids requested
     compact_records: dict[str, int] = field(default_factory=dict)
     #: compact proposals received, by outcome: rebuilt, refetched (ids held with other
     #: envelopes: every record fetched), dropped (records still missing when the wait ended)
@@ -158,7 +158,8 @@ class Metrics:
         lines += [f'ledger_compact_proposals_total{{outcome="{o}"}} {count}'
                   for o, count in sorted(self.compact_proposals.items())]
         lines += ["# HELP ledger_compact_records_total Records of compact proposals received, "
-                  "by how this node came by them (held, inline, waited, fetched).",
+                  "by how this node came by them (held, inline, waited, fetched; asked: ids "
+                  "requested).",
                   "# TYPE ledger_compact_records_total counter"]
         lines += [f'ledger_compact_records_total{{how="{how}"}} {count}'
                   for how, count in sorted(self.compact_records.items())]

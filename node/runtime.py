@@ -105,6 +105,9 @@ MAX_FEATURES = 64
 RECORD_FETCHES_PER_S, RECORD_FETCHES_BURST = 50.0, 100.0
 RECORD_FETCH_BYTES_PER_S, RECORD_FETCH_BYTES_BURST = 32.0 * 2**20, 64.0 * 2**20
 RESPONSE_OVERHEAD, RESPONSE_ITEM_OVERHEAD = 64, 16
+# Of a compact proposal's wait, the share spent waiting for record gossip being admitted
+# before asking for what is still missing (what arrives by gossip is not sent twice).
+GOSSIP_WAIT_SHARE = 2 / 3
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
 MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
 # a new link's pending records go in frames of at most so many records and bytes
@@ -842,7 +845,7 @@ class Node:
             until = halfway if now < halfway else deadline
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fetch.event.wait(), max(until - now, 0.0))
-            fetch.ids.difference_update(fetch.got)
+            fetch.ids = {i for i in fetch.ids if i not in fetch.got and self._held(i) is None}
             if fetch.ids and loop.time() >= halfway and len(fetch.asked) < 2:
                 others = [q for q in self.connected_peers() if q not in fetch.asked
                           and COMPACT_FEATURE in self.peer_features.get(q, frozenset())]
@@ -869,13 +872,14 @@ class Node:
             self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
             return
         named = [s for s in slots if isinstance(s, bytes)]
-        counts = {"inline": len(slots) - len(named), "held": 0, "waited": 0, "fetched": 0}
+        counts = {"inline": len(slots) - len(named), "held": 0, "waited": 0, "fetched": 0,
+                  "asked": 0}
         missing = {i for i in named if self._held(i) is None}
         counts["held"] = len(named) - len(missing)
         if missing and self._gossip_tasks:  # what arrives by gossip is not fetched
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.wait(set(self._gossip_tasks)),
-                                       max(deadline - loop.time(), 0.0) / 2)
+                                       max(deadline - loop.time(), 0.0) * GOSSIP_WAIT_SHARE)
             before = len(missing)
             missing = {i for i in missing if self._held(i) is None}
             counts["waited"] = before - len(missing)
@@ -883,6 +887,7 @@ class Node:
         for attempt in range(2):
             if missing:
                 fetch = RecordFetch(frame.height, set(missing))
+                counts["asked"] += len(missing)
                 try:
                     await self._fetch(peer, fetch, deadline)
                 finally:
@@ -967,40 +972,35 @@ class Node:
 
     async def _admit_fetched(self, peer: int, response: RecordsResponse,
                              waiting: list[RecordFetch]) -> None:
+        """Decode a response's records (in a worker thread) and hand them to the fetches
+        waiting on them at once (their signatures are checked with the proposal's, before
+        the core sees it); then admit them as gossip is, so their pairs are kept for the
+        commit (a pair that does not match its digest is misbehaviour)."""
         wanted = set().union(*(f.ids for f in waiting))
-        try:  # into the mempool, as gossip: signatures cached, pairs held for the commit
-            results = await self.submit(list(response.items), gossip=False)
-        except (MempoolFull, NotAValidator):
-            results = []
-        bad = sum(r.error == "payload_mismatch" for r in results)
-        if bad:
-            self._misbehaved(peer, f"sent {bad} sealed records with a pair that does not "
-                             "match", GOSSIP_PAIR_WEIGHT)
         envelopes = [i if isinstance(i, bytes) else i[0] for i in response.items]
-        records: dict[bytes, Record] = {}
-        undecoded: list[bytes] = []
-        for k, envelope in enumerate(envelopes):
-            r = results[k].record if k < len(results) else None
-            if r is not None and r.envelope == envelope:
-                records[r.id] = r
-            else:
-                undecoded.append(envelope)
-        if undecoded:  # not admitted here (a duplicate id, refused, the pool full)
-            known = self.mempool.known
-            try:
-                decoded = await asyncio.to_thread(
-                    lambda: [known(e) or Record.from_wire(e) for e in undecoded])
-            except LedgerError as exc:
-                log.warning("dropped malformed records from validator %d: %s", peer, exc)
-                self._misbehaved(peer, "sent malformed records", MALFORMED)
-                return
-            records.update((r.id, r) for r in decoded)
+        known = self.mempool.known
+        try:
+            decoded = await asyncio.to_thread(
+                lambda: [known(e) or Record.from_wire(e) for e in envelopes])
+        except LedgerError as exc:
+            log.warning("dropped malformed records from validator %d: %s", peer, exc)
+            self._misbehaved(peer, "sent malformed records", MALFORMED)
+            return
+        records = {r.id: r for r in decoded}
         for fetch in waiting:
             fetch.got.update((rid, r) for rid, r in records.items() if rid in fetch.ids)
             fetch.event.set()
         extra = len(set(records) - wanted)
         if extra:
             self._misbehaved(peer, f"sent {extra} records not asked for", 2)
+        try:
+            results = await self.submit(list(response.items), gossip=False)
+        except (MempoolFull, NotAValidator):
+            return
+        bad = sum(r.error == "payload_mismatch" for r in results)
+        if bad:
+            self._misbehaved(peer, f"sent {bad} sealed records with a pair that does not "
+                             "match", GOSSIP_PAIR_WEIGHT)
 
     def on_link(self, peer: int) -> None:
         """Called by the transport when a link to ``peer`` comes up: send it this node's
@@ -1122,7 +1122,7 @@ class Node:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
                 self._misbehaved(peer, "sent malformed record gossip", MALFORMED)
                 return
-            if len(self._tasks) >= MAX_GOSSIP_TASKS:
+            if len(self._gossip_tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
                 return
             task = self.spawn(self._gossip_in(peer, items))
