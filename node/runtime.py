@@ -173,13 +173,16 @@ def frame_kind(frame: bytes) -> str:
 class RecordFetch:
     """One compact proposal's records being fetched: the ids still wanted, what came back
     (by id, as the peers sent them: they take precedence over this node's own envelopes),
-    an event set whenever some came, and the peers asked."""
+    an event set whenever some came, the peers asked and every id asked of them. With
+    ``refetch``, the records this node holds do not count (its envelopes did not match)."""
 
     height: int
     ids: set[bytes]
+    refetch: bool = False
     got: dict[bytes, Record] = dataclasses.field(default_factory=dict)
     event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     asked: set[int] = dataclasses.field(default_factory=set)
+    requested: set[bytes] = dataclasses.field(default_factory=set)
 
 
 class Hooks:
@@ -818,6 +821,7 @@ class Node:
         if self.faults.blocked(peer) or not self._send_to(peer, frame):
             return False
         fetch.asked.add(peer)
+        fetch.requested.update(ids)
         waiting = self._fetches.setdefault(peer, [])
         if fetch not in waiting:
             waiting.append(fetch)
@@ -845,7 +849,8 @@ class Node:
             until = halfway if now < halfway else deadline
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fetch.event.wait(), max(until - now, 0.0))
-            fetch.ids = {i for i in fetch.ids if i not in fetch.got and self._held(i) is None}
+            fetch.ids = {i for i in fetch.ids if i not in fetch.got
+                         and (fetch.refetch or self._held(i) is None)}
             if fetch.ids and loop.time() >= halfway and len(fetch.asked) < 2:
                 others = [q for q in self.connected_peers() if q not in fetch.asked
                           and COMPACT_FEATURE in self.peer_features.get(q, frozenset())]
@@ -886,7 +891,7 @@ class Node:
         outcome, got = "rebuilt", {}
         for attempt in range(2):
             if missing:
-                fetch = RecordFetch(frame.height, set(missing))
+                fetch = RecordFetch(frame.height, set(missing), refetch=attempt > 0)
                 counts["asked"] += len(missing)
                 try:
                     await self._fetch(peer, fetch, deadline)
@@ -894,7 +899,8 @@ class Node:
                     self._end_fetch(fetch)
                 got.update(fetch.got)
                 counts["fetched"] = len(got)
-                missing = {i for i in missing if i not in got and self._held(i) is None}
+                missing = {i for i in missing
+                           if i not in got and (attempt > 0 or self._held(i) is None)}
             if missing:
                 self.peer_backlog -= 1
                 self.metrics.count_compact("dropped", counts)
@@ -976,7 +982,7 @@ class Node:
         waiting on them at once (their signatures are checked with the proposal's, before
         the core sees it); then admit them as gossip is, so their pairs are kept for the
         commit (a pair that does not match its digest is misbehaviour)."""
-        wanted = set().union(*(f.ids for f in waiting))
+        wanted = set().union(*(f.requested for f in waiting))
         envelopes = [i if isinstance(i, bytes) else i[0] for i in response.items]
         known = self.mempool.known
         try:
@@ -988,7 +994,7 @@ class Node:
             return
         records = {r.id: r for r in decoded}
         for fetch in waiting:
-            fetch.got.update((rid, r) for rid, r in records.items() if rid in fetch.ids)
+            fetch.got.update((rid, r) for rid, r in records.items() if rid in fetch.requested)
             fetch.event.set()
         extra = len(set(records) - wanted)
         if extra:
