@@ -9,10 +9,12 @@ over ``tests/memnet.py`` (the harness of ``test_runtime_inprocess``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from pathlib import Path
 
+import nacl.bindings
 import pytest
 
 from ledger import merkle
@@ -27,7 +29,8 @@ from ledger.consensus.messages import (
     encode_records_request,
     encode_records_response,
 )
-from ledger.encoding import packb
+from ledger.crypto import PrivateKey
+from ledger.encoding import BatchItem, packb
 from ledger.errors import DecodeError
 from ledger.records import Record, seal_record
 from node.runtime import CONSENSUS, FEATURES, Node
@@ -43,6 +46,7 @@ from tests.unit.test_runtime_inprocess import (
 )
 
 RESPONSE = bytes([CONSENSUS, 0x92, 7])  # a RecordsResponse frame starts so
+ED25519_L = 2**252 + 27742317777372353535851937790883648493  # the group order
 
 
 def signed_proposal(records: list[Record], round: int = 0) -> Proposal:
@@ -172,8 +176,8 @@ def test_a_validator_fetches_records_it_lacks_with_their_pairs(tmp_path: Path) -
                               ts=time.time_ns() // 1_000_000, nonce=9_000_000 + k)
                   for k in range(20)]
         plain = [new_record() for _ in range(20)]
-        items = [*((r.envelope, p.salt, p.payload) for r, p in sealed),
-                 *(r.envelope for r in plain)]
+        items: list[BatchItem] = [*((r.envelope, p.salt, p.payload) for r, p in sealed),
+                                  *(r.envelope for r in plain)]
         # node 0 alone holds them (no gossip): every other node must fetch them
         results = await nodes[0].submit(items, gossip=False)
         assert [r.status for r in results] == ["accepted"] * 40
@@ -318,5 +322,50 @@ def test_a_node_only_takes_records_responses_it_asked_for(tmp_path: Path) -> Non
         assert len(node.mempool) == before and not node.misbehaviour
         node.on_frame(0, bytes([FEATURES]) + b"\xc1")  # a malformed hello: scored
         assert node.misbehaviour.get(0) == 1
+
+    run(cluster, body)
+
+
+def other_signature(key: PrivateKey, message: bytes) -> bytes:
+    """A second valid Ed25519 signature of ``message`` (a random nonce instead of RFC
+    8032's derived one): what a client that signs one body twice could produce."""
+    h = hashlib.sha512(key.seed()).digest()
+    a = bytearray(h[:32])
+    a[0] &= 248
+    a[31] &= 127
+    a[31] |= 64
+    r = int.from_bytes(os.urandom(64), "little") % ED25519_L
+    big_r = nacl.bindings.crypto_scalarmult_ed25519_base_noclamp(r.to_bytes(32, "little"))
+    k = int.from_bytes(hashlib.sha512(big_r + key.public + message).digest(), "little")
+    s = (r + k * int.from_bytes(a, "little")) % ED25519_L
+    return big_r + s.to_bytes(32, "little")
+
+
+def test_an_id_held_with_another_envelope_is_fetched_again_from_the_proposer(
+        tmp_path: Path) -> None:
+    """An id is sha256(body): a client that signed one body twice left node 0 one
+    envelope and the others another. Whoever proposes it, the others' rebuild misses the
+    header's records_root, so they fetch every named record from the proposer and vote for
+    its block: the record commits, the nodes agree."""
+    cluster = compact_cluster(tmp_path, fetch_ms=2000)
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        nodes = list(cluster.nodes.values())
+        await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+        first = new_record()
+        sig = other_signature(FX.writer, first.sign_bytes())
+        second = Record.from_wire(packb([first.body_bytes, sig]))
+        assert second.id == first.id and second.envelope != first.envelope
+        assert second.has_valid_signature()
+        assert [r.status for r in await nodes[0].submit([first.envelope], gossip=False)] == [
+            "accepted"]
+        for n in nodes[1:]:
+            assert [r.status for r in await n.submit([second.envelope], gossip=False)] == [
+                "accepted"]
+        await committed(nodes, [first])
+        same_blocks(nodes)
+        assert sum(n.metrics.compact_proposals.get("refetched", 0) for n in nodes) >= 1
 
     run(cluster, body)
