@@ -8,7 +8,6 @@ over ``tests/memnet.py`` (the harness of ``test_runtime_inprocess``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import time
@@ -308,22 +307,20 @@ def test_a_peer_that_does_not_say_it_reads_compact_proposals_gets_whole_ones(
 
 
 def test_a_node_only_takes_records_responses_it_asked_for(tmp_path: Path) -> None:
+    """Checked on a node that is built but not started (no task could take anything)."""
     cluster = compact_cluster(tmp_path)
-
-    async def body() -> None:
-        for i in range(N):
-            await cluster.start(cluster.from_parts(i))
-        node: Node = cluster.nodes[1]
-        before = len(node.mempool)
+    node: Node = cluster.from_parts(1)
+    try:
         r = new_record()
         frame = bytes([CONSENSUS]) + encode_records_response(RecordsResponse(99, (r.envelope,)))
-        node.on_frame(0, frame)  # nobody asked: dropped
-        await asyncio.sleep(0.1)
-        assert len(node.mempool) == before and not node.misbehaviour
-        node.on_frame(0, bytes([FEATURES]) + b"\xc1")  # a malformed hello: scored
-        assert node.misbehaviour.get(0) == 1
-
-    run(cluster, body)
+        node.on_frame(0, frame)  # nobody asked: dropped unread, not misbehaviour
+        assert not node._tasks and len(node.mempool) == 0 and not node.misbehaviour
+        node.on_frame(0, bytes([FEATURES]) + packb(["compact-proposals/1", "later/2"]))
+        assert node.peer_features[0] == {"compact-proposals/1", "later/2"}
+        node.on_frame(2, bytes([FEATURES]) + b"\xc1")  # a malformed hello: scored
+        assert node.misbehaviour.get(2) == 1 and 2 not in node.peer_features
+    finally:
+        node.store.close()
 
 
 def other_signature(key: PrivateKey, message: bytes) -> bytes:
