@@ -82,6 +82,13 @@ class NodeConfig:
     api_workers: int = 2
     api_block_cache_bytes: int = 32 * 1024 * 1024
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    # Compact proposals on the peer links (node.runtime, docs/protocol.md): on unless
+    # ``"compact_proposals": false`` (or LEDGER_COMPACT_PROPOSALS=0); how long a validator
+    # waits for records it must fetch to rebuild one, and how recent an admission must be
+    # for the proposer to carry the record whole rather than name it.
+    compact_proposals: bool = True
+    compact_fetch_ms: int = 1000
+    compact_inline_ms: int = 5
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -141,14 +148,20 @@ class NodeConfig:
                 api_body_budget=int(doc.get("api_body_budget", 256 * 1024 * 1024)),
                 api_workers=int(doc.get("api_workers", 2)),
                 api_block_cache_bytes=int(doc.get("api_block_cache_bytes", 32 * 1024 * 1024)),
+                compact_proposals=os.environ.get(
+                    "LEDGER_COMPACT_PROPOSALS", "1" if doc.get("compact_proposals", True)
+                    else "0").strip().lower() not in ("0", "false", "no", "off"),
+                compact_fetch_ms=int(doc.get("compact_fetch_ms", 1000)),
+                compact_inline_ms=int(doc.get("compact_inline_ms", 5)),
             )
             if not (cfg.api_body_timeout > 0 and cfg.api_header_timeout > 0
                     and cfg.api_connections_per_source >= 1 and cfg.api_requests_per_source >= 1
                     and cfg.api_max_inflight >= 1 and cfg.api_workers >= 1
                     and cfg.api_body_budget >= cfg.max_body_bytes >= 1
-                    and cfg.api_block_cache_bytes >= 0):
-                raise ValueError("api_* limits must be positive, and api_body_budget at "
-                                 "least max_body_bytes")
+                    and cfg.api_block_cache_bytes >= 0
+                    and cfg.compact_fetch_ms >= 0 and cfg.compact_inline_ms >= 0):
+                raise ValueError("api_* limits must be positive, api_body_budget at "
+                                 "least max_body_bytes, compact_*_ms not negative")
             tls = doc.get("tls")
             if tls:
                 cfg.tls_ca, cfg.tls_cert, cfg.tls_key = (d / tls["ca"], d / tls["cert"],

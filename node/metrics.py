@@ -34,6 +34,25 @@ class Metrics:
     #: from peers' answers (fetched), sent to peers (served), stored from a resubmission
     #: (healed), refused from peers for not matching their digests (mismatched)
     payload_pairs: dict[str, int] = field(default_factory=dict)
+    #: bytes handed to the peer links (frames, 4-byte length headers included, once per
+    #: peer), by what they carry (``frame_kind``)
+    peer_bytes_sent: dict[str, int] = field(default_factory=dict)
+    #: records of compact proposals received, by how this node came by each: held (in its
+    #: mempool or a recent proposal), inline (carried whole), waited (arrived by gossip
+    #: while the proposal waited), fetched (asked of a peer); and asked: ids requested
+    compact_records: dict[str, int] = field(default_factory=dict)
+    #: compact proposals received, by outcome: rebuilt, refetched (ids held with other
+    #: envelopes: every record fetched), dropped (records still missing when the wait ended)
+    compact_proposals: dict[str, int] = field(default_factory=dict)
+
+    def count_sent(self, kind: str, nbytes: int) -> None:
+        self.peer_bytes_sent[kind] = self.peer_bytes_sent.get(kind, 0) + nbytes
+
+    def count_compact(self, outcome: str, records: dict[str, int]) -> None:
+        self.compact_proposals[outcome] = self.compact_proposals.get(outcome, 0) + 1
+        for how, n in records.items():
+            if n:
+                self.compact_records[how] = self.compact_records.get(how, 0) + n
 
     def count_cosignature(self, result: str) -> None:
         self.cosignatures[result] = self.cosignatures.get(result, 0) + 1
@@ -127,4 +146,21 @@ class Metrics:
                   "# TYPE ledger_payload_pairs_total counter"]
         lines += [f'ledger_payload_pairs_total{{how="{how}"}} {count}'
                   for how, count in sorted(self.payload_pairs.items())]
+        lines += ["# HELP ledger_peer_bytes_sent_total Bytes handed to the peer links (with "
+                  "frame headers, counted once per peer), by frame kind.",
+                  "# TYPE ledger_peer_bytes_sent_total counter"]
+        lines += [f'ledger_peer_bytes_sent_total{{kind="{kind}"}} {count}'
+                  for kind, count in sorted(self.peer_bytes_sent.items())]
+        lines += ["# HELP ledger_compact_proposals_total Compact proposals received, by "
+                  "outcome (rebuilt, refetched, dropped: records missing at the end of the "
+                  "wait).",
+                  "# TYPE ledger_compact_proposals_total counter"]
+        lines += [f'ledger_compact_proposals_total{{outcome="{o}"}} {count}'
+                  for o, count in sorted(self.compact_proposals.items())]
+        lines += ["# HELP ledger_compact_records_total Records of compact proposals received, "
+                  "by how this node came by them (held, inline, waited, fetched; asked: ids "
+                  "requested).",
+                  "# TYPE ledger_compact_records_total counter"]
+        lines += [f'ledger_compact_records_total{{how="{how}"}} {count}'
+                  for how, count in sorted(self.compact_records.items())]
         return "\n".join(lines) + "\n"

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
 
-from ledger.blocks import Block, Header, peek_cert_obj, verify_block_cert
+from ledger.blocks import Block, Header, check_contents, peek_cert_obj, verify_block_cert
 from ledger.config import REDACT_TYPE, ConfigHistory
 from ledger.consensus import (
     Action,
@@ -56,16 +58,23 @@ from ledger.consensus import (
     encode_message,
 )
 from ledger.consensus.messages import (
+    RecordsRequest,
+    RecordsResponse,
     UndecodedBlockResponse,
+    UndecodedCompactProposal,
     UndecodedProposal,
     decode_frame,
     encode_block_response,
+    encode_compact_proposal,
+    encode_records_request,
+    encode_records_response,
     peek_block_response,
 )
 from ledger.crypto import PrivateKey, read_key_file
-from ledger.encoding import BatchItem, packb, split_batch
-from ledger.errors import CertificateError, DecodeError, LedgerError
+from ledger.encoding import BatchItem, packb, split_batch, unpack_exact
+from ledger.errors import BlockError, CertificateError, DecodeError, LedgerError
 from ledger.genesis import Genesis
+from ledger.merkle import leaf_hash
 from ledger.records import Record, SealedPayload
 from ledger.store import SqliteStore
 from ledger.store.check import check_recent
@@ -85,6 +94,20 @@ from node.transport import PeerNetwork
 from node.transport.peers import PeerDirectory, accepted_peers
 
 CONSENSUS, RECORDS = 0, 1  # frame channels on the peer links (PAYLOADS = 2: node.payloads)
+# Channel 3: the features a node's peer protocol reads, ``packb([name, ...])``, sent as each
+# link comes up (an older node drops it as an unknown channel). A proposal goes compact only
+# to a peer whose hello named COMPACT_FEATURE; to any other, whole.
+FEATURES = 3
+COMPACT_FEATURE = "compact-proposals/1"
+MAX_FEATURES = 64
+# Record fetches (to rebuild a compact proposal) answered per peer: requests and bytes per
+# second, with bursts; a request beyond them is not answered (the asker's wait ends).
+RECORD_FETCHES_PER_S, RECORD_FETCHES_BURST = 50.0, 100.0
+RECORD_FETCH_BYTES_PER_S, RECORD_FETCH_BYTES_BURST = 32.0 * 2**20, 64.0 * 2**20
+RESPONSE_OVERHEAD, RESPONSE_ITEM_OVERHEAD = 64, 16
+# Of a compact proposal's wait, the share spent waiting for record gossip being admitted
+# before asking for what is still missing (what arrives by gossip is not sent twice).
+GOSSIP_WAIT_SHARE = 2 / 3
 MAX_PEER_BACKLOG = 20_000  # peer messages waiting for the core; beyond it they are dropped
 MAX_GOSSIP_TASKS = 64  # record batches from peers being admitted at once
 # a new link's pending records go in frames of at most so many records and bytes
@@ -133,6 +156,36 @@ STOP_TASKS_S = 2.0
 CHECKPOINT_S = 1.0
 
 log = logging.getLogger("ledger.node")
+
+_CONSENSUS_KINDS = {1: "proposal", 2: "vote", 3: "block_request", 4: "block_response",
+                    5: "compact_proposal", 6: "records_request", 7: "records_response"}
+
+
+def frame_kind(frame: bytes) -> str:
+    """What a peer frame carries, for ``ledger_peer_bytes_sent_total`` (read from its first
+    bytes: a consensus frame is ``packb([kind, payload])`` after the channel byte)."""
+    channel = frame[0] if frame else -1
+    if channel == CONSENSUS:
+        kind = frame[2] if len(frame) > 2 and frame[1] == 0x92 else -1
+        return _CONSENSUS_KINDS.get(kind, "consensus")
+    return {RECORDS: "record_gossip", PAYLOADS: "payloads", FEATURES: "features"}.get(
+        channel, "other")
+
+
+@dataclasses.dataclass(eq=False)
+class RecordFetch:
+    """One compact proposal's records being fetched: the ids still wanted, what came back
+    (by id, as the peers sent them: they take precedence over this node's own envelopes),
+    an event set whenever some came, the peers asked and every id asked of them. With
+    ``refetch``, the records this node holds do not count (its envelopes did not match)."""
+
+    height: int
+    ids: set[bytes]
+    refetch: bool = False
+    got: dict[bytes, Record] = dataclasses.field(default_factory=dict)
+    event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    asked: set[int] = dataclasses.field(default_factory=set)
+    requested: set[bytes] = dataclasses.field(default_factory=set)
 
 
 class Hooks:
@@ -483,6 +536,19 @@ class Node:
         self.payload_sync = PayloadSync(self, MALFORMED)
         self._payload_fetch: asyncio.Task[None] | None = None
         self._unknown_channels: set[tuple[int, int]] = set()  # (peer, channel) logged
+        # compact proposals (see _send_proposal, _rebuild_proposal): whether this node
+        # speaks them, the features each peer's hello named, the fetches under way by peer
+        # asked, the records of recent proposals this node does not hold pending (by id,
+        # oldest first, bounded: what it answers fetches with beside its mempool), and the
+        # record gossip being admitted (a proposal waits for it before fetching)
+        self.compact = config.compact_proposals
+        self.compact_fetch_s = config.compact_fetch_ms / 1000
+        self.compact_inline_s = config.compact_inline_ms / 1000
+        self.peer_features: dict[int, frozenset[str]] = {}
+        self._fetches: dict[int, list[RecordFetch]] = {}
+        self._recent: OrderedDict[bytes, Record] = OrderedDict()
+        self._gossip_tasks: set[asyncio.Task[None]] = set()
+        self._fetch_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
 
     # -- consensus loop -------------------------------------------------------------------
 
@@ -531,7 +597,10 @@ class Node:
                 for peer in self.connected_peers():
                     self.sync_requests.asked_for(peer, action.message.height, time.monotonic())
             for peers, message in self.faults.outgoing(action.message, self.connected_peers()):
-                self.send_frame(bytes([CONSENSUS]) + encode_message(message), peers)
+                if isinstance(message, Proposal):
+                    self._send_proposal(message, peers)
+                else:
+                    self.send_frame(bytes([CONSENSUS]) + encode_message(message), peers)
         elif isinstance(action, SendTo):
             if isinstance(action.message, BlockRequest):
                 self.sync_requests.asked_for(action.peer, action.message.height,
@@ -816,17 +885,281 @@ class Node:
             return
         if peers is None and not self.faults.filters_peers:
             self.transport.broadcast(frame)
+            self.metrics.count_sent(frame_kind(frame),
+                                    (len(frame) + 4) * len(self.transport.connected()))
             return
         for peer in self.connected_peers() if peers is None else peers:
             if not self.faults.blocked(peer):
-                self.transport.send(peer, frame)
+                self._send_to(peer, frame)
+
+    def _send_to(self, peer: int, frame: bytes) -> bool:
+        """``transport.send``, counted in ``ledger_peer_bytes_sent_total``."""
+        if self.transport is None or not self.transport.send(peer, frame):
+            return False
+        self.metrics.count_sent(frame_kind(frame), len(frame) + 4)
+        return True
+
+    # -- compact proposals ------------------------------------------------------------
+
+    def _send_proposal(self, proposal: Proposal, peers: list[int] | None) -> None:
+        """Send ``proposal`` to ``peers`` (None: every connected validator): compact to
+        those whose hello named COMPACT_FEATURE (its records named by id, but for those
+        this node admitted in the last ``compact_inline_s``: a peer may not hold them yet),
+        whole to the others, and to all when it names no record by id."""
+        compact: list[int] = []
+        if self.compact and proposal.records:
+            targets = self.connected_peers() if peers is None else peers
+            compact = [q for q in targets
+                       if COMPACT_FEATURE in self.peer_features.get(q, frozenset())]
+        if compact:
+            recent = time.monotonic() - self.compact_inline_s
+            admitted = self.admitted_at
+            inline = [admitted.get(r.id, 0.0) > recent for r in proposal.records]
+            if all(inline):
+                compact = []
+            else:
+                flags = iter(inline)
+                body = encode_compact_proposal(proposal, lambda _: next(flags))
+                self.send_frame(bytes([CONSENSUS]) + body, compact)
+        if not compact:
+            self.send_frame(bytes([CONSENSUS]) + encode_message(proposal), peers)
+            return
+        whole = [q for q in (self.connected_peers() if peers is None else peers)
+                 if q not in compact]
+        if whole:
+            self.send_frame(bytes([CONSENSUS]) + encode_message(proposal), whole)
+
+    def _on_features(self, peer: int, body: bytes) -> None:
+        """A peer's hello on the FEATURES channel: the features its protocol reads."""
+        try:
+            names = unpack_exact(body, "features")
+            if (type(names) is not list or len(names) > MAX_FEATURES
+                    or any(type(n) is not str for n in names)):
+                raise DecodeError("features: expected an array of strings")
+        except LedgerError as exc:
+            log.warning("dropped a malformed features frame from validator %d: %s", peer, exc)
+            self._misbehaved(peer, "sent a malformed features frame", 10)
+            return
+        self.peer_features[peer] = frozenset(names)
+
+    def _remember(self, records: Sequence[Record]) -> None:
+        """Keep records of a proposal this node does not hold pending, to answer fetches
+        (at most twice a block's records; the oldest go first)."""
+        recent = self._recent
+        for r in records:
+            recent[r.id] = r
+            recent.move_to_end(r.id)
+        excess = len(recent) - 2 * self.core.config.max_block_records
+        for _ in range(max(excess, 0)):
+            recent.popitem(last=False)
+
+    def _held(self, record_id: bytes) -> Record | None:
+        return self.mempool.pending.get(record_id) or self._recent.get(record_id)
+
+    def _ask_records(self, peer: int, fetch: RecordFetch, ids: Sequence[bytes]) -> bool:
+        """Ask ``peer`` for ``ids`` for ``fetch``; False if it is not linked."""
+        frame = bytes([CONSENSUS]) + encode_records_request(RecordsRequest(fetch.height,
+                                                                           tuple(ids)))
+        if self.faults.blocked(peer) or not self._send_to(peer, frame):
+            return False
+        fetch.asked.add(peer)
+        fetch.requested.update(ids)
+        waiting = self._fetches.setdefault(peer, [])
+        if fetch not in waiting:
+            waiting.append(fetch)
+        return True
+
+    def _end_fetch(self, fetch: RecordFetch) -> None:
+        for peer in fetch.asked:
+            waiting = self._fetches.get(peer)
+            if waiting is not None and fetch in waiting:
+                waiting.remove(fetch)
+                if not waiting:
+                    del self._fetches[peer]
+
+    async def _fetch(self, peer: int, fetch: RecordFetch, deadline: float) -> None:
+        """Ask ``peer`` (the sender) for ``fetch.ids``, then, half way to ``deadline``, one
+        other peer that speaks compact proposals for what is still missing; return when
+        nothing is or at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        halfway = start + (deadline - start) / 2
+        self._ask_records(peer, fetch, sorted(fetch.ids))
+        while fetch.ids and loop.time() < deadline:
+            fetch.event.clear()
+            now = loop.time()
+            until = halfway if now < halfway else deadline
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fetch.event.wait(), max(until - now, 0.0))
+            fetch.ids = {i for i in fetch.ids if i not in fetch.got
+                         and (fetch.refetch or self._held(i) is None)}
+            if fetch.ids and loop.time() >= halfway and len(fetch.asked) < 2:
+                others = [q for q in self.connected_peers() if q not in fetch.asked
+                          and COMPACT_FEATURE in self.peer_features.get(q, frozenset())]
+                if not others or not self._ask_records(others[0], fetch, sorted(fetch.ids)):
+                    fetch.asked.add(-1)  # nobody else to ask: wait for the first answer
+
+    async def _rebuild_proposal(self, peer: int, frame: UndecodedCompactProposal) -> None:
+        """Rebuild a compact proposal from the records this node holds (its mempool, recent
+        proposals), those it carries and, for the rest, record gossip being admitted, then
+        a fetch from the sender (and another peer), within ``compact_fetch_s``. The
+        rebuilt records are checked against the header's ``records_root`` (an id names a
+        record's body; a client that signed one body twice could have left this node
+        another envelope): on a mismatch every named record is fetched. A proposal still
+        lacking records when the wait ends is dropped: the core's propose timeout makes
+        this validator prevote nil, and the round goes on without it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.compact_fetch_s
+        try:
+            slots, shell = await asyncio.to_thread(
+                lambda: (frame.slots(self.mempool.known), frame.without_records()))
+        except LedgerError as exc:
+            self.peer_backlog -= 1
+            log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
+            self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
+            return
+        named = [s for s in slots if isinstance(s, bytes)]
+        counts = {"inline": len(slots) - len(named), "held": 0, "waited": 0, "fetched": 0,
+                  "asked": 0}
+        missing = {i for i in named if self._held(i) is None}
+        counts["held"] = len(named) - len(missing)
+        if missing and self._gossip_tasks:  # what arrives by gossip is not fetched
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.wait(set(self._gossip_tasks)),
+                                       max(deadline - loop.time(), 0.0) * GOSSIP_WAIT_SHARE)
+            before = len(missing)
+            missing = {i for i in missing if self._held(i) is None}
+            counts["waited"] = before - len(missing)
+        outcome, got = "rebuilt", {}
+        for attempt in range(2):
+            if missing:
+                fetch = RecordFetch(frame.height, set(missing), refetch=attempt > 0)
+                counts["asked"] += len(missing)
+                try:
+                    await self._fetch(peer, fetch, deadline)
+                finally:
+                    self._end_fetch(fetch)
+                got.update(fetch.got)
+                counts["fetched"] = len(got)
+                missing = {i for i in missing
+                           if i not in got and (attempt > 0 or self._held(i) is None)}
+            if missing:
+                self.peer_backlog -= 1
+                self.metrics.count_compact("dropped", counts)
+                log.info("dropped the compact proposal of validator %d for height %d round "
+                         "%d: %d records still missing after %.0f ms", frame.proposer,
+                         frame.height, frame.round, len(missing), self.compact_fetch_s * 1000)
+                return
+            found = [s if isinstance(s, Record) else got.get(s) or self._held(s)
+                     for s in slots]
+            if None in found:  # committed meanwhile (and left the mempool): nothing to do
+                self.peer_backlog -= 1
+                return
+            records = tuple(r for r in found if r is not None)
+            proposal = dataclasses.replace(shell, records=records)
+            if attempt or await asyncio.to_thread(self._contents_match, proposal):
+                break
+            # ids held with other envelopes than the proposer's: fetch every named record
+            outcome, missing, got = "refetched", set(named), {}
+        self.metrics.count_compact(outcome, counts)
+        self._remember([r for r in records if r.id not in self.mempool.pending])
+        await self._verify_then_queue(peer, proposal, self._unverified_records(proposal))
+
+    @staticmethod
+    def _contents_match(proposal: Proposal) -> bool:
+        """The records are those the header commits to (in a worker thread)."""
+        try:
+            check_contents(proposal.header, [leaf_hash(r.envelope) for r in proposal.records])
+        except BlockError:
+            return False
+        return True
+
+    def _serve_records(self, peer: int, request: RecordsRequest) -> None:
+        """Answer a RecordsRequest with the records this node holds of those ids (its
+        mempool's, with their pairs; recent proposals'), as many as fit in a frame, within
+        ``peer``'s budget (beyond it: not answered)."""
+        if self.transport is None or self.backed_off(peer):
+            return
+        if len(request.ids) > self.core.config.max_block_records:
+            self._misbehaved(peer, "a records request over the block limits", 20)
+            return
+        now = time.monotonic()
+        requests, nbytes = self._fetch_buckets.setdefault(peer, (
+            TokenBucket(RECORD_FETCHES_PER_S, RECORD_FETCHES_BURST),
+            TokenBucket(RECORD_FETCH_BYTES_PER_S, RECORD_FETCH_BYTES_BURST)))
+        budget = min(self.transport.max_frame, int(nbytes.available(now)))
+        if budget <= RESPONSE_OVERHEAD or not requests.take(1, now):
+            self._misbehaved(peer, "records requests over the rate", 1)
+            return
+        item, pending, recent = self.mempool.batch_item, self.mempool.pending, self._recent
+        items: list[BatchItem] = []
+        size = RESPONSE_OVERHEAD
+        for rid in request.ids:
+            r = pending.get(rid) or recent.get(rid)
+            if r is None:
+                continue
+            entry = item(r) if r.id in pending else r.envelope
+            size += RESPONSE_ITEM_OVERHEAD + (len(entry) if isinstance(entry, bytes)
+                                              else sum(map(len, entry)))
+            if size > budget:
+                break
+            items.append(entry)
+        frame = bytes([CONSENSUS]) + encode_records_response(
+            RecordsResponse(request.height, tuple(items)))
+        nbytes.spend(len(frame), now)
+        self._send_to(peer, frame)
+
+    def _take_records(self, peer: int, response: RecordsResponse) -> None:
+        """A RecordsResponse: taken only from a peer asked, for a height asked (a late one
+        is dropped); its records are admitted as gossip is (their pairs with them) and
+        handed to the fetches waiting on them."""
+        waiting = [f for f in self._fetches.get(peer, ()) if f.height == response.height]
+        if not waiting or not response.items:
+            return
+        self.spawn(self._admit_fetched(peer, response, waiting))
+
+    async def _admit_fetched(self, peer: int, response: RecordsResponse,
+                             waiting: list[RecordFetch]) -> None:
+        """Decode a response's records (in a worker thread) and hand them to the fetches
+        waiting on them at once (their signatures are checked with the proposal's, before
+        the core sees it); then admit them as gossip is, so their pairs are kept for the
+        commit (a pair that does not match its digest is misbehaviour)."""
+        wanted = set().union(*(f.requested for f in waiting))
+        envelopes = [i if isinstance(i, bytes) else i[0] for i in response.items]
+        known = self.mempool.known
+        try:
+            decoded = await asyncio.to_thread(
+                lambda: [known(e) or Record.from_wire(e) for e in envelopes])
+        except LedgerError as exc:
+            log.warning("dropped malformed records from validator %d: %s", peer, exc)
+            self._misbehaved(peer, "sent malformed records", MALFORMED)
+            return
+        records = {r.id: r for r in decoded}
+        for fetch in waiting:
+            fetch.got.update((rid, r) for rid, r in records.items() if rid in fetch.requested)
+            fetch.event.set()
+        extra = len(set(records) - wanted)
+        if extra:
+            self._misbehaved(peer, f"sent {extra} records not asked for", 2)
+        try:
+            results = await self.submit(list(response.items), gossip=False)
+        except (MempoolFull, NotAValidator):
+            return
+        bad = sum(r.error == "payload_mismatch" for r in results)
+        if bad:
+            self._misbehaved(peer, f"sent {bad} sealed records with a pair that does not "
+                             "match", GOSSIP_PAIR_WEIGHT)
 
     def on_link(self, peer: int) -> None:
         """Called by the transport when a link to ``peer`` comes up: send it this node's
         pending records. Gossip at admission reaches only the peers linked then, so without
         this a record admitted while a link was down (a restart, a network fault) would wait
         for its node's own turn to propose (forever, on a chain without empty blocks whose
-        other nodes never start the height)."""
+        other nodes never start the height). First, this node's features hello: until the
+        new link's peer sends its own, it gets whole proposals."""
+        self.peer_features.pop(peer, None)
+        if self.compact and not self._stopping and not self.faults.blocked(peer):
+            self._send_to(peer, bytes([FEATURES]) + packb([COMPACT_FEATURE]))
         if len(self.mempool) and not self._stopping and not self.faults.blocked(peer):
             earlier = self._gossiping.pop(peer, None)
             if earlier is not None:  # the link came up again: one resend per peer at a time
@@ -856,7 +1189,7 @@ class Node:
             cost = len(record.envelope) + (0 if isinstance(entry, bytes)
                                            else len(entry[1]) + len(entry[2])) + 16
             if frame and (len(frame) >= GOSSIP_FRAME_RECORDS or size + cost > limit):
-                if not self.transport.send(peer, bytes([RECORDS]) + packb(frame)):
+                if not self._send_to(peer, bytes([RECORDS]) + packb(frame)):
                     return  # the link went down again: the next link sends them
                 frame, size = [], 0
                 await asyncio.sleep(0)
@@ -869,7 +1202,7 @@ class Node:
             frame.append(entry)
             size += cost
         if frame:
-            self.transport.send(peer, bytes([RECORDS]) + packb(frame))
+            self._send_to(peer, bytes([RECORDS]) + packb(frame))
 
     def on_frame(self, peer: int, payload: bytes) -> None:
         """Called by the transport on the event loop for every frame from a peer."""
@@ -895,6 +1228,12 @@ class Node:
                 log.warning("dropped a malformed message from validator %d: %s", peer, exc)
                 self._misbehaved(peer, "sent a malformed consensus message", MALFORMED)
                 return
+            if isinstance(frame, RecordsRequest):
+                self._serve_records(peer, frame)
+                return
+            if isinstance(frame, RecordsResponse):
+                self._take_records(peer, frame)
+                return
             if self.peer_backlog >= MAX_PEER_BACKLOG:
                 self.dropped_peer_messages += 1  # consensus re-sends; memory stays bounded
                 return
@@ -903,13 +1242,16 @@ class Node:
                 return
             self._heard(peer, frame)
             message: Message
-            if isinstance(frame, UndecodedProposal):
+            if isinstance(frame, UndecodedProposal | UndecodedCompactProposal):
                 admitted = self._admit_proposal(peer, frame, len(body))
                 if admitted is None or admitted is False:
                     return
                 if admitted is True:
                     self.peer_backlog += 1
-                    decoding = asyncio.ensure_future(self._decode_proposal(peer, frame))
+                    decoding = asyncio.ensure_future(
+                        self._decode_proposal(peer, frame)
+                        if isinstance(frame, UndecodedProposal)
+                        else self._rebuild_proposal(peer, frame))
                     self._tasks.add(decoding)
                     decoding.add_done_callback(self._tasks.discard)
                     return
@@ -928,12 +1270,16 @@ class Node:
                 log.warning("dropped malformed records from validator %d: %s", peer, exc)
                 self._misbehaved(peer, "sent malformed record gossip", MALFORMED)
                 return
-            if len(self._tasks) >= MAX_GOSSIP_TASKS:
+            if len(self._gossip_tasks) >= MAX_GOSSIP_TASKS:
                 self.dropped_peer_messages += 1
                 return
-            self.spawn(self._gossip_in(peer, items))
+            task = self.spawn(self._gossip_in(peer, items))
+            self._gossip_tasks.add(task)
+            task.add_done_callback(self._gossip_tasks.discard)
         elif channel == PAYLOADS:
             self.payload_sync.on_frame(peer, body)
+        elif channel == FEATURES:
+            self._on_features(peer, body)
         else:
             # A newer peer's channel this node does not know: dropped, lightly scored (it
             # is not garbage on a known channel), logged once per peer and channel.
@@ -965,7 +1311,7 @@ class Node:
             self._misbehaved(peer, f"gossiped {bad} sealed records without their matching "
                              "payload", GOSSIP_PAIR_WEIGHT)
 
-    def _admit_proposal(self, peer: int, frame: UndecodedProposal,
+    def _admit_proposal(self, peer: int, frame: UndecodedProposal | UndecodedCompactProposal,
                         size: int) -> Proposal | bool | None:
         """Whether a proposal is worth decoding: within the block limits and ``peer``'s
         budgets (a rate in frames and bytes, a round the core tracks, two distinct proposals
@@ -1019,7 +1365,10 @@ class Node:
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
             self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
             return
-        await self._verify_then_queue(peer, proposal, self._unverified_records(proposal))
+        unheld = self._unverified_records(proposal)
+        if unheld:
+            self._remember(unheld)  # a compact relay of it may name them to peers
+        await self._verify_then_queue(peer, proposal, unheld)
 
     # -- block sync: receiving ----------------------------------------------------------
 

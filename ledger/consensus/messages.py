@@ -4,16 +4,25 @@ Votes are signed as SPEC section 4 says (``ledger.vote.v1\\0 + packb(vote)``). P
 not in the SPEC (they never reach an auditor), so their sign bytes are ours, tagged
 ``ledger.proposal.v1\\0`` so that no proposal signature can pass as a vote or a record:
 ``packb([chain, height, round, pol_round, block_hash])``.
+
+Compact proposals (ours too, never in a block): the same signed proposal with each record
+named by its id (``sha256(body)``) unless the proposer thinks a peer may not hold it yet
+(then its envelope, as in a full proposal). The receiver rebuilds the record list from what
+it holds and asks the sender for the rest (``RecordsRequest``/``RecordsResponse``); the
+rebuilt proposal is the very Proposal the full form decodes to (same header, same records,
+same signature), so the block's bytes and hash do not depend on the form it travelled in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ledger.blocks import Block, BlockShell, Certificate, Header, Vote, peek_header
 from ledger.crypto import SIGNATURE_SIZE, PrivateKey, sha256
 from ledger.encoding import (
+    BatchItem,
     expect_array,
     expect_bytes,
     expect_int,
@@ -26,6 +35,7 @@ from ledger.records import KnownRecords, Record, records_from_obj
 
 PROPOSAL_TAG = b"ledger.proposal.v1\x00"
 MAX_ROUND = 2**32 - 1
+ID_SIZE = 32  # a record id; an envelope is always longer (it holds a 64-byte signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,74 @@ class UndecodedProposal:
 
 
 @dataclass(frozen=True, slots=True)
+class UndecodedCompactProposal:
+    """A compact proposal decoded up to its records, each of which is a record id (32
+    bytes) or an envelope: checked against the per-peer budgets as a proposal is, then
+    rebuilt (``slots``, then ``assemble`` with every record) into the Proposal it stands
+    for."""
+
+    height: int
+    round: int
+    proposer: int
+    sig: bytes
+    obj: Any
+
+    def slots(self, known: KnownRecords | None = None) -> list[bytes | Record]:
+        """The records in block order: a Record where the proposal carries the envelope
+        (``known`` as for ``records_from_obj``), the id where it names one (strict)."""
+        w = "compact proposal.records"
+        out: list[bytes | Record] = []
+        for i, item in enumerate(expect_array(self.obj[5], w)):
+            data = expect_bytes(item, f"{w}[{i}]")
+            if len(data) == ID_SIZE:
+                out.append(data)
+            else:
+                record = known(data) if known is not None else None
+                out.append(record if record is not None else Record.from_wire(data))
+        return out
+
+    def assemble(self, records: tuple[Record, ...]) -> Proposal:
+        """The Proposal with ``records`` (the rebuilt list), strictly decoded but for the
+        records. The caller checks they are the ones named; the consensus core checks
+        them against the header, as for any proposal."""
+        shell = Proposal.from_obj([*self.obj[:5], [], *self.obj[6:]])
+        return Proposal(shell.chain, shell.height, shell.round, shell.pol_round,
+                        shell.header, records, shell.proposer, shell.sig, shell.last_cert)
+
+    def without_records(self) -> Proposal:
+        """As ``UndecodedProposal.without_records``."""
+        return Proposal.from_obj([*self.obj[:5], [], *self.obj[6:]])
+
+
+def encode_compact_proposal(proposal: Proposal, inline: Callable[[Record], bool]) -> bytes:
+    """The frame body of ``proposal`` in compact form: each record named by its id, or
+    carried whole where ``inline(record)`` says so (a peer may not hold it yet)."""
+    p = proposal
+    items = [r.envelope if inline(r) else r.id for r in p.records]
+    return packb([COMPACT_PROPOSAL, [p.chain, p.height, p.round, p.pol_round, p.header.to_obj(),
+                                     items, p.proposer, p.sig,
+                                     None if p.last_cert is None else p.last_cert.to_obj()]])
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsRequest:
+    """Ask a peer for records of a proposal for ``height``, by id (to rebuild it)."""
+
+    height: int
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsResponse:
+    """The records asked for that the peer holds (possibly none), each as a batch item:
+    the envelope, or ``(envelope, salt, payload)`` for a sealed record whose pair the
+    peer holds."""
+
+    height: int
+    items: tuple[BatchItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class UndecodedBlockResponse:
     """A block response with only the block's header read: a node checks that it asked
     this peer for that height, then (off its event loop) the sizes and the certificate
@@ -192,9 +270,24 @@ class UndecodedBlockResponse:
         return BlockResponse(self.shell().decode(known), self.last_cert)
 
 
-Frame = SignedVote | BlockRequest | UndecodedProposal | UndecodedBlockResponse
+Frame = (SignedVote | BlockRequest | UndecodedProposal | UndecodedBlockResponse
+         | UndecodedCompactProposal | RecordsRequest | RecordsResponse)
 
 _KINDS: dict[type, int] = {Proposal: 1, SignedVote: 2, BlockRequest: 3, BlockResponse: 4}
+# Compact proposals and the record fetch behind them: sent only to a peer that said it
+# reads them (node.runtime's feature hello); an older node refuses kinds it does not know.
+COMPACT_PROPOSAL, RECORDS_REQUEST, RECORDS_RESPONSE = 5, 6, 7
+
+
+def encode_records_request(msg: RecordsRequest) -> bytes:
+    """The frame body of a RecordsRequest: ``[6, [height, [id, ...]]]``."""
+    return packb([RECORDS_REQUEST, [msg.height, list(msg.ids)]])
+
+
+def encode_records_response(msg: RecordsResponse) -> bytes:
+    """The frame body of a RecordsResponse: ``[7, [height, [item, ...]]]``."""
+    return packb([RECORDS_RESPONSE, [msg.height, [i if isinstance(i, bytes) else list(i)
+                                                  for i in msg.items]]])
 
 
 def encode_message(msg: Message) -> bytes:
@@ -216,6 +309,11 @@ def decode_message(data: bytes, known: KnownRecords | None = None) -> Message:
     frame = decode_frame(data)
     if isinstance(frame, UndecodedProposal | UndecodedBlockResponse):
         return frame.decode(known)
+    if isinstance(frame, UndecodedCompactProposal):
+        # what its signature covers, without the records it names (a node rebuilds them)
+        return frame.without_records()
+    if isinstance(frame, RecordsRequest | RecordsResponse):
+        fail("message", "a record fetch, not a consensus message")
     return frame
 
 
@@ -225,9 +323,10 @@ def decode_frame(data: bytes) -> Frame:
     obj = unpack_exact(data, "message")
     require_canonical(data, obj, "message")
     kind, payload = expect_array(obj, "message", 2)
-    if kind == 1:
+    if kind == 1 or kind == COMPACT_PROPOSAL:
         items = expect_array(payload, "proposal", 9)
-        return UndecodedProposal(expect_int(items[1], "proposal.height", lo=1),
+        cls = UndecodedProposal if kind == 1 else UndecodedCompactProposal
+        return cls(expect_int(items[1], "proposal.height", lo=1),
                                  expect_int(items[2], "proposal.round", hi=MAX_ROUND),
                                  expect_int(items[6], "proposal.proposer", hi=2**16),
                                  expect_bytes(items[7], "proposal.sig", SIGNATURE_SIZE),
@@ -242,6 +341,25 @@ def decode_frame(data: bytes) -> Frame:
         return UndecodedBlockResponse(
             peek_header(block), block,
             None if last_cert is None else Certificate.from_obj(last_cert))
+    if kind == RECORDS_REQUEST:
+        height, ids = expect_array(payload, "records request", 2)
+        ids = expect_array(ids, "records request.ids")
+        return RecordsRequest(expect_int(height, "records request.height", lo=1),
+                              tuple(expect_bytes(i, "records request.ids[]", ID_SIZE)
+                                    for i in ids))
+    if kind == RECORDS_RESPONSE:
+        height, items = expect_array(payload, "records response", 2)
+        out: list[BatchItem] = []
+        for item in expect_array(items, "records response.items"):
+            if type(item) is list:
+                env, salt, body = expect_array(item, "records response.items[]", 3)
+                out.append((expect_bytes(env, "records response.envelope"),
+                            expect_bytes(salt, "records response.salt"),
+                            expect_bytes(body, "records response.payload")))
+            else:
+                out.append(expect_bytes(item, "records response.items[]"))
+        return RecordsResponse(expect_int(height, "records response.height", lo=1),
+                               tuple(out))
     fail("message", f"unknown kind {kind!r}")
 
 

@@ -12,8 +12,12 @@ with every record sealed (SPEC section 10: the same payloads, each submitted as
 ``[envelope, salt, payload_bytes]``), written to cluster_bench_sealed.json, and the sealed
 throughput is printed as a ratio of the inline one (target >= 0.9).
 
+With ``--no-compact`` the nodes send whole proposals (``LEDGER_COMPACT_PROPOSALS=0``), the
+peer protocol before compact proposals: the bytes each node hands its peer links per
+committed record (``ledger_peer_bytes_sent_total``, by frame kind) compare the two.
+
     python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 250] [--clients 4]
-                                        [--sealed [--repeat N]]
+                                        [--sealed [--repeat N]] [--no-compact]
 """
 
 from __future__ import annotations
@@ -85,6 +89,27 @@ def payload_pairs(url: str) -> dict[str, int]:
     text = httpx.get(f"{url}/metrics", timeout=30).text
     return {m.group(1): int(m.group(2)) for m in re.finditer(
         r'^ledger_payload_pairs_total\{how="([^"]+)"\} (\d+)$', text, re.M)}
+
+
+def labelled_counter(url: str, name: str, label: str) -> dict[str, int]:
+    """A node's counter ``name`` by the value of ``label``, from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {m.group(1): int(m.group(2)) for m in re.finditer(
+        rf'^{name}{{{label}="([^"]+)"}} (\d+)$', text, re.M)}
+
+
+def bytes_sent(url: str) -> dict[str, int]:
+    """Bytes a node handed its peer links, by frame kind (``ledger_peer_bytes_sent_total``)."""
+    return labelled_counter(url, "ledger_peer_bytes_sent_total", "kind")
+
+
+def counter_delta(before: list[dict[str, int]], after: list[dict[str, int]]) -> dict[str, int]:
+    """What the nodes' counters grew by, summed over the nodes, by label."""
+    out: dict[str, int] = {}
+    for b, a in zip(before, after, strict=True):
+        for k, v in a.items():
+            out[k] = out.get(k, 0) + v - b.get(k, 0)
+    return out
 
 
 def histogram_quantile(q: float, before: list[tuple[float, int]],
@@ -200,11 +225,16 @@ def main() -> None:
     parser.add_argument("--sealed", action="store_true",
                         help="then run again with every record sealed (same payloads) and "
                              "print the sealed/inline throughput ratio")
+    parser.add_argument("--no-compact", action="store_true",
+                        help="whole proposals, as before compact proposals (the nodes run "
+                             "with LEDGER_COMPACT_PROPOSALS=0)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="with --sealed: this many inline/sealed pairs, each on fresh "
                              "clusters, interleaved; prints every ratio and their median")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.no_compact:  # the node processes inherit it
+        os.environ["LEDGER_COMPACT_PROPOSALS"] = "0"
     ratios: list[float] = []
     for k in range(args.repeat if args.sealed else 1):
         if args.repeat > 1:
@@ -294,6 +324,11 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                         time.sleep(0.01)
 
             lag_before = [loop_lag_buckets(c.url(i)) for i in range(args.nodes)]
+            sent_before = [bytes_sent(c.url(i)) for i in range(args.nodes)]
+            compact_before = [labelled_counter(c.url(i), "ledger_compact_records_total", "how")
+                              for i in range(args.nodes)]
+            outcomes_before = [labelled_counter(c.url(i), "ledger_compact_proposals_total",
+                                                "outcome") for i in range(args.nodes)]
             spies = (start_profilers(c, args.out, "sealed-" if sealed else "") if args.profile
                      else [])
             cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
@@ -312,6 +347,13 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                     time.sleep(1)
             elapsed = time.perf_counter() - start
             lag_after = [loop_lag_buckets(c.url(i)) for i in range(args.nodes)]
+            sent = counter_delta(sent_before, [bytes_sent(c.url(i)) for i in range(args.nodes)])
+            compact_how = counter_delta(compact_before, [
+                labelled_counter(c.url(i), "ledger_compact_records_total", "how")
+                for i in range(args.nodes)])
+            compact_outcomes = counter_delta(outcomes_before, [
+                labelled_counter(c.url(i), "ledger_compact_proposals_total", "outcome")
+                for i in range(args.nodes)])
             pairs_how = [payload_pairs(c.url(i)) for i in range(args.nodes)]
             read_thread.join(60)
             cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
@@ -368,13 +410,31 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "node_cpu_busy_of_cores": cpu_used / (elapsed * cores),
         "throughput_by_tenth": rate_by_tenth(timeline, start),
         "payload_pairs_by_how": pairs_how,
+        "compact_proposals": not args.no_compact,
+        # bytes all nodes handed their peer links while saturated, per committed record
+        "peer_bytes_per_record": sum(sent.values()) / max(committed, 1),
+        "peer_bytes_per_record_by_kind": {k: v / max(committed, 1)
+                                          for k, v in sorted(sent.items())},
+        "compact_records_by_how": compact_how,
+        "compact_proposals_by_outcome": compact_outcomes,
+        "load_average": os.getloadavg(),
         "rss_mb_over_time": memory,
     }
     print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
     print(f"throughput:                       {throughput:10,.0f} records/s = "
           f"{report['throughput_of_bound']:.2f} of C x v / n = {bound:,.0f}")
     print(f"node CPU per record per node:     {report['node_cpu_us_per_record']:10,.0f} us "
-          f"(one signature check: {1e6 / v:.0f} us)")
+          f"(one signature check: {1e6 / v:.0f} us; load average "
+          + ", ".join(f"{x:.1f}" for x in report["load_average"]) + ")")
+    print(f"peer bytes sent per record:       {report['peer_bytes_per_record']:10,.0f} "
+          f"({'compact' if report['compact_proposals'] else 'whole'} proposals; all nodes: "
+          + ", ".join(f"{k} {x:,.0f}" for k, x in report["peer_bytes_per_record_by_kind"].items()
+                      if x >= 0.5) + ")")
+    if compact_how:
+        print("compact proposals' records, by how: "
+              + ", ".join(f"{k} {n:,}" for k, n in sorted(compact_how.items()))
+              + "; proposals, by outcome: "
+              + ", ".join(f"{k} {n:,}" for k, n in sorted(compact_outcomes.items())))
     print(f"latency, light load:              p50 {report['light_p50_ms']:.1f} ms, "
           f"p99 {report['light_p99_ms']:.1f} ms")
     print(f"latency, saturation (per batch):  p50 {report['saturation_p50_ms']:.0f} ms, "
