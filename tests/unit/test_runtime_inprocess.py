@@ -412,6 +412,27 @@ def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: P
         check_signing_order(cluster.journals[i])
 
 
+def test_four_nodes_stopped_right_after_starting_stop(tmp_path: Path) -> None:
+    """A stop a fraction of a second after the start hung forever before: the sealed-payload
+    loop (``PayloadSync.run``) kept turning after its cancellation was swallowed, and stop
+    awaited it without a bound."""
+    for attempt in range(3):
+        (tmp_path / str(attempt)).mkdir()
+        cluster = Cluster(tmp_path / str(attempt))
+
+        async def body(cluster: Cluster = cluster) -> None:
+            for i in range(N):
+                await cluster.start(cluster.from_parts(i))
+            await asyncio.sleep(0.1)
+            nodes = list(cluster.nodes.values())
+            await asyncio.wait_for(cluster.stop_all(), WAIT_S)
+            assert all(n._payload_fetch is not None and n._payload_fetch.done()
+                       for n in nodes)
+
+        asyncio.run(body())
+        assert cluster.errors() == []
+
+
 def test_a_partition_without_quorum_stalls_and_heals_over_a_lossy_network(
         tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
