@@ -102,6 +102,9 @@ CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
+#: Payload digests ``seen_digests`` found not on the chain, remembered (``_absent_digests``)
+#: up to this many, then forgotten all at once (a mempool holds 100,000 records by default).
+ABSENT_KEPT = 1 << 18
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -460,6 +463,13 @@ class SqliteStore:
         self._recent_digests = RecentIds(marks[1], (
             (bytes(d), seq) for seq, d in self._db.execute(
                 "SELECT seq, digest FROM sealed WHERE seq >= ?", (min(marks[1]),))))
+        # Digests known not to be on the chain: what ``seen_digests`` found missing (a new
+        # sealed record's digest is asked for at admission, by the proposer, in the
+        # proposal's validation and in ``append``: one index lookup per node instead of
+        # four). Exact, not a guess: this store is the chain's only writer, and ``append``
+        # drops a block's digests from it before writing them. A read-only store (another
+        # process may write the file) keeps none.
+        self._absent_digests: set[bytes] = set()
 
     def _load_tip(self) -> None:
         row = self._db.execute(
@@ -540,6 +550,8 @@ class SqliteStore:
                 first_seq + len(rows))
             new_digests, merged_d, merge_rows_d, upto_d = self._recent_digests.plan(
                 [(d, seq) for seq, d in sealed_rows], h.height, first_seq + len(rows))
+            if sealed_rows and self._absent_digests:  # on the chain from this write on
+                self._absent_digests.difference_update(d for _, d in sealed_rows)
             db = self._db
             bulk = self._bulk
             try:
@@ -767,16 +779,27 @@ class SqliteStore:
         return found
 
     def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:
-        """Which sealed payload digests are already committed (recent ones from memory, the
-        others through ``digests`` in one indexed query per 500)."""
+        """Which sealed payload digests are already committed: none of those known absent
+        (``_absent_digests``), recent ones from memory, the others through ``digests`` in
+        one indexed query per 500 (those not found are then known absent)."""
         wanted = set(digests)
         with self._lock:
-            found = {d for d in wanted if self._recent_digests.get(d) is not None}
-            keys = sorted({id8(d) for d in wanted - found})
+            absent = self._absent_digests
+            unknown = wanted - absent if absent else wanted
+            if not unknown:
+                return set()
+            recent = self._recent_digests
+            found = {d for d in unknown if recent.get(d) is not None}
+            asked = unknown - found
+            keys = sorted({id8(d) for d in asked})
             for chunk in _chunks(keys):
                 found.update(bytes(d) for (d,) in self._db.execute(
                     "SELECT s.digest FROM digests x JOIN sealed s ON s.seq = x.seq "
                     f"WHERE x.d8 IN ({','.join('?' * len(chunk))})", chunk))
+            if not self.readonly:
+                if len(absent) + len(asked) > ABSENT_KEPT:
+                    absent.clear()
+                absent.update(asked - found)
         return found & wanted
 
     def digest_indexed(self, digest: bytes, seq: int) -> bool:
