@@ -190,3 +190,20 @@ def test_a_rolled_back_bulk_forgets_the_digests_known_absent(tmp_path: Path) -> 
     assert store._absent_digests == set()
     assert store.seen_digests([digest]) == set()
     store.close()
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 63, 64, 65, 127, 200])
+def test_rows_inserted_several_at_a_time_are_every_row_once(count: int) -> None:
+    """``_insert_rows`` (the ``sealed`` and ``payloads`` rows of a block): every row once,
+    in runs of 64, 32, ... 1 rows, whatever the count."""
+    db = sqlite3.connect(":memory:", isolation_level=None)  # as the store's writer
+    db.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a BLOB, b BLOB)")
+    rows = [(i, bytes([i % 256]) * 3, None) for i in range(count)]
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    sqlite_store._insert_rows(db, "t", 3, rows)
+    db.set_trace_callback(None)
+    assert db.execute("SELECT seq, a, b FROM t ORDER BY seq").fetchall() == rows
+    assert len(statements) == count // 64 + bin(count % 64).count("1")
+    with pytest.raises(sqlite3.IntegrityError):  # a repeated key is refused as before
+        sqlite_store._insert_rows(db, "t", 3, [(count + 1, b"", b""), (count + 1, b"", b"")])
