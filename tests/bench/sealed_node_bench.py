@@ -66,8 +66,9 @@ def batches(count: int, batch: int, sealed: bool) -> list[tuple[bytes, list[byte
 
 
 async def one_run(root: Path, work: list[tuple[bytes, list[bytes]]], clients: int,
-                  batch: int) -> tuple[float, float, int]:
-    """(CPU seconds, wall seconds, heights) of committing ``work`` on a fresh cluster."""
+                  batch: int) -> tuple[float, float, int, list[dict[str, int]]]:
+    """(CPU seconds, wall seconds, heights, each node's ``ledger_payload_pairs_total`` by
+    ``how``) of committing ``work`` on a fresh cluster."""
     doc = json.loads(FX.genesis.raw)
     doc["consensus"] = doc.get("consensus", {}) | CONSENSUS
     genesis = Genesis.from_bytes(json.dumps(doc, indent=2).encode())
@@ -105,7 +106,7 @@ async def one_run(root: Path, work: list[tuple[bytes, list[bytes]]], clients: in
         t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client() for _ in range(clients)))
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-        return cpu, wall, nodes[0].store.height
+        return cpu, wall, nodes[0].store.height, [dict(n.metrics.payload_pairs) for n in nodes]
     finally:
         await asyncio.gather(*(n.stop() for n in nodes))
 
@@ -123,13 +124,16 @@ def main() -> None:
     for k in range(args.repeat):
         for sealed in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
-                used, wall, heights = asyncio.run(one_run(Path(tmp), work[sealed],
-                                                          args.clients, args.batch))
+                used, wall, heights, how = asyncio.run(one_run(Path(tmp), work[sealed],
+                                                               args.clients, args.batch))
             per = used / args.records / N
             cpu[sealed].append(per)
             print(f"run {k + 1} {'sealed' if sealed else 'inline'}: {per * 1e6:6.1f} us CPU "
                   f"per record per node, {args.records / wall:7,.0f} records/s, "
-                  f"{args.records / heights:5.0f} records per block", flush=True)
+                  f"{args.records / heights:5.0f} records per block"
+                  + ("; pairs by how: " + "; ".join(
+                      ", ".join(f"{k} {n}" for k, n in sorted(d.items())) for d in how)
+                     if sealed else ""), flush=True)
     for label, pick in (("median", statistics.median), ("least", min)):
         a, b = pick(cpu[False]) * 1e6, pick(cpu[True]) * 1e6
         print(f"{label}: inline {a:6.1f} us, sealed {b:6.1f} us, {b - a:+5.1f} us per record "
