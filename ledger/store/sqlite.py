@@ -76,7 +76,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,10 @@ READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connectio
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
 WAL_BOUND_BYTES = 16 * 2**20  # ``checkpoint`` holds the writer back once the WAL is larger
+#: Payload digests ``seen_digests`` found not on the chain, remembered (``_absent_digests``)
+#: up to this many, then forgotten all at once: ~14 MB at most; a full mempool (100,000
+#: records by default) holds fewer pending digests, so its lookups stay answered here.
+ABSENT_KEPT = 1 << 17
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -207,6 +211,28 @@ def _chunks(values: list[Any]) -> Iterator[list[Any]]:
     """``values`` in runs short enough to bind in one "IN (...)" query."""
     for i in range(0, len(values), _IN_CHUNK):
         yield values[i:i + _IN_CHUNK]
+
+
+_ROWS_AT_ONCE = 64  # rows in one multi-row INSERT of ``_insert_rows`` at most
+
+
+def _insert_rows(db: sqlite3.Connection, table: str, width: int,
+                 rows: Sequence[tuple[Any, ...]]) -> None:
+    """``INSERT INTO table VALUES`` each of ``rows`` (``width`` columns), several rows per
+    statement: executemany steps one statement per row, and a sealed record's ``sealed``
+    and ``payloads`` rows cost ~0.5 us more each that way (timed per statement). Runs of
+    64, then of 32, 16, ... 1 rows: at most seven statement texts per table, each kept in
+    the connection's statement cache."""
+    one = "(" + ",".join("?" * width) + ")"
+    start, count = 0, len(rows)
+    size = _ROWS_AT_ONCE
+    while start < count:
+        while size > count - start:
+            size //= 2
+        sql = f"INSERT INTO {table} VALUES " + ",".join([one] * size)
+        while count - start >= size:
+            db.execute(sql, [v for row in rows[start:start + size] for v in row])
+            start += size
 
 
 def to_signed64(nonce: int) -> int:
@@ -483,6 +509,13 @@ class SqliteStore:
         self._recent_digests = RecentIds(marks[1], (
             (bytes(d), seq) for seq, d in self._db.execute(
                 "SELECT seq, digest FROM sealed WHERE seq >= ?", (min(marks[1]),))))
+        # Digests known not to be on the chain: what ``seen_digests`` found missing (a new
+        # sealed record's digest is asked for at admission, by the proposer, in the
+        # proposal's validation and in ``append``: one index lookup per node instead of
+        # four). Exact, not a guess: this store is the chain's only writer, and ``append``
+        # drops a block's digests from it before writing them. A read-only store (another
+        # process may write the file) keeps none.
+        self._absent_digests: set[bytes] = set()
 
     def _load_tip(self) -> None:
         row = self._db.execute(
@@ -566,6 +599,8 @@ class SqliteStore:
                 first_seq + len(rows))
             new_digests, merged_d, merge_rows_d, upto_d = self._recent_digests.plan(
                 [(d, seq) for seq, d in sealed_rows], h.height, first_seq + len(rows))
+            if sealed_rows and self._absent_digests:  # on the chain from this write on
+                self._absent_digests.difference_update(d for _, d in sealed_rows)
             db = self._db
             bulk = self._bulk
             try:
@@ -585,7 +620,7 @@ class SqliteStore:
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
                     if sealed_rows:
-                        db.executemany("INSERT INTO sealed VALUES (?, ?)", sealed_rows)
+                        _insert_rows(db, "sealed", 2, sealed_rows)
                     if merged_d is not None:
                         db.executemany("INSERT INTO digests VALUES (?, ?)", merge_rows_d)
                         db.execute("UPDATE meta SET value = ? WHERE key = 'digests_upto'",
@@ -595,7 +630,7 @@ class SqliteStore:
                         db.executemany("DELETE FROM payloads WHERE seq = ?",
                                        [(seq,) for seq in erased])
                     if payload_rows:
-                        db.executemany("INSERT INTO payloads VALUES (?, ?, ?)", payload_rows)
+                        _insert_rows(db, "payloads", 3, payload_rows)
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
@@ -796,16 +831,27 @@ class SqliteStore:
         return found
 
     def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:
-        """Which sealed payload digests are already committed (recent ones from memory, the
-        others through ``digests`` in one indexed query per 500)."""
+        """Which sealed payload digests are already committed: none of those known absent
+        (``_absent_digests``), recent ones from memory, the others through ``digests`` in
+        one indexed query per 500 (those not found are then known absent)."""
         wanted = set(digests)
         with self._lock:
-            found = {d for d in wanted if self._recent_digests.get(d) is not None}
-            keys = sorted({id8(d) for d in wanted - found})
+            absent = self._absent_digests
+            unknown = wanted - absent if absent else wanted
+            if not unknown:
+                return set()
+            recent = self._recent_digests
+            found = {d for d in unknown if recent.get(d) is not None}
+            asked = unknown - found
+            keys = sorted({id8(d) for d in asked})
             for chunk in _chunks(keys):
                 found.update(bytes(d) for (d,) in self._db.execute(
                     "SELECT s.digest FROM digests x JOIN sealed s ON s.seq = x.seq "
                     f"WHERE x.d8 IN ({','.join('?' * len(chunk))})", chunk))
+            if not self.readonly:
+                if len(absent) + len(asked) > ABSENT_KEPT:
+                    absent.clear()
+                absent.update(asked - found)
         return found & wanted
 
     def digest_indexed(self, digest: bytes, seq: int) -> bool:

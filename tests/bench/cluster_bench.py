@@ -17,7 +17,13 @@ peer protocol before compact proposals: the bytes each node hands its peer links
 committed record (``ledger_peer_bytes_sent_total``, by frame kind) compare the two.
 
     python -m tests.bench.cluster_bench [--nodes 4] [--records 40000] [--batch 250] [--clients 4]
-                                        [--sealed [--repeat N]] [--no-compact]
+                                        [--sealed [--repeat N]] [--no-compact] [--profile]
+                                        [--perf]
+
+Besides records/s it prints the bytes each record's item carries (what a submission and the
+record's gossip send: the envelope, or ``[envelope, salt, payload]``) and the node CPU per
+record split into user and system time: sealed items are larger but sealed envelopes (what
+proposals and blocks carry) smaller, so records/s and bytes/s are both reported.
 """
 
 from __future__ import annotations
@@ -55,11 +61,17 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time a process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    return sum(cpu_times(pid))
 
 
 def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
@@ -219,9 +231,14 @@ def main() -> None:
     parser.add_argument("--light", type=int, default=50, help="single-record submissions")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy every node during the saturation phase "
-                             "(collapsed stacks in OUT/profile-node{i}.txt; the sealed run's "
-                             "in OUT/profile-sealed-node{i}.txt)")
+                        help="py-spy every node during the saturation phase, sampling the "
+                             "GIL's holder only (where Python code runs; collapsed stacks in "
+                             "OUT/profile-node{i}.txt; the sealed run's in "
+                             "OUT/profile-sealed-node{i}.txt)")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf record (Linux perf: on-CPU samples, native code and kernel "
+                             "included) every node during the saturation phase "
+                             "(OUT/perf-node{i}.data, OUT/perf-sealed-node{i}.data)")
     parser.add_argument("--sealed", action="store_true",
                         help="then run again with every record sealed (same payloads) and "
                              "print the sealed/inline throughput ratio")
@@ -297,6 +314,9 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
             records, items = presign(key, genesis.chain_id, args.records + args.light,
                                      sealed=sealed)
             envelope_bytes = sum(len(r.envelope) for r in records) / len(records)
+            # what a submission (and the record's gossip) carries per record: the envelope,
+            # or [envelope, salt, payload] (msgpack, array and bin headers included)
+            item_bytes = sum(len(packb(x)) for x in items) / len(items)
 
             # Light load: one record in flight.
             light = light_latencies(c.url(0), items[args.records:])
@@ -331,7 +351,9 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                                                 "outcome") for i in range(args.nodes)]
             spies = (start_profilers(c, args.out, "sealed-" if sealed else "") if args.profile
                      else [])
-            cpu_before = [cpu_seconds(p.pid) for p in c.procs.values()]
+            spies += (start_perf(c, args.out, "sealed-" if sealed else "") if args.perf
+                      else [])
+            cpu_before = [cpu_times(p.pid) for p in c.procs.values()]
             start = time.perf_counter()
             threads = load.start()
             read_thread = threading.Thread(target=reader)
@@ -356,8 +378,10 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                 for i in range(args.nodes)])
             pairs_how = [payload_pairs(c.url(i)) for i in range(args.nodes)]
             read_thread.join(60)
-            cpu_used = sum(cpu_seconds(p.pid) - b for p, b in zip(c.procs.values(), cpu_before,
-                                                                   strict=True))
+            cpu_after = [cpu_times(p.pid) for p in c.procs.values()]
+            cpu_user = sum(a[0] - b[0] for a, b in zip(cpu_after, cpu_before, strict=True))
+            cpu_used = cpu_user + sum(a[1] - b[1]
+                                      for a, b in zip(cpu_after, cpu_before, strict=True))
             stop_profilers(spies)
             committed = sum(n for _, n, _ in timeline)
             throughput = committed / elapsed
@@ -392,6 +416,7 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "throughput_records_per_s": throughput, "throughput_bound": bound,
         "throughput_of_bound": throughput / bound, "errors": errors[0],
         "node_cpu_us_per_record": cpu_used / max(committed, 1) / args.nodes * 1e6,
+        "node_cpu_user_us_per_record": cpu_user / max(committed, 1) / args.nodes * 1e6,
         "light_p50_ms": statistics.median(light) * 1000,
         "light_p99_ms": percentile(light, 99) * 1000,
         "saturation_p50_ms": statistics.median(sat) * 1000 if sat else 0.0,
@@ -406,7 +431,8 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "audit_records_per_s": audit_rate, "audit_of_bound": audit_rate / (cores * v),
         "peak_rss_mb": rss, "store_bytes_per_record": max(store) / total_records,
         "store_bytes_per_record_live": max(live) / total_records,
-        "envelope_bytes": envelope_bytes,
+        "envelope_bytes": envelope_bytes, "item_bytes": item_bytes,
+        "throughput_item_bytes_per_s": throughput * item_bytes,
         "node_cpu_busy_of_cores": cpu_used / (elapsed * cores),
         "throughput_by_tenth": rate_by_tenth(timeline, start),
         "payload_pairs_by_how": pairs_how,
@@ -422,9 +448,12 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
     }
     print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
     print(f"throughput:                       {throughput:10,.0f} records/s = "
-          f"{report['throughput_of_bound']:.2f} of C x v / n = {bound:,.0f}")
+          f"{report['throughput_of_bound']:.2f} of C x v / n = {bound:,.0f}; "
+          f"{throughput * item_bytes / 1024:,.0f} KiB/s of items ({item_bytes:.0f} bytes "
+          f"each, envelope {envelope_bytes:.0f})")
     print(f"node CPU per record per node:     {report['node_cpu_us_per_record']:10,.0f} us "
-          f"(one signature check: {1e6 / v:.0f} us; load average "
+          f"({report['node_cpu_user_us_per_record']:.0f} user; one signature check: "
+          f"{1e6 / v:.0f} us; load average "
           + ", ".join(f"{x:.1f}" for x in report["load_average"]) + ")")
     print(f"peer bytes sent per record:       {report['peer_bytes_per_record']:10,.0f} "
           f"({'compact' if report['compact_proposals'] else 'whole'} proposals; all nodes: "
@@ -469,9 +498,18 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
 def start_profilers(c: Cluster, out: Path, prefix: str) -> list[subprocess.Popen[bytes]]:
     """py-spy (a dev dependency) sampling each node process, written on SIGINT."""
     spy = str(Path(sys.executable).with_name("py-spy"))
-    return [subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200",
+    return [subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200", "--gil",
                               "--nonblocking", "-o", str(out / f"profile-{prefix}node{i}.txt"),
                               "-p", str(proc.pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, proc in c.procs.items()]
+
+
+def start_perf(c: Cluster, out: Path, prefix: str) -> list[subprocess.Popen[bytes]]:
+    """Linux perf sampling each node process's CPU (``perf report -i FILE --sort dso``:
+    where the CPU went by library: sqlite, the interpreter, libsodium, the kernel)."""
+    return [subprocess.Popen(["perf", "record", "-F", "499", "-g", "-q", "-p", str(proc.pid),
+                              "-o", str(out / f"perf-{prefix}node{i}.data")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for i, proc in c.procs.items()]
 

@@ -17,6 +17,7 @@ from ledger.encoding import (
     decode,
     packb,
     require_canonical,
+    split_batch,
     unpack_exact,
 )
 from ledger.errors import DecodeError
@@ -163,3 +164,39 @@ def test_protocol_arrays_holding_a_map_python_cannot_hold_are_rejected_not_crash
             require_canonical(data, unpack_exact(data, "x"), "x")
         with pytest.raises(DecodeError):
             Block.from_wire(data)
+
+
+BIN_FORMS = (lambda b: b"\xc4" + len(b).to_bytes(1, "big") + b,
+             lambda b: b"\xc5" + len(b).to_bytes(2, "big") + b,
+             lambda b: b"\xc6" + len(b).to_bytes(4, "big") + b)
+
+
+@pytest.mark.parametrize("form", range(3))
+def test_split_batch_takes_sealed_items_in_every_bin_width(form: int) -> None:
+    """[envelope, salt, payload] items beside plain envelopes, each bin in bin 8, 16 or
+    32, and packb's own choice of widths across the bin 8 / bin 16 boundary."""
+    pack = BIN_FORMS[form]
+    sealed = (b"e" * 255, b"s" * 32, b"p" * 200)
+    body = (b"\x94" + pack(b"") + b"\x93" + b"".join(pack(x) for x in sealed)
+            + pack(b"x" * 250) + b"\x93" + pack(b"") + pack(b"") + pack(b""))
+    assert split_batch(body, "batch", 10) == [b"", sealed, b"x" * 250, (b"", b"", b"")]
+    wide = (b"a" * 300, b"b" * 32, b"c" * 70_000)
+    assert split_batch(packb([list(wide), b"d" * 256, list(sealed)]), "batch", 3) == [
+        wide, b"d" * 256, sealed]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"\x91\x93", r"batch\[0\]\[0\]: the array is truncated"),
+    (b"\x91\x93\xc4\x01e", r"batch\[0\]\[1\]: the array is truncated"),
+    (b"\x91\x93\xc4\x01e\xc4\x01s", r"batch\[0\]\[2\]: the array is truncated"),
+    (b"\x91\x93\xc4\x01e\xc4\x01s\xc4\x02p", r"batch\[0\]\[2\]: truncated"),
+    (b"\x91\x93\xc4\x01e\xc5\x00", r"batch\[0\]\[1\]: truncated"),
+    (b"\x91\x93\xc4", r"batch\[0\]\[0\]: truncated"),
+    (b"\x91\x93\xc4\x01e\x01", r"batch\[0\]\[1\]: expected bin"),
+    (b"\x92\xc4\x00\x93\xc4\x01e\xc4\x01s\xa1p", r"batch\[1\]\[2\]: expected bin"),
+    (b"\x91\x92\xc4\x00\xc4\x00", r"batch\[0\]: expected bin or \[bin, bin, bin\]"),
+    (b"\x91\x93\xc4\x00\xc4\x00\xc4\x00\xc4", "trailing bytes"),
+])
+def test_split_batch_names_the_bad_part_of_a_sealed_item(body: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        split_batch(body, "batch", 10)

@@ -118,3 +118,31 @@ def test_the_store_check_refuses_a_pair_that_is_not_the_records(tmp_path: Path) 
     with pytest.raises(CorruptStoreError, match="payload of record 0 is held although"):
         check_indexes(store)
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_pair_checked_at_admission_is_not_decoded_again_when_it_heals_a_store(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``put_payloads`` of a resubmitted pair that admission checked against this very
+    digest (``SealedPayload.checked_for``) skips the second decode and hash; a pair
+    checked for another digest, or never, is checked in full (and refused if it does not
+    match)."""
+    from ledger.store import base
+
+    store = make_store(kind, tmp_path)
+    r1, p1 = sealed(1, b"HEAL-ONE")
+    r2, p2 = sealed(2, b"HEAL-TWO")
+    store.append(ChainBuilder(GX, store).block([r1, r2]))  # committed without their pairs
+    p1.check(r1)
+    calls: list[str] = []
+    real = base.check_sealed_payload
+    monkeypatch.setattr(base, "check_sealed_payload",
+                        lambda *a: (calls.append(a[3]), real(*a))[1])
+    forged = SealedPayload(p2.salt, p2.payload + b"")
+    object.__setattr__(forged, "checked_for", r1.body.payload_digest)  # not r2's digest
+    put = store.put_payloads({r1.id: p1, r2.id: SealedPayload(p2.salt, b"\xc0")})
+    assert set(put.stored) == {r1.id} and list(put.mismatched) == [r2.id]
+    assert calls == [f"record {r2.id.hex()}"]
+    assert set(store.put_payloads({r2.id: forged}).stored) == {r2.id}
+    assert len(calls) == 2
+    assert store.payloads([r1.id, r2.id]) == {r1.id: p1, r2.id: p2}

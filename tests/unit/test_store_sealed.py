@@ -132,3 +132,78 @@ def test_digests_merged_into_the_index_are_still_found(tmp_path: Path,
     with (SqliteStore(path, readonly=True) as store,
           pytest.raises(CorruptStoreError, match="digest index")):
         check_indexes(store)
+
+
+def test_digests_known_absent_are_not_asked_again_and_stay_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``seen_digests`` remembers the digests it found missing, so the proposal's and the
+    append's lookups of a digest admission asked for cost no index query; a digest that
+    then commits is seen at once (``append`` forgets it first), also once merged into the
+    ``digests`` table, and a block reusing it is refused. The memory is bounded
+    (ABSENT_KEPT, then forgotten all at once) and a read-only store keeps none."""
+    monkeypatch.setattr(sqlite_store, "MERGE_AT", 1)  # a slice merged every block
+    monkeypatch.setattr(sqlite_store, "ABSENT_KEPT", 40)
+    path = tmp_path / "chain.db"
+    store = SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    records = [sealed_record(GX.writer, GOVERNED.chain_id, nonce=50_000 + n)
+               for n in range(32)]
+    digests = [r.body.payload_digest or b"" for r in records]
+    assert store.seen_digests(digests) == set()
+    assert store._absent_digests == set(digests)
+    queries: list[str] = []
+    store._db.set_trace_callback(queries.append)
+    assert store.seen_digests(digests[:8]) == set()
+    assert not [q for q in queries if "digests" in q]  # answered from memory
+    for i in range(0, 32, 4):
+        store.append(builder.block(records[i:i + 4]))
+        done = set(digests[:i + 4])
+        assert store.seen_digests(digests) == done  # each block's digests seen at once
+        assert not done & store._absent_digests
+    store._db.set_trace_callback(None)
+    assert store._db.execute("SELECT COUNT(*) FROM digests").fetchone()[0] > 0
+    with pytest.raises(DigestReusedError):
+        store.append(builder.block([sealed_record(GX.writer, GOVERNED.chain_id, nonce=60_000,
+                                                  digest=digests[0])]))
+    many = [bytes([7, n]) * 16 for n in range(30)]
+    assert store.seen_digests(many) == set()
+    assert store._absent_digests == set(many)  # over ABSENT_KEPT: forgotten, then these
+    store.close()
+    with SqliteStore(path, readonly=True) as ro:
+        assert ro.seen_digests([*digests, *many]) == set(digests)
+        assert ro._absent_digests == set()
+
+
+def test_a_rolled_back_bulk_forgets_the_digests_known_absent(tmp_path: Path) -> None:
+    """A bulk write rolled back reloads the store's memory: nothing it learnt inside
+    (absent digests included) outlives the rollback."""
+    store = SqliteStore(tmp_path / "chain.db", genesis_hash=GOVERNED.hash,
+                        config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    rec = sealed_record(GX.writer, GOVERNED.chain_id, nonce=70_000)
+    digest = rec.body.payload_digest or b""
+    assert store.seen_digests([digest]) == set()
+    with pytest.raises(RuntimeError), store.bulk():
+        store.append(builder.block([rec]))
+        assert store.seen_digests([digest]) == {digest}
+        raise RuntimeError("abandon the batch")
+    assert store._absent_digests == set()
+    assert store.seen_digests([digest]) == set()
+    store.close()
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 63, 64, 65, 127, 200])
+def test_rows_inserted_several_at_a_time_are_every_row_once(count: int) -> None:
+    """``_insert_rows`` (the ``sealed`` and ``payloads`` rows of a block): every row once,
+    in runs of 64, 32, ... 1 rows, whatever the count."""
+    db = sqlite3.connect(":memory:", isolation_level=None)  # as the store's writer
+    db.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a BLOB, b BLOB)")
+    rows = [(i, bytes([i % 256]) * 3, None) for i in range(count)]
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    sqlite_store._insert_rows(db, "t", 3, rows)
+    db.set_trace_callback(None)
+    assert db.execute("SELECT seq, a, b FROM t ORDER BY seq").fetchall() == rows
+    assert len(statements) == count // 64 + bin(count % 64).count("1")
+    with pytest.raises(sqlite3.IntegrityError):  # a repeated key is refused as before
+        sqlite_store._insert_rows(db, "t", 3, [(count + 1, b"", b""), (count + 1, b"", b"")])
