@@ -115,6 +115,7 @@ CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
+CLOSE_WAIT_S = 10.0  # ``close`` waits this long at most for reads under way to end
 WAL_BOUND_BYTES = 16 * 2**20  # ``checkpoint`` holds the writer back once the WAL is larger
 #: Payload digests ``seen_digests`` found not on the chain, remembered (``_absent_digests``)
 #: up to this many, then forgotten all at once: ~14 MB at most; a full mempool (100,000
@@ -320,6 +321,11 @@ class SqliteStore:
         self._local = threading.local()  # each reading thread's own read-only connection
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()  # not the writer's: a new reader never waits
+        # reads under way on readers' own connections; ``close`` waits for them to end, as a
+        # connection closed while another thread steps a statement on it crashes the process
+        self._reads_active = 0
+        self._reads_done = threading.Condition(self._readers_lock)
+        self._closing = False
         self._checkpointer: sqlite3.Connection | None = None  # ``checkpoint``'s own
         self._checkpoint_lock = threading.Lock()
         try:
@@ -707,16 +713,26 @@ class SqliteStore:
             with self._lock:
                 yield self._db
             return
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                 isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout=5000")
-            db.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+        with self._readers_lock:
+            if self._closing:
+                raise StoreError("the store is closed")
+            self._reads_active += 1
+        try:
+            db: sqlite3.Connection | None = getattr(self._local, "db", None)
+            if db is None:
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                     isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA busy_timeout=5000")
+                db.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+                with self._readers_lock:
+                    self._readers.append(db)
+                self._local.db = db
+            yield db
+        finally:
             with self._readers_lock:
-                self._readers.append(db)
-            self._local.db = db
-        yield db
+                self._reads_active -= 1
+                if not self._reads_active:
+                    self._reads_done.notify_all()
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact block bytes at ``height``."""
@@ -1200,11 +1216,17 @@ class SqliteStore:
         return self._log.size
 
     def close(self) -> None:
-        """Close the database (and every reading thread's connection)."""
+        """Close the database (and every reading thread's connection): reads under way in
+        other threads end first (at most CLOSE_WAIT_S; past it their connections are left
+        open rather than closed under them), and later ones raise ``StoreError``."""
+        with self._readers_lock:
+            self._closing = True
+            ended = self._reads_done.wait_for(lambda: not self._reads_active, CLOSE_WAIT_S)
         # ``checkpoint`` takes its lock, then (past the WAL bound) the writer's: same order
         with self._checkpoint_lock, self._lock, self._readers_lock:
-            for db in self._readers:
-                db.close()
+            if ended:
+                for db in self._readers:
+                    db.close()
             self._readers.clear()
             if self._checkpointer is not None:
                 self._checkpointer.close()
