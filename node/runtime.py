@@ -186,6 +186,8 @@ class RecordFetch:
     event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     asked: set[int] = dataclasses.field(default_factory=set)
     requested: set[bytes] = dataclasses.field(default_factory=set)
+    #: peer -> requests sent to it not answered yet (a response answers one request)
+    unanswered: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 class Hooks:
@@ -964,6 +966,7 @@ class Node:
             return False
         fetch.asked.add(peer)
         fetch.requested.update(ids)
+        fetch.unanswered[peer] = fetch.unanswered.get(peer, 0) + 1
         waiting = self._fetches.setdefault(peer, [])
         if fetch not in waiting:
             waiting.append(fetch)
@@ -1114,8 +1117,10 @@ class Node:
         is dropped); its records are admitted as gossip is (their pairs with them) and
         handed to the fetches waiting on them."""
         waiting = [f for f in self._fetches.get(peer, ()) if f.height == response.height]
-        if not waiting or not response.items:
-            return
+        owed = [f for f in waiting if f.unanswered.get(peer, 0) > 0]
+        if not owed or not response.items:
+            return  # a repeated response spawns nothing (it would bypass MAX_GOSSIP_TASKS)
+        owed[0].unanswered[peer] -= 1  # one response per request (``_serve_records``)
         self.spawn(self._admit_fetched(peer, response, waiting))
 
     async def _admit_fetched(self, peer: int, response: RecordsResponse,

@@ -8,6 +8,7 @@ over ``tests/memnet.py`` (the harness of ``test_runtime_inprocess``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -32,7 +33,7 @@ from ledger.crypto import PrivateKey
 from ledger.encoding import BatchItem, packb
 from ledger.errors import DecodeError
 from ledger.records import Record, seal_record
-from node.runtime import CONSENSUS, FEATURES, Node
+from node.runtime import CONSENSUS, FEATURES, MAX_GOSSIP_TASKS, Node, RecordFetch
 from tests.unit.test_runtime_inprocess import (
     FX,
     Cluster,
@@ -366,3 +367,33 @@ def test_an_id_held_with_another_envelope_is_fetched_again_from_the_proposer(
         assert sum(n.metrics.compact_proposals.get("refetched", 0) for n in nodes) >= 1
 
     run(cluster, body)
+
+
+def test_a_peer_asked_once_gets_one_response_taken(tmp_path: Path) -> None:
+    """A response answers one request (``_serve_records`` sends one frame per request): a
+    peer asked once that sends the same response over and over gets one taken, not one
+    admission task per frame (those bypass MAX_GOSSIP_TASKS: unbounded decoding and
+    signature checks on a burst)."""
+    cluster = compact_cluster(tmp_path)
+    node: Node = cluster.from_parts(1)
+
+    async def body() -> None:
+        r = new_record()
+        fetch = RecordFetch(1, {r.id})
+        fetch.asked.add(0)
+        fetch.requested.add(r.id)
+        fetch.unanswered[0] = 1  # what _ask_records notes
+        node._fetches[0] = [fetch]
+        frame = bytes([CONSENSUS]) + encode_records_response(RecordsResponse(1, (r.envelope,)))
+        for _ in range(4 * MAX_GOSSIP_TASKS):
+            node.on_frame(0, frame)
+        spawned = len(node._tasks)
+        for task in list(node._tasks):
+            task.cancel()
+        await asyncio.gather(*node._tasks, return_exceptions=True)
+        assert spawned == 1
+
+    try:
+        asyncio.run(body())
+    finally:
+        node.store.close()
