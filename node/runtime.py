@@ -1021,6 +1021,12 @@ class Node:
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
             self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
             return
+        if len(slots) > self.core.config.max_block_records:
+            # never fetched: a request over the block limits gets the asker scored by an
+            # honest peer (``_serve_records``)
+            self.peer_backlog -= 1
+            self._misbehaved(peer, "a proposal over the block limits", 60)
+            return
         named = [s for s in slots if isinstance(s, bytes)]
         counts = {"inline": len(slots) - len(named), "held": 0, "waited": 0, "fetched": 0,
                   "asked": 0}

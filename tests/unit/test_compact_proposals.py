@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+import msgpack
 import nacl.bindings
 import pytest
 
@@ -395,5 +396,53 @@ def test_a_peer_asked_once_gets_one_response_taken(tmp_path: Path) -> None:
 
     try:
         asyncio.run(body())
+    finally:
+        node.store.close()
+
+
+class _Sent:
+    """A transport that records what it sends (two linked peers)."""
+
+    max_frame = 1 << 24
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+
+    def connected(self) -> list[int]:
+        return [0, 2]
+
+    def send(self, peer: int, frame: bytes) -> bool:
+        self.frames.append((peer, frame))
+        return True
+
+
+def test_a_compact_proposal_naming_more_records_than_a_block_holds_is_not_fetched(
+        tmp_path: Path) -> None:
+    """A (Byzantine) proposer names more ids than a block may hold: fetching them would
+    send an honest peer a records request over the block limits, which it scores as
+    misbehaviour (20 a time): the proposer would get honest validators backed off by each
+    other. The proposal is refused as over the block limits, nothing is asked."""
+    cluster = compact_cluster(tmp_path, fetch_ms=100)
+    node: Node = cluster.from_parts(1)
+    sent = _Sent()
+    node.transport = sent  # type: ignore[assignment]
+    node.peer_features[2] = frozenset({"compact-proposals/1"})
+    limit = node.core.config.max_block_records
+    kind, fields = msgpack.unpackb(
+        encode_compact_proposal(signed_proposal([new_record()]), lambda _: False))
+    fields[5] = [os.urandom(32) for _ in range(limit + 1)]
+    frame = decode_frame(packb([kind, fields]))
+    assert isinstance(frame, UndecodedCompactProposal)
+
+    async def body() -> None:
+        node.peer_backlog += 1
+        await node._rebuild_proposal(0, frame)
+
+    try:
+        asyncio.run(body())
+        oversized = [peer for peer, f in sent.frames if f[:3] == bytes([CONSENSUS, 0x92, 6])
+                     and len(decode_frame(f[1:]).ids) > limit]  # type: ignore[union-attr]
+        assert oversized == []
+        assert node.misbehaviour.get(0) and node.peer_backlog == 0
     finally:
         node.store.close()
