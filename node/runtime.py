@@ -186,8 +186,6 @@ class RecordFetch:
     event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     asked: set[int] = dataclasses.field(default_factory=set)
     requested: set[bytes] = dataclasses.field(default_factory=set)
-    #: peer -> requests sent to it not answered yet (a response answers one request)
-    unanswered: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 class Hooks:
@@ -548,6 +546,7 @@ class Node:
         self.compact_inline_s = config.compact_inline_ms / 1000
         self.peer_features: dict[int, frozenset[str]] = {}
         self._fetches: dict[int, list[RecordFetch]] = {}
+        self._unanswered: dict[int, int] = {}  # peer -> records requests sent, not answered
         self._recent: OrderedDict[bytes, Record] = OrderedDict()
         self._gossip_tasks: set[asyncio.Task[None]] = set()
         self._fetch_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
@@ -966,7 +965,7 @@ class Node:
             return False
         fetch.asked.add(peer)
         fetch.requested.update(ids)
-        fetch.unanswered[peer] = fetch.unanswered.get(peer, 0) + 1
+        self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
         waiting = self._fetches.setdefault(peer, [])
         if fetch not in waiting:
             waiting.append(fetch)
@@ -1123,10 +1122,11 @@ class Node:
         is dropped); its records are admitted as gossip is (their pairs with them) and
         handed to the fetches waiting on them."""
         waiting = [f for f in self._fetches.get(peer, ()) if f.height == response.height]
-        owed = [f for f in waiting if f.unanswered.get(peer, 0) > 0]
-        if not owed or not response.items:
+        if not waiting or not self._unanswered.get(peer):
             return  # a repeated response spawns nothing (it would bypass MAX_GOSSIP_TASKS)
-        owed[0].unanswered[peer] -= 1  # one response per request (``_serve_records``)
+        self._unanswered[peer] -= 1  # one response per request (``_serve_records``)
+        if not response.items:
+            return
         self.spawn(self._admit_fetched(peer, response, waiting))
 
     async def _admit_fetched(self, peer: int, response: RecordsResponse,

@@ -383,7 +383,7 @@ def test_a_peer_asked_once_gets_one_response_taken(tmp_path: Path) -> None:
         fetch = RecordFetch(1, {r.id})
         fetch.asked.add(0)
         fetch.requested.add(r.id)
-        fetch.unanswered[0] = 1  # what _ask_records notes
+        node._unanswered[0] = 1  # what _ask_records notes
         node._fetches[0] = [fetch]
         frame = bytes([CONSENSUS]) + encode_records_response(RecordsResponse(1, (r.envelope,)))
         for _ in range(4 * MAX_GOSSIP_TASKS):
