@@ -1121,11 +1121,11 @@ class Node:
         """A RecordsResponse: taken only from a peer asked, for a height asked (a late one
         is dropped); its records are admitted as gossip is (their pairs with them) and
         handed to the fetches waiting on them."""
-        waiting = [f for f in self._fetches.get(peer, ()) if f.height == response.height]
-        if not waiting or not self._unanswered.get(peer):
+        if not self._unanswered.get(peer):
             return  # a repeated response spawns nothing (it would bypass MAX_GOSSIP_TASKS)
         self._unanswered[peer] -= 1  # one response per request (``_serve_records``)
-        if not response.items:
+        waiting = [f for f in self._fetches.get(peer, ()) if f.height == response.height]
+        if not waiting or not response.items:
             return
         self.spawn(self._admit_fetched(peer, response, waiting))
 
@@ -1233,6 +1233,8 @@ class Node:
             if header is not None:  # checked before anything else in it is decoded
                 self._on_block_response(peer, header, body)
                 return
+            if body[:2] == b"\x92\x07" and not self._unanswered.get(peer):
+                return  # a RecordsResponse (its canonical start) nobody asked for: unread
             try:
                 frame = decode_frame(body)
             except LedgerError as exc:
