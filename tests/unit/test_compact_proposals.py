@@ -18,6 +18,7 @@ import msgpack
 import nacl.bindings
 import pytest
 
+import node.runtime as runtime
 from ledger import merkle
 from ledger.blocks import PREVOTE, Block, build_header, sign_certificate
 from ledger.consensus import Proposal, SignedVote, decode_message, encode_message
@@ -34,7 +35,6 @@ from ledger.crypto import PrivateKey
 from ledger.encoding import BatchItem, packb
 from ledger.errors import DecodeError
 from ledger.records import Record, seal_record
-import node.runtime as runtime
 from node.runtime import CONSENSUS, FEATURES, MAX_GOSSIP_TASKS, Node, RecordFetch
 from tests.unit.test_runtime_inprocess import (
     FX,
