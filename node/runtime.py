@@ -546,6 +546,7 @@ class Node:
         self.compact_inline_s = config.compact_inline_ms / 1000
         self.peer_features: dict[int, frozenset[str]] = {}
         self._fetches: dict[int, list[RecordFetch]] = {}
+        self._unanswered: dict[int, int] = {}  # peer -> records requests sent, not answered
         self._recent: OrderedDict[bytes, Record] = OrderedDict()
         self._gossip_tasks: set[asyncio.Task[None]] = set()
         self._fetch_buckets: dict[int, tuple[TokenBucket, TokenBucket]] = {}
@@ -964,6 +965,7 @@ class Node:
             return False
         fetch.asked.add(peer)
         fetch.requested.update(ids)
+        self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
         waiting = self._fetches.setdefault(peer, [])
         if fetch not in waiting:
             waiting.append(fetch)
@@ -1017,6 +1019,12 @@ class Node:
             self.peer_backlog -= 1
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
             self._misbehaved(peer, "sent a malformed proposal", MALFORMED)
+            return
+        if len(slots) > self.core.config.max_block_records:
+            # never fetched: a request over the block limits gets the asker scored by an
+            # honest peer (``_serve_records``)
+            self.peer_backlog -= 1
+            self._misbehaved(peer, "a proposal over the block limits", 60)
             return
         named = [s for s in slots if isinstance(s, bytes)]
         counts = {"inline": len(slots) - len(named), "held": 0, "waited": 0, "fetched": 0,
@@ -1113,6 +1121,9 @@ class Node:
         """A RecordsResponse: taken only from a peer asked, for a height asked (a late one
         is dropped); its records are admitted as gossip is (their pairs with them) and
         handed to the fetches waiting on them."""
+        if not self._unanswered.get(peer):
+            return  # a repeated response spawns nothing (it would bypass MAX_GOSSIP_TASKS)
+        self._unanswered[peer] -= 1  # one response per request (``_serve_records``)
         waiting = [f for f in self._fetches.get(peer, ()) if f.height == response.height]
         if not waiting or not response.items:
             return
@@ -1222,6 +1233,8 @@ class Node:
             if header is not None:  # checked before anything else in it is decoded
                 self._on_block_response(peer, header, body)
                 return
+            if body[:2] == b"\x92\x07" and not self._unanswered.get(peer):
+                return  # a RecordsResponse (its canonical start) nobody asked for: unread
             try:
                 frame = decode_frame(body)
             except LedgerError as exc:

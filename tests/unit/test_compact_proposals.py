@@ -8,14 +8,17 @@ over ``tests/memnet.py`` (the harness of ``test_runtime_inprocess``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
 from pathlib import Path
 
+import msgpack
 import nacl.bindings
 import pytest
 
+import node.runtime as runtime
 from ledger import merkle
 from ledger.blocks import PREVOTE, Block, build_header, sign_certificate
 from ledger.consensus import Proposal, SignedVote, decode_message, encode_message
@@ -32,7 +35,7 @@ from ledger.crypto import PrivateKey
 from ledger.encoding import BatchItem, packb
 from ledger.errors import DecodeError
 from ledger.records import Record, seal_record
-from node.runtime import CONSENSUS, FEATURES, Node
+from node.runtime import CONSENSUS, FEATURES, MAX_GOSSIP_TASKS, Node, RecordFetch
 from tests.unit.test_runtime_inprocess import (
     FX,
     Cluster,
@@ -366,3 +369,104 @@ def test_an_id_held_with_another_envelope_is_fetched_again_from_the_proposer(
         assert sum(n.metrics.compact_proposals.get("refetched", 0) for n in nodes) >= 1
 
     run(cluster, body)
+
+
+def test_a_peer_asked_once_gets_one_response_taken(tmp_path: Path) -> None:
+    """A response answers one request (``_serve_records`` sends one frame per request): a
+    peer asked once that sends the same response over and over gets one taken, not one
+    admission task per frame (those bypass MAX_GOSSIP_TASKS: unbounded decoding and
+    signature checks on a burst)."""
+    cluster = compact_cluster(tmp_path)
+    node: Node = cluster.from_parts(1)
+
+    async def body() -> None:
+        r = new_record()
+        fetch = RecordFetch(1, {r.id})
+        fetch.asked.add(0)
+        fetch.requested.add(r.id)
+        node._unanswered[0] = 1  # what _ask_records notes
+        node._fetches[0] = [fetch]
+        frame = bytes([CONSENSUS]) + encode_records_response(RecordsResponse(1, (r.envelope,)))
+        for _ in range(4 * MAX_GOSSIP_TASKS):
+            node.on_frame(0, frame)
+        spawned = len(node._tasks)
+        for task in list(node._tasks):
+            task.cancel()
+        await asyncio.gather(*node._tasks, return_exceptions=True)
+        assert spawned == 1
+
+    try:
+        asyncio.run(body())
+    finally:
+        node.store.close()
+
+
+class _Sent:
+    """A transport that records what it sends (two linked peers)."""
+
+    max_frame = 1 << 24
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+
+    def connected(self) -> list[int]:
+        return [0, 2]
+
+    def send(self, peer: int, frame: bytes) -> bool:
+        self.frames.append((peer, frame))
+        return True
+
+
+def test_a_compact_proposal_naming_more_records_than_a_block_holds_is_not_fetched(
+        tmp_path: Path) -> None:
+    """A (Byzantine) proposer names more ids than a block may hold: fetching them would
+    send an honest peer a records request over the block limits, which it scores as
+    misbehaviour (20 a time): the proposer would get honest validators backed off by each
+    other. The proposal is refused as over the block limits, nothing is asked."""
+    cluster = compact_cluster(tmp_path, fetch_ms=100)
+    node: Node = cluster.from_parts(1)
+    sent = _Sent()
+    node.transport = sent  # type: ignore[assignment]
+    node.peer_features[2] = frozenset({"compact-proposals/1"})
+    limit = node.core.config.max_block_records
+    kind, fields = msgpack.unpackb(
+        encode_compact_proposal(signed_proposal([new_record()]), lambda _: False))
+    fields[5] = [os.urandom(32) for _ in range(limit + 1)]
+    frame = decode_frame(packb([kind, fields]))
+    assert isinstance(frame, UndecodedCompactProposal)
+
+    async def body() -> None:
+        node.peer_backlog += 1
+        await node._rebuild_proposal(0, frame)
+
+    try:
+        asyncio.run(body())
+        oversized = [peer for peer, f in sent.frames if f[:3] == bytes([CONSENSUS, 0x92, 6])
+                     and len(decode_frame(f[1:]).ids) > limit]  # type: ignore[union-attr]
+        assert oversized == []
+        assert node.misbehaviour.get(0) and node.peer_backlog == 0
+    finally:
+        node.store.close()
+
+
+def test_a_records_response_nobody_asked_for_is_not_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropped unread: decoding one of 8 MB of empty items took ~1.8 s of the event loop's
+    CPU here, and an unasked response costs the peer no score, so any peer could stall a
+    validator's loop at will."""
+    cluster = compact_cluster(tmp_path)
+    node: Node = cluster.from_parts(1)
+    decoded: list[bytes] = []
+
+    def counting(body: bytes) -> object:
+        decoded.append(body)
+        return decode_frame(body)
+
+    monkeypatch.setattr(runtime, "decode_frame", counting)
+    try:
+        frame = bytes([CONSENSUS]) + encode_records_response(
+            RecordsResponse(1, tuple(b"" for _ in range(1000))))
+        node.on_frame(0, frame)
+        assert decoded == [] and not node._tasks and not node.misbehaviour
+    finally:
+        node.store.close()
