@@ -154,6 +154,13 @@ STOP_TASKS_S = 2.0
 # A PASSIVE WAL checkpoint from a worker thread this often (the store's commits never
 # checkpoint: ``SqliteStore(autocheckpoint=False)``); one with nothing to copy costs no fsync.
 CHECKPOINT_S = 1.0
+# Work this small runs on the event loop instead of in a worker thread: at most this many
+# records (a signature check each, ~50-90 us) in at most this many bytes. A thread hop costs
+# 0.5-1.5 ms on a busy 2-core host (the pool's wake-up and the GIL), several times the work,
+# and a light-load commit took ~5 such hops on its path (docs/performance.md, "Light-load
+# latency, hop by hop"); big batches and proposals still go to a thread.
+INLINE_RECORDS = 1
+INLINE_BYTES = 16 * 1024
 
 log = logging.getLogger("ledger.node")
 
@@ -383,6 +390,32 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _item_bytes(item: BatchItem) -> int:
+    return len(item) if isinstance(item, bytes) else sum(len(x) for x in item)
+
+
+def small_work(count: int, size: int) -> bool:
+    """``count`` records in ``size`` bytes are cheaper to check on the loop than the hop
+    to a worker thread (``INLINE_RECORDS``, ``INLINE_BYTES``)."""
+    return count <= INLINE_RECORDS and size <= INLINE_BYTES
+
+
+_TRACE_DIR = os.environ.get("LEDGER_LATENCY_TRACE")
+_trace_file: Any = None
+
+
+def _trace(tag: str, height: int, extra: object = "") -> None:
+    """Latency tracing (debug): with LEDGER_LATENCY_TRACE=DIR, one line per step of a
+    record's path (wall clock, so the nodes' lines on one host compare)."""
+    global _trace_file
+    if _TRACE_DIR is None:
+        return
+    if _trace_file is None:
+        _trace_file = open(  # noqa: SIM115 (held open for the process)
+            os.path.join(_TRACE_DIR, f"trace-{os.getpid()}.log"), "a", buffering=1)
+    _trace_file.write(f"{time.time():.6f} {tag} {height} {extra}\n")
+
+
 class GroupCommit:
     """A ``PersistState`` and the ``CommitBlock`` that follows it in one event's actions,
     written in one SQLite transaction (one fsync): see ``plan_durable_writes``."""
@@ -568,6 +601,10 @@ class Node:
             event = await self.events.get()
 
     async def _handle(self, event: Event) -> None:
+        if _TRACE_DIR is not None:
+            _trace("ev:" + type(event).__name__, self.core.height,
+                   type(event.message).__name__ if isinstance(event, MessageReceived)
+                   else getattr(event, "kind", ""))
         if isinstance(event, MessageReceived):
             self.peer_backlog -= 1
             msg = event.message
@@ -587,6 +624,9 @@ class Node:
         self.metrics.round = self.core.round
 
     async def _execute(self, action: Action | GroupCommit) -> None:
+        if _TRACE_DIR is not None:
+            _trace("act:" + type(action).__name__, self.core.height,
+                   type(getattr(action, "message", None)).__name__)
         if isinstance(action, PersistState):
             await self.persist_signing_state(action.state)
             self.faults.crash_point("after_persist")
@@ -639,6 +679,7 @@ class Node:
         await asyncio.to_thread(self.store.append, block, action.last_cert,
                                 payloads=pairs, signing_state=signing)
         self.faults.crash_point("after_commit" if state is None else "after_group_commit")
+        _trace("appended", block.height, len(block.records))
         lacking = sum(r.body.sealed and r.id not in pairs for r in block.records)
         if pairs:
             self.metrics.count_payload_pairs("with_block", len(pairs))
@@ -845,6 +886,7 @@ class Node:
         event = TimeoutFired(t.height, t.round, t.kind)
 
         def fire() -> None:
+            _trace("timer", t.height, t.kind)
             self._timers.discard(handle)
             self.events.put_nowait(event)
 
@@ -1001,7 +1043,8 @@ class Node:
                 if not others or not self._ask_records(others[0], fetch, sorted(fetch.ids)):
                     fetch.asked.add(-1)  # nobody else to ask: wait for the first answer
 
-    async def _rebuild_proposal(self, peer: int, frame: UndecodedCompactProposal) -> None:
+    async def _rebuild_proposal(self, peer: int, frame: UndecodedCompactProposal,
+                                size: int = INLINE_BYTES + 1) -> None:
         """Rebuild a compact proposal from the records this node holds (its mempool, recent
         proposals), those it carries and, for the rest, record gossip being admitted, then
         a fetch from the sender (and another peer), within ``compact_fetch_s``. The
@@ -1012,9 +1055,11 @@ class Node:
         this validator prevote nil, and the round goes on without it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.compact_fetch_s
+        _trace("rebuild_in", frame.height)
         try:
-            slots, shell = await asyncio.to_thread(
-                lambda: (frame.slots(self.mempool.known), frame.without_records()))
+            slots, shell = ((frame.slots(self.mempool.known), frame.without_records())
+                            if size <= INLINE_BYTES else await asyncio.to_thread(
+                lambda: (frame.slots(self.mempool.known), frame.without_records())))
         except LedgerError as exc:
             self.peer_backlog -= 1
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
@@ -1065,11 +1110,13 @@ class Node:
                 return
             records = tuple(r for r in found if r is not None)
             proposal = dataclasses.replace(shell, records=records)
-            if attempt or await asyncio.to_thread(self._contents_match, proposal):
+            if attempt or (self._contents_match(proposal) if size <= INLINE_BYTES
+                           else await asyncio.to_thread(self._contents_match, proposal)):
                 break
             # ids held with other envelopes than the proposer's: fetch every named record
             outcome, missing, got = "refetched", set(named), {}
         self.metrics.count_compact(outcome, counts)
+        _trace("rebuilt", frame.height, counts)
         self._remember([r for r in records if r.id not in self.mempool.pending])
         await self._verify_then_queue(peer, proposal, self._unverified_records(proposal))
 
@@ -1262,9 +1309,9 @@ class Node:
                 if admitted is True:
                     self.peer_backlog += 1
                     decoding = asyncio.ensure_future(
-                        self._decode_proposal(peer, frame)
+                        self._decode_proposal(peer, frame, len(body))
                         if isinstance(frame, UndecodedProposal)
-                        else self._rebuild_proposal(peer, frame))
+                        else self._rebuild_proposal(peer, frame, len(body)))
                     self._tasks.add(decoding)
                     decoding.add_done_callback(self._tasks.discard)
                     return
@@ -1367,12 +1414,16 @@ class Node:
             return None
         return True
 
-    async def _decode_proposal(self, peer: int, frame: UndecodedProposal) -> None:
+    async def _decode_proposal(self, peer: int, frame: UndecodedProposal,
+                               size: int = INLINE_BYTES + 1) -> None:
         """Decode a proposal's records in a worker thread (records this node holds are
         looked up, not decoded): up to a block of amplifying payloads (8 MB of empty maps
         is seconds of decoding) never runs on the loop. Then verify and queue it."""
         try:
-            proposal = await asyncio.to_thread(frame.decode, self.mempool.known)
+            _trace("decode_in", frame.height)
+            proposal = (frame.decode(self.mempool.known) if size <= INLINE_BYTES
+                        else await asyncio.to_thread(frame.decode, self.mempool.known))
+            _trace("decoded", frame.height)
         except LedgerError as exc:
             self.peer_backlog -= 1
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
@@ -1476,7 +1527,10 @@ class Node:
         """Verify signatures in a worker thread, filling the cache block validation asks,
         so the consensus loop never waits on them; then hand the message to the core."""
         verify = self.mempool.verify
-        if records:
+        if records and small_work(len(records), sum(len(r.envelope) for r in records[:2])):
+            for r in records:
+                verify(r.body.signer, r.sign_bytes(), r.sig)
+        elif records:
             await asyncio.to_thread(
                 lambda: [verify(r.body.signer, r.sign_bytes(), r.sig) for r in records])
         self.events.put_nowait(MessageReceived(peer, message))
@@ -1494,7 +1548,11 @@ class Node:
                 f"this node ({self.name}) is not a validator at height {self.core.height} "
                 "and has no peer link, so a record admitted here would never be committed; "
                 "submit to a validator of the configuration in force (GET /v1/config)")
-        checked = await asyncio.to_thread(self.mempool.precheck, items)
+        _trace("submit_in", self.core.height, f"{len(items)} {gossip}")
+        checked = (self.mempool.precheck(items)
+                   if small_work(len(items), sum(_item_bytes(i) for i in items[:2]))
+                   else await asyncio.to_thread(self.mempool.precheck, items))
+        _trace("prechecked", self.core.height)
         results = self.mempool.admit(checked, now_ms())
         accepted = [r.record for r in results if r.status == "accepted" and r.record]
         if accepted:

@@ -175,8 +175,8 @@ def test_stop_leaves_no_task_started_by_a_frame_that_arrived_while_stopping(
         node0._persist_evidence()  # a flush pending when it stops
         stopping = asyncio.create_task(cluster.stop(0))
         while not stopping.done():  # clients keep submitting to node 1, which gossips
-            await submit(node1, 1)
-            await asyncio.sleep(0.02)
+            await submit(node1, 2)  # two: a gossip batch is prechecked in a worker
+            await asyncio.sleep(0.02)  # thread (one small record is checked on the loop)
         await stopping
         late.extend(node0._tasks)
         await asyncio.gather(*late, return_exceptions=True)
