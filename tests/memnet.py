@@ -185,3 +185,25 @@ class MemTransport:
                 handed += 1
                 if handed % self.read_burst == 0:
                     await asyncio.sleep(0)
+
+
+class Unlinked:
+    """A transport with no peer link (a non-validator's: no validator accepts it; the node's own
+    BlockRequests go nowhere)."""
+
+    max_frame = 32 << 20
+
+    def send(self, peer: int, payload: bytes) -> bool:
+        return False
+
+    def broadcast(self, payload: bytes) -> None:
+        pass
+
+    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
+        pass
+
+    def connected(self) -> list[int]:
+        return []
+
+    def queue_length(self, peer: int) -> int:
+        return 0

@@ -42,30 +42,10 @@ from node.follow import Follower
 from node.runtime import CONSENSUS, Node
 from tests.bench.audit_bench import build_store, serving_node
 from tests.factory import make_fixture
+from tests.memnet import Unlinked
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 600.0
-
-
-class Unlinked:
-    """A transport with no peer link: the node's own BlockRequests go nowhere."""
-
-    max_frame = 32 << 20
-
-    def send(self, peer: int, payload: bytes) -> bool:
-        return False
-
-    def broadcast(self, payload: bytes) -> None:
-        pass
-
-    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
-        pass
-
-    def connected(self) -> list[int]:
-        return []
-
-    def queue_length(self, peer: int) -> int:
-        return 0
 
 
 def receiver(directory: Path, genesis: Path) -> Node:

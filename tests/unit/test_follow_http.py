@@ -25,32 +25,12 @@ from node.config import NodeConfig
 from node.follow import Follower
 from node.runtime import Node
 from tests.inprocess import CLIENT, InProcessApi
+from tests.memnet import Unlinked
 from tests.unit.consensus_helpers import FX
 
 HONEST = "http://honest.test"
 LIAR = "http://liar.test"
 FORKED = "http://fork.test"
-
-
-class Unlinked:
-    """A transport with no peer link (a non-validator's: no validator accepts it)."""
-
-    max_frame = 32 << 20
-
-    def send(self, peer: int, payload: bytes) -> bool:
-        return False
-
-    def broadcast(self, payload: bytes) -> None:
-        pass
-
-    def disconnect(self, peer: int, reason: str, backoff_s: float = 0.0) -> None:
-        pass
-
-    def connected(self) -> list[int]:
-        return []
-
-    def queue_length(self, peer: int) -> int:
-        return 0
 
 
 class Liar(httpx.AsyncBaseTransport):
