@@ -311,8 +311,10 @@ class Mempool:
                 for rid in c.redaction.ids if c.redaction is not None else ():
                     self.redacting[rid] = r.id
                 self.bytes += r.cost + (c.pair.size if c.pair is not None else 0)
-                self.cache.remember(r)
-                out.append(AdmitResult(r.id, "accepted", record=r, pair=c.pair))
+                # its signature is in the verified cache already: ``precheck`` asked the
+                # cache, which keeps every signature it verifies (no second sha256 here)
+                out.append(c if c.redaction is None
+                           else AdmitResult(r.id, "accepted", record=r, pair=c.pair))
         return out
 
     def _redaction_refusal(self, redaction: Redaction,
@@ -372,8 +374,8 @@ class Mempool:
         """Forget records that ``block`` committed, and any pending record it conflicts with."""
         pairs = {(r.body.signer, r.body.nonce) for r in block.records}
         for r in block.records:
-            self._drop(r.id)
-            self.cache.forget(r)  # also those this node first saw in a proposal
+            if not self._drop(r.id):
+                self.cache.forget(r)  # those this node first saw in a proposal
         if pairs & self.nonces:
             for rid in [i for i, r in self.pending.items()
                         if (r.body.signer, r.body.nonce) in pairs]:
@@ -404,7 +406,8 @@ class Mempool:
                 self._drop(rid)
         return dropped
 
-    def _drop(self, record_id: bytes) -> None:
+    def _drop(self, record_id: bytes) -> bool:
+        """Forget a pending record (and its signature); False if it was not pending."""
         r = self.pending.pop(record_id, None)
         if r is not None:
             del self.by_envelope[r.envelope]
@@ -419,6 +422,8 @@ class Mempool:
                 for rid in [i for i, by in self.redacting.items() if by == record_id]:
                     del self.redacting[rid]
             self.bytes -= r.cost
+            return True
+        return False
 
     def ids(self) -> Iterable[bytes]:
         """Pending ids, oldest first."""

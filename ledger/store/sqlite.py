@@ -522,6 +522,11 @@ class SqliteStore:
         # drops a block's digests from it before writing them. A read-only store (another
         # process may write the file) keeps none.
         self._absent_digests: set[bytes] = set()
+        # Likewise the record ids and (signer, nonce) pairs ``seen_ids`` and ``seen_nonces``
+        # found missing: a new record is asked for at admission, in the proposal's
+        # validation and in ``append`` (and by a client's ``wait=commit``).
+        self._absent_ids: set[bytes] = set()
+        self._absent_nonces: set[tuple[bytes, int]] = set()
 
     def _load_tip(self) -> None:
         row = self._db.execute(
@@ -607,6 +612,11 @@ class SqliteStore:
                 [(d, seq) for seq, d in sealed_rows], h.height, first_seq + len(rows))
             if sealed_rows and self._absent_digests:  # on the chain from this write on
                 self._absent_digests.difference_update(d for _, d in sealed_rows)
+            if self._absent_ids:
+                self._absent_ids.difference_update([r.id for r in block.records])
+            if self._absent_nonces:
+                self._absent_nonces.difference_update(
+                    [(r.body.signer, r.body.nonce) for r in block.records])
             db = self._db
             bulk = self._bulk
             try:
@@ -805,16 +815,26 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     def seen_ids(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` are already committed (recent ones from memory, the others in
-        one indexed query per 500)."""
+        """Which of ``ids`` are already committed: none of those known absent
+        (``_absent_ids``), recent ones from memory, the others in one indexed query per 500
+        (those not found are then known absent)."""
         wanted = set(ids)
         with self._lock:
-            found = {rid for rid in wanted if self._recent.get(rid) is not None}
-            keys = sorted({id8(rid) for rid in wanted - found})
+            absent = self._absent_ids
+            unknown = wanted - absent if absent else wanted
+            if not unknown:
+                return set()
+            found = {rid for rid in unknown if self._recent.get(rid) is not None}
+            asked = unknown - found
+            keys = sorted({id8(rid) for rid in asked})
             for chunk in _chunks(keys):
                 found.update(bytes(rid) for (rid,) in self._db.execute(
                     "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
                     f"WHERE ids.id8 IN ({','.join('?' * len(chunk))})", chunk))
+            if not self.readonly:
+                if len(absent) + len(asked) > ABSENT_KEPT:
+                    absent.clear()
+                absent.update(asked - found)
         return found & wanted
 
     def id_indexed(self, record_id: bytes, seq: int) -> bool:
@@ -834,16 +854,25 @@ class SqliteStore:
     def seen_nonces(self, pairs: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (signer, nonce) pairs are already committed (one indexed query per signer
         and 500 nonces)."""
-        by_signer: dict[bytes, list[int]] = {}
-        for signer, nonce in pairs:
-            by_signer.setdefault(signer, []).append(to_signed64(nonce))
+        wanted = set(pairs)
         found: set[tuple[bytes, int]] = set()
         with self._lock:
+            absent = self._absent_nonces
+            asked = wanted - absent if absent else wanted
+            if not asked:
+                return found
+            by_signer: dict[bytes, list[int]] = {}
+            for signer, nonce in asked:
+                by_signer.setdefault(signer, []).append(to_signed64(nonce))
             for signer, nonces in by_signer.items():
                 for chunk in _chunks(nonces):
                     found.update((signer, from_signed64(n)) for (n,) in self._db.execute(
                         "SELECT nonce FROM records WHERE signer = ? AND nonce IN "
                         f"({','.join('?' * len(chunk))})", [signer, *chunk]))
+            if not self.readonly:
+                if len(absent) + len(asked) > ABSENT_KEPT:
+                    absent.clear()
+                absent.update(asked - found)
         return found
 
     def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:

@@ -289,6 +289,47 @@ def test_recent_ids_merge_into_the_index_and_survive_reopening(
         check_indexes(store)
 
 
+def test_ids_and_nonces_known_absent_are_not_asked_again_and_stay_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``seen_ids`` and ``seen_nonces`` remember what they found missing, so the proposal's
+    and the append's lookups of a record admission asked about cost no query; a record that
+    then commits is seen at once (``append`` forgets it first), also once its id is merged
+    into the ``ids`` table, and a block repeating it is refused. The memory is bounded
+    (ABSENT_KEPT, then forgotten all at once) and a read-only store keeps none."""
+    monkeypatch.setattr(sqlite_store, "MERGE_AT", 1)  # a slice merged every block
+    monkeypatch.setattr(sqlite_store, "ABSENT_KEPT", 40)
+    path = tmp_path / "chain.db"
+    store = SqliteStore(path, genesis_hash=FX.genesis.hash)
+    b = ChainBuilder(FX, store)
+    records = [b.record() for _ in range(32)]
+    ids = [r.id for r in records]
+    pairs = [(r.body.signer, r.body.nonce) for r in records]
+    assert store.seen_ids(ids) == set() and store.seen_nonces(pairs) == set()
+    assert store._absent_ids == set(ids) and store._absent_nonces == set(pairs)
+    queries: list[str] = []
+    store._db.set_trace_callback(queries.append)
+    assert store.seen_ids(ids[:8]) == set() and store.seen_nonces(pairs[:8]) == set()
+    assert not queries  # answered from memory
+    for i in range(0, 32, 4):
+        store.append(b.block(records[i:i + 4]))
+        assert store.seen_ids(ids) == set(ids[:i + 4])  # each block's records seen at once
+        assert store.seen_nonces(pairs) == set(pairs[:i + 4])
+        assert not set(ids[:i + 4]) & store._absent_ids
+        assert not set(pairs[:i + 4]) & store._absent_nonces
+    store._db.set_trace_callback(None)
+    assert store._db.execute("SELECT COUNT(*) FROM ids").fetchone()[0] > 0
+    with pytest.raises(DuplicateError):
+        store.append(b.block([records[0]]))
+    many = [bytes([7, n]) * 16 for n in range(30)]
+    assert store.seen_ids(many) == set()
+    assert store._absent_ids == set(many)  # over ABSENT_KEPT: forgotten, then these
+    store.close()
+    with SqliteStore(path, readonly=True) as ro:
+        assert ro.seen_ids([*ids, *many]) == set(ids)
+        assert ro.seen_nonces(pairs) == set(pairs)
+        assert ro._absent_ids == set() and ro._absent_nonces == set()
+
+
 def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
     """API reads go through each thread's read-only connection: a writer holding the
     store's lock (an append through COMMIT and fsync) does not hold them up."""
