@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from dataclasses import dataclass, field
 
@@ -79,14 +80,10 @@ class Metrics:
             await asyncio.sleep(LAG_PROBE_S)
             self.observe_loop_lag(max(0.0, time.perf_counter() - start - LAG_PROBE_S))
 
-    def observe_commit_latency(self, seconds: float) -> None:
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                self.latency_counts[i] += 1
-                break
-        else:
-            self.latency_counts[-1] += 1
-        self.latency_sum += seconds
+    def observe_commit_latency(self, seconds: float, count: int = 1) -> None:
+        """``count`` records committed ``seconds`` after their admission."""
+        self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += count  # first bound >=
+        self.latency_sum += seconds * count
 
     def render(self, peers: int, invalid_blocks: dict[str, int] | None = None) -> str:
         """The text format; ``invalid_blocks``: blocks consensus found invalid, by reason."""

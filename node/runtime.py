@@ -908,10 +908,14 @@ class Node:
             self.payload_sync.redacted_ids(
                 rid for red in block_redactions(None, block.records) for rid in red.ids)
         now = time.monotonic()
+        pop = self.admitted_at.pop
+        batches: dict[float, int] = {}  # records admitted together share their start
         for r in block.records:
-            started = self.admitted_at.pop(r.id, None)
+            started = pop(r.id, None)
             if started is not None:
-                self.metrics.observe_commit_latency(now - started)
+                batches[started] = batches.get(started, 0) + 1
+        for started, count in batches.items():
+            self.metrics.observe_commit_latency(now - started, count)
         self.commits.committed(block)
         self.metrics.records_committed += len(block.records)
         self.metrics.height = block.height

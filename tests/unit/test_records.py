@@ -37,6 +37,26 @@ def test_create_round_trips_and_verifies() -> None:
     assert rec.sign_bytes() == b"ledger.record.v1\x00" + rec.body_bytes
 
 
+def test_decoded_records_are_the_objects_their_constructors_build() -> None:
+    """``from_wire`` builds Record and RecordBody by setting their slots directly
+    (``_new_record``, ``_new_body``): the same values, equal, immutable, and hashable exactly
+    where the dataclass constructors' objects are."""
+    rec = Record.create(KEY, chain="demo", type="sensor.reading", subject="s",
+                        payload=["a", 1], ts=5, nonce=9)
+    back = Record.from_wire(rec.envelope)
+    made = Record(RecordBody(*(getattr(rec.body, k) for k in RecordBody.__slots__)),
+                  rec.body_bytes, rec.sig, rec.envelope, rec.id, rec.elements)
+    assert type(back) is Record and type(back.body) is RecordBody
+    assert back == made and back.body == made.body and repr(back) == repr(made)
+    assert back.body.payload_digest is None and back.elements == rec.elements > 0
+    with pytest.raises(AttributeError):  # frozen: dataclasses.FrozenInstanceError
+        back.body.nonce = 1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unhashable"):  # a list payload, as from __init__
+        hash(back.body)
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(made.body)
+
+
 def test_body_key_order_is_spec_order() -> None:
     rec = Record.create(KEY, chain="demo", type="t", subject="s", payload=None, ts=0, nonce=0)
     keys = list(msgpack.unpackb(rec.body_bytes, raw=False).keys())
