@@ -349,6 +349,10 @@ def test_a_node_stopped_and_built_again_from_its_files_resumes_and_catches_up(
 
         again = cluster.from_files(3)
         assert again.store.height == kept  # what it had committed is kept
+        # a clean stop wrote its state without the reservation it did not use: the node
+        # built again refuses nothing beyond what it signed (its next round-0 proposal)
+        assert again.core.last_signed[0] >= 1
+        assert not again.core.refused > again.core.last_signed
         await cluster.start(again)
         await until(lambda: again.store.height >= cluster.nodes[0].store.height - 1,
                     "node 3 to catch up")
@@ -410,7 +414,12 @@ def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: P
         node.gate.set()
         await asyncio.wait_for(stopping, WAIT_S)
         await asyncio.wait_for(serving, WAIT_S)  # serve() returns once the loop has ended
-        assert sum(k == "persist" for k, _ in cluster.journals[0]) == writes + 1
+        # the write under way, then the clean stop's: the same state without the reservation
+        # of a proposal it did not sign (Node._final_signing_state)
+        states = [s for k, s in cluster.journals[0] if k == "persist"]
+        assert len(states) == writes + 2
+        assert states[-1].last_signed == states[-2].last_signed
+        assert states[-2].reserved > states[-1].reserved == NO_RESERVATION
         assert closed == [True]
         assert node.evidence_path.exists()  # the pending flush was written, not lost
         assert 0 not in cluster.net.transports and not node._timers and not node._tasks
