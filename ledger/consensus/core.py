@@ -11,7 +11,9 @@ Persistence order (what the runtime must honour, and what the crash tests check)
    runtime writes it durably (fsync) before sending anything after it. A node restarted
    from that state refuses to sign at or below ``last_signed`` (height, round, step), so it
    can never send two different messages for one (height, round, step), whatever point
-   it crashed at.
+   it crashed at. The one exception: a state also *reserves* the next height's round-0
+   proposal (``RESERVED``), which is then signed and sent with no write of its own; a node
+   restarted from that state refuses it too (``refused``), whatever its store holds.
 2. ``CommitBlock`` is executed (the block, its certificate and indexes in one store
    transaction) before any later action; the next height only starts on a later
    ``TimeoutFired(NEW_HEIGHT)`` event, so the core always reads a store that holds it.
