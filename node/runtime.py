@@ -206,7 +206,9 @@ class Hooks:
 
     def crash_point(self, point: str) -> None:
         """A step of the persistence order was reached (``after_persist``,
-        ``before_commit``, ``after_commit``, ``after_group_commit``, ``torn_persist``)."""
+        ``before_commit``, ``after_commit``, ``after_group_commit``, ``torn_persist``,
+        ``after_reserved_send``: a proposal sent under the reservation of the newest state
+        written, before any write of its own)."""
 
     def torn_write(self) -> int | None:
         """Before each signing-state file write: a byte count to tear that write at (write
@@ -648,6 +650,11 @@ class Node:
                     self._send_proposal(message, peers)
                 else:
                     self.send_frame(bytes([CONSENSUS]) + encode_message(message), peers)
+            sent = action.message
+            if (isinstance(sent, Proposal) and sent.proposer == self.core.index
+                    and self._last_written is not None
+                    and (sent.height, sent.round, 0) > self._last_written.last_signed):
+                self.faults.crash_point("after_reserved_send")
         elif isinstance(action, SendTo):
             if isinstance(action.message, BlockRequest):
                 self.sync_requests.asked_for(action.peer, action.message.height,
