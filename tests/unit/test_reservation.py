@@ -11,6 +11,8 @@ from ledger.blocks import PRECOMMIT, PREVOTE
 from ledger.consensus import (
     NO_RESERVATION,
     Broadcast,
+    PersistState,
+    Proposal,
     SigningState,
     Step,
     TimeoutKind,
@@ -19,6 +21,7 @@ from ledger.consensus import (
 from ledger.encoding import packb
 from ledger.errors import DecodeError
 from ledger.store import MemoryStore
+from node.runtime import GroupCommit, plan_durable_writes
 from tests.unit.consensus_helpers import (
     FX,
     N,
@@ -203,3 +206,60 @@ def test_the_old_8_item_wire_form_loads_with_no_reservation() -> None:
 
 def test_no_validator_of_the_fixture_is_left_out() -> None:
     assert N == 4 and proposer_of(2, 0) == ME and proposer_of(1, 0) != ME
+
+
+
+def file_covers_before_it_leaves(n: Node, message: Proposal) -> bool:
+    """Replays ``n``'s batches as the runtime writes them (``plan_durable_writes``):
+    whether, when ``message`` leaves, the newest state in the *file* (a plain
+    ``PersistState``, not a ``GroupCommit``'s row of the store) covers its step."""
+    file_state: SigningState | None = None
+    step = (message.height, message.round, int(Step.PROPOSE))
+    for batch in n.batches:
+        for a in plan_durable_writes(batch):
+            if isinstance(a, PersistState):
+                file_state = a.state
+            elif isinstance(a, Broadcast) and a.message == message:
+                return file_state is not None and (
+                    file_state.last_signed >= step or in_reservation(step, file_state.reserved))
+    raise AssertionError("never sent")
+
+
+def test_a_reservation_only_the_store_holds_covers_nothing() -> None:
+    """When this validator signs everything it signs at a height in the event that
+    commits it (the proposal came last), the runtime writes that state in the block's
+    transaction (``GroupCommit``): in the store only. A store lost or replaced by an older
+    copy (docs/operations.md keeps ``signing_state.bin``; a crashed node's damaged
+    ``chain.db`` gives no row back) loses it and its reservation, and the node, back at
+    height 2 by block sync, would propose round 0 of height 2 a second time. So that
+    proposal is written to the file before it leaves."""
+    n = Node(ME, mempool=[record()])
+    n.start()
+    p = n.proposal(0)
+    n.prevotes(n.others(2), 0, p.block_hash)
+    n.precommits(n.others(2), 0, p.block_hash)
+    actions = n.deliver(p)  # prevote, precommit and commit in one event
+    assert [b.height for b in commits(actions)] == [1]
+    (grouped,) = [a for a in plan_durable_writes(actions) if isinstance(a, GroupCommit)]
+    assert grouped.persist.state.reserved == (2, 0, int(Step.PROPOSE))  # in the store only
+    assert not any(isinstance(a, PersistState) for a in plan_durable_writes(n.log))
+    (proposal,) = broadcast_proposals(n.timeout(TimeoutKind.NEW_HEIGHT, round=0, height=2))
+    assert file_covers_before_it_leaves(n, proposal)
+
+
+def test_a_reservation_the_file_holds_still_saves_the_write() -> None:
+    """The same height with this validator's prevote written to the file in an earlier
+    event (its precommit and the block then grouped): the file's state reserves height 2's
+    round-0 proposal, which leaves with no write of its own."""
+    n = Node(ME, mempool=[record()])
+    n.start()
+    p = n.proposal(0)
+    n.deliver(p)  # the prevote: a state in the file, reserving (2, 0, PROPOSE)
+    n.precommits(n.others(2), 0, p.block_hash)
+    actions = n.prevotes(n.others(2), 0, p.block_hash)  # the polka: precommit and commit
+    assert [b.height for b in commits(actions)] == [1]
+    assert any(isinstance(a, GroupCommit) for a in plan_durable_writes(actions))
+    actions = n.timeout(TimeoutKind.NEW_HEIGHT, round=0, height=2)
+    (proposal,) = broadcast_proposals(actions)
+    assert isinstance(plan_durable_writes(actions)[0], Broadcast)  # before any write
+    assert file_covers_before_it_leaves(n, proposal)
