@@ -210,6 +210,8 @@ class ConsensusCore:
         # The reservation of the state this core was built from: a previous incarnation
         # may have signed those steps without writing them, so this one never signs them.
         self.refused: tuple[int, int, int] = NO_RESERVATION
+        # ``covered`` when the event under way began: what states written alone made
+        self._covered_before: tuple[int, int, int] = NO_RESERVATION
         # One pair per (validator, height, round, kind), the newest max_evidence of them.
         self.evidence: deque[tuple[SignedVote | Proposal, SignedVote | Proposal]] = deque(
             maxlen=self.config.max_evidence)
@@ -292,6 +294,7 @@ class ConsensusCore:
     def handle(self, event: Event) -> list[Action]:
         """Consume one event; return the actions to execute, in order."""
         self._out = []
+        self._covered_before = self.covered
         if isinstance(event, Start):
             self.now_ms = max(self.now_ms, event.now_ms)
             self._on_start()
@@ -882,6 +885,12 @@ class ConsensusCore:
     def _decide(self, block: Block, last_cert: Certificate | None = None) -> None:
         """L51-L54: decide, then move to the next height after timeout_commit."""
         self._out.append(CommitBlock(block, last_cert))
+        if any(isinstance(a, PersistState) for a in self._out):
+            # The runtime may write this event's state in the block's transaction, in the
+            # store only (GroupCommit), which a store lost or replaced by an older copy
+            # takes with it: only a reservation made by a state of an earlier event (written
+            # alone, to the file) covers the next height's round-0 proposal.
+            self.covered = self._covered_before
         self.decisions[block.height] = block
         self._decision_bytes[block.height] = _block_bytes(block)
         below = self.decisions.get(block.height - 1)
