@@ -86,7 +86,8 @@ def signer(message: Message) -> int | None:
 def check_signing_order(journal: Journal) -> tuple[int, int]:
     """Every signed message sent must be covered by a signing state written before it:
     one whose ``last_signed`` is at or above the message's (height, round, step) and whose
-    own messages include it, or the newest one written, if it reserves that step
+    own messages include it, or the newest one written to the file (not in a block's
+    transaction: a store may be lost, the file is kept), if it reserves that step
     (``SigningState.reserved``: a restart refuses the step); and no two different messages
     are signed for one step (across restarts: the journal spans them). Returns the number
     of sends checked and how many of them only a reservation covered; raises
@@ -96,11 +97,17 @@ def check_signing_order(journal: Journal) -> tuple[int, int]:
     persisted: set[bytes] = set()
     signed: dict[tuple[int, int, int], bytes] = {}
     checked = by_reservation = 0
+    grouped = False
     for i, (kind, item) in enumerate(journal):
+        if kind == "grouped":
+            grouped = True
+            continue
         if kind == "persist":
             state: SigningState = item
             highest = max(highest, state.last_signed)
-            reserved = state.reserved
+            if not grouped:  # a row of the store does not survive its loss: the file's
+                reserved = state.reserved
+            grouped = False
             persisted.update(m.sig for m in state.messages)
             continue
         step = signed_step(item)
@@ -129,6 +136,8 @@ class RecordingNode(Node):
                                     commit: CommitBlock | None = None) -> None:
         await super().persist_signing_state(state, commit)
         if self.journal is not None:
+            if commit is not None:  # in the block's transaction: the store's row only
+                self.journal.append(("grouped", None))
             self.journal.append(("persist", state))
 
 
