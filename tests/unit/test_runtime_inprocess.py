@@ -539,3 +539,44 @@ def test_a_crash_after_a_group_commit_restarts_from_the_state_kept_with_the_bloc
         assert read_slots(cfg.signing_state_path).payload == at(2).to_wire()
     finally:
         node.store.close()
+
+
+class FailingNode(RecordingNode):
+    """Its signing-state file writes fail (a full or failing disk) once ``fail`` is set."""
+
+    fail = False
+
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
+        if self.fail and commit is None:
+            raise OSError(28, "No space left on device")
+        await super().persist_signing_state(state, commit)
+
+
+def test_a_consensus_loop_ended_by_a_failed_write_is_not_a_clean_stop(tmp_path: Path) -> None:
+    """A write that fails ends the consensus loop (nothing it would cover is sent); the
+    stop that follows is not clean: the core is ahead of what was written, and a stop that
+    took it for clean wrote again (``Node._final_signing_state``) on the disk that just
+    failed, and raised before closing the transport and the store."""
+    cluster = Cluster(tmp_path, kinds={0: FailingNode})
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        node = cluster.nodes[0]
+        assert isinstance(node, FailingNode)
+        await until(lambda: node.store.height >= 2, "height 2")
+        closed: list[bool] = []
+        close = node.store.close
+        node.store.close = lambda: (closed.append(True), close())[-1]  # type: ignore[method-assign]
+        writes = sum(k == "persist" for k, _ in cluster.journals[0])
+        node.fail = True
+        loop = node._consensus
+        assert loop is not None
+        await asyncio.wait_for(asyncio.wait([loop]), WAIT_S)  # the next write fails
+        assert isinstance(loop.exception(), OSError)
+        await cluster.stop(0)  # does not raise
+        assert closed == [True] and 0 not in cluster.net.transports
+        assert sum(k == "persist" for k, _ in cluster.journals[0]) == writes
+
+    run(cluster, body)
