@@ -1746,7 +1746,9 @@ class Node:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._consensus
             loop = self._consensus
-            clean = idle or (bool(done) and not loop.cancelled() and loop.exception() is None)
+            ended = loop.done() and not loop.cancelled()  # returned, or raised
+            # not when an exception ended it (a failed write: the core is ahead of the store)
+            clean = (idle or ended) and not (ended and loop.exception() is not None)
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
