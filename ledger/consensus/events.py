@@ -174,7 +174,7 @@ class SigningState:
     ``reserved`` = (H, R, S) reserves the steps (H, R, 0) .. (H, R, S) beyond ``last_signed``:
     once this state is durable its validator may sign them with no write of their own, so
     a validator restarted from it refuses them as if signed (``in_reservation``; the core
-    reserves round 0's proposal and prevote of the next height, see docs/consensus.md,
+    reserves the next height's round-0 proposal, ``core.RESERVED``, see docs/consensus.md,
     "Persistence order / crash safety"). ``NO_RESERVATION`` reserves nothing (the state of
     nodes from before reservations: their wire form has 8 items, this one 9).
     """
