@@ -205,7 +205,9 @@ class ConsensusCore:
         self.now_ms = 0
         self.last_signed: tuple[int, int, int] = NO_SIGNATURE
         # The reservation of the newest signing state this core emitted (durable before any
-        # later action): the steps it names are signed with no write of their own.
+        # later action) in an event that did not also commit its height (such a state may
+        # be kept in the store only, see _decide): the steps it names are signed with no
+        # write of their own.
         self.covered: tuple[int, int, int] = NO_RESERVATION
         # The reservation of the state this core was built from: a previous incarnation
         # may have signed those steps without writing them, so this one never signs them.
