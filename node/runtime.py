@@ -33,6 +33,7 @@ import uvicorn
 from ledger.blocks import Block, Header, check_contents, peek_cert_obj, verify_block_cert
 from ledger.config import REDACT_TYPE, ConfigHistory
 from ledger.consensus import (
+    NO_RESERVATION,
     Action,
     BlockRequest,
     BlockResponse,
@@ -205,7 +206,9 @@ class Hooks:
 
     def crash_point(self, point: str) -> None:
         """A step of the persistence order was reached (``after_persist``,
-        ``before_commit``, ``after_commit``, ``after_group_commit``, ``torn_persist``)."""
+        ``before_commit``, ``after_commit``, ``after_group_commit``, ``torn_persist``,
+        ``after_reserved_send``: a proposal sent under the reservation of the newest state
+        written, before any write of its own)."""
 
     def torn_write(self) -> int | None:
         """Before each signing-state file write: a byte count to tear that write at (write
@@ -383,6 +386,8 @@ def load_signing_state(path: Path, store: SqliteStore, pubkey: bytes) -> Signing
     row = store.signing_state(pubkey)
     if row is not None:
         states.append(SigningState.from_wire(row))
+    # On a tie the file's (first): a clean stop's rewrite of the store's state without its
+    # reservation (``Node._final_signing_state``), or the copy a start made.
     return max(states, key=lambda s: s.last_signed, default=None)
 
 
@@ -523,6 +528,9 @@ class Node:
         # the newest signing state, when only the store holds it (written with a block):
         # stop() copies it to the file, which a key's move to another machine takes
         self._newest_in_store: SigningState | None = None
+        # the newest signing state written (or loaded): what a clean stop rewrites without
+        # its reservation when nothing was signed under it (``_final_signing_state``)
+        self._last_written: SigningState | None = persisted
         self._checkpoints: asyncio.Task[None] | None = None
         self.evidence_path = evidence_path(config)
         self.evidence = evidence or EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
@@ -642,6 +650,11 @@ class Node:
                     self._send_proposal(message, peers)
                 else:
                     self.send_frame(bytes([CONSENSUS]) + encode_message(message), peers)
+            sent = action.message
+            if (isinstance(sent, Proposal) and sent.proposer == self.core.index
+                    and self._last_written is not None
+                    and (sent.height, sent.round, 0) > self._last_written.last_signed):
+                self.faults.crash_point("after_reserved_send")
         elif isinstance(action, SendTo):
             if isinstance(action.message, BlockRequest):
                 self.sync_requests.asked_for(action.peer, action.message.height,
@@ -737,6 +750,7 @@ class Node:
         if commit is not None:
             await self._commit_block(commit, state)
             self._newest_in_store = state
+            self._last_written = state
             return
         torn = self.faults.torn_write()
         try:
@@ -746,6 +760,26 @@ class Node:
                 self.faults.crash_point("torn_persist")
             raise
         self._newest_in_store = None
+        self._last_written = state
+
+    def _final_signing_state(self) -> SigningState | None:
+        """What a clean stop writes: the newest state without the reservation it made for
+        the next height's round-0 proposal when this node did not sign it (so the restarted
+        node need not refuse it), or with what it signed under it and nothing reserved
+        beyond; a refusal inherited from the state it started from and not passed stays.
+        None when nothing would change, or when the core is not where such a state could
+        describe it (it signed at a height it has since left without a write)."""
+        core, last = self.core, self._last_written
+        if last is None:
+            return None
+        refused = core.refused if core.refused > core.last_signed else NO_RESERVATION
+        if core.last_signed == last.last_signed:  # nothing signed since: reserve nothing new
+            final = dataclasses.replace(last, reserved=refused)
+        elif core.last_signed[0] == core.height:  # a reserved proposal since, at this height
+            final = core.signing_state(reserve=False)
+        else:
+            return None
+        return None if final == last else final
 
     async def _checkpoint_loop(self) -> None:
         """Checkpoint the store's WAL every CHECKPOINT_S in a worker thread, off the
@@ -1703,8 +1737,10 @@ class Node:
             self.commits.close()  # requests waiting for a commit answer 503 stopping now
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._api, timeout=STOP_API_S)
+        clean = False  # the consensus loop ended between events: the core is consistent
         if self._consensus is not None:
-            if not self._handling:  # idle, waiting for an event: nothing is cut short
+            idle = not self._handling
+            if idle:  # idle, waiting for an event: nothing is cut short
                 self._consensus.cancel()
             done, _ = await asyncio.wait([self._consensus], timeout=STOP_CONSENSUS_S)
             if not done:
@@ -1713,6 +1749,10 @@ class Node:
                 self._consensus.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._consensus
+            loop = self._consensus
+            ended = loop.done() and not loop.cancelled()  # returned, or raised
+            # not when an exception ended it (a failed write: the core is ahead of the store)
+            clean = (idle or ended) and not (ended and loop.exception() is not None)
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
@@ -1725,7 +1765,10 @@ class Node:
             self._evidence_flush.cancel()
             self._evidence_flush = None
             await asyncio.to_thread(write_durably, self.evidence_path, self.evidence.to_bytes())
-        if self._newest_in_store is not None:  # the file gets it too (a key's move takes it)
+        final = self._final_signing_state() if clean else None
+        if final is not None:  # into the file, which then holds the newest state
+            await self.persist_signing_state(final)
+        elif self._newest_in_store is not None:  # the file gets it too (a key's move takes it)
             await asyncio.to_thread(self._signing_file.write, self._newest_in_store.to_wire())
             self._newest_in_store = None
         if self.transport is not None:

@@ -9,7 +9,9 @@ decided, not yet in the store), ``after_commit`` (in the store, no client told y
 ``after_group_commit`` (a block and the signing state written in its transaction, the
 messages that state covers not sent, no client told), ``torn_persist`` (a signing-state
 file write torn after TORN_AT bytes of its slot, never synced: the reader must fall back to
-the previous state).
+the previous state), ``after_reserved_send`` (the next height's round-0 proposal sent under
+the reservation of the state written before it, with no write of its own: the restarted
+node must refuse to propose again).
 
 ``LEDGER_TEST_BYZANTINE=equivocate`` makes the node a Byzantine validator: each proposal or
 vote it signs goes to half of its peers, and a conflicting one (another block, or nil
@@ -37,7 +39,7 @@ from node.runtime import Hooks
 
 log = logging.getLogger("ledger.node.faults")
 CRASH_POINTS = ("after_persist", "before_commit", "after_commit", "after_group_commit",
-                "torn_persist")
+                "torn_persist", "after_reserved_send")
 TORN_AT = 100  # bytes of a slot written before a torn_persist crash (head and some payload)
 
 

@@ -8,6 +8,7 @@ from ledger.consensus.core import (
     ValidatorsAt,
 )
 from ledger.consensus.events import (
+    NO_RESERVATION,
     Action,
     Broadcast,
     CommitBlock,
@@ -26,6 +27,7 @@ from ledger.consensus.events import (
     Tick,
     TimeoutFired,
     TimeoutKind,
+    in_reservation,
 )
 from ledger.consensus.messages import (
     BlockRequest,
@@ -39,10 +41,11 @@ from ledger.consensus.messages import (
 from ledger.consensus.proposer import ProposerSchedule, proposer_index
 
 __all__ = [
-    "Action", "BlockRequest", "BlockResponse", "Broadcast", "ChainView", "CommitBlock",
+    "NO_RESERVATION", "Action", "BlockRequest", "BlockResponse", "Broadcast", "ChainView",
+    "CommitBlock",
     "ConsensusConfig", "ConsensusCore", "Event", "Mempool", "Message", "MessageReceived",
     "Misbehaviour", "PersistState", "Proposal", "ProposerSchedule", "RecordEvidence",
     "RecordsAvailable", "ScheduleTimeout", "SendTo", "ServeBlocks", "SignedVote",
     "SigningState", "Start", "Step", "Tick", "TimeoutFired", "TimeoutKind", "ValidatorsAt",
-    "decode_message", "encode_message", "proposer_index",
+    "decode_message", "encode_message", "in_reservation", "proposer_index",
 ]

@@ -11,7 +11,9 @@ Persistence order (what the runtime must honour, and what the crash tests check)
    runtime writes it durably (fsync) before sending anything after it. A node restarted
    from that state refuses to sign at or below ``last_signed`` (height, round, step), so it
    can never send two different messages for one (height, round, step), whatever point
-   it crashed at.
+   it crashed at. The one exception: a state also *reserves* the next height's round-0
+   proposal (``RESERVED``), which is then signed and sent with no write of its own; a node
+   restarted from that state refuses it too (``refused``), whatever its store holds.
 2. ``CommitBlock`` is executed (the block, its certificate and indexes in one store
    transaction) before any later action; the next height only starts on a later
    ``TimeoutFired(NEW_HEIGHT)`` event, so the core always reads a store that holds it.
@@ -44,6 +46,7 @@ from ledger.blocks import (
 )
 from ledger.config import CONFIG_TYPE, REDACT_TYPE, Config, succeeding
 from ledger.consensus.events import (
+    NO_RESERVATION,
     Action,
     Broadcast,
     CommitBlock,
@@ -62,6 +65,7 @@ from ledger.consensus.events import (
     Tick,
     TimeoutFired,
     TimeoutKind,
+    in_reservation,
 )
 from ledger.consensus.messages import (
     BlockRequest,
@@ -162,6 +166,15 @@ class ConsensusConfig:
 
 NO_SIGNATURE = (0, 0, -1)
 
+RESERVED = Step.PROPOSE
+"""The steps of the next height's round 0 a signing state reserves: up to its proposal.
+Not its prevote: a prevote signed under a reservation and lost in a crash (before it left,
+or before it reached more than one peer) is refused after the restart and cannot be sent
+again, and without it the round may never gather the 2f+1 prevotes (of any value) that its
+timeouts wait for (L34, L47): a two-validator set stalls for good, four with one down until
+it returns. A lost proposal costs one propose timeout: everyone prevotes nil (L57) and the
+round moves on. See docs/consensus.md, "Persistence order / crash safety"."""
+
 
 class ConsensusCore:
     """One validator's (or observer's) view of consensus; see the module docstring."""
@@ -191,6 +204,16 @@ class ConsensusCore:
         self.index: int | None = None  # our index in the height's set, None if not in it
         self.now_ms = 0
         self.last_signed: tuple[int, int, int] = NO_SIGNATURE
+        # The reservation of the newest signing state this core emitted (durable before any
+        # later action) in an event that did not also commit its height (such a state may
+        # be kept in the store only, see _decide): the steps it names are signed with no
+        # write of their own.
+        self.covered: tuple[int, int, int] = NO_RESERVATION
+        # The reservation of the state this core was built from: a previous incarnation
+        # may have signed those steps without writing them, so this one never signs them.
+        self.refused: tuple[int, int, int] = NO_RESERVATION
+        # ``covered`` when the event under way began: what states written alone made
+        self._covered_before: tuple[int, int, int] = NO_RESERVATION
         # One pair per (validator, height, round, kind), the newest max_evidence of them.
         self.evidence: deque[tuple[SignedVote | Proposal, SignedVote | Proposal]] = deque(
             maxlen=self.config.max_evidence)
@@ -208,6 +231,9 @@ class ConsensusCore:
         self._reset_height(chain.height + 1)
         if persisted is not None:
             self.last_signed = persisted.last_signed
+            # Whatever the store holds: a store replaced by an older one (the documented
+            # recovery from a lost disk keeps signing_state.bin) must not undo it.
+            self.refused = persisted.reserved
             if persisted.height == self.height:
                 self._restore(persisted)
 
@@ -270,6 +296,7 @@ class ConsensusCore:
     def handle(self, event: Event) -> list[Action]:
         """Consume one event; return the actions to execute, in order."""
         self._out = []
+        self._covered_before = self.covered
         if isinstance(event, Start):
             self.now_ms = max(self.now_ms, event.now_ms)
             self._on_start()
@@ -331,8 +358,11 @@ class ConsensusCore:
         self.round = round
         self.votes.round = round
         self.step = Step.PROPOSE
-        # L14: if proposer(h_p, round_p) = p
-        if self.index is not None and self.proposer(self.height, round) == self.index:
+        # L14: if proposer(h_p, round_p) = p (and may still sign this round's proposal: a
+        # node restarted past it, or refusing a reserved one, waits like the others and
+        # prevotes nil on the timeout, L57)
+        if (self.index is not None and self.proposer(self.height, round) == self.index
+                and self._may_sign(Step.PROPOSE)):
             # L15-L18: propose validValue if there is one, else a new value (getValue)
             if self.valid is not None:
                 self._propose(self.valid.header, self.valid.records, self.valid_round,
@@ -429,24 +459,41 @@ class ConsensusCore:
     # -- signing, with the persistence order --------------------------------------------
 
     def _may_sign(self, step: Step) -> bool:
-        """True iff (height, round, step) is above everything signed so far."""
-        return (self.height, self.round, int(step)) > self.last_signed
+        """True iff (height, round, step) is above everything signed so far and not a step
+        a previous incarnation reserved (it may have signed it without writing it)."""
+        key = (self.height, self.round, int(step))
+        return key > self.last_signed and not in_reservation(key, self.refused)
 
     def _send_signed(self, step: Step, msg: Proposal | SignedVote) -> None:
-        """Persist the signing state (with ``msg``), *then* broadcast ``msg``."""
-        self.last_signed = (self.height, self.round, int(step))
+        """Persist the signing state (with ``msg``), *then* broadcast ``msg`` — unless the
+        step is one the newest state written reserved (``covered``): that state, durable
+        before this action, already makes a restarted node refuse the step, so ``msg``
+        leaves at once and the next state written carries it (in ``own``)."""
+        key = (self.height, self.round, int(step))
+        self.last_signed = key
         self.own[(self.round, step)] = msg
-        self._out.append(PersistState(self.signing_state()))
+        if not in_reservation(key, self.covered):
+            state = self.signing_state()
+            self.covered = state.reserved
+            self._out.append(PersistState(state))
         self._out.append(Broadcast(msg))
 
-    def signing_state(self) -> SigningState:
-        """What must be persisted before a signature leaves the node."""
+    def signing_state(self, *, reserve: bool = True) -> SigningState:
+        """What must be persisted before a signature leaves the node. With ``reserve`` it
+        reserves the next height's round-0 proposal (``RESERVED``: its proposer signs it
+        right after the block this state goes with, at the head of the next block's path);
+        without (a node stopping cleanly), it reserves only what ``refused`` still does."""
         recent = [m for (r, _), m in sorted(self.own.items()) if r >= self.round - 1]
         if self.valid is not None:  # the polka that justifies the valid value, to relay
             recent += [v for v in self.votes.prevotes(self.valid_round)
                        .votes_for(self.valid.block_hash) if v.validator != self.index]
+        if reserve:
+            reserved = (self.height + 1, 0, int(RESERVED))
+        else:
+            reserved = self.refused if self.refused > self.last_signed else NO_RESERVATION
         return SigningState(self.height, self.last_signed, self.round, self.locked_round,
-                            self.locked, self.valid_round, self.valid, tuple(recent))
+                            self.locked, self.valid_round, self.valid, tuple(recent),
+                            reserved)
 
     def _vote(self, kind: int, block_hash: bytes | None) -> None:
         """Sign and broadcast a prevote or precommit for the current round."""
@@ -840,6 +887,12 @@ class ConsensusCore:
     def _decide(self, block: Block, last_cert: Certificate | None = None) -> None:
         """L51-L54: decide, then move to the next height after timeout_commit."""
         self._out.append(CommitBlock(block, last_cert))
+        if any(isinstance(a, PersistState) for a in self._out):
+            # The runtime may write this event's state in the block's transaction, in the
+            # store only (GroupCommit), which a store lost or replaced by an older copy
+            # takes with it: only a reservation made by a state of an earlier event (written
+            # alone, to the file) covers the next height's round-0 proposal.
+            self.covered = self._covered_before
         self.decisions[block.height] = block
         self._decision_bytes[block.height] = _block_bytes(block)
         below = self.decisions.get(block.height - 1)

@@ -170,6 +170,13 @@ class SigningState:
     signed messages of the latest rounds, which it keeps re-sending after a restart (a
     message lost in a partition must still reach its peers eventually), and the prevotes
     that justify its valid value, which it relays so others can accept a re-proposal.
+
+    ``reserved`` = (H, R, S) reserves the steps (H, R, 0) .. (H, R, S) beyond ``last_signed``:
+    once this state is durable its validator may sign them with no write of their own, so
+    a validator restarted from it refuses them as if signed (``in_reservation``; the core
+    reserves the next height's round-0 proposal, ``core.RESERVED``, see docs/consensus.md,
+    "Persistence order / crash safety"). ``NO_RESERVATION`` reserves nothing (the state of
+    nodes from before reservations: their wire form has 8 items, this one 9).
     """
 
     height: int
@@ -180,6 +187,7 @@ class SigningState:
     valid_round: int
     valid_block: Proposal | None
     messages: tuple[Proposal | SignedVote, ...] = ()
+    reserved: tuple[int, int, int] = (0, 0, -1)
 
     def to_wire(self) -> bytes:
         """The bytes a runtime persists."""
@@ -188,14 +196,21 @@ class SigningState:
 
         return packb([self.height, list(self.last_signed), self.round, self.locked_round,
                       opt(self.locked_block), self.valid_round, opt(self.valid_block),
-                      [encode_message(m) for m in self.messages]])
+                      [encode_message(m) for m in self.messages], list(self.reserved)])
 
     @classmethod
     def from_wire(cls, data: bytes) -> SigningState:
         """Decode persisted signing state (strict)."""
         w = "signing state"
-        items = expect_array(unpack_exact(data, w), w, 8)
+        items = expect_array(unpack_exact(data, w), w)
+        if len(items) not in (8, 9):  # 8: written before reservations (none)
+            fail(w, f"expected an array of 8 or 9 items, got {len(items)}")
         signed = expect_array(items[1], f"{w}.last_signed", 3)
+        reserved = NO_RESERVATION
+        if len(items) == 9:
+            res = expect_array(items[8], f"{w}.reserved", 3)
+            reserved = (expect_int(res[0], f"{w}.reserved"), expect_int(res[1], f"{w}.reserved"),
+                        expect_int(res[2], f"{w}.reserved", lo=-1))
         messages = []
         for i, m in enumerate(expect_array(items[7], f"{w}.messages")):
             msg = decode_message(expect_bytes(m, f"{w}.messages[{i}]"))
@@ -212,4 +227,15 @@ class SigningState:
             valid_round=expect_int(items[5], f"{w}.valid_round", lo=-1),
             valid_block=None if items[6] is None else Proposal.from_obj(items[6]),
             messages=tuple(messages),
+            reserved=reserved,
         )
+
+
+NO_RESERVATION = (0, 0, -1)
+"""A reservation of no step (``SigningState.reserved``)."""
+
+
+def in_reservation(step: tuple[int, int, int], reserved: tuple[int, int, int]) -> bool:
+    """Whether (height, round, step) ``step`` is one of the steps ``reserved`` reserves:
+    the same height and round, at or below its step."""
+    return step[:2] == reserved[:2] and step[2] <= reserved[2]

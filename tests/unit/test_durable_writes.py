@@ -5,6 +5,7 @@ store's signing-state row and off-path checkpoints, and which state a restart ta
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from ledger.blocks import Vote
 from ledger.consensus import (
+    NO_RESERVATION,
     Action,
     Broadcast,
     CommitBlock,
@@ -235,6 +237,22 @@ def test_a_restart_takes_whichever_of_file_and_store_signed_last(tmp_path: Path)
         store.append(builder.block([builder.record()]),
                      signing_state=(other, state(9, (9, 9, 2)).to_wire()))
         assert load_signing_state(path, store, key) == newer
+
+
+def test_on_a_tie_the_file_a_clean_stop_rewrote_is_taken(tmp_path: Path) -> None:
+    """A clean stop rewrites the store's state into the file without the reservation it
+    did not use (``Node._final_signing_state``): same ``last_signed``, the file's wins."""
+    fx = make_fixture()
+    key = fx.validator_keys[0].public
+    path = tmp_path / "signing_state.bin"
+    with SqliteStore(tmp_path / "chain.db", genesis_hash=fx.genesis.hash) as store:
+        builder = ChainBuilder(fx, store)
+        grouped = dataclasses.replace(state(1, (1, 0, 2)), reserved=(2, 0, 0))
+        store.append(builder.block([builder.record()]), signing_state=(key, grouped.to_wire()))
+        assert load_signing_state(path, store, key) == grouped
+        final = dataclasses.replace(grouped, reserved=NO_RESERVATION)
+        SlotFile(path).write(final.to_wire())
+        assert load_signing_state(path, store, key) == final
 
 
 def test_a_checkpoint_never_waits_for_the_writer(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from ledger.consensus import (
+    NO_RESERVATION,
     Action,
     Broadcast,
     CommitBlock,
@@ -36,6 +37,7 @@ from ledger.consensus import (
     SignedVote,
     SigningState,
     decode_message,
+    in_reservation,
 )
 from ledger.crypto import write_key_file
 from ledger.errors import LedgerError
@@ -81,33 +83,48 @@ def signer(message: Message) -> int | None:
     return None
 
 
-def check_signing_order(journal: Journal) -> int:
+def check_signing_order(journal: Journal) -> tuple[int, int]:
     """Every signed message sent must be covered by a signing state written before it:
     one whose ``last_signed`` is at or above the message's (height, round, step) and whose
-    own messages include it; and no two different messages are signed for one step (across
-    restarts: the journal spans them). Returns the number of sends checked; raises
+    own messages include it, or the newest one written to the file (not in a block's
+    transaction: a store may be lost, the file is kept), if it reserves that step
+    (``SigningState.reserved``: a restart refuses the step); and no two different messages
+    are signed for one step (across restarts: the journal spans them). Returns the number
+    of sends checked and how many of them only a reservation covered; raises
     SigningOrderViolation at the first that is not covered."""
     highest: tuple[int, int, int] = (-1, -1, -1)
+    reserved: tuple[int, int, int] = NO_RESERVATION
     persisted: set[bytes] = set()
     signed: dict[tuple[int, int, int], bytes] = {}
-    checked = 0
+    checked = by_reservation = 0
+    grouped = False
     for i, (kind, item) in enumerate(journal):
+        if kind == "grouped":
+            grouped = True
+            continue
         if kind == "persist":
             state: SigningState = item
             highest = max(highest, state.last_signed)
+            if not grouped:  # a row of the store does not survive its loss: the file's
+                reserved = state.reserved
+            grouped = False
             persisted.update(m.sig for m in state.messages)
             continue
         step = signed_step(item)
         assert step is not None
         if signed.setdefault(step, item.sig) != item.sig:
             raise SigningOrderViolation(f"entry {i}: a second, different message for {step}")
+        if step > highest and in_reservation(step, reserved):
+            checked += 1
+            by_reservation += 1
+            continue
         if step > highest or item.sig not in persisted:
             raise SigningOrderViolation(
                 f"entry {i}: {type(item).__name__} at {step} sent, but the signing state "
                 f"on disk covers only up to {highest}"
                 + ("" if item.sig in persisted else " and does not hold it"))
         checked += 1
-    return checked
+    return checked, by_reservation
 
 
 class RecordingNode(Node):
@@ -119,6 +136,8 @@ class RecordingNode(Node):
                                     commit: CommitBlock | None = None) -> None:
         await super().persist_signing_state(state, commit)
         if self.journal is not None:
+            if commit is not None:  # in the block's transaction: the store's row only
+                self.journal.append(("grouped", None))
             self.journal.append(("persist", state))
 
 
@@ -284,14 +303,20 @@ def test_four_nodes_commit_identical_blocks_and_persist_before_signing(
         assert {r.id for r in records} <= ids
 
     run(cluster, body)
+    reserved_sends = 0
     for i in range(N):
         journal = cluster.journals[i]
-        assert check_signing_order(journal) > 0
+        checked, by_reservation = check_signing_order(journal)
+        assert checked > 0
+        reserved_sends += by_reservation
         assert kinds_sent(journal) == {0, 1, 2}  # proposals, prevotes and precommits
         # The file holds the last state the journal saw written (stop() copies it there
         # when a block's transaction kept it: GroupCommit).
         last = [s for k, s in journal if k == "persist"][-1]
         assert read_slots(cluster.configs[i].signing_state_path).payload == last.to_wire()
+    # round-0 proposals left with no write of their own, covered by the reservation of the
+    # state their proposer wrote at the height before (one a height, bar rounds > 0)
+    assert reserved_sends > 0
 
 
 def test_the_check_catches_a_runtime_that_broadcasts_before_persisting(
@@ -309,7 +334,7 @@ def test_the_check_catches_a_runtime_that_broadcasts_before_persisting(
     with pytest.raises(SigningOrderViolation, match="sent, but the signing state"):
         check_signing_order(cluster.journals[0])
     for i in range(1, N):
-        assert check_signing_order(cluster.journals[i]) > 0
+        assert check_signing_order(cluster.journals[i])[0] > 0
 
 
 def test_a_node_stopped_and_built_again_from_its_files_resumes_and_catches_up(
@@ -333,6 +358,10 @@ def test_a_node_stopped_and_built_again_from_its_files_resumes_and_catches_up(
 
         again = cluster.from_files(3)
         assert again.store.height == kept  # what it had committed is kept
+        # a clean stop wrote its state without the reservation it did not use: the node
+        # built again refuses nothing beyond what it signed (its next round-0 proposal)
+        assert again.core.last_signed[0] >= 1
+        assert not again.core.refused > again.core.last_signed
         await cluster.start(again)
         await until(lambda: again.store.height >= cluster.nodes[0].store.height - 1,
                     "node 3 to catch up")
@@ -349,7 +378,7 @@ def test_a_node_stopped_and_built_again_from_its_files_resumes_and_catches_up(
 
     run(cluster, body)
     for i in range(N):
-        assert check_signing_order(cluster.journals[i]) > 0
+        assert check_signing_order(cluster.journals[i])[0] > 0
 
 
 class GatedNode(RecordingNode):
@@ -394,7 +423,12 @@ def test_stop_lets_the_event_under_way_finish_then_closes_everything(tmp_path: P
         node.gate.set()
         await asyncio.wait_for(stopping, WAIT_S)
         await asyncio.wait_for(serving, WAIT_S)  # serve() returns once the loop has ended
-        assert sum(k == "persist" for k, _ in cluster.journals[0]) == writes + 1
+        # the write under way, then the clean stop's: the same state without the reservation
+        # of a proposal it did not sign (Node._final_signing_state)
+        states = [s for k, s in cluster.journals[0] if k == "persist"]
+        assert len(states) == writes + 2
+        assert states[-1].last_signed == states[-2].last_signed
+        assert states[-2].reserved > states[-1].reserved == NO_RESERVATION
         assert closed == [True]
         assert node.evidence_path.exists()  # the pending flush was written, not lost
         assert 0 not in cluster.net.transports and not node._timers and not node._tasks
@@ -505,3 +539,44 @@ def test_a_crash_after_a_group_commit_restarts_from_the_state_kept_with_the_bloc
         assert read_slots(cfg.signing_state_path).payload == at(2).to_wire()
     finally:
         node.store.close()
+
+
+class FailingNode(RecordingNode):
+    """Its signing-state file writes fail (a full or failing disk) once ``fail`` is set."""
+
+    fail = False
+
+    async def persist_signing_state(self, state: SigningState,
+                                    commit: CommitBlock | None = None) -> None:
+        if self.fail and commit is None:
+            raise OSError(28, "No space left on device")
+        await super().persist_signing_state(state, commit)
+
+
+def test_a_consensus_loop_ended_by_a_failed_write_is_not_a_clean_stop(tmp_path: Path) -> None:
+    """A write that fails ends the consensus loop (nothing it would cover is sent); the
+    stop that follows is not clean: the core is ahead of what was written, and a stop that
+    took it for clean wrote again (``Node._final_signing_state``) on the disk that just
+    failed, and raised before closing the transport and the store."""
+    cluster = Cluster(tmp_path, kinds={0: FailingNode})
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        node = cluster.nodes[0]
+        assert isinstance(node, FailingNode)
+        await until(lambda: node.store.height >= 2, "height 2")
+        closed: list[bool] = []
+        close = node.store.close
+        node.store.close = lambda: (closed.append(True), close())[-1]  # type: ignore[method-assign]
+        writes = sum(k == "persist" for k, _ in cluster.journals[0])
+        node.fail = True
+        loop = node._consensus
+        assert loop is not None
+        await asyncio.wait_for(asyncio.wait([loop]), WAIT_S)  # the next write fails
+        assert isinstance(loop.exception(), OSError)
+        await cluster.stop(0)  # does not raise
+        assert closed == [True] and 0 not in cluster.net.transports
+        assert sum(k == "persist" for k, _ in cluster.journals[0]) == writes
+
+    run(cluster, body)
