@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ledger import merkle
 from ledger.audit import (
@@ -35,11 +36,8 @@ from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
-from ledger.records import TYPE_PATTERN, Record, SealedPayload
+from ledger.records import Record
 from ledger.store.sqlite import SqliteStore
-from node.client import LedgerClient, NodeError, sign_record, sign_sealed
-from node.cluster import DEMO_TYPES
 from node.export import (
     Bundle,
     BundleError,
@@ -49,6 +47,15 @@ from node.export import (
     write_bundle_counted,
 )
 from node.files import write_durably
+
+# Imported where they are used, not here: `ledger audit --db` or `--file` (what `main` builds
+# a parser of its own for) then loads neither httpx (node.client) nor cryptography's x509
+# (node.cluster), nor the receipt verifier: an audit of a short chain is mostly start-up
+# (docs/performance.md).
+if TYPE_CHECKING:
+    from ledger.receipts import TrustedCheckpoint, VerifiedReceipt
+    from ledger.records import SealedPayload
+    from node.client import LedgerClient
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -146,6 +153,8 @@ def receipt_genesis_mismatch(data: bytes, genesis: Genesis) -> str | None:
     validators certified the block and the record is in it, yet our genesis refuses the
     record (its signer or type): the validators ran with another genesis.
     """
+    from ledger.receipts import parse_receipt
+
     try:
         doc = parse_receipt(data)
         header = Header.from_wire(b64decode(doc["header"], "receipt.header"))
@@ -270,6 +279,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.cosignatures_between(1, tip))
         payloads = _store_payloads(store)
     else:
+        from node.client import LedgerClient
+
         client = LedgerClient(args.node, verify=_ca(args),
                               read_identity=_reader(args))
         raw, tip = client.genesis(), client.status()["height"]
@@ -389,6 +400,8 @@ def _export_parquet(args: argparse.Namespace) -> int:
             return (store.block_bytes(h) for h in range(first, tip + 1))
         blocks_from = from_store
     else:
+        from node.client import LedgerClient
+
         client = LedgerClient(args.node, verify=_ca(args))
         genesis = Genesis.from_bytes(client.genesis(), f"{args.node} genesis")
         if args.genesis is not None and Genesis.load(args.genesis).hash != genesis.hash:
@@ -495,6 +508,8 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
     the saved log to the one just verified, and check it. The audit already recomputed
     the log over every new block from the saved compact range, so this cross-checks the
     node's proof service: (error, "") if its proof fails, (None, note) otherwise."""
+    from node.client import NodeError
+
     (n, old_root), m = saved, verifier.log.size
     if n == 0 or n == m:
         return None, ""
@@ -585,6 +600,8 @@ def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
         chunks = _file_chunks(bundle.blocks(), args.chunk)
         source = str(args.file)
     else:
+        from node.client import LedgerClient  # only here: --db and --file need no HTTP
+
         client = LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
@@ -758,6 +775,8 @@ def _reader(args: argparse.Namespace) -> PrivateKey | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a receipt offline against genesis (and, when asked, its witnesses' cosignatures
     and the checkpoints the verifier trusts)."""
+    from ledger.receipts import verify_receipt
+
     genesis = Genesis.load(args.genesis)
     try:
         data = Path(args.receipt).read_bytes()
@@ -810,6 +829,8 @@ def _witness_count(text: str) -> int:
 
 def _trusted_checkpoint(text: str) -> TrustedCheckpoint:
     """``--checkpoint HEIGHT:BLOCK_HASH``."""
+    from ledger.receipts import TrustedCheckpoint
+
     try:
         return TrustedCheckpoint.parse(text)
     except LedgerError as exc:
@@ -820,6 +841,9 @@ def _trusted_checkpoint(text: str) -> TrustedCheckpoint:
 
 def _type_list(text: str) -> tuple[str, ...]:
     """``--types``: comma-separated record types, or ``example`` for DEMO_TYPES."""
+    from ledger.records import TYPE_PATTERN
+    from node.cluster import DEMO_TYPES
+
     if text.strip() == "example":
         return DEMO_TYPES
     types = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -1039,6 +1063,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     without ``chain_id`` (SPEC section 8)."""
     import json as jsonlib
 
+    from node.client import LedgerClient
+
     with LedgerClient(args.node, verify=_ca(args)) as client:
         doc = client.config(args.version)
     config = doc["config"]
@@ -1055,6 +1081,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Sign one record and submit it (or, with --print-envelope, only print it), through
     the SDK (node/client.py): the same requests, checks and error messages as Python code."""
     import json as jsonlib
+
+    from node.client import LedgerClient, sign_record, sign_sealed
 
     try:
         payload = jsonlib.loads(args.payload)
@@ -1098,24 +1126,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="ledger",
-        description="A permissioned BFT ledger for industrial data: keys, audits, receipts.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("keygen", help="write a new Ed25519 key file and print its public key",
-                       description="Write a new Ed25519 private key as PEM PKCS#8 to OUT "
-                       "(mode 0600; never overwrites) and print its public key as hex.")
-    p.add_argument("out", metavar="OUT.pem", help="where to write the key")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--encrypt", action="store_true", help="ask for a passphrase on the terminal")
-    g.add_argument("--passphrase-env", metavar="VAR",
-                   help="encrypt with the passphrase in environment variable VAR")
-    p.set_defaults(func=cmd_keygen)
-
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "audit", help="re-verify a whole chain from genesis",
         description="Re-verify every block from height 1: hash links, records roots, log "
@@ -1154,6 +1165,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)
+
+
+#: Subcommands ``main`` parses with a parser of that subcommand alone (``build_parser``), so
+#: that the other commands' modules (the SDK and httpx, TLS and x509 for ``cluster init``,
+#: governance, witness, log, history) are not imported: ``ledger audit`` of a short chain is
+#: mostly start-up (docs/performance.md). Its usage, help and errors are the same.
+ALONE = {"audit": _add_audit}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser for every subcommand (given ``command``, one of ``ALONE``: a
+    parser of that subcommand only, the same as the full parser for its arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="A permissioned BFT ledger for industrial data: keys, audits, receipts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if command is not None:
+        ALONE[command](sub)
+        return parser
+    from node.cluster import DEMO_TYPES  # `cluster init --types`' help lists them
+
+    p = sub.add_parser("keygen", help="write a new Ed25519 key file and print its public key",
+                       description="Write a new Ed25519 private key as PEM PKCS#8 to OUT "
+                       "(mode 0600; never overwrites) and print its public key as hex.")
+    p.add_argument("out", metavar="OUT.pem", help="where to write the key")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--encrypt", action="store_true", help="ask for a passphrase on the terminal")
+    g.add_argument("--passphrase-env", metavar="VAR",
+                   help="encrypt with the passphrase in environment variable VAR")
+    p.set_defaults(func=cmd_keygen)
+
+    _add_audit(sub)
 
     p = sub.add_parser(
         "export", help="write a whole chain to one bundle file, or its records as Parquet",
@@ -1386,7 +1430,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    alone = argv[0] if argv and argv[0] in ALONE else None
+    args = build_parser(alone).parse_args(argv)
     try:
         code: int = args.func(args)
     except (CommandError, LedgerError) as exc:  # NodeError included: its message has the hint
