@@ -64,10 +64,26 @@ class CommandError(Exception):
     """A command cannot run; the message is printed as one line."""
 
 
+class _NoBar:
+    """The progress bar of a ``--quiet`` command: nothing shown. (tqdm's own disabled bar
+    still costs its import, ~10 ms of start-up, and starts its monitor thread.)"""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def set_postfix(self, **kwargs: object) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def _progress(total: int | None, quiet: bool):  # type: ignore[no-untyped-def]
+    if quiet:
+        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="block", disable=True if quiet else None,
+    return tqdm(total=total, unit="block", disable=None,
                 file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
