@@ -93,3 +93,24 @@ def test_an_offline_audit_loads_no_http_x509_or_receipt_code(tmp_path: Path) -> 
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("ok: ") and "3 records verified" in lines[0]
     assert lines[-1] == "0 []"
+
+
+@pytest.mark.parametrize(("url", "ca", "env", "expected"), [
+    ("http://127.0.0.1:8000", None, {}, False),  # no connection uses TLS
+    ("HTTP://node:8000", Path("ca.pem"), {}, False),
+    ("https://node:8000", None, {}, True),  # the system trust store
+    ("https://node:8000", Path("ca.pem"), {}, "ca.pem"),
+    ("http://a:8000,https://b:8000", None, {}, True),  # several nodes: one is https
+    ("http://node:8000", None, {"HTTP_PROXY": "https://proxy:3128"}, True),
+    ("http://node:8000", None, {"all_proxy": "https://proxy:3128"}, True),
+])
+def test_a_plain_http_node_is_reached_without_loading_the_trust_store(
+        url: str, ca: Path | None, env: dict[str, str], expected: object,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "all_proxy", "LEDGER_CA"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    args = argparse.Namespace(node=url, ca=ca)
+    assert cli._node_verify(args) == expected
