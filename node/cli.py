@@ -58,6 +58,25 @@ if TYPE_CHECKING:
     from ledger.records import SealedPayload
     from node.client import LedgerClient
 
+
+def _ledger_client() -> type[LedgerClient]:
+    """``node.client.LedgerClient``, imported when a command first needs it, and kept as
+    this module's ``LedgerClient`` (which a test may replace, e.g. with a client on a mock
+    transport: every command makes its clients through here)."""
+    found: type[LedgerClient] | None = globals().get("LedgerClient")
+    if found is None:
+        from node.client import LedgerClient as imported
+
+        globals()["LedgerClient"] = found = imported
+    return found
+
+
+def __getattr__(name: str) -> object:
+    """``node.cli.LedgerClient``, imported on first use (see ``_ledger_client``)."""
+    if name == "LedgerClient":
+        return _ledger_client()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
 
@@ -311,10 +330,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.cosignatures_between(1, tip))
         payloads = _store_payloads(store)
     else:
-        from node.client import LedgerClient
-
-        client = LedgerClient(args.node, verify=_ca(args),
-                              read_identity=_reader(args))
+        client = _ledger_client()(args.node, verify=_ca(args), read_identity=_reader(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
                   for data in chunk.blocks)
@@ -432,9 +448,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
             return (store.block_bytes(h) for h in range(first, tip + 1))
         blocks_from = from_store
     else:
-        from node.client import LedgerClient
-
-        client = LedgerClient(args.node, verify=_ca(args))
+        client = _ledger_client()(args.node, verify=_ca(args))
         genesis = Genesis.from_bytes(client.genesis(), f"{args.node} genesis")
         if args.genesis is not None and Genesis.load(args.genesis).hash != genesis.hash:
             raise CommandError(f"{args.node}: " + _mismatch(genesis.hash.hex(),
@@ -637,10 +651,8 @@ def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
         chunks = _file_chunks(bundle.blocks(), args.chunk)
         source = str(args.file)
     else:
-        from node.client import LedgerClient  # only here: --db and --file need no HTTP
-
-        client = LedgerClient(args.node, verify=_node_verify(args),
-                              read_identity=_reader(args))
+        client = _ledger_client()(args.node, verify=_node_verify(args),
+                                  read_identity=_reader(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
@@ -1108,9 +1120,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     without ``chain_id`` (SPEC section 8)."""
     import json as jsonlib
 
-    from node.client import LedgerClient
-
-    with LedgerClient(args.node, verify=_ca(args)) as client:
+    with _ledger_client()(args.node, verify=_ca(args)) as client:
         doc = client.config(args.version)
     config = doc["config"]
     if not isinstance(config, dict):
@@ -1127,7 +1137,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     the SDK (node/client.py): the same requests, checks and error messages as Python code."""
     import json as jsonlib
 
-    from node.client import LedgerClient, sign_record, sign_sealed
+    from node.client import sign_record, sign_sealed
 
     try:
         payload = jsonlib.loads(args.payload)
@@ -1144,7 +1154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             record, pair = (sign_sealed(key, chain=args.chain, **what) if args.sealed
                             else (sign_record(key, chain=args.chain, **what), None))
         elif args.node:
-            with LedgerClient(args.node, identity=key, verify=_ca(args)) as client:
+            with _ledger_client()(args.node, identity=key, verify=_ca(args)) as client:
                 record, pair = (client.seal(**what) if args.sealed
                                 else (client.sign(**what), None))
         else:
@@ -1157,7 +1167,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.node:
         raise CommandError("--node URL is required (or --print-envelope to sign only)")
-    with LedgerClient(args.node, identity=key, chain=args.chain, verify=_ca(args),
+    with _ledger_client()(args.node, identity=key, chain=args.chain, verify=_ca(args),
                       timeout=args.timeout + 10) as client:
         result = client.write(**what, wait=args.wait, timeout=args.timeout,
                               seal=args.sealed)
