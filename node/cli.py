@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ledger import merkle
 from ledger.audit import (
@@ -35,11 +37,8 @@ from ledger.crypto import PrivateKey, write_key_file
 from ledger.encoding import b64decode, hex_decode
 from ledger.errors import AuditError, LedgerError, ReceiptError
 from ledger.genesis import Genesis
-from ledger.receipts import TrustedCheckpoint, VerifiedReceipt, parse_receipt, verify_receipt
-from ledger.records import TYPE_PATTERN, Record, SealedPayload
+from ledger.records import Record
 from ledger.store.sqlite import SqliteStore
-from node.client import LedgerClient, NodeError, sign_record, sign_sealed
-from node.cluster import DEMO_TYPES
 from node.export import (
     Bundle,
     BundleError,
@@ -50,6 +49,34 @@ from node.export import (
 )
 from node.files import write_durably
 
+# Imported where they are used, not here: `ledger audit --db` or `--file` (what `main` builds
+# a parser of its own for) then loads neither httpx (node.client) nor cryptography's x509
+# (node.cluster), nor the receipt verifier: an audit of a short chain is mostly start-up
+# (docs/performance.md).
+if TYPE_CHECKING:
+    from ledger.receipts import TrustedCheckpoint, VerifiedReceipt
+    from ledger.records import SealedPayload
+    from node.client import LedgerClient
+
+
+def _ledger_client() -> type[LedgerClient]:
+    """``node.client.LedgerClient``, imported when a command first needs it, and kept as
+    this module's ``LedgerClient`` (which a test may replace, e.g. with a client on a mock
+    transport: every command makes its clients through here)."""
+    found: type[LedgerClient] | None = globals().get("LedgerClient")
+    if found is None:
+        from node.client import LedgerClient as imported
+
+        globals()["LedgerClient"] = found = imported
+    return found
+
+
+def __getattr__(name: str) -> object:
+    """``node.cli.LedgerClient``, imported on first use (see ``_ledger_client``)."""
+    if name == "LedgerClient":
+        return _ledger_client()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
 
@@ -57,10 +84,26 @@ class CommandError(Exception):
     """A command cannot run; the message is printed as one line."""
 
 
+class _NoBar:
+    """The progress bar of a ``--quiet`` command: nothing shown. (tqdm's own disabled bar
+    still costs its import, ~10 ms of start-up, and starts its monitor thread.)"""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def set_postfix(self, **kwargs: object) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def _progress(total: int | None, quiet: bool):  # type: ignore[no-untyped-def]
+    if quiet:
+        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="block", disable=True if quiet else None,
+    return tqdm(total=total, unit="block", disable=None,
                 file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
@@ -68,6 +111,21 @@ def _ca(args: argparse.Namespace) -> str | bool:
     """--ca, or LEDGER_CA, or the system's trust store."""
     ca = getattr(args, "ca", None) or os.environ.get("LEDGER_CA")
     return str(ca) if ca else True
+
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def _node_verify(args: argparse.Namespace) -> str | bool:
+    """``_ca`` for a ``--node URL`` whose connections may use TLS; False for a plain
+    ``http://`` URL reached directly, where no connection uses TLS and httpx would load the
+    system trust store for nothing (20-40 ms of CPU: a tenth of a short audit's start-up).
+    Not when a proxy is configured: the proxy itself may be reached over https."""
+    url = str(args.node)
+    proxied = any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS)
+    if url.lower().startswith("http://") and "," not in url and not proxied:
+        return False
+    return _ca(args)
 
 
 # -- keygen -------------------------------------------------------------------------------
@@ -146,6 +204,8 @@ def receipt_genesis_mismatch(data: bytes, genesis: Genesis) -> str | None:
     validators certified the block and the record is in it, yet our genesis refuses the
     record (its signer or type): the validators ran with another genesis.
     """
+    from ledger.receipts import parse_receipt
+
     try:
         doc = parse_receipt(data)
         header = Header.from_wire(b64decode(doc["header"], "receipt.header"))
@@ -270,8 +330,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.cosignatures_between(1, tip))
         payloads = _store_payloads(store)
     else:
-        client = LedgerClient(args.node, verify=_ca(args),
-                              read_identity=_reader(args))
+        client = _ledger_client()(args.node, verify=_ca(args), read_identity=_reader(args))
         raw, tip = client.genesis(), client.status()["height"]
         blocks = (data for chunk in _http_chunks(client, tip, 32, fetchers=4)
                   for data in chunk.blocks)
@@ -389,7 +448,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
             return (store.block_bytes(h) for h in range(first, tip + 1))
         blocks_from = from_store
     else:
-        client = LedgerClient(args.node, verify=_ca(args))
+        client = _ledger_client()(args.node, verify=_ca(args))
         genesis = Genesis.from_bytes(client.genesis(), f"{args.node} genesis")
         if args.genesis is not None and Genesis.load(args.genesis).hash != genesis.hash:
             raise CommandError(f"{args.node}: " + _mismatch(genesis.hash.hex(),
@@ -495,6 +554,8 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
     the saved log to the one just verified, and check it. The audit already recomputed
     the log over every new block from the saved compact range, so this cross-checks the
     node's proof service: (error, "") if its proof fails, (None, note) otherwise."""
+    from node.client import NodeError
+
     (n, old_root), m = saved, verifier.log.size
     if n == 0 or n == m:
         return None, ""
@@ -518,6 +579,11 @@ def _cross_check_log(client: LedgerClient, saved: tuple[int, bytes],
 def cmd_audit(args: argparse.Namespace) -> int:
     """Re-verify a whole chain from genesis (with --state: only what was added since the
     saved audit, after checking the served chain holds the saved blocks)."""
+    if args.node:
+        # The HTTP client's modules, imported with the command's other modules: before the
+        # time the command reports ("verified in N s") starts, as when node.cli imported
+        # them; --db and --file never load them.
+        import node.client  # noqa: F401
     started = time.monotonic()
     genesis = Genesis.load(args.genesis)
     workers = args.workers or os.cpu_count() or 1
@@ -585,7 +651,8 @@ def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
         chunks = _file_chunks(bundle.blocks(), args.chunk)
         source = str(args.file)
     else:
-        client = LedgerClient(args.node, verify=_ca(args), read_identity=_reader(args))
+        client = _ledger_client()(args.node, verify=_node_verify(args),
+                                  read_identity=_reader(args))
         status = client.status()
         if status.get("chain") not in (None, genesis.chain_id):
             raise CommandError(f"{args.node} serves chain {status.get('chain')!r}, "
@@ -594,12 +661,19 @@ def _audit(args: argparse.Namespace, genesis: Genesis, pool: AuditPool,
         if isinstance(served, str) and served != genesis.hash.hex():
             raise CommandError(f"{args.node}: " + _mismatch(served, genesis))
         tip = status["height"]
-        mismatch = block1_genesis_mismatch(client.block_bytes(1) if tip else None, genesis)
+        block1 = client.block_bytes(1) if tip else None
+        mismatch = block1_genesis_mismatch(block1, genesis)
         if mismatch:
             raise CommandError(f"{args.node}: {mismatch}")
         differs = _first_difference(hashes, min(saved, tip),
                                     lambda h: _hash_of(client.block_bytes(h)))
-        chunks = _http_chunks(client, tip, args.chunk, fetchers=4, first=saved + 1)
+        if saved == 0 and block1 is not None:
+            # Block 1 is in hand: the workers start on it while the rest downloads (it is
+            # not fetched twice).
+            chunks = itertools.chain([BytesChunk(1, [block1])],
+                                     _http_chunks(client, tip, args.chunk, fetchers=4, first=2))
+        else:
+            chunks = _http_chunks(client, tip, args.chunk, fetchers=4, first=saved + 1)
         source = args.node
 
     if differs is not None:
@@ -758,6 +832,8 @@ def _reader(args: argparse.Namespace) -> PrivateKey | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a receipt offline against genesis (and, when asked, its witnesses' cosignatures
     and the checkpoints the verifier trusts)."""
+    from ledger.receipts import verify_receipt
+
     genesis = Genesis.load(args.genesis)
     try:
         data = Path(args.receipt).read_bytes()
@@ -810,6 +886,8 @@ def _witness_count(text: str) -> int:
 
 def _trusted_checkpoint(text: str) -> TrustedCheckpoint:
     """``--checkpoint HEIGHT:BLOCK_HASH``."""
+    from ledger.receipts import TrustedCheckpoint
+
     try:
         return TrustedCheckpoint.parse(text)
     except LedgerError as exc:
@@ -820,6 +898,9 @@ def _trusted_checkpoint(text: str) -> TrustedCheckpoint:
 
 def _type_list(text: str) -> tuple[str, ...]:
     """``--types``: comma-separated record types, or ``example`` for DEMO_TYPES."""
+    from ledger.records import TYPE_PATTERN
+    from node.cluster import DEMO_TYPES
+
     if text.strip() == "example":
         return DEMO_TYPES
     types = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -1039,7 +1120,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     without ``chain_id`` (SPEC section 8)."""
     import json as jsonlib
 
-    with LedgerClient(args.node, verify=_ca(args)) as client:
+    with _ledger_client()(args.node, verify=_ca(args)) as client:
         doc = client.config(args.version)
     config = doc["config"]
     if not isinstance(config, dict):
@@ -1056,6 +1137,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     the SDK (node/client.py): the same requests, checks and error messages as Python code."""
     import json as jsonlib
 
+    from node.client import sign_record, sign_sealed
+
     try:
         payload = jsonlib.loads(args.payload)
     except ValueError as exc:
@@ -1071,7 +1154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             record, pair = (sign_sealed(key, chain=args.chain, **what) if args.sealed
                             else (sign_record(key, chain=args.chain, **what), None))
         elif args.node:
-            with LedgerClient(args.node, identity=key, verify=_ca(args)) as client:
+            with _ledger_client()(args.node, identity=key, verify=_ca(args)) as client:
                 record, pair = (client.seal(**what) if args.sealed
                                 else (client.sign(**what), None))
         else:
@@ -1084,7 +1167,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.node:
         raise CommandError("--node URL is required (or --print-envelope to sign only)")
-    with LedgerClient(args.node, identity=key, chain=args.chain, verify=_ca(args),
+    with _ledger_client()(args.node, identity=key, chain=args.chain, verify=_ca(args),
                       timeout=args.timeout + 10) as client:
         result = client.write(**what, wait=args.wait, timeout=args.timeout,
                               seal=args.sealed)
@@ -1098,24 +1181,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="ledger",
-        description="A permissioned BFT ledger for industrial data: keys, audits, receipts.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("keygen", help="write a new Ed25519 key file and print its public key",
-                       description="Write a new Ed25519 private key as PEM PKCS#8 to OUT "
-                       "(mode 0600; never overwrites) and print its public key as hex.")
-    p.add_argument("out", metavar="OUT.pem", help="where to write the key")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--encrypt", action="store_true", help="ask for a passphrase on the terminal")
-    g.add_argument("--passphrase-env", metavar="VAR",
-                   help="encrypt with the passphrase in environment variable VAR")
-    p.set_defaults(func=cmd_keygen)
-
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "audit", help="re-verify a whole chain from genesis",
         description="Re-verify every block from height 1: hash links, records roots, log "
@@ -1154,6 +1220,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", type=Path, help="CA file for an https node (or LEDGER_CA)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)
+
+
+#: Subcommands ``main`` parses with a parser of that subcommand alone (``build_parser``), so
+#: that the other commands' modules (the SDK and httpx, TLS and x509 for ``cluster init``,
+#: governance, witness, log, history) are not imported: ``ledger audit`` of a short chain is
+#: mostly start-up (docs/performance.md). Its usage, help and errors are the same.
+ALONE = {"audit": _add_audit}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser for every subcommand (given ``command``, one of ``ALONE``: a
+    parser of that subcommand only, the same as the full parser for its arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="A permissioned BFT ledger for industrial data: keys, audits, receipts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if command is not None:
+        ALONE[command](sub)
+        return parser
+    from node.cluster import DEMO_TYPES  # `cluster init --types`' help lists them
+
+    p = sub.add_parser("keygen", help="write a new Ed25519 key file and print its public key",
+                       description="Write a new Ed25519 private key as PEM PKCS#8 to OUT "
+                       "(mode 0600; never overwrites) and print its public key as hex.")
+    p.add_argument("out", metavar="OUT.pem", help="where to write the key")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--encrypt", action="store_true", help="ask for a passphrase on the terminal")
+    g.add_argument("--passphrase-env", metavar="VAR",
+                   help="encrypt with the passphrase in environment variable VAR")
+    p.set_defaults(func=cmd_keygen)
+
+    _add_audit(sub)
 
     p = sub.add_parser(
         "export", help="write a whole chain to one bundle file, or its records as Parquet",
@@ -1386,7 +1485,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ledger`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    alone = argv[0] if argv and argv[0] in ALONE else None
+    args = build_parser(alone).parse_args(argv)
     try:
         code: int = args.func(args)
     except (CommandError, LedgerError) as exc:  # NodeError included: its message has the hint
