@@ -23,7 +23,8 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   history is rebuilt from genesis through these rows (no chain re-verification).
 - ``sealed``: log index -> ``payload_digest`` of every committed sealed record (SPEC section
   10): "a redaction names a sealed record committed earlier" (its signer is in ``records``)
-  is an indexed lookup.
+  is an indexed lookup. Since schema 7 the row also holds the record's pair (``salt``,
+  ``payload``; see below), NULL while the node lacks it and after a redaction.
 - ``digests`` (schema 6): ``(d8, seq)``, the digest index, kept like ``ids`` (digests are
   as random as ids: a unique index on them, schema 5's ``sealed_by_digest``, wrote a page
   per sealed record to the WAL and cost a quarter of the sealed records' extra CPU at 40k
@@ -32,15 +33,18 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   extension rule's "each digest once" asks ``seen_digests``, which looks in both.
 - ``redactions``: record id -> height of the ``ledger.redact`` record that named it,
   written in that block's transaction ("not yet redacted"; ``redacted_at``).
-- ``payloads`` (schema 5): log index -> ``(salt, payload_bytes)`` of a sealed record, the
-  pair kept beside the chain (SPEC section 10): written in the record's block's transaction
-  when the node held it then, or later by ``put_payloads`` (block sync, a bundle), each
-  checked against its digest; never for a redacted record. A block carrying a redaction
-  deletes the pairs it names in its own transaction. The writer connection runs with
-  ``secure_delete=ON``, so SQLite overwrites deleted cells (and freed pages) with zeros;
-  ``scrub`` then checkpoints the WAL and truncates it, so the bytes are in neither file.
-  Copies outside the files (backups, exports, the OS's freed disk blocks) are the
-  operator's business (docs/privacy.md).
+- the pairs (schema 5 in a ``payloads`` table, schema 7 in the ``salt`` and ``payload``
+  columns of ``sealed``: one row and one B-tree insert per sealed record instead of two,
+  ~1 us less per record per node): ``(salt, payload_bytes)`` of a sealed record, kept
+  beside the chain (SPEC section 10): written in the record's block's transaction when the
+  node held it then, or later by ``put_payloads`` (block sync, a bundle), each checked
+  against its digest; never for a redacted record. A block carrying a redaction sets the
+  pairs it names to NULL in its own transaction. The writer connection runs with
+  ``secure_delete=ON``, so SQLite overwrites the old cell's bytes (and freed overflow
+  pages) with zeros; ``scrub`` then checkpoints the WAL and truncates it, so the bytes are
+  in neither file. Copies outside the files (backups, exports, the OS's freed disk
+  blocks) are the operator's business (docs/privacy.md). A schema-6 file opened for
+  writing moves its pairs into ``sealed`` and drops ``payloads``.
 - ``signing_state``: pubkey -> the consensus signing state a validator wrote in the
   transaction of a block it committed (group commit: the block and the state durable with
   one fsync; the node also keeps the state in its own file, and takes whichever of the two
@@ -218,7 +222,7 @@ def _insert_rows(db: sqlite3.Connection, table: str, width: int,
                  rows: Sequence[tuple[Any, ...]]) -> None:
     """``INSERT INTO table VALUES`` each of ``rows`` (``width`` columns), several rows per
     statement: executemany steps one statement per row, and a sealed record's ``sealed``
-    and ``payloads`` rows cost ~0.5 us more each that way (timed per statement). Runs of
+    row (schema 6: and its ``payloads`` row) cost ~0.5 us more each that way (timed per statement). Runs of
     64, then of 32, 16, ... 1 rows: at most seven statement texts per table, each kept in
     the connection's statement cache."""
     one = "(" + ",".join("?" * width) + ")"
