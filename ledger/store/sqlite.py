@@ -222,9 +222,9 @@ def _insert_rows(db: sqlite3.Connection, table: str, width: int,
                  rows: Sequence[tuple[Any, ...]]) -> None:
     """``INSERT INTO table VALUES`` each of ``rows`` (``width`` columns), several rows per
     statement: executemany steps one statement per row, and a sealed record's ``sealed``
-    row (schema 6: and its ``payloads`` row) cost ~0.5 us more each that way (timed per statement). Runs of
-    64, then of 32, 16, ... 1 rows: at most seven statement texts per table, each kept in
-    the connection's statement cache."""
+    row (schema 6: and its ``payloads`` row) cost ~0.5 us more each that way (timed per
+    statement). Runs of 64, then of 32, 16, ... 1 rows: at most seven statement texts per
+    table, each kept in the connection's statement cache."""
     one = "(" + ",".join("?" * width) + ")"
     start, count = 0, len(rows)
     size = _ROWS_AT_ONCE
@@ -489,8 +489,9 @@ class SqliteStore:
                     db.execute(f"ALTER TABLE sealed ADD COLUMN {column} BLOB")
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
                           "AND name = 'payloads'").fetchone() is not None:
-                db.execute("UPDATE sealed SET salt = p.salt, payload = p.payload "
-                           "FROM payloads p WHERE p.seq = sealed.seq")
+                db.execute("UPDATE sealed SET (salt, payload) = (SELECT p.salt, p.payload "
+                           "FROM payloads p WHERE p.seq = sealed.seq) "
+                           "WHERE seq IN (SELECT seq FROM payloads)")
                 db.execute("DROP TABLE payloads")
             db.execute("UPDATE meta SET value = 7 WHERE key = 'schema_version'")
             db.execute("COMMIT")
