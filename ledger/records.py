@@ -215,10 +215,15 @@ def check_sealed_payload(digest: bytes, salt: bytes, payload_bytes: bytes, what:
     if len(payload_bytes) > MAX_PAYLOAD_BYTES:
         raise PayloadMismatchError(f"{what}: the payload is {len(payload_bytes)} bytes, more "
                                    f"than {MAX_PAYLOAD_BYTES}")
-    try:
-        decode(payload_bytes, f"{what}.payload", max_depth=MAX_PAYLOAD_DEPTH)
-    except LedgerError as exc:
-        raise PayloadMismatchError(str(exc)) from exc
+    # The strict decoder's verdict, reached by msgpack's C decoder for a payload in
+    # canonical encoding with str-keyed maps (``decode_plain``: the same verdict, as for a
+    # body's; ``decode`` alone says what is wrong with any other bytes).
+    if (type(payload_bytes) is not bytes or len(payload_bytes) > PLAIN_BODY_BYTES
+            or decode_plain(payload_bytes, MAX_PAYLOAD_DEPTH) is None):
+        try:
+            decode(payload_bytes, f"{what}.payload", max_depth=MAX_PAYLOAD_DEPTH)
+        except LedgerError as exc:
+            raise PayloadMismatchError(str(exc)) from exc
     if payload_digest(salt, payload_bytes) != digest:
         raise PayloadMismatchError(f"{what}: sha256 of the salt and payload is not the "
                                    f"record's payload_digest {digest.hex()}")

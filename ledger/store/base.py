@@ -80,6 +80,28 @@ def block_payload_rows(block: Block, first_seq: int,
     return rows
 
 
+def block_sealed_rows(block: Block, first_seq: int,
+                      payloads: Mapping[bytes, SealedPayload] | None,
+                      ) -> list[tuple[int, bytes, bytes | None, bytes | None]]:
+    """``(log index, payload_digest, salt, payload_bytes)`` of each of ``block``'s sealed
+    records, with the pair ``payloads`` holds for it (checked as by ``block_payload_rows``)
+    or ``(None, None)``: one pass for the store whose ``sealed`` rows hold the pairs."""
+    rows: list[tuple[int, bytes, bytes | None, bytes | None]] = []
+    get = payloads.get if payloads else None
+    for i, r in enumerate(block.records):
+        digest = r.body.payload_digest
+        if digest is None:
+            continue
+        pair = get(r.id) if get is not None else None
+        if pair is None:
+            rows.append((first_seq + i, digest, None, None))
+            continue
+        if pair.checked_for != digest:  # a mempool pair was checked at admission
+            pair.check(r)
+        rows.append((first_seq + i, digest, pair.salt, pair.payload))
+    return rows
+
+
 def judge_payloads(pairs: Mapping[bytes, SealedPayload],
                    digests: Mapping[bytes, tuple[int, bytes]],
                    ) -> tuple[list[tuple[int, bytes, SealedPayload]], list[bytes]]:

@@ -23,7 +23,8 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   history is rebuilt from genesis through these rows (no chain re-verification).
 - ``sealed``: log index -> ``payload_digest`` of every committed sealed record (SPEC section
   10): "a redaction names a sealed record committed earlier" (its signer is in ``records``)
-  is an indexed lookup.
+  is an indexed lookup. Since schema 7 the row also holds the record's pair (``salt``,
+  ``payload``; see below), NULL while the node lacks it and after a redaction.
 - ``digests`` (schema 6): ``(d8, seq)``, the digest index, kept like ``ids`` (digests are
   as random as ids: a unique index on them, schema 5's ``sealed_by_digest``, wrote a page
   per sealed record to the WAL and cost a quarter of the sealed records' extra CPU at 40k
@@ -32,15 +33,18 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   extension rule's "each digest once" asks ``seen_digests``, which looks in both.
 - ``redactions``: record id -> height of the ``ledger.redact`` record that named it,
   written in that block's transaction ("not yet redacted"; ``redacted_at``).
-- ``payloads`` (schema 5): log index -> ``(salt, payload_bytes)`` of a sealed record, the
-  pair kept beside the chain (SPEC section 10): written in the record's block's transaction
-  when the node held it then, or later by ``put_payloads`` (block sync, a bundle), each
-  checked against its digest; never for a redacted record. A block carrying a redaction
-  deletes the pairs it names in its own transaction. The writer connection runs with
-  ``secure_delete=ON``, so SQLite overwrites deleted cells (and freed pages) with zeros;
-  ``scrub`` then checkpoints the WAL and truncates it, so the bytes are in neither file.
-  Copies outside the files (backups, exports, the OS's freed disk blocks) are the
-  operator's business (docs/privacy.md).
+- the pairs (schema 5 in a ``payloads`` table, schema 7 in the ``salt`` and ``payload``
+  columns of ``sealed``: one row and one B-tree insert per sealed record instead of two,
+  ~1 us less per record per node): ``(salt, payload_bytes)`` of a sealed record, kept
+  beside the chain (SPEC section 10): written in the record's block's transaction when the
+  node held it then, or later by ``put_payloads`` (block sync, a bundle), each checked
+  against its digest; never for a redacted record. A block carrying a redaction sets the
+  pairs it names to NULL in its own transaction. The writer connection runs with
+  ``secure_delete=ON``, so SQLite overwrites the old cell's bytes (and freed overflow
+  pages) with zeros; ``scrub`` then checkpoints the WAL and truncates it, so the bytes are
+  in neither file. Copies outside the files (backups, exports, the OS's freed disk
+  blocks) are the operator's business (docs/privacy.md). A schema-6 file opened for
+  writing moves its pairs into ``sealed`` and drops ``payloads``.
 - ``signing_state``: pubkey -> the consensus signing state a validator wrote in the
   transaction of a block it committed (group commit: the block and the state durable with
   one fsync; the node also keeps the state in its own file, and takes whichever of the two
@@ -98,7 +102,7 @@ from ledger.store.base import (
     PayloadsPut,
     RecordLocation,
     block_change,
-    block_payload_rows,
+    block_sealed_rows,
     check_extends,
     check_governed,
     join_block,
@@ -110,7 +114,7 @@ from ledger.store.base import (
 )
 from ledger.validation import ChainTip, block_redactions
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 CACHE_KIB = 32 * 1024  # SQLite page cache per connection
 READER_CACHE_KIB = 4 * 1024  # page cache of each reading thread's own connection
 ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a time
@@ -156,7 +160,9 @@ CREATE TABLE IF NOT EXISTS config_changes (
 );
 CREATE TABLE IF NOT EXISTS sealed (
     seq INTEGER PRIMARY KEY,
-    digest BLOB NOT NULL
+    digest BLOB NOT NULL,
+    salt BLOB,
+    payload BLOB
 );
 CREATE TABLE IF NOT EXISTS digests (
     d8 INTEGER NOT NULL,
@@ -167,11 +173,6 @@ CREATE TABLE IF NOT EXISTS redactions (
     id BLOB PRIMARY KEY,
     height INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS payloads (
-    seq INTEGER PRIMARY KEY,
-    salt BLOB NOT NULL,
-    payload BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS log_nodes (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -221,9 +222,9 @@ def _insert_rows(db: sqlite3.Connection, table: str, width: int,
                  rows: Sequence[tuple[Any, ...]]) -> None:
     """``INSERT INTO table VALUES`` each of ``rows`` (``width`` columns), several rows per
     statement: executemany steps one statement per row, and a sealed record's ``sealed``
-    and ``payloads`` rows cost ~0.5 us more each that way (timed per statement). Runs of
-    64, then of 32, 16, ... 1 rows: at most seven statement texts per table, each kept in
-    the connection's statement cache."""
+    row (schema 6: and its ``payloads`` row) cost ~0.5 us more each that way (timed per
+    statement). Runs of 64, then of 32, 16, ... 1 rows: at most seven statement texts per
+    table, each kept in the connection's statement cache."""
     one = "(" + ",".join("?" * width) + ")"
     start, count = 0, len(rows)
     size = _ROWS_AT_ONCE
@@ -349,10 +350,12 @@ class SqliteStore:
                     self._migrate_from_2()
                 if self._stored_version() == 3:
                     self._migrate_from_3()
-                if self._stored_version() == 4:  # ``payloads``: created empty by the script
+                if self._stored_version() == 4:  # schema 5's ``payloads``: now in ``sealed``
                     self._db.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
                 if self._stored_version() == 5:
                     self._migrate_from_5()
+                if self._stored_version() == 6:
+                    self._migrate_from_6()
                 # A scrub a crash cut short (a redaction committed, the WAL still holding
                 # the frames of its pairs' insert) is done before anything reads: the WAL
                 # is checkpointed (``secure_delete`` pages) and truncated.
@@ -440,7 +443,7 @@ class SqliteStore:
                     sealed.append((seq, record.body.payload_digest))
                 for redaction in block_redactions(None, [record]):
                     redacted.extend((rid, height) for rid in redaction.ids)
-            self._db.executemany("INSERT INTO sealed VALUES (?, ?)", sealed)
+            self._db.executemany("INSERT INTO sealed (seq, digest) VALUES (?, ?)", sealed)
             self._db.executemany("INSERT OR IGNORE INTO redactions VALUES (?, ?)", redacted)
             self._db.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
             self._db.execute("COMMIT")
@@ -470,6 +473,30 @@ class SqliteStore:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
+            raise
+
+    def _migrate_from_6(self) -> None:
+        """Schema 6 -> 7: the pairs move from ``payloads`` into their ``sealed`` rows (one
+        row and one B-tree insert per sealed record instead of two); ``payloads`` is dropped
+        (``secure_delete``: its freed pages are zeroed; the open's TRUNCATE checkpoint then
+        empties the WAL)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(sealed)")}
+            for column in ("salt", "payload"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE sealed ADD COLUMN {column} BLOB")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                          "AND name = 'payloads'").fetchone() is not None:
+                db.execute("UPDATE sealed SET (salt, payload) = (SELECT p.salt, p.payload "
+                           "FROM payloads p WHERE p.seq = sealed.seq) "
+                           "WHERE seq IN (SELECT seq FROM payloads)")
+                db.execute("DROP TABLE payloads")
+            db.execute("UPDATE meta SET value = 7 WHERE key = 'schema_version'")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
             raise
 
     def _init_meta(self, genesis_hash: bytes | None) -> None:
@@ -599,19 +626,18 @@ class SqliteStore:
                  r.body.subject, r.envelope)
                 for i, r in enumerate(block.records)
             ]
-            sealed_rows = [(first_seq + i, digest) for i, r in enumerate(block.records)
-                           if (digest := r.body.payload_digest) is not None]
+            # (seq, digest, salt, payload): the pair in the row when held, else NULLs
+            sealed_rows = block_sealed_rows(block, first_seq, payloads)
             redaction_rows = [(rid, h.height) for red in redactions for rid in red.ids]
-            payload_rows = block_payload_rows(block, first_seq, payloads)
             erased = sorted(seq for seq in (self._seq_of(rid, self._db)
                                             for rid, _ in redaction_rows) if seq is not None)
             new_ids, merged, merge_rows, upto = self._recent.plan(
                 [(r.id, first_seq + i) for i, r in enumerate(block.records)], h.height,
                 first_seq + len(rows))
             new_digests, merged_d, merge_rows_d, upto_d = self._recent_digests.plan(
-                [(d, seq) for seq, d in sealed_rows], h.height, first_seq + len(rows))
+                [(row[1], row[0]) for row in sealed_rows], h.height, first_seq + len(rows))
             if sealed_rows and self._absent_digests:  # on the chain from this write on
-                self._absent_digests.difference_update(d for _, d in sealed_rows)
+                self._absent_digests.difference_update(row[1] for row in sealed_rows)
             if self._absent_ids:
                 self._absent_ids.difference_update([r.id for r in block.records])
             if self._absent_nonces:
@@ -636,17 +662,17 @@ class SqliteStore:
                     db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)",
                                    list(completed))
                     if sealed_rows:
-                        _insert_rows(db, "sealed", 2, sealed_rows)
+                        _insert_rows(db, "sealed", 4, sealed_rows)
                     if merged_d is not None:
                         db.executemany("INSERT INTO digests VALUES (?, ?)", merge_rows_d)
                         db.execute("UPDATE meta SET value = ? WHERE key = 'digests_upto'",
                                    (json.dumps(upto_d),))
                     if redaction_rows:  # with its block: never a redaction without it
                         db.executemany("INSERT INTO redactions VALUES (?, ?)", redaction_rows)
-                        db.executemany("DELETE FROM payloads WHERE seq = ?",
+                        # the pairs' bytes overwritten in place (``secure_delete``)
+                        db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
+                                       "WHERE seq = ? AND payload IS NOT NULL",
                                        [(seq,) for seq in erased])
-                    if payload_rows:
-                        _insert_rows(db, "payloads", 3, payload_rows)
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
@@ -972,8 +998,8 @@ class SqliteStore:
             for chunk in _chunks(sorted(by_seq)):
                 marks = ",".join("?" * len(chunk))
                 for seq, digest in self._db.execute(
-                        f"SELECT s.seq, s.digest FROM sealed s WHERE s.seq IN ({marks}) "
-                        "AND NOT EXISTS (SELECT 1 FROM payloads p WHERE p.seq = s.seq)",
+                        f"SELECT seq, digest FROM sealed WHERE seq IN ({marks}) "
+                        "AND payload IS NULL",
                         chunk):
                     digests[by_seq[seq]] = (seq, bytes(digest))
             for rid in self.redacted(digests):
@@ -983,8 +1009,9 @@ class SqliteStore:
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
-                        self._db.executemany("INSERT INTO payloads VALUES (?, ?, ?)",
-                                             [(seq, p.salt, p.payload) for seq, _, p in keep])
+                        self._db.executemany(
+                            "UPDATE sealed SET salt = ?, payload = ? WHERE seq = ?",
+                            [(p.salt, p.payload, seq) for seq, _, p in keep])
                         self._db.execute("COMMIT")
                     except BaseException:
                         self._db.execute("ROLLBACK")
@@ -1000,7 +1027,8 @@ class SqliteStore:
             for rid in set(ids):
                 seq = self._seq_of(rid, db)
                 row = None if seq is None else db.execute(
-                    "SELECT salt, payload FROM payloads WHERE seq = ?", (seq,)).fetchone()
+                    "SELECT salt, payload FROM sealed WHERE seq = ? AND payload IS NOT NULL",
+                    (seq,)).fetchone()
                 if row is not None:
                     out[rid] = SealedPayload(bytes(row[0]), bytes(row[1]))
         return out
@@ -1011,7 +1039,7 @@ class SqliteStore:
         with self._reading() as db:
             return [(seq, bytes(rid)) for seq, rid in db.execute(
                 "SELECT s.seq, r.id FROM sealed s JOIN records r ON r.seq = s.seq "
-                "WHERE s.seq > ? AND NOT EXISTS (SELECT 1 FROM payloads p WHERE p.seq = s.seq) "
+                "WHERE s.seq > ? AND s.payload IS NULL "
                 "AND NOT EXISTS (SELECT 1 FROM redactions x WHERE x.id = r.id) "
                 "ORDER BY s.seq LIMIT ?", (after_seq, limit))]
 
@@ -1022,9 +1050,9 @@ class SqliteStore:
         with self._reading() as db:
             return [(seq, bytes(rid), SealedPayload(bytes(salt), bytes(payload)))
                     for seq, rid, salt, payload in db.execute(
-                        "SELECT p.seq, r.id, p.salt, p.payload FROM payloads p "
+                        "SELECT p.seq, r.id, p.salt, p.payload FROM sealed p "
                         "JOIN records r ON r.seq = p.seq WHERE p.seq >= ? AND p.seq < ? "
-                        "ORDER BY p.seq LIMIT ?",
+                        "AND p.payload IS NOT NULL ORDER BY p.seq LIMIT ?",
                         (first_seq, first_seq + count, -1 if limit is None else limit))]
 
     def scrub(self) -> bool:

@@ -129,7 +129,7 @@ def test_reads_audit_export_and_import_with_a_read_identity(
                      "--workers", "1"]) == 0
     capsys.readouterr()
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE payloads SET payload = ? WHERE seq = 0",
+        conn.execute("UPDATE sealed SET payload = ? WHERE seq = 0",
                      (msgpack.packb({"recipe": "swapped"}),))
     assert cli.main(["audit", "--db", str(db), "--genesis", str(genesis), "--payloads", "-q",
                      "--workers", "1"]) == 1

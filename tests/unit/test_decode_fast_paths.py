@@ -215,3 +215,42 @@ def test_block_shell_agrees_with_the_strict_path(i: int, byte: int) -> None:
     assert shell_verdict(BLOCK)[0] == "ok"
     for mutated in [BLOCK, *mutations(BLOCK, i, byte)]:
         assert shell_verdict(mutated) == shell_verdict(mutated, strict_only=True)
+
+
+def pair_verdict(payload: bytes, strict_only: bool = False) -> Any:
+    """``check_sealed_payload`` on ``payload`` with its digest (so only the payload's own
+    rules can refuse it): None or the error; ``strict_only``: without ``decode_plain``."""
+    salt = b"\x07" * records.SALT_SIZE
+    digest = records.payload_digest(salt, payload)
+    with pytest.MonkeyPatch.context() as m:
+        if strict_only:
+            m.setattr(records, "decode_plain", lambda data, depth: None)
+        try:
+            records.check_sealed_payload(digest, salt, payload, "record x")
+        except LedgerError as exc:
+            return (type(exc).__name__, str(exc))
+    return None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values, st.integers(0, 10_000), st.integers(0, 255))
+def test_sealed_payload_check_agrees_with_the_strict_path(value: Any, i: int,
+                                                          byte: int) -> None:
+    """A sealed payload's check at admission takes ``decode_plain``'s answer where it gives
+    one (every node checks every pair: the common case at C speed): the verdict is the
+    strict decoder's for every payload and every mutation of it."""
+    data = packb(value)
+    for payload in [data, *mutations(data, i, byte)]:
+        assert pair_verdict(payload) == pair_verdict(payload, strict_only=True)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x91" * (records.MAX_PAYLOAD_DEPTH - 1) + b"\x90",  # as deep as a payload may nest
+    b"\x91" * records.MAX_PAYLOAD_DEPTH + b"\x90",  # one level too deep
+    b"\x91" * records.MAX_PAYLOAD_DEPTH + b"\x01",
+    b"\x82\xa1a\x01\xa1a\x02", b"\xd0\x01", b"\x92\x01", b"\xc1", b"\xa2\xff\xfe",
+    b"\xd6\xff\x00\x00\x00\x00",  # the timestamp ext
+    packb({"v": 1.5, "note": "x" * (records.PLAIN_BODY_BYTES + 10)}),  # the strict path only
+])
+def test_sealed_payload_check_edge_cases(payload: bytes) -> None:
+    assert pair_verdict(payload) == pair_verdict(payload, strict_only=True)

@@ -6,11 +6,12 @@ write, and in SQLite the bytes are then in neither the database file nor its WAL
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from ledger.errors import CorruptStoreError, PayloadMismatchError
+from ledger.errors import CorruptStoreError, PayloadMismatchError, StoreError
 from ledger.records import Record, SealedPayload, seal_record
 from ledger.store.check import check_indexes
 from ledger.store.memory import MemoryStore
@@ -107,14 +108,15 @@ def test_the_store_check_refuses_a_pair_that_is_not_the_records(tmp_path: Path) 
     (a, pa), (b, pb) = sealed(1, b"A"), sealed(2, b"B")
     store.append(builder.block([a, b]), payloads={a.id: pa, b.id: pb})
     check_indexes(store)
-    store._db.execute("UPDATE payloads SET salt = ? WHERE seq = 1", (bytes(32),))
+    store._db.execute("UPDATE sealed SET salt = ? WHERE seq = 1", (bytes(32),))
     with pytest.raises(CorruptStoreError, match=r"height 1.*payload held for record 1 is not"):
         check_indexes(store)
-    store._db.execute("UPDATE payloads SET salt = ? WHERE seq = 1", (pb.salt,))
+    store._db.execute("UPDATE sealed SET salt = ? WHERE seq = 1", (pb.salt,))
     store.append(builder.block([redaction_record(GOVERNED.config, A1, [a.id],
                                                  approvers=[A1, A2])]))
     check_indexes(store)
-    store._db.execute("INSERT INTO payloads VALUES (0, ?, ?)", (pa.salt, pa.payload))
+    store._db.execute("UPDATE sealed SET salt = ?, payload = ? WHERE seq = 0",
+                      (pa.salt, pa.payload))
     with pytest.raises(CorruptStoreError, match="payload of record 0 is held although"):
         check_indexes(store)
     store.close()
@@ -146,3 +148,42 @@ def test_a_pair_checked_at_admission_is_not_decoded_again_when_it_heals_a_store(
     assert set(store.put_payloads({r2.id: forged}).stored) == {r2.id}
     assert len(calls) == 2
     assert store.payloads([r1.id, r2.id]) == {r1.id: p1, r2.id: p2}
+
+
+def test_a_schema_6_store_moves_its_pairs_into_the_sealed_rows_on_open(
+        tmp_path: Path) -> None:
+    """Schema 6 kept the pairs in a ``payloads`` table of their own; schema 7 keeps each in
+    its record's ``sealed`` row (one B-tree insert per sealed record instead of two). A
+    schema-6 file opened for writing keeps every pair it held, lacks those it lacked,
+    never regains a redacted one, and no longer has the table."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    (a, pa), (b, pb), (c, _) = (sealed(n, f"MIGRATED-{n}".encode(), pad=(50, 30_000, 9)[n])
+                                for n in range(3))
+    store.append(builder.block([a, b, c]), payloads={a.id: pa, b.id: pb})
+    store.append(builder.block([redaction_record(GOVERNED.config, A1, [a.id],
+                                                 approvers=[A1, A2])]))
+    store.close()
+    db = sqlite3.connect(path)  # the same chain as schema 6 stored it
+    db.executescript("""
+        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
+                               payload BLOB NOT NULL);
+        INSERT INTO payloads SELECT seq, salt, payload FROM sealed WHERE payload IS NOT NULL;
+        ALTER TABLE sealed DROP COLUMN salt;
+        ALTER TABLE sealed DROP COLUMN payload;
+        UPDATE meta SET value = 6 WHERE key = 'schema_version';
+    """)
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 6.*ledger node run"):
+        SqliteStore(path, readonly=True)
+    with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
+        assert store.payloads([a.id, b.id, c.id]) == {b.id: pb}
+        assert [rid for _, rid in store.missing_payloads()] == [c.id]
+        check_indexes(store)
+        assert store._db.execute("SELECT name FROM sqlite_master "
+                                 "WHERE name = 'payloads'").fetchall() == []
+        assert store.put_payloads({a.id: pa}).stored == ()  # redacted: never again
+    assert b"MIGRATED-0" not in path.read_bytes()  # the redacted pair, never moved
+    with SqliteStore(path, readonly=True) as store:
+        assert store.payloads_between(0, 3) == [(1, b.id, pb)]

@@ -98,7 +98,7 @@ def test_a_schema_3_store_gains_the_witness_tables_on_open(tmp_path: Path) -> No
         assert store.cosignatures(1) == [(b"\x01" * 32, b"s" * 64)]
         (version,) = store._db.execute(
             "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert int(version) == SCHEMA_VERSION == 6
+        assert int(version) == SCHEMA_VERSION == 7
 
 
 def _split_view(witness: bytes, n: int) -> bytes:
