@@ -49,7 +49,7 @@ from ledger.crypto import PrivateKey, read_key_file
 from ledger.encoding import packb
 from ledger.genesis import Genesis
 from ledger.records import Record, SealedPayload, seal_record
-from tests.bench.audit_bench import verify_rate
+from tests.bench.audit_bench import compile_tree, verify_rate
 from tests.integration.cluster_util import ROOT, Cluster
 
 CONSENSUS: dict[str, object] = {"create_empty_blocks": False, "max_block_records": 10_000,
@@ -393,11 +393,18 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                    and time.monotonic() < deadline):
                 time.sleep(0.2)
             time.sleep(1)
+            # The figure includes start-up: records / the whole command's wall time
+            # (interpreter, imports, genesis, workers, the audit, exit), as audit_bench
+            # measures it; the command's own "verified in" (after start-up) is kept beside.
+            compile_tree(ROOT)  # as an installed package has its bytecode
+            began = time.monotonic()
             audit = subprocess.run(
                 [sys.executable, "-m", "node.cli", "audit", "--node", c.url(1), "--genesis",
                  str(c.dir / "genesis.json"), "-q"], cwd=ROOT, capture_output=True, text=True)
+            audit_wall = time.monotonic() - began
             m = re.search(r"(\d+) records verified in ([\d.]+) s", audit.stdout)
-            audit_rate = int(m.group(1)) / float(m.group(2)) if m else 0.0
+            audit_rate = int(m.group(1)) / audit_wall if m else 0.0
+            audit_core_rate = int(m.group(1)) / float(m.group(2)) if m else 0.0
             rss = [peak_rss_mb(c.procs[i].pid) for i in range(args.nodes)]
             live = [sum(p.stat().st_size for p in (c.dir / f"node{i}").glob("chain.db*"))
                     for i in range(args.nodes)]
@@ -429,6 +436,7 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "loop_lag_p99_ms": [histogram_quantile(0.99, b, a) * 1000
                             for b, a in zip(lag_before, lag_after, strict=True)],
         "audit_records_per_s": audit_rate, "audit_of_bound": audit_rate / (cores * v),
+        "audit_after_startup_records_per_s": audit_core_rate,
         "peak_rss_mb": rss, "store_bytes_per_record": max(store) / total_records,
         "store_bytes_per_record_live": max(live) / total_records,
         "envelope_bytes": envelope_bytes, "item_bytes": item_bytes,
@@ -476,7 +484,8 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
           + ", ".join(f"{x:.1f}" for x in report["loop_lag_p50_ms"]) + " ms, p99 "
           + ", ".join(f"{x:.1f}" for x in report["loop_lag_p99_ms"]) + " ms (per node)")
     print(f"ledger audit:                     {audit_rate:10,.0f} records/s = "
-          f"{report['audit_of_bound']:.2f} of C x v")
+          f"{report['audit_of_bound']:.2f} of C x v (start-up included; "
+          f"{report['audit_after_startup_records_per_s']:,.0f}/s after it)")
     print(f"peak RSS per node:                {', '.join(f'{x:.0f}' for x in rss)} MB")
     print(f"store bytes per record:           {report['store_bytes_per_record']:.0f} at rest, "
           f"{report['store_bytes_per_record_live']:.0f} with the WAL "
