@@ -12,7 +12,6 @@ under ``py-spy record --idle`` off for the stage table (docs/performance.md).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
@@ -21,15 +20,11 @@ from pathlib import Path
 
 from node.runtime import tune_gc
 from tests.bench import stages
-from tests.bench.sealed_node_bench import N, batches, one_run
+from tests.bench.sealed_node_bench import N, arguments, batches, one_run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = arguments(__doc__)
     parser.add_argument("--stages", action="store_true",
                         help="CPU time by stage (tests/bench/stages.py), per record per node")
     args = parser.parse_args()

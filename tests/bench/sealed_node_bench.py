@@ -117,13 +117,18 @@ async def one_run(root: Path, work: list[tuple[bytes, list[bytes]]], clients: in
         await asyncio.gather(*(n.stop() for n in nodes))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of the in-process node benches (this one and inline_node_bench)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments(__doc__).parse_args()
     tune_gc()  # as ``ledger node run`` does
     work = {s: batches(args.records, args.batch, s) for s in (False, True)}
     cpu: dict[bool, list[float]] = {False: [], True: []}
