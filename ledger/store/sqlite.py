@@ -678,10 +678,12 @@ class SqliteStore:
                     if redaction_rows:  # with its block: never a redaction without it
                         db.executemany("INSERT INTO redactions VALUES (?, ?)", redaction_rows)
                         # the pairs' bytes overwritten in place (``secure_delete``)
-                        db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
-                                       "WHERE seq = ? AND payload IS NOT NULL",
-                                       [(seq,) for seq in erased])
-                        if erased:  # and every stale copy of them (``_rebuild_sealed``)
+                        held = db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
+                                              "WHERE seq = ? AND payload IS NOT NULL",
+                                              [(seq,) for seq in erased]).rowcount
+                        # and every stale copy of them (``_rebuild_sealed``); a block naming
+                        # only pairs never held (a restore from a bundle) rebuilds nothing
+                        if held > 0:
                             _rebuild_sealed(db, "SELECT seq, digest, salt, payload "
                                                 "FROM sealed")
                     if last_cert is not None:
