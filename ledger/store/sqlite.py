@@ -39,12 +39,14 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   beside the chain (SPEC section 10): written in the record's block's transaction when the
   node held it then, or later by ``put_payloads`` (block sync, a bundle), each checked
   against its digest; never for a redacted record. A block carrying a redaction sets the
-  pairs it names to NULL in its own transaction. The writer connection runs with
-  ``secure_delete=ON``, so SQLite overwrites the old cell's bytes (and freed overflow
-  pages) with zeros; ``scrub`` then checkpoints the WAL and truncates it, so the bytes are
-  in neither file. Copies outside the files (backups, exports, the OS's freed disk
-  blocks) are the operator's business (docs/privacy.md). A schema-6 file opened for
-  writing moves its pairs into ``sealed`` and drops ``payloads``.
+  pairs it names to NULL in its own transaction and rebuilds the table (``_rebuild_sealed``:
+  SQLite leaves copies of moved cells that ``secure_delete`` never zeroes). The writer
+  connection runs with ``secure_delete=ON``, so SQLite overwrites the old cell's bytes
+  (and freed pages, overflow pages included) with zeros; ``scrub`` then checkpoints the
+  WAL and truncates it, so the bytes are in neither file. Copies outside the files
+  (backups, exports, the OS's freed disk blocks) are the operator's business
+  (docs/privacy.md). A schema-6 file opened for writing moves its pairs into ``sealed``
+  and drops ``payloads``.
 - ``signing_state``: pubkey -> the consensus signing state a validator wrote in the
   transaction of a block it committed (group commit: the block and the state durable with
   one fsync; the node also keeps the state in its own file, and takes whichever of the two
