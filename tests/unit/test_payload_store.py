@@ -277,3 +277,45 @@ def test_a_migrated_schema_6_file_keeps_no_copy_of_a_redacted_pair(tmp_path: Pat
         check_indexes(store)
     assert _leaked(tmp_path, {n: markers[n] for n in before + after}) == []
     assert len(_leaked(tmp_path, markers)) == len(records) - len(before) - len(after)
+
+
+def test_a_migration_cut_short_leaves_the_schema_6_file_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema 6 -> 7 migration is one transaction: an error after the new table is
+    built rolls everything back (``payloads`` and its pairs still there), and the next
+    open migrates."""
+    import ledger.store.sqlite as sqlite_store
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    (a, pa), (b, pb) = sealed(1, b"CUT-A"), sealed(2, b"CUT-B")
+    store.append(ChainBuilder(GX, store).block([a, b]), payloads={a.id: pa, b.id: pb})
+    store.close()
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
+                               payload BLOB NOT NULL);
+        INSERT INTO payloads SELECT seq, salt, payload FROM sealed WHERE payload IS NOT NULL;
+        ALTER TABLE sealed DROP COLUMN salt;
+        ALTER TABLE sealed DROP COLUMN payload;
+        UPDATE meta SET value = 6 WHERE key = 'schema_version';
+    """)
+    db.close()
+    real = sqlite_store._rebuild_sealed
+
+    def cut_short(db: sqlite3.Connection, select: str) -> None:
+        real(db, select)
+        raise OSError("power cut")
+
+    monkeypatch.setattr(sqlite_store, "_rebuild_sealed", cut_short)
+    with pytest.raises(OSError, match="power cut"):
+        SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    monkeypatch.undo()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (6,)
+    assert db.execute("SELECT COUNT(*) FROM payloads").fetchone() == (2,)
+    assert {r[1] for r in db.execute("PRAGMA table_info(sealed)")} == {"seq", "digest"}
+    db.close()
+    with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
+        assert store.payloads([a.id, b.id]) == {a.id: pa, b.id: pb}
+        check_indexes(store)
