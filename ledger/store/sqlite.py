@@ -39,12 +39,14 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   beside the chain (SPEC section 10): written in the record's block's transaction when the
   node held it then, or later by ``put_payloads`` (block sync, a bundle), each checked
   against its digest; never for a redacted record. A block carrying a redaction sets the
-  pairs it names to NULL in its own transaction. The writer connection runs with
-  ``secure_delete=ON``, so SQLite overwrites the old cell's bytes (and freed overflow
-  pages) with zeros; ``scrub`` then checkpoints the WAL and truncates it, so the bytes are
-  in neither file. Copies outside the files (backups, exports, the OS's freed disk
-  blocks) are the operator's business (docs/privacy.md). A schema-6 file opened for
-  writing moves its pairs into ``sealed`` and drops ``payloads``.
+  pairs it names to NULL in its own transaction and rebuilds the table (``_rebuild_sealed``:
+  SQLite leaves copies of moved cells that ``secure_delete`` never zeroes). The writer
+  connection runs with ``secure_delete=ON``, so SQLite overwrites the old cell's bytes
+  (and freed pages, overflow pages included) with zeros; ``scrub`` then checkpoints the
+  WAL and truncates it, so the bytes are in neither file. Copies outside the files
+  (backups, exports, the OS's freed disk blocks) are the operator's business
+  (docs/privacy.md). A schema-6 file opened for writing moves its pairs into ``sealed``
+  and drops ``payloads``.
 - ``signing_state``: pubkey -> the consensus signing state a validator wrote in the
   transaction of a block it committed (group commit: the block and the state durable with
   one fsync; the node also keeps the state in its own file, and takes whichever of the two
@@ -194,6 +196,24 @@ CREATE TABLE IF NOT EXISTS signing_state (
     state BLOB NOT NULL
 );
 """
+
+
+def _rebuild_sealed(db: sqlite3.Connection, select: str) -> None:
+    """Replace ``sealed`` (in the caller's transaction) by a table of ``select``'s rows
+    (seq, digest, salt, payload), written in seq order. A redaction must leave no byte of
+    its pairs in the file, and ``secure_delete`` zeroes only the cells it deletes and the
+    pages it frees: a row that grew in place (a pair healed by ``put_payloads``, the
+    schema-6 migration) or shrank (a redaction) makes SQLite move cells between pages, and
+    a moved cell's old bytes stay in the unallocated gap of its former page (seen: a
+    redacted marker still in the file after pairs healed out of order). Appending in seq
+    order moves no leaf cell; dropping the old table zeroes all of its pages. O(the
+    table) per redaction block: redactions are rare governance acts."""
+    db.execute("DROP TABLE IF EXISTS sealed_rebuilt")
+    db.execute("CREATE TABLE sealed_rebuilt (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL, "
+               "salt BLOB, payload BLOB)")
+    db.execute(f"INSERT INTO sealed_rebuilt {select} ORDER BY 1")
+    db.execute("DROP TABLE sealed")
+    db.execute("ALTER TABLE sealed_rebuilt RENAME TO sealed")
 
 
 _IN_CHUNK = 500  # values bound in one "IN (...)" query (SQLite allows 32766)
@@ -484,15 +504,15 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             columns = {row[1] for row in db.execute("PRAGMA table_info(sealed)")}
-            for column in ("salt", "payload"):
-                if column not in columns:
-                    db.execute(f"ALTER TABLE sealed ADD COLUMN {column} BLOB")
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
                           "AND name = 'payloads'").fetchone() is not None:
-                db.execute("UPDATE sealed SET (salt, payload) = (SELECT p.salt, p.payload "
-                           "FROM payloads p WHERE p.seq = sealed.seq) "
-                           "WHERE seq IN (SELECT seq FROM payloads)")
-                db.execute("DROP TABLE payloads")
+                # built anew in seq order, not by growing each row in place (which moves
+                # cells between pages and leaves copies of them behind: ``_rebuild_sealed``)
+                _rebuild_sealed(db, "SELECT s.seq, s.digest, p.salt, p.payload FROM sealed s "
+                                    "LEFT JOIN payloads p ON p.seq = s.seq")
+                db.execute("DROP TABLE payloads")  # ``secure_delete``: its pages zeroed
+            elif "payload" not in columns:
+                _rebuild_sealed(db, "SELECT seq, digest, NULL, NULL FROM sealed")
             db.execute("UPDATE meta SET value = 7 WHERE key = 'schema_version'")
             db.execute("COMMIT")
         except BaseException:
@@ -670,9 +690,14 @@ class SqliteStore:
                     if redaction_rows:  # with its block: never a redaction without it
                         db.executemany("INSERT INTO redactions VALUES (?, ?)", redaction_rows)
                         # the pairs' bytes overwritten in place (``secure_delete``)
-                        db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
-                                       "WHERE seq = ? AND payload IS NOT NULL",
-                                       [(seq,) for seq in erased])
+                        held = db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
+                                              "WHERE seq = ? AND payload IS NOT NULL",
+                                              [(seq,) for seq in erased]).rowcount
+                        # and every stale copy of them (``_rebuild_sealed``); a block naming
+                        # only pairs never held (a restore from a bundle) rebuilds nothing
+                        if held > 0:
+                            _rebuild_sealed(db, "SELECT seq, digest, salt, payload "
+                                                "FROM sealed")
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))

@@ -187,3 +187,135 @@ def test_a_schema_6_store_moves_its_pairs_into_the_sealed_rows_on_open(
     assert b"MIGRATED-0" not in path.read_bytes()  # the redacted pair, never moved
     with SqliteStore(path, readonly=True) as store:
         assert store.payloads_between(0, 3) == [(1, b.id, pb)]
+
+
+def _leaked(directory: Path, markers: dict[int, bytes]) -> list[int]:
+    """Which of ``markers`` (n -> marker) appear in any file of ``directory``."""
+    data = b"".join(f.read_bytes() for f in directory.iterdir() if f.is_file())
+    return sorted(n for n, m in markers.items() if m in data or m[::-1] in data)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 7])
+def test_redacted_bytes_leave_the_file_after_pairs_healed_out_of_order(
+        tmp_path: Path, seed: int) -> None:
+    """Pairs that arrive after their records (``put_payloads``: gossip, block sync) grow
+    ``sealed`` rows in the middle of the table; SQLite then moves cells between pages and a
+    moved cell's old bytes stay in the unallocated gap of its former page, which
+    ``secure_delete`` does not zero. A redaction must leave none of them behind."""
+    import random
+
+    rnd = random.Random(seed)
+    store = SqliteStore(tmp_path / "s.db", genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    records = [sealed(n, f"HEALED-{n:05d}-MARK".encode(), pad=rnd.choice([10, 60, 200, 700]))
+               for n in range(400)]
+    for i in range(0, len(records), 100):
+        store.append(builder.block([r for r, _ in records[i:i + 100]]))
+    order = list(range(len(records)))
+    rnd.shuffle(order)
+    for n in order:  # one at a time, in no order: each grows a row mid-table
+        assert store.put_payloads({records[n][0].id: records[n][1]}).stored
+    gone = [n for n in range(len(records)) if n % 2]
+    store.append(builder.block([redaction_record(GOVERNED.config, A1,
+                                                 [records[n][0].id for n in gone],
+                                                 approvers=[A1, A2])]))
+    assert store.scrub()
+    store.close()
+    markers = {n: f"HEALED-{n:05d}-MARK".encode() for n in range(len(records))}
+    assert _leaked(tmp_path, {n: markers[n] for n in gone}) == []
+    assert len(_leaked(tmp_path, markers)) == len(records) - len(gone)  # the others stay
+
+
+def test_a_migrated_schema_6_file_keeps_no_copy_of_a_redacted_pair(tmp_path: Path) -> None:
+    """A schema-6 file whose ``payloads`` rows were written out of order (healed) and whose
+    redactions deleted some of them: after the migration to schema 7 no redacted pair is in
+    the file (nor in its WAL), nor after a redaction made under schema 7."""
+    import random
+
+    rnd = random.Random(3)
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    builder = ChainBuilder(GX, store)
+    records = [sealed(n, f"OLDFILE-{n:05d}-MARK".encode(), pad=rnd.choice([10, 60, 200, 700]))
+               for n in range(400)]
+    for i in range(0, len(records), 100):
+        store.append(builder.block([r for r, _ in records[i:i + 100]]))
+    before = [n for n in range(len(records)) if n % 3 == 0]  # redacted under schema 6
+    store.append(builder.block([redaction_record(GOVERNED.config, A1,
+                                                 [records[n][0].id for n in before],
+                                                 approvers=[A1, A2])]))
+    store.close()
+    order = list(range(len(records)))
+    rnd.shuffle(order)
+    db = sqlite3.connect(path, isolation_level=None)  # the chain as schema 6 wrote it
+    db.execute("PRAGMA secure_delete=ON")
+    db.executescript("""
+        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
+                               payload BLOB NOT NULL);
+        ALTER TABLE sealed DROP COLUMN salt;
+        ALTER TABLE sealed DROP COLUMN payload;
+        UPDATE meta SET value = 6 WHERE key = 'schema_version';
+    """)
+    for n in order:  # healed one at a time, out of order
+        db.execute("INSERT INTO payloads VALUES (?, ?, ?)",
+                   (n, records[n][1].salt, records[n][1].payload))
+    db.executemany("DELETE FROM payloads WHERE seq = ?", [(n,) for n in before])
+    db.close()
+    markers = {n: f"OLDFILE-{n:05d}-MARK".encode() for n in range(len(records))}
+    with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
+        assert (tmp_path / "s.db-wal").stat().st_size == 0  # the open's TRUNCATE checkpoint
+        assert _leaked(tmp_path, {n: markers[n] for n in before}) == []
+        assert len(store.payloads([r.id for r, _ in records])) == len(records) - len(before)
+        check_indexes(store)
+        after = [n for n in range(len(records)) if n % 3 == 1]
+        builder = ChainBuilder(GX, store, time_ms=builder.time_ms + 10_000,
+                               blocks=builder.blocks)
+        store.append(builder.block([redaction_record(GOVERNED.config, A1,
+                                                     [records[n][0].id for n in after],
+                                                     approvers=[A1, A2], nonce=2_000_001)]))
+        assert store.scrub()
+        check_indexes(store)
+    assert _leaked(tmp_path, {n: markers[n] for n in before + after}) == []
+    assert len(_leaked(tmp_path, markers)) == len(records) - len(before) - len(after)
+
+
+def test_a_migration_cut_short_leaves_the_schema_6_file_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema 6 -> 7 migration is one transaction: an error after the new table is
+    built rolls everything back (``payloads`` and its pairs still there), and the next
+    open migrates."""
+    import ledger.store.sqlite as sqlite_store
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    (a, pa), (b, pb) = sealed(1, b"CUT-A"), sealed(2, b"CUT-B")
+    store.append(ChainBuilder(GX, store).block([a, b]), payloads={a.id: pa, b.id: pb})
+    store.close()
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
+                               payload BLOB NOT NULL);
+        INSERT INTO payloads SELECT seq, salt, payload FROM sealed WHERE payload IS NOT NULL;
+        ALTER TABLE sealed DROP COLUMN salt;
+        ALTER TABLE sealed DROP COLUMN payload;
+        UPDATE meta SET value = 6 WHERE key = 'schema_version';
+    """)
+    db.close()
+    real = sqlite_store._rebuild_sealed
+
+    def cut_short(db: sqlite3.Connection, select: str) -> None:
+        real(db, select)
+        raise OSError("power cut")
+
+    monkeypatch.setattr(sqlite_store, "_rebuild_sealed", cut_short)
+    with pytest.raises(OSError, match="power cut"):
+        SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config)
+    monkeypatch.undo()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (6,)
+    assert db.execute("SELECT COUNT(*) FROM payloads").fetchone() == (2,)
+    assert {r[1] for r in db.execute("PRAGMA table_info(sealed)")} == {"seq", "digest"}
+    db.close()
+    with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
+        assert store.payloads([a.id, b.id]) == {a.id: pa, b.id: pb}
+        check_indexes(store)
