@@ -29,7 +29,7 @@ from ledger.errors import (
     ValidationError,
 )
 from ledger.genesis import Genesis
-from ledger.records import Record, SealedPayload
+from ledger.records import Record, SealedPayload, new_pair
 from ledger.store.base import BlockStore
 from ledger.validation import (
     Authority,
@@ -136,7 +136,7 @@ def split_item(item: BatchItem) -> tuple[bytes, SealedPayload | None]:
     if isinstance(item, bytes):
         return item, None
     envelope, salt, payload = item
-    return envelope, SealedPayload(salt, payload)
+    return envelope, new_pair(salt, payload)
 
 
 def with_pair(candidate: AdmitResult) -> AdmitResult:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from ledger.encoding import packb, split_batch, split_bin_array
 from ledger.errors import LedgerError
-from ledger.records import SealedPayload
+from ledger.records import SealedPayload, new_pair
 from ledger.store.base import PayloadsPut
 from node.peer_guard import TokenBucket
 
@@ -101,7 +101,7 @@ def parse_have(body: bytes) -> dict[bytes, SealedPayload]:
         if isinstance(item, bytes) or len(item[0]) != ID_SIZE:
             raise LedgerError("payload answer: items must be [id(32), salt, payload]")
         rid, salt, payload = item
-        pairs[rid] = SealedPayload(salt, payload)
+        pairs[rid] = new_pair(salt, payload)
     return pairs
 
 

@@ -8,7 +8,14 @@ import pytest
 from ledger.crypto import RECORD_TAG
 from ledger.encoding import packb
 from ledger.errors import DecodeError, SignatureError, TooLargeError
-from ledger.records import MAX_PAYLOAD_BYTES, Record, RecordBody
+from ledger.records import (
+    MAX_PAYLOAD_BYTES,
+    Record,
+    RecordBody,
+    SealedPayload,
+    new_pair,
+    seal_record,
+)
 from tests.factory import seeded_key
 
 KEY = seeded_key("records")
@@ -55,6 +62,27 @@ def test_decoded_records_are_the_objects_their_constructors_build() -> None:
         hash(back.body)
     with pytest.raises(TypeError, match="unhashable"):
         hash(made.body)
+
+
+def test_decoded_sealed_records_and_pairs_are_the_objects_their_constructors_build() -> None:
+    """A sealed body (``payload`` None, ``payload_digest`` set) and a (salt, payload) pair
+    are built through their slots too (``_new_body``, ``new_pair``): equal to, hashable
+    like and as immutable as what the dataclass constructors build."""
+    rec, pair = seal_record(KEY, chain="demo", type="sensor.reading", subject="s",
+                            payload={"v": 1}, ts=5, nonce=9)
+    back = Record.from_wire(rec.envelope)
+    made = RecordBody(*(getattr(rec.body, k) for k in RecordBody.__slots__))
+    assert type(back.body) is RecordBody and back.body == made and repr(back.body) == repr(made)
+    assert back.body.payload is None and back.body.payload_digest == rec.body.payload_digest
+    assert hash(back.body) == hash(made)  # no list inside: hashable, as from __init__
+    fast, slow = new_pair(pair.salt, pair.payload), SealedPayload(pair.salt, pair.payload)
+    assert type(fast) is SealedPayload and fast == slow and repr(fast) == repr(slow)
+    assert hash(fast) == hash(slow) and fast.checked_for is None
+    assert fast.check(back) is fast and fast.checked_for == rec.body.payload_digest
+    with pytest.raises(AttributeError):
+        back.body.payload_digest = b""  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        fast.salt = b""  # type: ignore[misc]
 
 
 def test_body_key_order_is_spec_order() -> None:
