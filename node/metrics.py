@@ -103,61 +103,50 @@ class Metrics:
             " HTTP API (not a validator, no peer link).",
             "# TYPE ledger_blocks_followed_total counter",
             f"ledger_blocks_followed_total {self.blocks_followed}",
-            "# HELP ledger_commit_latency_seconds Admission to commit, per record.",
-            "# TYPE ledger_commit_latency_seconds histogram",
         ]
-        cumulative = 0
-        for bound, count in zip(BUCKETS, self.latency_counts, strict=False):
-            cumulative += count
-            lines.append(f'ledger_commit_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-        cumulative += self.latency_counts[-1]
-        lines += [f'ledger_commit_latency_seconds_bucket{{le="+Inf"}} {cumulative}',
-                  f"ledger_commit_latency_seconds_sum {self.latency_sum:.6f}",
-                  f"ledger_commit_latency_seconds_count {cumulative}",
-                  "# HELP ledger_invalid_blocks_total Proposed or synced blocks this node found "
-                  "invalid (and prevoted nil for), by the error that said why.",
-                  "# TYPE ledger_invalid_blocks_total counter"]
-        lines += [f'ledger_invalid_blocks_total{{reason="{reason}"}} {count}'
-                  for reason, count in sorted((invalid_blocks or {}).items())]
-        lines += ["# HELP ledger_event_loop_lag_seconds How late a 10 ms timer fires on the "
-                  "node's event loop (what a request waits before the node looks at it).",
-                  "# TYPE ledger_event_loop_lag_seconds histogram"]
-        cumulative = 0
-        for bound, count in zip(LAG_BUCKETS, self.loop_lag_counts, strict=False):
-            cumulative += count
-            lines.append(f'ledger_event_loop_lag_seconds_bucket{{le="{bound}"}} {cumulative}')
-        cumulative += self.loop_lag_counts[-1]
-        lines += [f'ledger_event_loop_lag_seconds_bucket{{le="+Inf"}} {cumulative}',
-                  f"ledger_event_loop_lag_seconds_sum {self.loop_lag_sum:.6f}",
-                  f"ledger_event_loop_lag_seconds_count {cumulative}",
-                  "# HELP ledger_cosignatures_total Witness cosignatures posted to this node, "
-                  "by result (stored, duplicate, split_view, or why refused).",
-                  "# TYPE ledger_cosignatures_total counter"]
-        lines += [f'ledger_cosignatures_total{{result="{result}"}} {count}'
-                  for result, count in sorted(self.cosignatures.items())]
-        lines += ["# HELP ledger_payload_pairs_total Sealed payload pairs by what happened to "
-                  "them: committed with their block (with_block), missing when their block "
-                  "committed (missing_at_commit), fetched from peers, served to peers, healed "
-                  "by a resubmission, or refused from a peer for not matching their digests "
-                  "(mismatched).",
-                  "# TYPE ledger_payload_pairs_total counter"]
-        lines += [f'ledger_payload_pairs_total{{how="{how}"}} {count}'
-                  for how, count in sorted(self.payload_pairs.items())]
-        lines += ["# HELP ledger_peer_bytes_sent_total Bytes handed to the peer links (with "
-                  "frame headers, counted once per peer), by frame kind.",
-                  "# TYPE ledger_peer_bytes_sent_total counter"]
-        lines += [f'ledger_peer_bytes_sent_total{{kind="{kind}"}} {count}'
-                  for kind, count in sorted(self.peer_bytes_sent.items())]
-        lines += ["# HELP ledger_compact_proposals_total Compact proposals received, by "
-                  "outcome (rebuilt, refetched, dropped: records missing at the end of the "
-                  "wait).",
-                  "# TYPE ledger_compact_proposals_total counter"]
-        lines += [f'ledger_compact_proposals_total{{outcome="{o}"}} {count}'
-                  for o, count in sorted(self.compact_proposals.items())]
-        lines += ["# HELP ledger_compact_records_total Records of compact proposals received, "
-                  "by how this node came by them (held, inline, waited, fetched; asked: ids "
-                  "requested).",
-                  "# TYPE ledger_compact_records_total counter"]
-        lines += [f'ledger_compact_records_total{{how="{how}"}} {count}'
-                  for how, count in sorted(self.compact_records.items())]
+        lines += _histogram("ledger_commit_latency_seconds", "Admission to commit, per record.",
+                            BUCKETS, self.latency_counts, self.latency_sum)
+        lines += _counter("ledger_invalid_blocks_total", "Proposed or synced blocks this node "
+                          "found invalid (and prevoted nil for), by the error that said why.",
+                          "reason", invalid_blocks or {})
+        lines += _histogram("ledger_event_loop_lag_seconds", "How late a 10 ms timer fires on "
+                            "the node's event loop (what a request waits before the node looks "
+                            "at it).", LAG_BUCKETS, self.loop_lag_counts, self.loop_lag_sum)
+        lines += _counter("ledger_cosignatures_total", "Witness cosignatures posted to this "
+                          "node, by result (stored, duplicate, split_view, or why refused).",
+                          "result", self.cosignatures)
+        lines += _counter("ledger_payload_pairs_total", "Sealed payload pairs by what happened "
+                          "to them: committed with their block (with_block), missing when "
+                          "their block committed (missing_at_commit), fetched from peers, "
+                          "served to peers, healed by a resubmission, or refused from a peer "
+                          "for not matching their digests (mismatched).", "how",
+                          self.payload_pairs)
+        lines += _counter("ledger_peer_bytes_sent_total", "Bytes handed to the peer links "
+                          "(with frame headers, counted once per peer), by frame kind.", "kind",
+                          self.peer_bytes_sent)
+        lines += _counter("ledger_compact_proposals_total", "Compact proposals received, by "
+                          "outcome (rebuilt, refetched, dropped: records missing at the end of "
+                          "the wait).", "outcome", self.compact_proposals)
+        lines += _counter("ledger_compact_records_total", "Records of compact proposals "
+                          "received, by how this node came by them (held, inline, waited, "
+                          "fetched; asked: ids requested).", "how", self.compact_records)
         return "\n".join(lines) + "\n"
+
+
+def _histogram(name: str, help_: str, bounds: tuple[float, ...], counts: list[int],
+               total: float) -> list[str]:
+    """A histogram's lines: ``counts`` per bucket of ``bounds``, the last one above them."""
+    lines = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+    cumulative = 0
+    for bound, count in zip(bounds, counts, strict=False):
+        cumulative += count
+        lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+    cumulative += counts[-1]
+    return [*lines, f'{name}_bucket{{le="+Inf"}} {cumulative}', f"{name}_sum {total:.6f}",
+            f"{name}_count {cumulative}"]
+
+
+def _counter(name: str, help_: str, label: str, counts: dict[str, int]) -> list[str]:
+    """A counter's lines, one per value of ``label``."""
+    return [f"# HELP {name} {help_}", f"# TYPE {name} counter",
+            *(f'{name}{{{label}="{value}"}} {count}' for value, count in sorted(counts.items()))]
