@@ -640,6 +640,25 @@ def split_bin_array(data: bytes, what: str, max_items: int) -> list[bytes]:
     return items  # type: ignore[return-value]
 
 
+def bin_span(data: bytes, pos: int) -> tuple[int, int, bool] | None:
+    """The msgpack ``bin`` whose header starts at ``pos``, read from the bytes without
+    decoding: (start, end, smallest) — its bytes are ``data[start:end]`` (``end`` is not
+    checked against ``len(data)``), ``smallest`` iff the header is the shortest for the
+    length (what ``packb`` writes). None if no bin header starts there."""
+    if pos + 1 >= len(data):
+        return None
+    marker = data[pos]
+    if marker == 0xC4:
+        return pos + 2, pos + 2 + data[pos + 1], True
+    if marker == 0xC5:
+        length = int.from_bytes(data[pos + 1:pos + 3], "big")
+        return pos + 3, pos + 3 + length, length > 0xFF
+    if marker == 0xC6:
+        length = int.from_bytes(data[pos + 1:pos + 5], "big")
+        return pos + 5, pos + 5 + length, length > 0xFFFF
+    return None
+
+
 def _bin_at(data: bytes, pos: int, what: str, index: int, part: str,
             expected: str = "bin") -> tuple[bytes, int]:
     """The ``bin`` at ``pos`` and the position after it (``what[index]part`` names it in

@@ -25,6 +25,7 @@ from ledger.crypto import (
 from ledger.encoding import (
     MAX_DEPTH,
     MapPairs,
+    bin_span,
     decode,
     decode_plain,
     expect_array,
@@ -452,20 +453,10 @@ def _envelope_parts(envelope: bytes) -> tuple[bytes, bytes] | None:
     size = len(envelope)
     if size < 69 or envelope[0] != 0x92:
         return None
-    marker = envelope[1]
-    if marker == 0xc4:
-        start, length = 3, envelope[2]
-    elif marker == 0xc5:
-        start, length = 4, int.from_bytes(envelope[2:4], "big")
-        if length <= 0xff:
-            return None
-    elif marker == 0xc6:
-        start, length = 6, int.from_bytes(envelope[2:6], "big")
-        if length <= 0xffff:
-            return None
-    else:
+    span = bin_span(envelope, 1)
+    if span is None or not span[2]:
         return None
-    end = start + length
+    start, end, _ = span
     if size != end + 2 + SIGNATURE_SIZE or envelope[end] != 0xc4 \
             or envelope[end + 1] != SIGNATURE_SIZE:
         return None

@@ -23,6 +23,7 @@ from ledger.blocks import Block, BlockShell, Certificate, Header, Vote, peek_hea
 from ledger.crypto import SIGNATURE_SIZE, PrivateKey, sha256
 from ledger.encoding import (
     BatchItem,
+    bin_span,
     expect_array,
     expect_bytes,
     expect_int,
@@ -372,16 +373,11 @@ def peek_block_response(data: bytes) -> Header | None:
     Nothing else is checked: ``decode_frame`` does that, strictly, later."""
     if len(data) < 5 or data[0] != 0x92 or data[1] != _KINDS[BlockResponse] or data[2] != 0x92:
         return None
-    marker = data[3]
-    if marker == 0xC4:
-        start, size = 5, data[4]
-    elif marker == 0xC5:
-        start, size = 6, int.from_bytes(data[4:6], "big")
-    elif marker == 0xC6:
-        start, size = 8, int.from_bytes(data[4:8], "big")
-    else:
+    span = bin_span(data, 3)
+    if span is None:
         fail("block response.block", "expected bin")
-    return peek_header(data[start:start + min(size, HEADER_PEEK_BYTES)])
+    start, end, _ = span
+    return peek_header(data[start:min(end, start + HEADER_PEEK_BYTES)])
 
 
 def encode_block_response(block: bytes, last_cert_obj: Any) -> bytes:
