@@ -30,6 +30,19 @@ _PROPOSAL_WORK = ("UndecodedProposal.decode", "_rebuild_proposal.<locals>.<lambd
                   "Node._contents_match", "_verify_then_queue.<locals>.<lambda>")
 
 
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The qualified names of the functions handed to ``asyncio.to_thread`` from now on."""
+    handed: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        handed.append(getattr(fn, "__qualname__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    return handed
+
+
 def test_small_work_is_one_record_in_a_few_kib() -> None:
     assert INLINE_RECORDS == 1 and INLINE_BYTES == 16 * 1024
     assert small_work(1, 400)
@@ -42,14 +55,7 @@ def test_small_work_is_one_record_in_a_few_kib() -> None:
 def test_a_single_record_is_admitted_and_its_proposal_decoded_without_a_thread_hop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cluster = Cluster(tmp_path, empty_blocks=False)
-    handed: list[str] = []
-    real = asyncio.to_thread
-
-    async def counting(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        handed.append(getattr(fn, "__qualname__", repr(fn)))
-        return await real(fn, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", counting)
+    handed = thread_hops(monkeypatch)
 
     async def body() -> None:
         for i in range(N):
@@ -76,14 +82,7 @@ def test_a_single_record_over_the_inline_bytes_still_goes_to_a_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "INLINE_BYTES", 64)  # every record is "large"
     cluster = Cluster(tmp_path, empty_blocks=False)
-    handed: list[str] = []
-    real = asyncio.to_thread
-
-    async def counting(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        handed.append(getattr(fn, "__qualname__", repr(fn)))
-        return await real(fn, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", counting)
+    handed = thread_hops(monkeypatch)
 
     async def body() -> None:
         for i in range(N):
