@@ -40,6 +40,7 @@ from tests.unit.test_runtime_inprocess import (
     FX,
     Cluster,
     N,
+    RecordingNode,
     committed,
     new_record,
     run,
@@ -132,6 +133,15 @@ def compact_cluster(tmp_path: Path, *, fetch_ms: int = 150) -> Cluster:
     return cluster
 
 
+async def linked(cluster: Cluster) -> list[RecordingNode]:
+    """Start the cluster's nodes; return them once each has every peer's hello."""
+    for i in range(N):
+        await cluster.start(cluster.from_parts(i))
+    nodes = list(cluster.nodes.values())
+    await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+    return nodes
+
+
 def records_response(payload: bytes) -> bool:
     return payload[:3] == RESPONSE
 
@@ -140,10 +150,7 @@ def test_four_nodes_commit_identical_blocks_from_compact_proposals(tmp_path: Pat
     cluster = compact_cluster(tmp_path)
 
     async def body() -> None:
-        for i in range(N):
-            await cluster.start(cluster.from_parts(i))
-        nodes = list(cluster.nodes.values())
-        await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+        nodes = await linked(cluster)
         records = [new_record() for _ in range(120)]
         for k in range(4):  # every node admits (and gossips) some
             results = await nodes[k].submit([r.envelope for r in records[k::4]])
@@ -169,10 +176,7 @@ def test_a_validator_fetches_records_it_lacks_with_their_pairs(tmp_path: Path) -
     cluster = compact_cluster(tmp_path, fetch_ms=2000)
 
     async def body() -> None:
-        for i in range(N):
-            await cluster.start(cluster.from_parts(i))
-        nodes = list(cluster.nodes.values())
-        await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+        nodes = await linked(cluster)
         sealed = [seal_record(FX.writer, chain=FX.genesis.chain_id, type="sensor.reading",
                               subject="oven", payload={"recipe": k},
                               ts=time.time_ns() // 1_000_000, nonce=9_000_000 + k)
@@ -207,10 +211,7 @@ def test_a_validator_that_cannot_fetch_a_missing_record_prevotes_nil_and_the_rou
     cluster.net.drop = lambda src, dst, payload: dst == 3 and records_response(payload)  # type: ignore[method-assign]
 
     async def body() -> None:
-        for i in range(N):
-            await cluster.start(cluster.from_parts(i))
-        nodes = list(cluster.nodes.values())
-        await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+        nodes = await linked(cluster)
         records = [new_record() for _ in range(10)]
         for k in range(3):
             results = await nodes[k].submit([r.envelope for r in records], gossip=False)
@@ -242,10 +243,7 @@ def test_when_two_validators_cannot_fetch_the_round_fails_and_a_later_round_comm
         blocked[0] and dst in (2, 3) and records_response(payload))
 
     async def body() -> None:
-        for i in range(N):
-            await cluster.start(cluster.from_parts(i))
-        nodes = list(cluster.nodes.values())
-        await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+        nodes = await linked(cluster)
         records = [new_record() for _ in range(10)]
         for k in (0, 1):
             results = await nodes[k].submit([r.envelope for r in records], gossip=False)
@@ -350,10 +348,7 @@ def test_an_id_held_with_another_envelope_is_fetched_again_from_the_proposer(
     cluster = compact_cluster(tmp_path, fetch_ms=2000)
 
     async def body() -> None:
-        for i in range(N):
-            await cluster.start(cluster.from_parts(i))
-        nodes = list(cluster.nodes.values())
-        await until(lambda: all(len(n.peer_features) == N - 1 for n in nodes), "hellos")
+        nodes = await linked(cluster)
         first = new_record()
         sig = other_signature(FX.writer, first.sign_bytes())
         second = Record.from_wire(packb([first.body_bytes, sig]))
