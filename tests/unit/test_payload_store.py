@@ -35,6 +35,26 @@ def sealed(nonce: int, marker: bytes, pad: int = 3000) -> tuple[Record, SealedPa
                        nonce=1000 + nonce)
 
 
+# A schema-7 file rewritten as schema 6 stored it: the pairs in a ``payloads`` table of their
+# own (copied from the sealed rows with ``copy``), none in the sealed rows.
+SCHEMA_6 = """
+    CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
+                           payload BLOB NOT NULL);
+    {copy}
+    ALTER TABLE sealed DROP COLUMN salt;
+    ALTER TABLE sealed DROP COLUMN payload;
+    UPDATE meta SET value = 6 WHERE key = 'schema_version';
+"""
+
+
+def as_schema_6(path: Path) -> None:
+    """Rewrite the store at ``path`` as schema 6 stored the same chain."""
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_6.format(copy="INSERT INTO payloads SELECT seq, salt, payload "
+                                          "FROM sealed WHERE payload IS NOT NULL;"))
+    db.close()
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_pairs_are_kept_fetched_late_and_deleted_by_a_redaction(kind: str,
                                                                 tmp_path: Path) -> None:
@@ -165,16 +185,7 @@ def test_a_schema_6_store_moves_its_pairs_into_the_sealed_rows_on_open(
     store.append(builder.block([redaction_record(GOVERNED.config, A1, [a.id],
                                                  approvers=[A1, A2])]))
     store.close()
-    db = sqlite3.connect(path)  # the same chain as schema 6 stored it
-    db.executescript("""
-        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
-                               payload BLOB NOT NULL);
-        INSERT INTO payloads SELECT seq, salt, payload FROM sealed WHERE payload IS NOT NULL;
-        ALTER TABLE sealed DROP COLUMN salt;
-        ALTER TABLE sealed DROP COLUMN payload;
-        UPDATE meta SET value = 6 WHERE key = 'schema_version';
-    """)
-    db.close()
+    as_schema_6(path)  # the same chain as schema 6 stored it
     with pytest.raises(StoreError, match=r"schema version 6.*ledger node run"):
         SqliteStore(path, readonly=True)
     with SqliteStore(path, genesis_hash=GOVERNED.hash, config=GOVERNED.config) as store:
@@ -249,13 +260,7 @@ def test_a_migrated_schema_6_file_keeps_no_copy_of_a_redacted_pair(tmp_path: Pat
     rnd.shuffle(order)
     db = sqlite3.connect(path, isolation_level=None)  # the chain as schema 6 wrote it
     db.execute("PRAGMA secure_delete=ON")
-    db.executescript("""
-        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
-                               payload BLOB NOT NULL);
-        ALTER TABLE sealed DROP COLUMN salt;
-        ALTER TABLE sealed DROP COLUMN payload;
-        UPDATE meta SET value = 6 WHERE key = 'schema_version';
-    """)
+    db.executescript(SCHEMA_6.format(copy=""))
     for n in order:  # healed one at a time, out of order
         db.execute("INSERT INTO payloads VALUES (?, ?, ?)",
                    (n, records[n][1].salt, records[n][1].payload))
@@ -291,16 +296,7 @@ def test_a_migration_cut_short_leaves_the_schema_6_file_as_it_was(
     (a, pa), (b, pb) = sealed(1, b"CUT-A"), sealed(2, b"CUT-B")
     store.append(ChainBuilder(GX, store).block([a, b]), payloads={a.id: pa, b.id: pb})
     store.close()
-    db = sqlite3.connect(path)
-    db.executescript("""
-        CREATE TABLE payloads (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL,
-                               payload BLOB NOT NULL);
-        INSERT INTO payloads SELECT seq, salt, payload FROM sealed WHERE payload IS NOT NULL;
-        ALTER TABLE sealed DROP COLUMN salt;
-        ALTER TABLE sealed DROP COLUMN payload;
-        UPDATE meta SET value = 6 WHERE key = 'schema_version';
-    """)
-    db.close()
+    as_schema_6(path)
     real = sqlite_store._rebuild_sealed
 
     def cut_short(db: sqlite3.Connection, select: str) -> None:
