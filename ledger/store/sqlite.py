@@ -84,7 +84,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ledger import merkle
 from ledger.blocks import Block, Certificate, Header
@@ -123,10 +123,39 @@ ID_SLICES = 16  # the id space in slices (by the first 4 bits), merged one at a 
 MERGE_AT = 2048  # ids of one slice kept in memory before one sorted merge into ``ids``
 CLOSE_WAIT_S = 10.0  # ``close`` waits this long at most for reads under way to end
 WAL_BOUND_BYTES = 16 * 2**20  # ``checkpoint`` holds the writer back once the WAL is larger
-#: Payload digests ``seen_digests`` found not on the chain, remembered (``_absent_digests``)
-#: up to this many, then forgotten all at once: ~14 MB at most; a full mempool (100,000
-#: records by default) holds fewer pending digests, so its lookups stay answered here.
+#: Keys the ``seen_*`` lookups found not on the chain, remembered (``_Absent``) up to
+#: this many of each kind, then forgotten all at once: ~14 MB at most each; a full mempool
+#: (100,000 records by default) holds fewer pending keys, so its lookups stay answered here.
 ABSENT_KEPT = 1 << 17
+K = TypeVar("K")
+
+
+class _Absent(Generic[K]):
+    """Keys a lookup found not on the chain (record ids, (signer, nonce) pairs, payload
+    digests), so the next lookup of one skips the index. Exact, not a guess: the store is
+    the chain's only writer and ``append`` forgets a block's keys before writing them; a
+    read-only store (another process may write the file) keeps none. At most
+    ``ABSENT_KEPT``, then forgotten all at once."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keys: set[K] = set()
+        self.keep = keep
+
+    def unknown(self, wanted: set[K]) -> set[K]:
+        """Those of ``wanted`` not known absent."""
+        return wanted - self.keys if self.keys else wanted
+
+    def learn(self, asked: set[K], found: set[K]) -> None:
+        """``asked`` was looked up and only ``found`` is on the chain."""
+        if self.keep:
+            if len(self.keys) + len(asked) > ABSENT_KEPT:
+                self.keys.clear()
+            self.keys.update(asked - found)
+
+    def forget(self, keys: Iterable[K]) -> None:
+        """``keys`` are about to be written."""
+        if self.keys:
+            self.keys.difference_update(keys)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -562,18 +591,13 @@ class SqliteStore:
         self._recent_digests = RecentIds(marks[1], (
             (bytes(d), seq) for seq, d in self._db.execute(
                 "SELECT seq, digest FROM sealed WHERE seq >= ?", (min(marks[1]),))))
-        # Digests known not to be on the chain: what ``seen_digests`` found missing (a new
-        # sealed record's digest is asked for at admission, by the proposer, in the
-        # proposal's validation and in ``append``: one index lookup per node instead of
-        # four). Exact, not a guess: this store is the chain's only writer, and ``append``
-        # drops a block's digests from it before writing them. A read-only store (another
-        # process may write the file) keeps none.
-        self._absent_digests: set[bytes] = set()
-        # Likewise the record ids and (signer, nonce) pairs ``seen_ids`` and ``seen_nonces``
-        # found missing: a new record is asked for at admission, in the proposal's
-        # validation and in ``append`` (and by a client's ``wait=commit``).
-        self._absent_ids: set[bytes] = set()
-        self._absent_nonces: set[tuple[bytes, int]] = set()
+        # What ``seen_digests``, ``seen_ids`` and ``seen_nonces`` found missing (a new
+        # record is asked for at admission, by the proposer, in the proposal's validation
+        # and in ``append``: one index lookup per node instead of three or four).
+        keep = not self.readonly
+        self._absent_digests: _Absent[bytes] = _Absent(keep)
+        self._absent_ids: _Absent[bytes] = _Absent(keep)
+        self._absent_nonces: _Absent[tuple[bytes, int]] = _Absent(keep)
 
     def _load_tip(self) -> None:
         row = self._db.execute(
@@ -656,13 +680,10 @@ class SqliteStore:
                 first_seq + len(rows))
             new_digests, merged_d, merge_rows_d, upto_d = self._recent_digests.plan(
                 [(row[1], row[0]) for row in sealed_rows], h.height, first_seq + len(rows))
-            if sealed_rows and self._absent_digests:  # on the chain from this write on
-                self._absent_digests.difference_update(row[1] for row in sealed_rows)
-            if self._absent_ids:
-                self._absent_ids.difference_update([r.id for r in block.records])
-            if self._absent_nonces:
-                self._absent_nonces.difference_update(
-                    [(r.body.signer, r.body.nonce) for r in block.records])
+            # on the chain from this write on
+            self._absent_digests.forget(row[1] for row in sealed_rows)
+            self._absent_ids.forget(r.id for r in block.records)
+            self._absent_nonces.forget((r.body.signer, r.body.nonce) for r in block.records)
             db = self._db
             bulk = self._bulk
             try:
@@ -871,8 +892,7 @@ class SqliteStore:
         (those not found are then known absent)."""
         wanted = set(ids)
         with self._lock:
-            absent = self._absent_ids
-            unknown = wanted - absent if absent else wanted
+            unknown = self._absent_ids.unknown(wanted)
             if not unknown:
                 return set()
             found = {rid for rid in unknown if self._recent.get(rid) is not None}
@@ -882,10 +902,7 @@ class SqliteStore:
                 found.update(bytes(rid) for (rid,) in self._db.execute(
                     "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
                     f"WHERE ids.id8 IN ({','.join('?' * len(chunk))})", chunk))
-            if not self.readonly:
-                if len(absent) + len(asked) > ABSENT_KEPT:
-                    absent.clear()
-                absent.update(asked - found)
+            self._absent_ids.learn(asked, found)
         return found & wanted
 
     def id_indexed(self, record_id: bytes, seq: int) -> bool:
@@ -908,8 +925,7 @@ class SqliteStore:
         wanted = set(pairs)
         found: set[tuple[bytes, int]] = set()
         with self._lock:
-            absent = self._absent_nonces
-            asked = wanted - absent if absent else wanted
+            asked = self._absent_nonces.unknown(wanted)
             if not asked:
                 return found
             by_signer: dict[bytes, list[int]] = {}
@@ -920,10 +936,7 @@ class SqliteStore:
                     found.update((signer, from_signed64(n)) for (n,) in self._db.execute(
                         "SELECT nonce FROM records WHERE signer = ? AND nonce IN "
                         f"({','.join('?' * len(chunk))})", [signer, *chunk]))
-            if not self.readonly:
-                if len(absent) + len(asked) > ABSENT_KEPT:
-                    absent.clear()
-                absent.update(asked - found)
+            self._absent_nonces.learn(asked, found)
         return found
 
     def seen_digests(self, digests: Iterable[bytes]) -> set[bytes]:
@@ -932,8 +945,7 @@ class SqliteStore:
         one indexed query per 500 (those not found are then known absent)."""
         wanted = set(digests)
         with self._lock:
-            absent = self._absent_digests
-            unknown = wanted - absent if absent else wanted
+            unknown = self._absent_digests.unknown(wanted)
             if not unknown:
                 return set()
             recent = self._recent_digests
@@ -944,10 +956,7 @@ class SqliteStore:
                 found.update(bytes(d) for (d,) in self._db.execute(
                     "SELECT s.digest FROM digests x JOIN sealed s ON s.seq = x.seq "
                     f"WHERE x.d8 IN ({','.join('?' * len(chunk))})", chunk))
-            if not self.readonly:
-                if len(absent) + len(asked) > ABSENT_KEPT:
-                    absent.clear()
-                absent.update(asked - found)
+            self._absent_digests.learn(asked, found)
         return found & wanted
 
     def digest_indexed(self, digest: bytes, seq: int) -> bool:

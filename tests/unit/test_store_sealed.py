@@ -150,7 +150,7 @@ def test_digests_known_absent_are_not_asked_again_and_stay_exact(
                for n in range(32)]
     digests = [r.body.payload_digest or b"" for r in records]
     assert store.seen_digests(digests) == set()
-    assert store._absent_digests == set(digests)
+    assert store._absent_digests.keys == set(digests)
     queries: list[str] = []
     store._db.set_trace_callback(queries.append)
     assert store.seen_digests(digests[:8]) == set()
@@ -159,7 +159,7 @@ def test_digests_known_absent_are_not_asked_again_and_stay_exact(
         store.append(builder.block(records[i:i + 4]))
         done = set(digests[:i + 4])
         assert store.seen_digests(digests) == done  # each block's digests seen at once
-        assert not done & store._absent_digests
+        assert not done & store._absent_digests.keys
     store._db.set_trace_callback(None)
     assert store._db.execute("SELECT COUNT(*) FROM digests").fetchone()[0] > 0
     with pytest.raises(DigestReusedError):
@@ -167,11 +167,11 @@ def test_digests_known_absent_are_not_asked_again_and_stay_exact(
                                                   digest=digests[0])]))
     many = [bytes([7, n]) * 16 for n in range(30)]
     assert store.seen_digests(many) == set()
-    assert store._absent_digests == set(many)  # over ABSENT_KEPT: forgotten, then these
+    assert store._absent_digests.keys == set(many)  # over ABSENT_KEPT: forgotten, then these
     store.close()
     with SqliteStore(path, readonly=True) as ro:
         assert ro.seen_digests([*digests, *many]) == set(digests)
-        assert ro._absent_digests == set()
+        assert ro._absent_digests.keys == set()
 
 
 def test_a_rolled_back_bulk_forgets_the_digests_known_absent(tmp_path: Path) -> None:
@@ -187,7 +187,7 @@ def test_a_rolled_back_bulk_forgets_the_digests_known_absent(tmp_path: Path) -> 
         store.append(builder.block([rec]))
         assert store.seen_digests([digest]) == {digest}
         raise RuntimeError("abandon the batch")
-    assert store._absent_digests == set()
+    assert store._absent_digests.keys == set()
     assert store.seen_digests([digest]) == set()
     store.close()
 
