@@ -29,6 +29,7 @@ proposals and blocks carry) smaller, so records/s and bytes/s are both reported.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -142,19 +143,42 @@ def histogram_quantile(q: float, before: list[tuple[float, int]],
     return lower
 
 
-def rate_by_tenth(timeline: list[tuple[float, int, float]], start: float) -> list[float]:
-    """Committed records/s in each tenth of the run (by records): flat if the cost per
-    record does not grow with the chain."""
+def tenths(timeline: list[tuple[float, int, float]],
+           start: float) -> list[tuple[float, float, int]]:
+    """The run cut into tenths by records committed: (from, to, records) for each."""
     ordered = sorted(timeline)
     total = sum(n for _, n, _ in ordered)
-    rates, done, t_prev, n_seg, tenth = [], 0, start, 0, 1
+    cuts, done, t_prev, n_seg, tenth = [], 0, start, 0, 1
     for t, n, _ in ordered:
         done += n
         n_seg += n
         if done >= total * tenth / 10 and t > t_prev:
-            rates.append(n_seg / (t - t_prev))
+            cuts.append((t_prev, t, n_seg))
             t_prev, n_seg, tenth = t, 0, tenth + 1
-    return rates
+    return cuts
+
+
+def rate_by_tenth(timeline: list[tuple[float, int, float]], start: float) -> list[float]:
+    """Committed records/s in each tenth of the run (by records): flat if the cost per
+    record does not grow with the chain."""
+    return [n / (t1 - t0) for t0, t1, n in tenths(timeline, start)]
+
+
+def cpu_by_tenth(timeline: list[tuple[float, int, float]], start: float,
+                 cpu: list[tuple[float, float]], nodes: int) -> list[float]:
+    """Node CPU µs per record per node in each tenth of the run, from ``cpu``'s samples
+    (time, all nodes' CPU seconds so far) interpolated at the tenths' edges: flat if the
+    cost per record does not grow with the chain, whatever else shares the machine."""
+    def at(t: float) -> float:
+        k = bisect.bisect_left(cpu, (t,))
+        if k == 0:
+            return cpu[0][1]
+        if k == len(cpu):
+            return cpu[-1][1]
+        (ta, ca), (tb, cb) = cpu[k - 1], cpu[k]
+        return ca + (cb - ca) * (t - ta) / max(tb - ta, 1e-9)
+    return [(at(t1) - at(t0)) / max(n, 1) / nodes * 1e6
+            for t0, t1, n in tenths(timeline, start)] if cpu else []
 
 
 def post_records(http: httpx.Client, url: str, items: list[object],
@@ -359,14 +383,19 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
             read_thread = threading.Thread(target=reader)
             read_thread.start()
             memory: list[tuple[float, list[float]]] = []  # (time, RSS MB of each node)
+            cpu_seen = [(start, sum(map(sum, cpu_before)))]  # (time, all nodes' CPU s)
             with tqdm(total=args.records, unit="rec", desc="committing", file=sys.stderr,
                       mininterval=1) as bar:
                 while any(t.is_alive() for t in threads):
                     memory.append((time.perf_counter() - start,
                                    [rss_mb(p.pid) for p in c.procs.values()]))
+                    cpu_seen.append((time.perf_counter(),
+                                     sum(cpu_seconds(p.pid) for p in c.procs.values())))
                     with lock:
                         bar.update(sum(n for _, n, _ in timeline) - bar.n)
                     time.sleep(1)
+            cpu_seen.append((time.perf_counter(),
+                             sum(cpu_seconds(p.pid) for p in c.procs.values())))
             # Until the last batch's answer (its records committed), not until this loop
             # next woke: a 1 s poll made a 6 s run read as 6 or 7 s, ±15% in the figure.
             with lock:
@@ -447,6 +476,8 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "throughput_item_bytes_per_s": throughput * item_bytes,
         "node_cpu_busy_of_cores": cpu_used / (elapsed * cores),
         "throughput_by_tenth": rate_by_tenth(timeline, start),
+        "node_cpu_us_per_record_by_tenth": cpu_by_tenth(timeline, start, cpu_seen,
+                                                         args.nodes),
         "payload_pairs_by_how": pairs_how,
         "compact_proposals": not args.no_compact,
         # bytes all nodes handed their peer links while saturated, per committed record
@@ -502,6 +533,8 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
                           for d in pairs_how))
     print("throughput by tenth of the run:   "
           + ", ".join(f"{x:,.0f}" for x in report["throughput_by_tenth"]))
+    print("node CPU per record, by tenth:    "
+          + ", ".join(f"{x:.0f}" for x in report["node_cpu_us_per_record_by_tenth"]) + " us")
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
     plot(timeline, start, memory, args.out / f"{name}.png")
     print(f"results: {args.out / f'{name}.json'}, {args.out / f'{name}.png'}")
