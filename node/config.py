@@ -67,6 +67,10 @@ class NodeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 10_000
     mempool_records: int = 100_000
+    # how far a record's ``ts`` may be from this node's clock at admission (a node-local
+    # policy, never a block validity rule: SPEC section 2); raise it for clients that
+    # upload readings they buffered offline
+    max_clock_skew_ms: int = 10 * 60 * 1000
     # HTTP API limits (docs/api.md#limits): seconds to receive a whole request body, and
     # a request line and headers; connections open, and requests at once, from one client
     # address (/healthz and /metrics are exempt from the request limits);
@@ -140,6 +144,7 @@ class NodeConfig:
                 max_body_bytes=int(doc.get("max_body_bytes", 16 * 1024 * 1024)),
                 max_batch=int(doc.get("max_batch", 10_000)),
                 mempool_records=int(doc.get("mempool_records", 100_000)),
+                max_clock_skew_ms=int(doc.get("max_clock_skew_ms", 10 * 60 * 1000)),
                 api_body_timeout=float(doc.get("api_body_timeout", 10.0)),
                 api_header_timeout=float(doc.get("api_header_timeout", 10.0)),
                 api_connections_per_source=int(doc.get("api_connections_per_source", 256)),
@@ -158,10 +163,11 @@ class NodeConfig:
                     and cfg.api_connections_per_source >= 1 and cfg.api_requests_per_source >= 1
                     and cfg.api_max_inflight >= 1 and cfg.api_workers >= 1
                     and cfg.api_body_budget >= cfg.max_body_bytes >= 1
-                    and cfg.api_block_cache_bytes >= 0
+                    and cfg.api_block_cache_bytes >= 0 and cfg.max_clock_skew_ms > 0
                     and cfg.compact_fetch_ms >= 0 and cfg.compact_inline_ms >= 0):
-                raise ValueError("api_* limits must be positive, api_body_budget at "
-                                 "least max_body_bytes, compact_*_ms not negative")
+                raise ValueError("api_* limits and max_clock_skew_ms must be positive, "
+                                 "api_body_budget at least max_body_bytes, compact_*_ms "
+                                 "not negative")
             tls = doc.get("tls")
             if tls:
                 cfg.tls_ca, cfg.tls_cert, cfg.tls_key = (d / tls["ca"], d / tls["cert"],

@@ -511,7 +511,8 @@ class Node:
             raise ConfigError(f"{config.key_path} is validator {validator.index}, "
                               f"config says {config.index}")
         self.store = store
-        self.mempool = Mempool(genesis, store, max_records=config.mempool_records)
+        self.mempool = Mempool(genesis, store, max_records=config.mempool_records,
+                               max_skew_ms=config.max_clock_skew_ms)
         history = store.history  # None: a store opened without genesis's configuration
         self.core = ConsensusCore(genesis, store, self.mempool, key=key,
                                   config=config.consensus_config(genesis),

@@ -21,7 +21,7 @@ import pytest
 
 from ledger.blocks import Block
 from ledger.crypto import PrivateKey, write_key_file
-from node.config import NodeConfig
+from node.config import ConfigError, NodeConfig
 from node.follow import Follower
 from node.runtime import Node
 from tests.inprocess import CLIENT, InProcessApi
@@ -236,5 +236,29 @@ def test_blocks_checked_ahead_are_handed_over_in_order_when_a_download_fails(
         for h in range(1, 9):
             assert node.store.block_bytes(h) == api.store.block_bytes(h)
         assert follower.followed == 8 and follower.refused == 0
+    finally:
+        node.store.close()
+
+
+def test_the_clock_skew_a_node_admits_comes_from_config_json(tmp_path: Path) -> None:
+    d = tmp_path / "n"
+    d.mkdir()
+    doc = {"api": "127.0.0.1:1", "p2p": "127.0.0.1:2"}
+    (d / "config.json").write_text(json.dumps(doc))
+    assert NodeConfig.load(d).max_clock_skew_ms == 600_000
+    (d / "config.json").write_text(json.dumps({**doc, "max_clock_skew_ms": 0}))
+    with pytest.raises(ConfigError, match="max_clock_skew_ms"):
+        NodeConfig.load(d)
+    node = follower_node(tmp_path / "f")  # config.json as a user writes it
+    try:
+        assert node.mempool.max_skew_ms == 600_000
+    finally:
+        node.store.close()
+    config = json.loads((tmp_path / "f" / "config.json").read_text())
+    config["max_clock_skew_ms"] = 6 * 3600 * 1000
+    (tmp_path / "f" / "config.json").write_text(json.dumps(config))
+    node = Node.from_config(NodeConfig.load(tmp_path / "f"))
+    try:  # a reading buffered offline for hours is admitted by this node
+        assert node.mempool.max_skew_ms == 6 * 3600 * 1000
     finally:
         node.store.close()
