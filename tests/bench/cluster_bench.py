@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -215,7 +216,8 @@ class Saturation:
         self.verify, self.deadline = verify, deadline
         self.lock = threading.Lock()
         self.timeline: list[tuple[float, int, float]] = []
-        self.errors = [0]
+        self.errors = [0]  # requests that failed
+        self.refused: Counter[str] = Counter()  # records not committed, by error code
 
     def client(self, k: int) -> None:
         with httpx.Client(timeout=300, verify=self.verify) as http:
@@ -233,8 +235,11 @@ class Saturation:
                 if resp.status_code != 202:
                     self.errors[0] += 1
                     continue
-                done = sum(1 for x in resp.json()["results"] if "height" in x)
+                results = resp.json()["results"]
+                done = sum(1 for x in results if "height" in x)
                 with self.lock:
+                    self.refused.update(str(x.get("error", x.get("status"))) for x in results
+                                        if "height" not in x)
                     self.timeline.append((t1, done, t1 - t0))
 
     def start(self) -> list[threading.Thread]:
@@ -460,6 +465,7 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "clients": args.clients, "verify_rate_one_core": v,
         "throughput_records_per_s": throughput, "throughput_bound": bound,
         "throughput_of_bound": throughput / bound, "errors": errors[0],
+        "records_refused": dict(load.refused),
         "node_cpu_us_per_record": cpu_used / max(committed, 1) / args.nodes * 1e6,
         "node_cpu_user_us_per_record": cpu_user / max(committed, 1) / args.nodes * 1e6,
         "light_p50_ms": statistics.median(light) * 1000,
@@ -494,6 +500,9 @@ def run(args: argparse.Namespace, *, sealed: bool) -> dict[str, object]:
         "load_average": os.getloadavg(),
         "rss_mb_over_time": memory,
     }
+    if errors[0] or load.refused:
+        print(f"NOT ALL COMMITTED: {errors[0]} requests failed; records refused: "
+              + (", ".join(f"{k} {n:,}" for k, n in sorted(load.refused.items())) or "none"))
     print(f"PyNaCl verify, one core (v):      {v:10,.0f} /s")
     print(f"throughput:                       {throughput:10,.0f} records/s = "
           f"{report['throughput_of_bound']:.2f} of C x v / n = {bound:,.0f}; "
