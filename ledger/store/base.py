@@ -222,7 +222,8 @@ class BlockStore(Protocol):
         ``payloads``: the pairs held for the block's sealed records (by id), each checked
         against its digest (``SealedPayload.check``; PayloadMismatchError, nothing written)
         and kept in the same write; pairs of other records are ignored. The pairs of the
-        records a redaction in the block names are deleted in the same write."""
+        records a redaction in the block names are deleted in the same write (no longer
+        served; their bytes may stay in the files until ``scrub`` completes)."""
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact msgpack bytes of the block at ``height`` (SPEC section 4)."""

@@ -253,7 +253,7 @@ def _rebuild_sealed(db: sqlite3.Connection, select: str) -> None:
 
 
 #: ``meta`` key, present while a redaction's cleared pairs may have copies left in the file
-#: (set in the redaction block's transaction, deleted in ``_rebuild_sealed``'s)
+#: (set in the redaction block's transaction, deleted in the rebuild's: ``scrub``)
 _REBUILD_KEY = "sealed_rebuild_pending"
 
 _IN_CHUNK = 500  # values bound in one "IN (...)" query (SQLite allows 32766)
@@ -668,7 +668,8 @@ class SqliteStore:
                signing_state: tuple[bytes, bytes] | None = None) -> None:
         """Write ``block`` and everything derived from it in one transaction (and, with
         ``last_cert``, the previous block's canonical certificate; with ``payloads``, the
-        pairs of its sealed records; the pairs a redaction in it names are deleted; with
+        pairs of its sealed records; the pairs a redaction in it names are cleared, their
+        bytes gone from the files once ``scrub`` completes; with
         ``signing_state`` = (pubkey, state bytes), that validator's signing state, durable
         with the block and by the same fsync)."""
         with self._lock:
