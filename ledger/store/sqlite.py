@@ -734,10 +734,10 @@ class SqliteStore:
                         held = db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
                                               "WHERE seq = ? AND payload IS NOT NULL",
                                               [(seq,) for seq in erased]).rowcount
-                        # and every stale copy of them by the next ``scrub``'s rebuild, with
-                        # the flag durable in this block's write (O(the table): never here,
-                        # once per redaction block); a block naming only pairs never held
-                        # (a restore from a bundle) leaves nothing to rebuild
+                        # and every stale copy of them by the next ``scrub``'s rebuild, the
+                        # flag durable with this block (the rebuild is O(the table): in the
+                        # commit, redactions one per block would pay it per block); a block
+                        # naming only pairs never held (a restore) leaves nothing to rebuild
                         if held > 0:
                             db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)",
                                        (_REBUILD_KEY,))
