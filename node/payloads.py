@@ -26,6 +26,16 @@ in turn for up to ``MAX_WANT`` ids at a time, and backs off per id (doubling, up
 ``RETRY_MAX_S``) when the peers that answered did not have it (asks that only timed out —
 a busy peer — are repeated after ``RETRY_FIRST_S``, without doubling): ids nobody holds
 are retried slowly, never in a hot loop. A commit that left pairs missing wakes it.
+
+Scrubbing: a redaction block's commit clears its pairs and leaves the store's costly part
+(SQLite: rebuilding ``sealed``, O(the pairs held), so that no copy of a cleared cell stays in
+the file) pending, durably; ``redacted_ids`` starts a task that runs ``store.scrub`` in a
+worker, and the bytes are gone from the files when it completes. A scrub that rebuilds runs
+at once after a quiet spell, but never sooner than ``SCRUB_REBUILD_INTERVAL_S`` (or
+``SCRUB_REBUILD_SPACING`` times the last rebuild's duration, if longer) after the last
+rebuild ended: redactions one per block (an organisation's admin may approve its own) cost
+every validator one rebuild per interval, not one per block. A redaction that commits while
+the task waits or runs gets its rebuild when the interval ends (the task loops).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ledger.encoding import packb, split_batch, split_bin_array
@@ -71,8 +81,14 @@ REDACTED_KEPT = 100_000  # ids redacted while running, filtered out of answers b
 MISMATCH_WEIGHT = 50.0
 UNASKED_WEIGHT = 2.0
 OVER_RATE_WEIGHT = 1.0
-# Scrubbing after a redaction: retried with a doubling pause while readers block it.
+# Scrubbing after a redaction: retried with a doubling pause while readers block it; a
+# scrub that rebuilds ``sealed`` starts no sooner than the larger of SCRUB_REBUILD_INTERVAL_S
+# and SCRUB_REBUILD_SPACING times the last rebuild's duration after that rebuild ended (the
+# rebuilds hold the writer at most ~1/SCRUB_REBUILD_SPACING of the time).
 SCRUB_FIRST_S, SCRUB_MAX_S = 0.2, 30.0
+SCRUB_REBUILD_INTERVAL_S = 30.0
+SCRUB_REBUILD_SPACING = 50.0
+SCRUB_WAIT_SLICE_S = 0.5  # the wait for the interval, in slices (a stopping node ends it)
 
 log = logging.getLogger("ledger.node")
 
@@ -140,6 +156,11 @@ class PayloadSync:
         self.served = 0  # pairs sent to peers
         self._scrub: asyncio.Task[None] | None = None
         self._scrub_again = False
+        #: when the last rebuild may be followed by the next (``clock`` time), if one ran
+        self.rebuild_after: float | None = None
+        # the scrub task's clock and sleep (a test drives them)
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # -- frames -------------------------------------------------------------------------
 
@@ -336,8 +357,9 @@ class PayloadSync:
     # -- redaction ------------------------------------------------------------------------
 
     def redacted_ids(self, ids: Iterable[bytes]) -> None:
-        """A redaction of ``ids`` committed (the store deleted their pairs in the same
-        write): forget them everywhere here, never send them, and scrub the store."""
+        """A redaction of ``ids`` committed (the store cleared their pairs in the same
+        write): forget them everywhere here, never send them, and scrub the store (the
+        bytes leave its files when the scrub completes)."""
         for rid in ids:
             self.tries.pop(rid, None)
             for asked, _ in self.waiting.values():
@@ -354,18 +376,38 @@ class PayloadSync:
 
     async def _scrub_task(self) -> None:
         """``store.scrub()`` in a worker until it completes (readers may block it), with a
-        doubling pause; once more if another redaction committed meanwhile."""
+        doubling pause; once more if another redaction committed meanwhile. A scrub that
+        rebuilds waits for ``rebuild_after``; the others (the WAL only) do not."""
+        store = self.node.store
         pause = SCRUB_FIRST_S
         while True:
+            if store.rebuild_pending() and self.rebuild_after is not None:
+                wait = self.rebuild_after - self.clock()
+                if wait > 0:
+                    log.info("redacted payloads: the store's rebuild waits %.1f s (one per "
+                             "%.0f s at most)", wait, SCRUB_REBUILD_INTERVAL_S)
+                while wait > 0:  # in slices: a stopping node does not wait for it
+                    if self.node.stopping:
+                        return  # the store keeps it pending: its next open rebuilds
+                    await self.sleep(min(wait, SCRUB_WAIT_SLICE_S))
+                    wait = self.rebuild_after - self.clock()
+            # a redaction committed after this line sets it again: the loop comes back
             self._scrub_again = False
+            rebuild = store.rebuild_pending()  # one committed later waits for the interval
+            started = self.clock()
             try:
-                done = await asyncio.to_thread(self.node.store.scrub)
+                done = await asyncio.to_thread(store.scrub, rebuild)
             except LedgerError as exc:
                 log.error("scrubbing the store after a redaction failed: %s", exc)
                 done = False
+            finally:
+                if rebuild:  # paid (or tried): the next one waits, measured from its end
+                    ended = self.clock()
+                    self.rebuild_after = ended + max(
+                        SCRUB_REBUILD_INTERVAL_S, SCRUB_REBUILD_SPACING * (ended - started))
             if done and not self._scrub_again:
                 log.info("redacted payloads scrubbed from the store's files")
                 return
-            if not done:
-                await asyncio.sleep(pause)
+            if not done and not store.rebuild_pending():  # readers held the WAL back
+                await self.sleep(pause)
                 pause = min(SCRUB_MAX_S, pause * 2)

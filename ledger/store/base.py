@@ -222,7 +222,8 @@ class BlockStore(Protocol):
         ``payloads``: the pairs held for the block's sealed records (by id), each checked
         against its digest (``SealedPayload.check``; PayloadMismatchError, nothing written)
         and kept in the same write; pairs of other records are ignored. The pairs of the
-        records a redaction in the block names are deleted in the same write."""
+        records a redaction in the block names are deleted in the same write (no longer
+        served; their bytes may stay in the files until ``scrub`` completes)."""
 
     def block_bytes(self, height: int) -> bytes | None:
         """The exact msgpack bytes of the block at ``height`` (SPEC section 4)."""
@@ -311,10 +312,17 @@ class BlockStore(Protocol):
         first ``limit`` of them when given (a page never reads more pairs than it may
         serve: each is up to 64 KiB)."""
 
-    def scrub(self) -> bool:
-        """Make deleted payload bytes unrecoverable from the store's files (SQLite: the WAL
-        checkpointed and truncated; ``secure_delete`` already zeroed the pages). False if
-        readers kept it from completing: call again later."""
+    def rebuild_pending(self) -> bool:
+        """A committed redaction deleted pairs whose bytes may still be in the store's files
+        until ``scrub(rebuild=True)`` runs its costly part (SQLite: a rebuild of the table,
+        O(the pairs held); the caller decides how often). Never waits for a write."""
+
+    def scrub(self, rebuild: bool = True) -> bool:
+        """Make deleted payload bytes unrecoverable from the store's files (SQLite: with
+        ``rebuild``, the rebuild ``rebuild_pending`` says is due, at most one per call; then
+        the WAL checkpointed and truncated). The bytes are gone when it returns True; False
+        if readers kept it from completing or a rebuild is still pending: call again
+        later."""
 
     # -- witness cosignatures (SPEC section 11) ---------------------------------------------
     # Kept apart from the chain: they arrive over HTTP after their block commits, checked

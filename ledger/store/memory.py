@@ -171,7 +171,11 @@ class MemoryStore:
         return [(seq, Record.from_wire(self._envelopes[seq]).id, self._payloads[seq])
                 for seq in seqs[:limit]]
 
-    def scrub(self) -> bool:
+    def rebuild_pending(self) -> bool:
+        """Never: a deleted pair is gone with its dict entry."""
+        return False
+
+    def scrub(self, rebuild: bool = True) -> bool:
         """Nothing to do: a deleted pair is gone with its dict entry."""
         return True
 

@@ -39,11 +39,17 @@ Layout (every proof is served in O(log n) reads, never by rehashing history):
   beside the chain (SPEC section 10): written in the record's block's transaction when the
   node held it then, or later by ``put_payloads`` (block sync, a bundle), each checked
   against its digest; never for a redacted record. A block carrying a redaction sets the
-  pairs it names to NULL in its own transaction and rebuilds the table (``_rebuild_sealed``:
-  SQLite leaves copies of moved cells that ``secure_delete`` never zeroes). The writer
+  pairs it names to NULL in its own transaction (O(the pairs named)) and, when it cleared
+  one, sets ``meta.sealed_rebuild_pending`` in the same transaction. The writer
   connection runs with ``secure_delete=ON``, so SQLite overwrites the old cell's bytes
-  (and freed pages, overflow pages included) with zeros; ``scrub`` then checkpoints the
-  WAL and truncates it, so the bytes are in neither file. Copies outside the files
+  (and freed pages, overflow pages included) with zeros; but SQLite leaves copies of
+  cells it moved between pages that ``secure_delete`` never zeroes, so ``scrub`` (never
+  the commit) rebuilds the table while the flag is set (``_rebuild_sealed``, O(the pairs
+  held), one rebuild per call however many redaction blocks set the flag, cleared in the
+  rebuild's transaction; an open for writing does it too, so a crash cannot lose it),
+  then checkpoints the WAL and truncates it, so the bytes are in neither file once a
+  ``scrub`` completes. The node spaces its scrubs' rebuilds out
+  (``node.payloads.SCRUB_REBUILD_INTERVAL_S``). Copies outside the files
   (backups, exports, the OS's freed disk blocks) are the operator's business
   (docs/privacy.md). A schema-6 file opened for writing moves its pairs into ``sealed``
   and drops ``payloads``.
@@ -236,7 +242,8 @@ def _rebuild_sealed(db: sqlite3.Connection, select: str) -> None:
     a moved cell's old bytes stay in the unallocated gap of its former page (seen: a
     redacted marker still in the file after pairs healed out of order). Appending in seq
     order moves no leaf cell; dropping the old table zeroes all of its pages. O(the
-    table) per redaction block: redactions are rare governance acts."""
+    table): run by ``SqliteStore.scrub`` (one rebuild for every redaction block before
+    it, never in a block's commit) and by the schema-6 migration."""
     db.execute("DROP TABLE IF EXISTS sealed_rebuilt")
     db.execute("CREATE TABLE sealed_rebuilt (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL, "
                "salt BLOB, payload BLOB)")
@@ -244,6 +251,10 @@ def _rebuild_sealed(db: sqlite3.Connection, select: str) -> None:
     db.execute("DROP TABLE sealed")
     db.execute("ALTER TABLE sealed_rebuilt RENAME TO sealed")
 
+
+#: ``meta`` key, present while a redaction's cleared pairs may have copies left in the file
+#: (set in the redaction block's transaction, deleted in the rebuild's: ``scrub``)
+_REBUILD_KEY = "sealed_rebuild_pending"
 
 _IN_CHUNK = 500  # values bound in one "IN (...)" query (SQLite allows 32766)
 
@@ -378,6 +389,8 @@ class SqliteStore:
         self._closing = False
         self._checkpointer: sqlite3.Connection | None = None  # ``checkpoint``'s own
         self._checkpoint_lock = threading.Lock()
+        #: ``sealed`` rebuilds this store ran (``scrub``, an open): a statistic
+        self.sealed_rebuilds = 0
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -405,9 +418,14 @@ class SqliteStore:
                     self._migrate_from_5()
                 if self._stored_version() == 6:
                     self._migrate_from_6()
-                # A scrub a crash cut short (a redaction committed, the WAL still holding
-                # the frames of its pairs' insert) is done before anything reads: the WAL
-                # is checkpointed (``secure_delete`` pages) and truncated.
+                # A scrub a crash cut short or that never ran (a redaction committed, the
+                # file still holding copies of its pairs' cells, the WAL the frames of their
+                # insert) is done before anything reads: ``sealed`` rebuilt if a redaction
+                # left that pending (here rather than at the node's first scrub, which runs
+                # only after a redaction: every writer, ``ledger node check`` and restores
+                # too, finds the files scrubbed), the WAL checkpointed and truncated.
+                if self._stored_version() == SCHEMA_VERSION:
+                    self._rebuild_if_pending()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
@@ -572,6 +590,7 @@ class SqliteStore:
                 raise StoreError(f"{self.path}: store belongs to genesis {bytes(stored).hex()}, "
                                  f"not {genesis_hash.hex()}")
         self.genesis_hash: bytes | None = genesis_hash or (bytes(stored) if stored else None)
+        self._rebuild_pending = _REBUILD_KEY in rows
         self._load_recent(rows)
 
     def _load_recent(self, rows: Mapping[str, Any]) -> None:
@@ -649,7 +668,8 @@ class SqliteStore:
                signing_state: tuple[bytes, bytes] | None = None) -> None:
         """Write ``block`` and everything derived from it in one transaction (and, with
         ``last_cert``, the previous block's canonical certificate; with ``payloads``, the
-        pairs of its sealed records; the pairs a redaction in it names are deleted; with
+        pairs of its sealed records; the pairs a redaction in it names are cleared, their
+        bytes gone from the files once ``scrub`` completes; with
         ``signing_state`` = (pubkey, state bytes), that validator's signing state, durable
         with the block and by the same fsync)."""
         with self._lock:
@@ -714,11 +734,14 @@ class SqliteStore:
                         held = db.executemany("UPDATE sealed SET salt = NULL, payload = NULL "
                                               "WHERE seq = ? AND payload IS NOT NULL",
                                               [(seq,) for seq in erased]).rowcount
-                        # and every stale copy of them (``_rebuild_sealed``); a block naming
-                        # only pairs never held (a restore from a bundle) rebuilds nothing
+                        # and every stale copy of them by the next ``scrub``'s rebuild, the
+                        # flag durable with this block (the rebuild is O(the table): in the
+                        # commit, redactions one per block would pay it per block); a block
+                        # naming only pairs never held (a restore) leaves nothing to rebuild
                         if held > 0:
-                            _rebuild_sealed(db, "SELECT seq, digest, salt, payload "
-                                                "FROM sealed")
+                            db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)",
+                                       (_REBUILD_KEY,))
+                            self._rebuild_pending = True  # a hint: ``scrub`` reads the row
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
@@ -779,7 +802,9 @@ class SqliteStore:
     def _reload(self) -> None:
         """Read the tip, the recent ids and the configuration history from the file again
         (after a rolled-back bulk write advanced them in memory)."""
-        self._load_recent(dict(self._db.execute("SELECT key, value FROM meta").fetchall()))
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self._rebuild_pending = _REBUILD_KEY in rows
+        self._load_recent(rows)
         self._load_tip()
         self._changes = None
         if self._config is not None:
@@ -1089,18 +1114,53 @@ class SqliteStore:
                         "AND p.payload IS NOT NULL ORDER BY p.seq LIMIT ?",
                         (first_seq, first_seq + count, -1 if limit is None else limit))]
 
-    def scrub(self) -> bool:
-        """Checkpoint the WAL into the database file and truncate it to zero bytes, so the
-        frames that held deleted payloads are gone (``secure_delete`` zeroed them in the
-        pages written back). False while a reader's snapshot keeps frames in use."""
+    def rebuild_pending(self) -> bool:
+        """A committed redaction cleared pairs whose stale copies only ``scrub(rebuild=True)``
+        removes (the flag in ``meta``; read from memory, never waits for the writer)."""
+        return self._rebuild_pending
+
+    def scrub(self, rebuild: bool = True) -> bool:
+        """Make the pairs that redactions deleted unrecoverable from the files: with
+        ``rebuild``, if a redaction left it pending, rebuild ``sealed`` (``_rebuild_sealed``,
+        O(the pairs held), at most once per call whatever the number of redaction blocks
+        before it) in a transaction of its own that also clears the flag; then checkpoint
+        the WAL into the database file and truncate it to zero bytes, so the frames that
+        held deleted payloads are gone (``secure_delete`` zeroed them in the pages written
+        back). Runs under the writer's lock (commits wait for it). True when it is done:
+        False while a reader's snapshot keeps frames in use, or while a rebuild is still
+        pending (``rebuild=False``, or a redaction committed meanwhile): call again later."""
         if self.readonly:
             return True
         with self._lock:
+            if self._bulk:
+                raise StoreError("scrub() inside bulk()")
             try:
+                if rebuild:
+                    self._rebuild_if_pending()
                 busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
-        return bool(busy == 0)
+                raise StoreError(f"{self.path}: scrub failed ({exc})") from exc
+            return bool(busy == 0) and not self._rebuild_pending
+
+    def _rebuild_if_pending(self) -> bool:
+        """Rebuild ``sealed`` if ``meta`` says a redaction left copies behind, and clear
+        the flag, in one transaction (under the writer's lock, outside any other); True if
+        it rebuilt."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            pending = db.execute("SELECT 1 FROM meta WHERE key = ?",
+                                 (_REBUILD_KEY,)).fetchone() is not None
+            if pending:
+                _rebuild_sealed(db, "SELECT seq, digest, salt, payload FROM sealed")
+                db.execute("DELETE FROM meta WHERE key = ?", (_REBUILD_KEY,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._rebuild_pending = False
+        self.sealed_rebuilds += pending
+        return pending
 
     def checkpoint(self, *, passes: int = 3,
                    bound_bytes: int = WAL_BOUND_BYTES) -> tuple[int, int]:

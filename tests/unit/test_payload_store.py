@@ -230,7 +230,11 @@ def test_redacted_bytes_leave_the_file_after_pairs_healed_out_of_order(
     store.append(builder.block([redaction_record(GOVERNED.config, A1,
                                                  [records[n][0].id for n in gone],
                                                  approvers=[A1, A2])]))
+    # the commit cleared the pairs (none is served) and left the rebuild to the scrub
+    assert store.payloads(records[n][0].id for n in gone) == {}
+    assert store.rebuild_pending() and store.sealed_rebuilds == 0
     assert store.scrub()
+    assert not store.rebuild_pending() and store.sealed_rebuilds == 1
     store.close()
     markers = {n: f"HEALED-{n:05d}-MARK".encode() for n in range(len(records))}
     assert _leaked(tmp_path, {n: markers[n] for n in gone}) == []

@@ -213,7 +213,7 @@ def test_redacted_ids_are_never_served_nor_asked_for_and_the_scrub_retries(
         await committed(nodes, [rec])
         scrubs: list[bool] = []
 
-        def scrub() -> bool:  # readers block the first two checkpoints
+        def scrub(rebuild: bool = True) -> bool:  # readers block the first two checkpoints
             scrubs.append(len(scrubs) >= 2)
             return scrubs[-1]
 
