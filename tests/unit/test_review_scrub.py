@@ -14,7 +14,8 @@ from ledger.errors import StoreError
 from ledger.store.sqlite import SqliteStore
 from node import cli
 from node.restore import import_bundle
-from tests.unit.test_one_rule import GOVERNED
+from tests.factory import redaction_record
+from tests.unit.test_one_rule import A1, A2, GOVERNED
 from tests.unit.test_payload_store import _leaked
 from tests.unit.test_redaction_scrub import healed, markers, redact
 
@@ -50,3 +51,25 @@ def test_a_restore_that_applies_a_redaction_leaves_no_copy_in_the_file(
     assert report.written == 1
     leaked = _leaked(target, markers("X", gone))
     assert leaked == [], f"{len(leaked)} of {len(gone)} redacted payloads still in the files"
+
+
+@pytest.mark.xfail(strict=True, reason="review s25: append sets _rebuild_pending before COMMIT")
+def test_a_redaction_block_whose_write_failed_leaves_nothing_pending(tmp_path: Path) -> None:
+    """``append`` set the in-memory flag before its COMMIT: a redaction block whose write then
+    failed (here its signing state cannot be bound) rolled the row back but left
+    ``rebuild_pending()`` True, and ``scrub(rebuild=False)`` answering False with nothing to
+    do. (Failed before the flag was set after the write succeeded.)"""
+    store, builder, records = healed(tmp_path / "s.db", 100, "FAIL")
+    assert store.scrub()
+    block = builder.block([redaction_record(
+        GOVERNED.config, A1, [records[3][0].id], approvers=[A1, A2], nonce=3_000_000)])
+    with pytest.raises(StoreError):
+        store.append(block, signing_state=(b"\x07" * 32, object()))  # type: ignore[arg-type]
+    assert store.height == 1 + (100 - 1) // 100
+    assert store.payloads([records[3][0].id]) != {}  # rolled back: still held
+    assert not store.rebuild_pending()
+    assert store.scrub(rebuild=False)
+    store.append(block)  # the same block now commits, and pends its rebuild
+    assert store.rebuild_pending() and store.scrub() and store.sealed_rebuilds == 1
+    store.close()
+    assert _leaked(tmp_path, markers("FAIL", [3])) == []
