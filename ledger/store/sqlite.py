@@ -706,6 +706,7 @@ class SqliteStore:
             self._absent_nonces.forget((r.body.signer, r.body.nonce) for r in block.records)
             db = self._db
             bulk = self._bulk
+            pends = False
             try:
                 if not bulk:
                     db.execute("BEGIN IMMEDIATE")
@@ -741,7 +742,7 @@ class SqliteStore:
                         if held > 0:
                             db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)",
                                        (_REBUILD_KEY,))
-                            self._rebuild_pending = True  # a hint: ``scrub`` reads the row
+                            pends = True  # in memory once written (a rolled-back bulk reloads)
                     if last_cert is not None:
                         db.execute("UPDATE blocks SET cert = ? WHERE height = ?",
                                    (last_cert.to_wire(), last_cert.height))
@@ -765,6 +766,8 @@ class SqliteStore:
                 raise StoreError(f"height {h.height}: write failed ({exc})") from exc
             self._height, self._tip_hash, self._log = h.height, h.hash, new_log
             self._tip_time = h.time_ms
+            if pends:  # a hint (``scrub`` reads the row), never set for a failed write
+                self._rebuild_pending = True
             self._recent.apply(new_ids, merged, upto)
             self._recent_digests.apply(new_digests, merged_d, upto_d)
             if self._history is not None and new_config is not None:

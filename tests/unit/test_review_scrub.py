@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,6 @@ def test_a_restore_that_applies_a_redaction_leaves_no_copy_in_the_file(
     assert leaked == [], f"{len(leaked)} of {len(gone)} redacted payloads still in the files"
 
 
-@pytest.mark.xfail(strict=True, reason="review s25: append sets _rebuild_pending before COMMIT")
 def test_a_redaction_block_whose_write_failed_leaves_nothing_pending(tmp_path: Path) -> None:
     """``append`` set the in-memory flag before its COMMIT: a redaction block whose write then
     failed (here its signing state cannot be bound) rolled the row back but left
@@ -73,3 +73,35 @@ def test_a_redaction_block_whose_write_failed_leaves_nothing_pending(tmp_path: P
     assert store.rebuild_pending() and store.scrub() and store.sealed_rebuilds == 1
     store.close()
     assert _leaked(tmp_path, markers("FAIL", [3])) == []
+
+
+def test_a_reader_holding_a_snapshot_delays_the_truncation_not_the_rebuild(
+        tmp_path: Path) -> None:
+    """A read transaction open across the scrub (an export, an auditor's read-only open):
+    the rebuild still runs and clears the flag, the TRUNCATE checkpoint is busy so ``scrub``
+    says False; once the reader ends the next scrub completes without a second rebuild and
+    the files hold no redacted marker."""
+    store, builder, records = healed(tmp_path / "s.db", 400, "X")
+    assert store.scrub()
+    gone = [n for n in range(400) if n % 2]
+    reader = sqlite3.connect(f"{(tmp_path / 's.db').resolve().as_uri()}?mode=ro", uri=True,
+                             isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM sealed WHERE payload IS NOT NULL"
+                          ).fetchone() == (400,)  # its snapshot: before the redaction
+    redact(store, builder, [records[n][0].id for n in gone], 0)
+    auditor = SqliteStore(tmp_path / "s.db", readonly=True)
+    assert auditor.rebuild_pending() and auditor.scrub()  # a reader does nothing
+    started = time.monotonic()
+    assert not store.scrub()  # busy: the reader's snapshot needs the old frames
+    busy_s = time.monotonic() - started
+    print(f"scrub with a reader holding a snapshot: {busy_s:.2f} s under the writer lock")
+    assert store.sealed_rebuilds == 1 and not store.rebuild_pending()
+    assert reader.execute("SELECT COUNT(*) FROM sealed WHERE payload IS NOT NULL"
+                          ).fetchone() == (400,)  # still its old snapshot
+    reader.execute("COMMIT")
+    reader.close()
+    auditor.close()
+    assert store.scrub() and store.sealed_rebuilds == 1
+    store.close()
+    assert _leaked(tmp_path, markers("X", gone)) == []
