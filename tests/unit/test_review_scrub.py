@@ -4,9 +4,12 @@ once the store says it is done, or once a writer that applied the redaction has 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 import time
+import types
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from ledger.errors import StoreError
 from ledger.store.sqlite import SqliteStore
 from node import cli
+from node.payloads import SCRUB_FIRST_S, SCRUB_REBUILD_INTERVAL_S, SCRUB_WAIT_SLICE_S, PayloadSync
 from node.restore import import_bundle
 from tests.factory import redaction_record
 from tests.unit.test_one_rule import A1, A2, GOVERNED
@@ -103,5 +107,80 @@ def test_a_reader_holding_a_snapshot_delays_the_truncation_not_the_rebuild(
     reader.close()
     auditor.close()
     assert store.scrub() and store.sealed_rebuilds == 1
+    store.close()
+    assert _leaked(tmp_path, markers("X", gone)) == []
+
+
+def _drive(sync: PayloadSync, body: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(body(), 120))
+    finally:
+        loop.close()
+
+
+async def _settle(sync: PayloadSync) -> None:
+    for _ in range(100):
+        task = sync._scrub
+        if task is None or task.done():
+            return
+        await task
+    raise AssertionError("the scrub task never ended")
+
+
+def test_the_scrub_task_retries_a_failed_rebuild_after_the_interval_and_a_busy_wal_soon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's task, clock and sleep driven: a rebuild that raises (a full disk) leaves
+    the flag set and is retried once the interval has passed, never in a hot loop; a
+    checkpoint a reader keeps busy after the rebuild is retried after SCRUB_FIRST_S without
+    a second rebuild; the task then ends, the files clean."""
+    store, builder, records = healed(tmp_path / "s.db", 400, "X")
+    assert store.scrub()
+    node = types.SimpleNamespace(store=store, stopping=False,
+                                 spawn=lambda coro: asyncio.ensure_future(coro))
+    sync = PayloadSync(node, 1.0)  # type: ignore[arg-type]
+    now = [1_000.0]
+    sleeps: list[float] = []
+    calls: list[tuple[float, bool]] = []
+    real_scrub = store.scrub
+    reader: list[sqlite3.Connection] = []
+
+    def scrub(rebuild: bool = True) -> bool:
+        calls.append((now[0], rebuild))
+        if len(calls) == 1:
+            raise StoreError("scrub failed (database or disk is full)")
+        if len(calls) == 2:  # a reader with an old snapshot: the TRUNCATE is busy
+            db = sqlite3.connect(f"{(tmp_path / 's.db').resolve().as_uri()}?mode=ro",
+                                 uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("BEGIN")
+            db.execute("SELECT COUNT(*) FROM sealed").fetchone()
+            reader.append(db)
+            db.execute("PRAGMA busy_timeout=0")
+        return real_scrub(rebuild)
+
+    monkeypatch.setattr(store, "scrub", scrub)
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if reader:  # the reader ends during the pause
+            reader.pop().close()
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    sync.clock = lambda: now[0]
+    sync.sleep = sleep
+    gone = [n for n in range(400) if n % 2]
+
+    async def body() -> None:
+        redact(store, builder, [records[n][0].id for n in gone], 0)
+        sync.redacted_ids([records[n][0].id for n in gone])
+        await _settle(sync)
+
+    _drive(sync, body)
+    assert [r for _, r in calls] == [True, True, False], calls
+    assert calls[1][0] - calls[0][0] == pytest.approx(SCRUB_REBUILD_INTERVAL_S)
+    assert calls[2][0] - calls[1][0] == pytest.approx(SCRUB_FIRST_S)
+    assert len(sleeps) < 2 * SCRUB_REBUILD_INTERVAL_S / SCRUB_WAIT_SLICE_S + 5
+    assert store.sealed_rebuilds == 1 and not store.rebuild_pending()
     store.close()
     assert _leaked(tmp_path, markers("X", gone)) == []
