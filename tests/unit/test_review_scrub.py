@@ -19,8 +19,8 @@ from ledger.store.sqlite import SqliteStore
 from node import cli
 from node.payloads import SCRUB_FIRST_S, SCRUB_REBUILD_INTERVAL_S, SCRUB_WAIT_SLICE_S, PayloadSync
 from node.restore import import_bundle
-from tests.factory import redaction_record
-from tests.unit.test_one_rule import A1, A2, GOVERNED
+from tests.factory import ChainBuilder, redaction_record
+from tests.unit.test_one_rule import A1, A2, GOVERNED, GX
 from tests.unit.test_payload_store import _leaked
 from tests.unit.test_redaction_scrub import healed, markers, redact
 
@@ -184,3 +184,46 @@ def test_the_scrub_task_retries_a_failed_rebuild_after_the_interval_and_a_busy_w
     assert store.sealed_rebuilds == 1 and not store.rebuild_pending()
     store.close()
     assert _leaked(tmp_path, markers("X", gone)) == []
+
+
+def test_a_pair_offered_after_its_record_was_redacted_never_reaches_the_file(
+        tmp_path: Path) -> None:
+    """A redaction that cleared no pair (the node held none: block sync, a restore) pends
+    no rebuild; the pair offered afterwards (a healing peer, a resubmission, a bundle) is
+    refused, so nothing would need one. In bulk(), a block holding the pair followed by its
+    redaction in the same batch does pend the rebuild."""
+    from tests.unit.test_payload_store import sealed as seal
+
+    store = _open(tmp_path / "s.db")
+    builder = ChainBuilder(GX, store)
+    (a, pa), (b, pb) = seal(1, b"LATE-PAIR-MARK"), seal(2, b"BULK-PAIR-MARK")
+    store.append(builder.block([a]))  # without its pair
+    redact(store, builder, [a.id], 0)
+    assert not store.rebuild_pending()
+    put = store.put_payloads({a.id: pa})
+    assert put.stored == () and store.payloads([a.id]) == {}
+    with store.bulk():
+        store.append(builder.block([b]), payloads={b.id: pb})
+        redact(store, builder, [b.id], 1)
+    assert store.rebuild_pending()
+    assert store.scrub() and store.sealed_rebuilds == 1
+    store.close()
+    data = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.is_file())
+    assert b"LATE-PAIR-MARK" not in data and b"BULK-PAIR-MARK" not in data
+
+
+def test_a_second_writer_object_on_the_file_rebuilds_a_pending_flag_once(
+        tmp_path: Path) -> None:
+    """Two writer objects on one file (``ledger node check`` beside a stopped node's
+    leftovers, a test harness): the second's open does the pending rebuild; the first's
+    stale in-memory hint then costs no second rebuild and its scrub completes."""
+    store, builder, records = healed(tmp_path / "s.db", 100, "X")
+    assert store.scrub()
+    redact(store, builder, [records[5][0].id], 0)
+    other = _open(tmp_path / "s.db")
+    assert other.sealed_rebuilds == 1 and not other.rebuild_pending()
+    other.close()
+    assert store.rebuild_pending()  # a hint only
+    assert store.scrub() and store.sealed_rebuilds == 0 and not store.rebuild_pending()
+    store.close()
+    assert _leaked(tmp_path, markers("X", [5])) == []
