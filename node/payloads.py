@@ -394,6 +394,8 @@ class PayloadSync:
             # a redaction committed after this line sets it again: the loop comes back
             self._scrub_again = False
             rebuild = store.rebuild_pending()  # one committed later waits for the interval
+            if rebuild and self.rebuild_after is not None and self.clock() < self.rebuild_after:
+                continue  # committed since the check above (a worker's append): it waits too
             started = self.clock()
             try:
                 done = await asyncio.to_thread(store.scrub, rebuild)
