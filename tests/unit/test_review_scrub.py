@@ -375,3 +375,23 @@ def test_a_commit_between_the_task_s_two_flag_reads_still_waits_for_the_interval
     assert len(rebuilt_at) == 2 and not store.rebuild_pending()
     assert rebuilt_at[1] - rebuilt_at[0] >= SCRUB_REBUILD_INTERVAL_S, rebuilt_at
     store.close()
+
+
+def test_a_rolled_back_bulk_forgets_the_flag_it_set(tmp_path: Path) -> None:
+    """A bulk batch whose redaction block cleared a pair, then failed: the pair is held
+    again and nothing is pending, in memory as in the file; the same block appended
+    afterwards pends the rebuild and the scrub erases it."""
+    store, builder, records = healed(tmp_path / "s.db", 100, "X")
+    assert store.scrub()
+    block = builder.block([redaction_record(GOVERNED.config, A1, [records[4][0].id],
+                                            approvers=[A1, A2], nonce=4_000_000)])
+    with pytest.raises(RuntimeError), store.bulk():
+        store.append(block)
+        assert store.rebuild_pending()  # in the batch
+        raise RuntimeError("the import failed")
+    assert not store.rebuild_pending() and store.payloads([records[4][0].id]) != {}
+    assert store.scrub(rebuild=False) and store.sealed_rebuilds == 0
+    store.append(block)
+    assert store.rebuild_pending() and store.scrub() and store.sealed_rebuilds == 1
+    store.close()
+    assert _leaked(tmp_path, markers("X", [4])) == []
