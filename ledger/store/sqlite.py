@@ -255,6 +255,7 @@ def _rebuild_sealed(db: sqlite3.Connection, select: str) -> None:
 #: ``meta`` key, present while a redaction's cleared pairs may have copies left in the file
 #: (set in the redaction block's transaction, deleted in the rebuild's: ``scrub``)
 _REBUILD_KEY = "sealed_rebuild_pending"
+TRUNCATE_WAIT_MS = 100  # how long a truncation of the WAL waits for readers (then: later)
 
 _IN_CHUNK = 500  # values bound in one "IN (...)" query (SQLite allows 32766)
 
@@ -391,6 +392,9 @@ class SqliteStore:
         self._checkpoint_lock = threading.Lock()
         #: ``sealed`` rebuilds this store ran (``scrub``, an open): a statistic
         self.sealed_rebuilds = 0
+        # the last truncation of the WAL (the open's, a scrub's) found a reader in the way:
+        # frames that held deleted pairs may still be in it; ``checkpoint`` retries
+        self._truncate_due = False
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
@@ -426,7 +430,8 @@ class SqliteStore:
                 # too, finds the files scrubbed), the WAL checkpointed and truncated.
                 if self._stored_version() == SCHEMA_VERSION:
                     self._rebuild_if_pending()
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                (busy, _, _), = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._truncate_due = busy != 0  # a reader's snapshot: ``checkpoint`` retries
             # Random record ids make the id index's pages all hot; SQLite's default 2 MB
             # page cache re-reads them from the OS on every insert and lookup once the
             # chain outgrows it (throughput fell ~10% from 10k to 100k records).
@@ -1140,10 +1145,25 @@ class SqliteStore:
             try:
                 if rebuild:
                     self._rebuild_if_pending()
-                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                truncated = self._truncate_wal()
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: scrub failed ({exc})") from exc
-            return bool(busy == 0) and not self._rebuild_pending
+            return truncated and not self._rebuild_pending
+
+    def _truncate_wal(self, wait_ms: int = TRUNCATE_WAIT_MS) -> bool:
+        """Checkpoint the WAL and truncate it to zero bytes (under the writer's lock),
+        waiting at most ``wait_ms`` for readers' snapshots rather than the connection's
+        5 s: commits wait behind it, and the caller tries again later (``scrub``'s caller;
+        ``checkpoint`` while ``_truncate_due``). True if done."""
+        db = self._db
+        (usual,), = db.execute("PRAGMA busy_timeout")
+        db.execute(f"PRAGMA busy_timeout={wait_ms}")
+        try:
+            (busy, _, _), = db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(usual)}")
+        self._truncate_due = busy != 0
+        return not self._truncate_due
 
     def _rebuild_if_pending(self) -> bool:
         """Rebuild ``sealed`` if ``meta`` says a redaction left copies behind, and clear
@@ -1202,7 +1222,23 @@ class SqliteStore:
                             "PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: WAL checkpoint failed ({exc})") from exc
+            finally:
+                self._retry_truncate()
         return (int(log), int(copied))
+
+    def _retry_truncate(self) -> None:
+        """A truncation a reader kept from completing (at open, in ``scrub``) is retried
+        by the periodic ``checkpoint`` until it completes: the WAL may hold frames with
+        deleted pairs, and the node starts no scrub unless a redaction commits. Without
+        waiting for readers: a long one (an audit of the file) costs the commits nothing."""
+        if self._truncate_due:
+            with self._lock:
+                if not self._bulk:
+                    try:
+                        self._truncate_wal(0)
+                    except sqlite3.Error as exc:
+                        raise StoreError(f"{self.path}: WAL truncation failed ({exc})") \
+                            from exc
 
     def wal_bytes(self) -> int:
         """The size of the WAL file (0 if there is none)."""
