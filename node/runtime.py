@@ -632,6 +632,8 @@ class Node:
             trace("ev:" + type(event).__name__, self.core.height,
                    type(event.message).__name__ if isinstance(event, MessageReceived)
                    else getattr(event, "kind", ""))
+        if isinstance(event, TimeoutFired) and event.height < self.core.height:
+            return  # queued before the core left its height: a no-op (_drop_stale_timers)
         if isinstance(event, MessageReceived):
             self.peer_backlog -= 1
             msg = event.message
@@ -955,7 +957,8 @@ class Node:
             if TRACE_DIR is not None:
                 trace("timer", t.height, t.kind)
             self._timers.pop(handle, None)
-            self.events.put_nowait(event)
+            if t.height >= self.core.height:  # else left during the event under way
+                self.events.put_nowait(event)
 
         handle = loop.call_later(t.delay_ms / 1000, fire)
         self._timers[handle] = t.height
