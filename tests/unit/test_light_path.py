@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from ledger.consensus import Event, RecordsAvailable, Start, TimeoutFired, TimeoutKind
 import node.api as api_module
+from ledger.consensus import Event, RecordsAvailable, Start, TimeoutFired, TimeoutKind
 from node.files import SlotFile
 from tests.inprocess import InProcessApi, msgpack_post
 from tests.unit.test_runtime_inprocess import (
-    N,
     Cluster,
+    N,
     check_signing_order,
     committed,
     run,

@@ -793,12 +793,12 @@ async def test_a_frame_to_an_idle_link_goes_to_the_socket_without_the_writer_tas
     assert not woken and not link.queue
     transport = link.writer.transport
     real_size = transport.get_write_buffer_size
-    transport.get_write_buffer_size = lambda: 1  # as if "first" were still buffered
+    transport.get_write_buffer_size = lambda: 1  # type: ignore[method-assign]  # as if buffered
     try:
         assert net.send(1, b"second")  # queued behind it, for the writer task
         assert woken == [1] and len(link.queue) == 1
     finally:
-        transport.get_write_buffer_size = real_size
+        transport.get_write_buffer_size = real_size  # type: ignore[method-assign]
     net.broadcast(b"third")  # the queue is not empty: behind "second", never before it
     assert len(link.queue) == 2
     await until(lambda: nodes[1].inbox[0] == [b"first", b"second", b"third"])
