@@ -68,6 +68,7 @@ from node.service import (
 )
 from node.swaggerui import add_swagger_ui
 from node.threads import worker_pool
+from node.trace import TRACE_DIR, trace
 
 if TYPE_CHECKING:
     from ledger.store.base import BlockStore
@@ -84,6 +85,9 @@ PAYLOAD_PAGE_BYTES = 4 * 1024 * 1024  # payload bytes that end a payloads page e
 PAYLOAD_WINDOW = 4096  # log indices read from the store at a time for a payloads page
 PAYLOAD_SLICE = 64  # pairs read from the store at a time for a payloads page
 PAYLOAD_SCAN = 65_536  # log indices one payloads page scans at most
+# A POST /v1/records body this small is split on the loop: a worker thread's hop (its
+# wake-up, then the GIL back) costs more than the work, and sat on every light request's path.
+INLINE_BODY_BYTES = 16 * 1024
 MAX_QUEUED_WORK = 64  # jobs waiting for an API worker thread (beyond: 503 overloaded)
 BODY = "ledger.body"  # scope key: the request body's chunks, received by ApiGuard
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})  # never limited or queued behind clients
@@ -772,7 +776,8 @@ def decode_batch(content_type: str, chunks: list[bytes], max_batch: int,
     received as ``chunks``, in either encoding.
 
     CPU and memory bound: call it in a worker thread (joining 16 MiB costs ~40 ms of page
-    faults; bytes.join releases the GIL for large joins)."""
+    faults; bytes.join releases the GIL for large joins), but for a body of at most
+    ``INLINE_BODY_BYTES``."""
     body = b"".join(chunks)
     media = content_type.split(";")[0].strip().lower()
     if media == MSGPACK:
@@ -1174,11 +1179,15 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
                      wait: str | None = Query(None, pattern="^commit$"),
                      timeout: float = Query(30.0, gt=0, le=600)) -> JSONResponse:
         """Submit a batch of signed envelopes (msgpack array, or JSON)."""
+        if TRACE_DIR is not None:
+            trace("api_in", node.store.height)
         chunks = request.scope.get(BODY)
         if chunks is None:  # only ApiGuard calls this app, and it receives every POST body
             raise Problem(500, "internal", "the body was not received")
-        items = await workers.run(decode_batch, request.headers.get("content-type", ""),
-                                  chunks, cfg.max_batch)
+        content_type = request.headers.get("content-type", "")
+        items = (decode_batch(content_type, chunks, cfg.max_batch)
+                 if sum(map(len, chunks)) <= INLINE_BODY_BYTES
+                 else await workers.run(decode_batch, content_type, chunks, cfg.max_batch))
         try:
             results = await node.submit(items)
         except MempoolFull as exc:
@@ -1194,15 +1203,23 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
         if wait == "commit":
             ids = [r.id for r in results if r.status in ("accepted", "duplicate") and r.id]
             # The already-committed ones are looked up in a worker, not on the loop behind
-            # a block being written (CommitWaiters.wait registers the futures first).
+            # a block being written (CommitWaiters.wait registers the futures first). Only a
+            # duplicate can be: an accepted record was not in the store when the mempool
+            # admitted it (``Mempool.admit`` asks the store again if a block committed since
+            # its precheck), and nothing awaited since, so its commit resolves the future.
+            duplicates = [r.id for r in results if r.status == "duplicate" and r.id]
 
             def committed(ids: Sequence[bytes]) -> dict[bytes, int]:
                 locs = {rid: node.store.locate(rid) for rid in node.store.seen_ids(ids)}
                 return {rid: loc.height for rid, loc in locs.items() if loc is not None}
 
+            async def already(_: Sequence[bytes]) -> dict[bytes, int]:
+                if not duplicates:
+                    return {}
+                return await workers.run(committed, duplicates, bounded=False)
+
             try:
-                by_id = await node.commits.wait(
-                    ids, timeout, lambda ids: workers.run(committed, ids, bounded=False))
+                by_id = await node.commits.wait(ids, timeout, already)
             except TimeoutError as exc:
                 raise Problem(504, "commit_timeout",
                               f"not every record committed within {timeout} s") from exc
@@ -1223,6 +1240,8 @@ def create_app(node: NodeService, config: NodeConfig) -> FastAPI:
             for item, r in zip(out, results, strict=True):
                 if r.id in by_id:
                     item["height"] = by_id[r.id]
+        if TRACE_DIR is not None:
+            trace("api_out", node.store.height)
         return JSONResponse({"results": out}, status_code=202)
 
     @app.get("/v1/records/{record_id}", responses={

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -89,8 +90,9 @@ from node.payloads import PAYLOADS, PayloadSync
 from node.peer_guard import EvidenceLog, ProposalBudget, Scores, SyncRequests, TokenBucket
 from node.readiness import ReadinessProbe
 from node.service import EVIDENCE_SHOWN, BlockFeed, CommitWaiters, NotAValidator, Status
-from node.threads import favour_the_loop
+from node.threads import durable_pool, favour_the_loop
 from node.tls import client_context, server_context
+from node.trace import TRACE_DIR, trace
 from node.transport import PeerNetwork
 from node.transport.peers import PeerDirectory, accepted_peers
 
@@ -405,20 +407,20 @@ def small_work(count: int, size: int) -> bool:
     return count <= INLINE_RECORDS and size <= INLINE_BYTES
 
 
-_TRACE_DIR = os.environ.get("LEDGER_LATENCY_TRACE")
-_trace_file: Any = None
+def _traced(tag: str, height: int, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, tracing (when tracing) its start and end in the worker thread that runs it
+    (``<tag>_thread_in``, ``<tag>_thread_out``): the hop's wait apart from the work."""
+    if TRACE_DIR is None:
+        return fn
 
+    def run(*args: Any, **kwargs: Any) -> Any:
+        trace(tag + "_thread_in", height)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            trace(tag + "_thread_out", height)
 
-def _trace(tag: str, height: int, extra: object = "") -> None:
-    """Latency tracing (debug): with LEDGER_LATENCY_TRACE=DIR, one line per step of a
-    record's path (wall clock, so the nodes' lines on one host compare)."""
-    global _trace_file
-    if _TRACE_DIR is None:
-        return
-    if _trace_file is None:
-        _trace_file = open(  # noqa: SIM115 (held open for the process)
-            os.path.join(_TRACE_DIR, f"trace-{os.getpid()}.log"), "a", buffering=1)
-    _trace_file.write(f"{time.time():.6f} {tag} {height} {extra}\n")
+    return run
 
 
 class GroupCommit:
@@ -533,6 +535,8 @@ class Node:
         # its reservation when nothing was signed under it (``_final_signing_state``)
         self._last_written: SigningState | None = persisted
         self._checkpoints: asyncio.Task[None] | None = None
+        # the signing-state writes and block appends the consensus loop awaits (_durably)
+        self._durable = durable_pool()
         self.evidence_path = evidence_path(config)
         self.evidence = evidence or EvidenceLog(maxlen=EVIDENCE_MAX, window=EVIDENCE_WINDOW)
         self._evidence_flush: asyncio.TimerHandle | None = None
@@ -553,7 +557,10 @@ class Node:
         self.feed = BlockFeed()  # /v1/events subscribers
         self.admitted_at: dict[bytes, float] = {}
         self.transport: Transport | None = None
-        self._timers: set[asyncio.TimerHandle] = set()
+        # pending timers, each with the height it is for: those of a height the core has
+        # left are cancelled (_drop_stale_timers), never delivered
+        self._timers: dict[asyncio.TimerHandle, int] = {}
+        self._timers_height = 0  # the core's height when stale timers were last dropped
         self._tasks: set[asyncio.Future[Any]] = set()
         self._gossiping: dict[int, asyncio.Task[None]] = {}  # on_link resends, by peer
         # start/serve/stop: the consensus loop and API server tasks, the API server, and
@@ -570,6 +577,7 @@ class Node:
         self._api: asyncio.Task[None] | None = None
         self._server: _Server | None = None
         self._handling = False
+        self._unflushed = False  # frames sent since the consensus loop last yielded
         self._stopping = False
         self._stopped = False
         self.peer_backlog = 0  # peer messages queued for the core (bounded)
@@ -607,13 +615,26 @@ class Node:
                 self._handling = False
             if self._stopping:
                 return
+            await self._flush_sends()
             event = await self.events.get()
 
+    async def _flush_sends(self) -> None:
+        """Let the loop hand what was just sent to the sockets before going on. uvloop
+        writes a transport's data at the end of the loop iteration that wrote it, and
+        ``events.get()`` with events queued (votes that arrived during a write) does not
+        suspend: without this, a vote would wait for the core to handle every queued event
+        (a signature check each) before it left the node."""
+        if self._unflushed:
+            self._unflushed = False
+            await asyncio.sleep(0)
+
     async def _handle(self, event: Event) -> None:
-        if _TRACE_DIR is not None:
-            _trace("ev:" + type(event).__name__, self.core.height,
+        if TRACE_DIR is not None:
+            trace("ev:" + type(event).__name__, self.core.height,
                    type(event.message).__name__ if isinstance(event, MessageReceived)
                    else getattr(event, "kind", ""))
+        if isinstance(event, TimeoutFired) and event.height < self.core.height:
+            return  # queued before the core left its height: a no-op (_drop_stale_timers)
         if isinstance(event, MessageReceived):
             self.peer_backlog -= 1
             msg = event.message
@@ -629,12 +650,13 @@ class Node:
                         getattr(event, "peer", "?"), self.core.last_invalid)
         for action in plan_durable_writes(actions):
             await self._execute(action)
+        self._drop_stale_timers()
         self.metrics.height = self.store.height
         self.metrics.round = self.core.round
 
     async def _execute(self, action: Action | GroupCommit) -> None:
-        if _TRACE_DIR is not None:
-            _trace("act:" + type(action).__name__, self.core.height,
+        if TRACE_DIR is not None:
+            trace("act:" + type(action).__name__, self.core.height,
                    type(getattr(action, "message", None)).__name__)
         if isinstance(action, PersistState):
             await self.persist_signing_state(action.state)
@@ -690,10 +712,11 @@ class Node:
         # block's own write; a sealed record committed without one is fetched from peers
         pairs = self.mempool.pairs_for(r for r in block.records if r.body.sealed)
         signing = None if state is None else (self.key.public, state.to_wire())
-        await asyncio.to_thread(self.store.append, block, action.last_cert,
-                                payloads=pairs, signing_state=signing)
+        await self._durably(_traced("append", block.height, self.store.append), block,
+                            action.last_cert, payloads=pairs, signing_state=signing)
         self.faults.crash_point("after_commit" if state is None else "after_group_commit")
-        _trace("appended", block.height, len(block.records))
+        if TRACE_DIR is not None:
+            trace("appended", block.height, len(block.records))
         lacking = sum(r.body.sealed and r.id not in pairs for r in block.records)
         if pairs:
             self.metrics.count_payload_pairs("with_block", len(pairs))
@@ -755,13 +778,22 @@ class Node:
             return
         torn = self.faults.torn_write()
         try:
-            await asyncio.to_thread(self._signing_file.write, state.to_wire(), torn_at=torn)
+            await self._durably(_traced("persist", state.height, self._signing_file.write),
+                                state.to_wire(), torn_at=torn)
         except OSError:
             if torn is not None:
                 self.faults.crash_point("torn_persist")
             raise
         self._newest_in_store = None
         self._last_written = state
+        if TRACE_DIR is not None:
+            trace("persist_back", state.height)
+
+    async def _durably(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in the node's durable-write thread (``durable_pool``: the
+        writes the consensus loop awaits, apart from the shared pool's bulk work)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._durable, functools.partial(fn, *args, **kwargs))
 
     def _final_signing_state(self) -> SigningState | None:
         """What a clean stop writes: the newest state without the reservation it made for
@@ -917,16 +949,34 @@ class Node:
         return frames
 
     def _schedule(self, t: ScheduleTimeout) -> None:
+        if t.height < self.core.height:
+            return  # for a height already left: the core ignores it (see _drop_stale_timers)
         loop = asyncio.get_running_loop()
         event = TimeoutFired(t.height, t.round, t.kind)
 
         def fire() -> None:
-            _trace("timer", t.height, t.kind)
-            self._timers.discard(handle)
-            self.events.put_nowait(event)
+            if TRACE_DIR is not None:
+                trace("timer", t.height, t.kind)
+            self._timers.pop(handle, None)
+            if t.height >= self.core.height:  # else left during the event under way
+                self.events.put_nowait(event)
 
         handle = loop.call_later(t.delay_ms / 1000, fire)
-        self._timers.add(handle)
+        self._timers[handle] = t.height
+
+    def _drop_stale_timers(self) -> None:
+        """Cancel the timers of heights the core has left. A timeout of a lower height is
+        a no-op to the core (``ConsensusCore._on_timeout`` acts on its own height only),
+        but each height leaves its propose, prevote, precommit and resend timers behind
+        (0.5-1 s long): delivered, ~3 per height woke the consensus loop for nothing at
+        light load, sometimes just ahead of a vote on a record's path."""
+        height = self.core.height
+        if height == self._timers_height:
+            return
+        self._timers_height = height
+        for handle in [h for h, at in self._timers.items() if at < height]:
+            handle.cancel()
+            del self._timers[handle]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` as one of the node's tasks (``stop`` waits for them, then cancels)."""
@@ -965,6 +1015,7 @@ class Node:
         """Send to ``peers`` (None: every connected validator)."""
         if self.transport is None:
             return
+        self._unflushed = True
         if peers is None and not self.faults.filters_peers:
             self.transport.broadcast(frame)
             self.metrics.count_sent(frame_kind(frame),
@@ -978,6 +1029,7 @@ class Node:
         """``transport.send``, counted in ``ledger_peer_bytes_sent_total``."""
         if self.transport is None or not self.transport.send(peer, frame):
             return False
+        self._unflushed = True
         self.metrics.count_sent(frame_kind(frame), len(frame) + 4)
         return True
 
@@ -1094,7 +1146,8 @@ class Node:
         this validator prevote nil, and the round goes on without it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.compact_fetch_s
-        _trace("rebuild_in", frame.height)
+        if TRACE_DIR is not None:
+            trace("rebuild_in", frame.height)
         try:
             slots, shell = ((frame.slots(self.mempool.known), frame.without_records())
                             if size <= INLINE_BYTES else await asyncio.to_thread(
@@ -1155,7 +1208,8 @@ class Node:
             # ids held with other envelopes than the proposer's: fetch every named record
             outcome, missing, got = "refetched", set(named), {}
         self.metrics.count_compact(outcome, counts)
-        _trace("rebuilt", frame.height, counts)
+        if TRACE_DIR is not None:
+            trace("rebuilt", frame.height, counts)
         self._remember([r for r in records if r.id not in self.mempool.pending])
         await self._verify_then_queue(peer, proposal, self._unverified_records(proposal))
 
@@ -1305,6 +1359,8 @@ class Node:
         """Called by the transport on the event loop for every frame from a peer."""
         if not payload or self._stopping or self.faults.blocked(peer):
             return  # stopping: nothing started now would be waited for (see stop)
+        if TRACE_DIR is not None:
+            trace("rx", self.core.height, f"{peer} {frame_kind(payload)}")
         if self.backed_off(peer):  # frames already in flight when it was disconnected
             self.dropped_peer_messages += 1
             return
@@ -1459,10 +1515,12 @@ class Node:
         looked up, not decoded): up to a block of amplifying payloads (8 MB of empty maps
         is seconds of decoding) never runs on the loop. Then verify and queue it."""
         try:
-            _trace("decode_in", frame.height)
+            if TRACE_DIR is not None:
+                trace("decode_in", frame.height)
             proposal = (frame.decode(self.mempool.known) if size <= INLINE_BYTES
                         else await asyncio.to_thread(frame.decode, self.mempool.known))
-            _trace("decoded", frame.height)
+            if TRACE_DIR is not None:
+                trace("decoded", frame.height)
         except LedgerError as exc:
             self.peer_backlog -= 1
             log.warning("dropped a malformed proposal from validator %d: %s", peer, exc)
@@ -1587,11 +1645,13 @@ class Node:
                 f"this node ({self.name}) is not a validator at height {self.core.height} "
                 "and has no peer link, so a record admitted here would never be committed; "
                 "submit to a validator of the configuration in force (GET /v1/config)")
-        _trace("submit_in", self.core.height, f"{len(items)} {gossip}")
+        if TRACE_DIR is not None:
+            trace("submit_in", self.core.height, f"{len(items)} {gossip}")
         checked = (self.mempool.precheck(items)
                    if small_work(len(items), sum(_item_bytes(i) for i in items[:2]))
                    else await asyncio.to_thread(self.mempool.precheck, items))
-        _trace("prechecked", self.core.height)
+        if TRACE_DIR is not None:
+            trace("prechecked", self.core.height)
         results = self.mempool.admit(checked, now_ms())
         accepted = [r.record for r in results if r.status == "accepted" and r.record]
         if accepted:
@@ -1770,8 +1830,9 @@ class Node:
         if final is not None:  # into the file, which then holds the newest state
             await self.persist_signing_state(final)
         elif self._newest_in_store is not None:  # the file gets it too (a key's move takes it)
-            await asyncio.to_thread(self._signing_file.write, self._newest_in_store.to_wire())
+            await self._durably(self._signing_file.write, self._newest_in_store.to_wire())
             self._newest_in_store = None
+        self._durable.shutdown(wait=False)  # idle: every write it took was awaited
         if self.transport is not None:
             await self.transport.stop()
         self.store.close()

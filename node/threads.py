@@ -7,6 +7,9 @@ probes, 40 of 47 ms were spent runnable but not running (``/proc/thread-self/sch
 2 ms running. Worker threads therefore run ``WORKER_NICE`` steps below the process's
 priority (Linux lets any thread lower its own), so a waking loop thread gets a CPU first.
 
+The consensus path's durable writes are the exception (``durable_pool``): small, awaited
+by the consensus loop, on every record's path.
+
 Then the GIL: a loop thread that wakes while a worker runs Python waits for the interpreter's
 switch interval (5 ms by default) before the worker must hand the GIL over, at every wake-up
 and after every call that released the GIL (SQLite, libsodium, socket I/O). A node switches
@@ -45,6 +48,18 @@ def worker_pool(name: str, threads: int | None = None) -> ThreadPoolExecutor:
     if threads is None:  # asyncio's default executor size
         threads = min(32, (os.cpu_count() or 1) + 4)
     return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=lower_priority)
+
+
+def durable_pool(name: str = "durable") -> ThreadPoolExecutor:
+    """One thread, at the process's own priority (not ``WORKER_NICE`` below it), for the
+    consensus path's durable writes: the signing state before each signed message leaves,
+    and each decided block. The consensus loop awaits every one of them, so they are on a
+    record's path at any load, and most are a few hundred bytes and an ``fdatasync``. In
+    the shared pool they queued behind bulk work (a batch's signature checks, a proposal's
+    decode, block sync), and a lowered thread waits behind every runnable thread of normal
+    priority on a busy host twice per write: to start, and when its ``fdatasync`` returns.
+    One thread: the loop issues them one at a time, in order."""
+    return ThreadPoolExecutor(1, thread_name_prefix=name)
 
 
 def favour_the_loop(loop: AbstractEventLoop) -> None:

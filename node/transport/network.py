@@ -399,6 +399,17 @@ class PeerNetwork:
         return data
 
     def _enqueue(self, link: _Link, data: bytes) -> None:
+        transport = link.writer.transport
+        if (not link.queue and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0):
+            # Nothing ahead of it (the writer task hands each batch it takes to the
+            # transport at once, so an empty queue means every earlier frame is there, and
+            # an empty buffer that the link is not backed up): hand it over now instead of
+            # waking the writer task, a loop iteration later (see _write_loop).
+            link.writer.writelines((frame_header(len(data)), data))
+            self.stats["frames_out"] += 1
+            self.stats["bytes_out"] += len(data)
+            return
         if len(link.queue) >= self.queue_limit:
             link.queue.popleft()
             self.stats["dropped_full_queue"] += 1

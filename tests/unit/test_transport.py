@@ -766,3 +766,46 @@ async def test_silent_connections_to_a_tls_port_neither_linger_nor_block_a_diale
     for raw in raw_peers:  # the TLS handshake timeout (= handshake_timeout) closes them
         assert await raw.closed_by_node(timeout=3)
     assert time.monotonic() - started < 4
+
+
+@pytest.mark.asyncio
+async def test_a_frame_to_an_idle_link_goes_to_the_socket_without_the_writer_task(
+        cluster: Cluster) -> None:
+    """A frame sent to a link with nothing queued and nothing buffered is handed to the
+    transport at once (one loop iteration sooner than the writer task, and not after
+    whatever the sender's task does before it yields); frames sent while one is buffered
+    queue behind it, and the peer reads every frame in the order sent, whichever path it
+    took, and every link's sockets have Nagle off."""
+    nodes = await cluster.mesh([0, 1])
+    net = nodes[0].net
+    link = net._links[1]
+    sock = link.writer.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    woken: list[int] = []
+    real_set = link.wakeup.set
+
+    def counting_set() -> None:
+        woken.append(len(link.queue))
+        real_set()
+
+    link.wakeup.set = counting_set  # type: ignore[method-assign]
+    assert net.send(1, b"first")  # idle link: straight to the transport
+    assert not woken and not link.queue
+    transport = link.writer.transport
+    real_size = transport.get_write_buffer_size
+    transport.get_write_buffer_size = lambda: 1  # type: ignore[method-assign]  # as if buffered
+    try:
+        assert net.send(1, b"second")  # queued behind it, for the writer task
+        assert woken == [1] and len(link.queue) == 1
+    finally:
+        transport.get_write_buffer_size = real_size  # type: ignore[method-assign]
+    net.broadcast(b"third")  # the queue is not empty: behind "second", never before it
+    assert len(link.queue) == 2
+    await until(lambda: nodes[1].inbox[0] == [b"first", b"second", b"third"])
+    for k in range(50):
+        net.send(1, f"{k}".encode())
+        if k % 7 == 0:
+            await asyncio.sleep(0)
+    await until(lambda: len(nodes[1].inbox[0]) == 53)
+    assert nodes[1].inbox[0][3:] == [f"{k}".encode() for k in range(50)]
+    assert net.stats["frames_out"] == 53
