@@ -253,7 +253,11 @@ class Mempool:
         config = self.config()
         held, verify = self.by_envelope.get, self.cache.verify
         for item in items:
-            envelope, pair = (item, None) if type(item) is bytes else split_item(item)
+            if isinstance(item, bytes):
+                envelope, pair = item, None
+            else:  # ``split_item``, inlined: one call less per sealed record on every node
+                envelope, salt, payload = item
+                pair = new_pair(salt, payload)
             pending = held(envelope)
             if pending is not None:
                 results.append(AdmitResult(pending.id, "accepted", record=pending))

@@ -253,6 +253,18 @@ def id8(record_id: bytes) -> int:
     return int.from_bytes(record_id[:8], "big", signed=True)
 
 
+def _id8s(keys: Iterable[bytes]) -> list[int]:
+    """The sorted ``id8`` of ``keys`` (inlined: the lookups run it per key, on every node
+    for every record's id and every sealed record's digest)."""
+    return sorted({int.from_bytes(k[:8], "big", signed=True) for k in keys})
+
+
+def _recent_of(recent: RecentIds, keys: set[bytes]) -> set[bytes]:
+    """Those of ``keys`` that ``recent`` holds (``RecentIds.get``, inlined per key)."""
+    pending = recent.pending
+    return {k for k in keys if k in pending[k[0] * ID_SLICES // 256]}
+
+
 def _slice(record_id: bytes) -> int:
     """Which of the ID_SLICES slices of the id space ``record_id`` falls in."""
     return record_id[0] * ID_SLICES // 256
@@ -907,9 +919,9 @@ class SqliteStore:
             unknown = self._absent_ids.unknown(wanted)
             if not unknown:
                 return set()
-            found = {rid for rid in unknown if self._recent.get(rid) is not None}
+            found = _recent_of(self._recent, unknown)
             asked = unknown - found
-            keys = sorted({id8(rid) for rid in asked})
+            keys = _id8s(asked)
             for chunk in _chunks(keys):
                 found.update(bytes(rid) for (rid,) in self._db.execute(
                     "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
@@ -960,10 +972,9 @@ class SqliteStore:
             unknown = self._absent_digests.unknown(wanted)
             if not unknown:
                 return set()
-            recent = self._recent_digests
-            found = {d for d in unknown if recent.get(d) is not None}
+            found = _recent_of(self._recent_digests, unknown)
             asked = unknown - found
-            keys = sorted({id8(d) for d in asked})
+            keys = _id8s(asked)
             for chunk in _chunks(keys):
                 found.update(bytes(d) for (d,) in self._db.execute(
                     "SELECT s.digest FROM digests x JOIN sealed s ON s.seq = x.seq "
