@@ -132,8 +132,9 @@ def arguments(doc: str) -> argparse.ArgumentParser:
 
 #: The sealed path's own stages (``--stages``), beyond ``stages.STAGES``.
 SEALED_STAGES = [
-    ("node.mempool", "split_item", "sealed: split_item (new_pair)"),
-    ("ledger.records", "check_sealed_payload", "sealed: pair check (decode, salted sha256)"),
+    ("node.mempool", "new_pair", "sealed: new_pair (admission)"),
+    ("ledger.records", "sealed_payload_matches", "sealed: pair check (decode, salted sha256)"),
+    ("ledger.records", "check_sealed_payload", "sealed: pair check, the labelled rule"),
     ("node.mempool", "Mempool.pairs_for", "sealed: pairs_for (commit)"),
     ("ledger.store.sqlite", "SqliteStore.seen_digests", "store: seen_digests"),
     ("ledger.store.sqlite", "block_sealed_rows", "sealed: block_sealed_rows (append)"),
