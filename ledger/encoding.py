@@ -620,7 +620,10 @@ def split_batch(data: bytes, what: str, max_items: int) -> list[BatchItem]:
     for i in range(count):
         if pos < size and data[pos] == 0x93:  # [envelope, salt, payload_bytes]
             envelope, pos = _bin_at(data, pos + 1, what, i, "[0]")
-            salt, pos = _bin_at(data, pos, what, i, "[1]")
+            if pos + 34 <= size and data[pos] == 0xC4 and data[pos + 1] == 32:
+                salt, pos = data[pos + 2:pos + 34], pos + 34  # the usual 32-byte salt
+            else:
+                salt, pos = _bin_at(data, pos, what, i, "[1]")
             payload, pos = _bin_at(data, pos, what, i, "[2]")
             append((envelope, salt, payload))
         else:

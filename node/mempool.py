@@ -131,14 +131,6 @@ def decode(envelope: bytes, pair: SealedPayload | None = None) -> AdmitResult:
     return accepted(record, pair)
 
 
-def split_item(item: BatchItem) -> tuple[bytes, SealedPayload | None]:
-    """A batch item's envelope and the (salt, payload) pair sent with it, if any."""
-    if isinstance(item, bytes):
-        return item, None
-    envelope, salt, payload = item
-    return envelope, new_pair(salt, payload)
-
-
 def with_pair(candidate: AdmitResult) -> AdmitResult:
     """SPEC section 10 on a decoded candidate and the pair it holds: a sealed record needs
     its pair and the pair must match its digest (``payload_missing``, ``payload_mismatch``);
@@ -253,7 +245,11 @@ class Mempool:
         config = self.config()
         held, verify = self.by_envelope.get, self.cache.verify
         for item in items:
-            envelope, pair = (item, None) if type(item) is bytes else split_item(item)
+            if isinstance(item, bytes):
+                envelope, pair = item, None
+            else:  # [envelope, salt, payload]: a sealed record and its pair
+                envelope, salt, payload = item
+                pair = new_pair(salt, payload)
             pending = held(envelope)
             if pending is not None:
                 results.append(AdmitResult(pending.id, "accepted", record=pending))

@@ -14,7 +14,10 @@ record (``time.process_time``: all four nodes, their worker threads, the signatu
 per record per node, and records/s.
 Inline and sealed runs alternate ``--repeat`` times, each on fresh stores.
 
-    python -m tests.bench.sealed_node_bench [--records 10000] [--repeat 3]
+    python -m tests.bench.sealed_node_bench [--records 10000] [--repeat 3] [--stages]
+
+``--stages``: each run's CPU by stage (``tests/bench/stages.py``, plus the sealed path's own
+stages below), per record per node: where a sealed record's extra CPU goes.
 """
 
 from __future__ import annotations
@@ -127,8 +130,27 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+#: The sealed path's own stages (``--stages``), beyond ``stages.STAGES``.
+SEALED_STAGES = [
+    ("node.mempool", "new_pair", "sealed: new_pair (admission)"),
+    ("ledger.records", "sealed_payload_matches", "sealed: pair check (decode, salted sha256)"),
+    ("ledger.records", "check_sealed_payload", "sealed: pair check, the labelled rule"),
+    ("node.mempool", "Mempool.pairs_for", "sealed: pairs_for (commit)"),
+    ("ledger.store.sqlite", "SqliteStore.seen_digests", "store: seen_digests"),
+    ("ledger.store.sqlite", "block_sealed_rows", "sealed: block_sealed_rows (append)"),
+    ("ledger.store.sqlite", "_insert_rows", "sealed: sealed rows insert (append)"),
+]
+
+
 def main() -> None:
-    args = arguments(__doc__).parse_args()
+    parser = arguments(__doc__)
+    parser.add_argument("--stages", action="store_true",
+                        help="CPU time by stage (tests/bench/stages.py), per record per node")
+    args = parser.parse_args()
+    if args.stages:
+        from tests.bench import stages
+        stages.STAGES.extend(SEALED_STAGES)
+        stages.install()
     tune_gc()  # as ``ledger node run`` does
     work = {s: batches(args.records, args.batch, s) for s in (False, True)}
     cpu: dict[bool, list[float]] = {False: [], True: []}
@@ -145,6 +167,8 @@ def main() -> None:
                   + ("; pairs by how: " + "; ".join(
                       ", ".join(f"{k} {n}" for k, n in sorted(d.items())) for d in how)
                      if sealed else ""), flush=True)
+            if args.stages:
+                stages.report(used, args.records, N)
     for label, pick in (("median", statistics.median), ("least", min)):
         a, b = pick(cpu[False]) * 1e6, pick(cpu[True]) * 1e6
         print(f"{label}: inline {a:6.1f} us, sealed {b:6.1f} us, {b - a:+5.1f} us per record "

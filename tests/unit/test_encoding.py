@@ -191,6 +191,9 @@ def test_split_batch_takes_sealed_items_in_every_bin_width(form: int) -> None:
     (b"\x91\x93\xc4\x01e\xc4\x01s", r"batch\[0\]\[2\]: the array is truncated"),
     (b"\x91\x93\xc4\x01e\xc4\x01s\xc4\x02p", r"batch\[0\]\[2\]: truncated"),
     (b"\x91\x93\xc4\x01e\xc5\x00", r"batch\[0\]\[1\]: truncated"),
+    # the usual 32-byte salt (read without ``_bin_at``) one byte short, then without payload
+    (b"\x91\x93\xc4\x01e\xc4\x20" + b"s" * 31, r"batch\[0\]\[1\]: truncated"),
+    (b"\x91\x93\xc4\x01e\xc4\x20" + b"s" * 32, r"batch\[0\]\[2\]: the array is truncated"),
     (b"\x91\x93\xc4", r"batch\[0\]\[0\]: truncated"),
     (b"\x91\x93\xc4\x01e\x01", r"batch\[0\]\[1\]: expected bin"),
     (b"\x92\xc4\x00\x93\xc4\x01e\xc4\x01s\xa1p", r"batch\[1\]\[2\]: expected bin"),

@@ -7,14 +7,18 @@ import pytest
 
 from ledger.crypto import RECORD_TAG
 from ledger.encoding import packb
-from ledger.errors import DecodeError, SignatureError, TooLargeError
+from ledger.errors import DecodeError, PayloadMismatchError, SignatureError, TooLargeError
 from ledger.records import (
     MAX_PAYLOAD_BYTES,
+    PLAIN_BODY_BYTES,
     Record,
     RecordBody,
     SealedPayload,
+    check_sealed_payload,
     new_pair,
+    payload_digest,
     seal_record,
+    sealed_payload_matches,
 )
 from tests.factory import seeded_key
 
@@ -210,3 +214,46 @@ def test_tampered_body_or_signature_fails_verification() -> None:
         forged.verify_signature()
     untagged = Record.from_wire(packb([rec.body_bytes, KEY.sign(rec.body_bytes)]))
     assert not untagged.has_valid_signature()
+
+
+def test_the_pair_checks_fast_verdict_never_passes_what_the_rule_refuses() -> None:
+    """``sealed_payload_matches`` (what admission runs per sealed record) says True only
+    for pairs ``check_sealed_payload`` passes; every fault still refuses the pair, with its
+    label, through ``SealedPayload.check``; a valid pair it cannot judge (a large payload,
+    a non-canonical one) is passed by the rule (False means "not this fast way")."""
+    salt = bytes(range(32))
+
+    def pair_and_digest(payload_bytes: bytes, s: bytes = salt) -> tuple[bytes, bytes, bytes]:
+        return payload_digest(s, payload_bytes), s, payload_bytes
+
+    good = pair_and_digest(packb({"v": 21.5, "unit": "C"}))
+    assert sealed_payload_matches(*good)
+    check_sealed_payload(*good, "ok")
+    deep = packb([[[[1]]]])
+    for _ in range(70):
+        deep = b"\x91" + deep  # an array in an array ... 74 deep: over MAX_PAYLOAD_DEPTH
+    bad = [
+        (good[0], salt[:31], good[2]),  # a 31-byte salt
+        (bytes(32), salt, good[2]),  # another digest
+        pair_and_digest(b"\xc1"),  # not msgpack
+        pair_and_digest(packb({"v": 1}) + b"\x00"),  # trailing bytes
+        pair_and_digest(deep),  # too deep
+        pair_and_digest(b"\xd4\x05\x00"),  # an ext type
+        pair_and_digest(b"\xa1\xff"),  # invalid UTF-8
+    ]
+    for digest, s, payload in bad:
+        assert not sealed_payload_matches(digest, s, payload)
+        with pytest.raises(PayloadMismatchError, match="record 1234"):
+            check_sealed_payload(digest, s, payload, "record 1234")
+    rec, pair = seal_record(KEY, chain="demo", type="sensor.reading", subject="s",
+                            payload={"v": 1}, ts=5, nonce=9)
+    wrong = new_pair(pair.salt, packb({"v": 2}))
+    with pytest.raises(PayloadMismatchError, match=f"record {rec.id.hex()}"):
+        wrong.check(rec)
+    assert wrong.checked_for is None
+    # valid, but beyond the fast verdict: the rule passes them
+    for payload in (packb("x" * (PLAIN_BODY_BYTES + 10)),
+                    b"\xcd\x00\x07"):  # 7 as a uint16: not canonical, still one payload
+        ok = pair_and_digest(payload)
+        assert not sealed_payload_matches(*ok)
+        check_sealed_payload(*ok, "ok")

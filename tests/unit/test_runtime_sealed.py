@@ -299,3 +299,24 @@ def test_gossip_of_a_sealed_record_without_its_matching_pair_is_misbehaviour(
         assert node.pending(a.id) is None and node.pending(b.id) is None
 
     run(cluster, body)
+
+
+def test_a_pair_of_good_msgpack_under_another_digest_gossiped_to_a_peer_is_refused_there(
+        tmp_path: Path) -> None:
+    """The peer checks the pair itself (the fast verdict says "no", the rule names the
+    fault): a well-formed payload that is not the one the digest covers, or the right one
+    with another salt, is refused at that peer (misbehaviour), nothing pending."""
+    cluster = Cluster(tmp_path)
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        node = cluster.nodes[1]
+        (a, pa), (b, pb) = sealed(2)
+        frame = bytes([RECORDS]) + packb([[a.envelope, pa.salt, packb({"v": 2})],
+                                          [b.envelope, bytes(32), pb.payload]])
+        node.on_frame(2, frame)
+        await until(lambda: node.misbehaviour.get(2) == 1, "the gossip to be judged")
+        assert node.pending(a.id) is None and node.pending(b.id) is None
+
+    run(cluster, body)
