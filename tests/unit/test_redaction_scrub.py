@@ -51,6 +51,18 @@ def redact(store: SqliteStore, builder: ChainBuilder, ids: list[bytes], k: int) 
                                                  nonce=2_000_000 + k)]))
 
 
+def scrubbing_node(path: Path, count: int, marker: str
+                   ) -> tuple[SqliteStore, ChainBuilder, list[tuple[Record, SealedPayload]],
+                              PayloadSync]:
+    """A scrubbed store of ``count`` healed pairs (``healed``) and a ``PayloadSync`` on a
+    stand-in node holding it, whose scrub task the test drives."""
+    store, builder, records = healed(path, count, marker)
+    assert store.scrub()
+    node = types.SimpleNamespace(store=store, stopping=False,
+                                 spawn=lambda coro: asyncio.ensure_future(coro))
+    return store, builder, records, PayloadSync(node, 1.0)  # type: ignore[arg-type]
+
+
 def markers(tag: str, ns: list[int]) -> dict[int, bytes]:
     return {n: f"{tag}-{n:05d}-MARK".encode() for n in ns}
 
@@ -157,11 +169,7 @@ def test_the_node_rebuilds_at_most_once_per_interval_and_never_loses_a_redaction
     that commits while the second rebuild runs gets a third, one interval after the
     second; a node that stops while waiting leaves the rebuild pending (the next open
     does it)."""
-    store, builder, records = healed(tmp_path / "s.db", 200, "NODE")
-    assert store.scrub()
-    node = types.SimpleNamespace(store=store, stopping=False,
-                                 spawn=lambda coro: asyncio.ensure_future(coro))
-    sync = PayloadSync(node, 1.0)  # type: ignore[arg-type]
+    store, builder, records, sync = scrubbing_node(tmp_path / "s.db", 200, "NODE")
     now = [1_000.0]
     sleeps: list[float] = []
     during_sleep: list[int] = []  # redact this record at the first slice of a wait
@@ -228,7 +236,7 @@ def test_the_node_rebuilds_at_most_once_per_interval_and_never_loses_a_redaction
         redact(store, builder, [records[7][0].id], 7)
         sync.redacted_ids([records[7][0].id])
         await asyncio.sleep(0)
-        node.stopping = True
+        sync.node.stopping = True
         await settle()
         assert store.rebuild_pending() and store.sealed_rebuilds == 3
 

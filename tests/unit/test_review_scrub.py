@@ -8,7 +8,6 @@ import asyncio
 import shutil
 import sqlite3
 import time
-import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from node.restore import import_bundle
 from tests.factory import ChainBuilder, redaction_record
 from tests.unit.test_one_rule import A1, A2, GOVERNED, GX
 from tests.unit.test_payload_store import _leaked
-from tests.unit.test_redaction_scrub import healed, markers, redact
+from tests.unit.test_redaction_scrub import healed, markers, redact, scrubbing_node
 
 
 def _open(path: Path, **kw: object) -> SqliteStore:
@@ -134,11 +133,7 @@ def test_the_scrub_task_retries_a_failed_rebuild_after_the_interval_and_a_busy_w
     the flag set and is retried once the interval has passed, never in a hot loop; a
     checkpoint a reader keeps busy after the rebuild is retried after SCRUB_FIRST_S without
     a second rebuild; the task then ends, the files clean."""
-    store, builder, records = healed(tmp_path / "s.db", 400, "X")
-    assert store.scrub()
-    node = types.SimpleNamespace(store=store, stopping=False,
-                                 spawn=lambda coro: asyncio.ensure_future(coro))
-    sync = PayloadSync(node, 1.0)  # type: ignore[arg-type]
+    store, builder, records, sync = scrubbing_node(tmp_path / "s.db", 400, "X")
     now = [1_000.0]
     sleeps: list[float] = []
     calls: list[tuple[float, bool]] = []
@@ -275,11 +270,7 @@ def test_a_reader_during_the_rebuild_does_not_stretch_the_next_interval(
     """The wait for the next rebuild is measured from the rebuild, not from a truncation
     held up by a reader. (Failed while the truncation waited the connection's 5 s for
     readers under the writer's lock: scrub took 5.44 s, next rebuild in 272 s.)"""
-    store, builder, records = healed(tmp_path / "s.db", 100, "X")
-    assert store.scrub()
-    node = types.SimpleNamespace(store=store, stopping=False,
-                                 spawn=lambda coro: asyncio.ensure_future(coro))
-    sync = PayloadSync(node, 1.0)  # type: ignore[arg-type]
+    store, builder, records, sync = scrubbing_node(tmp_path / "s.db", 100, "X")
     reader = sqlite3.connect(f"{(tmp_path / 's.db').resolve().as_uri()}?mode=ro", uri=True,
                              isolation_level=None, check_same_thread=False)
     real_scrub = store.scrub
@@ -322,11 +313,7 @@ def test_a_commit_between_the_task_s_two_flag_reads_still_waits_for_the_interval
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(Failed before the task re-checked the interval after its second read: rebuilds at
     1000.0 and 1001.0 with a 30 s interval.)"""
-    store, builder, records = healed(tmp_path / "s.db", 100, "X")
-    assert store.scrub()
-    node = types.SimpleNamespace(store=store, stopping=False,
-                                 spawn=lambda coro: asyncio.ensure_future(coro))
-    sync = PayloadSync(node, 1.0)  # type: ignore[arg-type]
+    store, builder, records, sync = scrubbing_node(tmp_path / "s.db", 100, "X")
     now = [1_000.0]
     rebuilt_at: list[float] = []
     real_scrub, real_pending = store.scrub, store.rebuild_pending
