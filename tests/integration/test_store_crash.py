@@ -46,11 +46,14 @@ def run_until_killed(db: Path, rng: random.Random, *group: str) -> tuple[int, in
         else:
             committed = int(height)
     proc.wait(timeout=30)
-    # Lines written before the kill may still be in the pipe.
+    # Lines written before the kill may still be in the pipe: on a busy machine the writer
+    # can be blocks ahead of this reader (its last "begin" is the transaction the kill cut).
     for line in proc.stdout:
         kind, height = line.split()
         if kind == "committed":
             committed = int(height)
+        else:
+            begun = int(height)
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     return begun, committed

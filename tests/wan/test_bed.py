@@ -108,8 +108,10 @@ def test_rtt_loss_and_order_through_the_bed() -> None:
         assert 0.16 <= lost <= 0.24, lost
         assert got == sorted(got)  # jitter 4 ms on 5 ms, yet in order
         stats = bed.stats()["links"]["client"]
-        # (the counter also holds the echo connection's closing segments it dropped)
-        assert 3000 - len(got) <= stats["lost"] <= 3000 - len(got) + 10
+        # (the counter also holds the echo connection's closing segments it dropped; and
+        # on a busy machine the receiving namespace's kernel may drop a few more itself:
+        # seen 4 of 3000 beyond the bed's 618, with the full suite on 2 cores)
+        assert 3000 - len(got) - 30 <= stats["lost"] <= 3000 - len(got) + 10
         names = [bed.netns(h) for h in bed.hosts]
     assert not set(names) & set(our_namespaces())
 
