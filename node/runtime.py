@@ -54,7 +54,6 @@ from ledger.consensus import (
     SignedVote,
     SigningState,
     Start,
-    Tick,
     TimeoutFired,
     encode_message,
 )
@@ -641,7 +640,11 @@ class Node:
                 self._stripped.discard(id(msg))
                 if isinstance(msg, Proposal) and 0 <= msg.height - self.core.height <= 1:
                     return  # the core caught up meanwhile: it would read the (absent) records
-        self.core.handle(Tick(now_ms()))
+        # the core's clock, as ``core.handle(Tick(now))`` sets it, without that call's pass
+        # over every rule: the last event left the rules at their fixpoint and the clock
+        # fires none (a Tick's actions were discarded here anyway); the event's own pass
+        # below sees the new time. ~10 events per height: ~4% of a light height's CPU.
+        self.core.now_ms = max(self.core.now_ms, now_ms())
         invalid = sum(self.core.invalid_blocks.values())
         actions = self.core.handle(event)
         if sum(self.core.invalid_blocks.values()) != invalid:
