@@ -15,8 +15,17 @@ from typing import Any
 import pytest
 
 import node.api as api_module
-from ledger.consensus import Event, RecordsAvailable, Start, TimeoutFired, TimeoutKind
+from ledger.consensus import (
+    ConsensusCore,
+    Event,
+    RecordsAvailable,
+    Start,
+    Tick,
+    TimeoutFired,
+    TimeoutKind,
+)
 from node.files import SlotFile
+from node.runtime import now_ms
 from tests.inprocess import InProcessApi, msgpack_post
 from tests.unit.test_runtime_inprocess import (
     Cluster,
@@ -173,3 +182,37 @@ async def test_a_small_wait_commit_submission_costs_no_api_worker_hop(
         assert resp.status_code == 202
         assert all(i["status"] == "accepted" for i in resp.json()["results"])
         assert jobs == ["committed", "decode_batch"], jobs
+
+
+def test_the_core_gets_the_time_without_a_tick_pass_per_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before each event the runtime sets the core's clock instead of handing it a Tick
+    (whose pass over every rule found nothing at the rules' fixpoint and whose actions
+    were dropped): one ``handle`` per event, the clock never behind the wall clock, and
+    the chain commits with every signed message after its durable write."""
+    handled: list[str] = []
+    behind: list[int] = []
+    real_handle = ConsensusCore.handle
+
+    def handle(self: ConsensusCore, event: Event) -> Any:
+        handled.append(type(event).__name__)
+        if not isinstance(event, Start):
+            wall = now_ms()
+            if self.now_ms < wall - 1000:  # set just before this call: never a second behind
+                behind.append(wall - self.now_ms)
+        return real_handle(self, event)
+
+    monkeypatch.setattr(ConsensusCore, "handle", handle)
+    cluster = Cluster(tmp_path, empty_blocks=False)
+
+    async def body() -> None:
+        for i in range(N):
+            await cluster.start(cluster.from_parts(i))
+        nodes = list(cluster.nodes.values())
+        await committed(nodes, await submit(nodes[1], 2))
+
+    run(cluster, body)
+    assert handled and Tick.__name__ not in handled, set(handled)
+    assert not behind, behind
+    for i in range(N):
+        check_signing_order(cluster.journals[i])

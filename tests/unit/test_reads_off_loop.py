@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ledger.store import RecordLocation
-from node.metrics import LAG_BUCKETS, Metrics
+from node.metrics import LAG_BUCKETS, LAG_PROBE_S, Metrics
 from node.threads import SWITCH_INTERVAL_S, WORKER_NICE, favour_the_loop, worker_pool
 from tests.inprocess import InProcessApi, msgpack_post
 
@@ -57,9 +57,9 @@ def test_the_loop_lag_probe_sees_a_blocked_loop_and_metrics_report_it() -> None:
 
     async def go() -> None:
         probe = asyncio.ensure_future(metrics.probe_loop_lag())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(2.5 * LAG_PROBE_S)  # two probes
         time.sleep(0.3)  # the loop blocked for 300 ms
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5 * LAG_PROBE_S)
         probe.cancel()
 
     asyncio.run(go())
