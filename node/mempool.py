@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from ledger.blocks import Block
 from ledger.config import CONFIG_TYPE, REDACT_TYPE, Config
-from ledger.crypto import is_valid_signature
+from ledger.crypto import RECORD_TAG, is_valid_signature
 from ledger.encoding import BatchItem
 from ledger.errors import (
     DecodeError,
@@ -81,6 +81,11 @@ def accepted(record: Record, pair: SealedPayload | None) -> AdmitResult:
     s_redaction(result, None)
     s_pair(result, pair)
     return result
+
+
+#: Consensus signatures (votes, proposals, certificates) kept verified: a height's votes
+#: are a few per validator, so this spans hundreds of heights.
+VOTES_KEPT = 4096
 
 
 class VerifiedCache:
@@ -197,8 +202,14 @@ class Mempool:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.max_skew_ms = max_skew_ms
-        # Pending records' signatures, and recent votes' (LRU): memory stays bounded.
+        # Pending records' signatures (and those of records first seen in a proposal, until
+        # their commit): the LRU bound is only a backstop, ``remove_committed``/``_drop``
+        # empty it as records leave.
         self.cache = VerifiedCache(limit=max_records + 50_000)
+        # Votes', proposals' and certificates' signatures (consensus's ``verify``), in their
+        # own small LRU: they never leave the pool, so in ``cache`` they piled up to its
+        # 150,000-entry bound (~7 a height, ~430 bytes each: ~64 MB a node; issue 17).
+        self.vote_cache = VerifiedCache(limit=VOTES_KEPT)
         self.pending: OrderedDict[bytes, Record] = OrderedDict()
         self.by_envelope: dict[bytes, Record] = {}  # the same records, by envelope bytes
         self.nonces: set[tuple[bytes, int]] = set()
@@ -221,8 +232,11 @@ class Mempool:
         return self.genesis.config if history is None else history.latest
 
     def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
-        """The verifier consensus uses: cached for every admitted record."""
-        return self.cache.verify(public_key, message, signature)
+        """The verifier consensus uses: a record's signature from (and into) ``cache``,
+        where admission put it; a vote's, proposal's or certificate's from the small
+        ``vote_cache`` (the signed bytes' tag tells them apart)."""
+        cache = self.cache if message[:len(RECORD_TAG)] == RECORD_TAG else self.vote_cache
+        return cache.verify(public_key, message, signature)
 
     def is_full(self) -> bool:
         """True when no more records fit."""
@@ -258,6 +272,8 @@ class Mempool:
             if candidate.record is not None:
                 spent += candidate.record.cost + (pair.size if pair is not None else 0)
                 if spent > room:
+                    self._forget([x.record for x in [*results, candidate]
+                                  if x.record is not None])
                     raise MempoolFull(
                         f"the batch's records cost {spent} bytes decoded, more than the "
                         f"{max(room, 0)} bytes left in the mempool")
@@ -286,7 +302,11 @@ class Mempool:
             checked = self._look_up(checked.results)
         seen_ids, seen_pairs = checked.seen_ids, checked.seen_pairs
         out = []
-        for c in checked.results:
+        # ``precheck`` put every candidate's signature in the cache: those not admitted (a
+        # committed record's gossip arriving after its commit, a reused nonce, ...) leave it
+        # again, else they would stay until its LRU bound (issue 17)
+        refused: list[Record] = []
+        for i, c in enumerate(checked.results):
             r = c.record
             if r is None:
                 out.append(c)
@@ -316,6 +336,8 @@ class Mempool:
                                        f"ts {r.body.ts} is more than {self.max_skew_ms} ms "
                                        f"from the node's clock {now_ms}"))
             elif self.is_full():
+                self._forget(refused + [x.record for x in checked.results[i:]
+                                        if x.record is not None])
                 raise MempoolFull(f"mempool holds {len(self.pending)} records")
             else:
                 self.pending[r.id] = r
@@ -332,7 +354,17 @@ class Mempool:
                 # cache, which keeps every signature it verifies (no second sha256 here)
                 out.append(c if c.redaction is None
                            else AdmitResult(r.id, "accepted", record=r, pair=c.pair))
+            if out[-1].status != "accepted":
+                refused.append(r)
+        if refused:
+            self._forget(refused)
         return out
+
+    def _forget(self, records: list[Record]) -> None:
+        """Forget the verified signatures of ``records`` that are not pending."""
+        for r in records:
+            if r.id not in self.pending:
+                self.cache.forget(r)
 
     def _redaction_refusal(self, redaction: Redaction,
                            checked: Prechecked) -> ValidationError | None:

@@ -225,3 +225,43 @@ def test_records_nobody_may_submit_are_dropped_one_by_one() -> None:
         tracemalloc.stop()
     assert results == [("rejected", "unauthorized")] * 4
     assert peak < 2 * one, f"peak {peak / 2**20:.1f} MiB, one record costs {one / 2**20:.1f}"
+
+
+def test_the_verified_cache_stays_bounded_over_many_blocks() -> None:
+    """Issue 17: every node's RSS grew ~20-25 bytes per committed record. Consensus verified
+    each height's proposal, votes and certificates through the record cache, whose entries
+    only a commit or a drop removes, and a committed record's late gossip (a duplicate)
+    left its signature there too: entries piled up to the 150,000 bound (~430 bytes each).
+    Over many heights, the record cache now empties at each commit and the consensus
+    signatures stay within their own small LRU."""
+    store = MemoryStore(FX.genesis.hash)
+    pool = Mempool(FX.genesis, store)
+    pool.vote_cache.limit = 32
+    b = ChainBuilder(FX, store)
+    chain, validators = FX.genesis.chain_id, FX.genesis.validators
+    last_ms = 0
+    for _ in range(120):
+        recs = [fresh(b) for _ in range(3)]
+        assert [s for s, _ in admit(pool, [r.envelope for r in recs])] == ["accepted"] * 3
+        b.time_ms = max(b.time_ms, last_ms + 1)  # each block after the last
+        block = b.block(pool.reap(10, 10**6))
+        last_ms = block.header.time_ms
+        # as the consensus core does: the certificate's precommits through the pool
+        block.cert.verify(chain, validators, pool.verify)
+        store.append(block)
+        pool.remove_committed(block)
+        # the committed records' gossip arriving after the commit; a reused nonce
+        assert admit(pool, [recs[0].envelope]) == [("duplicate", None)]
+        b.nonce -= 1
+        again = fresh(b, payload={"v": "another record, the last one's nonce"})
+        assert admit(pool, [again.envelope]) == [("rejected", "nonce_reused")]
+    assert len(pool) == 0
+    assert len(pool.cache._seen) == 0  # before the fix: 120 x (3 precommits + 2 refused)
+    assert len(pool.vote_cache._seen) == 32
+    # still exact and still a cache: a recent precommit is a hit, a changed message is not
+    hits = pool.vote_cache.hits
+    assert block.cert.verify(chain, validators, pool.verify) is None
+    assert pool.vote_cache.hits == hits + len(block.cert.signatures)
+    index, sig = block.cert.signatures[0]
+    key = validators[index].pubkey
+    assert not pool.verify(key, block.cert.precommit(chain).sign_bytes() + b"x", sig)
