@@ -20,21 +20,15 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
-import json
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-from ledger.crypto import write_key_file
 from ledger.encoding import split_batch
-from ledger.genesis import Genesis
-from ledger.store import SqliteStore
-from node.config import NodeConfig
 from node.runtime import Node, tune_gc
-from tests.bench.sealed_node_bench import CONSENSUS, FX, N, batches
-from tests.memnet import MemNet
+from tests.bench.sealed_node_bench import N, batches, start_nodes
 
 
 def sqlite_heap() -> int:
@@ -70,23 +64,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.trace:
         tracemalloc.start(args.frames)
     root = Path(tempfile.mkdtemp())
-    doc = json.loads(FX.genesis.raw)
-    doc["consensus"] = doc.get("consensus", {}) | CONSENSUS
-    genesis = Genesis.from_bytes(json.dumps(doc, indent=2).encode())
-    (root / "genesis.json").write_bytes(genesis.raw)
-    net = MemNet(N)
-    nodes: list[Node] = []
-    for i in range(N):
-        d = root / f"node{i}"
-        d.mkdir()
-        write_key_file(d / "node.pem", FX.validator_keys[i])
-        cfg = NodeConfig(dir=d, index=i, api=("127.0.0.1", 0), p2p=("127.0.0.1", 0),
-                         genesis_path=root / "genesis.json", key_path=d / "node.pem",
-                         store_path=d / "chain.db")
-        node = Node(cfg, genesis, FX.validator_keys[i],
-                    SqliteStore(cfg.store_path, genesis_hash=genesis.hash))
-        await node.start(net.factory, api=False)
-        nodes.append(node)
+    nodes = await start_nodes(root)
     queue = list(enumerate(work))
     queue.reverse()
     snaps: list[tuple[int, tracemalloc.Snapshot]] = []

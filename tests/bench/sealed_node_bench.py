@@ -69,10 +69,9 @@ def batches(count: int, batch: int, sealed: bool) -> list[tuple[bytes, list[byte
     return out
 
 
-async def one_run(root: Path, work: list[tuple[bytes, list[bytes]]], clients: int,
-                  batch: int) -> tuple[float, float, int, list[dict[str, int]]]:
-    """(CPU seconds, wall seconds, heights, each node's ``ledger_payload_pairs_total`` by
-    ``how``) of committing ``work`` on a fresh cluster."""
+async def start_nodes(root: Path) -> list[Node]:
+    """N validators of ``FX`` (the bench's consensus timeouts) in this process, in folders
+    under ``root``, linked by an in-memory network, started without their HTTP API."""
     doc = json.loads(FX.genesis.raw)
     doc["consensus"] = doc.get("consensus", {}) | CONSENSUS
     genesis = Genesis.from_bytes(json.dumps(doc, indent=2).encode())
@@ -90,6 +89,14 @@ async def one_run(root: Path, work: list[tuple[bytes, list[bytes]]], clients: in
                     SqliteStore(cfg.store_path, genesis_hash=genesis.hash))
         await node.start(net.factory, api=False)
         nodes.append(node)
+    return nodes
+
+
+async def one_run(root: Path, work: list[tuple[bytes, list[bytes]]], clients: int,
+                  batch: int) -> tuple[float, float, int, list[dict[str, int]]]:
+    """(CPU seconds, wall seconds, heights, each node's ``ledger_payload_pairs_total`` by
+    ``how``) of committing ``work`` on a fresh cluster."""
+    nodes = await start_nodes(root)
     try:
         queue = list(enumerate(work))
         queue.reverse()
