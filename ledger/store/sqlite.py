@@ -947,19 +947,26 @@ class SqliteStore:
         """Which of ``ids`` are already committed: none of those known absent
         (``_absent_ids``), recent ones from memory, the others in one indexed query per 500
         (those not found are then known absent)."""
-        wanted = set(ids)
+        return self._seen(ids, self._absent_ids, self._recent,
+                          "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
+                          "WHERE ids.id8 IN")
+
+    def _seen(self, keys: Iterable[bytes], absent: _Absent[bytes], recent: RecentIds,
+              select: str) -> set[bytes]:
+        """Which of ``keys`` (record ids, payload digests) are committed: ``absent``'s
+        known absences, then ``recent`` in memory, then ``select`` (a query ending in
+        "IN", given the keys' ``id8``, returning the full keys) per 500."""
+        wanted = set(keys)
         with self._lock:
-            unknown = self._absent_ids.unknown(wanted)
+            unknown = absent.unknown(wanted)
             if not unknown:
                 return set()
-            found = _recent_of(self._recent, unknown)
+            found = _recent_of(recent, unknown)
             asked = unknown - found
-            keys = _id8s(asked)
-            for chunk in _chunks(keys):
-                found.update(bytes(rid) for (rid,) in self._db.execute(
-                    "SELECT r.id FROM ids JOIN records r ON r.seq = ids.seq "
-                    f"WHERE ids.id8 IN ({','.join('?' * len(chunk))})", chunk))
-            self._absent_ids.learn(asked, found)
+            for chunk in _chunks(_id8s(asked)):
+                found.update(bytes(k) for (k,) in self._db.execute(
+                    f"{select} ({','.join('?' * len(chunk))})", chunk))
+            absent.learn(asked, found)
         return found & wanted
 
     def id_indexed(self, record_id: bytes, seq: int) -> bool:
@@ -1000,20 +1007,9 @@ class SqliteStore:
         """Which sealed payload digests are already committed: none of those known absent
         (``_absent_digests``), recent ones from memory, the others through ``digests`` in
         one indexed query per 500 (those not found are then known absent)."""
-        wanted = set(digests)
-        with self._lock:
-            unknown = self._absent_digests.unknown(wanted)
-            if not unknown:
-                return set()
-            found = _recent_of(self._recent_digests, unknown)
-            asked = unknown - found
-            keys = _id8s(asked)
-            for chunk in _chunks(keys):
-                found.update(bytes(d) for (d,) in self._db.execute(
-                    "SELECT s.digest FROM digests x JOIN sealed s ON s.seq = x.seq "
-                    f"WHERE x.d8 IN ({','.join('?' * len(chunk))})", chunk))
-            self._absent_digests.learn(asked, found)
-        return found & wanted
+        return self._seen(digests, self._absent_digests, self._recent_digests,
+                          "SELECT s.digest FROM digests x JOIN sealed s ON s.seq = x.seq "
+                          "WHERE x.d8 IN")
 
     def digest_indexed(self, digest: bytes, seq: int) -> bool:
         """Whether the digest index maps ``digest`` to ``seq`` (for ``ledger node check``)."""
