@@ -24,10 +24,7 @@ from tests.bench.sealed_node_bench import N, arguments, batches, one_run
 
 
 def main() -> None:
-    parser = arguments(__doc__)
-    parser.add_argument("--stages", action="store_true",
-                        help="CPU time by stage (tests/bench/stages.py), per record per node")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     if args.stages:
         stages.install()
     tune_gc()  # as ``ledger node run`` does

@@ -134,6 +134,8 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--stages", action="store_true",
+                        help="CPU time by stage (tests/bench/stages.py), per record per node")
     return parser
 
 
@@ -150,10 +152,7 @@ SEALED_STAGES = [
 
 
 def main() -> None:
-    parser = arguments(__doc__)
-    parser.add_argument("--stages", action="store_true",
-                        help="CPU time by stage (tests/bench/stages.py), per record per node")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     if args.stages:
         from tests.bench import stages
         stages.STAGES.extend(SEALED_STAGES)
